@@ -1,0 +1,21 @@
+"""runq: a durable task queue in one trio process.
+
+Public API::
+
+    from runq import Client, SyncClient, Worker, Retry, TaskContext
+"""
+
+from __future__ import annotations
+
+from .protocol.client import Client, SyncClient
+from .protocol.errors import (
+    ConnectionClosed, InvalidState, ProtocolError, RemoteError, RunqError, TaskFailed, TaskNotFound, Unauthorized,
+)
+from .protocol.worker import Retry, TaskContext, Worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Client", "SyncClient", "Worker", "Retry", "TaskContext", "RunqError", "ProtocolError", "RemoteError",
+    "TaskNotFound", "InvalidState", "Unauthorized", "ConnectionClosed", "TaskFailed", "__version__",
+]

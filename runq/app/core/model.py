@@ -1,0 +1,191 @@
+"""The records the core keeps: tasks, workers, ready queues, and its settings."""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from .states import State
+
+__all__ = ["Task", "WorkerInfo", "ReadyQueue", "CoreConfig", "TASK_COLUMNS", "EVENT_COLUMNS"]
+
+#: Column order of a task row, as the store persists it.
+TASK_COLUMNS = (
+    "id", "queue", "type", "payload", "priority", "state", "run_at", "timeout", "max_retries",
+    "attempt", "key", "result", "error", "progress", "created_at", "started_at", "finished_at", "worker",
+)
+#: Column order of an event row (the timeline / audit log).
+EVENT_COLUMNS = ("task_id", "at", "kind", "state", "worker", "attempt", "detail")
+
+
+@dataclass
+class CoreConfig:
+    """Rules of the queue that an operator may tune.
+
+    Attributes:
+        lease_timeout: seconds without a message from a worker before its leases expire.
+        default_timeout: seconds a task may run when it names no timeout.
+        default_retries: retries after a failed attempt when a task names none.
+        backoff_base: seconds before the first retry; doubles per attempt.
+        backoff_max: ceiling of the backoff delay, seconds.
+        jitter: the backoff is multiplied by a uniform factor in [1 - jitter, 1 + jitter].
+        finished_cache: how many finished tasks stay in memory for fast status reads.
+    """
+
+    lease_timeout: float = 10.0
+    default_timeout: float = 600.0
+    default_retries: int = 3
+    backoff_base: float = 1.0
+    backoff_max: float = 3600.0
+    jitter: float = 0.25
+    finished_cache: int = 10_000
+
+
+_STATES = {s.value: s for s in State}
+
+
+class Task:
+    """One task, mutable, owned by the core. ``queued`` marks a live ready-queue entry."""
+
+    __slots__ = TASK_COLUMNS + ("queued",)
+
+    id: int
+    queue: str
+    type: str
+    payload: bytes
+    priority: int
+    state: State
+    run_at: float | None
+    timeout: float
+    max_retries: int
+    attempt: int
+    key: str | None
+    result: bytes | None
+    error: str | None
+    progress: bytes | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    worker: str | None
+    queued: bool
+
+    def __init__(self, **kw: Any) -> None:
+        for name in TASK_COLUMNS:
+            setattr(self, name, kw.get(name))
+        self.queued = False
+
+    def row(self) -> tuple[Any, ...]:
+        """The task as a store row, in ``TASK_COLUMNS`` order."""
+        return (
+            self.id, self.queue, self.type, self.payload, self.priority, self.state.value, self.run_at,
+            self.timeout, self.max_retries, self.attempt, self.key, self.result, self.error, self.progress,
+            self.created_at, self.started_at, self.finished_at, self.worker,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """The task as a wire/JSON-ready map (bytes fields stay bytes)."""
+        d = {name: getattr(self, name) for name in TASK_COLUMNS}
+        d["state"] = self.state.value
+        return d
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> Task:
+        """Rebuild a task from a store row."""
+        t = cls.__new__(cls)
+        (t.id, t.queue, t.type, t.payload, t.priority, state, t.run_at, t.timeout, t.max_retries,
+         t.attempt, t.key, t.result, t.error, t.progress, t.created_at, t.started_at, t.finished_at,
+         t.worker) = row
+        t.state = _STATES[state]
+        t.queued = False
+        return t
+
+    def __repr__(self) -> str:
+        return f"<Task {self.id} {self.type} {self.state.value} attempt={self.attempt}>"
+
+
+@dataclass(eq=False)
+class WorkerInfo:
+    """A connected worker, as the core sees it."""
+
+    id: str
+    queues: tuple[str, ...]
+    concurrency: int
+    name: str | None
+    host: str | None
+    pid: int | None
+    connected_at: float
+    last_seen: float
+    credit: int = 0
+    running: dict[int, Task] = field(default_factory=dict)
+    state: str = "active"  # active | draining
+    completed: int = 0
+    failed: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "name": self.name, "host": self.host, "pid": self.pid,
+            "queues": list(self.queues), "concurrency": self.concurrency, "in_flight": len(self.running),
+            "running": list(self.running), "credit": self.credit, "connected_at": self.connected_at,
+            "last_heartbeat": self.last_seen, "state": self.state,
+            "completed": self.completed, "failed": self.failed,
+        }
+
+
+class ReadyQueue:
+    """The ready tasks of one named queue: highest priority first, FIFO within one.
+
+    Entries are removed lazily: a cancelled task stays in its deque with
+    ``queued`` cleared and is skipped when it reaches the front.
+    """
+
+    __slots__ = ("name", "by_priority", "priorities", "ready", "paused")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.by_priority: dict[int, deque[Task]] = {}
+        self.priorities: list[int] = []  # heap of negated priorities present in by_priority
+        self.ready = 0
+        self.paused = False
+
+    def push(self, task: Task, front: bool = False) -> None:
+        p = task.priority
+        d = self.by_priority.get(p)
+        if d is None:
+            d = self.by_priority[p] = deque()
+            heapq.heappush(self.priorities, -p)
+        if front:
+            d.appendleft(task)
+        else:
+            d.append(task)
+        task.queued = True
+        self.ready += 1
+
+    def discard(self, task: Task) -> None:
+        """Forget a queued task (lazily) when it leaves READY other than by pop."""
+        if task.queued:
+            task.queued = False
+            self.ready -= 1
+
+    def peek(self) -> Task | None:
+        prios = self.priorities
+        while prios:
+            p = -prios[0]
+            d = self.by_priority[p]
+            while d:
+                t = d[0]
+                if t.queued:
+                    return t
+                d.popleft()
+            heapq.heappop(prios)
+            del self.by_priority[p]
+        return None
+
+    def pop(self) -> Task | None:
+        t = self.peek()
+        if t is not None:
+            self.by_priority[t.priority].popleft()
+            t.queued = False
+            self.ready -= 1
+        return t

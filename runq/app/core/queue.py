@@ -1,0 +1,644 @@
+"""The queue as a sans-IO state machine: events in, effects out.
+
+Theory of operation
+-------------------
+``Core`` holds every non-final task, the ready queues, the delayed tasks, the
+connected workers and their leases. It never awaits, never reads a clock and
+never touches a socket: every input method takes ``now`` (unix seconds from the
+server's one injectable clock), and every consequence is appended to the
+effect buffers that the I/O layer collects with ``take_effects()``:
+
+- ``dirty``: tasks whose row must be (re)written; the last version in a batch
+  wins, so a task enqueued, started and finished inside one group commit is
+  written once;
+- ``events``: event rows (``EVENT_COLUMNS``), the timeline and audit log;
+- ``outbox``: messages to send, per worker id;
+- ``notices``: (event row, task) pairs for live subscribers, when ``observed``;
+- ``logs``: (level, text) lines worth an operator's attention.
+
+Rules of this file:
+
+1. Every state change goes through ``_move``, which asks ``states.next_state``
+   (the one transition table), counts it, and writes its event row.
+2. A task is leased to at most one worker (``task.worker`` while RUNNING); a
+   result is accepted only from that worker for that attempt. Anything else is
+   a late result: refused, logged, and written as an event.
+3. Dispatch happens only by credit: a worker is sent at most as many tasks as
+   it granted, and only from queues that are not paused.
+4. Finished tasks leave ``tasks`` (memory stays bounded by the live work); the
+   last ``finished_cache`` of them stay readable in ``finished``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import Counter
+from typing import Any
+
+from ...protocol.errors import RunqError
+from ...protocol.messages import TaskSpec
+from .model import CoreConfig, ReadyQueue, Task, WorkerInfo
+from .states import FINAL_STATES, TRANSITIONS, IllegalTransition, State, Transition, next_state
+
+__all__ = ["Core", "Effects", "TaskMissing", "CoreStats"]
+
+S, T = State, Transition
+EventRow = tuple[int, float, str, str, "str | None", int, "str | None"]
+
+
+class TaskMissing(RunqError):
+    """No live or recently finished task has this id (the store may still have it)."""
+
+    code = "not_found"
+
+
+class Effects:
+    """What one batch of inputs asks the I/O layer to do."""
+
+    __slots__ = ("rows", "events", "outbox", "notices", "logs", "queue_ops")
+
+    def __init__(
+        self,
+        rows: list[tuple[Any, ...]],
+        events: list[EventRow],
+        outbox: dict[str, list[dict[str, Any]]],
+        notices: list[tuple[EventRow, Task]],
+        logs: list[tuple[str, str]],
+        queue_ops: list[tuple[str, bool]],
+    ) -> None:
+        self.rows = rows
+        self.events = events
+        self.outbox = outbox
+        self.notices = notices
+        self.logs = logs
+        self.queue_ops = queue_ops
+
+    def __bool__(self) -> bool:
+        return bool(self.rows or self.events or self.outbox or self.queue_ops or self.logs)
+
+
+class CoreStats:
+    """Counters since start (frozen snapshot via ``Core.statistics``)."""
+
+    __slots__ = ("enqueued", "succeeded", "failed", "dead", "cancelled", "lease_expiries", "late_results")
+
+    def __init__(self) -> None:
+        self.enqueued = self.succeeded = self.failed = self.dead = 0
+        self.cancelled = self.lease_expiries = self.late_results = 0
+
+
+class Core:
+    """The queue's state and rules. See the module docstring.
+
+    Args:
+        config: tunable rules.
+        rng: randomness for backoff jitter (pass a seeded one for determinism).
+        next_id: the first task id to assign.
+    """
+
+    def __init__(self, config: CoreConfig | None = None, rng: random.Random | None = None, next_id: int = 1) -> None:
+        self.config = config or CoreConfig()
+        self.rng = rng or random.Random()
+        self.next_id = next_id
+        self.tasks: dict[int, Task] = {}
+        self.finished: dict[int, Task] = {}
+        self.queues: dict[str, ReadyQueue] = {}
+        self.scheduled: list[tuple[float, int]] = []  # heap of (run_at, id)
+        self.deadlines: list[tuple[float, int, int]] = []  # heap of (deadline, id, attempt) for RUNNING
+        self.workers: dict[str, WorkerInfo] = {}
+        self.hungry: dict[str, WorkerInfo] = {}  # workers with credit > 0, not draining
+        self.keys: dict[str, Task] = {}
+        self.counts: dict[str, Counter[str]] = {}
+        self.stats = CoreStats()
+        self.observed = False
+        self._dirty: dict[int, Task] = {}
+        self._events: list[EventRow] = []
+        self._outbox: dict[str, list[dict[str, Any]]] = {}
+        self._notices: list[tuple[EventRow, Task]] = []
+        self._logs: list[tuple[str, str]] = []
+        self._queue_ops: list[tuple[str, bool]] = []
+        self._pump_needed = False
+
+    # ------------------------------------------------------------------ effects
+    def take_effects(self, now: float) -> Effects:
+        """Dispatch what can be dispatched at ``now``, then return and clear
+        everything the inputs since the last call asked for."""
+        if self._pump_needed:
+            self._pump(now)
+        rows = [t.row() for t in self._dirty.values()]
+        fx = Effects(rows, self._events, self._outbox, self._notices, self._logs, self._queue_ops)
+        self._dirty = {}
+        self._events = []
+        self._outbox = {}
+        self._notices = []
+        self._logs = []
+        self._queue_ops = []
+        return fx
+
+    def _send(self, worker_id: str, message: dict[str, Any]) -> None:
+        box = self._outbox.get(worker_id)
+        if box is None:
+            self._outbox[worker_id] = [message]
+        else:
+            box.append(message)
+
+    def _log(self, level: str, text: str) -> None:
+        self._logs.append((level, text))
+
+    def _move(self, task: Task, tr: Transition, now: float, worker: str | None = None, detail: str | None = None) -> None:
+        old = task.state
+        new = next_state(old, tr)
+        task.state = new
+        counts = self.counts.get(task.queue)
+        if counts is None:
+            counts = self.counts[task.queue] = Counter()
+        if old is not None:
+            counts[old.value] -= 1
+        counts[new.value] += 1
+        row = (task.id, now, tr.value, new.value, worker, task.attempt, detail)
+        self._events.append(row)
+        self._dirty[task.id] = task
+        if self.observed:
+            self._notices.append((row, task))
+
+    def _finish(self, task: Task, now: float) -> None:
+        """Bookkeeping for a task that reached a final state."""
+        task.finished_at = now
+        task.run_at = None
+        counts = self.counts[task.queue]
+        counts[task.state.value] -= 1  # final tasks are not counted as live
+        self.tasks.pop(task.id, None)
+        if task.key is not None and self.keys.get(task.key) is task:
+            del self.keys[task.key]
+        fin = self.finished
+        fin[task.id] = task
+        if len(fin) > self.config.finished_cache:
+            del fin[next(iter(fin))]
+        st = self.stats
+        if task.state is S.SUCCEEDED:
+            st.succeeded += 1
+        elif task.state is S.DEAD:
+            st.dead += 1
+        else:
+            st.cancelled += 1
+
+    def _queue(self, name: str) -> ReadyQueue:
+        q = self.queues.get(name)
+        if q is None:
+            q = self.queues[name] = ReadyQueue(name)
+        return q
+
+    def _make_ready(self, task: Task, front: bool = False) -> None:
+        task.run_at = None
+        self._queue(task.queue).push(task, front)
+        self._pump_needed = True
+
+    # ------------------------------------------------------------------ clients
+    def enqueue(self, specs: list[TaskSpec], now: float) -> list[tuple[int, bool]]:
+        """Add tasks. Returns ``(id, created)`` per spec; ``created`` is False when a
+        non-final task already held the spec's unique key (its id is returned)."""
+        out: list[tuple[int, bool]] = []
+        cfg = self.config
+        for spec in specs:
+            if spec.key is not None:
+                holder = self.keys.get(spec.key)
+                if holder is not None:
+                    out.append((holder.id, False))
+                    continue
+            run_at = spec.run_at if spec.run_at is not None else (now + spec.delay if spec.delay else None)
+            task = Task(
+                id=self.next_id, queue=spec.queue, type=spec.type, payload=spec.payload,
+                priority=spec.priority, run_at=run_at,
+                timeout=spec.timeout if spec.timeout is not None else cfg.default_timeout,
+                max_retries=spec.retries if spec.retries is not None else cfg.default_retries,
+                attempt=0, key=spec.key, created_at=now,
+            )
+            self.next_id += 1
+            self.tasks[task.id] = task
+            if spec.key is not None:
+                self.keys[spec.key] = task
+            if run_at is not None and run_at > now:
+                self._move(task, T.SCHEDULE, now, detail=f"run_at={run_at:.3f}")
+                heapq.heappush(self.scheduled, (run_at, task.id))
+            else:
+                task.run_at = None
+                self._move(task, T.ENQUEUE, now)
+                self._make_ready(task)
+            self.stats.enqueued += 1
+            out.append((task.id, True))
+        return out
+
+    def get(self, task_id: int) -> Task:
+        """Return a live or recently finished task.
+
+        Raises:
+            TaskMissing: not in memory (ask the store).
+        """
+        t = self.tasks.get(task_id) or self.finished.get(task_id)
+        if t is None:
+            raise TaskMissing(f"task {task_id} is not in memory")
+        return t
+
+    def cancel(self, task_id: int, now: float, reason: str = "by request") -> Task:
+        """Cancel a task that is not final; a running one is cancelled on its worker.
+
+        Raises:
+            TaskMissing: no live task has this id.
+            IllegalTransition: the task is already final.
+        """
+        task = self.tasks.get(task_id)
+        if task is None:
+            fin = self.finished.get(task_id)
+            if fin is not None:
+                raise IllegalTransition(fin.state, T.CANCEL)
+            raise TaskMissing(f"no live task {task_id}")
+        worker = task.worker if task.state is S.RUNNING else None
+        if task.state is S.READY:
+            self._queue(task.queue).discard(task)
+        elif task.state is S.RUNNING and worker is not None:
+            w = self.workers.get(worker)
+            if w is not None:
+                w.running.pop(task.id, None)
+                self._send(worker, {"op": "cancel", "id": task.id, "attempt": task.attempt})
+        self._move(task, T.CANCEL, now, worker=worker, detail=reason)
+        self._finish(task, now)
+        return task
+
+    def retry(self, task_id: int, now: float, task: Task | None = None) -> Task:
+        """Bring a dead, cancelled or waiting-to-retry task back to ready now.
+
+        Args:
+            task: the task as read from the store, when it is no longer in memory.
+
+        Raises:
+            TaskMissing: unknown id and no ``task`` given.
+            IllegalTransition: the task is ready, running or succeeded.
+        """
+        t = self.tasks.get(task_id) or self.finished.get(task_id) or task
+        if t is None:
+            raise TaskMissing(f"no task {task_id} in memory")
+        if (t.state, T.RETRY) not in TRANSITIONS:
+            raise IllegalTransition(t.state, T.RETRY)
+        if t.key is not None:
+            holder = self.keys.get(t.key)
+            if holder is not None and holder is not t:
+                raise IllegalTransition(t.state, T.RETRY)
+            self.keys[t.key] = t
+        was_final = t.state in FINAL_STATES
+        if was_final:
+            self.finished.pop(t.id, None)
+            t.attempt = 0  # a manual retry gives the task a fresh set of retries
+            t.finished_at = None
+            t.worker = None
+            self.tasks[t.id] = t
+            self.counts.setdefault(t.queue, Counter())[t.state.value] += 1  # undo _finish's discount
+        self._move(t, T.RETRY, now, detail="manual retry")
+        self._make_ready(t)
+        return t
+
+    def pause(self, queue: str, now: float) -> None:
+        """Stop dispatching from ``queue``; enqueue is still accepted."""
+        q = self._queue(queue)
+        if not q.paused:
+            q.paused = True
+            self._queue_ops.append((queue, True))
+
+    def resume(self, queue: str, now: float) -> None:
+        """Dispatch from ``queue`` again."""
+        q = self._queue(queue)
+        if q.paused:
+            q.paused = False
+            self._queue_ops.append((queue, False))
+            self._pump_needed = True
+
+    # ------------------------------------------------------------------ workers
+    def worker_joined(
+        self, worker_id: str, now: float, queues: tuple[str, ...] = ("default",), concurrency: int = 1,
+        name: str | None = None, host: str | None = None, pid: int | None = None,
+    ) -> WorkerInfo:
+        """Register a worker (it gets tasks once it grants credit)."""
+        w = WorkerInfo(
+            id=worker_id, queues=tuple(queues), concurrency=concurrency, name=name, host=host, pid=pid,
+            connected_at=now, last_seen=now,
+        )
+        self.workers[worker_id] = w
+        for q in queues:
+            self._queue(q)
+        return w
+
+    def worker_left(self, worker_id: str, now: float, reason: str = "disconnected") -> None:
+        """A worker went away: its leased tasks go back to ready, the attempt counted."""
+        w = self.workers.pop(worker_id, None)
+        self.hungry.pop(worker_id, None)
+        if w is None:
+            return
+        for task in list(w.running.values()):
+            self._lose(task, now, worker_id, reason)
+        w.running.clear()
+
+    def _lose(self, task: Task, now: float, worker_id: str, reason: str) -> None:
+        if task.attempt > task.max_retries:
+            self._move(task, T.LOSE_LAST, now, worker=worker_id, detail=f"{reason}; attempts spent")
+            task.error = f"lost: {reason} (attempt {task.attempt} of {task.max_retries + 1})"
+            self._finish(task, now)
+        else:
+            task.worker = None
+            self._move(task, T.LOSE, now, worker=worker_id, detail=reason)
+            self._make_ready(task, front=True)
+
+    def credit(self, worker_id: str, n: int, now: float) -> None:
+        """The worker can take ``n`` more tasks."""
+        w = self.workers[worker_id]
+        w.last_seen = now
+        if n <= 0:
+            return
+        w.credit += n
+        if w.state == "active":
+            self.hungry[worker_id] = w
+            self._pump_needed = True
+
+    def heartbeat(self, worker_id: str, now: float) -> None:
+        """Any sign of life from a worker renews the leases of all its tasks."""
+        w = self.workers.get(worker_id)
+        if w is not None:
+            w.last_seen = now
+
+    def drain_worker(self, worker_id: str, now: float) -> None:
+        """Stop giving tasks to a worker and ask it to finish and leave."""
+        w = self.workers[worker_id]
+        w.state = "draining"
+        self.hungry.pop(worker_id, None)
+        self._send(worker_id, {"op": "drain"})
+
+    def _leased(self, worker_id: str, task_id: Any, attempt: Any, now: float, what: str) -> Task | None:
+        """Return the task if ``worker_id`` holds its lease for ``attempt``; else refuse it."""
+        task = self.tasks.get(task_id) if isinstance(task_id, int) else None
+        w = self.workers.get(worker_id)
+        if (
+            task is not None and task.state is S.RUNNING and task.worker == worker_id
+            and task.attempt == attempt and w is not None
+        ):
+            return task
+        self.stats.late_results += 1
+        state = task.state.value if task is not None else "unknown"
+        self._log("warning", f"refused {what} for task {task_id} attempt {attempt} from worker {worker_id}: "
+                             f"it does not hold the lease (task is {state})")
+        if isinstance(task_id, int):
+            self._events.append((task_id, now, "late_result", state, worker_id,
+                                 attempt if isinstance(attempt, int) else -1, f"{what} refused: lease not held"))
+        return None
+
+    def done(self, worker_id: str, results: list[Any], now: float) -> None:
+        """Results of succeeded tasks: ``[[id, attempt, result_bin], ...]``."""
+        w = self.workers.get(worker_id)
+        if w is not None:
+            w.last_seen = now
+        for item in results:
+            task_id, attempt, result = item[0], item[1], item[2]
+            task = self._leased(worker_id, task_id, attempt, now, "done")
+            if task is None:
+                continue
+            assert w is not None
+            del w.running[task.id]
+            w.completed += 1
+            task.result = result
+            task.error = None
+            self._move(task, T.SUCCEED, now, worker=worker_id)
+            self._finish(task, now)
+
+    def fail(self, worker_id: str, task_id: Any, attempt: Any, error: str, now: float,
+             retry_in: float | None = None, timed_out: bool = False, max_retries: int | None = None) -> None:
+        """A task's attempt failed; retry after backoff (or ``retry_in``) or go dead.
+
+        Args:
+            max_retries: the handler's own retry limit, replacing the task's.
+        """
+        w = self.workers.get(worker_id)
+        if w is not None:
+            w.last_seen = now
+        task = self._leased(worker_id, task_id, attempt, now, "fail")
+        if task is None:
+            return
+        assert w is not None
+        del w.running[task.id]
+        w.failed += 1
+        if max_retries is not None:
+            task.max_retries = max_retries
+        self._fail(task, error, now, worker_id, retry_in, "timeout" if timed_out else None)
+
+    def _fail(self, task: Task, error: str, now: float, worker_id: str | None,
+              retry_in: float | None, detail: str | None) -> None:
+        task.error = error
+        self.stats.failed += 1
+        self._move(task, T.FAIL, now, worker=worker_id, detail=detail or _first_line(error))
+        if task.attempt > task.max_retries:
+            self._move(task, T.EXHAUST, now, detail=f"{task.attempt} attempts, retries spent")
+            self._finish(task, now)
+            return
+        delay = retry_in if retry_in is not None else self.backoff(task.attempt)
+        task.run_at = now + delay
+        task.worker = None
+        self._move(task, T.BACKOFF, now, detail=f"in {delay:.3f}s")
+        heapq.heappush(self.scheduled, (task.run_at, task.id))
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds before retry number ``attempt``: exponential, capped, with jitter."""
+        cfg = self.config
+        base = min(cfg.backoff_base * (2 ** (attempt - 1)), cfg.backoff_max)
+        return base * (1 + cfg.jitter * (2 * self.rng.random() - 1))
+
+    def progress(self, worker_id: str, task_id: Any, attempt: Any, value: bytes, now: float) -> None:
+        """Store the latest progress value of a running task and tell subscribers."""
+        w = self.workers.get(worker_id)
+        if w is not None:
+            w.last_seen = now
+        task = self._leased(worker_id, task_id, attempt, now, "progress")
+        if task is None:
+            return
+        task.progress = value
+        self._dirty[task.id] = task
+        if self.observed:
+            self._notices.append(((task.id, now, "progress", task.state.value, worker_id, task.attempt, None), task))
+
+    def release(self, worker_id: str, task_ids: list[Any], now: float) -> None:
+        """Graceful hand-back: the tasks go back to ready without counting the attempt."""
+        w = self.workers.get(worker_id)
+        if w is not None:
+            w.last_seen = now
+        for tid in task_ids:
+            task = self.tasks.get(tid) if isinstance(tid, int) else None
+            if task is None or task.state is not S.RUNNING or task.worker != worker_id:
+                self._log("warning", f"worker {worker_id} released task {tid} it does not hold")
+                continue
+            assert w is not None
+            del w.running[task.id]
+            task.attempt -= 1
+            task.worker = None
+            self._move(task, T.RELEASE, now, worker=worker_id, detail="worker shutting down")
+            self._make_ready(task, front=True)
+
+    # ------------------------------------------------------------------ dispatch
+    def _pump(self, now: float) -> None:
+        """Hand ready tasks to workers with credit (called from ``take_effects``)."""
+        self._pump_needed = False
+        if not self.hungry:
+            return
+        queues = self.queues
+        for wid, w in list(self.hungry.items()):
+            batch: list[dict[str, Any]] = []
+            if len(w.queues) == 1:
+                q = queues[w.queues[0]]
+                while w.credit > 0 and not q.paused:
+                    t = q.pop()
+                    if t is None:
+                        break
+                    batch.append(self._lease(t, w, now))
+            else:
+                while w.credit > 0:
+                    best: Task | None = None
+                    bq: ReadyQueue | None = None
+                    for name in w.queues:
+                        q = queues[name]
+                        if q.paused:
+                            continue
+                        t = q.peek()
+                        if t is not None and (best is None or t.priority > best.priority
+                                              or (t.priority == best.priority and t.id < best.id)):
+                            best, bq = t, q
+                    if bq is None:
+                        break
+                    bq.pop()
+                    assert best is not None
+                    batch.append(self._lease(best, w, now))
+            if w.credit <= 0:
+                del self.hungry[wid]
+            if batch:
+                self._send(wid, {"op": "tasks", "tasks": batch})
+
+    def _lease(self, task: Task, w: WorkerInfo, now: float) -> dict[str, Any]:
+        w.credit -= 1
+        task.attempt += 1
+        task.worker = w.id
+        task.started_at = now
+        w.running[task.id] = task
+        self._move(task, T.DISPATCH, now, worker=w.id)
+        heapq.heappush(self.deadlines, (now + task.timeout + self.config.lease_timeout, task.id, task.attempt))
+        return {
+            "id": task.id, "type": task.type, "payload": task.payload, "attempt": task.attempt,
+            "timeout": task.timeout, "queue": task.queue, "priority": task.priority,
+            "max_retries": task.max_retries,
+        }
+
+    # ------------------------------------------------------------------ time
+    def tick(self, now: float) -> float | None:
+        """Apply everything due by ``now``; return the next time ``tick`` is needed.
+
+        Due work: delayed tasks become ready; workers silent for ``lease_timeout``
+        lose their leases; tasks running past timeout + lease_timeout with no word
+        from their worker fail as timed out.
+        """
+        sched = self.scheduled
+        while sched and sched[0][0] <= now:
+            run_at, tid = heapq.heappop(sched)
+            t = self.tasks.get(tid)
+            if t is not None and t.state is S.SCHEDULED and t.run_at == run_at:
+                self._move(t, T.PROMOTE, now)
+                self._make_ready(t)
+        lease = self.config.lease_timeout
+        for w in list(self.workers.values()):
+            if w.last_seen + lease <= now:
+                self.stats.lease_expiries += 1
+                self._log("warning", f"worker {w.id} missed heartbeats for {now - w.last_seen:.1f}s: "
+                                     f"lease expired, {len(w.running)} task(s) back to ready")
+                self.worker_left(w.id, now, reason=f"lease expired after {now - w.last_seen:.1f}s of silence")
+                self._send(w.id, {"op": "error", "code": "lease_expired", "message": "lease expired"})
+        dl = self.deadlines
+        while dl and dl[0][0] <= now:
+            _, tid, attempt = heapq.heappop(dl)
+            t = self.tasks.get(tid)
+            if t is not None and t.state is S.RUNNING and t.attempt == attempt:
+                wid = t.worker
+                w = self.workers.get(wid) if wid else None
+                if w is not None:
+                    w.running.pop(tid, None)
+                    self._send(w.id, {"op": "cancel", "id": tid, "attempt": attempt})
+                self._fail(t, f"timeout: no result within {t.timeout}s (+{lease}s grace)", now, wid, None,
+                           "timeout (server)")
+        return self.next_deadline()
+
+    def next_deadline(self) -> float | None:
+        """The earliest time at which ``tick`` has work, or ``None``."""
+        cands = []
+        if self.scheduled:
+            cands.append(self.scheduled[0][0])
+        if self.deadlines:
+            cands.append(self.deadlines[0][0])
+        if self.workers:
+            cands.append(min(w.last_seen for w in self.workers.values()) + self.config.lease_timeout)
+        return min(cands) if cands else None
+
+    # ------------------------------------------------------------------ restart
+    def recover(self, rows: list[tuple[Any, ...]], paused: list[str], next_id: int, now: float) -> int:
+        """Rebuild state from the store's non-final task rows (in id order).
+
+        Tasks that were running in the previous life go back to ready with a
+        ``recovered`` event. Returns how many were running.
+        """
+        self.next_id = max(self.next_id, next_id)
+        recovered = 0
+        ready: dict[str, list[Task]] = {}
+        for row in rows:
+            t = Task.from_row(row)
+            state = t.state
+            self.tasks[t.id] = t
+            if t.key is not None:
+                self.keys[t.key] = t
+            counts = self.counts.get(t.queue)
+            if counts is None:
+                counts = self.counts[t.queue] = Counter()
+            if state is S.RUNNING:
+                t.worker = None
+                self._move(t, T.RECOVER, now, detail="server restarted while it ran")
+                counts["running"] += 1
+                recovered += 1
+                ready.setdefault(t.queue, []).append(t)
+                continue
+            counts[state.value] += 1
+            if state is S.SCHEDULED:
+                self.scheduled.append((t.run_at or now, t.id))
+            elif state is S.FAILED:  # a crash between fail and backoff: retry now
+                t.state = S.SCHEDULED
+                counts["failed"] -= 1
+                counts["scheduled"] += 1
+                self.scheduled.append((now, t.id))
+            else:
+                ready.setdefault(t.queue, []).append(t)
+        heapq.heapify(self.scheduled)
+        for name, tasks in ready.items():
+            q = self._queue(name)
+            for t in tasks:
+                q.push(t)
+        for name in paused:
+            self._queue(name).paused = True
+        self._pump_needed = True
+        return recovered
+
+    # ------------------------------------------------------------------ reading
+    def queue_stats(self) -> list[dict[str, Any]]:
+        """Per queue: counts of live tasks by state and the paused flag."""
+        out = []
+        for name in sorted(set(self.queues) | set(self.counts)):
+            c = self.counts.get(name, Counter())
+            q = self.queues.get(name)
+            out.append({
+                "queue": name, "paused": bool(q and q.paused),
+                "scheduled": c["scheduled"], "ready": c["ready"], "running": c["running"],
+                "workers": sum(1 for w in self.workers.values() if name in w.queues),
+            })
+        return out
+
+
+def _first_line(text: str) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return (lines[-1] if lines else text)[:200]

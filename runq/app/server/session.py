@@ -1,0 +1,123 @@
+"""One TCP connection on the server side: its framing state and its outgoing bytes.
+
+The reader side lives in ``Server._serve_connection``; this module only owns
+what is per connection: the sans-IO ``Connection``, the outbox that coalesces
+many frames into one ``send_all``, and the subscription filter of a watcher.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from ...protocol.frames import Connection
+
+__all__ = ["Session", "Subscription"]
+
+log = logging.getLogger("runq.server")
+
+
+@dataclass
+class Subscription:
+    """Which live events a session wants (``None`` means any)."""
+
+    queues: frozenset[str] | None = None
+    types: frozenset[str] | None = None
+    ids: frozenset[int] | None = None
+
+    def wants(self, queue: str, type_: str, task_id: int) -> bool:
+        return (
+            (self.queues is None or queue in self.queues)
+            and (self.types is None or type_ in self.types)
+            and (self.ids is None or task_id in self.ids)
+        )
+
+
+class Session:
+    """A connected peer.
+
+    Args:
+        stream: the trio stream.
+        peer: printable peer address.
+        max_frame: largest frame body accepted from the peer.
+        max_pending: bytes queued for a slow subscriber before events are dropped.
+    """
+
+    def __init__(self, stream: trio.abc.Stream, peer: str, max_frame: int, max_pending: int = 4 << 20) -> None:
+        self.stream = stream
+        self.peer = peer
+        self.conn = Connection(max_frame)
+        self.role = "unknown"
+        self.id = ""
+        self.subscription: Subscription | None = None
+        self.dropped = 0
+        self.max_pending = max_pending
+        self._buf: list[bytes] = []
+        self._pending = 0
+        self._wake = trio.Event()
+        self._closing = False
+        self.closed = False
+
+    # ------------------------------------------------------------------ out
+    def send(self, message: dict[str, Any]) -> None:
+        """Queue one message (never blocks; the sender task writes it)."""
+        if self.closed or self._closing:
+            return
+        data = self.conn.send(message)
+        self._buf.append(data)
+        self._pending += len(data)
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def send_many(self, messages: list[dict[str, Any]]) -> None:
+        if self.closed or self._closing or not messages:
+            return
+        data = self.conn.send_many(messages)
+        self._buf.append(data)
+        self._pending += len(data)
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def send_event(self, message: dict[str, Any]) -> None:
+        """Queue a live event, or drop it when the peer is not keeping up."""
+        if self._pending > self.max_pending:
+            self.dropped += 1
+            return
+        if self.dropped:
+            self.send({"op": "event", "kind": "dropped", "count": self.dropped})
+            self.dropped = 0
+        self.send(message)
+
+    def close(self, error: dict[str, Any] | None = None) -> None:
+        """Send ``error`` (if any) after what is queued, then close."""
+        if error is not None and not self._closing:
+            self.send(error)
+        self._closing = True
+        self._wake.set()
+
+    async def sender(self) -> None:
+        """Write queued frames, many per ``send_all``, until closed."""
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                if self._buf:
+                    data = self._buf[0] if len(self._buf) == 1 else b"".join(self._buf)
+                    self._buf.clear()
+                    self._pending = 0
+                    await self.stream.send_all(data)
+                if self._closing and not self._buf:
+                    break
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self.closed = True
+            with trio.move_on_after(1) as cs:
+                cs.shield = True
+                try:
+                    await self.stream.aclose()
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass

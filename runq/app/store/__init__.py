@@ -1,0 +1,8 @@
+"""SQLite WAL persistence: schema and migrations, group-commit writer, reads."""
+
+from __future__ import annotations
+
+from .schema import SCHEMA_VERSION, SchemaTooNew, migrate
+from .sqlite import Batch, Store, StoreError, StoreStats
+
+__all__ = ["Store", "Batch", "StoreError", "StoreStats", "SCHEMA_VERSION", "SchemaTooNew", "migrate"]

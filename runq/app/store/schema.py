@@ -1,0 +1,99 @@
+"""The database schema, its version, and the migrations between versions.
+
+Theory of operation
+-------------------
+``PRAGMA user_version`` holds the schema version. ``migrate(conn)`` applies, in
+one transaction each, every step from the file's version up to
+``SCHEMA_VERSION``. A file newer than this code is refused (never downgraded).
+To change the schema: append a step to ``MIGRATIONS`` and bump nothing else.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from ...protocol.errors import RunqError
+
+__all__ = ["SCHEMA_VERSION", "MIGRATIONS", "migrate", "SchemaTooNew", "FINAL_STATE_NAMES", "LIVE_STATE_NAMES"]
+
+FINAL_STATE_NAMES = ("succeeded", "dead", "cancelled")
+LIVE_STATE_NAMES = ("scheduled", "ready", "running", "failed")
+
+_V1 = """
+CREATE TABLE tasks (
+    id          INTEGER PRIMARY KEY,
+    queue       TEXT    NOT NULL,
+    type        TEXT    NOT NULL,
+    payload     BLOB,
+    priority    INTEGER NOT NULL DEFAULT 0,
+    state       TEXT    NOT NULL,
+    run_at      REAL,
+    timeout     REAL    NOT NULL,
+    max_retries INTEGER NOT NULL,
+    attempt     INTEGER NOT NULL DEFAULT 0,
+    key         TEXT,
+    result      BLOB,
+    error       TEXT,
+    progress    BLOB,
+    created_at  REAL    NOT NULL,
+    started_at  REAL,
+    finished_at REAL,
+    worker      TEXT
+);
+CREATE INDEX tasks_state ON tasks (state, id);
+CREATE INDEX tasks_queue ON tasks (queue, id);
+CREATE TABLE events (
+    id      INTEGER PRIMARY KEY,
+    task_id INTEGER NOT NULL,
+    at      REAL    NOT NULL,
+    kind    TEXT    NOT NULL,
+    state   TEXT    NOT NULL,
+    worker  TEXT,
+    attempt INTEGER NOT NULL,
+    detail  TEXT
+);
+CREATE INDEX events_task ON events (task_id, id);
+CREATE TABLE queues (
+    name   TEXT PRIMARY KEY,
+    paused INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT
+);
+"""
+
+#: MIGRATIONS[i] takes a database from version i to version i + 1.
+MIGRATIONS: list[str] = [_V1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SchemaTooNew(RunqError):
+    """The database was written by a newer runq; this one will not touch it."""
+
+    code = "store_error"
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring ``conn``'s database up to ``SCHEMA_VERSION``; return the version it had.
+
+    Raises:
+        SchemaTooNew: the file's version is above ``SCHEMA_VERSION``.
+    """
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version > SCHEMA_VERSION:
+        raise SchemaTooNew(f"database schema version {version} is newer than this runq ({SCHEMA_VERSION})")
+    start = version
+    while version < SCHEMA_VERSION:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in MIGRATIONS[version].split(";"):
+                if stmt.strip():
+                    conn.execute(stmt)
+            version += 1
+            conn.execute(f"PRAGMA user_version = {version}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return start

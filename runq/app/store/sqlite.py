@@ -1,0 +1,307 @@
+"""SQLite persistence: one writer thread with group commit, and a read-only reader.
+
+Theory of operation
+-------------------
+The database is in WAL mode. One dedicated thread owns the write connection.
+``submit(batch)`` puts a ``Batch`` on its queue and returns at once; the thread
+takes *every* batch waiting, writes them all in one ``BEGIN IMMEDIATE ...
+COMMIT`` (group commit), and then calls each batch's ``on_done(error)`` through
+the ``notify`` function it was given (the trio server passes its token's
+``run_sync_soon``, so callbacks run in the trio thread). An enqueue is
+acknowledged only from ``on_done(None)``: acknowledged tasks survive ``kill -9``
+(``synchronous=NORMAL``) or power loss (``synchronous=FULL``).
+
+Within one transaction the last row of a task wins (rows are upserts of the
+whole task), events are appended in order.
+
+If a commit fails (disk full, database locked past ``busy_timeout``), the
+transaction is rolled back, every batch in it gets the error, and the writer
+goes on with the next batches: nothing is silently dropped.
+
+Reads (``get_task``, ``list_tasks``, ``events``, ...) use a second connection
+opened read-only; the caller serialises them (one thread at a time).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue as queue_mod
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..core.model import EVENT_COLUMNS, TASK_COLUMNS
+from .schema import FINAL_STATE_NAMES, LIVE_STATE_NAMES, migrate
+
+__all__ = ["Store", "Batch", "StoreStats", "StoreError"]
+
+log = logging.getLogger("runq.store")
+
+_COLS = ", ".join(TASK_COLUMNS)
+_UPSERT = (
+    f"INSERT INTO tasks ({_COLS}) VALUES ({', '.join('?' * len(TASK_COLUMNS))}) "
+    f"ON CONFLICT(id) DO UPDATE SET " + ", ".join(f"{c}=excluded.{c}" for c in TASK_COLUMNS[1:])
+)
+_INSERT_EVENT = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
+
+
+class StoreError(Exception):
+    """The database could not do what was asked (the text says why)."""
+
+    code = "store_error"
+
+
+@dataclass(eq=False)
+class Batch:
+    """Writes that must commit together, and who to tell when they did.
+
+    Attributes:
+        rows: whole task rows (``TASK_COLUMNS`` order) to upsert.
+        events: event rows (``EVENT_COLUMNS`` order) to append.
+        queue_ops: (queue name, paused) to record.
+        prune_before: delete finished tasks (and their events) finished before this time.
+        on_done: called with ``None`` after the commit, or with the exception.
+    """
+
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    events: list[tuple[Any, ...]] = field(default_factory=list)
+    queue_ops: list[tuple[str, bool]] = field(default_factory=list)
+    prune_before: float | None = None
+    on_done: Callable[[BaseException | None], None] | None = None
+    pruned: int = 0
+
+
+@dataclass
+class StoreStats:
+    """Counters of the writer thread."""
+
+    commits: int = 0
+    batches: int = 0
+    rows: int = 0
+    events: int = 0
+    errors: int = 0
+    last_commit_rows: int = 0
+    commit_seconds_total: float = 0.0
+    last_error: str | None = None
+
+
+_STOP = object()
+
+
+class Store:
+    """A runq database file.
+
+    Args:
+        path: the SQLite file (created if missing).
+        synchronous: ``NORMAL`` (survives a process crash) or ``FULL`` (survives power loss).
+        notify: how the writer thread runs ``on_done`` callbacks; default: call them in the thread.
+    """
+
+    def __init__(self, path: str, synchronous: str = "NORMAL",
+                 notify: Callable[[Callable[[], None]], None] | None = None) -> None:
+        if synchronous.upper() not in ("NORMAL", "FULL"):
+            raise ValueError("synchronous must be NORMAL or FULL")
+        self.path = path
+        self.synchronous = synchronous.upper()
+        self.notify = notify or (lambda fn: fn())
+        self.stats = StoreStats()
+        self._q: queue_mod.SimpleQueue[Any] = queue_mod.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._reader: sqlite3.Connection | None = None
+        self.conn = self._connect()
+        self.migrated_from = migrate(self.conn)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute("PRAGMA cache_size=-65536")
+        conn.execute("PRAGMA temp_store=MEMORY")
+        return conn
+
+    # ------------------------------------------------------------------ startup
+    def load(self) -> tuple[list[tuple[Any, ...]], list[str], int]:
+        """Return (live task rows in id order, paused queue names, next id)."""
+        rows: list[tuple[Any, ...]] = []
+        for state in LIVE_STATE_NAMES:
+            rows.extend(self.conn.execute(f"SELECT {_COLS} FROM tasks WHERE state = ? ORDER BY id", (state,)))
+        rows.sort(key=lambda r: r[0])
+        paused = [r[0] for r in self.conn.execute("SELECT name FROM queues WHERE paused = 1")]
+        (max_id,) = self.conn.execute("SELECT max(id) FROM tasks").fetchone()
+        (meta_next,) = self.conn.execute("SELECT coalesce(max(CAST(value AS INTEGER)), 0) FROM meta WHERE key = 'next_id'").fetchone()
+        return rows, paused, max((max_id or 0) + 1, meta_next or 0, 1)
+
+    # ------------------------------------------------------------------ writer
+    def start(self) -> None:
+        """Start the writer thread."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="runq-store-writer", daemon=True)
+            self._thread.start()
+
+    def submit(self, batch: Batch) -> None:
+        """Queue ``batch`` for the next group commit (returns at once)."""
+        self._q.put(batch)
+
+    def close(self) -> None:
+        """Commit what is queued, stop the writer, close both connections."""
+        if self._thread is not None:
+            self._q.put(_STOP)
+            self._thread.join()
+            self._thread = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass
+        self.conn.close()
+
+    def _run(self) -> None:
+        q = self._q
+        while True:
+            item = q.get()
+            batches = []
+            stop = False
+            while True:
+                if item is _STOP:
+                    stop = True
+                else:
+                    batches.append(item)
+                try:
+                    item = q.get_nowait()
+                except queue_mod.Empty:
+                    break
+            if batches:
+                self.commit(batches)
+            if stop:
+                return
+
+    def commit(self, batches: list[Batch]) -> BaseException | None:
+        """Write ``batches`` in one transaction and report to each (writer thread only)."""
+        rows: dict[int, tuple[Any, ...]] = {}
+        events: list[tuple[Any, ...]] = []
+        queue_ops: list[tuple[str, bool]] = []
+        prune: float | None = None
+        for b in batches:
+            for r in b.rows:
+                rows[r[0]] = r
+            events.extend(b.events)
+            queue_ops.extend(b.queue_ops)
+            if b.prune_before is not None:
+                prune = b.prune_before if prune is None else max(prune, b.prune_before)
+        t0 = time.perf_counter()
+        error: BaseException | None = None
+        conn = self.conn
+        pruned = 0
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if rows:
+                    conn.executemany(_UPSERT, rows.values())
+                if events:
+                    conn.executemany(_INSERT_EVENT, events)
+                for name, paused in queue_ops:
+                    conn.execute("INSERT INTO queues (name, paused) VALUES (?, ?) "
+                                 "ON CONFLICT(name) DO UPDATE SET paused = excluded.paused", (name, int(paused)))
+                if prune is not None:
+                    pruned = self._prune(prune)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            error = StoreError(f"commit of {len(rows)} task rows and {len(events)} events failed: {exc}")
+            self.stats.errors += 1
+            self.stats.last_error = str(error)
+            log.error("%s", error)
+        st = self.stats
+        st.commits += 1
+        st.batches += len(batches)
+        st.last_commit_rows = len(rows) + len(events)
+        st.commit_seconds_total += time.perf_counter() - t0
+        if error is None:
+            st.rows += len(rows)
+            st.events += len(events)
+        for b in batches:
+            b.pruned = pruned
+            if b.on_done is not None:
+                cb = b.on_done
+                self.notify(lambda cb=cb: cb(error))  # type: ignore[misc]
+        return error
+
+    def _prune(self, before: float) -> int:
+        marks = ",".join("?" * len(FINAL_STATE_NAMES))
+        sel = f"SELECT id FROM tasks WHERE state IN ({marks}) AND finished_at < ?"
+        args = (*FINAL_STATE_NAMES, before)
+        self.conn.execute(f"DELETE FROM events WHERE task_id IN ({sel})", args)
+        cur = self.conn.execute(f"DELETE FROM tasks WHERE id IN ({sel})", args)
+        return cur.rowcount
+
+    def write_now(self, batch: Batch) -> None:
+        """Commit ``batch`` synchronously in the calling thread (startup and tests only).
+
+        Raises:
+            StoreError: the commit failed.
+        """
+        err = self.commit([batch])
+        if err is not None:
+            raise err
+
+    # ------------------------------------------------------------------ reads
+    @property
+    def reader(self) -> sqlite3.Connection:
+        if self._reader is None:
+            self._reader = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False,
+                                           isolation_level=None, timeout=5.0)
+            self._reader.execute("PRAGMA busy_timeout=5000")
+        return self._reader
+
+    def get_task(self, task_id: int) -> tuple[Any, ...] | None:
+        """Return the task's row, or ``None``."""
+        return self.reader.execute(f"SELECT {_COLS} FROM tasks WHERE id = ?", (task_id,)).fetchone()  # type: ignore[no-any-return]
+
+    def events(self, task_id: int) -> list[tuple[Any, ...]]:
+        """Return the task's event rows in order."""
+        return self.reader.execute(
+            f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE task_id = ? ORDER BY id", (task_id,)
+        ).fetchall()
+
+    def list_tasks(self, state: str | None = None, queue: str | None = None, type: str | None = None,
+                   limit: int = 100, cursor: int | None = None) -> list[tuple[Any, ...]]:
+        """Return a page of task rows, newest first; ``cursor`` is the last id of the previous page."""
+        where, args = [], []
+        for col, val in (("state", state), ("queue", queue), ("type", type)):
+            if val is not None:
+                where.append(f"{col} = ?")
+                args.append(val)
+        if cursor is not None:
+            where.append("id < ?")
+            args.append(cursor)
+        sql = f"SELECT {_COLS} FROM tasks"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        return self.reader.execute(sql, args).fetchall()
+
+    def count_by_state(self) -> dict[tuple[str, str], int]:
+        """Return {(queue, state): count} over every stored task."""
+        return {(q, s): n for q, s, n in self.reader.execute(
+            "SELECT queue, state, count(*) FROM tasks GROUP BY queue, state")}
+
+    def check_writable(self) -> None:
+        """Raise ``StoreError`` unless the database accepts a write right now."""
+        try:
+            conn = sqlite3.connect(self.path, timeout=1.0, isolation_level=None)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("ROLLBACK")
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise StoreError(f"database not writable: {exc}") from exc

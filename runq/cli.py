@@ -1,0 +1,303 @@
+"""The ``runq`` command: serve, worker, client commands and the demo."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+from datetime import datetime
+from typing import Any
+
+__all__ = ["main", "build_parser"]
+
+DEFAULT_SERVER = "127.0.0.1:7700"
+
+
+def _server_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server", "-s", default=os.environ.get("RUNQ_SERVER", DEFAULT_SERVER),
+                   help="HOST:PORT of the runq server (default %(default)s, or RUNQ_SERVER)")
+    p.add_argument("--token", default=None, help="shared secret (default: RUNQ_TOKEN)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="runq", description="runq: a durable task queue in one process")
+    parser.add_argument("--log-level", default=os.environ.get("RUNQ_LOG_LEVEL", "INFO"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the server (TCP protocol + SQLite database)")
+    p.add_argument("--db", default=os.environ.get("RUNQ_DB", "runq.db"), help="SQLite file (default %(default)s)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    p.add_argument("--port", type=int, default=7700, help="TCP port (default %(default)s; 0 picks one)")
+    p.add_argument("--token", default=None, help="shared secret; required to listen beyond loopback (or RUNQ_TOKEN)")
+    p.add_argument("--synchronous", choices=["NORMAL", "FULL"], default="NORMAL",
+                   help="NORMAL survives a process crash, FULL survives power loss (default %(default)s)")
+    p.add_argument("--lease-timeout", type=float, default=10.0, help="seconds of worker silence before its tasks return")
+    p.add_argument("--retention", type=float, default=7 * 86400, help="seconds finished tasks are kept (default 7 days)")
+    p.add_argument("--port-file", default=None, help="write the bound port to this file once serving")
+
+    p = sub.add_parser("worker", help="run a worker: runq worker module:attr")
+    p.add_argument("target", help="module:attr naming a runq.Worker (e.g. myapp.tasks:worker)")
+    _server_arg(p)
+    p.add_argument("--concurrency", "-c", type=int, default=None, help="tasks run at once")
+    p.add_argument("--queues", "-q", default=None, help="comma-separated queue names")
+    p.add_argument("--grace", type=float, default=None, help="seconds running tasks get to finish on SIGTERM")
+    p.add_argument("--backend", choices=["trio", "asyncio"], default="trio", help="event loop for async handlers")
+
+    p = sub.add_parser("enqueue", help="enqueue one task and print its id")
+    p.add_argument("type")
+    _server_arg(p)
+    p.add_argument("--payload", default="null", help="JSON payload (default null)")
+    p.add_argument("--queue", default=None)
+    p.add_argument("--priority", type=int, default=None)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--delay", type=float, default=None, help="seconds before it may run")
+    g.add_argument("--at", default=None, help="ISO time before which it may not run (naive = local time)")
+    p.add_argument("--timeout", type=float, default=None)
+    p.add_argument("--retries", type=int, default=None)
+    p.add_argument("--key", default=None, help="unique key")
+
+    for name, text in (("status", "print a task as JSON"), ("cancel", "cancel a task"),
+                       ("retry", "retry a dead or cancelled task"), ("events", "print a task's timeline"),
+                       ("wait", "wait for a task to finish and print it")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("id", type=int)
+        _server_arg(p)
+        if name == "wait":
+            p.add_argument("--timeout", type=float, default=None)
+
+    p = sub.add_parser("tasks", help="list tasks, newest first")
+    _server_arg(p)
+    p.add_argument("--state", default=None)
+    p.add_argument("--queue", default=None)
+    p.add_argument("--type", default=None)
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--cursor", type=int, default=None)
+
+    for name in ("pause", "resume"):
+        p = sub.add_parser(name, help=f"{name} a queue")
+        p.add_argument("queue")
+        _server_arg(p)
+
+    p = sub.add_parser("queues", help="print queue counts")
+    _server_arg(p)
+    p = sub.add_parser("workers", help="print connected workers")
+    _server_arg(p)
+
+    p = sub.add_parser("demo", help="start a server, local workers and sample tasks, and show them flowing")
+    p.add_argument("--db", default=None, help="database file (default: a new temporary file)")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--tasks", type=int, default=40, help="how many word_count/calculate_statistics tasks")
+    p.add_argument("--keep", action="store_true", help="keep running after the demo tasks finished (Ctrl-C stops)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return int(_COMMANDS[args.command](args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        from .protocol.errors import RunqError
+
+        if isinstance(exc, (RunqError, OSError)):
+            print(f"runq {args.command}: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+# ---------------------------------------------------------------------- serve
+def cmd_serve(args: argparse.Namespace) -> int:
+    import trio
+
+    from .app.core import CoreConfig
+    from .app.server import Server, ServerConfig
+
+    cfg = ServerConfig(db=args.db, host=args.host, port=args.port,
+                       token=args.token or os.environ.get("RUNQ_TOKEN"), synchronous=args.synchronous,
+                       retention=args.retention, core=CoreConfig(lease_timeout=args.lease_timeout))
+    server = Server(cfg)
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as sigs:
+                port = await nursery.start(server.serve)
+                if args.port_file:
+                    tmp = args.port_file + ".tmp"
+                    with open(tmp, "w") as f:
+                        f.write(str(port))
+                    os.replace(tmp, args.port_file)
+                print(f"runq serving on {cfg.host}:{port} (database {cfg.db})", file=sys.stderr, flush=True)
+                async for sig in sigs:
+                    logging.getLogger("runq.server").info("signal %d: stopping", sig)
+                    server.stopping.set()
+                    break
+
+    trio.run(run)
+    return 0
+
+
+# ---------------------------------------------------------------------- worker
+def load_worker(target: str) -> Any:
+    """Import ``module:attr`` (cwd on sys.path) and return the attribute."""
+    module_name, _, attr = target.partition(":")
+    if not attr:
+        raise SystemExit(f"runq worker: target must be module:attr, got {target!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .protocol.worker import Worker
+
+    worker = load_worker(args.target)
+    if not isinstance(worker, Worker):
+        raise SystemExit(f"runq worker: {args.target} is a {type(worker).__name__}, not a runq.Worker")
+    if args.concurrency is not None:
+        worker.concurrency = args.concurrency
+        worker.prefetch = args.concurrency
+    if args.queues:
+        worker.queues = [q for q in args.queues.split(",") if q]
+    if args.grace is not None:
+        worker.grace = args.grace
+    worker.run_sync(args.server, token=args.token, backend=args.backend)
+    return 0
+
+
+# ---------------------------------------------------------------------- client commands
+def _client(args: argparse.Namespace) -> Any:
+    from .protocol.client import SyncClient
+
+    return SyncClient(args.server, token=args.token)
+
+
+def _print(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=_json_default, ensure_ascii=False))
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, bytes):
+        return o.hex()
+    return str(o)
+
+
+def cmd_enqueue(args: argparse.Namespace) -> int:
+    try:
+        payload = json.loads(args.payload)
+    except json.JSONDecodeError as exc:
+        print(f"runq enqueue: --payload is not JSON: {exc}", file=sys.stderr)
+        return 2
+    run_at = None
+    if args.at:
+        try:
+            run_at = datetime.fromisoformat(args.at).timestamp()
+        except ValueError as exc:
+            print(f"runq enqueue: --at is not an ISO time: {exc}", file=sys.stderr)
+            return 2
+    with _client(args) as c:
+        tid = c.enqueue(args.type, payload, queue=args.queue, priority=args.priority, delay=args.delay,
+                        run_at=run_at, timeout=args.timeout, retries=args.retries, key=args.key)
+    print(tid)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        _print(c.get(args.id))
+    return 0
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        task = c.wait(args.id, args.timeout)
+    _print(task)
+    return 0 if task["state"] == "succeeded" else 1
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        t = c.cancel(args.id)
+    print(f"task {t['id']} {t['state']}")
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        t = c.retry(args.id)
+    print(f"task {t['id']} {t['state']}")
+    return 0
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        events = c.events(args.id)
+    for e in events:
+        at = datetime.fromtimestamp(e["at"]).isoformat(timespec="milliseconds")
+        who = f" worker={e['worker']}" if e.get("worker") else ""
+        detail = f"  {e['detail']}" if e.get("detail") else ""
+        print(f"{at}  {e['kind']:<16} -> {e['state']:<10} attempt={e['attempt']}{who}{detail}")
+    return 0
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        tasks, cursor = c.list_tasks(state=args.state, queue=args.queue, type=args.type, limit=args.limit,
+                                     cursor=args.cursor)
+    for t in tasks:
+        print(f"{t['id']:>8}  {t['state']:<10} {t['queue']:<12} {t['type']:<24} attempt={t['attempt']}")
+    if cursor is not None:
+        print(f"(more: --cursor {cursor})")
+    return 0
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        c.pause(args.queue)
+    print(f"queue {args.queue} paused")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        c.resume(args.queue)
+    print(f"queue {args.queue} resumed")
+    return 0
+
+
+def cmd_queues(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        _print(c.queues())
+    return 0
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        _print(c.workers())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(db=args.db, port=args.port, workers=args.workers, tasks=args.tasks, keep=args.keep)
+
+
+_COMMANDS = {
+    "serve": cmd_serve, "worker": cmd_worker, "enqueue": cmd_enqueue, "status": cmd_status, "wait": cmd_wait,
+    "cancel": cmd_cancel, "retry": cmd_retry, "events": cmd_events, "tasks": cmd_tasks, "pause": cmd_pause,
+    "resume": cmd_resume, "queues": cmd_queues, "workers": cmd_workers, "demo": cmd_demo,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,16 @@
+"""runq's wire protocol and its client and worker SDKs (never imports runq.app)."""
+
+from __future__ import annotations
+
+from .errors import (
+    ConnectionClosed, FrameTooLarge, InvalidState, ProtocolError, RemoteError, RunqError, TaskFailed,
+    TaskNotFound, Unauthorized,
+)
+from .frames import DEFAULT_MAX_FRAME, Connection, encode_frame
+from .messages import PROTOCOL_VERSION, Hello, TaskSpec, parse_hello, parse_task_spec
+
+__all__ = [
+    "Connection", "encode_frame", "DEFAULT_MAX_FRAME", "PROTOCOL_VERSION", "Hello", "TaskSpec",
+    "parse_hello", "parse_task_spec", "RunqError", "ProtocolError", "FrameTooLarge", "RemoteError",
+    "TaskNotFound", "InvalidState", "Unauthorized", "ConnectionClosed", "TaskFailed",
+]

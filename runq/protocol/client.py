@@ -1,0 +1,487 @@
+"""The client SDK: ``Client`` (async, anyio: trio or asyncio) and ``SyncClient`` (blocking).
+
+Theory of operation
+-------------------
+A ``Client`` owns one TCP connection. Requests carry a correlation id
+(``rid``); one reader task routes each reply to the request waiting for it, so
+any number of requests may be in flight at once (pipelining). Outgoing frames
+are appended to a buffer that one sender task writes with a single
+``send_all`` per wake-up: many concurrent ``enqueue`` calls become one write.
+
+Payloads, results and progress values are encoded with msgpack by this SDK;
+the server never decodes them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import socket
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from datetime import datetime
+from typing import Any, TypeVar
+
+import anyio
+import anyio.abc
+import anyio.from_thread
+import msgpack
+
+from .errors import ConnectionClosed, ProtocolError, TaskFailed, error_for_code
+from .frames import DEFAULT_MAX_FRAME, Connection
+from .messages import PROTOCOL_VERSION
+
+__all__ = ["Client", "SyncClient", "parse_address", "encode_value", "decode_task", "FINAL_STATES"]
+
+DEFAULT_ADDRESS = "127.0.0.1:7700"
+FINAL_STATES = frozenset({"succeeded", "dead", "cancelled"})
+T = TypeVar("T")
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[v6]:PORT`` too); a bare host gets port 7700."""
+    if address.startswith("["):
+        host, _, rest = address[1:].partition("]")
+        return host, int(rest.lstrip(":") or 7700)
+    host, sep, port = address.rpartition(":")
+    if not sep:
+        return address, 7700
+    return host or "127.0.0.1", int(port)
+
+
+def encode_value(value: Any) -> bytes:
+    """msgpack-encode an application value (payload, result, progress)."""
+    return msgpack.packb(value, use_bin_type=True, datetime=False, default=_default)
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    if isinstance(obj, datetime):
+        return obj.isoformat()
+    raise TypeError(f"cannot encode {type(obj).__name__} in a task payload; use msgpack-able values")
+
+
+def decode_value(data: bytes | None) -> Any:
+    if data is None:
+        return None
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+def decode_task(task: dict[str, Any]) -> dict[str, Any]:
+    """Decode a task map's msgpack-encoded fields into Python values (in place)."""
+    for f in ("payload", "result", "progress"):
+        v = task.get(f)
+        if isinstance(v, bytes):
+            try:
+                task[f] = decode_value(v)
+            except Exception:
+                pass
+    return task
+
+
+def _task_entry(type: str, payload: Any = None, *, queue: str | None = None, priority: int | None = None,
+                delay: float | None = None, run_at: float | datetime | None = None, timeout: float | None = None,
+                retries: int | None = None, key: str | None = None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"type": type, "payload": encode_value(payload)}
+    if queue is not None:
+        entry["queue"] = queue
+    if priority is not None:
+        entry["priority"] = priority
+    if delay is not None:
+        entry["delay"] = float(delay)
+    if run_at is not None:
+        entry["run_at"] = run_at.timestamp() if isinstance(run_at, datetime) else float(run_at)
+    if timeout is not None:
+        entry["timeout"] = float(timeout)
+    if retries is not None:
+        entry["retries"] = retries
+    if key is not None:
+        entry["key"] = key
+    return entry
+
+
+class _Pending:
+    __slots__ = ("event", "reply")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.reply: dict[str, Any] | None = None
+
+
+class Client:
+    """An async connection to a runq server.
+
+    Use as ``async with Client("127.0.0.1:7700") as client: ...``.
+
+    Args:
+        address: ``HOST:PORT`` of the server.
+        token: shared secret, when the server requires one (default: ``RUNQ_TOKEN``).
+        role: ``client`` (default) or ``watcher`` (read-only).
+        connect_timeout: seconds to connect and be welcomed.
+    """
+
+    def __init__(self, address: str = DEFAULT_ADDRESS, *, token: str | None = None, role: str = "client",
+                 connect_timeout: float = 10.0) -> None:
+        self.address = address
+        self.host, self.port = parse_address(address)
+        self.token = token if token is not None else os.environ.get("RUNQ_TOKEN")
+        self.role = role
+        self.connect_timeout = connect_timeout
+        self.welcome: dict[str, Any] = {}
+        self._conn = Connection(DEFAULT_MAX_FRAME)
+        self._stream: anyio.abc.ByteStream | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._rids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._buf: list[bytes] = []
+        self._wake = anyio.Event()
+        self._closed: BaseException | None = None
+        self._events_send: anyio.abc.ObjectSendStream[dict[str, Any]] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def __aenter__(self) -> Client:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    async def connect(self) -> None:
+        """Connect, say hello and start the reader and sender tasks."""
+        with anyio.fail_after(self.connect_timeout):
+            stream = await anyio.connect_tcp(self.host, self.port)
+        try:
+            hello: dict[str, Any] = {"op": "hello", "version": PROTOCOL_VERSION, "role": self.role,
+                                     "host": socket.gethostname(), "pid": os.getpid()}
+            if self.token:
+                hello["token"] = self.token
+            await stream.send(self._conn.send(hello))
+            with anyio.fail_after(self.connect_timeout):
+                self.welcome = await self._read_one(stream)
+        except BaseException:
+            await stream.aclose()
+            raise
+        self._stream = stream
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._tg.start_soon(self._reader)
+        self._tg.start_soon(self._sender)
+
+    async def _read_one(self, stream: anyio.abc.ByteStream) -> dict[str, Any]:
+        while True:
+            msg = self._conn.next_message()
+            if msg is not None:
+                if msg["op"] == "error":
+                    raise error_for_code(str(msg.get("code")), str(msg.get("message")))
+                return msg
+            try:
+                data = await stream.receive(65536)
+            except (anyio.EndOfStream, anyio.BrokenResourceError) as exc:
+                raise ConnectionClosed("server closed the connection during hello") from exc
+            self._conn.receive_data(data)
+
+    async def aclose(self) -> None:
+        """Close the connection; outstanding requests fail with ``ConnectionClosed``."""
+        if self._tg is not None:
+            tg, self._tg = self._tg, None
+            tg.cancel_scope.cancel()
+            await tg.__aexit__(None, None, None)
+        if self._stream is not None:
+            with anyio.CancelScope(shield=True):
+                await self._stream.aclose()
+            self._stream = None
+        self._fail_all(ConnectionClosed("client closed"))
+
+    def _fail_all(self, exc: BaseException) -> None:
+        if self._closed is None:
+            self._closed = exc
+        for p in self._pending.values():
+            p.reply = None
+            p.event.set()
+        self._pending.clear()
+        if self._events_send is not None:
+            self._events_send.close()
+
+    async def _reader(self) -> None:
+        assert self._stream is not None
+        conn = self._conn
+        try:
+            while True:
+                for msg in conn.messages():
+                    self._route(msg)
+                data = await self._stream.receive(65536)
+                conn.receive_data(data)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, ProtocolError) as exc:
+            self._fail_all(ConnectionClosed(f"connection to {self.address} lost: {exc!r}"))
+
+    def _route(self, msg: dict[str, Any]) -> None:
+        op = msg["op"]
+        if op == "event":
+            if self._events_send is not None:
+                try:
+                    self._events_send.send_nowait(msg)
+                except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    pass
+            return
+        rid = msg.get("rid")
+        p = self._pending.pop(rid, None) if isinstance(rid, int) else None
+        if p is not None:
+            p.reply = msg
+            p.event.set()
+        elif op == "error":
+            self._fail_all(error_for_code(str(msg.get("code")), str(msg.get("message"))))
+
+    async def _sender(self) -> None:
+        assert self._stream is not None
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake = anyio.Event()
+                if self._buf:
+                    data = b"".join(self._buf)
+                    self._buf.clear()
+                    await self._stream.send(data)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+            self._fail_all(ConnectionClosed(f"connection to {self.address} lost: {exc!r}"))
+
+    def _send(self, msg: dict[str, Any]) -> None:
+        self._buf.append(self._conn.send(msg))
+        self._wake.set()
+
+    async def request(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """Send one request and return its reply.
+
+        Raises:
+            RemoteError: the server answered with an error frame (subclass by code).
+            ConnectionClosed: the connection ended first.
+        """
+        if self._closed is not None:
+            raise ConnectionClosed(f"not connected: {self._closed}")
+        if self._tg is None:
+            raise ConnectionClosed("not connected: use 'async with Client(...)' or await connect()")
+        rid = next(self._rids)
+        msg["rid"] = rid
+        p = _Pending()
+        self._pending[rid] = p
+        self._send(msg)
+        try:
+            await p.event.wait()
+        finally:
+            self._pending.pop(rid, None)
+        reply = p.reply
+        if reply is None:
+            raise ConnectionClosed(f"connection closed with a request outstanding: {self._closed}")
+        if reply["op"] == "error":
+            raise error_for_code(str(reply.get("code")), str(reply.get("message")))
+        return reply
+
+    # ------------------------------------------------------------------ tasks
+    async def enqueue(self, type: str, payload: Any = None, *, queue: str | None = None,
+                      priority: int | None = None, delay: float | None = None,
+                      run_at: float | datetime | None = None, timeout: float | None = None,
+                      retries: int | None = None, key: str | None = None) -> int:
+        """Enqueue one task; return its id once it is committed to the database.
+
+        Args:
+            type: handler name.
+            payload: any msgpack-able value.
+            queue: queue name (default ``default``).
+            priority: higher runs first.
+            delay: seconds before it may run. run_at: unix time or datetime before which it may not run.
+            timeout: seconds one attempt may take. retries: retries after a failure (default 3).
+            key: unique key; while a non-final task holds it, that task's id is returned.
+        """
+        entry = _task_entry(type, payload, queue=queue, priority=priority, delay=delay, run_at=run_at,
+                            timeout=timeout, retries=retries, key=key)
+        reply = await self.request({"op": "enqueue", "tasks": [entry]})
+        return int(reply["ids"][0])
+
+    async def enqueue_many(self, tasks: Iterable[Mapping[str, Any]]) -> list[int]:
+        """Enqueue many tasks in one request (one commit); return their ids in order.
+
+        Each item is a map with the keyword arguments of ``enqueue`` (``type`` required).
+        """
+        entries = [_task_entry(**dict(t)) for t in tasks]
+        reply = await self.request({"op": "enqueue", "tasks": entries})
+        return [int(i) for i in reply["ids"]]
+
+    async def get(self, task_id: int) -> dict[str, Any]:
+        """Return the task as a map (payload, result, progress decoded)."""
+        return decode_task((await self.request({"op": "get", "id": task_id}))["task"])
+
+    status = get
+
+    async def wait(self, task_id: int, timeout: float | None = None, *, raise_on_failure: bool = False) -> dict[str, Any]:
+        """Wait until the task is final (or ``timeout`` seconds passed); return it.
+
+        Raises:
+            TaskFailed: ``raise_on_failure`` and the task ended dead or cancelled.
+            TimeoutError: ``timeout`` passed and the task is not final.
+        """
+        deadline = math.inf if timeout is None else anyio.current_time() + timeout
+        while True:
+            left = deadline - anyio.current_time()
+            step = 60.0 if math.isinf(left) else max(0.0, min(left, 60.0))
+            task = decode_task((await self.request({"op": "wait", "id": task_id, "timeout": step}))["task"])
+            if task["state"] in FINAL_STATES:
+                if raise_on_failure and task["state"] != "succeeded":
+                    raise TaskFailed(task)
+                return task
+            if anyio.current_time() >= deadline:
+                raise TimeoutError(f"task {task_id} is still {task['state']} after {timeout}s")
+
+    async def result(self, task_id: int, timeout: float | None = None) -> Any:
+        """Wait for the task and return its result; raise ``TaskFailed`` if it did not succeed."""
+        return (await self.wait(task_id, timeout, raise_on_failure=True))["result"]
+
+    async def cancel(self, task_id: int) -> dict[str, Any]:
+        """Cancel a queued or running task; return it."""
+        return decode_task((await self.request({"op": "cancel", "id": task_id}))["task"])
+
+    async def retry(self, task_id: int) -> dict[str, Any]:
+        """Bring a dead, cancelled or retry-waiting task back to ready now; return it."""
+        return decode_task((await self.request({"op": "retry", "id": task_id}))["task"])
+
+    async def events(self, task_id: int) -> list[dict[str, Any]]:
+        """Return the task's timeline: every event, oldest first."""
+        return list((await self.request({"op": "events", "id": task_id}))["events"])
+
+    async def list_tasks(self, *, state: str | None = None, queue: str | None = None, type: str | None = None,
+                         limit: int = 100, cursor: int | None = None) -> tuple[list[dict[str, Any]], int | None]:
+        """Return a page of tasks, newest first, and the cursor of the next page (or ``None``)."""
+        msg: dict[str, Any] = {"op": "list", "limit": limit}
+        for k, v in (("state", state), ("queue", queue), ("type", type), ("cursor", cursor)):
+            if v is not None:
+                msg[k] = v
+        reply = await self.request(msg)
+        return [decode_task(t) for t in reply["tasks"]], reply.get("cursor")
+
+    async def pause(self, queue: str) -> None:
+        """Stop dispatching from ``queue`` (enqueue still accepted)."""
+        await self.request({"op": "pause", "queue": queue})
+
+    async def resume(self, queue: str) -> None:
+        """Dispatch from ``queue`` again."""
+        await self.request({"op": "resume", "queue": queue})
+
+    async def queues(self) -> list[dict[str, Any]]:
+        return list((await self.request({"op": "queues"}))["queues"])
+
+    async def workers(self) -> list[dict[str, Any]]:
+        return list((await self.request({"op": "workers"}))["workers"])
+
+    async def stats(self) -> dict[str, Any]:
+        return dict((await self.request({"op": "stats"}))["stats"])
+
+    async def ping(self) -> None:
+        await self.request({"op": "ping"})
+
+    async def subscribe(self, *, queues: list[str] | None = None, types: list[str] | None = None,
+                        ids: list[int] | None = None, buffer: int = 10_000) -> AsyncIterator[dict[str, Any]]:
+        """Yield live events (task updates) matching the filters, until the connection ends.
+
+        When this client falls behind, events beyond ``buffer`` are dropped; the
+        server also drops for slow readers and then sends ``{"kind": "dropped"}``.
+        """
+        send, receive = anyio.create_memory_object_stream[dict[str, Any]](buffer)
+        self._events_send = send
+        msg: dict[str, Any] = {"op": "subscribe"}
+        for k, v in (("queues", queues), ("types", types), ("ids", ids)):
+            if v is not None:
+                msg[k] = list(v)
+        await self.request(msg)
+        async with receive:
+            async for ev in receive:
+                yield decode_task(ev)
+
+
+class SyncClient:
+    """A blocking client for scripts and WSGI apps: the ``Client`` API without ``await``.
+
+    It runs a ``Client`` on an event loop in a background thread.
+
+    Args:
+        address: ``HOST:PORT`` of the server.
+        token: shared secret (default ``RUNQ_TOKEN``).
+    """
+
+    def __init__(self, address: str = DEFAULT_ADDRESS, *, token: str | None = None, role: str = "client",
+                 connect_timeout: float = 10.0) -> None:
+        self._cm = anyio.from_thread.start_blocking_portal("asyncio")
+        self._portal = self._cm.__enter__()
+        self._client = Client(address, token=token, role=role, connect_timeout=connect_timeout)
+        # enter and exit the client's task group in one task of the portal's loop
+        self._client_cm = self._portal.wrap_async_context_manager(self._client)
+        try:
+            self._client_cm.__enter__()
+        except BaseException:
+            self._cm.__exit__(None, None, None)
+            raise
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection and stop the background loop."""
+        if self._cm is not None:
+            try:
+                self._client_cm.__exit__(None, None, None)
+            finally:
+                cm, self._cm = self._cm, None  # type: ignore[assignment]
+                cm.__exit__(None, None, None)
+
+    def _call(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        return self._portal.call(lambda: fn(*args, **kw))
+
+    def enqueue(self, type: str, payload: Any = None, **kw: Any) -> int:
+        return int(self._call(self._client.enqueue, type, payload, **kw))
+
+    def enqueue_many(self, tasks: Iterable[Mapping[str, Any]]) -> list[int]:
+        return list(self._call(self._client.enqueue_many, list(tasks)))
+
+    def get(self, task_id: int) -> dict[str, Any]:
+        return dict(self._call(self._client.get, task_id))
+
+    status = get
+
+    def wait(self, task_id: int, timeout: float | None = None, *, raise_on_failure: bool = False) -> dict[str, Any]:
+        return dict(self._call(self._client.wait, task_id, timeout, raise_on_failure=raise_on_failure))
+
+    def result(self, task_id: int, timeout: float | None = None) -> Any:
+        return self._call(self._client.result, task_id, timeout)
+
+    def cancel(self, task_id: int) -> dict[str, Any]:
+        return dict(self._call(self._client.cancel, task_id))
+
+    def retry(self, task_id: int) -> dict[str, Any]:
+        return dict(self._call(self._client.retry, task_id))
+
+    def events(self, task_id: int) -> list[dict[str, Any]]:
+        return list(self._call(self._client.events, task_id))
+
+    def list_tasks(self, **kw: Any) -> tuple[list[dict[str, Any]], int | None]:
+        tasks, cursor = self._call(self._client.list_tasks, **kw)
+        return list(tasks), cursor
+
+    def pause(self, queue: str) -> None:
+        self._call(self._client.pause, queue)
+
+    def resume(self, queue: str) -> None:
+        self._call(self._client.resume, queue)
+
+    def queues(self) -> list[dict[str, Any]]:
+        return list(self._call(self._client.queues))
+
+    def workers(self) -> list[dict[str, Any]]:
+        return list(self._call(self._client.workers))
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self._call(self._client.stats))
+
+    def ping(self) -> None:
+        self._call(self._client.ping)
+

@@ -1,0 +1,121 @@
+"""Errors of runq, one flat module.
+
+Every error that crosses the wire carries a stable ``code`` (a short snake_case
+string, listed in docs/protocol.md). The server sends it in an ``error`` frame,
+the HTTP layer maps it to a status, and the SDK raises the matching class here.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "RunqError",
+    "ProtocolError",
+    "FrameTooLarge",
+    "RemoteError",
+    "TaskNotFound",
+    "InvalidState",
+    "Unauthorized",
+    "ConnectionClosed",
+    "TaskFailed",
+    "ERROR_CODES",
+    "error_for_code",
+]
+
+
+class RunqError(Exception):
+    """Base class of every error runq raises on purpose."""
+
+    code = "internal"
+
+
+class ProtocolError(RunqError):
+    """A peer broke the wire protocol: malformed frame, unknown or invalid message.
+
+    Raised by the sans-IO ``Connection`` and by message validation. The server
+    answers it with an error frame carrying ``code`` and closes that connection.
+    """
+
+    code = "bad_message"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class FrameTooLarge(ProtocolError):
+    """A frame header announced more bytes than the negotiated limit."""
+
+    code = "frame_too_large"
+
+
+class RemoteError(RunqError):
+    """The server answered a request with an error frame.
+
+    Attributes:
+        code: the stable error code from the frame.
+        message: the server's human-readable text.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class TaskNotFound(RemoteError):
+    """No task has the requested id (or it was pruned)."""
+
+
+class InvalidState(RemoteError):
+    """The operation is not legal in the task's current state."""
+
+
+class Unauthorized(RemoteError):
+    """The token was missing or wrong."""
+
+
+class ConnectionClosed(RunqError):
+    """The connection to the server ended while a request was outstanding."""
+
+    code = "connection_closed"
+
+
+class TaskFailed(RunqError):
+    """Raised by ``wait(..., raise_on_failure=True)`` when a task ended dead or cancelled."""
+
+    code = "task_failed"
+
+    def __init__(self, task: dict[str, object]) -> None:
+        super().__init__(f"task {task.get('id')} ended {task.get('state')}: {task.get('error')}")
+        self.task = task
+
+
+#: Every stable error code, with what it means (docs/protocol.md repeats this table).
+ERROR_CODES: dict[str, str] = {
+    "bad_frame": "the bytes are not a valid frame (bad msgpack, not a map)",
+    "frame_too_large": "the frame header announced more than max_frame bytes",
+    "bad_message": "the message is missing a field or a field has the wrong type",
+    "unknown_op": "the message's op is not one this server knows for this role",
+    "hello_required": "the first frame was not hello",
+    "hello_timeout": "no hello arrived within the deadline",
+    "version": "no protocol version in common",
+    "unauthorized": "missing or wrong token",
+    "not_found": "no such task",
+    "invalid_state": "the operation is not legal in the task's current state",
+    "bad_request": "a well-formed request with an invalid value",
+    "store_error": "the database could not commit (disk full, locked, ...)",
+    "shutting_down": "the server is stopping",
+    "internal": "a bug in the server: reported, the connection stays usable",
+}
+
+_CLASSES: dict[str, type[RemoteError]] = {
+    "not_found": TaskNotFound,
+    "invalid_state": InvalidState,
+    "unauthorized": Unauthorized,
+}
+
+
+def error_for_code(code: str, message: str) -> RemoteError:
+    """Build the SDK exception for an error frame's code."""
+    return _CLASSES.get(code, RemoteError)(code, message)

@@ -1,0 +1,163 @@
+"""Sans-IO framing of the runq wire protocol.
+
+Theory of operation
+-------------------
+A runq stream is a sequence of frames. A frame is a 4-byte big-endian unsigned
+length N followed by N bytes holding exactly one msgpack value, which must be a
+map (a *message*) whose ``op`` key names it. ``Connection`` touches no socket:
+
+- ``receive_data(data)`` appends bytes read from the peer (``b""`` means EOF);
+- ``next_message()`` returns the next complete message, or ``None`` when more
+  bytes are needed, and raises ``ProtocolError`` for a malformed frame;
+- ``send(message)`` / ``send_many(messages)`` return the bytes to write.
+
+Rules of this file:
+
+1. The length header is checked against ``max_frame`` *before* any body byte is
+   buffered for it: an oversized frame raises ``FrameTooLarge`` at once, so a
+   peer cannot make us allocate more than ``max_frame`` plus one read.
+2. After a ``ProtocolError`` the connection is dead: every later call raises
+   the same error. The caller sends an error frame and closes.
+3. Bytes inside messages stay bytes (msgpack bin); strings are UTF-8 str.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from typing import Any
+
+import msgpack
+
+from .errors import FrameTooLarge, ProtocolError
+
+__all__ = ["Connection", "encode_frame", "DEFAULT_MAX_FRAME", "HEADER"]
+
+#: Default hard limit on one frame's body, in bytes (16 MiB).
+DEFAULT_MAX_FRAME = 16 * 1024 * 1024
+
+HEADER = struct.Struct(">I")
+
+_packb = msgpack.Packer(use_bin_type=True).pack
+
+
+def encode_frame(message: dict[str, Any]) -> bytes:
+    """Return one frame (header + msgpack body) for ``message``."""
+    body = msgpack.packb(message, use_bin_type=True)
+    return HEADER.pack(len(body)) + body
+
+
+class Connection:
+    """One side of a runq byte stream, with no I/O.
+
+    Args:
+        max_frame: the largest body accepted from the peer, in bytes.
+    """
+
+    __slots__ = ("max_frame", "_buf", "_pos", "_error", "_eof", "frames_in", "frames_out")
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.max_frame = max_frame
+        self._buf = bytearray()
+        self._pos = 0
+        self._error: ProtocolError | None = None
+        self._eof = False
+        self.frames_in = 0
+        self.frames_out = 0
+
+    # ---- incoming -------------------------------------------------------
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes read from the peer; ``b""`` marks the end of the stream."""
+        if self._error is not None:
+            raise self._error
+        if not data:
+            self._eof = True
+            return
+        if self._pos and self._pos == len(self._buf):
+            self._buf.clear()
+            self._pos = 0
+        self._buf += data
+
+    @property
+    def eof(self) -> bool:
+        """True once the peer closed its side and every whole frame was read."""
+        return self._eof
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as messages."""
+        return len(self._buf) - self._pos
+
+    def next_message(self) -> dict[str, Any] | None:
+        """Return the next whole message, or ``None`` if more bytes are needed.
+
+        Raises:
+            FrameTooLarge: the header announced more than ``max_frame`` bytes.
+            ProtocolError: the body is not msgpack, or not a map with a str ``op``;
+                or the stream ended inside a frame.
+        """
+        if self._error is not None:
+            raise self._error
+        buf = self._buf
+        pos = self._pos
+        avail = len(buf) - pos
+        if avail < 4:
+            if self._eof and avail:
+                self._fail(ProtocolError("stream ended inside a frame header", "bad_frame"))
+            return None
+        (size,) = HEADER.unpack_from(buf, pos)
+        if size > self.max_frame:
+            self._fail(FrameTooLarge(f"frame of {size} bytes exceeds max_frame {self.max_frame}"))
+        if avail < 4 + size:
+            if self._eof:
+                self._fail(ProtocolError("stream ended inside a frame body", "bad_frame"))
+            return None
+        start = pos + 4
+        end = start + size
+        try:
+            message = msgpack.unpackb(
+                memoryview(buf)[start:end], raw=False, strict_map_key=False, use_list=True
+            )
+        except Exception as exc:  # msgpack raises several unrelated classes
+            self._fail(ProtocolError(f"frame body is not one msgpack value: {exc}", "bad_frame"))
+        self._pos = end
+        if end == len(buf):
+            buf.clear()
+            self._pos = 0
+        elif self._pos > 1 << 20:
+            del buf[: self._pos]
+            self._pos = 0
+        if not isinstance(message, dict) or not isinstance(message.get("op"), str):
+            self._fail(ProtocolError("a frame must hold a map with a str 'op'", "bad_frame"))
+        self.frames_in += 1
+        return message
+
+    def messages(self) -> list[dict[str, Any]]:
+        """Return every whole message buffered now (maybe none)."""
+        out = []
+        while (m := self.next_message()) is not None:
+            out.append(m)
+        return out
+
+    def _fail(self, error: ProtocolError) -> Any:
+        self._error = error
+        raise error
+
+    # ---- outgoing -------------------------------------------------------
+    def send(self, message: dict[str, Any]) -> bytes:
+        """Return the frame bytes for one message."""
+        body = _packb(message)
+        self.frames_out += 1
+        return HEADER.pack(len(body)) + body
+
+    def send_many(self, messages: Iterable[dict[str, Any]]) -> bytes:
+        """Return the frames for several messages, joined for one write."""
+        parts = []
+        pack = _packb
+        hdr = HEADER.pack
+        for m in messages:
+            body = pack(m)
+            parts.append(hdr(len(body)))
+            parts.append(body)
+        self.frames_out += len(parts) // 2
+        return b"".join(parts)

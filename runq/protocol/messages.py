@@ -1,0 +1,223 @@
+"""The runq messages: names, fields and validation.
+
+Theory of operation
+-------------------
+Every frame carries one msgpack map; its ``op`` key names the message. This
+module is the single place that knows which fields each message has and what
+type they must be. Decoded maps are validated here into frozen records
+(``TaskSpec``, ``Hello``) or checked in place (hot-path worker messages, which
+stay plain maps for speed), raising ``ProtocolError("bad_message")`` that names
+the message and the field.
+
+Payloads, results and progress values are application data: the SDK encodes
+them with msgpack into a ``bin`` field, so the server stores and forwards them
+without decoding (a client in another language may put any msgpack value in).
+docs/protocol.md is the normative description of every message below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ProtocolError
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "SUPPORTED_VERSIONS",
+    "ROLES",
+    "CLIENT_OPS",
+    "WORKER_OPS",
+    "WATCHER_OPS",
+    "Hello",
+    "TaskSpec",
+    "parse_hello",
+    "parse_task_spec",
+    "require",
+    "optional",
+    "choose_version",
+]
+
+PROTOCOL_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+ROLES = ("client", "worker", "watcher")
+
+#: ops a client may send (requests; each may carry ``rid``).
+CLIENT_OPS = frozenset(
+    {
+        "enqueue", "get", "wait", "cancel", "retry", "events", "list",
+        "pause", "resume", "queues", "workers", "subscribe", "ping", "stats",
+    }
+)
+#: ops a worker may send.
+WORKER_OPS = frozenset({"credit", "heartbeat", "progress", "done", "fail", "release", "ping"})
+#: a watcher is a read-only client.
+WATCHER_OPS = frozenset({"get", "wait", "events", "list", "queues", "workers", "subscribe", "ping", "stats"})
+
+_MISSING = object()
+
+
+def require(msg: dict[str, Any], field: str, kind: type | tuple[type, ...]) -> Any:
+    """Return ``msg[field]``, raising ``ProtocolError`` if absent or of the wrong type."""
+    value = msg.get(field, _MISSING)
+    if value is _MISSING:
+        raise ProtocolError(f"{msg.get('op')}: missing field {field!r}")
+    if not _is(value, kind):
+        raise ProtocolError(f"{msg.get('op')}: field {field!r} must be {_name(kind)}, got {type(value).__name__}")
+    return value
+
+
+def optional(msg: dict[str, Any], field: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+    """Return ``msg[field]`` or ``default`` when absent or nil; type-checked like ``require``."""
+    value = msg.get(field)
+    if value is None:
+        return default
+    if not _is(value, kind):
+        raise ProtocolError(f"{msg.get('op')}: field {field!r} must be {_name(kind)}, got {type(value).__name__}")
+    return value
+
+
+def _is(value: Any, kind: type | tuple[type, ...]) -> bool:
+    kinds = _tuple(kind)
+    if isinstance(value, bool) and bool not in kinds:
+        return False
+    return isinstance(value, kinds)
+
+
+def _tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _name(kind: type | tuple[type, ...]) -> str:
+    return " or ".join(k.__name__ for k in _tuple(kind))
+
+
+_NUM = (int, float)
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """The first frame of every connection, validated."""
+
+    version: int
+    role: str
+    token: str | None = None
+    name: str | None = None
+    host: str | None = None
+    pid: int | None = None
+    queues: tuple[str, ...] = ("default",)
+    concurrency: int = 1
+
+
+def choose_version(offered: list[int]) -> int | None:
+    """Return the highest version both sides speak, or ``None``."""
+    common = set(offered) & set(SUPPORTED_VERSIONS)
+    return max(common) if common else None
+
+
+def parse_hello(msg: dict[str, Any]) -> Hello:
+    """Validate a ``hello`` map.
+
+    Raises:
+        ProtocolError: ``hello_required`` if the op is not hello, ``bad_message``
+            for a bad field, ``version`` when no version is in common.
+    """
+    if msg.get("op") != "hello":
+        raise ProtocolError(f"first frame must be hello, got {msg.get('op')!r}", "hello_required")
+    versions = msg.get("versions")
+    if versions is None:
+        versions = [require(msg, "version", int)]
+    if not isinstance(versions, list) or not all(isinstance(v, int) for v in versions):
+        raise ProtocolError("hello: 'versions' must be a list of int")
+    version = choose_version(versions)
+    if version is None:
+        raise ProtocolError(f"no common protocol version: server speaks {list(SUPPORTED_VERSIONS)}", "version")
+    role = require(msg, "role", str)
+    if role not in ROLES:
+        raise ProtocolError(f"hello: role must be one of {ROLES}, got {role!r}")
+    queues = optional(msg, "queues", list, ["default"])
+    if not queues or not all(isinstance(q, str) and q for q in queues):
+        raise ProtocolError("hello: 'queues' must be a non-empty list of non-empty str")
+    concurrency = optional(msg, "concurrency", int, 1)
+    if concurrency < 1:
+        raise ProtocolError("hello: 'concurrency' must be >= 1")
+    return Hello(
+        version=version,
+        role=role,
+        token=optional(msg, "token", str),
+        name=optional(msg, "name", str),
+        host=optional(msg, "host", str),
+        pid=optional(msg, "pid", int),
+        queues=tuple(queues),
+        concurrency=concurrency,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """A validated request to enqueue one task.
+
+    Attributes:
+        type: handler name.
+        payload: msgpack-encoded argument value (opaque to the server).
+        queue: queue name.
+        priority: higher runs first; FIFO within one priority.
+        delay: seconds from now before the task may run (exclusive with run_at).
+        run_at: unix time before which the task may not run.
+        timeout: seconds a run may take; None for the server default.
+        retries: how many retries after the first failed attempt; None for default.
+        key: unique key; while a non-final task holds it, enqueue returns that task.
+    """
+
+    type: str
+    payload: bytes = b"\xc0"
+    queue: str = "default"
+    priority: int = 0
+    delay: float | None = None
+    run_at: float | None = None
+    timeout: float | None = None
+    retries: int | None = None
+    key: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.type or len(self.type) > 200:
+            raise ProtocolError("task: 'type' must be a non-empty str of at most 200 chars", "bad_request")
+        if not self.queue or len(self.queue) > 200:
+            raise ProtocolError("task: 'queue' must be a non-empty str of at most 200 chars", "bad_request")
+        if not -(2**31) <= self.priority < 2**31:
+            raise ProtocolError("task: 'priority' must fit in 32 bits", "bad_request")
+        if self.delay is not None and self.run_at is not None:
+            raise ProtocolError("task: give 'delay' or 'run_at', not both", "bad_request")
+        if self.delay is not None and not 0 <= self.delay < 10 * 365 * 86400:
+            raise ProtocolError("task: 'delay' must be >= 0 seconds and under ten years", "bad_request")
+        if self.timeout is not None and not 0 < self.timeout <= 7 * 86400:
+            raise ProtocolError("task: 'timeout' must be > 0 and at most 7 days", "bad_request")
+        if self.retries is not None and not 0 <= self.retries <= 1000:
+            raise ProtocolError("task: 'retries' must be between 0 and 1000", "bad_request")
+        if self.key is not None and not 0 < len(self.key) <= 1000:
+            raise ProtocolError("task: 'key' must be a non-empty str of at most 1000 chars", "bad_request")
+
+
+def parse_task_spec(d: Any) -> TaskSpec:
+    """Validate one entry of an ``enqueue`` message's ``tasks`` list."""
+    if not isinstance(d, dict):
+        raise ProtocolError("enqueue: each task must be a map")
+    d.setdefault("op", "enqueue")
+    payload = d.get("payload", b"\xc0")
+    if not isinstance(payload, bytes):
+        raise ProtocolError("enqueue: 'payload' must be bin (the msgpack encoding of the value)")
+    return TaskSpec(
+        type=require(d, "type", str),
+        payload=payload,
+        queue=optional(d, "queue", str, "default"),
+        priority=optional(d, "priority", int, 0),
+        delay=_float(optional(d, "delay", _NUM)),
+        run_at=_float(optional(d, "run_at", _NUM)),
+        timeout=_float(optional(d, "timeout", _NUM)),
+        retries=optional(d, "retries", int),
+        key=optional(d, "key", str),
+    )
+
+
+def _float(v: int | float | None) -> float | None:
+    return None if v is None else float(v)

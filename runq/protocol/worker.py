@@ -1,0 +1,454 @@
+"""The worker SDK: register handlers, join a server, run tasks by credit.
+
+Theory of operation
+-------------------
+A ``Worker`` keeps one connection to the server (reconnecting with backoff when
+it drops). It grants the server credit for ``concurrency + prefetch`` tasks;
+``concurrency`` runner tasks take leased tasks from a local channel and run
+their handler inside a cancel scope with the task's timeout. Results are
+batched: every finished task is appended to one list that the sender writes as
+a single ``done`` frame, carrying the credit freed by those tasks.
+
+Handlers are async functions (run on the worker's event loop, trio or asyncio
+through anyio) or plain functions (run in a thread). A handler takes the
+payload, and optionally a second argument, the ``TaskContext``. Raising
+``Retry(delay)`` asks for a retry after ``delay`` seconds; any other exception
+fails the attempt with its traceback.
+
+Stopping (SIGINT/SIGTERM, ``stop()`` or a ``drain`` from the server): take no
+more tasks, hand back the ones not started, let running ones finish within
+``grace`` seconds, then cancel and hand back the rest.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import os
+import random
+import signal
+import socket
+import threading
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.abc
+import anyio.from_thread
+
+from .client import decode_value, encode_value, parse_address
+from .errors import ConnectionClosed, ProtocolError, RunqError, Unauthorized, error_for_code
+from .frames import DEFAULT_MAX_FRAME, Connection
+from .messages import PROTOCOL_VERSION
+
+__all__ = ["Worker", "TaskContext", "Retry", "Handler"]
+
+log = logging.getLogger("runq.worker")
+
+
+class Retry(Exception):  # noqa: N818 - the name reads as the request it is
+    """Raise in a handler to ask for a retry after ``delay`` seconds (counts as an attempt)."""
+
+    def __init__(self, delay: float = 0.0, reason: str = "retry requested") -> None:
+        super().__init__(reason)
+        self.delay = float(delay)
+
+
+@dataclass
+class Handler:
+    """A registered task type."""
+
+    type: str
+    fn: Callable[..., Any]
+    is_async: bool
+    wants_context: bool
+    timeout: float | None = None
+    retries: int | None = None
+
+
+class TaskContext:
+    """What a handler may know and do about the task it runs."""
+
+    __slots__ = ("id", "type", "queue", "attempt", "max_retries", "timeout", "priority", "_worker", "_thread")
+
+    def __init__(self, worker: Worker, task: dict[str, Any]) -> None:
+        self.id: int = task["id"]
+        self.type: str = task["type"]
+        self.queue: str = task.get("queue", "default")
+        self.attempt: int = task["attempt"]
+        self.max_retries: int = task.get("max_retries", 0)
+        self.timeout: float = task.get("timeout") or math.inf
+        self.priority: int = task.get("priority", 0)
+        self._worker = worker
+        self._thread = threading.get_ident()
+
+    def progress(self, value: Any) -> None:
+        """Report progress (any msgpack value: a fraction, a dict...). Safe from a thread."""
+        self._worker._queue_msg({"op": "progress", "id": self.id, "attempt": self.attempt,
+                                 "value": encode_value(value)}, self._thread)
+
+
+class Worker:
+    """A runq worker.
+
+    Args:
+        queues: queue names to take tasks from.
+        concurrency: tasks run at once.
+        prefetch: extra tasks leased ahead to keep runners busy (default: ``concurrency``).
+        name: shown in the dashboard (default: host-pid).
+        grace: seconds running tasks get to finish when stopping.
+    """
+
+    def __init__(self, queues: list[str] | tuple[str, ...] = ("default",), concurrency: int = 4,
+                 prefetch: int | None = None, name: str | None = None, grace: float = 30.0) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        self.queues = list(queues)
+        self.concurrency = concurrency
+        self.prefetch = concurrency if prefetch is None else prefetch
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.grace = grace
+        self.handlers: dict[str, Handler] = {}
+        self.worker_id: str | None = None
+        self.completed = 0
+        self.failed = 0
+        self._stop = threading.Event()
+        self._stop_ev: anyio.Event | None = None
+        self._out: list[dict[str, Any]] = []
+        self._results: list[list[Any]] = []
+        self._credit = 0
+        self._wake: anyio.Event | None = None
+        self._scopes: dict[int, tuple[int, anyio.CancelScope]] = {}
+        self._buffered: dict[int, dict[str, Any]] = {}
+        self._running: set[int] = set()
+        self._loop_thread = 0
+        self._token: anyio.lowlevel.EventLoopToken | None = None  # type: ignore[name-defined]
+        self.connected = False
+
+    # ------------------------------------------------------------------ registration
+    def task(self, type: str | None = None, *, timeout: float | None = None,
+             retries: int | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Register the decorated function as the handler of ``type`` (default: its name).
+
+        Args:
+            timeout: seconds an attempt may run on this worker (the smaller of this
+                and the task's own timeout applies).
+            retries: retries after a failure, overriding the task's own setting.
+        """
+
+        def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+            self.register(type or fn.__name__, fn, timeout=timeout, retries=retries)
+            return fn
+
+        return deco
+
+    def register(self, type: str, fn: Callable[..., Any], *, timeout: float | None = None,
+                 retries: int | None = None) -> None:
+        """Register ``fn`` as the handler of ``type``."""
+        try:
+            params = [p for p in inspect.signature(fn).parameters.values()
+                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+            wants_ctx = len(params) >= 2
+        except (TypeError, ValueError):
+            wants_ctx = False
+        self.handlers[type] = Handler(type, fn, inspect.iscoroutinefunction(fn), wants_ctx, timeout, retries)
+
+    # ------------------------------------------------------------------ running
+    def stop(self) -> None:
+        """Begin a graceful stop (safe from any thread or a signal handler)."""
+        self._stop.set()
+        ev = self._stop_ev
+        if ev is not None:
+            if threading.get_ident() == self._loop_thread:
+                ev.set()
+            else:
+                try:
+                    anyio.from_thread.run_sync(ev.set, token=self._token)
+                except Exception:
+                    pass
+
+    def run_sync(self, address: str = "127.0.0.1:7700", *, token: str | None = None,
+                 backend: str = "trio", handle_signals: bool = True) -> None:
+        """Run until stopped (blocking): ``anyio.run`` with ``backend``."""
+        anyio.run(lambda: self.run(address, token=token, handle_signals=handle_signals), backend=backend)
+
+    async def run(self, address: str = "127.0.0.1:7700", *, token: str | None = None,
+                  handle_signals: bool = False, max_backoff: float = 5.0) -> None:
+        """Join the server at ``address`` and work until stopped; reconnect with backoff.
+
+        Raises:
+            Unauthorized: the server refused the token (not retried).
+        """
+        self._stop_ev = anyio.Event()
+        self._loop_thread = threading.get_ident()
+        self._token = anyio.lowlevel.current_token()
+        if self._stop.is_set():
+            self._stop_ev.set()
+        host, port = parse_address(address)
+        token = token if token is not None else os.environ.get("RUNQ_TOKEN")
+        delay = 0.05
+        async with anyio.create_task_group() as tg:
+            if handle_signals:
+                tg.start_soon(self._signals)
+            try:
+                while not self._stop.is_set():
+                    try:
+                        await self._session(host, port, token)
+                        delay = 0.05
+                    except Unauthorized:
+                        raise
+                    except (OSError, ConnectionClosed, ProtocolError, RunqError, anyio.EndOfStream,
+                            anyio.BrokenResourceError) as exc:
+                        if self._stop.is_set():
+                            break
+                        log.warning("connection to %s failed (%s); retrying in %.2fs", address, exc, delay)
+                    with anyio.move_on_after(delay * (0.5 + random.random())):
+                        await self._stop_ev.wait()
+                    delay = min(delay * 2, max_backoff)
+            finally:
+                tg.cancel_scope.cancel()
+
+    async def _signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as sigs:
+            async for sig in sigs:
+                log.info("signal %s: stopping gracefully (grace %.0fs)", sig, self.grace)
+                self.stop()
+
+    async def _session(self, host: str, port: int, token: str | None) -> None:
+        conn = Connection(DEFAULT_MAX_FRAME)
+        stream = await anyio.connect_tcp(host, port)
+        async with stream:
+            hello: dict[str, Any] = {
+                "op": "hello", "version": PROTOCOL_VERSION, "role": "worker", "queues": self.queues,
+                "concurrency": self.concurrency, "name": self.name, "host": socket.gethostname(),
+                "pid": os.getpid(),
+            }
+            if token:
+                hello["token"] = token
+            await stream.send(conn.send(hello))
+            welcome = None
+            with anyio.fail_after(10):
+                while welcome is None:
+                    welcome = conn.next_message()
+                    if welcome is None:
+                        conn.receive_data(await stream.receive(65536))
+            if welcome["op"] == "error":
+                raise error_for_code(str(welcome.get("code")), str(welcome.get("message")))
+            self.worker_id = welcome.get("worker_id")
+            heartbeat = float(welcome.get("heartbeat", 3.0))
+            self.connected = True
+            log.info("worker %s joined %s:%d (queues %s, concurrency %d)", self.worker_id, host, port,
+                     ",".join(self.queues), self.concurrency)
+            self._out = []
+            self._results = []
+            self._buffered = {}
+            self._running = set()
+            self._wake = anyio.Event()
+            send, receive = anyio.create_memory_object_stream[dict[str, Any]](math.inf)
+            self._credit = 0
+            self._queue_msg({"op": "credit", "n": self.concurrency + self.prefetch})
+            lost = anyio.Event()
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._sender, stream, conn, lost)
+                    tg.start_soon(self._heartbeat, heartbeat)
+                    tg.start_soon(self._reader, stream, conn, send, lost)
+                    async with anyio.create_task_group() as runners:
+                        for _ in range(self.concurrency):
+                            runners.start_soon(self._runner, receive)
+                        tg.start_soon(self._watch_stop, send, runners, lost)
+                    # runners are done (stopping or lost): hand back what is left, flush, leave
+                    await self._flush_now(stream, conn, lost)
+                    tg.cancel_scope.cancel()
+            finally:
+                self.connected = False
+            if not self._stop.is_set():
+                raise ConnectionClosed("connection to server lost")
+
+    async def _watch_stop(self, send: anyio.abc.ObjectSendStream[dict[str, Any]],
+                          runners: anyio.abc.TaskGroup, lost: anyio.Event) -> None:
+        assert self._stop_ev is not None
+        async with anyio.create_task_group() as tg:
+            async def on_lost() -> None:
+                await lost.wait()
+                tg.cancel_scope.cancel()
+            tg.start_soon(on_lost)
+            await self._stop_ev.wait()
+            tg.cancel_scope.cancel()
+        send.close()
+        if lost.is_set():
+            runners.cancel_scope.cancel()
+            return
+        # graceful: hand back what has not started, give running tasks `grace` seconds
+        self._release(list(self._buffered))
+        with anyio.move_on_after(self.grace):
+            while self._running:
+                await anyio.sleep(0.01)
+        if self._running:
+            log.warning("grace period of %.0fs over: cancelling %d running task(s) and handing them back",
+                        self.grace, len(self._running))
+            self._release(list(self._running), cancel=True)
+        runners.cancel_scope.cancel()
+
+    def _release(self, ids: list[int], cancel: bool = False) -> None:
+        if not ids:
+            return
+        for tid in ids:
+            self._buffered.pop(tid, None)
+            self._running.discard(tid)
+            sc = self._scopes.pop(tid, None)
+            if cancel and sc is not None:
+                sc[1].cancel()
+        self._queue_msg({"op": "release", "ids": ids})
+
+    def _queue_msg(self, msg: dict[str, Any], thread: int | None = None) -> None:
+        if thread is not None and thread != threading.get_ident():
+            anyio.from_thread.run_sync(self._queue_msg, msg, token=self._token)
+            return
+        self._out.append(msg)
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _sender(self, stream: anyio.abc.ByteStream, conn: Connection, lost: anyio.Event) -> None:
+        try:
+            while True:
+                assert self._wake is not None
+                await self._wake.wait()
+                self._wake = anyio.Event()
+                await self._flush(stream, conn)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            lost.set()
+
+    async def _flush(self, stream: anyio.abc.ByteStream, conn: Connection) -> None:
+        msgs = self._out
+        credit = 0 if self._stop.is_set() else self._credit
+        self._credit = 0
+        if self._results:
+            msgs.append({"op": "done", "results": self._results, "credit": credit})
+            self._results = []
+        elif credit:
+            msgs.append({"op": "credit", "n": credit})
+        if msgs:
+            self._out = []
+            await stream.send(conn.send_many(msgs))
+
+    async def _flush_now(self, stream: anyio.abc.ByteStream, conn: Connection, lost: anyio.Event) -> None:
+        if lost.is_set():
+            return
+        self._credit = 0  # leaving: grant nothing more
+        with anyio.move_on_after(5):
+            try:
+                await self._flush(stream, conn)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                pass
+
+    async def _heartbeat(self, interval: float) -> None:
+        while True:
+            await anyio.sleep(interval)
+            self._queue_msg({"op": "heartbeat"})
+
+    async def _reader(self, stream: anyio.abc.ByteStream, conn: Connection,
+                      send: anyio.abc.ObjectSendStream[dict[str, Any]], lost: anyio.Event) -> None:
+        try:
+            while True:
+                conn.receive_data(await stream.receive(262144))
+                for msg in conn.messages():
+                    op = msg["op"]
+                    if op == "tasks":
+                        for t in msg["tasks"]:
+                            if self._stop.is_set():
+                                self._release([t["id"]])
+                                continue
+                            self._buffered[t["id"]] = t
+                            send.send_nowait(t)
+                    elif op == "cancel":
+                        tid = msg.get("id")
+                        sc = self._scopes.get(tid) if isinstance(tid, int) else None
+                        if sc is not None and sc[0] == msg.get("attempt", sc[0]):
+                            log.info("task %s cancelled by the server", tid)
+                            sc[1].cancel()
+                        self._buffered.pop(tid, None)  # type: ignore[arg-type]
+                    elif op == "drain":
+                        log.info("server asked this worker to drain")
+                        self.stop()
+                    elif op == "error":
+                        log.error("server error %s: %s", msg.get("code"), msg.get("message"))
+                        lost.set()
+                        return
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, ProtocolError, OSError):
+            lost.set()
+        except (anyio.WouldBlock, anyio.ClosedResourceError):
+            lost.set()
+
+    async def _runner(self, receive: anyio.abc.ObjectReceiveStream[dict[str, Any]]) -> None:
+        async for task in receive.clone():
+            tid = task["id"]
+            if self._buffered.pop(tid, None) is None:
+                continue  # cancelled or handed back while buffered
+            self._running.add(tid)
+            try:
+                await self._run_one(task)
+            finally:
+                self._running.discard(tid)
+
+    async def _run_one(self, task: dict[str, Any]) -> None:
+        tid, attempt = task["id"], task["attempt"]
+        handler = self.handlers.get(task["type"])
+        if handler is None:
+            self._report_fail(tid, attempt, f"no handler for task type {task['type']!r} on worker {self.name}",
+                              None, False, None)
+            return
+        timeout = task.get("timeout") or math.inf
+        if handler.timeout is not None:
+            timeout = min(timeout, handler.timeout)
+        scope = anyio.CancelScope()
+        self._scopes[tid] = (attempt, scope)
+        timed_out = False
+        try:
+            payload = decode_value(task["payload"])
+            ctx = TaskContext(self, task) if handler.wants_context else None
+            args = (payload, ctx) if handler.wants_context else (payload,)
+            with scope:
+                with anyio.fail_after(timeout if timeout != math.inf else None):
+                    if handler.is_async:
+                        result = await handler.fn(*args)
+                    else:
+                        result = await anyio.to_thread.run_sync(lambda: handler.fn(*args), abandon_on_cancel=True)
+            if scope.cancelled_caught:
+                return  # cancelled by the server (the task is already cancelled there) or handed back
+            data = encode_value(result)
+        except TimeoutError:
+            timed_out = True
+            self._report_fail(tid, attempt, f"timeout: attempt ran longer than {timeout}s", None, True, handler)
+            return
+        except Retry as r:
+            self._report_fail(tid, attempt, f"Retry requested: {r}", r.delay, False, handler)
+            return
+        except Exception:
+            self._report_fail(tid, attempt, traceback.format_exc(), None, False, handler)
+            return
+        finally:
+            self._scopes.pop(tid, None)
+            _ = timed_out
+        self.completed += 1
+        self._results.append([tid, attempt, data])
+        self._credit += 1
+        assert self._wake is not None
+        self._wake.set()
+
+    def _report_fail(self, tid: int, attempt: int, error: str, retry_in: float | None, timed_out: bool,
+                     handler: Handler | None) -> None:
+        self.failed += 1
+        msg: dict[str, Any] = {"op": "fail", "id": tid, "attempt": attempt, "error": error}
+        if retry_in is not None:
+            msg["retry_in"] = retry_in
+        if timed_out:
+            msg["timeout"] = True
+        if handler is not None and handler.retries is not None:
+            msg["retries"] = handler.retries
+        self._credit += 1
+        self._queue_msg(msg)
+
