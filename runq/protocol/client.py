@@ -18,7 +18,7 @@ import itertools
 import math
 import os
 import socket
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -31,7 +31,7 @@ from .errors import ConnectionClosed, ProtocolError, TaskFailed, error_for_code
 from .frames import DEFAULT_MAX_FRAME, Connection
 from .messages import PROTOCOL_VERSION
 
-__all__ = ["Client", "SyncClient", "parse_address", "encode_value", "decode_task", "FINAL_STATES"]
+__all__ = ["Client", "SyncClient", "EventStream", "parse_address", "encode_value", "decode_task", "FINAL_STATES"]
 
 DEFAULT_ADDRESS = "127.0.0.1:7700"
 FINAL_STATES = frozenset({"succeeded", "dead", "cancelled"})
@@ -378,11 +378,13 @@ class Client:
         await self.request({"op": "ping"})
 
     async def subscribe(self, *, queues: list[str] | None = None, types: list[str] | None = None,
-                        ids: list[int] | None = None, buffer: int = 10_000) -> AsyncIterator[dict[str, Any]]:
-        """Yield live events (task updates) matching the filters, until the connection ends.
+                        ids: list[int] | None = None, buffer: int = 10_000) -> EventStream:
+        """Start receiving live events (task updates) matching the filters.
 
-        When this client falls behind, events beyond ``buffer`` are dropped; the
-        server also drops for slow readers and then sends ``{"kind": "dropped"}``.
+        Returns once the server confirmed the subscription; iterate the result with
+        ``async for``. When this client falls behind, events beyond ``buffer`` are
+        dropped; the server also drops for slow readers and then sends an event of
+        kind ``dropped`` with the count.
         """
         send, receive = anyio.create_memory_object_stream[dict[str, Any]](buffer)
         self._events_send = send
@@ -391,9 +393,26 @@ class Client:
             if v is not None:
                 msg[k] = list(v)
         await self.request(msg)
-        async with receive:
-            async for ev in receive:
-                yield decode_task(ev)
+        return EventStream(receive)
+
+
+class EventStream:
+    """Live events from ``Client.subscribe``: ``async for event in stream``."""
+
+    def __init__(self, receive: anyio.abc.ObjectReceiveStream[dict[str, Any]]) -> None:
+        self._receive = receive
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        try:
+            return decode_task(await self._receive.receive())
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        await self._receive.aclose()
 
 
 class SyncClient:

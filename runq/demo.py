@@ -1,0 +1,151 @@
+"""``runq demo``: a server with its database, local workers and sample tasks, shown flowing."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import anyio
+
+from .protocol.client import Client
+
+__all__ = ["run_demo", "start_server", "stop_process"]
+
+TEXTS = [
+    "the quick brown fox jumps over the lazy dog and the dog sleeps",
+    "to be or not to be that is the question whether tis nobler in the mind to suffer",
+    "a task queue that runs as one process with workers that join from any machine",
+    "it was the best of times it was the worst of times it was the age of wisdom",
+]
+
+_STATE_COLOR = {"succeeded": "32", "dead": "31", "cancelled": "33", "running": "36", "retry_scheduled": "35"}
+
+
+def start_server(db: str, port: int = 0, extra: list[str] | None = None, timeout: float = 15.0) -> tuple[subprocess.Popen[bytes], int]:
+    """Start ``runq serve`` on ``db``; return the process and its bound port."""
+    port_file = db + ".port"
+    if os.path.exists(port_file):
+        os.unlink(port_file)
+    proc = subprocess.Popen([sys.executable, "-m", "runq.cli", "--log-level", "WARNING", "serve", "--db", db,
+                             "--port", str(port), "--port-file", port_file, *(extra or [])])
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(port_file):
+        if proc.poll() is not None:
+            raise RuntimeError(f"runq serve exited with {proc.returncode}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("runq serve did not start in time")
+        time.sleep(0.02)
+    with open(port_file) as f:
+        return proc, int(f.read())
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    """SIGTERM, then SIGKILL if it does not exit in ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _line(ev: dict[str, Any], t0: float) -> str:
+    kind = str(ev.get("kind"))
+    color = _STATE_COLOR.get(kind, _STATE_COLOR.get(str(ev.get("state")), "0"))
+    extra = ""
+    if kind == "progress" and ev.get("progress") is not None:
+        extra = f" {ev['progress']}"
+    elif kind == "succeeded":
+        r = repr(ev.get("result"))
+        extra = f" result={r[:70]}{'...' if len(r) > 70 else ''}"
+    elif ev.get("detail"):
+        extra = f" ({str(ev['detail'])[:70]})"
+    worker = f" on {ev['worker']}" if ev.get("worker") else ""
+    return (f"{time.monotonic() - t0:7.3f}s  task {ev['id']:>3} {ev['type']:<21} "
+            f"\x1b[{color}m{kind:<16}\x1b[0m attempt {ev.get('attempt')}{worker}{extra}")
+
+
+async def _drive(address: str, n: int, t0: float) -> dict[str, int]:
+    rng = random.Random(7)
+    async with Client(address) as watcher, Client(address) as client:
+        events = await watcher.subscribe()
+        specs: list[dict[str, Any]] = []
+        for i in range(n):
+            if i % 2:
+                specs.append({"type": "word_count", "payload": {"text": rng.choice(TEXTS)}})
+            else:
+                specs.append({"type": "calculate_statistics",
+                              "payload": {"numbers": [rng.randint(1, 100) for _ in range(20)]},
+                              "priority": rng.choice([0, 0, 5])})
+        specs.append({"type": "simulate_backup", "payload": {"files": 5, "seconds": 2.5}, "queue": "default"})
+        specs.append({"type": "flaky", "payload": {"url": "https://payments.example.invalid"}})
+        specs.append({"type": "slow", "payload": {"seconds": 5}, "retries": 0})
+        specs.append({"type": "word_count", "payload": {"text": "scheduled for later"}, "delay": 2.0})
+        ids = await client.enqueue_many(specs)
+        print(f"enqueued {len(ids)} tasks (ids {ids[0]}..{ids[-1]}) in one batch; "
+              f"showing every event of the slow/flaky/backup tasks and the first quick results\n")
+        pending = set(ids)
+        shown = 0
+        with anyio.move_on_after(60):
+            async for ev in events:
+                if ev.get("id") not in pending and ev.get("kind") != "dropped":
+                    continue
+                if ev.get("state") in ("succeeded", "dead", "cancelled"):
+                    pending.discard(ev["id"])
+                quick = ev.get("type") in ("word_count", "calculate_statistics")
+                if not quick or (ev.get("kind") == "succeeded" and shown < 12):
+                    print(_line(ev, t0))
+                    shown += quick
+                if not pending:
+                    break
+        counts: dict[str, int] = {}
+        for tid in ids:
+            st = (await client.get(tid))["state"]
+            counts[st] = counts.get(st, 0) + 1
+        flaky_id = ids[n + 1]
+        print(f"\ntimeline of the flaky task {flaky_id} (runq events {flaky_id}):")
+        for e in await client.events(flaky_id):
+            print(f"  {e['kind']:<16} -> {e['state']:<10} attempt {e['attempt']}  {e.get('detail') or ''}")
+        stats = await client.stats()
+        print(f"\nstates: {counts}; server: {stats['succeeded']} succeeded, {stats['dead']} dead, "
+              f"{stats['commits']} group commits for {stats['commit_batches']} batches")
+        return counts
+
+
+def run_demo(db: str | None = None, port: int = 0, workers: int = 2, tasks: int = 40, keep: bool = False) -> int:
+    """Run the demo; return an exit code (0 when every task ended as expected)."""
+    tmp = None
+    if db is None:
+        tmp = tempfile.mkdtemp(prefix="runq-demo-")
+        db = os.path.join(tmp, "demo.db")
+    t0 = time.monotonic()
+    server, bound = start_server(db, port)
+    address = f"127.0.0.1:{bound}"
+    print(f"runq demo: server on {address}, database {db}")
+    procs = [subprocess.Popen([sys.executable, "-m", "runq.cli", "--log-level", "WARNING", "worker",
+                               "runq.demo_tasks:worker", "--server", address]) for _ in range(workers)]
+    print(f"started {workers} worker processes (runq worker runq.demo_tasks:worker --server {address})")
+    try:
+        counts = anyio.run(_drive, address, tasks, t0)
+        if keep:
+            print(f"\nserver still running on {address}; try: runq tasks -s {address}   (Ctrl-C stops)")
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
+    finally:
+        for p in procs:
+            stop_process(p)
+        stop_process(server)
+    ok = counts.get("succeeded", 0) == tasks + 2 and counts.get("dead", 0) == 2
+    print("demo " + ("finished: every task ended as expected" if ok else f"ended unexpectedly: {counts}"))
+    return 0 if ok else 1
