@@ -265,6 +265,8 @@ class Worker:
                     tg.cancel_scope.cancel()
             finally:
                 self.connected = False
+                send.close()
+                receive.close()
             if not self._stop.is_set():
                 raise ConnectionClosed("connection to server lost")
 
@@ -384,15 +386,20 @@ class Worker:
             lost.set()
 
     async def _runner(self, receive: anyio.abc.ObjectReceiveStream[dict[str, Any]]) -> None:
-        async for task in receive.clone():
-            tid = task["id"]
-            if self._buffered.pop(tid, None) is None:
-                continue  # cancelled or handed back while buffered
-            self._running.add(tid)
-            try:
-                await self._run_one(task)
-            finally:
-                self._running.discard(tid)
+        with receive.clone() as mine:
+            async for task in mine:
+                await self._take(task)
+
+    async def _take(self, task: dict[str, Any]) -> None:
+        tid = task["id"]
+        if self._buffered.pop(tid, None) is None:
+            self._give_credit()  # cancelled or handed back while buffered
+            return
+        self._running.add(tid)
+        try:
+            await self._run_one(task)
+        finally:
+            self._running.discard(tid)
 
     async def _run_one(self, task: dict[str, Any]) -> None:
         tid, attempt = task["id"], task["attempt"]
@@ -418,7 +425,8 @@ class Worker:
                     else:
                         result = await anyio.to_thread.run_sync(lambda: handler.fn(*args), abandon_on_cancel=True)
             if scope.cancelled_caught:
-                return  # cancelled by the server (the task is already cancelled there) or handed back
+                self._give_credit()  # cancelled by the server (already final there) or handed back
+                return
             data = encode_value(result)
         except TimeoutError:
             timed_out = True
@@ -438,6 +446,11 @@ class Worker:
         self._credit += 1
         assert self._wake is not None
         self._wake.set()
+
+    def _give_credit(self) -> None:
+        self._credit += 1
+        if self._wake is not None:
+            self._wake.set()
 
     def _report_fail(self, tid: int, attempt: int, error: str, retry_in: float | None, timed_out: bool,
                      handler: Handler | None) -> None:
