@@ -138,6 +138,7 @@ class Client:
         self._wake = anyio.Event()
         self._closed: BaseException | None = None
         self._events_send: anyio.abc.ObjectSendStream[dict[str, Any]] | None = None
+        self._events_receive: anyio.abc.ObjectReceiveStream[dict[str, Any]] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def __aenter__(self) -> Client:
@@ -192,6 +193,8 @@ class Client:
                 await self._stream.aclose()
             self._stream = None
         self._fail_all(ConnectionClosed("client closed"))
+        if self._events_receive is not None:
+            self._events_receive.close()
 
     def _fail_all(self, exc: BaseException) -> None:
         if self._closed is None:
@@ -387,7 +390,10 @@ class Client:
         kind ``dropped`` with the count.
         """
         send, receive = anyio.create_memory_object_stream[dict[str, Any]](buffer)
+        if self._events_send is not None:
+            self._events_send.close()
         self._events_send = send
+        self._events_receive = receive
         msg: dict[str, Any] = {"op": "subscribe"}
         for k, v in (("queues", queues), ("types", types), ("ids", ids)):
             if v is not None:

@@ -82,6 +82,7 @@ class ServerConfig:
         hello_timeout: seconds a new connection has to send hello.
         retention: seconds finished tasks are kept before pruning.
         prune_interval: seconds between prune passes.
+        subscriber_backlog: bytes queued for a live-event subscriber before its events are dropped.
         core: rules of the queue (leases, retries, backoff).
     """
 
@@ -94,6 +95,7 @@ class ServerConfig:
     hello_timeout: float = 5.0
     retention: float = 7 * 86400.0
     prune_interval: float = 3600.0
+    subscriber_backlog: int = 4 << 20
     core: CoreConfig = field(default_factory=CoreConfig)
 
     def check(self) -> None:
@@ -218,6 +220,9 @@ class Server:
             sess = self.workers.get(wid)
             if sess is not None:
                 sess.send_many(msgs)
+                if wid not in self.core.workers:  # its lease expired: that connection is over
+                    del self.workers[wid]
+                    sess.close()
         for level, text in fx.logs:
             log.log(logging.WARNING if level == "warning" else logging.INFO, "%s", text)
         if fx.notices and self.subscribers:
@@ -316,7 +321,7 @@ class Server:
             peer = "%s:%s" % stream.socket.getpeername()[:2]
         except OSError:
             peer = "?"
-        sess = Session(stream, peer, self.config.max_frame)
+        sess = Session(stream, peer, self.config.max_frame, self.config.subscriber_backlog)
         self.sessions.add(sess)
         self.stats.connections += 1
         try:
@@ -337,8 +342,11 @@ class Server:
             self.subscribers.discard(sess)
             if sess.role == "worker" and self.workers.get(sess.id) is sess:
                 del self.workers[sess.id]
-                self.core.worker_left(sess.id, self.clock(), reason="connection closed")
-                self.flush()
+                if not self.stopping.is_set():
+                    # (when the server stops, running tasks stay running on disk and
+                    # come back as 'recovered' at the next start, no attempt lost)
+                    self.core.worker_left(sess.id, self.clock(), reason="connection closed")
+                    self.flush()
 
     async def _read_loop(self, sess: Session) -> None:
         conn = sess.conn

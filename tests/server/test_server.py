@@ -1,0 +1,231 @@
+"""The trio server with a real SQLite file and real TCP sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from runq import Client, Worker
+from runq.app.core import CoreConfig
+from runq.app.server import ConfigError, Server, ServerConfig
+from runq.protocol.client import encode_value
+from runq.protocol.frames import Connection
+
+
+class RawPeer:
+    """A hand-driven protocol peer (to misbehave on purpose: go silent, answer late)."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.conn = Connection()
+
+    @classmethod
+    async def connect(cls, port: int, **hello: Any) -> tuple[RawPeer, dict[str, Any]]:
+        peer = cls(await trio.open_tcp_stream("127.0.0.1", port))
+        await peer.send({"op": "hello", "version": 1, **hello})
+        return peer, await peer.recv()
+
+    async def send(self, msg: dict[str, Any]) -> None:
+        await self.stream.send_all(self.conn.send(msg))
+
+    async def recv(self) -> dict[str, Any]:
+        while True:
+            msg = self.conn.next_message()
+            if msg is not None:
+                return msg
+            data = await self.stream.receive_some(65536)
+            self.conn.receive_data(data)
+            if not data:
+                raise EOFError
+
+
+async def start(nursery: trio.Nursery, tmp_path: Path, **cfg: Any) -> Server:
+    core = CoreConfig(**cfg.pop("core", {}))
+    srv = Server(ServerConfig(db=str(tmp_path / "runq.db"), port=0, core=core, **cfg))
+    await nursery.start(srv.serve)
+    return srv
+
+
+@pytest.mark.trio
+async def test_enqueue_is_acknowledged_only_after_commit(server: Server) -> None:
+    with trio.fail_after(10):
+        async with Client(f"127.0.0.1:{server.port}") as c:
+            ids = await c.enqueue_many([{"type": "t", "payload": i} for i in range(50)])
+            # a separate connection sees every acknowledged task on disk at once
+            db = sqlite3.connect(server.config.db)
+            (n,) = db.execute("SELECT count(*) FROM tasks WHERE id BETWEEN ? AND ?", (ids[0], ids[-1])).fetchone()
+            (ev,) = db.execute("SELECT count(*) FROM events WHERE kind = 'enqueued'").fetchone()
+            db.close()
+            assert n == 50 and ev == 50
+
+
+@pytest.mark.trio
+async def test_wait_long_polls_until_final(server: Server, nursery: trio.Nursery) -> None:
+    worker = Worker(concurrency=1)
+    gate = trio.Event()
+
+    @worker.task("gated")
+    async def gated(p: Any) -> str:
+        await gate.wait()
+        return "done"
+
+    nursery.start_soon(worker.run, f"127.0.0.1:{server.port}")
+    with trio.fail_after(10):
+        async with Client(f"127.0.0.1:{server.port}") as c:
+            tid = await c.enqueue("gated")
+            with pytest.raises(TimeoutError):
+                await c.wait(tid, timeout=0.2)
+            async with trio.open_nursery() as n:
+                results: list[dict[str, Any]] = []
+
+                async def waiter() -> None:
+                    results.append(await c.wait(tid, timeout=5))
+
+                n.start_soon(waiter)
+                await trio.sleep(0.05)
+                assert not results
+                gate.set()
+            assert results[0]["state"] == "succeeded" and results[0]["result"] == "done"
+    worker.stop()
+
+
+@pytest.mark.trio
+async def test_subscribe_filters_and_progress(server: Server, nursery: trio.Nursery) -> None:
+    worker = Worker(queues=["a", "b"], concurrency=2)
+
+    @worker.task("step")
+    async def step(p: Any, ctx: Any) -> int:
+        ctx.progress(0.5)
+        return int(p)
+
+    nursery.start_soon(worker.run, f"127.0.0.1:{server.port}")
+    with trio.fail_after(10):
+        async with Client(f"127.0.0.1:{server.port}") as watcher, Client(f"127.0.0.1:{server.port}") as c:
+            events = await watcher.subscribe(queues=["a"])
+            ta = await c.enqueue("step", 1, queue="a")
+            tb = await c.enqueue("step", 2, queue="b")
+            await c.wait(tb, timeout=5)
+            seen: list[dict[str, Any]] = []
+            async for ev in events:
+                seen.append(ev)
+                if ev["kind"] == "succeeded":
+                    break
+            assert {e["id"] for e in seen} == {ta}
+            assert [e["kind"] for e in seen] == ["enqueued", "started", "progress", "succeeded"]
+            assert seen[2]["progress"] == 0.5 and seen[-1]["result"] == 1
+    worker.stop()
+
+
+@pytest.mark.trio
+async def test_silent_worker_loses_its_lease(nursery: trio.Nursery, tmp_path: Path) -> None:
+    srv = await start(nursery, tmp_path, core={"lease_timeout": 0.3})
+    with trio.fail_after(10):
+        peer, welcome = await RawPeer.connect(srv.port, role="worker")
+        assert welcome["op"] == "welcome" and welcome["lease_timeout"] == 0.3
+        async with peer.stream, Client(f"127.0.0.1:{srv.port}") as c:
+            tid = await c.enqueue("job", retries=3)
+            await peer.send({"op": "credit", "n": 1})
+            msg = await peer.recv()
+            assert msg["op"] == "tasks" and msg["tasks"][0]["id"] == tid
+            # go silent: after the lease timeout the task is back, with an event saying why
+            while (await c.get(tid))["state"] != "ready":
+                await trio.sleep(0.05)
+            kinds = [e["kind"] for e in await c.events(tid)]
+            assert kinds == ["enqueued", "started", "lost"]
+            # the late result of the silent worker is refused (its connection was dropped)
+            worker = Worker()
+
+            @worker.task("job")
+            async def job(p: Any) -> str:
+                return "second worker"
+
+            nursery.start_soon(worker.run, f"127.0.0.1:{srv.port}")
+            task = await c.wait(tid, timeout=5)
+            assert task["state"] == "succeeded" and task["attempt"] == 2 and task["result"] == "second worker"
+            assert srv.core.stats.lease_expiries == 1
+            worker.stop()
+            # the silent worker's connection was closed after an error frame
+            assert (await peer.recv())["code"] == "lease_expired"
+            with pytest.raises(EOFError):
+                await peer.recv()
+
+
+@pytest.mark.trio
+async def test_late_result_is_refused(nursery: trio.Nursery, tmp_path: Path) -> None:
+    srv = await start(nursery, tmp_path)
+    with trio.fail_after(10):
+        peer, _ = await RawPeer.connect(srv.port, role="worker")
+        async with peer.stream, Client(f"127.0.0.1:{srv.port}") as c:
+            tid = await c.enqueue("job")
+            await peer.send({"op": "credit", "n": 1})
+            await peer.recv()
+            await c.cancel(tid)
+            assert (await peer.recv()) == {"op": "cancel", "id": tid, "attempt": 1}
+            await peer.send({"op": "done", "results": [[tid, 1, encode_value("late")]]})
+            await peer.send({"op": "ping", "rid": 1})
+            assert (await peer.recv())["op"] == "pong"
+            task = await c.get(tid)
+            assert task["state"] == "cancelled" and task["result"] is None
+            assert "late_result" in [e["kind"] for e in await c.events(tid)]
+            assert srv.core.stats.late_results == 1
+
+
+@pytest.mark.trio
+async def test_restart_recovers_running_tasks(tmp_path: Path) -> None:
+    with trio.fail_after(15):
+        async with trio.open_nursery() as n:
+            srv = await start(n, tmp_path)
+            peer, _ = await RawPeer.connect(srv.port, role="worker")
+            async with peer.stream, Client(f"127.0.0.1:{srv.port}") as c:
+                running = await c.enqueue("job")
+                queued = await c.enqueue("job", priority=-1)
+                delayed = await c.enqueue("job", delay=3600)
+                await c.pause("paused-q")
+                await peer.send({"op": "credit", "n": 1})
+                assert (await peer.recv())["tasks"][0]["id"] == running
+            srv.stopping.set()
+        async with trio.open_nursery() as n:
+            srv2 = await start(n, tmp_path)
+            assert srv2.recovered == 1
+            async with Client(f"127.0.0.1:{srv2.port}") as c:
+                assert (await c.get(running))["state"] == "ready"
+                assert (await c.get(queued))["state"] == "ready"
+                assert (await c.get(delayed))["state"] == "scheduled"
+                assert [e["kind"] for e in await c.events(running)] == ["enqueued", "started", "recovered"]
+                assert [q for q in await c.queues() if q["queue"] == "paused-q"][0]["paused"]
+                new = await c.enqueue("job")
+                assert new > delayed
+            srv2.stopping.set()
+
+
+@pytest.mark.trio
+async def test_slow_subscriber_is_dropped_not_waited_for(nursery: trio.Nursery, tmp_path: Path) -> None:
+    server = await start(nursery, tmp_path, subscriber_backlog=64 * 1024)
+    with trio.fail_after(20):
+        peer, _ = await RawPeer.connect(server.port, role="watcher")
+        await peer.stream.__aenter__()
+        await peer.send({"op": "subscribe", "rid": 1})
+        assert (await peer.recv())["op"] == "ok"
+        # the watcher never reads again; the queue must not slow down for it
+        async with Client(f"127.0.0.1:{server.port}") as c:
+            for _ in range(50):
+                await c.enqueue_many([{"type": "t"} for _ in range(1000)])
+        sess = next(s for s in server.sessions if s.role == "watcher")
+        assert sess.dropped > 0
+        # when it reads again it is told how many events it missed
+        kinds = set()
+        with trio.move_on_after(5):
+            while "dropped" not in kinds:
+                kinds.add((await peer.recv()).get("kind"))
+        await peer.stream.aclose()
+        assert "dropped" in kinds
+
+
+def test_non_loopback_requires_a_token(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="requires a token"):
+        Server(ServerConfig(db=str(tmp_path / "x.db"), host="0.0.0.0"))
+    Server(ServerConfig(db=str(tmp_path / "x.db"), host="0.0.0.0", token="s3cret"))  # allowed, not started
