@@ -229,3 +229,33 @@ def test_non_loopback_requires_a_token(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="requires a token"):
         Server(ServerConfig(db=str(tmp_path / "x.db"), host="0.0.0.0"))
     Server(ServerConfig(db=str(tmp_path / "x.db"), host="0.0.0.0", token="s3cret"))  # allowed, not started
+
+
+@pytest.mark.trio
+async def test_full_database_is_reported_and_nothing_acknowledged_is_lost(server: Server) -> None:
+    store = server.store
+    assert store is not None
+    with trio.fail_after(15):
+        async with Client(f"127.0.0.1:{server.port}") as c:
+            kept = await c.enqueue("t", "before")
+            await server.wait_committed()
+            (pages,) = store.conn.execute("PRAGMA page_count").fetchone()
+            store.conn.execute(f"PRAGMA max_page_count = {pages}")  # the 'disk' is now full
+            from runq import RemoteError
+
+            with pytest.raises(RemoteError) as exc_info:
+                await c.enqueue_many([{"type": "t", "payload": "x" * 5000} for _ in range(50)])
+            assert exc_info.value.code == "store_error" and "full" in exc_info.value.message
+            assert server.stats.store_errors >= 1
+            refused_ids = range(kept + 1, kept + 51)
+            assert all(i not in server.core.tasks for i in refused_ids)
+            store.conn.execute("PRAGMA max_page_count = 1073741823")  # space again
+            after = await c.enqueue("t", "after")
+            await c.cancel(kept)
+            await server.wait_committed()
+            assert (await c.get(kept))["state"] == "cancelled"
+            assert (await c.get(after))["payload"] == "after"
+    db = sqlite3.connect(server.config.db)
+    (n,) = db.execute("SELECT count(*) FROM tasks").fetchone()
+    db.close()
+    assert n == 2

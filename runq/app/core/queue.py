@@ -624,6 +624,42 @@ class Core:
         self._pump_needed = True
         return recovered
 
+    # ------------------------------------------------------------------ store failures
+    def forget(self, task_ids: list[int]) -> set[int]:
+        """Drop tasks whose enqueue could not be committed, if none has started yet.
+
+        Returns the ids forgotten (their rows and events must not be written).
+        """
+        gone: set[int] = set()
+        for tid in task_ids:
+            t = self.tasks.get(tid)
+            if t is None or t.attempt != 0 or t.state not in (S.READY, S.SCHEDULED):
+                continue
+            if t.state is S.READY:
+                self._queue(t.queue).discard(t)
+            self.counts[t.queue][t.state.value] -= 1
+            del self.tasks[tid]
+            if t.key is not None and self.keys.get(t.key) is t:
+                del self.keys[t.key]
+            self._dirty.pop(tid, None)
+            self.stats.enqueued -= 1
+            gone.add(tid)
+        if gone:
+            self._events = [e for e in self._events if e[0] not in gone]
+        return gone
+
+    def restore_effects(self, task_ids: list[int], events: list[EventRow], queue_ops: list[tuple[str, bool]]) -> None:
+        """Put back the writes of a batch that failed to commit, so the next one retries them.
+
+        Rows are rewritten from the tasks' current state (never an older snapshot).
+        """
+        for tid in task_ids:
+            t = self.tasks.get(tid) or self.finished.get(tid)
+            if t is not None:
+                self._dirty[tid] = t
+        self._events[:0] = events
+        self._queue_ops[:0] = queue_ops
+
     # ------------------------------------------------------------------ reading
     def queue_stats(self) -> list[dict[str, Any]]:
         """Per queue: counts of live tasks by state and the paused flag."""

@@ -151,6 +151,7 @@ class Server:
         self._rearm = trio.Event()
         self._armed = float("inf")
         self._worker_seq = 0
+        self._retry_scheduled = False
         self._pending_commits = 0
         self._idle = trio.Event()
         self._reader_lock = trio.CapacityLimiter(1)
@@ -248,9 +249,21 @@ class Server:
                    error: BaseException | None) -> None:
         self._pending_commits -= 1
         if error is not None:
+            # Nothing is dropped: enqueues that did not commit are refused (and their
+            # tasks forgotten when none has started); every other write is put back
+            # and retried with the next commit.
             self.stats.store_errors += 1
+            forgotten: set[int] = set()
             for sess, reply in acks:
-                sess.send({"op": "error", "rid": reply.get("rid"), "code": "store_error", "message": str(error)})
+                if reply["op"] == "enqueued":
+                    forgotten |= self.core.forget([i for i, c in zip(reply["ids"], reply["created"]) if c])
+                sess.send({"op": "error", "rid": reply.get("rid"), "code": "store_error",
+                           "message": f"not committed, nothing was enqueued: {error}"})
+            self.core.restore_effects([r[0] for r in batch.rows if r[0] not in forgotten],
+                                      [e for e in batch.events if e[0] not in forgotten], batch.queue_ops)
+            if not self._retry_scheduled:
+                self._retry_scheduled = True
+                self._spawn_nursery.start_soon(self._retry_writes)
         else:
             for sess, reply in acks:
                 sess.send(reply)
@@ -261,6 +274,11 @@ class Server:
         if not self._pending_commits:
             self._idle.set()
             self._idle = trio.Event()
+
+    async def _retry_writes(self) -> None:
+        await trio.sleep(0.5)
+        self._retry_scheduled = False
+        self.flush()
 
     def _wake_waiters(self, ids: list[int]) -> None:
         for tid in ids:

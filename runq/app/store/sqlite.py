@@ -212,7 +212,8 @@ class Store:
                     pruned = self._prune(prune)
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # SQLite already rolled back on some errors (SQLITE_FULL)
+                    conn.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
             error = StoreError(f"commit of {len(rows)} task rows and {len(events)} events failed: {exc}")
