@@ -200,12 +200,15 @@ class TaskSpec:
 
 def parse_task_spec(d: Any) -> TaskSpec:
     """Validate one entry of an ``enqueue`` message's ``tasks`` list."""
-    if not isinstance(d, dict):
+    if type(d) is not dict:
         raise ProtocolError("enqueue: each task must be a map")
-    d.setdefault("op", "enqueue")
     payload = d.get("payload", b"\xc0")
-    if not isinstance(payload, bytes):
+    if type(payload) is not bytes:
         raise ProtocolError("enqueue: 'payload' must be bin (the msgpack encoding of the value)")
+    type_ = d.get("type")
+    if len(d) <= 2 and type(type_) is str:  # fast path: just a type and a payload
+        return TaskSpec(type_, payload)
+    d.setdefault("op", "enqueue")
     return TaskSpec(
         type=require(d, "type", str),
         payload=payload,

@@ -71,15 +71,37 @@ class Task:
     worker: str | None
     queued: bool
 
-    def __init__(self, **kw: Any) -> None:
-        for name in TASK_COLUMNS:
-            setattr(self, name, kw.get(name))
+    def __init__(
+        self, id: int, queue: str, type: str, payload: bytes, priority: int = 0, state: Any = None,
+        run_at: float | None = None, timeout: float = 600.0, max_retries: int = 3, attempt: int = 0,
+        key: str | None = None, result: bytes | None = None, error: str | None = None,
+        progress: bytes | None = None, created_at: float = 0.0, started_at: float | None = None,
+        finished_at: float | None = None, worker: str | None = None,
+    ) -> None:
+        self.id = id
+        self.queue = queue
+        self.type = type
+        self.payload = payload
+        self.priority = priority
+        self.state = state
+        self.run_at = run_at
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.attempt = attempt
+        self.key = key
+        self.result = result
+        self.error = error
+        self.progress = progress
+        self.created_at = created_at
+        self.started_at = started_at
+        self.finished_at = finished_at
+        self.worker = worker
         self.queued = False
 
     def row(self) -> tuple[Any, ...]:
         """The task as a store row, in ``TASK_COLUMNS`` order."""
         return (
-            self.id, self.queue, self.type, self.payload, self.priority, self.state.value, self.run_at,
+            self.id, self.queue, self.type, self.payload, self.priority, self.state._value_, self.run_at,
             self.timeout, self.max_retries, self.attempt, self.key, self.result, self.error, self.progress,
             self.created_at, self.started_at, self.finished_at, self.worker,
         )

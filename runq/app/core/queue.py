@@ -44,6 +44,9 @@ from .states import FINAL_STATES, TRANSITIONS, IllegalTransition, State, Transit
 __all__ = ["Core", "Effects", "TaskMissing", "CoreStats"]
 
 S, T = State, Transition
+# module-level aliases: attribute access on an Enum class goes through a descriptor
+SCHEDULED, READY, RUNNING, SUCCEEDED, DEAD = S.SCHEDULED, S.READY, S.RUNNING, S.SUCCEEDED, S.DEAD
+T_ENQUEUE, T_SCHEDULE, T_DISPATCH, T_SUCCEED = T.ENQUEUE, T.SCHEDULE, T.DISPATCH, T.SUCCEED
 EventRow = tuple[int, float, str, str, "str | None", int, "str | None"]
 
 
@@ -154,9 +157,9 @@ class Core:
         if counts is None:
             counts = self.counts[task.queue] = Counter()
         if old is not None:
-            counts[old.value] -= 1
-        counts[new.value] += 1
-        row = (task.id, now, tr.value, new.value, worker, task.attempt, detail)
+            counts[old._value_] -= 1
+        counts[new._value_] += 1
+        row = (task.id, now, tr._value_, new._value_, worker, task.attempt, detail)
         self._events.append(row)
         self._dirty[task.id] = task
         if self.observed:
@@ -167,7 +170,7 @@ class Core:
         task.finished_at = now
         task.run_at = None
         counts = self.counts[task.queue]
-        counts[task.state.value] -= 1  # final tasks are not counted as live
+        counts[task.state._value_] -= 1  # final tasks are not counted as live
         self.tasks.pop(task.id, None)
         if task.key is not None and self.keys.get(task.key) is task:
             del self.keys[task.key]
@@ -176,9 +179,9 @@ class Core:
         if len(fin) > self.config.finished_cache:
             del fin[next(iter(fin))]
         st = self.stats
-        if task.state is S.SUCCEEDED:
+        if task.state is SUCCEEDED:
             st.succeeded += 1
-        elif task.state is S.DEAD:
+        elif task.state is DEAD:
             st.dead += 1
         else:
             st.cancelled += 1
@@ -207,24 +210,25 @@ class Core:
                     out.append((holder.id, False))
                     continue
             run_at = spec.run_at if spec.run_at is not None else (now + spec.delay if spec.delay else None)
+            delayed = run_at is not None and run_at > now
             task = Task(
-                id=self.next_id, queue=spec.queue, type=spec.type, payload=spec.payload,
-                priority=spec.priority, run_at=run_at,
-                timeout=spec.timeout if spec.timeout is not None else cfg.default_timeout,
-                max_retries=spec.retries if spec.retries is not None else cfg.default_retries,
-                attempt=0, key=spec.key, created_at=now,
+                self.next_id, spec.queue, spec.type, spec.payload, spec.priority, None,
+                run_at if delayed else None,
+                spec.timeout if spec.timeout is not None else cfg.default_timeout,
+                spec.retries if spec.retries is not None else cfg.default_retries,
+                0, spec.key, None, None, None, now,
             )
             self.next_id += 1
             self.tasks[task.id] = task
             if spec.key is not None:
                 self.keys[spec.key] = task
-            if run_at is not None and run_at > now:
-                self._move(task, T.SCHEDULE, now, detail=f"run_at={run_at:.3f}")
+            if delayed:
+                self._move(task, T_SCHEDULE, now, detail=f"run_at={run_at:.3f}")
                 heapq.heappush(self.scheduled, (run_at, task.id))
             else:
-                task.run_at = None
-                self._move(task, T.ENQUEUE, now)
-                self._make_ready(task)
+                self._move(task, T_ENQUEUE, now)
+                self._queue(task.queue).push(task)
+                self._pump_needed = True
             self.stats.enqueued += 1
             out.append((task.id, True))
         return out
@@ -376,7 +380,7 @@ class Core:
         task = self.tasks.get(task_id) if isinstance(task_id, int) else None
         w = self.workers.get(worker_id)
         if (
-            task is not None and task.state is S.RUNNING and task.worker == worker_id
+            task is not None and task.state is RUNNING and task.worker == worker_id
             and task.attempt == attempt and w is not None
         ):
             return task
@@ -404,7 +408,7 @@ class Core:
             w.completed += 1
             task.result = result
             task.error = None
-            self._move(task, T.SUCCEED, now, worker=worker_id)
+            self._move(task, T_SUCCEED, now, worker=worker_id)
             self._finish(task, now)
 
     def fail(self, worker_id: str, task_id: Any, attempt: Any, error: str, now: float,
@@ -522,7 +526,7 @@ class Core:
         task.worker = w.id
         task.started_at = now
         w.running[task.id] = task
-        self._move(task, T.DISPATCH, now, worker=w.id)
+        self._move(task, T_DISPATCH, now, worker=w.id)
         heapq.heappush(self.deadlines, (now + task.timeout + self.config.lease_timeout, task.id, task.attempt))
         return {
             "id": task.id, "type": task.type, "payload": task.payload, "attempt": task.attempt,

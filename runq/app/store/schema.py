@@ -41,7 +41,6 @@ CREATE TABLE tasks (
     worker      TEXT
 );
 CREATE INDEX tasks_state ON tasks (state, id);
-CREATE INDEX tasks_queue ON tasks (queue, id);
 CREATE TABLE events (
     id      INTEGER PRIMARY KEY,
     task_id INTEGER NOT NULL,
