@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.abc
 import anyio.from_thread
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 import msgpack
 
 from .errors import ConnectionClosed, ProtocolError, TaskFailed, error_for_code
@@ -51,7 +52,8 @@ def parse_address(address: str) -> tuple[str, int]:
 
 def encode_value(value: Any) -> bytes:
     """msgpack-encode an application value (payload, result, progress)."""
-    return msgpack.packb(value, use_bin_type=True, datetime=False, default=_default)
+    data: bytes = msgpack.packb(value, use_bin_type=True, datetime=False, default=_default)
+    return data
 
 
 def _default(obj: Any) -> Any:
@@ -137,8 +139,8 @@ class Client:
         self._buf: list[bytes] = []
         self._wake = anyio.Event()
         self._closed: BaseException | None = None
-        self._events_send: anyio.abc.ObjectSendStream[dict[str, Any]] | None = None
-        self._events_receive: anyio.abc.ObjectReceiveStream[dict[str, Any]] | None = None
+        self._events_send: MemoryObjectSendStream[dict[str, Any]] | None = None
+        self._events_receive: MemoryObjectReceiveStream[dict[str, Any]] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def __aenter__(self) -> Client:
@@ -405,7 +407,7 @@ class Client:
 class EventStream:
     """Live events from ``Client.subscribe``: ``async for event in stream``."""
 
-    def __init__(self, receive: anyio.abc.ObjectReceiveStream[dict[str, Any]]) -> None:
+    def __init__(self, receive: MemoryObjectReceiveStream[dict[str, Any]]) -> None:
         self._receive = receive
 
     def __aiter__(self) -> EventStream:

@@ -43,7 +43,7 @@ _packb = msgpack.Packer(use_bin_type=True).pack
 
 def encode_frame(message: dict[str, Any]) -> bytes:
     """Return one frame (header + msgpack body) for ``message``."""
-    body = msgpack.packb(message, use_bin_type=True)
+    body: bytes = msgpack.packb(message, use_bin_type=True)
     return HEADER.pack(len(body)) + body
 
 
@@ -66,7 +66,7 @@ class Connection:
         self.frames_out = 0
 
     # ---- incoming -------------------------------------------------------
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         """Feed bytes read from the peer; ``b""`` marks the end of the stream."""
         if self._error is not None:
             raise self._error
@@ -130,7 +130,7 @@ class Connection:
         if not isinstance(message, dict) or not isinstance(message.get("op"), str):
             self._fail(ProtocolError("a frame must hold a map with a str 'op'", "bad_frame"))
         self.frames_in += 1
-        return message
+        return message  # type: ignore[no-any-return]
 
     def messages(self) -> list[dict[str, Any]]:
         """Return every whole message buffered now (maybe none)."""
@@ -146,7 +146,7 @@ class Connection:
     # ---- outgoing -------------------------------------------------------
     def send(self, message: dict[str, Any]) -> bytes:
         """Return the frame bytes for one message."""
-        body = _packb(message)
+        body: bytes = _packb(message)
         self.frames_out += 1
         return HEADER.pack(len(body)) + body
 

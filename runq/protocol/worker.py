@@ -38,6 +38,7 @@ from typing import Any
 import anyio
 import anyio.abc
 import anyio.from_thread
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .client import decode_value, encode_value, parse_address
 from .errors import ConnectionClosed, ProtocolError, RunqError, Unauthorized, error_for_code
@@ -125,7 +126,7 @@ class Worker:
         self._buffered: dict[int, dict[str, Any]] = {}
         self._running: set[int] = set()
         self._loop_thread = 0
-        self._token: anyio.lowlevel.EventLoopToken | None = None  # type: ignore[name-defined]
+        self._token: anyio.lowlevel.EventLoopToken | None = None
         self.connected = False
 
     # ------------------------------------------------------------------ registration
@@ -270,7 +271,7 @@ class Worker:
             if not self._stop.is_set():
                 raise ConnectionClosed("connection to server lost")
 
-    async def _watch_stop(self, send: anyio.abc.ObjectSendStream[dict[str, Any]],
+    async def _watch_stop(self, send: MemoryObjectSendStream[dict[str, Any]],
                           runners: anyio.abc.TaskGroup, lost: anyio.Event) -> None:
         assert self._stop_ev is not None
         async with anyio.create_task_group() as tg:
@@ -353,7 +354,7 @@ class Worker:
             self._queue_msg({"op": "heartbeat"})
 
     async def _reader(self, stream: anyio.abc.ByteStream, conn: Connection,
-                      send: anyio.abc.ObjectSendStream[dict[str, Any]], lost: anyio.Event) -> None:
+                      send: MemoryObjectSendStream[dict[str, Any]], lost: anyio.Event) -> None:
         try:
             while True:
                 conn.receive_data(await stream.receive(262144))
@@ -382,10 +383,8 @@ class Worker:
                         return
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, ProtocolError, OSError):
             lost.set()
-        except (anyio.WouldBlock, anyio.ClosedResourceError):
-            lost.set()
 
-    async def _runner(self, receive: anyio.abc.ObjectReceiveStream[dict[str, Any]]) -> None:
+    async def _runner(self, receive: MemoryObjectReceiveStream[dict[str, Any]]) -> None:
         with receive.clone() as mine:
             async for task in mine:
                 await self._take(task)

@@ -224,7 +224,7 @@ class Core:
                 self.keys[spec.key] = task
             if delayed:
                 self._move(task, T_SCHEDULE, now, detail=f"run_at={run_at:.3f}")
-                heapq.heappush(self.scheduled, (run_at, task.id))
+                heapq.heappush(self.scheduled, (float(task.run_at or now), task.id))
             else:
                 self._move(task, T_ENQUEUE, now)
                 self._queue(task.queue).push(task)
@@ -450,7 +450,8 @@ class Core:
         """Seconds before retry number ``attempt``: exponential, capped, with jitter."""
         cfg = self.config
         base = min(cfg.backoff_base * (2 ** (attempt - 1)), cfg.backoff_max)
-        return base * (1 + cfg.jitter * (2 * self.rng.random() - 1))
+        factor: float = 1 + cfg.jitter * (2 * self.rng.random() - 1)
+        return float(base) * factor
 
     def progress(self, worker_id: str, task_id: Any, attempt: Any, value: bytes, now: float) -> None:
         """Store the latest progress value of a running task and tell subscribers."""
@@ -563,10 +564,10 @@ class Core:
             t = self.tasks.get(tid)
             if t is not None and t.state is S.RUNNING and t.attempt == attempt:
                 wid = t.worker
-                w = self.workers.get(wid) if wid else None
-                if w is not None:
-                    w.running.pop(tid, None)
-                    self._send(w.id, {"op": "cancel", "id": tid, "attempt": attempt})
+                holder = self.workers.get(wid) if wid else None
+                if holder is not None:
+                    holder.running.pop(tid, None)
+                    self._send(holder.id, {"op": "cancel", "id": tid, "attempt": attempt})
                 self._fail(t, f"timeout: no result within {t.timeout}s (+{lease}s grace)", now, wid, None,
                            "timeout (server)")
         return self.next_deadline()

@@ -493,21 +493,21 @@ class Server:
         elif op == "cancel":
             tid = require(msg, "id", int)
             try:
-                task = core.cancel(tid, self.clock())
+                cancelled = core.cancel(tid, self.clock())
             except TaskMissing:
-                stored = await self.get_task(tid)
-                raise IllegalTransition(State(stored["state"]), Transition.CANCEL) from None
-            sess.send({"op": "task", "rid": rid, "task": task.as_dict()})
+                known = await self.get_task(tid)
+                raise IllegalTransition(State(known["state"]), Transition.CANCEL) from None
+            sess.send({"op": "task", "rid": rid, "task": cancelled.as_dict()})
         elif op == "retry":
             tid = require(msg, "id", int)
-            stored = None
+            stored: Task | None = None
             if tid not in core.tasks and tid not in core.finished:
                 row = await self._read(self._store.get_task, tid)
                 if row is None:
                     raise TaskMissing(f"no task {tid}")
                 stored = Task.from_row(row)
-            task = core.retry(tid, self.clock(), stored)
-            sess.send({"op": "task", "rid": rid, "task": task.as_dict()})
+            retried = core.retry(tid, self.clock(), stored)
+            sess.send({"op": "task", "rid": rid, "task": retried.as_dict()})
         elif op == "events":
             tid = require(msg, "id", int)
             await self.get_task(tid)

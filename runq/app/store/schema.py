@@ -79,7 +79,7 @@ def migrate(conn: sqlite3.Connection) -> int:
     Raises:
         SchemaTooNew: the file's version is above ``SCHEMA_VERSION``.
     """
-    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    version: int = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
         raise SchemaTooNew(f"database schema version {version} is newer than this runq ({SCHEMA_VERSION})")
     start = version

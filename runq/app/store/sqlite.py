@@ -275,7 +275,8 @@ class Store:
     def list_tasks(self, state: str | None = None, queue: str | None = None, type: str | None = None,
                    limit: int = 100, cursor: int | None = None) -> list[tuple[Any, ...]]:
         """Return a page of task rows, newest first; ``cursor`` is the last id of the previous page."""
-        where, args = [], []
+        where: list[str] = []
+        args: list[Any] = []
         for col, val in (("state", state), ("queue", queue), ("type", type)):
             if val is not None:
                 where.append(f"{col} = ?")
