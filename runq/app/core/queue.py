@@ -34,6 +34,7 @@ from __future__ import annotations
 import heapq
 import random
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 from ...protocol.errors import RunqError
@@ -584,46 +585,56 @@ class Core:
         return min(cands) if cands else None
 
     # ------------------------------------------------------------------ restart
-    def recover(self, rows: list[tuple[Any, ...]], paused: list[str], next_id: int, now: float) -> int:
+    def recover(self, rows: Iterable[tuple[Any, ...]], paused: list[str], next_id: int, now: float) -> int:
         """Rebuild state from the store's non-final task rows (in id order).
 
         Tasks that were running in the previous life go back to ready with a
-        ``recovered`` event. Returns how many were running.
+        ``recovered`` event. Returns how many were running. Equal strings and
+        small payloads are shared between tasks, so a million queued tasks of a
+        few types take a few hundred bytes each.
         """
         self.next_id = max(self.next_id, next_id)
         recovered = 0
-        ready: dict[str, list[Task]] = {}
+        shared: dict[Any, Any] = {}
+        share = shared.setdefault
+        tasks = self.tasks
+        states = {s.value: s for s in State}
+        new = Task.__new__
         for row in rows:
-            t = Task.from_row(row)
-            state = t.state
-            self.tasks[t.id] = t
+            t = new(Task)
+            (t.id, queue, type_, payload, t.priority, state_name, t.run_at, timeout, t.max_retries,
+             t.attempt, t.key, t.result, t.error, t.progress, t.created_at, t.started_at, t.finished_at,
+             t.worker) = row
+            t.queue = share(queue, queue)
+            t.type = share(type_, type_)
+            t.payload = share(payload, payload) if payload is not None and len(payload) <= 32 else payload
+            t.timeout = share(timeout, timeout)
+            t.queued = False
+            state = states[state_name]
+            tasks[t.id] = t
             if t.key is not None:
                 self.keys[t.key] = t
             counts = self.counts.get(t.queue)
             if counts is None:
                 counts = self.counts[t.queue] = Counter()
-            if state is S.RUNNING:
+            if state is RUNNING:
+                t.state = RUNNING
                 t.worker = None
-                self._move(t, T.RECOVER, now, detail="server restarted while it ran")
                 counts["running"] += 1
+                self._move(t, T.RECOVER, now, detail="server restarted while it ran")
                 recovered += 1
-                ready.setdefault(t.queue, []).append(t)
+                self._queue(t.queue).push(t)
                 continue
+            if state is S.FAILED:  # a crash between fail and backoff: retry now
+                state = SCHEDULED
+                t.run_at = now
+            t.state = state
             counts[state.value] += 1
-            if state is S.SCHEDULED:
+            if state is SCHEDULED:
                 self.scheduled.append((t.run_at or now, t.id))
-            elif state is S.FAILED:  # a crash between fail and backoff: retry now
-                t.state = S.SCHEDULED
-                counts["failed"] -= 1
-                counts["scheduled"] += 1
-                self.scheduled.append((now, t.id))
             else:
-                ready.setdefault(t.queue, []).append(t)
+                self._queue(t.queue).push(t)
         heapq.heapify(self.scheduled)
-        for name, tasks in ready.items():
-            q = self._queue(name)
-            for t in tasks:
-                q.push(t)
         for name in paused:
             self._queue(name).paused = True
         self._pump_needed = True

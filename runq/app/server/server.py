@@ -18,6 +18,7 @@ task timeout) and ticks it; it is woken early when a flush moves that deadline.
 from __future__ import annotations
 
 import functools
+import gc
 import hmac
 import ipaddress
 import logging
@@ -175,7 +176,14 @@ class Server:
         try:
             rows, paused, next_id = await trio.to_thread.run_sync(store.load)
             now = self.clock()
-            self.recovered = self.core.recover(rows, paused, next_id, now)
+            # a million long-lived objects: no cyclic GC passes while building them, and
+            # frozen afterwards so later collections do not walk them again
+            gc.disable()
+            try:
+                self.recovered = await trio.to_thread.run_sync(self.core.recover, rows, paused, next_id, now)
+            finally:
+                gc.enable()
+            gc.freeze()
             del rows
             if self.recovered:
                 log.warning("%d task(s) were running when the server stopped: back to ready", self.recovered)

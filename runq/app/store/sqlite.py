@@ -24,12 +24,13 @@ opened read-only; the caller serialises them (one thread at a time).
 
 from __future__ import annotations
 
+import heapq
 import logging
 import queue as queue_mod
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,21 +120,33 @@ class Store:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
         conn.execute("PRAGMA busy_timeout=5000")
-        conn.execute("PRAGMA cache_size=-65536")
+        conn.execute("PRAGMA cache_size=-16384")
         conn.execute("PRAGMA temp_store=MEMORY")
         return conn
 
     # ------------------------------------------------------------------ startup
-    def load(self) -> tuple[list[tuple[Any, ...]], list[str], int]:
-        """Return (live task rows in id order, paused queue names, next id)."""
-        rows: list[tuple[Any, ...]] = []
-        for state in LIVE_STATE_NAMES:
-            rows.extend(self.conn.execute(f"SELECT {_COLS} FROM tasks WHERE state = ? ORDER BY id", (state,)))
-        rows.sort(key=lambda r: r[0])
+    def load(self) -> tuple[Iterator[tuple[Any, ...]], list[str], int]:
+        """Return (live task rows in id order, paused queue names, next id).
+
+        The rows are streamed (a million queued tasks never sit in one list) from
+        a connection of their own, closed when the iterator is exhausted; consume
+        it before starting the writer.
+        """
+        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
+        conn.execute("PRAGMA cache_size=-8192")
+        cursors = [conn.execute(f"SELECT {_COLS} FROM tasks WHERE state = ? ORDER BY id", (state,))
+                   for state in LIVE_STATE_NAMES]
+
+        def rows() -> Iterator[tuple[Any, ...]]:
+            try:
+                yield from heapq.merge(*cursors, key=lambda r: r[0])
+            finally:
+                conn.close()
+
         paused = [r[0] for r in self.conn.execute("SELECT name FROM queues WHERE paused = 1")]
         (max_id,) = self.conn.execute("SELECT max(id) FROM tasks").fetchone()
         (meta_next,) = self.conn.execute("SELECT coalesce(max(CAST(value AS INTEGER)), 0) FROM meta WHERE key = 'next_id'").fetchone()
-        return rows, paused, max((max_id or 0) + 1, meta_next or 0, 1)
+        return rows(), paused, max((max_id or 0) + 1, meta_next or 0, 1)
 
     # ------------------------------------------------------------------ writer
     def start(self) -> None:
