@@ -206,7 +206,8 @@ def parse_task_spec(d: Any) -> TaskSpec:
     if type(payload) is not bytes:
         raise ProtocolError("enqueue: 'payload' must be bin (the msgpack encoding of the value)")
     type_ = d.get("type")
-    if len(d) <= 2 and type(type_) is str:  # fast path: just a type and a payload
+    n = len(d)
+    if type(type_) is str and (n == 1 or (n == 2 and "payload" in d)):  # fast path: a type and a payload
         return TaskSpec(type_, payload)
     d.setdefault("op", "enqueue")
     return TaskSpec(
