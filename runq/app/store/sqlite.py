@@ -132,13 +132,14 @@ class Store:
         a connection of their own, closed when the iterator is exhausted; consume
         it before starting the writer.
         """
-        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None)
-        conn.execute("PRAGMA cache_size=-8192")
-        cursors = [conn.execute(f"SELECT {_COLS} FROM tasks WHERE state = ? ORDER BY id", (state,))
-                   for state in LIVE_STATE_NAMES]
+        path = self.path
 
         def rows() -> Iterator[tuple[Any, ...]]:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
             try:
+                conn.execute("PRAGMA cache_size=-8192")
+                cursors = [conn.execute(f"SELECT {_COLS} FROM tasks WHERE state = ? ORDER BY id", (state,))
+                           for state in LIVE_STATE_NAMES]
                 yield from heapq.merge(*cursors, key=lambda r: r[0])
             finally:
                 conn.close()
@@ -252,6 +253,10 @@ class Store:
         marks = ",".join("?" * len(FINAL_STATE_NAMES))
         sel = f"SELECT id FROM tasks WHERE state IN ({marks}) AND finished_at < ?"
         args = (*FINAL_STATE_NAMES, before)
+        # ids never go back, even when pruning deletes the newest task
+        self.conn.execute("INSERT INTO meta (key, value) SELECT 'next_id', max(id) + 1 FROM tasks WHERE true "
+                          "ON CONFLICT(key) DO UPDATE SET value = max(CAST(value AS INTEGER), "
+                          "CAST(excluded.value AS INTEGER))")
         self.conn.execute(f"DELETE FROM events WHERE task_id IN ({sel})", args)
         cur = self.conn.execute(f"DELETE FROM tasks WHERE id IN ({sel})", args)
         return cur.rowcount
