@@ -64,3 +64,20 @@ def test_bad_task_specs(entry: Any, code: str, text: str) -> None:
     with pytest.raises(ProtocolError) as exc_info:
         parse_task_spec(entry)
     assert exc_info.value.code == code and text in str(exc_info.value)
+
+
+def test_the_spec_example_frame_is_what_we_send() -> None:
+    import re
+    from pathlib import Path
+
+    from runq.protocol.frames import encode_frame
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    block = doc.split("is 35 bytes:\n\n```\n", 1)[1].split("```", 1)[0]
+    hex_bytes = ""
+    for line in block.splitlines():
+        for token in line.split():
+            if not re.fullmatch(r"[0-9a-f]{2}", token):
+                break  # the rest of the line is the comment
+            hex_bytes += token
+    assert bytes.fromhex(hex_bytes) == encode_frame({"op": "hello", "version": 1, "role": "client"})
