@@ -259,3 +259,21 @@ async def test_full_database_is_reported_and_nothing_acknowledged_is_lost(server
     (n,) = db.execute("SELECT count(*) FROM tasks").fetchone()
     db.close()
     assert n == 2
+
+
+@pytest.mark.trio
+async def test_retention_prunes_finished_tasks(nursery: trio.Nursery, tmp_path: Path) -> None:
+    srv = await start(nursery, tmp_path, retention=3600.0)
+    with trio.fail_after(10):
+        async with Client(f"127.0.0.1:{srv.port}") as c:
+            done = await c.enqueue("t")
+            await c.cancel(done)
+            live = await c.enqueue("t")
+            srv.prune()  # retention not reached: nothing goes
+            await srv.wait_committed()
+            assert (await c.get(done))["state"] == "cancelled"
+            srv.prune(before=srv.clock() + 1)  # as if the retention had passed
+            await srv.wait_committed()
+            with pytest.raises(Exception, match="not_found"):
+                await c.get(done)
+            assert await c.events(live) and (await c.get(live))["state"] == "ready"
