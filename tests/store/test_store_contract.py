@@ -91,6 +91,20 @@ class TestStoreContract:
         assert store.get_task(1)[5] == "succeeded"  # type: ignore[index]
         assert [e[2] for e in store.events(1)] == ["enqueued", "started", "succeeded"]
 
+    def test_new_rows_are_inserted_before_upserts_of_the_same_commit(self, store: Store) -> None:
+        t = Task(1, "q", "t", b"\x01", 2, State.READY, None, 60.0, 3, 0, "k", None, None, None, T0)
+        d = Done()
+        b1 = Batch(new_rows=[t.new_row()], events=[event(1)], on_done=d.cb(1))
+        b2 = Batch(rows=[row(1, "running", queue="q", attempt=1)], on_done=d.cb(2))
+        store.submit(b1)
+        store.submit(b2)
+        d.wait(2)
+        assert store.get_task(1)[5] == "running"  # type: ignore[index]
+        commit(store, Batch(new_rows=[Task(2, "q", "t", b"", 0, State.SCHEDULED, T0 + 5, 60.0, 3, 0, None, None,
+                                           None, None, T0).new_row()]))
+        assert store.get_task(2) == Task(2, "q", "t", b"", 0, State.SCHEDULED, T0 + 5, 60.0, 3, 0, None, None,
+                                         None, None, T0).row()
+
     def test_group_commit_groups_and_reports_each_batch_once_in_order(self, tmp_path: Path) -> None:
         s = Store(str(tmp_path / "g.db"))
         d = Done()

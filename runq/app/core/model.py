@@ -9,13 +9,16 @@ from typing import Any
 
 from .states import State
 
-__all__ = ["Task", "WorkerInfo", "ReadyQueue", "CoreConfig", "TASK_COLUMNS", "EVENT_COLUMNS"]
+__all__ = ["Task", "WorkerInfo", "ReadyQueue", "CoreConfig", "TASK_COLUMNS", "NEW_COLUMNS", "EVENT_COLUMNS"]
 
 #: Column order of a task row, as the store persists it.
 TASK_COLUMNS = (
     "id", "queue", "type", "payload", "priority", "state", "run_at", "timeout", "max_retries",
     "attempt", "key", "result", "error", "progress", "created_at", "started_at", "finished_at", "worker",
 )
+#: Columns written for a task that was just enqueued (the others are NULL or 0): a shorter insert.
+NEW_COLUMNS = ("id", "queue", "type", "payload", "priority", "state", "run_at", "timeout", "max_retries", "key",
+               "created_at")
 #: Column order of an event row (the timeline / audit log).
 EVENT_COLUMNS = ("task_id", "at", "kind", "state", "worker", "attempt", "detail")
 
@@ -105,6 +108,11 @@ class Task:
             self.timeout, self.max_retries, self.attempt, self.key, self.result, self.error, self.progress,
             self.created_at, self.started_at, self.finished_at, self.worker,
         )
+
+    def new_row(self) -> tuple[Any, ...]:
+        """The task as first written, in ``NEW_COLUMNS`` order."""
+        return (self.id, self.queue, self.type, self.payload, self.priority, self.state._value_, self.run_at,
+                self.timeout, self.max_retries, self.key, self.created_at)
 
     def as_dict(self) -> dict[str, Any]:
         """The task as a wire/JSON-ready map (bytes fields stay bytes)."""

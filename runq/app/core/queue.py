@@ -60,7 +60,7 @@ class TaskMissing(RunqError):
 class Effects:
     """What one batch of inputs asks the I/O layer to do."""
 
-    __slots__ = ("rows", "events", "outbox", "notices", "logs", "queue_ops")
+    __slots__ = ("rows", "events", "outbox", "notices", "logs", "queue_ops", "new_rows")
 
     def __init__(
         self,
@@ -70,7 +70,9 @@ class Effects:
         notices: list[tuple[EventRow, Task]],
         logs: list[tuple[str, str]],
         queue_ops: list[tuple[str, bool]],
+        new_rows: list[tuple[Any, ...]] | None = None,
     ) -> None:
+        self.new_rows = new_rows or []
         self.rows = rows
         self.events = events
         self.outbox = outbox
@@ -79,7 +81,7 @@ class Effects:
         self.queue_ops = queue_ops
 
     def __bool__(self) -> bool:
-        return bool(self.rows or self.events or self.outbox or self.queue_ops or self.logs)
+        return bool(self.rows or self.new_rows or self.events or self.outbox or self.queue_ops or self.logs)
 
 
 class CoreStats:
@@ -117,6 +119,7 @@ class Core:
         self.stats = CoreStats()
         self.observed = False
         self._dirty: dict[int, Task] = {}
+        self._new: set[int] = set()
         self._events: list[EventRow] = []
         self._outbox: dict[str, list[dict[str, Any]]] = {}
         self._notices: list[tuple[EventRow, Task]] = []
@@ -130,9 +133,17 @@ class Core:
         everything the inputs since the last call asked for."""
         if self._pump_needed:
             self._pump(now)
-        rows = [t.row() for t in self._dirty.values()]
-        fx = Effects(rows, self._events, self._outbox, self._notices, self._logs, self._queue_ops)
+        rows = []
+        new_rows = []
+        new = self._new
+        for t in self._dirty.values():
+            if t.id in new and t.attempt == 0 and (t.state is READY or t.state is SCHEDULED) and t.progress is None:
+                new_rows.append(t.new_row())  # first write of a task still as enqueued: a short insert
+            else:
+                rows.append(t.row())
+        fx = Effects(rows, self._events, self._outbox, self._notices, self._logs, self._queue_ops, new_rows)
         self._dirty = {}
+        self._new = set()
         self._events = []
         self._outbox = {}
         self._notices = []
@@ -221,6 +232,7 @@ class Core:
             )
             self.next_id += 1
             self.tasks[task.id] = task
+            self._new.add(task.id)
             if spec.key is not None:
                 self.keys[spec.key] = task
             if delayed:
@@ -658,6 +670,7 @@ class Core:
             if t.key is not None and self.keys.get(t.key) is t:
                 del self.keys[t.key]
             self._dirty.pop(tid, None)
+            self._new.discard(tid)
             self.stats.enqueued -= 1
             gone.add(tid)
         if gone:

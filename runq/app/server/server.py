@@ -188,8 +188,9 @@ class Server:
             if self.recovered:
                 log.warning("%d task(s) were running when the server stopped: back to ready", self.recovered)
             fx = self.core.take_effects(now)
-            if fx.rows or fx.events:
-                await trio.to_thread.run_sync(store.write_now, Batch(rows=fx.rows, events=fx.events))
+            if fx.rows or fx.new_rows or fx.events:
+                await trio.to_thread.run_sync(store.write_now, Batch(rows=fx.rows, new_rows=fx.new_rows,
+                                                                     events=fx.events))
             store.start()
             listeners = await trio.open_tcp_listeners(cfg.port, host=cfg.host)
             self.port = listeners[0].socket.getsockname()[1]
@@ -240,9 +241,9 @@ class Server:
         waiters = None
         if self._waiters:
             waiters = [r[0] for r in fx.events if r[3] in _FINAL and r[0] in self._waiters]
-        if fx.rows or fx.events or fx.queue_ops or acks:
+        if fx.rows or fx.new_rows or fx.events or fx.queue_ops or acks:
             self._acks = []
-            batch = Batch(rows=fx.rows, events=fx.events, queue_ops=fx.queue_ops)
+            batch = Batch(rows=fx.rows, new_rows=fx.new_rows, events=fx.events, queue_ops=fx.queue_ops)
             batch.on_done = functools.partial(self._committed, batch, acks, waiters)
             self._pending_commits += 1
             assert self.store is not None
@@ -267,7 +268,7 @@ class Server:
                     forgotten |= self.core.forget([i for i, c in zip(reply["ids"], reply["created"]) if c])
                 sess.send({"op": "error", "rid": reply.get("rid"), "code": "store_error",
                            "message": f"not committed, nothing was enqueued: {error}"})
-            self.core.restore_effects([r[0] for r in batch.rows if r[0] not in forgotten],
+            self.core.restore_effects([r[0] for r in batch.rows + batch.new_rows if r[0] not in forgotten],
                                       [e for e in batch.events if e[0] not in forgotten], batch.queue_ops)
             if not self._retry_scheduled:
                 self._retry_scheduled = True

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..core.model import EVENT_COLUMNS, TASK_COLUMNS
+from ..core.model import EVENT_COLUMNS, NEW_COLUMNS, TASK_COLUMNS
 from .schema import FINAL_STATE_NAMES, LIVE_STATE_NAMES, migrate
 
 __all__ = ["Store", "Batch", "StoreStats", "StoreError"]
@@ -46,6 +46,7 @@ _UPSERT = (
     f"INSERT INTO tasks ({_COLS}) VALUES ({', '.join('?' * len(TASK_COLUMNS))}) "
     f"ON CONFLICT(id) DO UPDATE SET " + ", ".join(f"{c}=excluded.{c}" for c in TASK_COLUMNS[1:])
 )
+_INSERT_NEW = f"INSERT INTO tasks ({', '.join(NEW_COLUMNS)}) VALUES ({', '.join('?' * len(NEW_COLUMNS))})"
 _INSERT_EVENT = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
 
 
@@ -61,6 +62,8 @@ class Batch:
 
     Attributes:
         rows: whole task rows (``TASK_COLUMNS`` order) to upsert.
+        new_rows: rows of tasks written for the first time (``NEW_COLUMNS`` order), inserted
+            before every upsert of the same commit.
         events: event rows (``EVENT_COLUMNS`` order) to append.
         queue_ops: (queue name, paused) to record.
         prune_before: delete finished tasks (and their events) finished before this time.
@@ -68,6 +71,7 @@ class Batch:
     """
 
     rows: list[tuple[Any, ...]] = field(default_factory=list)
+    new_rows: list[tuple[Any, ...]] = field(default_factory=list)
     events: list[tuple[Any, ...]] = field(default_factory=list)
     queue_ops: list[tuple[str, bool]] = field(default_factory=list)
     prune_before: float | None = None
@@ -198,10 +202,12 @@ class Store:
     def commit(self, batches: list[Batch]) -> BaseException | None:
         """Write ``batches`` in one transaction and report to each (writer thread only)."""
         rows: dict[int, tuple[Any, ...]] = {}
+        new_rows: list[tuple[Any, ...]] = []
         events: list[tuple[Any, ...]] = []
         queue_ops: list[tuple[str, bool]] = []
         prune: float | None = None
         for b in batches:
+            new_rows.extend(b.new_rows)
             for r in b.rows:
                 rows[r[0]] = r
             events.extend(b.events)
@@ -215,6 +221,8 @@ class Store:
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
+                if new_rows:
+                    conn.executemany(_INSERT_NEW, new_rows)
                 if rows:
                     conn.executemany(_UPSERT, rows.values())
                 if events:
@@ -230,17 +238,17 @@ class Store:
                     conn.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
-            error = StoreError(f"commit of {len(rows)} task rows and {len(events)} events failed: {exc}")
+            error = StoreError(f"commit of {len(rows) + len(new_rows)} task rows and {len(events)} events failed: {exc}")
             self.stats.errors += 1
             self.stats.last_error = str(error)
             log.error("%s", error)
         st = self.stats
         st.commits += 1
         st.batches += len(batches)
-        st.last_commit_rows = len(rows) + len(events)
+        st.last_commit_rows = len(rows) + len(new_rows) + len(events)
         st.commit_seconds_total += time.perf_counter() - t0
         if error is None:
-            st.rows += len(rows)
+            st.rows += len(rows) + len(new_rows)
             st.events += len(events)
         for b in batches:
             b.pruned = pruned
