@@ -1,7 +1,8 @@
-"""trio I/O: TCP listener, sessions, timers, and the wiring of core and store."""
+"""trio I/O: the server (core + store wiring, timers, operations) and its TCP protocol frontend."""
 
 from __future__ import annotations
 
-from .server import VERSION, Clock, ConfigError, Server, ServerConfig
+from .config import Clock, ConfigError, ServerConfig, is_loopback
+from .server import VERSION, Server, ServerStats, Subscriber
 
-__all__ = ["Server", "ServerConfig", "Clock", "ConfigError", "VERSION"]
+__all__ = ["Server", "ServerConfig", "ServerStats", "Subscriber", "Clock", "ConfigError", "VERSION", "is_loopback"]

@@ -1,15 +1,16 @@
-"""The trio server: TCP listener, sessions, timers, and the wiring of core and store.
+"""The trio server: the wiring of core and store, timers, and the operations every frontend uses.
 
 Theory of operation
 -------------------
-One trio process. Every connection runs ``_serve_connection``: it reads bytes,
-lets the session's sans-IO ``Connection`` cut them into messages, hands each
-message to a handler that calls the ``Core``, and after each read calls
-``flush()``. ``flush`` collects the core's effects once for everything that
-arrived: task rows and events go to the store's writer thread as one ``Batch``,
-messages go to the worker sessions, live events to subscribers. Enqueue replies
-and ``wait`` answers are sent from the batch's commit callback, so a client
-never hears "enqueued" before the task is on disk.
+One trio process. Frontends (the TCP protocol in ``tcp.py``, the HTTP API in
+``runq.app.http``) turn requests into calls of this class's public operations
+(``enqueue``, ``get_task``, ``wait_task``, ``cancel``, ...), which call the
+``Core``. After the inputs of one read (TCP) or one request (HTTP), ``flush()``
+collects the core's effects once: task rows and events go to the store's writer
+thread as one ``Batch``, messages go to the worker sessions, live events to
+subscribers. Enqueue acknowledgements and pause/resume answers are given from
+the batch's commit callback, so nobody hears "enqueued" before the task is on
+disk.
 
 A timer task sleeps until the core's next deadline (delayed task, lease expiry,
 task timeout) and ticks it; it is woken early when a flush moves that deadline.
@@ -19,99 +20,39 @@ from __future__ import annotations
 
 import functools
 import gc
-import hmac
-import ipaddress
 import logging
 import os
-import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import trio
 
-from ...protocol.errors import ProtocolError, RunqError
-from ...protocol.frames import DEFAULT_MAX_FRAME
-from ...protocol.messages import (
-    CLIENT_OPS, WATCHER_OPS, WORKER_OPS, optional, parse_hello, parse_task_spec, require,
-)
-from ..core import FINAL_STATES, Core, CoreConfig, IllegalTransition, State, Task, TaskMissing, Transition
+from ...protocol.errors import ProtocolError
+from ...protocol.messages import TaskSpec
+from ..core import FINAL_STATES, Core, IllegalTransition, State, Task, TaskMissing, Transition
 from ..core.model import EVENT_COLUMNS
 from ..store import Batch, Store, StoreError
+from .config import Clock, ServerConfig
 from .session import Session, Subscription
 
-__all__ = ["Server", "ServerConfig", "Clock", "ConfigError", "VERSION"]
+__all__ = ["Server", "ServerStats", "Subscriber", "VERSION"]
 
 log = logging.getLogger("runq.server")
 VERSION = "0.1.0"
-_FINAL = frozenset(s.value for s in FINAL_STATES)
+FINAL = frozenset(s.value for s in FINAL_STATES)
+
+#: What to forget if the commit fails (ids of tasks created by that request), and whom to tell.
+Ack = tuple[list[int], Callable[[BaseException | None], None]]
 
 
-class ConfigError(RunqError):
-    """The server was asked to start with settings that are not allowed."""
+class Subscriber(Protocol):
+    """Anything that receives live events: a TCP session, an HTTP event stream."""
 
-    code = "bad_request"
+    subscription: Subscription | None
 
-
-class Clock:
-    """Wall-clock time that advances with trio's clock (so MockClock drives it in tests).
-
-    Args:
-        wall: the wall time at the moment the clock is created (default ``time.time()``).
-    """
-
-    def __init__(self, wall: float | None = None) -> None:
-        self._wall0 = time.time() if wall is None else wall
-        self._trio0 = trio.current_time()
-
-    def __call__(self) -> float:
-        return self._wall0 + (trio.current_time() - self._trio0)
-
-
-@dataclass
-class ServerConfig:
-    """Settings of ``runq serve``.
-
-    Attributes:
-        db: SQLite file path.
-        host: address to listen on; anything but loopback requires ``token``.
-        port: TCP port (0 picks a free one).
-        token: shared secret every client and worker must present.
-        synchronous: ``NORMAL`` or ``FULL``.
-        max_frame: largest accepted frame body, bytes.
-        hello_timeout: seconds a new connection has to send hello.
-        retention: seconds finished tasks are kept before pruning.
-        prune_interval: seconds between prune passes.
-        subscriber_backlog: bytes queued for a live-event subscriber before its events are dropped.
-        core: rules of the queue (leases, retries, backoff).
-    """
-
-    db: str = "runq.db"
-    host: str = "127.0.0.1"
-    port: int = 7700
-    token: str | None = None
-    synchronous: str = "NORMAL"
-    max_frame: int = DEFAULT_MAX_FRAME
-    hello_timeout: float = 5.0
-    retention: float = 7 * 86400.0
-    prune_interval: float = 3600.0
-    subscriber_backlog: int = 4 << 20
-    core: CoreConfig = field(default_factory=CoreConfig)
-
-    def check(self) -> None:
-        """Raise ``ConfigError`` for settings that must not be served."""
-        if not _is_loopback(self.host) and not self.token:
-            raise ConfigError(f"listening on {self.host} (not loopback) requires a token (--token or RUNQ_TOKEN)")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    def send_event(self, message: dict[str, Any]) -> None: ...
 
 
 @dataclass
@@ -121,7 +62,6 @@ class ServerStats:
     connections: int = 0
     protocol_errors: int = 0
     store_errors: int = 0
-    handler_errors: int = 0
     flushes: int = 0
     started_at: float = 0.0
 
@@ -143,30 +83,33 @@ class Server:
         self.store: Store | None = None
         self.stats = ServerStats()
         self.port: int | None = None
+        self.http_port: int | None = None
         self.sessions: set[Session] = set()
         self.workers: dict[str, Session] = {}
-        self.subscribers: set[Session] = set()
+        self.subscribers: set[Subscriber] = set()
         self.recovered = 0
-        self._acks: list[tuple[Session, dict[str, Any]]] = []
-        self._waiters: dict[int, list[tuple[Session, Any, trio.Event]]] = {}
+        self.stopping = trio.Event()
+        self.ready = False
+        self.commit_listeners: list[Callable[[Batch, BaseException | None], None]] = []
+        self._acks: list[Ack] = []
+        self._waiters: dict[int, list[trio.Event]] = {}
         self._rearm = trio.Event()
         self._armed = float("inf")
-        self._worker_seq = 0
         self._retry_scheduled = False
         self._pending_commits = 0
         self._idle = trio.Event()
         self._reader_lock = trio.CapacityLimiter(1)
-        self.stopping = trio.Event()
-        self.commit_listeners: list[Callable[[Batch, BaseException | None], None]] = []
-        self.ready = False
+        self._nursery: trio.Nursery | None = None
 
     # ------------------------------------------------------------------ run
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        """Open the store, rebuild state, listen; report the bound port; run until cancelled.
+        """Open the store, rebuild state, listen; report the bound TCP port; run until stopped.
 
         Stopping: set ``self.stopping`` (or cancel). Queued writes are committed
         before the store closes.
         """
+        from .tcp import TcpFrontend  # the frontends import this module
+
         cfg = self.config
         if self._clock_arg is None:
             self.clock = Clock()
@@ -174,35 +117,25 @@ class Server:
         store = await trio.to_thread.run_sync(functools.partial(Store, cfg.db, cfg.synchronous, token.run_sync_soon))
         self.store = store
         try:
-            rows, paused, next_id = await trio.to_thread.run_sync(store.load)
-            now = self.clock()
-            # a million long-lived objects: no cyclic GC passes while building them, and
-            # frozen afterwards so later collections do not walk them again
-            gc.disable()
-            try:
-                self.recovered = await trio.to_thread.run_sync(self.core.recover, rows, paused, next_id, now)
-            finally:
-                gc.enable()
-            gc.freeze()
-            del rows
-            if self.recovered:
-                log.warning("%d task(s) were running when the server stopped: back to ready", self.recovered)
-            fx = self.core.take_effects(now)
-            if fx.rows or fx.new_rows or fx.events:
-                await trio.to_thread.run_sync(store.write_now, Batch(rows=fx.rows, new_rows=fx.new_rows,
-                                                                     events=fx.events))
+            await self._recover(store)
             store.start()
+            tcp = TcpFrontend(self)
             listeners = await trio.open_tcp_listeners(cfg.port, host=cfg.host)
             self.port = listeners[0].socket.getsockname()[1]
             self.stats.started_at = self.clock()
             async with trio.open_nursery() as nursery:
-                self._spawn_nursery = nursery
-                nursery.start_soon(functools.partial(trio.serve_listeners, self._serve_connection, listeners,
+                self._nursery = nursery
+                nursery.start_soon(functools.partial(trio.serve_listeners, tcp.serve_connection, listeners,
                                                      handler_nursery=nursery))
+                if cfg.http_port is not None:
+                    from ..http import serve_http
+
+                    self.http_port = await nursery.start(serve_http, self)
                 nursery.start_soon(self._timer)
                 nursery.start_soon(self._pruner)
                 self.ready = True
-                log.info("runq %s listening on %s:%d, database %s", VERSION, cfg.host, self.port, cfg.db)
+                log.info("runq %s listening on %s:%d (HTTP %s), database %s", VERSION, cfg.host, self.port,
+                         self.http_port if self.http_port is not None else "off", cfg.db)
                 task_status.started(self.port)
                 await self.stopping.wait()
                 self.ready = False
@@ -215,10 +148,34 @@ class Server:
                 self.flush()
                 await trio.to_thread.run_sync(store.close)
 
+    async def _recover(self, store: Store) -> None:
+        rows, paused, next_id = await trio.to_thread.run_sync(store.load)
+        now = self.clock()
+        # a million long-lived objects: no cyclic GC passes while building them, and
+        # frozen afterwards so later collections do not walk them again
+        gc.disable()
+        try:
+            self.recovered = await trio.to_thread.run_sync(self.core.recover, rows, paused, next_id, now)
+        finally:
+            gc.enable()
+        gc.freeze()
+        if self.recovered:
+            log.warning("%d task(s) were running when the server stopped: back to ready", self.recovered)
+        fx = self.core.take_effects(now)
+        if fx.rows or fx.new_rows or fx.events:
+            await trio.to_thread.run_sync(store.write_now, Batch(rows=fx.rows, new_rows=fx.new_rows,
+                                                                 events=fx.events))
+
     async def wait_committed(self) -> None:
         """Wait until every batch handed to the store so far has committed."""
         while self._pending_commits:
             await self._idle.wait()
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        """The server's nursery, for work that outlives one request (long polls)."""
+        assert self._nursery is not None, "server not started"
+        return self._nursery
 
     # ------------------------------------------------------------------ effects
     def flush(self) -> None:
@@ -240,21 +197,20 @@ class Server:
         acks = self._acks
         waiters = None
         if self._waiters:
-            waiters = [r[0] for r in fx.events if r[3] in _FINAL and r[0] in self._waiters]
+            waiters = [r[0] for r in fx.events if r[3] in FINAL and r[0] in self._waiters]
         if fx.rows or fx.new_rows or fx.events or fx.queue_ops or acks:
             self._acks = []
             batch = Batch(rows=fx.rows, new_rows=fx.new_rows, events=fx.events, queue_ops=fx.queue_ops)
             batch.on_done = functools.partial(self._committed, batch, acks, waiters)
             self._pending_commits += 1
-            assert self.store is not None
-            self.store.submit(batch)
+            self._store.submit(batch)
         elif waiters:
             self._wake_waiters(waiters)
         nd = self.core.next_deadline()
         if nd is not None and nd < self._armed:
             self._rearm.set()
 
-    def _committed(self, batch: Batch, acks: list[tuple[Session, dict[str, Any]]], waiters: list[int] | None,
+    def _committed(self, batch: Batch, acks: list[Ack], waiters: list[int] | None,
                    error: BaseException | None) -> None:
         self._pending_commits -= 1
         if error is not None:
@@ -263,19 +219,16 @@ class Server:
             # and retried with the next commit.
             self.stats.store_errors += 1
             forgotten: set[int] = set()
-            for sess, reply in acks:
-                if reply["op"] == "enqueued":
-                    forgotten |= self.core.forget([i for i, c in zip(reply["ids"], reply["created"]) if c])
-                sess.send({"op": "error", "rid": reply.get("rid"), "code": "store_error",
-                           "message": f"not committed, nothing was enqueued: {error}"})
+            for created, _ in acks:
+                if created:
+                    forgotten |= self.core.forget(created)
             self.core.restore_effects([r[0] for r in batch.rows + batch.new_rows if r[0] not in forgotten],
                                       [e for e in batch.events if e[0] not in forgotten], batch.queue_ops)
-            if not self._retry_scheduled:
+            if not self._retry_scheduled and self._nursery is not None:
                 self._retry_scheduled = True
-                self._spawn_nursery.start_soon(self._retry_writes)
-        else:
-            for sess, reply in acks:
-                sess.send(reply)
+                self._nursery.start_soon(self._retry_writes)
+        for _, tell in acks:
+            tell(error)
         if waiters:
             self._wake_waiters(waiters)
         for listener in self.commit_listeners:
@@ -291,17 +244,17 @@ class Server:
 
     def _wake_waiters(self, ids: list[int]) -> None:
         for tid in ids:
-            for _, _, ev in self._waiters.pop(tid, ()):
+            for ev in self._waiters.pop(tid, ()):
                 ev.set()
 
     def _publish(self, notices: list[tuple[tuple[Any, ...], Task]]) -> None:
         for row, task in notices:
             msg = None
-            for sess in self.subscribers:
-                sub = sess.subscription
-                if sub is not None and sub.wants(task.queue, task.type, task.id):
+            for sub in self.subscribers:
+                flt = sub.subscription
+                if flt is not None and flt.wants(task.queue, task.type, task.id):
                     if msg is None:
-                        msg = dict(zip(EVENT_COLUMNS, row))
+                        msg = dict(zip(EVENT_COLUMNS, row, strict=True))
                         msg["op"] = "event"
                         msg["id"] = task.id
                         msg["queue"] = task.queue
@@ -309,10 +262,10 @@ class Server:
                         msg["status"] = row[3]
                         if row[2] == "progress":
                             msg["progress"] = task.progress
-                        if row[3] in _FINAL:
+                        if row[3] in FINAL:
                             msg["result"] = task.result
                             msg["error"] = task.error
-                    sess.send_event(msg)
+                    sub.send_event(msg)
 
     # ------------------------------------------------------------------ timers
     async def _timer(self) -> None:
@@ -333,258 +286,44 @@ class Server:
 
     def prune(self, before: float | None = None) -> None:
         """Ask the writer to delete tasks finished before ``before`` (default: now - retention)."""
-        assert self.store is not None
         cutoff = before if before is not None else self.clock() - self.config.retention
         batch = Batch(prune_before=cutoff)
         self._pending_commits += 1
         batch.on_done = functools.partial(self._committed, batch, [], None)
-        self.store.submit(batch)
+        self._store.submit(batch)
         for tid in [t for t, task in self.core.finished.items() if (task.finished_at or 0) < cutoff]:
             del self.core.finished[tid]
 
-    # ------------------------------------------------------------------ connections
-    async def _serve_connection(self, stream: trio.SocketStream) -> None:
-        try:
-            peer = "%s:%s" % stream.socket.getpeername()[:2]
-        except OSError:
-            peer = "?"
-        sess = Session(stream, peer, self.config.max_frame, self.config.subscriber_backlog)
-        self.sessions.add(sess)
-        self.stats.connections += 1
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(sess.sender)
-                try:
-                    await self._read_loop(sess)
-                except ProtocolError as exc:
-                    self.stats.protocol_errors += 1
-                    log.warning("protocol error from %s (%s): %s", peer, exc.code, exc)
-                    sess.close({"op": "error", "code": exc.code, "message": str(exc)})
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    sess.close()
-                else:
-                    sess.close()
-        finally:
-            self.sessions.discard(sess)
-            self.subscribers.discard(sess)
-            if sess.role == "worker" and self.workers.get(sess.id) is sess:
-                del self.workers[sess.id]
-                if not self.stopping.is_set():
-                    # (when the server stops, running tasks stay running on disk and
-                    # come back as 'recovered' at the next start, no attempt lost)
-                    self.core.worker_left(sess.id, self.clock(), reason="connection closed")
-                    self.flush()
+    # ------------------------------------------------------------------ operations (all frontends)
+    def enqueue_nowait(self, specs: list[TaskSpec],
+                       tell: Callable[[list[tuple[int, bool]], BaseException | None], None]) -> list[tuple[int, bool]]:
+        """Enqueue; ``tell(results, error)`` runs once the tasks are committed (or could not be).
 
-    async def _read_loop(self, sess: Session) -> None:
-        conn = sess.conn
-        stream = sess.stream
-        hello = None
-        with trio.move_on_after(self.config.hello_timeout):
-            while hello is None:
-                data = await stream.receive_some(65536)
-                conn.receive_data(data)
-                hello = conn.next_message()
-                if hello is None and conn.eof:
-                    return
-        if hello is None:
-            raise ProtocolError(f"no hello within {self.config.hello_timeout}s", "hello_timeout")
-        self._hello(sess, hello)
-        ops = {"client": CLIENT_OPS, "worker": WORKER_OPS, "watcher": WATCHER_OPS}[sess.role]
-        while True:
-            for msg in conn.messages():
-                op = msg["op"]
-                if op not in ops:
-                    raise ProtocolError(f"unknown op {op!r} for a {sess.role}", "unknown_op")
-                try:
-                    if sess.role == "worker":
-                        self._worker_message(sess, op, msg)
-                    else:
-                        await self._client_message(sess, op, msg)
-                except ProtocolError as exc:
-                    if exc.code in ("bad_request", "not_found", "invalid_state"):
-                        sess.send({"op": "error", "rid": msg.get("rid"), "code": exc.code, "message": str(exc)})
-                    else:
-                        raise
-                except (TaskMissing, IllegalTransition) as exc:
-                    sess.send({"op": "error", "rid": msg.get("rid"), "code": exc.code, "message": str(exc)})
-                except (StoreError, RunqError) as exc:
-                    sess.send({"op": "error", "rid": msg.get("rid"), "code": exc.code, "message": str(exc)})
-                except KeyError as exc:
-                    sess.send({"op": "error", "rid": msg.get("rid"), "code": "not_found", "message": f"not found: {exc}"})
-            self.flush()
-            if conn.eof:
-                return
-            data = await stream.receive_some(65536)
-            conn.receive_data(data)
+        The caller flushes (TCP: after the whole read, so one commit serves many requests).
+        """
+        res = self.core.enqueue(specs, self.clock())
+        self._acks.append(([tid for tid, created in res if created], lambda err: tell(res, err)))
+        return res
 
-    def _hello(self, sess: Session, msg: dict[str, Any]) -> None:
-        hello = parse_hello(msg)
-        if self.config.token is not None and not hmac.compare_digest(
-            (hello.token or "").encode(), self.config.token.encode()
-        ):
-            raise ProtocolError("missing or wrong token", "unauthorized")
-        if self.stopping.is_set():
-            raise ProtocolError("server is stopping", "shutting_down")
-        sess.role = hello.role
-        welcome: dict[str, Any] = {
-            "op": "welcome", "version": hello.version, "server": f"runq/{VERSION}",
-            "max_frame": self.config.max_frame, "lease_timeout": self.config.core.lease_timeout,
-            "heartbeat": self.config.core.lease_timeout / 3,
-        }
-        if hello.role == "worker":
-            self._worker_seq += 1
-            sess.id = f"w{self._worker_seq}-{secrets.token_hex(3)}"
-            self.workers[sess.id] = sess
-            self.core.worker_joined(sess.id, self.clock(), hello.queues, hello.concurrency,
-                                    hello.name, hello.host or sess.peer.rsplit(":", 1)[0], hello.pid)
-            welcome["worker_id"] = sess.id
-        sess.send(welcome)
+    async def enqueue(self, specs: list[TaskSpec]) -> list[tuple[int, bool]]:
+        """Enqueue and return ``(id, created)`` per spec once committed.
 
-    # ------------------------------------------------------------------ workers
-    def _worker_message(self, sess: Session, op: str, msg: dict[str, Any]) -> None:
-        core = self.core
-        now = self.clock()
-        wid = sess.id
-        if op == "done":
-            results = require(msg, "results", list)
-            for r in results:
-                if not isinstance(r, list) or len(r) != 3:
-                    raise ProtocolError("done: each result must be [id, attempt, result]")
-            core.done(wid, results, now)
-            n = optional(msg, "credit", int, 0)
-            if n:
-                core.credit(wid, n, now)
-        elif op == "credit":
-            core.credit(wid, require(msg, "n", int), now)
-        elif op == "heartbeat":
-            core.heartbeat(wid, now)
-        elif op == "fail":
-            retry_in = optional(msg, "retry_in", (int, float))
-            core.fail(wid, require(msg, "id", int), require(msg, "attempt", int), require(msg, "error", str), now,
-                      retry_in=float(retry_in) if retry_in is not None else None,
-                      timed_out=bool(msg.get("timeout")), max_retries=optional(msg, "retries", int))
-            n = optional(msg, "credit", int, 0)
-            if n:
-                core.credit(wid, n, now)
-        elif op == "progress":
-            core.progress(wid, require(msg, "id", int), require(msg, "attempt", int),
-                          require(msg, "value", bytes), now)
-        elif op == "release":
-            core.release(wid, require(msg, "ids", list), now)
-        elif op == "ping":
-            core.heartbeat(wid, now)
-            sess.send({"op": "pong", "rid": msg.get("rid")})
+        Raises:
+            StoreError: the commit failed; nothing was enqueued.
+        """
+        done = trio.Event()
+        outcome: list[BaseException | None] = []
 
-    # ------------------------------------------------------------------ clients
-    async def _client_message(self, sess: Session, op: str, msg: dict[str, Any]) -> None:
-        core = self.core
-        rid = msg.get("rid")
-        if op == "enqueue":
-            tasks = require(msg, "tasks", list)
-            specs = [parse_task_spec(d) for d in tasks]
-            res = core.enqueue(specs, self.clock())
-            self._acks.append((sess, {"op": "enqueued", "rid": rid, "ids": [r[0] for r in res],
-                                      "created": [r[1] for r in res]}))
-        elif op == "get":
-            task = await self.get_task(require(msg, "id", int))
-            sess.send({"op": "task", "rid": rid, "task": task})
-        elif op == "wait":
-            tid = require(msg, "id", int)
-            timeout = float(optional(msg, "timeout", (int, float), 60.0))
-            task = await self.get_task(tid)
-            if task["state"] not in _FINAL and timeout > 0:
-                # answered later, so that this session keeps reading meanwhile
-                ev = trio.Event()
-                self._waiters.setdefault(tid, []).append((sess, rid, ev))
-                self._spawn_nursery.start_soon(self._answer_wait, sess, rid, tid, ev, timeout)
-                return
-            sess.send({"op": "task", "rid": rid, "task": task})
-        elif op == "cancel":
-            tid = require(msg, "id", int)
-            try:
-                cancelled = core.cancel(tid, self.clock())
-            except TaskMissing:
-                known = await self.get_task(tid)
-                raise IllegalTransition(State(known["state"]), Transition.CANCEL) from None
-            sess.send({"op": "task", "rid": rid, "task": cancelled.as_dict()})
-        elif op == "retry":
-            tid = require(msg, "id", int)
-            stored: Task | None = None
-            if tid not in core.tasks and tid not in core.finished:
-                row = await self._read(self._store.get_task, tid)
-                if row is None:
-                    raise TaskMissing(f"no task {tid}")
-                stored = Task.from_row(row)
-            retried = core.retry(tid, self.clock(), stored)
-            sess.send({"op": "task", "rid": rid, "task": retried.as_dict()})
-        elif op == "events":
-            tid = require(msg, "id", int)
-            await self.get_task(tid)
-            self.flush()
-            await self.wait_committed()
-            rows = await self._read(self._store.events, tid)
-            sess.send({"op": "events", "rid": rid, "events": [dict(zip(EVENT_COLUMNS, r)) for r in rows]})
-        elif op == "list":
-            limit = optional(msg, "limit", int, 100)
-            if not 1 <= limit <= 1000:
-                raise ProtocolError("list: limit must be between 1 and 1000", "bad_request")
-            self.flush()
-            await self.wait_committed()
-            rows = await self._read(functools.partial(
-                self._store.list_tasks, state=optional(msg, "state", str), queue=optional(msg, "queue", str),
-                type=optional(msg, "type", str), limit=limit, cursor=optional(msg, "cursor", int)))
-            tasks = [self._fresh(r) for r in rows]
-            sess.send({"op": "tasks", "rid": rid, "tasks": tasks,
-                       "cursor": tasks[-1]["id"] if len(tasks) == limit else None})
-        elif op in ("pause", "resume"):
-            name = require(msg, "queue", str)
-            (core.pause if op == "pause" else core.resume)(name, self.clock())
-            self._acks.append((sess, {"op": "ok", "rid": rid}))
-        elif op == "queues":
-            sess.send({"op": "queues", "rid": rid, "queues": self.queue_stats()})
-        elif op == "workers":
-            sess.send({"op": "workers", "rid": rid, "workers": [w.as_dict() for w in core.workers.values()]})
-        elif op == "stats":
-            sess.send({"op": "stats", "rid": rid, "stats": self.statistics()})
-        elif op == "subscribe":
-            sub = Subscription(
-                queues=_set(optional(msg, "queues", list)), types=_set(optional(msg, "types", list)),
-                ids=_set(optional(msg, "ids", list)),
-            )
-            sess.subscription = sub
-            self.subscribers.add(sess)
-            core.observed = True
-            sess.send({"op": "ok", "rid": rid})
-        elif op == "ping":
-            sess.send({"op": "pong", "rid": rid})
+        def tell(_: list[tuple[int, bool]], err: BaseException | None) -> None:
+            outcome.append(err)
+            done.set()
 
-    async def _answer_wait(self, sess: Session, rid: Any, tid: int, ev: trio.Event, timeout: float) -> None:
-        with trio.move_on_after(timeout):
-            await ev.wait()
-        lst = self._waiters.get(tid)
-        if lst is not None:
-            lst[:] = [w for w in lst if w[2] is not ev]
-            if not lst:
-                del self._waiters[tid]
-        try:
-            task = await self.get_task(tid)
-        except RunqError as exc:
-            sess.send({"op": "error", "rid": rid, "code": exc.code, "message": str(exc)})
-            return
-        sess.send({"op": "task", "rid": rid, "task": task})
-
-    @property
-    def _store(self) -> Store:
-        assert self.store is not None
-        return self.store
-
-    async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await trio.to_thread.run_sync(fn, *args, limiter=self._reader_lock)
-
-    def _fresh(self, row: tuple[Any, ...]) -> dict[str, Any]:
-        """A stored row, replaced by the in-memory task when that is newer."""
-        t = self.core.tasks.get(row[0]) or self.core.finished.get(row[0])
-        return t.as_dict() if t is not None else Task.from_row(row).as_dict()
+        res = self.enqueue_nowait(specs, tell)
+        self.flush()
+        await done.wait()
+        if outcome[0] is not None:
+            raise StoreError(f"not committed, nothing was enqueued: {outcome[0]}")
+        return res
 
     async def get_task(self, task_id: int) -> dict[str, Any]:
         """Return a task as a map, from memory or the store.
@@ -600,9 +339,136 @@ class Server:
             raise TaskMissing(f"no task {task_id}")
         return Task.from_row(row).as_dict()
 
+    async def wait_task(self, task_id: int, timeout: float) -> dict[str, Any]:
+        """Return the task once it is final or ``timeout`` seconds passed (then as it is)."""
+        task = await self.get_task(task_id)
+        if task["state"] in FINAL or timeout <= 0:
+            return task
+        ev = trio.Event()
+        self._waiters.setdefault(task_id, []).append(ev)
+        try:
+            with trio.move_on_after(timeout):
+                await ev.wait()
+        finally:
+            lst = self._waiters.get(task_id)
+            if lst is not None and ev in lst:
+                lst.remove(ev)
+                if not lst:
+                    del self._waiters[task_id]
+        return await self.get_task(task_id)
+
+    async def cancel(self, task_id: int) -> dict[str, Any]:
+        """Cancel a queued or running task; return it.
+
+        Raises:
+            TaskMissing: no such task.
+            IllegalTransition: it is already final.
+        """
+        try:
+            task = self.core.cancel(task_id, self.clock())
+        except TaskMissing:
+            known = await self.get_task(task_id)
+            raise IllegalTransition(State(known["state"]), Transition.CANCEL) from None
+        answer = task.as_dict()
+        self.flush()
+        return answer
+
+    async def retry(self, task_id: int) -> dict[str, Any]:
+        """Bring a dead, cancelled or retry-waiting task back to ready now; return it."""
+        stored: Task | None = None
+        if task_id not in self.core.tasks and task_id not in self.core.finished:
+            row = await self._read(self._store.get_task, task_id)
+            if row is None:
+                raise TaskMissing(f"no task {task_id}")
+            stored = Task.from_row(row)
+        answer = self.core.retry(task_id, self.clock(), stored).as_dict()  # as retried, before any dispatch
+        self.flush()
+        return answer
+
+    async def task_events(self, task_id: int) -> list[dict[str, Any]]:
+        """Return the task's timeline, oldest first (every event committed so far)."""
+        await self.get_task(task_id)
+        self.flush()
+        await self.wait_committed()
+        rows = await self._read(self._store.events, task_id)
+        return [dict(zip(EVENT_COLUMNS, r, strict=True)) for r in rows]
+
+    async def list_tasks(self, *, state: str | None = None, queue: str | None = None, type: str | None = None,
+                         limit: int = 100, cursor: int | None = None) -> tuple[list[dict[str, Any]], int | None]:
+        """Return a page of tasks, newest first, and the cursor of the next page.
+
+        Raises:
+            ProtocolError: ``bad_request`` for a limit outside 1..1000 or an unknown state.
+        """
+        if not 1 <= limit <= 1000:
+            raise ProtocolError("limit must be between 1 and 1000", "bad_request")
+        if state is not None and state not in {s.value for s in State}:
+            raise ProtocolError(f"unknown state {state!r}", "bad_request")
+        self.flush()
+        await self.wait_committed()
+        rows = await self._read(functools.partial(self._store.list_tasks, state=state, queue=queue, type=type,
+                                                  limit=limit, cursor=cursor))
+        tasks = [self._fresh(r) for r in rows]
+        return tasks, (tasks[-1]["id"] if len(tasks) == limit else None)
+
+    def set_paused_nowait(self, queue: str, paused: bool, tell: Callable[[BaseException | None], None]) -> None:
+        """Pause or resume ``queue``; ``tell(error)`` once that is committed."""
+        (self.core.pause if paused else self.core.resume)(queue, self.clock())
+        self._acks.append(([], tell))
+
+    async def set_paused(self, queue: str, paused: bool) -> None:
+        """Pause or resume ``queue`` and return once it is committed."""
+        done = trio.Event()
+        outcome: list[BaseException | None] = []
+
+        def tell(err: BaseException | None) -> None:
+            outcome.append(err)
+            done.set()
+
+        self.set_paused_nowait(queue, paused, tell)
+        self.flush()
+        await done.wait()
+        if outcome[0] is not None:
+            raise StoreError(str(outcome[0]))
+
+    def drain_worker(self, worker_id: str) -> dict[str, Any]:
+        """Ask a worker to finish its running tasks, hand back the rest and leave.
+
+        Raises:
+            KeyError: no such worker.
+        """
+        self.core.drain_worker(worker_id, self.clock())
+        self.flush()
+        return self.core.workers[worker_id].as_dict()
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        """Start sending live events to ``subscriber`` (filtered by its ``subscription``)."""
+        self.subscribers.add(subscriber)
+        self.core.observed = True
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        self.subscribers.discard(subscriber)
+        self.core.observed = bool(self.subscribers)
+
+    @property
+    def _store(self) -> Store:
+        assert self.store is not None
+        return self.store
+
+    async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._reader_lock)
+
+    def _fresh(self, row: tuple[Any, ...]) -> dict[str, Any]:
+        """A stored row, replaced by the in-memory task when that is newer."""
+        t = self.core.tasks.get(row[0]) or self.core.finished.get(row[0])
+        return t.as_dict() if t is not None else Task.from_row(row).as_dict()
+
     # ------------------------------------------------------------------ reading
     def queue_stats(self) -> list[dict[str, Any]]:
         return self.core.queue_stats()
+
+    def worker_list(self) -> list[dict[str, Any]]:
+        return [w.as_dict() for w in self.core.workers.values()]
 
     def statistics(self) -> dict[str, Any]:
         c = self.core.stats
@@ -617,8 +483,4 @@ class Server:
             "commit_seconds_total": st.commit_seconds_total, "recovered": self.recovered,
             "queues": self.queue_stats(),
         }
-
-
-def _set(v: list[Any] | None) -> frozenset[Any] | None:
-    return frozenset(v) if v is not None else None
 

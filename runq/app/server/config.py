@@ -1,0 +1,85 @@
+"""Settings of ``runq serve`` and the server's clock."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from dataclasses import dataclass, field
+
+import trio
+
+from ...protocol.errors import RunqError
+from ...protocol.frames import DEFAULT_MAX_FRAME
+from ..core import CoreConfig
+
+__all__ = ["ServerConfig", "ConfigError", "Clock", "is_loopback"]
+
+
+class ConfigError(RunqError):
+    """The server was asked to start with settings that are not allowed."""
+
+    code = "bad_request"
+
+
+class Clock:
+    """Wall-clock time that advances with trio's clock (so MockClock drives it in tests).
+
+    Args:
+        wall: the wall time at the moment the clock is created (default ``time.time()``).
+    """
+
+    def __init__(self, wall: float | None = None) -> None:
+        self._wall0 = time.time() if wall is None else wall
+        self._trio0 = trio.current_time()
+
+    def __call__(self) -> float:
+        return self._wall0 + (trio.current_time() - self._trio0)
+
+
+@dataclass
+class ServerConfig:
+    """Settings of ``runq serve``.
+
+    Attributes:
+        db: SQLite file path.
+        host: address to listen on (TCP protocol and HTTP); anything but loopback requires ``token``.
+        port: TCP protocol port (0 picks a free one).
+        http_port: HTTP API port (0 picks a free one; None: no HTTP API).
+        token: shared secret every client and worker must present (HTTP: a Bearer token).
+        synchronous: ``NORMAL`` or ``FULL``.
+        max_frame: largest accepted frame body, bytes.
+        hello_timeout: seconds a new connection has to send hello.
+        retention: seconds finished tasks are kept before pruning.
+        prune_interval: seconds between prune passes.
+        subscriber_backlog: bytes (TCP) or events (HTTP streams) queued for a live-event subscriber
+            before its events are dropped.
+        core: rules of the queue (leases, retries, backoff).
+    """
+
+    db: str = "runq.db"
+    host: str = "127.0.0.1"
+    port: int = 7700
+    http_port: int | None = None
+    token: str | None = None
+    synchronous: str = "NORMAL"
+    max_frame: int = DEFAULT_MAX_FRAME
+    hello_timeout: float = 5.0
+    retention: float = 7 * 86400.0
+    prune_interval: float = 3600.0
+    subscriber_backlog: int = 4 << 20
+    core: CoreConfig = field(default_factory=CoreConfig)
+
+    def check(self) -> None:
+        """Raise ``ConfigError`` for settings that must not be served."""
+        if not is_loopback(self.host) and not self.token:
+            raise ConfigError(f"listening on {self.host} (not loopback) requires a token (--token or RUNQ_TOKEN)")
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,240 @@
+"""The TCP protocol frontend: one task per connection, messages to server operations.
+
+Every connection runs ``serve_connection``: it reads bytes, lets the session's
+sans-IO ``Connection`` cut them into messages, hands each to a handler, and
+after each read calls ``server.flush()`` once, so everything that arrived in one
+read shares one group commit. docs/protocol.md is the normative description.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+from typing import Any
+
+import trio
+
+from ...protocol.errors import ProtocolError, RunqError
+from ...protocol.messages import (
+    CLIENT_OPS, WATCHER_OPS, WORKER_OPS, optional, parse_hello, parse_task_spec, require,
+)
+from ..core import IllegalTransition, TaskMissing
+from .server import VERSION, Server
+from .session import Session, Subscription
+
+__all__ = ["TcpFrontend"]
+
+log = logging.getLogger("runq.server")
+
+#: Errors that answer one request and leave the connection open.
+_REQUEST_ERRORS = frozenset({"bad_request", "not_found", "invalid_state", "store_error"})
+
+
+class TcpFrontend:
+    """Serves the msgpack TCP protocol for ``server``."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.config = server.config
+        self._worker_seq = 0
+
+    async def serve_connection(self, stream: trio.SocketStream) -> None:
+        srv = self.server
+        try:
+            peer = "%s:%s" % stream.socket.getpeername()[:2]
+        except OSError:
+            peer = "?"
+        sess = Session(stream, peer, self.config.max_frame, self.config.subscriber_backlog)
+        srv.sessions.add(sess)
+        srv.stats.connections += 1
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(sess.sender)
+                try:
+                    await self._read_loop(sess)
+                except ProtocolError as exc:
+                    srv.stats.protocol_errors += 1
+                    log.warning("protocol error from %s (%s): %s", peer, exc.code, exc)
+                    sess.close({"op": "error", "code": exc.code, "message": str(exc)})
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    sess.close()
+                else:
+                    sess.close()
+        finally:
+            srv.sessions.discard(sess)
+            srv.unsubscribe(sess)
+            if sess.role == "worker" and srv.workers.get(sess.id) is sess:
+                del srv.workers[sess.id]
+                if not srv.stopping.is_set():
+                    # (when the server stops, running tasks stay running on disk and
+                    # come back as 'recovered' at the next start, no attempt lost)
+                    srv.core.worker_left(sess.id, srv.clock(), reason="connection closed")
+                    srv.flush()
+
+    async def _read_loop(self, sess: Session) -> None:
+        conn = sess.conn
+        stream = sess.stream
+        hello = None
+        with trio.move_on_after(self.config.hello_timeout):
+            while hello is None:
+                data = await stream.receive_some(65536)
+                conn.receive_data(data)
+                hello = conn.next_message()
+                if hello is None and conn.eof:
+                    return
+        if hello is None:
+            raise ProtocolError(f"no hello within {self.config.hello_timeout}s", "hello_timeout")
+        self._hello(sess, hello)
+        ops = {"client": CLIENT_OPS, "worker": WORKER_OPS, "watcher": WATCHER_OPS}[sess.role]
+        while True:
+            for msg in conn.messages():
+                op = msg["op"]
+                if op not in ops:
+                    raise ProtocolError(f"unknown op {op!r} for a {sess.role}", "unknown_op")
+                try:
+                    if sess.role == "worker":
+                        self._worker_message(sess, op, msg)
+                    else:
+                        await self._client_message(sess, op, msg)
+                except (TaskMissing, IllegalTransition, RunqError) as exc:
+                    if isinstance(exc, ProtocolError) and exc.code not in _REQUEST_ERRORS:
+                        raise
+                    sess.send({"op": "error", "rid": msg.get("rid"), "code": exc.code, "message": str(exc)})
+                except KeyError as exc:
+                    sess.send({"op": "error", "rid": msg.get("rid"), "code": "not_found",
+                               "message": f"not found: {exc}"})
+            self.server.flush()
+            if conn.eof:
+                return
+            data = await stream.receive_some(65536)
+            conn.receive_data(data)
+
+    def _hello(self, sess: Session, msg: dict[str, Any]) -> None:
+        srv = self.server
+        hello = parse_hello(msg)
+        if self.config.token is not None and not hmac.compare_digest(
+            (hello.token or "").encode(), self.config.token.encode()
+        ):
+            raise ProtocolError("missing or wrong token", "unauthorized")
+        if srv.stopping.is_set():
+            raise ProtocolError("server is stopping", "shutting_down")
+        sess.role = hello.role
+        welcome: dict[str, Any] = {
+            "op": "welcome", "version": hello.version, "server": f"runq/{VERSION}",
+            "max_frame": self.config.max_frame, "lease_timeout": self.config.core.lease_timeout,
+            "heartbeat": self.config.core.lease_timeout / 3,
+        }
+        if hello.role == "worker":
+            self._worker_seq += 1
+            sess.id = f"w{self._worker_seq}-{secrets.token_hex(3)}"
+            srv.workers[sess.id] = sess
+            srv.core.worker_joined(sess.id, srv.clock(), hello.queues, hello.concurrency,
+                                   hello.name, hello.host or sess.peer.rsplit(":", 1)[0], hello.pid)
+            welcome["worker_id"] = sess.id
+        sess.send(welcome)
+
+    # ------------------------------------------------------------------ workers
+    def _worker_message(self, sess: Session, op: str, msg: dict[str, Any]) -> None:
+        core = self.server.core
+        now = self.server.clock()
+        wid = sess.id
+        if op == "done":
+            results = require(msg, "results", list)
+            for r in results:
+                if not isinstance(r, list) or len(r) != 3:
+                    raise ProtocolError("done: each result must be [id, attempt, result]")
+            core.done(wid, results, now)
+            n = optional(msg, "credit", int, 0)
+            if n:
+                core.credit(wid, n, now)
+        elif op == "credit":
+            core.credit(wid, require(msg, "n", int), now)
+        elif op == "heartbeat":
+            core.heartbeat(wid, now)
+        elif op == "fail":
+            retry_in = optional(msg, "retry_in", (int, float))
+            core.fail(wid, require(msg, "id", int), require(msg, "attempt", int), require(msg, "error", str), now,
+                      retry_in=float(retry_in) if retry_in is not None else None,
+                      timed_out=bool(msg.get("timeout")), max_retries=optional(msg, "retries", int))
+            n = optional(msg, "credit", int, 0)
+            if n:
+                core.credit(wid, n, now)
+        elif op == "progress":
+            core.progress(wid, require(msg, "id", int), require(msg, "attempt", int),
+                          require(msg, "value", bytes), now)
+        elif op == "release":
+            core.release(wid, require(msg, "ids", list), now)
+        elif op == "ping":
+            core.heartbeat(wid, now)
+            sess.send({"op": "pong", "rid": msg.get("rid")})
+
+    # ------------------------------------------------------------------ clients
+    async def _client_message(self, sess: Session, op: str, msg: dict[str, Any]) -> None:
+        srv = self.server
+        rid = msg.get("rid")
+        if op == "enqueue":
+            specs = [parse_task_spec(d) for d in require(msg, "tasks", list)]
+
+            def tell(res: list[tuple[int, bool]], err: BaseException | None) -> None:
+                if err is None:
+                    sess.send({"op": "enqueued", "rid": rid, "ids": [r[0] for r in res],
+                               "created": [r[1] for r in res]})
+                else:
+                    sess.send({"op": "error", "rid": rid, "code": "store_error",
+                               "message": f"not committed, nothing was enqueued: {err}"})
+
+            srv.enqueue_nowait(specs, tell)
+        elif op == "get":
+            sess.send({"op": "task", "rid": rid, "task": await srv.get_task(require(msg, "id", int))})
+        elif op == "wait":
+            tid = require(msg, "id", int)
+            timeout = float(optional(msg, "timeout", (int, float), 60.0))
+            await srv.get_task(tid)  # not_found at once
+            # answered later, so that this session keeps reading meanwhile
+            srv.nursery.start_soon(self._answer_wait, sess, rid, tid, timeout)
+        elif op == "cancel":
+            sess.send({"op": "task", "rid": rid, "task": await srv.cancel(require(msg, "id", int))})
+        elif op == "retry":
+            sess.send({"op": "task", "rid": rid, "task": await srv.retry(require(msg, "id", int))})
+        elif op == "events":
+            sess.send({"op": "events", "rid": rid, "events": await srv.task_events(require(msg, "id", int))})
+        elif op == "list":
+            tasks, cursor = await srv.list_tasks(
+                state=optional(msg, "state", str), queue=optional(msg, "queue", str),
+                type=optional(msg, "type", str), limit=optional(msg, "limit", int, 100),
+                cursor=optional(msg, "cursor", int))
+            sess.send({"op": "tasks", "rid": rid, "tasks": tasks, "cursor": cursor})
+        elif op in ("pause", "resume"):
+            def told(err: BaseException | None) -> None:
+                sess.send({"op": "ok", "rid": rid} if err is None else
+                          {"op": "error", "rid": rid, "code": "store_error", "message": str(err)})
+
+            srv.set_paused_nowait(require(msg, "queue", str), op == "pause", told)
+        elif op == "queues":
+            sess.send({"op": "queues", "rid": rid, "queues": srv.queue_stats()})
+        elif op == "workers":
+            sess.send({"op": "workers", "rid": rid, "workers": srv.worker_list()})
+        elif op == "stats":
+            sess.send({"op": "stats", "rid": rid, "stats": srv.statistics()})
+        elif op == "subscribe":
+            sess.subscription = Subscription(
+                queues=_set(optional(msg, "queues", list)), types=_set(optional(msg, "types", list)),
+                ids=_set(optional(msg, "ids", list)),
+            )
+            srv.subscribe(sess)
+            sess.send({"op": "ok", "rid": rid})
+        elif op == "ping":
+            sess.send({"op": "pong", "rid": rid})
+
+    async def _answer_wait(self, sess: Session, rid: Any, tid: int, timeout: float) -> None:
+        try:
+            task = await self.server.wait_task(tid, timeout)
+        except RunqError as exc:
+            sess.send({"op": "error", "rid": rid, "code": exc.code, "message": str(exc)})
+            return
+        sess.send({"op": "task", "rid": rid, "task": task})
+
+
+def _set(v: list[Any] | None) -> frozenset[Any] | None:
+    return frozenset(v) if v is not None else None
