@@ -1,18 +1,22 @@
 """Throughput and latency of runq on this machine, one summary line per measurement.
 
     python -m bench.throughput [--tasks N] [--workers W] [--concurrency C] [--rate R] [--only NAME,...]
+                               [--inflight K] [--seconds S] [--profile DIR]
 
 Every measurement starts a real `runq serve` (synchronous=NORMAL, a fresh database in a temporary
-folder) and, where needed, real `runq worker` processes; all traffic is on 127.0.0.1.
+folder, removed afterwards) and, where needed, real `runq worker` processes; all traffic is on 127.0.0.1.
 
 - enqueue_single: N tasks, one enqueue request each, on ONE connection, pipelined (K requests in flight);
   the clock stops when the last one is acknowledged (committed).
 - enqueue_batch: N tasks through enqueue_many in batches of 1,000 (two batches in flight), acknowledged.
-- drain: N no-op tasks enqueued into a paused queue, W worker processes joined, then resume; the clock
-  stops when the server counts N succeeded.
-- latency: W workers; a producer enqueues `stamp` tasks at a fixed rate R for a few seconds; each handler
+- drain: N no-op tasks enqueued into a paused queue, W worker processes (concurrency C) joined, then
+  resume; the clock stops when the server counts N succeeded.
+- latency: W workers; a producer enqueues `stamp` tasks at a fixed rate R for S seconds; each handler
   returns time.monotonic() at its start; enqueue-to-start = that minus the producer's time.monotonic()
-  just before the enqueue call. p50 / p99 / max.
+  just before the enqueue call (CLOCK_MONOTONIC is system-wide on Linux). p50 / p99 / max.
+
+--profile DIR samples the server, the worker processes and this process (the client) with py-spy during
+each measurement and writes DIR/<measurement>-<process>.txt (top functions) and .folded (raw stacks).
 """
 
 from __future__ import annotations
@@ -25,72 +29,97 @@ import anyio
 
 from runq import Client, SyncClient
 
-from .common import fmt, server, wait_for, workers
+from .common import CpuMeter, fmt, measured, server, wait_for, workers
 
 
-async def _enqueue_single(address: str, n: int, inflight: int) -> float:
+async def _check_ready(c: Client, n: int) -> None:
+    """Every acknowledged task is really there (guards against a bench that measures nothing)."""
+    stats = await c.stats()
+    if stats["enqueued"] != n:
+        raise RuntimeError(f"server counts {stats['enqueued']} enqueued, expected {n}")
+
+
+async def _enqueue_single(address: str, n: int, inflight: int, profile: str | None,
+                          server_pid: int) -> tuple[float, CpuMeter]:
     async with Client(address) as c:
-        per = n // inflight
+        lanes = [n // inflight + (1 if i < n % inflight else 0) for i in range(inflight)]
 
-        async def one_lane() -> None:
-            for _ in range(per):
+        async def one_lane(count: int) -> None:
+            for _ in range(count):
                 await c.enqueue("noop")
 
-        t0 = time.perf_counter()
-        async with anyio.create_task_group() as tg:
-            for _ in range(inflight):
-                tg.start_soon(one_lane)
-        return per * inflight / (time.perf_counter() - t0)
+        with measured("enqueue_single", profile, server_pid) as cpu:
+            t0 = time.perf_counter()
+            async with anyio.create_task_group() as tg:
+                for count in lanes:
+                    tg.start_soon(one_lane, count)
+            dt = time.perf_counter() - t0
+        await _check_ready(c, n)
+        return n / dt, cpu
 
 
-async def _enqueue_batch(address: str, n: int, batch: int, inflight: int) -> float:
+async def _enqueue_batch(address: str, n: int, batch: int, inflight: int, profile: str | None,
+                         server_pid: int) -> tuple[float, CpuMeter]:
     async with Client(address) as c:
+        chunks = [min(batch, n - i) for i in range(0, n, batch)]
         tasks: list[dict[str, Any]] = [{"type": "noop"}] * batch
-        rounds = n // batch // inflight
 
-        async def one_lane() -> None:
-            for _ in range(rounds):
-                await c.enqueue_many(tasks)
+        async def one_lane(mine: list[int]) -> None:
+            for size in mine:
+                await c.enqueue_many(tasks[:size])
 
-        t0 = time.perf_counter()
-        async with anyio.create_task_group() as tg:
-            for _ in range(inflight):
-                tg.start_soon(one_lane)
-        return rounds * inflight * batch / (time.perf_counter() - t0)
+        with measured("enqueue_batch", profile, server_pid) as cpu:
+            t0 = time.perf_counter()
+            async with anyio.create_task_group() as tg:
+                for lane in range(inflight):
+                    tg.start_soon(one_lane, chunks[lane::inflight])
+            dt = time.perf_counter() - t0
+        await _check_ready(c, n)
+        return n / dt, cpu
 
 
 def enqueue_single(args: argparse.Namespace) -> str:
-    with server() as (_, address):
-        rate = anyio.run(_enqueue_single, address, args.tasks, args.inflight, backend="trio")
-    return f"enqueue_single: {fmt(rate)} tasks/s (N={fmt(args.tasks)}, 1 connection, {args.inflight} in flight)"
+    with server() as (proc, address):
+        rate, cpu = anyio.run(_enqueue_single, address, args.tasks, args.inflight, args.profile, proc.pid,
+                              backend="trio")
+    return (f"enqueue_single: {fmt(rate)} tasks/s (N={fmt(args.tasks)}, 1 connection, pipelined: "
+            f"{args.inflight} requests in flight; {cpu.report()})")
 
 
 def enqueue_batch(args: argparse.Namespace) -> str:
-    with server() as (_, address):
-        rate = anyio.run(_enqueue_batch, address, args.tasks * 4, 1000, 2, backend="trio")
-    return f"enqueue_batch: {fmt(rate)} tasks/s (N={fmt(args.tasks * 4)}, batches of 1,000, 2 in flight)"
+    with server() as (proc, address):
+        rate, cpu = anyio.run(_enqueue_batch, address, args.tasks, 1000, 2, args.profile, proc.pid,
+                              backend="trio")
+    return (f"enqueue_batch: {fmt(rate)} tasks/s (N={fmt(args.tasks)}, batches of 1,000, 2 batches in flight; "
+            f"{cpu.report()})")
 
 
 def drain(args: argparse.Namespace) -> str:
     n = args.tasks
-    with server() as (_, address), SyncClient(address) as c:
+    with server() as (proc, address), SyncClient(address) as c:
         c.pause("default")
         for i in range(0, n, 5000):
             c.enqueue_many([{"type": "noop"}] * min(5000, n - i))
-        with workers(address, args.workers, args.concurrency):
+        with workers(address, args.workers, args.concurrency) as ws:
             wait_for(lambda: len(c.workers()) >= args.workers)
-            t0 = time.perf_counter()
-            c.resume("default")
-            wait_for(lambda: c.stats()["succeeded"] >= n, timeout=300, step=0.005)
-            dt = time.perf_counter() - t0
+            with measured("drain", args.profile, proc.pid, [w.pid for w in ws], client=False) as cpu:
+                t0 = time.perf_counter()
+                c.resume("default")
+                wait_for(lambda: c.stats()["succeeded"] >= n, timeout=600, step=0.005)
+                dt = time.perf_counter() - t0
+            stats = c.stats()
+    if stats["succeeded"] != n or stats["failed"]:
+        raise RuntimeError(f"drain: expected {n} succeeded and none failed, got {stats}")
     return (f"drain: {fmt(n / dt)} tasks/s (N={fmt(n)} no-op tasks, {args.workers} worker processes x "
-            f"concurrency {args.concurrency})")
+            f"concurrency {args.concurrency}; {cpu.report()})")
 
 
-async def _latency(address: str, rate: float, seconds: float, nworkers: int) -> list[float]:
+async def _latency(address: str, rate: float, seconds: float, nworkers: int, profile: str | None,
+                   server_pid: int, worker_pids: list[int]) -> tuple[list[float], CpuMeter]:
     async with Client(address) as c:
-        while len(await c.workers()) < nworkers:
-            await anyio.sleep(0.05)
+        with anyio.fail_after(30):
+            while len(await c.workers()) < nworkers:
+                await anyio.sleep(0.05)
         sent: dict[int, float] = {}
         n = int(rate * seconds)
 
@@ -98,25 +127,33 @@ async def _latency(address: str, rate: float, seconds: float, nworkers: int) -> 
             t = time.monotonic()
             sent[await c.enqueue("stamp")] = t
 
-        t0 = time.monotonic()
-        async with anyio.create_task_group() as tg:
-            for i in range(n):
-                delay = t0 + i / rate - time.monotonic()
-                if delay > 0:
-                    await anyio.sleep(delay)
-                tg.start_soon(one)
+        with measured("latency", profile, server_pid, worker_pids) as cpu:
+            t0 = time.monotonic()
+            async with anyio.create_task_group() as tg:
+                for i in range(n):
+                    delay = t0 + i / rate - time.monotonic()
+                    if delay > 0:
+                        await anyio.sleep(delay)
+                    tg.start_soon(one)
         lat = []
         for tid, t in sent.items():
             lat.append((await c.result(tid, timeout=30) - t) * 1000)
-        return sorted(lat)
+        if len(lat) != n:
+            raise RuntimeError(f"latency: {len(lat)} results for {n} tasks")
+        return sorted(lat), cpu
 
 
 def latency(args: argparse.Namespace) -> str:
-    with server() as (_, address), workers(address, args.workers, args.concurrency):
-        lat = anyio.run(_latency, address, args.rate, args.seconds, args.workers, backend="trio")
-    p = lambda q: lat[min(len(lat) - 1, int(len(lat) * q))]  # noqa: E731
+    with server() as (proc, address), workers(address, args.workers, args.concurrency) as ws:
+        lat, cpu = anyio.run(_latency, address, args.rate, args.seconds, args.workers, args.profile, proc.pid,
+                             [w.pid for w in ws], backend="trio")
+
+    def p(q: float) -> float:
+        return lat[min(len(lat) - 1, int(len(lat) * q))]
+
     return (f"latency: enqueue-to-start p50 {p(0.5):.3f} ms, p99 {p(0.99):.3f} ms, max {lat[-1]:.3f} ms "
-            f"(at {fmt(args.rate)} tasks/s for {args.seconds:g} s, n={len(lat)}, {args.workers} workers)")
+            f"(at {fmt(args.rate)} tasks/s for {args.seconds:g} s, n={fmt(len(lat))}, {args.workers} worker "
+            f"processes x concurrency {args.concurrency}; {cpu.report()})")
 
 
 BENCHES = {"enqueue_single": enqueue_single, "enqueue_batch": enqueue_batch, "drain": drain, "latency": latency}
@@ -124,15 +161,20 @@ BENCHES = {"enqueue_single": enqueue_single, "enqueue_batch": enqueue_batch, "dr
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tasks", type=int, default=100_000)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--concurrency", type=int, default=16)
-    p.add_argument("--inflight", type=int, default=256, help="enqueue_single: requests in flight")
-    p.add_argument("--rate", type=float, default=500.0, help="latency: tasks/s")
-    p.add_argument("--seconds", type=float, default=10.0, help="latency: how long")
+    p.add_argument("--tasks", type=int, default=100_000, help="N (default %(default)s)")
+    p.add_argument("--workers", type=int, default=2, help="worker processes W (default %(default)s)")
+    p.add_argument("--concurrency", type=int, default=16, help="concurrency C of each worker (default %(default)s)")
+    p.add_argument("--inflight", type=int, default=256, help="enqueue_single: requests in flight (default %(default)s)")
+    p.add_argument("--rate", type=float, default=500.0, help="latency: tasks/s (default %(default)s)")
+    p.add_argument("--seconds", type=float, default=5.0, help="latency: how long (default %(default)s)")
     p.add_argument("--only", default=",".join(BENCHES), help="comma-separated subset of " + ",".join(BENCHES))
+    p.add_argument("--profile", metavar="DIR", default=None, help="write py-spy profiles of every process to DIR")
     args = p.parse_args()
-    for name in args.only.split(","):
+    names = args.only.split(",")
+    for name in names:
+        if name not in BENCHES:
+            p.error(f"unknown measurement {name!r}; choose from {', '.join(BENCHES)}")
+    for name in names:
         print(BENCHES[name](args), flush=True)
 
 

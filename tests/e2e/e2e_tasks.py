@@ -1,7 +1,13 @@
-"""Handlers for the end-to-end tests; each run is logged to $RUNQ_E2E_LOG.
+"""Handlers of the end-to-end tests, run by real ``runq worker e2e_tasks:worker`` processes.
 
-A log line is ``<what> <task id> <pid> <time.monotonic()> <extra>``; short O_APPEND writes are atomic, so
-several worker processes can share the file.
+Every run is logged to the file named by ``$RUNQ_E2E_LOG``, one line per step::
+
+    <what> <task id> <attempt> <pid> <time.monotonic()> <time.time()>
+
+``what`` is ``run`` (a one-step handler), or ``start`` then ``end`` / ``cancelled`` /
+``error``. Each line is one ``write`` on an ``O_APPEND`` descriptor, so lines from
+several worker processes never interleave, and ``time.monotonic()`` is one clock for
+every process of the machine: the tests compare times across processes.
 """
 
 from __future__ import annotations
@@ -17,25 +23,30 @@ from runq import TaskContext, Worker
 worker = Worker(concurrency=4, grace=10.0)
 
 
-def log(what: str, ctx: TaskContext, extra: str = "") -> None:
+def log(what: str, ctx: TaskContext) -> None:
+    """Append one line about ``ctx``'s task to the run log (a no-op without ``$RUNQ_E2E_LOG``)."""
     path = os.environ.get("RUNQ_E2E_LOG")
-    if path:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, f"{what} {ctx.id} {os.getpid()} {time.monotonic():.6f} {extra}\n".encode())
-        finally:
-            os.close(fd)
+    if not path:
+        return
+    line = f"{what} {ctx.id} {ctx.attempt} {os.getpid()} {time.monotonic():.6f} {time.time():.6f}\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
 
 
-@worker.task("noop")
-async def noop(payload: Any, ctx: TaskContext) -> Any:
+@worker.task("compute")
+async def compute(payload: int, ctx: TaskContext) -> int:
+    """A no-op with a result that depends on the payload."""
     log("run", ctx)
-    return payload
+    return payload * 2 + 1
 
 
 @worker.task("sleep")
-async def sleep(payload: Any, ctx: TaskContext) -> Any:
-    log("start", ctx, str(ctx.attempt))
+async def sleep(payload: dict[str, Any], ctx: TaskContext) -> Any:
+    """Sleep ``payload['s']`` seconds, return ``payload['tag']``; log when it is cut short."""
+    log("start", ctx)
     try:
         await anyio.sleep(float(payload.get("s", 0.5)))
     except BaseException:
@@ -46,8 +57,11 @@ async def sleep(payload: Any, ctx: TaskContext) -> Any:
 
 
 @worker.task("fail_until")
-def fail_until(payload: Any, ctx: TaskContext) -> str:
-    log("start", ctx, str(ctx.attempt))
+def fail_until(payload: dict[str, Any], ctx: TaskContext) -> str:
+    """A plain function (run in a thread) that fails while the marker file is absent."""
+    log("start", ctx)
     if not os.path.exists(payload["marker"]):
+        log("error", ctx)
         raise RuntimeError(f"marker {payload['marker']} absent")
+    log("end", ctx)
     return "passed"

@@ -1,8 +1,15 @@
-"""Bad input on the wire: an error frame, that connection closed, every other connection unharmed."""
+"""Bad input on the wire: an error frame, that connection closed, every other connection unharmed.
+
+Raw trio sockets play the misbehaving peer; a ``runq.Client`` opened before it plays the bystander that
+must not notice anything. docs/protocol.md sections 3, 4 and 9 are what these tests hold the server to.
+"""
 
 from __future__ import annotations
 
+import math
 import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -10,107 +17,421 @@ import msgpack
 import pytest
 import trio
 
-from runq import Client, RemoteError
+from runq import Client, RemoteError, Unauthorized
 from runq.app.server import Server, ServerConfig
+from runq.protocol.client import encode_value
 from runq.protocol.frames import Connection, encode_frame
 
 
-async def raw(port: int) -> trio.SocketStream:
-    return await trio.open_tcp_stream("127.0.0.1", port)
+def hello(role: str = "client", **fields: Any) -> bytes:
+    return encode_frame({"op": "hello", "version": 1, "role": role, **fields})
 
 
-async def read_until_closed(stream: trio.SocketStream) -> list[dict[str, Any]]:
-    """Every message the server sends until it closes the connection."""
-    conn = Connection()
-    out = []
-    while True:
-        data = await stream.receive_some(65536)
-        conn.receive_data(data)
-        out.extend(conn.messages())
-        if not data:
-            return out
+HELLO = hello()
+WORKER_HELLO = hello("worker")
 
 
-HELLO = encode_frame({"op": "hello", "version": 1, "role": "client"})
+@asynccontextmanager
+async def running(tmp_path: Path, **cfg: Any) -> AsyncIterator[Server]:
+    """A server of our own (for settings the shared fixture does not have); stopped on exit."""
+    srv = Server(ServerConfig(db=str(tmp_path / "own.db"), port=0, **cfg))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(srv.serve)
+        try:
+            yield srv
+        finally:
+            srv.stopping.set()
+            nursery.cancel_scope.deadline = trio.current_time() + 2  # a graceful stop, or else a cancel
 
 
-@pytest.mark.parametrize(("frames", "code"), [
-    (HELLO + struct.pack(">I", 2) + b"\xc1\xc1", "bad_frame"),
-    (HELLO + encode_frame({"op": "launch_missiles", "rid": 1}), "unknown_op"),
-    (HELLO + encode_frame({"op": "credit", "n": 1}), "unknown_op"),  # a worker op from a client
-    (HELLO + encode_frame({"op": "enqueue", "rid": 1, "tasks": "nope"}), "bad_message"),
-    (HELLO + encode_frame({"op": "get", "rid": 1}), "bad_message"),
-    (encode_frame({"op": "enqueue", "tasks": []}), "hello_required"),
-    (encode_frame({"op": "hello", "version": 99, "role": "client"}), "version"),
-    (encode_frame({"op": "hello", "version": 1, "role": "root"}), "bad_message"),
-    (HELLO + struct.pack(">I", 64 << 20), "frame_too_large"),  # header only: no body was sent
-])
+class Raw:
+    """One hand-driven connection: send bytes, read messages."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.conn = Connection()
+        self.closed = False
+
+    @classmethod
+    async def open(cls, port: int | None) -> Raw:
+        assert port is not None
+        return cls(await trio.open_tcp_stream("127.0.0.1", port))
+
+    async def recv(self) -> dict[str, Any]:
+        while True:
+            msg = self.conn.next_message()
+            if msg is not None:
+                return msg
+            data = await self.stream.receive_some(65536)
+            if not data:
+                raise EOFError("server closed the connection")
+            self.conn.receive_data(data)
+
+    async def until_closed(self) -> list[dict[str, Any]]:
+        """Every message the server sends until it closes the connection."""
+        out = []
+        while True:
+            try:
+                data = await self.stream.receive_some(65536)
+            except trio.BrokenResourceError:  # reset: the server closed with our bytes unread
+                data = b""
+            self.conn.receive_data(data)
+            out.extend(self.conn.messages())
+            if not data:
+                self.closed = True
+                return out
+
+
+async def leased_worker(port: int | None) -> tuple[Raw, dict[str, Any]]:
+    """A raw worker holding the lease of the one ready task."""
+    raw = await Raw.open(port)
+    await raw.stream.send_all(WORKER_HELLO + encode_frame({"op": "credit", "n": 1}))
+    assert (await raw.recv())["op"] == "welcome"
+    (task,) = (await raw.recv())["tasks"]
+    return raw, task
+
+
+async def closed_with(port: int | None, data: bytes, code: str, *, eof: bool = False) -> list[dict[str, Any]]:
+    """Send ``data`` on a new connection; it must end with an error frame ``code`` and a close."""
+    raw = await Raw.open(port)
+    async with raw.stream:
+        await raw.stream.send_all(data)
+        if eof:
+            await raw.stream.send_eof()
+        msgs = await raw.until_closed()
+    assert msgs, f"connection closed without an error frame (expected {code})"
+    err = msgs[-1]
+    assert err["op"] == "error" and err["code"] == code, msgs
+    assert isinstance(err["message"], str) and err["message"]
+    assert "rid" not in err  # an error that closes the connection answers no request
+    assert all(m["op"] != "error" for m in msgs[:-1]), msgs
+    return msgs
+
+
+async def still_works(client: Client, before: int) -> None:
+    """The bystander's connection works as if nothing happened."""
+    after = await client.enqueue("t", {"after": True})
+    assert after > before
+    assert (await client.get(before))["payload"] == "before"
+    assert (await client.get(after))["payload"] == {"after": True}
+
+
+# ---------------------------------------------------------------- bad input closes only that connection
+
+def msg(m: dict[str, Any]) -> bytes:
+    return encode_frame(m)
+
+
+BAD_INPUT = [
+    # framing
+    pytest.param(HELLO + struct.pack(">I", 2) + b"\xc1\xc1", "bad_frame", id="not-msgpack"),
+    pytest.param(HELLO + struct.pack(">I", 3) + msgpack.packb([1, 2]), "bad_frame", id="not-a-map"),
+    pytest.param(HELLO + msg({"rid": 1, "id": 1}), "bad_frame", id="no-op"),
+    pytest.param(HELLO + struct.pack(">I", 0), "bad_frame", id="empty-body"),
+    pytest.param(struct.pack(">I", 1) + b"\xc1", "bad_frame", id="bad-first-frame"),
+    pytest.param(HELLO + struct.pack(">I", 64 << 20), "frame_too_large", id="oversized-header-only"),
+    pytest.param(struct.pack(">I", (16 << 20) + 1), "frame_too_large", id="oversized-hello"),
+    # ops
+    pytest.param(HELLO + msg({"op": "launch_missiles", "rid": 1}), "unknown_op", id="unknown-op"),
+    pytest.param(HELLO + msg({"op": "credit", "n": 1}), "unknown_op", id="worker-op-from-client"),
+    pytest.param(HELLO + HELLO, "unknown_op", id="hello-again"),
+    pytest.param(hello("watcher") + msg({"op": "enqueue", "rid": 1, "tasks": [{"type": "t"}]}), "unknown_op",
+                 id="watcher-enqueue"),
+    pytest.param(hello("watcher") + msg({"op": "cancel", "rid": 1, "id": 1}), "unknown_op", id="watcher-cancel"),
+    pytest.param(WORKER_HELLO + msg({"op": "enqueue", "tasks": [{"type": "t"}]}), "unknown_op",
+                 id="client-op-from-worker"),
+    # fields
+    pytest.param(HELLO + msg({"op": "enqueue", "rid": 1, "tasks": "nope"}), "bad_message", id="enqueue-tasks-str"),
+    pytest.param(HELLO + msg({"op": "enqueue", "rid": 1, "tasks": [{"type": "t", "payload": "str"}]}),
+                 "bad_message", id="enqueue-payload-str"),
+    pytest.param(HELLO + msg({"op": "enqueue", "rid": 1, "tasks": [{"type": "t", "priority": True}]}),
+                 "bad_message", id="enqueue-priority-bool"),
+    pytest.param(HELLO + msg({"op": "get", "rid": 1}), "bad_message", id="get-without-id"),
+    pytest.param(HELLO + msg({"op": "get", "rid": 1, "id": True}), "bad_message", id="get-id-bool"),
+    pytest.param(HELLO + msg({"op": "list", "rid": 1, "limit": "10"}), "bad_message", id="list-limit-str"),
+    pytest.param(WORKER_HELLO + msg({"op": "credit"}), "bad_message", id="credit-without-n"),
+    pytest.param(WORKER_HELLO + msg({"op": "done", "results": [[1, 1]]}), "bad_message", id="done-result-pair"),
+    pytest.param(WORKER_HELLO + msg({"op": "fail", "id": 1, "attempt": 1}), "bad_message", id="fail-without-error"),
+    pytest.param(WORKER_HELLO + msg({"op": "progress", "id": 1, "attempt": 1, "value": "str"}), "bad_message",
+                 id="progress-value-str"),
+    # hello
+    pytest.param(msg({"op": "enqueue", "tasks": []}), "hello_required", id="first-frame-enqueue"),
+    pytest.param(msg({"op": "ping", "rid": 1}), "hello_required", id="first-frame-ping"),
+    pytest.param(msg({"op": "hello", "version": 99, "role": "client"}), "version", id="version-99"),
+    pytest.param(msg({"op": "hello", "versions": [2, 3], "role": "client"}), "version", id="versions-2-3"),
+    pytest.param(msg({"op": "hello", "role": "client"}), "bad_message", id="hello-without-version"),
+    pytest.param(msg({"op": "hello", "version": 1, "role": "root"}), "bad_message", id="hello-role-root"),
+    pytest.param(msg({"op": "hello", "version": 1, "role": "worker", "concurrency": 0}), "bad_message",
+                 id="hello-concurrency-0"),
+]
+
+
+@pytest.mark.parametrize(("frames", "code"), BAD_INPUT)
 @pytest.mark.trio
 async def test_bad_input_closes_only_that_connection(server: Server, frames: bytes, code: str) -> None:
     with trio.fail_after(10):
         async with Client(f"127.0.0.1:{server.port}") as bystander:
             before = await bystander.enqueue("t", "before")
-            async with await raw(server.port) as s:
-                await s.send_all(frames)
-                msgs = await read_until_closed(s)
-            assert msgs[-1]["op"] == "error" and msgs[-1]["code"] == code, msgs
+            msgs = await closed_with(server.port, frames, code)
+            if frames.startswith((HELLO, WORKER_HELLO, hello("watcher"))):
+                assert msgs[0]["op"] == "welcome"  # the hello was fine: welcome came first
+            else:
+                assert len(msgs) == 1  # refused at hello: nothing but the error
             assert server.stats.protocol_errors == 1
-            # the other connection never noticed
-            after = await bystander.enqueue("t", "after")
-            assert (await bystander.get(before))["payload"] == "before" and after == before + 1
+            await still_works(bystander, before)
+            assert server.stats.protocol_errors == 1
 
 
 @pytest.mark.trio
-async def test_a_small_frame_limit_is_enforced(tmp_path: Path, nursery: trio.Nursery) -> None:
-    srv = Server(ServerConfig(db=str(tmp_path / "x.db"), port=0, max_frame=1024))
-    port = await nursery.start(srv.serve)
+async def test_eof_inside_a_frame_is_a_bad_frame(server: Server) -> None:
     with trio.fail_after(10):
-        async with await raw(port) as s:
-            await s.send_all(HELLO)
-            big = msgpack.packb({"op": "enqueue", "tasks": [{"type": "t", "payload": b"x" * 2000}]})
-            await s.send_all(struct.pack(">I", len(big)) + big)
-            msgs = await read_until_closed(s)
-        assert msgs[0]["op"] == "welcome" and msgs[0]["max_frame"] == 1024
-        assert msgs[-1]["code"] == "frame_too_large"
+        async with Client(f"127.0.0.1:{server.port}") as bystander:
+            before = await bystander.enqueue("t", "before")
+            frame = encode_frame({"op": "get", "rid": 1, "id": before})
+            msgs = await closed_with(server.port, HELLO + frame[:-3], "bad_frame", eof=True)
+            assert [m["op"] for m in msgs] == ["welcome", "error"]
+            await still_works(bystander, before)
+            assert server.stats.protocol_errors == 1
 
 
 @pytest.mark.trio
-async def test_hello_deadline(tmp_path: Path, nursery: trio.Nursery) -> None:
-    srv = Server(ServerConfig(db=str(tmp_path / "x.db"), port=0, hello_timeout=0.2))
-    port = await nursery.start(srv.serve)
-    with trio.fail_after(5):
-        async with await raw(port) as s:
-            msgs = await read_until_closed(s)  # say nothing
-        assert msgs[-1]["code"] == "hello_timeout"
-
-
-@pytest.mark.trio
-async def test_token(tmp_path: Path, nursery: trio.Nursery) -> None:
-    srv = Server(ServerConfig(db=str(tmp_path / "x.db"), port=0, token="s3cret"))
-    port = await nursery.start(srv.serve)
+async def test_clean_eof_closes_without_error(server: Server) -> None:
     with trio.fail_after(10):
-        for token in (None, "wrong"):
-            hello: dict[str, Any] = {"op": "hello", "version": 1, "role": "client"}
-            if token:
-                hello["token"] = token
-            async with await raw(port) as s:
-                await s.send_all(encode_frame(hello))
-                assert (await read_until_closed(s))[-1]["code"] == "unauthorized"
-        from runq import Unauthorized
-
-        with pytest.raises(Unauthorized):
-            async with Client(f"127.0.0.1:{port}", token="wrong"):
-                pass
-        async with Client(f"127.0.0.1:{port}", token="s3cret") as c:
-            assert await c.enqueue("t") == 1
+        raw = await Raw.open(server.port)  # closes before saying anything
+        async with raw.stream:
+            await raw.stream.send_eof()
+            assert await raw.until_closed() == []
+        raw = await Raw.open(server.port)  # a hello, a request, then EOF between frames
+        async with raw.stream:
+            await raw.stream.send_all(HELLO + encode_frame({"op": "ping", "rid": 5}))
+            await raw.stream.send_eof()
+            msgs = await raw.until_closed()
+        assert [(m["op"], m.get("rid")) for m in msgs] == [("welcome", None), ("pong", 5)]
+        assert server.stats.protocol_errors == 0
 
 
 @pytest.mark.trio
-async def test_request_errors_keep_the_connection(server: Server) -> None:
+async def test_a_worker_closed_for_bad_input_loses_its_lease(server: Server) -> None:
+    with trio.fail_after(10):
+        async with Client(f"127.0.0.1:{server.port}") as client:
+            tid = await client.enqueue("t", "before")
+            raw, task = await leased_worker(server.port)
+            async with raw.stream:
+                assert task["id"] == tid and task["attempt"] == 1
+                await raw.stream.send_all(struct.pack(">I", 1) + b"\xc1")
+                assert (await raw.until_closed())[-1]["code"] == "bad_frame"
+            with trio.fail_after(5):
+                while (t := await client.get(tid))["state"] != "ready":
+                    await trio.sleep(0.01)
+            assert t["attempt"] == 1 and t["worker"] is None
+            kinds = [(e["kind"], e["detail"]) for e in await client.events(tid)]
+            assert kinds == [("enqueued", None), ("started", None), ("lost", "connection closed")]
+
+
+# ---------------------------------------------------------------- limits and settings
+
+@pytest.mark.trio
+async def test_a_small_frame_limit_is_enforced(tmp_path: Path) -> None:
+    with trio.fail_after(10):
+        async with running(tmp_path, max_frame=1024) as srv:
+            port = srv.port
+            assert port is not None
+            async with Client(f"127.0.0.1:{port}") as bystander:
+                before = await bystander.enqueue("t", "before")
+                assert bystander.welcome["max_frame"] == 1024
+                # a body of exactly max_frame bytes is accepted
+                ping: dict[str, Any] = {"op": "ping", "rid": 1, "pad": b""}
+                ping["pad"] = b"x" * (1024 - len(msgpack.packb(ping)) - 1)  # bin8 -> bin16 header grows by 1
+                body = msgpack.packb(ping)
+                assert len(body) == 1024
+                raw = await Raw.open(port)
+                async with raw.stream:
+                    await raw.stream.send_all(HELLO + struct.pack(">I", len(body)) + body)
+                    assert (await raw.recv())["op"] == "welcome"
+                    assert await raw.recv() == {"op": "pong", "rid": 1}
+                    # one more byte: refused on the header alone, no body sent
+                    await raw.stream.send_all(struct.pack(">I", 1025))
+                    msgs = await raw.until_closed()
+                assert [m["code"] for m in msgs] == ["frame_too_large"]
+                assert "1025" in msgs[0]["message"] and "rid" not in msgs[0]
+                # a real request over the limit: same answer
+                big = msgpack.packb({"op": "enqueue", "tasks": [{"type": "t", "payload": b"x" * 2000}]})
+                await closed_with(port, HELLO + struct.pack(">I", len(big)) + big, "frame_too_large")
+                assert srv.stats.protocol_errors == 2
+                await still_works(bystander, before)
+
+
+@pytest.mark.trio
+async def test_hello_deadline(tmp_path: Path) -> None:
+    deadline = 0.25
+    with trio.fail_after(10):
+        async with running(tmp_path, hello_timeout=deadline) as srv:
+            port = srv.port
+            assert port is not None
+            async with Client(f"127.0.0.1:{port}") as bystander:  # said hello in time
+                before = await bystander.enqueue("t", "before")
+                t0 = trio.current_time()
+                results: dict[str, list[dict[str, Any]]] = {}
+
+                async def silent() -> None:
+                    results["silent"] = await closed_with(port, b"", "hello_timeout")
+
+                async def half_a_hello() -> None:  # a hello must arrive whole in time
+                    results["half"] = await closed_with(port, HELLO[:20], "hello_timeout")
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(silent)
+                    nursery.start_soon(half_a_hello)
+                assert trio.current_time() - t0 >= deadline
+                assert [len(m) for m in results.values()] == [1, 1]
+                assert srv.stats.protocol_errors == 2
+                # the bystander outlived the deadline many times over: it only applies to hello
+                await trio.sleep(deadline)
+                await still_works(bystander, before)
+
+
+@pytest.mark.trio
+async def test_token(tmp_path: Path) -> None:
+    with trio.fail_after(10):
+        async with running(tmp_path, token="s3cret") as srv:
+            port = srv.port
+            assert port is not None
+            async with Client(f"127.0.0.1:{port}", token="s3cret") as bystander:
+                before = await bystander.enqueue("t", "before")
+                await closed_with(port, HELLO, "unauthorized")                          # missing
+                await closed_with(port, hello(token="wrong"), "unauthorized")           # wrong
+                await closed_with(port, hello(token="s3cret "), "unauthorized")         # near miss
+                await closed_with(port, hello("worker", token="S3CRET"), "unauthorized")
+                # the version is checked before the token
+                await closed_with(port, encode_frame({"op": "hello", "version": 2, "role": "client"}), "version")
+                with pytest.raises(Unauthorized):
+                    async with Client(f"127.0.0.1:{port}", token="wrong"):
+                        pass
+                assert srv.stats.protocol_errors == 6
+                await still_works(bystander, before)
+                raw = await Raw.open(port)
+                async with raw.stream:
+                    await raw.stream.send_all(hello("watcher", token="s3cret"))
+                    assert (await raw.recv())["op"] == "welcome"
+
+
+@pytest.mark.trio
+async def test_a_token_is_ignored_by_a_server_without_one(server: Server) -> None:
+    with trio.fail_after(10):
+        raw = await Raw.open(server.port)
+        async with raw.stream:
+            await raw.stream.send_all(hello(token="anything"))
+            assert (await raw.recv())["op"] == "welcome"
+
+
+@pytest.mark.xfail(reason="BUG: Server.serve cancels the connection handlers right after queueing the "
+                          "shutting_down error frames; when no commit is pending nothing yields in between, so the "
+                          "frames are never written", strict=True)
+@pytest.mark.trio
+async def test_open_connections_hear_that_the_server_stops(tmp_path: Path) -> None:
+    with trio.fail_after(10):
+        async with running(tmp_path) as srv:
+            assert srv.port is not None
+            raw = await Raw.open(srv.port)
+            await raw.stream.send_all(HELLO)
+            assert (await raw.recv())["op"] == "welcome"
+            await srv.wait_committed()  # nothing left to commit: the stop goes straight to closing
+            srv.stopping.set()
+            msgs = await raw.until_closed()
+            await raw.stream.aclose()
+        assert [(m["op"], m["code"]) for m in msgs] == [("error", "shutting_down")]
+        assert srv.stats.protocol_errors == 0
+
+
+# ---------------------------------------------------------------- requests: errors, rids, pipelining
+
+@pytest.mark.trio
+async def test_welcome(server: Server) -> None:
+    with trio.fail_after(10):
+        for role in ("client", "watcher", "worker"):
+            raw = await Raw.open(server.port)
+            async with raw.stream:
+                await raw.stream.send_all(encode_frame({"op": "hello", "versions": [0, 1, 5], "role": role}))
+                w = await raw.recv()
+            assert w["op"] == "welcome" and w["version"] == 1 and w["server"].startswith("runq/")
+            assert w["max_frame"] == 16 << 20 and w["lease_timeout"] == server.config.core.lease_timeout
+            assert math.isclose(w["heartbeat"], w["lease_timeout"] / 3)
+            assert ("worker_id" in w) == (role == "worker")
+
+
+@pytest.mark.trio
+async def test_pipelined_requests_after_hello_and_rid_echo(server: Server) -> None:
+    with trio.fail_after(10):
+        raw = await Raw.open(server.port)
+        async with raw.stream:
+            # everything in one write, without waiting for welcome
+            await raw.stream.send_all(
+                HELLO
+                + encode_frame({"op": "ping"})
+                + encode_frame({"op": "ping", "rid": "x"})
+                + encode_frame({"op": "enqueue", "rid": [7, {"k": b"v"}], "tasks": [
+                    {"type": "t", "payload": encode_value({"n": 1})}, {"type": "t", "key": "k"},
+                    {"type": "t", "key": "k"}]})
+                + encode_frame({"op": "enqueue", "rid": 8, "tasks": []})
+                + encode_frame({"op": "get", "rid": -1, "id": 1})
+            )
+            msgs = [await raw.recv() for _ in range(6)]
+        assert msgs[0]["op"] == "welcome"
+        assert msgs[1] == {"op": "pong", "rid": None} and msgs[2] == {"op": "pong", "rid": "x"}
+        by_rid = {repr(m["rid"]): m for m in msgs[3:]}
+        enq = by_rid[repr([7, {"k": b"v"}])]
+        assert enq == {"op": "enqueued", "rid": [7, {"k": b"v"}], "ids": [1, 2, 2], "created": [True, True, False]}
+        assert by_rid["8"] == {"op": "enqueued", "rid": 8, "ids": [], "created": []}
+        task = by_rid["-1"]["task"]
+        assert task["payload"] == encode_value({"n": 1}) and task["state"] == "ready"
+
+
+@pytest.mark.trio
+async def test_request_errors_carry_the_rid_and_keep_the_connection(server: Server) -> None:
+    with trio.fail_after(10):
+        raw = await Raw.open(server.port)
+        async with raw.stream:
+            await raw.stream.send_all(HELLO)
+            assert (await raw.recv())["op"] == "welcome"
+
+            async def ask(msg: dict[str, Any]) -> dict[str, Any]:
+                await raw.stream.send_all(encode_frame(msg))
+                reply = await raw.recv()
+                assert reply["rid"] == msg.get("rid")
+                return reply
+
+            # the whole enqueue is refused: the valid spec before the bad one is not enqueued either
+            r = await ask({"op": "enqueue", "rid": "a", "tasks": [{"type": "ok"}, {"type": "t", "priority": 2**40}]})
+            assert r["op"] == "error" and r["code"] == "bad_request" and "32 bits" in r["message"]
+            r = await ask({"op": "enqueue", "tasks": [{"type": "t", "delay": 1, "run_at": 5}]})  # no rid: nil
+            assert r["op"] == "error" and r["code"] == "bad_request" and "rid" in r and r["rid"] is None
+            r = await ask({"op": "get", "rid": 2, "id": 12345})
+            assert (r["op"], r["code"]) == ("error", "not_found")
+            r = await ask({"op": "list", "rid": 3, "limit": 0})
+            assert (r["op"], r["code"]) == ("error", "bad_request")
+            r = await ask({"op": "list", "rid": 4, "state": "failing"})
+            assert (r["op"], r["code"]) == ("error", "bad_request")
+            r = await ask({"op": "enqueue", "rid": 5, "tasks": [{"type": "t"}]})
+            assert r["op"] == "enqueued" and r["ids"] == [1]  # nothing was created by the refused requests
+            r = await ask({"op": "cancel", "rid": 6, "id": 1})
+            assert r["op"] == "task" and r["task"]["state"] == "cancelled"
+            r = await ask({"op": "cancel", "rid": 7, "id": 1})
+            assert (r["op"], r["code"]) == ("error", "invalid_state") and "cancelled" in r["message"]
+            r = await ask({"op": "retry", "rid": 8, "id": 99})
+            assert (r["op"], r["code"]) == ("error", "not_found")
+            r = await ask({"op": "wait", "rid": 9, "id": 99})
+            assert (r["op"], r["code"]) == ("error", "not_found")
+            r = await ask({"op": "ping", "rid": 10})
+            assert r == {"op": "pong", "rid": 10}
+        assert server.stats.protocol_errors == 0
+
+
+@pytest.mark.trio
+async def test_request_errors_through_the_sdk(server: Server) -> None:
     with trio.fail_after(10):
         async with Client(f"127.0.0.1:{server.port}") as c:
             with pytest.raises(RemoteError) as exc_info:
-                await c.request({"op": "enqueue", "tasks": [{"type": "t", "priority": 2**40}]})
+                await c.enqueue("t", priority=2**40)
             assert exc_info.value.code == "bad_request"
             with pytest.raises(RemoteError) as exc_info:
                 await c.cancel(12345)
@@ -119,9 +440,70 @@ async def test_request_errors_keep_the_connection(server: Server) -> None:
             await c.cancel(tid)
             with pytest.raises(RemoteError) as exc_info:
                 await c.cancel(tid)
-            assert exc_info.value.code == "invalid_state" and "cancelled" in exc_info.value.message
-            with pytest.raises(RemoteError) as exc_info:
-                await c.list_tasks(limit=0)
-            assert exc_info.value.code == "bad_request"
+            assert exc_info.value.code == "invalid_state"
             assert await c.enqueue("t") == tid + 1  # still usable
             assert server.stats.protocol_errors == 0
+
+
+# ---------------------------------------------------------------- bugs: input that harms more than its connection
+
+@pytest.mark.xfail(reason="BUG: an exception other than RunqError/KeyError in a request handler (sqlite "
+                          "OverflowError for an id >= 2**63, TypeError for an unhashable subscribe filter, "
+                          "ValueError for a NaN wait timeout) escapes tcp.py and crashes the whole server",
+                   strict=True)
+@pytest.mark.parametrize("request_", [
+    {"op": "get", "rid": 1, "id": 2**63},
+    {"op": "list", "rid": 1, "cursor": 2**64 - 1},
+    {"op": "subscribe", "rid": 1, "queues": [[1]]},
+    {"op": "wait", "rid": 1, "id": 1, "timeout": float("nan")},
+], ids=["get-id-2**63", "list-cursor-2**64-1", "subscribe-unhashable", "wait-timeout-nan"])
+@pytest.mark.trio
+async def test_odd_values_get_an_error_not_a_crash(tmp_path: Path, request_: dict[str, Any]) -> None:
+    with trio.fail_after(10):
+        async with running(tmp_path) as srv:
+            assert srv.port is not None
+            async with Client(f"127.0.0.1:{srv.port}") as bystander:
+                before = await bystander.enqueue("t", "before")
+                raw = await Raw.open(srv.port)
+                async with raw.stream:
+                    await raw.stream.send_all(HELLO + encode_frame(request_))
+                    msgs = [await raw.recv(), await raw.recv()]
+                assert msgs[0]["op"] == "welcome"
+                assert msgs[1]["op"] == "error"
+                assert msgs[1]["code"] in ("bad_message", "bad_request", "not_found", "internal")
+                await still_works(bystander, before)
+
+
+# Not tested here because they kill the store's writer thread (reported instead): a 'done' result that is
+# an int >= 2**63, a 'fail' with 'retries' >= 2**63 (sqlite3 OverflowError is not an sqlite3.Error).
+@pytest.mark.xfail(reason="BUG: worker reports are stored unchecked: a 'done' result that is not bin is "
+                          "accepted (a map cannot be bound by SQLite: the commit fails and is retried forever, every "
+                          "later enqueue gets store_error); a NaN 'retry_in' is accepted (the task is scheduled at "
+                          "NaN and never runs again)",
+                   strict=True)
+@pytest.mark.parametrize("report", [
+    {"op": "done", "results": [["ID", "ATTEMPT", {"not": "bin"}]]},
+    {"op": "done", "results": [["ID", "ATTEMPT", "a str"]]},
+    {"op": "fail", "id": "ID", "attempt": "ATTEMPT", "error": "x", "retry_in": float("nan")},
+], ids=["done-result-map", "done-result-str", "fail-retry_in-nan"])
+@pytest.mark.trio
+async def test_bad_worker_reports_are_refused(tmp_path: Path, report: dict[str, Any]) -> None:
+    with trio.fail_after(10):
+        async with running(tmp_path) as srv:
+            assert srv.port is not None
+            async with Client(f"127.0.0.1:{srv.port}") as client:
+                before = await client.enqueue("t", "before")
+                raw, task = await leased_worker(srv.port)
+                async with raw.stream:
+                    fill = {"ID": task["id"], "ATTEMPT": task["attempt"]}
+                    msg = msgpack.unpackb(msgpack.packb(report))  # a deep copy
+                    if msg["op"] == "done":
+                        msg["results"][0][:2] = [fill[x] for x in msg["results"][0][:2]]
+                    else:
+                        msg["id"], msg["attempt"] = fill["ID"], fill["ATTEMPT"]
+                    await raw.stream.send_all(encode_frame(msg) + encode_frame({"op": "ping", "rid": 1}))
+                    first = await raw.recv()
+                assert first["op"] == "error" and first["code"] in ("bad_message", "bad_request"), first
+                with trio.fail_after(2):
+                    await still_works(client, before)
+                assert srv.stats.store_errors == 0
