@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Self
 
+from runq.demo import stop_process as _stop_process
+
 __all__ = [
     "CpuMeter",
     "Spy",
@@ -74,14 +76,8 @@ def start_server(db: str, timeout: float = 120.0,
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    """SIGTERM, then SIGKILL if it has not exited after ``timeout`` seconds."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    """SIGTERM, then SIGKILL after ``timeout`` seconds (runq.demo's, with a longer wait)."""
+    _stop_process(proc, timeout)
 
 
 @contextmanager
