@@ -3,8 +3,9 @@
     python -m bench.recovery [--tasks 1000000] [--profile DIR]
 
 Builds a database holding N ready tasks in the queue `default` (written directly through runq's Store,
-exactly the rows an enqueue writes: the short first insert and one 'enqueued' event per task; each task
-has its own small msgpack payload {"n": i}), then times `runq serve` from launch until it serves: its
+exactly the rows an enqueue writes: the short first insert and no event row, since the timeline's
+`enqueued` event of a task ready at once is synthesised from the row; each task has its own small msgpack
+payload {"n": i}), then times `runq serve` from launch until it serves: its
 port file appears AND a client's get() of the last task answers. Half a second later it reads the
 server's RSS (VmRSS in /proc/PID/status) while it holds them. Then the same on an empty database: the
 idle server's RSS and start-to-serving time. The temporary folder is removed at the end.
@@ -24,7 +25,7 @@ import time
 import msgpack
 
 from runq import SyncClient
-from runq.app.core import State, Task, Transition
+from runq.app.core import State, Task
 from runq.app.store import Batch, Store
 
 from .common import Spy, fmt, rss_mb, start_server, stop_process
@@ -35,13 +36,12 @@ def build(db: str, n: int, chunk: int = 100_000) -> None:
     store = Store(db)
     try:
         now = time.time()
-        ready, enqueued = State.READY, Transition.ENQUEUE.value
+        ready = State.READY
         for start in range(1, n + 1, chunk):
             ids = range(start, min(n, start + chunk - 1) + 1)
             new_rows = [Task(i, "default", "noop", msgpack.packb({"n": i}), 0, ready, None, 600.0, 3, 0, None,
                              None, None, None, now).new_row() for i in ids]
-            events = [(i, now, enqueued, ready.value, None, 0, None) for i in ids]
-            store.write_now(Batch(new_rows=new_rows, events=events))
+            store.write_now(Batch(new_rows=new_rows))
     finally:
         store.close()
 

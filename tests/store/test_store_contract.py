@@ -175,6 +175,16 @@ class StoreContract:
         assert d.seen[0] == (row(1), row(2, "running"), [event(2), event(2, "started", "running")])
         assert store.get_task(3) is None and store.events(3) == []
 
+    def test_a_timeline_without_its_first_row_starts_with_a_synthesised_enqueued_event(self, store: Store) -> None:
+        # the core writes no `enqueued` row for a task ready at once; a delayed task's `scheduled` row is written
+        ready, delayed = task(1), task(2, "scheduled", run_at=T0 + 5)
+        assert commit(store, Batch(new_rows=[ready.new_row(), delayed.new_row()],
+                                   events=[event(2, "scheduled", "scheduled"), event(1, "started", "running")])) is None
+        assert store.events(1) == [(1, ready.created_at, "enqueued", "ready", None, 0, None),
+                                   event(1, "started", "running")]
+        assert store.events(2) == [event(2, "scheduled", "scheduled")]
+        assert store.events(3) == []
+
     def test_new_rows_then_upserts_in_one_commit(self, store: Store) -> None:
         t = task(1, queue="q", key="k", priority=2)
         t2 = task(2, "scheduled", run_at=T0 + 5)

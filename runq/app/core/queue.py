@@ -19,7 +19,11 @@ effect buffers that the I/O layer collects with ``take_effects()``:
 Rules of this file:
 
 1. Every state change goes through ``_move``, which asks ``states.next_state``
-   (the one transition table), counts it, and writes its event row.
+   (the one transition table), counts it, and writes its event row. One
+   exception, for speed: the ``enqueued`` event of a task that is ready at once
+   is told to subscribers but not written; the store gives it back from the
+   task row (``created_at``) when it reads the timeline (``Store.events``).
+   A delayed task's ``scheduled`` event is written as usual.
 2. A task is leased to at most one worker (``task.worker`` while RUNNING); a
    result is accepted only from that worker for that attempt. Anything else is
    a late result: refused, logged, and written as an event.
@@ -240,6 +244,7 @@ class Core:
                 heapq.heappush(self.scheduled, (float(task.run_at or now), task.id))
             else:
                 self._move(task, T_ENQUEUE, now)
+                self._events.pop()  # not written: Store.events synthesises it (rule 1)
                 self._queue(task.queue).push(task)
                 self._pump_needed = True
             self.stats.enqueued += 1

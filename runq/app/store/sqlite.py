@@ -78,6 +78,8 @@ class _MultiInsert:
 
 
 _COLS = ", ".join(TASK_COLUMNS)
+_ENQUEUED, _READY = "enqueued", "ready"  # the event the core does not write (see events())
+_FIRST_EVENTS = (_ENQUEUED, "scheduled")
 _UPSERT = _MultiInsert("tasks", TASK_COLUMNS,
                        " ON CONFLICT(id) DO UPDATE SET " + ", ".join(f"{c}=excluded.{c}" for c in TASK_COLUMNS[1:]))
 _INSERT_NEW = _MultiInsert("tasks", NEW_COLUMNS)
@@ -327,10 +329,22 @@ class Store:
         return self.reader.execute(f"SELECT {_COLS} FROM tasks WHERE id = ?", (task_id,)).fetchone()  # type: ignore[no-any-return]
 
     def events(self, task_id: int) -> list[tuple[Any, ...]]:
-        """Return the task's event rows in order."""
-        return self.reader.execute(
+        """Return the task's event rows in order.
+
+        A task that was ready at once has no stored ``enqueued`` row (the core does not write it, to halve the
+        rows an enqueue costs): it is synthesised here from the task's ``created_at``, so a timeline always
+        starts with ``enqueued`` (or ``scheduled`` for a delayed task, which is stored).
+        """
+        conn = self.reader
+        rows: list[tuple[Any, ...]] = conn.execute(
             f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE task_id = ? ORDER BY id", (task_id,)
         ).fetchall()
+        if rows and rows[0][2] in _FIRST_EVENTS:
+            return rows
+        task = conn.execute("SELECT created_at FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        if task is None:
+            return rows
+        return [(task_id, task[0], _ENQUEUED, _READY, None, 0, None), *rows]
 
     def list_tasks(self, state: str | None = None, queue: str | None = None, type: str | None = None,
                    limit: int = 100, cursor: int | None = None) -> list[tuple[Any, ...]]:
