@@ -121,6 +121,10 @@ class Core:
         self.keys: dict[str, Task] = {}
         self.counts: dict[str, Counter[str]] = {}
         self.stats = CoreStats()
+        #: per queue, how many times each transition happened since start (rates and metrics read it)
+        self.totals: dict[str, Counter[str]] = {}
+        #: when a list, every finished attempt appends (queue, type, seconds it ran, succeeded); the reader drains it
+        self.run_times: list[tuple[str, str, float, bool]] | None = None
         self.observed = False
         self._dirty: dict[int, Task] = {}
         self._new: set[int] = set()
@@ -175,6 +179,10 @@ class Core:
         if old is not None:
             counts[old._value_] -= 1
         counts[new._value_] += 1
+        totals = self.totals.get(task.queue)
+        if totals is None:
+            totals = self.totals[task.queue] = Counter()
+        totals[tr._value_] += 1
         row = (task.id, now, tr._value_, new._value_, worker, task.attempt, detail)
         self._events.append(row)
         self._dirty[task.id] = task
@@ -427,6 +435,8 @@ class Core:
             task.result = result
             task.error = None
             self._move(task, T_SUCCEED, now, worker=worker_id)
+            if self.run_times is not None:
+                self.run_times.append((task.queue, task.type, now - (task.started_at or now), True))
             self._finish(task, now)
 
     def fail(self, worker_id: str, task_id: Any, attempt: Any, error: str, now: float,
@@ -453,6 +463,8 @@ class Core:
               retry_in: float | None, detail: str | None) -> None:
         task.error = error
         self.stats.failed += 1
+        if self.run_times is not None:
+            self.run_times.append((task.queue, task.type, now - (task.started_at or now), False))
         self._move(task, T.FAIL, now, worker=worker_id, detail=detail or _first_line(error))
         if task.attempt > task.max_retries:
             self._move(task, T.EXHAUST, now, detail=f"{task.attempt} attempts, retries spent")
