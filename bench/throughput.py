@@ -1,14 +1,14 @@
 """Throughput and latency of runq on this machine, one summary line per measurement.
 
     python -m bench.throughput [--tasks N] [--workers W] [--concurrency C] [--rate R] [--only NAME,...]
-                               [--inflight K] [--seconds S] [--profile DIR]
+                               [--inflight K] [--batch B] [--batches P] [--seconds S] [--profile DIR]
 
 Every measurement starts a real `runq serve` (synchronous=NORMAL, a fresh database in a temporary
 folder, removed afterwards) and, where needed, real `runq worker` processes; all traffic is on 127.0.0.1.
 
 - enqueue_single: N tasks, one enqueue request each, on ONE connection, pipelined (K requests in flight);
   the clock stops when the last one is acknowledged (committed).
-- enqueue_batch: N tasks through enqueue_many in batches of 1,000 (two batches in flight), acknowledged.
+- enqueue_batch: N tasks through enqueue_many in batches of B (1,000), P batches in flight (4), acknowledged.
 - drain: N no-op tasks enqueued into a paused queue, W worker processes (concurrency C) joined, then
   resume; the clock stops when the server counts N succeeded.
 - latency: W workers; a producer enqueues `stamp` tasks at a fixed rate R for S seconds; each handler
@@ -88,10 +88,10 @@ def enqueue_single(args: argparse.Namespace) -> str:
 
 def enqueue_batch(args: argparse.Namespace) -> str:
     with server() as (proc, address):
-        rate, cpu = anyio.run(_enqueue_batch, address, args.tasks, 1000, 2, args.profile, proc.pid,
-                              backend="trio")
-    return (f"enqueue_batch: {fmt(rate)} tasks/s (N={fmt(args.tasks)}, batches of 1,000, 2 batches in flight; "
-            f"{cpu.report()})")
+        rate, cpu = anyio.run(_enqueue_batch, address, args.tasks, args.batch, args.batches, args.profile,
+                              proc.pid, backend="trio")
+    return (f"enqueue_batch: {fmt(rate)} tasks/s (N={fmt(args.tasks)}, batches of {fmt(args.batch)}, "
+            f"{args.batches} batches in flight; {cpu.report()})")
 
 
 def drain(args: argparse.Namespace) -> str:
@@ -165,6 +165,9 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2, help="worker processes W (default %(default)s)")
     p.add_argument("--concurrency", type=int, default=16, help="concurrency C of each worker (default %(default)s)")
     p.add_argument("--inflight", type=int, default=256, help="enqueue_single: requests in flight (default %(default)s)")
+    p.add_argument("--batch", type=int, default=1000, help="enqueue_batch: tasks per batch (default %(default)s)")
+    p.add_argument("--batches", type=int, default=4,
+                   help="enqueue_batch: batches in flight on the one connection (default %(default)s)")
     p.add_argument("--rate", type=float, default=500.0, help="latency: tasks/s (default %(default)s)")
     p.add_argument("--seconds", type=float, default=5.0, help="latency: how long (default %(default)s)")
     p.add_argument("--only", default=",".join(BENCHES), help="comma-separated subset of " + ",".join(BENCHES))
