@@ -195,6 +195,8 @@ def test_task_spec_limits_accepted(field: str, value: Any) -> None:
     ({"type": "t", "payload": "text"}, "bad_message", "must be bin"),
     ({"type": "t", "payload": None}, "bad_message", "must be bin"),
     ({"type": "t", "payload": [1]}, "bad_message", "must be bin"),
+    ({"type": "t", "run_at": float("nan")}, "bad_request", "'run_at'"),
+    ({"type": "t", "run_at": float("inf")}, "bad_request", "'run_at'"),
     ({"type": "t", "queue": 7}, "bad_message", "'queue' must be str"),
     ({"type": "t", "queue": ""}, "bad_request", "'queue'"),
     ({"type": "t", "queue": "q" * 201}, "bad_request", "'queue'"),
