@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     _server_arg(p)
     p = sub.add_parser("workers", help="print connected workers")
     _server_arg(p)
+    p = sub.add_parser("drain", help="ask a worker to finish its running tasks, hand back the rest and leave")
+    p.add_argument("worker_id", help="the worker's id (see `runq workers`)")
+    _server_arg(p)
 
     p = sub.add_parser("demo", help="start a server, local workers and sample tasks, and show them flowing")
     p.add_argument("--db", default=None, help="database file (default: a new temporary file)")
@@ -287,6 +290,13 @@ def cmd_workers(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_drain(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        w = c.drain(args.worker_id)
+    print(f"worker {w['id']} {w['state']} ({w['in_flight']} task(s) running)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -296,7 +306,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 _COMMANDS = {
     "serve": cmd_serve, "worker": cmd_worker, "enqueue": cmd_enqueue, "status": cmd_status, "wait": cmd_wait,
     "cancel": cmd_cancel, "retry": cmd_retry, "events": cmd_events, "tasks": cmd_tasks, "pause": cmd_pause,
-    "resume": cmd_resume, "queues": cmd_queues, "workers": cmd_workers, "demo": cmd_demo,
+    "resume": cmd_resume, "queues": cmd_queues, "workers": cmd_workers, "drain": cmd_drain,
+    "demo": cmd_demo,
 }
 
 if __name__ == "__main__":

@@ -376,6 +376,16 @@ class Client:
     async def workers(self) -> list[dict[str, Any]]:
         return list((await self.request({"op": "workers"}))["workers"])
 
+    async def drain(self, worker_id: str) -> dict[str, Any]:
+        """Ask a connected worker to stop gracefully; return its worker map (now ``draining``).
+
+        The worker gets no new task; it finishes what runs, hands back the rest and leaves.
+
+        Raises:
+            TaskNotFound: no connected worker has this id (code ``not_found``).
+        """
+        return dict((await self.request({"op": "drain", "worker": worker_id}))["worker"])
+
     async def stats(self) -> dict[str, Any]:
         return dict((await self.request({"op": "stats"}))["stats"])
 
@@ -505,6 +515,9 @@ class SyncClient:
 
     def workers(self) -> list[dict[str, Any]]:
         return list(self._call(self._client.workers))
+
+    def drain(self, worker_id: str) -> dict[str, Any]:
+        return dict(self._call(self._client.drain, worker_id))
 
     def stats(self) -> dict[str, Any]:
         return dict(self._call(self._client.stats))

@@ -64,7 +64,7 @@ class RemoteError(RunqError):
 
 
 class TaskNotFound(RemoteError):
-    """No task has the requested id (or it was pruned)."""
+    """No task has the requested id (or it was pruned); for ``drain``, no connected worker has that id."""
 
 
 class InvalidState(RemoteError):
@@ -101,7 +101,7 @@ ERROR_CODES: dict[str, str] = {
     "hello_timeout": "no hello arrived within the deadline",
     "version": "no protocol version in common",
     "unauthorized": "missing or wrong token",
-    "not_found": "no such task",
+    "not_found": "no such task (for drain: no such connected worker)",
     "invalid_state": "the operation is not legal in the task's current state",
     "bad_request": "a well-formed request with an invalid value",
     "store_error": "the database could not commit (disk full, locked, ...)",

@@ -126,7 +126,7 @@ def test_bool_in_versions_is_not_an_int() -> None:
 def test_op_sets_per_role() -> None:
     assert WATCHER_OPS < CLIENT_OPS
     # a watcher changes nothing
-    assert CLIENT_OPS - WATCHER_OPS == {"enqueue", "cancel", "retry", "pause", "resume"}
+    assert CLIENT_OPS - WATCHER_OPS == {"enqueue", "cancel", "retry", "pause", "resume", "drain"}
     assert WORKER_OPS & CLIENT_OPS == {"ping"}
     assert "hello" not in CLIENT_OPS | WORKER_OPS | WATCHER_OPS
 

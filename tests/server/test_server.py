@@ -279,3 +279,79 @@ async def test_retention_prunes_finished_tasks(nursery: trio.Nursery, tmp_path: 
             with pytest.raises(Exception, match="not_found"):
                 await c.get(done)
             assert await c.events(live) and (await c.get(live))["state"] == "ready"
+
+
+@pytest.mark.trio
+async def test_drain_stops_a_worker_gracefully(server: Server, nursery: trio.Nursery,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from runq import cli
+    from runq.protocol.errors import TaskNotFound
+
+    worker = Worker(concurrency=1, prefetch=1)
+    gate = trio.Event()
+    started = trio.Event()
+
+    @worker.task("gated")
+    async def gated(p: Any) -> str:
+        started.set()
+        await gate.wait()
+        return "done"
+
+    stopped = trio.Event()
+
+    async def run_worker() -> None:
+        await worker.run(f"127.0.0.1:{server.port}")
+        stopped.set()
+
+    nursery.start_soon(run_worker)
+    with trio.fail_after(10):
+        async with Client(f"127.0.0.1:{server.port}") as c:
+            running = await c.enqueue("gated", 1)
+            buffered = await c.enqueue("gated", 2)  # leased ahead (prefetch) but not started
+            await started.wait()
+            (w,) = await c.workers()
+            assert w["state"] == "active" and sorted(w["running"]) == [running, buffered]
+            answer = await c.drain(w["id"])
+            assert answer["id"] == w["id"] and answer["state"] == "draining"
+            later = await c.enqueue("gated", 3)
+            # the worker hands back the task it had not started, and is given nothing more
+            while (await c.get(buffered))["state"] != "ready":
+                await trio.sleep(0.01)
+            (w,) = await c.workers()
+            assert w["state"] == "draining" and w["running"] == [running]
+            gate.set()
+            assert (await c.wait(running, timeout=5))["state"] == "succeeded"
+            await stopped.wait()  # worker.run returned: the worker left on its own
+            while await c.workers():
+                await trio.sleep(0.01)
+            for tid in (buffered, later):
+                t = await c.get(tid)
+                assert t["state"] == "ready" and t["attempt"] == 0
+            assert [e["kind"] for e in await c.events(buffered)] == ["enqueued", "started", "released"]
+            # an unknown worker: not_found, and the connection stays usable
+            with pytest.raises(TaskNotFound) as exc_info:
+                await c.drain(w["id"])
+            assert exc_info.value.code == "not_found" and w["id"] in exc_info.value.message
+            await c.ping()
+            # `runq drain WORKER_ID` (the CLI's blocking client, in a thread)
+            w2 = Worker(concurrency=1)
+            nursery.start_soon(w2.run, f"127.0.0.1:{server.port}")
+            while not await c.workers():
+                await trio.sleep(0.01)
+            (info,) = await c.workers()
+            args = cli.build_parser().parse_args(["drain", info["id"], "--server", f"127.0.0.1:{server.port}"])
+            assert await trio.to_thread.run_sync(cli.cmd_drain, args) == 0
+            assert capsys.readouterr().out == f"worker {info['id']} draining (0 task(s) running)\n"
+            while await c.workers():
+                await trio.sleep(0.01)
+
+
+@pytest.mark.trio
+async def test_a_watcher_may_not_drain(server: Server) -> None:
+    with trio.fail_after(10):
+        peer, welcome = await RawPeer.connect(server.port, role="watcher")
+        assert welcome["op"] == "welcome"
+        await peer.send({"op": "drain", "worker": "w1", "rid": 1})
+        err = await peer.recv()
+        await peer.stream.aclose()
+        assert err["op"] == "error" and err["code"] == "unknown_op"

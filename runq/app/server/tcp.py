@@ -215,6 +215,11 @@ class TcpFrontend:
             sess.send({"op": "queues", "rid": rid, "queues": srv.queue_stats()})
         elif op == "workers":
             sess.send({"op": "workers", "rid": rid, "workers": srv.worker_list()})
+        elif op == "drain":
+            wid = require(msg, "worker", str)
+            if wid not in srv.core.workers:
+                raise ProtocolError(f"no connected worker {wid!r}", "not_found")
+            sess.send({"op": "worker", "rid": rid, "worker": srv.drain_worker(wid)})
         elif op == "stats":
             sess.send({"op": "stats", "rid": rid, "stats": srv.statistics()})
         elif op == "subscribe":
