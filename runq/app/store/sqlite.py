@@ -25,6 +25,7 @@ opened read-only; the caller serialises them (one thread at a time).
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 import queue as queue_mod
 import sqlite3
@@ -178,9 +179,18 @@ class Store:
             conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
             try:
                 conn.execute("PRAGMA cache_size=-8192")
-                cursors = [conn.execute(f"SELECT {_COLS} FROM tasks WHERE state = ? ORDER BY id", (state,))
-                           for state in LIVE_STATE_NAMES]
-                yield from heapq.merge(*cursors, key=lambda r: r[0])
+                streams = []
+                for state in LIVE_STATE_NAMES:
+                    cur = conn.execute(f"SELECT {_COLS} FROM tasks WHERE state = ? ORDER BY id", (state,))
+                    first = cur.fetchone()
+                    if first is not None:
+                        streams.append((first, cur))
+                if len(streams) == 1:  # the usual restart: one state holds all (a cursor iterates in C)
+                    first, cur = streams[0]
+                    yield first
+                    yield from cur
+                else:  # rows start with their unique id, so tuple order is id order
+                    yield from heapq.merge(*(itertools.chain((first,), cur) for first, cur in streams))
             finally:
                 conn.close()
 
