@@ -91,6 +91,12 @@ class Server:
         self.stopping = trio.Event()
         self.ready = False
         self.commit_listeners: list[Callable[[Batch, BaseException | None], None]] = []
+        #: called with (rows + events written, seconds from hand-off to durable) per committed batch (/metrics)
+        self.commit_observers: list[Callable[[int, float], None]] = []
+        #: while non-empty, called with each worker or queue change (joined, left, draining, paused,
+        #: resumed) as a message; the HTTP event streams use it
+        self.change_listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._seen_workers: dict[str, str] = {}
         self._acks: list[Ack] = []
         self._waiters: dict[int, list[trio.Event]] = {}
         self._rearm = trio.Event()
@@ -192,6 +198,8 @@ class Server:
                     sess.close()
         for level, text in fx.logs:
             log.log(logging.WARNING if level == "warning" else logging.INFO, "%s", text)
+        if self.change_listeners:
+            self._publish_changes(fx.queue_ops)
         if fx.notices and self.subscribers:
             self._publish(fx.notices)
         acks = self._acks
@@ -201,7 +209,7 @@ class Server:
         if fx.rows or fx.new_rows or fx.events or fx.queue_ops or acks:
             self._acks = []
             batch = Batch(rows=fx.rows, new_rows=fx.new_rows, events=fx.events, queue_ops=fx.queue_ops)
-            batch.on_done = functools.partial(self._committed, batch, acks, waiters)
+            batch.on_done = functools.partial(self._committed, batch, acks, waiters, submitted=trio.current_time())
             self._pending_commits += 1
             self._store.submit(batch)
         elif waiters:
@@ -211,8 +219,13 @@ class Server:
             self._rearm.set()
 
     def _committed(self, batch: Batch, acks: list[Ack], waiters: list[int] | None,
-                   error: BaseException | None) -> None:
+                   error: BaseException | None, *, submitted: float | None = None) -> None:
         self._pending_commits -= 1
+        if error is None and submitted is not None and self.commit_observers:
+            written = len(batch.rows) + len(batch.new_rows) + len(batch.events)
+            latency = trio.current_time() - submitted
+            for observe in self.commit_observers:
+                observe(written, latency)
         if error is not None:
             # Nothing is dropped: enqueues that did not commit are refused (and their
             # tasks forgotten when none has started); every other write is put back
@@ -246,6 +259,26 @@ class Server:
         for tid in ids:
             for ev in self._waiters.pop(tid, ()):
                 ev.set()
+
+    def _publish_changes(self, queue_ops: list[tuple[str, bool]]) -> None:
+        """Tell ``change_listeners`` which workers joined, left or began draining, and which queues paused."""
+        changes: list[dict[str, Any]] = []
+        workers = self.core.workers
+        seen = self._seen_workers
+        if len(workers) != len(seen) or any(seen.get(wid) != w.state for wid, w in workers.items()):
+            for wid, w in workers.items():
+                before = seen.get(wid)
+                if before != w.state:
+                    kind = "joined" if before is None else w.state
+                    changes.append({"op": "worker", "kind": kind, "worker": w.as_dict()})
+            for wid in [wid for wid in seen if wid not in workers]:
+                changes.append({"op": "worker", "kind": "left", "worker": {"id": wid}})
+            self._seen_workers = {wid: w.state for wid, w in workers.items()}
+        for name, paused in queue_ops:
+            changes.append({"op": "queue", "kind": "paused" if paused else "resumed", "queue": name})
+        for message in changes:
+            for listener in self.change_listeners:
+                listener(message)
 
     def _publish(self, notices: list[tuple[tuple[Any, ...], Task]]) -> None:
         for row, task in notices:

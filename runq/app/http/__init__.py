@@ -1,0 +1,79 @@
+"""The HTTP API: Quart-Trio on Hypercorn, inside the server's trio nursery.
+
+``serve_http(server)`` is started by ``Server.serve`` when ``ServerConfig.http_port``
+is not None. It reads the live core directly (no second process, no copy of state):
+routes in ``routes``, JSON checks in ``encoding``, error bodies in ``errors``, live
+streams in ``events``, ``/metrics`` and statistics in ``metrics``, the OpenAPI
+document and ``/docs`` in ``openapi``. docs/http.md describes the API.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import TYPE_CHECKING
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+
+from .events import StreamHub
+from .metrics import Meter
+from .openapi import SPEC, docs_html, spec_routes
+from .routes import create_app
+
+if TYPE_CHECKING:
+    from ..server import Server
+
+__all__ = ["SPEC", "Meter", "StreamHub", "create_app", "docs_html", "serve_http", "spec_routes"]
+
+log = logging.getLogger("runq.http")
+
+#: Seconds open requests get to finish once the server stops (event streams end at once).
+GRACEFUL_TIMEOUT = 2.0
+
+
+def hypercorn_config(host: str, port: int) -> Config:
+    """Hypercorn settings for the API on ``host:port`` (no access log; errors to ``hypercorn.error``)."""
+    config = Config()
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = log  # Hypercorn's own lines follow runq's logging setup
+    config.graceful_timeout = GRACEFUL_TIMEOUT
+    config.keep_alive_timeout = 75.0
+    return config
+
+
+async def serve_http(server: Server, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve the HTTP API for ``server`` until it stops; report the bound port through ``task_status``."""
+    port = server.config.http_port
+    assert port is not None
+    meter = Meter(server)
+    hub = StreamHub(server)
+    app = create_app(server, meter, hub)
+    config = hypercorn_config(server.config.host, port)
+
+    async def stopping() -> None:
+        await server.stopping.wait()
+        hub.close_all()  # open event streams end now instead of holding the shutdown
+
+    try:
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(functools.partial(serve, app, config, shutdown_trigger=stopping))
+            bound = int(binds[0].rsplit(":", 1)[1])
+            log.info("HTTP API on http://%s:%d", server.config.host, bound)
+            nursery.start_soon(_sampler, meter, server.stopping)
+            task_status.started(bound)
+            # Hypercorn returns once the server stops and its connections are done (GRACEFUL_TIMEOUT at most)
+    finally:
+        hub.detach()
+        meter.detach()
+
+
+async def _sampler(meter: Meter, stopping: trio.Event) -> None:
+    """Sample the queues' counts every second (for rates) until the server stops."""
+    while not stopping.is_set():
+        with trio.move_on_after(1.0):
+            await stopping.wait()
+        meter.sample()
+

@@ -1,0 +1,235 @@
+"""JSON in and out: request bodies and query parameters checked, tasks and events made JSON.
+
+Task payloads, results and progress values travel as msgpack bytes inside runq (the
+SDK encodes them, the server never looks inside). Over HTTP they are JSON values: a
+request's ``data`` is msgpack-encoded with the SDK's own ``encode_value`` (so a Python
+worker receives exactly what a ``Client.enqueue`` would have sent), and ``result`` /
+``progress`` are decoded for the answer. A value JSON cannot carry (msgpack bytes, or
+bytes that are not msgpack at all) is given as ``{"base64": "..."}``.
+
+Input checks happen before anything reaches the core: a body must be strict JSON
+(no NaN or Infinity), every integer must fit in 64 bits and every string must be
+encodable as UTF-8 (a lone surrogate would fail the database commit of a whole group).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from typing import Any
+
+import msgpack
+
+from ...protocol.client import decode_value, encode_value
+from ...protocol.messages import TaskSpec, parse_task_spec
+from .errors import ApiError
+
+__all__ = [
+    "MAX_ID",
+    "SPEC_FIELDS",
+    "dumps",
+    "event_json",
+    "jsonable",
+    "parse_id",
+    "parse_json",
+    "query_float",
+    "query_int",
+    "query_set",
+    "query_str",
+    "spec_from_json",
+    "task_json",
+]
+
+MAX_ID = 2**63 - 1
+_MIN_INT = -(2**63)
+#: The fields of a task in a POST body (``data`` is the payload, as any JSON value).
+SPEC_FIELDS = ("type", "data", "queue", "priority", "delay", "run_at", "timeout", "retries", "key")
+_SPEC_FIELD_SET = frozenset(SPEC_FIELDS)
+_NIL = b"\xc0"
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json(body: bytes | str) -> Any:
+    """Parse a request body as strict JSON and check its numbers and strings.
+
+    Raises:
+        ApiError: ``bad_request`` naming what is wrong.
+    """
+    try:
+        value = json.loads(body, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ApiError("bad_request", f"the body is not valid JSON: {str(exc)[:200]}") from None
+    _check(value)
+    return value
+
+
+def _check(value: Any) -> None:
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            _check_str(v)
+        elif isinstance(v, bool) or v is None:
+            continue
+        elif isinstance(v, int):
+            if not _MIN_INT <= v <= MAX_ID:
+                raise ApiError("bad_request", "integers must fit in 64 bits")
+        elif isinstance(v, float):
+            if not math.isfinite(v):
+                raise ApiError("bad_request", "numbers must be finite")
+        elif isinstance(v, dict):
+            for k, item in v.items():
+                _check_str(k)
+                stack.append(item)
+        elif isinstance(v, list):
+            stack.extend(v)
+
+
+def _check_str(s: str) -> None:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError("bad_request", "strings must be valid Unicode (no lone surrogates)") from None
+
+
+def spec_from_json(obj: Any, where: str = "task") -> TaskSpec:
+    """Validate one task of a POST body into the ``TaskSpec`` the TCP protocol uses too.
+
+    Raises:
+        ApiError: ``bad_request`` for a body that is not an object or has unknown fields.
+        ProtocolError: a field of the wrong type or out of range (the shared validation).
+    """
+    if not isinstance(obj, dict):
+        raise ApiError("bad_request", f"{where} must be a JSON object")
+    unknown = set(obj) - _SPEC_FIELD_SET
+    if unknown:
+        raise ApiError("bad_request", f"{where}: unknown field(s) {sorted(unknown)}; allowed: {list(SPEC_FIELDS)}")
+    if "type" not in obj:
+        raise ApiError("bad_request", f"{where}: missing field 'type'")
+    d = {k: v for k, v in obj.items() if k != "data"}
+    d["op"] = "enqueue"
+    d["payload"] = encode_value(obj["data"]) if "data" in obj else _NIL
+    return parse_task_spec(d)
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with everything JSON cannot carry replaced (bytes as base64, NaN as null)."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"base64": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else json.dumps(jsonable(k)): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, msgpack.ExtType):
+        return {"ext": value.code, "base64": base64.b64encode(value.data).decode("ascii")}
+    return str(value)
+
+
+def _value(data: bytes | None) -> Any:
+    if data is None:
+        return None
+    try:
+        return jsonable(decode_value(data))
+    except (ValueError, TypeError, msgpack.UnpackException):  # not msgpack (another language may store anything)
+        return {"base64": base64.b64encode(data).decode("ascii")}
+
+
+def task_json(t: dict[str, Any]) -> dict[str, Any]:
+    """The HTTP view of a task map (``Task.as_dict()``)."""
+    return {
+        "id": t["id"], "type": t["type"], "queue": t["queue"], "status": t["state"],
+        "priority": t["priority"], "data": _value(t["payload"]), "result": _value(t["result"]),
+        "error": t["error"], "progress": _value(t["progress"]), "attempts": t["attempt"],
+        "max_retries": t["max_retries"], "timeout": t["timeout"], "key": t["key"], "worker": t["worker"],
+        "created_at": t["created_at"], "run_at": t["run_at"], "started_at": t["started_at"],
+        "finished_at": t["finished_at"],
+    }
+
+
+def event_json(msg: dict[str, Any]) -> dict[str, Any]:
+    """A live event as JSON (the server shares one map between subscribers: copied, not changed)."""
+    out = dict(msg)
+    for f in ("result", "progress"):
+        if f in out:
+            out[f] = _value(out[f])
+    return out
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON text."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+# ---------------------------------------------------------------------- path and query
+def parse_id(text: str) -> int:
+    """A task id from the URL path.
+
+    Raises:
+        ApiError: ``bad_request`` when it is not an integer, ``not_found`` when no task can have it.
+    """
+    t = text.strip()
+    if not t.lstrip("-").isdigit() or len(t) > 30 or not t.isascii():
+        raise ApiError("bad_request", f"task id must be an integer, got {text[:40]!r}")
+    n = int(t)
+    if not 1 <= n <= MAX_ID:
+        raise ApiError("not_found", f"no task {n}")
+    return n
+
+
+def query_str(args: Any, name: str, max_len: int = 200) -> str | None:
+    """A string query parameter (``None`` when absent or empty)."""
+    v = args.get(name)
+    if v is None or v == "":
+        return None
+    if len(v) > max_len:
+        raise ApiError("bad_request", f"query parameter {name!r} is longer than {max_len} characters")
+    _check_str(v)
+    return str(v)
+
+
+def query_int(args: Any, name: str, default: int | None, lo: int, hi: int) -> int | None:
+    """An integer query parameter within ``lo..hi``."""
+    v = query_str(args, name, 30)
+    if v is None:
+        return default
+    try:
+        n = int(v)
+    except ValueError:
+        raise ApiError("bad_request", f"query parameter {name!r} must be an integer") from None
+    if not lo <= n <= hi:
+        raise ApiError("bad_request", f"query parameter {name!r} must be between {lo} and {hi}")
+    return n
+
+
+def query_float(args: Any, name: str, lo: float, hi: float) -> float | None:
+    """A number query parameter within ``lo..hi``."""
+    v = query_str(args, name, 30)
+    if v is None:
+        return None
+    try:
+        x = float(v)
+    except ValueError:
+        raise ApiError("bad_request", f"query parameter {name!r} must be a number") from None
+    if not (math.isfinite(x) and lo <= x <= hi):
+        raise ApiError("bad_request", f"query parameter {name!r} must be between {lo:g} and {hi:g}")
+    return x
+
+
+def query_set(args: Any, name: str) -> frozenset[str] | None:
+    """A list query parameter: repeated (``?queue=a&queue=b``) or comma-separated."""
+    values = [p for v in args.getlist(name) for p in str(v).split(",") if p]
+    if not values:
+        return None
+    for v in values:
+        if len(v) > 200:
+            raise ApiError("bad_request", f"query parameter {name!r} has a value longer than 200 characters")
+        _check_str(v)
+    return frozenset(values)

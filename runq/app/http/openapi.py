@@ -1,0 +1,364 @@
+"""The OpenAPI document of the HTTP API, written as data, and the ``/docs`` page rendered from it.
+
+``SPEC`` is served at ``/openapi.json``; a test checks that its paths and methods
+are exactly the routes the app serves, and schemathesis checks that every answer
+matches it. ``docs_html()`` renders it as one self-contained HTML page (no script,
+no CDN, no network access needed).
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import json
+from typing import Any
+
+from ...protocol.errors import ERROR_CODES
+from ..server.server import VERSION
+from .encoding import MAX_ID, SPEC_FIELDS
+
+__all__ = ["SPEC", "docs_html", "spec_routes"]
+
+_NUM = {"type": "number"}
+_NNUM = {"type": "number", "nullable": True}
+_INT = {"type": "integer"}
+_STR = {"type": "string"}
+_NSTR = {"type": "string", "nullable": True}
+_ANY: dict[str, Any] = {"description": "any JSON value", "nullable": True}
+_STATES = ["scheduled", "ready", "running", "succeeded", "failed", "dead", "cancelled"]
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _obj(props: dict[str, Any], required: list[str] | None = None, extra: bool = False) -> dict[str, Any]:
+    return {"type": "object", "properties": props, "required": list(props) if required is None else required,
+            "additionalProperties": extra}
+
+
+_TASK_SPEC_PROPS: dict[str, Any] = {
+    "type": {"type": "string", "minLength": 1, "maxLength": 200, "description": "handler name"},
+    "data": {**_ANY, "description": "the task's argument, any JSON value (msgpack-encoded for the worker)"},
+    "queue": {"type": "string", "minLength": 1, "maxLength": 200, "default": "default"},
+    "priority": {"type": "integer", "minimum": -(2**31), "maximum": 2**31 - 1, "default": 0,
+                 "description": "higher runs first; FIFO within one priority"},
+    "delay": {"type": "number", "minimum": 0, "exclusiveMaximum": True, "maximum": 10 * 365 * 86400,
+              "description": "seconds before it may run (not with run_at)"},
+    "run_at": {"type": "number", "description": "unix time before which it may not run (not with delay)"},
+    "timeout": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 7 * 86400,
+                "description": "seconds an attempt may run"},
+    "retries": {"type": "integer", "minimum": 0, "maximum": 1000, "description": "retries after a failed attempt"},
+    "key": {"type": "string", "minLength": 1, "maxLength": 1000,
+            "description": "unique key: while a task with this key is not final, enqueue returns that task"},
+}
+assert tuple(_TASK_SPEC_PROPS) == SPEC_FIELDS
+
+_TASK_PROPS: dict[str, Any] = {
+    "id": _INT, "type": _STR, "queue": _STR, "status": {"type": "string", "enum": _STATES}, "priority": _INT,
+    "data": _ANY, "result": _ANY, "error": _NSTR, "progress": _ANY,
+    "attempts": {"type": "integer", "description": "attempts started so far"},
+    "max_retries": _INT, "timeout": _NUM, "key": _NSTR, "worker": {**_NSTR, "description": "worker holding it"},
+    "created_at": _NUM, "run_at": _NNUM, "started_at": _NNUM, "finished_at": _NNUM,
+}
+
+_WORKER = _obj({
+    "id": _STR, "name": _NSTR, "host": _NSTR, "pid": {"type": "integer", "nullable": True},
+    "queues": {"type": "array", "items": _STR}, "concurrency": _INT, "in_flight": _INT,
+    "running": {"type": "array", "items": _INT, "description": "ids of the tasks it runs"},
+    "credit": _INT, "connected_at": {**_NUM, "description": "connected since (unix time)"},
+    "last_heartbeat": {**_NUM, "description": "last message from it (unix time)"},
+    "state": {"type": "string", "enum": ["active", "draining"]}, "completed": _INT, "failed": _INT,
+})
+
+_RATE_KEYS = ("enqueued", "succeeded", "failed", "dead")
+
+SCHEMAS: dict[str, Any] = {
+    "Error": _obj({"error": _obj({"code": {"type": "string", "enum": sorted(ERROR_CODES)}, "message": _STR})}),
+    "TaskSpec": _obj(_TASK_SPEC_PROPS, ["type"]),
+    "Task": _obj(_TASK_PROPS),
+    "Enqueued": _obj({"task_id": _INT, "created": {"type": "boolean"}, **_TASK_PROPS}),
+    "Batch": _obj({"tasks": {"type": "array", "items": _ref("TaskSpec"), "minItems": 1, "maxItems": 10_000}}),
+    "BatchEnqueued": _obj({"task_ids": {"type": "array", "items": _INT},
+                           "created": {"type": "array", "items": {"type": "boolean"}}}),
+    "TaskPage": _obj({"tasks": {"type": "array", "items": _ref("Task")},
+                      "cursor": {"type": "integer", "nullable": True,
+                                 "description": "pass as ?cursor= for the next page; null on the last"}}),
+    "TaskAction": _obj({"message": _STR, "task": _ref("Task")}),
+    "Event": _obj({"task_id": _INT, "at": _NUM, "kind": _STR, "state": _STR, "worker": _NSTR, "attempt": _INT,
+                   "detail": _NSTR}),
+    "Timeline": _obj({"task_id": _INT, "events": {"type": "array", "items": _ref("Event")}}),
+    "Queue": _obj({
+        "name": _STR, "paused": {"type": "boolean"},
+        "counts": _obj({"scheduled": _INT, "ready": _INT, "running": _INT}),
+        "workers": _INT, "enqueued": _INT, "succeeded": _INT, "failed": _INT, "dead": _INT, "cancelled": _INT,
+        "enqueue_rate": {**_NUM, "description": "tasks enqueued per second over the last minute"},
+        "completion_rate": {**_NUM, "description": "tasks finished per second over the last minute"},
+    }),
+    "Queues": _obj({"queues": {"type": "array", "items": _ref("Queue")}}),
+    "QueueAction": _obj({"message": _STR, "queue": _STR, "paused": {"type": "boolean"}}),
+    "Worker": _WORKER,
+    "Workers": _obj({"workers": {"type": "array", "items": _ref("Worker")}}),
+    "WorkerAction": _obj({"message": _STR, "worker": _ref("Worker")}),
+    "Stats": _obj({
+        "version": _STR, "uptime": _NUM, "workers": _INT,
+        "queues": {"type": "object", "additionalProperties": _obj(
+            {"scheduled": _INT, "ready": _INT, "running": _INT, "paused": {"type": "boolean"}})},
+        "processing_time": {"type": "object", "description": "per task type, over its last 1000 attempts",
+                            "additionalProperties": _obj({"count": _INT, "p50": _NUM, "p90": _NUM, "p99": _NUM,
+                                                          "mean": _NUM, "max": _NUM})},
+        "rates": _obj({"window": _NUM, **{k: _NUM for k in _RATE_KEYS}}),
+        "success_ratio": {**_NNUM, "description": "succeeded / (succeeded + dead) since start"},
+        "totals": _obj({k: _INT for k in ("enqueued", "succeeded", "failed", "dead", "cancelled",
+                                          "lease_expiries", "late_results")}),
+        "tasks_live": _INT, "connections": _INT, "protocol_errors": _INT, "store_errors": _INT, "commits": _INT,
+        "commit_batches": _INT, "recovered": _INT,
+    }),
+    "Status": _obj({"status": _STR}),
+}
+
+
+def _json_content(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+_ERR_TEXT = {
+    400: "bad input (invalid JSON, wrong type, unknown field, value out of range)",
+    401: "missing or wrong token",
+    404: "no such task, worker or route",
+    409: "not legal in the task's current state",
+    413: "body larger than the server's limit",
+    503: "the database could not commit, or the server is stopping",
+}
+
+
+def _op(summary: str, ok: dict[int, tuple[str, dict[str, Any]]], errors: tuple[int, ...], *,
+        description: str = "", params: list[dict[str, Any]] | None = None,
+        body: dict[str, Any] | None = None, auth: bool = True, tag: str = "tasks") -> dict[str, Any]:
+    responses: dict[str, Any] = {}
+    for status, (text, schema) in ok.items():
+        resp: dict[str, Any] = {"description": text}
+        if schema:
+            resp["content"] = _json_content(schema) if "$ref" in schema or schema.get("type") else schema
+        responses[str(status)] = resp
+    for status in sorted(set(errors) | ({401} if auth else set())):
+        responses[str(status)] = {"description": _ERR_TEXT[status], "content": _json_content(_ref("Error"))}
+    op: dict[str, Any] = {"summary": summary, "tags": [tag], "responses": responses}
+    if description:
+        op["description"] = description
+    if params:
+        op["parameters"] = params
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": _json_content(body)}
+    if not auth:
+        op["security"] = []
+    return op
+
+
+def _path_id() -> dict[str, Any]:
+    return {"name": "task_id", "in": "path", "required": True,
+            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_ID}}
+
+
+def _query(name: str, schema: dict[str, Any], text: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": text}
+
+
+_FILTERS = [
+    _query("queue", {"type": "string"}, "only these queues (repeat or comma-separate)"),
+    _query("type", {"type": "string"}, "only these task types (repeat or comma-separate)"),
+    _query("id", {"type": "string"}, "only these task ids (repeat or comma-separate)"),
+]
+_TEXT = {"text/plain": {"schema": {"type": "string"}}}
+
+SPEC: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {
+        "title": "runq HTTP API", "version": VERSION,
+        "description": (
+            "The HTTP API of a runq server, served by `runq serve` (default port 7701) in the same process "
+            "as the queue. JSON in and out; every error is `{\"error\": {\"code\", \"message\"}}` with a "
+            "stable code. When the server has a token, send `Authorization: Bearer <token>` (all routes "
+            "except /healthz, /readyz, /openapi.json and /docs)."),
+    },
+    "components": {
+        "schemas": SCHEMAS,
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                       "description": "the server's token (runq serve --token / RUNQ_TOKEN)"}},
+    },
+    "security": [{"bearer": []}],
+    "paths": {
+        "/api/tasks": {
+            "post": _op("Enqueue one task", {201: ("enqueued", _ref("Enqueued")),
+                                             200: ("a live task already holds the key: that task",
+                                                   _ref("Enqueued"))},
+                        (400, 413, 503), body=_ref("TaskSpec"),
+                        description="Answers once the task is committed to the database."),
+            "get": _op("List tasks, newest first", {200: ("a page of tasks", _ref("TaskPage"))}, (400,), params=[
+                _query("status", {"type": "string", "enum": _STATES}, "only tasks in this state"),
+                _query("queue", {"type": "string", "maxLength": 200}, "only this queue"),
+                _query("type", {"type": "string", "maxLength": 200}, "only this task type"),
+                _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}, "page size"),
+                _query("cursor", {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+                       "the cursor of the previous page"),
+            ]),
+        },
+        "/api/tasks/batch": {
+            "post": _op("Enqueue many tasks at once (one commit)", {201: ("enqueued", _ref("BatchEnqueued"))},
+                        (400, 413, 503), body=_ref("Batch")),
+        },
+        "/api/tasks/{task_id}": {
+            "get": _op("Read a task", {200: ("the task", _ref("Task"))}, (400, 404), params=[
+                _path_id(),
+                _query("wait", {"type": "number", "minimum": 0, "maximum": 300},
+                       "long poll: answer once the task is final or after this many seconds"),
+            ]),
+            "delete": _op("Cancel a queued or running task", {200: ("cancelled", _ref("TaskAction"))},
+                          (400, 404, 409), params=[_path_id()]),
+        },
+        "/api/tasks/{task_id}/retry": {
+            "post": _op("Run a dead, cancelled or retry-waiting task again now",
+                        {200: ("back to ready", _ref("TaskAction"))}, (400, 404, 409), params=[_path_id()]),
+        },
+        "/api/tasks/{task_id}/events": {
+            "get": _op("The task's timeline, oldest first", {200: ("its events", _ref("Timeline"))}, (400, 404),
+                       params=[_path_id()]),
+        },
+        "/api/queues": {
+            "get": _op("Queues: counts by state, rates, paused", {200: ("every known queue", _ref("Queues"))}, (),
+                       tag="queues"),
+        },
+        "/api/queues/{name}/pause": {
+            "post": _op("Stop dispatching from a queue (enqueue still works)",
+                        {200: ("paused", _ref("QueueAction"))}, (400, 503), tag="queues", params=[
+                            {"name": "name", "in": "path", "required": True,
+                             "schema": {"type": "string", "minLength": 1, "maxLength": 200}}]),
+        },
+        "/api/queues/{name}/resume": {
+            "post": _op("Dispatch from a queue again", {200: ("resumed", _ref("QueueAction"))}, (400, 503),
+                        tag="queues", params=[{"name": "name", "in": "path", "required": True,
+                                               "schema": {"type": "string", "minLength": 1, "maxLength": 200}}]),
+        },
+        "/api/workers": {
+            "get": _op("Connected workers", {200: ("every connected worker", _ref("Workers"))}, (), tag="workers"),
+        },
+        "/api/workers/{worker_id}": {
+            "delete": _op("Ask a worker to drain: finish running tasks, hand back the rest, leave",
+                          {202: ("draining", _ref("WorkerAction"))}, (404,), tag="workers",
+                          params=[{"name": "worker_id", "in": "path", "required": True, "schema": _STR}]),
+        },
+        "/api/stats": {
+            "get": _op("Queue lengths, processing-time percentiles per type, rates, workers, uptime",
+                       {200: ("statistics", _ref("Stats"))}, (), tag="stats"),
+        },
+        "/api/events": {
+            "get": _op("Live events (server-sent events)", {200: ("an endless text/event-stream", {
+                "text/event-stream": {"schema": {"type": "string"}}})}, (400,), tag="live", params=_FILTERS,
+                description=(
+                    "Each event is one `data:` line of JSON. First `{\"op\": \"subscribed\"}`, then task updates "
+                    "(`{\"op\": \"event\", \"id\", \"kind\", \"status\", \"queue\", \"type\", \"result\", "
+                    "\"error\", ...}`), worker changes (`{\"op\": \"worker\", \"kind\": \"joined\"|\"left\"|"
+                    "\"draining\"}`) and queue changes (`{\"op\": \"queue\", \"kind\": \"paused\"|\"resumed\"}`). "
+                    "A consumer that falls behind skips events and is told with `{\"op\": \"event\", "
+                    "\"kind\": \"dropped\", \"count\": N}`.")),
+        },
+        "/api/ws": {
+            "get": _op("Live events (WebSocket)", {101: ("switching to the WebSocket protocol", {})}, (400,),
+                       tag="live", params=_FILTERS,
+                       description="The same messages as /api/events, one JSON text message each. "
+                                   "Send `ping` to get `{\"op\": \"pong\"}`."),
+        },
+        "/metrics": {
+            "get": _op("Prometheus metrics", {200: ("text exposition format", _TEXT)}, (), tag="operations"),
+        },
+        "/healthz": {
+            "get": _op("The process is alive", {200: ("alive", _ref("Status"))}, (), auth=False, tag="operations"),
+        },
+        "/readyz": {
+            "get": _op("The core is running and the database accepts writes", {200: ("ready", _ref("Status"))},
+                       (503,), auth=False, tag="operations"),
+        },
+        "/openapi.json": {
+            "get": _op("This document", {200: ("OpenAPI 3.0", {"application/json": {"schema": {"type": "object"}}})},
+                       (), auth=False, tag="operations"),
+        },
+        "/docs": {
+            "get": _op("This document for a person", {200: ("HTML", {"text/html": {"schema": {"type": "string"}}})},
+                       (), auth=False, tag="operations"),
+        },
+    },
+}
+
+
+def spec_routes() -> set[tuple[str, str]]:
+    """``(METHOD, path)`` of every operation in ``SPEC`` (paths in OpenAPI's ``{param}`` form)."""
+    return {(m.upper(), p) for p, ops in SPEC["paths"].items() for m in ops}
+
+
+# ---------------------------------------------------------------------- /docs
+_CSS = """
+body{font:15px/1.45 system-ui,sans-serif;max-width:70rem;margin:2rem auto;padding:0 1rem;color:#222}
+h1{margin-bottom:.2rem}h2{margin-top:2.2rem;border-bottom:1px solid #ddd}
+.op{border:1px solid #ddd;border-radius:6px;margin:1rem 0;padding:.6rem 1rem}
+.m{display:inline-block;min-width:4.5rem;font-weight:bold;font-family:monospace}
+.get{color:#0a6}.post{color:#06c}.delete{color:#c22}
+code,pre{font-family:ui-monospace,monospace;font-size:13px}pre{background:#f6f6f6;padding:.5rem;overflow:auto}
+table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:.2rem .5rem;text-align:left;vertical-align:top}
+nav a{margin-right:1rem}
+"""
+
+
+def _schema_text(schema: dict[str, Any]) -> str:
+    if "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[1]
+        return f'<a href="#schema-{name}">{html.escape(name)}</a>'
+    return f"<code>{html.escape(json.dumps(schema))}</code>"
+
+
+@functools.cache
+def docs_html() -> str:
+    """The API reference as one HTML page with no external resources."""
+    e = html.escape
+    out = [(f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{e(SPEC['info']['title'])}</title>"
+           f"<style>{_CSS}</style></head><body>"),
+           f"<h1>{e(SPEC['info']['title'])} <small>{e(SPEC['info']['version'])}</small></h1>",
+           f"<p>{e(SPEC['info']['description'])}</p>",
+           ('<nav><a href="/openapi.json">openapi.json</a><a href="#schemas">schemas</a>'
+           '<a href="#errors">error codes</a></nav>')]
+    by_tag: dict[str, list[tuple[str, str, dict[str, Any]]]] = {}
+    for path, ops in SPEC["paths"].items():
+        for method, op in ops.items():
+            by_tag.setdefault(op["tags"][0], []).append((path, method, op))
+    for tag, ops in by_tag.items():
+        out.append(f"<h2>{e(tag)}</h2>")
+        for path, method, op in ops:
+            anchor = f"{method}-{path}".replace("/", "-").replace("{", "").replace("}", "")
+            out.append(f'<div class=op id="{e(anchor)}"><span class="m {method}">{method.upper()}</span>'
+                       f"<code>{e(path)}</code> — {e(op['summary'])}")
+            if op.get("security") == []:
+                out.append(" <em>(no token needed)</em>")
+            if op.get("description"):
+                out.append(f"<p>{e(op['description'])}</p>")
+            params = op.get("parameters", [])
+            if params:
+                out.append("<table><tr><th>parameter</th><th>in</th><th>schema</th><th></th></tr>")
+                for p in params:
+                    out.append(f"<tr><td><code>{e(p['name'])}</code></td><td>{e(p['in'])}</td>"
+                               f"<td>{_schema_text(p['schema'])}</td><td>{e(p.get('description', ''))}</td></tr>")
+                out.append("</table>")
+            if "requestBody" in op:
+                schema = op["requestBody"]["content"]["application/json"]["schema"]
+                out.append(f"<p>body (JSON): {_schema_text(schema)}</p>")
+            out.append("<table><tr><th>status</th><th>meaning</th><th>body</th></tr>")
+            for status, resp in op["responses"].items():
+                bodies = ", ".join(f"{e(ct)} {_schema_text(c['schema'])}" for ct, c in resp.get("content", {}).items())
+                out.append(f"<tr><td>{e(status)}</td><td>{e(resp['description'])}</td><td>{bodies}</td></tr>")
+            out.append("</table></div>")
+    out.append('<h2 id=errors>error codes</h2><table><tr><th>code</th><th>meaning</th></tr>')
+    for code, text in ERROR_CODES.items():
+        out.append(f"<tr><td><code>{e(code)}</code></td><td>{e(text)}</td></tr>")
+    out.append('</table><h2 id=schemas>schemas</h2>')
+    for name, schema in SCHEMAS.items():
+        out.append(f'<h3 id="schema-{e(name)}">{e(name)}</h3><pre>{e(json.dumps(schema, indent=2))}</pre>')
+    out.append("</body></html>")
+    return "".join(out)

@@ -1,0 +1,270 @@
+"""The HTTP API's routes: a Quart-Trio app that calls the running server's operations.
+
+Every handler validates its input (``encoding``), calls one public operation of
+``Server`` (the same ones the TCP frontend calls) and answers JSON. Errors are
+raised and turned into ``{"error": {"code", "message"}}`` bodies by one error
+handler (``errors``). The list of routes here and ``openapi.SPEC`` must agree;
+a test compares them.
+
+Auth: when the server has a token, every route except ``/healthz``, ``/readyz``,
+``/openapi.json`` and ``/docs`` requires ``Authorization: Bearer <token>``
+(the WebSocket too, on its opening request); those four tell nothing about the
+tasks and must answer load balancers and people without the secret.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import TYPE_CHECKING, Any
+
+import trio
+from quart import Response, request, websocket
+from quart_trio import QuartTrio
+
+from ..core import State
+from ..server.session import Subscription
+from .encoding import (
+    MAX_ID,
+    dumps,
+    parse_id,
+    parse_json,
+    query_float,
+    query_int,
+    query_set,
+    query_str,
+    spec_from_json,
+    task_json,
+)
+from .errors import ApiError, error_for_exception, error_response
+from .events import KEEPALIVE, StreamHub, sse_frame, subscribed_message
+from .metrics import CONTENT_TYPE_LATEST, Meter
+from .openapi import SPEC, docs_html
+
+if TYPE_CHECKING:
+    from ..server import Server
+
+__all__ = ["MAX_BATCH", "MAX_WAIT", "OPEN_PATHS", "create_app"]
+
+#: Paths answered without the token.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs"})
+MAX_BATCH = 10_000
+MAX_WAIT = 300.0
+_STATES = frozenset(s.value for s in State)
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(dumps(body), status=status, content_type="application/json")
+
+
+def _queue_name(name: str) -> str:
+    if not 0 < len(name) <= 200:
+        raise ApiError("bad_request", "queue name must have 1 to 200 characters")
+    return name
+
+
+def _subscription(args: Any) -> Subscription:
+    ids = query_set(args, "id")
+    int_ids: frozenset[int] | None = None
+    if ids is not None:
+        try:
+            int_ids = frozenset(int(i) for i in ids)
+        except ValueError:
+            raise ApiError("bad_request", "query parameter 'id' must be task ids (integers)") from None
+        if any(not 1 <= i <= MAX_ID for i in int_ids):
+            raise ApiError("bad_request", f"query parameter 'id' must be between 1 and {MAX_ID}")
+    return Subscription(queues=query_set(args, "queue"), types=query_set(args, "type"), ids=int_ids)
+
+
+def create_app(server: Server, meter: Meter, hub: StreamHub) -> QuartTrio:
+    """Build the Quart-Trio app serving ``server``."""
+    app = QuartTrio("runq.http")
+    app.config["MAX_CONTENT_LENGTH"] = server.config.max_frame
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+    token = server.config.token
+
+    def _authorized(headers: Any) -> bool:
+        if token is None:
+            return True
+        scheme, _, given = str(headers.get("Authorization", "")).partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+    @app.before_request
+    async def check_token() -> Response | None:
+        if request.path in OPEN_PATHS or _authorized(request.headers):
+            return None
+        return error_response("unauthorized", "missing or wrong token (send 'Authorization: Bearer <token>')")
+
+    @app.before_websocket
+    async def check_ws_token() -> Response | None:
+        if _authorized(websocket.headers):
+            return None
+        return error_response("unauthorized", "missing or wrong token (send 'Authorization: Bearer <token>')")
+
+    @app.errorhandler(Exception)
+    async def on_error(exc: Exception) -> Response:
+        return error_for_exception(exc)
+
+    # ------------------------------------------------------------------ health, metrics, docs
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return _json({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        if not server.ready or server.stopping.is_set():
+            return error_response("shutting_down", "the server is not running")
+        store = server.store
+        if store is None:
+            return error_response("shutting_down", "the database is not open")
+        await trio.to_thread.run_sync(store.check_writable)  # StoreError -> 503 store_error
+        return _json({"status": "ready"})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(meter.exposition(), content_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/openapi.json")
+    async def openapi() -> Response:
+        return _json(SPEC)
+
+    @app.get("/docs")
+    async def docs() -> Response:
+        return Response(docs_html(), content_type="text/html; charset=utf-8")
+
+    # ------------------------------------------------------------------ tasks
+    @app.post("/api/tasks")
+    async def enqueue() -> Response:
+        spec = spec_from_json(parse_json(await request.get_data()))
+        if server.stopping.is_set():
+            raise ApiError("shutting_down", "the server is stopping")
+        [(tid, created)] = await server.enqueue([spec])
+        body = task_json(await server.get_task(tid))
+        return _json({"task_id": tid, "created": created, **body}, 201 if created else 200)
+
+    @app.post("/api/tasks/batch")
+    async def enqueue_batch() -> Response:
+        body = parse_json(await request.get_data())
+        if not isinstance(body, dict) or set(body) != {"tasks"} or not isinstance(body["tasks"], list):
+            raise ApiError("bad_request", 'the body must be {"tasks": [task, ...]}')
+        items = body["tasks"]
+        if not 0 < len(items) <= MAX_BATCH:
+            raise ApiError("bad_request", f"a batch holds 1 to {MAX_BATCH} tasks")
+        specs = [spec_from_json(t, f"tasks[{i}]") for i, t in enumerate(items)]
+        if server.stopping.is_set():
+            raise ApiError("shutting_down", "the server is stopping")
+        res = await server.enqueue(specs)
+        return _json({"task_ids": [r[0] for r in res], "created": [r[1] for r in res]}, 201)
+
+    @app.get("/api/tasks")
+    async def list_tasks() -> Response:
+        args = request.args
+        status = query_str(args, "status")
+        if status is not None and status not in _STATES:
+            raise ApiError("bad_request", f"status must be one of {sorted(_STATES)}")
+        tasks, cursor = await server.list_tasks(
+            state=status, queue=query_str(args, "queue"), type=query_str(args, "type"),
+            limit=query_int(args, "limit", 100, 1, 1000) or 100, cursor=query_int(args, "cursor", None, 1, MAX_ID))
+        return _json({"tasks": [task_json(t) for t in tasks], "cursor": cursor})
+
+    @app.get("/api/tasks/<task_id>")
+    async def get_task(task_id: str) -> Response:
+        tid = parse_id(task_id)
+        wait = query_float(request.args, "wait", 0.0, MAX_WAIT)
+        task = await (server.wait_task(tid, wait) if wait else server.get_task(tid))
+        return _json(task_json(task))
+
+    @app.delete("/api/tasks/<task_id>")
+    async def cancel_task(task_id: str) -> Response:
+        tid = parse_id(task_id)
+        task = await server.cancel(tid)
+        return _json({"message": f"task {tid} cancelled", "task": task_json(task)})
+
+    @app.post("/api/tasks/<task_id>/retry")
+    async def retry_task(task_id: str) -> Response:
+        tid = parse_id(task_id)
+        task = await server.retry(tid)
+        return _json({"message": f"task {tid} retried", "task": task_json(task)})
+
+    @app.get("/api/tasks/<task_id>/events")
+    async def task_events(task_id: str) -> Response:
+        tid = parse_id(task_id)
+        return _json({"task_id": tid, "events": await server.task_events(tid)})
+
+    # ------------------------------------------------------------------ queues, workers, stats
+    @app.get("/api/queues")
+    async def queues() -> Response:
+        return _json({"queues": meter.queues()})
+
+    @app.post("/api/queues/<name>/pause")
+    async def pause(name: str) -> Response:
+        await server.set_paused(_queue_name(name), True)
+        return _json({"message": f"queue {name!r} paused", "queue": name, "paused": True})
+
+    @app.post("/api/queues/<name>/resume")
+    async def resume(name: str) -> Response:
+        await server.set_paused(_queue_name(name), False)
+        return _json({"message": f"queue {name!r} resumed", "queue": name, "paused": False})
+
+    @app.get("/api/workers")
+    async def workers() -> Response:
+        return _json({"workers": server.worker_list()})
+
+    @app.delete("/api/workers/<worker_id>")
+    async def drain_worker(worker_id: str) -> Response:
+        if worker_id not in server.core.workers:
+            raise ApiError("not_found", f"no worker {worker_id!r}")
+        w = server.drain_worker(worker_id)
+        return _json({"message": f"worker {worker_id} is draining", "worker": w}, 202)
+
+    @app.get("/api/stats")
+    async def stats() -> Response:
+        return _json(meter.stats())
+
+    # ------------------------------------------------------------------ live events
+    @app.get("/api/events")
+    async def events() -> Response:
+        sub = _subscription(request.args)
+        stream = hub.open(sub)
+
+        async def body() -> Any:
+            try:
+                yield sse_frame(subscribed_message(sub))
+                async for msg in stream.messages(KEEPALIVE):
+                    yield sse_frame(msg)
+            finally:
+                hub.close(stream)
+
+        resp = Response(body(), content_type="text/event-stream")
+        resp.timeout = None  # a stream has no end
+        resp.headers["Cache-Control"] = "no-cache"
+        resp.headers["X-Accel-Buffering"] = "no"
+        return resp
+
+    @app.websocket("/api/ws")
+    async def ws() -> None:
+        sub = _subscription(websocket.args)
+        stream = hub.open(sub)
+        try:
+            await websocket.accept()
+            await websocket.send(dumps(subscribed_message(sub)))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_ws_reader, nursery.cancel_scope)
+                async for msg in stream.messages(KEEPALIVE):
+                    if msg is not None:
+                        await websocket.send(dumps(msg))
+                nursery.cancel_scope.cancel()
+        finally:
+            hub.close(stream)
+
+    return app
+
+
+async def _ws_reader(scope: trio.CancelScope) -> None:
+    """Answer pings from the WebSocket client; end the stream when it closes."""
+    try:
+        while True:
+            text = await websocket.receive()
+            if text in ("ping", '{"op":"ping"}', '{"op": "ping"}'):
+                await websocket.send(dumps({"op": "pong"}))
+    finally:
+        scope.cancel()
