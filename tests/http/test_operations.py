@@ -1,0 +1,284 @@
+"""Queues, workers, stats, /metrics, health, auth, and the OpenAPI document against the served routes."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from http_helpers import TOKEN, Api, make_worker, start_api
+from prometheus_client.parser import text_string_to_metric_families
+from test_tasks import error_of
+
+from runq import Retry, TaskContext
+from runq.app.http import SPEC, spec_routes
+
+pytestmark = [pytest.mark.http, pytest.mark.trio]
+
+
+async def wait_until(pred: Any, timeout: float = 10.0) -> None:
+    with trio.fail_after(timeout):
+        while not await pred():
+            await trio.sleep(0.02)
+
+
+async def test_pause_and_resume_a_queue(api: Api) -> None:
+    ran: list[int] = []
+
+    async def job(payload: int) -> int:
+        ran.append(payload)
+        return payload
+
+    r = await api.client.post("/api/queues/default/pause")
+    assert r.status_code == 200 and r.json()["paused"] is True
+    await api.start_worker(make_worker(job=job))
+    tid = (await api.client.post("/api/tasks", json={"type": "job", "data": 1})).json()["task_id"]
+    await trio.sleep(0.3)
+    assert ran == []
+    q = {x["name"]: x for x in (await api.client.get("/api/queues")).json()["queues"]}["default"]
+    assert q["paused"] is True and q["counts"]["ready"] == 1 and q["workers"] == 1
+    r = await api.client.post("/api/queues/default/resume")
+    assert r.status_code == 200 and r.json()["paused"] is False
+    r = await api.client.get(f"/api/tasks/{tid}", params={"wait": 10})
+    assert r.json()["status"] == "succeeded" and ran == [1]
+    # the pause is stored: a new queue can be paused before it has tasks
+    r = await api.client.post("/api/queues/later%20one/pause")
+    assert r.status_code == 200 and r.json()["queue"] == "later one"
+    names = {x["name"]: x["paused"] for x in (await api.client.get("/api/queues")).json()["queues"]}
+    assert names["later one"] is True and names["default"] is False
+
+
+async def test_queue_counts_and_rates(api: Api) -> None:
+    async def job(payload: int) -> int:
+        return payload
+
+    await api.client.post("/api/tasks/batch", json={"tasks": [{"type": "job", "data": i, "queue": "q"}
+                                                              for i in range(20)]})
+    await api.client.post("/api/tasks", json={"type": "job", "queue": "q", "delay": 3600})
+    q = {x["name"]: x for x in (await api.client.get("/api/queues")).json()["queues"]}["q"]
+    assert q["counts"] == {"scheduled": 1, "ready": 20, "running": 0}
+    assert q["enqueued"] == 21 and q["enqueue_rate"] > 0 and q["completion_rate"] == 0
+    w = make_worker(job=job)
+    w.queues = ["q"]
+    await api.start_worker(w)
+
+    async def all_done() -> bool:
+        q = {x["name"]: x for x in (await api.client.get("/api/queues")).json()["queues"]}["q"]
+        return bool(q["succeeded"] == 20)
+
+    await wait_until(all_done)
+    q = {x["name"]: x for x in (await api.client.get("/api/queues")).json()["queues"]}["q"]
+    assert q["completion_rate"] > 0 and q["counts"]["ready"] == 0 and q["counts"]["scheduled"] == 1
+
+
+async def test_workers_list_and_drain(api: Api) -> None:
+    async def job(payload: Any) -> None:
+        await trio.sleep(0.5)
+
+    w = make_worker(job=job)
+    w.name = "drain-me"
+    await api.start_worker(w)
+    r = await api.client.get("/api/workers")
+    [info] = r.json()["workers"]
+    assert info["id"] == w.worker_id and info["name"] == "drain-me" and info["pid"] == os.getpid()
+    assert info["host"] and info["queues"] == ["default"] and info["concurrency"] == 4
+    assert info["state"] == "active" and info["connected_at"] <= info["last_heartbeat"]
+    await api.client.post("/api/tasks", json={"type": "job"})
+
+    async def running() -> bool:
+        return bool((await api.client.get("/api/workers")).json()["workers"][0]["in_flight"] == 1)
+
+    await wait_until(running)
+    r = await api.client.delete(f"/api/workers/{w.worker_id}")
+    assert r.status_code == 202 and r.json()["worker"]["state"] == "draining"
+
+    async def gone() -> bool:
+        return not (await api.client.get("/api/workers")).json()["workers"]
+
+    await wait_until(gone)
+    tasks = (await api.client.get("/api/tasks")).json()["tasks"]
+    assert tasks[0]["status"] == "succeeded"  # it finished its running task before leaving
+    error_of(await api.client.delete(f"/api/workers/{w.worker_id}"), 404, "not_found")
+
+
+async def test_stats_percentiles_and_rates(api: Api) -> None:
+    async def quick(payload: Any) -> None:
+        await trio.sleep(0.01)
+
+    def flaky(payload: Any, ctx: TaskContext) -> None:
+        raise Retry(0.01) if ctx.attempt < 2 else ValueError("no")
+
+    await api.start_worker(make_worker(quick=quick, flaky=flaky))
+    await api.client.post("/api/tasks/batch", json={"tasks": [{"type": "quick"}] * 10
+                                                    + [{"type": "flaky", "retries": 1}]})
+
+    async def done() -> bool:
+        s = (await api.client.get("/api/stats")).json()
+        return bool(s["totals"]["succeeded"] == 10 and s["totals"]["dead"] == 1)
+
+    await wait_until(done)
+    s = (await api.client.get("/api/stats")).json()
+    assert s["workers"] == 1 and s["uptime"] > 0 and s["version"]
+    assert s["queues"]["default"] == {"scheduled": 0, "ready": 0, "running": 0, "paused": False}
+    p = s["processing_time"]["quick"]
+    assert p["count"] == 10 and 0.005 < p["p50"] <= p["p90"] <= p["p99"] <= p["max"] < 5
+    assert s["processing_time"]["flaky"]["count"] == 2
+    assert s["rates"]["enqueued"] > 0 and s["rates"]["succeeded"] > 0 and s["rates"]["failed"] > 0
+    assert s["success_ratio"] == pytest.approx(10 / 11)
+    assert s["totals"]["failed"] == 2
+
+
+def metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+async def test_metrics_read_the_live_core(api: Api) -> None:
+    async def work(payload: Any) -> None:
+        if payload == "fail":
+            raise ValueError("bad")
+
+    await api.start_worker(make_worker(work=work))
+    r = await api.client.post("/api/tasks/batch", json={"tasks": [{"type": "work"}] * 5
+                                                        + [{"type": "work", "data": "fail", "retries": 0}]})
+    ids = r.json()["task_ids"]
+    await api.client.get(f"/api/tasks/{ids[-1]}", params={"wait": 10})
+    await api.client.get(f"/api/tasks/{ids[-2]}", params={"wait": 10})
+    await api.client.post("/api/tasks", json={"type": "later", "queue": "q2", "delay": 999})
+    r = await api.client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    m = metrics(r.text)
+    assert m[("runq_tasks", (("queue", "q2"), ("state", "scheduled")))] == 1
+    assert m[("runq_tasks_enqueued_total", (("queue", "default"),))] == 6
+    assert m[("runq_tasks_completed_total", (("queue", "default"), ("state", "succeeded")))] == 5
+    assert m[("runq_tasks_completed_total", (("queue", "default"), ("state", "dead")))] == 1
+    assert m[("runq_task_failures_total", (("queue", "default"),))] == 1
+    assert m[("runq_task_run_seconds_count", (("outcome", "succeeded"), ("type", "work")))] == 5
+    assert m[("runq_task_run_seconds_count", (("outcome", "failed"), ("type", "work")))] == 1
+    assert m[("runq_task_run_seconds_bucket", (("le", "+Inf"), ("outcome", "succeeded"), ("type", "work")))] == 5
+    assert m[("runq_workers", (("state", "active"),))] == 1
+    assert m[("runq_lease_expiries_total", ())] == 0
+    assert m[("runq_protocol_errors_total", ())] == 0
+    assert m[("runq_store_commits_total", ())] >= 1
+    assert m[("runq_store_batch_rows_count", ())] >= 1 and m[("runq_store_batch_rows_sum", ())] >= 7
+    assert m[("runq_store_commit_latency_seconds_count", ())] >= 1
+    assert m[("runq_store_commit_latency_seconds_sum", ())] > 0
+    # counted from the live server: a TCP peer that breaks the protocol shows up at the next scrape
+    s = await trio.open_tcp_stream("127.0.0.1", api.server.port)  # type: ignore[arg-type]
+    await s.send_all(b"\x00\x00\x00\x01\xc1")
+    with trio.fail_after(5):
+        while api.server.stats.protocol_errors == 0:
+            await trio.sleep(0.01)
+    await s.aclose()
+    assert metrics((await api.client.get("/metrics")).text)[("runq_protocol_errors_total", ())] == 1
+
+
+async def test_every_server_has_its_own_registry(nursery: trio.Nursery, tmp_path: Path, api: Api) -> None:
+    (tmp_path / "other").mkdir()
+    other = await start_api(nursery, tmp_path / "other")
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{other.http_port}") as c:
+        await c.post("/api/tasks", json={"type": "x"})
+        mine = metrics((await api.client.get("/metrics")).text)
+        theirs = metrics((await c.get("/metrics")).text)
+    assert ("runq_tasks_enqueued_total", (("queue", "default"),)) not in mine
+    assert theirs[("runq_tasks_enqueued_total", (("queue", "default"),))] == 1
+    other.stopping.set()
+
+
+async def test_health_and_readiness(api: Api) -> None:
+    assert (await api.client.get("/healthz")).json() == {"status": "ok"}
+    assert (await api.client.get("/readyz")).json() == {"status": "ready"}
+
+
+async def test_readyz_says_when_the_database_is_not_writable(api: Api) -> None:
+    import sqlite3
+
+    blocker = sqlite3.connect(api.server.config.db, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        r = await api.client.get("/readyz")
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    error_of(r, 503, "store_error")
+    assert (await api.client.get("/readyz")).status_code == 200
+
+
+# ---------------------------------------------------------------------- auth
+@pytest.mark.parametrize("server_config", [{"token": TOKEN}])
+async def test_token_required_when_configured(api: Api) -> None:
+    async with httpx.AsyncClient(base_url=api.url) as anon:
+        for method, url in [("GET", "/api/tasks"), ("POST", "/api/tasks"), ("GET", "/api/tasks/1"),
+                            ("GET", "/api/stats"), ("GET", "/metrics"), ("GET", "/api/events"),
+                            ("DELETE", "/api/workers/x"), ("POST", "/api/queues/q/pause")]:
+            r = await anon.request(method, url)
+            error_of(r, 401, "unauthorized")
+            assert r.headers["www-authenticate"].startswith("Bearer")
+        r = await anon.get("/api/tasks", headers={"Authorization": "Bearer wrong"})
+        error_of(r, 401, "unauthorized")
+        r = await anon.get("/api/tasks", headers={"Authorization": f"Basic {TOKEN}"})
+        error_of(r, 401, "unauthorized")
+        # open: liveness, readiness and the API description
+        for url in ("/healthz", "/readyz", "/openapi.json", "/docs"):
+            assert (await anon.get(url)).status_code == 200, url
+        assert api.server.core.stats.enqueued == 0
+    # with the token (the fixture's client sends it)
+    r = await api.client.post("/api/tasks", json={"type": "x"})
+    assert r.status_code == 201
+    assert (await api.client.get("/metrics")).status_code == 200
+
+
+async def test_no_token_configured_means_open(api: Api) -> None:
+    async with httpx.AsyncClient(base_url=api.url) as anon:
+        assert (await anon.get("/api/tasks")).status_code == 200
+        assert (await anon.get("/api/tasks", headers={"Authorization": "Bearer anything"})).status_code == 200
+
+
+# ---------------------------------------------------------------------- OpenAPI and /docs
+def _served_routes(app: Any) -> set[tuple[str, str]]:
+    out = set()
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        path = re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", r"{\1}", rule.rule)
+        methods = {"GET"} if getattr(rule, "websocket", False) else set(rule.methods) - {"HEAD", "OPTIONS"}
+        out |= {(m, path) for m in methods}
+    return out
+
+
+async def test_openapi_describes_exactly_the_served_routes(api: Api) -> None:
+    from runq.app.http import Meter, StreamHub, create_app
+
+    meter, hub = Meter(api.server), StreamHub(api.server)
+    served = _served_routes(create_app(api.server, meter, hub))
+    hub.detach()
+    meter.detach()
+    assert len(served) >= 20
+    assert served == spec_routes()
+    r = await api.client.get("/openapi.json")
+    assert r.json() == SPEC
+    for path, ops in SPEC["paths"].items():
+        for method, op in ops.items():
+            assert op["responses"], (method, path)
+            names = re.findall(r"{([a-z_]+)}", path)
+            assert sorted(p["name"] for p in op.get("parameters", []) if p["in"] == "path") == sorted(names)
+
+
+async def test_docs_render_the_spec_without_network(api: Api) -> None:
+    r = await api.client.get("/docs")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    page = r.text
+    for path in SPEC["paths"]:
+        assert f"<code>{path}</code>" in page
+    for name in SPEC["components"]["schemas"]:
+        assert f'id="schema-{name}"' in page
+    # nothing to fetch: no scripts, stylesheets, images or fonts from anywhere
+    assert "<script" not in page and "<link" not in page and "<img" not in page and "@import" not in page
+    assert not re.findall(r"(?:src|href)=[\"']?(?:https?:)?//", page)
