@@ -68,6 +68,7 @@ async def serve_http(server: Server, *, task_status: trio.TaskStatus[int] = trio
     finally:
         hub.detach()
         meter.detach()
+        server.http_idle.set()
 
 
 async def _sampler(meter: Meter, stopping: trio.Event) -> None:

@@ -31,7 +31,7 @@ import trio
 
 from ...protocol.errors import ProtocolError
 from ...protocol.messages import TaskSpec
-from ..core import FINAL_STATES, Core, IllegalTransition, State, Task, TaskMissing, Transition
+from ..core import FINAL_STATES, Core, IllegalTransition, State, Task, TaskMissing, Transition, WorkerInfo
 from ..core.model import EVENT_COLUMNS
 from ..store import Batch, Store, StoreError
 from .config import Clock, ServerConfig
@@ -96,7 +96,9 @@ class Server:
         #: while non-empty, called with each worker or queue change (joined, left, draining, paused,
         #: resumed) as a message; the HTTP event streams use it
         self.change_listeners: list[Callable[[dict[str, Any]], None]] = []
-        self._seen_workers: dict[str, str] = {}
+        self._seen_workers: dict[str, tuple[str, WorkerInfo]] = {}
+        #: set by the HTTP frontend once its requests are done after ``stopping`` (awaited, bounded, at stop)
+        self.http_idle = trio.Event()
         self._acks: list[Ack] = []
         self._waiters: dict[int, list[trio.Event]] = {}
         self._rearm = trio.Event()
@@ -148,6 +150,9 @@ class Server:
                 for s in list(self.sessions):
                     s.close({"op": "error", "code": "shutting_down", "message": "server is stopping"})
                 await self.wait_committed()
+                if self.http_port is not None:
+                    with trio.move_on_after(5):  # HTTP requests finish (Hypercorn's graceful timeout is shorter)
+                        await self.http_idle.wait()
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
@@ -265,15 +270,17 @@ class Server:
         changes: list[dict[str, Any]] = []
         workers = self.core.workers
         seen = self._seen_workers
-        if len(workers) != len(seen) or any(seen.get(wid) != w.state for wid, w in workers.items()):
+        if len(workers) != len(seen) or any(seen[wid][0] != w.state if wid in seen else True
+                                            for wid, w in workers.items()):
             for wid, w in workers.items():
                 before = seen.get(wid)
-                if before != w.state:
+                if before is None or before[0] != w.state:
                     kind = "joined" if before is None else w.state
                     changes.append({"op": "worker", "kind": kind, "worker": w.as_dict()})
-            for wid in [wid for wid in seen if wid not in workers]:
-                changes.append({"op": "worker", "kind": "left", "worker": {"id": wid}})
-            self._seen_workers = {wid: w.state for wid, w in workers.items()}
+            for wid, (_, info) in seen.items():
+                if wid not in workers:
+                    changes.append({"op": "worker", "kind": "left", "worker": info.as_dict()})
+            self._seen_workers = {wid: (w.state, w) for wid, w in workers.items()}
         for name, paused in queue_ops:
             changes.append({"op": "queue", "kind": "paused" if paused else "resumed", "queue": name})
         for message in changes:
