@@ -96,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--tasks", type=int, default=40, help="how many word_count/calculate_statistics tasks")
     p.add_argument("--keep", action="store_true", help="keep running after the demo tasks finished (Ctrl-C stops)")
+    p.add_argument("--no-tui", action="store_true",
+                   help="print the events instead of opening the dashboard (the default when stdout is not a terminal)")
+
+    p = sub.add_parser("tui", help="the terminal dashboard: follow a server live, or open a database file offline")
+    _server_arg(p)
+    p.add_argument("--http", default=None, help="base URL of the server's HTTP API (accepted; see docs/tui.md)")
+    p.add_argument("--db", default=None, help="open this database file read-only instead (offline mode, no server)")
     return parser
 
 
@@ -300,14 +307,21 @@ def cmd_drain(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(db=args.db, port=args.port, workers=args.workers, tasks=args.tasks, keep=args.keep)
+    tui = not args.no_tui and sys.stdout.isatty() and sys.stdin.isatty()
+    return run_demo(db=args.db, port=args.port, workers=args.workers, tasks=args.tasks, keep=args.keep, tui=tui)
+
+
+def cmd_tui(args: argparse.Namespace) -> int:
+    from .tui import run_tui
+
+    return run_tui(server=args.server, token=args.token or os.environ.get("RUNQ_TOKEN"), http=args.http, db=args.db)
 
 
 _COMMANDS = {
     "serve": cmd_serve, "worker": cmd_worker, "enqueue": cmd_enqueue, "status": cmd_status, "wait": cmd_wait,
     "cancel": cmd_cancel, "retry": cmd_retry, "events": cmd_events, "tasks": cmd_tasks, "pause": cmd_pause,
     "resume": cmd_resume, "queues": cmd_queues, "workers": cmd_workers, "drain": cmd_drain,
-    "demo": cmd_demo,
+    "demo": cmd_demo, "tui": cmd_tui,
 }
 
 if __name__ == "__main__":

@@ -8,12 +8,14 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import Any
 
 import anyio
 
 from .protocol.client import Client
+from .protocol.errors import RunqError
 
 __all__ = ["run_demo", "start_server", "stop_process"]
 
@@ -77,14 +79,7 @@ async def _drive(address: str, n: int, t0: float) -> dict[str, int]:
     rng = random.Random(7)
     async with Client(address) as watcher, Client(address) as client:
         events = await watcher.subscribe()
-        specs: list[dict[str, Any]] = []
-        for i in range(n):
-            if i % 2:
-                specs.append({"type": "word_count", "payload": {"text": rng.choice(TEXTS)}})
-            else:
-                specs.append({"type": "calculate_statistics",
-                              "payload": {"numbers": [rng.randint(1, 100) for _ in range(20)]},
-                              "priority": rng.choice([0, 0, 5])})
+        specs = _specs(n, rng)
         specs.append({"type": "simulate_backup", "payload": {"files": 5, "seconds": 2.5}, "queue": "default"})
         specs.append({"type": "flaky", "payload": {"url": "https://payments.example.invalid"}})
         specs.append({"type": "slow", "payload": {"seconds": 5}, "retries": 0})
@@ -120,8 +115,64 @@ async def _drive(address: str, n: int, t0: float) -> dict[str, int]:
         return counts
 
 
-def run_demo(db: str | None = None, port: int = 0, workers: int = 2, tasks: int = 40, keep: bool = False) -> int:
-    """Run the demo; return an exit code (0 when every task ended as expected)."""
+def _specs(n: int, rng: random.Random) -> list[dict[str, Any]]:
+    specs: list[dict[str, Any]] = []
+    for i in range(n):
+        if i % 2:
+            specs.append({"type": "word_count", "payload": {"text": rng.choice(TEXTS)}})
+        else:
+            specs.append({"type": "calculate_statistics",
+                          "payload": {"numbers": [rng.randint(1, 100) for _ in range(20)]},
+                          "priority": rng.choice([0, 0, 5])})
+    return specs
+
+
+def _feed(address: str, n: int, stop: threading.Event) -> None:
+    """Enqueue the demo's tasks, then a few more every second until ``stop`` (for the dashboard to show)."""
+    from .protocol.client import SyncClient
+
+    rng = random.Random(7)
+    try:
+        with SyncClient(address) as client:
+            client.enqueue_many(_specs(n, rng))
+            client.enqueue_many([
+                {"type": "simulate_backup", "payload": {"files": 5, "seconds": 2.5}},
+                {"type": "flaky", "payload": {"url": "https://payments.example.invalid"}},
+                {"type": "slow", "payload": {"seconds": 5}, "retries": 0},
+                {"type": "word_count", "payload": {"text": "scheduled for later"}, "delay": 2.0},
+            ])
+            while not stop.wait(1.0):
+                batch = _specs(rng.randint(1, 6), rng)
+                if rng.random() < 0.15:
+                    batch.append({"type": "simulate_backup", "payload": {"files": 4, "seconds": rng.uniform(1, 4)}})
+                if rng.random() < 0.05:
+                    batch.append({"type": "flaky", "payload": {"url": "https://payments.example.invalid"}})
+                client.enqueue_many(batch)
+    except (RunqError, OSError) as exc:  # the dashboard shows the server; a feeder failure must not end the demo
+        print(f"runq demo: task feeder stopped: {exc}", file=sys.stderr)
+
+
+def _run_dashboard(address: str, n: int) -> int:
+    from .tui import LiveSource, RunqDashboard
+
+    stop = threading.Event()
+    feeder = threading.Thread(target=_feed, args=(address, n, stop), daemon=True)
+    feeder.start()
+    try:
+        RunqDashboard(LiveSource(address)).run()
+    finally:
+        stop.set()
+        feeder.join(10)
+    return 0
+
+
+def run_demo(db: str | None = None, port: int = 0, workers: int = 2, tasks: int = 40, keep: bool = False,
+             tui: bool = False) -> int:
+    """Run the demo; return an exit code (0 when every task ended as expected).
+
+    With ``tui``, open the dashboard on the demo's server (tasks keep arriving until it is closed)
+    instead of printing the events.
+    """
     tmp = None
     if db is None:
         tmp = tempfile.mkdtemp(prefix="runq-demo-")
@@ -133,6 +184,14 @@ def run_demo(db: str | None = None, port: int = 0, workers: int = 2, tasks: int 
     procs = [subprocess.Popen([sys.executable, "-m", "runq.cli", "--log-level", "WARNING", "worker",
                                "runq.demo_tasks:worker", "--server", address]) for _ in range(workers)]
     print(f"started {workers} worker processes (runq worker runq.demo_tasks:worker --server {address})")
+    if tui:
+        try:
+            return _run_dashboard(address, tasks)
+        finally:
+            for p in procs:
+                stop_process(p)
+            stop_process(server)
+            print(f"runq demo: stopped; the database stays at {db} (runq tui --db {db} opens it offline)")
     try:
         counts = anyio.run(_drive, address, tasks, t0)
         if keep:

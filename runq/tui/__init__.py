@@ -1,1 +1,45 @@
-"""Textual dashboard (filled by the dashboard issue)."""
+"""The runq dashboard (``runq tui``): a Textual app over a live server or a database file.
+
+It talks to a server only through the public client SDK (``runq.protocol.client``)
+and reads a database file with its own read-only SQL: it never imports ``runq.app``.
+"""
+
+from __future__ import annotations
+
+from .app import RefreshStats, RunqDashboard
+from .live import LiveSource
+from .model import DashboardState
+from .offline import OfflineError, OfflineSource
+from .source import NotConnected, ReadOnly, Source
+
+__all__ = [
+    "DashboardState",
+    "LiveSource",
+    "NotConnected",
+    "OfflineError",
+    "OfflineSource",
+    "ReadOnly",
+    "RefreshStats",
+    "RunqDashboard",
+    "Source",
+    "run_tui",
+]
+
+
+def run_tui(*, server: str | None = None, token: str | None = None, http: str | None = None,
+            db: str | None = None) -> int:
+    """Run the dashboard in this terminal until the user quits; return an exit code.
+
+    Args:
+        server: ``HOST:PORT`` of a running server (live mode).
+        token: the server's shared secret.
+        http: the HTTP API's base URL (accepted; see docs/tui.md).
+        db: a database file to open read-only instead (offline mode).
+    """
+    source: Source
+    if db is not None:
+        source = OfflineSource(db)
+    else:
+        source = LiveSource(server or "127.0.0.1:7700", token=token, http=http)
+    RunqDashboard(source).run()
+    return 0

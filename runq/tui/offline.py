@@ -1,0 +1,202 @@
+"""The offline source: a runq database file, opened read-only with aiosqlite.
+
+Theory of operation
+-------------------
+``runq tui --db FILE`` works when no server runs: the file is opened with a
+``file:...?mode=ro`` URI (nothing is ever written, and a server writing the
+file at the same time is not disturbed: WAL readers never block the writer).
+Every ``POLL_SECONDS`` the queue counts, the workers seen in the event log,
+the rates and the Gantt lanes are read again. The source's clock (``now``) is
+the time of the file's latest event or enqueue, so an old file shows its last
+minutes, not an empty present. Actions raise ``ReadOnly``.
+
+The SQL below reads the schema of ``runq/app/store/schema.py`` (version 1)
+without importing it: the dashboard never imports server internals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+from typing import Any
+from urllib.parse import quote
+
+import aiosqlite
+
+from ..protocol.client import decode_task
+from ..protocol.errors import RunqError, TaskNotFound
+from .model import COMPLETE_KINDS, DashboardState, Lanes, RateSeries, WorkerRow
+from .source import Source, TaskPage
+
+__all__ = ["OfflineError", "OfflineSource"]
+
+POLL_SECONDS = 2.0
+TASK_COLUMNS = ("id", "queue", "type", "payload", "priority", "state", "run_at", "timeout", "max_retries", "attempt",
+                "key", "result", "error", "progress", "created_at", "started_at", "finished_at", "worker")
+EVENT_COLUMNS = ("task_id", "at", "kind", "state", "worker", "attempt", "detail")
+_TASK_SQL = ", ".join(TASK_COLUMNS)
+_EVENT_SQL = ", ".join(EVENT_COLUMNS)
+
+
+class OfflineError(RunqError):
+    """The file is not a runq database (or cannot be opened)."""
+
+
+class OfflineSource(Source):
+    """A read-only view of a database file.
+
+    Args:
+        path: the SQLite file ``runq serve --db`` wrote.
+        window: seconds of history read for rates and lanes.
+    """
+
+    def __init__(self, path: str, *, window: float = 600.0, max_bars: int = 20_000) -> None:
+        self.path = path
+        self.window = window
+        self.description = f"{path} (offline)"
+        self.state = DashboardState(offline=True, max_bars=max_bars)
+        self.state.server = path
+        self.state.status = f"offline: {path}, read-only (no server)"
+        self.conn: aiosqlite.Connection | None = None
+        self._now = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self.loaded = asyncio.Event()
+
+    async def start(self) -> None:
+        if not os.path.exists(self.path):
+            raise OfflineError(f"no such database file: {self.path}")
+        uri = f"file:{quote(os.path.abspath(self.path))}?mode=ro"
+        try:
+            self.conn = await aiosqlite.connect(uri, uri=True)
+            await self.conn.execute("SELECT 1 FROM tasks LIMIT 1")
+        except Exception as exc:
+            await self.close()
+            raise OfflineError(f"{self.path} is not a runq database: {exc}") from exc
+        await self.refresh()
+        self._task = asyncio.get_running_loop().create_task(self._poll(), name="runq-tui-offline")
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            await conn.close()
+
+    def now(self) -> float:
+        return self._now
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_SECONDS)
+            try:
+                await self.refresh()
+            except (sqlite3.Error, ValueError) as exc:  # a file being written may be busy for a moment: show it, go on
+                self.state.status = f"offline: {self.path}: {exc}"
+                self.state.version += 1
+
+    async def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        assert self.conn is not None
+        async with self.conn.execute(sql, args) as cur:
+            return [tuple(r) for r in await cur.fetchall()]
+
+    async def refresh(self) -> None:
+        """Read the file again into ``state``."""
+        st = self.state
+        (last_created, last_event), = await self._all(
+            "SELECT (SELECT MAX(created_at) FROM tasks), (SELECT MAX(at) FROM events)")
+        self._now = max(last_created or 0.0, last_event or 0.0)
+        now = self._now
+        since = now - self.window
+
+        queues: dict[str, dict[str, Any]] = {}
+        for name, paused in await self._all("SELECT name, paused FROM queues"):
+            queues[name] = {"queue": name, "paused": bool(paused)}
+        for name, state, n in await self._all("SELECT queue, state, COUNT(*) FROM tasks GROUP BY queue, state"):
+            queues.setdefault(name, {"queue": name, "paused": False})[state] = n
+        for name, n in await self._all(
+                "SELECT t.queue, COUNT(*) FROM events e JOIN tasks t ON t.id = e.task_id "
+                "WHERE e.kind = 'failed' GROUP BY t.queue"):
+            queues.setdefault(name, {"queue": name, "paused": False})["failed"] = n
+        for m in queues.values():
+            m.setdefault("succeeded", 0)
+            m.setdefault("dead", 0)
+            m.setdefault("failed", 0)
+        st.set_queues(sorted(queues.values(), key=lambda m: str(m["queue"])))
+
+        for q in st.queues.values():
+            q.enqueue_rate = RateSeries()
+            q.complete_rate = RateSeries()
+        for name, created in await self._all(
+                "SELECT queue, created_at FROM tasks WHERE created_at >= ?", (since,)):
+            st.queue(name).enqueue_rate.add(created)
+        kinds = tuple(sorted(COMPLETE_KINDS))
+        marks = ", ".join("?" * len(kinds))
+        for name, at in await self._all(
+                f"SELECT t.queue, e.at FROM events e JOIN tasks t ON t.id = e.task_id "
+                f"WHERE e.at >= ? AND e.kind IN ({marks})", (since, *kinds)):
+            st.queue(name).complete_rate.add(at)
+
+        workers = []
+        running = {w: n for w, n in await self._all(
+            "SELECT worker, COUNT(*) FROM tasks WHERE state = 'running' GROUP BY worker")}
+        for wid, last, done, failed in await self._all(
+                "SELECT worker, MAX(at), SUM(kind = 'succeeded'), SUM(kind = 'failed') FROM events "
+                "WHERE worker IS NOT NULL GROUP BY worker ORDER BY worker"):
+            row = WorkerRow(id=str(wid), in_flight=int(running.get(wid, 0)), last_heartbeat=last, state="seen",
+                            completed=int(done or 0), failed=int(failed or 0))
+            workers.append(row)
+        st.workers = {w.id: w for w in workers}
+
+        lanes = Lanes(st.lanes.max_bars)
+        for tid, at, kind, worker, attempt, type_ in await self._all(
+                "SELECT e.task_id, e.at, e.kind, e.worker, e.attempt, t.type FROM events e "
+                "JOIN tasks t ON t.id = e.task_id WHERE e.at >= ? ORDER BY e.id", (since,)):
+            lanes.apply(kind, tid, at, worker, attempt, type_)
+        st.lanes = lanes
+        st.status = f"offline: {self.path}, read-only (no server); clock stopped at the file's last event"
+        st.version += 1
+        self.loaded.set()
+
+    # ------------------------------------------------------------------ reads
+    async def list_tasks(self, *, state: str | None = None, queue: str | None = None, type: str | None = None,
+                         limit: int = 100, cursor: int | None = None) -> TaskPage:
+        where: list[str] = []
+        args: list[Any] = []
+        for col, val in (("state", state), ("queue", queue), ("type", type)):
+            if val is not None:
+                where.append(f"{col} = ?")
+                args.append(val)
+        if cursor is not None:
+            where.append("id < ?")
+            args.append(cursor)
+        sql = f"SELECT {_TASK_SQL} FROM tasks"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC LIMIT ?"
+        rows = await self._all(sql, (*args, limit))
+        tasks = [decode_task(dict(zip(TASK_COLUMNS, r, strict=True))) for r in rows]
+        return tasks, (tasks[-1]["id"] if len(tasks) == limit else None)
+
+    async def get(self, task_id: int) -> dict[str, Any]:
+        rows = await self._all(f"SELECT {_TASK_SQL} FROM tasks WHERE id = ?", (task_id,))
+        if not rows:
+            raise TaskNotFound("not_found", f"no task {task_id} in {self.path}")
+        return decode_task(dict(zip(TASK_COLUMNS, rows[0], strict=True)))
+
+    async def events(self, task_id: int) -> list[dict[str, Any]]:
+        rows = await self._all(f"SELECT {_EVENT_SQL} FROM events WHERE task_id = ? ORDER BY id", (task_id,))
+        events = [dict(zip(EVENT_COLUMNS, r, strict=True)) for r in rows]
+        if events and events[0]["kind"] in ("enqueued", "scheduled"):
+            return events
+        # a task ready at once has no stored 'enqueued' row: it is the task's created_at
+        created = await self._all("SELECT created_at FROM tasks WHERE id = ?", (task_id,))
+        if not created:
+            return events
+        first = {"task_id": task_id, "at": created[0][0], "kind": "enqueued", "state": "ready", "worker": None,
+                 "attempt": 0, "detail": None}
+        return [first, *events]

@@ -1,0 +1,11 @@
+"""The dashboard's screens, one per concern."""
+
+from __future__ import annotations
+
+from .base import DashboardScreen
+from .queues import QueuesScreen
+from .tasks import TaskDetailScreen, TasksScreen
+from .timeline import TimelineScreen
+from .workers import WorkersScreen
+
+__all__ = ["DashboardScreen", "QueuesScreen", "TaskDetailScreen", "TasksScreen", "TimelineScreen", "WorkersScreen"]

@@ -1,0 +1,120 @@
+"""What every dashboard screen shares: header, the disconnected/offline banner, the footer, actions."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, cast
+
+from textual.app import ComposeResult
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Static
+
+from ...protocol.errors import RunqError
+from ..forms import ConfirmScreen
+
+if TYPE_CHECKING:
+    from ..app import RunqDashboard
+    from ..model import DashboardState
+    from ..source import Source
+
+__all__ = ["DashboardScreen"]
+
+
+class DashboardScreen(Screen[None]):
+    """A screen that draws from the source's state on the app's timer (``refresh_data``).
+
+    Subclasses implement ``body`` (their widgets) and ``draw`` (fill them from the state); ``draw`` is
+    called at most once per tick and only when the state changed or ``always_draw`` is set.
+    """
+
+    DEFAULT_CSS = """
+    DashboardScreen #banner { dock: top; height: 1; padding: 0 1; display: none; }
+    DashboardScreen #banner.disconnected { display: block; background: $error; color: $text; text-style: bold; }
+    DashboardScreen #banner.offline { display: block; background: $warning; color: $background; text-style: bold; }
+    """
+
+    #: redraw on every tick even when no event came (ages, windows that move with the clock)
+    always_draw = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._drawn_version = -1
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("", id="banner")
+        yield from self.body()
+        yield Footer()
+
+    def body(self) -> ComposeResult:
+        yield from ()
+
+    @property
+    def dash(self) -> RunqDashboard:
+        return cast("RunqDashboard", self.app)
+
+    @property
+    def source(self) -> Source:
+        return self.dash.source
+
+    @property
+    def state(self) -> DashboardState:
+        return self.dash.source.state
+
+    def on_mount(self) -> None:
+        self.refresh_data(force=True)
+
+    def on_screen_resume(self) -> None:
+        self.refresh_data(force=True)
+
+    def refresh_data(self, force: bool = False) -> None:
+        """Called by the app's timer: redraw from the state if it changed."""
+        st = self.state
+        self._banner(st)
+        if force or self.always_draw or st.version != self._drawn_version:
+            self._drawn_version = st.version
+            self.draw()
+
+    def _banner(self, st: DashboardState) -> None:
+        banner = self.query_one("#banner", Static)
+        if st.offline:
+            text, cls = f"OFFLINE  {st.status}", "offline"
+        elif not st.connected:
+            word = "CONNECTING" if st.status.startswith("connecting") else "DISCONNECTED"
+            text, cls = f"{word}  {st.status}", "disconnected"
+        else:
+            text, cls = "", ""
+        if str(banner.content) != text:
+            banner.update(text)
+        banner.set_class(cls == "offline", "offline")
+        banner.set_class(cls == "disconnected", "disconnected")
+
+    def draw(self) -> None:
+        """Fill the widgets from ``self.state``."""
+
+    # ------------------------------------------------------------------ actions
+    def run_action_call(self, call: Callable[[], Awaitable[Any]], done: str | Callable[[Any], str]) -> None:
+        """Run a source call in the background; notify its outcome (errors as error notifications)."""
+
+        async def go() -> None:
+            try:
+                result = await call()
+            except RunqError as exc:
+                self.app.notify(str(exc), title="refused", severity="error")
+                return
+            self.app.notify(done(result) if callable(done) else done)
+            self.after_action()
+
+        self.run_worker(go(), group="action")
+
+    def after_action(self) -> None:
+        """Hook: refresh what the action changed."""
+
+    def confirm_then(self, question: str, call: Callable[[], Awaitable[Any]], done: str | Callable[[Any], str]) -> None:
+        """Ask ``question``; on yes, ``run_action_call``."""
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.run_action_call(call, done)
+
+        self.app.push_screen(ConfirmScreen(question), answered)

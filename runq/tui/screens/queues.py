@@ -1,0 +1,106 @@
+"""The Queues screen: counts per state, enqueue and completion rates with sparklines, paused flag."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.widgets import DataTable, Static
+
+from ..forms import EnqueueForm, EnqueueRequest
+from ..widgets import fmt_rate, sparkline, sync_table
+from .base import DashboardScreen
+
+__all__ = ["QueuesScreen"]
+
+SPARK_SECONDS = 120  # the sparklines cover the last two minutes
+SPARK_WIDTH = 24  # ... in 5-second columns
+RATE_SECONDS = 10  # the rate figures average the last ten seconds
+
+COLUMNS = ("queue", "paused", "ready", "scheduled", "running", "succeeded", "failed", "dead", "workers",
+           "enq/s", "enqueued (2m)", "done/s", "completed (2m)")
+
+
+class QueuesScreen(DashboardScreen):
+    """Per queue: ready / scheduled / running / succeeded / failed / dead, rates, sparklines, paused."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("p", "toggle_pause", "Pause/resume"),
+        Binding("e", "enqueue", "Enqueue"),
+    ]
+    always_draw = True  # the rate windows move with the clock
+    DEFAULT_CSS = """
+    QueuesScreen DataTable { height: 1fr; }
+    QueuesScreen #summary { height: auto; padding: 0 1; color: $text-muted; }
+    """
+
+    def body(self) -> ComposeResult:
+        table: DataTable[Any] = DataTable(id="queues", cursor_type="row", zebra_stripes=True)
+        for name in COLUMNS:
+            table.add_column(name, key=name)
+        yield table
+        yield Static("", id="summary")
+
+    def draw(self) -> None:
+        st = self.state
+        now = self.source.now()
+        rows = []
+        for name, q in sorted(st.queues.items()):
+            enq = q.enqueue_rate.series(now, SPARK_SECONDS, SPARK_WIDTH)
+            done = q.complete_rate.series(now, SPARK_SECONDS, SPARK_WIDTH)
+            rows.append((name, [
+                name,
+                Text("paused", style="bold yellow") if q.paused else Text("-", style="bright_black"),
+                q.ready, q.scheduled, q.running, q.succeeded,
+                Text(str(q.failed), style="red" if q.failed else ""),
+                Text(str(q.dead), style="bold red" if q.dead else ""),
+                q.workers,
+                fmt_rate(q.enqueue_rate.rate(now, RATE_SECONDS)),
+                Text(sparkline(enq), style="cyan"),
+                fmt_rate(q.complete_rate.rate(now, RATE_SECONDS)),
+                Text(sparkline(done), style="green"),
+            ]))
+        sync_table(self.query_one("#queues", DataTable), rows)
+        if st.offline:
+            counts = "succeeded/dead: tasks in the file; failed: failed attempts in the file"
+        elif st.totals_from_server:
+            counts = "succeeded/failed/dead: totals since the server started"
+        else:
+            counts = "succeeded/failed/dead: counted from live events since the dashboard connected"
+        s = st.stats
+        server = f"server {st.server}" + (f", up {s['uptime']:.0f}s" if "uptime" in s else "")
+        dropped = f", {st.dropped} events dropped by the server" if st.dropped else ""
+        self.query_one("#summary", Static).update(
+            f"{server}; {st.events_seen} live events{dropped}. Rates: per second over {RATE_SECONDS}s; "
+            f"sparklines: last {SPARK_SECONDS // 60} minutes. {counts}.")
+
+    def selected_queue(self) -> str | None:
+        table = self.query_one("#queues", DataTable)
+        if not table.row_count:
+            return None
+        row = table.coordinate_to_cell_key(table.cursor_coordinate).row_key
+        return str(row.value)
+
+    def action_toggle_pause(self) -> None:
+        name = self.selected_queue()
+        if name is None:
+            return
+        q = self.state.queues.get(name)
+        if q is not None and q.paused:
+            self.run_action_call(lambda: self.source.resume(name), f"queue {name} resumed")
+        else:
+            self.confirm_then(f"Pause queue '{name}'? Workers get no more of its tasks until it is resumed.",
+                              lambda: self.source.pause(name), f"queue {name} paused")
+
+    def action_enqueue(self) -> None:
+        self.app.push_screen(EnqueueForm(self.selected_queue() or "default"), self._enqueue)
+
+    def _enqueue(self, req: EnqueueRequest | None) -> None:
+        if req is None:
+            return
+        self.run_action_call(
+            lambda: self.source.enqueue(req.type, req.payload, queue=req.queue, priority=req.priority,
+                                        delay=req.delay),
+            lambda tid: f"enqueued task {tid} ({req.type} on {req.queue})")

@@ -1,0 +1,86 @@
+"""Fixtures of the dashboard tests: real ``runq serve`` and ``runq worker`` subprocesses.
+
+The dashboard runs on asyncio: tests are marked ``@pytest.mark.anyio`` (backend asyncio, see
+``anyio_backend``) or are plain sync tests (the snapshot tests run the app themselves).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runq.demo import start_server, stop_process
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class Procs:
+    """A server and workers of one test; every process is killed at teardown."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.db = str(tmp / "runq.db")
+        self.server: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self.env = dict(os.environ)
+        self.env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(ROOT), self.env.get("PYTHONPATH", "")])
+        self.env.pop("RUNQ_TOKEN", None)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start_server(self, port: int = 0) -> None:
+        self.server, self.port = start_server(self.db, port)
+
+    def stop_server(self) -> None:
+        if self.server is not None:
+            stop_process(self.server)
+            self.server = None
+
+    def start_worker(self, *extra: str) -> subprocess.Popen[bytes]:
+        log = open(self.tmp / f"worker{len(self.workers)}.log", "wb")  # noqa: SIM115 - closed with the process
+        p = subprocess.Popen([sys.executable, "-m", "runq.cli", "--log-level", "WARNING", "worker",
+                              "tui_tasks:worker", "--server", self.address, *extra],
+                             cwd=str(HERE), env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        log.close()
+        self.workers.append(p)
+        return p
+
+    def close(self) -> None:
+        for p in self.workers:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+        if self.server is not None:
+            self.server.kill()
+            self.server.wait(10)
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Procs]:
+    p = Procs(tmp_path)
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def wait_until_sync(pred: object, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
