@@ -16,6 +16,7 @@ from test_tasks import error_of
 
 from runq import Retry, TaskContext
 from runq.app.http import SPEC, spec_routes
+from runq.app.http.openapi import build_spec
 
 pytestmark = [pytest.mark.http, pytest.mark.trio]
 
@@ -228,6 +229,7 @@ async def test_token_required_when_configured(api: Api) -> None:
         # open: liveness, readiness and the API description
         for url in ("/healthz", "/readyz", "/openapi.json", "/docs"):
             assert (await anon.get(url)).status_code == 200, url
+        assert (await anon.get("/openapi.json")).json() == SPEC  # which says where a token is needed
         assert api.server.core.stats.enqueued == 0
     # with the token (the fixture's client sends it)
     r = await api.client.post("/api/tasks", json={"type": "x"})
@@ -247,7 +249,7 @@ def _served_routes(app: Any) -> set[tuple[str, str]]:
     for rule in app.url_map.iter_rules():
         if rule.endpoint == "static":
             continue
-        path = re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", r"{\1}", rule.rule)
+        path = re.sub(r"<(?:[^:>]+:)?([a-z_]+)>", r"{\1}", rule.rule)
         methods = {"GET"} if getattr(rule, "websocket", False) else set(rule.methods) - {"HEAD", "OPTIONS"}
         out |= {(m, path) for m in methods}
     return out
@@ -263,7 +265,9 @@ async def test_openapi_describes_exactly_the_served_routes(api: Api) -> None:
     assert len(served) >= 20
     assert served == spec_routes()
     r = await api.client.get("/openapi.json")
-    assert r.json() == SPEC
+    assert r.json() == build_spec(auth=False)  # no token: nothing in the document asks for one
+    assert "security" in SPEC and "401" in SPEC["paths"]["/api/tasks"]["post"]["responses"]
+    assert "401" not in r.json()["paths"]["/api/tasks"]["post"]["responses"]
     for path, ops in SPEC["paths"].items():
         for method, op in ops.items():
             assert op["responses"], (method, path)

@@ -29,10 +29,10 @@ from .errors import ApiError
 __all__ = [
     "MAX_ID",
     "SPEC_FIELDS",
+    "check_id",
     "dumps",
     "event_json",
     "jsonable",
-    "parse_id",
     "parse_json",
     "query_float",
     "query_int",
@@ -111,8 +111,10 @@ def spec_from_json(obj: Any, where: str = "task") -> TaskSpec:
         raise ApiError("bad_request", f"{where}: unknown field(s) {sorted(unknown)}; allowed: {list(SPEC_FIELDS)}")
     if "type" not in obj:
         raise ApiError("bad_request", f"{where}: missing field 'type'")
+    nulls = sorted(k for k, v in obj.items() if v is None and k != "data")
+    if nulls:
+        raise ApiError("bad_request", f"{where}: {nulls} must not be null (leave a field out for its default)")
     d = {k: v for k, v in obj.items() if k != "data"}
-    d["op"] = "enqueue"
     d["payload"] = encode_value(obj["data"]) if "data" in obj else _NIL
     try:
         return parse_task_spec(d)
@@ -174,16 +176,12 @@ def dumps(value: Any) -> str:
 
 
 # ---------------------------------------------------------------------- path and query
-def parse_id(text: str) -> int:
-    """A task id from the URL path.
+def check_id(n: int) -> int:
+    """A task id from the URL path (the route only matches digits).
 
     Raises:
-        ApiError: ``bad_request`` when it is not an integer, ``not_found`` when no task can have it.
+        ApiError: ``not_found`` when no task can have it.
     """
-    t = text.strip()
-    if not t.lstrip("-").isdigit() or len(t) > 30 or not t.isascii():
-        raise ApiError("bad_request", f"task id must be an integer, got {text[:40]!r}")
-    n = int(t)
     if not 1 <= n <= MAX_ID:
         raise ApiError("not_found", f"no task {n}")
     return n

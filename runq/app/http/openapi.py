@@ -8,6 +8,7 @@ no CDN, no network access needed).
 
 from __future__ import annotations
 
+import copy
 import functools
 import html
 import json
@@ -17,7 +18,7 @@ from ...protocol.errors import ERROR_CODES
 from ..server.server import VERSION
 from .encoding import MAX_ID, SPEC_FIELDS
 
-__all__ = ["SPEC", "docs_html", "spec_routes"]
+__all__ = ["SPEC", "build_spec", "docs_html", "spec_routes"]
 
 _NUM = {"type": "number"}
 _NNUM = {"type": "number", "nullable": True}
@@ -45,7 +46,8 @@ _TASK_SPEC_PROPS: dict[str, Any] = {
                  "description": "higher runs first; FIFO within one priority"},
     "delay": {"type": "number", "minimum": 0, "exclusiveMaximum": True, "maximum": 10 * 365 * 86400,
               "description": "seconds before it may run (not with run_at)"},
-    "run_at": {"type": "number", "description": "unix time before which it may not run (not with delay)"},
+    "run_at": {"type": "number", "minimum": -1e11, "maximum": 1e11, "exclusiveMinimum": True,
+               "exclusiveMaximum": True, "description": "unix time before which it may not run (not with delay)"},
     "timeout": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 7 * 86400,
                 "description": "seconds an attempt may run"},
     "retries": {"type": "integer", "minimum": 0, "maximum": 1000, "description": "retries after a failed attempt"},
@@ -75,7 +77,8 @@ _RATE_KEYS = ("enqueued", "succeeded", "failed", "dead")
 
 SCHEMAS: dict[str, Any] = {
     "Error": _obj({"error": _obj({"code": {"type": "string", "enum": sorted(ERROR_CODES)}, "message": _STR})}),
-    "TaskSpec": _obj(_TASK_SPEC_PROPS, ["type"]),
+    "TaskSpec": {**_obj(_TASK_SPEC_PROPS, ["type"]), "not": {"required": ["delay", "run_at"]},
+                 "description": "a task to enqueue; give delay or run_at, not both"},
     "Task": _obj(_TASK_PROPS),
     "Enqueued": _obj({"task_id": _INT, "created": {"type": "boolean"}, **_TASK_PROPS}),
     "Batch": _obj({"tasks": {"type": "array", "items": _ref("TaskSpec"), "minItems": 1, "maxItems": 10_000}}),
@@ -288,6 +291,20 @@ SPEC: dict[str, Any] = {
         },
     },
 }
+
+
+def build_spec(auth: bool) -> dict[str, Any]:
+    """The document as served: with ``auth`` False (no token configured) nothing asks for a token."""
+    if auth:
+        return SPEC
+    spec = copy.deepcopy(SPEC)
+    del spec["security"]
+    del spec["components"]["securitySchemes"]
+    for ops in spec["paths"].values():
+        for op in ops.values():
+            op.pop("security", None)
+            op["responses"].pop("401", None)
+    return spec
 
 
 def spec_routes() -> set[tuple[str, str]]:

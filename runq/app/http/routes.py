@@ -25,8 +25,8 @@ from ..core import State
 from ..server.session import Subscription
 from .encoding import (
     MAX_ID,
+    check_id,
     dumps,
-    parse_id,
     parse_json,
     query_float,
     query_int,
@@ -38,7 +38,7 @@ from .encoding import (
 from .errors import ApiError, error_for_exception, error_response
 from .events import KEEPALIVE, StreamHub, sse_frame, subscribed_message
 from .metrics import CONTENT_TYPE_LATEST, Meter
-from .openapi import SPEC, docs_html
+from .openapi import build_spec, docs_html
 
 if TYPE_CHECKING:
     from ..server import Server
@@ -81,6 +81,7 @@ def create_app(server: Server, meter: Meter, hub: StreamHub) -> QuartTrio:
     app.config["MAX_CONTENT_LENGTH"] = server.config.max_frame
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     token = server.config.token
+    spec = build_spec(auth=token is not None)
 
     def _authorized(headers: Any) -> bool:
         if token is None:
@@ -125,7 +126,7 @@ def create_app(server: Server, meter: Meter, hub: StreamHub) -> QuartTrio:
 
     @app.get("/openapi.json")
     async def openapi() -> Response:
-        return _json(SPEC)
+        return _json(spec)
 
     @app.get("/docs")
     async def docs() -> Response:
@@ -166,28 +167,28 @@ def create_app(server: Server, meter: Meter, hub: StreamHub) -> QuartTrio:
             limit=query_int(args, "limit", 100, 1, 1000) or 100, cursor=query_int(args, "cursor", None, 1, MAX_ID))
         return _json({"tasks": [task_json(t) for t in tasks], "cursor": cursor})
 
-    @app.get("/api/tasks/<task_id>")
-    async def get_task(task_id: str) -> Response:
-        tid = parse_id(task_id)
+    @app.get("/api/tasks/<int(signed=True):task_id>")
+    async def get_task(task_id: int) -> Response:
+        tid = check_id(task_id)
         wait = query_float(request.args, "wait", 0.0, MAX_WAIT)
         task = await (server.wait_task(tid, wait) if wait else server.get_task(tid))
         return _json(task_json(task))
 
-    @app.delete("/api/tasks/<task_id>")
-    async def cancel_task(task_id: str) -> Response:
-        tid = parse_id(task_id)
+    @app.delete("/api/tasks/<int(signed=True):task_id>")
+    async def cancel_task(task_id: int) -> Response:
+        tid = check_id(task_id)
         task = await server.cancel(tid)
         return _json({"message": f"task {tid} cancelled", "task": task_json(task)})
 
-    @app.post("/api/tasks/<task_id>/retry")
-    async def retry_task(task_id: str) -> Response:
-        tid = parse_id(task_id)
+    @app.post("/api/tasks/<int(signed=True):task_id>/retry")
+    async def retry_task(task_id: int) -> Response:
+        tid = check_id(task_id)
         task = await server.retry(tid)
         return _json({"message": f"task {tid} retried", "task": task_json(task)})
 
-    @app.get("/api/tasks/<task_id>/events")
-    async def task_events(task_id: str) -> Response:
-        tid = parse_id(task_id)
+    @app.get("/api/tasks/<int(signed=True):task_id>/events")
+    async def task_events(task_id: int) -> Response:
+        tid = check_id(task_id)
         return _json({"task_id": tid, "events": await server.task_events(tid)})
 
     # ------------------------------------------------------------------ queues, workers, stats

@@ -1,0 +1,91 @@
+"""schemathesis against the served /openapi.json: no 5xx, and no answer that breaks the schema.
+
+The server has a token, so the document asks for it and schemathesis also checks that
+requests without it are refused with 401.
+The server runs in its own thread (its own trio loop) because schemathesis calls it with
+``requests``, synchronously. The default run keeps few examples per operation (well under
+30 s in all); ``-m slow`` runs many more.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import hypothesis
+import pytest
+import schemathesis
+import trio
+
+from runq.app.core import CoreConfig
+from runq.app.server import Server, ServerConfig
+
+pytestmark = [pytest.mark.http]
+
+TOKEN = "schemathesis-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+#: Streams never end: they are tested in test_streams.py.
+STREAMS = r"^/api/(events|ws)$"
+
+
+@pytest.fixture(scope="module")
+def live_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real server on a real SQLite file, in a thread; yields its HTTP base URL."""
+    db = tmp_path_factory.mktemp("schemathesis") / "runq.db"
+    srv = Server(ServerConfig(db=str(db), port=0, http_port=0, token=TOKEN, core=CoreConfig(lease_timeout=10.0)))
+    ready = threading.Event()
+    box: dict[str, Any] = {}
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(srv.serve)
+            box["token"] = trio.lowlevel.current_trio_token()
+            ready.set()
+
+    thread = threading.Thread(target=functools.partial(trio.run, main), daemon=True)
+    thread.start()
+    assert ready.wait(20), "the server did not start"
+    yield f"http://127.0.0.1:{srv.http_port}"
+    trio.from_thread.run_sync(srv.stopping.set, trio_token=box["token"])
+    thread.join(20)
+    assert not thread.is_alive()
+
+
+@pytest.fixture(scope="module")
+def api_schema(live_url: str) -> Any:
+    return schemathesis.openapi.from_url(f"{live_url}/openapi.json")
+
+
+schema = schemathesis.pytest.from_fixture("api_schema").exclude(path_regex=STREAMS)
+
+
+def _bounded(case: Any) -> None:
+    # a long poll on a live task would wait up to 300 s: any value in the schema is fine, keep it short
+    if case.query and "wait" in case.query:
+        case.query["wait"] = 0.01
+
+
+@schema.parametrize()
+@hypothesis.settings(max_examples=12, deadline=None, suppress_health_check=list(hypothesis.HealthCheck),
+                     phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate])
+def test_api_conforms_to_its_openapi(case: Any, live_url: str) -> None:
+    _bounded(case)
+    case.call_and_validate(base_url=live_url, headers=AUTH, timeout=10)
+
+
+@pytest.mark.slow
+@schema.parametrize()
+@hypothesis.settings(max_examples=300, deadline=None, suppress_health_check=list(hypothesis.HealthCheck))
+def test_api_conforms_to_its_openapi_long(case: Any, live_url: str) -> None:
+    _bounded(case)
+    case.call_and_validate(base_url=live_url, headers=AUTH, timeout=10)
+
+
+def test_streams_are_in_the_spec_but_not_fuzzed(live_url: str) -> None:
+    import re
+
+    from runq.app.http import SPEC
+
+    assert [p for p in SPEC["paths"] if re.match(STREAMS, p)] == ["/api/events", "/api/ws"]
