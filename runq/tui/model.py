@@ -335,10 +335,11 @@ class DashboardState:
 class Phase:
     """The time between two events of a task's timeline."""
 
-    name: str  # waiting, running, backoff, delayed, done
+    name: str  # waiting, running, backoff, delayed
     start: float
     end: float
     worker: str | None
+    index: int  # the event that starts it
 
 
 def phases(events: Sequence[Mapping[str, Any]], now: float) -> list[Phase]:
@@ -360,9 +361,7 @@ def phases(events: Sequence[Mapping[str, Any]], now: float) -> list[Phase]:
             name = "running"
         elif state == "scheduled":
             name = "backoff" if ev.get("kind") == "retry_scheduled" else "delayed"
-        elif state == "failed":
-            name = "failing"
-        else:
+        else:  # failed is passed through within one step; final states end the timeline
             continue
-        out.append(Phase(name, start, end, ev.get("worker") if state == "running" else None))
+        out.append(Phase(name, start, end, ev.get("worker") if state == "running" else None, i))
     return out

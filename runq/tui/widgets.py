@@ -41,7 +41,7 @@ OUTCOME_STYLE: dict[str | None, str] = {
 _OUTCOME_RANK: dict[str | None, int] = {
     "succeeded": 0, "cancelled": 1, "released": 2, None: 3, "recovered": 4, "lost": 5, "lost_dead": 5, "failed": 6,
 }
-PHASE_STYLE = {"waiting": "blue", "running": "green", "backoff": "magenta", "delayed": "cyan", "failing": "red"}
+PHASE_STYLE = {"waiting": "blue", "running": "green", "backoff": "magenta", "delayed": "cyan"}
 STATE_STYLE = {"ready": "blue", "scheduled": "cyan", "running": "yellow", "succeeded": "green", "dead": "red",
                "cancelled": "bright_black", "failed": "red"}
 
@@ -85,8 +85,9 @@ def fmt_time(at: float | None, millis: bool = True) -> str:
     """Local time of day of a unix time (``-`` for none)."""
     if at is None:
         return "-"
-    s = time.strftime("%H:%M:%S", time.localtime(at))
-    return f"{s}.{int(at % 1 * 1000):03d}" if millis else s
+    ms = round(at * 1000)
+    s = time.strftime("%H:%M:%S", time.localtime(ms // 1000))
+    return f"{s}.{ms % 1000:03d}" if millis else s
 
 
 def render_lanes(lanes: Mapping[str, Sequence[Bar]], start: float, end: float, width: int,

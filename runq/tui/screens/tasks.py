@@ -306,9 +306,7 @@ class TaskDetailScreen(DashboardScreen):
         prev: dict[str, Any] | None = None
         for i, ev in enumerate(self.events):
             gap = "" if prev is None else "+" + fmt_duration(float(ev["at"]) - float(prev["at"]))
-            before = ""
-            if prev is not None:
-                before = next((p.name for p in ph if p.start == float(prev["at"])), "")
+            before = next((p.name for p in ph if p.index == i - 1), "")
             rows.append((str(i), [
                 fmt_time(ev["at"]), gap, Text(before, style=PHASE_STYLE.get(before, "")), ev["kind"],
                 Text(ev["state"], style=STATE_STYLE.get(ev["state"], "")), ev["attempt"], ev.get("worker") or "",
