@@ -15,6 +15,7 @@ from typing import Any
 __all__ = ["main", "build_parser"]
 
 DEFAULT_SERVER = "127.0.0.1:7700"
+DEFAULT_HTTP_PORT = 7701
 
 
 def _server_arg(p: argparse.ArgumentParser) -> None:
@@ -32,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", default=os.environ.get("RUNQ_DB", "runq.db"), help="SQLite file (default %(default)s)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
     p.add_argument("--port", type=int, default=7700, help="TCP port (default %(default)s; 0 picks one)")
+    p.add_argument("--http-port", type=int, default=None,
+                   help="HTTP API port (default 7701 or RUNQ_HTTP_PORT; a free one when --port is 0; 0 disables it)")
     p.add_argument("--token", default=None, help="shared secret; required to listen beyond loopback (or RUNQ_TOKEN)")
     p.add_argument("--synchronous", choices=["NORMAL", "FULL"], default="NORMAL",
                    help="NORMAL survives a process crash, FULL survives power loss (default %(default)s)")
@@ -96,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--tasks", type=int, default=40, help="how many word_count/calculate_statistics tasks")
     p.add_argument("--keep", action="store_true", help="keep running after the demo tasks finished (Ctrl-C stops)")
+    p.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT,
+                   help="HTTP API port of the demo server (default %(default)s, a free one if taken; 0 disables)")
     p.add_argument("--no-tui", action="store_true",
                    help="print the events instead of opening the dashboard (the default when stdout is not a terminal)")
 
@@ -130,7 +135,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .app.core import CoreConfig
     from .app.server import Server, ServerConfig
 
-    cfg = ServerConfig(db=args.db, host=args.host, port=args.port,
+    cfg = ServerConfig(db=args.db, host=args.host, port=args.port, http_port=_http_port(args),
                        token=args.token or os.environ.get("RUNQ_TOKEN"), synchronous=args.synchronous,
                        retention=args.retention, core=CoreConfig(lease_timeout=args.lease_timeout))
     server = Server(cfg)
@@ -144,7 +149,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     with open(tmp, "w") as f:
                         f.write(str(port))
                     os.replace(tmp, args.port_file)
-                print(f"runq serving on {cfg.host}:{port} (database {cfg.db})", file=sys.stderr, flush=True)
+                http = f", HTTP API on {_http_url(cfg.host, server.http_port)}" if server.http_port is not None else ""
+                print(f"runq serving on {cfg.host}:{port}{http} (database {cfg.db})", file=sys.stderr, flush=True)
                 async for sig in sigs:
                     logging.getLogger("runq.server").info("signal %d: stopping", sig)
                     server.stopping.set()
@@ -152,6 +158,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     trio.run(run)
     return 0
+
+
+def _http_port(args: argparse.Namespace) -> int | None:
+    """The HTTP port to ask the server for (``ServerConfig.http_port``: 0 picks a free one, None is off)."""
+    if args.http_port is not None:
+        port = int(args.http_port)
+    elif os.environ.get("RUNQ_HTTP_PORT"):
+        port = int(os.environ["RUNQ_HTTP_PORT"])
+    elif args.port == 0:
+        return 0  # a throwaway TCP port (tests, benchmarks, the demo): a throwaway HTTP port too, no clash
+    else:
+        port = DEFAULT_HTTP_PORT
+    return port or None
+
+
+def _http_url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 # ---------------------------------------------------------------------- worker
@@ -307,8 +330,28 @@ def cmd_drain(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
+    if args.http_port:
+        port = args.http_port if _port_free(args.http_port) else _port_free(0)
+        os.environ["RUNQ_HTTP_PORT"] = str(port)  # read by the demo's `runq serve`
+        print(f"runq demo: HTTP API on http://127.0.0.1:{port}/api/stats, docs on http://127.0.0.1:{port}/docs",
+              flush=True)
+    else:
+        os.environ["RUNQ_HTTP_PORT"] = "0"
+
     tui = not args.no_tui and sys.stdout.isatty() and sys.stdin.isatty()
     return run_demo(db=args.db, port=args.port, workers=args.workers, tasks=args.tasks, keep=args.keep, tui=tui)
+
+
+def _port_free(port: int) -> int:
+    """Bind 127.0.0.1:``port`` for a moment; return the port bound (0 when ``port`` is taken)."""
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return 0
+        return int(s.getsockname()[1])
 
 
 def cmd_tui(args: argparse.Namespace) -> int:

@@ -10,18 +10,11 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from http_helpers import TOKEN, Api, make_worker
+from http_helpers import IGNORE_HTTPX_STREAM_GENERATORS, TOKEN, Api, make_worker
 from httpx_ws import WebSocketUpgradeError, aconnect_ws
 from test_tasks import error_of
 
-pytestmark = [
-    pytest.mark.http, pytest.mark.trio,
-    # Leaving an httpx stream before its end leaves httpcore's inner body generators suspended; trio's
-    # async-generator finalizer then warns about them (an httpx/httpcore matter, not runq's).
-    # (runq's own generators, create_app's SSE body and EventStream.messages, are still checked)
-    pytest.mark.filterwarnings("ignore:Exception ignored in. <async_generator object (?!create_app|EventStream):"
-                               "pytest.PytestUnraisableExceptionWarning"),
-]
+pytestmark = [pytest.mark.http, pytest.mark.trio, IGNORE_HTTPX_STREAM_GENERATORS]
 
 
 class Sse:

@@ -61,7 +61,6 @@ async def serve_http(server: Server, *, task_status: trio.TaskStatus[int] = trio
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(functools.partial(serve, app, config, shutdown_trigger=stopping))
             bound = int(binds[0].rsplit(":", 1)[1])
-            log.info("HTTP API on http://%s:%d", server.config.host, bound)
             nursery.start_soon(_sampler, meter, server.stopping)
             task_status.started(bound)
             # Hypercorn returns once the server stops and its connections are done (GRACEFUL_TIMEOUT at most)
