@@ -216,6 +216,7 @@ class DashboardState:
         self.lease_timeout = 10.0
         self.version = 0  # bumped on every change
         self.events_seen = 0
+        self.last_event_at = 0.0  # local time the latest live event was applied
         self.dropped = 0
         self.totals_from_server = False  # queue maps carry succeeded/failed/dead totals
         self.watched: dict[int, int] = {}  # task id -> version of its last live event
@@ -240,6 +241,7 @@ class DashboardState:
             self.version += 1
             return
         self.events_seen += 1
+        self.last_event_at = arrived
         name = ev.get("queue")
         tid = ev.get("id")
         if isinstance(name, str):
