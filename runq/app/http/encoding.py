@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 from typing import Any
 
 import msgpack
@@ -48,14 +49,25 @@ _MIN_INT = -(2**63)
 SPEC_FIELDS = ("type", "data", "queue", "priority", "delay", "run_at", "timeout", "retries", "key")
 _SPEC_FIELD_SET = frozenset(SPEC_FIELDS)
 _NIL = b"\xc0"
+_INT_RE = re.compile(r"-?(0|[1-9][0-9]*)\Z")
+_NUMBER_RE = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?\Z")
+#: A filter of queue or type names: 1 to 200 characters each, comma-separated (OpenAPI ``pattern``).
+NAMES_PATTERN = "^[^,]{1,200}(,[^,]{1,200})*$"
+#: A filter of task ids, comma-separated.
+IDS_PATTERN = "^[1-9][0-9]{0,17}(,[1-9][0-9]{0,17})*$"
+NAMES_RE = re.compile(NAMES_PATTERN.replace("$", "\\Z"))
+IDS_RE = re.compile(IDS_PATTERN.replace("$", "\\Z"))
 
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def parse_json(body: bytes | str) -> Any:
+def parse_json(body: bytes | str, ints: bool = True) -> Any:
     """Parse a request body as strict JSON and check its numbers and strings.
+
+    Args:
+        ints: refuse integers beyond 64 bits anywhere (False: the caller checks them, see ``spec_from_json``).
 
     Raises:
         ApiError: ``bad_request`` naming what is wrong.
@@ -64,11 +76,11 @@ def parse_json(body: bytes | str) -> Any:
         value = json.loads(body, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ApiError("bad_request", f"the body is not valid JSON: {str(exc)[:200]}") from None
-    _check(value)
+    _check(value, ints)
     return value
 
 
-def _check(value: Any) -> None:
+def _check(value: Any, ints: bool = True) -> None:
     stack = [value]
     while stack:
         v = stack.pop()
@@ -77,7 +89,7 @@ def _check(value: Any) -> None:
         elif isinstance(v, bool) or v is None:
             continue
         elif isinstance(v, int):
-            if not _MIN_INT <= v <= MAX_ID:
+            if ints and not _MIN_INT <= v <= MAX_ID:
                 raise ApiError("bad_request", "integers must fit in 64 bits")
         elif isinstance(v, float):
             if not math.isfinite(v):
@@ -115,12 +127,37 @@ def spec_from_json(obj: Any, where: str = "task") -> TaskSpec:
     if nulls:
         raise ApiError("bad_request", f"{where}: {nulls} must not be null (leave a field out for its default)")
     d = {k: v for k, v in obj.items() if k != "data"}
-    d["payload"] = encode_value(obj["data"]) if "data" in obj else _NIL
+    for v in d.values():
+        _check(v)
+    d["payload"] = _encode_data(obj["data"], where) if "data" in obj else _NIL
     try:
         return parse_task_spec(d)
     except ProtocolError as exc:  # the TCP wording names the message ("enqueue: ..."): name the task instead
         text = str(exc).removeprefix("enqueue: ").removeprefix("task: ")
         raise ApiError("bad_request", f"{where}: {text}") from exc
+
+
+def _encode_data(data: Any, where: str) -> bytes:
+    """msgpack of a task's ``data``; integers beyond 64 bits become floats (as JavaScript reads JSON)."""
+    try:
+        return encode_value(data)
+    except (OverflowError, TypeError):  # msgpack: an int beyond 64 bits
+        try:
+            return encode_value(_floats(data))
+        except (OverflowError, TypeError):
+            raise ApiError("bad_request", f"{where}: a number in 'data' is too large") from None
+
+
+def _floats(v: Any) -> Any:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, int) and not _MIN_INT <= v <= 2**64 - 1:
+        return float(v)
+    if isinstance(v, list):
+        return [_floats(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _floats(x) for k, x in v.items()}
+    return v
 
 
 def jsonable(value: Any) -> Any:
@@ -188,10 +225,12 @@ def check_id(n: int) -> int:
 
 
 def query_str(args: Any, name: str, max_len: int = 200) -> str | None:
-    """A string query parameter (``None`` when absent or empty)."""
+    """A string query parameter (``None`` when absent; an empty one is refused)."""
     v = args.get(name)
-    if v is None or v == "":
+    if v is None:
         return None
+    if v == "":
+        raise ApiError("bad_request", f"query parameter {name!r} must not be empty")
     if len(v) > max_len:
         raise ApiError("bad_request", f"query parameter {name!r} is longer than {max_len} characters")
     _check_str(v)
@@ -199,40 +238,39 @@ def query_str(args: Any, name: str, max_len: int = 200) -> str | None:
 
 
 def query_int(args: Any, name: str, default: int | None, lo: int, hi: int) -> int | None:
-    """An integer query parameter within ``lo..hi``."""
+    """An integer query parameter within ``lo..hi`` (JSON's integer syntax)."""
     v = query_str(args, name, 30)
     if v is None:
         return default
-    try:
-        n = int(v)
-    except ValueError:
-        raise ApiError("bad_request", f"query parameter {name!r} must be an integer") from None
+    if not _INT_RE.match(v):
+        raise ApiError("bad_request", f"query parameter {name!r} must be an integer")
+    n = int(v)
     if not lo <= n <= hi:
         raise ApiError("bad_request", f"query parameter {name!r} must be between {lo} and {hi}")
     return n
 
 
 def query_float(args: Any, name: str, lo: float, hi: float) -> float | None:
-    """A number query parameter within ``lo..hi``."""
+    """A number query parameter within ``lo..hi`` (JSON's number syntax)."""
     v = query_str(args, name, 30)
     if v is None:
         return None
-    try:
-        x = float(v)
-    except ValueError:
-        raise ApiError("bad_request", f"query parameter {name!r} must be a number") from None
+    if not _NUMBER_RE.match(v):
+        raise ApiError("bad_request", f"query parameter {name!r} must be a number")
+    x = float(v)
     if not (math.isfinite(x) and lo <= x <= hi):
         raise ApiError("bad_request", f"query parameter {name!r} must be between {lo:g} and {hi:g}")
     return x
 
 
-def query_set(args: Any, name: str) -> frozenset[str] | None:
-    """A list query parameter: repeated (``?queue=a&queue=b``) or comma-separated."""
-    values = [p for v in args.getlist(name) for p in str(v).split(",") if p]
-    if not values:
+def query_set(args: Any, name: str, pattern: re.Pattern[str] = NAMES_RE) -> frozenset[str] | None:
+    """A list query parameter: comma-separated (or repeated), each whole value matching ``pattern``."""
+    given = args.getlist(name)
+    if not given:
         return None
-    for v in values:
-        if len(v) > 200:
-            raise ApiError("bad_request", f"query parameter {name!r} has a value longer than 200 characters")
+    for v in given:
+        if not pattern.match(v):
+            raise ApiError("bad_request", f"query parameter {name!r} must be a comma-separated list "
+                                          f"(matching {pattern.pattern})")
         _check_str(v)
-    return frozenset(values)
+    return frozenset(p for v in given for p in v.split(","))

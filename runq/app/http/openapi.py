@@ -16,7 +16,7 @@ from typing import Any
 
 from ...protocol.errors import ERROR_CODES
 from ..server.server import VERSION
-from .encoding import MAX_ID, SPEC_FIELDS
+from .encoding import IDS_PATTERN, MAX_ID, NAMES_PATTERN, SPEC_FIELDS
 
 __all__ = ["SPEC", "build_spec", "docs_html", "spec_routes"]
 
@@ -168,9 +168,9 @@ def _query(name: str, schema: dict[str, Any], text: str) -> dict[str, Any]:
 
 
 _FILTERS = [
-    _query("queue", {"type": "string"}, "only these queues (repeat or comma-separate)"),
-    _query("type", {"type": "string"}, "only these task types (repeat or comma-separate)"),
-    _query("id", {"type": "string"}, "only these task ids (repeat or comma-separate)"),
+    _query("queue", {"type": "string", "pattern": NAMES_PATTERN}, "only these queues (comma-separated)"),
+    _query("type", {"type": "string", "pattern": NAMES_PATTERN}, "only these task types (comma-separated)"),
+    _query("id", {"type": "string", "pattern": IDS_PATTERN}, "only these task ids (comma-separated)"),
 ]
 _TEXT = {"text/plain": {"schema": {"type": "string"}}}
 
@@ -199,8 +199,8 @@ SPEC: dict[str, Any] = {
                         description="Answers once the task is committed to the database."),
             "get": _op("List tasks, newest first", {200: ("a page of tasks", _ref("TaskPage"))}, (400,), params=[
                 _query("status", {"type": "string", "enum": _STATES}, "only tasks in this state"),
-                _query("queue", {"type": "string", "maxLength": 200}, "only this queue"),
-                _query("type", {"type": "string", "maxLength": 200}, "only this task type"),
+                _query("queue", {"type": "string", "minLength": 1, "maxLength": 200}, "only this queue"),
+                _query("type", {"type": "string", "minLength": 1, "maxLength": 200}, "only this task type"),
                 _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}, "page size"),
                 _query("cursor", {"type": "integer", "minimum": 1, "maximum": MAX_ID},
                        "the cursor of the previous page"),

@@ -24,6 +24,7 @@ from quart_trio import QuartTrio
 from ..core import State
 from ..server.session import Subscription
 from .encoding import (
+    IDS_RE,
     MAX_ID,
     check_id,
     dumps,
@@ -50,6 +51,21 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs"})
 MAX_BATCH = 10_000
 MAX_WAIT = 300.0
 _STATES = frozenset(s.value for s in State)
+#: Query parameters each endpoint accepts; any other is refused (as unknown body fields are).
+QUERY_PARAMS: dict[str, frozenset[str]] = {
+    "list_tasks": frozenset({"status", "queue", "type", "limit", "cursor"}),
+    "get_task": frozenset({"wait"}),
+    "events": frozenset({"queue", "type", "id"}),
+    "ws": frozenset({"queue", "type", "id"}),
+}
+
+
+def _check_query(endpoint: str | None, args: Any) -> None:
+    if endpoint is None:
+        return  # no route matched: routing answers 404 or 405
+    unknown = set(args) - QUERY_PARAMS.get(endpoint, frozenset())
+    if unknown:
+        raise ApiError("bad_request", f"unknown query parameter(s) {sorted(unknown)[:10]}")
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -63,16 +79,9 @@ def _queue_name(name: str) -> str:
 
 
 def _subscription(args: Any) -> Subscription:
-    ids = query_set(args, "id")
-    int_ids: frozenset[int] | None = None
-    if ids is not None:
-        try:
-            int_ids = frozenset(int(i) for i in ids)
-        except ValueError:
-            raise ApiError("bad_request", "query parameter 'id' must be task ids (integers)") from None
-        if any(not 1 <= i <= MAX_ID for i in int_ids):
-            raise ApiError("bad_request", f"query parameter 'id' must be between 1 and {MAX_ID}")
-    return Subscription(queues=query_set(args, "queue"), types=query_set(args, "type"), ids=int_ids)
+    ids = query_set(args, "id", IDS_RE)
+    return Subscription(queues=query_set(args, "queue"), types=query_set(args, "type"),
+                        ids=frozenset(int(i) for i in ids) if ids is not None else None)
 
 
 def create_app(server: Server, meter: Meter, hub: StreamHub) -> QuartTrio:
@@ -92,12 +101,14 @@ def create_app(server: Server, meter: Meter, hub: StreamHub) -> QuartTrio:
     @app.before_request
     async def check_token() -> Response | None:
         if request.path in OPEN_PATHS or _authorized(request.headers):
+            _check_query(request.endpoint, request.args)
             return None
         return error_response("unauthorized", "missing or wrong token (send 'Authorization: Bearer <token>')")
 
     @app.before_websocket
     async def check_ws_token() -> Response | None:
         if _authorized(websocket.headers):
+            _check_query(websocket.endpoint, websocket.args)
             return None
         return error_response("unauthorized", "missing or wrong token (send 'Authorization: Bearer <token>')")
 
@@ -135,7 +146,7 @@ def create_app(server: Server, meter: Meter, hub: StreamHub) -> QuartTrio:
     # ------------------------------------------------------------------ tasks
     @app.post("/api/tasks")
     async def enqueue() -> Response:
-        spec = spec_from_json(parse_json(await request.get_data()))
+        spec = spec_from_json(parse_json(await request.get_data(), ints=False))
         if server.stopping.is_set():
             raise ApiError("shutting_down", "the server is stopping")
         [(tid, created)] = await server.enqueue([spec])
@@ -144,7 +155,7 @@ def create_app(server: Server, meter: Meter, hub: StreamHub) -> QuartTrio:
 
     @app.post("/api/tasks/batch")
     async def enqueue_batch() -> Response:
-        body = parse_json(await request.get_data())
+        body = parse_json(await request.get_data(), ints=False)
         if not isinstance(body, dict) or set(body) != {"tasks"} or not isinstance(body["tasks"], list):
             raise ApiError("bad_request", 'the body must be {"tasks": [task, ...]}')
         items = body["tasks"]
