@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tui", help="the terminal dashboard: follow a server live, or open a database file offline")
     _server_arg(p)
-    p.add_argument("--http", default=None, help="base URL of the server's HTTP API (accepted; see docs/tui.md)")
+    p.add_argument("--http", default=None, help="base URL of the server's HTTP API, e.g. http://127.0.0.1:7701: "
+                   "per-queue totals since the server started are read from it (see docs/tui.md)")
     p.add_argument("--db", default=None, help="open this database file read-only instead (offline mode, no server)")
     return parser
 

@@ -208,6 +208,7 @@ class DashboardState:
         self.connected = offline
         self.status = ""  # why we are disconnected, or what the offline file is
         self.server = ""
+        self.note = ""  # a problem worth a line on the Queues screen (e.g. the HTTP API not answering)
         self.queues: dict[str, QueueRow] = {}
         self.workers: dict[str, WorkerRow] = {}
         self.stats: dict[str, Any] = {}

@@ -7,9 +7,9 @@ The dashboard runs on asyncio: tests are marked ``@pytest.mark.anyio`` (backend 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,8 +43,9 @@ class Procs:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start_server(self, port: int = 0) -> None:
-        self.server, self.port = start_server(self.db, port)
+    def start_server(self, port: int = 0, http_port: int = 0) -> None:
+        """Start ``runq serve`` (TCP ``port``, 0: a free one; HTTP API on ``http_port``, 0: off)."""
+        self.server, self.port = start_server(self.db, port, ["--http-port", str(http_port)])
 
     def stop_server(self) -> None:
         if self.server is not None:
@@ -79,8 +80,7 @@ def procs(tmp_path: Path) -> Iterator[Procs]:
         p.close()
 
 
-def wait_until_sync(pred: object, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -7,7 +7,7 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import Procs
+from conftest import Procs, free_port
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Static
 
@@ -23,10 +23,12 @@ SIZE = (180, 50)
 
 async def until(pilot: Pilot[Any], pred: Callable[[], object], timeout: float = 15.0, what: str = "") -> None:
     """Let the app run until ``pred()`` holds; fail after ``timeout`` seconds."""
-    with anyio.fail_after(timeout):
-        while not pred():
-            await pilot.pause(0.05)
-    assert pred(), what
+    try:
+        with anyio.fail_after(timeout):
+            while not pred():
+                await pilot.pause(0.05)
+    except TimeoutError:
+        raise AssertionError(f"not reached in {timeout}s: {what}") from None
 
 
 def table_rows(app: RunqDashboard, wid: str) -> list[list[str]]:
@@ -61,7 +63,7 @@ async def test_every_screen_and_action(procs: Procs) -> None:
                 await until(pilot, lambda: source.state.connected)
                 await until(pilot, lambda: banner(app) == "")
                 await client.enqueue_many([{"type": "noop", "payload": i} for i in range(20)])
-                await client.enqueue("noop", "x", queue="other")  # BOOMTMP
+                await client.enqueue("boom", "x", queue="other")
                 await until(pilot, lambda: any(r[0] == "default" and r[5] == "20" for r in table_rows(app, "#queues")),
                             what="20 succeeded on default")
                 rows = {r[0]: r for r in table_rows(app, "#queues")}
@@ -145,9 +147,8 @@ async def test_every_screen_and_action(procs: Procs) -> None:
                 boom_id = table_rows(app, "#tasks")[0][0]
                 await select_row(pilot, "#tasks", boom_id)
                 await pilot.press("r")
-                await until(pilot, lambda: (table_rows(app, "#tasks") or [["", ""]])[0][1] != "dead"
-                            or table_rows(app, "#tasks")[0][1] == "dead" and source.state.queues["other"].dead >= 2,
-                            what="boom retried")
+                await until(pilot, lambda: source.state.queues["other"].dead == 2, what="boom retried, dead again")
+                assert any(f"task {boom_id} retried" in str(n.message) for n in app._notifications)
                 assert any(e["kind"] == "retried" for e in await client.events(int(boom_id)))
 
                 # enqueue from the form
@@ -226,3 +227,30 @@ async def test_disconnected_banner_then_reconnect(procs: Procs) -> None:
             async with Client(procs.address) as client:
                 tid = await client.enqueue("noop", None)
             await until(pilot, lambda: [r[0] for r in table_rows(app, "#tasks")][:1] == [str(tid)])
+
+
+async def test_totals_from_the_http_api(procs: Procs) -> None:
+    """With --http, succeeded counts are the server's totals, tasks run before the dashboard came included."""
+    http_port = free_port()
+    procs.start_server(http_port=http_port)
+    procs.start_worker()
+    with anyio.fail_after(40):
+        async with Client(procs.address) as client:
+            for tid in await client.enqueue_many([{"type": "noop"} for _ in range(5)]):
+                await client.wait(tid, 10)
+            app = RunqDashboard(LiveSource(procs.address, http=f"http://127.0.0.1:{http_port}"))
+            async with app.run_test(size=SIZE) as pilot:
+                await until(pilot, lambda: any(r[0] == "default" and r[5] == "5" for r in table_rows(app, "#queues")))
+                assert app.source.state.totals_from_server
+                assert "since the server started" in str(app.screen.query_one("#summary", Static).content)
+                await client.enqueue("noop", None)
+                await until(pilot, lambda: any(r[0] == "default" and r[5] == "6" for r in table_rows(app, "#queues")))
+
+        wrong = LiveSource(procs.address, http=f"http://127.0.0.1:{free_port()}")
+        await wrong.start()
+        try:
+            while not wrong.state.connected:
+                await anyio.sleep(0.05)
+            assert "not read" in wrong.state.note and not wrong.state.totals_from_server
+        finally:
+            await wrong.close()

@@ -66,7 +66,7 @@ class QueuesScreen(DashboardScreen):
         if st.offline:
             counts = "succeeded/dead: tasks in the file; failed: failed attempts in the file"
         elif st.totals_from_server:
-            counts = "succeeded/failed/dead: totals since the server started"
+            counts = "succeeded/failed/dead: totals since the server started (HTTP API)"
         else:
             counts = "succeeded/failed/dead: counted from live events since the dashboard connected"
         s = st.stats
@@ -74,7 +74,7 @@ class QueuesScreen(DashboardScreen):
         dropped = f", {st.dropped} events dropped by the server" if st.dropped else ""
         self.query_one("#summary", Static).update(
             f"{server}; {st.events_seen} live events{dropped}. Rates: per second over {RATE_SECONDS}s; "
-            f"sparklines: last {SPARK_SECONDS // 60} minutes. {counts}.")
+            f"sparklines: last {SPARK_SECONDS // 60} minutes. {counts}." + (f"\n{st.note}" if st.note else ""))
 
     def selected_queue(self) -> str | None:
         table = self.query_one("#queues", DataTable)
