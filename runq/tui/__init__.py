@@ -38,6 +38,7 @@ def run_tui(*, server: str | None = None, token: str | None = None, http: str | 
     """
     source: Source
     if db is not None:
+        OfflineSource.check(db)
         source = OfflineSource(db)
     else:
         source = LiveSource(server or "127.0.0.1:7700", token=token, http=http)

@@ -40,6 +40,11 @@ _TASK_SQL = ", ".join(TASK_COLUMNS)
 _EVENT_SQL = ", ".join(EVENT_COLUMNS)
 
 
+def _uri(path: str) -> str:
+    """A read-only SQLite URI for ``path``."""
+    return f"file:{quote(os.path.abspath(path))}?mode=ro"
+
+
 class OfflineError(RunqError):
     """The file is not a runq database (or cannot be opened)."""
 
@@ -64,10 +69,25 @@ class OfflineSource(Source):
         self._task: asyncio.Task[None] | None = None
         self.loaded = asyncio.Event()
 
+    @staticmethod
+    def check(path: str) -> None:
+        """Fail early, before the screen opens, when ``path`` is not a runq database.
+
+        Raises:
+            OfflineError: no such file, or not a runq database.
+        """
+        if not os.path.isfile(path):
+            raise OfflineError(f"no such database file: {path}")
+        try:
+            with contextlib.closing(sqlite3.connect(_uri(path), uri=True)) as conn:
+                conn.execute("SELECT id, queue, state FROM tasks LIMIT 1").fetchall()
+        except sqlite3.Error as exc:
+            raise OfflineError(f"{path} is not a runq database: {exc}") from exc
+
     async def start(self) -> None:
-        if not os.path.exists(self.path):
+        if not os.path.isfile(self.path):
             raise OfflineError(f"no such database file: {self.path}")
-        uri = f"file:{quote(os.path.abspath(self.path))}?mode=ro"
+        uri = _uri(self.path)
         try:
             self.conn = await aiosqlite.connect(uri, uri=True)
             await self.conn.execute("SELECT 1 FROM tasks LIMIT 1")
