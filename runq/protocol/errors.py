@@ -106,7 +106,8 @@ ERROR_CODES: dict[str, str] = {
     "bad_request": "a well-formed request with an invalid value",
     "store_error": "the database could not commit (disk full, locked, ...)",
     "shutting_down": "the server is stopping",
-    "internal": "a bug in the server: reported, the connection stays usable",
+    "lease_expired": "(to a worker) it was silent for lease_timeout: its leases are gone",
+    "internal": "a bug in the server met while handling this connection's input: logged, that connection closed",
 }
 
 _CLASSES: dict[str, type[RemoteError]] = {

@@ -36,6 +36,7 @@ __all__ = [
     "parse_task_spec",
     "require",
     "optional",
+    "is_int",
     "choose_version",
 ]
 
@@ -56,6 +57,8 @@ WORKER_OPS = frozenset({"credit", "heartbeat", "progress", "done", "fail", "rele
 WATCHER_OPS = frozenset({"get", "wait", "events", "list", "queues", "workers", "subscribe", "ping", "stats"})
 
 _MISSING = object()
+#: Integers on the wire must fit in a signed 64-bit integer (docs/protocol.md section 0).
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def require(msg: dict[str, Any], field: str, kind: type | tuple[type, ...]) -> Any:
@@ -64,7 +67,7 @@ def require(msg: dict[str, Any], field: str, kind: type | tuple[type, ...]) -> A
     if value is _MISSING:
         raise ProtocolError(f"{msg.get('op')}: missing field {field!r}")
     if not _is(value, kind):
-        raise ProtocolError(f"{msg.get('op')}: field {field!r} must be {_name(kind)}, got {type(value).__name__}")
+        raise ProtocolError(f"{msg.get('op')}: field {field!r} must be {_name(kind)}, got {_got(value)}")
     return value
 
 
@@ -74,15 +77,28 @@ def optional(msg: dict[str, Any], field: str, kind: type | tuple[type, ...], def
     if value is None:
         return default
     if not _is(value, kind):
-        raise ProtocolError(f"{msg.get('op')}: field {field!r} must be {_name(kind)}, got {type(value).__name__}")
+        raise ProtocolError(f"{msg.get('op')}: field {field!r} must be {_name(kind)}, got {_got(value)}")
     return value
+
+
+def _got(value: Any) -> str:
+    if type(value) is int and not _INT64_MIN <= value <= _INT64_MAX:
+        return "an int beyond 64 bits"
+    return type(value).__name__
 
 
 def _is(value: Any, kind: type | tuple[type, ...]) -> bool:
     kinds = _tuple(kind)
     if isinstance(value, bool) and bool not in kinds:
         return False
+    if type(value) is int and not _INT64_MIN <= value <= _INT64_MAX:
+        return False  # section 0: integers must fit in 64 bits (SQLite could not store a larger one)
     return isinstance(value, kinds)
+
+
+def is_int(value: Any) -> bool:
+    """True for an int that fits in a signed 64-bit integer; never for a bool."""
+    return type(value) is int and _INT64_MIN <= value <= _INT64_MAX
 
 
 def _tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
@@ -128,7 +144,7 @@ def parse_hello(msg: dict[str, Any]) -> Hello:
     versions = msg.get("versions")
     if versions is None:
         versions = [require(msg, "version", int)]
-    if not isinstance(versions, list) or not all(isinstance(v, int) for v in versions):
+    if not isinstance(versions, list) or not all(is_int(v) for v in versions):
         raise ProtocolError("hello: 'versions' must be a list of int")
     version = choose_version(versions)
     if version is None:

@@ -16,8 +16,13 @@ payload, and optionally a second argument, the ``TaskContext``. Raising
 fails the attempt with its traceback.
 
 Stopping (SIGINT/SIGTERM, ``stop()`` or a ``drain`` from the server): take no
-more tasks, hand back the ones not started, let running ones finish within
-``grace`` seconds, then cancel and hand back the rest.
+more tasks, hand back the ones not started (a ``release``, sent even when there
+is nothing to hand back: it tells the server to lease this worker nothing more),
+let running ones finish within ``grace`` seconds, then cancel and hand back the
+rest.
+
+Every result names the task's ``lease`` (the number of that dispatch), not its
+attempt: the server accepts a result only for the lease it holds now.
 """
 
 from __future__ import annotations
@@ -73,13 +78,15 @@ class Handler:
 class TaskContext:
     """What a handler may know and do about the task it runs."""
 
-    __slots__ = ("id", "type", "queue", "attempt", "max_retries", "timeout", "priority", "_worker", "_thread")
+    __slots__ = ("id", "type", "queue", "attempt", "lease", "max_retries", "timeout", "priority", "_worker",
+                 "_thread")
 
     def __init__(self, worker: Worker, task: dict[str, Any]) -> None:
         self.id: int = task["id"]
         self.type: str = task["type"]
         self.queue: str = task.get("queue", "default")
         self.attempt: int = task["attempt"]
+        self.lease: int = task["lease"]
         self.max_retries: int = task.get("max_retries", 0)
         self.timeout: float = task.get("timeout") or math.inf
         self.priority: int = task.get("priority", 0)
@@ -88,7 +95,7 @@ class TaskContext:
 
     def progress(self, value: Any) -> None:
         """Report progress (any msgpack value: a fraction, a dict...). Safe from a thread."""
-        self._worker._queue_msg({"op": "progress", "id": self.id, "attempt": self.attempt,
+        self._worker._queue_msg({"op": "progress", "id": self.id, "lease": self.lease,
                                  "value": encode_value(value)}, self._thread)
 
 
@@ -285,8 +292,9 @@ class Worker:
         if lost.is_set():
             runners.cancel_scope.cancel()
             return
-        # graceful: hand back what has not started, give running tasks `grace` seconds
-        self._release(list(self._buffered))
+        # graceful: hand back what has not started (an empty release still tells the server to
+        # send nothing more), give running tasks `grace` seconds
+        self._release(list(self._buffered), always=True)
         with anyio.move_on_after(self.grace):
             while self._running:
                 await anyio.sleep(0.01)
@@ -296,8 +304,8 @@ class Worker:
             self._release(list(self._running), cancel=True)
         runners.cancel_scope.cancel()
 
-    def _release(self, ids: list[int], cancel: bool = False) -> None:
-        if not ids:
+    def _release(self, ids: list[int], cancel: bool = False, always: bool = False) -> None:
+        if not ids and not always:
             return
         for tid in ids:
             self._buffered.pop(tid, None)
@@ -370,10 +378,12 @@ class Worker:
                     elif op == "cancel":
                         tid = msg.get("id")
                         sc = self._scopes.get(tid) if isinstance(tid, int) else None
-                        if sc is not None and sc[0] == msg.get("attempt", sc[0]):
+                        if sc is not None and sc[0] == msg.get("lease", sc[0]):
                             log.info("task %s cancelled by the server", tid)
                             sc[1].cancel()
-                        self._buffered.pop(tid, None)  # type: ignore[arg-type]
+                        buffered = self._buffered.get(tid)  # type: ignore[arg-type]
+                        if buffered is not None and buffered["lease"] == msg.get("lease", buffered["lease"]):
+                            del self._buffered[tid]  # type: ignore[arg-type]
                     elif op == "drain":
                         log.info("server asked this worker to drain")
                         self.stop()
@@ -391,9 +401,10 @@ class Worker:
 
     async def _take(self, task: dict[str, Any]) -> None:
         tid = task["id"]
-        if self._buffered.pop(tid, None) is None:
+        if self._buffered.get(tid) is not task:  # (another lease of the same task may be buffered now)
             self._give_credit()  # cancelled or handed back while buffered
             return
+        del self._buffered[tid]
         self._running.add(tid)
         try:
             await self._run_one(task)
@@ -401,17 +412,17 @@ class Worker:
             self._running.discard(tid)
 
     async def _run_one(self, task: dict[str, Any]) -> None:
-        tid, attempt = task["id"], task["attempt"]
+        tid, lease = task["id"], task["lease"]
         handler = self.handlers.get(task["type"])
         if handler is None:
-            self._report_fail(tid, attempt, f"no handler for task type {task['type']!r} on worker {self.name}",
+            self._report_fail(tid, lease, f"no handler for task type {task['type']!r} on worker {self.name}",
                               None, False, None)
             return
         timeout = task.get("timeout") or math.inf
         if handler.timeout is not None:
             timeout = min(timeout, handler.timeout)
         scope = anyio.CancelScope()
-        self._scopes[tid] = (attempt, scope)
+        self._scopes[tid] = (lease, scope)
         timed_out = False
         try:
             payload = decode_value(task["payload"])
@@ -429,19 +440,20 @@ class Worker:
             data = encode_value(result)
         except TimeoutError:
             timed_out = True
-            self._report_fail(tid, attempt, f"timeout: attempt ran longer than {timeout}s", None, True, handler)
+            self._report_fail(tid, lease, f"timeout: attempt ran longer than {timeout}s", None, True, handler)
             return
         except Retry as r:
-            self._report_fail(tid, attempt, f"Retry requested: {r}", r.delay, False, handler)
+            self._report_fail(tid, lease, f"Retry requested: {r}", r.delay, False, handler)
             return
         except Exception:
-            self._report_fail(tid, attempt, traceback.format_exc(), None, False, handler)
+            self._report_fail(tid, lease, traceback.format_exc(), None, False, handler)
             return
         finally:
-            self._scopes.pop(tid, None)
+            if self._scopes.get(tid, (None,))[0] == lease:  # (not a newer lease of the same task)
+                del self._scopes[tid]
             _ = timed_out
         self.completed += 1
-        self._results.append([tid, attempt, data])
+        self._results.append([tid, lease, data])
         self._credit += 1
         assert self._wake is not None
         self._wake.set()
@@ -451,10 +463,10 @@ class Worker:
         if self._wake is not None:
             self._wake.set()
 
-    def _report_fail(self, tid: int, attempt: int, error: str, retry_in: float | None, timed_out: bool,
+    def _report_fail(self, tid: int, lease: int, error: str, retry_in: float | None, timed_out: bool,
                      handler: Handler | None) -> None:
         self.failed += 1
-        msg: dict[str, Any] = {"op": "fail", "id": tid, "attempt": attempt, "error": error}
+        msg: dict[str, Any] = {"op": "fail", "id": tid, "lease": lease, "error": error}
         if retry_in is not None:
             msg["retry_in"] = retry_in
         if timed_out:

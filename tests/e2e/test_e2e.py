@@ -283,10 +283,6 @@ def test_sigterm_drains_a_worker_gracefully(cluster: Cluster) -> None:
 
 
 # --------------------------------------------------------------------------- 4, a task enqueued meanwhile
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a worker stopping on SIGTERM keeps the credit it granted before: the server goes on leasing it "
-    "tasks (enqueued or released meanwhile), which it hands straight back, once per unused credit: "
-    "spurious started/released pairs, and a delay for the task"))
 def test_a_stopping_worker_is_given_no_new_task(cluster: Cluster) -> None:
     cluster.start_server()
     a = cluster.start_worker("--concurrency", "2", "--grace", "5")  # credit 4, one used below

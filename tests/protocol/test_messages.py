@@ -113,11 +113,10 @@ def test_bad_hellos(msg: dict[str, Any], code: str, text: str) -> None:
     assert exc_info.value.code == code and text in str(exc_info.value)
 
 
-@pytest.mark.xfail(reason="BUG: parse_hello accepts bool in 'versions' (True == 1), though bool is not an int "
-                          "everywhere else", strict=True)
-def test_bool_in_versions_is_not_an_int() -> None:
+@pytest.mark.parametrize("versions", [[True], [1, True], [2**64 + 1]], ids=["true", "1-and-true", "beyond-64-bits"])
+def test_bool_in_versions_is_not_an_int(versions: list[Any]) -> None:
     with pytest.raises(ProtocolError) as exc_info:
-        parse_hello({"op": "hello", "versions": [True], "role": "client"})
+        parse_hello({"op": "hello", "versions": versions, "role": "client"})
     assert exc_info.value.code == "bad_message"
 
 
@@ -136,6 +135,9 @@ def test_op_sets_per_role() -> None:
 @pytest.mark.parametrize(("value", "kind", "ok"), [
     (1, int, True), (True, int, False), (False, (int, float), False), (1.5, (int, float), True),
     (1, (int, float), True), (True, bool, True), (b"x", bytes, True), ("x", bytes, False), (None, int, False),
+    # integers the server stores must fit in a signed 64-bit integer (section 0)
+    (2**63 - 1, int, True), (-(2**63), int, True), (2**63, int, False), (-(2**63) - 1, int, False),
+    (2**64 - 1, (int, float), False), (1e300, (int, float), True),
 ])
 def test_require_types(value: Any, kind: Any, ok: bool) -> None:
     msg = {"op": "x", "f": value}

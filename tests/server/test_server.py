@@ -166,7 +166,7 @@ async def test_late_result_is_refused(nursery: trio.Nursery, tmp_path: Path) -> 
             await peer.send({"op": "credit", "n": 1})
             await peer.recv()
             await c.cancel(tid)
-            assert (await peer.recv()) == {"op": "cancel", "id": tid, "attempt": 1}
+            assert (await peer.recv()) == {"op": "cancel", "id": tid, "lease": 1}
             await peer.send({"op": "done", "results": [[tid, 1, encode_value("late")]]})
             await peer.send({"op": "ping", "rid": 1})
             assert (await peer.recv())["op"] == "pong"

@@ -471,10 +471,6 @@ class StoreContract:
         assert commit(store, Batch(rows=[row(2)])) is None
         assert store.get_task(1) is None and store.get_task(2) == row(2)
 
-    @pytest.mark.xfail(reason="BUG: a value that raises a non-sqlite3 error while binding (OverflowError for an "
-                              "int >= 2**63) kills the writer thread: no on_done, every later batch hangs",
-                       strict=True)
-    @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
     def test_an_int_too_large_is_reported_and_the_writer_goes_on(self, store: Store) -> None:
         d = Done()
         store.submit(Batch(rows=[row(1, result=2**64 - 1)], on_done=d.cb("big")))

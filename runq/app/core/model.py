@@ -49,10 +49,20 @@ class CoreConfig:
 _STATES = {s.value: s for s in State}
 
 
-class Task:
-    """One task, mutable, owned by the core. ``queued`` marks a live ready-queue entry."""
+#: ``Task.queued``: no entry in a ready queue / a live entry / a stale entry still in its deque (skipped).
+NOT_QUEUED, QUEUED, STALE = 0, 1, -1
 
-    __slots__ = TASK_COLUMNS + ("queued",)
+
+class Task:
+    """One task, mutable, owned by the core.
+
+    Besides the stored columns: ``queued`` tells whether the task has an entry in its ready queue
+    (``NOT_QUEUED``, ``QUEUED`` or ``STALE``, see ``ReadyQueue``), and ``lease`` is the number of its
+    latest dispatch: it grows with every dispatch, never goes back (a release or a manual retry does not
+    undo it, unlike ``attempt``), and a result is accepted only with the current one. It is not stored.
+    """
+
+    __slots__ = TASK_COLUMNS + ("queued", "lease")
 
     id: int
     queue: str
@@ -72,7 +82,8 @@ class Task:
     started_at: float | None
     finished_at: float | None
     worker: str | None
-    queued: bool
+    queued: int
+    lease: int
 
     def __init__(
         self, id: int, queue: str, type: str, payload: bytes, priority: int = 0, state: Any = None,
@@ -99,7 +110,8 @@ class Task:
         self.started_at = started_at
         self.finished_at = finished_at
         self.worker = worker
-        self.queued = False
+        self.queued = NOT_QUEUED
+        self.lease = attempt
 
     def row(self) -> tuple[Any, ...]:
         """The task as a store row, in ``TASK_COLUMNS`` order."""
@@ -128,7 +140,8 @@ class Task:
          t.attempt, t.key, t.result, t.error, t.progress, t.created_at, t.started_at, t.finished_at,
          t.worker) = row
         t.state = _STATES[state]
-        t.queued = False
+        t.queued = NOT_QUEUED
+        t.lease = t.attempt
         return t
 
     def __repr__(self) -> str:
@@ -166,8 +179,11 @@ class WorkerInfo:
 class ReadyQueue:
     """The ready tasks of one named queue: highest priority first, FIFO within one.
 
-    Entries are removed lazily: a cancelled task stays in its deque with
-    ``queued`` cleared and is skipped when it reaches the front.
+    Entries are removed lazily: a task that leaves READY other than by ``pop``
+    (cancelled) stays in its deque marked ``STALE`` and is skipped when it reaches
+    the front. A task has at most one entry: pushing a task whose stale entry is
+    still in the deque (a retry right after a cancel) first removes that entry, so
+    the task takes its new place, not its old one.
     """
 
     __slots__ = ("name", "by_priority", "priorities", "ready", "paused")
@@ -185,17 +201,19 @@ class ReadyQueue:
         if d is None:
             d = self.by_priority[p] = deque()
             heapq.heappush(self.priorities, -p)
+        elif task.queued == STALE:  # rare (retry after cancel): O(n), keeps the hot path free of it
+            d.remove(task)
         if front:
             d.appendleft(task)
         else:
             d.append(task)
-        task.queued = True
+        task.queued = QUEUED
         self.ready += 1
 
     def discard(self, task: Task) -> None:
         """Forget a queued task (lazily) when it leaves READY other than by pop."""
-        if task.queued:
-            task.queued = False
+        if task.queued == QUEUED:
+            task.queued = STALE
             self.ready -= 1
 
     def peek(self) -> Task | None:
@@ -205,9 +223,10 @@ class ReadyQueue:
             d = self.by_priority[p]
             while d:
                 t = d[0]
-                if t.queued:
+                if t.queued == QUEUED:
                     return t
                 d.popleft()
+                t.queued = NOT_QUEUED  # its stale entry is gone
             heapq.heappop(prios)
             del self.by_priority[p]
         return None
@@ -216,6 +235,6 @@ class ReadyQueue:
         t = self.peek()
         if t is not None:
             self.by_priority[t.priority].popleft()
-            t.queued = False
+            t.queued = NOT_QUEUED
             self.ready -= 1
         return t

@@ -25,8 +25,10 @@ Rules of this file:
    task row (``created_at``) when it reads the timeline (``Store.events``).
    A delayed task's ``scheduled`` event is written as usual.
 2. A task is leased to at most one worker (``task.worker`` while RUNNING); a
-   result is accepted only from that worker for that attempt. Anything else is
-   a late result: refused, logged, and written as an event.
+   result is accepted only from that worker for that lease (``task.lease``, a
+   number that changes with every dispatch, unlike ``attempt``, which a release
+   lowers and a manual retry resets). Anything else is a late result: refused,
+   logged, and written as an event when the task is known.
 3. Dispatch happens only by credit: a worker is sent at most as many tasks as
    it granted, and only from queues that are not paused.
 4. Finished tasks leave ``tasks`` (memory stays bounded by the live work); the
@@ -43,7 +45,7 @@ from typing import Any
 
 from ...protocol.errors import RunqError
 from ...protocol.messages import TaskSpec
-from .model import CoreConfig, ReadyQueue, Task, WorkerInfo
+from .model import NOT_QUEUED, CoreConfig, ReadyQueue, Task, WorkerInfo
 from .states import FINAL_STATES, TRANSITIONS, IllegalTransition, State, Transition, next_state
 
 __all__ = ["Core", "Effects", "TaskMissing", "CoreStats"]
@@ -118,8 +120,10 @@ class Core:
         self.finished: dict[int, Task] = {}
         self.queues: dict[str, ReadyQueue] = {}
         self.scheduled: list[tuple[float, int]] = []  # heap of (run_at, id)
-        self.deadlines: list[tuple[float, int, int]] = []  # heap of (deadline, id, attempt) for RUNNING
+        self.deadlines: list[tuple[float, int, int]] = []  # heap of (deadline, id, lease) for RUNNING
         self.workers: dict[str, WorkerInfo] = {}
+        #: the highest lease number given so far (a task read back from the store starts above it)
+        self.max_lease = 0
         self.hungry: dict[str, WorkerInfo] = {}  # workers with credit > 0, not draining
         self.keys: dict[str, Task] = {}
         self.counts: dict[str, Counter[str]] = {}
@@ -306,7 +310,7 @@ class Core:
             w = self.workers.get(worker)
             if w is not None:
                 w.running.pop(task.id, None)
-                self._send(worker, {"op": "cancel", "id": task.id, "attempt": task.attempt})
+                self._send(worker, {"op": "cancel", "id": task.id, "lease": task.lease})
         self._move(task, T.CANCEL, now, worker=worker, detail=reason)
         self._finish(task, now)
         return task
@@ -321,7 +325,12 @@ class Core:
             TaskMissing: unknown id and no ``task`` given.
             IllegalTransition: the task is ready, running or succeeded.
         """
-        t = self.tasks.get(task_id) or self.finished.get(task_id) or task
+        t = self.tasks.get(task_id) or self.finished.get(task_id)
+        if t is None and task is not None:
+            t = task
+            # its lease numbers were forgotten with it: start above any given since, so that a late
+            # result of an earlier dispatch can never match the next one
+            t.lease = max(t.lease, self.max_lease)
         if t is None:
             raise TaskMissing(f"no task {task_id} in memory")
         if (t.state, T.RETRY) not in TRANSITIONS:
@@ -379,7 +388,7 @@ class Core:
         self.hungry.pop(worker_id, None)
         if w is None:
             return
-        for task in list(w.running.values()):
+        for task in reversed(list(w.running.values())):  # each goes to the front: keep their order
             self._lose(task, now, worker_id, reason)
         w.running.clear()
 
@@ -417,32 +426,33 @@ class Core:
         self.hungry.pop(worker_id, None)
         self._send(worker_id, {"op": "drain"})
 
-    def _leased(self, worker_id: str, task_id: Any, attempt: Any, now: float, what: str) -> Task | None:
-        """Return the task if ``worker_id`` holds its lease for ``attempt``; else refuse it."""
+    def _leased(self, worker_id: str, task_id: Any, lease: Any, now: float, what: str) -> Task | None:
+        """Return the task if ``worker_id`` holds its lease number ``lease``; else refuse it."""
         task = self.tasks.get(task_id) if isinstance(task_id, int) else None
-        w = self.workers.get(worker_id)
         if (
             task is not None and task.state is RUNNING and task.worker == worker_id
-            and task.attempt == attempt and w is not None
+            and task.lease == lease and type(lease) is int and worker_id in self.workers
         ):
             return task
         self.stats.late_results += 1
-        state = task.state.value if task is not None else "unknown"
-        self._log("warning", f"refused {what} for task {task_id} attempt {attempt} from worker {worker_id}: "
-                             f"it does not hold the lease (task is {state})")
-        if isinstance(task_id, int):
-            self._events.append((task_id, now, "late_result", state, worker_id,
-                                 attempt if isinstance(attempt, int) else -1, f"{what} refused: lease not held"))
+        if task is None and isinstance(task_id, int):
+            task = self.finished.get(task_id)
+        state = task.state._value_ if task is not None else "not in memory"
+        self._log("warning", f"refused {what} for task {task_id} lease {lease} from worker {worker_id}: "
+                             f"it does not hold that lease (task is {state})")
+        if task is not None:  # (an unknown id gets no event: there is no timeline to add it to)
+            self._events.append((task.id, now, "late_result", state, worker_id,
+                                 lease if type(lease) is int else -1, f"{what} refused: lease not held"))
         return None
 
     def done(self, worker_id: str, results: list[Any], now: float) -> None:
-        """Results of succeeded tasks: ``[[id, attempt, result_bin], ...]``."""
+        """Results of succeeded tasks: ``[[id, lease, result_bin], ...]``."""
         w = self.workers.get(worker_id)
         if w is not None:
             w.last_seen = now
         for item in results:
-            task_id, attempt, result = item[0], item[1], item[2]
-            task = self._leased(worker_id, task_id, attempt, now, "done")
+            task_id, lease, result = item[0], item[1], item[2]
+            task = self._leased(worker_id, task_id, lease, now, "done")
             if task is None:
                 continue
             assert w is not None
@@ -455,9 +465,9 @@ class Core:
                 self.run_times.append((task.queue, task.type, now - (task.started_at or now), True))
             self._finish(task, now)
 
-    def fail(self, worker_id: str, task_id: Any, attempt: Any, error: str, now: float,
+    def fail(self, worker_id: str, task_id: Any, lease: Any, error: str, now: float,
              retry_in: float | None = None, timed_out: bool = False, max_retries: int | None = None) -> None:
-        """A task's attempt failed; retry after backoff (or ``retry_in``) or go dead.
+        """The attempt of lease ``lease`` failed; retry after backoff (or ``retry_in``) or go dead.
 
         Args:
             max_retries: the handler's own retry limit, replacing the task's.
@@ -465,7 +475,7 @@ class Core:
         w = self.workers.get(worker_id)
         if w is not None:
             w.last_seen = now
-        task = self._leased(worker_id, task_id, attempt, now, "fail")
+        task = self._leased(worker_id, task_id, lease, now, "fail")
         if task is None:
             return
         assert w is not None
@@ -493,18 +503,19 @@ class Core:
         heapq.heappush(self.scheduled, (task.run_at, task.id))
 
     def backoff(self, attempt: int) -> float:
-        """Seconds before retry number ``attempt``: exponential, capped, with jitter."""
+        """Seconds before retry number ``attempt``: exponential with jitter, never above ``backoff_max``."""
         cfg = self.config
-        base = min(cfg.backoff_base * (2 ** (attempt - 1)), cfg.backoff_max)
+        # 2.0 ** 1023 is the largest power a float holds: past it the cap applies anyway
+        base = min(cfg.backoff_base * 2.0 ** min(max(attempt - 1, 0), 1023), cfg.backoff_max)
         factor: float = 1 + cfg.jitter * (2 * self.rng.random() - 1)
-        return float(base) * factor
+        return min(base * factor, cfg.backoff_max)
 
-    def progress(self, worker_id: str, task_id: Any, attempt: Any, value: bytes, now: float) -> None:
+    def progress(self, worker_id: str, task_id: Any, lease: Any, value: bytes, now: float) -> None:
         """Store the latest progress value of a running task and tell subscribers."""
         w = self.workers.get(worker_id)
         if w is not None:
             w.last_seen = now
-        task = self._leased(worker_id, task_id, attempt, now, "progress")
+        task = self._leased(worker_id, task_id, lease, now, "progress")
         if task is None:
             return
         task.progress = value
@@ -513,11 +524,17 @@ class Core:
             self._notices.append(((task.id, now, "progress", task.state.value, worker_id, task.attempt, None), task))
 
     def release(self, worker_id: str, task_ids: list[Any], now: float) -> None:
-        """Graceful hand-back: the tasks go back to ready without counting the attempt."""
+        """Graceful hand-back: the tasks go back to ready without counting the attempt.
+
+        Only a stopping worker hands tasks back, so the worker becomes ``draining``
+        (even with an empty list): it gets no new task, whatever credit it granted.
+        """
         w = self.workers.get(worker_id)
         if w is not None:
             w.last_seen = now
-        for tid in task_ids:
+            w.state = "draining"
+            self.hungry.pop(worker_id, None)
+        for tid in reversed(task_ids):  # each goes to the front: keep their order
             task = self.tasks.get(tid) if isinstance(tid, int) else None
             if task is None or task.state is not S.RUNNING or task.worker != worker_id:
                 self._log("warning", f"worker {worker_id} released task {tid} it does not hold")
@@ -570,13 +587,16 @@ class Core:
     def _lease(self, task: Task, w: WorkerInfo, now: float) -> dict[str, Any]:
         w.credit -= 1
         task.attempt += 1
+        lease = task.lease = task.lease + 1
+        if lease > self.max_lease:  # noqa: PLR1730 - the dispatch hot path: a comparison, not a call
+            self.max_lease = lease
         task.worker = w.id
         task.started_at = now
         w.running[task.id] = task
         self._move(task, T_DISPATCH, now, worker=w.id)
-        heapq.heappush(self.deadlines, (now + task.timeout + self.config.lease_timeout, task.id, task.attempt))
+        heapq.heappush(self.deadlines, (now + task.timeout + self.config.lease_timeout, task.id, lease))
         return {
-            "id": task.id, "type": task.type, "payload": task.payload, "attempt": task.attempt,
+            "id": task.id, "type": task.type, "payload": task.payload, "attempt": task.attempt, "lease": lease,
             "timeout": task.timeout, "queue": task.queue, "priority": task.priority,
             "max_retries": task.max_retries,
         }
@@ -606,14 +626,14 @@ class Core:
                 self._send(w.id, {"op": "error", "code": "lease_expired", "message": "lease expired"})
         dl = self.deadlines
         while dl and dl[0][0] <= now:
-            _, tid, attempt = heapq.heappop(dl)
+            _, tid, number = heapq.heappop(dl)
             t = self.tasks.get(tid)
-            if t is not None and t.state is S.RUNNING and t.attempt == attempt:
+            if t is not None and t.state is S.RUNNING and t.lease == number:  # (an older lease's deadline: ignored)
                 wid = t.worker
                 holder = self.workers.get(wid) if wid else None
                 if holder is not None:
                     holder.running.pop(tid, None)
-                    self._send(holder.id, {"op": "cancel", "id": tid, "attempt": attempt})
+                    self._send(holder.id, {"op": "cancel", "id": tid, "lease": number})
                 self._fail(t, f"timeout: no result within {t.timeout}s (+{lease}s grace)", now, wid, None,
                            "timeout (server)")
         return self.next_deadline()
@@ -654,7 +674,8 @@ class Core:
             t.type = share(type_, type_)
             t.payload = share(payload, payload) if payload is not None and len(payload) <= 32 else payload
             t.timeout = share(timeout, timeout)
-            t.queued = False
+            t.queued = NOT_QUEUED
+            t.lease = t.attempt
             state = states[state_name]
             tasks[t.id] = t
             if t.key is not None:

@@ -61,6 +61,7 @@ class ServerStats:
 
     connections: int = 0
     protocol_errors: int = 0
+    internal_errors: int = 0
     store_errors: int = 0
     flushes: int = 0
     started_at: float = 0.0
@@ -150,6 +151,9 @@ class Server:
                 for s in list(self.sessions):
                     s.close({"op": "error", "code": "shutting_down", "message": "server is stopping"})
                 await self.wait_committed()
+                with trio.move_on_after(1):  # let each connection write what it has queued, that frame included
+                    for s in list(self.sessions):
+                        await s.wait_closed()
                 if self.http_port is not None:
                     with trio.move_on_after(5):  # HTTP requests finish (Hypercorn's graceful timeout is shorter)
                         await self.http_idle.wait()
@@ -519,6 +523,7 @@ class Server:
             "enqueued": c.enqueued, "succeeded": c.succeeded, "failed": c.failed, "dead": c.dead,
             "cancelled": c.cancelled, "lease_expiries": c.lease_expiries, "late_results": c.late_results,
             "connections": len(self.sessions), "protocol_errors": self.stats.protocol_errors,
+            "internal_errors": self.stats.internal_errors,
             "store_errors": self.stats.store_errors, "commits": st.commits, "commit_batches": st.batches,
             "commit_seconds_total": st.commit_seconds_total, "recovered": self.recovered,
             "queues": self.queue_stats(),

@@ -1,6 +1,6 @@
 """One TCP connection on the server side: its framing state and its outgoing bytes.
 
-The reader side lives in ``Server._serve_connection``; this module only owns
+The reader side lives in ``TcpFrontend.serve_connection``; this module only owns
 what is per connection: the sans-IO ``Connection``, the outbox that coalesces
 many frames into one ``send_all``, and the subscription filter of a watcher.
 """
@@ -59,6 +59,7 @@ class Session:
         self._pending = 0
         self._wake = trio.Event()
         self._closing = False
+        self._sender_done = trio.Event()
         self.closed = False
 
     # ------------------------------------------------------------------ out
@@ -121,3 +122,8 @@ class Session:
                     await self.stream.aclose()
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
+            self._sender_done.set()
+
+    async def wait_closed(self) -> None:
+        """Return once the sender wrote what was queued (after ``close``: the error frame too) and closed."""
+        await self._sender_done.wait()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 import secrets
 from typing import Any
 
@@ -17,7 +18,7 @@ import trio
 
 from ...protocol.errors import ProtocolError, RunqError
 from ...protocol.messages import (
-    CLIENT_OPS, WATCHER_OPS, WORKER_OPS, optional, parse_hello, parse_task_spec, require,
+    CLIENT_OPS, WATCHER_OPS, WORKER_OPS, is_int, optional, parse_hello, parse_task_spec, require,
 )
 from ..core import IllegalTransition, TaskMissing
 from .server import VERSION, Server
@@ -29,6 +30,8 @@ log = logging.getLogger("runq.server")
 
 #: Errors that answer one request and leave the connection open.
 _REQUEST_ERRORS = frozenset({"bad_request", "not_found", "invalid_state", "store_error"})
+#: The longest ``retry_in`` a worker may ask for (as for a spec's ``delay``: under ten years).
+_MAX_RETRY_IN = 10 * 365 * 86400
 
 
 class TcpFrontend:
@@ -59,6 +62,8 @@ class TcpFrontend:
                     sess.close({"op": "error", "code": exc.code, "message": str(exc)})
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     sess.close()
+                except Exception as exc:  # noqa: BLE001 - a bug outside a request (hello, flush)
+                    self._internal_error(sess, "?", exc)
                 else:
                     sess.close()
         finally:
@@ -87,6 +92,7 @@ class TcpFrontend:
             raise ProtocolError(f"no hello within {self.config.hello_timeout}s", "hello_timeout")
         self._hello(sess, hello)
         ops = {"client": CLIENT_OPS, "worker": WORKER_OPS, "watcher": WATCHER_OPS}[sess.role]
+        broken = False
         while True:
             for msg in conn.messages():
                 op = msg["op"]
@@ -104,8 +110,12 @@ class TcpFrontend:
                 except KeyError as exc:
                     sess.send({"op": "error", "rid": msg.get("rid"), "code": "not_found",
                                "message": f"not found: {exc}"})
-            self.server.flush()
-            if conn.eof:
+                except Exception as exc:  # noqa: BLE001 - a bug (docs/protocol.md: internal): this connection only
+                    self._internal_error(sess, op, exc)
+                    broken = True
+                    break
+            self.server.flush()  # (what the messages before it changed is carried out all the same)
+            if conn.eof or broken:
                 return
             data = await stream.receive_some(65536)
             conn.receive_data(data)
@@ -142,8 +152,9 @@ class TcpFrontend:
         if op == "done":
             results = require(msg, "results", list)
             for r in results:
-                if not isinstance(r, list) or len(r) != 3:
-                    raise ProtocolError("done: each result must be [id, attempt, result]")
+                if not (type(r) is list and len(r) == 3 and is_int(r[0]) and is_int(r[1])
+                        and type(r[2]) is bytes):
+                    raise ProtocolError("done: each result must be [id: int, lease: int, result: bin]")
             core.done(wid, results, now)
             n = optional(msg, "credit", int, 0)
             if n:
@@ -153,15 +164,21 @@ class TcpFrontend:
         elif op == "heartbeat":
             core.heartbeat(wid, now)
         elif op == "fail":
+            task_id, lease, error = require(msg, "id", int), require(msg, "lease", int), require(msg, "error", str)
             retry_in = optional(msg, "retry_in", (int, float))
-            core.fail(wid, require(msg, "id", int), require(msg, "attempt", int), require(msg, "error", str), now,
-                      retry_in=float(retry_in) if retry_in is not None else None,
-                      timed_out=bool(msg.get("timeout")), max_retries=optional(msg, "retries", int))
+            if retry_in is not None and not 0 <= retry_in < _MAX_RETRY_IN:  # (NaN fails both comparisons)
+                raise ProtocolError("fail: 'retry_in' must be a number of seconds >= 0 and under ten years",
+                                    "bad_request")
+            retries = optional(msg, "retries", int)
+            if retries is not None and not 0 <= retries <= 1000:
+                raise ProtocolError("fail: 'retries' must be between 0 and 1000", "bad_request")
+            core.fail(wid, task_id, lease, error, now, retry_in=float(retry_in) if retry_in is not None else None,
+                      timed_out=bool(msg.get("timeout")), max_retries=retries)
             n = optional(msg, "credit", int, 0)
             if n:
                 core.credit(wid, n, now)
         elif op == "progress":
-            core.progress(wid, require(msg, "id", int), require(msg, "attempt", int),
+            core.progress(wid, require(msg, "id", int), require(msg, "lease", int),
                           require(msg, "value", bytes), now)
         elif op == "release":
             core.release(wid, require(msg, "ids", list), now)
@@ -190,6 +207,8 @@ class TcpFrontend:
         elif op == "wait":
             tid = require(msg, "id", int)
             timeout = float(optional(msg, "timeout", (int, float), 60.0))
+            if math.isnan(timeout):
+                raise ProtocolError("wait: 'timeout' must be a number, not NaN", "bad_request")
             await srv.get_task(tid)  # not_found at once
             # answered later, so that this session keeps reading meanwhile
             srv.nursery.start_soon(self._answer_wait, sess, rid, tid, timeout)
@@ -224,8 +243,7 @@ class TcpFrontend:
             sess.send({"op": "stats", "rid": rid, "stats": srv.statistics()})
         elif op == "subscribe":
             sess.subscription = Subscription(
-                queues=_set(optional(msg, "queues", list)), types=_set(optional(msg, "types", list)),
-                ids=_set(optional(msg, "ids", list)),
+                queues=_set(msg, "queues", str), types=_set(msg, "types", str), ids=_set(msg, "ids", int),
             )
             srv.subscribe(sess)
             sess.send({"op": "ok", "rid": rid})
@@ -238,8 +256,25 @@ class TcpFrontend:
         except RunqError as exc:
             sess.send({"op": "error", "rid": rid, "code": exc.code, "message": str(exc)})
             return
+        except Exception as exc:  # noqa: BLE001 - a bug: this runs in the server's nursery, it must not escape
+            self._internal_error(sess, "wait", exc)
+            return
         sess.send({"op": "task", "rid": rid, "task": task})
 
+    def _internal_error(self, sess: Session, op: str, exc: Exception) -> None:
+        """A bug met while handling ``op``: log and count it, tell the peer, close that connection only."""
+        self.server.stats.internal_errors += 1
+        log.error("internal error handling %r from %s (closing that connection)", op, sess.peer, exc_info=exc)
+        # like every error that closes a connection, it answers no request: no rid (docs/protocol.md section 4)
+        sess.close({"op": "error", "code": "internal",
+                    "message": f"internal error handling {op!r}: {type(exc).__name__}: {exc}"})
 
-def _set(v: list[Any] | None) -> frozenset[Any] | None:
-    return frozenset(v) if v is not None else None
+
+def _set(msg: dict[str, Any], field: str, kind: type) -> frozenset[Any] | None:
+    """A subscribe filter: nil (any) or an array of ``kind``."""
+    v = optional(msg, field, list)
+    if v is None:
+        return None
+    if not all(is_int(x) if kind is int else isinstance(x, kind) for x in v):
+        raise ProtocolError(f"subscribe: {field!r} must be an array of {kind.__name__}")
+    return frozenset(v)

@@ -283,7 +283,7 @@ class Store:
                 if conn.in_transaction:  # SQLite already rolled back on some errors (SQLITE_FULL)
                     conn.execute("ROLLBACK")
                 raise
-        except sqlite3.Error as exc:
+        except Exception as exc:  # noqa: BLE001 - sqlite3.Error, or OverflowError & co. for a value it cannot bind
             error = StoreError(f"commit of {len(rows) + len(new_rows)} task rows and {len(events)} events failed: {exc}")
             self.stats.errors += 1
             self.stats.last_error = str(error)
