@@ -3,14 +3,35 @@
 from __future__ import annotations
 
 from .errors import (
-    ConnectionClosed, FrameTooLarge, InvalidState, ProtocolError, RemoteError, RunqError, TaskFailed,
-    TaskNotFound, Unauthorized,
+    ConnectionClosed,
+    FrameTooLarge,
+    InvalidState,
+    ProtocolError,
+    RemoteError,
+    RunqError,
+    TaskFailed,
+    TaskNotFound,
+    Unauthorized,
 )
 from .frames import DEFAULT_MAX_FRAME, Connection, encode_frame
 from .messages import PROTOCOL_VERSION, Hello, TaskSpec, parse_hello, parse_task_spec
 
 __all__ = [
-    "Connection", "encode_frame", "DEFAULT_MAX_FRAME", "PROTOCOL_VERSION", "Hello", "TaskSpec",
-    "parse_hello", "parse_task_spec", "RunqError", "ProtocolError", "FrameTooLarge", "RemoteError",
-    "TaskNotFound", "InvalidState", "Unauthorized", "ConnectionClosed", "TaskFailed",
+    "DEFAULT_MAX_FRAME",
+    "PROTOCOL_VERSION",
+    "Connection",
+    "ConnectionClosed",
+    "FrameTooLarge",
+    "Hello",
+    "InvalidState",
+    "ProtocolError",
+    "RemoteError",
+    "RunqError",
+    "TaskFailed",
+    "TaskNotFound",
+    "TaskSpec",
+    "Unauthorized",
+    "encode_frame",
+    "parse_hello",
+    "parse_task_spec",
 ]

@@ -8,16 +8,16 @@ the HTTP layer maps it to a status, and the SDK raises the matching class here.
 from __future__ import annotations
 
 __all__ = [
-    "RunqError",
-    "ProtocolError",
-    "FrameTooLarge",
-    "RemoteError",
-    "TaskNotFound",
-    "InvalidState",
-    "Unauthorized",
-    "ConnectionClosed",
-    "TaskFailed",
     "ERROR_CODES",
+    "ConnectionClosed",
+    "FrameTooLarge",
+    "InvalidState",
+    "ProtocolError",
+    "RemoteError",
+    "RunqError",
+    "TaskFailed",
+    "TaskNotFound",
+    "Unauthorized",
     "error_for_code",
 ]
 

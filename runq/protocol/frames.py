@@ -31,7 +31,7 @@ import msgpack
 
 from .errors import FrameTooLarge, ProtocolError
 
-__all__ = ["Connection", "encode_frame", "DEFAULT_MAX_FRAME", "HEADER"]
+__all__ = ["DEFAULT_MAX_FRAME", "HEADER", "Connection", "encode_frame"]
 
 #: Default hard limit on one frame's body, in bytes (16 MiB).
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
@@ -54,7 +54,7 @@ class Connection:
         max_frame: the largest body accepted from the peer, in bytes.
     """
 
-    __slots__ = ("max_frame", "_buf", "_pos", "_error", "_eof", "frames_in", "frames_out")
+    __slots__ = ("_buf", "_eof", "_error", "_pos", "frames_in", "frames_out", "max_frame")
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self.max_frame = max_frame
@@ -118,7 +118,7 @@ class Connection:
             message = msgpack.unpackb(
                 memoryview(buf)[start:end], raw=False, strict_map_key=False, use_list=True
             )
-        except Exception as exc:  # msgpack raises several unrelated classes
+        except Exception as exc:  # noqa: BLE001 - msgpack raises several unrelated classes
             self._fail(ProtocolError(f"frame body is not one msgpack value: {exc}", "bad_frame"))
         self._pos = end
         if end == len(buf):

@@ -23,21 +23,21 @@ from typing import Any, NamedTuple
 from .errors import ProtocolError
 
 __all__ = [
-    "PROTOCOL_VERSION",
-    "SUPPORTED_VERSIONS",
-    "ROLES",
     "CLIENT_OPS",
-    "WORKER_OPS",
+    "PROTOCOL_VERSION",
+    "ROLES",
+    "SUPPORTED_VERSIONS",
     "WATCHER_OPS",
+    "WORKER_OPS",
     "Hello",
     "TaskSpec",
     "check_task_spec",
+    "choose_version",
+    "is_int",
+    "optional",
     "parse_hello",
     "parse_task_spec",
     "require",
-    "optional",
-    "is_int",
-    "choose_version",
 ]
 
 PROTOCOL_VERSION = 1
@@ -253,5 +253,5 @@ def parse_task_spec(d: Any) -> TaskSpec:
     ))
 
 
-def _float(v: int | float | None) -> float | None:
+def _float(v: float | None) -> float | None:
     return None if v is None else float(v)

@@ -50,12 +50,12 @@ from .errors import ConnectionClosed, ProtocolError, RunqError, Unauthorized, er
 from .frames import DEFAULT_MAX_FRAME, Connection
 from .messages import PROTOCOL_VERSION
 
-__all__ = ["Worker", "TaskContext", "Retry", "Handler"]
+__all__ = ["Handler", "Retry", "TaskContext", "Worker"]
 
 log = logging.getLogger("runq.worker")
 
 
-class Retry(Exception):  # noqa: N818 - the name reads as the request it is
+class Retry(Exception):
     """Raise in a handler to ask for a retry after ``delay`` seconds (counts as an attempt)."""
 
     def __init__(self, delay: float = 0.0, reason: str = "retry requested") -> None:
@@ -78,8 +78,18 @@ class Handler:
 class TaskContext:
     """What a handler may know and do about the task it runs."""
 
-    __slots__ = ("id", "type", "queue", "attempt", "lease", "max_retries", "timeout", "priority", "_worker",
-                 "_thread")
+    __slots__ = (
+        "_thread",
+        "_worker",
+        "attempt",
+        "id",
+        "lease",
+        "max_retries",
+        "priority",
+        "queue",
+        "timeout",
+        "type",
+    )
 
     def __init__(self, worker: Worker, task: dict[str, Any]) -> None:
         self.id: int = task["id"]
@@ -175,7 +185,7 @@ class Worker:
             else:
                 try:
                     anyio.from_thread.run_sync(ev.set, token=self._token)
-                except Exception:
+                except Exception:  # noqa: BLE001, S110 - the loop is gone: run() sees _stop when it starts again
                     pass
 
     def run_sync(self, address: str = "127.0.0.1:7700", *, token: str | None = None,
@@ -445,7 +455,7 @@ class Worker:
         except Retry as r:
             self._report_fail(tid, lease, f"Retry requested: {r}", r.delay, False, handler)
             return
-        except Exception:
+        except Exception:  # noqa: BLE001 - whatever a handler raises fails that attempt, with its traceback
             self._report_fail(tid, lease, traceback.format_exc(), None, False, handler)
             return
         finally:

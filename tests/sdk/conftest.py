@@ -31,7 +31,7 @@ class ThreadedServer:
 
         try:
             trio.run(main)
-        except BaseException as exc:  # reported by start()/stop()
+        except BaseException as exc:  # noqa: BLE001 - reported by start()/stop()
             self._error = exc
             self._started.set()
 

@@ -12,10 +12,8 @@ import pytest
 from runq import Client, Retry, SyncClient, TaskFailed, TaskNotFound, Worker
 
 
-
-
-def _run(coro_fn, timeout: float = 20.0):  # noqa: ANN001, ANN202
-    async def bounded():  # noqa: ANN202
+def _run(coro_fn, timeout: float = 20.0):
+    async def bounded():
         return await asyncio.wait_for(coro_fn(), timeout)
 
     return asyncio.run(bounded())
@@ -27,12 +25,12 @@ def test_client_and_worker_under_asyncio(threaded_server: Any) -> None:
     loop_thread = threading.get_ident()
 
     @worker.task("add")
-    async def add(p):  # noqa: ANN001, ANN202
+    async def add(p):
         await asyncio.sleep(0)  # a real asyncio call inside the handler
         return p["a"] + p["b"]
 
     @worker.task("mul")
-    def mul(p, ctx):  # noqa: ANN001, ANN202
+    def mul(p, ctx):
         seen_threads.append(threading.get_ident())
         ctx.progress({"half": True})
         return p["a"] * p["b"]
@@ -40,14 +38,14 @@ def test_client_and_worker_under_asyncio(threaded_server: Any) -> None:
     attempts: list[int] = []
 
     @worker.task("again", retries=2)
-    async def again(p, ctx):  # noqa: ANN001, ANN202
+    async def again(p, ctx):
         attempts.append(ctx.attempt)
         if ctx.attempt < 2:
             raise Retry(delay=0.05)
         return "ok"
 
     @worker.task("bad", retries=0)
-    def bad(p):  # noqa: ANN001, ANN202
+    def bad(p):
         raise KeyError("missing thing")
 
     async def main() -> None:
@@ -92,7 +90,7 @@ def test_sync_client(threaded_server: Any) -> None:
         rest, _ = c.list_tasks(limit=100, cursor=cursor)
         assert len(tasks) + len(rest) == 11
         c.pause("default")
-        assert [q for q in c.queues() if q["queue"] == "default"][0]["paused"] is True
+        assert next(q for q in c.queues() if q["queue"] == "default")["paused"] is True
         c.resume("default")
         with pytest.raises(TimeoutError):
             c.wait(ids[1], timeout=0.2)

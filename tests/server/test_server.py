@@ -198,7 +198,7 @@ async def test_restart_recovers_running_tasks(tmp_path: Path) -> None:
                 assert (await c.get(queued))["state"] == "ready"
                 assert (await c.get(delayed))["state"] == "scheduled"
                 assert [e["kind"] for e in await c.events(running)] == ["enqueued", "started", "recovered"]
-                assert [q for q in await c.queues() if q["queue"] == "paused-q"][0]["paused"]
+                assert next(q for q in await c.queues() if q["queue"] == "paused-q")["paused"]
                 new = await c.enqueue("job")
                 assert new > delayed
             srv2.stopping.set()

@@ -7,7 +7,20 @@ from .queue import Core, CoreStats, Effects, TaskMissing
 from .states import FINAL_STATES, TRANSITIONS, IllegalTransition, State, Transition, next_state
 
 __all__ = [
-    "Core", "CoreConfig", "CoreStats", "Effects", "TaskMissing", "Task", "WorkerInfo", "ReadyQueue",
-    "State", "Transition", "TRANSITIONS", "FINAL_STATES", "IllegalTransition", "next_state",
-    "TASK_COLUMNS", "EVENT_COLUMNS",
+    "EVENT_COLUMNS",
+    "FINAL_STATES",
+    "TASK_COLUMNS",
+    "TRANSITIONS",
+    "Core",
+    "CoreConfig",
+    "CoreStats",
+    "Effects",
+    "IllegalTransition",
+    "ReadyQueue",
+    "State",
+    "Task",
+    "TaskMissing",
+    "Transition",
+    "WorkerInfo",
+    "next_state",
 ]

@@ -9,7 +9,7 @@ from typing import Any
 
 from .states import State
 
-__all__ = ["Task", "WorkerInfo", "ReadyQueue", "CoreConfig", "TASK_COLUMNS", "NEW_COLUMNS", "EVENT_COLUMNS"]
+__all__ = ["EVENT_COLUMNS", "NEW_COLUMNS", "TASK_COLUMNS", "CoreConfig", "ReadyQueue", "Task", "WorkerInfo"]
 
 #: Column order of a task row, as the store persists it.
 TASK_COLUMNS = (
@@ -186,7 +186,7 @@ class ReadyQueue:
     the task takes its new place, not its old one.
     """
 
-    __slots__ = ("name", "by_priority", "priorities", "ready", "paused")
+    __slots__ = ("by_priority", "name", "paused", "priorities", "ready")
 
     def __init__(self, name: str) -> None:
         self.name = name

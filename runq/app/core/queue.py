@@ -48,7 +48,7 @@ from ...protocol.messages import TaskSpec
 from .model import NOT_QUEUED, CoreConfig, ReadyQueue, Task, WorkerInfo
 from .states import FINAL_STATES, TRANSITIONS, IllegalTransition, State, Transition, next_state
 
-__all__ = ["Core", "Effects", "TaskMissing", "CoreStats"]
+__all__ = ["Core", "CoreStats", "Effects", "TaskMissing"]
 
 S, T = State, Transition
 # module-level aliases: attribute access on an Enum class goes through a descriptor
@@ -69,7 +69,7 @@ class TaskMissing(RunqError):
 class Effects:
     """What one batch of inputs asks the I/O layer to do."""
 
-    __slots__ = ("rows", "events", "outbox", "notices", "logs", "queue_ops", "new_rows")
+    __slots__ = ("events", "logs", "new_rows", "notices", "outbox", "queue_ops", "rows")
 
     def __init__(
         self,
@@ -96,7 +96,7 @@ class Effects:
 class CoreStats:
     """Counters since start (frozen snapshot via ``Core.statistics``)."""
 
-    __slots__ = ("enqueued", "succeeded", "failed", "dead", "cancelled", "lease_expiries", "late_results")
+    __slots__ = ("cancelled", "dead", "enqueued", "failed", "late_results", "lease_expiries", "succeeded")
 
     def __init__(self) -> None:
         self.enqueued = self.succeeded = self.failed = self.dead = 0

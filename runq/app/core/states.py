@@ -28,7 +28,7 @@ import enum
 
 from ...protocol.errors import RunqError
 
-__all__ = ["State", "Transition", "TRANSITIONS", "FINAL_STATES", "IllegalTransition", "next_state"]
+__all__ = ["FINAL_STATES", "TRANSITIONS", "IllegalTransition", "State", "Transition", "next_state"]
 
 
 class State(str, enum.Enum):

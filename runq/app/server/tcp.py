@@ -18,7 +18,14 @@ import trio
 
 from ...protocol.errors import ProtocolError, RunqError
 from ...protocol.messages import (
-    CLIENT_OPS, WATCHER_OPS, WORKER_OPS, is_int, optional, parse_hello, parse_task_spec, require,
+    CLIENT_OPS,
+    WATCHER_OPS,
+    WORKER_OPS,
+    is_int,
+    optional,
+    parse_hello,
+    parse_task_spec,
+    require,
 )
 from ..core import IllegalTransition, TaskMissing
 from .server import VERSION, Server
@@ -45,7 +52,8 @@ class TcpFrontend:
     async def serve_connection(self, stream: trio.SocketStream) -> None:
         srv = self.server
         try:
-            peer = "%s:%s" % stream.socket.getpeername()[:2]
+            host, port = stream.socket.getpeername()[:2]
+            peer = f"{host}:{port}"
         except OSError:
             peer = "?"
         sess = Session(stream, peer, self.config.max_frame, self.config.subscriber_backlog)

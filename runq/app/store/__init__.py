@@ -5,4 +5,4 @@ from __future__ import annotations
 from .schema import SCHEMA_VERSION, SchemaTooNew, migrate
 from .sqlite import Batch, Store, StoreError, StoreStats
 
-__all__ = ["Store", "Batch", "StoreError", "StoreStats", "SCHEMA_VERSION", "SchemaTooNew", "migrate"]
+__all__ = ["SCHEMA_VERSION", "Batch", "SchemaTooNew", "Store", "StoreError", "StoreStats", "migrate"]

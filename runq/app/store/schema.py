@@ -14,7 +14,7 @@ import sqlite3
 
 from ...protocol.errors import RunqError
 
-__all__ = ["SCHEMA_VERSION", "MIGRATIONS", "migrate", "SchemaTooNew", "FINAL_STATE_NAMES", "LIVE_STATE_NAMES"]
+__all__ = ["FINAL_STATE_NAMES", "LIVE_STATE_NAMES", "MIGRATIONS", "SCHEMA_VERSION", "SchemaTooNew", "migrate"]
 
 FINAL_STATE_NAMES = ("succeeded", "dead", "cancelled")
 LIVE_STATE_NAMES = ("scheduled", "ready", "running", "failed")

@@ -38,7 +38,7 @@ from typing import Any
 from ..core.model import EVENT_COLUMNS, NEW_COLUMNS, TASK_COLUMNS
 from .schema import FINAL_STATE_NAMES, LIVE_STATE_NAMES, migrate
 
-__all__ = ["Store", "Batch", "StoreStats", "StoreError"]
+__all__ = ["Batch", "Store", "StoreError", "StoreStats"]
 
 log = logging.getLogger("runq.store")
 
