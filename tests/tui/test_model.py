@@ -113,3 +113,14 @@ def test_renderers() -> None:
     assert text[1].startswith("w1") and "resize_image" in text[1]
     assert text[2].startswith("w2") and text[2].rstrip().endswith("█x████████")  # running, labelled
     assert "no attempts" in render_lanes({}, T, T + 100, 50).plain
+
+
+def test_the_dashboard_does_not_import_the_server() -> None:
+    """The TUI talks to a server through the SDK only (docs/tui.md): importing it loads nothing of runq.app."""
+    import subprocess
+    import sys
+
+    code = ("import sys, runq.tui, runq.tui.app, runq.tui.live, runq.tui.offline, runq.tui.screens; "
+            "print(sorted(m for m in sys.modules if m.startswith('runq.app')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
