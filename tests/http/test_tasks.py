@@ -288,6 +288,13 @@ BAD_URLS: list[tuple[str, str, int, str]] = [
     ("GET", "/api/tasks/batch", 405, "unknown_op"),
     ("POST", "/api/queues/" + "q" * 201 + "/pause", 400, "bad_request"),
     ("GET", "/api/events?id=abc", 400, "bad_request"),
+    ("GET", "/api/events?queue=a&queue=b", 400, "bad_request"),
+    ("GET", "/api/tasks?limit=5&limit=6", 400, "bad_request"),
+    ("GET", "/api/tasks?colour=red", 400, "bad_request"),
+    ("GET", "/api/tasks?status=", 400, "bad_request"),
+    ("GET", "/api/tasks?limit=+5", 400, "bad_request"),
+    ("GET", "/api/tasks/1?wait=1e1000", 400, "bad_request"),
+    ("GET", "/api/stats?x=1", 400, "bad_request"),
     ("GET", "/api/events?id=0", 400, "bad_request"),
 ]
 

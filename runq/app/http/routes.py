@@ -66,6 +66,9 @@ def _check_query(endpoint: str | None, args: Any) -> None:
     unknown = set(args) - QUERY_PARAMS.get(endpoint, frozenset())
     if unknown:
         raise ApiError("bad_request", f"unknown query parameter(s) {sorted(unknown)[:10]}")
+    for name in args:
+        if len(args.getlist(name)) > 1:
+            raise ApiError("bad_request", f"query parameter {name!r} given more than once (use commas)")
 
 
 def _json(body: Any, status: int = 200) -> Response:
