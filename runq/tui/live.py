@@ -75,7 +75,8 @@ class LiveSource(Source):
             await self._stream.aclose()
         task, self._task = self._task, None
         if task is not None:
-            done, _ = await asyncio.wait([task], timeout=3.0)
+            # connected: the stream's end lets _run close the client cleanly; else nothing to close
+            done, _ = await asyncio.wait([task], timeout=3.0 if self.client is not None else 0.1)
             if not done:  # stuck in a connect or a request: cancel it
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

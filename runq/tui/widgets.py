@@ -25,6 +25,7 @@ __all__ = [
     "fmt_rate",
     "fmt_time",
     "render_lanes",
+    "render_marks",
     "render_phases",
     "sparkline",
     "sync_table",
@@ -191,6 +192,28 @@ def render_phases(phases: Sequence[Phase], width: int) -> Text:
         label = ph.name if cols >= len(ph.name) + 1 else ""
         out.append(label.ljust(cols, " ")[:cols], style=f"reverse {PHASE_STYLE.get(ph.name, 'white')}")
         used += cols
+    return out
+
+
+_MARK_STYLE = {"started": "green", "succeeded": "bold green", "failed": "bold red", "dead": "bold red",
+               "lost": "magenta", "lost_dead": "magenta", "cancelled": "bright_black", "retried": "cyan",
+               "released": "cyan", "recovered": "magenta"}
+
+
+def render_marks(events: Sequence[Mapping[str, Any]], start: float, end: float, width: int) -> Text:
+    """The time axis under the phase strip: a mark per event at its time, and the span's two ends."""
+    width = max(10, width)
+    span = max(end - start, 1e-6)
+    cells: list[tuple[str, str]] = [("─", "bright_black")] * width
+    for ev in events:
+        col = min(width - 1, max(0, int((float(ev["at"]) - start) / span * (width - 1))))
+        cells[col] = ("┴" if ev["kind"] not in ("enqueued", "scheduled") else "└",
+                      _MARK_STYLE.get(str(ev["kind"]), "white"))
+    out = Text(no_wrap=True, overflow="crop")
+    for ch, style in cells:
+        out.append(ch, style=style)
+    right = fmt_duration(span)
+    out.append("\n0s" + " " * max(1, width - 2 - len(right)) + right, style="bright_black")
     return out
 
 

@@ -254,3 +254,16 @@ async def test_totals_from_the_http_api(procs: Procs) -> None:
             assert "not read" in wrong.state.note and not wrong.state.totals_from_server
         finally:
             await wrong.close()
+
+
+async def test_no_server_yet(procs: Procs) -> None:
+    """Nothing listens: the source keeps trying (the banner says why) and closes at once when asked."""
+    source = LiveSource(f"127.0.0.1:{free_port()}")
+    with anyio.fail_after(10):
+        await source.start()
+        while "reconnecting" not in source.state.status:
+            await anyio.sleep(0.05)
+        assert not source.state.connected and "disconnected from" in source.state.status
+        t0 = anyio.current_time()
+        await source.close()
+        assert anyio.current_time() - t0 < 1.0

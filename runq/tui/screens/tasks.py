@@ -16,7 +16,7 @@ from ...protocol.errors import RunqError
 from ..forms import EnqueueForm, EnqueueRequest
 from ..model import phases
 from ..source import TASK_STATES
-from ..widgets import PHASE_STYLE, STATE_STYLE, fmt_duration, fmt_time, render_phases, sync_table
+from ..widgets import PHASE_STYLE, STATE_STYLE, fmt_duration, fmt_time, render_marks, render_phases, sync_table
 from .base import DashboardScreen
 
 __all__ = ["TaskDetailScreen", "TasksScreen"]
@@ -207,7 +207,7 @@ class TaskDetailScreen(DashboardScreen):
     DEFAULT_CSS = """
     TaskDetailScreen VerticalScroll { height: 1fr; }
     TaskDetailScreen #summary { height: auto; padding: 0 1; }
-    TaskDetailScreen #strip { height: 2; padding: 0 1; }
+    TaskDetailScreen #strip { height: 4; padding: 0 1; }
     TaskDetailScreen #events { height: auto; max-height: 20; }
     TaskDetailScreen .section { height: auto; padding: 0 1; margin-top: 1; }
     """
@@ -292,7 +292,10 @@ class TaskDetailScreen(DashboardScreen):
         strip = Text()
         if ph:
             total = ph[-1].end - ph[0].start
-            strip.append(render_phases(ph, max(20, self.size.width - 4)))
+            width = max(20, self.size.width - 4)
+            strip.append(render_phases(ph, width))
+            strip.append("\n")
+            strip.append(render_marks(self.events, ph[0].start, ph[-1].end, width))
             strip.append(f"\n{fmt_duration(total)} from {self.events[0]['kind']} to "
                          f"{'now' if t['state'] not in FINAL else self.events[-1]['kind']}: ", style="bright_black")
             spent: dict[str, float] = {}
