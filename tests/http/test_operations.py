@@ -286,3 +286,20 @@ async def test_docs_render_the_spec_without_network(api: Api) -> None:
     # nothing to fetch: no scripts, stylesheets, images or fonts from anywhere
     assert "<script" not in page and "<link" not in page and "<img" not in page and "@import" not in page
     assert not re.findall(r"(?:src|href)=[\"']?(?:https?:)?//", page)
+
+
+async def test_a_database_that_cannot_commit_is_503_and_nothing_is_enqueued(api: Api) -> None:
+    import sqlite3
+
+    blocker = sqlite3.connect(api.server.config.db, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")  # the writer's BEGIN IMMEDIATE waits its busy timeout, then fails
+    try:
+        with trio.fail_after(30):
+            r = await api.client.post("/api/tasks", json={"type": "x"})
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    error_of(r, 503, "store_error")
+    assert api.server.core.stats.enqueued == 0 and not api.server.core.tasks
+    r = await api.client.post("/api/tasks", json={"type": "x"})
+    assert r.status_code == 201
