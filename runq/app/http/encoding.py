@@ -264,7 +264,7 @@ def query_float(args: Any, name: str, lo: float, hi: float) -> float | None:
 
 
 def query_set(args: Any, name: str, pattern: re.Pattern[str] = NAMES_RE) -> frozenset[str] | None:
-    """A list query parameter: comma-separated (or repeated), each whole value matching ``pattern``."""
+    """A list query parameter: comma-separated, the whole value matching ``pattern``."""
     given = args.getlist(name)
     if not given:
         return None
