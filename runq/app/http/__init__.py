@@ -34,7 +34,7 @@ GRACEFUL_TIMEOUT = 2.0
 
 
 def hypercorn_config(host: str, port: int) -> Config:
-    """Hypercorn settings for the API on ``host:port`` (no access log; errors to ``hypercorn.error``)."""
+    """Hypercorn settings for the API on ``host:port`` (no access log; its error log is ``runq.http``)."""
     config = Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
