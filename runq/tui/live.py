@@ -26,13 +26,15 @@ from typing import Any
 
 from ..protocol.client import Client, EventStream
 from ..protocol.errors import RunqError
-from .model import DashboardState
+from .model import Bar, DashboardState
 from .source import NotConnected, Source, TaskPage
 
 __all__ = ["LiveSource"]
 
 POLL_SECONDS = 0.5
-STALL_SECONDS = 5.0  # a poll answered later than this: the connection is treated as lost
+STALL_SECONDS = 5.0
+SEED_TASKS = 500  # per state, read at connection to start the Gantt view
+SEED_SECONDS = 600.0  # a poll answered later than this: the connection is treated as lost
 
 
 class LiveSource(Source):
@@ -95,6 +97,8 @@ class LiveSource(Source):
                     if self._closing:
                         break
                     await self._poll_once(client)
+                    if self.connects == 0:
+                        await self._seed_lanes(client)
                     w = client.welcome
                     self.state.lease_timeout = float(w.get("lease_timeout") or self.state.lease_timeout)
                     self.state.heartbeat = float(w.get("heartbeat") or self.state.lease_timeout / 3)
@@ -141,6 +145,24 @@ class LiveSource(Source):
         self.state.set_queues(queues)
         self.state.set_workers(workers, self.now())
         self.state.stats = stats
+
+    async def _seed_lanes(self, client: Client) -> None:
+        """Start the Gantt view with the attempts the server knows of (running, and the latest finished),
+        so it is not empty until new events come."""
+        since = self.now() - SEED_SECONDS
+        bars = []
+        for state in ("running", "succeeded", "dead"):
+            tasks, _ = await client.list_tasks(state=state, limit=SEED_TASKS)
+            for t in tasks:
+                started, worker = t.get("started_at"), t.get("worker")
+                if started is None or worker is None or (t.get("finished_at") or self.now()) < since:
+                    continue
+                end = None if state == "running" else t.get("finished_at")
+                outcome = None if state == "running" else ("succeeded" if state == "succeeded" else "failed")
+                bars.append(Bar(int(t["id"]), int(t["attempt"]), str(t["type"]), str(worker), float(started),
+                                end, outcome))
+        self.state.lanes.seed(bars)
+        self.state.version += 1
 
     async def _add_http_totals(self, queues: list[dict[str, Any]]) -> None:
         """Add each queue's totals since the server started (``GET /api/queues``) to its queue map."""

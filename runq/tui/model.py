@@ -161,11 +161,28 @@ class Lanes:
         self.max_bars = max_bars
         self.bars: deque[Bar] = deque()
         self.open: dict[int, Bar] = {}
+        self._seeded: set[tuple[int, int]] = set()
+
+    def seed(self, bars: Iterable[Bar]) -> None:
+        """Add attempts known from task maps (at connection); their ``started`` events, if any follow, are
+        not counted twice."""
+        for bar in sorted(bars, key=lambda b: b.start):
+            self._seeded.add((bar.task_id, bar.attempt))
+            self.bars.append(bar)
+            if bar.end is None:
+                self.open[bar.task_id] = bar
+        while len(self.bars) > self.max_bars:
+            old = self.bars.popleft()
+            if self.open.get(old.task_id) is old:
+                del self.open[old.task_id]
 
     def apply(self, kind: str, task_id: int, at: float, worker: str | None, attempt: int, type: str) -> None:
         """Feed one event."""
         if kind == "started":
             if worker is None:
+                return
+            if self._seeded and (task_id, attempt) in self._seeded:
+                self._seeded.discard((task_id, attempt))
                 return
             prev = self.open.pop(task_id, None)
             if prev is not None and prev.end is None:
@@ -185,6 +202,7 @@ class Lanes:
     def clear(self) -> None:
         self.bars.clear()
         self.open.clear()
+        self._seeded.clear()
 
     def window(self, start: float, end: float) -> dict[str, list[Bar]]:
         """Bars overlapping ``[start, end]``, per worker."""

@@ -242,6 +242,9 @@ async def test_totals_from_the_http_api(procs: Procs) -> None:
             async with app.run_test(size=SIZE) as pilot:
                 await until(pilot, lambda: any(r[0] == "default" and r[5] == "5" for r in table_rows(app, "#queues")))
                 assert app.source.state.totals_from_server
+                # the attempts that ran before the dashboard connected are in the Gantt view
+                lanes = app.source.state.lanes.window(app.source.now() - 120, app.source.now())
+                assert sum(len(b) for b in lanes.values()) == 5
                 assert "since the server started" in str(app.screen.query_one("#summary", Static).content)
                 await client.enqueue("noop", None)
                 await until(pilot, lambda: any(r[0] == "default" and r[5] == "6" for r in table_rows(app, "#queues")))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from runq.tui.model import DashboardState, Lanes, RateSeries, phases
+from runq.tui.model import Bar, DashboardState, Lanes, RateSeries, phases
 from runq.tui.widgets import fmt_duration, render_lanes, render_phases, sparkline
 
 pytestmark = pytest.mark.tui
@@ -40,6 +40,16 @@ def test_lanes_open_close_and_bound() -> None:
     window = lanes.window(T + 3.5, T + 10)
     assert sorted(window) == ["w1", "w2"]
     assert [b.task_id for b in window["w1"]] == [2]
+
+
+def test_seeded_attempts_are_not_counted_twice() -> None:
+    lanes = Lanes()
+    lanes.seed([Bar(7, 2, "t", "w1", T, None, None), Bar(6, 1, "t", "w1", T - 5, T - 1, "succeeded")])
+    lanes.apply("started", 7, T, "w1", 2, "t")  # the event of the seeded attempt, arriving later
+    lanes.apply("succeeded", 7, T + 1, "w1", 2, "t")
+    assert [(b.task_id, b.end, b.outcome) for b in lanes.bars] == [(6, T - 1, "succeeded"), (7, T + 1, "succeeded")]
+    lanes.apply("started", 7, T + 2, "w2", 3, "t")  # a new attempt is a new bar
+    assert len(lanes.bars) == 3
 
 
 def test_state_coalesces_events() -> None:
