@@ -21,16 +21,6 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Keep this folder's ``slow`` tests out of a run that did not ask for them (``-m slow``)."""
-    if "slow" in (config.getoption("markexpr") or ""):
-        return
-    skip = pytest.mark.skip(reason="slow: run with -m slow")
-    for item in items:
-        if item.get_closest_marker("slow") and Path(str(item.path)).is_relative_to(HERE):
-            item.add_marker(skip)
-
-
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
