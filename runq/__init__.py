@@ -9,13 +9,32 @@ from __future__ import annotations
 
 from .protocol.client import Client, SyncClient
 from .protocol.errors import (
-    ConnectionClosed, InvalidState, ProtocolError, RemoteError, RunqError, TaskFailed, TaskNotFound, Unauthorized,
+    ConnectionClosed,
+    InvalidState,
+    ProtocolError,
+    RemoteError,
+    RunqError,
+    TaskFailed,
+    TaskNotFound,
+    Unauthorized,
 )
 from .protocol.worker import Retry, TaskContext, Worker
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Client", "SyncClient", "Worker", "Retry", "TaskContext", "RunqError", "ProtocolError", "RemoteError",
-    "TaskNotFound", "InvalidState", "Unauthorized", "ConnectionClosed", "TaskFailed", "__version__",
+    "Client",
+    "ConnectionClosed",
+    "InvalidState",
+    "ProtocolError",
+    "RemoteError",
+    "Retry",
+    "RunqError",
+    "SyncClient",
+    "TaskContext",
+    "TaskFailed",
+    "TaskNotFound",
+    "Unauthorized",
+    "Worker",
+    "__version__",
 ]

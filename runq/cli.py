@@ -12,7 +12,7 @@ import sys
 from datetime import datetime
 from typing import Any
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 DEFAULT_SERVER = "127.0.0.1:7700"
 DEFAULT_HTTP_PORT = 7701
@@ -147,8 +147,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 port = await nursery.start(server.serve)
                 if args.port_file:
                     tmp = args.port_file + ".tmp"
-                    with open(tmp, "w") as f:
-                        f.write(str(port))
+                    await trio.Path(tmp).write_text(str(port))
                     os.replace(tmp, args.port_file)
                 http = f", HTTP API on {_http_url(cfg.host, server.http_port)}" if server.http_port is not None else ""
                 print(f"runq serving on {cfg.host}:{port}{http} (database {cfg.db})", file=sys.stderr, flush=True)

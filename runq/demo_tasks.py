@@ -14,7 +14,7 @@ import anyio
 
 from .protocol.worker import TaskContext, Worker
 
-__all__ = ["worker", "word_count", "calculate_statistics", "simulate_backup", "flaky", "slow"]
+__all__ = ["calculate_statistics", "flaky", "simulate_backup", "slow", "word_count", "worker"]
 
 worker = Worker(queues=["default"], concurrency=4, grace=10.0)
 

@@ -1,5 +1,7 @@
-import pytest, trio
+import pytest
+
 from runq import Client
+
 
 @pytest.mark.trio
 async def test_smoke(server):

@@ -20,19 +20,19 @@ import os
 import socket
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import anyio
 import anyio.abc
 import anyio.from_thread
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 import msgpack
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .errors import ConnectionClosed, ProtocolError, TaskFailed, error_for_code
 from .frames import DEFAULT_MAX_FRAME, Connection
 from .messages import PROTOCOL_VERSION
 
-__all__ = ["Client", "SyncClient", "EventStream", "parse_address", "encode_value", "decode_task", "FINAL_STATES"]
+__all__ = ["FINAL_STATES", "Client", "EventStream", "SyncClient", "decode_task", "encode_value", "parse_address"]
 
 DEFAULT_ADDRESS = "127.0.0.1:7700"
 FINAL_STATES = frozenset({"succeeded", "dead", "cancelled"})
@@ -77,7 +77,7 @@ def decode_task(task: dict[str, Any]) -> dict[str, Any]:
         if isinstance(v, bytes):
             try:
                 task[f] = decode_value(v)
-            except Exception:
+            except ValueError:  # not msgpack (a client in another language wrote raw bytes): left as bytes
                 pass
     return task
 
@@ -143,11 +143,11 @@ class Client:
         self._events_receive: MemoryObjectReceiveStream[dict[str, Any]] | None = None
 
     # ------------------------------------------------------------------ lifecycle
-    async def __aenter__(self) -> Client:
+    async def __aenter__(self) -> Self:
         await self.connect()
         return self
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
     async def connect(self) -> None:
@@ -456,10 +456,10 @@ class SyncClient:
             self._cm.__exit__(None, None, None)
             raise
 
-    def __enter__(self) -> SyncClient:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:

@@ -5,4 +5,4 @@ from __future__ import annotations
 from .config import Clock, ConfigError, ServerConfig, is_loopback
 from .server import VERSION, Server, ServerStats, Subscriber
 
-__all__ = ["Server", "ServerConfig", "ServerStats", "Subscriber", "Clock", "ConfigError", "VERSION", "is_loopback"]
+__all__ = ["VERSION", "Clock", "ConfigError", "Server", "ServerConfig", "ServerStats", "Subscriber", "is_loopback"]

@@ -12,7 +12,7 @@ from ...protocol.errors import RunqError
 from ...protocol.frames import DEFAULT_MAX_FRAME
 from ..core import CoreConfig
 
-__all__ = ["ServerConfig", "ConfigError", "Clock", "is_loopback"]
+__all__ = ["Clock", "ConfigError", "ServerConfig", "is_loopback"]
 
 
 class ConfigError(RunqError):

@@ -37,7 +37,7 @@ from ..store import Batch, Store, StoreError
 from .config import Clock, ServerConfig
 from .session import Session, Subscription
 
-__all__ = ["Server", "ServerStats", "Subscriber", "VERSION"]
+__all__ = ["VERSION", "Server", "ServerStats", "Subscriber"]
 
 log = logging.getLogger("runq.server")
 VERSION = "0.1.0"
