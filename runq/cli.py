@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import json
 import logging
@@ -145,6 +146,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         async with trio.open_nursery() as nursery:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as sigs:
                 port = await nursery.start(server.serve)
+                # Everything alive now (imports, the recovered tasks) lives as long as the process: keep it out
+                # of the cyclic GC's full collections, which otherwise walk it again and again.
+                gc.freeze()
                 if args.port_file:
                     tmp = args.port_file + ".tmp"
                     await trio.Path(tmp).write_text(str(port))

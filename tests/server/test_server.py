@@ -355,3 +355,49 @@ async def test_a_watcher_may_not_drain(server: Server) -> None:
         err = await peer.recv()
         await peer.stream.aclose()
         assert err["op"] == "error" and err["code"] == "unknown_op"
+
+
+@pytest.mark.trio
+async def test_the_worker_tells_a_timeout_from_a_cancel_and_from_a_handlers_own_timeout_error(
+        server: Server, nursery: trio.Nursery) -> None:
+    worker = Worker(concurrency=4)
+    started = trio.Event()
+
+    @worker.task("nap")
+    async def nap(p: Any) -> str:
+        started.set()
+        await trio.sleep(p)
+        return "woke"
+
+    @worker.task("sync_nap")
+    def sync_nap(p: Any) -> str:
+        import time
+
+        time.sleep(p)
+        return "woke"
+
+    @worker.task("own_timeout")
+    async def own_timeout(p: Any) -> None:
+        raise TimeoutError("the handler's own deadline")
+
+    nursery.start_soon(worker.run, f"127.0.0.1:{server.port}")
+    with trio.fail_after(15):
+        async with Client(f"127.0.0.1:{server.port}") as c:
+            timed = await c.enqueue("nap", 30, timeout=0.2, retries=0)
+            sync_timed = await c.enqueue("sync_nap", 1.0, timeout=0.2, retries=0)
+            own = await c.enqueue("own_timeout", retries=0)
+            for tid in (timed, sync_timed):
+                task = await c.wait(tid, timeout=10)
+                assert task["state"] == "dead" and task["error"].startswith("timeout: attempt ran longer than 0.2")
+                assert [e["detail"] for e in await c.events(tid) if e["kind"] == "failed"] == ["timeout"]
+            task = await c.wait(own, timeout=10)
+            assert task["state"] == "dead" and "TimeoutError: the handler's own deadline" in task["error"]
+            assert [e["detail"] for e in await c.events(own) if e["kind"] == "failed"] != ["timeout"]
+            started = trio.Event()
+            cancelled = await c.enqueue("nap", 30, timeout=60)
+            await started.wait()
+            await c.cancel(cancelled)
+            task = await c.wait(cancelled, timeout=10)
+            assert task["state"] == "cancelled" and task["error"] is None
+            assert await c.result(await c.enqueue("nap", 0.01, timeout=5), timeout=10) == "woke"
+    worker.stop()
