@@ -654,7 +654,7 @@ class Core:
         """Rebuild state from the store's non-final task rows (in id order).
 
         Tasks that were running in the previous life go back to ready with a
-        ``recovered`` event. Returns how many were running. Equal strings and
+        ``recovered`` event. Returns how many were running. Equal strings, created_at times and
         small payloads are shared between tasks, so a million queued tasks of a
         few types take a few hundred bytes each.
         """
@@ -665,11 +665,16 @@ class Core:
         tasks = self.tasks
         states = {s.value: s for s in State}
         new = Task.__new__
+        created: float = -1.0
         for row in rows:
             t = new(Task)
             (t.id, queue, type_, payload, t.priority, state_name, t.run_at, timeout, t.max_retries,
-             t.attempt, t.key, t.result, t.error, t.progress, t.created_at, t.started_at, t.finished_at,
+             t.attempt, t.key, t.result, t.error, t.progress, created_at, t.started_at, t.finished_at,
              t.worker) = row
+            # the tasks of one enqueue batch share one created_at, as they did before the restart (24 bytes each)
+            if created_at != created:
+                created = created_at
+            t.created_at = created
             t.queue = share(queue, queue)
             t.type = share(type_, type_)
             t.payload = share(payload, payload) if payload is not None and len(payload) <= 32 else payload
