@@ -74,11 +74,12 @@ class _MultiInsert:
             n = self.MAX_ROWS
             while n > total - i:
                 n >>= 1
-            conn.execute(self._statement(n), [v for r in rows[i:i + n] for v in r])
+            conn.execute(self._statement(n), list(_flatten(rows[i:i + n])))
             i += n
 
 
 _COLS = ", ".join(TASK_COLUMNS)
+_flatten = itertools.chain.from_iterable
 _ENQUEUED, _READY = "enqueued", "ready"  # the event the core does not write (see events())
 _FIRST_EVENTS = (_ENQUEUED, "scheduled")
 _UPSERT = _MultiInsert("tasks", TASK_COLUMNS,
