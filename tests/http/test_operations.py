@@ -166,7 +166,7 @@ async def test_metrics_read_the_live_core(api: Api) -> None:
     assert m[("runq_task_run_seconds_bucket", (("le", "+Inf"), ("outcome", "succeeded"), ("type", "work")))] == 5
     assert m[("runq_workers", (("state", "active"),))] == 1
     assert m[("runq_lease_expiries_total", ())] == 0
-    assert m[("runq_protocol_errors_total", ())] == 0
+    assert m[("runq_protocol_errors_total", ())] == 0 and m[("runq_internal_errors_total", ())] == 0
     assert m[("runq_store_commits_total", ())] >= 1
     assert m[("runq_store_batch_rows_count", ())] >= 1 and m[("runq_store_batch_rows_sum", ())] >= 7
     assert m[("runq_store_commit_latency_seconds_count", ())] >= 1

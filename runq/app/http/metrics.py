@@ -226,8 +226,8 @@ class Meter:
                        "cancelled": c.cancelled, "lease_expiries": c.lease_expiries,
                        "late_results": c.late_results},
             "tasks_live": s["tasks_live"], "connections": s["connections"],
-            "protocol_errors": s["protocol_errors"], "store_errors": s["store_errors"],
-            "commits": s["commits"], "commit_batches": s["commit_batches"], "recovered": s["recovered"],
+            "protocol_errors": s["protocol_errors"], "internal_errors": s["internal_errors"],
+            "store_errors": s["store_errors"], "commits": s["commits"], "commit_batches": s["commit_batches"], "recovered": s["recovered"],
         }
 
     def exposition(self) -> bytes:
@@ -291,6 +291,8 @@ class RunqCollector:
                        st.late_results)
         yield _counter("runq_protocol_errors", "TCP connections closed for breaking the protocol.",
                        srv.stats.protocol_errors)
+        yield _counter("runq_internal_errors", "TCP connections closed because the server hit a bug (logged).",
+                       srv.stats.internal_errors)
         yield _gauge("runq_connections", "Open TCP connections.", len(srv.sessions))
         yield _gauge("runq_event_subscribers", "Open live-event subscriptions (TCP and HTTP).", len(srv.subscribers))
 
