@@ -401,3 +401,62 @@ async def test_the_worker_tells_a_timeout_from_a_cancel_and_from_a_handlers_own_
             assert task["state"] == "cancelled" and task["error"] is None
             assert await c.result(await c.enqueue("nap", 0.01, timeout=5), timeout=10) == "woke"
     worker.stop()
+
+
+@pytest.mark.trio
+async def test_a_task_that_left_memory_is_read_after_its_last_change_is_written(nursery: trio.Nursery,
+                                                                                 tmp_path: Path) -> None:
+    srv = await start(nursery, tmp_path, core={"finished_cache": 1})
+    address = f"127.0.0.1:{srv.port}"
+    worker = Worker(concurrency=2)
+    gate = trio.Event()
+
+    @worker.task("gated")
+    async def gated(p: Any) -> Any:
+        await gate.wait()
+        return p
+
+    nursery.start_soon(worker.run, address)
+    with trio.fail_after(10):
+        async with Client(address) as c:
+            a, b = await c.enqueue("gated", 1), await c.enqueue("gated", 2)
+            while {(await c.get(t))["state"] for t in (a, b)} != {"running"}:
+                await trio.sleep(0.01)
+            lock = sqlite3.connect(srv.config.db, isolation_level=None)
+            lock.execute("BEGIN IMMEDIATE")  # the writer waits (busy timeout) until this commits
+            gate.set()
+            while srv.core.stats.succeeded < 2:
+                await trio.sleep(0.01)
+            # `a` finished first and left the finished-task cache (size 1) before its row was written
+            assert a not in srv.core.tasks and a not in srv.core.finished
+
+            async def unlock() -> None:
+                await trio.sleep(0.3)
+                lock.execute("COMMIT")
+                lock.close()
+
+            nursery.start_soon(unlock)
+            task = await c.get(a)
+            assert task["state"] == "succeeded" and task["result"] == 1
+    worker.stop()
+
+
+@pytest.mark.trio
+async def test_wait_committed_waits_for_the_commits_so_far_not_for_the_load_to_stop(server: Server) -> None:
+    stop = trio.Event()
+
+    async def steady_load() -> None:
+        async with Client(f"127.0.0.1:{server.port}") as c:
+            while not stop.is_set():
+                await c.enqueue_many([{"type": "t"}] * 50)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as loads:
+            for _ in range(4):
+                loads.start_soon(steady_load)
+            while server.core.stats.enqueued < 2000:
+                await trio.sleep(0.01)
+            for _ in range(20):
+                tid = max(server.core.tasks)
+                await server.task_events(tid)  # flush + wait_committed under a load that never pauses
+            stop.set()

@@ -105,8 +105,9 @@ class Server:
         self._rearm = trio.Event()
         self._armed = float("inf")
         self._retry_scheduled = False
-        self._pending_commits = 0
-        self._idle = trio.Event()
+        self._submitted = 0  # batches handed to the store so far
+        self._committed_count = 0  # of those, how many it has answered (it answers in order)
+        self._commit_seen = trio.Event()
         self._reader_lock = trio.CapacityLimiter(1)
         self._nursery: trio.Nursery | None = None
 
@@ -182,9 +183,11 @@ class Server:
                                                                  events=fx.events))
 
     async def wait_committed(self) -> None:
-        """Wait until every batch handed to the store so far has committed."""
-        while self._pending_commits:
-            await self._idle.wait()
+        """Wait until every batch handed to the store so far has committed (not for later ones: under a
+        steady load some commit is always pending, and a reader must not wait for the load to stop)."""
+        target = self._submitted
+        while self._committed_count < target:
+            await self._commit_seen.wait()
 
     @property
     def nursery(self) -> trio.Nursery:
@@ -219,7 +222,7 @@ class Server:
             self._acks = []
             batch = Batch(rows=fx.rows, new_rows=fx.new_rows, events=fx.events, queue_ops=fx.queue_ops)
             batch.on_done = functools.partial(self._committed, batch, acks, waiters, submitted=trio.current_time())
-            self._pending_commits += 1
+            self._submitted += 1
             self._store.submit(batch)
         elif waiters:
             self._wake_waiters(waiters)
@@ -229,7 +232,7 @@ class Server:
 
     def _committed(self, batch: Batch, acks: list[Ack], waiters: list[int] | None,
                    error: BaseException | None, *, submitted: float | None = None) -> None:
-        self._pending_commits -= 1
+        self._committed_count += 1
         if error is None and submitted is not None and self.commit_observers:
             written = len(batch.rows) + len(batch.new_rows) + len(batch.events)
             latency = trio.current_time() - submitted
@@ -255,9 +258,8 @@ class Server:
             self._wake_waiters(waiters)
         for listener in self.commit_listeners:
             listener(batch, error)
-        if not self._pending_commits:
-            self._idle.set()
-            self._idle = trio.Event()
+        self._commit_seen.set()
+        self._commit_seen = trio.Event()
 
     async def _retry_writes(self) -> None:
         await trio.sleep(0.5)
@@ -332,7 +334,7 @@ class Server:
         """Ask the writer to delete tasks finished before ``before`` (default: now - retention)."""
         cutoff = before if before is not None else self.clock() - self.config.retention
         batch = Batch(prune_before=cutoff)
-        self._pending_commits += 1
+        self._submitted += 1
         batch.on_done = functools.partial(self._committed, batch, [], None)
         self._store.submit(batch)
         for tid in [t for t, task in self.core.finished.items() if (task.finished_at or 0) < cutoff]:
@@ -378,6 +380,9 @@ class Server:
         t = self.core.tasks.get(task_id) or self.core.finished.get(task_id)
         if t is not None:
             return t.as_dict()
+        # Not in memory: it may have just left the finished-task cache with its last change not yet written.
+        self.flush()
+        await self.wait_committed()
         row = await self._read(self._store.get_task, task_id)
         if row is None:
             raise TaskMissing(f"no task {task_id}")
