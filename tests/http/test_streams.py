@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import msgpack
 import pytest
 import trio
 from http_helpers import IGNORE_HTTPX_STREAM_GENERATORS, TOKEN, Api, make_worker
 from httpx_ws import WebSocketUpgradeError, aconnect_ws
 from test_tasks import error_of
+
+from runq import TaskContext
 
 pytestmark = [pytest.mark.http, pytest.mark.trio, IGNORE_HTTPX_STREAM_GENERATORS]
 
@@ -130,6 +134,28 @@ async def test_a_slow_consumer_is_skipped_ahead_with_a_marker(api: Api) -> None:
         assert kept == list(range(1, len(kept) + 1)) and 5 <= len(kept) <= 6
         assert got[-1] == {"op": "event", "kind": "dropped", "count": 100 - len(kept)}
         assert (await s.next())["id"] == 101  # then it goes on with what happens next
+
+
+async def test_a_result_nested_too_deep_for_json_is_given_as_base64(api: Api) -> None:
+    """A worker may return any msgpack value: one nested 900 deep is answered as base64, never a 500."""
+    from test_tasks import nested
+
+    async def deep(payload: Any, ctx: TaskContext) -> Any:
+        ctx.progress(nested(900))
+        return nested(900)
+
+    await api.start_worker(make_worker(deep=deep))
+    async with sse(api, type="deep") as s:
+        tid = (await api.client.post("/api/tasks", json={"type": "deep"})).json()["task_id"]
+        got = await s.until(lambda e: e["status"] == "succeeded")
+        assert [e["kind"] for e in got] == ["enqueued", "started", "progress", "succeeded"]
+        assert set(got[2]["progress"]) == {"base64"} and set(got[-1]["result"]) == {"base64"}
+    r = await api.client.get(f"/api/tasks/{tid}")
+    assert r.status_code == 200, r.text
+    assert msgpack.unpackb(base64.b64decode(r.json()["result"]["base64"])) == nested(900)
+    assert set(r.json()["progress"]) == {"base64"}
+    r = await api.client.get("/api/tasks")
+    assert r.status_code == 200 and r.json()["tasks"][0]["result"] == (await api.client.get(f"/api/tasks/{tid}")).json()["result"]
 
 
 async def test_sse_ends_when_the_server_stops(api: Api) -> None:

@@ -10,6 +10,7 @@ import trio
 from http_helpers import Api, make_worker
 
 from runq import TaskContext
+from runq.app.http.encoding import MAX_DEPTH
 
 pytestmark = [pytest.mark.http, pytest.mark.trio]
 
@@ -56,6 +57,27 @@ async def test_enqueue_then_read_the_task(api: Api) -> None:
 async def test_integers_beyond_64_bits_in_data_become_floats(api: Api) -> None:
     r = await api.client.post("/api/tasks", content=b'{"type": "x", "data": {"n": ' + b"9" * 30 + b', "m": 5}}')
     assert r.status_code == 201 and r.json()["data"] == {"n": 1e30, "m": 5}
+
+
+def nested(depth: int) -> Any:
+    """A list nested ``depth`` levels deep (``[]`` is one level)."""
+    v: list[Any] = []
+    for _ in range(depth - 1):
+        v = [v]
+    return v
+
+
+async def test_data_nested_up_to_the_limit_is_kept_as_json(api: Api) -> None:
+    deepest = nested(MAX_DEPTH - 1)  # inside the body's object
+    r = await api.client.post("/api/tasks", json={"type": "x", "data": deepest})
+    assert r.status_code == 201, r.text
+    assert r.json()["data"] == deepest
+    r = await api.client.post("/api/tasks/batch", json={"tasks": [{"type": "x", "data": nested(MAX_DEPTH - 3)}]})
+    assert r.status_code == 201, r.text
+    r = await api.client.get("/api/tasks")
+    assert r.status_code == 200 and [t["data"] for t in r.json()["tasks"]] == [nested(MAX_DEPTH - 3), deepest]
+    error_of(await api.client.post("/api/tasks/batch", json={"tasks": [{"type": "x", "data": deepest}]}),
+             400, "bad_request")
 
 
 async def test_delay_and_run_at(api: Api) -> None:
@@ -220,6 +242,10 @@ BAD_BODIES: list[tuple[str, bytes | str, str]] = [
     ("lone surrogate", b'{"type": "\\ud800"}', "bad_request"),
     ("lone surrogate in data", b'{"type": "x", "data": {"\\udfff": 1}}', "bad_request"),
     ("deep nesting", b'{"type": "x", "data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "bad_request"),
+    # deep enough to parse and pack, too deep to answer with: refused before anything is enqueued
+    ("nesting beyond the limit", b'{"type": "x", "data": ' + b"[" * 300 + b"]" * 300 + b"}", "bad_request"),
+    ("objects nested beyond the limit", b'{"type": "x", "data": ' + b'{"a": ' * 600 + b"1" + b"}" * 600 + b"}",
+     "bad_request"),
 ]
 
 
@@ -231,7 +257,7 @@ async def test_bad_task_bodies_are_400(api: Api, why: str, body: bytes | str, co
         inner = body if isinstance(body, bytes) else body.encode()
         msg = error_of(await api.client.post("/api/tasks/batch", content=b'{"tasks": [{"type": "ok"}, ' + inner + b"]}"),
                        400, code)
-        assert "tasks[1]" in msg or "JSON" in msg or "64 bits" in msg or "finite" in msg or "Unicode" in msg
+        assert any(word in msg for word in ("tasks[1]", "JSON", "64 bits", "finite", "Unicode", "nested")), msg
     assert api.server.core.stats.enqueued == 0  # nothing was enqueued by a refused request
 
 

@@ -28,6 +28,7 @@ from ...protocol.messages import TaskSpec, parse_task_spec
 from .errors import ApiError
 
 __all__ = [
+    "MAX_DEPTH",
     "MAX_ID",
     "SPEC_FIELDS",
     "check_id",
@@ -44,6 +45,9 @@ __all__ = [
 ]
 
 MAX_ID = 2**63 - 1
+#: Deepest nesting of arrays and objects in a request body, and in a value given as JSON in an answer
+#: (a deeper result or progress value from a worker is given as base64).
+MAX_DEPTH = 128
 _MIN_INT = -(2**63)
 #: The fields of a task in a POST body (``data`` is the payload, as any JSON value).
 SPEC_FIELDS = ("type", "data", "queue", "priority", "delay", "run_at", "timeout", "retries", "key")
@@ -81,9 +85,9 @@ def parse_json(body: bytes | str, ints: bool = True) -> Any:
 
 
 def _check(value: Any, ints: bool = True) -> None:
-    stack = [value]
+    stack = [(value, 1)]
     while stack:
-        v = stack.pop()
+        v, depth = stack.pop()
         if isinstance(v, str):
             _check_str(v)
         elif isinstance(v, bool) or v is None:
@@ -94,12 +98,15 @@ def _check(value: Any, ints: bool = True) -> None:
         elif isinstance(v, float):
             if not math.isfinite(v):
                 raise ApiError("bad_request", "numbers must be finite")
-        elif isinstance(v, dict):
-            for k, item in v.items():
-                _check_str(k)
-                stack.append(item)
-        elif isinstance(v, list):
-            stack.extend(v)
+        elif isinstance(v, (dict, list)):
+            if depth > MAX_DEPTH:
+                raise ApiError("bad_request", f"arrays and objects may be nested at most {MAX_DEPTH} levels deep")
+            if isinstance(v, dict):
+                for k, item in v.items():
+                    _check_str(k)
+                    stack.append((item, depth + 1))
+            else:
+                stack.extend((item, depth + 1) for item in v)
 
 
 def _check_str(s: str) -> None:
@@ -160,18 +167,25 @@ def _floats(v: Any) -> Any:
     return v
 
 
-def jsonable(value: Any) -> Any:
-    """``value`` with everything JSON cannot carry replaced (bytes as base64, NaN as null)."""
+def jsonable(value: Any, depth: int = 1) -> Any:
+    """``value`` with everything JSON cannot carry replaced (bytes as base64, NaN as null).
+
+    Raises:
+        ValueError: arrays and maps nested deeper than ``MAX_DEPTH`` (the caller gives the bytes as base64).
+    """
     if value is None or isinstance(value, (str, bool, int)):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, (bytes, bytearray, memoryview)):
         return {"base64": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, (dict, list, tuple)) and depth > MAX_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
     if isinstance(value, dict):
-        return {k if isinstance(k, str) else json.dumps(jsonable(k)): jsonable(v) for k, v in value.items()}
+        return {k if isinstance(k, str) else json.dumps(jsonable(k, depth + 1)): jsonable(v, depth + 1)
+                for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
+        return [jsonable(v, depth + 1) for v in value]
     if isinstance(value, msgpack.ExtType):
         return {"ext": value.code, "base64": base64.b64encode(value.data).decode("ascii")}
     return str(value)
@@ -182,7 +196,8 @@ def _value(data: bytes | None) -> Any:
         return None
     try:
         return jsonable(decode_value(data))
-    except (ValueError, TypeError, msgpack.UnpackException):  # not msgpack (another language may store anything)
+    except (ValueError, TypeError, msgpack.UnpackException):  # not msgpack (another language may store
+        # anything), or nested too deep to answer with
         return {"base64": base64.b64encode(data).decode("ascii")}
 
 
