@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import gc
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -167,6 +169,28 @@ async def test_sse_ends_when_the_server_stops(api: Api) -> None:
     assert not api.server.subscribers
 
 
+async def test_sse_clients_leaving_while_events_flow_are_unsubscribed(api: Api) -> None:
+    """Clients that hang up while the server is writing to them (their event generators are closed too)."""
+    stop = trio.Event()
+
+    async def traffic() -> None:
+        while not stop.is_set():
+            await api.client.post("/api/tasks/batch", json={"tasks": [{"type": "x", "data": "y" * 1000}] * 50})
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as n:
+            n.start_soon(traffic)
+            for _ in range(20):
+                async with httpx.AsyncClient(base_url=api.url) as c, c.stream("GET", "/api/events") as r:
+                    async for line in r.aiter_lines():
+                        if '"kind":"enqueued"' in line:
+                            break
+            stop.set()
+        while api.server.subscribers:
+            await trio.sleep(0.01)
+    gc.collect()
+
+
 async def test_a_closed_sse_client_is_unsubscribed(api: Api) -> None:
     async with sse(api):
         assert len(api.server.subscribers) == 1
@@ -207,6 +231,43 @@ async def test_websocket_bad_filter_is_refused(api: Api) -> None:
     upgrade = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
     error_of(await api.client.get("/api/ws?id=nope", headers=upgrade), 400, "bad_request")
+
+
+async def test_a_websocket_client_breaking_the_protocol_is_no_server_error(
+        api: Api, caplog: pytest.LogCaptureFixture) -> None:
+    """A client that sends a bad frame while events flow: Hypercorn closes the socket while the handler sends.
+
+    That is the client going away, not a bug of the server: nothing is logged as an error and the
+    subscription is removed.
+    """
+    caplog.set_level(logging.ERROR, logger="runq.http")
+    stop = trio.Event()
+
+    async def traffic() -> None:
+        while not stop.is_set():
+            await api.client.post("/api/tasks/batch", json={"tasks": [{"type": "x", "data": "y" * 100}] * 50})
+
+    async def bad_client(delay: float) -> None:
+        sock = await trio.open_tcp_stream("127.0.0.1", api.server.http_port)  # type: ignore[arg-type]
+        await sock.send_all(b"GET /api/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        assert (await sock.receive_some(4096)).startswith(b"HTTP/1.1 101")
+        await trio.sleep(delay)
+        await sock.send_all(b"\x8f\x80\x00\x00\x00\x00")  # opcode 0xF: reserved, a protocol error
+        with trio.move_on_after(0.05):
+            while await sock.receive_some(65536):
+                pass
+        await sock.aclose()
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as n:
+            n.start_soon(traffic)
+            for i in range(60):
+                await bad_client(0.002 * (i % 5))
+            stop.set()
+        while api.server.subscribers:
+            await trio.sleep(0.01)
+    assert not [r for r in caplog.records if r.name == "runq.http"], [r.getMessage() for r in caplog.records]
 
 
 @pytest.mark.parametrize("server_config", [{"token": TOKEN}])

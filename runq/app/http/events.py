@@ -23,7 +23,7 @@ every ``KEEPALIVE`` seconds so that proxies keep the connection open.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -90,7 +90,7 @@ class EventStream:
     def close(self) -> None:
         self._send.close()
 
-    async def messages(self, keepalive: float | None = None) -> AsyncIterator[dict[str, Any] | None]:
+    async def messages(self, keepalive: float | None = None) -> AsyncGenerator[dict[str, Any] | None, None]:
         """Yield buffered events as JSON-ready maps; ``None`` after ``keepalive`` seconds of silence."""
         timeout = math.inf if keepalive is None else keepalive
         while True:

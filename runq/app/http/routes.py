@@ -15,6 +15,7 @@ tasks and must answer load balancers and people without the secret.
 from __future__ import annotations
 
 import hmac
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -244,8 +245,9 @@ def create_app(server: Server, meter: Meter, hub: StreamHub) -> QuartTrio:
         async def body() -> Any:
             try:
                 yield sse_frame(subscribed_message(sub))
-                async for msg in stream.messages(KEEPALIVE):
-                    yield sse_frame(msg)
+                async with aclosing(stream.messages(KEEPALIVE)) as messages:  # closed too when the client leaves
+                    async for msg in messages:
+                        yield sse_frame(msg)
             finally:
                 hub.close(stream)
 
@@ -262,12 +264,16 @@ def create_app(server: Server, meter: Meter, hub: StreamHub) -> QuartTrio:
         try:
             await websocket.accept()
             await websocket.send(dumps(subscribed_message(sub)))
-            async with trio.open_nursery() as nursery:
+            async with trio.open_nursery() as nursery, aclosing(stream.messages(KEEPALIVE)) as messages:
                 nursery.start_soon(_ws_reader, nursery.cancel_scope)
-                async for msg in stream.messages(KEEPALIVE):
+                async for msg in messages:
                     if msg is not None:
                         await websocket.send(dumps(msg))
                 nursery.cancel_scope.cancel()
+        except* trio.BusyResourceError:
+            # Hypercorn closed the socket (the client broke the protocol) while this task was sending on it:
+            # the client is gone, which is not a server error
+            pass
         finally:
             hub.close(stream)
 
