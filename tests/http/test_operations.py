@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,22 @@ async def test_pause_and_resume_a_queue(api: Api) -> None:
     assert r.status_code == 200 and r.json()["queue"] == "later one"
     names = {x["name"]: x["paused"] for x in (await api.client.get("/api/queues")).json()["queues"]}
     assert names["later one"] is True and names["default"] is False
+
+
+@pytest.mark.parametrize("name", ["emails/high", "a/b/pause", "ünï cødé", "%2F", "two\nlines", "/", "a//b/", " "])
+async def test_any_queue_name_can_be_paused_and_resumed(api: Api, name: str) -> None:
+    """Queue names are any 1 to 200 characters (as over TCP), '/' included: percent-encoded in the path."""
+    await api.client.post("/api/tasks", json={"type": "x", "queue": name})
+    quoted = urllib.parse.quote(name, safe="")
+    r = await api.client.post(f"/api/queues/{quoted}/pause")
+    assert r.status_code == 200, r.text
+    assert r.json() == {"message": f"queue {name!r} paused", "queue": name, "paused": True}
+    queues = {q["name"]: q for q in (await api.client.get("/api/queues")).json()["queues"]}
+    assert queues[name]["paused"] is True and queues[name]["counts"]["ready"] == 1
+    assert {q["queue"]: q["paused"] for q in api.server.core.queue_stats()}[name] is True
+    r = await api.client.post(f"/api/queues/{quoted}/resume")
+    assert r.status_code == 200 and r.json()["paused"] is False
+    assert {q["queue"]: q["paused"] for q in api.server.core.queue_stats()}[name] is False
 
 
 async def test_queue_counts_and_rates(api: Api) -> None:

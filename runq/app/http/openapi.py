@@ -174,6 +174,9 @@ _FILTERS = [
     _query("id", {"type": "string", "pattern": IDS_PATTERN}, "only these task ids (comma-separated)"),
 ]
 _TEXT = {"text/plain": {"schema": {"type": "string"}}}
+_QUEUE_NAME = {"name": "name", "in": "path", "required": True,
+               "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+               "description": "the queue's name, percent-encoded ('/' as %2F)"}
 
 SPEC: dict[str, Any] = {
     "openapi": "3.0.3",
@@ -234,14 +237,11 @@ SPEC: dict[str, Any] = {
         },
         "/api/queues/{name}/pause": {
             "post": _op("Stop dispatching from a queue (enqueue still works)",
-                        {200: ("paused", _ref("QueueAction"))}, (400, 503), tag="queues", params=[
-                            {"name": "name", "in": "path", "required": True,
-                             "schema": {"type": "string", "minLength": 1, "maxLength": 200}}]),
+                        {200: ("paused", _ref("QueueAction"))}, (400, 503), tag="queues", params=[_QUEUE_NAME]),
         },
         "/api/queues/{name}/resume": {
             "post": _op("Dispatch from a queue again", {200: ("resumed", _ref("QueueAction"))}, (400, 503),
-                        tag="queues", params=[{"name": "name", "in": "path", "required": True,
-                                               "schema": {"type": "string", "minLength": 1, "maxLength": 200}}]),
+                        tag="queues", params=[_QUEUE_NAME]),
         },
         "/api/workers": {
             "get": _op("Connected workers", {200: ("every connected worker", _ref("Workers"))}, (), tag="workers"),

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 from quart import Response, request, websocket
 from quart_trio import QuartTrio
+from werkzeug.routing import BaseConverter
 
 from ..core import State
 from ..server.session import Subscription
@@ -88,9 +89,17 @@ def _subscription(args: Any) -> Subscription:
                         ids=frozenset(int(i) for i in ids) if ids is not None else None)
 
 
+class QueueNameConverter(BaseConverter):
+    """A queue's name in a path: any characters, '/' and line breaks included (percent-encoded by the client)."""
+
+    regex = r"[\s\S]+?"
+    part_isolating = False
+
+
 def create_app(server: Server, meter: Meter, hub: StreamHub) -> QuartTrio:
     """Build the Quart-Trio app serving ``server``."""
     app = QuartTrio("runq.http")
+    app.url_map.converters["queue"] = QueueNameConverter
     app.config["MAX_CONTENT_LENGTH"] = server.config.max_frame
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     token = server.config.token
@@ -211,12 +220,12 @@ def create_app(server: Server, meter: Meter, hub: StreamHub) -> QuartTrio:
     async def queues() -> Response:
         return _json({"queues": meter.queues()})
 
-    @app.post("/api/queues/<name>/pause")
+    @app.post("/api/queues/<queue:name>/pause")
     async def pause(name: str) -> Response:
         await server.set_paused(_queue_name(name), True)
         return _json({"message": f"queue {name!r} paused", "queue": name, "paused": True})
 
-    @app.post("/api/queues/<name>/resume")
+    @app.post("/api/queues/<queue:name>/resume")
     async def resume(name: str) -> Response:
         await server.set_paused(_queue_name(name), False)
         return _json({"message": f"queue {name!r} resumed", "queue": name, "paused": False})
