@@ -33,11 +33,23 @@ from .source import Source, TaskPage
 __all__ = ["OfflineError", "OfflineSource"]
 
 POLL_SECONDS = 2.0
+SCHEMA_VERSION = 1  # the schema the SQL below reads (``PRAGMA user_version`` of the file)
 TASK_COLUMNS = ("id", "queue", "type", "payload", "priority", "state", "run_at", "timeout", "max_retries", "attempt",
                 "key", "result", "error", "progress", "created_at", "started_at", "finished_at", "worker")
 EVENT_COLUMNS = ("task_id", "at", "kind", "state", "worker", "attempt", "detail")
 _TASK_SQL = ", ".join(TASK_COLUMNS)
 _EVENT_SQL = ", ".join(EVENT_COLUMNS)
+
+
+#: one query per table, naming every column read below: a file without them is refused up front
+_PROBES = (f"SELECT {_TASK_SQL} FROM tasks LIMIT 0", f"SELECT id, {_EVENT_SQL} FROM events LIMIT 0",
+           "SELECT name, paused FROM queues LIMIT 0")
+
+
+def _check_version(path: str, version: int) -> None:
+    if version > SCHEMA_VERSION:
+        raise OfflineError(f"{path}: database schema version {version} is newer than this dashboard reads "
+                           f"({SCHEMA_VERSION}); use the runq that wrote it")
 
 
 def _uri(path: str) -> str:
@@ -80,7 +92,10 @@ class OfflineSource(Source):
             raise OfflineError(f"no such database file: {path}")
         try:
             with contextlib.closing(sqlite3.connect(_uri(path), uri=True)) as conn:
-                conn.execute("SELECT id, queue, state FROM tasks LIMIT 1").fetchall()
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                _check_version(path, version)
+                for sql in _PROBES:
+                    conn.execute(sql).fetchall()
         except sqlite3.Error as exc:
             raise OfflineError(f"{path} is not a runq database: {exc}") from exc
 
@@ -90,7 +105,13 @@ class OfflineSource(Source):
         uri = _uri(self.path)
         try:
             self.conn = await aiosqlite.connect(uri, uri=True)
-            await self.conn.execute("SELECT 1 FROM tasks LIMIT 1")
+            (version,), = await self._all("PRAGMA user_version")
+            _check_version(self.path, version)
+            for sql in _PROBES:
+                await self._all(sql)
+        except OfflineError:
+            await self.close()
+            raise
         except Exception as exc:
             await self.close()
             raise OfflineError(f"{self.path} is not a runq database: {exc}") from exc

@@ -160,18 +160,31 @@ def render_lanes(lanes: Mapping[str, Sequence[Bar]], start: float, end: float, w
 
 
 def _axis(start: float, end: float, width: int) -> str:
-    """A time axis: ``-2m`` ... ``now`` tick labels over ``width`` columns."""
+    """A time axis: ``-2m`` ... ``now`` tick labels over ``width`` columns.
+
+    The first label starts on the first column, ``now`` ends on the last, the others are centred on their
+    tick; an inner label that would touch a neighbour is left out (narrow widths).
+    """
     span = end - start
-    axis = [" "] * width
     ticks = 4
+    placed: list[tuple[int, str]] = []  # (first column, label), left to right
     for i in range(ticks + 1):
         col = min(width - 1, int(i / ticks * (width - 1)))
-        ago = span * (1 - i / ticks)
-        label = "now" if i == ticks else f"-{fmt_duration(ago)}"
+        label = "now" if i == ticks else f"-{fmt_duration(span * (1 - i / ticks))}"
         pos = col - len(label) + 1 if i == ticks else (col if i == 0 else col - len(label) // 2)
-        for j, ch in enumerate(label):
-            if 0 <= pos + j < width:
-                axis[pos + j] = ch
+        placed.append((max(0, pos), label))
+    first, last = placed[0], placed[-1]
+    keep = [first]
+    for pos, label in placed[1:-1]:
+        prev_pos, prev = keep[-1]
+        if pos > prev_pos + len(prev) and pos + len(label) < last[0]:
+            keep.append((pos, label))
+    if last[0] > first[0] + len(first[1]):
+        keep.append(last)
+    axis = [" "] * width
+    for pos, label in keep:
+        for j, ch in enumerate(label[: width - pos]):
+            axis[pos + j] = ch
     return "".join(axis)
 
 

@@ -17,7 +17,12 @@ if TYPE_CHECKING:
     from ..model import DashboardState
     from ..source import Source
 
-__all__ = ["DashboardScreen"]
+__all__ = ["DashboardScreen", "describe"]
+
+
+def describe(exc: BaseException) -> str:
+    """An error for the screen: a runq error's own message, else the exception's type and message."""
+    return str(exc) if isinstance(exc, RunqError) else f"{type(exc).__name__}: {exc}"
 
 
 class DashboardScreen(Screen[None]):
@@ -101,6 +106,9 @@ class DashboardScreen(Screen[None]):
                 result = await call()
             except RunqError as exc:
                 self.app.notify(str(exc), title="refused", severity="error")
+                return
+            except Exception as exc:  # noqa: BLE001 - e.g. a value the protocol cannot carry: keep the dashboard
+                self.app.notify(describe(exc), title="failed", severity="error")
                 return
             self.app.notify(done(result) if callable(done) else done)
             self.after_action()

@@ -17,7 +17,7 @@ from ..forms import EnqueueForm, EnqueueRequest
 from ..model import phases
 from ..source import TASK_STATES
 from ..widgets import PHASE_STYLE, STATE_STYLE, fmt_duration, fmt_time, render_marks, render_phases, sync_table
-from .base import DashboardScreen
+from .base import DashboardScreen, describe
 
 __all__ = ["TaskDetailScreen", "TasksScreen"]
 
@@ -25,6 +25,15 @@ RELOAD_SECONDS = 1.0
 PAGE = 200
 COLUMNS = ("id", "state", "queue", "type", "attempt", "priority", "created", "worker", "error")
 FINAL = frozenset({"succeeded", "dead", "cancelled"})
+
+
+def _task_id(text: str) -> int | None:
+    """The task id typed in the search field, or None when it cannot be one (``-``, beyond 64 bits)."""
+    try:
+        tid = int(text)
+    except ValueError:
+        return None
+    return tid if 0 < tid < 2**63 else None
 
 
 def _first_line(text: str | None) -> str:
@@ -99,8 +108,9 @@ class TasksScreen(DashboardScreen):
         try:
             ident = self.query_one("#f-id", Input).value.strip()
             if ident:
+                tid = _task_id(ident)
                 try:
-                    tasks = [await self.source.get(int(ident))]
+                    tasks = [] if tid is None else [await self.source.get(tid)]
                 except RunqError as exc:
                     if "not_found" not in str(exc):
                         raise
@@ -109,8 +119,8 @@ class TasksScreen(DashboardScreen):
                 tasks, _ = await self.source.list_tasks(limit=PAGE, **self.filters())
             self.tasks = tasks
             self.error = ""
-        except RunqError as exc:
-            self.error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - shown on the screen: a failed load must not end the app
+            self.error = describe(exc)
         finally:
             self._loading = False
         self.loads += 1
@@ -257,8 +267,8 @@ class TaskDetailScreen(DashboardScreen):
             self.current = await self.source.get(self.task_id)
             self.events = await self.source.events(self.task_id)
             self.error = ""
-        except RunqError as exc:
-            self.error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - shown on the screen: a failed load must not end the app
+            self.error = describe(exc)
         finally:
             self._loading = False
         self.loads += 1

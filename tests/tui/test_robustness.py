@@ -1,0 +1,144 @@
+"""The dashboard on odd input: odd task ids typed in the search field, tasks whose payload is not msgpack,
+huge or non-ASCII values, files of another schema, and the Gantt axis at narrow widths."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import anyio
+import msgpack
+import pytest
+from test_live import SIZE, table_rows, until
+from textual.widgets import Input, Static
+
+from runq.app.store.schema import migrate
+from runq.tui import OfflineError, OfflineSource, RunqDashboard
+from runq.tui.model import Bar
+from runq.tui.screens import TaskDetailScreen, TasksScreen
+from runq.tui.widgets import render_lanes
+
+pytestmark = [pytest.mark.tui]
+
+T = 1_767_225_600.0
+TRACEBACK = "Traceback (most recent call last):\n  File \"x.py\", line 1, in f\nValueError: ünïcødé ✗"
+
+
+def make_db(path: Path) -> str:
+    """A database file with the server's schema and three odd tasks (as a client in another language might
+    leave them): a payload that is not msgpack, a 1 MB non-ASCII result, an error with its traceback."""
+    with sqlite3.connect(path) as conn:
+        migrate(conn)
+        big = msgpack.packb({"text": "héllo ✓ 🚀 " * 100_000})
+        rows = [
+            (1, "default", "raw", b"\xc1\xc1 not msgpack", "succeeded", b"\xc1", T - 30, T - 29, T - 28, "w1"),
+            (2, "défaut", "grand_résultat", msgpack.packb("ok"), "succeeded", big, T - 20, T - 19, T - 10, "w1"),
+            (3, "default", "boom", None, "dead", None, T - 5, T - 4, T - 3, "w2"),
+        ]
+        for tid, queue, type_, payload, state, result, created, started, finished, worker in rows:
+            conn.execute(
+                "INSERT INTO tasks (id, queue, type, payload, state, timeout, max_retries, attempt, result, error,"
+                " created_at, started_at, finished_at, worker) VALUES (?, ?, ?, ?, ?, 60, 0, 1, ?, ?, ?, ?, ?, ?)",
+                (tid, queue, type_, payload, state, result, TRACEBACK if state == "dead" else None, created,
+                 started, finished, worker))
+            conn.executemany(
+                "INSERT INTO events (task_id, at, kind, state, worker, attempt, detail) VALUES (?, ?, ?, ?, ?, 1, ?)",
+                [(tid, started, "started", "running", worker, None),
+                 (tid, finished, "succeeded" if state == "succeeded" else "failed",
+                  state if state == "succeeded" else "failed", worker, "ValueError: ünïcødé ✗" if state == "dead" else None),
+                 *([(tid, finished, "dead", "dead", None, "1 attempt, retries spent")] if state == "dead" else [])])
+    return str(path)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_odd_task_ids_in_the_search_field_find_nothing(tmp_path: Path) -> None:
+    """The id field accepts ``-``, ``+`` and ids beyond SQLite's and msgpack's integers: none of them may
+    end the dashboard (a failed background load used to crash the app)."""
+    db = make_db(tmp_path / "odd.db")
+    with anyio.fail_after(30):
+        app = RunqDashboard(OfflineSource(db))
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("3")
+            await until(pilot, lambda: len(table_rows(app, "#tasks")) == 3)
+            screen = app.screen
+            assert isinstance(screen, TasksScreen)
+            for text in ("-", "+", "99999999999999999999999", "-99999999999999999999999", "2"):
+                loads = screen.loads
+                screen.query_one("#f-id", Input).value = text
+                await until(pilot, lambda n=loads: screen.loads > n and not screen._loading, what=text)
+                await pilot.pause(0.1)
+                assert app.is_running and app.screen is screen, text
+                expected = ["2"] if text == "2" else []
+                await until(pilot, lambda e=expected: [r[0] for r in table_rows(app, "#tasks")] == e, what=text)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_detail_of_tasks_with_odd_values(tmp_path: Path) -> None:
+    db = make_db(tmp_path / "odd.db")
+    with anyio.fail_after(30):
+        app = RunqDashboard(OfflineSource(db))
+        async with app.run_test(size=SIZE) as pilot:
+            for tid in (1, 2, 3):
+                await app.push_screen(TaskDetailScreen(tid))
+                await until(pilot, lambda: app.screen.loads >= 1)  # type: ignore[attr-defined]
+                await pilot.pause(0.1)
+                payload = str(app.screen.query_one("#payload", Static).content)
+                outcome = str(app.screen.query_one("#outcome", Static).content)
+                if tid == 1:
+                    assert "not msgpack" in payload and "\\xc1" in outcome  # raw bytes shown as bytes
+                elif tid == 2:
+                    assert "héllo ✓ 🚀" in outcome and len(outcome) < 5000  # cut, not a megabyte of text
+                else:
+                    assert "ValueError: ünïcødé ✗" in outcome and "Traceback" in outcome
+                    assert [r[3] for r in table_rows(app, "#events")] == ["enqueued", "started", "failed", "dead"]
+                await pilot.press("escape")
+            assert app.is_running
+
+
+def test_offline_refuses_a_file_of_another_schema(tmp_path: Path) -> None:
+    newer = tmp_path / "newer.db"
+    make_db(newer)
+    with sqlite3.connect(newer) as conn:
+        conn.execute("PRAGMA user_version = 2")
+    with pytest.raises(OfflineError, match="schema version 2"):
+        OfflineSource.check(str(newer))
+
+    older = tmp_path / "older.db"  # a tasks table without the columns the dashboard reads
+    with sqlite3.connect(older) as conn:
+        conn.execute("CREATE TABLE tasks (id INTEGER PRIMARY KEY, queue TEXT, state TEXT)")
+        conn.execute("PRAGMA user_version = 1")
+    with pytest.raises(OfflineError):
+        OfflineSource.check(str(older))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_offline_start_refuses_a_file_of_another_schema(tmp_path: Path) -> None:
+    newer = tmp_path / "newer.db"
+    make_db(newer)
+    with sqlite3.connect(newer) as conn:
+        conn.execute("PRAGMA user_version = 2")
+    source = OfflineSource(str(newer))
+    with pytest.raises(OfflineError, match="schema version 2"):
+        await source.start()
+    assert source.conn is None
+
+
+@pytest.mark.parametrize("width", [20, 24, 31, 40, 64, 133])
+def test_gantt_axis_labels_sit_over_their_columns(width: int) -> None:
+    """Each tick label is centred on its column (``now`` ends on the last one, the first starts on the
+    first), labels never run into each other, and a bar that starts at a tick starts under it."""
+    span = 120.0
+    lanes = {"w": [Bar(1, 1, "t", "w", T - span / 2, None, None)]}
+    lines = render_lanes(lanes, T - span, T, width, label_width=4).plain.splitlines()
+    axis, lane = lines[0][4:], lines[1][4:]
+    assert len(axis) == len(lane) == width
+    assert axis.endswith("now") and axis.startswith("-2m00s")
+    words = axis.split()
+    assert all(w == "now" or w.startswith("-") for w in words), axis  # no label glued to another
+    assert all(w.count("-") <= 1 and w.count("now") <= 1 for w in words), axis
+    if "-1m00s" in axis:
+        mid = axis.index("-1m00s") + 3  # the label's centre
+        assert abs(mid - lane.index("█")) <= 1, (axis, lane)
