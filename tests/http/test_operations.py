@@ -292,6 +292,21 @@ async def test_openapi_describes_exactly_the_served_routes(api: Api) -> None:
             assert sorted(p["name"] for p in op.get("parameters", []) if p["in"] == "path") == sorted(names)
 
 
+UPGRADE = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+           "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+
+
+async def test_every_route_refuses_an_unknown_query_parameter_as_documented(api: Api) -> None:
+    spec = (await api.client.get("/openapi.json")).json()
+    for path, ops in spec["paths"].items():
+        url = path.replace("{task_id}", "1").replace("{name}", "q").replace("{worker_id}", "w")
+        for method, op in ops.items():
+            headers = UPGRADE if path == "/api/ws" else {}
+            r = await api.client.request(method, url, params={"colour": "red"}, headers=headers)
+            assert "unknown query parameter" in error_of(r, 400, "bad_request"), (method, path)
+            assert "400" in op["responses"], (method, path)
+
+
 async def test_docs_render_the_spec_without_network(api: Api) -> None:
     r = await api.client.get("/docs")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")

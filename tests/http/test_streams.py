@@ -230,7 +230,31 @@ async def test_websocket_bad_filter_is_refused(api: Api) -> None:
     # the refusal is the usual JSON error (read with a plain upgrade request)
     upgrade = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
-    error_of(await api.client.get("/api/ws?id=nope", headers=upgrade), 400, "bad_request")
+    r = await api.client.get("/api/ws?id=nope", headers=upgrade)
+    error_of(r, 400, "bad_request")
+    assert r.headers["connection"] == "close"  # Hypercorn takes no other request on that connection
+
+
+UPGRADE_HEADERS = (b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+                   b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n")
+
+
+@pytest.mark.parametrize("server_config", [{}, {"token": TOKEN}], ids=["open", "token"])
+@pytest.mark.parametrize("target", ["/api/ws?id=nope", "/api/ws?colour=red", "/api/ws", "/api/tasks", "/nothing"])
+async def test_a_refused_websocket_followed_by_more_bytes_does_not_stop_the_server(api: Api, target: str) -> None:
+    """A WebSocket refused with an HTTP answer, then more bytes on that connection: Hypercorn 0.18 raised
+    h11's LocalProtocolError out of the connection, which ended the whole server (TCP port included)."""
+    for _ in range(3):
+        sock = await trio.open_tcp_stream("127.0.0.1", api.server.http_port)  # type: ignore[arg-type]
+        await sock.send_all(b"GET " + target.encode() + b" HTTP/1.1\r\nHost: x\r\n" + UPGRADE_HEADERS + b"\r\n"
+                            b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        with trio.move_on_after(0.3):
+            while await sock.receive_some(65536):
+                pass
+        await sock.aclose()
+    await trio.sleep(0.1)
+    assert api.server.ready and not api.server.stopping.is_set()
+    assert (await api.client.get("/healthz")).json() == {"status": "ok"}
 
 
 async def test_a_websocket_client_breaking_the_protocol_is_no_server_error(

@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING
 
 import trio
 from hypercorn.config import Config
+from hypercorn.trio import run as hypercorn_run
 from hypercorn.trio import serve
+from hypercorn.trio.tcp_server import TCPServer
 
 from .events import StreamHub
 from .metrics import Meter
@@ -42,6 +44,32 @@ def hypercorn_config(host: str, port: int) -> Config:
     config.graceful_timeout = GRACEFUL_TIMEOUT
     config.keep_alive_timeout = 75.0
     return config
+
+
+class _OneConnectionTCPServer(TCPServer):
+    """Hypercorn's connection handler, with an error on one connection ending that connection only.
+
+    Hypercorn 0.18 lets h11's ``LocalProtocolError`` escape a connection when a WebSocket
+    upgrade request is followed at once by more bytes on the same connection (its WebSocket
+    stream answers them with a second HTTP response). Escaping ``trio.serve_listeners``, that
+    ended the whole server, TCP port included, at the request of any client.
+    """
+
+    async def run(self) -> None:
+        try:
+            await super().run()
+        except Exception as exc:  # noqa: BLE001 - any error of one connection (Cancelled is a BaseException)
+            log.warning("HTTP connection closed after an error in Hypercorn: %s", _first_line(exc))
+
+
+def _first_line(exc: BaseException) -> str:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+# worker_serve (called by hypercorn.trio.serve) builds its connection handlers from this module attribute
+hypercorn_run.TCPServer = _OneConnectionTCPServer  # type: ignore[attr-defined]
 
 
 async def serve_http(server: Server, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:

@@ -127,7 +127,7 @@ def _json_content(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 _ERR_TEXT = {
-    400: "bad input (invalid JSON, wrong type, unknown field, value out of range)",
+    400: "bad input (invalid JSON, wrong type, unknown field, value out of range, unknown query parameter)",
     401: "missing or wrong token",
     404: "no such task, worker or route",
     409: "not legal in the task's current state",
@@ -145,7 +145,8 @@ def _op(summary: str, ok: dict[int, tuple[str, dict[str, Any]]], errors: tuple[i
         if schema:
             resp["content"] = _json_content(schema) if "$ref" in schema or schema.get("type") else schema
         responses[str(status)] = resp
-    for status in sorted(set(errors) | ({401} if auth else set())):
+    for status in sorted(set(errors) | {400} | ({401} if auth else set())):  # 400: every route refuses
+        # an unknown or repeated query parameter
         responses[str(status)] = {"description": _ERR_TEXT[status], "content": _json_content(_ref("Error"))}
     op: dict[str, Any] = {"summary": summary, "tags": [tag], "responses": responses}
     if description:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 from quart import Response, request, websocket
+from quart.typing import ResponseTypes
 from quart_trio import QuartTrio
 from werkzeug.routing import BaseConverter
 
@@ -124,6 +125,12 @@ def create_app(server: Server, meter: Meter, hub: StreamHub) -> QuartTrio:
             _check_query(websocket.endpoint, websocket.args)
             return None
         return error_response("unauthorized", "missing or wrong token (send 'Authorization: Bearer <token>')")
+
+    @app.after_websocket
+    async def close_after_refusal(response: ResponseTypes | None) -> ResponseTypes | None:
+        if response is not None:  # a WebSocket refused with an HTTP answer: Hypercorn cannot take another
+            response.headers["Connection"] = "close"  # request on that connection (it would drop it)
+        return response
 
     @app.errorhandler(Exception)
     async def on_error(exc: Exception) -> Response:
