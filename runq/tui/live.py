@@ -63,6 +63,8 @@ class LiveSource(Source):
         self._closing = False
         self._wake = asyncio.Event()
         self._stream: EventStream | None = None
+        self._poll_error = ""
+        self.malformed = 0  # live events that could not be applied (skipped)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -106,6 +108,7 @@ class LiveSource(Source):
                     self.client = client
                     self.connects += 1
                     self.state.set_connected(True)
+                    self._poll_error = ""
                     delay = 0.2
                     poller = asyncio.get_running_loop().create_task(self._poller(client, stream))
                     try:
@@ -114,9 +117,11 @@ class LiveSource(Source):
                         poller.cancel()
                         with contextlib.suppress(asyncio.CancelledError):
                             await poller
-                    reason = "the server closed the connection"
+                    reason = self._poll_error or "the server closed the connection"
             except (OSError, RunqError, TimeoutError) as exc:
                 reason = f"{type(exc).__name__}: {exc}"
+            except Exception as exc:  # noqa: BLE001 - odd data from the server: reconnect, never stop following
+                reason = f"unexpected {type(exc).__name__}: {exc}"
             finally:
                 self.client = None
                 self._stream = None
@@ -132,7 +137,13 @@ class LiveSource(Source):
         clock = time.time
         async for ev in stream:
             arrived = clock()
-            state.apply_event(ev, arrived)
+            try:
+                state.apply_event(ev, arrived)
+            except (TypeError, ValueError, KeyError, AttributeError) as exc:  # a malformed event: skip it
+                self.malformed += 1
+                state.note = f"{self.malformed} malformed live events skipped (last: {type(exc).__name__}: {exc})"
+                state.version += 1
+                continue
             at = ev.get("at")
             # clocks are assumed in step; an event "from the future" says the server's clock is ahead
             if isinstance(at, float) and at - arrived > 1.0 + self._offset:
@@ -155,12 +166,15 @@ class LiveSource(Source):
             tasks, _ = await client.list_tasks(state=state, limit=SEED_TASKS)
             for t in tasks:
                 started, worker = t.get("started_at"), t.get("worker")
-                if started is None or worker is None or (t.get("finished_at") or self.now()) < since:
-                    continue
                 end = None if state == "running" else t.get("finished_at")
                 outcome = None if state == "running" else ("succeeded" if state == "succeeded" else "failed")
-                bars.append(Bar(int(t["id"]), int(t["attempt"]), str(t["type"]), str(worker), float(started),
-                                end, outcome))
+                try:
+                    if started is None or worker is None or float(end or self.now()) < since:
+                        continue
+                    bars.append(Bar(int(t["id"]), int(t["attempt"]), str(t["type"]), str(worker), float(started),
+                                    None if end is None else float(end), outcome))
+                except (KeyError, TypeError, ValueError):  # an odd task map: no bar for it
+                    continue
         self.state.lanes.seed(bars)
         self.state.version += 1
 
@@ -172,7 +186,8 @@ class LiveSource(Source):
         except (OSError, ValueError, KeyError, TypeError) as exc:
             self.state.note = f"HTTP API {self.http} not read ({type(exc).__name__}: {exc})"
             return
-        self.state.note = ""
+        if self.state.note.startswith("HTTP API"):
+            self.state.note = ""
         for m in queues:
             t = totals.get(str(m["queue"]))
             if t is not None:
@@ -193,8 +208,12 @@ class LiveSource(Source):
             while True:
                 await asyncio.sleep(POLL_SECONDS)
                 await asyncio.wait_for(self._poll_once(client), STALL_SECONDS)
-        except (RunqError, TimeoutError):
+        except (RunqError, TimeoutError) as exc:
             # ends _follow: the connection is gone or stalled, _run reconnects
+            self._poll_error = f"poll failed: {type(exc).__name__}: {exc}"
+            await stream.aclose()
+        except Exception as exc:  # noqa: BLE001 - an odd reply: reconnect rather than follow without polls
+            self._poll_error = f"poll failed: unexpected {type(exc).__name__}: {exc}"
             await stream.aclose()
 
     def _client(self) -> Client:

@@ -3,8 +3,10 @@ huge or non-ASCII values, files of another schema, and the Gantt axis at narrow 
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import anyio
 import msgpack
@@ -13,7 +15,9 @@ from test_live import SIZE, table_rows, until
 from textual.widgets import Input, Static
 
 from runq.app.store.schema import migrate
-from runq.tui import OfflineError, OfflineSource, RunqDashboard
+from runq.protocol.frames import Connection
+from runq.tui import LiveSource, OfflineError, OfflineSource, RunqDashboard
+from runq.tui.forms import EnqueueForm
 from runq.tui.model import Bar
 from runq.tui.screens import TaskDetailScreen, TasksScreen
 from runq.tui.widgets import render_lanes
@@ -142,3 +146,111 @@ def test_gantt_axis_labels_sit_over_their_columns(width: int) -> None:
     if "-1m00s" in axis:
         mid = axis.index("-1m00s") + 3  # the label's centre
         assert abs(mid - lane.index("█")) <= 1, (axis, lane)
+
+
+class OddServer:
+    """A server speaking the wire protocol (runq.protocol.frames) that sends what a real one does not:
+    live events of an unknown kind or with a malformed time, and, when ``bad_queues`` is set, a ``queues``
+    reply whose maps lack the queue name. Real sockets on 127.0.0.1."""
+
+    def __init__(self) -> None:
+        self.bad_queues = False
+        self.connections = 0
+        self.open = 0
+        self.server: asyncio.base_events.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.open += 1
+        conn = Connection()
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    return
+                conn.receive_data(data)
+                for msg in conn.messages():
+                    writer.write(conn.send(self.reply(msg)))
+                    if msg["op"] == "subscribe":
+                        for ev in ({"kind": "martian", "id": 1, "queue": "q", "at": T},
+                                   {"kind": "started", "id": 2, "queue": "q", "at": "yesterday", "worker": "w",
+                                    "attempt": 1, "type": "t", "state": "running"},
+                                   {"kind": "enqueued", "id": 3, "queue": "q", "at": T, "attempt": 0, "type": "t",
+                                    "state": "ready"}):
+                            writer.write(conn.send({"op": "event", **ev}))
+                await writer.drain()
+        finally:
+            self.open -= 1
+            writer.close()
+
+    def reply(self, msg: dict[str, Any]) -> dict[str, Any]:
+        op, rid = msg["op"], msg.get("rid")
+        if op == "hello":
+            return {"op": "welcome", "version": 1, "server": "odd/0", "heartbeat": 1.0, "lease_timeout": 3.0,
+                    "max_frame": 1 << 24}
+        body: dict[str, Any] = {
+            "queues": {"queues": [{"paused": False}] if self.bad_queues else [{"queue": "q", "ready": 1}]},
+            "workers": {"workers": []}, "stats": {"stats": {}}, "list": {"tasks": [], "cursor": None},
+        }.get(op, {})
+        return {"op": "ok", "rid": rid, **body}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_live_source_survives_odd_events_and_replies() -> None:
+    """Malformed events are skipped (and counted); an odd poll reply ends the connection and the source
+    reconnects by itself instead of dying silently; connections are not leaked."""
+    server = OddServer()
+    await server.start()
+    source = LiveSource(f"127.0.0.1:{server.port}")
+    try:
+        with anyio.fail_after(20):
+            await source.start()
+            while source.state.events_seen < 2:  # the martian and the enqueued; the malformed one skipped
+                await anyio.sleep(0.02)
+            assert source.malformed == 1 and "malformed" in source.state.note
+            assert source.state.connected and source.connects == 1
+            server.bad_queues = True
+            while source.state.connected:
+                await anyio.sleep(0.02)
+            assert "poll failed" in source.state.status and "KeyError" in source.state.status
+            await anyio.sleep(1.0)  # it keeps trying (each try fails the same way) without piling up connections
+            assert server.open <= 1 and server.connections <= 8
+            server.bad_queues = False
+            while not source.state.connected:
+                await anyio.sleep(0.02)
+            assert source.connects == 2
+    finally:
+        await source.close()
+        assert server.server is not None
+        server.server.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_an_action_the_protocol_cannot_carry_is_a_notification() -> None:
+    """A priority beyond 64 bits typed in the enqueue form cannot be encoded: the dashboard says so and
+    stays up (the action's background worker used to end the app)."""
+    server = OddServer()
+    await server.start()
+    try:
+        with anyio.fail_after(20):
+            app = RunqDashboard(LiveSource(f"127.0.0.1:{server.port}"))
+            async with app.run_test(size=SIZE) as pilot:
+                await until(pilot, lambda: app.source.state.connected)
+                await pilot.press("e")
+                assert isinstance(app.screen, EnqueueForm)
+                app.screen.query_one("#type", Input).value = "t"
+                app.screen.query_one("#priority", Input).value = "9" * 30
+                await pilot.press("ctrl+s")
+                await until(pilot, lambda: any(n.title == "failed" for n in app._notifications))
+                await pilot.pause(0.1)
+                assert app.is_running
+    finally:
+        assert server.server is not None
+        server.server.close()
