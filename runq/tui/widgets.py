@@ -126,9 +126,13 @@ def render_lanes(lanes: Mapping[str, Sequence[Bar]], start: float, end: float, w
             if c1 - c0 + 1 >= len(bar.type) + 2:
                 labels.append((c0, c1, bar.type))
         chars = ["█" if c is not None else "·" for c in cells]
-        for c0, _c1, label in labels:
+        taken = -1  # last column of the latest label: concurrent attempts share a lane, their labels must not mix
+        for c0, _c1, label in sorted(labels):
+            if c0 <= taken:
+                continue
             for i, ch in enumerate(label):
                 chars[c0 + 1 + i] = ch
+            taken = c0 + len(label) + 1
         out.append(f"{worker[:label_width - 1]:<{label_width}}")
         run_style: str | None = ""
         run: list[str] = []

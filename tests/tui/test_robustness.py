@@ -254,3 +254,13 @@ async def test_an_action_the_protocol_cannot_carry_is_a_notification() -> None:
     finally:
         assert server.server is not None
         server.server.close()
+
+
+def test_labels_of_concurrent_attempts_do_not_mix() -> None:
+    """A worker running several tasks at once has overlapping bars in its lane: each label is written whole
+    or not at all (the real terminal showed ``ssloslowsslo...``)."""
+    bars = [Bar(i, 1, "slow" if i % 2 else "word_count", "w", T - 30 + i * 0.7, T - 30 + i * 0.7 + 5, "succeeded")
+            for i in range(30)]
+    lane = render_lanes({"w": bars}, T - 30, T, 80, label_width=4).plain.splitlines()[1][4:]
+    words = lane.replace("█", " ").replace("·", " ").split()
+    assert words and all(w in ("slow", "word_count") for w in words), lane
