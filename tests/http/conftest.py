@@ -21,7 +21,7 @@ def server_config() -> dict[str, Any]:
 @pytest.fixture
 async def api(nursery: trio.Nursery, tmp_path: Path, server_config: dict[str, Any]) -> AsyncIterator[Api]:
     srv = await start_api(nursery, tmp_path, **server_config)
-    headers = {"Authorization": f"Bearer {srv.config.token}"} if srv.config.token else {}
+    headers = {"Authorization": f"Bearer {srv.config.token}".encode()} if srv.config.token else {}
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{srv.http_port}", headers=headers,
                                  timeout=20) as client:
         yield Api(srv, client, nursery)

@@ -254,6 +254,19 @@ async def test_token_required_when_configured(api: Api) -> None:
     assert (await api.client.get("/metrics")).status_code == 200
 
 
+@pytest.mark.parametrize("server_config", [{"token": "clé-secrète-🔑"}])
+async def test_a_token_beyond_ascii_works_as_over_tcp(api: Api) -> None:
+    """Header bytes are the token's UTF-8 bytes (HTTP headers are bytes; Quart decodes them as Latin-1)."""
+    right = "Bearer clé-secrète-🔑".encode()
+    async with httpx.AsyncClient(base_url=api.url) as c:
+        r = await c.get("/api/stats", headers={"Authorization": right})
+        assert r.status_code == 200, r.text
+        error_of(await c.get("/api/stats", headers={"Authorization": "Bearer clé-secrète-".encode("latin-1") + "🔑".encode()}),
+                 401, "unauthorized")
+        error_of(await c.get("/api/stats", headers={"Authorization": "Bearer clé-secrète-".encode()}),
+                 401, "unauthorized")
+
+
 async def test_no_token_configured_means_open(api: Api) -> None:
     async with httpx.AsyncClient(base_url=api.url) as anon:
         assert (await anon.get("/api/tasks")).status_code == 200

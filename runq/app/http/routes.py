@@ -110,7 +110,9 @@ def create_app(server: Server, meter: Meter, hub: StreamHub) -> QuartTrio:
         if token is None:
             return True
         scheme, _, given = str(headers.get("Authorization", "")).partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+        # Quart decodes header bytes as Latin-1: encoding back gives the bytes sent (the token's UTF-8)
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode("latin-1", "replace"),
+                                                                  token.encode())
 
     @app.before_request
     async def check_token() -> Response | None:
