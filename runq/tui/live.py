@@ -32,9 +32,10 @@ from .source import NotConnected, Source, TaskPage
 __all__ = ["LiveSource"]
 
 POLL_SECONDS = 0.5
-STALL_SECONDS = 5.0
+STALL_SECONDS = 5.0  # a poll answered later than this: the connection is treated as lost
+SETUP_SECONDS = 15.0  # subscribe, first poll and the Gantt seed at a connection: longer, it is treated as lost
 SEED_TASKS = 500  # per state, read at connection to start the Gantt view
-SEED_SECONDS = 600.0  # a poll answered later than this: the connection is treated as lost
+SEED_SECONDS = 600.0  # attempts that ended longer ago than this are not seeded into the Gantt view
 
 
 class LiveSource(Source):
@@ -64,6 +65,7 @@ class LiveSource(Source):
         self._wake = asyncio.Event()
         self._stream: EventStream | None = None
         self._poll_error = ""
+        self.setup_timeout = SETUP_SECONDS
         self.malformed = 0  # live events that could not be applied (skipped)
 
     # ------------------------------------------------------------------ lifecycle
@@ -95,12 +97,13 @@ class LiveSource(Source):
             reason = "connection lost"
             try:
                 async with Client(self.address, token=self.token, connect_timeout=3.0) as client:
-                    stream = self._stream = await client.subscribe(buffer=100_000)
-                    if self._closing:
-                        break
-                    await self._poll_once(client)
-                    if self.connects == 0:
-                        await self._seed_lanes(client)
+                    async with asyncio.timeout(self.setup_timeout):  # a server that welcomes, then stalls
+                        stream = self._stream = await client.subscribe(buffer=100_000)
+                        if self._closing:
+                            break
+                        await self._poll_once(client)
+                        if self.connects == 0:
+                            await self._seed_lanes(client)
                     w = client.welcome
                     self.state.lease_timeout = float(w.get("lease_timeout") or self.state.lease_timeout)
                     self.state.heartbeat = float(w.get("heartbeat") or self.state.lease_timeout / 3)

@@ -155,6 +155,7 @@ class OddServer:
 
     def __init__(self) -> None:
         self.bad_queues = False
+        self.mute = False  # welcome, then answer nothing
         self.connections = 0
         self.open = 0
         self.server: asyncio.base_events.Server | None = None
@@ -175,6 +176,8 @@ class OddServer:
                     return
                 conn.receive_data(data)
                 for msg in conn.messages():
+                    if self.mute and msg["op"] != "hello":
+                        continue
                     writer.write(conn.send(self.reply(msg)))
                     if msg["op"] == "subscribe":
                         for ev in ({"kind": "martian", "id": 1, "queue": "q", "at": T},
@@ -264,3 +267,29 @@ def test_labels_of_concurrent_attempts_do_not_mix() -> None:
     lane = render_lanes({"w": bars}, T - 30, T, 80, label_width=4).plain.splitlines()[1][4:]
     words = lane.replace("█", " ").replace("·", " ").split()
     assert words and all(w in ("slow", "word_count") for w in words), lane
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_server_that_welcomes_then_stalls_is_given_up_on() -> None:
+    """The first requests of a connection are bounded too: a server that answers hello and then nothing
+    is treated as lost (banner, reconnection) instead of leaving the dashboard 'connecting' for ever."""
+    server = OddServer()
+    server.mute = True
+    await server.start()
+    source = LiveSource(f"127.0.0.1:{server.port}")
+    source.setup_timeout = 0.5
+    try:
+        with anyio.fail_after(20):
+            await source.start()
+            while "reconnecting" not in source.state.status:
+                await anyio.sleep(0.02)
+            assert "TimeoutError" in source.state.status and not source.state.connected
+            server.mute = False
+            while not source.state.connected:
+                await anyio.sleep(0.02)
+            assert server.connections >= 2 and server.open == 1
+    finally:
+        await source.close()
+        assert server.server is not None
+        server.server.close()
