@@ -18,6 +18,7 @@ import hmac
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
+import h11
 import trio
 from quart import Response, request, websocket
 from quart.typing import ResponseTypes
@@ -288,9 +289,9 @@ def create_app(server: Server, meter: Meter, hub: StreamHub) -> QuartTrio:
                     if msg is not None:
                         await websocket.send(dumps(msg))
                 nursery.cancel_scope.cancel()
-        except* trio.BusyResourceError:
-            # Hypercorn closed the socket (the client broke the protocol) while this task was sending on it:
-            # the client is gone, which is not a server error
+        except* (trio.BusyResourceError, h11.LocalProtocolError):
+            # the client broke the protocol (bytes right after its upgrade request, a bad frame), so Hypercorn
+            # refuses to send or closes the socket while this task sends: the client is gone, no server error
             pass
         finally:
             hub.close(stream)
