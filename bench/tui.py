@@ -75,7 +75,7 @@ async def run_dashboard(address: str, seconds: float, hz: float) -> list[tuple[s
                 if stats.ticks != ticks_seen:  # just after a tick: how old is the newest event it drew?
                     ticks_seen = stats.ticks
                     if state.last_event_at:
-                        worst_lag = max(worst_lag, time.time() - state.last_event_at)
+                        worst_lag = max(worst_lag, app.source.now() - state.last_event_at)
             wall = time.perf_counter() - t0
             results.append((name, {
                 "events": (state.events_seen - events0) / wall, "refreshes": stats.ticks / wall,

@@ -140,17 +140,17 @@ class LiveSource(Source):
         clock = time.time
         async for ev in stream:
             arrived = clock()
-            try:
-                state.apply_event(ev, arrived)
-            except (TypeError, ValueError, KeyError, AttributeError) as exc:  # a malformed event: skip it
-                self.malformed += 1
-                state.note = f"{self.malformed} malformed live events skipped (last: {type(exc).__name__}: {exc})"
-                state.version += 1
-                continue
             at = ev.get("at")
             # clocks are assumed in step; an event "from the future" says the server's clock is ahead
             if isinstance(at, float) and at - arrived > 1.0 + self._offset:
                 self._offset = at - arrived
+            try:
+                # rates are bucketed by the receive time on the dashboard's clock, the one the screens read
+                state.apply_event(ev, arrived + self._offset)
+            except (TypeError, ValueError, KeyError, AttributeError) as exc:  # a malformed event: skip it
+                self.malformed += 1
+                state.note = f"{self.malformed} malformed live events skipped (last: {type(exc).__name__}: {exc})"
+                state.version += 1
 
     async def _poll_once(self, client: Client) -> None:
         queues, workers, stats = await asyncio.gather(client.queues(), client.workers(), client.stats())

@@ -235,7 +235,7 @@ class DashboardState:
         self.lease_timeout = 10.0
         self.version = 0  # bumped on every change
         self.events_seen = 0
-        self.last_event_at = 0.0  # local time the latest live event was applied
+        self.last_event_at = 0.0  # when the latest live event was received (source clock)
         self.dropped = 0
         self.totals_from_server = False  # queue maps carry succeeded/failed/dead totals
         self.watched: dict[int, int] = {}  # task id -> version of its last live event
@@ -252,7 +252,8 @@ class DashboardState:
 
         Args:
             ev: the event map.
-            arrived: local time the event was received (rates are bucketed by it).
+            arrived: when the event was received, on the source's clock (``Source.now``): rates are
+                bucketed by it and read at ``now``.
         """
         kind = ev.get("kind")
         if kind == "dropped":

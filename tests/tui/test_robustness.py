@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +157,7 @@ class OddServer:
     def __init__(self) -> None:
         self.bad_queues = False
         self.mute = False  # welcome, then answer nothing
+        self.skew: float | None = None  # send one well-formed event stamped this far from our clock
         self.connections = 0
         self.open = 0
         self.server: asyncio.base_events.Server | None = None
@@ -179,7 +181,11 @@ class OddServer:
                     if self.mute and msg["op"] != "hello":
                         continue
                     writer.write(conn.send(self.reply(msg)))
-                    if msg["op"] == "subscribe":
+                    if msg["op"] == "subscribe" and self.skew is not None:
+                        writer.write(conn.send({"op": "event", "kind": "enqueued", "id": 9, "queue": "q",
+                                                "at": time.time() + self.skew, "attempt": 0, "type": "t",
+                                                "state": "ready"}))
+                    elif msg["op"] == "subscribe":
                         for ev in ({"kind": "martian", "id": 1, "queue": "q", "at": T},
                                    {"kind": "started", "id": 2, "queue": "q", "at": "yesterday", "worker": "w",
                                     "attempt": 1, "type": "t", "state": "running"},
@@ -289,6 +295,28 @@ async def test_a_server_that_welcomes_then_stalls_is_given_up_on() -> None:
             while not source.state.connected:
                 await anyio.sleep(0.02)
             assert server.connections >= 2 and server.open == 1
+    finally:
+        await source.close()
+        assert server.server is not None
+        server.server.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_rates_follow_a_server_clock_ahead_of_ours() -> None:
+    """The server's clock runs 30 s ahead: the dashboard moves its clock (docs/tui.md, Clocks), and the
+    rates are read on that clock, so the event just received is in the last 10 seconds' rate."""
+    server = OddServer()
+    server.skew = 30.0
+    await server.start()
+    source = LiveSource(f"127.0.0.1:{server.port}")
+    try:
+        with anyio.fail_after(20):
+            await source.start()
+            while source.state.events_seen < 1:
+                await anyio.sleep(0.02)
+            assert source.now() - time.time() > 25
+            assert source.state.queues["q"].enqueue_rate.rate(source.now() + 1, 10) == 0.1
     finally:
         await source.close()
         assert server.server is not None
