@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import pprint
 import time
 from typing import Any, ClassVar
@@ -352,5 +353,31 @@ class TaskDetailScreen(DashboardScreen):
         self.run_action_call(lambda: self.source.retry(tid), lambda r: f"task {tid} retried: {r['state']}")
 
 
+PRETTY_CHARS = 4000  # payloads and results are shown up to this many characters
+_CLIP_ITEMS = 200
+
+
 def _pretty(value: Any) -> str:
-    return pprint.pformat(value, width=100, compact=True)[:4000]
+    """``value`` pretty-printed, cut at ``PRETTY_CHARS``; a big value is clipped first, so the cost does not
+    grow with its size (this runs on the UI loop at every reload of an open task)."""
+    return pprint.pformat(_clip(value, 8), width=100, compact=True)[:PRETTY_CHARS]
+
+
+def _clip(value: Any, depth: int) -> Any:
+    """A copy of ``value`` with at most ``_CLIP_ITEMS`` items per container and ``PRETTY_CHARS`` per string."""
+    if isinstance(value, str | bytes):
+        return value[:PRETTY_CHARS]
+    if depth <= 0 and isinstance(value, dict | list | tuple):
+        return "..."
+    if isinstance(value, dict):
+        items = list(itertools.islice(value.items(), _CLIP_ITEMS))
+        out = {k: _clip(v, depth - 1) for k, v in items}
+        if len(value) > _CLIP_ITEMS:
+            out["..."] = f"{len(value) - _CLIP_ITEMS} more"
+        return out
+    if isinstance(value, list | tuple):
+        clipped = [_clip(v, depth - 1) for v in value[:_CLIP_ITEMS]]
+        if len(value) > _CLIP_ITEMS:
+            clipped.append(f"... {len(value) - _CLIP_ITEMS} more")
+        return tuple(clipped) if isinstance(value, tuple) else clipped
+    return value
