@@ -128,8 +128,11 @@ async def test_every_screen_and_action(procs: Procs) -> None:
                 await until(pilot, lambda: detail.current is not None and detail.current["state"] == "running")
                 await pilot.press("c")
                 assert isinstance(app.screen, ConfirmScreen)
-                await pilot.press("n")  # no: nothing happens
+                await pilot.press("n")  # no: nothing happens (given the time a cancel would take to land)
+                assert app.screen is detail
+                await pilot.pause(0.5)
                 assert (await client.get(long_id))["state"] == "running"
+                assert "cancelled" not in [r[3] for r in table_rows(app, "#events")]
                 await pilot.press("c")
                 await pilot.press("y")
                 await until(pilot, lambda: (detail.current or {}).get("state") == "cancelled", what="cancelled")
