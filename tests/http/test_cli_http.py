@@ -99,3 +99,25 @@ async def test_http_port_from_the_environment(tmp_path: Path, runq_env: dict[str
             assert (await c.get(f"http://127.0.0.1:{port}/healthz")).json() == {"status": "ok"}
     finally:
         await _stop(server)
+
+
+async def test_a_keep_alive_connection_goes_on_after_an_answer_given_before_the_body_was_read(
+        tmp_path: Path, runq_env: dict[str, str]) -> None:
+    """Answers given without reading the request's body (401, 404, 405, a bad query parameter, /healthz)
+    left the keep-alive connection hanging now and then (seen with the server in its own process)."""
+    server, line = await _serve(tmp_path, dict(runq_env, RUNQ_TOKEN="tok"))
+    url = line.split("HTTP API on ")[1].split()[0]
+    auth = {"Authorization": "Bearer tok"}
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=2) as c:
+            with trio.fail_after(60):
+                for method, path, headers, status in [
+                        ("POST", "/api/tasks", {}, 401), ("POST", "/api/nothing", auth, 404),
+                        ("PATCH", "/metrics", auth, 405), ("POST", "/api/tasks?colour=red", auth, 400),
+                        ("GET", "/healthz", {}, 200)]:
+                    for _ in range(40):
+                        r = await c.request(method, path, content=b"x" * 500, headers=headers)
+                        assert r.status_code == status, (method, path, r.text)
+                        assert (await c.get("/healthz")).status_code == 200, (method, path)
+    finally:
+        await _stop(server)

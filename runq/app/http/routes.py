@@ -117,6 +117,10 @@ def create_app(server: Server, meter: Meter, hub: StreamHub) -> QuartTrio:
 
     @app.before_request
     async def check_token() -> Response | None:
+        # Take the whole body before anything is answered: a request answered before its body was read
+        # (a 401, a 404, a bad query parameter, /healthz with a body) left its keep-alive connection
+        # hanging now and then (quart-trio stops reading the body once the answer is sent)
+        await request.get_data()
         if request.path in OPEN_PATHS or _authorized(request.headers):
             _check_query(request.endpoint, request.args)
             return None
