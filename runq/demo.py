@@ -59,7 +59,7 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
             proc.wait()
 
 
-def _line(ev: dict[str, Any], t0: float) -> str:
+def _line(ev: dict[str, Any], t0: float, colour: bool = False) -> str:
     kind = str(ev.get("kind"))
     color = _STATE_COLOR.get(kind, _STATE_COLOR.get(str(ev.get("state")), "0"))
     extra = ""
@@ -71,8 +71,9 @@ def _line(ev: dict[str, Any], t0: float) -> str:
     elif ev.get("detail"):
         extra = f" ({str(ev['detail'])[:70]})"
     worker = f" on {ev['worker']}" if ev.get("worker") else ""
+    shown = f"\x1b[{color}m{kind:<16}\x1b[0m" if colour else f"{kind:<16}"
     return (f"{time.monotonic() - t0:7.3f}s  task {ev['id']:>3} {ev['type']:<21} "
-            f"\x1b[{color}m{kind:<16}\x1b[0m attempt {ev.get('attempt')}{worker}{extra}")
+            f"{shown} attempt {ev.get('attempt')}{worker}{extra}")
 
 
 async def _drive(address: str, n: int, t0: float) -> dict[str, int]:
@@ -89,6 +90,7 @@ async def _drive(address: str, n: int, t0: float) -> dict[str, int]:
               f"showing every event of the slow/flaky/backup tasks and the first quick results\n")
         pending = set(ids)
         shown = 0
+        colour = sys.stdout.isatty()  # no escape codes in a pipe or a file
         with anyio.move_on_after(60):
             async for ev in events:
                 if ev.get("id") not in pending and ev.get("kind") != "dropped":
@@ -97,7 +99,7 @@ async def _drive(address: str, n: int, t0: float) -> dict[str, int]:
                     pending.discard(ev["id"])
                 quick = ev.get("type") in ("word_count", "calculate_statistics")
                 if not quick or (ev.get("kind") == "succeeded" and shown < 12):
-                    print(_line(ev, t0))
+                    print(_line(ev, t0, colour))
                     shown += quick
                 if not pending:
                     break
