@@ -460,3 +460,42 @@ async def test_wait_committed_waits_for_the_commits_so_far_not_for_the_load_to_s
                 tid = max(server.core.tasks)
                 await server.task_events(tid)  # flush + wait_committed under a load that never pauses
             stop.set()
+
+
+@pytest.mark.trio
+async def test_an_enqueue_whose_task_started_before_its_failed_commit_is_not_refused(server: Server) -> None:
+    """A task handed to a worker in the same flush as its enqueue cannot be forgotten when the commit
+    fails: the client must not hear 'nothing was enqueued' (it would enqueue again: two runs). The answer
+    waits for the write to be retried instead, and is the task's id."""
+    store = server.store
+    assert store is not None
+    with trio.fail_after(15):
+        peer, _ = await RawPeer.connect(server.port, role="worker")
+        async with peer.stream, Client(f"127.0.0.1:{server.port}") as c:
+            await c.enqueue("t", "before")
+            await peer.send({"op": "credit", "n": 2})
+            assert (await peer.recv())["op"] == "tasks"
+            await server.wait_committed()
+            (pages,) = store.conn.execute("PRAGMA page_count").fetchone()
+            store.conn.execute(f"PRAGMA max_page_count = {pages}")  # the 'disk' is now full
+            answers: list[Any] = []
+
+            async def enqueue() -> None:
+                try:
+                    answers.append(await c.enqueue("t", "x" * 200_000))
+                except Exception as exc:  # noqa: BLE001 - the answer under test
+                    answers.append(exc)
+
+            async with trio.open_nursery() as n:
+                n.start_soon(enqueue)
+                msg = await peer.recv()  # the task was dispatched at once, before its commit failed
+                assert msg["op"] == "tasks"
+                tid = msg["tasks"][0]["id"]
+                while server.stats.store_errors == 0:
+                    await trio.sleep(0.01)
+                await trio.sleep(0.3)
+                assert answers == [] or answers == [tid], answers  # never refused
+                store.conn.execute("PRAGMA max_page_count = 1073741823")  # space again
+            assert answers == [tid]
+            await peer.send({"op": "done", "results": [[tid, msg["tasks"][0]["lease"], encode_value(1)]]})
+            assert (await c.wait(tid, timeout=5))["state"] == "succeeded"

@@ -712,6 +712,16 @@ class Core:
         return recovered
 
     # ------------------------------------------------------------------ store failures
+    def can_forget(self, task_ids: list[int]) -> bool:
+        """True when ``forget`` would drop every one of these tasks: none has been dispatched, cancelled
+        or otherwise moved since its enqueue."""
+        tasks = self.tasks
+        for tid in task_ids:
+            t = tasks.get(tid)
+            if t is None or t.attempt != 0 or t.lease != 0 or t.state not in (S.READY, S.SCHEDULED):
+                return False
+        return True
+
     def forget(self, task_ids: list[int]) -> set[int]:
         """Drop tasks whose enqueue could not be committed, if none has started yet.
 

@@ -244,9 +244,18 @@ class Server:
             # and retried with the next commit.
             self.stats.store_errors += 1
             forgotten: set[int] = set()
-            for created, _ in acks:
+            refused: list[Ack] = []
+            for ack in acks:
+                created = ack[0]
+                if created and not self.core.can_forget(created):
+                    # one of its tasks was already dispatched (or cancelled): it lives on, so the
+                    # request is answered by the commit that retries its writes, not refused
+                    self._acks.append(ack)
+                    continue
                 if created:
                     forgotten |= self.core.forget(created)
+                refused.append(ack)
+            acks = refused
             self.core.restore_effects([r[0] for r in batch.rows + batch.new_rows if r[0] not in forgotten],
                                       [e for e in batch.events if e[0] not in forgotten], batch.queue_ops)
             if not self._retry_scheduled and self._nursery is not None:
