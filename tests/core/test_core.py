@@ -1179,7 +1179,9 @@ def check_effects(fx: Effects) -> None:
         assert len(e) == len(EVENT_COLUMNS) and e[3] in STATE_NAMES, e
 
 
-def check_invariants(core: Core, granted: dict[str, int], received: dict[str, int], now: float) -> None:
+def check_invariants(core: Core, granted: dict[str, int], received: dict[str, int], now: float,
+                     recovered_last: frozenset[int] = frozenset()) -> None:
+    """``recovered_last``: tasks recovered on their last attempt, which run once more (docs/semantics.md)."""
     holders: dict[int, str] = {}
     assert set(core.hungry) <= set(core.workers)
     for w in core.workers.values():
@@ -1201,7 +1203,7 @@ def check_invariants(core: Core, granted: dict[str, int], received: dict[str, in
             assert holders.get(t.id) == t.worker, f"running task {t.id} not in its worker's running dict"
             assert (t.id, t.lease) in deadlines  # the server-side backstop is armed
             assert t.lease >= t.attempt
-            assert 1 <= t.attempt <= t.max_retries + 1
+            assert 1 <= t.attempt <= t.max_retries + 1 or (t.id in recovered_last and t.attempt >= 1)
         else:
             assert t.id not in holders
         if t.state is State.SCHEDULED:
@@ -1241,7 +1243,7 @@ class Driver:
     """Applies random operations to a core and checks the invariants after each one."""
 
     OPS = ("enqueue", "enqueue", "credit", "credit", "finish", "finish", "finish", "cancel", "retry", "tick",
-           "tick", "join", "leave", "pause", "drain")
+           "tick", "join", "leave", "pause", "drain", "release_all", "retry_stored", "restart")
 
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)
@@ -1252,10 +1254,26 @@ class Driver:
         self.nworkers = 0
         self.seen_states: set[str] = set()
         self.seen_kinds: set[str] = set()
+        #: what a store would hold: every task row written (full rows, by id), and the paused queues
+        self.disk: dict[int, tuple[Any, ...]] = {}
+        self.paused: set[str] = set()
+        #: (task id, lease) given in this life of the core: a lease is never given twice
+        self.leases: set[tuple[int, int]] = set()
+        self.recovered_last: set[int] = set()
 
     def effects(self) -> None:
         fx = self.core.take_effects(self.now)
         check_effects(fx)
+        for r in fx.new_rows:
+            full = dict.fromkeys(TASK_COLUMNS)
+            full.update(zip(NEW_COLUMNS, r, strict=True))
+            full["attempt"] = 0
+            assert r[0] not in self.disk, "a task inserted twice"
+            self.disk[r[0]] = tuple(full.values())
+        for r in fx.rows:
+            self.disk[r[0]] = r
+        for name, paused in fx.queue_ops:
+            (self.paused.add if paused else self.paused.discard)(name)
         for wid, msgs in fx.outbox.items():
             for m in msgs:
                 if m["op"] == "tasks":
@@ -1263,8 +1281,10 @@ class Driver:
                     for t in m["tasks"]:
                         task = self.core.tasks[t["id"]]
                         assert task.worker == wid and task.attempt == t["attempt"] and task.lease == t["lease"]
+                        assert (t["id"], t["lease"]) not in self.leases, "a lease number given twice"
+                        self.leases.add((t["id"], t["lease"]))
         self.seen_kinds.update(e[2] for e in fx.events)
-        check_invariants(self.core, self.granted, self.received, self.now)
+        check_invariants(self.core, self.granted, self.received, self.now, frozenset(self.recovered_last))
         self.seen_states.update(t.state.value for t in self.core.tasks.values())
         self.seen_states.update(t.state.value for t in self.core.finished.values())
 
@@ -1320,6 +1340,31 @@ class Driver:
                 assert ok
             except IllegalTransition:
                 assert not ok
+        elif op == "release_all" and core.workers:  # a stopping worker hands back all it holds (and one it does not)
+            w = core.workers[rng.choice(sorted(core.workers))]
+            core.release(w.id, [*w.running, 10**9], self.now)
+            assert w.state == "draining" and not w.running
+        elif op == "retry_stored":  # a final task no longer in memory, read back from the store
+            gone = [tid for tid, r in self.disk.items()
+                    if r[5] in ("dead", "cancelled") and tid not in core.tasks and tid not in core.finished]
+            if gone:
+                tid = rng.choice(sorted(gone))
+                t = Task.from_row(self.disk[tid])
+                try:
+                    core.retry(tid, self.now, t)
+                    assert t.key is None or core.keys[t.key] is t
+                except IllegalTransition:
+                    assert t.key is not None and core.keys.get(t.key) not in (None, t)
+        elif op == "restart" and any(w.running for w in core.workers.values()) and rng.random() < 0.4:
+            # the server restarts from what was written (while a task runs): every worker is gone
+            live = sorted((r for r in self.disk.values() if r[5] in ("scheduled", "ready", "running", "failed")),
+                          key=lambda r: r[0])
+            running = sum(1 for r in live if r[5] == "running")
+            self.recovered_last |= {r[0] for r in live if r[5] == "running" and r[9] >= r[8] + 1}
+            self.core = core = Core(core.config, rng=random.Random(rng.random()))
+            assert core.recover(iter(live), sorted(self.paused), max(self.disk, default=0) + 1, self.now) == running
+            self.granted, self.received, self.leases = {}, {}, set()
+            # (worker ids keep growing: no worker of the previous life can speak for a new lease)
         elif op == "leave" and core.workers:
             core.worker_left(rng.choice(sorted(core.workers)), self.now)
         elif op == "pause":
@@ -1342,11 +1387,12 @@ class Driver:
 @pytest.mark.parametrize("seed", range(12))
 def test_random_sequences_keep_the_books_balanced(seed: int) -> None:
     d = Driver(seed)
-    for _ in range(1500):
+    for _ in range(2000):
         d.step()
     # the run exercised the interesting paths (else the test proves little)
     assert {"scheduled", "ready", "running", "succeeded", "dead", "cancelled"} <= d.seen_states
-    assert {"lost", "released", "retried", "due", "retry_scheduled", "late_result"} <= d.seen_kinds, d.seen_kinds
+    assert {"lost", "released", "retried", "due", "retry_scheduled", "late_result", "recovered"} <= d.seen_kinds, \
+        d.seen_kinds
 
 
 class CoreMachine(RuleBasedStateMachine):
