@@ -390,6 +390,7 @@ class Worker:
                         sc = self._scopes.get(tid) if isinstance(tid, int) else None
                         if sc is not None and sc[0] == msg.get("lease", sc[0]):
                             log.info("task %s cancelled by the server", tid)
+                            self._scopes.pop(tid)  # type: ignore[arg-type]  # (tells _run_one the cancel was asked for)
                             sc[1].cancel()
                         buffered = self._buffered.get(tid)  # type: ignore[arg-type]
                         if buffered is not None and buffered["lease"] == msg.get("lease", buffered["lease"]):
@@ -436,7 +437,7 @@ class Worker:
         # fail_after: this is per task, and trio's scope machinery was the worker's largest cost per no-op task.
         deadline = math.inf if timeout == math.inf else anyio.current_time() + timeout
         scope = anyio.CancelScope(deadline=deadline)
-        self._scopes[tid] = (lease, scope)
+        entry = self._scopes[tid] = (lease, scope)  # removed by whoever cancels it explicitly
         try:
             payload = decode_value(task["payload"])
             ctx = TaskContext(self, task) if handler.wants_context else None
@@ -447,7 +448,9 @@ class Worker:
                 else:
                     result = await anyio.to_thread.run_sync(lambda: handler.fn(*args), abandon_on_cancel=True)
             if scope.cancelled_caught:
-                if anyio.current_time() >= deadline:
+                # a timeout unless someone cancelled it (the server, a hand-back), even if that cancel
+                # only took effect past the deadline: that task is not ours to report any more
+                if self._scopes.get(tid) is entry and anyio.current_time() >= deadline:
                     self._report_fail(tid, lease, f"timeout: attempt ran longer than {timeout}s", None, True,
                                       handler)
                 else:
@@ -461,7 +464,7 @@ class Worker:
             self._report_fail(tid, lease, traceback.format_exc(), None, False, handler)
             return
         finally:
-            if self._scopes.get(tid, (None,))[0] == lease:  # (not a newer lease of the same task)
+            if self._scopes.get(tid) is entry:  # (not cancelled, nor a newer lease of the same task)
                 del self._scopes[tid]
         self.completed += 1
         self._results.append([tid, lease, data])

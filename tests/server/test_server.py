@@ -499,3 +499,35 @@ async def test_an_enqueue_whose_task_started_before_its_failed_commit_is_not_ref
             assert answers == [tid]
             await peer.send({"op": "done", "results": [[tid, msg["tasks"][0]["lease"], encode_value(1)]]})
             assert (await c.wait(tid, timeout=5))["state"] == "succeeded"
+
+
+@pytest.mark.trio
+async def test_a_server_cancel_seen_after_the_deadline_is_not_reported_as_a_timeout(
+        server: Server, nursery: trio.Nursery) -> None:
+    """A handler that defers cancellation (a shielded section) past its deadline, after the server
+    cancelled it: the worker must not report a timeout failure for a task it was told is cancelled
+    (the server would refuse it and log a late result in the task's timeline)."""
+    import anyio.lowlevel
+
+    worker = Worker(concurrency=1)
+    started = trio.Event()
+
+    @worker.task("stubborn", timeout=0.3)
+    async def stubborn(p: Any) -> str:
+        started.set()
+        with anyio.CancelScope(shield=True):
+            await anyio.sleep(0.6)
+        await anyio.lowlevel.checkpoint()
+        return "finished anyway"
+
+    nursery.start_soon(worker.run, f"127.0.0.1:{server.port}")
+    with trio.fail_after(15):
+        async with Client(f"127.0.0.1:{server.port}") as c:
+            tid = await c.enqueue("stubborn", retries=0, timeout=60)
+            await started.wait()
+            await c.cancel(tid)
+            await trio.sleep(0.9)  # past the handler's deadline: it has ended by now
+            await c.ping()  # (after the worker's report, if any: it is sent at once)
+            assert (worker.failed, server.core.stats.late_results) == (0, 0)
+            assert "late_result" not in [e["kind"] for e in await c.events(tid)]
+    worker.stop()
