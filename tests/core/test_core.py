@@ -1150,6 +1150,36 @@ def test_a_task_recovered_on_its_last_attempt_runs_once_more() -> None:
     assert core.get(1).state is State.DEAD
 
 
+# ---------------------------------------------------------------------- failed commits
+def test_a_failed_commit_is_rewritten_even_for_tasks_that_left_the_finished_cache() -> None:
+    core = make(finished_cache=1)
+    ids = add(core, n=3)
+    join(core, credit=3)
+    fx = core.take_effects(T0)
+    core.done("w1", [[tid, 1, b"r"] for tid in ids], T0 + 1)
+    failed = core.take_effects(T0 + 1)
+    assert {r[0]: r[5] for r in failed.rows} == dict.fromkeys(ids, "succeeded")
+    assert list(core.finished) == [ids[-1]]
+    core.restore_effects([r[0] for r in failed.rows], failed.events, [], failed.rows)
+    again = core.take_effects(T0 + 2)
+    assert sorted(again.rows) == sorted(failed.rows)
+    assert [e for e in again.events if e in failed.events] == failed.events
+    assert sent_ids(fx) == ids
+
+
+def test_enqueues_can_be_forgotten_only_while_untouched() -> None:
+    core = make()
+    a, b = add(core, n=2)
+    assert core.can_forget([a, b])
+    join(core, credit=1)
+    core.take_effects(T0)  # a is dispatched
+    assert not core.can_forget([a, b]) and core.can_forget([b])
+    core.release("w1", [a], T0)
+    assert core.get(a).attempt == 0 and not core.can_forget([a])  # (its rows were written since)
+    core.cancel(b, T0)
+    assert not core.can_forget([b])
+
+
 # ---------------------------------------------------------------------- counts
 def test_queue_stats_match_the_tasks() -> None:
     core = make()

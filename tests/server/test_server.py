@@ -531,3 +531,34 @@ async def test_a_server_cancel_seen_after_the_deadline_is_not_reported_as_a_time
             assert (worker.failed, server.core.stats.late_results) == (0, 0)
             assert "late_result" not in [e["kind"] for e in await c.events(tid)]
     worker.stop()
+
+
+@pytest.mark.trio
+async def test_a_failed_commit_of_tasks_that_already_left_memory_is_retried_all_the_same(
+        nursery: trio.Nursery, tmp_path: Path) -> None:
+    """Under load, tasks finish and leave the finished-task cache before their commit is known to have
+    failed: their final rows must still be written by the retry (else the store keeps them running, and
+    the next start runs them again)."""
+    srv = await start(nursery, tmp_path, core={"finished_cache": 2})
+    store = srv.store
+    assert store is not None
+    with trio.fail_after(15):
+        peer, _ = await RawPeer.connect(srv.port, role="worker")
+        async with peer.stream, Client(f"127.0.0.1:{srv.port}") as c:
+            ids = await c.enqueue_many([{"type": "t"} for _ in range(6)])
+            await peer.send({"op": "credit", "n": 6})
+            leases = {t["id"]: t["lease"] for t in (await peer.recv())["tasks"]}
+            assert sorted(leases) == ids
+            await srv.wait_committed()
+            (pages,) = store.conn.execute("PRAGMA page_count").fetchone()
+            store.conn.execute(f"PRAGMA max_page_count = {pages}")  # the 'disk' is now full
+            await peer.send({"op": "done", "results": [[tid, leases[tid], encode_value("r" * 20_000)] for tid in ids]})
+            while srv.stats.store_errors == 0:
+                await trio.sleep(0.01)
+            store.conn.execute("PRAGMA max_page_count = 1073741823")  # space again
+            await trio.sleep(0.7)  # the retry (0.5 s after the failure)
+            await srv.wait_committed()
+    db = sqlite3.connect(srv.config.db)
+    states = dict(db.execute("SELECT id, state FROM tasks").fetchall())
+    db.close()
+    assert states == dict.fromkeys(ids, "succeeded")

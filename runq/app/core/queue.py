@@ -58,6 +58,7 @@ EventRow = tuple[int, float, str, str, "str | None", int, "str | None"]
 # Core.enqueue's inlined ENQUEUE step relies on the table saying this:
 assert TRANSITIONS[(None, T_ENQUEUE)] is READY
 _READY_NAME, _ENQUEUED_KIND = READY._value_, T_ENQUEUE._value_
+_FINAL_NAMES = frozenset(s._value_ for s in FINAL_STATES)
 
 
 class TaskMissing(RunqError):
@@ -746,15 +747,24 @@ class Core:
             self._events = [e for e in self._events if e[0] not in gone]
         return gone
 
-    def restore_effects(self, task_ids: list[int], events: list[EventRow], queue_ops: list[tuple[str, bool]]) -> None:
+    def restore_effects(self, task_ids: list[int], events: list[EventRow], queue_ops: list[tuple[str, bool]],
+                        rows: Iterable[tuple[Any, ...]] = ()) -> None:
         """Put back the writes of a batch that failed to commit, so the next one retries them.
 
-        Rows are rewritten from the tasks' current state (never an older snapshot).
+        Rows are rewritten from the tasks' current state (never an older snapshot). A task no longer in
+        memory is final and left the finished-task cache meanwhile: its row in ``rows`` (the batch's whole
+        rows) is written again as it was when that row is final (a final task does not change; when
+        the row is older, the task's final row is in a later batch, which restores or wrote it).
         """
+        dirty, tasks, finished = self._dirty, self.tasks, self.finished
         for tid in task_ids:
-            t = self.tasks.get(tid) or self.finished.get(tid)
+            t = tasks.get(tid) or finished.get(tid)
             if t is not None:
-                self._dirty[tid] = t
+                dirty[tid] = t
+        for row in rows:
+            tid = row[0]
+            if row[5] in _FINAL_NAMES and tid not in dirty and tid not in tasks and tid not in finished:
+                dirty[tid] = Task.from_row(row)
         self._events[:0] = events
         self._queue_ops[:0] = queue_ops
 

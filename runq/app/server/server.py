@@ -257,7 +257,8 @@ class Server:
                 refused.append(ack)
             acks = refused
             self.core.restore_effects([r[0] for r in batch.rows + batch.new_rows if r[0] not in forgotten],
-                                      [e for e in batch.events if e[0] not in forgotten], batch.queue_ops)
+                                      [e for e in batch.events if e[0] not in forgotten], batch.queue_ops,
+                                      batch.rows)
             if not self._retry_scheduled and self._nursery is not None:
                 self._retry_scheduled = True
                 self._nursery.start_soon(self._retry_writes)
