@@ -479,6 +479,33 @@ class StoreContract:
         assert commit(store, Batch(rows=[row(2)]), timeout=1.0) is None
         assert store.get_task(1) is None and store.get_task(2) == row(2)
 
+    def test_many_rows_in_chunks_with_repeats_and_a_failure_past_the_first_chunk(self, store: Store) -> None:
+        """Multi-row statements: counts that are not powers of two, rows of one task repeated across merged
+        batches (the last wins), and a value refused in the third chunk: every chunk already run is rolled
+        back, nothing of that commit stays, and the same writes succeed once corrected."""
+        n = 1_337
+        d = Done()
+        with self.writer_held(store):
+            store.submit(Batch(new_rows=[task(i).new_row() for i in range(1, n + 1)],
+                               events=[event(i, "scheduled", "scheduled") for i in range(1, n + 1)], on_done=d.cb("a")))
+            store.submit(Batch(rows=[row(i, "running", attempt=1) for i in range(1, n + 1, 2)], on_done=d.cb("b")))
+            store.submit(Batch(rows=[row(i, "succeeded", attempt=1) for i in range(1, n + 1, 4)], on_done=d.cb("c")))
+        assert [e for _, e in d.wait(3)] == [None, None, None]
+        want = {i: "succeeded" if i % 4 == 1 else "running" if i % 2 == 1 else "ready" for i in range(1, n + 1)}
+        assert dict(store.reader.execute("SELECT id, state FROM tasks")) == want
+        assert all(len(store.events(i)) == 1 for i in (1, 512, 513, 1024, n))
+        bad = [row(i, "dead", attempt=2) for i in range(1, 1_100)]
+        bad[1_050] = row(1_051, "dead", attempt=2, result=2**64 - 1)  # beyond the first two chunks (512 + 512)
+        events = [event(i, "dead", "dead") for i in range(1, 1_100)]
+        assert isinstance(commit(store, Batch(rows=bad, events=events)), StoreError)
+        assert dict(store.reader.execute("SELECT id, state FROM tasks")) == want
+        assert store.events(1) == [event(1, "scheduled", "scheduled")]
+        bad[1_050] = row(1_051, "dead", attempt=2)
+        assert commit(store, Batch(rows=bad, events=events)) is None
+        assert dict(store.reader.execute("SELECT id, state FROM tasks WHERE state = 'dead'")) == \
+            dict.fromkeys(range(1, 1_100), "dead")
+        assert [e[2] for e in store.events(1)] == ["scheduled", "dead"]
+
     def test_check_writable_passes_on_a_healthy_store(self, store: Store) -> None:
         store.check_writable()
         assert commit(store, Batch(rows=[row(1)])) is None
