@@ -140,6 +140,7 @@ class Worker:
         self._credit = 0
         self._wake: anyio.Event | None = None
         self._scopes: dict[int, tuple[int, anyio.CancelScope]] = {}
+        self._threads: anyio.CapacityLimiter | None = None
         self._buffered: dict[int, dict[str, Any]] = {}
         self._running: set[int] = set()
         self._loop_thread = 0
@@ -201,6 +202,10 @@ class Worker:
             Unauthorized: the server refused the token (not retried).
         """
         self._stop_ev = anyio.Event()
+        # one thread per runner (anyio's default limiter holds 40: with a higher concurrency, sync handlers
+        # waited for a thread while their timeout ran); an abandoned thread (a handler that ignored its
+        # timeout) keeps its token until it returns
+        self._threads = anyio.CapacityLimiter(self.concurrency)
         self._loop_thread = threading.get_ident()
         self._token = anyio.lowlevel.current_token()
         if self._stop.is_set():
@@ -446,7 +451,8 @@ class Worker:
                 if handler.is_async:
                     result = await handler.fn(*args)
                 else:
-                    result = await anyio.to_thread.run_sync(lambda: handler.fn(*args), abandon_on_cancel=True)
+                    result = await anyio.to_thread.run_sync(lambda: handler.fn(*args), abandon_on_cancel=True,
+                                                            limiter=self._threads)
             if scope.cancelled_caught:
                 # a timeout unless someone cancelled it (the server, a hand-back), even if that cancel
                 # only took effect past the deadline: that task is not ours to report any more

@@ -562,3 +562,26 @@ async def test_a_failed_commit_of_tasks_that_already_left_memory_is_retried_all_
     states = dict(db.execute("SELECT id, state FROM tasks").fetchall())
     db.close()
     assert states == dict.fromkeys(ids, "succeeded")
+
+
+@pytest.mark.trio
+async def test_sync_handlers_run_as_many_at_once_as_the_concurrency_beyond_anyios_default_40_threads(
+        server: Server, nursery: trio.Nursery) -> None:
+    """Each sync handler runs in a thread: with concurrency 50, all 50 run at once (anyio's default thread
+    limiter holds 40; the others waited for a thread while their timeout ran, and timed out unrun)."""
+    import time
+
+    worker = Worker(concurrency=50, prefetch=0)
+
+    @worker.task("block")
+    def block(p: Any) -> str:
+        time.sleep(0.5)
+        return "ok"
+
+    nursery.start_soon(worker.run, f"127.0.0.1:{server.port}")
+    with trio.fail_after(15):
+        async with Client(f"127.0.0.1:{server.port}") as c:
+            ids = await c.enqueue_many([{"type": "block", "timeout": 0.9, "retries": 0} for _ in range(50)])
+            tasks = [await c.wait(tid, timeout=10) for tid in ids]
+            assert [t["state"] for t in tasks] == ["succeeded"] * 50, [t["error"] for t in tasks if t["error"]][:1]
+    worker.stop()
