@@ -55,12 +55,21 @@ __all__ = ["Handler", "Retry", "TaskContext", "Worker"]
 log = logging.getLogger("runq.worker")
 
 
+#: The longest ``Retry`` delay the protocol carries (``retry_in``, docs/protocol.md: under ten years).
+MAX_RETRY_DELAY = 10 * 365 * 86400
+#: The largest handler retry limit the protocol carries (a ``fail``'s ``retries``).
+MAX_RETRIES = 1000
+
+
 class Retry(Exception):
     """Raise in a handler to ask for a retry after ``delay`` seconds (counts as an attempt)."""
 
     def __init__(self, delay: float = 0.0, reason: str = "retry requested") -> None:
+        delay = float(delay)
+        if not 0 <= delay < MAX_RETRY_DELAY:  # (NaN fails both): the server would refuse the report
+            raise ValueError(f"Retry: delay must be >= 0 seconds and under ten years, got {delay}")
         super().__init__(reason)
-        self.delay = float(delay)
+        self.delay = delay
 
 
 @dataclass
@@ -166,7 +175,13 @@ class Worker:
 
     def register(self, type: str, fn: Callable[..., Any], *, timeout: float | None = None,
                  retries: int | None = None) -> None:
-        """Register ``fn`` as the handler of ``type``."""
+        """Register ``fn`` as the handler of ``type``.
+
+        Raises:
+            ValueError: ``retries`` outside 0..1000 (the server would refuse the handler's reports).
+        """
+        if retries is not None and not 0 <= retries <= MAX_RETRIES:
+            raise ValueError(f"retries must be between 0 and {MAX_RETRIES}, got {retries}")
         try:
             params = [p for p in inspect.signature(fn).parameters.values()
                       if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]

@@ -585,3 +585,29 @@ async def test_sync_handlers_run_as_many_at_once_as_the_concurrency_beyond_anyio
             tasks = [await c.wait(tid, timeout=10) for tid in ids]
             assert [t["state"] for t in tasks] == ["succeeded"] * 50, [t["error"] for t in tasks if t["error"]][:1]
     worker.stop()
+
+
+@pytest.mark.trio
+async def test_a_retry_delay_the_protocol_refuses_fails_the_attempt_instead_of_leaving_it_running(
+        server: Server, nursery: trio.Nursery) -> None:
+    """Retry(-1) or Retry(nan) made the worker send a 'fail' the server refuses (bad_request): the task
+    stayed running until the server's backstop (its timeout + the lease timeout)."""
+    from runq import Retry
+
+    worker = Worker(concurrency=2)
+
+    @worker.task("odd_retry")
+    async def odd_retry(p: Any) -> None:
+        raise Retry(float(p))
+
+    with pytest.raises(ValueError, match="retries"):
+        worker.register("too_many", odd_retry, retries=5000)
+    nursery.start_soon(worker.run, f"127.0.0.1:{server.port}")
+    with trio.fail_after(10):
+        async with Client(f"127.0.0.1:{server.port}") as c:
+            for delay in ("-1", "nan", "1e12"):
+                tid = await c.enqueue("odd_retry", delay, retries=0, timeout=60)
+                task = await c.wait(tid, timeout=5)
+                assert task["state"] == "dead" and "ValueError" in task["error"], task
+            assert server.stats.protocol_errors == 0
+    worker.stop()
