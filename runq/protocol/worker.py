@@ -59,6 +59,8 @@ log = logging.getLogger("runq.worker")
 MAX_RETRY_DELAY = 10 * 365 * 86400
 #: The largest handler retry limit the protocol carries (a ``fail``'s ``retries``).
 MAX_RETRIES = 1000
+#: Threads of sync handlers that timed out but have not returned yet, beyond one thread per runner.
+ABANDONED_THREADS = 40
 
 
 class Retry(Exception):
@@ -217,10 +219,10 @@ class Worker:
             Unauthorized: the server refused the token (not retried).
         """
         self._stop_ev = anyio.Event()
-        # one thread per runner (anyio's default limiter holds 40: with a higher concurrency, sync handlers
-        # waited for a thread while their timeout ran); an abandoned thread (a handler that ignored its
-        # timeout) keeps its token until it returns
-        self._threads = anyio.CapacityLimiter(self.concurrency)
+        # a thread for every runner (anyio's default limiter, shared, holds 40: with a higher concurrency, sync
+        # handlers waited for a thread while their timeout ran), plus 40 for abandoned threads (a sync handler
+        # past its timeout keeps running, and keeps its token, until it returns)
+        self._threads = anyio.CapacityLimiter(self.concurrency + ABANDONED_THREADS)
         self._loop_thread = threading.get_ident()
         self._token = anyio.lowlevel.current_token()
         if self._stop.is_set():

@@ -611,3 +611,31 @@ async def test_a_retry_delay_the_protocol_refuses_fails_the_attempt_instead_of_l
                 assert task["state"] == "dead" and "ValueError" in task["error"], task
             assert server.stats.protocol_errors == 0
     worker.stop()
+
+
+@pytest.mark.trio
+async def test_a_sync_handler_that_outlives_its_timeout_does_not_keep_the_next_task_from_running(
+        server: Server, nursery: trio.Nursery) -> None:
+    """A thread cannot be cancelled: past its timeout it is abandoned and keeps running; the runner goes on
+    with the next task in another thread."""
+    import time
+
+    worker = Worker(concurrency=1, prefetch=0)
+
+    @worker.task("stuck")
+    def stuck(p: Any) -> None:
+        time.sleep(1.5)
+
+    @worker.task("quick")
+    def quick(p: Any) -> str:
+        return "ran"
+
+    nursery.start_soon(worker.run, f"127.0.0.1:{server.port}")
+    with trio.fail_after(15):
+        async with Client(f"127.0.0.1:{server.port}") as c:
+            first = await c.enqueue("stuck", timeout=0.2, retries=0)
+            second = await c.enqueue("quick", timeout=0.5, retries=0)
+            assert (await c.wait(first, timeout=5))["state"] == "dead"
+            task = await c.wait(second, timeout=1)
+            assert task["state"] == "succeeded", task["error"]
+    worker.stop()
