@@ -717,6 +717,47 @@ def test_a_new_lease_is_not_timed_out_by_an_old_deadline(how: str) -> None:
     assert core.get(tid).state is State.RUNNING, "timed out 3 s into a 5 s run"
 
 
+@pytest.mark.parametrize("end", ["done", "fail", "cancel", "release"])
+def test_the_backstop_of_a_prefetched_task_counts_from_when_a_runner_was_free(end: str) -> None:
+    """A worker of concurrency 1 that also took a second task (prefetch) starts it only when the first
+    ends: its timeout + grace count from then, not from its dispatch (it was failed 40 s after its
+    dispatch while it had run 15 s of its 30)."""
+    core = make(lease_timeout=10)
+    first, second = add(core, n=2, timeout=30.0, retries=0)
+    join(core, credit=2, concurrency=1)
+    assert sent_ids(core.take_effects(T0)) == [first, second]
+    core.heartbeat("w1", T0 + 25)
+    if end == "done":
+        core.done("w1", [[first, 1, b""]], T0 + 25)
+    elif end == "fail":
+        core.fail("w1", first, 1, "x", T0 + 25)
+    elif end == "cancel":
+        core.cancel(first, T0 + 25)
+    else:
+        core.release("w1", [first], T0 + 25)
+    core.take_effects(T0 + 25)
+    for at in (T0 + 33, T0 + 41, T0 + 49, T0 + 57, T0 + 64.9):
+        core.heartbeat("w1", at)
+        core.tick(at)
+        assert core.get(second).state is State.RUNNING, at
+    core.heartbeat("w1", T0 + 65)
+    core.tick(T0 + 65)  # 30 s + 10 s after the first one ended
+    assert core.get(second).state is State.DEAD
+    assert core.get(second).error == "timeout: no result within 30.0s (+10s grace)"
+
+
+def test_the_backstop_of_tasks_beyond_the_concurrency_is_armed_in_dispatch_order() -> None:
+    core = make(lease_timeout=10)
+    ids = add(core, n=4, timeout=5.0, retries=0)
+    join(core, credit=4, concurrency=2)
+    core.take_effects(T0)
+    assert sorted(tid for _, tid, _ in core.deadlines) == ids[:2]
+    core.done("w1", [[ids[1], 1, b""]], T0 + 1)
+    assert sorted(tid for _, tid, _ in core.deadlines) == [ids[0], ids[1], ids[2]]  # (ids[1]'s is stale)
+    core.worker_left("w1", T0 + 2)  # the rest are lost, nothing left unarmed
+    assert core.workers == {} and core.next_deadline() == T0 + 15
+
+
 # ---------------------------------------------------------------------- cancel
 def test_cancel_a_ready_task() -> None:
     core = make()
@@ -1213,11 +1254,17 @@ def check_invariants(core: Core, granted: dict[str, int], received: dict[str, in
                      recovered_last: frozenset[int] = frozenset()) -> None:
     """``recovered_last``: tasks recovered on their last attempt, which run once more (docs/semantics.md)."""
     holders: dict[int, str] = {}
+    armed = {(tid, lease) for _, tid, lease in core.deadlines}
     assert set(core.hungry) <= set(core.workers)
     for w in core.workers.values():
         assert received.get(w.id, 0) <= granted.get(w.id, 0), "sent more tasks than the credit granted"
         assert w.credit == granted.get(w.id, 0) - received.get(w.id, 0) >= 0
         assert (w.id in core.hungry) == (w.credit > 0 and w.state == "active"), w.id
+        # the backstop is armed for the tasks the worker can have started: the first `concurrency` it holds
+        assert len(w.running) - len(w.unarmed) == min(len(w.running), w.concurrency), w.id
+        assert list(w.unarmed) == list(w.running)[len(w.running) - len(w.unarmed):]
+        for tid, (t, lease) in w.unarmed.items():
+            assert w.running[tid] is t and t.lease == lease and (tid, lease) not in armed
         for tid, t in w.running.items():
             assert tid not in holders, f"task {tid} held by {holders[tid]} and {w.id}"
             holders[tid] = w.id
@@ -1231,7 +1278,8 @@ def check_invariants(core: Core, granted: dict[str, int], received: dict[str, in
         counted[(t.queue, t.state.value)] = counted.get((t.queue, t.state.value), 0) + 1
         if t.state is State.RUNNING:
             assert holders.get(t.id) == t.worker, f"running task {t.id} not in its worker's running dict"
-            assert (t.id, t.lease) in deadlines  # the server-side backstop is armed
+            # the server-side backstop is armed, or will be once the worker has a runner free for it
+            assert (t.id, t.lease) in deadlines or t.id in core.workers[t.worker or ""].unarmed
             assert t.lease >= t.attempt
             assert 1 <= t.attempt <= t.max_retries + 1 or (t.id in recovered_last and t.attempt >= 1)
         else:

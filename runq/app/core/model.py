@@ -162,6 +162,9 @@ class WorkerInfo:
     last_seen: float
     credit: int = 0
     running: dict[int, Task] = field(default_factory=dict)
+    #: held tasks beyond ``concurrency`` (prefetched: the worker has not started them yet), in dispatch
+    #: order, with their lease: their timeout backstop is armed once one of the first ``concurrency`` ends
+    unarmed: dict[int, tuple[Task, int]] = field(default_factory=dict)
     state: str = "active"  # active | draining
     completed: int = 0
     failed: int = 0

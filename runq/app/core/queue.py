@@ -312,6 +312,7 @@ class Core:
             if w is not None:
                 w.running.pop(task.id, None)
                 self._send(worker, {"op": "cancel", "id": task.id, "lease": task.lease})
+                self._ended(w, task.id, now)
         self._move(task, T.CANCEL, now, worker=worker, detail=reason)
         self._finish(task, now)
         return task
@@ -392,6 +393,7 @@ class Core:
         for task in reversed(list(w.running.values())):  # each goes to the front: keep their order
             self._lose(task, now, worker_id, reason)
         w.running.clear()
+        w.unarmed.clear()
 
     def _lose(self, task: Task, now: float, worker_id: str, reason: str) -> None:
         if task.attempt > task.max_retries:
@@ -458,6 +460,8 @@ class Core:
                 continue
             assert w is not None
             del w.running[task.id]
+            if w.unarmed:
+                self._ended(w, task.id, now)
             w.completed += 1
             task.result = result
             task.error = None
@@ -481,6 +485,7 @@ class Core:
             return
         assert w is not None
         del w.running[task.id]
+        self._ended(w, task.id, now)
         w.failed += 1
         if max_retries is not None:
             task.max_retries = max_retries
@@ -542,6 +547,7 @@ class Core:
                 continue
             assert w is not None
             del w.running[task.id]
+            self._ended(w, task.id, now)
             task.attempt -= 1
             task.worker = None
             self._move(task, T.RELEASE, now, worker=worker_id, detail="worker shutting down")
@@ -593,14 +599,31 @@ class Core:
             self.max_lease = lease
         task.worker = w.id
         task.started_at = now
-        w.running[task.id] = task
+        running = w.running
+        running[task.id] = task
         self._move(task, T_DISPATCH, now, worker=w.id)
-        heapq.heappush(self.deadlines, (now + task.timeout + self.config.lease_timeout, task.id, lease))
+        if len(running) <= w.concurrency:
+            heapq.heappush(self.deadlines, (now + task.timeout + self.config.lease_timeout, task.id, lease))
+        else:  # prefetched: the worker starts it once a runner is free (see _ended)
+            w.unarmed[task.id] = (task, lease)
         return {
             "id": task.id, "type": task.type, "payload": task.payload, "attempt": task.attempt, "lease": lease,
             "timeout": task.timeout, "queue": task.queue, "priority": task.priority,
             "max_retries": task.max_retries,
         }
+
+    def _ended(self, w: WorkerInfo, task_id: int, now: float) -> None:
+        """Task ``task_id`` left ``w.running``: arm the backstop of the prefetched tasks the worker can
+        now have started (the server-side timeout of a task counts from when a runner was free for it)."""
+        unarmed = w.unarmed
+        if not unarmed:
+            return
+        unarmed.pop(task_id, None)
+        grace = self.config.lease_timeout
+        while unarmed and len(w.running) - len(unarmed) < w.concurrency:
+            tid = next(iter(unarmed))
+            task, lease = unarmed.pop(tid)
+            heapq.heappush(self.deadlines, (now + task.timeout + grace, tid, lease))
 
     # ------------------------------------------------------------------ time
     def tick(self, now: float) -> float | None:
@@ -635,6 +658,7 @@ class Core:
                 if holder is not None:
                     holder.running.pop(tid, None)
                     self._send(holder.id, {"op": "cancel", "id": tid, "lease": number})
+                    self._ended(holder, tid, now)
                 self._fail(t, f"timeout: no result within {t.timeout}s (+{lease}s grace)", now, wid, None,
                            "timeout (server)")
         return self.next_deadline()
