@@ -639,3 +639,28 @@ async def test_a_sync_handler_that_outlives_its_timeout_does_not_keep_the_next_t
             task = await c.wait(second, timeout=1)
             assert task["state"] == "succeeded", task["error"]
     worker.stop()
+
+
+@pytest.mark.trio
+async def test_a_prefetched_task_is_not_timed_out_by_the_server_while_it_waits_for_a_runner(
+        nursery: trio.Nursery, tmp_path: Path) -> None:
+    """Concurrency 1 with one task prefetched: the second task waits 0.5 s for the runner, then runs 0.5 s of
+    its 0.6 s timeout; the server's backstop (0.6 + 0.3 s) counts from when the first one ended."""
+    srv = await start(nursery, tmp_path, core={"lease_timeout": 0.3})
+    worker = Worker(concurrency=1, prefetch=1)
+
+    @worker.task("half_second")
+    async def half_second(p: Any) -> str:
+        await trio.sleep(0.5)
+        return "done"
+
+    nursery.start_soon(worker.run, f"127.0.0.1:{srv.port}")
+    with trio.fail_after(15):
+        async with Client(f"127.0.0.1:{srv.port}") as c:
+            while not srv.core.workers:
+                await trio.sleep(0.01)
+            ids = await c.enqueue_many([{"type": "half_second", "timeout": 0.6, "retries": 0} for _ in range(2)])
+            tasks = [await c.wait(tid, timeout=5) for tid in ids]
+            assert [t["state"] for t in tasks] == ["succeeded", "succeeded"], [t["error"] for t in tasks]
+            assert srv.core.stats.late_results == 0
+    worker.stop()
