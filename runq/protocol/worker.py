@@ -54,6 +54,9 @@ __all__ = ["Handler", "Retry", "TaskContext", "Worker"]
 
 log = logging.getLogger("runq.worker")
 
+#: Room kept in a frame for everything around the results (op, ids, lease numbers, msgpack headers).
+_FRAME_SLACK = 4096
+
 
 #: The longest ``Retry`` delay the protocol carries (``retry_in``, docs/protocol.md: under ten years).
 MAX_RETRY_DELAY = 10 * 365 * 86400
@@ -148,6 +151,7 @@ class Worker:
         self._stop_ev: anyio.Event | None = None
         self._out: list[dict[str, Any]] = []
         self._results: list[list[Any]] = []
+        self._max_frame = DEFAULT_MAX_FRAME  # the server's, from its welcome
         self._credit = 0
         self._wake: anyio.Event | None = None
         self._scopes: dict[int, tuple[int, anyio.CancelScope]] = {}
@@ -279,6 +283,7 @@ class Worker:
                 raise error_for_code(str(welcome.get("code")), str(welcome.get("message")))
             self.worker_id = welcome.get("worker_id")
             heartbeat = float(welcome.get("heartbeat", 3.0))
+            self._max_frame = int(welcome.get("max_frame", DEFAULT_MAX_FRAME))
             self.connected = True
             log.info("worker %s joined %s:%d (queues %s, concurrency %d)", self.worker_id, host, port,
                      ",".join(self.queues), self.concurrency)
@@ -370,7 +375,17 @@ class Worker:
         credit = 0 if self._stop.is_set() else self._credit
         self._credit = 0
         if self._results:
-            msgs.append({"op": "done", "results": self._results, "credit": credit})
+            # one `done` per frame's worth of results: several large results must not make one frame too large
+            batch: list[list[Any]] = []
+            size = 0
+            for item in self._results:
+                n = len(item[2]) + 64
+                if batch and size + n > self._max_frame - _FRAME_SLACK:
+                    msgs.append({"op": "done", "results": batch})
+                    batch, size = [], 0
+                batch.append(item)
+                size += n
+            msgs.append({"op": "done", "results": batch, "credit": credit})
             self._results = []
         elif credit:
             msgs.append({"op": "credit", "n": credit})
@@ -480,6 +495,11 @@ class Worker:
                     self._give_credit()  # cancelled by the server (already final there) or handed back
                 return
             data = encode_value(result)
+            if len(data) > self._max_frame - _FRAME_SLACK:  # the server would close the connection on it
+                self._report_fail(tid, lease, f"result too large: {len(data)} bytes encoded, the server takes "
+                                              f"at most {self._max_frame - _FRAME_SLACK} per result", None, False,
+                                  handler)
+                return
         except Retry as r:
             self._report_fail(tid, lease, f"Retry requested: {r}", r.delay, False, handler)
             return

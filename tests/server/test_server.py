@@ -664,3 +664,34 @@ async def test_a_prefetched_task_is_not_timed_out_by_the_server_while_it_waits_f
             assert [t["state"] for t in tasks] == ["succeeded", "succeeded"], [t["error"] for t in tasks]
             assert srv.core.stats.late_results == 0
     worker.stop()
+
+
+@pytest.mark.trio
+async def test_results_too_large_for_a_frame_fail_clearly_and_big_ones_are_split(nursery: trio.Nursery,
+                                                                                  tmp_path: Path) -> None:
+    srv = await start(nursery, tmp_path, max_frame=64 * 1024)
+    address = f"127.0.0.1:{srv.port}"
+    worker = Worker(concurrency=8)
+    gate = trio.Event()
+
+    @worker.task("blob")
+    async def blob(n: int) -> bytes:
+        await gate.wait()  # all finish together: their results go back in the same flush
+        return b"x" * n
+
+    nursery.start_soon(worker.run, address)
+    with trio.fail_after(15):
+        async with Client(address) as c:
+            huge = await c.enqueue("blob", 100 * 1024, retries=0)
+            # six results of 40 KiB: together far above the 64 KiB frame limit, each one under it
+            big = [await c.enqueue("blob", 40 * 1024) for _ in range(6)]
+            while [(await c.get(t))["state"] for t in [huge, *big]] != ["running"] * 7:
+                await trio.sleep(0.01)
+            gate.set()
+            task = await c.wait(huge, timeout=10)
+            assert task["state"] == "dead" and task["error"].startswith("result too large: ")
+            for tid in big:
+                task = await c.wait(tid, timeout=10)
+                assert task["state"] == "succeeded" and task["attempt"] == 1 and len(task["result"]) == 40 * 1024
+            assert srv.stats.protocol_errors == 0
+    worker.stop()
