@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from textual.app import ComposeResult
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Static
+from textual.widgets import DataTable, Footer, Header, Static
 
 from ...protocol.errors import RunqError
 from ..forms import ConfirmScreen
@@ -126,3 +126,11 @@ class DashboardScreen(Screen[None]):
                 self.run_action_call(call, done)
 
         self.app.push_screen(ConfirmScreen(question), answered)
+
+
+def data_table(table_id: str, columns: Sequence[str]) -> DataTable[Any]:
+    """The row-cursor, striped table the list screens use, with ``columns`` keyed by their names."""
+    table: DataTable[Any] = DataTable(id=table_id, cursor_type="row", zebra_stripes=True)
+    for name in columns:
+        table.add_column(name, key=name)
+    return table

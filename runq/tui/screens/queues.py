@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -11,7 +11,7 @@ from textual.widgets import DataTable, Static
 
 from ..forms import EnqueueForm, EnqueueRequest
 from ..widgets import fmt_rate, sparkline, sync_table
-from .base import DashboardScreen
+from .base import DashboardScreen, data_table
 
 __all__ = ["QueuesScreen"]
 
@@ -37,10 +37,7 @@ class QueuesScreen(DashboardScreen):
     """
 
     def body(self) -> ComposeResult:
-        table: DataTable[Any] = DataTable(id="queues", cursor_type="row", zebra_stripes=True)
-        for name in COLUMNS:
-            table.add_column(name, key=name)
-        yield table
+        yield data_table("queues", COLUMNS)
         yield Static("", id="summary")
 
     def draw(self) -> None:

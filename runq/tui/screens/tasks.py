@@ -18,7 +18,7 @@ from ..forms import EnqueueForm, EnqueueRequest
 from ..model import phases
 from ..source import TASK_STATES
 from ..widgets import PHASE_STYLE, STATE_STYLE, fmt_duration, fmt_time, render_marks, render_phases, sync_table
-from .base import DashboardScreen, describe
+from .base import DashboardScreen, data_table, describe
 
 __all__ = ["TaskDetailScreen", "TasksScreen"]
 
@@ -80,10 +80,7 @@ class TasksScreen(DashboardScreen):
             yield Input(placeholder="queue", id="f-queue")
             yield Input(placeholder="type", id="f-type")
             yield Input(placeholder="task id", id="f-id", type="integer")
-        table: DataTable[Any] = DataTable(id="tasks", cursor_type="row", zebra_stripes=True)
-        for name in COLUMNS:
-            table.add_column(name, key=name)
-        yield table
+        yield data_table("tasks", COLUMNS)
         yield Static("", id="count")
 
     def on_mount(self) -> None:

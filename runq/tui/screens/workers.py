@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -10,7 +10,7 @@ from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Static
 
 from ..widgets import fmt_age, sync_table
-from .base import DashboardScreen
+from .base import DashboardScreen, data_table
 
 __all__ = ["WorkersScreen"]
 
@@ -32,10 +32,7 @@ class WorkersScreen(DashboardScreen):
     """
 
     def body(self) -> ComposeResult:
-        table: DataTable[Any] = DataTable(id="workers", cursor_type="row", zebra_stripes=True)
-        for name in COLUMNS:
-            table.add_column(name, key=name)
-        yield table
+        yield data_table("workers", COLUMNS)
         yield Static("", id="summary")
 
     def draw(self) -> None:
