@@ -814,10 +814,8 @@ def test_cancel_a_task_waiting_for_its_retry() -> None:
     assert core.get(tid).state is State.CANCELLED and core.get(tid).error == "x"
 
 
-@pytest.mark.parametrize("final", ["succeeded", "dead", "cancelled"])
-def test_cancel_a_final_task_is_illegal(final: str) -> None:
-    core = make()
-    (tid,) = add(core, retries=0)
+def end_running(core: Core, tid: int, final: str) -> None:
+    """Run task ``tid`` (retries=0) on a new worker w1 and end it as ``final``."""
     join(core)
     run_one(core, T0)
     if final == "succeeded":
@@ -826,6 +824,13 @@ def test_cancel_a_final_task_is_illegal(final: str) -> None:
         core.fail("w1", tid, 1, "x", T0)
     else:
         core.cancel(tid, T0)
+
+
+@pytest.mark.parametrize("final", ["succeeded", "dead", "cancelled"])
+def test_cancel_a_final_task_is_illegal(final: str) -> None:
+    core = make()
+    (tid,) = add(core, retries=0)
+    end_running(core, tid, final)
     core.take_effects(T0)
     with pytest.raises(IllegalTransition) as exc_info:
         core.cancel(tid, T0)
@@ -980,14 +985,7 @@ def test_unique_key_while_live_returns_the_same_task() -> None:
 def test_unique_key_is_free_once_the_task_is_final(final: str) -> None:
     core = make()
     (tid,) = add(core, key="k", retries=0)
-    join(core)
-    run_one(core, T0)
-    if final == "succeeded":
-        core.done("w1", [[tid, 1, b""]], T0)
-    elif final == "dead":
-        core.fail("w1", tid, 1, "x", T0)
-    else:
-        core.cancel(tid, T0)
+    end_running(core, tid, final)
     assert core.enqueue([spec(key="k")], T0 + 1) == [(tid + 1, True)]
     assert core.keys["k"].id == tid + 1
 
