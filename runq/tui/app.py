@@ -107,7 +107,7 @@ class RunqDashboard(App[None]):
     def _tick(self) -> None:
         started = time.perf_counter()
         screen = self.dashboard_screen()
-        if screen is not None and screen.is_mounted:
+        if screen is not None and screen.drawable:
             screen.refresh_data()
         self.refresh_stats.tick(started, time.perf_counter())
 

@@ -341,3 +341,31 @@ def test_a_big_payload_is_shown_without_blocking_the_screen() -> None:
     assert text.startswith("[{'k': 0, 'v': 'xxxxxxxxxx'}, {'k': 1,") and len(text) == 4000
     assert _pretty({"a": (1, 2), "b": b"\xc1"}) == "{'a': (1, 2), 'b': b'\\xc1'}"
     assert "199800 more" in _pretty(list(range(200_000)))
+
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_leaving_screens_while_the_timer_and_loads_run(tmp_path: Path) -> None:
+    """Textual removes a leaving screen's widgets before the screen, on pop and at exit, while the app's
+    refresh timer and the screens' background loads go on: neither may then draw into the half-removed
+    screen (a tick looking for its banner ended CI run 6 with NoMatches). A 1 kHz timer, detail screens
+    popped while their 1 MB task loads, and exits with a load in flight make those windows likely."""
+    from fixed_source import FixedSource
+
+    db = make_db(tmp_path / "odd.db")
+    with anyio.fail_after(60):
+        for _ in range(5):
+            app = RunqDashboard(FixedSource(), refresh_hz=1000)
+            async with app.run_test(size=SIZE) as pilot:
+                await app.push_screen(TaskDetailScreen(42))
+                await pilot.pause(0.01)
+        for _ in range(5):
+            app = RunqDashboard(OfflineSource(db), refresh_hz=1000)
+            async with app.run_test(size=SIZE):
+                await app.switch_mode("tasks")
+                for _ in range(3):
+                    await app.push_screen(TaskDetailScreen(3))
+                    await app.pop_screen()
+                await app.push_screen(TaskDetailScreen(3))
+            assert app.return_code in (None, 0)

@@ -66,6 +66,15 @@ class DashboardScreen(Screen[None]):
     def state(self) -> DashboardState:
         return self.dash.source.state
 
+    @property
+    def drawable(self) -> bool:
+        """Whether this screen's widgets are there to draw into.
+
+        Textual removes a leaving screen's widgets before the screen itself (on pop and at exit, when
+        ``display`` turns False), and the app's timer and background loads can call in between.
+        """
+        return self.is_mounted and self.display and self.app.is_running
+
     def on_mount(self) -> None:
         self.refresh_data(force=True)
 
@@ -74,6 +83,8 @@ class DashboardScreen(Screen[None]):
 
     def refresh_data(self, force: bool = False) -> None:
         """Called by the app's timer: redraw from the state if it changed."""
+        if not self.drawable:
+            return
         st = self.state
         self._banner(st)
         if force or self.always_draw or st.version != self._drawn_version:

@@ -94,6 +94,8 @@ class TasksScreen(DashboardScreen):
         return {"state": self.state_filter, "queue": queue, "type": type_}
 
     def refresh_data(self, force: bool = False) -> None:
+        if not self.drawable:
+            return
         super().refresh_data(force)
         due = time.monotonic() - self._loaded_at >= RELOAD_SECONDS
         if (force or self._dirty or due) and not self._loading:
@@ -122,7 +124,8 @@ class TasksScreen(DashboardScreen):
         finally:
             self._loading = False
         self.loads += 1
-        self._show()
+        if self.drawable:
+            self._show()
 
     def _show(self) -> None:
         rows = []
@@ -250,6 +253,8 @@ class TaskDetailScreen(DashboardScreen):
         self.state.unwatch(self.task_id)
 
     def refresh_data(self, force: bool = False) -> None:
+        if not self.drawable:
+            return
         super().refresh_data(force)
         touched = self.state.watched.get(self.task_id, 0)
         final = self.current is not None and self.current.get("state") in FINAL
@@ -270,7 +275,8 @@ class TaskDetailScreen(DashboardScreen):
         finally:
             self._loading = False
         self.loads += 1
-        self._show()
+        if self.drawable:
+            self._show()
 
     def _show(self) -> None:
         t = self.current
