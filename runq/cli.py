@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="NORMAL survives a process crash, FULL survives power loss (default %(default)s)")
     p.add_argument("--lease-timeout", type=float, default=10.0, help="seconds of worker silence before its tasks return")
     p.add_argument("--retention", type=float, default=7 * 86400, help="seconds finished tasks are kept (default 7 days)")
+    p.add_argument("--max-subscribers", type=int, default=256,
+                   help="live event streams (TCP subscribe and HTTP) served at once (default %(default)s)")
     p.add_argument("--port-file", default=None, help="write the bound port to this file once serving")
 
     p = sub.add_parser("worker", help="run a worker: runq worker module:attr")
@@ -139,7 +141,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     cfg = ServerConfig(db=args.db, host=args.host, port=args.port, http_port=_http_port(args),
                        token=args.token or os.environ.get("RUNQ_TOKEN"), synchronous=args.synchronous,
-                       retention=args.retention, core=CoreConfig(lease_timeout=args.lease_timeout))
+                       retention=args.retention, max_subscribers=args.max_subscribers,
+                       core=CoreConfig(lease_timeout=args.lease_timeout))
     server = Server(cfg)
 
     async def run() -> None:

@@ -141,6 +141,7 @@ class Client:
         self._closed: BaseException | None = None
         self._events_send: MemoryObjectSendStream[dict[str, Any]] | None = None
         self._events_receive: MemoryObjectReceiveStream[dict[str, Any]] | None = None
+        self._replaced: list[MemoryObjectReceiveStream[dict[str, Any]]] = []  # of earlier subscribes
 
     # ------------------------------------------------------------------ lifecycle
     async def __aenter__(self) -> Self:
@@ -195,8 +196,10 @@ class Client:
                 await self._stream.aclose()
             self._stream = None
         self._fail_all(ConnectionClosed("client closed"))
-        if self._events_receive is not None:
-            self._events_receive.close()
+        for receive in (*self._replaced, self._events_receive):
+            if receive is not None:
+                receive.close()
+        self._replaced.clear()
 
     def _fail_all(self, exc: BaseException) -> None:
         if self._closed is None:
@@ -400,17 +403,35 @@ class Client:
         ``async for``. When this client falls behind, events beyond ``buffer`` are
         dropped; the server also drops for slow readers and then sends an event of
         kind ``dropped`` with the count.
+
+        Subscribing again replaces the filters; the stream returned before ends once its
+        buffered events are read. A server at its ``max_subscribers`` limit refuses with
+        ``RemoteError`` code ``busy`` (the connection stays usable; try again later).
         """
-        send, receive = anyio.create_memory_object_stream[dict[str, Any]](buffer)
-        if self._events_send is not None:
-            self._events_send.close()
-        self._events_send = send
-        self._events_receive = receive
         msg: dict[str, Any] = {"op": "subscribe"}
         for k, v in (("queues", queues), ("types", types), ("ids", ids)):
             if v is not None:
                 msg[k] = list(v)
-        await self.request(msg)
+        old_send, old_receive = self._events_send, self._events_receive
+        send, receive = anyio.create_memory_object_stream[dict[str, Any]](buffer)
+        # events sent after the server took the new filters come before its answer: route them here now
+        self._events_send, self._events_receive = send, receive
+        try:
+            await self.request(msg)
+        except BaseException:
+            # refused (e.g. 'busy'): the server kept the old filters, so what came meanwhile is the old stream's
+            self._events_send, self._events_receive = old_send, old_receive
+            send.close()
+            while old_send is not None:
+                try:
+                    old_send.send_nowait(receive.receive_nowait())
+                except (anyio.WouldBlock, anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    break
+            receive.close()
+            raise
+        if old_send is not None and old_receive is not None:
+            old_send.close()  # the earlier stream ends once its buffered events are read
+            self._replaced.append(old_receive)
         return EventStream(receive)
 
 

@@ -106,6 +106,7 @@ ERROR_CODES: dict[str, str] = {
     "bad_request": "a well-formed request with an invalid value",
     "store_error": "the database could not commit (disk full, locked, ...)",
     "shutting_down": "the server is stopping",
+    "busy": "a limit of the server is reached (max_subscribers live event streams); try again later",
     "lease_expired": "(to a worker) it was silent for lease_timeout: its leases are gone",
     "internal": "a bug in the server met while handling this connection's input: logged, that connection closed",
 }

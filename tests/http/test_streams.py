@@ -138,6 +138,40 @@ async def test_a_slow_consumer_is_skipped_ahead_with_a_marker(api: Api) -> None:
         assert (await s.next())["id"] == 101  # then it goes on with what happens next
 
 
+
+@pytest.mark.parametrize("server_config", [{"max_subscribers": 2}])
+async def test_streams_beyond_the_limit_are_refused_busy(api: Api) -> None:
+    """Each stream may hold a backlog: max_subscribers bounds them (TCP subscriptions counted too). One more
+    SSE or WebSocket is a 503 'busy' with Retry-After; the open ones go on; a freed place is taken again."""
+    upgrade = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+    async with sse(api) as first:
+        async with aconnect_ws(f"{api.url}/api/ws", api.client) as ws:
+            with trio.fail_after(5):
+                assert json.loads(await ws.receive_text())["op"] == "subscribed"
+            r = await api.client.get("/api/events")
+            assert "max_subscribers" in error_of(r, 503, "busy") and r.headers["retry-after"] == "5"
+            with pytest.raises(WebSocketUpgradeError) as info:
+                async with aconnect_ws(f"{api.url}/api/ws", api.client):
+                    pass
+            assert info.value.response.status_code == 503
+            error_of(await api.client.get("/api/ws", headers=upgrade), 503, "busy")
+            assert len(api.server.subscribers) == 2
+            tid = (await api.client.post("/api/tasks", json={"type": "x"})).json()["task_id"]
+            got = await first.until(lambda e: e.get("id") == tid)  # the open streams are not affected
+            assert got[-1]["kind"] == "enqueued"
+            with trio.fail_after(5):
+                while True:
+                    ev = json.loads(await ws.receive_text())
+                    if ev.get("id") == tid:
+                        break
+        with trio.fail_after(5):
+            while len(api.server.subscribers) > 1:  # the WebSocket has left
+                await trio.sleep(0.01)
+        async with sse(api):
+            assert len(api.server.subscribers) == 2
+
+
 async def test_a_result_nested_too_deep_for_json_is_given_as_base64(api: Api) -> None:
     """A worker may return any msgpack value: one nested 900 deep is answered as base64, never a 500."""
     from test_tasks import nested

@@ -13,6 +13,7 @@ from runq import Client, Worker
 from runq.app.core import CoreConfig
 from runq.app.server import ConfigError, Server, ServerConfig
 from runq.protocol.client import encode_value
+from runq.protocol.errors import RemoteError
 from runq.protocol.frames import Connection
 
 
@@ -225,6 +226,34 @@ async def test_slow_subscriber_is_dropped_not_waited_for(nursery: trio.Nursery, 
                 kinds.add((await peer.recv()).get("kind"))
         await peer.stream.aclose()
         assert "dropped" in kinds
+
+
+
+@pytest.mark.trio
+async def test_subscribers_beyond_the_limit_are_told_busy(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """Each subscriber may hold a backlog of events: the server serves max_subscribers of them, refuses one
+    more with 'busy' (that connection stays usable), and takes it once a place is free."""
+    server = await start(nursery, tmp_path, max_subscribers=2)
+    addr = f"127.0.0.1:{server.port}"
+    with trio.fail_after(20):
+        async with Client(addr) as b, Client(addr) as c:
+            async with Client(addr) as a:
+                await a.subscribe()
+                await b.subscribe(queues=["q"])
+                with pytest.raises(RemoteError) as info:
+                    await c.subscribe()
+                assert info.value.code == "busy" and "max_subscribers" in info.value.message
+                assert len(server.subscribers) == 2
+                await b.subscribe(queues=["other"])  # a subscriber may always change its filters
+                events_b = await b.subscribe(queues=["q"])
+                tid = await c.enqueue("t", 1, queue="q")  # the refused connection still works
+                async for ev in events_b:
+                    assert ev["id"] == tid
+                    break
+            while len(server.subscribers) > 1:  # a has left
+                await trio.sleep(0.01)
+            await c.subscribe()
+            assert len(server.subscribers) == 2
 
 
 def test_non_loopback_requires_a_token(tmp_path: Path) -> None:

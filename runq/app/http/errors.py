@@ -38,6 +38,7 @@ STATUS: dict[str, int] = {
     "bad_request": 400,
     "store_error": 503,
     "shutting_down": 503,
+    "busy": 503,
     "lease_expired": 409,
     "internal": 500,
 }
@@ -95,8 +96,11 @@ def error_for_exception(exc: BaseException) -> Response:
     if isinstance(exc, ProtocolError):
         # message validation shared with the TCP protocol: a bad field is a bad request here
         code = exc.code if exc.code in ("bad_request", "not_found", "invalid_state", "unauthorized",
-                                        "frame_too_large", "shutting_down") else "bad_request"
-        return error_response(code, str(exc))
+                                        "frame_too_large", "shutting_down", "busy") else "bad_request"
+        resp = error_response(code, str(exc))
+        if code == "busy":
+            resp.headers["Retry-After"] = "5"
+        return resp
     if isinstance(exc, RunqError) and exc.code in ERROR_CODES and exc.code != "internal":
         return error_response(exc.code, str(exc))
     log.exception("bug while answering an HTTP request", exc_info=exc)

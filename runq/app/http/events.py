@@ -122,8 +122,8 @@ class StreamHub:
     def open(self, subscription: Subscription) -> EventStream:
         """Register a new stream; it receives everything that happens from now on."""
         stream = EventStream(subscription, self.backlog)
+        self.server.subscribe(stream)  # (refused with 'busy' at the max_subscribers limit)
         self.streams.add(stream)
-        self.server.subscribe(stream)
         return stream
 
     def close(self, stream: EventStream) -> None:

@@ -132,7 +132,8 @@ _ERR_TEXT = {
     404: "no such task, worker or route",
     409: "not legal in the task's current state",
     413: "body larger than the server's limit",
-    503: "the database could not commit, or the server is stopping",
+    503: "the database could not commit, the server is stopping, or (live streams) max_subscribers streams are"
+         " open already (busy, with Retry-After)",
 }
 
 
@@ -258,7 +259,7 @@ SPEC: dict[str, Any] = {
         },
         "/api/events": {
             "get": _op("Live events (server-sent events)", {200: ("an endless text/event-stream", {
-                "text/event-stream": {"schema": {"type": "string"}}})}, (400,), tag="live", params=_FILTERS,
+                "text/event-stream": {"schema": {"type": "string"}}})}, (400, 503), tag="live", params=_FILTERS,
                 description=(
                     "Each event is one `data:` line of JSON. First `{\"op\": \"subscribed\"}`, then task updates "
                     "(`{\"op\": \"event\", \"id\", \"kind\", \"status\", \"queue\", \"type\", \"result\", "
@@ -268,7 +269,7 @@ SPEC: dict[str, Any] = {
                     "\"kind\": \"dropped\", \"count\": N}`.")),
         },
         "/api/ws": {
-            "get": _op("Live events (WebSocket)", {101: ("switching to the WebSocket protocol", {})}, (400,),
+            "get": _op("Live events (WebSocket)", {101: ("switching to the WebSocket protocol", {})}, (400, 503),
                        tag="live", params=_FILTERS,
                        description="The same messages as /api/events, one JSON text message each. "
                                    "Send `ping` to get `{\"op\": \"pong\"}`."),

@@ -53,6 +53,8 @@ class ServerConfig:
         prune_interval: seconds between prune passes.
         subscriber_backlog: bytes (TCP) or events (HTTP streams) queued for a live-event subscriber
             before its events are dropped.
+        max_subscribers: live-event subscribers (TCP ``subscribe`` and HTTP streams together) served at
+            once; one more is refused with ``busy``. Each may buffer up to its backlog: this bounds memory.
         core: rules of the queue (leases, retries, backoff).
     """
 
@@ -67,10 +69,13 @@ class ServerConfig:
     retention: float = 7 * 86400.0
     prune_interval: float = 3600.0
     subscriber_backlog: int = 4 << 20
+    max_subscribers: int = 256
     core: CoreConfig = field(default_factory=CoreConfig)
 
     def check(self) -> None:
         """Raise ``ConfigError`` for settings that must not be served."""
+        if self.max_subscribers < 0:
+            raise ConfigError(f"max_subscribers must be 0 or more, not {self.max_subscribers}")
         if not is_loopback(self.host) and not self.token:
             raise ConfigError(f"listening on {self.host} (not loopback) requires a token (--token or RUNQ_TOKEN)")
 

@@ -501,7 +501,14 @@ class Server:
         return self.core.workers[worker_id].as_dict()
 
     def subscribe(self, subscriber: Subscriber) -> None:
-        """Start sending live events to ``subscriber`` (filtered by its ``subscription``)."""
+        """Start sending live events to ``subscriber`` (filtered by its ``subscription``).
+
+        Raises:
+            ProtocolError: ``busy``, when ``max_subscribers`` others are subscribed already.
+        """
+        if subscriber not in self.subscribers and len(self.subscribers) >= self.config.max_subscribers:
+            raise ProtocolError(f"{len(self.subscribers)} live event subscribers already (the server's"
+                                " max_subscribers); try again later", "busy")
         self.subscribers.add(subscriber)
         self.core.observed = True
 

@@ -36,7 +36,7 @@ __all__ = ["TcpFrontend"]
 log = logging.getLogger("runq.server")
 
 #: Errors that answer one request and leave the connection open.
-_REQUEST_ERRORS = frozenset({"bad_request", "not_found", "invalid_state", "store_error"})
+_REQUEST_ERRORS = frozenset({"bad_request", "not_found", "invalid_state", "store_error", "busy"})
 #: The longest ``retry_in`` a worker may ask for (as for a spec's ``delay``: under ten years).
 _MAX_RETRY_IN = 10 * 365 * 86400
 
@@ -250,10 +250,11 @@ class TcpFrontend:
         elif op == "stats":
             sess.send({"op": "stats", "rid": rid, "stats": srv.statistics()})
         elif op == "subscribe":
-            sess.subscription = Subscription(
+            subscription = Subscription(
                 queues=_set(msg, "queues", str), types=_set(msg, "types", str), ids=_set(msg, "ids", int),
             )
-            srv.subscribe(sess)
+            srv.subscribe(sess)  # (refused with 'busy' at the max_subscribers limit, the filter unchanged)
+            sess.subscription = subscription
             sess.send({"op": "ok", "rid": rid})
         elif op == "ping":
             sess.send({"op": "pong", "rid": rid})
