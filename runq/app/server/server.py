@@ -43,8 +43,9 @@ log = logging.getLogger("runq.server")
 VERSION = "0.1.0"
 FINAL = frozenset(s.value for s in FINAL_STATES)
 
-#: What to forget if the commit fails (ids of tasks created by that request), and whom to tell.
-Ack = tuple[list[int], Callable[[BaseException | None], None]]
+#: What to forget if the commit fails (ids of tasks created by that request), the ids it named without
+#: creating them (unique-key hits), and whom to tell.
+Ack = tuple[list[int], list[int], Callable[[BaseException | None], None]]
 
 
 class Subscriber(Protocol):
@@ -107,6 +108,8 @@ class Server:
         self._retry_scheduled = False
         self._submitted = 0  # batches handed to the store so far
         self._committed_count = 0  # of those, how many it has answered (it answers in order)
+        #: tasks forgotten after a failed commit -> the last batch whose acks may name them (key hits)
+        self._forgotten: dict[int, int] = {}
         self._commit_seen = trio.Event()
         self._reader_lock = trio.CapacityLimiter(1)
         self._nursery: trio.Nursery | None = None
@@ -259,11 +262,31 @@ class Server:
             self.core.restore_effects([r[0] for r in batch.rows + batch.new_rows if r[0] not in forgotten],
                                       [e for e in batch.events if e[0] not in forgotten], batch.queue_ops,
                                       batch.rows)
+            # A request answered with a forgotten task by its unique key (a hit, not created) may wait
+            # for a later batch: up to the next one submitted, which takes the acks queued until now
+            # (those put back just above included).
+            limit = self._submitted + 1
+            for tid in forgotten:
+                self._forgotten[tid] = limit
+            for _, hits, _ in self._acks:
+                for tid in hits:
+                    if tid in self._forgotten:
+                        self._forgotten[tid] = limit
             if not self._retry_scheduled and self._nursery is not None:
                 self._retry_scheduled = True
                 self._nursery.start_soon(self._retry_writes)
-        for _, tell in acks:
-            tell(error)
+        gone = self._forgotten
+        for _, hits, tell in acks:
+            if error is None and gone and any(tid in gone for tid in hits):
+                # its key named a task whose creation did not commit and was forgotten: nothing was
+                # enqueued for this request after all
+                tell(StoreError("the task its unique key named was not committed"))
+            else:
+                tell(error)
+        if gone:
+            seq = self._committed_count
+            for tid in [tid for tid, last in gone.items() if last <= seq]:
+                del gone[tid]
         if waiters:
             self._wake_waiters(waiters)
         for listener in self.commit_listeners:
@@ -358,7 +381,8 @@ class Server:
         The caller flushes (TCP: after the whole read, so one commit serves many requests).
         """
         res = self.core.enqueue(specs, self.clock())
-        self._acks.append(([tid for tid, created in res if created], lambda err: tell(res, err)))
+        self._acks.append(([tid for tid, created in res if created], [tid for tid, created in res if not created],
+                           lambda err: tell(res, err)))
         return res
 
     async def enqueue(self, specs: list[TaskSpec]) -> list[tuple[int, bool]]:
@@ -473,7 +497,7 @@ class Server:
     def set_paused_nowait(self, queue: str, paused: bool, tell: Callable[[BaseException | None], None]) -> None:
         """Pause or resume ``queue``; ``tell(error)`` once that is committed."""
         (self.core.pause if paused else self.core.resume)(queue, self.clock())
-        self._acks.append(([], tell))
+        self._acks.append(([], [], tell))
 
     async def set_paused(self, queue: str, paused: bool) -> None:
         """Pause or resume ``queue`` and return once it is committed."""
