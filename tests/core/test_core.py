@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule
 
 from runq.app.core import (
-    EVENT_COLUMNS,
+    EVENT_ROW_COLUMNS,
     FINAL_STATES,
     TASK_COLUMNS,
     Core,
@@ -70,8 +70,8 @@ def other_ops(fx: Effects, wid: str = "w1") -> list[dict[str, Any]]:
 
 
 def ev(fx: Effects, tid: int) -> list[tuple[Any, ...]]:
-    """The event rows of one task without id and time: (kind, state, worker, attempt, detail)."""
-    return [e[2:] for e in fx.events if e[0] == tid]
+    """The event rows of one task without task id, time and event id: (kind, state, worker, attempt, detail)."""
+    return [e[2:7] for e in fx.events if e[0] == tid]
 
 
 def kinds(fx: Effects, tid: int) -> list[str]:
@@ -127,7 +127,7 @@ def test_enqueue_writes_an_event_and_a_short_row_per_task() -> None:
                              "created_at": T0}
     assert row_of(fx, s)["run_at"] == T0 + 30 and row_of(fx, s)["state"] == "scheduled"
     assert core.stats.enqueued == 2
-    assert all(len(e) == len(EVENT_COLUMNS) for e in fx.events)
+    assert all(len(e) == len(EVENT_ROW_COLUMNS) for e in fx.events)
     assert core.take_effects(T0).events == []  # effects are taken once
 
 
@@ -1245,7 +1245,7 @@ def check_effects(fx: Effects) -> None:
         assert len(r) == len(NEW_COLUMNS) and r[5] in ("ready", "scheduled"), r
     assert not {r[0] for r in fx.rows} & {r[0] for r in fx.new_rows}
     for e in fx.events:
-        assert len(e) == len(EVENT_COLUMNS) and e[3] in STATE_NAMES, e
+        assert len(e) == len(EVENT_ROW_COLUMNS) and e[3] in STATE_NAMES, e
 
 
 def check_invariants(core: Core, granted: dict[str, int], received: dict[str, int], now: float,

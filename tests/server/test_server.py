@@ -577,6 +577,52 @@ async def test_a_unique_key_answer_naming_a_task_whose_commit_failed_is_refused_
             db.close()
 
 
+
+@pytest.mark.trio
+async def test_a_timeline_keeps_its_order_when_a_failed_commit_is_retried_after_a_later_one(server: Server) -> None:
+    """Batch N (a task's 'succeeded', with a large result) fails for want of space while batch N+1 (a late
+    duplicate result for that task: a small 'late_result' event) was already queued behind it and commits.
+    N's writes are retried afterwards: the timeline must still read succeeded, then late_result (the core
+    numbers events as they happen; before, rows were numbered by SQLite in commit order)."""
+    store = server.store
+    assert store is not None
+    with trio.fail_after(15):
+        peer, _ = await RawPeer.connect(server.port, role="worker")
+        async with peer.stream, Client(f"127.0.0.1:{server.port}") as c:
+            tid = await c.enqueue("t", None)
+            await peer.send({"op": "credit", "n": 1})
+            task = (await peer.recv())["tasks"][0]
+            await server.wait_committed()
+            # a few free pages for small writes, none to spare for a 200 KB result
+            other = sqlite3.connect(server.config.db, isolation_level=None)
+            other.execute("CREATE TABLE junk (x BLOB)")
+            other.execute("INSERT INTO junk VALUES (zeroblob(40000))")
+            other.execute("DROP TABLE junk")
+            (pages,) = store.conn.execute("PRAGMA page_count").fetchone()
+            store.conn.execute(f"PRAGMA max_page_count = {pages}")
+            other.execute("BEGIN IMMEDIATE")  # the writer waits for this lock with batch N in hand
+            committed = server._committed_count
+            await peer.send({"op": "done", "results": [[tid, task["lease"], encode_value("r" * 200_000)]]})
+            while server._submitted < committed + 1:
+                await trio.sleep(0.001)
+            await trio.sleep(0.1)  # the writer has taken batch N
+            await peer.send({"op": "done", "results": [[tid, task["lease"], encode_value("again")]]})
+            while server._submitted < committed + 2:  # batch N+1 is queued behind it
+                await trio.sleep(0.001)
+            other.execute("ROLLBACK")
+            other.close()
+            while server._committed_count < committed + 2:
+                await trio.sleep(0.01)
+            assert server.stats.store_errors == 1  # N failed, N+1 did not
+            store.conn.execute("PRAGMA max_page_count = 1073741823")  # space again
+            await trio.sleep(0.7)  # the retry (0.5 s after the failure)
+            await server.wait_committed()
+            assert [e["kind"] for e in await c.events(tid)] == ["enqueued", "started", "succeeded", "late_result"]
+    db = sqlite3.connect(server.config.db)
+    assert db.execute("SELECT state FROM tasks WHERE id = ?", (tid,)).fetchone() == ("succeeded",)
+    db.close()
+
+
 @pytest.mark.trio
 async def test_a_server_cancel_seen_after_the_deadline_is_not_reported_as_a_timeout(
         server: Server, nursery: trio.Nursery) -> None:

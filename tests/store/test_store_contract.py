@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import random
 import sqlite3
 import subprocess
@@ -57,9 +58,18 @@ def row(tid: int, state: str = "ready", **kw: Any) -> tuple[Any, ...]:
     return task(tid, state, **kw).row()
 
 
+_event_ids = itertools.count(1)
+
+
 def event(tid: int, kind: str = "enqueued", state: str = "ready", at: float = T0, detail: str | None = None
           ) -> tuple[Any, ...]:
-    return (tid, at, kind, state, None, 0, detail)
+    """An event row as the core makes it (``EVENT_ROW_COLUMNS``: numbered last, increasing)."""
+    return (tid, at, kind, state, None, 0, detail, next(_event_ids))
+
+
+def read(*events: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    """The events as the store reads them back (``EVENT_COLUMNS``: without the event id)."""
+    return [e[:7] for e in events]
 
 
 class Done:
@@ -172,7 +182,7 @@ class StoreContract:
         assert store.get_task(1) is None
         store.submit(batch)
         assert d.wait(1) == [("b", None)]
-        assert d.seen[0] == (row(1), row(2, "running"), [event(2), event(2, "started", "running")])
+        assert d.seen[0] == (row(1), row(2, "running"), read(event(2), event(2, "started", "running")))
         assert store.get_task(3) is None and store.events(3) == []
 
     def test_a_timeline_without_its_first_row_starts_with_a_synthesised_enqueued_event(self, store: Store) -> None:
@@ -181,8 +191,8 @@ class StoreContract:
         assert commit(store, Batch(new_rows=[ready.new_row(), delayed.new_row()],
                                    events=[event(2, "scheduled", "scheduled"), event(1, "started", "running")])) is None
         assert store.events(1) == [(1, ready.created_at, "enqueued", "ready", None, 0, None),
-                                   event(1, "started", "running")]
-        assert store.events(2) == [event(2, "scheduled", "scheduled")]
+                                   *read(event(1, "started", "running"))]
+        assert store.events(2) == read(event(2, "scheduled", "scheduled"))
         assert store.events(3) == []
 
     def test_new_rows_then_upserts_in_one_commit(self, store: Store) -> None:
@@ -210,7 +220,7 @@ class StoreContract:
         assert calls == [(i, None) for i in range(len(steps))]
         assert store.stats.commits <= 2  # the held first batch, then everything else together
         assert store.get_task(1) == row(1, "succeeded", attempt=5)
-        assert store.events(1) == [event(1, kind, st, at=T0 + i) for i, (st, kind) in enumerate(steps)]
+        assert store.events(1) == read(*(event(1, kind, st, at=T0 + i) for i, (st, kind) in enumerate(steps)))
         assert all(store.get_task(100 + i) == row(100 + i) for i in range(len(steps)))
 
     def test_queue_pause_ops_persist(self, open_store: OpenStore, path: Path) -> None:
@@ -350,7 +360,7 @@ class StoreContract:
         assert b.pruned == 3
         assert [i for i in range(1, 9) if store.get_task(i) is not None] == [4, 5, 6, 7, 8]
         assert [store.events(i) for i in (1, 2, 3)] == [[], [], []]
-        assert all(store.events(i) == [event(i), event(i, "x")] for i in (4, 5, 6, 7, 8))
+        assert all(store.events(i) == read(event(i), event(i, "x")) for i in (4, 5, 6, 7, 8))
         assert commit(store, Batch(prune_before=cutoff)) is None  # again: nothing more goes
         assert [i for i in range(1, 9) if store.get_task(i) is not None] == [4, 5, 6, 7, 8]
 
@@ -380,7 +390,7 @@ class StoreContract:
                 i += 1
                 t = Task(i, "default", "t", i.to_bytes(4, "big"), 0, State.READY, None, 60.0, 3, 0, None, None,
                          None, None, 1.0)
-                s.submit(Batch(rows=[t.row()], events=[(i, 1.0, "enqueued", "ready", None, 0, None)],
+                s.submit(Batch(rows=[t.row()], events=[(i, 1.0, "enqueued", "ready", None, 0, None, i)],
                                on_done=acked(i)))
                 if i % 20 == 0:
                     time.sleep(0.001)
@@ -433,7 +443,7 @@ class StoreContract:
         assert all(store.get_task(10 + i) is None and store.events(10 + i) == [] for i in range(3))
         errors = store.stats.errors
         assert commit(store, Batch(rows=[row(2)], events=[event(2)])) is None
-        assert store.get_task(2) == row(2) and store.events(2) == [event(2)]
+        assert store.get_task(2) == row(2) and store.events(2) == read(event(2))
         assert store.stats.errors == errors
         store.check_writable()
 
@@ -448,7 +458,7 @@ class StoreContract:
             assert store.stats.errors == 1
             assert store.count_by_state() == before
             assert store.get_task(2) is None and store.get_task(500) is None
-            assert store.events(1) == [event(1)]
+            assert store.events(1) == read(event(1))
         _, paused, _ = store.load()
         assert paused == []
         assert commit(store, Batch(rows=[row(2, payload=b"x" * 4000)], events=[event(2)])) is None
@@ -499,7 +509,7 @@ class StoreContract:
         events = [event(i, "dead", "dead") for i in range(1, 1_100)]
         assert isinstance(commit(store, Batch(rows=bad, events=events)), StoreError)
         assert dict(store.reader.execute("SELECT id, state FROM tasks")) == want
-        assert store.events(1) == [event(1, "scheduled", "scheduled")]
+        assert store.events(1) == read(event(1, "scheduled", "scheduled"))
         bad[1_050] = row(1_051, "dead", attempt=2)
         assert commit(store, Batch(rows=bad, events=events)) is None
         assert dict(store.reader.execute("SELECT id, state FROM tasks WHERE state = 'dead'")) == \

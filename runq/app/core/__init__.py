@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from .model import EVENT_COLUMNS, TASK_COLUMNS, CoreConfig, ReadyQueue, Task, WorkerInfo
+from .model import EVENT_COLUMNS, EVENT_ROW_COLUMNS, TASK_COLUMNS, CoreConfig, ReadyQueue, Task, WorkerInfo
 from .queue import Core, CoreStats, Effects, TaskMissing
 from .states import FINAL_STATES, TRANSITIONS, IllegalTransition, State, Transition, next_state
 
 __all__ = [
     "EVENT_COLUMNS",
+    "EVENT_ROW_COLUMNS",
     "FINAL_STATES",
     "TASK_COLUMNS",
     "TRANSITIONS",

@@ -9,7 +9,7 @@ from typing import Any
 
 from .states import State
 
-__all__ = ["EVENT_COLUMNS", "NEW_COLUMNS", "TASK_COLUMNS", "CoreConfig", "ReadyQueue", "Task", "WorkerInfo"]
+__all__ = ["EVENT_COLUMNS", "EVENT_ROW_COLUMNS", "NEW_COLUMNS", "TASK_COLUMNS", "CoreConfig", "ReadyQueue", "Task", "WorkerInfo"]
 
 #: Column order of a task row, as the store persists it.
 TASK_COLUMNS = (
@@ -21,6 +21,10 @@ NEW_COLUMNS = ("id", "queue", "type", "payload", "priority", "state", "run_at", 
                "created_at")
 #: Column order of an event row (the timeline / audit log).
 EVENT_COLUMNS = ("task_id", "at", "kind", "state", "worker", "attempt", "detail")
+#: Column order of an event row as the core makes it: the event's id last. The core numbers its events in the
+#: order they happen, so a timeline read by id is in that order even when a failed commit is retried after
+#: later ones committed.
+EVENT_ROW_COLUMNS = (*EVENT_COLUMNS, "id")
 
 
 @dataclass

@@ -11,7 +11,8 @@ effect buffers that the I/O layer collects with ``take_effects()``:
 - ``dirty``: tasks whose row must be (re)written; the last version in a batch
   wins, so a task enqueued, started and finished inside one group commit is
   written once;
-- ``events``: event rows (``EVENT_COLUMNS``), the timeline and audit log;
+- ``events``: event rows (``EVENT_ROW_COLUMNS``: numbered by ``next_event_id`` in the order they
+  happen), the timeline and audit log;
 - ``outbox``: messages to send, per worker id;
 - ``notices``: (event row, task) pairs for live subscribers, when ``observed``;
 - ``logs``: (level, text) lines worth an operator's attention.
@@ -54,7 +55,7 @@ S, T = State, Transition
 # module-level aliases: attribute access on an Enum class goes through a descriptor
 SCHEDULED, READY, RUNNING, SUCCEEDED, DEAD = S.SCHEDULED, S.READY, S.RUNNING, S.SUCCEEDED, S.DEAD
 T_ENQUEUE, T_SCHEDULE, T_DISPATCH, T_SUCCEED = T.ENQUEUE, T.SCHEDULE, T.DISPATCH, T.SUCCEED
-EventRow = tuple[int, float, str, str, "str | None", int, "str | None"]
+EventRow = tuple[int, float, str, str, "str | None", int, "str | None", int]
 # Core.enqueue's inlined ENQUEUE step relies on the table saying this:
 assert TRANSITIONS[(None, T_ENQUEUE)] is READY
 _READY_NAME, _ENQUEUED_KIND = READY._value_, T_ENQUEUE._value_
@@ -111,12 +112,15 @@ class Core:
         config: tunable rules.
         rng: randomness for backoff jitter (pass a seeded one for determinism).
         next_id: the first task id to assign.
+        next_event_id: the first event id to assign (``recover`` raises it past the stored ones).
     """
 
-    def __init__(self, config: CoreConfig | None = None, rng: random.Random | None = None, next_id: int = 1) -> None:
+    def __init__(self, config: CoreConfig | None = None, rng: random.Random | None = None, next_id: int = 1,
+                 next_event_id: int = 1) -> None:
         self.config = config or CoreConfig()
         self.rng = rng or random.Random()
         self.next_id = next_id
+        self.next_event_id = next_event_id
         self.tasks: dict[int, Task] = {}
         self.finished: dict[int, Task] = {}
         self.queues: dict[str, ReadyQueue] = {}
@@ -191,7 +195,9 @@ class Core:
         if totals is None:
             totals = self.totals[task.queue] = Counter()
         totals[tr._value_] += 1
-        row = (task.id, now, tr._value_, new._value_, worker, task.attempt, detail)
+        eid = self.next_event_id
+        self.next_event_id = eid + 1
+        row = (task.id, now, tr._value_, new._value_, worker, task.attempt, detail, eid)
         self._events.append(row)
         self._dirty[task.id] = task
         if self.observed:
@@ -273,7 +279,7 @@ class Core:
                 totals[_ENQUEUED_KIND] += 1
                 dirty[tid] = task
                 if observed:
-                    self._notices.append(((tid, now, _ENQUEUED_KIND, _READY_NAME, None, 0, None), task))
+                    self._notices.append(((tid, now, _ENQUEUED_KIND, _READY_NAME, None, 0, None, 0), task))  # (not stored)
                 self._queue(task.queue).push(task)
                 self._pump_needed = True
             self.stats.enqueued += 1
@@ -444,8 +450,10 @@ class Core:
         self._log("warning", f"refused {what} for task {task_id} lease {lease} from worker {worker_id}: "
                              f"it does not hold that lease (task is {state})")
         if task is not None:  # (an unknown id gets no event: there is no timeline to add it to)
+            eid = self.next_event_id
+            self.next_event_id = eid + 1
             self._events.append((task.id, now, "late_result", state, worker_id,
-                                 lease if type(lease) is int else -1, f"{what} refused: lease not held"))
+                                 lease if type(lease) is int else -1, f"{what} refused: lease not held", eid))
         return None
 
     def done(self, worker_id: str, results: list[Any], now: float) -> None:
@@ -527,7 +535,8 @@ class Core:
         task.progress = value
         self._dirty[task.id] = task
         if self.observed:
-            self._notices.append(((task.id, now, "progress", task.state.value, worker_id, task.attempt, None), task))
+            self._notices.append(((task.id, now, "progress", task.state.value, worker_id, task.attempt, None, 0),
+                                  task))  # (live only: not stored)
 
     def release(self, worker_id: str, task_ids: list[Any], now: float) -> None:
         """Graceful hand-back: the tasks go back to ready without counting the attempt.
@@ -675,8 +684,11 @@ class Core:
         return min(cands) if cands else None
 
     # ------------------------------------------------------------------ restart
-    def recover(self, rows: Iterable[tuple[Any, ...]], paused: list[str], next_id: int, now: float) -> int:
+    def recover(self, rows: Iterable[tuple[Any, ...]], paused: list[str], next_id: int, now: float,
+                next_event_id: int = 1) -> int:
         """Rebuild state from the store's non-final task rows (in id order).
+
+        ``next_id`` and ``next_event_id`` are the store's next free task and event ids.
 
         Tasks that were running in the previous life go back to ready with a
         ``recovered`` event. Returns how many were running. Equal strings, created_at times and
@@ -684,6 +696,7 @@ class Core:
         few types take a few hundred bytes each.
         """
         self.next_id = max(self.next_id, next_id)
+        self.next_event_id = max(self.next_event_id, next_event_id)
         recovered = 0
         shared: dict[Any, Any] = {}
         share = shared.setdefault

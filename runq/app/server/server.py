@@ -169,12 +169,14 @@ class Server:
 
     async def _recover(self, store: Store) -> None:
         rows, paused, next_id = await trio.to_thread.run_sync(store.load)
+        next_event_id = await trio.to_thread.run_sync(store.next_event_id)
         now = self.clock()
         # a million long-lived objects: no cyclic GC passes while building them, and
         # frozen afterwards so later collections do not walk them again
         gc.disable()
         try:
-            self.recovered = await trio.to_thread.run_sync(self.core.recover, rows, paused, next_id, now)
+            self.recovered = await trio.to_thread.run_sync(self.core.recover, rows, paused, next_id, now,
+                                                           next_event_id)
         finally:
             gc.enable()
         gc.freeze()
@@ -333,7 +335,7 @@ class Server:
                 flt = sub.subscription
                 if flt is not None and flt.wants(task.queue, task.type, task.id):
                     if msg is None:
-                        msg = dict(zip(EVENT_COLUMNS, row, strict=True))
+                        msg = dict(zip(EVENT_COLUMNS, row))  # (the row's event id, last, is not sent)
                         msg["op"] = "event"
                         msg["id"] = task.id
                         msg["queue"] = task.queue

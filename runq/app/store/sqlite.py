@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..core.model import EVENT_COLUMNS, NEW_COLUMNS, TASK_COLUMNS
+from ..core.model import EVENT_COLUMNS, EVENT_ROW_COLUMNS, NEW_COLUMNS, TASK_COLUMNS
 from .schema import FINAL_STATE_NAMES, LIVE_STATE_NAMES, migrate
 
 __all__ = ["Batch", "Store", "StoreError", "StoreStats"]
@@ -85,7 +85,7 @@ _FIRST_EVENTS = (_ENQUEUED, "scheduled")
 _UPSERT = _MultiInsert("tasks", TASK_COLUMNS,
                        " ON CONFLICT(id) DO UPDATE SET " + ", ".join(f"{c}=excluded.{c}" for c in TASK_COLUMNS[1:]))
 _INSERT_NEW = _MultiInsert("tasks", NEW_COLUMNS)
-_INSERT_EVENT = _MultiInsert("events", EVENT_COLUMNS)
+_INSERT_EVENT = _MultiInsert("events", EVENT_ROW_COLUMNS)
 
 
 class StoreError(Exception):
@@ -102,7 +102,7 @@ class Batch:
         rows: whole task rows (``TASK_COLUMNS`` order) to upsert.
         new_rows: rows of tasks written for the first time (``NEW_COLUMNS`` order), inserted
             before every upsert of the same commit.
-        events: event rows (``EVENT_COLUMNS`` order) to append.
+        events: event rows (``EVENT_ROW_COLUMNS`` order: numbered by the core) to append.
         queue_ops: (queue name, paused) to record.
         prune_before: delete finished tasks (and their events) finished before this time.
         on_done: called with ``None`` after the commit, or with the exception.
@@ -199,6 +199,11 @@ class Store:
         (max_id,) = self.conn.execute("SELECT max(id) FROM tasks").fetchone()
         (meta_next,) = self.conn.execute("SELECT coalesce(max(CAST(value AS INTEGER)), 0) FROM meta WHERE key = 'next_id'").fetchone()
         return rows(), paused, max((max_id or 0) + 1, meta_next or 0, 1)
+
+    def next_event_id(self) -> int:
+        """The first free event id (the core numbers the events it makes from there)."""
+        (max_id,) = self.conn.execute("SELECT max(id) FROM events").fetchone()
+        return (max_id or 0) + 1
 
     # ------------------------------------------------------------------ writer
     def start(self) -> None:
