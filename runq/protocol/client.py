@@ -18,6 +18,7 @@ import itertools
 import math
 import os
 import socket
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, Self, TypeVar
@@ -26,6 +27,7 @@ import anyio
 import anyio.abc
 import anyio.from_thread
 import msgpack
+from anyio.from_thread import BlockingPortal
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .errors import ConnectionClosed, ProtocolError, TaskFailed, error_for_code
@@ -454,10 +456,38 @@ class EventStream:
         await self._receive.aclose()
 
 
+def _portal_thread() -> tuple[BlockingPortal, threading.Thread]:
+    """A blocking portal whose asyncio loop runs in a daemon thread of its own.
+
+    Not anyio's ``start_blocking_portal``: its loop runs in a thread pool's worker, which the interpreter
+    joins at exit, so a script that never closed its ``SyncClient`` hung at exit for ever.
+    """
+    from concurrent.futures import Future
+
+    ready: Future[BlockingPortal] = Future()
+
+    async def serve() -> None:
+        async with BlockingPortal() as portal:
+            ready.set_result(portal)
+            await portal.sleep_until_stopped()
+
+    def main() -> None:
+        try:
+            anyio.run(serve, backend="asyncio")
+        except BaseException as exc:  # noqa: BLE001 - handed to the thread that waits for the portal
+            if not ready.done():
+                ready.set_exception(exc)
+
+    thread = threading.Thread(target=main, name="runq-sync-client", daemon=True)
+    thread.start()
+    return ready.result(), thread
+
+
 class SyncClient:
     """A blocking client for scripts and WSGI apps: the ``Client`` API without ``await``.
 
-    It runs a ``Client`` on an event loop in a background thread.
+    It runs a ``Client`` on an event loop in a background (daemon) thread. Close it (or use ``with``)
+    to end the connection; a script that does not still exits.
 
     Args:
         address: ``HOST:PORT`` of the server.
@@ -466,15 +496,15 @@ class SyncClient:
 
     def __init__(self, address: str = DEFAULT_ADDRESS, *, token: str | None = None, role: str = "client",
                  connect_timeout: float = 10.0) -> None:
-        self._cm = anyio.from_thread.start_blocking_portal("asyncio")
-        self._portal = self._cm.__enter__()
+        self._portal, self._thread = _portal_thread()
+        self._open = True
         self._client = Client(address, token=token, role=role, connect_timeout=connect_timeout)
         # enter and exit the client's task group in one task of the portal's loop
         self._client_cm = self._portal.wrap_async_context_manager(self._client)
         try:
             self._client_cm.__enter__()
         except BaseException:
-            self._cm.__exit__(None, None, None)
+            self._stop_loop()
             raise
 
     def __enter__(self) -> Self:
@@ -485,12 +515,16 @@ class SyncClient:
 
     def close(self) -> None:
         """Close the connection and stop the background loop."""
-        if self._cm is not None:
+        if self._open:
+            self._open = False
             try:
                 self._client_cm.__exit__(None, None, None)
             finally:
-                cm, self._cm = self._cm, None  # type: ignore[assignment]
-                cm.__exit__(None, None, None)
+                self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._portal.call(self._portal.stop, True)
+        self._thread.join()
 
     def _call(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         return self._portal.call(lambda: fn(*args, **kw))

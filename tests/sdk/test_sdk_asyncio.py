@@ -94,3 +94,31 @@ def test_sync_client(threaded_server: Any) -> None:
         c.resume("default")
         with pytest.raises(TimeoutError):
             c.wait(ids[1], timeout=0.2)
+
+
+def test_a_script_that_never_closes_its_sync_client_still_exits(threaded_server: Any) -> None:
+    """The blocking client's loop thread used to be a thread-pool worker, which the interpreter joins at
+    exit: a script that forgot close() (or ``with``) hung for ever after its last line."""
+    import subprocess
+    import sys
+
+    script = ("from runq import SyncClient\n"
+              f"c = SyncClient({threaded_server.address!r})\n"
+              "print(c.enqueue('t', 'from a script'))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+    tid = int(done.stdout)
+    with SyncClient(threaded_server.address) as c:
+        assert c.get(tid)["payload"] == "from a script"
+
+
+def test_a_sync_client_that_cannot_connect_leaves_no_thread_behind() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+    before = {t.ident for t in threading.enumerate()}
+    with pytest.raises(OSError):
+        SyncClient(f"127.0.0.1:{port}", connect_timeout=2)
+    assert {t.ident for t in threading.enumerate() if t.is_alive()} <= before
