@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import sys
 from datetime import datetime
 from typing import Any
@@ -124,10 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
+        from .app.store import StoreError
         from .protocol.errors import RunqError
 
-        if isinstance(exc, (RunqError, OSError)):
-            print(f"runq {args.command}: {exc}", file=sys.stderr)
+        leaf: BaseException = exc
+        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+            leaf = leaf.exceptions[0]  # (trio's nurseries wrap what a task raised in a group)
+        if isinstance(leaf, (RunqError, OSError, StoreError, sqlite3.Error)):
+            print(f"runq {args.command}: {leaf}", file=sys.stderr)
             return 1
         raise
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter, defaultdict
@@ -510,3 +512,24 @@ def test_the_cli_against_a_real_server(cluster: Cluster) -> None:
     missing = cluster.cli("status", "999999")
     assert missing.returncode == 1 and "not_found" in missing.stderr
     assert {r.id for r in cluster.runs()} == {tid, later}
+
+
+def test_a_second_server_on_the_same_database_is_refused_and_changes_nothing(cluster: Cluster) -> None:
+    """A second `runq serve --db` on a file a server is using used to start: it took the first one's
+    running task for a crashed one (a 'recovered' event) and ran it again, at the same time, and the two
+    handed out the same ids. It must exit with a clear error before touching the file."""
+    cluster.start_server()
+    w = cluster.start_worker("--concurrency", "2")
+    with SyncClient(cluster.address) as c:
+        cluster.wait_joined(c, w)
+        tid = c.enqueue("sleep", {"s": 1.5, "tag": "once"})
+        cluster.wait_runs(lambda runs: any(r.what == "start" and r.id == tid for r in runs))
+        second = subprocess.run([sys.executable, "-m", "runq.cli", "serve", "--db", cluster.db, "--port", "0"],
+                                env=cluster.env, capture_output=True, text=True, timeout=30, check=False,
+                                stdin=subprocess.DEVNULL)
+        assert second.returncode == 1, second.stderr
+        assert "in use by another runq server" in second.stderr and "Traceback" not in second.stderr
+        done = c.wait(tid, timeout=10)
+        assert (done["state"], done["attempt"], done["result"]) == ("succeeded", 1, "once")
+        assert kinds(c, tid) == ["enqueued", "started", "succeeded"]
+    assert [r.what for r in cluster.runs() if r.id == tid] == ["start", "end"]

@@ -34,7 +34,7 @@ import pytest
 
 from runq.app.core import State, Task
 from runq.app.core.model import TASK_COLUMNS
-from runq.app.store import SCHEMA_VERSION, Batch, SchemaTooNew, Store, StoreError, migrate
+from runq.app.store import SCHEMA_VERSION, Batch, SchemaTooNew, Store, StoreError, StoreInUse, migrate
 from runq.app.store import schema as schema_mod
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -637,6 +637,22 @@ class TestSQLiteStore(StoreContract):
             assert conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
         finally:
             conn.close()
+
+    def test_a_second_store_on_the_same_file_is_refused_and_harms_nothing(self, store: Store, path: Path,
+                                                                           open_store: OpenStore) -> None:
+        """Two writers (two servers) on one file would each recover the other's running tasks and hand out
+        the same ids: the second is refused before it reads or writes, and the first goes on."""
+        assert commit(store, Batch(rows=[row(1, "running")])) is None
+        with pytest.raises(StoreInUse, match="in use by another runq server"):
+            open_store(path)
+        assert commit(store, Batch(rows=[row(2)])) is None  # the first one still writes
+        assert store.get_task(1) == row(1, "running")
+        store.close()
+        again = open_store(path)  # once closed, the next one may open it
+        try:
+            assert again.get_task(2) == row(2)
+        finally:
+            again.close()
 
     def test_synchronous_must_be_normal_or_full(self, path: Path) -> None:
         with pytest.raises(ValueError):

@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from .schema import SCHEMA_VERSION, SchemaTooNew, migrate
-from .sqlite import Batch, Store, StoreError, StoreStats
+from .sqlite import Batch, Store, StoreError, StoreInUse, StoreStats
 
-__all__ = ["SCHEMA_VERSION", "Batch", "SchemaTooNew", "Store", "StoreError", "StoreStats", "migrate"]
+__all__ = ["SCHEMA_VERSION", "Batch", "SchemaTooNew", "Store", "StoreError", "StoreInUse", "StoreStats", "migrate"]

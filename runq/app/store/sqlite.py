@@ -20,13 +20,24 @@ goes on with the next batches: nothing is silently dropped.
 
 Reads (``get_task``, ``list_tasks``, ``events``, ...) use a second connection
 opened read-only; the caller serialises them (one thread at a time).
+
+A ``Store`` is the only writer of its file: it holds an exclusive ``flock`` on
+``<path>-lock`` while open, and a second ``Store`` on the same file (a second
+``runq serve --db`` on it) is refused with ``StoreInUse`` before it reads or
+writes anything. Two servers on one file would each take the other's running
+tasks for crashed ones and run them again, and hand out the same ids. Read-only
+readers (``runq tui --db``) take no lock. The lock goes with the process, so a
+``kill -9`` leaves none behind.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import heapq
 import itertools
 import logging
+import os
 import queue as queue_mod
 import sqlite3
 import threading
@@ -94,6 +105,28 @@ class StoreError(Exception):
     code = "store_error"
 
 
+class StoreInUse(StoreError):
+    """Another ``Store`` (another server) has this database file open for writing."""
+
+
+def _lock(path: str) -> int:
+    """Take the exclusive lock of ``path``'s writer (see the module docstring); return its descriptor.
+
+    A separate ``-lock`` file, not the database: closing any descriptor of the database file would drop
+    the POSIX locks SQLite holds on it in this process.
+    """
+    fd = os.open(f"{path}-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+            raise StoreInUse(f"database {path} is in use by another runq server (two servers on one file would "
+                             "run each other's tasks again); stop it first, or use another --db") from None
+        raise
+    return fd
+
+
 @dataclass(eq=False)
 class Batch:
     """Writes that must commit together, and who to tell when they did.
@@ -154,8 +187,13 @@ class Store:
         self._q: queue_mod.SimpleQueue[Any] = queue_mod.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._reader: sqlite3.Connection | None = None
-        self.conn = self._connect()
-        self.migrated_from = migrate(self.conn)
+        self._lock_fd = _lock(path)
+        try:
+            self.conn = self._connect()
+            self.migrated_from = migrate(self.conn)
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
@@ -230,6 +268,9 @@ class Store:
         except sqlite3.Error:
             pass
         self.conn.close()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # (after every connection: the next server may start now)
+            self._lock_fd = -1
 
     def _run(self) -> None:
         q = self._q
