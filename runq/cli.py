@@ -201,9 +201,18 @@ def load_worker(target: str) -> Any:
         raise SystemExit(f"runq worker: target must be module:attr, got {target!r}")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    obj: Any = importlib.import_module(module_name)
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise  # a module that the target's module imports is missing: its traceback says where
+        raise SystemExit(f"runq worker: no module named {exc.name!r} (from {target!r}; "
+                         f"run it from the folder that holds it, or set PYTHONPATH)") from None
     for part in attr.split("."):
-        obj = getattr(obj, part)
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise SystemExit(f"runq worker: {module_name!r} has no attribute {attr!r} (from {target!r})") from None
     return obj
 
 
@@ -214,10 +223,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if not isinstance(worker, Worker):
         raise SystemExit(f"runq worker: {args.target} is a {type(worker).__name__}, not a runq.Worker")
     if args.concurrency is not None:
+        if args.concurrency < 1:
+            raise SystemExit(f"runq worker: --concurrency must be 1 or more, not {args.concurrency}")
         worker.concurrency = args.concurrency
         worker.prefetch = args.concurrency
-    if args.queues:
-        worker.queues = [q for q in args.queues.split(",") if q]
+    if args.queues is not None:
+        queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+        if not queues:
+            raise SystemExit(f"runq worker: --queues needs at least one queue name, got {args.queues!r}")
+        worker.queues = queues
     if args.grace is not None:
         worker.grace = args.grace
     worker.run_sync(args.server, token=args.token, backend=args.backend)

@@ -76,9 +76,12 @@ def _line(ev: dict[str, Any], t0: float, colour: bool = False) -> str:
             f"{shown} attempt {ev.get('attempt')}{worker}{extra}")
 
 
-async def _drive(address: str, n: int, t0: float) -> dict[str, int]:
+async def _drive(address: str, n: int, t0: float, workers: int) -> dict[str, int]:
     rng = random.Random(7)
     async with Client(address) as watcher, Client(address) as client:
+        with anyio.move_on_after(20):  # every worker gets a share (the first to join would take them all)
+            while len(await client.workers()) < workers:
+                await anyio.sleep(0.05)
         events = await watcher.subscribe()
         specs = _specs(n, rng)
         specs.append({"type": "simulate_backup", "payload": {"files": 5, "seconds": 2.5}, "queue": "default"})
@@ -177,6 +180,19 @@ def run_demo(db: str | None = None, port: int = 0, workers: int = 2, tasks: int 
     With ``tui``, open the dashboard on the demo's server (tasks keep arriving until it is closed)
     instead of printing the events.
     """
+    # SIGTERM (kill, a service manager) stops the demo as Ctrl-C does: its server and workers with it
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _run_demo(db, port, workers, tasks, keep, tui)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _run_demo(db: str | None, port: int, workers: int, tasks: int, keep: bool, tui: bool) -> int:
     tmp = None
     if db is None:
         tmp = tempfile.mkdtemp(prefix="runq-demo-")
@@ -197,7 +213,7 @@ def run_demo(db: str | None = None, port: int = 0, workers: int = 2, tasks: int 
             stop_process(server)
             print(f"runq demo: stopped; the database stays at {db} (runq tui --db {db} opens it offline)")
     try:
-        counts = anyio.run(_drive, address, tasks, t0)
+        counts = anyio.run(_drive, address, tasks, t0, workers)
         if keep:
             print(f"\nserver still running on {address}; try: runq tasks -s {address}   (Ctrl-C stops)")
             try:

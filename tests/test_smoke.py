@@ -23,3 +23,51 @@ def test_the_readme_demo_runs_to_its_end_without_a_terminal(tmp_path, runq_env):
     assert "demo finished: every task ended as expected" in r.stdout
     assert "states: {'succeeded': 42, 'dead': 2}" in r.stdout
     assert "\x1b[" not in r.stdout
+
+
+def _children(pid):
+    import os
+
+    kids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                kids.append(int(d))
+    return kids
+
+
+def test_sigterm_stops_the_demo_with_its_server_and_workers(tmp_path, runq_env):
+    """`kill` of the demo (not of its process group, as Ctrl-C is) used to leave its server and two workers
+    running, orphaned."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    p = subprocess.Popen([sys.executable, "-m", "runq.cli", "demo", "--no-tui", "--keep", "--db",
+                          str(tmp_path / "demo.db"), "--http-port", "0"],
+                         env=runq_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                         stdin=subprocess.DEVNULL)
+    try:
+        assert p.stdout is not None
+        deadline = time.monotonic() + 60
+        for line in p.stdout:
+            if line.startswith("started 2 worker processes") or time.monotonic() > deadline:
+                break
+        kids = _children(p.pid)
+        assert len(kids) == 3, kids  # the server and two workers
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(30) == 130
+        for pid in kids:
+            assert not os.path.exists(f"/proc/{pid}"), f"process {pid} outlived the demo"
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        p.stdout.close()

@@ -46,11 +46,19 @@ import anyio.from_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .client import decode_value, encode_value, parse_address
-from .errors import ConnectionClosed, ProtocolError, RunqError, Unauthorized, error_for_code
+from .errors import ConnectionClosed, ProtocolError, RemoteError, RunqError, Unauthorized, error_for_code
 from .frames import DEFAULT_MAX_FRAME, Connection
 from .messages import PROTOCOL_VERSION
 
-__all__ = ["Handler", "Retry", "TaskContext", "Worker"]
+__all__ = ["HelloRefused", "Handler", "Retry", "TaskContext", "Worker"]
+
+#: Answers to a worker's hello that trying again cannot change (its hello itself is wrong).
+_REFUSED_FOR_GOOD = frozenset({"bad_message", "bad_frame", "version", "unknown_op", "hello_required"})
+
+
+class HelloRefused(RemoteError):
+    """The server refused this worker's hello for a reason that reconnecting cannot change (e.g. no
+    queue, a concurrency below 1, no protocol version in common): ``Worker.run`` raises it."""
 
 log = logging.getLogger("runq.worker")
 
@@ -138,6 +146,8 @@ class Worker:
                  prefetch: int | None = None, name: str | None = None, grace: float = 30.0) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
+        if not queues or not all(isinstance(q, str) and q for q in queues):
+            raise ValueError("queues must be a non-empty list of non-empty names")
         self.queues = list(queues)
         self.concurrency = concurrency
         self.prefetch = concurrency if prefetch is None else prefetch
@@ -221,6 +231,7 @@ class Worker:
 
         Raises:
             Unauthorized: the server refused the token (not retried).
+            HelloRefused: the server refused the hello itself (not retried).
         """
         self._stop_ev = anyio.Event()
         # a thread for every runner (anyio's default limiter, shared, holds 40: with a higher concurrency, sync
@@ -234,6 +245,7 @@ class Worker:
         host, port = parse_address(address)
         token = token if token is not None else os.environ.get("RUNQ_TOKEN")
         delay = 0.05
+        fatal: RunqError | None = None  # raised once the task group is closed (not inside an exception group)
         async with anyio.create_task_group() as tg:
             if handle_signals:
                 tg.start_soon(self._signals)
@@ -242,8 +254,9 @@ class Worker:
                     try:
                         await self._session(host, port, token)
                         delay = 0.05
-                    except Unauthorized:
-                        raise
+                    except (Unauthorized, HelloRefused) as exc:
+                        fatal = exc
+                        break
                     except (OSError, ConnectionClosed, ProtocolError, RunqError, anyio.EndOfStream,
                             anyio.BrokenResourceError) as exc:
                         if self._stop.is_set():
@@ -254,6 +267,8 @@ class Worker:
                     delay = min(delay * 2, max_backoff)
             finally:
                 tg.cancel_scope.cancel()
+        if fatal is not None:
+            raise fatal
 
     async def _signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as sigs:
@@ -280,7 +295,10 @@ class Worker:
                     if welcome is None:
                         conn.receive_data(await stream.receive(65536))
             if welcome["op"] == "error":
-                raise error_for_code(str(welcome.get("code")), str(welcome.get("message")))
+                code, message = str(welcome.get("code")), str(welcome.get("message"))
+                if code in _REFUSED_FOR_GOOD:
+                    raise HelloRefused(code, message)
+                raise error_for_code(code, message)
             self.worker_id = welcome.get("worker_id")
             heartbeat = float(welcome.get("heartbeat", 3.0))
             self._max_frame = int(welcome.get("max_frame", DEFAULT_MAX_FRAME))
