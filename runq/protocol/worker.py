@@ -50,7 +50,7 @@ from .errors import ConnectionClosed, ProtocolError, RemoteError, RunqError, Una
 from .frames import DEFAULT_MAX_FRAME, Connection
 from .messages import PROTOCOL_VERSION
 
-__all__ = ["HelloRefused", "Handler", "Retry", "TaskContext", "Worker"]
+__all__ = ["Handler", "HelloRefused", "Retry", "TaskContext", "Worker"]
 
 #: Answers to a worker's hello that trying again cannot change (its hello itself is wrong).
 _REFUSED_FOR_GOOD = frozenset({"bad_message", "bad_frame", "version", "unknown_op", "hello_required"})
