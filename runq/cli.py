@@ -121,9 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        return int(_COMMANDS[args.command](args) or 0)
+        rc = int(_COMMANDS[args.command](args) or 0)
+        sys.stdout.flush()  # (here, where a closed pipe is handled below, not at exit)
+        return rc
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `runq tasks | head`: the reader has what it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # (else Python complains again when it flushes stdout at exit)
+        return 0
     except Exception as exc:
         from .app.store import StoreError
         from .protocol.errors import RunqError

@@ -155,8 +155,12 @@ class Client:
 
     async def connect(self) -> None:
         """Connect, say hello and start the reader and sender tasks."""
-        with anyio.fail_after(self.connect_timeout):
-            stream = await anyio.connect_tcp(self.host, self.port)
+        try:
+            with anyio.fail_after(self.connect_timeout):
+                stream = await anyio.connect_tcp(self.host, self.port)
+        except OSError as exc:  # (anyio says "All connection attempts failed": say where to)
+            msg = f"cannot connect to {self.address}: {exc.strerror or exc}"
+            raise (type(exc)(exc.errno, msg) if exc.errno is not None else OSError(msg)) from exc
         try:
             hello: dict[str, Any] = {"op": "hello", "version": PROTOCOL_VERSION, "role": self.role,
                                      "host": socket.gethostname(), "pid": os.getpid()}

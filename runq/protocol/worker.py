@@ -77,7 +77,7 @@ ABANDONED_THREADS = 40
 class Retry(Exception):
     """Raise in a handler to ask for a retry after ``delay`` seconds (counts as an attempt)."""
 
-    def __init__(self, delay: float = 0.0, reason: str = "retry requested") -> None:
+    def __init__(self, delay: float = 0.0, reason: str = "") -> None:
         delay = float(delay)
         if not 0 <= delay < MAX_RETRY_DELAY:  # (NaN fails both): the server would refuse the report
             raise ValueError(f"Retry: delay must be >= 0 seconds and under ten years, got {delay}")
@@ -519,7 +519,8 @@ class Worker:
                                   handler)
                 return
         except Retry as r:
-            self._report_fail(tid, lease, f"Retry requested: {r}", r.delay, False, handler)
+            self._report_fail(tid, lease, f"Retry requested in {r.delay:g}s" + (f": {r}" if str(r) else ""), r.delay,
+                              False, handler)
             return
         except Exception:  # noqa: BLE001 - whatever a handler raises fails that attempt, with its traceback
             self._report_fail(tid, lease, traceback.format_exc(), None, False, handler)

@@ -533,3 +533,20 @@ def test_a_second_server_on_the_same_database_is_refused_and_changes_nothing(clu
         assert (done["state"], done["attempt"], done["result"]) == ("succeeded", 1, "once")
         assert kinds(c, tid) == ["enqueued", "started", "succeeded"]
     assert [r.what for r in cluster.runs() if r.id == tid] == ["start", "end"]
+
+
+def test_cli_output_into_a_pipe_closed_early_is_no_error(cluster: Cluster) -> None:
+    """`runq tasks | head -1`: the reader leaves early; the command ends quietly with 0 (it printed
+    '[Errno 32] Broken pipe' and exited 1)."""
+    cluster.start_server()
+    with SyncClient(cluster.address) as c:
+        c.enqueue_many([{"type": "compute", "payload": i} for i in range(1000)])
+    for args in (["tasks", "--limit", "1000"], ["tasks", "--limit", "1"]):
+        p = subprocess.Popen([sys.executable, "-m", "runq.cli", *args, "--server", cluster.address],
+                             env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             stdin=subprocess.DEVNULL)
+        assert p.stdout is not None and p.stderr is not None
+        p.stdout.close()  # before it writes anything
+        err = p.stderr.read()
+        p.stderr.close()
+        assert p.wait(30) == 0 and err == "", (args, err)

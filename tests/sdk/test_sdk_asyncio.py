@@ -119,6 +119,6 @@ def test_a_sync_client_that_cannot_connect_leaves_no_thread_behind() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens there once closed
     before = {t.ident for t in threading.enumerate()}
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match=f"cannot connect to 127.0.0.1:{port}"):  # (it says where to)
         SyncClient(f"127.0.0.1:{port}", connect_timeout=2)
     assert {t.ident for t in threading.enumerate() if t.is_alive()} <= before
