@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -10,6 +11,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio
@@ -29,13 +31,21 @@ TEXTS = [
 _STATE_COLOR = {"succeeded": "32", "dead": "31", "cancelled": "33", "running": "36", "retry_scheduled": "35"}
 
 
-def start_server(db: str, port: int = 0, extra: list[str] | None = None, timeout: float = 15.0) -> tuple[subprocess.Popen[bytes], int]:
-    """Start ``runq serve`` on ``db``; return the process and its bound port."""
+def start_server(db: str, port: int = 0, extra: list[str] | None = None, timeout: float = 15.0,
+                 on_start: Callable[[subprocess.Popen[bytes]], None] | None = None,
+                 ) -> tuple[subprocess.Popen[bytes], int]:
+    """Start ``runq serve`` on ``db``; return the process and its bound port.
+
+    ``on_start(proc)`` runs as soon as the process exists (before it serves), with SIGTERM held back.
+    """
     port_file = db + ".port"
     if os.path.exists(port_file):
         os.unlink(port_file)
-    proc = subprocess.Popen([sys.executable, "-m", "runq.cli", "--log-level", "WARNING", "serve", "--db", db,
-                             "--port", str(port), "--port-file", port_file, *(extra or [])])
+    with _holding_sigterm():
+        proc = subprocess.Popen([sys.executable, "-m", "runq.cli", "--log-level", "WARNING", "serve", "--db", db,
+                                 "--port", str(port), "--port-file", port_file, *(extra or [])])
+        if on_start is not None:
+            on_start(proc)
     deadline = time.monotonic() + timeout
     while not os.path.exists(port_file):
         if proc.poll() is not None:
@@ -189,6 +199,9 @@ def run_demo(db: str | None = None, port: int = 0, workers: int = 2, tasks: int 
 
 
 def _interrupt(signum: int, frame: Any) -> None:
+    if _Sigterm.holding:
+        _Sigterm.pending = True
+        return
     raise KeyboardInterrupt
 
 
@@ -198,21 +211,19 @@ def _run_demo(db: str | None, port: int, workers: int, tasks: int, keep: bool, t
         tmp = tempfile.mkdtemp(prefix="runq-demo-")
         db = os.path.join(tmp, "demo.db")
     t0 = time.monotonic()
-    server, bound = start_server(db, port)
-    address = f"127.0.0.1:{bound}"
-    print(f"runq demo: server on {address}, database {db}")
-    procs = [subprocess.Popen([sys.executable, "-m", "runq.cli", "--log-level", "WARNING", "worker",
-                               "runq.demo_tasks:worker", "--server", address]) for _ in range(workers)]
-    print(f"started {workers} worker processes (runq worker runq.demo_tasks:worker --server {address})")
-    if tui:
-        try:
-            return _run_dashboard(address, tasks)
-        finally:
-            for p in procs:
-                stop_process(p)
-            stop_process(server)
-            print(f"runq demo: stopped; the database stays at {db} (runq tui --db {db} opens it offline)")
+    procs: list[subprocess.Popen[bytes]] = []  # every process started so far, the server first
     try:
+        # (SIGTERM is held back while a process starts, so that none is started without being in `procs`)
+        _, bound = start_server(db, port, on_start=procs.append)
+        address = f"127.0.0.1:{bound}"
+        print(f"runq demo: server on {address}, database {db}")
+        for _ in range(workers):
+            with _holding_sigterm():
+                procs.append(subprocess.Popen([sys.executable, "-m", "runq.cli", "--log-level", "WARNING", "worker",
+                                               "runq.demo_tasks:worker", "--server", address]))
+        print(f"started {workers} worker processes (runq worker runq.demo_tasks:worker --server {address})")
+        if tui:
+            return _run_dashboard(address, tasks)
         counts = anyio.run(_drive, address, tasks, t0, workers)
         if keep:
             print(f"\nserver still running on {address}; try: runq tasks -s {address}   (Ctrl-C stops)")
@@ -222,9 +233,31 @@ def _run_demo(db: str | None, port: int, workers: int, tasks: int, keep: bool, t
             except KeyboardInterrupt:
                 pass
     finally:
-        for p in procs:
+        for p in reversed(procs):  # the workers, then the server
             stop_process(p)
-        stop_process(server)
+        if tui:
+            print(f"runq demo: stopped; the database stays at {db} (runq tui --db {db} opens it offline)")
     ok = counts.get("succeeded", 0) == tasks + 2 and counts.get("dead", 0) == 2
     print("demo " + ("finished: every task ended as expected" if ok else f"ended unexpectedly: {counts}"))
     return 0 if ok else 1
+
+
+class _Sigterm:
+    """State of the demo's SIGTERM handler: held back while a child process starts (not with the signal mask,
+    which the child would inherit), then raised as KeyboardInterrupt."""
+
+    holding = 0
+    pending = False
+
+
+@contextlib.contextmanager
+def _holding_sigterm() -> Iterator[None]:
+    """Hold a SIGTERM back while a child process starts and is recorded; it takes effect at the end."""
+    _Sigterm.holding += 1
+    try:
+        yield
+    finally:
+        _Sigterm.holding -= 1
+        if not _Sigterm.holding and _Sigterm.pending:
+            _Sigterm.pending = False
+            raise KeyboardInterrupt

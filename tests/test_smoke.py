@@ -54,6 +54,7 @@ def test_sigterm_stops_the_demo_with_its_server_and_workers(tmp_path, runq_env):
                           str(tmp_path / "demo.db"), "--http-port", "0"],
                          env=runq_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                          stdin=subprocess.DEVNULL)
+    kids = []
     try:
         assert p.stdout is not None
         deadline = time.monotonic() + 60
@@ -65,9 +66,21 @@ def test_sigterm_stops_the_demo_with_its_server_and_workers(tmp_path, runq_env):
         p.send_signal(signal.SIGTERM)
         assert p.wait(30) == 130
         for pid in kids:
-            assert not os.path.exists(f"/proc/{pid}"), f"process {pid} outlived the demo"
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue  # gone
+            with open(f"/proc/{pid}/cmdline") as f:
+                cmd = f.read().replace("\0", " ")
+            raise AssertionError(f"process {pid} outlived the demo: {cmd} {stat.split()[2]}")
     finally:
         if p.poll() is None:
             p.kill()
             p.wait()
         p.stdout.close()
+        for pid in kids:  # (a failed run leaves no orphan behind)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
