@@ -233,8 +233,14 @@ def _run_demo(db: str | None, port: int, workers: int, tasks: int, keep: bool, t
             except KeyboardInterrupt:
                 pass
     finally:
-        for p in reversed(procs):  # the workers, then the server
-            stop_process(p)
+        # a second SIGTERM or Ctrl-C must not cut this short (what is not stopped here would be orphaned)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            for p in reversed(procs):  # the workers, then the server
+                stop_process(p)
+        finally:
+            signal.signal(signal.SIGINT, previous_int)
         if tui:
             print(f"runq demo: stopped; the database stays at {db} (runq tui --db {db} opens it offline)")
     ok = counts.get("succeeded", 0) == tasks + 2 and counts.get("dead", 0) == 2

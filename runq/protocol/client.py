@@ -158,9 +158,13 @@ class Client:
         try:
             with anyio.fail_after(self.connect_timeout):
                 stream = await anyio.connect_tcp(self.host, self.port)
-        except OSError as exc:  # (anyio says "All connection attempts failed": say where to)
-            msg = f"cannot connect to {self.address}: {exc.strerror or exc}"
-            raise (type(exc)(exc.errno, msg) if exc.errno is not None else OSError(msg)) from exc
+        except TimeoutError as exc:
+            raise TimeoutError(f"cannot connect to {self.address}: no answer within {self.connect_timeout:g}s") from exc
+        except OSError as exc:  # say where to, and why (anyio says "All connection attempts failed" with the why as cause)
+            why = exc.__cause__ if exc.errno is None and isinstance(exc.__cause__, OSError) else exc
+            if why.errno is not None:
+                raise type(why)(why.errno, f"cannot connect to {self.address}: {why.strerror}") from exc
+            raise OSError(f"cannot connect to {self.address}: {why}") from exc
         try:
             hello: dict[str, Any] = {"op": "hello", "version": PROTOCOL_VERSION, "role": self.role,
                                      "host": socket.gethostname(), "pid": os.getpid()}

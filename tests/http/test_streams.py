@@ -172,6 +172,24 @@ async def test_streams_beyond_the_limit_are_refused_busy(api: Api) -> None:
             assert len(api.server.subscribers) == 2
 
 
+
+@pytest.mark.parametrize("server_config", [{"max_subscribers": 4}])
+async def test_an_sse_client_that_leaves_before_its_body_starts_leaves_no_stream(api: Api) -> None:
+    """The stream used to be registered in the handler and released when its body ended: a client gone before
+    the body started left a registered stream that nothing closed, and max_subscribers of those shut every
+    live subscriber out (503 busy) until a restart."""
+    for _ in range(12):
+        sock = await trio.open_tcp_stream("127.0.0.1", api.server.http_port)  # type: ignore[arg-type]
+        await sock.send_all(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        await sock.aclose()  # gone before the answer starts
+        await trio.sleep(0.05)
+    with trio.fail_after(5):
+        while api.server.subscribers:
+            await trio.sleep(0.02)
+    async with sse(api):  # a real client is served
+        assert len(api.server.subscribers) == 1
+
+
 async def test_a_result_nested_too_deep_for_json_is_given_as_base64(api: Api) -> None:
     """A worker may return any msgpack value: one nested 900 deep is answered as base64, never a 500."""
     from test_tasks import nested

@@ -532,50 +532,55 @@ async def test_an_enqueue_whose_task_started_before_its_failed_commit_is_not_ref
 
 
 @pytest.mark.trio
-async def test_a_unique_key_answer_naming_a_task_whose_commit_failed_is_refused_too(server: Server) -> None:
-    """Enqueue A creates a task with key k; its commit fails (disk full) and the task is forgotten. Enqueue
-    B, with key k, came in before that failure was known: it was answered 'k is that task' and waited for a
-    later commit, which succeeds. B must hear 'nothing was enqueued' too: the id it would be given names
-    no task, and the work it asked for would never run."""
+async def test_a_unique_key_answer_naming_a_task_whose_commit_failed_gets_a_new_task(server: Server) -> None:
+    """Enqueue A creates a task with key k; its commit fails (no room for its 200 KB payload) and the task is
+    forgotten. Enqueue B (key k, and one more task) came in before that failure was known: it was answered
+    'k is that task' and waited for a later commit. B must not be acknowledged with an id that names no
+    task (its work would never run), nor refused (its other task was stored: a retry would add a
+    duplicate): its key spec is enqueued again, and B gets the new task."""
     store = server.store
     assert store is not None
     with trio.fail_after(15):
         async with Client(f"127.0.0.1:{server.port}") as a, Client(f"127.0.0.1:{server.port}") as b:
             await a.enqueue("t", "before")
             await server.wait_committed()
-            (pages,) = store.conn.execute("PRAGMA page_count").fetchone()
-            store.conn.execute(f"PRAGMA max_page_count = {pages}")  # the 'disk' is now full
             other = sqlite3.connect(server.config.db, isolation_level=None)
+            other.execute("CREATE TABLE junk (x BLOB)")  # free pages for small writes, not for 200 KB
+            other.execute("INSERT INTO junk VALUES (zeroblob(40000))")
+            other.execute("DROP TABLE junk")
+            (pages,) = store.conn.execute("PRAGMA page_count").fetchone()
+            store.conn.execute(f"PRAGMA max_page_count = {pages}")
             other.execute("BEGIN IMMEDIATE")  # the writer waits for this lock with A's batch in hand
             answers: dict[str, Any] = {}
 
-            async def enqueue(name: str, client: Client, payload: str) -> None:
+            async def enqueue(name: str, client: Client, tasks: list[dict[str, Any]]) -> None:
                 try:
-                    answers[name] = await client.enqueue("t", payload, key="k")
+                    answers[name] = await client.enqueue_many(tasks)
                 except Exception as exc:  # noqa: BLE001 - the answer under test
                     answers[name] = exc
 
             async with trio.open_nursery() as n:
-                n.start_soon(enqueue, "A", a, "x" * 200_000)
+                n.start_soon(enqueue, "A", a, [{"type": "t", "payload": "x" * 200_000, "key": "k"}])
                 while not any(t.key == "k" for t in server.core.tasks.values()):
                     await trio.sleep(0.001)
+                (x,) = [t.id for t in server.core.tasks.values() if t.key == "k"]
                 await trio.sleep(0.1)  # the writer has taken A's batch and waits for the lock
-                n.start_soon(enqueue, "B", b, "y")
+                n.start_soon(enqueue, "B", b, [{"type": "t", "payload": "y", "key": "k"},
+                                               {"type": "t", "payload": "other work"}])
                 while server._submitted < server._committed_count + 2:  # B's flush is queued behind A's
                     await trio.sleep(0.001)
                 other.execute("ROLLBACK")
                 other.close()
             assert isinstance(answers["A"], RemoteError) and answers["A"].code == "store_error", answers
-            assert isinstance(answers["B"], RemoteError) and answers["B"].code == "store_error", answers
-            assert server.stats.store_errors == 1  # A's commit failed, B's (nothing to write) did not
-            store.conn.execute("PRAGMA max_page_count = 1073741823")  # space again
-            tid = await b.enqueue("t", "y", key="k")  # the key is free: a new task, really stored
-            assert (await b.get(tid))["key"] == "k"
+            key_task, other_task = answers["B"]
+            assert key_task != x and server.stats.store_errors == 1, answers
+            assert (await b.get(key_task))["payload"] == "y" and (await b.get(other_task))["payload"] == "other work"
+            assert await b.enqueue("t", "z", key="k") == key_task  # k now names the new task
             await server.wait_committed()
             db = sqlite3.connect(server.config.db)
-            assert db.execute("SELECT count(*) FROM tasks WHERE key = 'k'").fetchone() == (1,)
+            assert db.execute("SELECT id FROM tasks WHERE key = 'k'").fetchall() == [(key_task,)]
+            assert db.execute("SELECT count(*) FROM tasks WHERE id = ?", (x,)).fetchone() == (0,)
             db.close()
-
 
 
 @pytest.mark.trio

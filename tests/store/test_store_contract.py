@@ -645,6 +645,10 @@ class TestSQLiteStore(StoreContract):
         assert commit(store, Batch(rows=[row(1, "running")])) is None
         with pytest.raises(StoreInUse, match="in use by another runq server"):
             open_store(path)
+        link = path.with_name("link.db")
+        link.symlink_to(path)
+        with pytest.raises(StoreInUse):  # the same file by another name
+            open_store(link)
         assert commit(store, Batch(rows=[row(2)])) is None  # the first one still writes
         assert store.get_task(1) == row(1, "running")
         store.close()

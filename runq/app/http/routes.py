@@ -25,6 +25,7 @@ from quart.typing import ResponseTypes
 from quart_trio import QuartTrio
 from werkzeug.routing import BaseConverter
 
+from ...protocol.errors import RunqError
 from ..core import State
 from ..server.session import Subscription
 from .encoding import (
@@ -263,9 +264,16 @@ def create_app(server: Server, meter: Meter, hub: StreamHub) -> QuartTrio:
     @app.get("/api/events")
     async def events() -> Response:
         sub = _subscription(request.args)
-        stream = hub.open(sub)
+        hub.check_room()  # 503 busy at the max_subscribers limit
 
         async def body() -> Any:
+            # The stream is registered here, when the body starts, never in the handler: a client that
+            # leaves before its body starts would leave a registered stream that nothing ever closes.
+            try:
+                stream = hub.open(sub)
+            except RunqError as exc:  # the last place was taken since the check
+                yield sse_frame({"op": "error", "code": exc.code, "message": str(exc)})
+                return
             try:
                 yield sse_frame(subscribed_message(sub))
                 async with aclosing(stream.messages(KEEPALIVE)) as messages:  # closed too when the client leaves

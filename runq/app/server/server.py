@@ -43,9 +43,28 @@ log = logging.getLogger("runq.server")
 VERSION = "0.1.0"
 FINAL = frozenset(s.value for s in FINAL_STATES)
 
-#: What to forget if the commit fails (ids of tasks created by that request), the ids it named without
-#: creating them (unique-key hits), and whom to tell.
-Ack = tuple[list[int], list[int], Callable[[BaseException | None], None]]
+class Ack:
+    """A request answered once the batch that carries it has committed.
+
+    Attributes:
+        created: ids of the tasks it created (forgotten if that commit fails and none has started).
+        res, specs: for an enqueue, its answer ``[(id, created), ...]`` (the list the caller holds) and its
+            specs: a unique-key hit on a task whose own creation then fails to commit is enqueued again.
+        tell: called with None or the error.
+    """
+
+    __slots__ = ("created", "res", "specs", "tell")
+
+    def __init__(self, created: list[int], tell: Callable[[BaseException | None], None],
+                 res: list[tuple[int, bool]] | None = None, specs: list[TaskSpec] | None = None) -> None:
+        self.created = created
+        self.tell = tell
+        self.res = res
+        self.specs = specs
+
+    def hits_in(self, ids: dict[int, int]) -> bool:
+        """Whether it answered with one of ``ids`` by a unique key."""
+        return self.res is not None and any(not created and tid in ids for tid, created in self.res)
 
 
 class Subscriber(Protocol):
@@ -108,7 +127,7 @@ class Server:
         self._retry_scheduled = False
         self._submitted = 0  # batches handed to the store so far
         self._committed_count = 0  # of those, how many it has answered (it answers in order)
-        #: tasks forgotten after a failed commit -> the last batch whose acks may name them (key hits)
+        #: tasks forgotten after a failed commit -> the last batch in flight then (its acks may name them by key)
         self._forgotten: dict[int, int] = {}
         self._commit_seen = trio.Event()
         self._reader_lock = trio.CapacityLimiter(1)
@@ -251,7 +270,7 @@ class Server:
             forgotten: set[int] = set()
             refused: list[Ack] = []
             for ack in acks:
-                created = ack[0]
+                created = ack.created
                 if created and not self.core.can_forget(created):
                     # one of its tasks was already dispatched (or cancelled): it lives on, so the
                     # request is answered by the commit that retries its writes, not refused
@@ -264,37 +283,49 @@ class Server:
             self.core.restore_effects([r[0] for r in batch.rows + batch.new_rows if r[0] not in forgotten],
                                       [e for e in batch.events if e[0] not in forgotten], batch.queue_ops,
                                       batch.rows)
-            # A request answered with a forgotten task by its unique key (a hit, not created) may wait
-            # for a later batch: up to the next one submitted, which takes the acks queued until now
-            # (those put back just above included).
-            limit = self._submitted + 1
-            for tid in forgotten:
-                self._forgotten[tid] = limit
-            for _, hits, _ in self._acks:
-                for tid in hits:
-                    if tid in self._forgotten:
-                        self._forgotten[tid] = limit
+            if forgotten:
+                # Requests answered with a forgotten task by its unique key (a hit) came before this failure
+                # was known. Those not sent to the store yet are enqueued again now; those in batches in
+                # flight, when their batch has committed (below), until the last of those has.
+                for tid in forgotten:
+                    self._forgotten[tid] = self._submitted
+                for ack in self._acks:
+                    if ack.hits_in(self._forgotten):
+                        self._enqueue_hits_again(ack)
             if not self._retry_scheduled and self._nursery is not None:
                 self._retry_scheduled = True
                 self._nursery.start_soon(self._retry_writes)
         gone = self._forgotten
-        for _, hits, tell in acks:
-            if error is None and gone and any(tid in gone for tid in hits):
-                # its key named a task whose creation did not commit and was forgotten: nothing was
-                # enqueued for this request after all
-                tell(StoreError("the task its unique key named was not committed"))
+        again = False
+        for ack in acks:
+            if error is None and gone and ack.hits_in(gone):
+                self._enqueue_hits_again(ack)
+                self._acks.append(ack)  # answered by the next commit, which writes the new tasks
+                again = True
             else:
-                tell(error)
+                ack.tell(error)
         if gone:
             seq = self._committed_count
             for tid in [tid for tid, last in gone.items() if last <= seq]:
                 del gone[tid]
+        if again:
+            self.flush()
         if waiters:
             self._wake_waiters(waiters)
         for listener in self.commit_listeners:
             listener(batch, error)
         self._commit_seen.set()
         self._commit_seen = trio.Event()
+
+    def _enqueue_hits_again(self, ack: Ack) -> None:
+        """Enqueue again the specs of ``ack`` whose unique key named a task that was then forgotten (its
+        creation did not commit): its answer gets the new task (or the key's current holder)."""
+        assert ack.res is not None and ack.specs is not None
+        at = [i for i, (tid, created) in enumerate(ack.res) if not created and tid in self._forgotten]
+        for i, (tid, created) in zip(at, self.core.enqueue([ack.specs[i] for i in at], self.clock()), strict=True):
+            ack.res[i] = (tid, created)  # (in place: the list the caller holds)
+            if created:
+                ack.created.append(tid)
 
     async def _retry_writes(self) -> None:
         await trio.sleep(0.5)
@@ -383,8 +414,7 @@ class Server:
         The caller flushes (TCP: after the whole read, so one commit serves many requests).
         """
         res = self.core.enqueue(specs, self.clock())
-        self._acks.append(([tid for tid, created in res if created], [tid for tid, created in res if not created],
-                           lambda err: tell(res, err)))
+        self._acks.append(Ack([tid for tid, created in res if created], lambda err: tell(res, err), res, specs))
         return res
 
     async def enqueue(self, specs: list[TaskSpec]) -> list[tuple[int, bool]]:
@@ -499,7 +529,7 @@ class Server:
     def set_paused_nowait(self, queue: str, paused: bool, tell: Callable[[BaseException | None], None]) -> None:
         """Pause or resume ``queue``; ``tell(error)`` once that is committed."""
         (self.core.pause if paused else self.core.resume)(queue, self.clock())
-        self._acks.append(([], [], tell))
+        self._acks.append(Ack([], tell))
 
     async def set_paused(self, queue: str, paused: bool) -> None:
         """Pause or resume ``queue`` and return once it is committed."""

@@ -115,7 +115,7 @@ def _lock(path: str) -> int:
     A separate ``-lock`` file, not the database: closing any descriptor of the database file would drop
     the POSIX locks SQLite holds on it in this process.
     """
-    fd = os.open(f"{path}-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(f"{os.path.realpath(path)}-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)  # (a symlink too)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:

@@ -44,6 +44,7 @@ class DashboardScreen(Screen[None]):
     def __init__(self) -> None:
         super().__init__()
         self._drawn_version = -1
+        self._composed = False  # set in on_mount (its widgets exist; Textual's is_mounted turns True after it)
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -73,9 +74,10 @@ class DashboardScreen(Screen[None]):
         Textual removes a leaving screen's widgets before the screen itself (on pop and at exit, when
         ``display`` turns False), and the app's timer and background loads can call in between.
         """
-        return self.is_mounted and self.display and self.app.is_running
+        return self._composed and self.display and self.app.is_running
 
     def on_mount(self) -> None:
+        self._composed = True
         self.refresh_data(force=True)
 
     def on_screen_resume(self) -> None:
