@@ -41,9 +41,10 @@ def _children(pid):
     return kids
 
 
-def test_sigterm_stops_the_demo_with_its_server_and_workers(tmp_path, runq_env):
+@pytest.mark.parametrize("signals", [1, 2])
+def test_sigterm_stops_the_demo_with_its_server_and_workers(tmp_path, runq_env, signals):
     """`kill` of the demo (not of its process group, as Ctrl-C is) used to leave its server and two workers
-    running, orphaned."""
+    running, orphaned; a second SIGTERM while it stops them must not cut that short."""
     import os
     import signal
     import subprocess
@@ -64,6 +65,9 @@ def test_sigterm_stops_the_demo_with_its_server_and_workers(tmp_path, runq_env):
         kids = _children(p.pid)
         assert len(kids) == 3, kids  # the server and two workers
         p.send_signal(signal.SIGTERM)
+        if signals == 2:
+            time.sleep(0.05)
+            p.send_signal(signal.SIGTERM)
         assert p.wait(30) == 130
         for pid in kids:
             try:
