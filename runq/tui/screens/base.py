@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from ..model import DashboardState
     from ..source import Source
 
-__all__ = ["DashboardScreen", "describe"]
+__all__ = ["DashboardScreen", "LoadingScreen", "describe"]
 
 
 def describe(exc: BaseException) -> str:
@@ -139,6 +140,58 @@ class DashboardScreen(Screen[None]):
                 self.run_action_call(call, done)
 
         self.app.push_screen(ConfirmScreen(question), answered)
+
+
+class LoadingScreen(DashboardScreen):
+    """A screen that reads its data from the source in the background, not from the live state.
+
+    Subclasses implement ``load_due`` (whether to read again now), ``fetch`` (read into their fields;
+    an exception is shown as ``error``) and ``show`` (draw the fields). One load runs at a time, and its
+    result is drawn only while the screen is ``drawable``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loads = 0
+        self.error = ""
+        self._loaded_at = 0.0
+        self._loading = False
+
+    @property
+    def load_age(self) -> float:
+        """Seconds since the last load started."""
+        return time.monotonic() - self._loaded_at
+
+    def refresh_data(self, force: bool = False) -> None:
+        if not self.drawable:
+            return
+        super().refresh_data(force)
+        if not self._loading and self.load_due(force):
+            self._loading = True
+            self._loaded_at = time.monotonic()
+            self.run_worker(self._load(), group="load", exclusive=True)
+
+    async def _load(self) -> None:
+        try:
+            await self.fetch()
+            self.error = ""
+        except Exception as exc:  # noqa: BLE001 - shown on the screen: a failed load must not end the app
+            self.error = describe(exc)
+        finally:
+            self._loading = False
+        self.loads += 1
+        if self.drawable:
+            self.show()
+
+    def load_due(self, force: bool) -> bool:
+        """Whether to read again now (``force``: the screen was just shown)."""
+        return force
+
+    async def fetch(self) -> None:
+        """Read the screen's data from the source."""
+
+    def show(self) -> None:
+        """Draw what ``fetch`` read."""
 
 
 def data_table(table_id: str, columns: Sequence[str]) -> DataTable[Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import pprint
-import time
 from typing import Any, ClassVar
 
 from rich.text import Text
@@ -18,7 +17,7 @@ from ..forms import EnqueueForm, EnqueueRequest
 from ..model import phases
 from ..source import TASK_STATES
 from ..widgets import PHASE_STYLE, STATE_STYLE, fmt_duration, fmt_time, render_marks, render_phases, sync_table
-from .base import DashboardScreen, data_table, describe
+from .base import DashboardScreen, LoadingScreen, data_table
 
 __all__ = ["TaskDetailScreen", "TasksScreen"]
 
@@ -44,7 +43,7 @@ def _first_line(text: str | None) -> str:
     return lines[-1][:80] if lines else ""
 
 
-class TasksScreen(DashboardScreen):
+class TasksScreen(LoadingScreen):
     """Tasks newest first, filtered by state (``s`` cycles), queue and type; searched by id."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -68,11 +67,7 @@ class TasksScreen(DashboardScreen):
         super().__init__()
         self.state_filter: str | None = None
         self.tasks: list[dict[str, Any]] = []
-        self.loads = 0
-        self.error = ""
-        self._loaded_at = 0.0
         self._dirty = True
-        self._loading = False
 
     def body(self) -> ComposeResult:
         with Horizontal(id="filters"):
@@ -93,41 +88,27 @@ class TasksScreen(DashboardScreen):
         type_ = self.query_one("#f-type", Input).value.strip() or None
         return {"state": self.state_filter, "queue": queue, "type": type_}
 
-    def refresh_data(self, force: bool = False) -> None:
-        if not self.drawable:
-            return
-        super().refresh_data(force)
-        due = time.monotonic() - self._loaded_at >= RELOAD_SECONDS
-        if (force or self._dirty or due) and not self._loading:
+    def load_due(self, force: bool) -> bool:
+        if force or self._dirty or self.load_age >= RELOAD_SECONDS:
             self._dirty = False
-            self._loading = True
-            self._loaded_at = time.monotonic()
-            self.run_worker(self._load(), group="load", exclusive=True)
+            return True
+        return False
 
-    async def _load(self) -> None:
-        try:
-            ident = self.query_one("#f-id", Input).value.strip()
-            if ident:
-                tid = _task_id(ident)
-                try:
-                    tasks = [] if tid is None else [await self.source.get(tid)]
-                except RunqError as exc:
-                    if "not_found" not in str(exc):
-                        raise
-                    tasks = []
-            else:
-                tasks, _ = await self.source.list_tasks(limit=PAGE, **self.filters())
-            self.tasks = tasks
-            self.error = ""
-        except Exception as exc:  # noqa: BLE001 - shown on the screen: a failed load must not end the app
-            self.error = describe(exc)
-        finally:
-            self._loading = False
-        self.loads += 1
-        if self.drawable:
-            self._show()
+    async def fetch(self) -> None:
+        ident = self.query_one("#f-id", Input).value.strip()
+        if ident:
+            tid = _task_id(ident)
+            try:
+                tasks = [] if tid is None else [await self.source.get(tid)]
+            except RunqError as exc:
+                if "not_found" not in str(exc):
+                    raise
+                tasks = []
+        else:
+            tasks, _ = await self.source.list_tasks(limit=PAGE, **self.filters())
+        self.tasks = tasks
 
-    def _show(self) -> None:
+    def show(self) -> None:
         rows = []
         for t in self.tasks:
             rows.append((str(t["id"]), [
@@ -207,7 +188,7 @@ def cancel_with_confirm(screen: DashboardScreen, tid: int, type_: str) -> None:
                         lambda: screen.source.cancel(tid), lambda r: f"task {tid} {r['state']}")
 
 
-class TaskDetailScreen(DashboardScreen):
+class TaskDetailScreen(LoadingScreen):
     """One task: payload, result or error, attempts, progress, and its timeline on a time axis."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -228,11 +209,7 @@ class TaskDetailScreen(DashboardScreen):
         self.task_id = task_id
         self.current: dict[str, Any] | None = None
         self.events: list[dict[str, Any]] = []
-        self.loads = 0
-        self.error = ""
         self._seen = -1
-        self._loaded_at = 0.0
-        self._loading = False
 
     def body(self) -> ComposeResult:
         with VerticalScroll():
@@ -252,33 +229,19 @@ class TaskDetailScreen(DashboardScreen):
     def on_unmount(self) -> None:
         self.state.unwatch(self.task_id)
 
-    def refresh_data(self, force: bool = False) -> None:
-        if not self.drawable:
-            return
-        super().refresh_data(force)
+    def load_due(self, force: bool) -> bool:
         touched = self.state.watched.get(self.task_id, 0)
         final = self.current is not None and self.current.get("state") in FINAL
-        due = not final and time.monotonic() - self._loaded_at >= RELOAD_SECONDS
-        if (force or touched != self._seen or due) and not self._loading:
+        if force or touched != self._seen or (not final and self.load_age >= RELOAD_SECONDS):
             self._seen = touched
-            self._loading = True
-            self._loaded_at = time.monotonic()
-            self.run_worker(self._load(), group="load", exclusive=True)
+            return True
+        return False
 
-    async def _load(self) -> None:
-        try:
-            self.current = await self.source.get(self.task_id)
-            self.events = await self.source.events(self.task_id)
-            self.error = ""
-        except Exception as exc:  # noqa: BLE001 - shown on the screen: a failed load must not end the app
-            self.error = describe(exc)
-        finally:
-            self._loading = False
-        self.loads += 1
-        if self.drawable:
-            self._show()
+    async def fetch(self) -> None:
+        self.current = await self.source.get(self.task_id)
+        self.events = await self.source.events(self.task_id)
 
-    def _show(self) -> None:
+    def show(self) -> None:
         t = self.current
         summary = self.query_one("#summary", Static)
         if t is None:
