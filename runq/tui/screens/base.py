@@ -11,7 +11,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from ...protocol.errors import RunqError
-from ..forms import ConfirmScreen
+from ..forms import ConfirmScreen, EnqueueForm, EnqueueRequest
 
 if TYPE_CHECKING:
     from ..app import RunqDashboard
@@ -140,6 +140,18 @@ class DashboardScreen(Screen[None]):
                 self.run_action_call(call, done)
 
         self.app.push_screen(ConfirmScreen(question), answered)
+
+    def enqueue_from_form(self, queue: str, type_: str = "") -> None:
+        """Open the enqueue form (filled with ``queue`` and ``type_``); enqueue what it returns."""
+
+        def submitted(req: EnqueueRequest | None) -> None:
+            if req is not None:
+                self.run_action_call(
+                    lambda: self.source.enqueue(req.type, req.payload, queue=req.queue, priority=req.priority,
+                                                delay=req.delay),
+                    lambda tid: f"enqueued task {tid} ({req.type} on {req.queue})")
+
+        self.app.push_screen(EnqueueForm(queue, type_), submitted)
 
 
 class LoadingScreen(DashboardScreen):

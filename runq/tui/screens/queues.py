@@ -9,7 +9,6 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Static
 
-from ..forms import EnqueueForm, EnqueueRequest
 from ..widgets import fmt_rate, sparkline, sync_table
 from .base import DashboardScreen, data_table
 
@@ -92,12 +91,4 @@ class QueuesScreen(DashboardScreen):
                               lambda: self.source.pause(name), f"queue {name} paused")
 
     def action_enqueue(self) -> None:
-        self.app.push_screen(EnqueueForm(self.selected_queue() or "default"), self._enqueue)
-
-    def _enqueue(self, req: EnqueueRequest | None) -> None:
-        if req is None:
-            return
-        self.run_action_call(
-            lambda: self.source.enqueue(req.type, req.payload, queue=req.queue, priority=req.priority,
-                                        delay=req.delay),
-            lambda tid: f"enqueued task {tid} ({req.type} on {req.queue})")
+        self.enqueue_from_form(self.selected_queue() or "default")

@@ -13,7 +13,6 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import DataTable, Input, Label, Static
 
 from ...protocol.errors import RunqError
-from ..forms import EnqueueForm, EnqueueRequest
 from ..model import phases
 from ..source import TASK_STATES
 from ..widgets import PHASE_STYLE, STATE_STYLE, fmt_duration, fmt_time, render_marks, render_phases, sync_table
@@ -171,16 +170,8 @@ class TasksScreen(LoadingScreen):
             self.run_action_call(lambda: self.source.retry(tid), lambda r: f"task {tid} retried: {r['state']}")
 
     def action_enqueue(self) -> None:
-        queue = self.filters()["queue"] or "default"
-        self.app.push_screen(EnqueueForm(queue, self.filters()["type"] or ""), self._enqueue)
-
-    def _enqueue(self, req: EnqueueRequest | None) -> None:
-        if req is None:
-            return
-        self.run_action_call(
-            lambda: self.source.enqueue(req.type, req.payload, queue=req.queue, priority=req.priority,
-                                        delay=req.delay),
-            lambda tid: f"enqueued task {tid} ({req.type} on {req.queue})")
+        f = self.filters()
+        self.enqueue_from_form(f["queue"] or "default", f["type"] or "")
 
 
 def cancel_with_confirm(screen: DashboardScreen, tid: int, type_: str) -> None:
