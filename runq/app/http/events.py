@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ...protocol.errors import ProtocolError
 from ..server.session import Subscription
 from .encoding import dumps, event_json
 
@@ -119,13 +118,6 @@ class StreamHub:
     def _changed(self, message: dict[str, Any]) -> None:
         for s in self.streams:
             s.send_change(message)
-
-    def check_room(self) -> None:
-        """Raise ``busy`` when the server serves ``max_subscribers`` subscribers already."""
-        srv = self.server
-        if len(srv.subscribers) >= srv.config.max_subscribers:
-            raise ProtocolError(f"{len(srv.subscribers)} live event subscribers already (the server's"
-                                " max_subscribers); try again later", "busy")
 
     def open(self, subscription: Subscription) -> EventStream:
         """Register a new stream; it receives everything that happens from now on."""

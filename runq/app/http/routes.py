@@ -264,7 +264,7 @@ def create_app(server: Server, meter: Meter, hub: StreamHub) -> QuartTrio:
     @app.get("/api/events")
     async def events() -> Response:
         sub = _subscription(request.args)
-        hub.check_room()  # 503 busy at the max_subscribers limit
+        server.check_subscriber_room()  # 503 busy at the max_subscribers limit
 
         async def body() -> Any:
             # The stream is registered here, when the body starts, never in the handler: a client that

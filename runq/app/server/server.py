@@ -562,11 +562,16 @@ class Server:
         Raises:
             ProtocolError: ``busy``, when ``max_subscribers`` others are subscribed already.
         """
-        if subscriber not in self.subscribers and len(self.subscribers) >= self.config.max_subscribers:
-            raise ProtocolError(f"{len(self.subscribers)} live event subscribers already (the server's"
-                                " max_subscribers); try again later", "busy")
+        if subscriber not in self.subscribers:
+            self.check_subscriber_room()
         self.subscribers.add(subscriber)
         self.core.observed = True
+
+    def check_subscriber_room(self) -> None:
+        """Raise ``ProtocolError`` ``busy`` when ``max_subscribers`` are subscribed already."""
+        if len(self.subscribers) >= self.config.max_subscribers:
+            raise ProtocolError(f"{len(self.subscribers)} live event subscribers already (the server's"
+                                " max_subscribers); try again later", "busy")
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         self.subscribers.discard(subscriber)
