@@ -26,62 +26,19 @@ from typing import Any, Self, TypeVar
 import anyio
 import anyio.abc
 import anyio.from_thread
-import msgpack
 from anyio.from_thread import BlockingPortal
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from .address import DEFAULT_ADDRESS, parse_address
 from .errors import ConnectionClosed, ProtocolError, TaskFailed, error_for_code
 from .frames import DEFAULT_MAX_FRAME, Connection
 from .messages import PROTOCOL_VERSION
+from .values import decode_task, encode_value
 
-__all__ = ["FINAL_STATES", "Client", "EventStream", "SyncClient", "decode_task", "encode_value", "parse_address"]
+__all__ = ["FINAL_STATES", "Client", "EventStream", "SyncClient"]
 
-DEFAULT_ADDRESS = "127.0.0.1:7700"
 FINAL_STATES = frozenset({"succeeded", "dead", "cancelled"})
 T = TypeVar("T")
-
-
-def parse_address(address: str) -> tuple[str, int]:
-    """Split ``HOST:PORT`` (``[v6]:PORT`` too); a bare host gets port 7700."""
-    if address.startswith("["):
-        host, _, rest = address[1:].partition("]")
-        return host, int(rest.lstrip(":") or 7700)
-    host, sep, port = address.rpartition(":")
-    if not sep:
-        return address, 7700
-    return host or "127.0.0.1", int(port)
-
-
-def encode_value(value: Any) -> bytes:
-    """msgpack-encode an application value (payload, result, progress)."""
-    data: bytes = msgpack.packb(value, use_bin_type=True, datetime=False, default=_default)
-    return data
-
-
-def _default(obj: Any) -> Any:
-    if isinstance(obj, (set, frozenset, tuple)):
-        return list(obj)
-    if isinstance(obj, datetime):
-        return obj.isoformat()
-    raise TypeError(f"cannot encode {type(obj).__name__} in a task payload; use msgpack-able values")
-
-
-def decode_value(data: bytes | None) -> Any:
-    if data is None:
-        return None
-    return msgpack.unpackb(data, raw=False, strict_map_key=False)
-
-
-def decode_task(task: dict[str, Any]) -> dict[str, Any]:
-    """Decode a task map's msgpack-encoded fields into Python values (in place)."""
-    for f in ("payload", "result", "progress"):
-        v = task.get(f)
-        if isinstance(v, bytes):
-            try:
-                task[f] = decode_value(v)
-            except ValueError:  # not msgpack (a client in another language wrote raw bytes): left as bytes
-                pass
-    return task
 
 
 def _task_entry(type: str, payload: Any = None, *, queue: str | None = None, priority: int | None = None,

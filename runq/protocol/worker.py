@@ -45,10 +45,11 @@ import anyio.abc
 import anyio.from_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .client import decode_value, encode_value, parse_address
+from .address import parse_address
 from .errors import ConnectionClosed, ProtocolError, RemoteError, RunqError, Unauthorized, error_for_code
 from .frames import DEFAULT_MAX_FRAME, Connection
 from .messages import PROTOCOL_VERSION
+from .values import decode_value, encode_value
 
 __all__ = ["Handler", "HelloRefused", "Retry", "TaskContext", "Worker"]
 

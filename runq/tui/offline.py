@@ -25,8 +25,8 @@ from urllib.parse import quote
 
 import aiosqlite
 
-from ..protocol.client import decode_task
 from ..protocol.errors import RunqError, TaskNotFound
+from ..protocol.values import decode_task
 from .model import COMPLETE_KINDS, DashboardState, Lanes, RateSeries, WorkerRow
 from .source import Source, TaskPage
 

@@ -19,8 +19,8 @@ import trio
 
 from runq import Client, RemoteError, Unauthorized
 from runq.app.server import Server, ServerConfig
-from runq.protocol.client import encode_value
 from runq.protocol.frames import Connection, encode_frame
+from runq.protocol.values import encode_value
 
 
 def hello(role: str = "client", **fields: Any) -> bytes:

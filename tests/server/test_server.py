@@ -12,9 +12,9 @@ import trio
 from runq import Client, Worker
 from runq.app.core import CoreConfig
 from runq.app.server import ConfigError, Server, ServerConfig
-from runq.protocol.client import encode_value
 from runq.protocol.errors import RemoteError
 from runq.protocol.frames import Connection
+from runq.protocol.values import encode_value
 
 
 class RawPeer:

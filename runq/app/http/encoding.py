@@ -22,9 +22,9 @@ from typing import Any
 
 import msgpack
 
-from ...protocol.client import decode_value, encode_value
 from ...protocol.errors import ProtocolError
 from ...protocol.messages import TaskSpec, parse_task_spec
+from ...protocol.values import decode_value, encode_value
 from .errors import ApiError
 
 __all__ = [

@@ -1,0 +1,46 @@
+"""Application values on the wire: payloads, results and progress are msgpack, encoded by the SDK.
+
+The server never decodes them; a client in another language may put any msgpack value there.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgpack
+
+__all__ = ["decode_task", "decode_value", "encode_value"]
+
+
+def encode_value(value: Any) -> bytes:
+    """msgpack-encode an application value (payload, result, progress)."""
+    data: bytes = msgpack.packb(value, use_bin_type=True, datetime=False, default=_default)
+    return data
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    if isinstance(obj, datetime):
+        return obj.isoformat()
+    raise TypeError(f"cannot encode {type(obj).__name__} in a task payload; use msgpack-able values")
+
+
+def decode_value(data: bytes | None) -> Any:
+    """Decode an application value (``None`` stays ``None``)."""
+    if data is None:
+        return None
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+def decode_task(task: dict[str, Any]) -> dict[str, Any]:
+    """Decode a task map's msgpack-encoded fields into Python values (in place)."""
+    for f in ("payload", "result", "progress"):
+        v = task.get(f)
+        if isinstance(v, bytes):
+            try:
+                task[f] = decode_value(v)
+            except ValueError:  # not msgpack (a client in another language wrote raw bytes): left as bytes
+                pass
+    return task
