@@ -252,6 +252,56 @@ def test_two_workers_never_get_the_same_task() -> None:
     assert len(a) == len(b) == 3 and not set(a) & set(b) and set(a) | set(b) < set(ids)
 
 
+def test_a_trickle_of_tasks_is_spread_across_idle_workers() -> None:
+    # one task at a time, each dispatched before the next arrives: every worker has room, so each takes its turn
+    core = make()
+    for wid in ("w1", "w2", "w3"):
+        join(core, wid, credit=32, concurrency=16)
+    got = []
+    for i in range(6):
+        (tid,) = add(core, now=T0 + i)
+        fx = core.take_effects(T0 + i)
+        got.append(next(wid for wid in ("w1", "w2", "w3") if sent_ids(fx, wid) == [tid]))
+    assert got == ["w1", "w2", "w3", "w1", "w2", "w3"]
+
+
+def test_a_task_goes_to_the_least_loaded_worker() -> None:
+    core = make()
+    join(core, "busy", credit=8, concurrency=4)
+    add(core, n=3)
+    assert len(sent(core.take_effects(T0), "busy")) == 3  # alone: it takes them (3 of 4 runners busy)
+    join(core, "idle", credit=8, concurrency=4)
+    (tid,) = add(core)
+    assert sent_ids(core.take_effects(T0), "idle") == [tid]
+    # load is per unit of concurrency: 3 held of 4 is more loaded than 4 held of 16
+    join(core, "big", credit=32, concurrency=16)
+    add(core, n=4)
+    fx = core.take_effects(T0)
+    assert len(sent(fx, "big")) == 4 and sent(fx, "busy") == []
+
+
+def test_a_backlog_fills_every_worker_to_its_credit_evenly() -> None:
+    core = make()
+    ids = add(core, n=10)
+    join(core, "w1", credit=4, concurrency=4)
+    join(core, "w2", credit=4, concurrency=4)
+    fx = core.take_effects(T0)
+    a, b = sent_ids(fx, "w1"), sent_ids(fx, "w2")
+    assert len(a) == len(b) == 4 and sorted(a + b) == ids[:8]  # in queue order, alternately
+    assert len(fx.outbox["w1"]) == len(fx.outbox["w2"]) == 1  # one frame each
+    assert core.hungry == {}
+
+
+def test_spreading_skips_a_worker_whose_queues_have_nothing() -> None:
+    core = make()
+    join(core, "wa", credit=4, queues=("a",))
+    join(core, "wb", credit=4, queues=("b",))
+    b = add(core, n=3, queue="b")
+    fx = core.take_effects(T0)
+    assert sent_ids(fx, "wb") == b and sent(fx, "wa") == []
+    assert core.workers["wa"].credit == 4 and "wa" in core.hungry
+
+
 def test_credit_from_an_unknown_worker_is_a_key_error() -> None:
     core = make()
     with pytest.raises(KeyError):

@@ -170,6 +170,9 @@ class WorkerInfo:
     #: order, with their lease: their timeout backstop is armed once one of the first ``concurrency`` ends
     unarmed: dict[int, tuple[Task, int]] = field(default_factory=dict)
     state: str = "active"  # active | draining
+    #: when it was last given a task (the core's dispatch count then): among equally loaded workers, the one
+    #: served longest ago is served first
+    served: int = 0
     completed: int = 0
     failed: int = 0
 

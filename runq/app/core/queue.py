@@ -130,6 +130,7 @@ class Core:
         #: the highest lease number given so far (a task read back from the store starts above it)
         self.max_lease = 0
         self.hungry: dict[str, WorkerInfo] = {}  # workers with credit > 0, not draining
+        self._served = 0  # dispatches so far: WorkerInfo.served orders equally loaded workers
         self.keys: dict[str, Task] = {}
         self.counts: dict[str, Counter[str]] = {}
         self.stats = CoreStats()
@@ -564,41 +565,72 @@ class Core:
 
     # ------------------------------------------------------------------ dispatch
     def _pump(self, now: float) -> None:
-        """Hand ready tasks to workers with credit (called from ``take_effects``)."""
+        """Hand ready tasks to workers with credit (called from ``take_effects``).
+
+        Each task goes to the least loaded worker that can take it: the fewest held tasks (running and
+        prefetched) per unit of concurrency, and among equals the one served longest ago. Handing each
+        worker all its credit in turn would give a trickle of tasks to the first worker only.
+        """
         self._pump_needed = False
-        if not self.hungry:
+        hungry = self.hungry
+        if not hungry:
             return
-        queues = self.queues
-        for wid, w in list(self.hungry.items()):
+        if len(hungry) == 1:  # the common case of one worker, and every drain's tail: no heap
+            wid, w = next(iter(hungry.items()))
             batch: list[dict[str, Any]] = []
-            if len(w.queues) == 1:
-                q = queues[w.queues[0]]
-                while w.credit > 0 and not q.paused:
-                    t = q.pop()
-                    if t is None:
-                        break
-                    batch.append(self._lease(t, w, now))
-            else:
-                while w.credit > 0:
-                    best: Task | None = None
-                    bq: ReadyQueue | None = None
-                    for name in w.queues:
-                        q = queues[name]
-                        if q.paused:
-                            continue
-                        t = q.peek()
-                        if t is not None and (best is None or t.priority > best.priority
-                                              or (t.priority == best.priority and t.id < best.id)):
-                            best, bq = t, q
-                    if bq is None:
-                        break
-                    bq.pop()
-                    assert best is not None
-                    batch.append(self._lease(best, w, now))
+            while w.credit > 0:
+                t = self._next_for(w)
+                if t is None:
+                    break
+                batch.append(self._lease(t, w, now))
             if w.credit <= 0:
-                del self.hungry[wid]
+                del hungry[wid]
             if batch:
                 self._send(wid, {"op": "tasks", "tasks": batch})
+            return
+        heap = [(len(w.running) / w.concurrency, w.served, wid) for wid, w in hungry.items()]
+        heapq.heapify(heap)
+        batches: dict[str, list[dict[str, Any]]] = {}
+        while heap:
+            wid = heap[0][2]
+            w = hungry[wid]
+            t = self._next_for(w)
+            if t is None:  # nothing this worker may take (its queues are empty or paused)
+                heapq.heappop(heap)
+                continue
+            self._served += 1
+            w.served = self._served
+            b = batches.get(wid)
+            if b is None:
+                b = batches[wid] = []
+            b.append(self._lease(t, w, now))
+            if w.credit <= 0:
+                heapq.heappop(heap)
+                del hungry[wid]
+            else:
+                heapq.heapreplace(heap, (len(w.running) / w.concurrency, w.served, wid))
+        for wid, b in batches.items():
+            self._send(wid, {"op": "tasks", "tasks": b})
+
+    def _next_for(self, w: WorkerInfo) -> Task | None:
+        """Pop the task ``w`` should run next: the best across its queues that are not paused."""
+        queues = self.queues
+        if len(w.queues) == 1:
+            q = queues[w.queues[0]]
+            return None if q.paused else q.pop()
+        best: Task | None = None
+        bq: ReadyQueue | None = None
+        for name in w.queues:
+            q = queues[name]
+            if q.paused:
+                continue
+            t = q.peek()
+            if t is not None and (best is None or t.priority > best.priority
+                                  or (t.priority == best.priority and t.id < best.id)):
+                best, bq = t, q
+        if bq is not None:
+            bq.pop()
+        return best
 
     def _lease(self, task: Task, w: WorkerInfo, now: float) -> dict[str, Any]:
         w.credit -= 1
