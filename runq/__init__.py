@@ -2,7 +2,7 @@
 
 Public API::
 
-    from runq import Client, SyncClient, Worker, Retry, TaskContext
+    from runq import task, Client, SyncClient, Worker, Retry, TaskContext
 """
 
 from __future__ import annotations
@@ -18,23 +18,32 @@ from .protocol.errors import (
     TaskNotFound,
     Unauthorized,
 )
+from .protocol.tasks import BadArguments, Call, NoClient, SyncTaskHandle, TaskDef, TaskHandle, TaskOptions, task
 from .protocol.worker import Retry, TaskContext, Worker
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BadArguments",
+    "Call",
     "Client",
     "ConnectionClosed",
     "InvalidState",
+    "NoClient",
     "ProtocolError",
     "RemoteError",
     "Retry",
     "RunqError",
     "SyncClient",
+    "SyncTaskHandle",
     "TaskContext",
+    "TaskDef",
     "TaskFailed",
+    "TaskHandle",
     "TaskNotFound",
+    "TaskOptions",
     "Unauthorized",
     "Worker",
     "__version__",
+    "task",
 ]

@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=None)
     p.add_argument("--retries", type=int, default=None)
     p.add_argument("--key", default=None, help="unique key")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse (exit 3) when no connected worker handles this task type (default: a warning)")
 
     for name, text in (("status", "print a task as JSON"), ("cancel", "cancel a task"),
                        ("retry", "retry a dead or cancelled task"), ("events", "print a task's timeline"),
@@ -92,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("queues", help="print queue counts")
     _server_arg(p)
     p = sub.add_parser("workers", help="print connected workers")
+    _server_arg(p)
+    p = sub.add_parser("types", help="print the task types the connected workers handle")
     _server_arg(p)
     p = sub.add_parser("drain", help="ask a worker to finish its running tasks, hand back the rest and leave")
     p.add_argument("worker_id", help="the worker's id (see `runq workers`)")
@@ -275,10 +279,31 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
             print(f"runq enqueue: --at is not an ISO time: {exc}", file=sys.stderr)
             return 2
     with _client(args) as c:
+        known = [t["type"] for t in c.task_types()]
+        if args.type not in known:
+            hint = _type_hint(args.type, known)
+            if args.strict:
+                print(f"runq enqueue: no connected worker handles task type {args.type!r}{hint}; nothing enqueued "
+                      "(--strict)", file=sys.stderr)
+                return 3
+            print(f"runq enqueue: warning: no connected worker handles task type {args.type!r}{hint}; the task "
+                  "waits until one does (--strict refuses instead)", file=sys.stderr)
         tid = c.enqueue(args.type, payload, queue=args.queue, priority=args.priority, delay=args.delay,
                         run_at=run_at, timeout=args.timeout, retries=args.retries, key=args.key)
     print(tid)
     return 0
+
+
+def _type_hint(name: str, known: list[str]) -> str:
+    """``; did you mean ...?`` for a task type close to a known one, else the known ones (if few)."""
+    import difflib
+
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    if known and len(known) <= 10:
+        return f" (connected workers handle: {', '.join(known)})"
+    return " (no worker is connected)" if not known else ""
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -356,6 +381,12 @@ def cmd_workers(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_types(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        _print(c.task_types())
+    return 0
+
+
 def cmd_drain(args: argparse.Namespace) -> int:
     with _client(args) as c:
         w = c.drain(args.worker_id)
@@ -399,7 +430,7 @@ def cmd_tui(args: argparse.Namespace) -> int:
 _COMMANDS = {
     "serve": cmd_serve, "worker": cmd_worker, "enqueue": cmd_enqueue, "status": cmd_status, "wait": cmd_wait,
     "cancel": cmd_cancel, "retry": cmd_retry, "events": cmd_events, "tasks": cmd_tasks, "pause": cmd_pause,
-    "resume": cmd_resume, "queues": cmd_queues, "workers": cmd_workers, "drain": cmd_drain,
+    "resume": cmd_resume, "queues": cmd_queues, "workers": cmd_workers, "types": cmd_types, "drain": cmd_drain,
     "demo": cmd_demo, "tui": cmd_tui,
 }
 

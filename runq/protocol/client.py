@@ -21,7 +21,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, overload
 
 import anyio
 import anyio.abc
@@ -33,12 +33,14 @@ from .address import DEFAULT_ADDRESS, parse_address
 from .errors import ConnectionClosed, ProtocolError, TaskFailed, error_for_code
 from .frames import DEFAULT_MAX_FRAME, Connection
 from .messages import PROTOCOL_VERSION
+from .tasks import Call, SyncTaskHandle, TaskHandle, client_closed, client_opened
 from .values import decode_task, encode_value
 
 __all__ = ["FINAL_STATES", "Client", "EventStream", "SyncClient"]
 
 FINAL_STATES = frozenset({"succeeded", "dead", "cancelled"})
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 def _task_entry(type: str, payload: Any = None, *, queue: str | None = None, priority: int | None = None,
@@ -138,6 +140,7 @@ class Client:
         await self._tg.__aenter__()
         self._tg.start_soon(self._reader)
         self._tg.start_soon(self._sender)
+        client_opened(self)
 
     async def _read_one(self, stream: anyio.abc.ByteStream) -> dict[str, Any]:
         while True:
@@ -154,6 +157,7 @@ class Client:
 
     async def aclose(self) -> None:
         """Close the connection; outstanding requests fail with ``ConnectionClosed``."""
+        client_closed(self)
         if self._tg is not None:
             tg, self._tg = self._tg, None
             tg.cancel_scope.cancel()
@@ -252,34 +256,68 @@ class Client:
         return reply
 
     # ------------------------------------------------------------------ tasks
+    @overload
+    async def enqueue(self, type: Call[R], /, *, queue: str | None = None, priority: int | None = None,
+                      delay: float | None = None, run_at: float | datetime | None = None,
+                      timeout: float | None = None, retries: int | None = None,
+                      key: str | None = None) -> TaskHandle[R]: ...
+    @overload
     async def enqueue(self, type: str, payload: Any = None, *, queue: str | None = None,
                       priority: int | None = None, delay: float | None = None,
                       run_at: float | datetime | None = None, timeout: float | None = None,
-                      retries: int | None = None, key: str | None = None) -> int:
-        """Enqueue one task; return its id once it is committed to the database.
+                      retries: int | None = None, key: str | None = None) -> int: ...
+
+    async def enqueue(self, type: str | Call[Any], payload: Any = None, *, queue: str | None = None,
+                      priority: int | None = None, delay: float | None = None,
+                      run_at: float | datetime | None = None, timeout: float | None = None,
+                      retries: int | None = None, key: str | None = None) -> int | TaskHandle[Any]:
+        """Enqueue one task; return once it is committed to the database.
+
+        ``await client.enqueue(send_email.call(to=...))`` enqueues a typed task (``runq.task``) and returns
+        its ``TaskHandle``; ``await client.enqueue("send_email", {"to": ...})`` enqueues by type name and
+        returns the task id.
 
         Args:
-            type: handler name.
-            payload: any msgpack-able value.
-            queue: queue name (default ``default``).
+            type: a typed task's bound ``Call``, or a handler name.
+            payload: (by type name) any msgpack-able value.
+            queue: queue name (default ``default``, or the task definition's).
             priority: higher runs first.
             delay: seconds before it may run. run_at: unix time or datetime before which it may not run.
             timeout: seconds one attempt may take. retries: retries after a failure (default 3).
             key: unique key; while a non-final task holds it, that task's id is returned.
         """
+        if isinstance(type, Call):
+            if payload is not None:
+                raise TypeError("enqueue(call): the arguments are bound in the call, there is no payload")
+            entry = type.entry(queue=queue, priority=priority, delay=delay, run_at=run_at, timeout=timeout,
+                               retries=retries, key=key)
+            reply = await self.request({"op": "enqueue", "tasks": [entry]})
+            return TaskHandle(self, int(reply["ids"][0]), type.task)
         entry = _task_entry(type, payload, queue=queue, priority=priority, delay=delay, run_at=run_at,
                             timeout=timeout, retries=retries, key=key)
         reply = await self.request({"op": "enqueue", "tasks": [entry]})
         return int(reply["ids"][0])
 
-    async def enqueue_many(self, tasks: Iterable[Mapping[str, Any]]) -> list[int]:
-        """Enqueue many tasks in one request (one commit); return their ids in order.
+    @overload
+    async def enqueue_many(self, tasks: Iterable[Call[R]]) -> list[TaskHandle[R]]: ...
+    @overload
+    async def enqueue_many(self, tasks: Iterable[Mapping[str, Any]]) -> list[int]: ...
 
-        Each item is a map with the keyword arguments of ``enqueue`` (``type`` required).
+    async def enqueue_many(self, tasks: Iterable[Mapping[str, Any]] | Iterable[Call[Any]]
+                           ) -> list[int] | list[TaskHandle[Any]]:
+        """Enqueue many tasks in one request (one commit); return their ids (typed: handles) in order.
+
+        Each item is a typed task's bound ``Call``, or a map with the keyword arguments of ``enqueue``
+        (``type`` required).
         """
-        entries = [_task_entry(**dict(t)) for t in tasks]
+        items: list[Mapping[str, Any] | Call[Any]] = list(tasks)
+        entries = [t.entry() if isinstance(t, Call) else _task_entry(**dict(t)) for t in items]
         reply = await self.request({"op": "enqueue", "tasks": entries})
-        return [int(i) for i in reply["ids"]]
+        ids = [int(i) for i in reply["ids"]]
+        calls = [t for t in items if isinstance(t, Call)]
+        if items and len(calls) == len(items):
+            return [TaskHandle(self, i, c.task) for i, c in zip(ids, calls, strict=True)]
+        return ids
 
     async def get(self, task_id: int) -> dict[str, Any]:
         """Return the task as a map (payload, result, progress decoded)."""
@@ -345,6 +383,10 @@ class Client:
 
     async def workers(self) -> list[dict[str, Any]]:
         return list((await self.request({"op": "workers"}))["workers"])
+
+    async def task_types(self) -> list[dict[str, Any]]:
+        """The task types the connected workers handle: ``[{"type", "workers", "queues"}]`` by type name."""
+        return list((await self.request({"op": "types"}))["types"])
 
     async def drain(self, worker_id: str) -> dict[str, Any]:
         """Ask a connected worker to stop gracefully; return its worker map (now ``draining``).
@@ -494,11 +536,30 @@ class SyncClient:
     def _call(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         return self._portal.call(lambda: fn(*args, **kw))
 
-    def enqueue(self, type: str, payload: Any = None, **kw: Any) -> int:
-        return int(self._call(self._client.enqueue, type, payload, **kw))
+    @overload
+    def enqueue(self, type: Call[R], payload: None = None, **options: Any) -> SyncTaskHandle[R]: ...
+    @overload
+    def enqueue(self, type: str, payload: Any = None, **options: Any) -> int: ...
 
-    def enqueue_many(self, tasks: Iterable[Mapping[str, Any]]) -> list[int]:
-        return list(self._call(self._client.enqueue_many, list(tasks)))
+    def enqueue(self, type: str | Call[Any], payload: Any = None, **options: Any) -> int | SyncTaskHandle[Any]:
+        """``Client.enqueue``, blocking: a typed ``Call`` gives a ``SyncTaskHandle``, a type name an id."""
+        if isinstance(type, Call):
+            handle = self._call(self._client.enqueue, type, payload, **options)
+            return SyncTaskHandle(self, handle.id, type.task)
+        return int(self._call(self._client.enqueue, type, payload, **options))
+
+    @overload
+    def enqueue_many(self, tasks: Iterable[Call[R]]) -> list[SyncTaskHandle[R]]: ...
+    @overload
+    def enqueue_many(self, tasks: Iterable[Mapping[str, Any]]) -> list[int]: ...
+
+    def enqueue_many(self, tasks: Iterable[Mapping[str, Any]] | Iterable[Call[Any]]
+                     ) -> list[int] | list[SyncTaskHandle[Any]]:
+        """``Client.enqueue_many``, blocking."""
+        out = list(self._call(self._client.enqueue_many, list(tasks)))
+        if out and isinstance(out[0], TaskHandle):
+            return [SyncTaskHandle(self, h.id, h.task) for h in out]
+        return [int(i) for i in out]
 
     def get(self, task_id: int) -> dict[str, Any]:
         return dict(self._call(self._client.get, task_id))
@@ -535,6 +596,9 @@ class SyncClient:
 
     def workers(self) -> list[dict[str, Any]]:
         return list(self._call(self._client.workers))
+
+    def task_types(self) -> list[dict[str, Any]]:
+        return list(self._call(self._client.task_types))
 
     def drain(self, worker_id: str) -> dict[str, Any]:
         return dict(self._call(self._client.drain, worker_id))

@@ -41,6 +41,8 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = 1
+#: The most task types a worker may announce in its hello.
+MAX_TYPES = 10_000
 SUPPORTED_VERSIONS = (1,)
 ROLES = ("client", "worker", "watcher")
 
@@ -48,13 +50,14 @@ ROLES = ("client", "worker", "watcher")
 CLIENT_OPS = frozenset(
     {
         "enqueue", "get", "wait", "cancel", "retry", "events", "list",
-        "pause", "resume", "queues", "workers", "subscribe", "ping", "stats", "drain",
+        "pause", "resume", "queues", "workers", "subscribe", "ping", "stats", "drain", "types",
     }
 )
 #: ops a worker may send.
 WORKER_OPS = frozenset({"credit", "heartbeat", "progress", "done", "fail", "release", "ping"})
 #: a watcher is a read-only client.
-WATCHER_OPS = frozenset({"get", "wait", "events", "list", "queues", "workers", "subscribe", "ping", "stats"})
+WATCHER_OPS = frozenset({"get", "wait", "events", "list", "queues", "workers", "subscribe", "ping", "stats",
+                         "types"})
 
 _MISSING = object()
 #: Integers on the wire must fit in a signed 64-bit integer (docs/protocol.md section 0).
@@ -124,6 +127,7 @@ class Hello:
     pid: int | None = None
     queues: tuple[str, ...] = ("default",)
     concurrency: int = 1
+    types: tuple[str, ...] = ()
 
 
 def choose_version(offered: list[int]) -> int | None:
@@ -158,6 +162,10 @@ def parse_hello(msg: dict[str, Any]) -> Hello:
     concurrency = optional(msg, "concurrency", int, 1)
     if concurrency < 1:
         raise ProtocolError("hello: 'concurrency' must be >= 1")
+    types = optional(msg, "types", list, [])
+    if len(types) > MAX_TYPES or not all(isinstance(t, str) and 0 < len(t) <= 200 for t in types):
+        raise ProtocolError(f"hello: 'types' must be a list of at most {MAX_TYPES} task types (non-empty str of at "
+                            "most 200 chars)")
     return Hello(
         version=version,
         role=role,
@@ -167,6 +175,7 @@ def parse_hello(msg: dict[str, Any]) -> Hello:
         pid=optional(msg, "pid", int),
         queues=tuple(queues),
         concurrency=concurrency,
+        types=tuple(dict.fromkeys(types)),
     )
 
 

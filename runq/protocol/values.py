@@ -5,6 +5,7 @@ The server never decodes them; a client in another language may put any msgpack 
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
 from typing import Any
 
@@ -24,7 +25,17 @@ def _default(obj: Any) -> Any:
         return list(obj)
     if isinstance(obj, datetime):
         return obj.isoformat()
-    raise TypeError(f"cannot encode {type(obj).__name__} in a task payload; use msgpack-able values")
+    kind = type(obj)
+    if hasattr(kind, "model_dump") and kind.__module__ != "builtins":  # a pydantic model: its JSON form
+        return obj.model_dump(mode="json")
+    if any(b.__module__.startswith("msgspec") and b.__name__ == "Struct" for b in kind.__mro__):
+        import msgspec
+
+        return msgspec.to_builtins(obj)
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.asdict(obj)  # type: ignore[arg-type]
+    raise TypeError(f"cannot encode {kind.__name__} in a task payload; use msgpack-able values "
+                    "(maps, arrays, str, bytes, numbers, bool, None; dataclasses and pydantic or msgspec models)")
 
 
 def decode_value(data: bytes | None) -> Any:

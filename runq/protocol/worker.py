@@ -10,8 +10,11 @@ batched: every finished task is appended to one list that the sender writes as
 a single ``done`` frame, carrying the credit freed by those tasks.
 
 Handlers are async functions (run on the worker's event loop, trio or asyncio
-through anyio) or plain functions (run in a thread). A handler takes the
-payload, and optionally a second argument, the ``TaskContext``. Raising
+through anyio) or plain functions (run in a thread). A typed task
+(``runq.task``) is called with the arguments its payload maps; a handler
+registered by type name takes the whole payload. Either gets the
+``TaskContext`` through a parameter annotated ``TaskContext`` or named
+``ctx``, by keyword (``TaskDef.arguments`` builds every call). Raising
 ``Retry(delay)`` asks for a retry after ``delay`` seconds; any other exception
 fails the attempt with its traceback.
 
@@ -27,7 +30,6 @@ attempt: the server accepts a result only for the lease it holds now.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import os
@@ -36,8 +38,7 @@ import signal
 import socket
 import threading
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import anyio
@@ -49,9 +50,10 @@ from .address import parse_address
 from .errors import ConnectionClosed, ProtocolError, RemoteError, RunqError, Unauthorized, error_for_code
 from .frames import DEFAULT_MAX_FRAME, Connection
 from .messages import PROTOCOL_VERSION
+from .tasks import BadArguments, TaskDef, TaskOptions, tasks_in
 from .values import decode_value, encode_value
 
-__all__ = ["Handler", "HelloRefused", "Retry", "TaskContext", "Worker"]
+__all__ = ["HelloRefused", "Retry", "TaskContext", "Worker"]
 
 #: Answers to a worker's hello that trying again cannot change (its hello itself is wrong).
 _REFUSED_FOR_GOOD = frozenset({"bad_message", "bad_frame", "version", "unknown_op", "hello_required"})
@@ -84,18 +86,6 @@ class Retry(Exception):
             raise ValueError(f"Retry: delay must be >= 0 seconds and under ten years, got {delay}")
         super().__init__(reason)
         self.delay = delay
-
-
-@dataclass
-class Handler:
-    """A registered task type."""
-
-    type: str
-    fn: Callable[..., Any]
-    is_async: bool
-    wants_context: bool
-    timeout: float | None = None
-    retries: int | None = None
 
 
 class TaskContext:
@@ -136,17 +126,24 @@ class Worker:
     """A runq worker.
 
     Args:
-        queues: queue names to take tasks from.
+        queues: queue names to take tasks from (default: the queues of ``tasks``, else ``default``).
         concurrency: tasks run at once.
         prefetch: extra tasks leased ahead to keep runners busy (default: ``concurrency``).
         name: shown in the dashboard (default: host-pid).
         grace: seconds running tasks get to finish when stopping.
+        tasks: task definitions (``runq.task``) to run; more with ``register`` or ``include``.
     """
 
-    def __init__(self, queues: list[str] | tuple[str, ...] = ("default",), concurrency: int = 4,
-                 prefetch: int | None = None, name: str | None = None, grace: float = 30.0) -> None:
+    def __init__(self, queues: list[str] | tuple[str, ...] | None = None, concurrency: int = 4,
+                 prefetch: int | None = None, name: str | None = None, grace: float = 30.0,
+                 tasks: Iterable[TaskDef[Any, Any]] = ()) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
+        self.handlers: dict[str, TaskDef[Any, Any]] = {}
+        for t in tasks:
+            self.register(t)
+        if queues is None:
+            queues = list(dict.fromkeys(t.options.queue or "default" for t in self.handlers.values())) or ["default"]
         if not queues or not all(isinstance(q, str) and q for q in queues):
             raise ValueError("queues must be a non-empty list of non-empty names")
         self.queues = list(queues)
@@ -154,7 +151,6 @@ class Worker:
         self.prefetch = concurrency if prefetch is None else prefetch
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.grace = grace
-        self.handlers: dict[str, Handler] = {}
         self.worker_id: str | None = None
         self.completed = 0
         self.failed = 0
@@ -176,7 +172,9 @@ class Worker:
     # ------------------------------------------------------------------ registration
     def task(self, type: str | None = None, *, timeout: float | None = None,
              retries: int | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        """Register the decorated function as the handler of ``type`` (default: its name).
+        """Register the decorated function as the handler of ``type`` (default: its name), taking the
+        task's whole payload as its first argument (for typed tasks whose payload is a map of arguments,
+        use ``runq.task`` and ``register``).
 
         Args:
             timeout: seconds an attempt may run on this worker (the smaller of this
@@ -190,22 +188,43 @@ class Worker:
 
         return deco
 
-    def register(self, type: str, fn: Callable[..., Any], *, timeout: float | None = None,
-                 retries: int | None = None) -> None:
-        """Register ``fn`` as the handler of ``type``.
+    def register(self, type: str | TaskDef[Any, Any], fn: Callable[..., Any] | None = None, *,
+                 timeout: float | None = None, retries: int | None = None) -> None:
+        """Register a task definition (``register(send_email)``), or ``fn`` as the handler of the type name
+        ``type``, taking the whole payload (``register("resize", resize)``).
+
+        The handler gets the ``TaskContext`` through a parameter annotated ``TaskContext`` or named ``ctx``.
 
         Raises:
-            ValueError: ``retries`` outside 0..1000 (the server would refuse the handler's reports).
+            ValueError: ``retries`` outside 0..1000 (the server would refuse the handler's reports), or
+                another handler already has this type.
         """
-        if retries is not None and not 0 <= retries <= MAX_RETRIES:
-            raise ValueError(f"retries must be between 0 and {MAX_RETRIES}, got {retries}")
-        try:
-            params = [p for p in inspect.signature(fn).parameters.values()
-                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-            wants_ctx = len(params) >= 2
-        except (TypeError, ValueError):
-            wants_ctx = False
-        self.handlers[type] = Handler(type, fn, inspect.iscoroutinefunction(fn), wants_ctx, timeout, retries)
+        if isinstance(type, TaskDef):
+            if fn is not None or timeout is not None or retries is not None:
+                raise TypeError("register(task): its options are in its definition (task.with_options(...))")
+            definition = type
+        else:
+            if fn is None:
+                raise TypeError("register(type, fn): the handler function is missing")
+            if retries is not None and not 0 <= retries <= MAX_RETRIES:
+                raise ValueError(f"retries must be between 0 and {MAX_RETRIES}, got {retries}")
+            definition = TaskDef(fn, type, TaskOptions(timeout=timeout, retries=retries), takes_payload=True)
+        known = self.handlers.get(definition.type)
+        if known is not None and known.fn is not definition.fn:
+            raise ValueError(f"task type {definition.type!r} has a handler already ({known.fn!r})")
+        self.handlers[definition.type] = definition
+
+    def include(self, *sources: Any) -> None:
+        """Register task definitions: each source is a ``TaskDef``, an iterable of them, or a module (all the
+        definitions it holds)."""
+        for source in sources:
+            if isinstance(source, TaskDef):
+                self.register(source)
+            elif isinstance(source, Iterable) and not isinstance(source, (str, bytes)):
+                self.include(*source)
+            else:
+                for t in tasks_in(source):
+                    self.register(t)
 
     # ------------------------------------------------------------------ running
     def stop(self) -> None:
@@ -284,6 +303,7 @@ class Worker:
             hello: dict[str, Any] = {
                 "op": "hello", "version": PROTOCOL_VERSION, "role": "worker", "queues": self.queues,
                 "concurrency": self.concurrency, "name": self.name, "host": socket.gethostname(),
+                "types": sorted(self.handlers),
                 "pid": os.getpid(),
             }
             if token:
@@ -486,8 +506,8 @@ class Worker:
                               None, False, None)
             return
         timeout = task.get("timeout") or math.inf
-        if handler.timeout is not None:
-            timeout = min(timeout, handler.timeout)
+        if handler.options.timeout is not None:
+            timeout = min(timeout, handler.options.timeout)
         # One cancel scope per run, for both ways a run is stopped: its deadline (the timeout) and an explicit
         # cancel() (the server cancelled it, or it is handed back). One scope instead of a scope plus
         # fail_after: this is per task, and trio's scope machinery was the worker's largest cost per no-op task.
@@ -496,13 +516,13 @@ class Worker:
         entry = self._scopes[tid] = (lease, scope)  # removed by whoever cancels it explicitly
         try:
             payload = decode_value(task["payload"])
-            ctx = TaskContext(self, task) if handler.wants_context else None
-            args = (payload, ctx) if handler.wants_context else (payload,)
+            ctx = TaskContext(self, task) if handler.context_param is not None else None
+            args, kwargs = handler.arguments(payload, ctx)
             with scope:
                 if handler.is_async:
-                    result = await handler.fn(*args)
+                    result = await handler.fn(*args, **kwargs)
                 else:
-                    result = await anyio.to_thread.run_sync(lambda: handler.fn(*args), abandon_on_cancel=True,
+                    result = await anyio.to_thread.run_sync(lambda: handler.fn(*args, **kwargs), abandon_on_cancel=True,
                                                             limiter=self._threads)
             if scope.cancelled_caught:
                 # a timeout unless someone cancelled it (the server, a hand-back), even if that cancel
@@ -519,6 +539,9 @@ class Worker:
                                               f"at most {self._max_frame - _FRAME_SLACK} per result", None, False,
                                   handler)
                 return
+        except BadArguments as exc:  # the same payload would fail again: no retry
+            self._report_fail(tid, lease, f"bad arguments: {exc}", None, False, None, retries=0)
+            return
         except Retry as r:
             self._report_fail(tid, lease, f"Retry requested in {r.delay:g}s" + (f": {r}" if str(r) else ""), r.delay,
                               False, handler)
@@ -541,15 +564,17 @@ class Worker:
             self._wake.set()
 
     def _report_fail(self, tid: int, lease: int, error: str, retry_in: float | None, timed_out: bool,
-                     handler: Handler | None) -> None:
+                     handler: TaskDef[Any, Any] | None, retries: int | None = None) -> None:
         self.failed += 1
         msg: dict[str, Any] = {"op": "fail", "id": tid, "lease": lease, "error": error}
         if retry_in is not None:
             msg["retry_in"] = retry_in
         if timed_out:
             msg["timeout"] = True
-        if handler is not None and handler.retries is not None:
-            msg["retries"] = handler.retries
+        if retries is None and handler is not None:
+            retries = handler.options.retries
+        if retries is not None:
+            msg["retries"] = retries
         self._credit += 1
         self._queue_msg(msg)
 

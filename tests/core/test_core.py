@@ -1189,6 +1189,21 @@ def test_drain_worker() -> None:
         core.drain_worker("nobody", T0)
 
 
+def test_task_types_of_the_connected_workers() -> None:
+    core = make()
+    assert core.task_types() == []
+    join(core, "w1", queues=("mail",), types=("send_email", "add"))
+    join(core, "w2", queues=("default", "mail"), types=("add",))
+    join(core, "w3")  # announced none
+    assert core.task_types() == [
+        {"type": "add", "workers": 2, "queues": ["default", "mail"]},
+        {"type": "send_email", "workers": 1, "queues": ["mail"]},
+    ]
+    assert core.workers["w1"].as_dict()["types"] == ["send_email", "add"]
+    core.worker_left("w1", T0)
+    assert [t["type"] for t in core.task_types()] == ["add"]
+
+
 # ---------------------------------------------------------------------- restart
 def test_recover_rebuilds_state() -> None:
     rows = [

@@ -35,6 +35,8 @@ def test_hello_defaults_and_versions() -> None:
     h = parse_hello({"op": "hello", "versions": [3, 1, 2], "role": "worker", "queues": ["a", "b"],
                      "concurrency": 4, "token": "t", "name": "n", "host": "h", "pid": 9})
     assert h == Hello(1, "worker", "t", "n", "h", 9, ("a", "b"), 4)
+    h = parse_hello({**HELLO, "role": "worker", "types": ["send_email", "resize", "send_email"]})
+    assert h.types == ("send_email", "resize")  # duplicates once, in order
 
 
 def test_hello_nil_means_default_and_unknown_fields_are_ignored() -> None:
@@ -104,6 +106,11 @@ def test_the_server_speaks_version_1() -> None:
     ({"op": "hello", "version": 1, "role": "worker", "pid": True}, "bad_message", "'pid' must be int"),
     ({"op": "hello", "version": 1, "role": "worker", "name": 1}, "bad_message", "'name' must be str"),
     ({"op": "hello", "version": 1, "role": "worker", "host": ["h"]}, "bad_message", "'host' must be str"),
+    ({"op": "hello", "version": 1, "role": "worker", "types": "t"}, "bad_message", "'types' must be list"),
+    ({"op": "hello", "version": 1, "role": "worker", "types": [""]}, "bad_message", "at most 10000 task types"),
+    ({"op": "hello", "version": 1, "role": "worker", "types": ["x" * 201]}, "bad_message", "at most 200 chars"),
+    ({"op": "hello", "version": 1, "role": "worker", "types": [1]}, "bad_message", "non-empty str"),
+    ({"op": "hello", "version": 1, "role": "worker", "types": ["t"] * 10_001}, "bad_message", "at most 10000"),
     # checked in the documented order: the version before the role
     ({"op": "hello", "version": 9, "role": "root"}, "version", "no common"),
 ])

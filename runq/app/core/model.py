@@ -169,6 +169,8 @@ class WorkerInfo:
     #: held tasks beyond ``concurrency`` (prefetched: the worker has not started them yet), in dispatch
     #: order, with their lease: their timeout backstop is armed once one of the first ``concurrency`` ends
     unarmed: dict[int, tuple[Task, int]] = field(default_factory=dict)
+    #: the task types it announced (its handlers); empty when it announced none
+    types: tuple[str, ...] = ()
     state: str = "active"  # active | draining
     #: when it was last given a task (the core's dispatch count then): among equally loaded workers, the one
     #: served longest ago is served first
@@ -179,7 +181,8 @@ class WorkerInfo:
     def as_dict(self) -> dict[str, Any]:
         return {
             "id": self.id, "name": self.name, "host": self.host, "pid": self.pid,
-            "queues": list(self.queues), "concurrency": self.concurrency, "in_flight": len(self.running),
+            "queues": list(self.queues), "types": list(self.types), "concurrency": self.concurrency,
+            "in_flight": len(self.running),
             "running": list(self.running), "credit": self.credit, "connected_at": self.connected_at,
             "last_heartbeat": self.last_seen, "state": self.state,
             "completed": self.completed, "failed": self.failed,

@@ -379,12 +379,12 @@ class Core:
     # ------------------------------------------------------------------ workers
     def worker_joined(
         self, worker_id: str, now: float, queues: tuple[str, ...] = ("default",), concurrency: int = 1,
-        name: str | None = None, host: str | None = None, pid: int | None = None,
+        name: str | None = None, host: str | None = None, pid: int | None = None, types: tuple[str, ...] = (),
     ) -> WorkerInfo:
-        """Register a worker (it gets tasks once it grants credit)."""
+        """Register a worker (it gets tasks once it grants credit); ``types`` are the task types it handles."""
         w = WorkerInfo(
             id=worker_id, queues=tuple(queues), concurrency=concurrency, name=name, host=host, pid=pid,
-            connected_at=now, last_seen=now,
+            connected_at=now, last_seen=now, types=tuple(types),
         )
         self.workers[worker_id] = w
         for q in queues:
@@ -838,6 +838,17 @@ class Core:
         self._queue_ops[:0] = queue_ops
 
     # ------------------------------------------------------------------ reading
+    def task_types(self) -> list[dict[str, Any]]:
+        """The task types the connected workers handle: per type (by name), how many workers and which
+        queues they take tasks from."""
+        by_type: dict[str, tuple[int, dict[str, None]]] = {}
+        for w in self.workers.values():
+            for t in w.types:
+                n, queues = by_type.get(t, (0, {}))
+                queues.update(dict.fromkeys(w.queues))
+                by_type[t] = (n + 1, queues)
+        return [{"type": t, "workers": n, "queues": sorted(queues)} for t, (n, queues) in sorted(by_type.items())]
+
     def queue_stats(self) -> list[dict[str, Any]]:
         """Per queue: counts of live tasks by state and the paused flag."""
         out = []

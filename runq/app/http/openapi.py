@@ -66,7 +66,9 @@ _TASK_PROPS: dict[str, Any] = {
 
 _WORKER = _obj({
     "id": _STR, "name": _NSTR, "host": _NSTR, "pid": {"type": "integer", "nullable": True},
-    "queues": {"type": "array", "items": _STR}, "concurrency": _INT, "in_flight": _INT,
+    "queues": {"type": "array", "items": _STR},
+    "types": {"type": "array", "items": _STR, "description": "task types it handles (announced when it joined)"},
+    "concurrency": _INT, "in_flight": _INT,
     "running": {"type": "array", "items": _INT, "description": "ids of the tasks it runs"},
     "credit": _INT, "connected_at": {**_NUM, "description": "connected since (unix time)"},
     "last_heartbeat": {**_NUM, "description": "last message from it (unix time)"},
@@ -103,6 +105,9 @@ SCHEMAS: dict[str, Any] = {
     "Worker": _WORKER,
     "Workers": _obj({"workers": {"type": "array", "items": _ref("Worker")}}),
     "WorkerAction": _obj({"message": _STR, "worker": _ref("Worker")}),
+    "TaskTypes": _obj({"types": {"type": "array", "items": _obj({
+        "type": _STR, "workers": {**_INT, "description": "connected workers that handle it"},
+        "queues": {"type": "array", "items": _STR, "description": "queues those workers take tasks from"}})}}),
     "Stats": _obj({
         "version": _STR, "uptime": _NUM, "workers": _INT,
         "queues": {"type": "object", "additionalProperties": _obj(
@@ -247,6 +252,10 @@ SPEC: dict[str, Any] = {
         },
         "/api/workers": {
             "get": _op("Connected workers", {200: ("every connected worker", _ref("Workers"))}, (), tag="workers"),
+        },
+        "/api/types": {
+            "get": _op("Task types the connected workers handle", {200: ("by type name", _ref("TaskTypes"))}, (),
+                       tag="workers"),
         },
         "/api/workers/{worker_id}": {
             "delete": _op("Ask a worker to drain: finish running tasks, hand back the rest, leave",

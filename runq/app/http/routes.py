@@ -249,6 +249,10 @@ def create_app(server: Server, meter: Meter, hub: StreamHub) -> QuartTrio:
     async def workers() -> Response:
         return _json({"workers": server.worker_list()})
 
+    @app.get("/api/types")
+    async def task_types() -> Response:
+        return _json({"types": server.task_types()})
+
     @app.delete("/api/workers/<worker_id>")
     async def drain_worker(worker_id: str) -> Response:
         if worker_id not in server.core.workers:

@@ -594,6 +594,10 @@ class Server:
     def queue_stats(self) -> list[dict[str, Any]]:
         return self.core.queue_stats()
 
+    def task_types(self) -> list[dict[str, Any]]:
+        """The task types the connected workers announced (``Core.task_types``)."""
+        return self.core.task_types()
+
     def worker_list(self) -> list[dict[str, Any]]:
         return [w.as_dict() for w in self.core.workers.values()]
 

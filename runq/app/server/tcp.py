@@ -148,7 +148,7 @@ class TcpFrontend:
             sess.id = f"w{self._worker_seq}-{secrets.token_hex(3)}"
             srv.workers[sess.id] = sess
             srv.core.worker_joined(sess.id, srv.clock(), hello.queues, hello.concurrency,
-                                   hello.name, hello.host or sess.peer.rsplit(":", 1)[0], hello.pid)
+                                   hello.name, hello.host or sess.peer.rsplit(":", 1)[0], hello.pid, hello.types)
             welcome["worker_id"] = sess.id
         sess.send(welcome)
 
@@ -242,6 +242,8 @@ class TcpFrontend:
             sess.send({"op": "queues", "rid": rid, "queues": srv.queue_stats()})
         elif op == "workers":
             sess.send({"op": "workers", "rid": rid, "workers": srv.worker_list()})
+        elif op == "types":
+            sess.send({"op": "types", "rid": rid, "types": srv.task_types()})
         elif op == "drain":
             wid = require(msg, "worker", str)
             if wid not in srv.core.workers:

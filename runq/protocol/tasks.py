@@ -1,0 +1,582 @@
+"""Typed tasks: one definition, imported by the app that enqueues and by the worker that runs it.
+
+Theory of operation
+-------------------
+``@task`` turns a function into a ``TaskDef``. Its signature is the task's contract:
+
+- the producer binds arguments with ``send_email.call(to="a@b.c")`` (checked by mypy through the
+  ``ParamSpec`` of the function, and at run time against its signature) and enqueues the resulting ``Call``
+  with any client: ``await client.enqueue(send_email.call(...))``, ``sync_client.enqueue(...)``, or the
+  shortcut ``await send_email.enqueue(...)`` on the process's open ``Client``;
+- the wire payload is a msgpack map of argument names to values, so a client in another language, the
+  HTTP API and ``runq enqueue`` enqueue the same task by its type name with a JSON object;
+- the worker calls the function with those arguments, and gives it the ``TaskContext`` through the
+  parameter annotated ``TaskContext`` (or named ``ctx``), always by keyword, never by counting positions;
+- a parameter annotated with a pydantic model or a msgspec ``Struct`` (or ``Model | None``) is validated
+  when the call is bound (a dict is accepted and checked) and rebuilt on the worker; a return value of such
+  a type is rebuilt by ``TaskHandle.result()``.
+
+Rules of this file:
+
+1. Options (queue, priority, timeout, retries, delay, key) are set on the definition and may be changed per
+   enqueue. The worker's definition is what a task runs with: its timeout caps the attempt and its
+   retries replace the task's (docs/tasks.md). So an enqueue may shorten a timeout the definition sets, but
+   not lengthen it, and may not change retries the definition sets: such an enqueue is refused with
+   ``ValueError`` instead of being silently overruled by the worker.
+2. Nothing here does I/O: ``Call`` holds the encoded payload and builds the wire entry; clients send it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import types
+import typing
+from collections.abc import Callable, Coroutine, Iterable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, overload
+
+from .errors import ProtocolError, RunqError
+from .messages import TaskSpec, check_task_spec
+from .values import encode_value
+
+if TYPE_CHECKING:
+    from .client import Client
+    from .worker import TaskContext
+
+__all__ = [
+    "BadArguments",
+    "Call",
+    "NoClient",
+    "SyncTaskHandle",
+    "TaskDef",
+    "TaskHandle",
+    "TaskOptions",
+    "default_client",
+    "task",
+    "tasks_in",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+
+
+class BadArguments(ValueError):
+    """A task's payload does not fit its definition's signature (or a model refused it).
+
+    Raised by ``TaskDef.call`` in the producer and by ``TaskDef.arguments`` in the worker, where the attempt
+    fails with no retry: the same payload would fail again.
+    """
+
+
+class NoClient(RunqError):
+    """``TaskDef.enqueue`` found no open ``Client`` in this process."""
+
+    code = "no_client"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TaskOptions:
+    """Options of a task definition; ``None`` leaves the server's default.
+
+    Attributes:
+        queue: queue name (server default ``default``).
+        priority: higher runs first.
+        timeout: seconds one attempt may run.
+        retries: retries after a failed attempt.
+        delay: seconds before each enqueued task may run.
+        key: unique key: a ``str.format`` template over the arguments (``"welcome-{to}"``), or a function
+            called with the task's arguments that returns the key.
+    """
+
+    queue: str | None = None
+    priority: int | None = None
+    timeout: float | None = None
+    retries: int | None = None
+    delay: float | None = None
+    key: str | Callable[..., str] | None = None
+
+
+# ---------------------------------------------------------------------- argument conversion
+class _Model:
+    """Encode and rebuild values of one pydantic model or msgspec Struct type."""
+
+    __slots__ = ("kind", "optional", "type")
+
+    def __init__(self, kind: str, type_: type, optional: bool) -> None:
+        self.kind = kind
+        self.type = type_
+        self.optional = optional
+
+    def validate(self, value: Any) -> Any:
+        """The value as an instance of the type (validating a dict or any other input)."""
+        if value is None and self.optional:
+            return None
+        if isinstance(value, self.type):
+            return value
+        if self.kind == "pydantic":
+            return self.type.model_validate(value)  # type: ignore[attr-defined]
+        import msgspec
+
+        return msgspec.convert(value, self.type)
+
+    def dump(self, value: Any) -> Any:
+        """The value as plain msgpack-able data, validated first."""
+        value = self.validate(value)
+        if value is None:
+            return None
+        if self.kind == "pydantic":
+            return value.model_dump(mode="json")
+        import msgspec
+
+        return msgspec.to_builtins(value)
+
+
+def _model_of(annotation: Any) -> _Model | None:
+    """The model an annotation names (``Model`` or ``Model | None``), if it is a pydantic or msgspec one."""
+    optional = False
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(members) != 1:
+            return None
+        optional, annotation = True, members[0]
+    if not isinstance(annotation, type):
+        return None
+    for base in annotation.__mro__:
+        module = base.__module__
+        if base.__name__ == "BaseModel" and module.startswith("pydantic"):
+            return _Model("pydantic", annotation, optional)
+        if base.__name__ == "Struct" and module.startswith("msgspec"):
+            return _Model("msgspec", annotation, optional)
+    return None
+
+
+def _is_context(annotation: Any) -> bool:
+    if isinstance(annotation, str):  # an annotation that could not be resolved
+        return annotation.replace(" ", "").split("|")[0].rsplit(".", 1)[-1] == "TaskContext"
+    from .worker import TaskContext
+
+    if annotation is TaskContext:
+        return True
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return TaskContext in typing.get_args(annotation)
+    return False
+
+
+def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
+    """The function's annotations, resolved where possible (``from __future__ import annotations``)."""
+    try:
+        return typing.get_type_hints(fn)
+    except Exception:  # noqa: BLE001 - a forward reference that cannot be resolved: use the raw strings
+        return dict(getattr(fn, "__annotations__", {}))
+
+
+def _context_param(params: Iterable[inspect.Parameter], hints: dict[str, Any]) -> str | None:
+    """The parameter that receives the ``TaskContext``: annotated so, or else named ``ctx`` (unannotated or
+    ``Any``)."""
+    params = list(params)
+    for p in params:
+        if p.name in hints and _is_context(hints[p.name]):
+            return p.name
+    for p in params:
+        if p.name == "ctx" and hints.get(p.name, Any) in (Any, "Any") and p.kind not in (p.VAR_POSITIONAL,
+                                                                                        p.VAR_KEYWORD):
+            return p.name
+    return None
+
+
+# ---------------------------------------------------------------------- definitions
+class TaskDef(Generic[P, R]):
+    """A task type defined by a function: ``@task`` builds it. See the module docstring.
+
+    Attributes:
+        type: the task type name on the wire (default: the function's name).
+        fn: the function the worker runs.
+        options: the definition's options.
+        is_async: whether ``fn`` is a coroutine function (run on the worker's event loop; else in a thread).
+        context_param: the parameter that receives the ``TaskContext``, or ``None``.
+        takes_payload: the function takes the whole payload as its first argument (handlers registered by
+            type name with ``Worker.task``/``Worker.register``), not a map of its arguments.
+    """
+
+    __slots__ = ("_models", "_params", "_result", "_signature", "context_param", "fn", "is_async", "options",
+                 "takes_payload", "type")
+
+    def __init__(self, fn: Callable[..., Any], type: str | None = None, options: TaskOptions | None = None, *,
+                 takes_payload: bool = False) -> None:
+        self.fn = fn
+        self.type: str = type or str(getattr(fn, "__name__", ""))
+        self.options = options or TaskOptions()
+        self.takes_payload = takes_payload
+        self.is_async = inspect.iscoroutinefunction(fn)
+        _check_options(self.type, self.options)
+        try:
+            try:
+                signature = inspect.signature(fn, eval_str=True)  # (shown in errors: annotations unquoted)
+            except Exception:  # noqa: BLE001 - an annotation that cannot be evaluated here
+                signature = inspect.signature(fn)
+        except (TypeError, ValueError):  # a builtin without one: it takes the payload, and no context
+            signature = inspect.Signature([inspect.Parameter("payload", inspect.Parameter.POSITIONAL_ONLY)])
+        hints = _hints(fn)
+        params = list(signature.parameters.values())
+        self.context_param = _context_param(params, hints)
+        shown = [p for p in params if p.name != self.context_param]
+        self._signature = signature.replace(parameters=shown, return_annotation=inspect.Signature.empty)
+        self._params = shown
+        self._models = {p.name: m for p in shown if (m := _model_of(hints.get(p.name))) is not None}
+        self._result = _model_of(hints.get("return"))
+
+    def __repr__(self) -> str:
+        return f"<TaskDef {self.type}{self._signature}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        """Run the function here and now (in tests, say): no queue involved."""
+        return self.fn(*args, **kwargs)
+
+    # ------------------------------------------------------------------ producer side
+    def call(self, *args: P.args, **kwargs: P.kwargs) -> Call[R]:
+        """Bind arguments for an enqueue: checked against the signature, models validated, encoded.
+
+        Raises:
+            BadArguments: the arguments do not fit the signature, a model refused one, or a value cannot be
+                encoded with msgpack.
+        """
+        if self.takes_payload:
+            raise TypeError(f"task {self.type!r} takes a raw payload: enqueue it by type name")
+        try:
+            bound = self._signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise BadArguments(f"{self.type}{self._signature}: {exc}") from None
+        arguments: dict[str, Any] = {}
+        kinds = self._signature.parameters
+        for name, value in bound.arguments.items():
+            kind = kinds[name].kind
+            if kind is inspect.Parameter.VAR_KEYWORD:
+                arguments.update(value)
+            elif kind is inspect.Parameter.VAR_POSITIONAL:
+                arguments[name] = list(value)
+            else:
+                model = self._models.get(name)
+                if model is not None:
+                    try:
+                        value = model.dump(value)
+                    except Exception as exc:  # noqa: BLE001 - pydantic and msgspec raise their own classes
+                        raise BadArguments(f"{self.type}: argument {name!r}: {exc}") from None
+                arguments[name] = value
+        try:
+            payload = encode_value(arguments)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise BadArguments(f"{self.type}: {exc}") from None
+        key = self.options.key
+        if key is not None and not isinstance(key, str):
+            key = key(*args, **kwargs)
+        elif key is not None:
+            bound.apply_defaults()
+            try:
+                key = key.format(**bound.arguments)
+            except (KeyError, IndexError, AttributeError) as exc:
+                raise BadArguments(f"{self.type}: unique key template {self.options.key!r}: {exc!r}") from None
+        return Call(self, payload, key)
+
+    def with_options(self, *, queue: str | None = None, priority: int | None = None, timeout: float | None = None,
+                     retries: int | None = None, delay: float | None = None,
+                     key: str | Callable[..., str] | None = None) -> TaskDef[P, R]:
+        """A copy of this definition with some options changed (``None`` keeps the current one)."""
+        changes: dict[str, Any] = {k: v for k, v in (("queue", queue), ("priority", priority), ("timeout", timeout),
+                                     ("retries", retries), ("delay", delay), ("key", key)) if v is not None}
+        return TaskDef(self.fn, self.type, dataclasses.replace(self.options, **changes),
+                       takes_payload=self.takes_payload)
+
+    async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
+        """Enqueue on the process's open ``Client`` (see ``default_client``); return its handle.
+
+        Raises:
+            NoClient: no ``Client`` is open.
+        """
+        return await default_client().enqueue(self.call(*args, **kwargs))
+
+    # ------------------------------------------------------------------ worker side
+    def arguments(self, payload: Any, ctx: TaskContext | None) -> tuple[list[Any], dict[str, Any]]:
+        """The positional and keyword arguments to call ``fn`` with, for a decoded payload.
+
+        Raises:
+            BadArguments: the payload is not a map that fits the signature, or a model refused a value.
+        """
+        if self.takes_payload:
+            return [payload], ({self.context_param: ctx} if self.context_param else {})
+        if payload is None:
+            payload = {}
+        if not isinstance(payload, dict):
+            raise BadArguments(f"task {self.type!r} takes a map of argument names to values as its payload, "
+                               f"got {type(payload).__name__}")
+        rest = dict(payload)
+        args: list[Any] = []
+        kwargs: dict[str, Any] = {}
+        positional = any(p.kind is p.VAR_POSITIONAL for p in self._params)
+        for p in self._params:
+            if p.kind is p.VAR_POSITIONAL:
+                extra = rest.pop(p.name, [])
+                if not isinstance(extra, list):
+                    raise BadArguments(f"task {self.type!r}: argument {p.name!r} must be an array")
+                args.extend(extra)
+                continue
+            if p.kind is p.VAR_KEYWORD:
+                kwargs.update(rest)
+                rest = {}
+                continue
+            if p.name in rest:
+                value = rest.pop(p.name)
+                model = self._models.get(p.name)
+                if model is not None:
+                    try:
+                        value = model.validate(value)
+                    except Exception as exc:  # noqa: BLE001 - pydantic and msgspec raise their own classes
+                        raise BadArguments(f"task {self.type!r}: argument {p.name!r}: {exc}") from None
+            elif p.default is not p.empty:
+                if p.kind is not p.POSITIONAL_ONLY and not (positional and p.kind is p.POSITIONAL_OR_KEYWORD):
+                    continue
+                value = p.default
+            else:
+                raise BadArguments(f"task {self.type!r}: missing argument {p.name!r}")
+            if p.kind is p.POSITIONAL_ONLY or (positional and p.kind is p.POSITIONAL_OR_KEYWORD):
+                args.append(value)
+            else:
+                kwargs[p.name] = value
+        if rest:
+            raise BadArguments(f"task {self.type!r}: unexpected argument(s) {', '.join(map(repr, sorted(rest)))}")
+        if self.context_param is not None:
+            kwargs[self.context_param] = ctx
+        return args, kwargs
+
+    def result_value(self, value: Any) -> R:
+        """A decoded result as the function's return type (a model is rebuilt; anything else as decoded)."""
+        if self._result is not None and value is not None:
+            return typing.cast(R, self._result.validate(value))
+        return typing.cast(R, value)
+
+
+def _check_options(type_: str, o: TaskOptions) -> None:
+    try:
+        check_task_spec(TaskSpec(type=type_, queue="default" if o.queue is None else o.queue,
+                                 priority=o.priority or 0, delay=o.delay,
+                                 timeout=o.timeout, retries=o.retries,
+                                 key=o.key if isinstance(o.key, str) else None))
+    except ProtocolError as exc:
+        raise ValueError(f"task {type_!r}: {exc}") from None
+    if o.key is not None and not isinstance(o.key, str) and not callable(o.key):
+        raise ValueError(f"task {type_!r}: key must be a str template or a function")
+
+
+class Call(Generic[R]):
+    """A task definition with its arguments bound and encoded: what a client enqueues.
+
+    Attributes:
+        task: the definition.
+        payload: the msgpack-encoded map of arguments.
+        key: the unique key computed from the definition's ``key`` option, if any.
+    """
+
+    __slots__ = ("key", "payload", "task")
+
+    def __init__(self, task: TaskDef[Any, R], payload: bytes, key: str | None) -> None:
+        self.task = task
+        self.payload = payload
+        self.key = key
+
+    def __repr__(self) -> str:
+        return f"<Call {self.task.type} {len(self.payload)} bytes>"
+
+    def entry(self, *, queue: str | None = None, priority: int | None = None, delay: float | None = None,
+              run_at: float | datetime | None = None, timeout: float | None = None, retries: int | None = None,
+              key: str | None = None) -> dict[str, Any]:
+        """The wire entry of an ``enqueue`` request: the definition's options, changed by these.
+
+        Raises:
+            ValueError: ``timeout`` above, or ``retries`` other than, what the definition sets (the worker
+                would run the task with the definition's: rule 1 of the module docstring).
+        """
+        o = self.task.options
+        if timeout is not None and o.timeout is not None and timeout > o.timeout:
+            raise ValueError(f"{self.task.type}: the definition's timeout ({o.timeout:g}s) caps every attempt on "
+                             f"the worker; an enqueue may shorten it, not raise it to {timeout:g}s")
+        if retries is not None and o.retries is not None and retries != o.retries:
+            raise ValueError(f"{self.task.type}: the definition sets retries={o.retries}, which the worker "
+                             f"applies; define the task without retries to choose them per enqueue")
+        entry: dict[str, Any] = {"type": self.task.type, "payload": self.payload}
+        for name, value, default in (("queue", queue, o.queue), ("priority", priority, o.priority),
+                                     ("timeout", timeout, o.timeout), ("retries", retries, o.retries),
+                                     ("key", key, self.key)):
+            chosen = value if value is not None else default
+            if chosen is not None:
+                entry[name] = float(chosen) if name == "timeout" else chosen
+        if run_at is not None:
+            entry["run_at"] = run_at.timestamp() if isinstance(run_at, datetime) else float(run_at)
+        elif delay is not None or o.delay is not None:
+            entry["delay"] = float(delay if delay is not None else o.delay)  # type: ignore[arg-type]
+        return entry
+
+
+# ---------------------------------------------------------------------- handles
+class TaskHandle(Generic[R]):
+    """An enqueued task, on an async ``Client``: its id, and its result typed as the function returns it.
+
+    ``int(handle)`` is the task id.
+    """
+
+    __slots__ = ("client", "id", "task")
+
+    def __init__(self, client: Client, id: int, task: TaskDef[Any, R]) -> None:
+        self.client = client
+        self.id = id
+        self.task = task
+
+    def __repr__(self) -> str:
+        return f"<TaskHandle {self.task.type} {self.id}>"
+
+    def __int__(self) -> int:
+        return self.id
+
+    __index__ = __int__
+
+    async def result(self, timeout: float | None = None) -> R:
+        """Wait for the task and return its result.
+
+        Raises:
+            TaskFailed: it ended dead or cancelled.
+            TimeoutError: ``timeout`` seconds passed first.
+        """
+        return self.task.result_value(await self.client.result(self.id, timeout))
+
+    async def wait(self, timeout: float | None = None) -> dict[str, Any]:
+        """Wait until the task is final (or ``timeout``); return it as a map."""
+        return await self.client.wait(self.id, timeout)
+
+    async def status(self) -> dict[str, Any]:
+        """The task as a map, now."""
+        return await self.client.get(self.id)
+
+    async def cancel(self) -> dict[str, Any]:
+        """Cancel the task."""
+        return await self.client.cancel(self.id)
+
+
+class SyncTaskHandle(Generic[R]):
+    """An enqueued task, on a ``SyncClient``: ``TaskHandle`` with blocking methods."""
+
+    __slots__ = ("client", "id", "task")
+
+    def __init__(self, client: Any, id: int, task: TaskDef[Any, R]) -> None:
+        self.client = client
+        self.id = id
+        self.task = task
+
+    def __repr__(self) -> str:
+        return f"<SyncTaskHandle {self.task.type} {self.id}>"
+
+    def __int__(self) -> int:
+        return self.id
+
+    __index__ = __int__
+
+    def result(self, timeout: float | None = None) -> R:
+        """Wait for the task and return its result (see ``TaskHandle.result``)."""
+        return self.task.result_value(self.client.result(self.id, timeout))
+
+    def wait(self, timeout: float | None = None) -> dict[str, Any]:
+        return dict(self.client.wait(self.id, timeout))
+
+    def status(self) -> dict[str, Any]:
+        return dict(self.client.get(self.id))
+
+    def cancel(self) -> dict[str, Any]:
+        return dict(self.client.cancel(self.id))
+
+
+# ---------------------------------------------------------------------- the process's client
+_open_clients: list[Client] = []
+
+
+def client_opened(client: Client) -> None:
+    """Called by ``Client`` once connected: the latest open client serves ``TaskDef.enqueue``."""
+    _open_clients.append(client)
+
+
+def client_closed(client: Client) -> None:
+    """Called by ``Client`` when it closes."""
+    if client in _open_clients:
+        _open_clients.remove(client)
+
+
+def default_client() -> Client:
+    """The ``Client`` that ``TaskDef.enqueue`` uses: the most recently opened one still open.
+
+    Raises:
+        NoClient: none is open.
+    """
+    if not _open_clients:
+        raise NoClient("no runq Client is open in this process: open one when the app starts "
+                       "(`async with runq.Client() as client:`), or enqueue with `await client.enqueue(task.call(...))`")
+    return _open_clients[-1]
+
+
+# ---------------------------------------------------------------------- the decorator
+class _Decorator(Protocol):
+    @overload
+    def __call__(self, fn: Callable[Concatenate[TaskContext, P], Coroutine[Any, Any, R]], /) -> TaskDef[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> TaskDef[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[Concatenate[TaskContext, P], R], /) -> TaskDef[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> TaskDef[P, R]: ...
+
+
+@overload
+def task(fn: Callable[Concatenate[TaskContext, P], Coroutine[Any, Any, R]], /) -> TaskDef[P, R]: ...
+@overload
+def task(fn: Callable[P, Coroutine[Any, Any, R]], /) -> TaskDef[P, R]: ...
+@overload
+def task(fn: Callable[Concatenate[TaskContext, P], R], /) -> TaskDef[P, R]: ...
+@overload
+def task(fn: Callable[P, R], /) -> TaskDef[P, R]: ...
+@overload
+def task(*, type: str | None = None, queue: str | None = None, priority: int | None = None,
+         timeout: float | None = None, retries: int | None = None, delay: float | None = None,
+         key: str | Callable[..., str] | None = None) -> _Decorator: ...
+
+
+def task(fn: Callable[..., Any] | None = None, /, *, type: str | None = None, queue: str | None = None,
+         priority: int | None = None, timeout: float | None = None, retries: int | None = None,
+         delay: float | None = None, key: str | Callable[..., str] | None = None) -> Any:
+    """Define a task type from a function (``@task`` or ``@task(queue=..., retries=...)``).
+
+    Args:
+        type: the task type name (default: the function's name).
+        queue, priority, timeout, retries, delay, key: the definition's options (see ``TaskOptions``).
+
+    Returns:
+        A ``TaskDef``: ``.call(...)`` binds arguments for ``client.enqueue``, ``await .enqueue(...)``
+        enqueues on the open client, and a ``Worker`` given it runs the function.
+
+    Raises:
+        ValueError: an option is out of range.
+    """
+    options = TaskOptions(queue=queue, priority=priority, timeout=timeout, retries=retries, delay=delay, key=key)
+
+    def deco(f: Callable[..., Any]) -> TaskDef[Any, Any]:
+        if isinstance(f, TaskDef):
+            raise TypeError(f"{f.type} is a task already")
+        return TaskDef(f, type, options)
+
+    return deco if fn is None else deco(fn)
+
+
+def tasks_in(namespace: Any) -> list[TaskDef[Any, Any]]:
+    """The task definitions a module (or any object with attributes) holds, in definition order."""
+    seen: dict[int, TaskDef[Any, Any]] = {}
+    for value in vars(namespace).values():
+        if isinstance(value, TaskDef):
+            seen.setdefault(id(value), value)
+    return list(seen.values())
+
