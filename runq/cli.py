@@ -26,9 +26,24 @@ def _server_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token", default=None, help="shared secret (default: RUNQ_TOKEN)")
 
 
+def _log_args(p: argparse.ArgumentParser, defaults: bool) -> None:
+    """The logging options; on a subcommand too (``runq worker app:w --log-level DEBUG``), where they default
+    to nothing so that the top-level value (or its environment variable) stands unless given again."""
+
+    def default(value: str | None) -> str | None:
+        return value if defaults else argparse.SUPPRESS
+
+    p.add_argument("--log-level", default=default(os.environ.get("RUNQ_LOG_LEVEL", "INFO")),
+                   help="DEBUG, INFO, WARNING, ERROR (default INFO, or RUNQ_LOG_LEVEL)")
+    p.add_argument("--log-format", choices=["text", "json"], default=default(os.environ.get("RUNQ_LOG_FORMAT", "text")),
+                   help="text lines or one JSON object per line, on stderr (default text, or RUNQ_LOG_FORMAT)")
+    p.add_argument("--log-config", metavar="FILE", default=default(os.environ.get("RUNQ_LOG_CONFIG")),
+                   help="a JSON file in logging.config.dictConfig form (replaces --log-level and --log-format)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="runq", description="runq: a durable task queue in one process")
-    parser.add_argument("--log-level", default=os.environ.get("RUNQ_LOG_LEVEL", "INFO"))
+    _log_args(parser, defaults=True)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run the server (TCP protocol + SQLite database)")
@@ -46,13 +61,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="live event streams (TCP subscribe and HTTP) served at once (default %(default)s)")
     p.add_argument("--port-file", default=None, help="write the bound port to this file once serving")
 
-    p = sub.add_parser("worker", help="run a worker: runq worker module:attr")
+    p = sub.add_parser("worker", help="run a worker: runq worker module:attr (see docs/workers.md)")
     p.add_argument("target", help="module:attr naming a runq.Worker (e.g. myapp.tasks:worker)")
     _server_arg(p)
-    p.add_argument("--concurrency", "-c", type=int, default=None, help="tasks run at once")
+    p.add_argument("--concurrency", "-c", type=int, default=None, help="tasks run at once (per process)")
     p.add_argument("--queues", "-q", default=None, help="comma-separated queue names")
     p.add_argument("--grace", type=float, default=None, help="seconds running tasks get to finish on SIGTERM")
-    p.add_argument("--backend", choices=["trio", "asyncio"], default="trio", help="event loop for async handlers")
+    p.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio",
+                   help="event loop of async handlers (default %(default)s; trio for handlers written with trio)")
+    p.add_argument("--processes", "-p", type=int, default=1,
+                   help="worker processes run by one supervisor that restarts them (default %(default)s)")
+    p.add_argument("--reload", action="store_true",
+                   help="restart the worker(s) when a .py file changes (development; needs watchfiles)")
+    p.add_argument("--reload-dir", action="append", default=None, metavar="DIR",
+                   help="folder watched by --reload (repeatable; default the current folder)")
+    _log_args(p, defaults=False)
 
     p = sub.add_parser("enqueue", help="enqueue one task and print its id")
     p.add_argument("type")
@@ -117,9 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .protocol.logs import configure_logging
+
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        configure_logging(args.log_level, args.log_format, args.log_config)
+    except ValueError as exc:
+        print(f"runq: {exc}", file=sys.stderr)
+        return 2
     try:
         rc = int(_COMMANDS[args.command](args) or 0)
         sys.stdout.flush()  # (here, where a closed pipe is handled below, not at exit)
@@ -223,14 +251,32 @@ def load_worker(target: str) -> Any:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from .protocol.worker import Worker
+    from .protocol.errors import Unauthorized
+    from .protocol.supervisor import EXIT_CANNOT_START
+    from .protocol.worker import HelloRefused, Worker
 
-    worker = load_worker(args.target)
+    if args.processes < 1:
+        raise SystemExit(f"runq worker: --processes must be 1 or more, not {args.processes}")
+    if args.concurrency is not None and args.concurrency < 1:
+        raise SystemExit(f"runq worker: --concurrency must be 1 or more, not {args.concurrency}")
+    if args.processes > 1 or args.reload:
+        return _supervise(args)
+    # Exit EXIT_CANNOT_START when starting again cannot help, so that a supervisor stops (or, with --reload,
+    # waits for the next change) instead of restarting it in a loop.
+    try:
+        worker = load_worker(args.target)
+    except SystemExit as exc:
+        print(exc.code, file=sys.stderr)
+        return EXIT_CANNOT_START
+    except Exception:  # noqa: BLE001 - the user's module raised while importing (a syntax error after an edit...)
+        import traceback
+
+        traceback.print_exc()
+        return EXIT_CANNOT_START
     if not isinstance(worker, Worker):
-        raise SystemExit(f"runq worker: {args.target} is a {type(worker).__name__}, not a runq.Worker")
+        print(f"runq worker: {args.target} is a {type(worker).__name__}, not a runq.Worker", file=sys.stderr)
+        return EXIT_CANNOT_START
     if args.concurrency is not None:
-        if args.concurrency < 1:
-            raise SystemExit(f"runq worker: --concurrency must be 1 or more, not {args.concurrency}")
         worker.concurrency = args.concurrency
         worker.prefetch = args.concurrency
     if args.queues is not None:
@@ -240,8 +286,37 @@ def cmd_worker(args: argparse.Namespace) -> int:
         worker.queues = queues
     if args.grace is not None:
         worker.grace = args.grace
-    worker.run_sync(args.server, token=args.token, backend=args.backend)
+    try:
+        worker.run_sync(args.server, token=args.token, backend=args.backend)
+    except (Unauthorized, HelloRefused) as exc:
+        print(f"runq worker: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_START
     return 0
+
+
+def _supervise(args: argparse.Namespace) -> int:
+    """``--processes N`` / ``--reload``: run the same ``runq worker`` command in N child processes."""
+    import trio
+
+    from .protocol.supervisor import Supervisor
+
+    child = ["--log-level", str(args.log_level), "--log-format", str(args.log_format)]
+    if args.log_config:
+        child += ["--log-config", str(args.log_config)]
+    child += ["worker", args.target, "--server", args.server, "--backend", args.backend]
+    env = dict(os.environ)
+    if args.token is not None:
+        env["RUNQ_TOKEN"] = args.token  # (not on the command line, which `ps` shows)
+    for flag, value in (("--concurrency", args.concurrency), ("--queues", args.queues), ("--grace", args.grace)):
+        if value is not None:
+            child += [flag, str(value)]
+    if args.reload and args.reload_dir is None:
+        # the module's own folder is where its code changes (the current folder, which `runq worker` puts on
+        # sys.path, is where it is found)
+        args.reload_dir = [os.getcwd()]
+    sup = Supervisor(child, args.processes, reload=args.reload, watch=args.reload_dir or (), grace=args.grace,
+                     env=env)
+    return trio.run(sup.run)
 
 
 # ---------------------------------------------------------------------- client commands
