@@ -32,11 +32,18 @@ def runq_worker(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.C
     (["mytasks:t"], "not a runq.Worker"),
     (["mytasks:worker", "--concurrency", "0"], "--concurrency must be 1 or more"),
     (["mytasks:worker", "--queues", ","], "--queues needs at least one queue name"),
+    (["mytasks:worker", "--processes", "0"], "--processes must be 1 or more"),
+    (["mytasks:worker", "--log-level", "LOUD"], "unknown log level 'LOUD'"),  # (after the subcommand too)
+    (["mytasks:worker", "--log-config", "nosuchfile.json"], "--log-config nosuchfile.json"),
+    # the supervisor stops at once instead of restarting children that cannot start
+    (["nosuchmodule:worker", "--processes", "2"], "cannot start (exit 3): stopping"),
 ])
 def test_wrong_input_is_one_clear_line(tmp_path: Path, runq_env: dict[str, str], args: list[str],
                                        message: str) -> None:
     r = runq_worker(tmp_path, runq_env, *args)
     assert r.returncode != 0 and message in r.stderr, r.stderr
+    if "--processes" in args and args[0] == "nosuchmodule:worker":
+        assert r.returncode == 3 and r.stderr.count("no module named 'nosuchmodule'") == 2
     assert "Traceback" not in r.stderr and "retrying" not in r.stderr
 
 
