@@ -43,7 +43,7 @@ def test_wrong_input_is_one_clear_line(tmp_path: Path, runq_env: dict[str, str],
     r = runq_worker(tmp_path, runq_env, *args)
     assert r.returncode != 0 and message in r.stderr, r.stderr
     if "--processes" in args and args[0] == "nosuchmodule:worker":
-        assert r.returncode == 3 and r.stderr.count("no module named 'nosuchmodule'") == 2
+        assert r.returncode == 3 and "no module named 'nosuchmodule'" in r.stderr
     assert "Traceback" not in r.stderr and "retrying" not in r.stderr
 
 
