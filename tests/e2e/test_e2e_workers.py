@@ -128,6 +128,13 @@ def test_reload_restarts_the_worker_when_its_code_changes(cluster: Cluster, tmp_
         (code / "reload_tasks.py").write_text(module.format(2))
         wait_until(lambda: worker_pids(c) not in (set(), {before}), timeout=30)
         assert c.wait(c.enqueue("version"), timeout=20)["result"] == 2
+        # a syntax error mid-edit: reported, then the supervisor waits for the next change (no restart loop)
+        (code / "reload_tasks.py").write_text("def broken(:\n")
+        wait_until(lambda: "waiting for a code change" in sup.output(), timeout=30)
+        assert not worker_pids(c) and sup.alive()
+        (code / "reload_tasks.py").write_text(module.format(3))
+        assert c.wait(c.enqueue("version"), timeout=30)["result"] == 3
+        assert sup.output().count("SyntaxError") == 1
         sup.signal(signal.SIGTERM)
         assert sup.wait(20) == 0
     assert "changed: " in sup.output()
