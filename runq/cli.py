@@ -38,7 +38,7 @@ def _log_args(p: argparse.ArgumentParser, defaults: bool) -> None:
     p.add_argument("--log-format", choices=["text", "json"], default=default(os.environ.get("RUNQ_LOG_FORMAT", "text")),
                    help="text lines or one JSON object per line, on stderr (default text, or RUNQ_LOG_FORMAT)")
     p.add_argument("--log-config", metavar="FILE", default=default(os.environ.get("RUNQ_LOG_CONFIG")),
-                   help="a JSON file in logging.config.dictConfig form (replaces --log-level and --log-format)")
+                   help="a JSON file in logging.config.dictConfig form, replacing --log-level and --log-format (or RUNQ_LOG_CONFIG)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--processes", "-p", type=int, default=1,
                    help="worker processes run by one supervisor that restarts them (default %(default)s)")
     p.add_argument("--reload", action="store_true",
-                   help="restart the worker(s) when a .py file changes (development; needs watchfiles)")
+                   help="restart the worker(s) when a .py file changes (development)")
     p.add_argument("--reload-dir", action="append", default=None, metavar="DIR",
                    help="folder watched by --reload (repeatable; default the current folder)")
     _log_args(p, defaults=False)

@@ -388,7 +388,7 @@ class Worker:
             stall = now - before - LOOP_TICK
             if stall >= LOOP_BLOCKED:
                 self._loop_stalls.append((before + LOOP_TICK, now))
-                log.warning("the event loop was blocked for %.2fs: a handler made a blocking call in async code "
+                log.warning("the event loop was blocked for at least %.2fs: a handler made a blocking call in async code "
                             "(time.sleep, blocking I/O, CPU-bound work)? No other task, heartbeat or timeout "
                             "could run meanwhile", stall)
 
@@ -731,7 +731,7 @@ class Worker:
             error += f" (it returned after {now - t0:.2f}s; its result is discarded)"
         blocked = self._loop_blocked(t0, now) if handler.is_async else 0.0
         if blocked >= LOOP_BLOCKED:
-            error += (f"; the event loop was blocked for {blocked:.2f}s during this attempt, so its timeout could "
+            error += (f"; the event loop was blocked for at least {blocked:.2f}s during this attempt, so its timeout could "
                       f"not stop it in time: a blocking call in async code (time.sleep, blocking I/O, a CPU-bound "
                       f"loop) is the likely cause. Await an async equivalent, move the call to a thread "
                       f"(anyio.to_thread.run_sync), or make the handler a plain function (run in a thread)")
@@ -771,8 +771,9 @@ class Worker:
         if retry_in is not None:
             self._log_task(task, "retry", duration, logging.INFO, f": {error}")
         else:
+            text = error.rstrip().removeprefix("timeout: ")  # (the outcome already says it)
             self._log_task(task, "timeout" if timed_out else "failed", duration, logging.ERROR,
-                           ("\n" if "\n" in error.rstrip() else ": ") + error.rstrip())
+                           ("\n" if "\n" in text else ": ") + text)
 
 
 def _duration(seconds: float) -> str:
