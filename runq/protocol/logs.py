@@ -21,6 +21,7 @@ import json
 import logging
 import logging.config
 import sys
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,6 +42,17 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self, fmt: str | None = None, datefmt: str | None = None) -> None:
         super().__init__(fmt or TEXT_FORMAT, datefmt)
+        self._stamp = (-1, "")  # (second, its text): one tuple, replaced whole (formatters may be shared by threads)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        # a worker logs a line per task, many per second: localtime + strftime once per second, not per line
+        if datefmt is not None or self.datefmt is not None or self.default_msec_format is None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        stamp = self._stamp
+        if stamp[0] != second:
+            stamp = self._stamp = (second, time.strftime(self.default_time_format, self.converter(second)))
+        return self.default_msec_format % (stamp[1], record.msecs)
 
 
 class JsonFormatter(logging.Formatter):
@@ -102,6 +114,10 @@ def configure_logging(level: str = "INFO", format: str = "text", config: str | N
         formatter = TextFormatter()
     else:
         raise ValueError(f"unknown log format {format!r}: text or json")
+    # Neither format shows the thread or the multiprocessing process name: do not look them up for every
+    # record (the logging HOWTO's "Optimization"; a worker writes a record per task).
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
     root = logging.getLogger()
