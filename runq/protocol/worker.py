@@ -25,7 +25,7 @@ running (``_watch_loop``), and the timeout's error says so when the loop was
 blocked.
 
 Leases: the server takes a worker's leases back after ``lease_timeout`` seconds
-without a message from it. A worker that went that long without sending (its
+without a message from it. A worker that went half that long without sending (its
 process paused, its loop blocked) may hold prefetched tasks whose leases are
 gone and already given to others: before it starts one it sends a ``ping`` and
 waits for the ``pong``; whatever the server sent before (a ``cancel``, the
