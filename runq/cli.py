@@ -252,7 +252,7 @@ def load_worker(target: str) -> Any:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from .protocol.errors import Unauthorized
-    from .protocol.supervisor import EXIT_CANNOT_START
+    from .protocol.supervisor import EXIT_CANNOT_START, stop_with_parent
     from .protocol.worker import HelloRefused, Worker
 
     if args.processes < 1:
@@ -286,6 +286,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         worker.queues = queues
     if args.grace is not None:
         worker.grace = args.grace
+    stop_with_parent(worker.stop)  # (under --processes/--reload: stop when the supervisor is gone)
     try:
         worker.run_sync(args.server, token=args.token, backend=args.backend)
     except (Unauthorized, HelloRefused) as exc:

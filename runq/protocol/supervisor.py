@@ -17,6 +17,7 @@ CPU-bound plain-function handlers N cores, which threads in one process (one GIL
   its grace and hands the rest back); given the children's ``grace``, the supervisor waits
   ``grace + KILL_MARGIN`` seconds for them, then SIGKILLs what is left (without it, a child stops by itself
   once its own grace is over). A second signal SIGKILLs them at once.
+* A child stops gracefully when the supervisor dies, even by SIGKILL (``stop_with_parent``).
 * ``--reload`` (development): watchfiles watches the given folders for changed ``.py`` files; on a change
   every child gets SIGTERM and is started again as soon as it has exited, importing the new code.
 """
@@ -27,11 +28,13 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 
 import trio
 
-__all__ = ["EXIT_CANNOT_START", "KILL_MARGIN", "MIN_UPTIME", "Supervisor"]
+__all__ = ["EXIT_CANNOT_START", "KILL_MARGIN", "MIN_UPTIME", "SUPERVISOR_PID_ENV", "Supervisor", "stop_with_parent"]
 
 log = logging.getLogger("runq.supervisor")
 
@@ -41,6 +44,36 @@ EXIT_CANNOT_START = 3
 MIN_UPTIME = 5.0
 #: Seconds beyond the children's grace before the supervisor SIGKILLs a child that has not stopped.
 KILL_MARGIN = 10.0
+#: Set in each child's environment to the supervisor's pid.
+SUPERVISOR_PID_ENV = "RUNQ_SUPERVISOR_PID"
+
+
+def stop_with_parent(stop: Callable[[], None], interval: float = 1.0) -> threading.Thread | None:
+    """In a child of a supervisor: call ``stop`` (a graceful stop) once the supervisor is gone.
+
+    A supervisor killed with SIGKILL (or crashing) cannot stop its children; without this they would go on
+    working, unsupervised, and a new supervisor would start a second set beside them. A daemon thread
+    checks every ``interval`` seconds whether this process's parent is still the supervisor (an orphan is
+    re-parented). Not ``PR_SET_PDEATHSIG``: that fires when the parent's *thread* that spawned the child
+    exits, and trio spawns from a cached thread that ends after 10 s idle. Does nothing outside a supervisor.
+
+    Returns:
+        The thread, or None outside a supervisor.
+    """
+    pid = os.environ.get(SUPERVISOR_PID_ENV)
+    if not pid:
+        return None
+    parent = int(pid)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        log.warning("the supervisor (pid %d) is gone: stopping", parent)
+        stop()
+
+    thread = threading.Thread(target=watch, name="runq-parent-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 class Supervisor:
@@ -124,8 +157,9 @@ class Supervisor:
         delay = self.first_backoff
         while not self._stopping.is_set():
             generation = self._generation
-            proc = await trio.lowlevel.open_process([sys.executable, "-m", "runq.cli", *self.worker_args],
-                                                    env=self.env)
+            env = dict(os.environ if self.env is None else self.env)
+            env[SUPERVISOR_PID_ENV] = str(os.getpid())  # (the child stops if this process dies: stop_with_parent)
+            proc = await trio.lowlevel.open_process([sys.executable, "-m", "runq.cli", *self.worker_args], env=env)
             self._procs[slot] = proc
             started = trio.current_time()
             log.info("worker process %d started (pid %d)", slot, proc.pid)

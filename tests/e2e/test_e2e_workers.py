@@ -111,6 +111,28 @@ def test_processes_restart_a_dead_child_and_stop_together(cluster: Cluster) -> N
             os.kill(pid, 0)
 
 
+def test_children_stop_when_their_supervisor_is_killed(cluster: Cluster) -> None:
+    """SIGKILL of the supervisor: its children notice (their parent changed) and stop gracefully, instead of
+    working on unsupervised beside the next supervisor's."""
+    cluster.start_server()
+    sup = cluster.start_worker("--processes", "2")
+    with SyncClient(cluster.address) as c:
+        wait_until(lambda: len(worker_pids(c)) == 2, timeout=30)
+        children = worker_pids(c)
+        sup.kill9()
+        wait_until(lambda: not worker_pids(c), timeout=15)
+
+    def gone(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # (a zombie until init reaps it)
+        except FileNotFoundError:
+            return True
+
+    wait_until(lambda: all(gone(pid) for pid in children), timeout=15)
+    assert f"the supervisor (pid {sup.pid}) is gone: stopping" in sup.output()
+
+
 def test_reload_restarts_the_worker_when_its_code_changes(cluster: Cluster, tmp_path: Path) -> None:
     code = tmp_path / "code"
     code.mkdir()
