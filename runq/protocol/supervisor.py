@@ -7,9 +7,9 @@ each ``python -m runq.cli worker ...`` with the same options (less ``--processes
 each child is an ordinary worker with its own connection, concurrency and event loop: N processes give
 CPU-bound plain-function handlers N cores, which threads in one process (one GIL) cannot.
 
-* A child that exits while the supervisor is not stopping is started again, at once if it had run for
-  ``MIN_UPTIME`` seconds or more, else after a delay that doubles while it keeps dying (``first_backoff``
-  up to ``max_backoff``), so a worker that crashes at start-up does not spin.
+* A child that exits while the supervisor is not stopping is started again after ``first_backoff``
+  seconds; while it keeps dying within ``MIN_UPTIME`` seconds of its start the delay doubles (up to
+  ``max_backoff``), so a worker that crashes at start-up does not spin.
 * A child that exits with ``EXIT_CANNOT_START`` (its module does not import, the server refuses its
   token or its hello) would fail the same way again: without ``--reload`` the supervisor stops every
   child and exits with that code; with ``--reload`` it waits for the next code change.
@@ -40,7 +40,7 @@ log = logging.getLogger("runq.supervisor")
 
 #: The exit code of a worker that cannot start (bad module, refused token or hello): restarting it is useless.
 EXIT_CANNOT_START = 3
-#: A child that ran at least this many seconds before exiting is restarted at once, with no backoff.
+#: A child that ran at least this many seconds before exiting is restarted after the first delay again.
 MIN_UPTIME = 5.0
 #: Seconds beyond the children's grace before the supervisor SIGKILLs a child that has not stopped.
 KILL_MARGIN = 10.0
