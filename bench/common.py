@@ -103,15 +103,22 @@ def server(db: str | None = None) -> Iterator[tuple[subprocess.Popen[bytes], str
 
 @contextmanager
 def workers(address: str, n: int, concurrency: int, target: str = "bench.noop_tasks:worker",
-            backend: str = "trio") -> Iterator[list[subprocess.Popen[bytes]]]:
-    """``n`` `runq worker` processes running ``target``, stopped (SIGTERM) on exit."""
+            backend: str | None = None) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """``n`` `runq worker` processes running ``target``, stopped (SIGTERM) on exit.
+
+    ``backend`` None is `runq worker`'s default event loop (asyncio), or ``$BENCH_WORKER_BACKEND`` when set.
+    The workers log at WARNING: the line per task (INFO) is not what is measured (see bench/README.md).
+    """
+    backend = backend or os.environ.get("BENCH_WORKER_BACKEND")
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for _ in range(n):
             procs.append(subprocess.Popen(
-                [sys.executable, "-m", "runq.cli", "--log-level", "WARNING", "worker", target, "--server", address,
-                 "--concurrency", str(concurrency), "--backend", backend],
-                stdout=subprocess.DEVNULL, env=_env(), cwd=ROOT))
+                [sys.executable, "-m", "runq.cli", "--log-level", os.environ.get("BENCH_WORKER_LOG_LEVEL", "WARNING"),
+                 "worker", target, "--server", address, "--concurrency", str(concurrency),
+                 *(["--backend", backend] if backend else [])],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL if os.environ.get("BENCH_WORKER_LOG_LEVEL")
+                else None, env=_env(), cwd=ROOT))
         yield procs
     finally:
         for p in procs:

@@ -26,9 +26,24 @@ def _server_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token", default=None, help="shared secret (default: RUNQ_TOKEN)")
 
 
+def _log_args(p: argparse.ArgumentParser, defaults: bool) -> None:
+    """The logging options; on a subcommand too (``runq worker app:w --log-level DEBUG``), where they default
+    to nothing so that the top-level value (or its environment variable) stands unless given again."""
+
+    def default(value: str | None) -> str | None:
+        return value if defaults else argparse.SUPPRESS
+
+    p.add_argument("--log-level", default=default(os.environ.get("RUNQ_LOG_LEVEL", "INFO")),
+                   help="DEBUG, INFO, WARNING, ERROR (default INFO, or RUNQ_LOG_LEVEL)")
+    p.add_argument("--log-format", choices=["text", "json"], default=default(os.environ.get("RUNQ_LOG_FORMAT", "text")),
+                   help="text lines or one JSON object per line, on stderr (default text, or RUNQ_LOG_FORMAT)")
+    p.add_argument("--log-config", metavar="FILE", default=default(os.environ.get("RUNQ_LOG_CONFIG")),
+                   help="a JSON file in logging.config.dictConfig form, replacing --log-level and --log-format (or RUNQ_LOG_CONFIG)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="runq", description="runq: a durable task queue in one process")
-    parser.add_argument("--log-level", default=os.environ.get("RUNQ_LOG_LEVEL", "INFO"))
+    _log_args(parser, defaults=True)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run the server (TCP protocol + SQLite database)")
@@ -46,13 +61,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="live event streams (TCP subscribe and HTTP) served at once (default %(default)s)")
     p.add_argument("--port-file", default=None, help="write the bound port to this file once serving")
 
-    p = sub.add_parser("worker", help="run a worker: runq worker module:attr")
-    p.add_argument("target", help="module:attr naming a runq.Worker (e.g. myapp.tasks:worker)")
+    p = sub.add_parser("worker", help="run a worker: runq worker module[:attr] (see docs/workers.md)")
+    p.add_argument("target", help="module:attr naming a runq.Worker or task definitions (myapp.tasks:worker), or a "
+                                  "module: its Worker, else all its task definitions (myapp.tasks)")
     _server_arg(p)
-    p.add_argument("--concurrency", "-c", type=int, default=None, help="tasks run at once")
+    p.add_argument("--concurrency", "-c", type=int, default=None, help="tasks run at once (per process)")
     p.add_argument("--queues", "-q", default=None, help="comma-separated queue names")
     p.add_argument("--grace", type=float, default=None, help="seconds running tasks get to finish on SIGTERM")
-    p.add_argument("--backend", choices=["trio", "asyncio"], default="trio", help="event loop for async handlers")
+    p.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio",
+                   help="event loop of async handlers (default %(default)s; trio for handlers written with trio)")
+    p.add_argument("--processes", "-p", type=int, default=1,
+                   help="worker processes run by one supervisor that restarts them (default %(default)s)")
+    p.add_argument("--reload", action="store_true",
+                   help="restart the worker(s) when a .py file changes (development)")
+    p.add_argument("--reload-dir", action="append", default=None, metavar="DIR",
+                   help="folder watched by --reload (repeatable; default the current folder)")
+    _log_args(p, defaults=False)
 
     p = sub.add_parser("enqueue", help="enqueue one task and print its id")
     p.add_argument("type")
@@ -121,9 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .protocol.logs import configure_logging
+
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        configure_logging(args.log_level, args.log_format, args.log_config)
+    except ValueError as exc:
+        print(f"runq: {exc}", file=sys.stderr)
+        return 2
     try:
         rc = int(_COMMANDS[args.command](args) or 0)
         sys.stdout.flush()  # (here, where a closed pipe is handled below, not at exit)
@@ -205,10 +234,41 @@ def _http_url(host: str, port: int) -> str:
 
 # ---------------------------------------------------------------------- worker
 def load_worker(target: str) -> Any:
-    """Import ``module:attr`` (cwd on sys.path) and return the attribute."""
+    """The ``Worker`` that ``target`` names (cwd on sys.path).
+
+    ``module:attr`` names a ``Worker``, a task definition or a list of them; a bare ``module`` is its one
+    ``Worker``, else a worker of every task definition it holds.
+
+    Raises:
+        SystemExit: with one line saying what is wrong.
+    """
+    from .protocol.tasks import TaskDef, tasks_in
+    from .protocol.worker import Worker
+
     module_name, _, attr = target.partition(":")
-    if not attr:
-        raise SystemExit(f"runq worker: target must be module:attr, got {target!r}")
+    obj = _import_target(target, module_name, attr)
+    if isinstance(obj, Worker):
+        return obj
+    if isinstance(obj, TaskDef):
+        return Worker(tasks=[obj])
+    if isinstance(obj, (list, tuple)) and obj and all(isinstance(t, TaskDef) for t in obj):
+        return Worker(tasks=obj)
+    if attr:
+        raise SystemExit(f"runq worker: {target} is a {type(obj).__name__}, not a runq.Worker or task definition")
+    workers = {id(w): w for w in vars(obj).values() if isinstance(w, Worker)}
+    if len(workers) == 1:
+        return next(iter(workers.values()))
+    if len(workers) > 1:
+        raise SystemExit(f"runq worker: {module_name!r} holds {len(workers)} runq.Worker objects: name one "
+                         f"({module_name}:NAME)")
+    tasks = tasks_in(obj)
+    if not tasks:
+        raise SystemExit(f"runq worker: {module_name!r} holds no runq.Worker and no task definition (@runq.task)")
+    return Worker(tasks=tasks)
+
+
+def _import_target(target: str, module_name: str, attr: str) -> Any:
+    """Import ``module_name`` and return it, or its attribute ``attr`` (dotted) when given."""
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
@@ -218,7 +278,7 @@ def load_worker(target: str) -> Any:
             raise  # a module that the target's module imports is missing: its traceback says where
         raise SystemExit(f"runq worker: no module named {exc.name!r} (from {target!r}; "
                          f"run it from the folder that holds it, or set PYTHONPATH)") from None
-    for part in attr.split("."):
+    for part in attr.split(".") if attr else ():
         try:
             obj = getattr(obj, part)
         except AttributeError:
@@ -227,14 +287,29 @@ def load_worker(target: str) -> Any:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from .protocol.worker import Worker
+    from .protocol.errors import Unauthorized
+    from .protocol.supervisor import EXIT_CANNOT_START, stop_with_parent
+    from .protocol.worker import HelloRefused
 
-    worker = load_worker(args.target)
-    if not isinstance(worker, Worker):
-        raise SystemExit(f"runq worker: {args.target} is a {type(worker).__name__}, not a runq.Worker")
+    if args.processes < 1:
+        raise SystemExit(f"runq worker: --processes must be 1 or more, not {args.processes}")
+    if args.concurrency is not None and args.concurrency < 1:
+        raise SystemExit(f"runq worker: --concurrency must be 1 or more, not {args.concurrency}")
+    if args.processes > 1 or args.reload:
+        return _supervise(args)
+    # Exit EXIT_CANNOT_START when starting again cannot help, so that a supervisor stops (or, with --reload,
+    # waits for the next change) instead of restarting it in a loop.
+    try:
+        worker = load_worker(args.target)
+    except SystemExit as exc:
+        print(exc.code, file=sys.stderr)
+        return EXIT_CANNOT_START
+    except Exception:  # noqa: BLE001 - the user's module raised while importing (a syntax error after an edit...)
+        import traceback
+
+        traceback.print_exc()
+        return EXIT_CANNOT_START
     if args.concurrency is not None:
-        if args.concurrency < 1:
-            raise SystemExit(f"runq worker: --concurrency must be 1 or more, not {args.concurrency}")
         worker.concurrency = args.concurrency
         worker.prefetch = args.concurrency
     if args.queues is not None:
@@ -244,8 +319,38 @@ def cmd_worker(args: argparse.Namespace) -> int:
         worker.queues = queues
     if args.grace is not None:
         worker.grace = args.grace
-    worker.run_sync(args.server, token=args.token, backend=args.backend)
+    stop_with_parent(worker.stop)  # (under --processes/--reload: stop when the supervisor is gone)
+    try:
+        worker.run_sync(args.server, token=args.token, backend=args.backend)
+    except (Unauthorized, HelloRefused) as exc:
+        print(f"runq worker: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_START
     return 0
+
+
+def _supervise(args: argparse.Namespace) -> int:
+    """``--processes N`` / ``--reload``: run the same ``runq worker`` command in N child processes."""
+    import trio
+
+    from .protocol.supervisor import Supervisor
+
+    child = ["--log-level", str(args.log_level), "--log-format", str(args.log_format)]
+    if args.log_config:
+        child += ["--log-config", str(args.log_config)]
+    child += ["worker", args.target, "--server", args.server, "--backend", args.backend]
+    env = dict(os.environ)
+    if args.token is not None:
+        env["RUNQ_TOKEN"] = args.token  # (not on the command line, which `ps` shows)
+    for flag, value in (("--concurrency", args.concurrency), ("--queues", args.queues), ("--grace", args.grace)):
+        if value is not None:
+            child += [flag, str(value)]
+    if args.reload and args.reload_dir is None:
+        # the module's own folder is where its code changes (the current folder, which `runq worker` puts on
+        # sys.path, is where it is found)
+        args.reload_dir = [os.getcwd()]
+    sup = Supervisor(child, args.processes, reload=args.reload, watch=args.reload_dir or (), grace=args.grace,
+                     env=env)
+    return trio.run(sup.run)
 
 
 # ---------------------------------------------------------------------- client commands

@@ -19,6 +19,7 @@ TASKS = "from runq import Worker\nworker = Worker()\n\n@worker.task('t')\nasync 
 def runq_worker(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     (tmp_path / "mytasks.py").write_text(TASKS)
     (tmp_path / "broken.py").write_text("import a_dependency_that_is_not_installed\n")
+    (tmp_path / "empty.py").write_text("x = 1\n")
     # port 1: nothing listens there; every case below must stop before it matters
     return subprocess.run([sys.executable, "-m", "runq.cli", "worker", *args, "--server", "127.0.0.1:1"],
                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30, check=False,
@@ -28,15 +29,22 @@ def runq_worker(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.C
 @pytest.mark.parametrize(("args", "message"), [
     (["nosuchmodule:worker"], "no module named 'nosuchmodule'"),
     (["mytasks:nope"], "'mytasks' has no attribute 'nope'"),
-    (["mytasks"], "target must be module:attr"),
-    (["mytasks:t"], "not a runq.Worker"),
+    (["empty"], "'empty' holds no runq.Worker and no task definition"),
+    (["mytasks:t"], "is a function, not a runq.Worker or task definition"),
     (["mytasks:worker", "--concurrency", "0"], "--concurrency must be 1 or more"),
     (["mytasks:worker", "--queues", ","], "--queues needs at least one queue name"),
+    (["mytasks:worker", "--processes", "0"], "--processes must be 1 or more"),
+    (["mytasks:worker", "--log-level", "LOUD"], "unknown log level 'LOUD'"),  # (after the subcommand too)
+    (["mytasks:worker", "--log-config", "nosuchfile.json"], "--log-config nosuchfile.json"),
+    # the supervisor stops at once instead of restarting children that cannot start
+    (["nosuchmodule:worker", "--processes", "2"], "cannot start (exit 3): stopping"),
 ])
 def test_wrong_input_is_one_clear_line(tmp_path: Path, runq_env: dict[str, str], args: list[str],
                                        message: str) -> None:
     r = runq_worker(tmp_path, runq_env, *args)
     assert r.returncode != 0 and message in r.stderr, r.stderr
+    if "--processes" in args and args[0] == "nosuchmodule:worker":
+        assert r.returncode == 3 and "no module named 'nosuchmodule'" in r.stderr
     assert "Traceback" not in r.stderr and "retrying" not in r.stderr
 
 

@@ -9,14 +9,32 @@ their handler inside a cancel scope with the task's timeout. Results are
 batched: every finished task is appended to one list that the sender writes as
 a single ``done`` frame, carrying the credit freed by those tasks.
 
-Handlers are async functions (run on the worker's event loop, trio or asyncio
-through anyio) or plain functions (run in a thread). A typed task
-(``runq.task``) is called with the arguments its payload maps; a handler
-registered by type name takes the whole payload. Either gets the
-``TaskContext`` through a parameter annotated ``TaskContext`` or named
-``ctx``, by keyword (``TaskDef.arguments`` builds every call). Raising
-``Retry(delay)`` asks for a retry after ``delay`` seconds; any other exception
-fails the attempt with its traceback.
+Handlers are async functions (run on the worker's event loop: asyncio by
+default, trio with ``backend="trio"``, through anyio) or plain functions (run in
+a thread). A typed task (``runq.task``) is called with the arguments its
+payload maps; a handler registered by type name takes the whole payload. Either
+gets the ``TaskContext`` through a parameter annotated ``TaskContext`` or named
+``ctx``, by keyword (``TaskDef.arguments`` builds every call). Raising ``Retry(delay)`` asks for a retry after ``delay`` seconds; any other
+exception fails the attempt with its traceback, cut to start at the user's code
+(``tracebacks.format_failure``). Every finished task is logged on
+``runq.worker.task`` (see ``logs``).
+
+Timeouts: an attempt runs in a cancel scope with its deadline. An async handler
+that blocks its event loop cannot be cancelled, so a run that *returns* past its
+deadline is a timeout too; a watcher task notes how long the loop went without
+running (``_watch_loop``), and the timeout's error says so when the loop was
+blocked.
+
+Leases: the server takes a worker's leases back after ``lease_timeout`` seconds
+without a message from it. A worker that went half that long without sending (its
+process paused, its loop blocked) may hold prefetched tasks whose leases are
+gone and already given to others: before it starts one it sends a ``ping`` and
+waits for the ``pong``; whatever the server sent before (a ``cancel``, the
+``lease_expired`` error and the close) is read first (``_confirm_leases``).
+
+Reconnecting: the servers given (several, comma-separated) are tried in order;
+after a failed round the worker waits with an exponential backoff (``Backoff``),
+which starts again from its first step after a session that worked.
 
 Stopping (SIGINT/SIGTERM, ``stop()`` or a ``drain`` from the server): take no
 more tasks, hand back the ones not started (a ``release``, sent even when there
@@ -30,6 +48,7 @@ attempt: the server accepts a result only for the lease it holds now.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -37,8 +56,9 @@ import random
 import signal
 import socket
 import threading
-import traceback
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -46,14 +66,19 @@ import anyio.abc
 import anyio.from_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .address import parse_address
+from .address import format_address, server_addresses, server_token
 from .errors import ConnectionClosed, ProtocolError, RemoteError, RunqError, Unauthorized, error_for_code
 from .frames import DEFAULT_MAX_FRAME, Connection
 from .messages import PROTOCOL_VERSION
 from .tasks import BadArguments, TaskDef, TaskOptions, tasks_in
+from .tracebacks import format_failure, loop_hint
 from .values import decode_value, encode_value
 
-__all__ = ["HelloRefused", "Retry", "TaskContext", "Worker"]
+__all__ = ["BACKENDS", "Backoff", "HelloRefused", "Retry", "TaskContext", "Worker"]
+
+#: Event loops a worker runs its async handlers on; the first is the default (most async libraries a
+#: handler calls, HTTP clients and database drivers, are written for asyncio).
+BACKENDS = ("asyncio", "trio")
 
 #: Answers to a worker's hello that trying again cannot change (its hello itself is wrong).
 _REFUSED_FOR_GOOD = frozenset({"bad_message", "bad_frame", "version", "unknown_op", "hello_required"})
@@ -64,6 +89,8 @@ class HelloRefused(RemoteError):
     queue, a concurrency below 1, no protocol version in common): ``Worker.run`` raises it."""
 
 log = logging.getLogger("runq.worker")
+#: One line per finished task (see ``logs``): its own logger, so that it can be turned down alone.
+task_log = logging.getLogger("runq.worker.task")
 
 #: Room kept in a frame for everything around the results (op, ids, lease numbers, msgpack headers).
 _FRAME_SLACK = 4096
@@ -75,6 +102,37 @@ MAX_RETRY_DELAY = 10 * 365 * 86400
 MAX_RETRIES = 1000
 #: Threads of sync handlers that timed out but have not returned yet, beyond one thread per runner.
 ABANDONED_THREADS = 40
+#: How often the event-loop watcher runs, and the stall (seconds without it running) logged as a blocked loop.
+LOOP_TICK = 0.1
+LOOP_BLOCKED = 0.5
+
+
+@dataclass
+class Backoff:
+    """Reconnection delays: ``first``, doubling up to ``cap``, each times a random factor in [0.5, 1.5).
+
+    ``reset()`` after a session that worked, so that a worker whose server restarts comes back at once
+    instead of waiting the delay its last outage had grown to.
+    """
+
+    first: float = 0.05
+    cap: float = 5.0
+    _step: float = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.first <= self.cap:
+            raise ValueError(f"Backoff: need 0 < first <= cap, got first={self.first}, cap={self.cap}")
+        self._step = self.first
+
+    def reset(self) -> None:
+        """Start again from the first step."""
+        self._step = self.first
+
+    def next(self) -> float:
+        """The next delay in seconds (jittered), and grow the step for the one after."""
+        step = self._step
+        self._step = min(step * 2, self.cap)
+        return step * (0.5 + random.random())
 
 
 class Retry(Exception):
@@ -168,6 +226,18 @@ class Worker:
         self._loop_thread = 0
         self._token: anyio.lowlevel.EventLoopToken | None = None
         self.connected = False
+        self.sessions = 0  # sessions that got as far as the server's welcome
+        self._backend = "asyncio"
+        # leases (see the module doc): when a frame last went out, and whether a gap since may have cost them
+        self._lease_timeout = 10.0
+        self._last_sent = 0.0
+        self._leases_doubtful = False
+        self._pong: anyio.Event | None = None
+        self._ping_rid = 0
+        # the event-loop watcher's last run, and the recent stalls it saw: (start, end) in anyio time
+        self._now: Callable[[], float] = anyio.current_time  # the loop's clock (anyio's deadlines), set by run()
+        self._loop_seen = 0.0
+        self._loop_stalls: deque[tuple[float, float]] = deque(maxlen=32)
 
     # ------------------------------------------------------------------ registration
     def task(self, type: str | None = None, *, timeout: float | None = None,
@@ -240,19 +310,42 @@ class Worker:
                 except Exception:  # noqa: BLE001, S110 - the loop is gone: run() sees _stop when it starts again
                     pass
 
-    def run_sync(self, address: str = "127.0.0.1:7700", *, token: str | None = None,
-                 backend: str = "trio", handle_signals: bool = True) -> None:
-        """Run until stopped (blocking): ``anyio.run`` with ``backend``."""
-        anyio.run(lambda: self.run(address, token=token, handle_signals=handle_signals), backend=backend)
+    def run_sync(self, address: str | Sequence[str] | None = None, *, token: str | None = None,
+                 backend: str = "asyncio", handle_signals: bool = True) -> None:
+        """Run until stopped (blocking): ``run`` under ``anyio.run`` with ``backend``.
 
-    async def run(self, address: str = "127.0.0.1:7700", *, token: str | None = None,
-                  handle_signals: bool = False, max_backoff: float = 5.0) -> None:
-        """Join the server at ``address`` and work until stopped; reconnect with backoff.
+        Args:
+            address: see ``run``.
+            token: see ``run``.
+            backend: the event loop async handlers run on: ``"asyncio"`` (the default: asyncio libraries
+                work in handlers) or ``"trio"`` (for handlers written with trio).
+            handle_signals: stop gracefully on SIGINT and SIGTERM.
+        """
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+        anyio.run(functools.partial(self.run, address, token=token, handle_signals=handle_signals), backend=backend)
+
+    async def run(self, address: str | Sequence[str] | None = None, *, token: str | None = None,
+                  handle_signals: bool = False, max_backoff: float = 5.0,
+                  backoff: Backoff | None = None) -> None:
+        """Join a server and work until stopped; reconnect with backoff.
+
+        Args:
+            address: ``HOST:PORT``, several comma-separated (or a sequence): tried in order at every
+                (re)connection; ``None`` reads ``RUNQ_SERVER`` (default ``127.0.0.1:7700``).
+            token: the server's token; ``None`` reads ``RUNQ_TOKEN``.
+            handle_signals: stop gracefully on SIGINT and SIGTERM.
+            max_backoff: the longest wait between two rounds of connection attempts.
+            backoff: the reconnection delays (default: ``Backoff(0.05, max_backoff)``).
 
         Raises:
             Unauthorized: the server refused the token (not retried).
             HelloRefused: the server refused the hello itself (not retried).
+            ValueError: a malformed address.
         """
+        addresses = server_addresses(address)
+        token = server_token(token)
+        delays = backoff if backoff is not None else Backoff(min(0.05, max_backoff), max_backoff)
         self._stop_ev = anyio.Event()
         # a thread for every runner (anyio's default limiter, shared, holds 40: with a higher concurrency, sync
         # handlers waited for a thread while their timeout ran), plus 40 for abandoned threads (a sync handler
@@ -260,20 +353,21 @@ class Worker:
         self._threads = anyio.CapacityLimiter(self.concurrency + ABANDONED_THREADS)
         self._loop_thread = threading.get_ident()
         self._token = anyio.lowlevel.current_token()
+        self._backend = _current_backend()
+        self._now = _loop_clock(self._backend)
         if self._stop.is_set():
             self._stop_ev.set()
-        host, port = parse_address(address)
-        token = token if token is not None else os.environ.get("RUNQ_TOKEN")
-        delay = 0.05
+        where = ",".join(format_address(h, p) for h, p in addresses)
         fatal: RunqError | None = None  # raised once the task group is closed (not inside an exception group)
         async with anyio.create_task_group() as tg:
             if handle_signals:
                 tg.start_soon(self._signals)
+            tg.start_soon(self._watch_loop)
             try:
                 while not self._stop.is_set():
+                    sessions = self.sessions
                     try:
-                        await self._session(host, port, token)
-                        delay = 0.05
+                        await self._session(addresses, token)
                     except (Unauthorized, HelloRefused) as exc:
                         fatal = exc
                         break
@@ -281,10 +375,15 @@ class Worker:
                             anyio.BrokenResourceError) as exc:
                         if self._stop.is_set():
                             break
-                        log.warning("connection to %s failed (%s); retrying in %.2fs", address, exc, delay)
-                    with anyio.move_on_after(delay * (0.5 + random.random())):
+                        if self.sessions != sessions:
+                            delays.reset()  # that session worked: this is a new outage, not a longer one
+                        delay = delays.next()
+                        log.warning("connection to %s failed (%s); retrying in %.2fs", where, exc, delay)
+                    else:
+                        delays.reset()
+                        delay = delays.next()
+                    with anyio.move_on_after(delay):
                         await self._stop_ev.wait()
-                    delay = min(delay * 2, max_backoff)
             finally:
                 tg.cancel_scope.cancel()
         if fatal is not None:
@@ -296,9 +395,43 @@ class Worker:
                 log.info("signal %s: stopping gracefully (grace %.0fs)", sig, self.grace)
                 self.stop()
 
-    async def _session(self, host: str, port: int, token: str | None) -> None:
+    async def _watch_loop(self) -> None:
+        """Note when the event loop went ``LOOP_BLOCKED`` seconds or more without running this task: a handler
+        blocked it (a blocking call in async code). Logged, and named in the error of a timeout it caused."""
+        now = self._loop_seen = self._now()
+        while True:
+            await anyio.sleep(LOOP_TICK)
+            before, now = now, self._now()
+            self._loop_seen = now
+            stall = now - before - LOOP_TICK
+            if stall >= LOOP_BLOCKED:
+                self._loop_stalls.append((before + LOOP_TICK, now))
+                log.warning("the event loop was blocked for at least %.2fs: a handler made a blocking call in async code "
+                            "(time.sleep, blocking I/O, CPU-bound work)? No other task, heartbeat or timeout "
+                            "could run meanwhile", stall)
+
+    def _loop_blocked(self, start: float, now: float) -> float:
+        """Seconds the event loop was stalled between ``start`` and ``now`` (a stall still going on counts)."""
+        blocked = sum(min(end, now) - max(begin, start) for begin, end in self._loop_stalls
+                      if end > start and begin < now)
+        current = now - self._loop_seen - LOOP_TICK  # the watcher has not run since: stalled right now?
+        if current >= LOOP_BLOCKED:
+            blocked += current
+        return blocked
+
+    async def _connect(self, addresses: list[tuple[str, int]]) -> tuple[anyio.abc.SocketStream, str, int]:
+        """Connect to the first of ``addresses`` that accepts, in order."""
+        errors: list[str] = []
+        for host, port in addresses:
+            try:
+                return await anyio.connect_tcp(host, port), host, port
+            except OSError as exc:
+                errors.append(f"{format_address(host, port)}: {exc}")
+        raise OSError("; ".join(errors))
+
+    async def _session(self, addresses: list[tuple[str, int]], token: str | None) -> None:
         conn = Connection(DEFAULT_MAX_FRAME)
-        stream = await anyio.connect_tcp(host, port)
+        stream, host, port = await self._connect(addresses)
         async with stream:
             hello: dict[str, Any] = {
                 "op": "hello", "version": PROTOCOL_VERSION, "role": "worker", "queues": self.queues,
@@ -321,9 +454,14 @@ class Worker:
                     raise HelloRefused(code, message)
                 raise error_for_code(code, message)
             self.worker_id = welcome.get("worker_id")
-            heartbeat = float(welcome.get("heartbeat", 3.0))
+            self._lease_timeout = float(welcome.get("lease_timeout", 10.0))
+            heartbeat = float(welcome.get("heartbeat", self._lease_timeout / 3))
             self._max_frame = int(welcome.get("max_frame", DEFAULT_MAX_FRAME))
+            self._last_sent = self._now()
+            self._leases_doubtful = False
+            self._pong = None
             self.connected = True
+            self.sessions += 1
             log.info("worker %s joined %s:%d (queues %s, concurrency %d)", self.worker_id, host, port,
                      ",".join(self.queues), self.concurrency)
             self._out = []
@@ -349,6 +487,9 @@ class Worker:
                     tg.cancel_scope.cancel()
             finally:
                 self.connected = False
+                if self._pong is not None:
+                    self._pong.set()  # (its waiters are cancelled with the runners; nothing may wait on it)
+                    self._pong = None
                 send.close()
                 receive.close()
             if not self._stop.is_set():
@@ -430,7 +571,13 @@ class Worker:
             msgs.append({"op": "credit", "n": credit})
         if msgs:
             self._out = []
+            now = self._now()
+            if now - self._last_sent > self._lease_timeout / 2:
+                # silent this long (paused, or the loop blocked): the server may have taken our leases back
+                # before this frame reaches it; what was received before cannot start unconfirmed
+                self._leases_doubtful = True
             await stream.send(conn.send_many(msgs))
+            self._last_sent = now
 
     async def _flush_now(self, stream: anyio.abc.ByteStream, conn: Connection, lost: anyio.Event) -> None:
         if lost.is_set():
@@ -471,6 +618,14 @@ class Worker:
                         buffered = self._buffered.get(tid)  # type: ignore[arg-type]
                         if buffered is not None and buffered["lease"] == msg.get("lease", buffered["lease"]):
                             del self._buffered[tid]  # type: ignore[arg-type]
+                    elif op == "pong":
+                        pong = self._pong
+                        if pong is not None and msg.get("rid") == self._ping_rid:
+                            # the server read our ping, renewing our leases, and everything it sent before
+                            # (a cancel, lease_expired) has been read above
+                            self._leases_doubtful = False
+                            self._pong = None
+                            pong.set()
                     elif op == "drain":
                         log.info("server asked this worker to drain")
                         self.stop()
@@ -488,6 +643,8 @@ class Worker:
 
     async def _take(self, task: dict[str, Any]) -> None:
         tid = task["id"]
+        if self._leases_doubtful or self._now() - self._last_sent > self._lease_timeout / 2:
+            await self._confirm_leases()
         if self._buffered.get(tid) is not task:  # (another lease of the same task may be buffered now)
             self._give_credit()  # cancelled or handed back while buffered
             return
@@ -498,12 +655,29 @@ class Worker:
         finally:
             self._running.discard(tid)
 
+    async def _confirm_leases(self) -> None:
+        """Ping the server and wait for its pong (one ping for every runner that waits).
+
+        Called before starting a task when this worker sent nothing for half the lease timeout: its leases
+        may have expired meanwhile and the tasks gone to other workers. The pong comes after whatever the
+        server sent before it: the ``cancel`` of a task, or ``lease_expired`` and the close of the
+        connection (then the runners are cancelled and nothing starts).
+        """
+        self._leases_doubtful = True  # (until a pong to a ping sent from now on says otherwise)
+        if self._pong is None:
+            self._pong = anyio.Event()
+            self._ping_rid += 1
+            log.info("no exchange with the server for a while: confirming the leases (ping) before starting "
+                     "a prefetched task")
+            self._queue_msg({"op": "ping", "rid": self._ping_rid})
+        await self._pong.wait()
+
     async def _run_one(self, task: dict[str, Any]) -> None:
         tid, lease = task["id"], task["lease"]
+        t0 = self._now()
         handler = self.handlers.get(task["type"])
         if handler is None:
-            self._report_fail(tid, lease, f"no handler for task type {task['type']!r} on worker {self.name}",
-                              None, False, None)
+            self._report_fail(task, t0, f"no handler for task type {task['type']!r} on worker {self.name}")
             return
         timeout = task.get("timeout") or math.inf
         if handler.options.timeout is not None:
@@ -511,7 +685,7 @@ class Worker:
         # One cancel scope per run, for both ways a run is stopped: its deadline (the timeout) and an explicit
         # cancel() (the server cancelled it, or it is handed back). One scope instead of a scope plus
         # fail_after: this is per task, and trio's scope machinery was the worker's largest cost per no-op task.
-        deadline = math.inf if timeout == math.inf else anyio.current_time() + timeout
+        deadline = t0 + timeout
         scope = anyio.CancelScope(deadline=deadline)
         entry = self._scopes[tid] = (lease, scope)  # removed by whoever cancels it explicitly
         try:
@@ -522,32 +696,37 @@ class Worker:
                 if handler.is_async:
                     result = await handler.fn(*args, **kwargs)
                 else:
-                    result = await anyio.to_thread.run_sync(lambda: handler.fn(*args, **kwargs), abandon_on_cancel=True,
-                                                            limiter=self._threads)
-            if scope.cancelled_caught:
-                # a timeout unless someone cancelled it (the server, a hand-back), even if that cancel
-                # only took effect past the deadline: that task is not ours to report any more
-                if self._scopes.get(tid) is entry and anyio.current_time() >= deadline:
-                    self._report_fail(tid, lease, f"timeout: attempt ran longer than {timeout}s", None, True,
-                                      handler)
+                    result = await anyio.to_thread.run_sync(functools.partial(handler.fn, *args, **kwargs),
+                                                            abandon_on_cancel=True, limiter=self._threads)
+            now = self._now()
+            if scope.cancelled_caught or now >= deadline:
+                # a timeout unless someone cancelled it (the server, a hand-back), even if that cancel only took
+                # effect past the deadline: that task is not ours to report any more. An async handler that
+                # blocked its loop past the deadline could not be cancelled: it returned late, a timeout too.
+                if self._scopes.get(tid) is entry and now >= deadline:
+                    self._report_fail(task, t0, self._timeout_error(handler, timeout, t0, now,
+                                                                    returned=not scope.cancelled_caught),
+                                      timed_out=True, handler=handler)
                 else:
                     self._give_credit()  # cancelled by the server (already final there) or handed back
+                    self._log_task(task, "released" if self._stop.is_set() else "cancelled", now - t0)
                 return
             data = encode_value(result)
             if len(data) > self._max_frame - _FRAME_SLACK:  # the server would close the connection on it
-                self._report_fail(tid, lease, f"result too large: {len(data)} bytes encoded, the server takes "
-                                              f"at most {self._max_frame - _FRAME_SLACK} per result", None, False,
-                                  handler)
+                self._report_fail(task, t0, f"result too large: {len(data)} bytes encoded, the server takes "
+                                            f"at most {self._max_frame - _FRAME_SLACK} per result", handler=handler)
                 return
         except BadArguments as exc:  # the same payload would fail again: no retry
-            self._report_fail(tid, lease, f"bad arguments: {exc}", None, False, None, retries=0)
+            self._report_fail(task, t0, f"bad arguments: {exc}", retries=0)
             return
         except Retry as r:
-            self._report_fail(tid, lease, f"Retry requested in {r.delay:g}s" + (f": {r}" if str(r) else ""), r.delay,
-                              False, handler)
+            self._report_fail(task, t0, f"Retry requested in {r.delay:g}s" + (f": {r}" if str(r) else ""),
+                              retry_in=r.delay, handler=handler)
             return
-        except Exception:  # noqa: BLE001 - whatever a handler raises fails that attempt, with its traceback
-            self._report_fail(tid, lease, traceback.format_exc(), None, False, handler)
+        except Exception as exc:  # noqa: BLE001 - whatever a handler raises fails that attempt, with its traceback
+            error = format_failure(exc)
+            hint = loop_hint(exc, self._backend) if handler.is_async else ""
+            self._report_fail(task, t0, error + hint + ("\n" if hint else ""), handler=handler)
             return
         finally:
             if self._scopes.get(tid) is entry:  # (not cancelled, nor a newer lease of the same task)
@@ -557,16 +736,44 @@ class Worker:
         self._credit += 1
         assert self._wake is not None
         self._wake.set()
+        if task_log.isEnabledFor(logging.INFO):
+            self._log_task(task, "succeeded", now - t0)
+
+    def _timeout_error(self, handler: TaskDef[Any, Any], timeout: float, t0: float, now: float, returned: bool) -> str:
+        error = f"timeout: attempt ran longer than {timeout:g}s"
+        if returned:
+            error += f" (it returned after {now - t0:.2f}s; its result is discarded)"
+        blocked = self._loop_blocked(t0, now) if handler.is_async else 0.0
+        if blocked >= LOOP_BLOCKED:
+            error += (f"; the event loop was blocked for at least {blocked:.2f}s during this attempt, so its timeout could "
+                      f"not stop it in time: a blocking call in async code (time.sleep, blocking I/O, a CPU-bound "
+                      f"loop) is the likely cause. Await an async equivalent, move the call to a thread "
+                      f"(anyio.to_thread.run_sync), or make the handler a plain function (run in a thread)")
+        return error
+
+    def _log_task(self, task: dict[str, Any], outcome: str, duration: float, level: int = logging.INFO,
+                  detail: str = "") -> None:
+        if not task_log.isEnabledFor(level):
+            return
+        # makeRecord + handle is what Logger.log does, less findCaller's walk up the stack (a quarter of the
+        # cost of a line, which is per task): the caller is always this method
+        record = task_log.makeRecord(
+            task_log.name, level, __file__, 0, "task %s %s attempt %s %s in %s%s",
+            (task["id"], task["type"], task["attempt"], outcome, _duration(duration), detail), None, "_log_task",
+            {"task_id": task["id"], "task_type": task["type"], "attempt": task["attempt"],
+             "duration": round(duration, 6), "outcome": outcome})
+        task_log.handle(record)
 
     def _give_credit(self) -> None:
         self._credit += 1
         if self._wake is not None:
             self._wake.set()
 
-    def _report_fail(self, tid: int, lease: int, error: str, retry_in: float | None, timed_out: bool,
-                     handler: TaskDef[Any, Any] | None, retries: int | None = None) -> None:
+    def _report_fail(self, task: dict[str, Any], t0: float, error: str, *, retry_in: float | None = None,
+                     timed_out: bool = False, handler: TaskDef[Any, Any] | None = None,
+                     retries: int | None = None) -> None:
         self.failed += 1
-        msg: dict[str, Any] = {"op": "fail", "id": tid, "lease": lease, "error": error}
+        msg: dict[str, Any] = {"op": "fail", "id": task["id"], "lease": task["lease"], "error": error}
         if retry_in is not None:
             msg["retry_in"] = retry_in
         if timed_out:
@@ -577,4 +784,44 @@ class Worker:
             msg["retries"] = retries
         self._credit += 1
         self._queue_msg(msg)
+        duration = self._now() - t0
+        if retry_in is not None:
+            self._log_task(task, "retry", duration, logging.INFO, f": {error}")
+        else:
+            text = error.rstrip().removeprefix("timeout: ")  # (the outcome already says it)
+            self._log_task(task, "timeout" if timed_out else "failed", duration, logging.ERROR,
+                           ("\n" if "\n" in text else ": ") + text)
 
+
+def _duration(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.1f} ms"
+    return f"{seconds:.2f} s"
+
+
+def _loop_clock(backend: str) -> Callable[[], float]:
+    """The running loop's clock, the one anyio's deadlines use, read directly: ``anyio.current_time()`` looks
+    the backend up on every call, and a run reads the clock two or three times (drain profile: 4% of a
+    worker's CPU under asyncio)."""
+    if backend == "trio":
+        import trio
+
+        return trio.current_time
+    import asyncio
+
+    return asyncio.get_running_loop().time
+
+
+def _current_backend() -> str:
+    """The event loop running now: ``"trio"`` or ``"asyncio"`` (the only two anyio runs on)."""
+    import sys
+
+    trio = sys.modules.get("trio")  # (not imported: not running)
+    if trio is not None:
+        try:
+            trio.lowlevel.current_task()
+        except RuntimeError:
+            pass
+        else:
+            return "trio"
+    return "asyncio"

@@ -65,3 +65,13 @@ def fail_until(payload: dict[str, Any], ctx: TaskContext) -> str:
         raise RuntimeError(f"marker {payload['marker']} absent")
     log("end", ctx)
     return "passed"
+
+
+@worker.task("loop_name")
+async def loop_name(payload: Any, ctx: TaskContext) -> str:
+    """An asyncio call (fails under ``--backend trio``); returns the running loop's class name."""
+    import asyncio
+
+    log("run", ctx)
+    await asyncio.sleep(0.001)
+    return type(asyncio.get_running_loop()).__name__
