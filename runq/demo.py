@@ -195,10 +195,14 @@ def run_demo(db: str | None = None, port: int = 0, workers: int = 2, tasks: int 
     try:
         return _run_demo(db, port, workers, tasks, keep, tui)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if not _Sigterm.received:
+            signal.signal(signal.SIGTERM, previous)
+        # else SIGTERM stays ignored: the process is on its way out, and a second SIGTERM landing after this
+        # line would otherwise kill it with the signal instead of letting it end with 130 as interrupted
 
 
 def _interrupt(signum: int, frame: Any) -> None:
+    _Sigterm.received = True
     if _Sigterm.holding:
         _Sigterm.pending = True
         return
@@ -254,6 +258,7 @@ class _Sigterm:
 
     holding = 0
     pending = False
+    received = False
 
 
 @contextlib.contextmanager
