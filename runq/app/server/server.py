@@ -31,8 +31,9 @@ import trio
 
 from ...protocol.errors import ProtocolError
 from ...protocol.messages import TaskSpec
-from ..core import FINAL_STATES, Core, IllegalTransition, State, Task, TaskMissing, Transition, WorkerInfo
+from ..core import FINAL_STATES, Core, IllegalTransition, Requests, State, Task, TaskMissing, Transition, WorkerInfo
 from ..core.model import EVENT_COLUMNS
+from ..core.requests import Entry
 from ..store import Batch, Store, StoreError
 from .config import Clock, ServerConfig
 from .session import Session, Subscription
@@ -51,16 +52,19 @@ class Ack:
         res, specs: for an enqueue, its answer ``[(id, created), ...]`` (the list the caller holds) and its
             specs: a unique-key hit on a task whose own creation then fails to commit is enqueued again.
         tell: called with None or the error.
+        request: for an enqueue with an idempotency token, its entry (its row is rewritten if ``res`` changes).
     """
 
-    __slots__ = ("created", "res", "specs", "tell")
+    __slots__ = ("created", "request", "res", "specs", "tell")
 
     def __init__(self, created: list[int], tell: Callable[[BaseException | None], None],
-                 res: list[tuple[int, bool]] | None = None, specs: list[TaskSpec] | None = None) -> None:
+                 res: list[tuple[int, bool]] | None = None, specs: list[TaskSpec] | None = None,
+                 request: Entry | None = None) -> None:
         self.created = created
         self.tell = tell
         self.res = res
         self.specs = specs
+        self.request = request
 
     def hits_in(self, ids: dict[int, int]) -> bool:
         """Whether it answered with one of ``ids`` by a unique key."""
@@ -101,6 +105,8 @@ class Server:
         self._clock_arg = clock
         self.clock: Callable[[], float] = clock or time.time
         self.core = Core(config.core)
+        #: enqueue answers by idempotency token (docs/protocol.md section 5.2)
+        self.requests = Requests(config.idempotency_window)
         self.store: Store | None = None
         self.stats = ServerStats()
         self.port: int | None = None
@@ -201,6 +207,8 @@ class Server:
         gc.freeze()
         if self.recovered:
             log.warning("%d task(s) were running when the server stopped: back to ready", self.recovered)
+        request_rows, next_request = await trio.to_thread.run_sync(store.load_requests)
+        self.requests.recover(request_rows, next_request, now)
         fx = self.core.take_effects(now)
         if fx.rows or fx.new_rows or fx.events:
             await trio.to_thread.run_sync(store.write_now, Batch(rows=fx.rows, new_rows=fx.new_rows,
@@ -242,9 +250,14 @@ class Server:
         waiters = None
         if self._waiters:
             waiters = [r[0] for r in fx.events if r[3] in FINAL and r[0] in self._waiters]
-        if fx.rows or fx.new_rows or fx.events or fx.queue_ops or acks:
+        requests = self.requests
+        requests.expire(now)
+        request_rows = requests.take_rows()
+        requests_below = requests.take_delete()
+        if fx.rows or fx.new_rows or fx.events or fx.queue_ops or acks or request_rows or requests_below:
             self._acks = []
-            batch = Batch(rows=fx.rows, new_rows=fx.new_rows, events=fx.events, queue_ops=fx.queue_ops)
+            batch = Batch(rows=fx.rows, new_rows=fx.new_rows, events=fx.events, queue_ops=fx.queue_ops,
+                          requests=request_rows, requests_below=requests_below)
             batch.on_done = functools.partial(self._committed, batch, acks, waiters, submitted=trio.current_time())
             self._submitted += 1
             self._store.submit(batch)
@@ -304,6 +317,8 @@ class Server:
                 again = True
             else:
                 ack.tell(error)
+        if error is not None and batch.requests:
+            self.requests.restore(batch.requests)  # (after the refused ones above forgot theirs)
         if gone:
             seq = self._committed_count
             for tid in [tid for tid, last in gone.items() if last <= seq]:
@@ -326,6 +341,8 @@ class Server:
             ack.res[i] = (tid, created)  # (in place: the list the caller holds)
             if created:
                 ack.created.append(tid)
+        if ack.request is not None:
+            self.requests.rewrite(ack.request)
 
     async def _retry_writes(self) -> None:
         await trio.sleep(0.5)
@@ -399,7 +416,8 @@ class Server:
     def prune(self, before: float | None = None) -> None:
         """Ask the writer to delete tasks finished before ``before`` (default: now - retention)."""
         cutoff = before if before is not None else self.clock() - self.config.retention
-        batch = Batch(prune_before=cutoff)
+        self.requests.expire(self.clock())
+        batch = Batch(prune_before=cutoff, requests_below=self.requests.take_delete(force=True))
         self._submitted += 1
         batch.on_done = functools.partial(self._committed, batch, [], None)
         self._store.submit(batch)
@@ -408,13 +426,45 @@ class Server:
 
     # ------------------------------------------------------------------ operations (all frontends)
     def enqueue_nowait(self, specs: list[TaskSpec],
-                       tell: Callable[[list[tuple[int, bool]], BaseException | None], None]) -> list[tuple[int, bool]]:
+                       tell: Callable[[list[tuple[int, bool]], BaseException | None], None],
+                       token: tuple[str, int, int | None] | None = None) -> list[tuple[int, bool]]:
         """Enqueue; ``tell(results, error)`` runs once the tasks are committed (or could not be).
 
         The caller flushes (TCP: after the whole read, so one commit serves many requests).
+
+        Args:
+            token: the request's idempotency token (client id, seq) and the client's ``done_below`` (or None).
+                A token already answered is answered the same way (``tell`` at once, or when the first
+                request's commit is over) and enqueues nothing; its token is stored in the same commit as
+                the tasks (docs/protocol.md section 5.2).
         """
-        res = self.core.enqueue(specs, self.clock())
-        self._acks.append(Ack([tid for tid, created in res if created], lambda err: tell(res, err), res, specs))
+        now = self.clock()
+        entry = None
+        if token is not None:
+            client_id, seq, done_below = token
+            requests = self.requests
+            if done_below is not None:
+                requests.forget_below(client_id, done_below)
+            first = requests.get(client_id, seq)
+            if first is not None:
+                if first.committed:
+                    tell(first.res, None)
+                else:
+                    first.waiters.append(tell)
+                return first.res
+            res = self.core.enqueue(specs, now)
+            entry = requests.add(client_id, seq, res, now)
+
+            def told(err: BaseException | None) -> None:
+                tell(res, err)
+                for again in requests.committed(entry, err):
+                    again(res, err)
+        else:
+            res = self.core.enqueue(specs, now)
+
+            def told(err: BaseException | None) -> None:
+                tell(res, err)
+        self._acks.append(Ack([tid for tid, created in res if created], told, res, specs, entry))
         return res
 
     async def enqueue(self, specs: list[TaskSpec]) -> list[tuple[int, bool]]:

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.model import EVENT_COLUMNS, EVENT_ROW_COLUMNS, NEW_COLUMNS, TASK_COLUMNS
+from ..core.requests import REQUEST_COLUMNS
 from .schema import FINAL_STATE_NAMES, LIVE_STATE_NAMES, migrate
 
 __all__ = ["Batch", "Store", "StoreError", "StoreStats"]
@@ -97,6 +98,7 @@ _UPSERT = _MultiInsert("tasks", TASK_COLUMNS,
                        " ON CONFLICT(id) DO UPDATE SET " + ", ".join(f"{c}=excluded.{c}" for c in TASK_COLUMNS[1:]))
 _INSERT_NEW = _MultiInsert("tasks", NEW_COLUMNS)
 _INSERT_EVENT = _MultiInsert("events", EVENT_ROW_COLUMNS)
+_UPSERT_REQUEST = _MultiInsert("requests", REQUEST_COLUMNS, " ON CONFLICT(id) DO UPDATE SET answer = excluded.answer")
 
 
 class StoreError(Exception):
@@ -137,6 +139,9 @@ class Batch:
             before every upsert of the same commit.
         events: event rows (``EVENT_ROW_COLUMNS`` order: numbered by the core) to append.
         queue_ops: (queue name, paused) to record.
+        requests: enqueue answers by idempotency token (``REQUEST_COLUMNS`` order) to write (an id written
+            again replaces its answer).
+        requests_below: delete the ``requests`` rows whose id is below this.
         prune_before: delete finished tasks (and their events) finished before this time.
         on_done: called with ``None`` after the commit, or with the exception.
     """
@@ -145,6 +150,8 @@ class Batch:
     new_rows: list[tuple[Any, ...]] = field(default_factory=list)
     events: list[tuple[Any, ...]] = field(default_factory=list)
     queue_ops: list[tuple[str, bool]] = field(default_factory=list)
+    requests: list[tuple[Any, ...]] = field(default_factory=list)
+    requests_below: int | None = None
     prune_before: float | None = None
     on_done: Callable[[BaseException | None], None] | None = None
     pruned: int = 0
@@ -238,6 +245,11 @@ class Store:
         (meta_next,) = self.conn.execute("SELECT coalesce(max(CAST(value AS INTEGER)), 0) FROM meta WHERE key = 'next_id'").fetchone()
         return rows(), paused, max((max_id or 0) + 1, meta_next or 0, 1)
 
+    def load_requests(self) -> tuple[list[tuple[Any, ...]], int]:
+        """Return (the stored enqueue answers in ``REQUEST_COLUMNS`` order, by id; the next free row id)."""
+        rows = self.conn.execute(f"SELECT {', '.join(REQUEST_COLUMNS)} FROM requests ORDER BY id").fetchall()
+        return rows, (rows[-1][0] + 1 if rows else 1)
+
     def next_event_id(self) -> int:
         """The first free event id (the core numbers the events it makes from there)."""
         (max_id,) = self.conn.execute("SELECT max(id) FROM events").fetchone()
@@ -298,8 +310,15 @@ class Store:
         new_rows: list[tuple[Any, ...]] = []
         events: list[tuple[Any, ...]] = []
         queue_ops: list[tuple[str, bool]] = []
+        requests: dict[int, tuple[Any, ...]] = {}
+        requests_below = 0
         prune: float | None = None
         for b in batches:
+            if b.requests:
+                for r in b.requests:
+                    requests[r[0]] = r
+            if b.requests_below is not None:
+                requests_below = max(requests_below, b.requests_below)
             new_rows.extend(b.new_rows)
             for r in b.rows:
                 rows[r[0]] = r
@@ -320,6 +339,10 @@ class Store:
                     _UPSERT.run(conn, list(rows.values()))
                 if events:
                     _INSERT_EVENT.run(conn, events)
+                if requests:
+                    _UPSERT_REQUEST.run(conn, list(requests.values()))
+                if requests_below:
+                    conn.execute("DELETE FROM requests WHERE id < ?", (requests_below,))
                 for name, paused in queue_ops:
                     conn.execute("INSERT INTO queues (name, paused) VALUES (?, ?) "
                                  "ON CONFLICT(name) DO UPDATE SET paused = excluded.paused", (name, int(paused)))
