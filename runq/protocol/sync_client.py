@@ -180,19 +180,18 @@ class SyncClient:
             if self._closed:
                 raise ConnectionClosed("not connected: client closed")
             sock = self._sock
-            try:
-                if sock is None:
-                    raise _Lost()
-                self._send_and_read(sock, call)
-                if self.backoff.failures:
-                    self.backoff.reset()  # a session that worked: the next loss starts the delays over
-                return
-            except _Lost as lost:
-                self._drop()
-                again, failed = self._calls.lost(lost.error)
-                if failed:
-                    raise failed[0].error or ConnectionClosed("connection lost") from None
-                assert again == [call]
+            if sock is not None:  # (None: an earlier call lost the connection and gave up)
+                try:
+                    self._send_and_read(sock, call)
+                    if self.backoff.failures:
+                        self.backoff.reset()  # a session that worked: the next loss starts the delays over
+                    return
+                except _Lost as lost:
+                    self._drop()
+                    again, failed = self._calls.lost(lost.error)
+                    if failed:
+                        raise failed[0].error or ConnectionClosed("connection lost") from None
+                    assert again == [call]
             if give_up is None:
                 give_up = self._clock() + self.retry_for
             self._reconnect(give_up)
