@@ -73,7 +73,7 @@ class Backoff:
 class Call:
     """One request and, once it came, its reply."""
 
-    __slots__ = ("error", "msg", "reply", "rid", "sent", "seq", "tries", "waiter")
+    __slots__ = ("epoch", "error", "frame", "msg", "reply", "rid", "sent", "seq", "tries", "waiter")
 
     def __init__(self, msg: dict[str, Any], seq: int | None) -> None:
         self.msg = msg
@@ -84,6 +84,8 @@ class Call:
         self.reply: dict[str, Any] | None = None
         self.error: BaseException | None = None
         self.waiter: Any = None  # the I/O layer's wake-up object (an anyio Event)
+        self.frame = b""  # its bytes for the connection numbered ``epoch`` (the I/O layer's numbering)
+        self.epoch = -1
 
     @property
     def op(self) -> str:

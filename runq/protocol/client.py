@@ -114,6 +114,7 @@ class Client:
         self._stream: anyio.abc.ByteStream | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._wake = anyio.Event()
+        self._epoch = 0  # numbers the connections: a call's frame is for the one it was encoded for
         self._up = anyio.Event()  # set while connected
         self._closed: BaseException | None = None  # aclose() was called
         self._down: BaseException | None = None  # no server answered for retry_for: calls fail at once
@@ -241,6 +242,7 @@ class Client:
             error = await self._session(stream, conn)
             self._up = anyio.Event()
             self._stream = None
+            self._epoch += 1
             with anyio.CancelScope(shield=True):
                 await stream.aclose()
             self._end_events()  # a subscription ends with its connection (docs/clients.md)
@@ -306,6 +308,7 @@ class Client:
 
     async def _sender(self, stream: anyio.abc.ByteStream, conn: Connection) -> None:
         calls = self._calls
+        epoch = self._epoch
         while True:
             if not self._queue:
                 await self._wake.wait()
@@ -313,11 +316,12 @@ class Client:
                 continue
             queued, self._queue = self._queue, []
             for call in queued:
+                if call.epoch != epoch:  # encoded for an earlier connection: a fresh rid for this one
+                    call.frame = conn.send(calls.message(call))
+                    call.epoch = epoch
                 call.sent = True  # (before the write: the server may read part of what it sends)
                 call.tries += 1
-            data = conn.send(calls.message(queued[0])) if len(queued) == 1 else conn.send_many(
-                [calls.message(c) for c in queued])
-            await stream.send(data)
+            await stream.send(queued[0].frame if len(queued) == 1 else b"".join([c.frame for c in queued]))
 
     async def _reconnect(self) -> tuple[anyio.abc.ByteStream, Connection]:
         """Try the addresses until one answers, waiting ``backoff`` between rounds; calls fail once that
@@ -359,6 +363,12 @@ class Client:
         if self._down is not None:
             self._calls.done(call)
             raise ConnectionClosed(f"not connected: {self._down}")
+        try:  # encoded here, so that a value msgpack cannot carry fails this call, in its caller
+            call.frame = self._conn.send(self._calls.message(call))
+        except BaseException:
+            self._calls.done(call)
+            raise
+        call.epoch = self._epoch
         done = call.waiter = anyio.Event()
         self._queue.append(call)
         self._wake.set()
