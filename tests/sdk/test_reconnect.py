@@ -25,20 +25,20 @@ from runq.protocol.calls import Backoff
 
 def drop_after_commit(srv: Server, wanted: Callable[[Batch], bool] = lambda b: bool(b.new_rows)) -> list[Batch]:
     """Close every client connection of ``srv`` right after the next commit that ``wanted``, before the
-    answers it produced are written: the acknowledgement is lost, the commit is not. Returns the batches
+    answers it produced are queued: the acknowledgement is lost, the commit is not. Returns the batches
     dropped after (one, once it happened)."""
     dropped: list[Batch] = []
+    committed = srv._committed
 
-    def listener(batch: Batch, error: BaseException | None) -> None:
-        if not dropped and error is None and wanted(batch):
+    def then_drop(batch: Batch, *args: Any, **kw: Any) -> None:
+        if not dropped and args[-1] is None and wanted(batch):  # (args[-1]: the commit's error)
             dropped.append(batch)
             for sess in list(srv.sessions):
                 if sess.role == "client":
-                    sess._buf.clear()  # (the acknowledgement, queued, never leaves)
-                    sess._pending = 0
-                    sess.close()
+                    sess.close()  # (what it is told from now on is not sent)
+        committed(batch, *args, **kw)
 
-    srv.commit_listeners.append(listener)
+    srv._committed = then_drop  # type: ignore[method-assign]
     return dropped
 
 

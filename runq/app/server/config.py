@@ -59,6 +59,8 @@ class ServerConfig:
             database), so that the same request sent again (after a lost acknowledgement, a server restart)
             is answered with the first ids instead of enqueued twice (docs/clients.md). Must be longer than
             the clients' ``retry_for``.
+        inline_commit: with synchronous=NORMAL, commit a small batch in the trio thread when the writer
+            thread is idle (two thread wake-ups fewer per lone request; server.py says more).
         core: rules of the queue (leases, retries, backoff).
     """
 
@@ -75,6 +77,7 @@ class ServerConfig:
     subscriber_backlog: int = 4 << 20
     max_subscribers: int = 256
     idempotency_window: float = 300.0
+    inline_commit: bool = True
     core: CoreConfig = field(default_factory=CoreConfig)
 
     def check(self) -> None:

@@ -12,6 +12,18 @@ subscribers. Enqueue acknowledgements and pause/resume answers are given from
 the batch's commit callback, so nobody hears "enqueued" before the task is on
 disk.
 
+Where a batch commits: in the writer thread, or, when that thread is idle and the
+batch is small, in the trio thread itself (``_committer``, synchronous=NORMAL
+only). A lone request then costs no thread hand-off and no wake-up back (two
+thread wake-ups were most of a sequential enqueue's latency: bench/README.md).
+The committer is a task woken by ``flush``: it runs after every session that had
+input in the same scheduling round has read it and flushed, so the batches of
+many connections still share one commit. Under load, while the writer commits,
+batches queue for it as before (group commit). Either way a batch commits after
+every batch handed over before it, and its acknowledgements follow its commit.
+A database locked by another program never blocks the loop: the committer tries
+without waiting and leaves it to the writer thread, which waits.
+
 A timer task sleeps until the core's next deadline (delayed task, lease expiry,
 task timeout) and ticks it; it is woken early when a flush moves that deadline.
 """
@@ -136,6 +148,9 @@ class Server:
         #: tasks forgotten after a failed commit -> the last batch in flight then (its acks may name them by key)
         self._forgotten: dict[int, int] = {}
         self._commit_seen = trio.Event()
+        self._inline = False  # small batches may commit in the trio thread (set by serve)
+        self._pending: list[Batch] = []  # batches for the committer task
+        self._commit_soon = trio.Event()
         self._reader_lock = trio.CapacityLimiter(1)
         self._nursery: trio.Nursery | None = None
 
@@ -163,6 +178,9 @@ class Server:
             self.stats.started_at = self.clock()
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                if cfg.inline_commit and store.synchronous == "NORMAL":  # (with FULL a commit waits for fsync)
+                    nursery.start_soon(self._committer)
+                    self._inline = True
                 nursery.start_soon(functools.partial(trio.serve_listeners, tcp.serve_connection, listeners,
                                                      handler_nursery=nursery))
                 if cfg.http_port is not None:
@@ -189,6 +207,10 @@ class Server:
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
+                self._inline = False  # (the committer is gone: what it had goes to the writer)
+                pending, self._pending = self._pending, []
+                for batch in pending:
+                    store.submit(batch)
                 self.flush()
                 await trio.to_thread.run_sync(store.close)
 
@@ -259,13 +281,43 @@ class Server:
             batch = Batch(rows=fx.rows, new_rows=fx.new_rows, events=fx.events, queue_ops=fx.queue_ops,
                           requests=request_rows, requests_below=requests_below)
             batch.on_done = functools.partial(self._committed, batch, acks, waiters, submitted=trio.current_time())
-            self._submitted += 1
-            self._store.submit(batch)
+            self._hand_off(batch)
         elif waiters:
             self._wake_waiters(waiters)
         nd = self.core.next_deadline()
         if nd is not None and nd < self._armed:
             self._rearm.set()
+
+    #: the most rows (tasks, events, tokens) of the batches the committer commits in the trio thread; larger
+    #: ones go to the writer thread, where SQLite's work runs beside the loop's (bench.throughput enqueue_batch)
+    INLINE_ROWS = 64
+
+    def _hand_off(self, batch: Batch) -> None:
+        """Give ``batch`` to the committer (the writer is idle, or the committer holds batches already) or
+        to the writer thread (see the module docstring)."""
+        self._submitted += 1
+        if self._inline and (self._pending or self._committed_count == self._submitted - 1):
+            self._pending.append(batch)
+            if len(self._pending) == 1:
+                self._commit_soon.set()
+        else:
+            self._store.submit(batch)
+
+    async def _committer(self) -> None:
+        """Commit what ``flush`` handed over, once the sessions of this scheduling round have read theirs."""
+        while True:
+            await self._commit_soon.wait()
+            self._commit_soon = trio.Event()
+            pending, self._pending = self._pending, []
+            if not pending:
+                continue
+            size = sum(len(b.rows) + len(b.new_rows) + len(b.events) + len(b.requests)
+                       + (self.INLINE_ROWS if b.prune_before is not None else 0) for b in pending)
+            # (in order: only when every batch handed over before these has been reported)
+            if (size > self.INLINE_ROWS or self._committed_count != self._submitted - len(pending)
+                    or not self._store.commit_here(pending)):
+                for batch in pending:
+                    self._store.submit(batch)
 
     def _committed(self, batch: Batch, acks: list[Ack], waiters: list[int] | None,
                    error: BaseException | None, *, submitted: float | None = None) -> None:
@@ -418,9 +470,8 @@ class Server:
         cutoff = before if before is not None else self.clock() - self.config.retention
         self.requests.expire(self.clock())
         batch = Batch(prune_before=cutoff, requests_below=self.requests.take_delete(force=True))
-        self._submitted += 1
         batch.on_done = functools.partial(self._committed, batch, [], None)
-        self._store.submit(batch)
+        self._hand_off(batch)  # (the committer leaves it to the writer: deleting may take long)
         for tid in [t for t, task in self.core.finished.items() if (task.finished_at or 0) < cutoff]:
             del self.core.finished[tid]
 
