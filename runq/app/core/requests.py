@@ -96,6 +96,7 @@ class Requests:
         self._order: deque[Entry] = deque()  # every entry held, in row order
         self._rows: list[Entry] = []  # to write with the next commit
         self._deleted_below = 1  # rows below this were asked to be deleted
+        self._low: dict[str, int] = {}  # per client, the last ``done_below`` acted on
 
     def __len__(self) -> int:
         return len(self._order)
@@ -147,12 +148,15 @@ class Requests:
         mine = self.clients.get(client_id)
         if not mine:
             return
-        gone = []
-        for seq, entry in mine.items():  # (in seq order: a client numbers its requests in order)
-            if seq >= low:
-                break
-            if entry.committed:
-                gone.append(entry)
+        before = self._low.get(client_id, 0)
+        if low <= before:
+            return
+        self._low[client_id] = low
+        if low - before <= len(mine):  # the usual step: look at the seqs it passed, not at every entry
+            found = (mine.get(seq) for seq in range(before, low))
+            gone = [e for e in found if e is not None and e.committed]
+        else:  # a jump (the client gave up on calls): every entry, never more
+            gone = [e for seq, e in mine.items() if seq < low and e.committed]
         for entry in gone:
             self._drop(entry)
         if gone:
@@ -210,6 +214,7 @@ class Requests:
             del mine[entry.seq]
             if not mine:
                 del self.clients[entry.client_id]
+                self._low.pop(entry.client_id, None)
 
     def _advance(self) -> None:
         order = self._order

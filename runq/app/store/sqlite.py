@@ -176,6 +176,9 @@ class StoreStats:
 
 
 _STOP = object()
+_CHECKPOINT = object()  # asks the writer thread for a checkpoint
+#: WAL pages (estimated) between two checkpoints: SQLite's own default
+_CHECKPOINT_EVERY = 1000
 _BUSY_MS = 5000  # how long the writer waits for another program's write lock
 
 
@@ -202,6 +205,7 @@ class Store:
         self.stats = StoreStats()
         self._q: queue_mod.SimpleQueue[Any] = queue_mod.SimpleQueue()
         self._writing = threading.Lock()  # held by whoever commits on ``conn``
+        self._wal_pages = 0
         self._thread: threading.Thread | None = None
         self._reader: sqlite3.Connection | None = None
         self._lock_fd = _lock(path)
@@ -270,6 +274,7 @@ class Store:
         """Start the writer thread."""
         if self._thread is None:
             self.conn.execute("PRAGMA busy_timeout=0")  # (the waits are _begin's)
+            self.conn.execute("PRAGMA wal_autocheckpoint=0")  # (the writer thread checkpoints: _checkpoint)
             self._thread = threading.Thread(target=self._run, name="runq-store-writer", daemon=True)
             self._thread.start()
 
@@ -304,7 +309,7 @@ class Store:
             while True:
                 if item is _STOP:
                     stop = True
-                else:
+                elif item is not _CHECKPOINT:
                     batches.append(item)
                 try:
                     item = q.get_nowait()
@@ -313,8 +318,24 @@ class Store:
             if batches:
                 with self._writing:
                     self.commit(batches)
+            if self._wal_pages >= _CHECKPOINT_EVERY:
+                with self._writing:
+                    self._checkpoint()
             if stop:
                 return
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL back into the database file (writer thread, ``_writing`` held).
+
+        SQLite's automatic checkpoint is off on the write connection: it would run inside whichever commit
+        crossed its threshold, a commit ``commit_here`` may make in the server's loop thread, stalling it
+        for milliseconds. Here it runs beside the loop, every ``_CHECKPOINT_EVERY`` pages (estimated).
+        """
+        self._wal_pages = 0
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:  # (a reader holding old pages: the next one goes further)
+            log.warning("WAL checkpoint failed: %s", exc)
 
     def commit_here(self, batches: list[Batch]) -> bool:
         """Commit ``batches`` in the calling thread, their ``on_done`` called here too, if the writer thread
@@ -336,6 +357,8 @@ class Store:
             self.commit(batches, notify=_call, begun=True)
         finally:
             self._writing.release()
+        if self._wal_pages >= _CHECKPOINT_EVERY:
+            self._q.put(_CHECKPOINT)  # (the writer thread does it)
         return True
     def commit(self, batches: list[Batch], notify: Callable[[Callable[[], None]], None] | None = None,
                begun: bool = False) -> BaseException | None:
@@ -397,6 +420,8 @@ class Store:
             self.stats.errors += 1
             self.stats.last_error = str(error)
             log.error("%s", error)
+        # about the pages this commit added to the WAL: a few per commit, one more per ~30 rows
+        self._wal_pages += 3 + (len(rows) + len(new_rows) + len(events) + len(requests)) // 30
         st = self.stats
         st.commits += 1
         st.batches += len(batches)
