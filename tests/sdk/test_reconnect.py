@@ -6,6 +6,7 @@ import asyncio
 import random
 import socket
 import sqlite3
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -300,3 +301,13 @@ def test_every_address_is_named_when_none_answers() -> None:
     a, b = free_port(), free_port()
     with pytest.raises(ConnectionClosed, match=f"127.0.0.1:{a}.*127.0.0.1:{b}"):
         SyncClient(f"127.0.0.1:{a},127.0.0.1:{b}", connect_timeout=2)
+
+
+def test_the_sync_client_runs_in_the_calling_thread(threaded_server: ThreadedServer) -> None:
+    """No loop thread, no hop: the calls run in the caller's thread over a plain socket (the old
+    SyncClient ran a Client on an asyncio loop in a thread of its own)."""
+    before = {t.ident for t in threading.enumerate()}
+    with SyncClient(threaded_server.address) as c:
+        tid = c.enqueue("t", "here")
+        assert c.status(tid)["payload"] == "here"
+        assert {t.ident for t in threading.enumerate()} == before
