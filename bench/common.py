@@ -20,6 +20,7 @@ __all__ = [
     "CpuMeter",
     "Spy",
     "cpu_seconds",
+    "echo_server",
     "fmt",
     "measured",
     "profiled",
@@ -99,6 +100,27 @@ def server(db: str | None = None) -> Iterator[tuple[subprocess.Popen[bytes], str
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def echo_server() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """A minimal trio echo server (``bench.echo``) on a free port; yields (process, "127.0.0.1:PORT")."""
+    tmp = tempfile.mkdtemp(prefix="runq-echo-")
+    port_file = os.path.join(tmp, "port")
+    proc = subprocess.Popen([sys.executable, "-m", "bench.echo", "--port-file", port_file],
+                            stdout=subprocess.DEVNULL, env=_env(), cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(port_file):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("bench.echo did not start")
+            time.sleep(0.005)
+        with open(port_file) as f:
+            port = int(f.read())
+        yield proc, f"127.0.0.1:{port}"
+    finally:
+        stop_process(proc)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextmanager

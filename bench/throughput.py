@@ -11,6 +11,11 @@ folder, removed afterwards) and, where needed, real `runq worker` processes; all
 - enqueue_batch: N tasks through enqueue_many in batches of B (1,000), P batches in flight (4), acknowledged.
 - drain: N no-op tasks enqueued into a paused queue, W worker processes (concurrency C) joined, then
   resume; the clock stops when the server counts N succeeded.
+- sequential: one connection, one call at a time (the next starts when the previous returned), for
+  SyncClient and for Client on asyncio: a durable enqueue (acknowledged after its commit) and a status
+  (get of a ready task), p50 / p99 and calls/s; beside them, in the same run and interleaved with them in
+  rounds, the floor: an echo round trip of a small frame to a minimal trio echo server (bench.echo) over the
+  same kind of client socket (a blocking socket; anyio on asyncio, the Client's transport).
 - latency: W workers; a producer enqueues `stamp` tasks at a fixed rate R for S seconds; each handler
   returns time.monotonic() at its start; enqueue-to-start = that minus the producer's time.monotonic()
   just before the enqueue call (CLOCK_MONOTONIC is system-wide on Linux). p50 / p99 / max.
@@ -22,14 +27,21 @@ each measurement and writes DIR/<measurement>-<process>.txt (top functions) and 
 from __future__ import annotations
 
 import argparse
+import socket
+import statistics
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 
 from runq import Client, SyncClient
+from runq.protocol.frames import encode_frame
 
-from .common import CpuMeter, fmt, measured, server, wait_for, workers
+from .common import CpuMeter, echo_server, fmt, measured, server, wait_for, workers
+
+#: the frame the floor echoes: the size of a small request (a ``get``)
+_ECHO_FRAME = encode_frame({"op": "get", "rid": 1234, "id": 1234})
 
 
 async def _check_ready(c: Client, n: int) -> None:
@@ -156,7 +168,105 @@ def latency(args: argparse.Namespace) -> str:
             f"processes x concurrency {args.concurrency}; {cpu.report()})")
 
 
-BENCHES = {"enqueue_single": enqueue_single, "enqueue_batch": enqueue_batch, "drain": drain, "latency": latency}
+_SEQUENTIAL = ("floor", "enqueue", "status")
+
+
+def _sequential_sync(address: str, echo_address: str, calls: int, rounds: int) -> dict[str, list[float]]:
+    """Per-call seconds of each kind, in ``rounds`` interleaved rounds (after a warm-up of each)."""
+    host, port = echo_address.rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    frame = _ECHO_FRAME
+
+    def echo() -> None:
+        sock.sendall(frame)
+        got = 0
+        while got < len(frame):
+            got += len(sock.recv(65536))
+
+    samples: dict[str, list[float]] = {k: [] for k in _SEQUENTIAL}
+    with sock, SyncClient(address) as c:
+        first = c.enqueue("noop")
+        fns: dict[str, Callable[[], object]] = {"floor": echo, "enqueue": lambda: c.enqueue("noop"),
+                                                 "status": lambda: c.status(first)}
+        for fn in fns.values():
+            for _ in range(min(200, calls)):
+                fn()
+        clock = time.perf_counter
+        for _ in range(rounds):
+            for kind, fn in fns.items():
+                out = samples[kind]
+                for _ in range(calls // rounds):
+                    t = clock()
+                    fn()
+                    out.append(clock() - t)
+    return samples
+
+
+async def _sequential_async(address: str, echo_address: str, calls: int, rounds: int) -> dict[str, list[float]]:
+    host, port = echo_address.rsplit(":", 1)
+    frame = _ECHO_FRAME
+    samples: dict[str, list[float]] = {k: [] for k in _SEQUENTIAL}
+    async with await anyio.connect_tcp(host, int(port)) as stream, Client(address) as c:
+        async def echo() -> None:
+            await stream.send(frame)
+            got = 0
+            while got < len(frame):
+                got += len(await stream.receive(65536))
+
+        first = await c.enqueue("noop")
+
+        async def enqueue() -> None:
+            await c.enqueue("noop")
+
+        async def status() -> None:
+            await c.status(first)
+
+        fns: dict[str, Callable[[], Awaitable[None]]] = {"floor": echo, "enqueue": enqueue, "status": status}
+        for fn in fns.values():
+            for _ in range(min(200, calls)):
+                await fn()
+        clock = time.perf_counter
+        for _ in range(rounds):
+            for kind, fn in fns.items():
+                out = samples[kind]
+                for _ in range(calls // rounds):
+                    t = clock()
+                    await fn()
+                    out.append(clock() - t)
+    return samples
+
+
+def _sequential_lines(client: str, samples: dict[str, list[float]]) -> list[str]:
+    def pct(xs: list[float], q: float) -> float:
+        return sorted(xs)[min(len(xs) - 1, int(len(xs) * q))] * 1e6
+
+    floor = statistics.median(samples["floor"]) * 1e6
+    what = {"floor": "echo of a small frame to a minimal trio echo server: the floor",
+            "enqueue": "enqueue('noop'), acknowledged after its commit",
+            "status": "status(id) of a ready task"}
+    lines = []
+    for kind, xs in samples.items():
+        p50 = pct(xs, 0.5)
+        ratio = "" if kind == "floor" else f" = {p50 / floor:.2f}x the floor"
+        lines.append(f"sequential_{client}_{kind}: p50 {p50:.0f} us{ratio}, p99 {pct(xs, 0.99):.0f} us, "
+                     f"{fmt(len(xs) / sum(xs))} calls/s (n={fmt(len(xs))}, one call at a time on one connection; "
+                     f"{what[kind]})")
+    return lines
+
+
+def sequential(args: argparse.Namespace) -> str:
+    calls, rounds = args.calls, 10
+    with server() as (proc, address), echo_server() as (_, echo_address):
+        with measured("sequential_sync", args.profile, proc.pid):
+            sync = _sequential_sync(address, echo_address, calls, rounds)
+        with measured("sequential_asyncio", args.profile, proc.pid):
+            asyn = anyio.run(_sequential_async, address, echo_address, calls, rounds, backend="asyncio")
+    return "\n".join(_sequential_lines("sync", sync) + _sequential_lines("asyncio", asyn))
+
+
+BENCHES = {"enqueue_single": enqueue_single, "enqueue_batch": enqueue_batch, "drain": drain, "latency": latency,
+           "sequential": sequential}
 
 
 def main() -> None:
@@ -168,6 +278,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1000, help="enqueue_batch: tasks per batch (default %(default)s)")
     p.add_argument("--batches", type=int, default=4,
                    help="enqueue_batch: batches in flight on the one connection (default %(default)s)")
+    p.add_argument("--calls", type=int, default=5000,
+                   help="sequential: calls of each kind per client, in 10 interleaved rounds (default %(default)s)")
     p.add_argument("--rate", type=float, default=500.0, help="latency: tasks/s (default %(default)s)")
     p.add_argument("--seconds", type=float, default=5.0, help="latency: how long (default %(default)s)")
     p.add_argument("--only", default=",".join(BENCHES), help="comma-separated subset of " + ",".join(BENCHES))

@@ -7,7 +7,7 @@ Public API::
 
 from __future__ import annotations
 
-from .protocol.client import Client, SyncClient
+from .protocol.client import Client
 from .protocol.errors import (
     ConnectionClosed,
     InvalidState,
@@ -18,6 +18,7 @@ from .protocol.errors import (
     TaskNotFound,
     Unauthorized,
 )
+from .protocol.sync_client import SyncClient
 from .protocol.tasks import BadArguments, Call, NoClient, SyncTaskHandle, TaskDef, TaskHandle, TaskOptions, task
 from .protocol.worker import Retry, TaskContext, Worker
 

@@ -355,7 +355,7 @@ def _supervise(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- client commands
 def _client(args: argparse.Namespace) -> Any:
-    from .protocol.client import SyncClient
+    from .protocol.sync_client import SyncClient
 
     return SyncClient(args.server, token=args.token)
 

@@ -144,7 +144,7 @@ def _specs(n: int, rng: random.Random) -> list[dict[str, Any]]:
 
 def _feed(address: str, n: int, stop: threading.Event) -> None:
     """Enqueue the demo's tasks, then a few more every second until ``stop`` (for the dashboard to show)."""
-    from .protocol.client import SyncClient
+    from .protocol.sync_client import SyncClient
 
     rng = random.Random(7)
     try:

@@ -1,12 +1,17 @@
-"""The client SDK: ``Client`` (async, anyio: trio or asyncio) and ``SyncClient`` (blocking).
+"""The async client SDK: ``Client`` (anyio: trio or asyncio). ``SyncClient`` (blocking) is in sync_client.py.
 
 Theory of operation
 -------------------
-A ``Client`` owns one TCP connection. Requests carry a correlation id
+A ``Client`` holds one TCP connection at a time. Requests carry a correlation id
 (``rid``); one reader task routes each reply to the request waiting for it, so
 any number of requests may be in flight at once (pipelining). Outgoing frames
-are appended to a buffer that one sender task writes with a single
-``send_all`` per wake-up: many concurrent ``enqueue`` calls become one write.
+are appended to a queue that one sender task writes with a single ``send`` per
+wake-up: many concurrent ``enqueue`` calls become one write.
+
+A supervisor task (``_run``) serves one connection after another: when one is
+lost it reconnects with backoff and puts back what was in flight, following the
+rules of ``calls.Calls`` (which is shared with ``SyncClient``): an ``enqueue``
+carries an idempotency token, so sending it again never creates a task twice.
 
 Payloads, results and progress values are encoded with msgpack by this SDK;
 the server never decodes them.
@@ -14,33 +19,56 @@ the server never decodes them.
 
 from __future__ import annotations
 
-import itertools
 import math
-import os
-import socket
-import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Self, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
 
 import anyio
 import anyio.abc
-import anyio.from_thread
-from anyio.from_thread import BlockingPortal
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .address import DEFAULT_ADDRESS, parse_address
-from .errors import ConnectionClosed, ProtocolError, TaskFailed, error_for_code
+from .address import format_address, server_addresses, server_token
+from .calls import TRANSIENT_HELLO_ERRORS, Backoff, Calls, Request, connect_error, hello_message
+from .errors import ConnectionClosed, InvalidState, ProtocolError, RemoteError, RunqError, TaskFailed, error_for_code
 from .frames import DEFAULT_MAX_FRAME, Connection
-from .messages import PROTOCOL_VERSION
-from .tasks import Call, SyncTaskHandle, TaskHandle, client_closed, client_opened
+from .tasks import Call, TaskHandle, client_closed, client_opened
 from .values import decode_task, encode_value
 
-__all__ = ["FINAL_STATES", "Client", "EventStream", "SyncClient"]
+if TYPE_CHECKING:
+    from .sync_client import SyncClient
+
+__all__ = ["FINAL_STATES", "Backoff", "Client", "EventStream", "SyncClient"]
 
 FINAL_STATES = frozenset({"succeeded", "dead", "cancelled"})
-T = TypeVar("T")
 R = TypeVar("R")
+
+
+def __getattr__(name: str) -> Any:
+    # ``from runq.protocol.client import SyncClient`` (where it used to live) without an import cycle
+    if name == "SyncClient":
+        from .sync_client import SyncClient
+
+        return SyncClient
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _enqueue_entry(type: str | Call[Any], payload: Any = None, **options: Any) -> dict[str, Any]:
+    """The wire entry of one enqueue: of a typed task's bound ``Call``, or by type name."""
+    if isinstance(type, Call):
+        if payload is not None:
+            raise TypeError("enqueue(call): the arguments are bound in the call, there is no payload")
+        return type.entry(**options)
+    return _task_entry(type, payload, **options)
+
+
+def _many_entries(tasks: Iterable[Mapping[str, Any]] | Iterable[Call[Any]]
+                  ) -> tuple[list[dict[str, Any]], list[Call[Any]] | None]:
+    """The wire entries of ``enqueue_many``, and the bound calls when every item is one (handles are due)."""
+    items: list[Mapping[str, Any] | Call[Any]] = list(tasks)
+    entries = [t.entry() if isinstance(t, Call) else _task_entry(**dict(t)) for t in items]
+    calls = [t for t in items if isinstance(t, Call)]
+    return entries, (calls if items and len(calls) == len(items) else None)
 
 
 def _task_entry(type: str, payload: Any = None, *, queue: str | None = None, priority: int | None = None,
@@ -64,42 +92,54 @@ def _task_entry(type: str, payload: Any = None, *, queue: str | None = None, pri
     return entry
 
 
-class _Pending:
-    __slots__ = ("event", "reply")
-
-    def __init__(self) -> None:
-        self.event = anyio.Event()
-        self.reply: dict[str, Any] | None = None
-
 
 class Client:
-    """An async connection to a runq server.
+    """An async connection to a runq server that survives the server's restarts.
 
-    Use as ``async with Client("127.0.0.1:7700") as client: ...``.
+    Use as ``async with Client() as client: ...``. Runs under trio and asyncio (anyio).
+
+    When the connection is lost, the client reconnects by itself (exponential backoff with jitter, trying
+    each address in order) and sends again what was in flight (docs/clients.md says what exactly); an
+    ``enqueue`` sent again is never enqueued twice. A call fails with ``ConnectionClosed`` once no server
+    answered for ``retry_for`` seconds since the connection was lost; while none answers after that, calls
+    fail at once, and the client keeps trying in the background.
 
     Args:
-        address: ``HOST:PORT`` of the server.
+        address: ``HOST:PORT``, several of them (comma-separated or a sequence) to try in order, or ``None``
+            for ``RUNQ_SERVER`` (default ``127.0.0.1:7700``).
         token: shared secret, when the server requires one (default: ``RUNQ_TOKEN``).
         role: ``client`` (default) or ``watcher`` (read-only).
-        connect_timeout: seconds to connect and be welcomed.
+        connect_timeout: seconds to connect to one address and be welcomed.
+        retry_for: seconds a call waits for a lost connection to come back before it fails.
+        backoff: the delays between reconnection attempts (default: 50 ms doubling up to 2 s, jittered).
     """
 
-    def __init__(self, address: str = DEFAULT_ADDRESS, *, token: str | None = None, role: str = "client",
-                 connect_timeout: float = 10.0) -> None:
-        self.address = address
-        self.host, self.port = parse_address(address)
-        self.token = token if token is not None else os.environ.get("RUNQ_TOKEN")
+    def __init__(self, address: str | Sequence[str] | None = None, *, token: str | None = None,
+                 role: str = "client", connect_timeout: float = 10.0, retry_for: float = 30.0,
+                 backoff: Backoff | None = None) -> None:
+        self.addresses = server_addresses(address)
+        self.address = format_address(*self.addresses[0])  # the one connected to (or tried first)
+        self.host, self.port = self.addresses[0]
+        self.token = server_token(token)
         self.role = role
         self.connect_timeout = connect_timeout
+        self.retry_for = retry_for
+        self.backoff = backoff or Backoff()
         self.welcome: dict[str, Any] = {}
+        #: connections made so far (1 after connect; one more per reconnection)
+        self.connections = 0
+        self._calls = Calls()
+        self._queue: list[Request] = []  # calls waiting to be written
         self._conn = Connection(DEFAULT_MAX_FRAME)
         self._stream: anyio.abc.ByteStream | None = None
         self._tg: anyio.abc.TaskGroup | None = None
-        self._rids = itertools.count(1)
-        self._pending: dict[int, _Pending] = {}
-        self._buf: list[bytes] = []
         self._wake = anyio.Event()
-        self._closed: BaseException | None = None
+        self._epoch = 0  # numbers the connections: a call's frame is for the one it was encoded for
+        self._sending = False  # a write is in progress (the sender task's, or a caller's own)
+        self._up = anyio.Event()  # set while connected
+        self._closed: BaseException | None = None  # aclose() was called
+        self._down: BaseException | None = None  # no server answered for retry_for: calls fail at once
+        self._preferred = 0  # index of the address that answered last
         self._events_send: MemoryObjectSendStream[dict[str, Any]] | None = None
         self._events_receive: MemoryObjectReceiveStream[dict[str, Any]] | None = None
         self._replaced: list[MemoryObjectReceiveStream[dict[str, Any]]] = []  # of earlier subscribes
@@ -113,51 +153,73 @@ class Client:
         await self.aclose()
 
     async def connect(self) -> None:
-        """Connect, say hello and start the reader and sender tasks."""
-        try:
-            with anyio.fail_after(self.connect_timeout):
-                stream = await anyio.connect_tcp(self.host, self.port)
-        except TimeoutError as exc:
-            raise TimeoutError(f"cannot connect to {self.address}: no answer within {self.connect_timeout:g}s") from exc
-        except OSError as exc:  # say where to, and why (anyio says "All connection attempts failed" with the why as cause)
-            why = exc.__cause__ if exc.errno is None and isinstance(exc.__cause__, OSError) else exc
-            if why.errno is not None:
-                raise type(why)(why.errno, f"cannot connect to {self.address}: {why.strerror}") from exc
-            raise OSError(f"cannot connect to {self.address}: {why}") from exc
-        try:
-            hello: dict[str, Any] = {"op": "hello", "version": PROTOCOL_VERSION, "role": self.role,
-                                     "host": socket.gethostname(), "pid": os.getpid()}
-            if self.token:
-                hello["token"] = self.token
-            await stream.send(self._conn.send(hello))
-            with anyio.fail_after(self.connect_timeout):
-                self.welcome = await self._read_one(stream)
-        except BaseException:
-            await stream.aclose()
-            raise
-        self._stream = stream
+        """Connect to the first address that answers, say hello, start the background tasks.
+
+        The first connection is tried once per address: a wrong address or token fails at once.
+
+        Raises:
+            OSError, TimeoutError: no address could be reached (the error names it).
+            RemoteError: a server refused the hello (``unauthorized``, ``version``, ...).
+        """
+        stream, conn = await self._open()
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
-        self._tg.start_soon(self._reader)
-        self._tg.start_soon(self._sender)
+        self._tg.start_soon(self._run, stream, conn)
         client_opened(self)
 
-    async def _read_one(self, stream: anyio.abc.ByteStream) -> dict[str, Any]:
-        while True:
-            msg = self._conn.next_message()
-            if msg is not None:
-                if msg["op"] == "error":
-                    raise error_for_code(str(msg.get("code")), str(msg.get("message")))
-                return msg
+    async def _open(self) -> tuple[anyio.abc.ByteStream, Connection]:
+        """One pass over the addresses, the one that answered last first."""
+        n = len(self.addresses)
+        errors: list[BaseException] = []
+        for i in range(n):
+            index = (self._preferred + i) % n
+            host, port = self.addresses[index]
+            address = format_address(host, port)
             try:
-                data = await stream.receive(65536)
-            except (anyio.EndOfStream, anyio.BrokenResourceError) as exc:
-                raise ConnectionClosed("server closed the connection during hello") from exc
-            self._conn.receive_data(data)
+                stream, conn = await self._open_one(host, port)
+            except RemoteError as exc:
+                if exc.code not in TRANSIENT_HELLO_ERRORS:
+                    raise
+                errors.append(ConnectionClosed(f"{address} refused the connection: {exc}"))
+                continue
+            except (OSError, TimeoutError, ConnectionClosed) as exc:
+                errors.append(connect_error(address, exc))
+                continue
+            self._preferred = index
+            self.address, self.host, self.port = address, host, port
+            self.connections += 1
+            return stream, conn
+        if len(errors) == 1:
+            raise errors[0]
+        raise ConnectionClosed("no server answered: " + "; ".join(str(e) for e in errors)) from errors[-1]
+
+    async def _open_one(self, host: str, port: int) -> tuple[anyio.abc.ByteStream, Connection]:
+        with anyio.fail_after(self.connect_timeout):
+            stream = await anyio.connect_tcp(host, port)
+        try:
+            conn = Connection(DEFAULT_MAX_FRAME)
+            await stream.send(conn.send(hello_message(self.role, self.token)))
+            with anyio.fail_after(self.connect_timeout):
+                while (msg := conn.next_message()) is None:
+                    try:
+                        data = await stream.receive(65536)
+                    except (anyio.EndOfStream, anyio.BrokenResourceError) as exc:
+                        raise ConnectionClosed("the server closed the connection during hello") from exc
+                    conn.receive_data(data)
+            if msg["op"] == "error":
+                raise error_for_code(str(msg.get("code")), str(msg.get("message")))
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+            raise
+        self.welcome = msg
+        return stream, conn
 
     async def aclose(self) -> None:
         """Close the connection; outstanding requests fail with ``ConnectionClosed``."""
         client_closed(self)
+        if self._closed is None:
+            self._closed = ConnectionClosed("client closed")
         if self._tg is not None:
             tg, self._tg = self._tg, None
             tg.cancel_scope.cancel()
@@ -166,35 +228,85 @@ class Client:
             with anyio.CancelScope(shield=True):
                 await self._stream.aclose()
             self._stream = None
-        self._fail_all(ConnectionClosed("client closed"))
+        self._fail_queued(self._closed)
+        for call in list(self._calls.pending.values()):
+            self._finish(call, error=self._closed)
+        self._end_events()
         for receive in (*self._replaced, self._events_receive):
             if receive is not None:
                 receive.close()
         self._replaced.clear()
 
-    def _fail_all(self, exc: BaseException) -> None:
-        if self._closed is None:
-            self._closed = exc
-        for p in self._pending.values():
-            p.reply = None
-            p.event.set()
-        self._pending.clear()
+    def _end_events(self) -> None:
         if self._events_send is not None:
             self._events_send.close()
+            self._events_send = None
 
-    async def _reader(self) -> None:
-        assert self._stream is not None
-        conn = self._conn
-        try:
-            while True:
-                for msg in conn.messages():
-                    self._route(msg)
-                data = await self._stream.receive(65536)
-                conn.receive_data(data)
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, ProtocolError) as exc:
-            self._fail_all(ConnectionClosed(f"connection to {self.address} lost: {exc!r}"))
+    def _finish(self, call: Request, reply: dict[str, Any] | None = None, error: BaseException | None = None) -> None:
+        """Give ``call`` its outcome and wake its caller."""
+        self._calls.done(call)
+        call.reply = reply
+        if error is not None:
+            call.error = error
+        if call.waiter is not None:
+            call.waiter.set()
 
-    def _route(self, msg: dict[str, Any]) -> None:
+    def _fail_queued(self, error: BaseException) -> None:
+        queued, self._queue = self._queue, []
+        for call in queued:
+            self._finish(call, error=error)
+
+    # ------------------------------------------------------------------ connection
+    async def _run(self, stream: anyio.abc.ByteStream, conn: Connection) -> None:
+        """One session after another, reconnecting in between, until the client is closed."""
+        while True:
+            self._stream, self._conn = stream, conn
+            self._up.set()
+            error = await self._session(stream, conn)
+            self._up = anyio.Event()
+            self._stream = None
+            self._epoch += 1
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+            self._end_events()  # a subscription ends with its connection (docs/clients.md)
+            again, failed = self._calls.lost(error)
+            for call in failed:
+                self._finish(call, error=call.error)
+            self._queue[:0] = again
+            stream, conn = await self._reconnect()
+            self._down = None
+
+    async def _session(self, stream: anyio.abc.ByteStream, conn: Connection) -> BaseException | None:
+        """Serve one connection until it is lost; return the error that closed it, if the server sent one
+        caused by the requests (then nothing it read is sent again)."""
+        outcome: list[BaseException | None] = [None]
+        async with anyio.create_task_group() as tg:
+            async def reader() -> None:
+                try:
+                    while True:
+                        for msg in conn.messages():
+                            if self._route(msg, outcome):
+                                return
+                        conn.receive_data(await stream.receive(65536))
+                except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, ProtocolError):
+                    pass
+                finally:
+                    tg.cancel_scope.cancel()
+
+            async def sender() -> None:
+                try:
+                    await self._sender(stream, conn)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    pass
+                finally:
+                    tg.cancel_scope.cancel()
+
+            tg.start_soon(reader)
+            tg.start_soon(sender)
+        return outcome[0]
+
+    def _route(self, msg: dict[str, Any], outcome: list[BaseException | None]) -> bool:
+        """Hand one message to its call or the event stream; True when it ends the connection."""
         op = msg["op"]
         if op == "event":
             if self._events_send is not None:
@@ -202,58 +314,122 @@ class Client:
                     self._events_send.send_nowait(msg)
                 except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
                     pass
-            return
-        rid = msg.get("rid")
-        p = self._pending.pop(rid, None) if isinstance(rid, int) else None
-        if p is not None:
-            p.reply = msg
-            p.event.set()
-        elif op == "error":
-            self._fail_all(error_for_code(str(msg.get("code")), str(msg.get("message"))))
+            return False
+        call = self._calls.reply(msg)
+        if call is not None:
+            if self.backoff.failures:
+                self.backoff.reset()  # a session that worked: the next loss starts the delays over
+            self._finish(call, reply=msg)
+            return False
+        if op == "error" and msg.get("rid") is None:
+            # the server closes the connection after this frame; only a stopping server is worth a resend
+            code = str(msg.get("code"))
+            if code not in TRANSIENT_HELLO_ERRORS:
+                outcome[0] = error_for_code(code, str(msg.get("message")))
+            return True
+        return False
 
-    async def _sender(self) -> None:
-        assert self._stream is not None
-        try:
-            while True:
+    async def _sender(self, stream: anyio.abc.ByteStream, conn: Connection) -> None:
+        calls = self._calls
+        epoch = self._epoch
+        while True:
+            if not self._queue or self._sending:
                 await self._wake.wait()
                 self._wake = anyio.Event()
-                if self._buf:
-                    data = b"".join(self._buf)
-                    self._buf.clear()
-                    await self._stream.send(data)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
-            self._fail_all(ConnectionClosed(f"connection to {self.address} lost: {exc!r}"))
+                continue
+            queued, self._queue = self._queue, []
+            for call in queued:
+                if call.epoch != epoch:  # encoded for an earlier connection: a fresh rid for this one
+                    call.frame = conn.send(calls.message(call))
+                    call.epoch = epoch
+                call.sent = True  # (before the write: the server may read part of what it sends)
+                call.tries += 1
+            self._sending = True
+            try:
+                await stream.send(queued[0].frame if len(queued) == 1 else b"".join([c.frame for c in queued]))
+            finally:
+                self._sending = False
 
-    def _send(self, msg: dict[str, Any]) -> None:
-        self._buf.append(self._conn.send(msg))
-        self._wake.set()
+    async def _reconnect(self) -> tuple[anyio.abc.ByteStream, Connection]:
+        """Try the addresses until one answers, waiting ``backoff`` between rounds; calls fail once that
+        took ``retry_for`` seconds."""
+        give_up = anyio.current_time() + self.retry_for
+        while True:
+            await anyio.sleep(self.backoff.next())
+            try:
+                return await self._open()
+            except (OSError, TimeoutError, RunqError) as exc:
+                fatal = isinstance(exc, RemoteError)  # refused for good (token, version): no use waiting
+                if self._down is None and (fatal or anyio.current_time() >= give_up):
+                    self._down = ConnectionClosed(f"connection to {self.address} lost and no server answered "
+                                                  f"for {self.retry_for:g}s: {exc}")
+                    self._down.__cause__ = exc
+                if self._down is not None:
+                    self._fail_queued(self._down)
 
     async def request(self, msg: dict[str, Any]) -> dict[str, Any]:
-        """Send one request and return its reply.
+        """Send one request and return its reply (sent again after a reconnection, docs/clients.md).
 
         Raises:
             RemoteError: the server answered with an error frame (subclass by code).
-            ConnectionClosed: the connection ended first.
+            ConnectionClosed: the client is closed, or no server answered for ``retry_for`` seconds, or the
+                connection was lost after a request that is not sent twice (``retry``) was sent.
         """
+        return (await self._request(msg)).reply  # type: ignore[return-value]
+
+    async def _request(self, msg: dict[str, Any]) -> Request:
+        return await self._submit(self._calls.new(msg))
+
+    async def _submit(self, call: Request) -> Request:
         if self._closed is not None:
+            self._calls.done(call)
             raise ConnectionClosed(f"not connected: {self._closed}")
         if self._tg is None:
+            self._calls.done(call)
             raise ConnectionClosed("not connected: use 'async with Client(...)' or await connect()")
-        rid = next(self._rids)
-        msg["rid"] = rid
-        p = _Pending()
-        self._pending[rid] = p
-        self._send(msg)
+        if self._down is not None:
+            self._calls.done(call)
+            raise ConnectionClosed(f"not connected: {self._down}")
+        try:  # encoded here, so that a value msgpack cannot carry fails this call, in its caller
+            call.frame = self._conn.send(self._calls.message(call))
+        except BaseException:
+            self._calls.done(call)
+            raise
+        call.epoch = self._epoch
+        done = call.waiter = anyio.Event()
+        stream = self._stream
         try:
-            await p.event.wait()
+            if stream is not None and not self._queue and not self._sending and len(call.frame) <= 65536:
+                # nothing else to write: write it here, one task switch fewer than through the sender
+                # (a small frame, shielded: a write cut by the caller's cancellation would break the stream)
+                self._sending = True
+                call.sent = True
+                call.tries += 1
+                try:
+                    with anyio.CancelScope(shield=True):
+                        await stream.send(call.frame)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    pass  # the reader sees the connection end; the call is resent on the next one
+                finally:
+                    self._sending = False
+                    if self._queue:
+                        self._wake.set()
+            else:
+                self._queue.append(call)
+                self._wake.set()
+            await done.wait()
         finally:
-            self._pending.pop(rid, None)
-        reply = p.reply
-        if reply is None:
-            raise ConnectionClosed(f"connection closed with a request outstanding: {self._closed}")
+            if not done.is_set():  # cancelled: forget it (a reply that comes is ignored)
+                self._calls.done(call)
+                if call in self._queue:
+                    self._queue.remove(call)
+        if call.error is not None:
+            raise call.error
+        reply = call.reply
+        assert reply is not None
         if reply["op"] == "error":
             raise error_for_code(str(reply.get("code")), str(reply.get("message")))
-        return reply
+        return call
 
     # ------------------------------------------------------------------ tasks
     @overload
@@ -286,17 +462,10 @@ class Client:
             timeout: seconds one attempt may take. retries: retries after a failure (default 3).
             key: unique key; while a non-final task holds it, that task's id is returned.
         """
-        if isinstance(type, Call):
-            if payload is not None:
-                raise TypeError("enqueue(call): the arguments are bound in the call, there is no payload")
-            entry = type.entry(queue=queue, priority=priority, delay=delay, run_at=run_at, timeout=timeout,
-                               retries=retries, key=key)
-            reply = await self.request({"op": "enqueue", "tasks": [entry]})
-            return TaskHandle(self, int(reply["ids"][0]), type.task)
-        entry = _task_entry(type, payload, queue=queue, priority=priority, delay=delay, run_at=run_at,
-                            timeout=timeout, retries=retries, key=key)
-        reply = await self.request({"op": "enqueue", "tasks": [entry]})
-        return int(reply["ids"][0])
+        entry = _enqueue_entry(type, payload, queue=queue, priority=priority, delay=delay, run_at=run_at,
+                               timeout=timeout, retries=retries, key=key)
+        task_id = int((await self.request({"op": "enqueue", "tasks": [entry]}))["ids"][0])
+        return TaskHandle(self, task_id, type.task) if isinstance(type, Call) else task_id
 
     @overload
     async def enqueue_many(self, tasks: Iterable[Call[R]]) -> list[TaskHandle[R]]: ...
@@ -310,12 +479,9 @@ class Client:
         Each item is a typed task's bound ``Call``, or a map with the keyword arguments of ``enqueue``
         (``type`` required).
         """
-        items: list[Mapping[str, Any] | Call[Any]] = list(tasks)
-        entries = [t.entry() if isinstance(t, Call) else _task_entry(**dict(t)) for t in items]
-        reply = await self.request({"op": "enqueue", "tasks": entries})
-        ids = [int(i) for i in reply["ids"]]
-        calls = [t for t in items if isinstance(t, Call)]
-        if items and len(calls) == len(items):
+        entries, calls = _many_entries(tasks)
+        ids = [int(i) for i in (await self.request({"op": "enqueue", "tasks": entries}))["ids"]]
+        if calls is not None:
             return [TaskHandle(self, i, c.task) for i, c in zip(ids, calls, strict=True)]
         return ids
 
@@ -349,8 +515,23 @@ class Client:
         return (await self.wait(task_id, timeout, raise_on_failure=True))["result"]
 
     async def cancel(self, task_id: int) -> dict[str, Any]:
-        """Cancel a queued or running task; return it."""
-        return decode_task((await self.request({"op": "cancel", "id": task_id}))["task"])
+        """Cancel a queued or running task; return it.
+
+        Sent again after a lost connection: when the first one was applied, the second finds the task
+        cancelled already, and that task is returned (not ``InvalidState``).
+        """
+        call = self._calls.new({"op": "cancel", "id": task_id})
+        try:
+            reply = (await self._submit(call)).reply
+        except InvalidState:
+            if call.tries < 2:
+                raise
+            task = await self.get(task_id)
+            if task["state"] != "cancelled":
+                raise
+            return task
+        assert reply is not None
+        return decode_task(reply["task"])
 
     async def retry(self, task_id: int) -> dict[str, Any]:
         """Bring a dead, cancelled or retry-waiting task back to ready now; return it."""
@@ -462,150 +643,4 @@ class EventStream:
     async def aclose(self) -> None:
         await self._receive.aclose()
 
-
-def _portal_thread() -> tuple[BlockingPortal, threading.Thread]:
-    """A blocking portal whose asyncio loop runs in a daemon thread of its own.
-
-    Not anyio's ``start_blocking_portal``: its loop runs in a thread pool's worker, which the interpreter
-    joins at exit, so a script that never closed its ``SyncClient`` hung at exit for ever.
-    """
-    from concurrent.futures import Future
-
-    ready: Future[BlockingPortal] = Future()
-
-    async def serve() -> None:
-        async with BlockingPortal() as portal:
-            ready.set_result(portal)
-            await portal.sleep_until_stopped()
-
-    def main() -> None:
-        try:
-            anyio.run(serve, backend="asyncio")
-        except BaseException as exc:  # noqa: BLE001 - handed to the thread that waits for the portal
-            if not ready.done():
-                ready.set_exception(exc)
-
-    thread = threading.Thread(target=main, name="runq-sync-client", daemon=True)
-    thread.start()
-    return ready.result(), thread
-
-
-class SyncClient:
-    """A blocking client for scripts and WSGI apps: the ``Client`` API without ``await``.
-
-    It runs a ``Client`` on an event loop in a background (daemon) thread. Close it (or use ``with``)
-    to end the connection; a script that does not still exits.
-
-    Args:
-        address: ``HOST:PORT`` of the server.
-        token: shared secret (default ``RUNQ_TOKEN``).
-    """
-
-    def __init__(self, address: str = DEFAULT_ADDRESS, *, token: str | None = None, role: str = "client",
-                 connect_timeout: float = 10.0) -> None:
-        self._portal, self._thread = _portal_thread()
-        self._open = True
-        self._client = Client(address, token=token, role=role, connect_timeout=connect_timeout)
-        # enter and exit the client's task group in one task of the portal's loop
-        self._client_cm = self._portal.wrap_async_context_manager(self._client)
-        try:
-            self._client_cm.__enter__()
-        except BaseException:
-            self._stop_loop()
-            raise
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the connection and stop the background loop."""
-        if self._open:
-            self._open = False
-            try:
-                self._client_cm.__exit__(None, None, None)
-            finally:
-                self._stop_loop()
-
-    def _stop_loop(self) -> None:
-        self._portal.call(self._portal.stop, True)
-        self._thread.join()
-
-    def _call(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
-        return self._portal.call(lambda: fn(*args, **kw))
-
-    @overload
-    def enqueue(self, type: Call[R], payload: None = None, **options: Any) -> SyncTaskHandle[R]: ...
-    @overload
-    def enqueue(self, type: str, payload: Any = None, **options: Any) -> int: ...
-
-    def enqueue(self, type: str | Call[Any], payload: Any = None, **options: Any) -> int | SyncTaskHandle[Any]:
-        """``Client.enqueue``, blocking: a typed ``Call`` gives a ``SyncTaskHandle``, a type name an id."""
-        if isinstance(type, Call):
-            handle = self._call(self._client.enqueue, type, payload, **options)
-            return SyncTaskHandle(self, handle.id, type.task)
-        return int(self._call(self._client.enqueue, type, payload, **options))
-
-    @overload
-    def enqueue_many(self, tasks: Iterable[Call[R]]) -> list[SyncTaskHandle[R]]: ...
-    @overload
-    def enqueue_many(self, tasks: Iterable[Mapping[str, Any]]) -> list[int]: ...
-
-    def enqueue_many(self, tasks: Iterable[Mapping[str, Any]] | Iterable[Call[Any]]
-                     ) -> list[int] | list[SyncTaskHandle[Any]]:
-        """``Client.enqueue_many``, blocking."""
-        out = list(self._call(self._client.enqueue_many, list(tasks)))
-        if out and isinstance(out[0], TaskHandle):
-            return [SyncTaskHandle(self, h.id, h.task) for h in out]
-        return [int(i) for i in out]
-
-    def get(self, task_id: int) -> dict[str, Any]:
-        return dict(self._call(self._client.get, task_id))
-
-    status = get
-
-    def wait(self, task_id: int, timeout: float | None = None, *, raise_on_failure: bool = False) -> dict[str, Any]:
-        return dict(self._call(self._client.wait, task_id, timeout, raise_on_failure=raise_on_failure))
-
-    def result(self, task_id: int, timeout: float | None = None) -> Any:
-        return self._call(self._client.result, task_id, timeout)
-
-    def cancel(self, task_id: int) -> dict[str, Any]:
-        return dict(self._call(self._client.cancel, task_id))
-
-    def retry(self, task_id: int) -> dict[str, Any]:
-        return dict(self._call(self._client.retry, task_id))
-
-    def events(self, task_id: int) -> list[dict[str, Any]]:
-        return list(self._call(self._client.events, task_id))
-
-    def list_tasks(self, **kw: Any) -> tuple[list[dict[str, Any]], int | None]:
-        tasks, cursor = self._call(self._client.list_tasks, **kw)
-        return list(tasks), cursor
-
-    def pause(self, queue: str) -> None:
-        self._call(self._client.pause, queue)
-
-    def resume(self, queue: str) -> None:
-        self._call(self._client.resume, queue)
-
-    def queues(self) -> list[dict[str, Any]]:
-        return list(self._call(self._client.queues))
-
-    def workers(self) -> list[dict[str, Any]]:
-        return list(self._call(self._client.workers))
-
-    def task_types(self) -> list[dict[str, Any]]:
-        return list(self._call(self._client.task_types))
-
-    def drain(self, worker_id: str) -> dict[str, Any]:
-        return dict(self._call(self._client.drain, worker_id))
-
-    def stats(self) -> dict[str, Any]:
-        return dict(self._call(self._client.stats))
-
-    def ping(self) -> None:
-        self._call(self._client.ping)
 

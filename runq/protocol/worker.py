@@ -52,13 +52,11 @@ import functools
 import logging
 import math
 import os
-import random
 import signal
 import socket
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -67,6 +65,7 @@ import anyio.from_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .address import format_address, server_addresses, server_token
+from .calls import Backoff
 from .errors import ConnectionClosed, ProtocolError, RemoteError, RunqError, Unauthorized, error_for_code
 from .frames import DEFAULT_MAX_FRAME, Connection
 from .messages import PROTOCOL_VERSION
@@ -105,34 +104,6 @@ ABANDONED_THREADS = 40
 #: How often the event-loop watcher runs, and the stall (seconds without it running) logged as a blocked loop.
 LOOP_TICK = 0.1
 LOOP_BLOCKED = 0.5
-
-
-@dataclass
-class Backoff:
-    """Reconnection delays: ``first``, doubling up to ``cap``, each times a random factor in [0.5, 1.5).
-
-    ``reset()`` after a session that worked, so that a worker whose server restarts comes back at once
-    instead of waiting the delay its last outage had grown to.
-    """
-
-    first: float = 0.05
-    cap: float = 5.0
-    _step: float = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if not 0 < self.first <= self.cap:
-            raise ValueError(f"Backoff: need 0 < first <= cap, got first={self.first}, cap={self.cap}")
-        self._step = self.first
-
-    def reset(self) -> None:
-        """Start again from the first step."""
-        self._step = self.first
-
-    def next(self) -> float:
-        """The next delay in seconds (jittered), and grow the step for the one after."""
-        step = self._step
-        self._step = min(step * 2, self.cap)
-        return step * (0.5 + random.random())
 
 
 class Retry(Exception):

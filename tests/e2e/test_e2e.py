@@ -197,7 +197,7 @@ def test_kill9_of_the_server_keeps_every_acknowledged_task(cluster: Cluster) -> 
             server.kill9()
             kill_at.append(time.monotonic())  # after the reap: nothing happened in the server later
 
-    with SyncClient(cluster.address) as c:
+    with SyncClient(cluster.address, retry_for=0.5) as c:  # (the server stays down: give up soon)
         cluster.wait_joined(c, w1)
         t = threading.Thread(target=killer, daemon=True)
         t.start()

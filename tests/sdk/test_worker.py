@@ -212,10 +212,11 @@ async def test_a_stored_traceback_starts_at_the_users_code_and_keeps_its_causes(
 def test_format_failure_keeps_an_sdk_error_whole() -> None:
     """An exception with no frame outside the cut folders is the SDK's own: its frames stay."""
     try:
-        Backoff(first=0)
+        Backoff(base=0)
     except ValueError as exc:
-        text = format_failure(exc)
-    assert "worker.py" in text and "ValueError: Backoff" in text
+        assert exc.__traceback__ is not None
+        text = format_failure(exc.with_traceback(exc.__traceback__.tb_next))  # (this test's frame taken off)
+    assert "runq/protocol/calls.py" in text and "ValueError: Backoff" in text
 
 
 # ---------------------------------------------------------------------- 4. timeouts of blocked loops
@@ -248,7 +249,7 @@ async def test_a_handler_that_blocks_its_loop_past_its_timeout_is_a_timeout_that
 
 
 def test_backoff_doubles_to_its_cap_and_starts_again_after_a_reset() -> None:
-    b = Backoff(first=0.1, cap=0.8)
+    b = Backoff(base=0.1, cap=0.8)
     steps = [b.next() for _ in range(6)]
     for got, step in zip(steps, [0.1, 0.2, 0.4, 0.8, 0.8, 0.8], strict=True):
         assert 0.5 * step <= got < 1.5 * step
@@ -277,7 +278,7 @@ async def test_a_worker_rejoins_at_once_after_a_session_that_worked(tmp_path: Pa
             first = Server(ServerConfig(db=db, port=0))
             port = await nursery.start(first.serve)
             worker = Worker()
-            nursery.start_soon(lambda: worker.run(f"127.0.0.1:{port}", backoff=Backoff(first=0.01, cap=0.32)))
+            nursery.start_soon(lambda: worker.run(f"127.0.0.1:{port}", backoff=Backoff(base=0.01, cap=0.32)))
             await until(lambda: worker.sessions == 1 and worker.connected)
             first.stopping.set()
             await until(lambda: len(retries()) >= 7)  # 0.01 .. 0.32: the cap

@@ -195,6 +195,24 @@ class StoreContract:
         assert store.events(2) == read(event(2, "scheduled", "scheduled"))
         assert store.events(3) == []
 
+    def test_enqueue_answers_by_token_are_written_replaced_deleted_and_read_back(self, open_store: OpenStore,
+                                                                              path: Path) -> None:
+        with opened(open_store, path, start=True) as store:
+            assert store.load_requests() == ([], 1)
+            rows = [(1, "c1", 0, T0, "5+1"), (2, "c1", 1, T0, "6+1"), (3, "c2", 0, T0 + 1, "!5,7")]
+            assert commit(store, Batch(new_rows=[task(5).new_row()], requests=rows)) is None
+            # a row written again replaces its answer; the rows below an id go in one range
+            assert commit(store, Batch(requests=[(3, "c2", 0, T0 + 1, "!5,8")], requests_below=2)) is None
+        with opened(open_store, path) as store:  # and they are there after a restart
+            assert store.load_requests() == ([(2, "c1", 1, T0, "6+1"), (3, "c2", 0, T0 + 1, "!5,8")], 4)
+
+    def test_a_failed_commit_writes_no_answer_by_token(self, store: Store) -> None:
+        with self.full(store):
+            err = commit(store, Batch(new_rows=[task(1, payload=b"x" * 100_000).new_row()],
+                                      requests=[(1, "c", 0, T0, "1+1")]))
+        assert err is not None
+        assert store.load_requests() == ([], 1)
+
     def test_new_rows_then_upserts_in_one_commit(self, store: Store) -> None:
         t = task(1, queue="q", key="k", priority=2)
         t2 = task(2, "scheduled", run_at=T0 + 5)

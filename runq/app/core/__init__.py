@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from .model import EVENT_COLUMNS, EVENT_ROW_COLUMNS, TASK_COLUMNS, CoreConfig, ReadyQueue, Task, WorkerInfo
 from .queue import Core, CoreStats, Effects, TaskMissing
+from .requests import REQUEST_COLUMNS, Requests
 from .states import FINAL_STATES, TRANSITIONS, IllegalTransition, State, Transition, next_state
 
 __all__ = [
     "EVENT_COLUMNS",
     "EVENT_ROW_COLUMNS",
     "FINAL_STATES",
+    "REQUEST_COLUMNS",
     "TASK_COLUMNS",
     "TRANSITIONS",
     "Core",
@@ -18,6 +20,7 @@ __all__ = [
     "Effects",
     "IllegalTransition",
     "ReadyQueue",
+    "Requests",
     "State",
     "Task",
     "TaskMissing",

@@ -55,6 +55,12 @@ class ServerConfig:
             before its events are dropped.
         max_subscribers: live-event subscribers (TCP ``subscribe`` and HTTP streams together) served at
             once; one more is refused with ``busy``. Each may buffer up to its backlog: this bounds memory.
+        idempotency_window: seconds the answer to an enqueue is kept by its idempotency token (memory and
+            database), so that the same request sent again (after a lost acknowledgement, a server restart)
+            is answered with the first ids instead of enqueued twice (docs/clients.md). Must be longer than
+            the clients' ``retry_for``.
+        inline_commit: with synchronous=NORMAL, commit a small batch in the trio thread when the writer
+            thread is idle (two thread wake-ups fewer per lone request; server.py says more).
         core: rules of the queue (leases, retries, backoff).
     """
 
@@ -70,10 +76,14 @@ class ServerConfig:
     prune_interval: float = 3600.0
     subscriber_backlog: int = 4 << 20
     max_subscribers: int = 256
+    idempotency_window: float = 300.0
+    inline_commit: bool = True
     core: CoreConfig = field(default_factory=CoreConfig)
 
     def check(self) -> None:
         """Raise ``ConfigError`` for settings that must not be served."""
+        if not self.idempotency_window > 0:
+            raise ConfigError(f"idempotency_window must be > 0 seconds, not {self.idempotency_window}")
         if self.max_subscribers < 0:
             raise ConfigError(f"max_subscribers must be 0 or more, not {self.max_subscribers}")
         if not is_loopback(self.host) and not self.token:

@@ -12,6 +12,18 @@ subscribers. Enqueue acknowledgements and pause/resume answers are given from
 the batch's commit callback, so nobody hears "enqueued" before the task is on
 disk.
 
+Where a batch commits: in the writer thread, or, when that thread is idle and the
+batch is small, in the trio thread itself (``_committer``, synchronous=NORMAL
+only). A lone request then costs no thread hand-off and no wake-up back (two
+thread wake-ups were most of a sequential enqueue's latency: bench/README.md).
+The committer is a task woken by ``flush``: it runs after every session that had
+input in the same scheduling round has read it and flushed, so the batches of
+many connections still share one commit. Under load, while the writer commits,
+batches queue for it as before (group commit). Either way a batch commits after
+every batch handed over before it, and its acknowledgements follow its commit.
+A database locked by another program never blocks the loop: the committer tries
+without waiting and leaves it to the writer thread, which waits.
+
 A timer task sleeps until the core's next deadline (delayed task, lease expiry,
 task timeout) and ticks it; it is woken early when a flush moves that deadline.
 """
@@ -31,8 +43,9 @@ import trio
 
 from ...protocol.errors import ProtocolError
 from ...protocol.messages import TaskSpec
-from ..core import FINAL_STATES, Core, IllegalTransition, State, Task, TaskMissing, Transition, WorkerInfo
+from ..core import FINAL_STATES, Core, IllegalTransition, Requests, State, Task, TaskMissing, Transition, WorkerInfo
 from ..core.model import EVENT_COLUMNS
+from ..core.requests import Entry
 from ..store import Batch, Store, StoreError
 from .config import Clock, ServerConfig
 from .session import Session, Subscription
@@ -51,16 +64,19 @@ class Ack:
         res, specs: for an enqueue, its answer ``[(id, created), ...]`` (the list the caller holds) and its
             specs: a unique-key hit on a task whose own creation then fails to commit is enqueued again.
         tell: called with None or the error.
+        request: for an enqueue with an idempotency token, its entry (its row is rewritten if ``res`` changes).
     """
 
-    __slots__ = ("created", "res", "specs", "tell")
+    __slots__ = ("created", "request", "res", "specs", "tell")
 
     def __init__(self, created: list[int], tell: Callable[[BaseException | None], None],
-                 res: list[tuple[int, bool]] | None = None, specs: list[TaskSpec] | None = None) -> None:
+                 res: list[tuple[int, bool]] | None = None, specs: list[TaskSpec] | None = None,
+                 request: Entry | None = None) -> None:
         self.created = created
         self.tell = tell
         self.res = res
         self.specs = specs
+        self.request = request
 
     def hits_in(self, ids: dict[int, int]) -> bool:
         """Whether it answered with one of ``ids`` by a unique key."""
@@ -101,6 +117,8 @@ class Server:
         self._clock_arg = clock
         self.clock: Callable[[], float] = clock or time.time
         self.core = Core(config.core)
+        #: enqueue answers by idempotency token (docs/protocol.md section 5.2)
+        self.requests = Requests(config.idempotency_window)
         self.store: Store | None = None
         self.stats = ServerStats()
         self.port: int | None = None
@@ -130,6 +148,9 @@ class Server:
         #: tasks forgotten after a failed commit -> the last batch in flight then (its acks may name them by key)
         self._forgotten: dict[int, int] = {}
         self._commit_seen = trio.Event()
+        self._inline = False  # small batches may commit in the trio thread (set by serve)
+        self._pending: list[Batch] = []  # batches for the committer task
+        self._commit_soon = trio.Event()
         self._reader_lock = trio.CapacityLimiter(1)
         self._nursery: trio.Nursery | None = None
 
@@ -157,6 +178,9 @@ class Server:
             self.stats.started_at = self.clock()
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                if cfg.inline_commit and store.synchronous == "NORMAL":  # (with FULL a commit waits for fsync)
+                    nursery.start_soon(self._committer)
+                    self._inline = True
                 nursery.start_soon(functools.partial(trio.serve_listeners, tcp.serve_connection, listeners,
                                                      handler_nursery=nursery))
                 if cfg.http_port is not None:
@@ -183,6 +207,10 @@ class Server:
                 nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
+                self._inline = False  # (the committer is gone: what it had goes to the writer)
+                pending, self._pending = self._pending, []
+                for batch in pending:
+                    store.submit(batch)
                 self.flush()
                 await trio.to_thread.run_sync(store.close)
 
@@ -201,6 +229,8 @@ class Server:
         gc.freeze()
         if self.recovered:
             log.warning("%d task(s) were running when the server stopped: back to ready", self.recovered)
+        request_rows, next_request = await trio.to_thread.run_sync(store.load_requests)
+        self.requests.recover(request_rows, next_request, now)
         fx = self.core.take_effects(now)
         if fx.rows or fx.new_rows or fx.events:
             await trio.to_thread.run_sync(store.write_now, Batch(rows=fx.rows, new_rows=fx.new_rows,
@@ -242,17 +272,52 @@ class Server:
         waiters = None
         if self._waiters:
             waiters = [r[0] for r in fx.events if r[3] in FINAL and r[0] in self._waiters]
-        if fx.rows or fx.new_rows or fx.events or fx.queue_ops or acks:
+        requests = self.requests
+        requests.expire(now)
+        request_rows = requests.take_rows()
+        requests_below = requests.take_delete()
+        if fx.rows or fx.new_rows or fx.events or fx.queue_ops or acks or request_rows or requests_below:
             self._acks = []
-            batch = Batch(rows=fx.rows, new_rows=fx.new_rows, events=fx.events, queue_ops=fx.queue_ops)
+            batch = Batch(rows=fx.rows, new_rows=fx.new_rows, events=fx.events, queue_ops=fx.queue_ops,
+                          requests=request_rows, requests_below=requests_below)
             batch.on_done = functools.partial(self._committed, batch, acks, waiters, submitted=trio.current_time())
-            self._submitted += 1
-            self._store.submit(batch)
+            self._hand_off(batch)
         elif waiters:
             self._wake_waiters(waiters)
         nd = self.core.next_deadline()
         if nd is not None and nd < self._armed:
             self._rearm.set()
+
+    #: the most rows (tasks, events, tokens) of the batches the committer commits in the trio thread; larger
+    #: ones go to the writer thread, where SQLite's work runs beside the loop's (bench.throughput enqueue_batch)
+    INLINE_ROWS = 64
+
+    def _hand_off(self, batch: Batch) -> None:
+        """Give ``batch`` to the committer (the writer is idle, or the committer holds batches already) or
+        to the writer thread (see the module docstring)."""
+        self._submitted += 1
+        if self._inline and (self._pending or self._committed_count == self._submitted - 1):
+            self._pending.append(batch)
+            if len(self._pending) == 1:
+                self._commit_soon.set()
+        else:
+            self._store.submit(batch)
+
+    async def _committer(self) -> None:
+        """Commit what ``flush`` handed over, once the sessions of this scheduling round have read theirs."""
+        while True:
+            await self._commit_soon.wait()
+            self._commit_soon = trio.Event()
+            pending, self._pending = self._pending, []
+            if not pending:
+                continue
+            size = sum(len(b.rows) + len(b.new_rows) + len(b.events) + len(b.requests)
+                       + (self.INLINE_ROWS if b.prune_before is not None else 0) for b in pending)
+            # (in order: only when every batch handed over before these has been reported)
+            if (size > self.INLINE_ROWS or self._committed_count != self._submitted - len(pending)
+                    or not self._store.commit_here(pending)):
+                for batch in pending:
+                    self._store.submit(batch)
 
     def _committed(self, batch: Batch, acks: list[Ack], waiters: list[int] | None,
                    error: BaseException | None, *, submitted: float | None = None) -> None:
@@ -304,6 +369,8 @@ class Server:
                 again = True
             else:
                 ack.tell(error)
+        if error is not None and batch.requests:
+            self.requests.restore(batch.requests)  # (after the refused ones above forgot theirs)
         if gone:
             seq = self._committed_count
             for tid in [tid for tid, last in gone.items() if last <= seq]:
@@ -326,6 +393,8 @@ class Server:
             ack.res[i] = (tid, created)  # (in place: the list the caller holds)
             if created:
                 ack.created.append(tid)
+        if ack.request is not None:
+            self.requests.rewrite(ack.request)
 
     async def _retry_writes(self) -> None:
         await trio.sleep(0.5)
@@ -399,22 +468,54 @@ class Server:
     def prune(self, before: float | None = None) -> None:
         """Ask the writer to delete tasks finished before ``before`` (default: now - retention)."""
         cutoff = before if before is not None else self.clock() - self.config.retention
-        batch = Batch(prune_before=cutoff)
-        self._submitted += 1
+        self.requests.expire(self.clock())
+        batch = Batch(prune_before=cutoff, requests_below=self.requests.take_delete(force=True))
         batch.on_done = functools.partial(self._committed, batch, [], None)
-        self._store.submit(batch)
+        self._hand_off(batch)  # (the committer leaves it to the writer: deleting may take long)
         for tid in [t for t, task in self.core.finished.items() if (task.finished_at or 0) < cutoff]:
             del self.core.finished[tid]
 
     # ------------------------------------------------------------------ operations (all frontends)
     def enqueue_nowait(self, specs: list[TaskSpec],
-                       tell: Callable[[list[tuple[int, bool]], BaseException | None], None]) -> list[tuple[int, bool]]:
+                       tell: Callable[[list[tuple[int, bool]], BaseException | None], None],
+                       token: tuple[str, int, int | None] | None = None) -> list[tuple[int, bool]]:
         """Enqueue; ``tell(results, error)`` runs once the tasks are committed (or could not be).
 
         The caller flushes (TCP: after the whole read, so one commit serves many requests).
+
+        Args:
+            token: the request's idempotency token (client id, seq) and the client's ``done_below`` (or None).
+                A token already answered is answered the same way (``tell`` at once, or when the first
+                request's commit is over) and enqueues nothing; its token is stored in the same commit as
+                the tasks (docs/protocol.md section 5.2).
         """
-        res = self.core.enqueue(specs, self.clock())
-        self._acks.append(Ack([tid for tid, created in res if created], lambda err: tell(res, err), res, specs))
+        now = self.clock()
+        entry = None
+        if token is not None:
+            client_id, seq, done_below = token
+            requests = self.requests
+            if done_below is not None:
+                requests.forget_below(client_id, done_below)
+            first = requests.get(client_id, seq)
+            if first is not None:
+                if first.committed:
+                    tell(first.res, None)
+                else:
+                    first.waiters.append(tell)
+                return first.res
+            res = self.core.enqueue(specs, now)
+            entry = requests.add(client_id, seq, res, now)
+
+            def told(err: BaseException | None) -> None:
+                tell(res, err)
+                for again in requests.committed(entry, err):
+                    again(res, err)
+        else:
+            res = self.core.enqueue(specs, now)
+
+            def told(err: BaseException | None) -> None:
+                tell(res, err)
+        self._acks.append(Ack([tid for tid, created in res if created], told, res, specs, entry))
         return res
 
     async def enqueue(self, specs: list[TaskSpec]) -> list[tuple[int, bool]]:

@@ -3,11 +3,21 @@
 The reader side lives in ``TcpFrontend.serve_connection``; this module only owns
 what is per connection: the sans-IO ``Connection``, the outbox that coalesces
 many frames into one ``send_all``, and the subscription filter of a watcher.
+
+The first frame queued while nothing else is queued or being written is written
+at once, with one non-blocking ``os.write`` on the socket, instead of waking the
+sender task: that saves a trio scheduling round per lone reply (bench.throughput
+--only sequential). The frames after it, until the sender task has run, wait for
+the sender, which writes them all with one ``send_all`` (many replies of one
+commit: one write). Whatever the socket does not take at once goes to the sender
+task too, which also meets the errors (a broken connection), so the order of
+frames and the way a connection ends are the same either way.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +70,10 @@ class Session:
         self._wake = trio.Event()
         self._closing = False
         self._sender_done = trio.Event()
+        self._writing = False  # the sender task is in send_all
+        self._wrote_now = False  # a frame was written at once since the sender task last ran
+        sock = getattr(stream, "socket", None)
+        self._fd = sock.fileno() if sock is not None else -1
         self.closed = False
 
     # ------------------------------------------------------------------ out
@@ -68,6 +82,10 @@ class Session:
         if self.closed or self._closing:
             return
         data = self.conn.send(message)
+        if not self._buf and not self._writing and not self._wrote_now and self._fd >= 0:
+            data = self._write_now(data)
+            if not data:
+                return
         self._buf.append(data)
         self._pending += len(data)
         if not self._wake.is_set():
@@ -77,10 +95,25 @@ class Session:
         if self.closed or self._closing or not messages:
             return
         data = self.conn.send_many(messages)
+        if not self._buf and not self._writing and not self._wrote_now and self._fd >= 0:
+            data = self._write_now(data)
+            if not data:
+                return
         self._buf.append(data)
         self._pending += len(data)
         if not self._wake.is_set():
             self._wake.set()
+
+    def _write_now(self, data: bytes) -> bytes:
+        """Write what the socket takes now; return the rest (for the sender task)."""
+        self._wrote_now = True
+        if not self._wake.is_set():
+            self._wake.set()  # (the sender runs once, and lets the next frame be written at once again)
+        try:
+            n = os.write(self._fd, data)
+        except OSError:  # full (BlockingIOError) or broken: the sender task writes it, or meets the error
+            return data
+        return data[n:]
 
     def send_event(self, message: dict[str, Any]) -> None:
         """Queue a live event, or drop it when the peer is not keeping up."""
@@ -105,11 +138,16 @@ class Session:
             while True:
                 await self._wake.wait()
                 self._wake = trio.Event()
+                self._wrote_now = False
                 if self._buf:
                     data = self._buf[0] if len(self._buf) == 1 else b"".join(self._buf)
                     self._buf.clear()
                     self._pending = 0
-                    await self.stream.send_all(data)
+                    self._writing = True
+                    try:
+                        await self.stream.send_all(data)
+                    finally:
+                        self._writing = False
                 if self._closing and not self._buf:
                     break
         except (trio.BrokenResourceError, trio.ClosedResourceError):

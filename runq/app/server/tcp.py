@@ -209,7 +209,7 @@ class TcpFrontend:
                     sess.send({"op": "error", "rid": rid, "code": "store_error",
                                "message": f"not committed, nothing was enqueued: {err}"})
 
-            srv.enqueue_nowait(specs, tell)
+            srv.enqueue_nowait(specs, tell, _token(msg))
         elif op == "get":
             sess.send({"op": "task", "rid": rid, "task": await srv.get_task(require(msg, "id", int))})
         elif op == "wait":
@@ -279,6 +279,22 @@ class TcpFrontend:
         # like every error that closes a connection, it answers no request: no rid (docs/protocol.md section 4)
         sess.close({"op": "error", "code": "internal",
                     "message": f"internal error handling {op!r}: {type(exc).__name__}: {exc}"})
+
+
+def _token(msg: dict[str, Any]) -> tuple[str, int, int | None] | None:
+    """An enqueue's idempotency token (client_id, seq) and done_below, checked (docs/protocol.md 5.2)."""
+    client_id = optional(msg, "client_id", str)
+    seq = optional(msg, "seq", int)
+    done_below = optional(msg, "done_below", int)
+    if client_id is None and seq is None:
+        return None
+    if client_id is None or seq is None:
+        raise ProtocolError("enqueue: give 'client_id' and 'seq' together (the idempotency token)", "bad_request")
+    if not 0 < len(client_id) <= 100:
+        raise ProtocolError("enqueue: 'client_id' must be 1 to 100 chars", "bad_request")
+    if seq < 0 or (done_below is not None and done_below < 0):
+        raise ProtocolError("enqueue: 'seq' and 'done_below' must be >= 0", "bad_request")
+    return client_id, seq, done_below
 
 
 def _set(msg: dict[str, Any], field: str, kind: type) -> frozenset[Any] | None:

@@ -62,8 +62,20 @@ CREATE TABLE meta (
 );
 """
 
+#: Version 2: the answers of enqueue requests by idempotency token (runq.app.core.requests), kept for a
+#: window of minutes so that a client resending an enqueue after a crash gets the first answer.
+_V2 = """
+CREATE TABLE requests (
+    id        INTEGER PRIMARY KEY,
+    client_id TEXT    NOT NULL,
+    seq       INTEGER NOT NULL,
+    at        REAL    NOT NULL,
+    answer    TEXT    NOT NULL
+);
+"""
+
 #: MIGRATIONS[i] takes a database from version i to version i + 1.
-MIGRATIONS: list[str] = [_V1]
+MIGRATIONS: list[str] = [_V1, _V2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

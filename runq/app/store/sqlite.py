@@ -14,6 +14,10 @@ acknowledged only from ``on_done(None)``: acknowledged tasks survive ``kill -9``
 Within one transaction the last row of a task wins (rows are upserts of the
 whole task), events are appended in order.
 
+``commit_here(batches)`` commits in the calling thread instead, when the writer
+is idle (it holds a lock while it commits): the server does so for small
+batches, which saves two thread wake-ups per commit (docs in the server).
+
 If a commit fails (disk full, database locked past ``busy_timeout``), the
 transaction is rolled back, every batch in it gets the error, and the writer
 goes on with the next batches: nothing is silently dropped.
@@ -47,6 +51,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.model import EVENT_COLUMNS, EVENT_ROW_COLUMNS, NEW_COLUMNS, TASK_COLUMNS
+from ..core.requests import REQUEST_COLUMNS
 from .schema import FINAL_STATE_NAMES, LIVE_STATE_NAMES, migrate
 
 __all__ = ["Batch", "Store", "StoreError", "StoreStats"]
@@ -97,6 +102,7 @@ _UPSERT = _MultiInsert("tasks", TASK_COLUMNS,
                        " ON CONFLICT(id) DO UPDATE SET " + ", ".join(f"{c}=excluded.{c}" for c in TASK_COLUMNS[1:]))
 _INSERT_NEW = _MultiInsert("tasks", NEW_COLUMNS)
 _INSERT_EVENT = _MultiInsert("events", EVENT_ROW_COLUMNS)
+_UPSERT_REQUEST = _MultiInsert("requests", REQUEST_COLUMNS, " ON CONFLICT(id) DO UPDATE SET answer = excluded.answer")
 
 
 class StoreError(Exception):
@@ -137,6 +143,9 @@ class Batch:
             before every upsert of the same commit.
         events: event rows (``EVENT_ROW_COLUMNS`` order: numbered by the core) to append.
         queue_ops: (queue name, paused) to record.
+        requests: enqueue answers by idempotency token (``REQUEST_COLUMNS`` order) to write (an id written
+            again replaces its answer).
+        requests_below: delete the ``requests`` rows whose id is below this.
         prune_before: delete finished tasks (and their events) finished before this time.
         on_done: called with ``None`` after the commit, or with the exception.
     """
@@ -145,6 +154,8 @@ class Batch:
     new_rows: list[tuple[Any, ...]] = field(default_factory=list)
     events: list[tuple[Any, ...]] = field(default_factory=list)
     queue_ops: list[tuple[str, bool]] = field(default_factory=list)
+    requests: list[tuple[Any, ...]] = field(default_factory=list)
+    requests_below: int | None = None
     prune_before: float | None = None
     on_done: Callable[[BaseException | None], None] | None = None
     pruned: int = 0
@@ -165,6 +176,14 @@ class StoreStats:
 
 
 _STOP = object()
+_CHECKPOINT = object()  # asks the writer thread for a checkpoint
+#: WAL pages (estimated) between two checkpoints: SQLite's own default
+_CHECKPOINT_EVERY = 1000
+_BUSY_MS = 5000  # how long the writer waits for another program's write lock
+
+
+def _call(fn: Callable[[], None]) -> None:
+    fn()
 
 
 class Store:
@@ -185,6 +204,8 @@ class Store:
         self.notify = notify or (lambda fn: fn())
         self.stats = StoreStats()
         self._q: queue_mod.SimpleQueue[Any] = queue_mod.SimpleQueue()
+        self._writing = threading.Lock()  # held by whoever commits on ``conn``
+        self._wal_pages = 0
         self._thread: threading.Thread | None = None
         self._reader: sqlite3.Connection | None = None
         self._lock_fd = _lock(path)
@@ -199,7 +220,7 @@ class Store:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
-        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
         conn.execute("PRAGMA cache_size=-16384")
         conn.execute("PRAGMA temp_store=MEMORY")
         return conn
@@ -238,6 +259,11 @@ class Store:
         (meta_next,) = self.conn.execute("SELECT coalesce(max(CAST(value AS INTEGER)), 0) FROM meta WHERE key = 'next_id'").fetchone()
         return rows(), paused, max((max_id or 0) + 1, meta_next or 0, 1)
 
+    def load_requests(self) -> tuple[list[tuple[Any, ...]], int]:
+        """Return (the stored enqueue answers in ``REQUEST_COLUMNS`` order, by id; the next free row id)."""
+        rows = self.conn.execute(f"SELECT {', '.join(REQUEST_COLUMNS)} FROM requests ORDER BY id").fetchall()
+        return rows, (rows[-1][0] + 1 if rows else 1)
+
     def next_event_id(self) -> int:
         """The first free event id (the core numbers the events it makes from there)."""
         (max_id,) = self.conn.execute("SELECT max(id) FROM events").fetchone()
@@ -247,6 +273,8 @@ class Store:
     def start(self) -> None:
         """Start the writer thread."""
         if self._thread is None:
+            self.conn.execute("PRAGMA busy_timeout=0")  # (the waits are _begin's)
+            self.conn.execute("PRAGMA wal_autocheckpoint=0")  # (the writer thread checkpoints: _checkpoint)
             self._thread = threading.Thread(target=self._run, name="runq-store-writer", daemon=True)
             self._thread.start()
 
@@ -281,25 +309,77 @@ class Store:
             while True:
                 if item is _STOP:
                     stop = True
-                else:
+                elif item is not _CHECKPOINT:
                     batches.append(item)
                 try:
                     item = q.get_nowait()
                 except queue_mod.Empty:
                     break
             if batches:
-                self.commit(batches)
+                with self._writing:
+                    self.commit(batches)
+            if self._wal_pages >= _CHECKPOINT_EVERY:
+                with self._writing:
+                    self._checkpoint()
             if stop:
                 return
 
-    def commit(self, batches: list[Batch]) -> BaseException | None:
-        """Write ``batches`` in one transaction and report to each (writer thread only)."""
+    def _checkpoint(self) -> None:
+        """Copy the WAL back into the database file (writer thread, ``_writing`` held).
+
+        SQLite's automatic checkpoint is off on the write connection: it would run inside whichever commit
+        crossed its threshold, a commit ``commit_here`` may make in the server's loop thread, stalling it
+        for milliseconds. Here it runs beside the loop, every ``_CHECKPOINT_EVERY`` pages (estimated).
+        """
+        self._wal_pages = 0
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:  # (a reader holding old pages: the next one goes further)
+            log.warning("WAL checkpoint failed: %s", exc)
+
+    def commit_here(self, batches: list[Batch]) -> bool:
+        """Commit ``batches`` in the calling thread, their ``on_done`` called here too, if the writer thread
+        is not committing at this moment; return False (nothing done) if it is.
+
+        The caller must know that every batch it submitted before has been reported (so that batches
+        still commit in order); the server checks that.
+        """
+        if not self._writing.acquire(blocking=False):
+            return False
+        try:
+            # Another program holding the database's write lock must not freeze the caller (the server's
+            # loop) for the busy timeout: try once (the connection's own busy timeout is 0 once started),
+            # and leave it to the writer thread, which waits.
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError:
+                return False
+            self.commit(batches, notify=_call, begun=True)
+        finally:
+            self._writing.release()
+        if self._wal_pages >= _CHECKPOINT_EVERY:
+            self._q.put(_CHECKPOINT)  # (the writer thread does it)
+        return True
+    def commit(self, batches: list[Batch], notify: Callable[[Callable[[], None]], None] | None = None,
+               begun: bool = False) -> BaseException | None:
+        """Write ``batches`` in one transaction and report to each through ``notify`` (default: the store's).
+
+        Only one thread at a time: the writer thread, or ``commit_here``'s caller (the lock ``_writing``).
+        ``begun``: the caller has begun the transaction (``BEGIN IMMEDIATE``).
+        """
         rows: dict[int, tuple[Any, ...]] = {}
         new_rows: list[tuple[Any, ...]] = []
         events: list[tuple[Any, ...]] = []
         queue_ops: list[tuple[str, bool]] = []
+        requests: dict[int, tuple[Any, ...]] = {}
+        requests_below = 0
         prune: float | None = None
         for b in batches:
+            if b.requests:
+                for r in b.requests:
+                    requests[r[0]] = r
+            if b.requests_below is not None:
+                requests_below = max(requests_below, b.requests_below)
             new_rows.extend(b.new_rows)
             for r in b.rows:
                 rows[r[0]] = r
@@ -312,7 +392,8 @@ class Store:
         conn = self.conn
         pruned = 0
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            if not begun:
+                self._begin()
             try:
                 if new_rows:
                     _INSERT_NEW.run(conn, new_rows)
@@ -320,6 +401,10 @@ class Store:
                     _UPSERT.run(conn, list(rows.values()))
                 if events:
                     _INSERT_EVENT.run(conn, events)
+                if requests:
+                    _UPSERT_REQUEST.run(conn, list(requests.values()))
+                if requests_below:
+                    conn.execute("DELETE FROM requests WHERE id < ?", (requests_below,))
                 for name, paused in queue_ops:
                     conn.execute("INSERT INTO queues (name, paused) VALUES (?, ?) "
                                  "ON CONFLICT(name) DO UPDATE SET paused = excluded.paused", (name, int(paused)))
@@ -335,6 +420,8 @@ class Store:
             self.stats.errors += 1
             self.stats.last_error = str(error)
             log.error("%s", error)
+        # about the pages this commit added to the WAL: a few per commit, one more per ~30 rows
+        self._wal_pages += 3 + (len(rows) + len(new_rows) + len(events) + len(requests)) // 30
         st = self.stats
         st.commits += 1
         st.batches += len(batches)
@@ -343,12 +430,32 @@ class Store:
         if error is None:
             st.rows += len(rows) + len(new_rows)
             st.events += len(events)
+        tell = notify or self.notify
         for b in batches:
             b.pruned = pruned
             if b.on_done is not None:
                 cb = b.on_done
-                self.notify(lambda cb=cb: cb(error))  # type: ignore[misc]
+                tell(lambda cb=cb: cb(error))  # type: ignore[misc]
         return error
+
+    def _begin(self) -> None:
+        """``BEGIN IMMEDIATE``, waiting up to ``_BUSY_MS`` for another program's write lock.
+
+        The wait is here, not in SQLite's busy handler (the connection's busy timeout is 0 once the writer
+        started), so that ``commit_here`` can try without waiting and without two ``PRAGMA`` statements
+        around every commit.
+        """
+        deadline = time.monotonic() + _BUSY_MS / 1000
+        pause = 0.001
+        while True:
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.02)
 
     def _prune(self, before: float) -> int:
         marks = ",".join("?" * len(FINAL_STATE_NAMES))

@@ -1,0 +1,222 @@
+"""Enqueue answers by idempotency token: an enqueue sent again is answered, not enqueued twice.
+
+Theory of operation
+-------------------
+A client stamps every ``enqueue`` with a token, the pair (``client_id``, ``seq``), the same on every
+resend (docs/protocol.md section 5.2). ``Requests`` remembers the answer given to each token, the list of
+``(task id, created)``, so that a resend is answered with the first ids:
+
+- while the first request's commit is pending, the resend waits for it (``Entry.waiters``);
+- once committed, it is answered at once;
+- if that commit failed, the entry is gone (the first request was refused) and the resend is a new
+  request.
+
+Each entry is also a row of the store's ``requests`` table, written in the same commit as the tasks it
+names (``take_rows``), so that a token survives a server crash between the commit and the
+acknowledgement; ``recover`` reads the rows back at start.
+
+Rules of this file:
+
+1. Entries live at most ``window`` seconds after their request arrived (``expire(now)``), and less when the
+   client says it has the answers: ``done_below`` in a request forgets that client's entries numbered
+   below it (``forget_below``). So memory and rows hold what is in flight plus the last ``window`` of
+   clients that went away, not the last ``window`` of traffic.
+2. Rows are numbered in the order entries are made. The store deletes the rows below the oldest entry
+   still held (``delete_below``), a range: cheap, and only every ``DELETE_EVERY`` rows.
+3. Pure: no clock reads (``now`` is passed in), no I/O.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+__all__ = ["REQUEST_COLUMNS", "Entry", "Requests", "decode_answer", "encode_answer"]
+
+#: Column order of a ``requests`` row, as the store persists it.
+REQUEST_COLUMNS = ("id", "client_id", "seq", "at", "answer")
+
+Answer = list[tuple[int, bool]]
+Tell = Callable[[Answer, BaseException | None], None]
+
+
+def encode_answer(res: Answer) -> str:
+    """``"12+3"`` for three created tasks 12, 13, 14; else ids comma-separated, ``!`` before one not created."""
+    if res and all(created for _, created in res):
+        first = res[0][0]
+        if all(tid == first + i for i, (tid, _) in enumerate(res)):
+            return f"{first}+{len(res)}"
+    return ",".join(str(tid) if created else f"!{tid}" for tid, created in res)
+
+
+def decode_answer(text: str) -> Answer:
+    """The inverse of ``encode_answer``."""
+    if "+" in text:
+        first, n = text.split("+")
+        return [(int(first) + i, True) for i in range(int(n))]
+    if not text:
+        return []
+    return [(int(p[1:]), False) if p.startswith("!") else (int(p), True) for p in text.split(",")]
+
+
+class Entry:
+    """The answer to one token. ``res`` is the list the first request was answered with (shared)."""
+
+    __slots__ = ("at", "client_id", "committed", "dropped", "res", "row", "seq", "waiters")
+
+    def __init__(self, client_id: str, seq: int, row: int, at: float, res: Answer, committed: bool) -> None:
+        self.client_id = client_id
+        self.seq = seq
+        self.row = row
+        self.at = at
+        self.res = res
+        self.committed = committed
+        self.dropped = False
+        self.waiters: list[Tell] = []
+
+    def as_row(self) -> tuple[Any, ...]:
+        return (self.row, self.client_id, self.seq, self.at, encode_answer(self.res))
+
+
+class Requests:
+    """Answers by token for ``window`` seconds (see the module docstring).
+
+    Args:
+        window: seconds a token is known after its request arrived.
+    """
+
+    #: rows (rule 2) between two range deletes
+    DELETE_EVERY = 1024
+
+    def __init__(self, window: float = 300.0) -> None:
+        self.window = window
+        self.clients: dict[str, dict[int, Entry]] = {}
+        self.next_row = 1
+        self._order: deque[Entry] = deque()  # every entry held, in row order
+        self._rows: list[Entry] = []  # to write with the next commit
+        self._deleted_below = 1  # rows below this were asked to be deleted
+        self._low: dict[str, int] = {}  # per client, the last ``done_below`` acted on
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def get(self, client_id: str, seq: int) -> Entry | None:
+        """The entry of this token, if it is known."""
+        mine = self.clients.get(client_id)
+        return None if mine is None else mine.get(seq)
+
+    def add(self, client_id: str, seq: int, res: Answer, now: float) -> Entry:
+        """Remember the answer of a new request (not yet committed); its row goes with the next commit."""
+        entry = Entry(client_id, seq, self.next_row, now, res, False)
+        self.next_row += 1
+        mine = self.clients.get(client_id)
+        if mine is None:
+            mine = self.clients[client_id] = {}
+        mine[seq] = entry
+        self._order.append(entry)
+        self._rows.append(entry)
+        return entry
+
+    def committed(self, entry: Entry, error: BaseException | None) -> list[Tell]:
+        """The commit holding ``entry`` is over: return the resends waiting for it. On ``error`` the first
+        request was refused: the entry is forgotten (a later resend is a new request)."""
+        waiters, entry.waiters = entry.waiters, []
+        if error is None:
+            entry.committed = True
+        else:
+            self._drop(entry)
+            self._advance()
+        return waiters
+
+    def rewrite(self, entry: Entry) -> None:
+        """``entry.res`` changed before it was committed: write its row again with the next commit."""
+        if not entry.dropped:
+            self._rows.append(entry)
+
+    def restore(self, rows: Iterable[tuple[Any, ...]]) -> None:
+        """A commit failed: write again the rows of the entries still waiting for theirs."""
+        again = []
+        for row in rows:
+            entry = self.get(row[1], row[2])
+            if entry is not None and entry.row == row[0] and not entry.committed:
+                again.append(entry)
+        self._rows[:0] = again
+
+    def forget_below(self, client_id: str, low: int) -> None:
+        """The client has the answers of its requests numbered below ``low`` (rule 1)."""
+        mine = self.clients.get(client_id)
+        if not mine:
+            return
+        before = self._low.get(client_id, 0)
+        if low <= before:
+            return
+        self._low[client_id] = low
+        if low - before <= len(mine):  # the usual step: look at the seqs it passed, not at every entry
+            found = (mine.get(seq) for seq in range(before, low))
+            gone = [e for e in found if e is not None and e.committed]
+        else:  # a jump (the client gave up on calls): every entry, never more
+            gone = [e for seq, e in mine.items() if seq < low and e.committed]
+        for entry in gone:
+            self._drop(entry)
+        if gone:
+            self._advance()
+
+    def expire(self, now: float) -> None:
+        """Forget the committed entries older than ``window`` (rule 1)."""
+        order = self._order
+        if order and order[0].at < now - self.window:
+            cutoff = now - self.window
+            while order and (order[0].dropped or (order[0].committed and order[0].at < cutoff)):
+                self._drop(order.popleft())
+
+    def take_rows(self) -> list[tuple[Any, ...]]:
+        """The rows to write with the next commit (each entry made or rewritten since the last call)."""
+        if not self._rows:
+            return []
+        rows = [e.as_row() for e in self._rows if not e.dropped]
+        self._rows = []
+        return rows
+
+    def take_delete(self, force: bool = False) -> int | None:
+        """The row id below which every stored row may be deleted, when that moved by ``DELETE_EVERY`` rows
+        (or at all, with ``force``) since the last time; else None."""
+        below = self._order[0].row if self._order else self.next_row
+        if below > self._deleted_below and (force or below - self._deleted_below >= self.DELETE_EVERY):
+            self._deleted_below = below
+            return below
+        return None
+
+    def recover(self, rows: Iterable[tuple[Any, ...]], next_row: int, now: float) -> int:
+        """Know again the tokens of the stored rows (``REQUEST_COLUMNS`` order, by id) younger than the
+        window; return how many."""
+        self.next_row = max(self.next_row, next_row)
+        cutoff = now - self.window
+        n = 0
+        for row_id, client_id, seq, at, answer in rows:
+            if at < cutoff:
+                continue
+            entry = Entry(client_id, seq, row_id, at, decode_answer(answer), True)
+            mine = self.clients.get(client_id)
+            if mine is None:
+                mine = self.clients[client_id] = {}
+            mine[seq] = entry
+            self._order.append(entry)
+            n += 1
+        return n
+
+    def _drop(self, entry: Entry) -> None:
+        if entry.dropped:
+            return
+        entry.dropped = True
+        mine = self.clients.get(entry.client_id)
+        if mine is not None and mine.get(entry.seq) is entry:
+            del mine[entry.seq]
+            if not mine:
+                del self.clients[entry.client_id]
+                self._low.pop(entry.client_id, None)
+
+    def _advance(self) -> None:
+        order = self._order
+        while order and order[0].dropped:
+            order.popleft()

@@ -1,0 +1,377 @@
+"""The blocking client SDK: ``SyncClient``, for scripts and WSGI apps.
+
+Theory of operation
+-------------------
+``SyncClient`` drives the same sans-IO pieces as ``Client``, the frame ``Connection`` and the request
+rules of ``calls.Calls``, over a plain blocking socket: a call writes its request and reads until its
+reply has come, in the calling thread. No background thread, no event loop, no thread hop: a sequential
+call costs one round trip plus the framing.
+
+When the connection is lost (the server restarted, a network cut), the call reconnects by itself, with
+the same backoff and the same rules as ``Client`` (docs/clients.md): an ``enqueue`` carries an
+idempotency token, so sending it again never creates a task twice.
+
+Thread safety: one call at a time per ``SyncClient``. A lock serialises the calls of several threads
+(each waits for the one before to finish); for calls in parallel, use one ``SyncClient`` per thread or
+``Client`` on an event loop.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Self, TypeVar, overload
+
+from .address import format_address, server_addresses, server_token
+from .calls import TRANSIENT_HELLO_ERRORS, Backoff, Calls, Request, connect_error, hello_message
+from .client import FINAL_STATES, _enqueue_entry, _many_entries
+from .errors import ConnectionClosed, InvalidState, ProtocolError, RemoteError, RunqError, TaskFailed, error_for_code
+from .frames import DEFAULT_MAX_FRAME, Connection
+from .tasks import Call, SyncTaskHandle
+from .values import decode_task
+
+__all__ = ["SyncClient"]
+
+R = TypeVar("R")
+
+
+class _Lost(Exception):
+    """The connection ended under a call (internal: the call reconnects)."""
+
+    def __init__(self, error: BaseException | None = None) -> None:
+        super().__init__(str(error))
+        self.error = error  # the server's error frame that closed it, caused by the requests
+
+
+class SyncClient:
+    """A blocking client: the ``Client`` API without ``await``. It survives the server's restarts.
+
+    Use as ``with SyncClient() as client: ...`` (or call ``close()``; a script that does not still exits).
+
+    Args:
+        address: ``HOST:PORT``, several of them (comma-separated or a sequence) to try in order, or ``None``
+            for ``RUNQ_SERVER`` (default ``127.0.0.1:7700``).
+        token: shared secret (default ``RUNQ_TOKEN``).
+        role: ``client`` (default) or ``watcher`` (read-only).
+        connect_timeout: seconds to connect to one address and be welcomed.
+        retry_for: seconds a call keeps reconnecting after the connection was lost before it fails with
+            ``ConnectionClosed``.
+        backoff: the delays between reconnection attempts (default: 50 ms doubling up to 2 s, jittered).
+        sleep, clock: how to wait and what time it is (injected by tests; ``time.sleep``, ``time.monotonic``).
+    """
+
+    def __init__(self, address: str | Sequence[str] | None = None, *, token: str | None = None,
+                 role: str = "client", connect_timeout: float = 10.0, retry_for: float = 30.0,
+                 backoff: Backoff | None = None, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.addresses = server_addresses(address)
+        self.address = format_address(*self.addresses[0])
+        self.token = server_token(token)
+        self.role = role
+        self.connect_timeout = connect_timeout
+        self.retry_for = retry_for
+        self.backoff = backoff or Backoff()
+        self.welcome: dict[str, Any] = {}
+        #: connections made so far (1 after the constructor; one more per reconnection)
+        self.connections = 0
+        self._sleep = sleep
+        self._clock = clock
+        self._calls = Calls()
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._conn = Connection(DEFAULT_MAX_FRAME)
+        self._preferred = 0
+        self._closed = False
+        self._sock, self._conn = self._open()  # the first connection fails at once (wrong address, token)
+
+    # ------------------------------------------------------------------ lifecycle
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection (a call in another thread fails with ``ConnectionClosed``)."""
+        self._closed = True
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a call blocked in recv in another thread
+            except OSError:
+                pass
+            sock.close()
+
+    def _open(self) -> tuple[socket.socket, Connection]:
+        """One pass over the addresses, the one that answered last first."""
+        n = len(self.addresses)
+        errors: list[BaseException] = []
+        for i in range(n):
+            index = (self._preferred + i) % n
+            host, port = self.addresses[index]
+            address = format_address(host, port)
+            try:
+                sock, conn = self._open_one(host, port)
+            except RemoteError as exc:
+                if exc.code not in TRANSIENT_HELLO_ERRORS:
+                    raise
+                errors.append(ConnectionClosed(f"{address} refused the connection: {exc}"))
+                continue
+            except (OSError, ConnectionClosed) as exc:  # (socket.timeout is a TimeoutError, an OSError)
+                errors.append(connect_error(address, exc))
+                continue
+            self._preferred = index
+            self.address = address
+            self.connections += 1
+            return sock, conn
+        if len(errors) == 1:
+            raise errors[0]
+        raise ConnectionClosed("no server answered: " + "; ".join(str(e) for e in errors)) from errors[-1]
+
+    def _open_one(self, host: str, port: int) -> tuple[socket.socket, Connection]:
+        sock = socket.create_connection((host, port), timeout=self.connect_timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small requests go out at once
+            conn = Connection(DEFAULT_MAX_FRAME)
+            sock.sendall(conn.send(hello_message(self.role, self.token)))
+            while (msg := conn.next_message()) is None:
+                data = sock.recv(65536)
+                if not data:
+                    raise ConnectionClosed("the server closed the connection during hello")
+                conn.receive_data(data)
+            if msg["op"] == "error":
+                raise error_for_code(str(msg.get("code")), str(msg.get("message")))
+            sock.settimeout(None)
+        except BaseException:
+            sock.close()
+            raise
+        self.welcome = msg
+        return sock, conn
+
+    # ------------------------------------------------------------------ calls
+    def request(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """Send one request and return its reply, reconnecting and resending as ``Client`` does.
+
+        Raises:
+            RemoteError: the server answered with an error frame (subclass by code).
+            ConnectionClosed: closed, or no server answered for ``retry_for`` seconds after the connection
+                was lost, or it was lost after a request that is not sent twice (``retry``) was sent.
+        """
+        reply = self._call(self._calls.new(msg)).reply
+        assert reply is not None
+        return reply
+
+    def _call(self, call: Request) -> Request:
+        with self._lock:
+            try:
+                self._exchange(call)
+            finally:
+                self._calls.done(call)
+        reply = call.reply
+        assert reply is not None
+        if reply["op"] == "error":
+            raise error_for_code(str(reply.get("code")), str(reply.get("message")))
+        return call
+
+    def _exchange(self, call: Request) -> None:
+        give_up: float | None = None
+        while True:
+            if self._closed:
+                raise ConnectionClosed("not connected: client closed")
+            sock = self._sock
+            if sock is not None:  # (None: an earlier call lost the connection and gave up)
+                try:
+                    self._send_and_read(sock, call)
+                    if self.backoff.failures:
+                        self.backoff.reset()  # a session that worked: the next loss starts the delays over
+                    return
+                except _Lost as lost:
+                    self._drop()
+                    again, failed = self._calls.lost(lost.error)
+                    if failed:
+                        raise failed[0].error or ConnectionClosed("connection lost") from None
+                    assert again == [call]
+            if give_up is None:
+                give_up = self._clock() + self.retry_for
+            self._reconnect(give_up)
+
+    def _send_and_read(self, sock: socket.socket, call: Request) -> None:
+        conn = self._conn
+        calls = self._calls
+        data = conn.send(calls.message(call))
+        call.sent = True  # (before the write: the server may read part of it)
+        call.tries += 1
+        try:
+            sock.sendall(data)
+            while True:
+                while (msg := conn.next_message()) is not None:
+                    if calls.reply(msg) is call:
+                        call.reply = msg
+                        return
+                    if msg["op"] == "error" and msg.get("rid") is None:
+                        code = str(msg.get("code"))
+                        raise _Lost(None if code in TRANSIENT_HELLO_ERRORS else
+                                    error_for_code(code, str(msg.get("message"))))
+                    # anything else (a late reply to a call given up on) is not for anyone now
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise _Lost()
+                conn.receive_data(chunk)
+        except (OSError, ProtocolError) as exc:
+            if self._closed:
+                raise ConnectionClosed("not connected: client closed") from exc
+            raise _Lost() from exc
+
+    def _drop(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+    def _reconnect(self, give_up: float) -> None:
+        """Try the addresses, ``backoff`` apart, until one answers; raise once ``give_up`` passed."""
+        while True:
+            self._sleep(self.backoff.next())
+            if self._closed:
+                raise ConnectionClosed("not connected: client closed")
+            try:
+                self._sock, self._conn = self._open()
+                return
+            except RemoteError as exc:  # refused for good (token, version): no use waiting
+                raise ConnectionClosed(f"connection to {self.address} lost; reconnecting was refused: {exc}") from exc
+            except (OSError, RunqError) as exc:
+                if self._clock() >= give_up:
+                    raise ConnectionClosed(f"connection to {self.address} lost and no server answered for "
+                                           f"{self.retry_for:g}s: {exc}") from exc
+
+    # ------------------------------------------------------------------ tasks
+    @overload
+    def enqueue(self, type: Call[R], /, *, queue: str | None = None, priority: int | None = None,
+                delay: float | None = None, run_at: float | datetime | None = None, timeout: float | None = None,
+                retries: int | None = None, key: str | None = None) -> SyncTaskHandle[R]: ...
+    @overload
+    def enqueue(self, type: str, payload: Any = None, *, queue: str | None = None, priority: int | None = None,
+                delay: float | None = None, run_at: float | datetime | None = None, timeout: float | None = None,
+                retries: int | None = None, key: str | None = None) -> int: ...
+
+    def enqueue(self, type: str | Call[Any], payload: Any = None, *, queue: str | None = None,
+                priority: int | None = None, delay: float | None = None, run_at: float | datetime | None = None,
+                timeout: float | None = None, retries: int | None = None,
+                key: str | None = None) -> int | SyncTaskHandle[Any]:
+        """Enqueue one task once it is committed: a typed task's bound ``Call`` gives its ``SyncTaskHandle``,
+        a type name its id (``Client.enqueue`` says more)."""
+        entry = _enqueue_entry(type, payload, queue=queue, priority=priority, delay=delay, run_at=run_at,
+                               timeout=timeout, retries=retries, key=key)
+        task_id = int(self.request({"op": "enqueue", "tasks": [entry]})["ids"][0])
+        return SyncTaskHandle(self, task_id, type.task) if isinstance(type, Call) else task_id
+
+    @overload
+    def enqueue_many(self, tasks: Iterable[Call[R]]) -> list[SyncTaskHandle[R]]: ...
+    @overload
+    def enqueue_many(self, tasks: Iterable[Mapping[str, Any]]) -> list[int]: ...
+
+    def enqueue_many(self, tasks: Iterable[Mapping[str, Any]] | Iterable[Call[Any]]
+                     ) -> list[int] | list[SyncTaskHandle[Any]]:
+        """Enqueue many tasks in one request (one commit); return their ids (typed: handles) in order."""
+        entries, calls = _many_entries(tasks)
+        ids = [int(i) for i in self.request({"op": "enqueue", "tasks": entries})["ids"]]
+        if calls is not None:
+            return [SyncTaskHandle(self, i, c.task) for i, c in zip(ids, calls, strict=True)]
+        return ids
+
+    def get(self, task_id: int) -> dict[str, Any]:
+        """Return the task as a map (payload, result, progress decoded)."""
+        return decode_task(self.request({"op": "get", "id": task_id})["task"])
+
+    status = get
+
+    def wait(self, task_id: int, timeout: float | None = None, *, raise_on_failure: bool = False) -> dict[str, Any]:
+        """Wait until the task is final (or ``timeout`` seconds passed); return it.
+
+        Raises:
+            TaskFailed: ``raise_on_failure`` and the task ended dead or cancelled.
+            TimeoutError: ``timeout`` passed and the task is not final.
+        """
+        deadline = math.inf if timeout is None else time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            step = 60.0 if math.isinf(left) else max(0.0, min(left, 60.0))
+            task = decode_task(self.request({"op": "wait", "id": task_id, "timeout": step})["task"])
+            if task["state"] in FINAL_STATES:
+                if raise_on_failure and task["state"] != "succeeded":
+                    raise TaskFailed(task)
+                return task
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"task {task_id} is still {task['state']} after {timeout}s")
+
+    def result(self, task_id: int, timeout: float | None = None) -> Any:
+        """Wait for the task and return its result; raise ``TaskFailed`` if it did not succeed."""
+        return self.wait(task_id, timeout, raise_on_failure=True)["result"]
+
+    def cancel(self, task_id: int) -> dict[str, Any]:
+        """Cancel a queued or running task; return it (a resent cancel that finds it cancelled returns it)."""
+        call = self._calls.new({"op": "cancel", "id": task_id})
+        try:
+            reply = self._call(call).reply
+        except InvalidState:
+            if call.tries < 2:
+                raise
+            task = self.get(task_id)
+            if task["state"] != "cancelled":
+                raise
+            return task
+        assert reply is not None
+        return decode_task(reply["task"])
+
+    def retry(self, task_id: int) -> dict[str, Any]:
+        """Bring a dead, cancelled or retry-waiting task back to ready now; return it (never sent twice)."""
+        return decode_task(self.request({"op": "retry", "id": task_id})["task"])
+
+    def events(self, task_id: int) -> list[dict[str, Any]]:
+        """Return the task's timeline: every event, oldest first."""
+        return list(self.request({"op": "events", "id": task_id})["events"])
+
+    def list_tasks(self, *, state: str | None = None, queue: str | None = None, type: str | None = None,
+                   limit: int = 100, cursor: int | None = None) -> tuple[list[dict[str, Any]], int | None]:
+        """Return a page of tasks, newest first, and the cursor of the next page (or ``None``)."""
+        msg: dict[str, Any] = {"op": "list", "limit": limit}
+        for k, v in (("state", state), ("queue", queue), ("type", type), ("cursor", cursor)):
+            if v is not None:
+                msg[k] = v
+        reply = self.request(msg)
+        return [decode_task(t) for t in reply["tasks"]], reply.get("cursor")
+
+    def pause(self, queue: str) -> None:
+        """Stop dispatching from ``queue`` (enqueue still accepted)."""
+        self.request({"op": "pause", "queue": queue})
+
+    def resume(self, queue: str) -> None:
+        """Dispatch from ``queue`` again."""
+        self.request({"op": "resume", "queue": queue})
+
+    def queues(self) -> list[dict[str, Any]]:
+        """Every queue with its counts (docs/protocol.md 8.3)."""
+        return list(self.request({"op": "queues"})["queues"])
+
+    def workers(self) -> list[dict[str, Any]]:
+        """Every connected worker (docs/protocol.md 8.4)."""
+        return list(self.request({"op": "workers"})["workers"])
+
+    def task_types(self) -> list[dict[str, Any]]:
+        """The task types the connected workers handle (``Client.task_types``)."""
+        return list(self.request({"op": "types"})["types"])
+
+    def drain(self, worker_id: str) -> dict[str, Any]:
+        """Ask a connected worker to stop gracefully; return its worker map (now ``draining``)."""
+        return dict(self.request({"op": "drain", "worker": worker_id})["worker"])
+
+    def stats(self) -> dict[str, Any]:
+        """The server's counters (docs/protocol.md 8.5)."""
+        return dict(self.request({"op": "stats"})["stats"])
+
+    def ping(self) -> None:
+        """One round trip to the server."""
+        self.request({"op": "ping"})

@@ -1,0 +1,101 @@
+"""Enqueue answers by idempotency token (runq.app.core.requests): pure, with a fake ``now``."""
+
+from __future__ import annotations
+
+import pytest
+
+from runq.app.core import Requests
+from runq.app.core.requests import decode_answer, encode_answer
+
+
+@pytest.mark.parametrize(("res", "text"), [
+    ([(12, True)], "12+1"),
+    ([(12, True), (13, True), (14, True)], "12+3"),
+    ([(12, True), (14, True)], "12,14"),
+    ([(5, False), (12, True)], "!5,12"),
+    ([], ""),
+])
+def test_an_answer_is_stored_as_short_text_and_read_back(res: list[tuple[int, bool]], text: str) -> None:
+    assert encode_answer(res) == text
+    assert decode_answer(text) == res
+
+
+def test_a_token_is_known_once_added_and_its_row_goes_with_the_next_commit() -> None:
+    r = Requests(window=60)
+    e = r.add("c1", 0, [(7, True)], now=100.0)
+    assert r.get("c1", 0) is e and r.get("c1", 1) is None and r.get("c2", 0) is None
+    assert r.take_rows() == [(1, "c1", 0, 100.0, "7+1")]
+    assert r.take_rows() == []  # (taken once)
+    told: list[object] = []
+    e.waiters.append(lambda res, err: told.append((res, err)))
+    waiting = r.committed(e, None)
+    assert e.committed and len(waiting) == 1 and not e.waiters
+
+
+def test_a_failed_commit_forgets_the_token_and_restores_the_rows_of_those_still_waiting() -> None:
+    r = Requests(window=60)
+    refused = r.add("c1", 0, [(1, True)], now=0.0)
+    kept = r.add("c1", 1, [(2, True)], now=0.0)
+    rows = r.take_rows()
+    r.committed(refused, RuntimeError("disk full"))
+    assert r.get("c1", 0) is None  # a resend of it is a new request
+    r.restore(rows)  # kept's request was not refused: its row goes with the next commit
+    assert r.take_rows() == [kept.as_row()]
+
+
+def test_done_below_forgets_the_clients_answered_tokens_only() -> None:
+    r = Requests(window=60)
+    for seq in range(4):
+        r.committed(r.add("c1", seq, [(seq + 1, True)], now=0.0), None)
+    other = r.add("c2", 0, [(9, True)], now=0.0)
+    r.committed(other, None)
+    r.forget_below("c1", 2)
+    assert [r.get("c1", s) is not None for s in range(4)] == [False, False, True, True]
+    assert r.get("c2", 0) is other
+    r.forget_below("c1", 4)
+    assert "c1" not in r.clients and len(r) == 1
+
+
+def test_tokens_expire_after_the_window_but_never_before_their_commit() -> None:
+    r = Requests(window=60)
+    old = r.add("c1", 0, [(1, True)], now=0.0)
+    pending = r.add("c1", 1, [(2, True)], now=1.0)
+    young = r.add("c2", 0, [(3, True)], now=50.0)
+    r.committed(old, None)
+    r.expire(59.9)
+    assert r.get("c1", 0) is old  # (the window is not over)
+    r.expire(100.0)
+    assert r.get("c1", 0) is None
+    assert r.get("c1", 1) is pending  # not committed yet: kept (and it holds back those behind it)
+    r.committed(pending, None)
+    r.committed(young, None)
+    r.expire(100.0)
+    assert r.get("c1", 1) is None and r.get("c2", 0) is young
+
+
+def test_rows_below_the_oldest_token_held_are_deleted_in_ranges() -> None:
+    r = Requests(window=60)
+    r.DELETE_EVERY = 3
+    entries = [r.add("c", s, [(s + 1, True)], now=0.0) for s in range(5)]
+    for e in entries:
+        r.committed(e, None)
+    assert r.take_delete() is None  # nothing forgotten yet
+    r.forget_below("c", 2)
+    assert r.take_delete() is None  # rows 1, 2 may go, but that is fewer than DELETE_EVERY
+    assert r.take_delete(force=True) == 3  # (the pruner forces it)
+    r.forget_below("c", 5)
+    assert r.take_delete() == 6  # every row: the next one made will be 6
+    assert r.take_delete(force=True) is None
+
+
+def test_recover_knows_again_the_stored_tokens_younger_than_the_window() -> None:
+    r = Requests(window=60)
+    n = r.recover([(1, "c1", 0, 10.0, "4+1"), (2, "c1", 1, 80.0, "!4,5"), (3, "c2", 7, 90.0, "6+2")],
+                  next_row=4, now=100.0)
+    assert n == 2
+    assert r.get("c1", 0) is None
+    e = r.get("c1", 1)
+    assert e is not None and e.committed and e.res == [(4, False), (5, True)]
+    assert r.get("c2", 7) is not None and r.get("c2", 7).res == [(6, True), (7, True)]  # type: ignore[union-attr]
+    assert r.add("c3", 0, [], now=100.0).row == 4
+    assert r.take_delete(force=True) == 2  # the expired row 1 goes
