@@ -288,7 +288,7 @@ def _import_target(target: str, module_name: str, attr: str) -> Any:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from .protocol.errors import Unauthorized
-    from .protocol.supervisor import EXIT_CANNOT_START, stop_with_parent
+    from .protocol.supervisor import EXIT_CANNOT_START, EXIT_DRAINED, stop_with_parent
     from .protocol.worker import HelloRefused
 
     if args.processes < 1:
@@ -325,7 +325,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except (Unauthorized, HelloRefused) as exc:
         print(f"runq worker: {exc}", file=sys.stderr)
         return EXIT_CANNOT_START
-    return 0
+    return EXIT_DRAINED if worker.drained else 0
 
 
 def _supervise(args: argparse.Namespace) -> int:

@@ -32,27 +32,32 @@ _STATE_COLOR = {"succeeded": "32", "dead": "31", "cancelled": "33", "running": "
 
 
 def start_server(db: str, port: int = 0, extra: list[str] | None = None, timeout: float = 15.0,
-                 on_start: Callable[[subprocess.Popen[bytes]], None] | None = None,
+                 on_start: Callable[[subprocess.Popen[bytes]], None] | None = None, stderr: Any = None,
                  ) -> tuple[subprocess.Popen[bytes], int]:
     """Start ``runq serve`` on ``db``; return the process and its bound port.
 
     ``on_start(proc)`` runs as soon as the process exists (before it serves), with SIGTERM held back.
+    ``stderr``: where its log goes (default: this process's stderr).
+
+    Raises:
+        RunqError: it exited before serving (its own error line, on its stderr, says why), or did not start.
     """
     port_file = db + ".port"
     if os.path.exists(port_file):
         os.unlink(port_file)
     with _holding_sigterm():
         proc = subprocess.Popen([sys.executable, "-m", "runq.cli", "--log-level", "WARNING", "serve", "--db", db,
-                                 "--port", str(port), "--port-file", port_file, *(extra or [])])
+                                 "--port", str(port), "--port-file", port_file, *(extra or [])], stderr=stderr)
         if on_start is not None:
             on_start(proc)
     deadline = time.monotonic() + timeout
     while not os.path.exists(port_file):
         if proc.poll() is not None:
-            raise RuntimeError(f"runq serve exited with {proc.returncode}")
+            raise RunqError(f"its server (runq serve --port {port}) could not start (exit {proc.returncode}; "
+                            "its error is above)")
         if time.monotonic() > deadline:
             proc.kill()
-            raise RuntimeError("runq serve did not start in time")
+            raise RunqError("its server (runq serve) did not start in time")
         time.sleep(0.02)
     with open(port_file) as f:
         return proc, int(f.read())
@@ -216,15 +221,25 @@ def _run_demo(db: str | None, port: int, workers: int, tasks: int, keep: bool, t
         db = os.path.join(tmp, "demo.db")
     t0 = time.monotonic()
     procs: list[subprocess.Popen[bytes]] = []  # every process started so far, the server first
+    # under the dashboard, the processes' log lines (the flaky task's failures...) would be written over it
+    log_path = db + ".log" if tui else None
+    log = open(log_path, "ab") if log_path else None  # noqa: SIM115 - closed in the finally below
     try:
         # (SIGTERM is held back while a process starts, so that none is started without being in `procs`)
-        _, bound = start_server(db, port, on_start=procs.append)
+        try:
+            _, bound = start_server(db, port, on_start=procs.append, stderr=log)
+        except RunqError:
+            if log is not None and log_path is not None:  # its error went to the log: show it
+                log.flush()
+                with open(log_path, "rb") as f:
+                    sys.stderr.write(f.read().decode(errors="replace"))
+            raise
         address = f"127.0.0.1:{bound}"
         print(f"runq demo: server on {address}, database {db}")
         for _ in range(workers):
             with _holding_sigterm():
                 procs.append(subprocess.Popen([sys.executable, "-m", "runq.cli", "--log-level", "WARNING", "worker",
-                                               "runq.demo_tasks:worker", "--server", address]))
+                                               "runq.demo_tasks:worker", "--server", address], stderr=log))
         print(f"started {workers} worker processes (runq worker runq.demo_tasks:worker --server {address})")
         if tui:
             return _run_dashboard(address, tasks)
@@ -245,8 +260,11 @@ def _run_demo(db: str | None, port: int, workers: int, tasks: int, keep: bool, t
                 stop_process(p)
         finally:
             signal.signal(signal.SIGINT, previous_int)
+        if log is not None:
+            log.close()
         if tui:
-            print(f"runq demo: stopped; the database stays at {db} (runq tui --db {db} opens it offline)")
+            print(f"runq demo: stopped; the database stays at {db} (runq tui --db {db} opens it offline); the "
+                  f"server's and workers' log is {log_path}")
     ok = counts.get("succeeded", 0) == tasks + 2 and counts.get("dead", 0) == 2
     print("demo " + ("finished: every task ended as expected" if ok else f"ended unexpectedly: {counts}"))
     return 0 if ok else 1

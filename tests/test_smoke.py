@@ -88,3 +88,19 @@ def test_sigterm_stops_the_demo_with_its_server_and_workers(tmp_path, runq_env, 
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
+
+
+def test_the_demo_on_a_port_in_use_says_so_in_one_line(tmp_path, runq_env):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "runq.cli", "demo", "--no-tui", "--port", str(port), "--http-port",
+                            "0", "--db", str(tmp_path / "demo.db")], env=runq_env, cwd=tmp_path, capture_output=True,
+                           text=True, timeout=60, stdin=subprocess.DEVNULL, check=False)
+    assert r.returncode == 1, r
+    assert "Traceback" not in r.stderr and "runq demo: its server (runq serve --port" in r.stderr, r.stderr

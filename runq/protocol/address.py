@@ -20,9 +20,13 @@ def parse_address(address: str) -> tuple[str, int]:
     """Split ``HOST:PORT`` (``[v6]:PORT`` too); a bare host gets port 7700.
 
     Raises:
-        ValueError: the port is not a number from 0 to 65535.
+        ValueError: the port is not a number from 0 to 65535, or the address is a URL.
     """
     address = address.strip()
+    if "://" in address:
+        scheme = address.split("://", 1)[0]
+        hint = " (that is the HTTP API; the runq TCP port is 7700 by default)" if scheme.startswith("http") else ""
+        raise ValueError(f"bad server address {address!r}: give HOST:PORT, not a URL{hint}")
     if address.startswith("["):
         host, _, rest = address[1:].partition("]")
         port_text = rest.lstrip(":")

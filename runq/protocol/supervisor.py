@@ -18,6 +18,8 @@ CPU-bound plain-function handlers N cores, which threads in one process (one GIL
   ``grace + KILL_MARGIN`` seconds for them, then SIGKILLs what is left (without it, a child stops by itself
   once its own grace is over). A second signal SIGKILLs them at once.
 * A child stops gracefully when the supervisor dies, even by SIGKILL (``stop_with_parent``).
+* A child that an operator drained (``runq drain``) exits with ``EXIT_DRAINED`` and is not started again
+  (restarting it would undo the drain); the supervisor ends when no child is left.
 * ``--reload`` (development): watchfiles watches the given folders for changed ``.py`` files; on a change
   every child gets SIGTERM and is started again as soon as it has exited, importing the new code.
 """
@@ -34,12 +36,14 @@ from collections.abc import Callable, Sequence
 
 import trio
 
-__all__ = ["EXIT_CANNOT_START", "KILL_MARGIN", "MIN_UPTIME", "SUPERVISOR_PID_ENV", "Supervisor", "stop_with_parent"]
+__all__ = ["EXIT_CANNOT_START", "EXIT_DRAINED", "KILL_MARGIN", "MIN_UPTIME", "SUPERVISOR_PID_ENV", "Supervisor", "stop_with_parent"]
 
 log = logging.getLogger("runq.supervisor")
 
 #: The exit code of a worker that cannot start (bad module, refused token or hello): restarting it is useless.
 EXIT_CANNOT_START = 3
+#: The exit code of a worker that an operator drained (``runq drain``): it is not started again.
+EXIT_DRAINED = 4
 #: A child that ran at least this many seconds before exiting is restarted after the first delay again.
 MIN_UPTIME = 5.0
 #: Seconds beyond the children's grace before the supervisor SIGKILLs a child that has not stopped.
@@ -175,6 +179,9 @@ class Supervisor:
             if generation != self._generation:
                 delay = self.first_backoff  # stopped by a reload: new code, start again at once
                 continue
+            if code == EXIT_DRAINED:  # an operator asked that worker to leave: starting another would undo it
+                log.warning("worker process %d (pid %d) was drained (runq drain): not started again", slot, proc.pid)
+                return
             if code == EXIT_CANNOT_START:
                 if not self.reload:
                     log.error("worker process %d (pid %d) cannot start (exit %d): stopping", slot, proc.pid, code)

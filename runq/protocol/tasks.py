@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import string
 import types
 import typing
 from collections.abc import Callable, Coroutine, Iterable
@@ -225,6 +226,8 @@ class TaskDef(Generic[P, R]):
         self._signature = signature.replace(parameters=shown, return_annotation=inspect.Signature.empty)
         self._params = shown
         self._models = {p.name: m for p in shown if (m := _model_of(hints.get(p.name))) is not None}
+        if isinstance(self.options.key, str) and not takes_payload:
+            _check_key_template(self.type, self.options.key, shown)
         self._result = _model_of(hints.get("return"))
 
     def __repr__(self) -> str:
@@ -247,7 +250,7 @@ class TaskDef(Generic[P, R]):
         try:
             bound = self._signature.bind(*args, **kwargs)
         except TypeError as exc:
-            raise BadArguments(f"{self.type}{self._signature}: {exc}") from None
+            raise BadArguments(f"{self.type}{self._signature}: {self._unknown(kwargs) or exc}") from None
         arguments: dict[str, Any] = {}
         kinds = self._signature.parameters
         for name, value in bound.arguments.items():
@@ -288,13 +291,39 @@ class TaskDef(Generic[P, R]):
         return TaskDef(self.fn, self.type, dataclasses.replace(self.options, **changes),
                        takes_payload=self.takes_payload)
 
-    async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
-        """Enqueue on the process's open ``Client`` (see ``default_client``); return its handle.
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, TaskHandle[R]]:
+        """Enqueue on the process's open ``Client`` (see ``default_client``); await it for the handle.
 
         Raises:
-            NoClient: no ``Client`` is open.
+            NoClient: no ``Client`` is open (when awaited).
+            TypeError: called outside async code (at once: in sync code, where nothing would await it,
+                use ``SyncClient.enqueue(task.call(...))``).
         """
-        return await default_client().enqueue(self.call(*args, **kwargs))
+        import sniffio
+
+        try:
+            sniffio.current_async_library()
+        except sniffio.AsyncLibraryNotFoundError:
+            raise TypeError(f"{self.type}.enqueue() is async: `await {self.type}.enqueue(...)` in async code; in sync "
+                            f"code use `sync_client.enqueue({self.type}.call(...))` (runq.SyncClient)") from None
+        return self._enqueue(self.call(*args, **kwargs))
+
+    async def _enqueue(self, call: Call[R]) -> TaskHandle[R]:
+        return await default_client().enqueue(call)
+
+    def _unknown(self, kwargs: dict[str, Any]) -> str:
+        """``unexpected keyword argument 'too' (did you mean 'to'?)`` for the first unknown keyword, or ``""``:
+        said before anything else, since a misspelt keyword also leaves its parameter missing."""
+        import difflib
+
+        params = self._signature.parameters
+        if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return ""
+        for name in kwargs:
+            if name not in params or params[name].kind is inspect.Parameter.POSITIONAL_ONLY:
+                close = difflib.get_close_matches(name, [p for p in params if p != name], n=1)
+                return f"unexpected keyword argument {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+        return ""
 
     # ------------------------------------------------------------------ worker side
     def arguments(self, payload: Any, ctx: TaskContext | None) -> tuple[list[Any], dict[str, Any]]:
@@ -366,6 +395,18 @@ def _check_options(type_: str, o: TaskOptions) -> None:
         raise ValueError(f"task {type_!r}: {exc}") from None
     if o.key is not None and not isinstance(o.key, str) and not callable(o.key):
         raise ValueError(f"task {type_!r}: key must be a str template or a function")
+
+
+def _check_key_template(type_: str, template: str, params: list[inspect.Parameter]) -> None:
+    """A unique-key template may only name the task's parameters (checked when the task is defined)."""
+    names = {p.name for p in params}
+    for _, field, _, _ in string.Formatter().parse(template):
+        if field is None:
+            continue
+        name = field.split(".", 1)[0].split("[", 1)[0]
+        if not name or name.isdigit() or name not in names:
+            raise ValueError(f"task {type_!r}: the unique key template {template!r} names {field!r}, which is not a "
+                             f"parameter (it has: {', '.join(sorted(names)) or 'none'})")
 
 
 class Call(Generic[R]):

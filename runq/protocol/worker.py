@@ -198,6 +198,8 @@ class Worker:
         self._token: anyio.lowlevel.EventLoopToken | None = None
         self.connected = False
         self.sessions = 0  # sessions that got as far as the server's welcome
+        #: an operator drained it (``runq drain``): it left for good (a supervisor does not start it again)
+        self.drained = False
         self._backend = "asyncio"
         # leases (see the module doc): when a frame last went out, and whether a gap since may have cost them
         self._lease_timeout = 10.0
@@ -599,9 +601,12 @@ class Worker:
                             pong.set()
                     elif op == "drain":
                         log.info("server asked this worker to drain")
+                        self.drained = True
                         self.stop()
                     elif op == "error":
-                        log.error("server error %s: %s", msg.get("code"), msg.get("message"))
+                        # a server that stops says so: routine (the worker reconnects), not an error of ours
+                        level = logging.INFO if msg.get("code") == "shutting_down" else logging.ERROR
+                        log.log(level, "server error %s: %s", msg.get("code"), msg.get("message"))
                         lost.set()
                         return
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, ProtocolError, OSError):
@@ -716,9 +721,9 @@ class Worker:
             error += f" (it returned after {now - t0:.2f}s; its result is discarded)"
         blocked = self._loop_blocked(t0, now) if handler.is_async else 0.0
         if blocked >= LOOP_BLOCKED:
-            error += (f"; the event loop was blocked for at least {blocked:.2f}s during this attempt, so its timeout could "
-                      f"not stop it in time: a blocking call in async code (time.sleep, blocking I/O, a CPU-bound "
-                      f"loop) is the likely cause. Await an async equivalent, move the call to a thread "
+            error += (f"; the event loop was blocked for at least {blocked:.2f}s during this attempt (by this handler or "
+                      f"another one running beside it), so its timeout could not stop it in time: a blocking call in "
+                      f"async code (time.sleep, blocking I/O, a CPU-bound loop) is the likely cause. Await an async equivalent, move the call to a thread "
                       f"(anyio.to_thread.run_sync), or make the handler a plain function (run in a thread)")
         return error
 
@@ -729,7 +734,7 @@ class Worker:
         # makeRecord + handle is what Logger.log does, less findCaller's walk up the stack (a quarter of the
         # cost of a line, which is per task): the caller is always this method
         record = task_log.makeRecord(
-            task_log.name, level, __file__, 0, "task %s %s attempt %s %s in %s%s",
+            task_log.name, level, __file__, 0, "task %s %s attempt %s %s (%s)%s",
             (task["id"], task["type"], task["attempt"], outcome, _duration(duration), detail), None, "_log_task",
             {"task_id": task["id"], "task_type": task["type"], "attempt": task["attempt"],
              "duration": round(duration, 6), "outcome": outcome})

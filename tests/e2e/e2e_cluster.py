@@ -107,7 +107,10 @@ class Cluster:
         """Start ``runq serve`` on this cluster's database, port 0; return once it serves."""
         port_file = self.tmp / "port"
         port_file.unlink(missing_ok=True)
-        p = self._spawn("serve", ["serve", "--db", self.db, "--port", "0", "--port-file", str(port_file), *extra])
+        # (no HTTP API unless asked: with a --port of its own, `runq serve` would take the default 7701, which a
+        # server on the machine may hold)
+        p = self._spawn("serve", ["serve", "--db", self.db, "--port", "0", "--http-port", "0", "--port-file",
+                                  str(port_file), *extra])
         deadline = time.monotonic() + 20
         while not port_file.exists():
             assert p.alive(), f"runq serve exited with {p.popen.returncode}:\n{p.output()}"

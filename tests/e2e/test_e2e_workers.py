@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -38,10 +39,10 @@ def test_asyncio_by_default_and_a_hint_naming_the_flag_under_trio(cluster: Clust
     assert bad["state"] == "dead" and "RuntimeError: no running event loop" in bad["error"]
     assert "--backend asyncio" in bad["error"]
     out = default.output()
-    assert f"task {ok['id']} loop_name attempt 1 succeeded in " in out
+    assert f"task {ok['id']} loop_name attempt 1 succeeded (" in out
     # the failure's traceback in the log too, starting at the user's handler
     logged = on_trio.output()
-    assert f"task {bad['id']} loop_name attempt 1 failed in " in logged and "--backend asyncio" in logged
+    assert f"task {bad['id']} loop_name attempt 1 failed (" in logged and "--backend asyncio" in logged
     tb = logged[logged.index("Traceback (most recent call last)"):]
     assert tb.splitlines()[1].strip().startswith('File "') and "e2e_tasks.py" in tb.splitlines()[1]
 
@@ -109,6 +110,22 @@ def test_processes_restart_a_dead_child_and_stop_together(cluster: Cluster) -> N
     for pid in second:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_a_drained_child_is_not_started_again(cluster: Cluster) -> None:
+    """`runq drain` of one child under --processes: it leaves, and the supervisor does not undo that by
+    starting another (it did, at once); the supervisor ends with its last child."""
+    cluster.start_server()
+    sup = cluster.start_worker("--processes", "2", "--concurrency", "1")
+    with SyncClient(cluster.address) as c:
+        wait_until(lambda: len(worker_pids(c)) == 2, timeout=30)
+        for n, w in enumerate(sorted(c.workers(), key=lambda w: w["pid"])):
+            c.drain(w["id"])
+            wait_until(lambda n=n: len(worker_pids(c)) == 1 - n, timeout=15)  # type: ignore[misc]
+            time.sleep(1.5)  # a restart would come within the supervisor's first delay (0.5 s)
+            assert len(worker_pids(c)) == 1 - n, worker_pids(c)
+        assert sup.wait(15) == 0  # nothing left to supervise
+    assert "was drained (runq drain): not started again" in sup.output()
 
 
 def test_children_stop_when_their_supervisor_is_killed(cluster: Cluster) -> None:

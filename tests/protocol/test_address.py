@@ -16,6 +16,13 @@ def test_parse_address_forms() -> None:
     assert parse_address(" host:1 ") == ("host", 1)
 
 
+def test_a_url_is_refused_with_a_hint() -> None:
+    with pytest.raises(ValueError, match=r"give HOST:PORT, not a URL \(that is the HTTP API"):
+        parse_address("http://127.0.0.1:7701")
+    with pytest.raises(ValueError, match="not a URL$"):
+        parse_address("tcp://127.0.0.1:7700")
+
+
 @pytest.mark.parametrize("bad", ["host:http", "host:70000", "host:-1"])
 def test_parse_address_refuses_a_bad_port(bad: str) -> None:
     with pytest.raises(ValueError, match="port"):

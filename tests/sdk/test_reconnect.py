@@ -15,7 +15,7 @@ import anyio
 import pytest
 import trio
 import trio.testing
-from conftest import ThreadedServer
+from threaded_server import ThreadedServer
 
 from runq import Client, ConnectionClosed, SyncClient, Unauthorized
 from runq.app.core import CoreConfig

@@ -41,6 +41,19 @@ def test_call_refuses_arguments_that_do_not_fit(args: tuple[Any, ...], kwargs: d
     assert "send_email(to: str, subject: str = 'hello')" in str(info.value)  # says what was expected
 
 
+def test_a_misspelt_keyword_is_named_with_a_suggestion() -> None:
+    with pytest.raises(BadArguments, match=r"unexpected keyword argument 'too' \(did you mean 'to'\?\)"):
+        tt.send_email.call(too="a@b.c")  # type: ignore[call-arg]  # (not "missing a required argument: 'to'")
+    with pytest.raises(BadArguments, match="unexpected keyword argument 'zzz'$"):
+        tt.add.call(1, zzz=2)  # type: ignore[call-arg]
+
+
+def test_enqueue_in_sync_code_says_what_to_use_instead() -> None:
+    # called without await outside async code it would only make a coroutine that nothing awaits
+    with pytest.raises(TypeError, match=r"enqueue\(\) is async.*sync_client.enqueue\(add.call\(...\)\)"):
+        tt.add.enqueue(1)
+
+
 def test_call_refuses_a_value_msgpack_cannot_carry() -> None:
     with pytest.raises(BadArguments, match="cannot encode object"):
         tt.add.call(object())  # type: ignore[arg-type]
@@ -73,8 +86,11 @@ def test_unique_key_from_a_template_or_a_function() -> None:
     assert tt.welcome.call("ann").entry(key="other")["key"] == "other"
     keyed = task(key=lambda a, b=1: f"sum-{a + b}")(lambda a, b=1: a + b)
     assert keyed.call(2, b=3).entry()["key"] == "sum-5"
-    with pytest.raises(BadArguments, match="unique key template"):
-        task(key="{nope}")(tt.add.fn).call(1)
+    with pytest.raises(ValueError, match=r"names 'nope', which is not a parameter \(it has: a, b\)"):
+        task(key="{nope}")(tt.add.fn)  # found when the task is defined, not at its first enqueue
+    with pytest.raises(ValueError, match="names '0'"):
+        task(key="x-{0}")(tt.add.fn)
+    assert task(key="sum-{a}-{b}")(tt.add.fn).call(1).entry()["key"] == "sum-1-1"  # defaults apply
 
 
 def test_with_options_copies_the_definition() -> None:
@@ -185,8 +201,11 @@ def test_worker_takes_definitions_and_serves_their_queues() -> None:
 def test_no_open_client_is_a_clear_error() -> None:
     with pytest.raises(NoClient, match="no runq Client is open"):
         default_client()
+    async def enqueue() -> None:
+        await tt.add.enqueue(1)
+
     with pytest.raises(NoClient):
-        asyncio.run(tt.add.enqueue(1))
+        asyncio.run(enqueue())
 
 
 def test_a_task_cannot_be_defined_twice() -> None:

@@ -129,7 +129,7 @@ async def test_a_line_per_task_and_the_traceback_of_every_failure(server: Server
     assert (line.levelno, line.task_type, line.attempt, line.outcome) == (  # type: ignore[attr-defined]
         logging.INFO, "ok", 1, "succeeded")
     assert 0 <= line.duration < 5  # type: ignore[attr-defined]
-    assert line.getMessage().startswith(f"task {ok_task['id']} ok attempt 1 succeeded in ")
+    assert line.getMessage().startswith(f"task {ok_task['id']} ok attempt 1 succeeded (")
     bad = records[boom_task["id"]]
     assert (bad.levelno, bad.outcome) == (logging.ERROR, "failed")  # type: ignore[attr-defined]
     assert "Traceback (most recent call last)" in bad.getMessage()
