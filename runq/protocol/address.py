@@ -27,6 +27,8 @@ def parse_address(address: str) -> tuple[str, int]:
         scheme = address.split("://", 1)[0]
         hint = " (that is the HTTP API; the runq TCP port is 7700 by default)" if scheme.startswith("http") else ""
         raise ValueError(f"bad server address {address!r}: give HOST:PORT, not a URL{hint}")
+    if address.count(":") > 1 and not address.startswith("["):  # a bare IPv6 address (its port needs [...])
+        return address, DEFAULT_PORT
     if address.startswith("["):
         host, _, rest = address[1:].partition("]")
         port_text = rest.lstrip(":")

@@ -7,7 +7,7 @@ Loggers:
 
 * ``runq.worker``: a worker's life (joined, connection lost and retrying, stopping, blocked event loop).
 * ``runq.worker.task``: one line per finished task at INFO (id, type, attempt, duration, outcome), at
-  ERROR with the traceback for a failure, at WARNING for a timeout. Every record of it carries the fields
+  ERROR with the traceback for a failure or a timeout. Every record of it carries the fields
   ``task_id``, ``task_type``, ``attempt``, ``duration`` (seconds) and ``outcome`` (``succeeded``,
   ``failed``, ``retry``, ``timeout``, ``cancelled``, ``released``), which ``JsonFormatter`` writes as keys.
   Set it to WARNING to keep failures and drop the line per success.

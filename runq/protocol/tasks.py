@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, Protocol
 
 from .errors import ProtocolError, RunqError
 from .messages import TaskSpec, check_task_spec
-from .values import encode_value
+from .values import encode_value, model_kind
 
 if TYPE_CHECKING:
     from .client import Client
@@ -144,13 +144,8 @@ def _model_of(annotation: Any) -> _Model | None:
         optional, annotation = True, members[0]
     if not isinstance(annotation, type):
         return None
-    for base in annotation.__mro__:
-        module = base.__module__
-        if base.__name__ == "BaseModel" and module.startswith("pydantic"):
-            return _Model("pydantic", annotation, optional)
-        if base.__name__ == "Struct" and module.startswith("msgspec"):
-            return _Model("msgspec", annotation, optional)
-    return None
+    kind = model_kind(annotation)
+    return None if kind is None else _Model(kind, annotation, optional)
 
 
 def _is_context(annotation: Any) -> bool:
@@ -201,8 +196,8 @@ class TaskDef(Generic[P, R]):
             type name with ``Worker.task``/``Worker.register``), not a map of its arguments.
     """
 
-    __slots__ = ("_models", "_params", "_result", "_signature", "context_param", "fn", "is_async", "options",
-                 "takes_payload", "type")
+    __slots__ = ("_all", "_models", "_reserved", "_result", "_signature", "context_param", "fn", "is_async",
+                 "options", "takes_payload", "type")
 
     def __init__(self, fn: Callable[..., Any], type: str | None = None, options: TaskOptions | None = None, *,
                  takes_payload: bool = False) -> None:
@@ -224,7 +219,9 @@ class TaskDef(Generic[P, R]):
         self.context_param = _context_param(params, hints)
         shown = [p for p in params if p.name != self.context_param]
         self._signature = signature.replace(parameters=shown, return_annotation=inspect.Signature.empty)
-        self._params = shown
+        self._all = params  # (the context's too: TaskDef.arguments puts it in its place)
+        # names a **kwargs parameter may not take: in the payload map they would mean the parameter
+        self._reserved = {p.name for p in shown if p.kind in (p.POSITIONAL_ONLY, p.VAR_POSITIONAL)}
         self._models = {p.name: m for p in shown if (m := _model_of(hints.get(p.name))) is not None}
         if isinstance(self.options.key, str) and not takes_payload:
             _check_key_template(self.type, self.options.key, shown)
@@ -256,6 +253,11 @@ class TaskDef(Generic[P, R]):
         for name, value in bound.arguments.items():
             kind = kinds[name].kind
             if kind is inspect.Parameter.VAR_KEYWORD:
+                clash = sorted(self._reserved & set(value))
+                if clash:  # the payload is a map by name: such a key would be read as that parameter
+                    raise BadArguments(f"{self.type}{self._signature}: keyword argument {clash[0]!r} has the name "
+                                       "of a positional-only or *args parameter, which a task's payload (a map of "
+                                       "arguments by name) cannot tell apart")
                 arguments.update(value)
             elif kind is inspect.Parameter.VAR_POSITIONAL:
                 arguments[name] = list(value)
@@ -285,7 +287,13 @@ class TaskDef(Generic[P, R]):
     def with_options(self, *, queue: str | None = None, priority: int | None = None, timeout: float | None = None,
                      retries: int | None = None, delay: float | None = None,
                      key: str | Callable[..., str] | None = None) -> TaskDef[P, R]:
-        """A copy of this definition with some options changed (``None`` keeps the current one)."""
+        """A copy of this definition with some options changed (``None`` keeps the current one).
+
+        Raises:
+            ValueError: ``timeout`` above, or ``retries`` other than, what this definition sets: the worker
+                runs the task with its own definition (rule 1 of the module docstring), as for ``Call.entry``.
+        """
+        _check_against_definition(self, timeout, retries)
         changes: dict[str, Any] = {k: v for k, v in (("queue", queue), ("priority", priority), ("timeout", timeout),
                                      ("retries", retries), ("delay", delay), ("key", key)) if v is not None}
         return TaskDef(self.fn, self.type, dataclasses.replace(self.options, **changes),
@@ -342,8 +350,9 @@ class TaskDef(Generic[P, R]):
         rest = dict(payload)
         args: list[Any] = []
         kwargs: dict[str, Any] = {}
-        positional = any(p.kind is p.VAR_POSITIONAL for p in self._params)
-        for p in self._params:
+        # with a *args parameter, every parameter before it must be passed by position (the context too)
+        positional = any(p.kind is p.VAR_POSITIONAL for p in self._all)
+        for p in self._all:
             if p.kind is p.VAR_POSITIONAL:
                 extra = rest.pop(p.name, [])
                 if not isinstance(extra, list):
@@ -354,7 +363,9 @@ class TaskDef(Generic[P, R]):
                 kwargs.update(rest)
                 rest = {}
                 continue
-            if p.name in rest:
+            if p.name == self.context_param:
+                value = ctx
+            elif p.name in rest:
                 value = rest.pop(p.name)
                 model = self._models.get(p.name)
                 if model is not None:
@@ -374,8 +385,6 @@ class TaskDef(Generic[P, R]):
                 kwargs[p.name] = value
         if rest:
             raise BadArguments(f"task {self.type!r}: unexpected argument(s) {', '.join(map(repr, sorted(rest)))}")
-        if self.context_param is not None:
-            kwargs[self.context_param] = ctx
         return args, kwargs
 
     def result_value(self, value: Any) -> R:
@@ -409,6 +418,16 @@ def _check_key_template(type_: str, template: str, params: list[inspect.Paramete
                              f"parameter (it has: {', '.join(sorted(names)) or 'none'})")
 
 
+def _check_against_definition(task: TaskDef[Any, Any], timeout: float | None, retries: int | None) -> None:
+    o = task.options
+    if timeout is not None and o.timeout is not None and timeout > o.timeout:
+        raise ValueError(f"{task.type}: the definition's timeout ({o.timeout:g}s) caps every attempt on the worker; "
+                         f"an enqueue may shorten it, not raise it to {timeout:g}s")
+    if retries is not None and o.retries is not None and retries != o.retries:
+        raise ValueError(f"{task.type}: the definition sets retries={o.retries}, which the worker applies; define "
+                         f"the task without retries to choose them per enqueue")
+
+
 class Call(Generic[R]):
     """A task definition with its arguments bound and encoded: what a client enqueues.
 
@@ -438,12 +457,7 @@ class Call(Generic[R]):
                 would run the task with the definition's: rule 1 of the module docstring).
         """
         o = self.task.options
-        if timeout is not None and o.timeout is not None and timeout > o.timeout:
-            raise ValueError(f"{self.task.type}: the definition's timeout ({o.timeout:g}s) caps every attempt on "
-                             f"the worker; an enqueue may shorten it, not raise it to {timeout:g}s")
-        if retries is not None and o.retries is not None and retries != o.retries:
-            raise ValueError(f"{self.task.type}: the definition sets retries={o.retries}, which the worker "
-                             f"applies; define the task without retries to choose them per enqueue")
+        _check_against_definition(self.task, timeout, retries)
         entry: dict[str, Any] = {"type": self.task.type, "payload": self.payload}
         for name, value, default in (("queue", queue, o.queue), ("priority", priority, o.priority),
                                      ("timeout", timeout, o.timeout), ("retries", retries, o.retries),
@@ -555,10 +569,11 @@ def default_client() -> Client:
     Raises:
         NoClient: none is open.
     """
-    if not _open_clients:
+    clients = [c for c in _open_clients if c.role == "client"]  # (a watcher may not enqueue)
+    if not clients:
         raise NoClient("no runq Client is open in this process: open one when the app starts "
                        "(`async with runq.Client() as client:`), or enqueue with `await client.enqueue(task.call(...))`")
-    return _open_clients[-1]
+    return clients[-1]
 
 
 # ---------------------------------------------------------------------- the decorator

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgpack
 
-__all__ = ["decode_task", "decode_value", "encode_value"]
+__all__ = ["decode_task", "decode_value", "encode_value", "model_kind"]
 
 
 def encode_value(value: Any) -> bytes:
@@ -26,9 +26,10 @@ def _default(obj: Any) -> Any:
     if isinstance(obj, datetime):
         return obj.isoformat()
     kind = type(obj)
-    if hasattr(kind, "model_dump") and kind.__module__ != "builtins":  # a pydantic model: its JSON form
+    model = model_kind(kind)
+    if model == "pydantic":  # its JSON form
         return obj.model_dump(mode="json")
-    if any(b.__module__.startswith("msgspec") and b.__name__ == "Struct" for b in kind.__mro__):
+    if model == "msgspec":
         import msgspec
 
         return msgspec.to_builtins(obj)
@@ -36,6 +37,17 @@ def _default(obj: Any) -> Any:
         return dataclasses.asdict(obj)  # type: ignore[arg-type]
     raise TypeError(f"cannot encode {kind.__name__} in a task payload; use msgpack-able values "
                     "(maps, arrays, str, bytes, numbers, bool, None; dataclasses and pydantic or msgspec models)")
+
+
+def model_kind(cls: type) -> str | None:
+    """``"pydantic"`` for a pydantic model class, ``"msgspec"`` for a msgspec ``Struct``, else ``None`` (found
+    without importing either library: both are optional)."""
+    for base in cls.__mro__:
+        if base.__name__ == "BaseModel" and base.__module__.startswith("pydantic"):
+            return "pydantic"
+        if base.__name__ == "Struct" and base.__module__.startswith("msgspec"):
+            return "msgspec"
+    return None
 
 
 def decode_value(data: bytes | None) -> Any:

@@ -65,10 +65,9 @@ import anyio.from_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .address import format_address, server_addresses, server_token
-from .calls import Backoff
+from .calls import Backoff, hello_message
 from .errors import ConnectionClosed, ProtocolError, RemoteError, RunqError, Unauthorized, error_for_code
 from .frames import DEFAULT_MAX_FRAME, Connection
-from .messages import PROTOCOL_VERSION
 from .tasks import BadArguments, TaskDef, TaskOptions, tasks_in
 from .tracebacks import format_failure, loop_hint
 from .values import decode_value, encode_value
@@ -406,14 +405,10 @@ class Worker:
         conn = Connection(DEFAULT_MAX_FRAME)
         stream, host, port = await self._connect(addresses)
         async with stream:
-            hello: dict[str, Any] = {
-                "op": "hello", "version": PROTOCOL_VERSION, "role": "worker", "queues": self.queues,
-                "concurrency": self.concurrency, "name": self.name, "host": socket.gethostname(),
+            hello = hello_message("worker", token) | {
+                "queues": self.queues, "concurrency": self.concurrency, "name": self.name,
                 "types": sorted(self.handlers),
-                "pid": os.getpid(),
             }
-            if token:
-                hello["token"] = token
             await stream.send(conn.send(hello))
             welcome = None
             with anyio.fail_after(10):
@@ -661,13 +656,20 @@ class Worker:
         # One cancel scope per run, for both ways a run is stopped: its deadline (the timeout) and an explicit
         # cancel() (the server cancelled it, or it is handed back). One scope instead of a scope plus
         # fail_after: this is per task, and trio's scope machinery was the worker's largest cost per no-op task.
-        deadline = t0 + timeout
-        scope = anyio.CancelScope(deadline=deadline)
-        entry = self._scopes[tid] = (lease, scope)  # removed by whoever cancels it explicitly
         try:
             payload = decode_value(task["payload"])
             ctx = TaskContext(self, task) if handler.context_param is not None else None
             args, kwargs = handler.arguments(payload, ctx)
+        except BadArguments as exc:  # the same payload would fail again: no retry
+            self._report_fail(task, t0, f"bad arguments: {exc}", retries=0)
+            return
+        except ValueError as exc:  # (msgpack's errors are ValueErrors) a client wrote something else
+            self._report_fail(task, t0, f"bad arguments: the payload is not msgpack: {exc}", retries=0)
+            return
+        deadline = t0 + timeout
+        scope = anyio.CancelScope(deadline=deadline)
+        entry = self._scopes[tid] = (lease, scope)  # removed by whoever cancels it explicitly
+        try:
             with scope:
                 if handler.is_async:
                     result = await handler.fn(*args, **kwargs)
@@ -692,9 +694,6 @@ class Worker:
                 self._report_fail(task, t0, f"result too large: {len(data)} bytes encoded, the server takes "
                                             f"at most {self._max_frame - _FRAME_SLACK} per result", handler=handler)
                 return
-        except BadArguments as exc:  # the same payload would fail again: no retry
-            self._report_fail(task, t0, f"bad arguments: {exc}", retries=0)
-            return
         except Retry as r:
             self._report_fail(task, t0, f"Retry requested in {r.delay:g}s" + (f": {r}" if str(r) else ""),
                               retry_in=r.delay, handler=handler)

@@ -13,6 +13,8 @@ def test_parse_address_forms() -> None:
     assert parse_address(":7800") == ("127.0.0.1", 7800)
     assert parse_address("[::1]:7801") == ("::1", 7801)
     assert parse_address("[::1]") == ("::1", 7700)
+    assert parse_address("::1") == ("::1", 7700)  # bare IPv6: the default port (a port needs the brackets)
+    assert parse_address("fe80::1:2") == ("fe80::1:2", 7700)
     assert parse_address(" host:1 ") == ("host", 1)
 
 

@@ -98,6 +98,12 @@ def test_with_options_copies_the_definition() -> None:
     assert (urgent.type, urgent.options.queue, urgent.options.priority, urgent.options.retries) == (
         "send_email", "urgent", 9, 2)
     assert tt.send_email.options.queue == "mail"
+    # the worker runs the task with ITS definition: a copy may not ask for more than it either
+    with pytest.raises(ValueError, match="caps every attempt"):
+        tt.send_email.with_options(timeout=120)
+    with pytest.raises(ValueError, match="sets retries=2"):
+        tt.send_email.with_options(retries=10)
+    assert tt.send_email.with_options(timeout=5).call("a").entry()["timeout"] == 5.0
 
 
 @pytest.mark.parametrize(("options", "why"), [
@@ -170,6 +176,36 @@ def test_arguments_rebuild_the_call_from_a_payload_map() -> None:
     assert task(lambda: 1).arguments(None, None) == ([], {})
 
 
+def test_the_context_takes_its_own_place_beside_star_args() -> None:
+    def first_then_rest(ctx: TaskContext, *names: str) -> list[str]:
+        return [str(ctx), *names]
+
+    def posonly_ctx(ctx: TaskContext, /, x: int) -> int:
+        return x
+
+    ctx = "CTX"
+    t = task(first_then_rest)
+    assert t.context_param == "ctx"
+    args, kwargs = t.arguments(msgpack.unpackb(t.call("a", "b").payload), ctx)  # type: ignore[arg-type]
+    assert (args, kwargs) == (["CTX", "a", "b"], {}) and t.fn(*args, **kwargs) == ["CTX", "a", "b"]
+    assert task(posonly_ctx).arguments({"x": 1}, ctx) == (["CTX"], {"x": 1})  # type: ignore[arg-type]
+
+
+def test_keywords_that_a_payload_map_could_not_tell_apart_are_refused() -> None:
+    def posonly_and_kwargs(a: int, /, **kw: int) -> int:
+        return a
+
+    def star_both(*args: int, **kwargs: int) -> int:
+        return 0
+
+    with pytest.raises(BadArguments, match="keyword argument 'a' has the name of a positional-only or \\*args"):
+        task(posonly_and_kwargs).call(1, a=2)  # (the worker would have called f(2))
+    with pytest.raises(BadArguments, match="keyword argument 'args'"):
+        task(star_both).call(1, args=2)
+    t = task(posonly_and_kwargs)
+    assert t.arguments(msgpack.unpackb(t.call(1, b=2).payload), None) == ([1], {"b": 2})
+
+
 def test_models_are_validated_when_bound_and_rebuilt_on_the_worker() -> None:
     call = tt.greet.call({"name": "ann", "age": 3}, tt.Point(1, 2))  # type: ignore[arg-type]
     assert payload_of(call.entry()) == {"user": {"name": "ann", "age": 3}, "point": {"x": 1, "y": 2}}
@@ -196,6 +232,14 @@ def test_worker_takes_definitions_and_serves_their_queues() -> None:
     with pytest.raises(ValueError, match="has a handler already"):
         w.register(task(type="add")(lambda a: a))
     w.register(tt.add)  # the same definition again is fine
+
+
+def test_the_open_client_for_enqueue_is_never_a_watcher(threaded_server: Any) -> None:
+    async def main() -> None:
+        async with Client(threaded_server.address) as client, Client(threaded_server.address, role="watcher"):
+            assert default_client() is client  # (the watcher opened last, but may not enqueue)
+
+    asyncio.run(main())
 
 
 def test_no_open_client_is_a_clear_error() -> None:
@@ -294,3 +338,28 @@ def test_sync_client_enqueues_a_typed_task(threaded_server: Any) -> None:
     finally:
         worker.stop()
         t.join(15)
+
+
+@pytest.mark.trio
+async def test_only_the_payload_decides_bad_arguments_not_the_handlers_own_code(server: Server) -> None:
+    """A handler that binds a follow-up task wrongly fails like any exception (its traceback, its retries);
+    only a payload that does not fit the handler is 'bad arguments', dead at once."""
+
+    @task(retries=1)
+    def parent(n: int) -> None:
+        tt.add.call()  # type: ignore[call-arg]  # the handler's own mistake
+
+    worker = Worker(tasks=[parent, tt.add], concurrency=2)
+    address = f"127.0.0.1:{server.port}"
+    with trio.fail_after(30):
+        async with trio.open_nursery() as n:
+            n.start_soon(worker.run, address)
+            async with Client(address) as client:
+                own = await client.wait((await client.enqueue(parent.call(1))).id, timeout=20)
+                garbled = await client.request({"op": "enqueue", "tasks": [{"type": "add", "payload": b"\xc1"}]})
+                bad = await client.wait(garbled["ids"][0], timeout=20)
+            worker.stop()
+    assert own["state"] == "dead" and own["attempt"] == 2  # its retry was made
+    assert own["error"].startswith("Traceback") and "missing a required argument: 'a'" in own["error"]
+    assert bad["state"] == "dead" and bad["attempt"] == 1
+    assert bad["error"].startswith("bad arguments: the payload is not msgpack")
