@@ -41,8 +41,10 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = 1
-#: The most task types a worker may announce in its hello.
-MAX_TYPES = 10_000
+#: The most task types a worker may announce in its hello, and their total length in characters: every
+#: ``workers`` answer and worker event carries them, so a few workers must not fill a frame.
+MAX_TYPES = 1000
+MAX_TYPES_CHARS = 32_768
 SUPPORTED_VERSIONS = (1,)
 ROLES = ("client", "worker", "watcher")
 
@@ -163,9 +165,10 @@ def parse_hello(msg: dict[str, Any]) -> Hello:
     if concurrency < 1:
         raise ProtocolError("hello: 'concurrency' must be >= 1")
     types = optional(msg, "types", list, [])
-    if len(types) > MAX_TYPES or not all(isinstance(t, str) and 0 < len(t) <= 200 for t in types):
+    if (len(types) > MAX_TYPES or not all(isinstance(t, str) and 0 < len(t) <= 200 for t in types)
+            or sum(map(len, types)) > MAX_TYPES_CHARS):
         raise ProtocolError(f"hello: 'types' must be a list of at most {MAX_TYPES} task types (non-empty str of at "
-                            "most 200 chars)")
+                            f"most 200 chars, {MAX_TYPES_CHARS} chars in all)")
     return Hello(
         version=version,
         role=role,
