@@ -74,7 +74,7 @@ class NotRunqServer(ProtocolError):
         if why is not None:
             what = f"it answered like {why}"
             if self.looks_like == "http":
-                first = self.answer.split(b"\r\n", 1)[0].decode("ascii", "replace")
+                first = self.answer.split(b"\r\n", 1)[0].decode("ascii", "replace").strip()
                 what += f" ({first!r})"
         else:
             what = f"it answered with bytes that are not a runq frame: {self.answer[:16]!r}"
