@@ -135,7 +135,7 @@ def server_options(f: F) -> F:
 
 def json_option(f: F) -> F:
     """``--json``: print the data as JSON (for scripts) instead of the human view."""
-    return option("--json", "as_json", is_flag=True, help="print JSON (for scripts) instead of the human view")(f)
+    return option("--json", is_flag=True, help="print JSON (for scripts) instead of the human view")(f)
 
 
 def client(settings: Settings) -> Any:

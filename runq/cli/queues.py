@@ -43,11 +43,11 @@ def resume(settings: Settings, queue: str) -> int:
 @json_option
 @log_options
 @click.pass_obj
-def queues(settings: Settings, as_json: bool) -> int:
+def queues(settings: Settings, json: bool) -> int:
     """Show every queue: paused or not, its tasks scheduled, ready and running, the workers that take from it."""
     with client(settings) as c:
         found = c.queues()
-    if as_json:
+    if json:
         output.print_json(found)
     elif not found:
         output.note("runq queues: no queues yet (a queue exists once a task or a worker names it)")
@@ -65,11 +65,11 @@ def queues(settings: Settings, as_json: bool) -> int:
 @json_option
 @log_options
 @click.pass_obj
-def workers(settings: Settings, as_json: bool) -> int:
+def workers(settings: Settings, json: bool) -> int:
     """Show every connected worker: its state, queues, tasks in flight, counts and last heartbeat."""
     with client(settings) as c:
         found = c.workers()
-    if as_json:
+    if json:
         output.print_json(found)
     elif not found:
         output.note("runq workers: no worker is connected")
@@ -89,11 +89,11 @@ def workers(settings: Settings, as_json: bool) -> int:
 @json_option
 @log_options
 @click.pass_obj
-def types(settings: Settings, as_json: bool) -> int:
+def types(settings: Settings, json: bool) -> int:
     """Show the task types the connected workers handle: how many workers, on which queues."""
     with client(settings) as c:
         found = c.task_types()
-    if as_json:
+    if json:
         output.print_json(found)
     elif not found:
         output.note("runq types: no task types: no worker is connected")
@@ -109,12 +109,12 @@ def types(settings: Settings, as_json: bool) -> int:
 @json_option
 @log_options
 @click.pass_obj
-def drain(settings: Settings, worker_id: str, as_json: bool) -> int:
+def drain(settings: Settings, worker_id: str, json: bool) -> int:
     """Ask worker WORKER_ID (see `runq workers`) to take no new task, finish its running ones, hand back
     the rest and leave."""
     with client(settings) as c:
         w = c.drain(worker_id)
-    if as_json:
+    if json:
         output.print_json(w)
     else:
         click.echo(f"worker {w['id']} {w['state']} ({w['in_flight']} task(s) running)")

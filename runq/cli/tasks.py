@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from datetime import datetime
+from json import JSONDecodeError, loads
 from typing import Any
 
 import click
@@ -33,8 +33,8 @@ class JsonValue(click.ParamType[Any]):
         if not isinstance(value, str):
             return value
         try:
-            return json.loads(value)
-        except json.JSONDecodeError as exc:
+            return loads(value)
+        except JSONDecodeError as exc:
             self.fail(f"is not JSON: {exc}", param, ctx)
 
 
@@ -63,7 +63,7 @@ def command(short_help: str) -> Callable[[Callable[..., Any]], RunqCommand]:
 @option("--queue", default=None, show_default="the default queue", help="queue name")
 @option("--priority", type=int, default=None, show_default="0", help="higher runs first")
 @option("--delay", type=float, default=None, metavar="SECONDS", help="seconds before it may run")
-@option("--at", "run_at", type=IsoTime(), default=None, help="ISO time before which it may not run (naive = local)")
+@option("--at", type=IsoTime(), default=None, help="ISO time before which it may not run (naive = local)")
 @option("--timeout", type=float, default=None, metavar="SECONDS", show_default="600",
         help="seconds one attempt may run")
 @option("--retries", type=int, default=None, show_default="3", help="retries after a failure")
@@ -73,11 +73,11 @@ def command(short_help: str) -> Callable[[Callable[..., Any]], RunqCommand]:
 @log_options
 @click.pass_obj
 def enqueue(settings: Settings, type: str, payload: Any, queue: str | None, priority: int | None,
-            delay: float | None, run_at: float | None, timeout: float | None, retries: int | None, key: str | None,
+            delay: float | None, at: float | None, timeout: float | None, retries: int | None, key: str | None,
             strict: bool) -> int:
     """Enqueue one task of type TYPE and print its id (the same for people and scripts:
     id=$(runq enqueue ...))."""
-    if delay is not None and run_at is not None:
+    if delay is not None and at is not None:
         raise click.UsageError("--delay and --at cannot be given together")
     with client(settings) as c:
         known = [t["type"] for t in c.task_types()]
@@ -89,7 +89,7 @@ def enqueue(settings: Settings, type: str, payload: Any, queue: str | None, prio
                 return EXIT_CANNOT_START
             output.note(f"runq enqueue: warning: no connected worker handles task type {type!r}{hint}; the task "
                         "waits until one does (--strict refuses instead)")
-        tid = c.enqueue(type, payload, queue=queue, priority=priority, delay=delay, run_at=run_at, timeout=timeout,
+        tid = c.enqueue(type, payload, queue=queue, priority=priority, delay=delay, run_at=at, timeout=timeout,
                         retries=retries, key=key)
     click.echo(tid)
     return 0
@@ -107,8 +107,8 @@ def _type_hint(name: str, known: list[str]) -> str:
     return " (no worker is connected)" if not known else ""
 
 
-def _show_task(task: dict[str, Any], as_json: bool) -> None:
-    if as_json:
+def _show_task(task: dict[str, Any], json: bool) -> None:
+    if json:
         output.print_json(task)
     else:
         output.print_task(task)
@@ -120,12 +120,12 @@ def _show_task(task: dict[str, Any], as_json: bool) -> None:
 @json_option
 @log_options
 @click.pass_obj
-def status(settings: Settings, id: int, as_json: bool) -> int:
+def status(settings: Settings, id: int, json: bool) -> int:
     """Show task ID: its state, attempts, local times and ages, payload, result or error (--json: the task
     map, times as Unix times)."""
     with client(settings) as c:
         task = c.get(id)
-    _show_task(task, as_json)
+    _show_task(task, json)
     return 0
 
 
@@ -137,12 +137,12 @@ def status(settings: Settings, id: int, as_json: bool) -> int:
 @json_option
 @log_options
 @click.pass_obj
-def wait(settings: Settings, id: int, timeout: float | None, as_json: bool) -> int:
+def wait(settings: Settings, id: int, timeout: float | None, json: bool) -> int:
     """Wait until task ID is finished, then show it as `status` does. Exit status 0 when it succeeded,
     else 1."""
     with client(settings) as c:
         task = c.wait(id, timeout)
-    _show_task(task, as_json)
+    _show_task(task, json)
     return 0 if task["state"] == "succeeded" else 1
 
 
@@ -152,11 +152,11 @@ def wait(settings: Settings, id: int, timeout: float | None, as_json: bool) -> i
 @json_option
 @log_options
 @click.pass_obj
-def cancel(settings: Settings, id: int, as_json: bool) -> int:
+def cancel(settings: Settings, id: int, json: bool) -> int:
     """Cancel task ID (queued, scheduled or running)."""
     with client(settings) as c:
         task = c.cancel(id)
-    _done(task, as_json)
+    _done(task, json)
     return 0
 
 
@@ -166,16 +166,16 @@ def cancel(settings: Settings, id: int, as_json: bool) -> int:
 @json_option
 @log_options
 @click.pass_obj
-def retry(settings: Settings, id: int, as_json: bool) -> int:
+def retry(settings: Settings, id: int, json: bool) -> int:
     """Bring task ID (dead, cancelled, or waiting for a retry) back to ready now."""
     with client(settings) as c:
         task = c.retry(id)
-    _done(task, as_json)
+    _done(task, json)
     return 0
 
 
-def _done(task: dict[str, Any], as_json: bool) -> None:
-    if as_json:
+def _done(task: dict[str, Any], json: bool) -> None:
+    if json:
         output.print_json(task)
     else:
         click.echo(f"task {task['id']} {task['state']}")
@@ -187,12 +187,12 @@ def _done(task: dict[str, Any], as_json: bool) -> None:
 @json_option
 @log_options
 @click.pass_obj
-def events(settings: Settings, id: int, as_json: bool) -> int:
+def events(settings: Settings, id: int, json: bool) -> int:
     """Show the timeline of task ID: every event, oldest first, with its local time and the time since
     the first."""
     with client(settings) as c:
         timeline = c.events(id)
-    if as_json:
+    if json:
         output.print_json(timeline)
     else:
         output.print_events(timeline)
@@ -210,13 +210,13 @@ def events(settings: Settings, id: int, as_json: bool) -> int:
 @log_options
 @click.pass_obj
 def tasks(settings: Settings, state: str | None, queue: str | None, type: str | None, limit: int,
-          cursor: int | None, as_json: bool) -> int:
+          cursor: int | None, json: bool) -> int:
     """List tasks, newest first, a page at a time (--json: {"tasks": [...], "cursor": next page or null})."""
     import time
 
     with client(settings) as c:
         page, next_cursor = c.list_tasks(state=state, queue=queue, type=type, limit=limit, cursor=cursor)
-    if as_json:
+    if json:
         output.print_json({"tasks": page, "cursor": next_cursor})
         return 0
     if not page:
