@@ -45,6 +45,7 @@ __all__ = [
     "RunqGroup",
     "Settings",
     "client",
+    "command",
     "json_option",
     "log_options",
     "option",
@@ -73,7 +74,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 class Settings:
     """The global options, as resolved for this run (``ctx.obj``)."""
 
-    command: str = ""
     log_level: str = "INFO"
     log_format: str = "text"
     log_config: str | None = None
@@ -138,6 +138,11 @@ def json_option(f: F) -> F:
     return option("--json", is_flag=True, help="print JSON (for scripts) instead of the human view")(f)
 
 
+def command(short_help: str) -> Callable[[Callable[..., Any]], RunqCommand]:
+    """``click.command`` for a ``RunqCommand`` (``short_help``: its line in ``runq --help``)."""
+    return click.command(cls=RunqCommand, short_help=short_help)
+
+
 def client(settings: Settings) -> Any:
     """A ``SyncClient`` on ``--server`` with ``--token``."""
     from ..protocol.sync_client import SyncClient
@@ -160,7 +165,6 @@ class RunqCommand(click.Command):
         from ..protocol.logs import configure_logging
 
         settings = ctx.ensure_object(Settings)
-        settings.command = self.name or ""
         try:
             configure_logging(settings.log_level, settings.log_format, settings.log_config)
         except ValueError as exc:

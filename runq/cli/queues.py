@@ -7,12 +7,12 @@ import time
 import click
 
 from . import output
-from .options import RunqCommand, Settings, client, json_option, log_options, server_options
+from .options import Settings, client, command, json_option, log_options, server_options
 
 __all__ = ["drain", "pause", "queues", "resume", "types", "workers"]
 
 
-@click.command(cls=RunqCommand, short_help="stop dispatching a queue's tasks (enqueue still accepted)")
+@command("stop dispatching a queue's tasks (enqueue still accepted)")
 @click.argument("queue")
 @server_options
 @log_options
@@ -25,7 +25,7 @@ def pause(settings: Settings, queue: str) -> int:
     return 0
 
 
-@click.command(cls=RunqCommand, short_help="dispatch a paused queue's tasks again")
+@command("dispatch a paused queue's tasks again")
 @click.argument("queue")
 @server_options
 @log_options
@@ -38,7 +38,7 @@ def resume(settings: Settings, queue: str) -> int:
     return 0
 
 
-@click.command(cls=RunqCommand, short_help="show the queues and their counts")
+@command("show the queues and their counts")
 @server_options
 @json_option
 @log_options
@@ -60,7 +60,7 @@ def queues(settings: Settings, json: bool) -> int:
     return 0
 
 
-@click.command(cls=RunqCommand, short_help="show the connected workers")
+@command("show the connected workers")
 @server_options
 @json_option
 @log_options
@@ -84,7 +84,7 @@ def workers(settings: Settings, json: bool) -> int:
     return 0
 
 
-@click.command(cls=RunqCommand, short_help="show the task types the connected workers handle")
+@command("show the task types the connected workers handle")
 @server_options
 @json_option
 @log_options
@@ -103,7 +103,7 @@ def types(settings: Settings, json: bool) -> int:
     return 0
 
 
-@click.command(cls=RunqCommand, short_help="ask a worker to finish its running tasks, hand back the rest and leave")
+@command("ask a worker to finish its running tasks, hand back the rest and leave")
 @click.argument("worker_id")
 @server_options
 @json_option

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from .options import CommandError, RunqCommand, Settings, log_options, option, token_option
+from .options import CommandError, Settings, command, log_options, option, token_option
 
 if TYPE_CHECKING:
     from ..app.server import Server
@@ -22,7 +22,7 @@ __all__ = ["DEFAULT_HTTP_PORT", "demo", "serve"]
 DEFAULT_HTTP_PORT = 7701
 
 
-@click.command(cls=RunqCommand, short_help="run the server (TCP protocol, SQLite database, HTTP API)")
+@command("run the server (TCP protocol, SQLite database, HTTP API)")
 @option("--db", envvar="RUNQ_DB", default="runq.db", metavar="FILE", help="the SQLite database file")
 @option("--host", default="127.0.0.1", help="address to listen on (beyond loopback: --token required)")
 @option("--port", type=int, default=7700, help="TCP port of the runq protocol (0 picks a free one)")
@@ -138,7 +138,7 @@ def _who_listens(host: str, port: int, token: str | None) -> str:
 
 
 # ---------------------------------------------------------------------- demo
-@click.command(cls=RunqCommand, short_help="a server, local workers and sample tasks, shown flowing")
+@command("a server, local workers and sample tasks, shown flowing")
 @option("--db", default=None, metavar="FILE", show_default="a new temporary file", help="database file")
 @option("--port", type=int, default=0, help="TCP port of the demo's server (0 picks a free one)")
 @option("--workers", type=click.IntRange(min=1), default=2, help="worker processes")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime
 from json import JSONDecodeError, loads
 from typing import Any
@@ -10,16 +9,7 @@ from typing import Any
 import click
 
 from . import output
-from .options import (
-    EXIT_CANNOT_START,
-    RunqCommand,
-    Settings,
-    client,
-    json_option,
-    log_options,
-    option,
-    server_options,
-)
+from .options import EXIT_CANNOT_START, Settings, client, command, json_option, log_options, option, server_options
 
 __all__ = ["cancel", "enqueue", "events", "retry", "status", "tasks", "wait"]
 
@@ -50,10 +40,6 @@ class IsoTime(click.ParamType[float]):
             return datetime.fromisoformat(value).timestamp()
         except ValueError as exc:
             self.fail(f"is not an ISO time: {exc}", param, ctx)
-
-
-def command(short_help: str) -> Callable[[Callable[..., Any]], RunqCommand]:
-    return click.command(cls=RunqCommand, short_help=short_help)
 
 
 @command("enqueue one task and print its id")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import click
 
-from .options import RunqCommand, Settings, log_options, option, server_options
+from .options import Settings, command, log_options, option, server_options
 
 __all__ = ["tui"]
 
 
-@click.command(cls=RunqCommand, short_help="the terminal dashboard: a server live, or a database file offline")
+@command("the terminal dashboard: a server live, or a database file offline")
 @server_options
 @option("--http", default=None, metavar="URL",
         help="base URL of the server's HTTP API, e.g. http://127.0.0.1:7701: per-queue totals since the server "

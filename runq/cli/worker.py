@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from .options import EXIT_CANNOT_START, CommandError, RunqCommand, Settings, log_options, option, server_options
+from .options import EXIT_CANNOT_START, CommandError, Settings, command, log_options, option, server_options
 
 __all__ = ["load_worker", "worker"]
 
@@ -90,7 +90,7 @@ def _queue_names(ctx: click.Context, param: click.Parameter, value: str | None) 
     return queues
 
 
-@click.command(cls=RunqCommand, short_help="run a worker: runq worker module[:attr] (docs/workers.md)")
+@command("run a worker: runq worker module[:attr] (docs/workers.md)")
 @click.argument("target")
 @server_options
 @option("--concurrency", "-c", type=click.IntRange(min=1), default=None, show_default="the Worker's",

@@ -1,65 +1,16 @@
 """Fixtures of the ``runq`` command's tests: a real ``runq serve`` (TCP and HTTP) and ``runq worker``,
-started once per module, and ``runq ...`` run as a subprocess (``cli``) or in this process (``main``)."""
+started once per module (helpers in cli_helpers.py)."""
 
 from __future__ import annotations
 
 import logging
-import os
-import re
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
-
-
-def cli_env(**extra: str) -> dict[str, str]:
-    """The environment of a ``runq`` subprocess: this checkout first, no RUNQ_* of the caller's."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNQ_")}
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(ROOT), env.get("PYTHONPATH", "")])
-    env["RUNQ_LOG_LEVEL"] = "WARNING"
-    env.update(extra)
-    return env
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30,
-            cwd: Path = HERE) -> subprocess.CompletedProcess[str]:
-    """``python -m runq.cli ARGS``, its output captured (so stdout is a pipe, not a terminal)."""
-    return subprocess.run([sys.executable, "-m", "runq.cli", *args], env=env or cli_env(), cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL)
-
-
-@dataclass
-class Served:
-    """A ``runq serve`` process with its HTTP API, and one ``runq worker cli_tasks:worker`` joined to it."""
-
-    address: str
-    http_port: int
-    server: subprocess.Popen[bytes]
-    worker: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def port(self) -> int:
-        return int(self.address.rsplit(":", 1)[1])
-
-
-def _wait_for(path: Path, pattern: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> re.Match[str]:
-    deadline = time.monotonic() + timeout
-    while True:
-        text = path.read_text() if path.exists() else ""
-        m = re.search(pattern, text)
-        if m:
-            return m
-        assert proc.poll() is None, f"exited {proc.returncode}:\n{text}"
-        assert time.monotonic() < deadline, f"{pattern!r} not seen in time:\n{text}"
-        time.sleep(0.02)
+from cli_helpers import HERE, Served, cli_env, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +25,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             procs.append(subprocess.Popen([sys.executable, "-m", "runq.cli", "serve", "--db", str(tmp / "runq.db"),
                                            "--port", "0"], env=cli_env(), cwd=tmp,
                                           stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT))
-        m = _wait_for(log, r"runq serving on (127\.0\.0\.1:\d+), HTTP API on http://127\.0\.0\.1:(\d+)", procs[0])
+        m = wait_for(log, r"runq serving on (127\.0\.0\.1:\d+), HTTP API on http://127\.0\.0\.1:(\d+)", procs[0])
         address, http_port = m.group(1), int(m.group(2))
         with open(tmp / "worker.log", "wb") as out:
             procs.append(subprocess.Popen([sys.executable, "-m", "runq.cli", "worker", "cli_tasks:worker", "-c", "2",

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Served, run_cli
+from cli_helpers import Served, run_cli
 
 WHERE = ("the runq TCP port is the one `runq serve --port` listens on (7700 by default), the HTTP API has its own "
          "(--http-port, 7701 by default)")

@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, Served, cli_env, run_cli
+from cli_helpers import ROOT, Served, cli_env, run_cli
 
 from runq import SyncClient, __version__
 from runq.cli import cli, main

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import HERE, Served, cli_env
+from cli_helpers import HERE, Served, cli_env
 
 from runq import SyncClient
 from runq.cli import main
