@@ -11,6 +11,7 @@ from .protocol.client import Client
 from .protocol.errors import (
     ConnectionClosed,
     InvalidState,
+    NotRunqServer,
     ProtocolError,
     RemoteError,
     RunqError,
@@ -31,6 +32,7 @@ __all__ = [
     "ConnectionClosed",
     "InvalidState",
     "NoClient",
+    "NotRunqServer",
     "ProtocolError",
     "RemoteError",
     "Retry",

@@ -30,7 +30,17 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .address import format_address, server_addresses, server_token
 from .calls import TRANSIENT_HELLO_ERRORS, Backoff, Calls, Request, connect_error, hello_message
-from .errors import ConnectionClosed, InvalidState, ProtocolError, RemoteError, RunqError, TaskFailed, error_for_code
+from .errors import (
+    ConnectionClosed,
+    InvalidState,
+    NotRunqServer,
+    ProtocolError,
+    RemoteError,
+    RunqError,
+    TaskFailed,
+    error_for_code,
+    looks_like,
+)
 from .frames import DEFAULT_MAX_FRAME, Connection
 from .tasks import Call, TaskHandle, client_closed, client_opened
 from .values import decode_task, encode_value
@@ -199,13 +209,25 @@ class Client:
         try:
             conn = Connection(DEFAULT_MAX_FRAME)
             await stream.send(conn.send(hello_message(self.role, self.token)))
+            answer = b""  # the peer's first bytes: what it is, when it is not a runq server
             with anyio.fail_after(self.connect_timeout):
-                while (msg := conn.next_message()) is None:
+                while True:
+                    try:
+                        msg = conn.next_message()
+                    except ProtocolError as exc:  # (an HTTP answer reads as a frame of 1213486160 bytes)
+                        raise NotRunqServer(format_address(host, port), answer) from exc
+                    if msg is not None:
+                        break
                     try:
                         data = await stream.receive(65536)
                     except (anyio.EndOfStream, anyio.BrokenResourceError) as exc:
+                        if looks_like(answer):
+                            raise NotRunqServer(format_address(host, port), answer) from exc
                         raise ConnectionClosed("the server closed the connection during hello") from exc
+                    answer += data[:max(0, 64 - len(answer))]
                     conn.receive_data(data)
+            if msg["op"] not in ("welcome", "error"):
+                raise NotRunqServer(format_address(host, port), answer)
             if msg["op"] == "error":
                 raise error_for_code(str(msg.get("code")), str(msg.get("message")))
         except BaseException:

@@ -12,6 +12,7 @@ __all__ = [
     "ConnectionClosed",
     "FrameTooLarge",
     "InvalidState",
+    "NotRunqServer",
     "ProtocolError",
     "RemoteError",
     "RunqError",
@@ -19,6 +20,7 @@ __all__ = [
     "TaskNotFound",
     "Unauthorized",
     "error_for_code",
+    "looks_like",
 ]
 
 
@@ -47,6 +49,53 @@ class FrameTooLarge(ProtocolError):
     """A frame header announced more bytes than the negotiated limit."""
 
     code = "frame_too_large"
+
+
+class NotRunqServer(ProtocolError):
+    """The peer at an address is not a runq server: it answered the ``hello`` with bytes that are not a
+    runq frame (an HTTP server, as the HTTP API's port does; a TLS or SSH server; any other program).
+
+    Raised by ``Client``, ``SyncClient`` and ``Worker`` when they connect, from the first bytes of the
+    answer; never sent on the wire. Its message is one line that says what the peer looked like.
+
+    Attributes:
+        address: the ``HOST:PORT`` connected to.
+        answer: the first bytes the peer sent (at most 64).
+        looks_like: ``"http"``, ``"tls"``, ``"ssh"`` or ``None`` (unknown).
+    """
+
+    code = "not_runq_server"
+
+    def __init__(self, address: str, answer: bytes) -> None:
+        self.address = address
+        self.answer = bytes(answer[:64])
+        self.looks_like = looks_like(self.answer)
+        why = _PEERS.get(self.looks_like or "")
+        if why is not None:
+            what = f"it answered like {why}"
+            if self.looks_like == "http":
+                first = self.answer.split(b"\r\n", 1)[0].decode("ascii", "replace").strip()
+                what += f" ({first!r})"
+        else:
+            what = f"it answered with bytes that are not a runq frame: {self.answer[:16]!r}"
+        super().__init__(f"{address} is not a runq server: {what}; {_WHERE}")
+
+
+_PEERS = {"http": "an HTTP server", "tls": "a TLS server", "ssh": "an SSH server"}
+#: the end of NotRunqServer's message: where the runq port is
+_WHERE = ("the runq TCP port is the one `runq serve --port` listens on (7700 by default), the HTTP API "
+          "has its own (--http-port, 7701 by default)")
+
+
+def looks_like(answer: bytes) -> str | None:
+    """What kind of server sends ``answer`` first (to a runq hello, i.e. to bytes it does not understand)."""
+    if answer.startswith(b"HTTP/"):
+        return "http"
+    if len(answer) >= 2 and answer[0] in (0x15, 0x16) and answer[1] == 0x03:  # a TLS alert or handshake record
+        return "tls"
+    if answer.startswith(b"SSH-"):
+        return "ssh"
+    return None
 
 
 class RemoteError(RunqError):

@@ -29,7 +29,17 @@ from typing import Any, Self, TypeVar, overload
 from .address import format_address, server_addresses, server_token
 from .calls import TRANSIENT_HELLO_ERRORS, Backoff, Calls, Request, connect_error, hello_message
 from .client import FINAL_STATES, _enqueue_entry, _many_entries
-from .errors import ConnectionClosed, InvalidState, ProtocolError, RemoteError, RunqError, TaskFailed, error_for_code
+from .errors import (
+    ConnectionClosed,
+    InvalidState,
+    NotRunqServer,
+    ProtocolError,
+    RemoteError,
+    RunqError,
+    TaskFailed,
+    error_for_code,
+    looks_like,
+)
 from .frames import DEFAULT_MAX_FRAME, Connection
 from .tasks import Call, SyncTaskHandle
 from .values import decode_task
@@ -138,11 +148,23 @@ class SyncClient:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small requests go out at once
             conn = Connection(DEFAULT_MAX_FRAME)
             sock.sendall(conn.send(hello_message(self.role, self.token)))
-            while (msg := conn.next_message()) is None:
+            answer = b""  # the peer's first bytes: what it is, when it is not a runq server
+            while True:
+                try:
+                    msg = conn.next_message()
+                except ProtocolError as exc:  # (an HTTP answer reads as a frame of 1213486160 bytes)
+                    raise NotRunqServer(format_address(host, port), answer) from exc
+                if msg is not None:
+                    break
                 data = sock.recv(65536)
                 if not data:
+                    if looks_like(answer):
+                        raise NotRunqServer(format_address(host, port), answer)
                     raise ConnectionClosed("the server closed the connection during hello")
+                answer += data[:max(0, 64 - len(answer))]
                 conn.receive_data(data)
+            if msg["op"] not in ("welcome", "error"):
+                raise NotRunqServer(format_address(host, port), answer)
             if msg["op"] == "error":
                 raise error_for_code(str(msg.get("code")), str(msg.get("message")))
             sock.settimeout(None)

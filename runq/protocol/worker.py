@@ -66,7 +66,16 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .address import format_address, server_addresses, server_token
 from .calls import Backoff, hello_message
-from .errors import ConnectionClosed, ProtocolError, RemoteError, RunqError, Unauthorized, error_for_code
+from .errors import (
+    ConnectionClosed,
+    NotRunqServer,
+    ProtocolError,
+    RemoteError,
+    RunqError,
+    Unauthorized,
+    error_for_code,
+    looks_like,
+)
 from .frames import DEFAULT_MAX_FRAME, Connection
 from .tasks import BadArguments, TaskDef, TaskOptions, tasks_in
 from .tracebacks import format_failure, loop_hint
@@ -313,6 +322,8 @@ class Worker:
         Raises:
             Unauthorized: the server refused the token (not retried).
             HelloRefused: the server refused the hello itself (not retried).
+            NotRunqServer: before any session worked, the address answered like another program (an HTTP
+                server...); after one, this is logged and retried like a lost connection.
             ValueError: a malformed address.
         """
         addresses = server_addresses(address)
@@ -345,6 +356,9 @@ class Worker:
                         break
                     except (OSError, ConnectionClosed, ProtocolError, RunqError, anyio.EndOfStream,
                             anyio.BrokenResourceError) as exc:
+                        if isinstance(exc, NotRunqServer) and self.sessions == 0:
+                            fatal = exc  # pointed at another program (the HTTP port?) from the start
+                            break
                         if self._stop.is_set():
                             break
                         if self.sessions != sessions:
@@ -411,11 +425,24 @@ class Worker:
             }
             await stream.send(conn.send(hello))
             welcome = None
+            answer = b""  # the peer's first bytes: what it is, when it is not a runq server
             with anyio.fail_after(10):
                 while welcome is None:
-                    welcome = conn.next_message()
+                    try:
+                        welcome = conn.next_message()
+                    except ProtocolError as exc:  # (an HTTP answer reads as a frame of 1213486160 bytes)
+                        raise NotRunqServer(format_address(host, port), answer) from exc
                     if welcome is None:
-                        conn.receive_data(await stream.receive(65536))
+                        try:
+                            data = await stream.receive(65536)
+                        except anyio.EndOfStream:
+                            if looks_like(answer):
+                                raise NotRunqServer(format_address(host, port), answer) from None
+                            raise
+                        answer += data[:max(0, 64 - len(answer))]
+                        conn.receive_data(data)
+            if welcome["op"] not in ("welcome", "error"):
+                raise NotRunqServer(format_address(host, port), answer)
             if welcome["op"] == "error":
                 code, message = str(welcome.get("code")), str(welcome.get("message"))
                 if code in _REFUSED_FOR_GOOD:

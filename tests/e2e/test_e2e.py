@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -479,31 +480,42 @@ def test_the_cli_against_a_real_server(cluster: Cluster) -> None:
         return out.stdout
 
     tid = int(ok("enqueue", "compute", "--payload", "20", "--priority", "3"))
-    status = json.loads(ok("status", str(tid)))
+    status = json.loads(ok("status", str(tid), "--json"))
     assert (status["id"], status["state"], status["payload"], status["priority"]) == (tid, "ready", 20, 3)
     assert "paused" in ok("pause", "default")
-    assert next(q for q in json.loads(ok("queues")) if q["queue"] == "default")["paused"] is True
+    assert next(q for q in json.loads(ok("queues", "--json")) if q["queue"] == "default")["paused"] is True
     w = cluster.start_worker()
     with SyncClient(cluster.address) as c:
         cluster.wait_joined(c, w)
-    assert [x["pid"] for x in json.loads(ok("workers"))] == [w.pid]
-    assert json.loads(ok("status", str(tid)))["state"] == "ready"  # paused: the joined worker got nothing
+    assert [x["pid"] for x in json.loads(ok("workers", "--json"))] == [w.pid]
+    assert json.loads(ok("status", str(tid), "--json"))["state"] == "ready"  # paused: the joined worker got nothing
     assert "resumed" in ok("resume", "default")
-    done = json.loads(ok("wait", str(tid), "--timeout", "10"))
+    done = json.loads(ok("wait", str(tid), "--timeout", "10", "--json"))
     assert (done["state"], done["result"], done["attempt"]) == ("succeeded", 41, 1)
-    timeline = [line.split()[1] for line in ok("events", str(tid)).splitlines()]
+    timeline = [e["kind"] for e in json.loads(ok("events", str(tid), "--json"))]
     assert timeline == ["enqueued", "started", "succeeded"]
-    listed = [line.split() for line in ok("tasks", "--state", "succeeded").splitlines()]
-    assert [(int(x[0]), x[1]) for x in listed] == [(tid, "succeeded")]
+    listed = json.loads(ok("tasks", "--state", "succeeded", "--json"))
+    assert [(t["id"], t["state"]) for t in listed["tasks"]] == [(tid, "succeeded")] and listed["cursor"] is None
 
     later = int(ok("enqueue", "compute", "--payload", "1", "--delay", "60"))
     assert later != tid
-    assert json.loads(ok("status", str(later)))["state"] == "scheduled"
+    assert json.loads(ok("status", str(later), "--json"))["state"] == "scheduled"
     assert f"task {later} cancelled" in ok("cancel", str(later))
     assert f"task {later} ready" in ok("retry", str(later))
-    assert json.loads(ok("wait", str(later), "--timeout", "10"))["result"] == 3
-    ids = {int(line.split()[0]) for line in ok("tasks", "--state", "succeeded").splitlines()}
+    assert json.loads(ok("wait", str(later), "--timeout", "10", "--json"))["result"] == 3
+    ids = {t["id"] for t in json.loads(ok("tasks", "--state", "succeeded", "--json"))["tasks"]}
     assert ids == {tid, later}
+    # the human views of the same: a table row per task, the task's fields by name
+    rows = ok("tasks", "--state", "succeeded").splitlines()
+    assert rows[0].split() == ["ID", "STATE", "QUEUE", "TYPE", "PRIORITY", "ATTEMPT", "CREATED"]
+    assert [row.split()[:6] for row in rows[1:]] == [[str(later), "succeeded", "default", "compute", "0", "1"],
+                                                      [str(tid), "succeeded", "default", "compute", "3", "1"]]
+    view = dict(line.split(None, 1) for line in ok("status", str(tid)).splitlines())
+    assert (view["id"], view["state"], view["result"], view["payload"]) == (str(tid), "succeeded", "41", "20")
+    events = ok("events", str(tid)).splitlines()
+    assert events[0].split() == ["TIME", "SINCE", "EVENT", "STATE", "ATTEMPT", "WORKER", "DETAIL"]
+    assert [re.findall(r"  (enqueued|started|succeeded)  ", line) for line in events[1:]] == [
+        ["enqueued"], ["started"], ["succeeded"]]
 
     again = cluster.cli("cancel", str(later))
     assert again.returncode == 1 and "invalid_state" in again.stderr

@@ -96,9 +96,14 @@ def test_the_readme_examples_run_as_written(tmp_path: Path, runq_env: dict[str, 
 
         shell = shell_block("runq enqueue")
         out = run("bash", "-euo", "pipefail", "-c", shell, timeout=120)
-        finished = [json.loads(m) for m in re.findall(r"^\{\n.*?^\}$", out, re.DOTALL | re.MULTILINE)]
-        waited = [t for t in finished if t.get("state") == "succeeded" and t.get("type") == "send_email"]
-        assert waited and waited[-1]["result"] == "sent 'Welcome' to b@example.com (attempt 1)", out
+        # `runq wait $id`: the human view of the task, a field per line
+        views = [dict(line.split(None, 1) for line in view.splitlines() if line[:1].isalpha() and " " in line)
+                 for view in re.split(r"(?m)^(?=id  )", out)]
+        waited = [v for v in views if v.get("state") == "succeeded" and v.get("type") == "send_email"]
+        assert waited and waited[-1]["result"] == '"sent \'Welcome\' to b@example.com (attempt 1)"', out
+        # `runq status $id --json`: the task map
+        (task,) = [json.loads(m) for m in re.findall(r"^\{\n.*?^\}$", out, re.DOTALL | re.MULTILINE)]
+        assert task["state"] == "succeeded" and task["result"] == "sent 'Welcome' to b@example.com (attempt 1)"
 
         if shutil.which("curl"):
             for line in shell_block("curl").splitlines():

@@ -37,8 +37,10 @@ def with_worker(threaded_server: Any) -> Iterator[str]:
 
 def test_enqueue_warns_about_an_unknown_type_and_strict_refuses(with_worker: str,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["types", "--server", with_worker]) == 0
+    assert main(["types", "--server", with_worker, "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == [{"type": "send_email", "workers": 1, "queues": ["mail"]}]
+    assert main(["types", "--server", with_worker]) == 0  # the human view: a table, plain in a pipe
+    assert capsys.readouterr().out.splitlines() == ["TYPE        WORKERS  QUEUES", "send_email        1  mail"]
 
     assert main(["enqueue", "sendemail", "--server", with_worker, "--strict"]) == 3
     out = capsys.readouterr()

@@ -368,8 +368,8 @@ async def test_drain_stops_a_worker_gracefully(server: Server, nursery: trio.Nur
             while not await c.workers():
                 await trio.sleep(0.01)
             (info,) = await c.workers()
-            args = cli.build_parser().parse_args(["drain", info["id"], "--server", f"127.0.0.1:{server.port}"])
-            assert await trio.to_thread.run_sync(cli.cmd_drain, args) == 0
+            args = ["drain", info["id"], "--server", f"127.0.0.1:{server.port}"]
+            assert await trio.to_thread.run_sync(cli.main, args) == 0
             assert capsys.readouterr().out == f"worker {info['id']} draining (0 task(s) running)\n"
             while await c.workers():
                 await trio.sleep(0.01)
