@@ -21,6 +21,8 @@ def runq_worker(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.C
     (tmp_path / "broken.py").write_text("import a_dependency_that_is_not_installed\n")
     (tmp_path / "empty.py").write_text("x = 1\n")
     (tmp_path / "two.py").write_text("from runq import Worker\na = Worker()\nb = Worker()\n")
+    (tmp_path / "shop").mkdir(exist_ok=True)
+    (tmp_path / "shop" / "tasks.py").write_text("from runq import task\n\n@task\ndef ship(n: int) -> int:\n    return n\n")
     # port 1: nothing listens there; every case below must stop before it matters
     return subprocess.run([sys.executable, "-m", "runq.cli", "worker", "--server", "127.0.0.1:1", *args],
                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30, check=False,
@@ -39,6 +41,11 @@ def runq_worker(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.C
     (["empty"], 3, "runq worker: 'empty' holds no runq.Worker and no task definition"),
     (["mytasks:t"], 3, "runq worker: mytasks:t is a function, not a runq.Worker or task definition"),
     (["two"], 3, "runq worker: 'two' holds 2 runq.Worker objects: name one (two:NAME)"),
+    # a newcomer's slips, each with the way out
+    (["shop/tasks.py"], 3, "runq worker: 'shop/tasks.py' is a file path; give its module: runq worker shop.tasks"),
+    (["shop.task"], 3, "runq worker: no module named 'shop.task' (from 'shop.task'; did you mean 'shop.tasks'?)"),
+    (["shop.tasks:worker"], 3, ("'shop.tasks' has no attribute 'worker' (from 'shop.tasks:worker'); it holds the task "
+                                "definitions ship: `runq worker shop.tasks` runs them")),
     # the options (exit 2: usage)
     (["mytasks:worker", "--concurrency", "0"], 2, "Invalid value for '--concurrency' / '-c': 0 is not in the range x>=1"),
     (["mytasks:worker", "--queues", ","], 2, "Invalid value for '--queues' / '-q': needs at least one queue name"),

@@ -67,18 +67,50 @@ def _resolve(target: str, module_name: str, attr: str) -> Any:
     try:
         return pkgutil.resolve_name(target if attr else module_name + ":")
     except ValueError:
+        if module_name.endswith(".py") or "/" in module_name:  # a file path: say which module it is
+            dotted = module_name.removesuffix(".py").strip("./").replace("/", ".")
+            raise CommandError(f"{target!r} is a file path; give its module: runq worker {dotted}",
+                               EXIT_CANNOT_START) from None
         raise CommandError(f"{target!r} is not module:attr or module (for example myapp.tasks:worker, "
                            "or myapp.tasks)", EXIT_CANNOT_START) from None
     except ModuleNotFoundError as exc:
         if exc.name is None or not (module_name == exc.name or module_name.startswith(exc.name + ".")):
             raise  # a module that the target's module imports is missing: its traceback says where
-        raise CommandError(f"no module named {exc.name!r} (from {target!r}; run it from the folder that holds it, "
-                           "or set PYTHONPATH)", EXIT_CANNOT_START) from None
+        raise CommandError(f"no module named {exc.name!r} (from {target!r}; {_module_hint(exc.name)})",
+                           EXIT_CANNOT_START) from None
     except AttributeError:
         if module_name not in sys.modules:
             raise  # (raised while the module was imported: the user's code, with its traceback)
-        raise CommandError(f"{module_name!r} has no attribute {attr!r} (from {target!r})",
+        raise CommandError(f"{module_name!r} has no attribute {attr!r} (from {target!r}){_tasks_hint(module_name)}",
                            EXIT_CANNOT_START) from None
+
+
+def _module_hint(name: str) -> str:
+    """``did you mean 'myapp.tasks'?`` for a module beside the missing one with a close name, else where to run."""
+    import difflib
+    import importlib.util
+
+    parent, _, leaf = name.rpartition(".")
+    try:
+        spec = importlib.util.find_spec(parent) if parent else None
+    except (ImportError, ValueError):
+        spec = None
+    paths = list(spec.submodule_search_locations or []) if spec is not None else [os.getcwd()]
+    siblings = [m.name for m in pkgutil.iter_modules(paths)]
+    close = difflib.get_close_matches(leaf, siblings, n=1)
+    if close:
+        return f"did you mean {'.'.join(filter(None, [parent, close[0]]))!r}?"
+    return "run it from the folder that holds it, or set PYTHONPATH"
+
+
+def _tasks_hint(module_name: str) -> str:
+    """``; it holds the task definitions a, b: runq worker MODULE runs them`` when it does."""
+    from ..protocol.tasks import tasks_in
+
+    names = [t.type for t in tasks_in(sys.modules[module_name])]
+    if not names:
+        return ""
+    return f"; it holds the task definitions {', '.join(names[:8])}: `runq worker {module_name}` runs them"
 
 
 def _queue_names(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
