@@ -27,7 +27,7 @@ from runq.app.core import (
     Task,
     TaskMissing,
 )
-from runq.app.core.model import NEW_COLUMNS, QUEUED
+from runq.app.core.model import NEW_COLUMNS, QUEUED, WorkerState
 from runq.protocol.messages import TaskSpec
 
 T0 = 1_000.0
@@ -337,6 +337,28 @@ def test_delayed_tasks_wait_for_their_time() -> None:
     core.heartbeat("w1", T0 + 10)
     core.tick(T0 + 10)
     assert sent_ids(core.take_effects(T0 + 10)) == [d10]
+
+
+def test_a_stale_entry_of_the_delay_heap_is_skipped() -> None:
+    """A task delayed to t=100 is retried by hand at t=1, runs, and fails at t=2 with a retry in 500 s: it is
+    due at t=502. Its first entry (t=100) is still in the timer heap, and the task is scheduled again when
+    that entry comes up: the entry must be recognised as stale (its time is not the task's run_at), not
+    promote the task 402 s early."""
+    core = make()
+    (tid,) = add(core, now=0.0, delay=100)
+    join(core, now=0.0)
+    core.retry(tid, 1.0)
+    entry = run_one(core, 1.0)
+    core.fail("w1", tid, entry["lease"], "x", 2.0, retry_in=500)
+    core.worker_left("w1", 2.0)
+    assert core.get(tid).state is State.SCHEDULED and core.get(tid).run_at == 502.0
+    core.take_effects(2.0)
+    for t in (100.0, 250.0, 501.999):
+        core.tick(t)
+        fx = core.take_effects(t)
+        assert kinds(fx, tid) == [] and core.get(tid).state is State.SCHEDULED, t
+    core.tick(502.0)
+    assert ev(core.take_effects(502.0), tid) == [("due", "ready", None, 1, None)]
 
 
 def test_next_deadline() -> None:
@@ -1152,7 +1174,7 @@ def test_a_task_retried_from_the_store_gets_a_lease_never_given_before() -> None
     for _ in range(3):  # leases 1..3 of the task, on the same worker
         entry = run_one(core, T0)
         core.release("w1", [tid], T0)
-        core.workers["w1"].state = "active"  # (as if it had reconnected)
+        core.workers["w1"].state = WorkerState.ACTIVE  # (as if it had reconnected)
     assert entry["lease"] == 3 and core.max_lease == 3
     core.cancel(tid, T0)
     stored = Task.from_row(core.get(tid).row())  # as the server reads it back once it left memory
@@ -1217,8 +1239,11 @@ def test_recover_rebuilds_state() -> None:
     core = make()
     assert core.recover(iter(rows), ["q"], 9, T0 + 1) == 1
     fx = core.take_effects(T0 + 1)
-    assert [e[0] for e in fx.events] == [4]
+    assert [e[0] for e in fx.events] == [4, 7]
     assert ev(fx, 4) == [("recovered", "ready", None, 2, "server restarted while it ran")]
+    # a row left in `failed` takes the table's backoff step, with its event, and its row is written again
+    assert ev(fx, 7) == [("retry_scheduled", "scheduled", None, 1, "server restarted before its retry was scheduled")]
+    assert row_of(fx, 7)["state"] == "scheduled" and row_of(fx, 7)["run_at"] == T0 + 1
     t4 = core.get(4)
     assert (t4.state, t4.worker, t4.attempt, t4.payload, t4.progress) == (State.READY, None, 2, b"\x09", b"\x05")
     assert core.get(5).state is State.SCHEDULED and core.get(5).run_at == T0 + 100
@@ -1226,7 +1251,7 @@ def test_recover_rebuilds_state() -> None:
     assert core.queues["q"].paused and not core.queues["r"].paused
     assert core.enqueue([spec(key="k3")], T0 + 1) == [(3, False)]
     assert add(core, now=T0 + 1) == [9]  # next_id continues
-    assert core.counts["q"] == {"ready": 2, "scheduled": 2, "running": 0}
+    assert +core.counts["q"] == {"ready": 2, "scheduled": 2}
     assert core.counts["default"]["ready"] == 1
     join(core, credit=5, queues=("q", "r"), now=T0 + 1)
     assert sent_ids(core.take_effects(T0 + 1)) == [6]  # q is paused
@@ -1401,6 +1426,10 @@ class Driver:
         #: (task id, lease) given in this life of the core: a lease is never given twice
         self.leases: set[tuple[int, int]] = set()
         self.recovered_last: set[int] = set()
+        #: per task, the state named by the last live event told about it: every change of state goes
+        #: through the transition table, which tells subscribers (the ``enqueued`` of rule 1 included)
+        self.told: dict[int, str] = {}
+        self.core.observed = True
 
     def effects(self) -> None:
         fx = self.core.take_effects(self.now)
@@ -1425,6 +1454,11 @@ class Driver:
                         assert (t["id"], t["lease"]) not in self.leases, "a lease number given twice"
                         self.leases.add((t["id"], t["lease"]))
         self.seen_kinds.update(e[2] for e in fx.events)
+        for row, task in fx.notices:
+            assert row[0] == task.id
+            self.told[task.id] = row[3]
+        for t in [*self.core.tasks.values(), *self.core.finished.values()]:
+            assert self.told.get(t.id) == t.state.value, f"task {t.id} became {t.state.value} with no event"
         check_invariants(self.core, self.granted, self.received, self.now, frozenset(self.recovered_last))
         self.seen_states.update(t.state.value for t in self.core.tasks.values())
         self.seen_states.update(t.state.value for t in self.core.finished.values())
@@ -1503,6 +1537,7 @@ class Driver:
             running = sum(1 for r in live if r[5] == "running")
             self.recovered_last |= {r[0] for r in live if r[5] == "running" and r[9] >= r[8] + 1}
             self.core = core = Core(core.config, rng=random.Random(rng.random()))
+            core.observed = True
             assert core.recover(iter(live), sorted(self.paused), max(self.disk, default=0) + 1, self.now) == running
             self.granted, self.received, self.leases = {}, {}, set()
             # (worker ids keep growing: no worker of the previous life can speak for a new lease)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .model import EVENT_COLUMNS, EVENT_ROW_COLUMNS, TASK_COLUMNS, CoreConfig, ReadyQueue, Task, WorkerInfo
+from .model import EVENT_COLUMNS, EVENT_ROW_COLUMNS, TASK_COLUMNS, CoreConfig, ReadyQueue, Task, WorkerInfo, WorkerState
 from .queue import Core, CoreStats, Effects, TaskMissing
 from .requests import REQUEST_COLUMNS, Requests
 from .states import FINAL_STATES, TRANSITIONS, IllegalTransition, State, Transition, next_state
@@ -26,5 +26,6 @@ __all__ = [
     "TaskMissing",
     "Transition",
     "WorkerInfo",
+    "WorkerState",
     "next_state",
 ]

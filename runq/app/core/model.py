@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import heapq
 from collections import deque
 from dataclasses import dataclass, field
@@ -9,7 +10,8 @@ from typing import Any
 
 from .states import State
 
-__all__ = ["EVENT_COLUMNS", "EVENT_ROW_COLUMNS", "NEW_COLUMNS", "TASK_COLUMNS", "CoreConfig", "ReadyQueue", "Task", "WorkerInfo"]
+__all__ = ["EVENT_COLUMNS", "EVENT_ROW_COLUMNS", "NEW_COLUMNS", "TASK_COLUMNS", "CoreConfig", "ReadyQueue", "Task", "WorkerInfo",
+           "WorkerState"]
 
 #: Column order of a task row, as the store persists it.
 TASK_COLUMNS = (
@@ -152,6 +154,21 @@ class Task:
         return f"<Task {self.id} {self.type} {self.state.value} attempt={self.attempt}>"
 
 
+class WorkerState(str, enum.Enum):
+    """What a connected worker is doing, as the worker map, the dashboard and the metrics name it.
+
+    A ``str`` enum: its members compare and hash as their wire values (``"active"``, ``"draining"``).
+    """
+
+    #: takes tasks against the credit it grants
+    ACTIVE = "active"
+    #: told to stop (``drain_worker``) or stopping by itself (it sent ``release``): given no new task
+    DRAINING = "draining"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass(eq=False)
 class WorkerInfo:
     """A connected worker, as the core sees it."""
@@ -171,7 +188,7 @@ class WorkerInfo:
     unarmed: dict[int, tuple[Task, int]] = field(default_factory=dict)
     #: the task types it announced (its handlers); empty when it announced none
     types: tuple[str, ...] = ()
-    state: str = "active"  # active | draining
+    state: WorkerState = WorkerState.ACTIVE
     #: when it was last given a task (the core's dispatch count then): among equally loaded workers, the one
     #: served longest ago is served first
     served: int = 0
@@ -184,7 +201,7 @@ class WorkerInfo:
             "queues": list(self.queues), "types": list(self.types), "concurrency": self.concurrency,
             "in_flight": len(self.running),
             "running": list(self.running), "credit": self.credit, "connected_at": self.connected_at,
-            "last_heartbeat": self.last_seen, "state": self.state,
+            "last_heartbeat": self.last_seen, "state": self.state.value,
             "completed": self.completed, "failed": self.failed,
         }
 

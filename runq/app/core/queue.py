@@ -19,12 +19,14 @@ effect buffers that the I/O layer collects with ``take_effects()``:
 
 Rules of this file:
 
-1. Every state change goes through ``_move``, which asks ``states.next_state``
-   (the one transition table), counts it, and writes its event row. One
-   exception, for speed: the ``enqueued`` event of a task that is ready at once
-   is told to subscribers but not written; the store gives it back from the
-   task row (``created_at``) when it reads the timeline (``Store.events``).
-   A delayed task's ``scheduled`` event is written as usual.
+1. Every state change goes through ``_move``, which looks the step up in
+   ``states.STEPS`` (the one transition table), counts it, and writes its event
+   row; recovery's included. Enqueue applies the same table step to a whole batch
+   of tasks ready at once (``_enqueued``: one lookup per batch, the enqueue hot
+   path) and, for speed, does not write that ``enqueued`` event: it is told to
+   subscribers, and the store gives it back from the task row (``created_at``)
+   when it reads the timeline (``Store.events``). A delayed task's ``scheduled``
+   event is written as usual.
 2. A task is leased to at most one worker (``task.worker`` while RUNNING); a
    result is accepted only from that worker for that lease (``task.lease``, a
    number that changes with every dispatch, unlike ``attempt``, which a release
@@ -46,8 +48,8 @@ from typing import Any
 
 from ...protocol.errors import RunqError
 from ...protocol.messages import TaskSpec
-from .model import NOT_QUEUED, CoreConfig, ReadyQueue, Task, WorkerInfo
-from .states import FINAL_STATES, TRANSITIONS, IllegalTransition, State, Transition, next_state
+from .model import NOT_QUEUED, CoreConfig, ReadyQueue, Task, WorkerInfo, WorkerState
+from .states import FINAL_STATES, STEPS, TRANSITIONS, IllegalTransition, State, Transition
 
 __all__ = ["Core", "CoreStats", "Effects", "TaskMissing"]
 
@@ -56,9 +58,6 @@ S, T = State, Transition
 SCHEDULED, READY, RUNNING, SUCCEEDED, DEAD = S.SCHEDULED, S.READY, S.RUNNING, S.SUCCEEDED, S.DEAD
 T_ENQUEUE, T_SCHEDULE, T_DISPATCH, T_SUCCEED = T.ENQUEUE, T.SCHEDULE, T.DISPATCH, T.SUCCEED
 EventRow = tuple[int, float, str, str, "str | None", int, "str | None", int]
-# Core.enqueue's inlined ENQUEUE step relies on the table saying this:
-assert TRANSITIONS[(None, T_ENQUEUE)] is READY
-_READY_NAME, _ENQUEUED_KIND = READY._value_, T_ENQUEUE._value_
 _FINAL_NAMES = frozenset(s._value_ for s in FINAL_STATES)
 
 
@@ -183,26 +182,63 @@ class Core:
         self._logs.append((level, text))
 
     def _move(self, task: Task, tr: Transition, now: float, worker: str | None = None, detail: str | None = None) -> None:
+        """Apply ``tr`` to ``task`` by the transition table: its state, the counts, its event row, its row.
+
+        Raises:
+            IllegalTransition: the table has no such step from the task's state.
+        """
         old = task.state
-        new = next_state(old, tr)
-        task.state = new
+        step = STEPS.get((old, tr))
+        if step is None:
+            raise IllegalTransition(old, tr)
+        task.state = step.state
+        kind, name = step.kind, step.name
         counts = self.counts.get(task.queue)
         if counts is None:
             counts = self.counts[task.queue] = Counter()
         if old is not None:
             counts[old._value_] -= 1
-        counts[new._value_] += 1
+        counts[name] += 1
         totals = self.totals.get(task.queue)
         if totals is None:
             totals = self.totals[task.queue] = Counter()
-        totals[tr._value_] += 1
+        totals[kind] += 1
         eid = self.next_event_id
         self.next_event_id = eid + 1
-        row = (task.id, now, tr._value_, new._value_, worker, task.attempt, detail, eid)
+        row = (task.id, now, kind, name, worker, task.attempt, detail, eid)
         self._events.append(row)
         self._dirty[task.id] = task
         if self.observed:
             self._notices.append((row, task))
+
+    def _enqueued(self, tasks: list[Task], now: float) -> None:
+        """Apply ``enqueue`` (new -> ready) to tasks just made, in order, and queue them: ``_move`` for a batch,
+        the step looked up once, its event told to subscribers but not stored (rule 1)."""
+        state, kind, name = STEPS[(None, T_ENQUEUE)]
+        dirty, observed, notices = self._dirty, self.observed, self._notices
+        queue = tasks[0].queue
+        same = all(t.queue == queue for t in tasks)  # one queue per batch is the rule: one count update
+        q = self._queue(queue)
+        for task in tasks:
+            task.state = state
+            dirty[task.id] = task
+            if observed:
+                notices.append(((task.id, now, kind, name, None, 0, None, 0), task))  # (not stored: rule 1)
+            if same:
+                q.push(task)
+            else:
+                self._queue(task.queue).push(task)
+        per_queue = {queue: len(tasks)} if same else Counter(t.queue for t in tasks)
+        for qname, n in per_queue.items():
+            counts = self.counts.get(qname)
+            if counts is None:
+                counts = self.counts[qname] = Counter()
+            counts[name] += n
+            totals = self.totals.get(qname)
+            if totals is None:
+                totals = self.totals[qname] = Counter()
+            totals[kind] += n
+        self._pump_needed = True
 
     def _finish(self, task: Task, now: float) -> None:
         """Bookkeeping for a task that reached a final state."""
@@ -242,49 +278,43 @@ class Core:
         non-final task already held the spec's unique key (its id is returned)."""
         out: list[tuple[int, bool]] = []
         cfg = self.config
-        tasks, new, dirty, observed = self.tasks, self._new, self._dirty, self.observed
+        tasks, new, keys = self.tasks, self._new, self.keys
+        ready: list[Task] = []  # made ready at once: they take the ``enqueued`` step together
+        created = 0
         for spec in specs:
             if spec.key is not None:
-                holder = self.keys.get(spec.key)
+                holder = keys.get(spec.key)
                 if holder is not None:
                     out.append((holder.id, False))
                     continue
             run_at = spec.run_at if spec.run_at is not None else (now + spec.delay if spec.delay else None)
             delayed = run_at is not None and run_at > now
+            tid = self.next_id
+            self.next_id = tid + 1
             task = Task(
-                self.next_id, spec.queue, spec.type, spec.payload, spec.priority, None,
+                tid, spec.queue, spec.type, spec.payload, spec.priority, None,
                 run_at if delayed else None,
                 spec.timeout if spec.timeout is not None else cfg.default_timeout,
                 spec.retries if spec.retries is not None else cfg.default_retries,
                 0, spec.key, None, None, None, now,
             )
-            tid = self.next_id
-            self.next_id = tid + 1
             tasks[tid] = task
             new.add(tid)
             if spec.key is not None:
-                self.keys[spec.key] = task
+                keys[spec.key] = task
             if delayed:
+                if ready:  # (the tasks before it first: subscribers hear of them in order)
+                    self._enqueued(ready, now)
+                    ready = []
                 self._move(task, T_SCHEDULE, now, detail=f"run_at={run_at:.3f}")
                 heapq.heappush(self.scheduled, (float(task.run_at or now), tid))
             else:
-                # _move(task, T_ENQUEUE) inlined, without the event row (rule 1): the hot path of every enqueue
-                task.state = READY
-                counts = self.counts.get(task.queue)
-                if counts is None:
-                    counts = self.counts[task.queue] = Counter()
-                counts[_READY_NAME] += 1
-                totals = self.totals.get(task.queue)
-                if totals is None:
-                    totals = self.totals[task.queue] = Counter()
-                totals[_ENQUEUED_KIND] += 1
-                dirty[tid] = task
-                if observed:
-                    self._notices.append(((tid, now, _ENQUEUED_KIND, _READY_NAME, None, 0, None, 0), task))  # (not stored)
-                self._queue(task.queue).push(task)
-                self._pump_needed = True
-            self.stats.enqueued += 1
-            out.append((task.id, True))
+                ready.append(task)
+            created += 1
+            out.append((tid, True))
+        if ready:
+            self._enqueued(ready, now)
+        self.stats.enqueued += created
         return out
 
     def get(self, task_id: int) -> Task:
@@ -419,7 +449,7 @@ class Core:
         if n <= 0:
             return
         w.credit += n
-        if w.state == "active":
+        if w.state is WorkerState.ACTIVE:
             self.hungry[worker_id] = w
             self._pump_needed = True
 
@@ -432,7 +462,7 @@ class Core:
     def drain_worker(self, worker_id: str, now: float) -> None:
         """Stop giving tasks to a worker and ask it to finish and leave."""
         w = self.workers[worker_id]
-        w.state = "draining"
+        w.state = WorkerState.DRAINING
         self.hungry.pop(worker_id, None)
         self._send(worker_id, {"op": "drain"})
 
@@ -548,7 +578,7 @@ class Core:
         w = self.workers.get(worker_id)
         if w is not None:
             w.last_seen = now
-            w.state = "draining"
+            w.state = WorkerState.DRAINING
             self.hungry.pop(worker_id, None)
         for tid in reversed(task_ids):  # each goes to the front: keep their order
             task = self.tasks.get(tid) if isinstance(tid, int) else None
@@ -766,9 +796,13 @@ class Core:
                 recovered += 1
                 self._queue(t.queue).push(t)
                 continue
-            if state is S.FAILED:  # a crash between fail and backoff: retry now
-                state = SCHEDULED
+            if state is S.FAILED:  # a crash between fail and backoff: the backoff step now, due at once
+                t.state = state
+                counts[state._value_] += 1
                 t.run_at = now
+                self._move(t, T.BACKOFF, now, detail="server restarted before its retry was scheduled")
+                self.scheduled.append((now, t.id))
+                continue
             t.state = state
             counts[state.value] += 1
             if state is SCHEDULED:
