@@ -28,6 +28,7 @@ from runq.app.core import (
     TaskMissing,
 )
 from runq.app.core.model import NEW_COLUMNS, QUEUED, WorkerState
+from runq.app.core.timers import BACKSTOP, DELAY, SILENCE
 from runq.protocol.messages import TaskSpec
 
 T0 = 1_000.0
@@ -93,6 +94,11 @@ def run_one(core: Core, now: float, wid: str = "w1") -> dict[str, Any]:
     core.credit(wid, 1, now)
     (t,) = sent(core.take_effects(now), wid)
     return t
+
+
+def timers(core: Core, kind: int) -> list[tuple[Any, ...]]:
+    """The entries of one kind in the core's timer heap, as ``(when, key, ...)``."""
+    return sorted((e[0], *e[2:]) for e in core.timers.heap if e[1] == kind)
 
 
 def recount(core: Core) -> dict[tuple[str, str], int]:
@@ -353,8 +359,11 @@ def test_a_stale_entry_of_the_delay_heap_is_skipped() -> None:
     core.worker_left("w1", 2.0)
     assert core.get(tid).state is State.SCHEDULED and core.get(tid).run_at == 502.0
     core.take_effects(2.0)
+    assert core.next_deadline() == 502.0  # the stale entry (100) is not the next deadline: rule 3 of timers.py
+    assert timers(core, DELAY) == [(502.0, tid)]  # (settling it dropped it)
+    core.timers.arm((100.0, DELAY, tid))  # as it was: now it must be skipped when it comes up, by its check
     for t in (100.0, 250.0, 501.999):
-        core.tick(t)
+        assert core.tick(t) == 502.0
         fx = core.take_effects(t)
         assert kinds(fx, tid) == [] and core.get(tid).state is State.SCHEDULED, t
     core.tick(502.0)
@@ -607,6 +616,21 @@ def test_any_message_renews_the_lease(how: str) -> None:
     assert "w1" not in core.workers and core.get(a).state is State.READY
 
 
+def test_a_worker_back_under_the_same_id_has_one_silence_watch() -> None:
+    """The silence entry of a worker's earlier join is stale: dropped, not re-armed beside the new one."""
+    core = make(lease_timeout=10)
+    join(core, now=T0)
+    core.worker_left("w1", T0 + 1)
+    join(core, now=T0 + 2)  # the same id again
+    assert core.tick(T0 + 10) == T0 + 12  # the first join's entry came up: it is not this worker's
+    assert timers(core, SILENCE) == [(T0 + 12, "w1", core.workers["w1"].joined)]
+    core.heartbeat("w1", T0 + 11)
+    assert core.tick(T0 + 12) == T0 + 21 and "w1" in core.workers  # re-armed in place, still one
+    assert len(timers(core, SILENCE)) == 1
+    core.tick(T0 + 21)
+    assert core.workers == {} and core.stats.lease_expiries == 1
+
+
 def test_a_disconnect_loses_the_tasks_at_once() -> None:
     core = make()
     ids = add(core, n=2)
@@ -823,11 +847,11 @@ def test_the_backstop_of_tasks_beyond_the_concurrency_is_armed_in_dispatch_order
     ids = add(core, n=4, timeout=5.0, retries=0)
     join(core, credit=4, concurrency=2)
     core.take_effects(T0)
-    assert sorted(tid for _, tid, _ in core.deadlines) == ids[:2]
+    assert sorted(tid for _, tid, _ in timers(core, BACKSTOP)) == ids[:2]
     core.done("w1", [[ids[1], 1, b""]], T0 + 1)
-    assert sorted(tid for _, tid, _ in core.deadlines) == [ids[0], ids[1], ids[2]]  # (ids[1]'s is stale)
+    assert sorted(tid for _, tid, _ in timers(core, BACKSTOP)) == [ids[0], ids[1], ids[2]]  # (ids[1]'s is stale)
     core.worker_left("w1", T0 + 2)  # the rest are lost, nothing left unarmed
-    assert core.workers == {} and core.next_deadline() == T0 + 15
+    assert core.workers == {} and core.next_deadline() is None  # every backstop is stale: its task was lost
 
 
 # ---------------------------------------------------------------------- cancel
@@ -1342,7 +1366,7 @@ def check_invariants(core: Core, granted: dict[str, int], received: dict[str, in
                      recovered_last: frozenset[int] = frozenset()) -> None:
     """``recovered_last``: tasks recovered on their last attempt, which run once more (docs/semantics.md)."""
     holders: dict[int, str] = {}
-    armed = {(tid, lease) for _, tid, lease in core.deadlines}
+    armed = {(tid, lease) for _, tid, lease in timers(core, BACKSTOP)}
     assert set(core.hungry) <= set(core.workers)
     for w in core.workers.values():
         assert received.get(w.id, 0) <= granted.get(w.id, 0), "sent more tasks than the credit granted"
@@ -1357,8 +1381,12 @@ def check_invariants(core: Core, granted: dict[str, int], received: dict[str, in
             assert tid not in holders, f"task {tid} held by {holders[tid]} and {w.id}"
             holders[tid] = w.id
             assert core.tasks.get(tid) is t and t.state is State.RUNNING and t.worker == w.id
-    deadlines = {(tid, lease) for _, tid, lease in core.deadlines}
-    sched = {(tid, at) for at, tid in core.scheduled}
+    deadlines = {(tid, lease) for _, tid, lease in timers(core, BACKSTOP)}
+    sched = {(tid, at) for at, tid in timers(core, DELAY)}
+    # one silence watch per connected worker, of its own join (an earlier worker's under the same id is stale)
+    silences = [(wid, joined) for _, wid, joined in timers(core, SILENCE)
+                if wid in core.workers and core.workers[wid].joined == joined]
+    assert sorted(silences) == sorted((wid, w.joined) for wid, w in core.workers.items())
     counted: dict[tuple[str, str], int] = {}
     for t in core.tasks.values():
         assert t.state not in FINAL_STATES and t.state is not State.FAILED, t
@@ -1399,10 +1427,12 @@ def check_invariants(core: Core, granted: dict[str, int], received: dict[str, in
                 q = core.queues[name]
                 assert q.paused or q.peek() is None, f"{w.id} has credit but {name} has ready tasks"
     nd = core.next_deadline()
-    if core.scheduled or core.deadlines or core.workers:
-        assert nd is not None
-    else:
-        assert nd is None
+    due = [t.run_at for t in core.tasks.values() if t.state is State.SCHEDULED]
+    due += [w.last_seen + core.config.lease_timeout for w in core.workers.values()]
+    if due:  # (a standing backstop may come first)
+        assert nd is not None and nd <= min(due)
+    if not core.workers and not due:
+        assert nd is None  # (no worker: no running task, every backstop is stale)
 
 
 class Driver:

@@ -189,6 +189,9 @@ class WorkerInfo:
     #: the task types it announced (its handlers); empty when it announced none
     types: tuple[str, ...] = ()
     state: WorkerState = WorkerState.ACTIVE
+    #: its join number (the core's count of joins then): tells its silence timer from one of an earlier
+    #: worker that had the same id
+    joined: int = 0
     #: when it was last given a task (the core's dispatch count then): among equally loaded workers, the one
     #: served longest ago is served first
     served: int = 0

@@ -50,6 +50,7 @@ from ...protocol.errors import RunqError
 from ...protocol.messages import TaskSpec
 from .model import NOT_QUEUED, CoreConfig, ReadyQueue, Task, WorkerInfo, WorkerState
 from .states import FINAL_STATES, STEPS, TRANSITIONS, IllegalTransition, State, Transition
+from .timers import BACKSTOP, DELAY, SILENCE, TimerHeap
 
 __all__ = ["Core", "CoreStats", "Effects", "TaskMissing"]
 
@@ -123,8 +124,12 @@ class Core:
         self.tasks: dict[int, Task] = {}
         self.finished: dict[int, Task] = {}
         self.queues: dict[str, ReadyQueue] = {}
-        self.scheduled: list[tuple[float, int]] = []  # heap of (run_at, id)
-        self.deadlines: list[tuple[float, int, int]] = []  # heap of (deadline, id, lease) for RUNNING
+        #: every deadline: delayed tasks, worker silences, server-side timeouts (timers.py)
+        self.timers = TimerHeap()
+        self.timers.register(DELAY, self._delay_check, self._promote)
+        self.timers.register(SILENCE, self._silence_check, self._silence_expired)
+        self.timers.register(BACKSTOP, self._backstop_check, self._backstop_fired)
+        self._joins = 0  # workers joined so far: a worker's join number tells its silence entry from older ones
         self.workers: dict[str, WorkerInfo] = {}
         #: the highest lease number given so far (a task read back from the store starts above it)
         self.max_lease = 0
@@ -288,12 +293,12 @@ class Core:
                     out.append((holder.id, False))
                     continue
             run_at = spec.run_at if spec.run_at is not None else (now + spec.delay if spec.delay else None)
-            delayed = run_at is not None and run_at > now
+            if run_at is not None and run_at <= now:
+                run_at = None  # due already: ready at once
             tid = self.next_id
             self.next_id = tid + 1
             task = Task(
-                tid, spec.queue, spec.type, spec.payload, spec.priority, None,
-                run_at if delayed else None,
+                tid, spec.queue, spec.type, spec.payload, spec.priority, None, run_at,
                 spec.timeout if spec.timeout is not None else cfg.default_timeout,
                 spec.retries if spec.retries is not None else cfg.default_retries,
                 0, spec.key, None, None, None, now,
@@ -302,12 +307,12 @@ class Core:
             new.add(tid)
             if spec.key is not None:
                 keys[spec.key] = task
-            if delayed:
+            if run_at is not None:
                 if ready:  # (the tasks before it first: subscribers hear of them in order)
                     self._enqueued(ready, now)
                     ready = []
                 self._move(task, T_SCHEDULE, now, detail=f"run_at={run_at:.3f}")
-                heapq.heappush(self.scheduled, (float(task.run_at or now), tid))
+                self.timers.arm((float(run_at), DELAY, tid))
             else:
                 ready.append(task)
             created += 1
@@ -417,6 +422,9 @@ class Core:
             connected_at=now, last_seen=now, types=tuple(types),
         )
         self.workers[worker_id] = w
+        self._joins += 1
+        w.joined = self._joins
+        self.timers.arm((now + self.config.lease_timeout, SILENCE, worker_id, w.joined))
         for q in queues:
             self._queue(q)
         return w
@@ -545,7 +553,7 @@ class Core:
         task.run_at = now + delay
         task.worker = None
         self._move(task, T.BACKOFF, now, detail=f"in {delay:.3f}s")
-        heapq.heappush(self.scheduled, (task.run_at, task.id))
+        self.timers.arm((task.run_at, DELAY, task.id))
 
     def backoff(self, attempt: int) -> float:
         """Seconds before retry number ``attempt``: exponential with jitter, never above ``backoff_max``."""
@@ -674,7 +682,7 @@ class Core:
         running[task.id] = task
         self._move(task, T_DISPATCH, now, worker=w.id)
         if len(running) <= w.concurrency:
-            heapq.heappush(self.deadlines, (now + task.timeout + self.config.lease_timeout, task.id, lease))
+            heapq.heappush(self.timers.heap, (now + task.timeout + self.config.lease_timeout, BACKSTOP, task.id, lease))
         else:  # prefetched: the worker starts it once a runner is free (see _ended)
             w.unarmed[task.id] = (task, lease)
         return {
@@ -694,56 +702,68 @@ class Core:
         while unarmed and len(w.running) - len(unarmed) < w.concurrency:
             tid = next(iter(unarmed))
             task, lease = unarmed.pop(tid)
-            heapq.heappush(self.deadlines, (now + task.timeout + grace, tid, lease))
+            self.timers.arm((now + task.timeout + grace, BACKSTOP, tid, lease))
 
     # ------------------------------------------------------------------ time
     def tick(self, now: float) -> float | None:
-        """Apply everything due by ``now``; return the next time ``tick`` is needed.
+        """Apply everything due by ``now``, in time order; return the next time ``tick`` is needed.
 
-        Due work: delayed tasks become ready; workers silent for ``lease_timeout``
-        lose their leases; tasks running past timeout + lease_timeout with no word
-        from their worker fail as timed out.
+        Due work (the timer kinds of ``timers.py``): delayed tasks become ready; workers silent for
+        ``lease_timeout`` lose their leases; tasks running past timeout + lease_timeout with no word from
+        their worker fail as timed out.
         """
-        sched = self.scheduled
-        while sched and sched[0][0] <= now:
-            run_at, tid = heapq.heappop(sched)
-            t = self.tasks.get(tid)
-            if t is not None and t.state is S.SCHEDULED and t.run_at == run_at:
-                self._move(t, T.PROMOTE, now)
-                self._make_ready(t)
-        lease = self.config.lease_timeout
-        for w in list(self.workers.values()):
-            if w.last_seen + lease <= now:
-                self.stats.lease_expiries += 1
-                self._log("warning", f"worker {w.id} missed heartbeats for {now - w.last_seen:.1f}s: "
-                                     f"lease expired, {len(w.running)} task(s) back to ready")
-                self.worker_left(w.id, now, reason=f"lease expired after {now - w.last_seen:.1f}s of silence")
-                self._send(w.id, {"op": "error", "code": "lease_expired", "message": "lease expired"})
-        dl = self.deadlines
-        while dl and dl[0][0] <= now:
-            _, tid, number = heapq.heappop(dl)
-            t = self.tasks.get(tid)
-            if t is not None and t.state is S.RUNNING and t.lease == number:  # (an older lease's deadline: ignored)
-                wid = t.worker
-                holder = self.workers.get(wid) if wid else None
-                if holder is not None:
-                    holder.running.pop(tid, None)
-                    self._send(holder.id, {"op": "cancel", "id": tid, "lease": number})
-                    self._ended(holder, tid, now)
-                self._fail(t, f"timeout: no result within {t.timeout}s (+{lease}s grace)", now, wid, None,
-                           "timeout (server)")
-        return self.next_deadline()
+        self.timers.run(now)
+        return self.timers.next_deadline()
 
     def next_deadline(self) -> float | None:
         """The earliest time at which ``tick`` has work, or ``None``."""
-        cands = []
-        if self.scheduled:
-            cands.append(self.scheduled[0][0])
-        if self.deadlines:
-            cands.append(self.deadlines[0][0])
-        if self.workers:
-            cands.append(min(w.last_seen for w in self.workers.values()) + self.config.lease_timeout)
-        return min(cands) if cands else None
+        return self.timers.next_deadline()
+
+    def _delay_check(self, entry: tuple[Any, ...]) -> float | None:
+        when, _, tid = entry
+        t = self.tasks.get(tid)
+        # stale once the task left SCHEDULED (retried by hand, cancelled, promoted) or was scheduled again
+        # for another time (that time has its own entry): a task due at 502 is not promoted at 100
+        return when if t is not None and t.state is SCHEDULED and t.run_at == when else None
+
+    def _promote(self, entry: tuple[Any, ...], now: float) -> None:
+        t = self.tasks[entry[2]]
+        self._move(t, T.PROMOTE, now)
+        self._make_ready(t)
+
+    def _silence_check(self, entry: tuple[Any, ...]) -> float | None:
+        _, _, wid, joined = entry
+        w = self.workers.get(wid)
+        if w is None or w.joined != joined:  # gone (and maybe back under the same id: that join has its own)
+            return None
+        return w.last_seen + self.config.lease_timeout  # later than the entry when it was heard from since
+
+    def _silence_expired(self, entry: tuple[Any, ...], now: float) -> None:
+        w = self.workers[entry[2]]
+        self.stats.lease_expiries += 1
+        self._log("warning", f"worker {w.id} missed heartbeats for {now - w.last_seen:.1f}s: "
+                             f"lease expired, {len(w.running)} task(s) back to ready")
+        self.worker_left(w.id, now, reason=f"lease expired after {now - w.last_seen:.1f}s of silence")
+        self._send(w.id, {"op": "error", "code": "lease_expired", "message": "lease expired"})
+
+    def _backstop_check(self, entry: tuple[Any, ...]) -> float | None:
+        when, _, tid, lease = entry
+        t = self.tasks.get(tid)
+        # stale once that lease is over (a result, a loss, a release, a cancel): a later lease of the same
+        # task has its own deadline
+        return when if t is not None and t.state is RUNNING and t.lease == lease else None
+
+    def _backstop_fired(self, entry: tuple[Any, ...], now: float) -> None:
+        _, _, tid, lease = entry
+        t = self.tasks[tid]
+        wid = t.worker
+        holder = self.workers.get(wid) if wid else None
+        if holder is not None:
+            holder.running.pop(tid, None)
+            self._send(holder.id, {"op": "cancel", "id": tid, "lease": lease})
+            self._ended(holder, tid, now)
+        self._fail(t, f"timeout: no result within {t.timeout}s (+{self.config.lease_timeout}s grace)", now, wid,
+                   None, "timeout (server)")
 
     # ------------------------------------------------------------------ restart
     def recover(self, rows: Iterable[tuple[Any, ...]], paused: list[str], next_id: int, now: float,
@@ -766,6 +786,7 @@ class Core:
         states = {s.value: s for s in State}
         new = Task.__new__
         created: float = -1.0
+        delayed: list[tuple[Any, ...]] = []  # timer entries of the scheduled tasks: one heapify at the end
         for row in rows:
             t = new(Task)
             (t.id, queue, type_, payload, t.priority, state_name, t.run_at, timeout, t.max_retries,
@@ -801,15 +822,15 @@ class Core:
                 counts[state._value_] += 1
                 t.run_at = now
                 self._move(t, T.BACKOFF, now, detail="server restarted before its retry was scheduled")
-                self.scheduled.append((now, t.id))
+                delayed.append((now, DELAY, t.id))
                 continue
             t.state = state
             counts[state.value] += 1
             if state is SCHEDULED:
-                self.scheduled.append((t.run_at or now, t.id))
+                delayed.append((t.run_at or now, DELAY, t.id))
             else:
                 self._queue(t.queue).push(t)
-        heapq.heapify(self.scheduled)
+        self.timers.arm_many(delayed)
         for name in paused:
             self._queue(name).paused = True
         self._pump_needed = True
