@@ -23,9 +23,11 @@ from runq.app.core import (
     CoreConfig,
     Effects,
     IllegalTransition,
+    ReadyQueue,
     State,
     Task,
     TaskMissing,
+    WorkerInfo,
 )
 from runq.app.core.model import NEW_COLUMNS, QUEUED, WorkerState
 from runq.app.core.timers import BACKSTOP, DELAY, SILENCE
@@ -306,6 +308,51 @@ def test_spreading_skips_a_worker_whose_queues_have_nothing() -> None:
     fx = core.take_effects(T0)
     assert sent_ids(fx, "wb") == b and sent(fx, "wa") == []
     assert core.workers["wa"].credit == 4 and "wa" in core.hungry
+
+
+class CappedCore(Core):
+    """A made-up eligibility rule, plugged in where such rules plug in (``Core._admits``, dispatch.py): at
+    most ``cap`` tasks of queue "slow" run at once, and a type "never" is never given to worker "picky"."""
+
+    cap = 1
+
+    def _admits(self, q: ReadyQueue, task: Task, w: WorkerInfo, now: float) -> bool:
+        if q.name == "slow" and self.counts["slow"]["running"] >= self.cap:
+            return False
+        if task.type == "never" and w.id == "picky":
+            return False
+        return super()._admits(q, task, w, now)
+
+
+@pytest.mark.parametrize("queues", [("slow",), ("slow", "fast")])
+def test_every_dispatch_asks_the_eligibility_point(queues: tuple[str, ...]) -> None:
+    core = CappedCore(CoreConfig(), rng=random.Random(1))
+    slow = add(core, n=3, queue="slow")
+    fast = add(core, n=2, queue="fast", priority=-1)  # (slow first whenever slow may give)
+    join(core, credit=5, queues=queues)
+    fx = core.take_effects(T0)
+    assert sent_ids(fx) == [slow[0], *(fast if "fast" in queues else [])]
+    core.done("w1", [[slow[0], 1, b""]], T0 + 1)
+    core.credit("w1", 0 if "fast" in queues else 1, T0 + 1)  # (a rule that frees a slot asks for a round)
+    core._pump_needed = True
+    assert sent_ids(core.take_effects(T0 + 1)) == [slow[1]]
+    # the paused rule is still there, in the same place
+    core.pause("slow", T0 + 2)
+    core.done("w1", [[slow[1], 1, b""]], T0 + 2)
+    core.credit("w1", 1, T0 + 2)
+    assert sent_ids(core.take_effects(T0 + 2)) == []
+
+
+def test_the_eligibility_point_sees_the_worker_in_a_round_of_many() -> None:
+    core = CappedCore(CoreConfig(), rng=random.Random(1))
+    (never,) = add(core, type_="never")
+    join(core, "picky", credit=3)
+    join(core, "w2", credit=0)
+    fx = core.take_effects(T0)
+    assert sent(fx, "picky") == [] and core.get(never).state is State.READY
+    core.credit("w2", 1, T0)
+    fx = core.take_effects(T0)  # two hungry workers: the round with a heap
+    assert sent_ids(fx, "w2") == [never] and sent(fx, "picky") == []
 
 
 def test_credit_from_an_unknown_worker_is_a_key_error() -> None:

@@ -199,6 +199,7 @@ class WorkerInfo:
     failed: int = 0
 
     def as_dict(self) -> dict[str, Any]:
+        """The worker map of the protocol and the HTTP API."""
         return {
             "id": self.id, "name": self.name, "host": self.host, "pid": self.pid,
             "queues": list(self.queues), "types": list(self.types), "concurrency": self.concurrency,
@@ -229,6 +230,7 @@ class ReadyQueue:
         self.paused = False
 
     def push(self, task: Task, front: bool = False) -> None:
+        """Add a task that became READY: at the back of its priority, or at the front (``front``)."""
         p = task.priority
         d = self.by_priority.get(p)
         if d is None:
@@ -250,6 +252,7 @@ class ReadyQueue:
             self.ready -= 1
 
     def peek(self) -> Task | None:
+        """The first task (highest priority, first in), left in place; None when there is none."""
         prios = self.priorities
         while prios:
             p = -prios[0]
@@ -265,9 +268,14 @@ class ReadyQueue:
         return None
 
     def pop(self) -> Task | None:
+        """Take out and return the first task, or None when there is none."""
         t = self.peek()
         if t is not None:
-            self.by_priority[t.priority].popleft()
-            t.queued = NOT_QUEUED
-            self.ready -= 1
+            self.take(t)
         return t
+
+    def take(self, task: Task) -> None:
+        """Take out ``task``, the first task as ``peek`` just returned it."""
+        self.by_priority[task.priority].popleft()
+        task.queued = NOT_QUEUED
+        self.ready -= 1

@@ -1,5 +1,5 @@
 """Every deadline of the core in one heap: delayed tasks, worker silences, server-side timeouts (and later
-cron fires, limit refills, breaker cool-downs).
+cron fires, limit refills, breaker cool-downs); and the delayed tasks themselves.
 
 Theory of operation
 -------------------
@@ -18,6 +18,13 @@ It returns when the entry is due now: its own ``when`` (it stands: it fires), an
 moved, as a worker's silence does with every message it sends: the entry is re-armed there, in place), or
 ``None`` (stale: dropped). The kind's *fire* then does the work: ``fire(entry, now)``.
 
+Delayed tasks are the first kind, and live here too (``Delays``): a task is
+delayed when it is enqueued with ``delay`` or a future ``run_at``, and when a
+failed attempt waits for its backoff (retries.py). Either way ``_schedule`` arms
+one ``DELAY`` entry ``(run_at, DELAY, task id)``; when it comes up,
+``_delay_check`` decides whether it still stands and ``_promote`` takes the
+``due`` step and queues the task at the back of its queue.
+
 Rules of this file:
 
 1. One heap, ordered by ``(when, kind)``: at one instant the kinds fire in the order of their numbers
@@ -30,15 +37,31 @@ Rules of this file:
 4. A fire may arm entries due at once (a retry with no delay): ``run`` goes on until the top is later
    than ``now``.
 5. Pure: ``now`` is passed in; nothing here reads a clock.
+6. A delayed task has exactly one entry that stands: the one of its current
+   ``run_at``. Entries of earlier ``run_at`` values stay in the heap until they
+   come up and are skipped by ``_delay_check``: the task left ``scheduled``
+   (retried by hand, cancelled) or was scheduled again for another time (a
+   failure's backoff after a manual retry). Without the ``run_at`` comparison a
+   task due at t=502 would be promoted at t=100 by its first entry
+   (``test_a_stale_entry_of_the_delay_heap_is_skipped``).
+7. Promotion goes to the back of the queue: a delayed task becomes ready when
+   its time comes, after the tasks that were ready before it.
 """
 
 from __future__ import annotations
 
 import heapq
+import random
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["BACKSTOP", "DELAY", "SILENCE", "Check", "Fire", "TimerHeap"]
+from .effects import CoreBase
+from .model import CoreConfig, Task
+from .states import State, Transition
+
+__all__ = ["BACKSTOP", "DELAY", "SILENCE", "Check", "Delays", "Fire", "TimerHeap"]
+
+SCHEDULED = State.SCHEDULED
 
 #: A delayed task (``scheduled``) is due: ``(run_at, DELAY, task id)``.
 DELAY = 0
@@ -118,3 +141,30 @@ class TimerHeap:
             else:
                 return at
         return None
+
+
+class Delays(CoreBase):
+    """The timer heap's owner, and delayed tasks (see the module docstring, rules 6 and 7)."""
+
+    def __init__(self, config: CoreConfig | None = None, rng: random.Random | None = None, next_id: int = 1,
+                 next_event_id: int = 1) -> None:
+        super().__init__(config, rng, next_id, next_event_id)
+        #: every deadline: delayed tasks, worker silences, server-side timeouts (kinds registered by ``Core``)
+        self.timers = TimerHeap()
+
+    def _schedule(self, task: Task) -> None:
+        """Arm the timer of a task that just entered ``scheduled`` with its ``run_at`` set."""
+        assert task.run_at is not None
+        self.timers.arm((float(task.run_at), DELAY, task.id))
+
+    def _delay_check(self, entry: tuple[Any, ...]) -> float | None:
+        """A ``DELAY`` entry stands while its task is scheduled for that very time (rule 6)."""
+        when, _, tid = entry
+        t = self.tasks.get(tid)
+        return when if t is not None and t.state is SCHEDULED and t.run_at == when else None
+
+    def _promote(self, entry: tuple[Any, ...], now: float) -> None:
+        """A delayed task is due: ready, at the back of its queue (rule 7)."""
+        t = self.tasks[entry[2]]
+        self._move(t, Transition.PROMOTE, now)
+        self._make_ready(t)
