@@ -50,11 +50,12 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from ...protocol.errors import RunqError
 from ...protocol.messages import TaskSpec
-from .commits import Rollback
+from .commits import A, CommitPolicy, Rollback, Settlement, Writes
 from .dispatch import Dispatch
 from .effects import Effects
 from .model import CoreConfig, Task
@@ -94,6 +95,8 @@ class Core(Dispatch, Recovery, Rollback):
         self.timers.register(DELAY, self._delay_check, self._promote)
         self.timers.register(SILENCE, self._silence_check, self._silence_expired)
         self.timers.register(BACKSTOP, self._backstop_check, self._backstop_fired)
+        #: what a failed commit means for the answers waiting on it (commits.py)
+        self.commits = CommitPolicy(self)
 
     # ------------------------------------------------------------------ effects
     def take_effects(self, now: float) -> Effects:
@@ -236,6 +239,13 @@ class Core(Dispatch, Recovery, Rollback):
         self._move(t, T.RETRY, now, detail="manual retry")
         self._make_ready(t)
         return t
+
+    # ------------------------------------------------------------------ commits
+    def settle_commit(self, batch: Writes, acks: list[A], waiting: Sequence[A], error: BaseException | None,
+                      committed: int, submitted: int, now: float) -> Settlement[A]:
+        """The commit of ``batch`` is over: decide what to tell, keep, forget, restore and enqueue again
+        (``CommitPolicy.settle``, commits.py); the server carries it out."""
+        return self.commits.settle(batch, acks, waiting, error, committed, submitted, now)
 
     # ------------------------------------------------------------------ reading
     def task_types(self) -> list[dict[str, Any]]:
