@@ -28,7 +28,7 @@ Rules of this file:
 from __future__ import annotations
 
 import random
-from collections import Counter
+from collections import Counter, OrderedDict
 from typing import Any
 
 from .model import CoreConfig, ReadyQueue, Task, WorkerInfo
@@ -100,8 +100,9 @@ class CoreBase:
         self.next_event_id = next_event_id
         #: the live (non-final) tasks
         self.tasks: dict[int, Task] = {}
-        #: the last ``finished_cache`` tasks that reached a final state, oldest first
-        self.finished: dict[int, Task] = {}
+        #: the last ``finished_cache`` tasks that reached a final state, oldest first (an OrderedDict: the
+        #: oldest leaves in O(1), where ``next(iter(d))`` on a dict emptied from the front scans its holes)
+        self.finished: OrderedDict[int, Task] = OrderedDict()
         self.queues: dict[str, ReadyQueue] = {}
         self.workers: dict[str, WorkerInfo] = {}
         self._joins = 0  # workers joined so far: a worker's join number tells its silence entry from older ones
@@ -232,7 +233,7 @@ class CoreBase:
         fin = self.finished
         fin[task.id] = task
         if len(fin) > self.config.finished_cache:
-            del fin[next(iter(fin))]
+            fin.popitem(last=False)
         st = self.stats
         if task.state is SUCCEEDED:
             st.succeeded += 1
