@@ -15,6 +15,7 @@ import pytest
 
 from runq.app.core import FINAL_STATES, TRANSITIONS, IllegalTransition, State, Transition, next_state
 from runq.app.core import states as states_module
+from runq.app.core.effects import ENQUEUE_STEP
 from runq.app.core.states import STEPS
 
 ALL_STATES: list[State | None] = [None, *State]
@@ -78,6 +79,9 @@ def test_the_precomputed_steps_are_the_table() -> None:
     assert steps == sorted(EXPECTED)
     for (state, tr), step in STEPS.items():
         assert step.kind == tr.value and step.state is State(step.name), (state, tr)
+    # the step enqueue applies itself (rule 1 of queue.py) is the list's, read from the table
+    assert ("new", ENQUEUE_STEP.kind, ENQUEUE_STEP.name) == ("new", "enqueued", "ready")
+    assert ENQUEUE_STEP is STEPS[(None, Transition.ENQUEUE)]
 
 
 def test_the_table_is_not_empty_and_only_holds_states_and_transitions() -> None:

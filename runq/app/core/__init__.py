@@ -10,7 +10,7 @@ module                    concern
 ``model.py``              the records: ``Task``, ``WorkerInfo`` and ``WorkerState``, ``ReadyQueue``,
                           ``CoreConfig``, the column orders
 ``effects.py``            the shared state of the concerns (``CoreBase``), the effect buffers (``Effects``),
-                          and the one path of a state change (``_move``, ``_enqueued``)
+                          and the one path of a state change (``_move``; ``ENQUEUE_STEP`` for enqueue)
 ``timers.py``             the ONE timer heap of every deadline, entries ``(when, kind, key, ...)``, each kind's
                           check skipping its stale entries; delayed tasks (``scheduled`` until ``run_at``,
                           then promoted: timer kind ``DELAY``)

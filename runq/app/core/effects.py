@@ -15,9 +15,10 @@ Rules of this file:
 1. ``_move`` is the one way a task changes state: it looks the step up in
    ``states.STEPS`` (the transition table), keeps the per-queue counts and
    totals, numbers and buffers the event row, marks the task's row dirty, and
-   tells subscribers. ``_enqueued`` is the same step applied to a batch of new
-   tasks that are ready at once (the enqueue hot path): one lookup, and the
-   ``enqueued`` event told but not stored (rule 1 of queue.py).
+   tells subscribers. One exception, the enqueue hot path (rule 1 of queue.py):
+   ``Core.enqueue`` applies ``ENQUEUE_STEP``, the table's step for a task ready at
+   once read here once, itself; its event is told but not stored, and the counts
+   are kept once per queue and request (``_count_new``).
 2. Effects only accumulate here; ``_take`` hands them over and starts afresh.
    The last write of a task in a batch wins: it is written once however often
    it changed.
@@ -35,14 +36,15 @@ from .model import CoreConfig, ReadyQueue, Task, WorkerInfo
 from .states import STEPS, IllegalTransition, State, Transition
 from .stats import CoreStats
 
-__all__ = ["CoreBase", "Effects", "EventRow"]
+__all__ = ["ENQUEUE_STEP", "CoreBase", "Effects", "EventRow"]
 
 #: An event row as the core makes it (``EVENT_ROW_COLUMNS``).
 EventRow = tuple[int, float, str, str, "str | None", int, "str | None", int]
 
 # module-level aliases: attribute access on an Enum class goes through a descriptor
 SCHEDULED, READY, SUCCEEDED, DEAD = State.SCHEDULED, State.READY, State.SUCCEEDED, State.DEAD
-T_ENQUEUE = Transition.ENQUEUE
+#: the table's step for a task enqueued ready, read once (test_states checks STEPS against the table)
+ENQUEUE_STEP = STEPS[(None, Transition.ENQUEUE)]
 
 
 class Effects:
@@ -192,34 +194,17 @@ class CoreBase:
         if self.observed:
             self._notices.append((row, task))
 
-    def _enqueued(self, tasks: list[Task], now: float) -> None:
-        """Apply ``enqueue`` (new -> ready) to tasks just made, in order, and queue them: ``_move`` for a batch,
-        the step looked up once, its event told to subscribers but not stored (rule 1)."""
-        state, kind, name = STEPS[(None, T_ENQUEUE)]
-        dirty, observed, notices = self._dirty, self.observed, self._notices
-        queue = tasks[0].queue
-        same = all(t.queue == queue for t in tasks)  # one queue per batch is the rule: one count update
-        q = self._queue(queue)
-        for task in tasks:
-            task.state = state
-            dirty[task.id] = task
-            if observed:
-                notices.append(((task.id, now, kind, name, None, 0, None, 0), task))  # (not stored: rule 1)
-            if same:
-                q.push(task)
-            else:
-                self._queue(task.queue).push(task)
-        per_queue = {queue: len(tasks)} if same else Counter(t.queue for t in tasks)
-        for qname, n in per_queue.items():
-            counts = self.counts.get(qname)
-            if counts is None:
-                counts = self.counts[qname] = Counter()
-            counts[name] += n
-            totals = self.totals.get(qname)
-            if totals is None:
-                totals = self.totals[qname] = Counter()
-            totals[kind] += n
-        self._pump_needed = True
+    def _count_new(self, queue: str, kind: str, name: str, n: int) -> None:
+        """Count ``n`` tasks of ``queue`` that took the creation step ``kind`` into state ``name`` (enqueue's
+        ``enqueued`` steps, counted once per queue and request rather than once per task)."""
+        counts = self.counts.get(queue)
+        if counts is None:
+            counts = self.counts[queue] = Counter()
+        counts[name] += n
+        totals = self.totals.get(queue)
+        if totals is None:
+            totals = self.totals[queue] = Counter()
+        totals[kind] += n
 
     def _finish(self, task: Task, now: float) -> None:
         """Bookkeeping for a task that reached a final state."""

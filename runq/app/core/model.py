@@ -1,4 +1,23 @@
-"""The records the core keeps: tasks, workers, ready queues, and its settings."""
+"""The records the core keeps: tasks, workers, ready queues, and its settings.
+
+Theory of operation
+-------------------
+A ``Task`` is one mutable, slotted object per live task (a million queued tasks
+must fit in a few hundred bytes each: no ``__dict__``, no per-task object beside
+it); the core changes it in place and the store reads it back as a row in
+``TASK_COLUMNS`` order (``row``, ``new_row``, ``from_row``). A ``WorkerInfo`` is
+a connected worker as the core sees it: its queues and concurrency, its credit,
+what it holds (``running``, and ``unarmed`` for tasks prefetched beyond its
+concurrency), and its ``WorkerState``. A ``ReadyQueue`` holds one named queue's
+ready tasks by priority, first in first out within one, with lazy removal.
+
+Rules of this file:
+
+1. Records only: no rule of the queue lives here (those are in the concern
+   modules of this package); a method here keeps its own record consistent.
+2. The column orders are the store's and the protocol's: changing one is a
+   schema change (docs/protocol.md section 8 is checked against them).
+"""
 
 from __future__ import annotations
 

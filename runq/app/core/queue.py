@@ -27,12 +27,12 @@ Rules of this file (and of the core):
 
 1. Every state change goes through ``_move`` (effects.py), which looks the step
    up in ``states.STEPS`` (the one transition table), counts it, and writes its
-   event row; recovery's included. Enqueue applies the same table step to a whole
-   batch of tasks ready at once (``_enqueued``: one lookup per batch, the enqueue
-   hot path) and, for speed, does not write that ``enqueued`` event: it is told
-   to subscribers, and the store gives it back from the task row
-   (``created_at``) when it reads the timeline (``Store.events``). A delayed
-   task's ``scheduled`` event is written as usual.
+   event row; recovery's included. One exception, for speed: ``enqueue`` applies
+   the table's step for a task ready at once itself (``ENQUEUE_STEP``, read from
+   the table once; the counts kept once per queue and request) and does not
+   write that ``enqueued`` event: it is told to subscribers, and the store gives
+   it back from the task row (``created_at``) when it reads the timeline
+   (``Store.events``). A delayed task's ``scheduled`` event is written as usual.
 2. A task is leased to at most one worker (``task.worker`` while RUNNING); a
    result is accepted only from that worker for that lease (``task.lease``, a
    number that changes with every dispatch, unlike ``attempt``, which a release
@@ -57,7 +57,7 @@ from ...protocol.errors import RunqError
 from ...protocol.messages import TaskSpec
 from .commits import A, CommitPolicy, Rollback, Settlement, Writes
 from .dispatch import Dispatch
-from .effects import Effects
+from .effects import ENQUEUE_STEP, Effects
 from .model import CoreConfig, Task
 from .recovery import Recovery
 from .states import FINAL_STATES, TRANSITIONS, IllegalTransition, State, Transition
@@ -127,8 +127,12 @@ class Core(Dispatch, Recovery, Rollback):
         non-final task already held the spec's unique key (its id is returned)."""
         out: list[tuple[int, bool]] = []
         cfg = self.config
-        tasks, new, keys = self.tasks, self._new, self.keys
-        ready: list[Task] = []  # made ready at once: they take the ``enqueued`` step together
+        tasks, new, keys, queues, dirty = self.tasks, self._new, self.keys, self.queues, self._dirty
+        notices = self._notices if self.observed else None
+        # the table's step for a task ready at once (rule 1: the state and the event from the table, the
+        # event told but not stored, the counts kept once per queue below)
+        ready_state, kind, name = ENQUEUE_STEP
+        ready_queue, ready_n = "", 0  # this request's ready tasks not counted yet: their queue (one, as a rule)
         created = 0
         for spec in specs:
             if spec.key is not None:
@@ -151,18 +155,29 @@ class Core(Dispatch, Recovery, Rollback):
             new.add(tid)
             if spec.key is not None:
                 keys[spec.key] = task
-            if run_at is not None:
-                if ready:  # (the tasks before it first: subscribers hear of them in order)
-                    self._enqueued(ready, now)
-                    ready = []
-                self._move(task, T_SCHEDULE, now, detail=f"run_at={run_at:.3f}")
-                self._schedule(task)
-            else:
-                ready.append(task)
             created += 1
             out.append((tid, True))
-        if ready:
-            self._enqueued(ready, now)
+            if run_at is not None:
+                self._move(task, T_SCHEDULE, now, detail=f"run_at={run_at:.3f}")
+                self._schedule(task)
+                continue
+            task.state = ready_state
+            dirty[tid] = task
+            if notices is not None:
+                notices.append(((tid, now, kind, name, None, 0, None, 0), task))  # (not stored: rule 1)
+            qname = task.queue
+            q = queues.get(qname)
+            if q is None:
+                q = self._queue(qname)
+            q.push(task)
+            if qname != ready_queue:
+                if ready_n:
+                    self._count_new(ready_queue, kind, name, ready_n)
+                ready_queue, ready_n = qname, 0
+            ready_n += 1
+        if ready_n:
+            self._count_new(ready_queue, kind, name, ready_n)
+            self._pump_needed = True
         self.stats.enqueued += created
         return out
 
