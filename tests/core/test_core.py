@@ -23,11 +23,14 @@ from runq.app.core import (
     CoreConfig,
     Effects,
     IllegalTransition,
+    ReadyQueue,
     State,
     Task,
     TaskMissing,
+    WorkerInfo,
 )
-from runq.app.core.model import NEW_COLUMNS, QUEUED
+from runq.app.core.model import NEW_COLUMNS, QUEUED, WorkerState
+from runq.app.core.timers import BACKSTOP, DELAY, SILENCE
 from runq.protocol.messages import TaskSpec
 
 T0 = 1_000.0
@@ -93,6 +96,11 @@ def run_one(core: Core, now: float, wid: str = "w1") -> dict[str, Any]:
     core.credit(wid, 1, now)
     (t,) = sent(core.take_effects(now), wid)
     return t
+
+
+def timers(core: Core, kind: int) -> list[tuple[Any, ...]]:
+    """The entries of one kind in the core's timer heap, as ``(when, key, ...)``."""
+    return sorted((e[0], *e[2:]) for e in core.timers.heap if e[1] == kind)
 
 
 def recount(core: Core) -> dict[tuple[str, str], int]:
@@ -302,6 +310,51 @@ def test_spreading_skips_a_worker_whose_queues_have_nothing() -> None:
     assert core.workers["wa"].credit == 4 and "wa" in core.hungry
 
 
+class CappedCore(Core):
+    """A made-up eligibility rule, plugged in where such rules plug in (``Core._admits``, dispatch.py): at
+    most ``cap`` tasks of queue "slow" run at once, and a type "never" is never given to worker "picky"."""
+
+    cap = 1
+
+    def _admits(self, q: ReadyQueue, task: Task, w: WorkerInfo, now: float) -> bool:
+        if q.name == "slow" and self.counts["slow"]["running"] >= self.cap:
+            return False
+        if task.type == "never" and w.id == "picky":
+            return False
+        return super()._admits(q, task, w, now)
+
+
+@pytest.mark.parametrize("queues", [("slow",), ("slow", "fast")])
+def test_every_dispatch_asks_the_eligibility_point(queues: tuple[str, ...]) -> None:
+    core = CappedCore(CoreConfig(), rng=random.Random(1))
+    slow = add(core, n=3, queue="slow")
+    fast = add(core, n=2, queue="fast", priority=-1)  # (slow first whenever slow may give)
+    join(core, credit=5, queues=queues)
+    fx = core.take_effects(T0)
+    assert sent_ids(fx) == [slow[0], *(fast if "fast" in queues else [])]
+    core.done("w1", [[slow[0], 1, b""]], T0 + 1)
+    core.credit("w1", 0 if "fast" in queues else 1, T0 + 1)  # (a rule that frees a slot asks for a round)
+    core._pump_needed = True
+    assert sent_ids(core.take_effects(T0 + 1)) == [slow[1]]
+    # the paused rule is still there, in the same place
+    core.pause("slow", T0 + 2)
+    core.done("w1", [[slow[1], 1, b""]], T0 + 2)
+    core.credit("w1", 1, T0 + 2)
+    assert sent_ids(core.take_effects(T0 + 2)) == []
+
+
+def test_the_eligibility_point_sees_the_worker_in_a_round_of_many() -> None:
+    core = CappedCore(CoreConfig(), rng=random.Random(1))
+    (never,) = add(core, type_="never")
+    join(core, "picky", credit=3)
+    join(core, "w2", credit=0)
+    fx = core.take_effects(T0)
+    assert sent(fx, "picky") == [] and core.get(never).state is State.READY
+    core.credit("w2", 1, T0)
+    fx = core.take_effects(T0)  # two hungry workers: the round with a heap
+    assert sent_ids(fx, "w2") == [never] and sent(fx, "picky") == []
+
+
 def test_credit_from_an_unknown_worker_is_a_key_error() -> None:
     core = make()
     with pytest.raises(KeyError):
@@ -337,6 +390,31 @@ def test_delayed_tasks_wait_for_their_time() -> None:
     core.heartbeat("w1", T0 + 10)
     core.tick(T0 + 10)
     assert sent_ids(core.take_effects(T0 + 10)) == [d10]
+
+
+def test_a_stale_entry_of_the_delay_heap_is_skipped() -> None:
+    """A task delayed to t=100 is retried by hand at t=1, runs, and fails at t=2 with a retry in 500 s: it is
+    due at t=502. Its first entry (t=100) is still in the timer heap, and the task is scheduled again when
+    that entry comes up: the entry must be recognised as stale (its time is not the task's run_at), not
+    promote the task 402 s early."""
+    core = make()
+    (tid,) = add(core, now=0.0, delay=100)
+    join(core, now=0.0)
+    core.retry(tid, 1.0)
+    entry = run_one(core, 1.0)
+    core.fail("w1", tid, entry["lease"], "x", 2.0, retry_in=500)
+    core.worker_left("w1", 2.0)
+    assert core.get(tid).state is State.SCHEDULED and core.get(tid).run_at == 502.0
+    core.take_effects(2.0)
+    assert core.next_deadline() == 502.0  # the stale entry (100) is not the next deadline: rule 3 of timers.py
+    assert timers(core, DELAY) == [(502.0, tid)]  # (settling it dropped it)
+    core.timers.arm((100.0, DELAY, tid))  # as it was: now it must be skipped when it comes up, by its check
+    for t in (100.0, 250.0, 501.999):
+        assert core.tick(t) == 502.0
+        fx = core.take_effects(t)
+        assert kinds(fx, tid) == [] and core.get(tid).state is State.SCHEDULED, t
+    core.tick(502.0)
+    assert ev(core.take_effects(502.0), tid) == [("due", "ready", None, 1, None)]
 
 
 def test_next_deadline() -> None:
@@ -585,6 +663,21 @@ def test_any_message_renews_the_lease(how: str) -> None:
     assert "w1" not in core.workers and core.get(a).state is State.READY
 
 
+def test_a_worker_back_under_the_same_id_has_one_silence_watch() -> None:
+    """The silence entry of a worker's earlier join is stale: dropped, not re-armed beside the new one."""
+    core = make(lease_timeout=10)
+    join(core, now=T0)
+    core.worker_left("w1", T0 + 1)
+    join(core, now=T0 + 2)  # the same id again
+    assert core.tick(T0 + 10) == T0 + 12  # the first join's entry came up: it is not this worker's
+    assert timers(core, SILENCE) == [(T0 + 12, "w1", core.workers["w1"].joined)]
+    core.heartbeat("w1", T0 + 11)
+    assert core.tick(T0 + 12) == T0 + 21 and "w1" in core.workers  # re-armed in place, still one
+    assert len(timers(core, SILENCE)) == 1
+    core.tick(T0 + 21)
+    assert core.workers == {} and core.stats.lease_expiries == 1
+
+
 def test_a_disconnect_loses_the_tasks_at_once() -> None:
     core = make()
     ids = add(core, n=2)
@@ -801,11 +894,11 @@ def test_the_backstop_of_tasks_beyond_the_concurrency_is_armed_in_dispatch_order
     ids = add(core, n=4, timeout=5.0, retries=0)
     join(core, credit=4, concurrency=2)
     core.take_effects(T0)
-    assert sorted(tid for _, tid, _ in core.deadlines) == ids[:2]
+    assert sorted(tid for _, tid, _ in timers(core, BACKSTOP)) == ids[:2]
     core.done("w1", [[ids[1], 1, b""]], T0 + 1)
-    assert sorted(tid for _, tid, _ in core.deadlines) == [ids[0], ids[1], ids[2]]  # (ids[1]'s is stale)
+    assert sorted(tid for _, tid, _ in timers(core, BACKSTOP)) == [ids[0], ids[1], ids[2]]  # (ids[1]'s is stale)
     core.worker_left("w1", T0 + 2)  # the rest are lost, nothing left unarmed
-    assert core.workers == {} and core.next_deadline() == T0 + 15
+    assert core.workers == {} and core.next_deadline() is None  # every backstop is stale: its task was lost
 
 
 # ---------------------------------------------------------------------- cancel
@@ -1152,7 +1245,7 @@ def test_a_task_retried_from_the_store_gets_a_lease_never_given_before() -> None
     for _ in range(3):  # leases 1..3 of the task, on the same worker
         entry = run_one(core, T0)
         core.release("w1", [tid], T0)
-        core.workers["w1"].state = "active"  # (as if it had reconnected)
+        core.workers["w1"].state = WorkerState.ACTIVE  # (as if it had reconnected)
     assert entry["lease"] == 3 and core.max_lease == 3
     core.cancel(tid, T0)
     stored = Task.from_row(core.get(tid).row())  # as the server reads it back once it left memory
@@ -1217,8 +1310,11 @@ def test_recover_rebuilds_state() -> None:
     core = make()
     assert core.recover(iter(rows), ["q"], 9, T0 + 1) == 1
     fx = core.take_effects(T0 + 1)
-    assert [e[0] for e in fx.events] == [4]
+    assert [e[0] for e in fx.events] == [4, 7]
     assert ev(fx, 4) == [("recovered", "ready", None, 2, "server restarted while it ran")]
+    # a row left in `failed` takes the table's backoff step, with its event, and its row is written again
+    assert ev(fx, 7) == [("retry_scheduled", "scheduled", None, 1, "server restarted before its retry was scheduled")]
+    assert row_of(fx, 7)["state"] == "scheduled" and row_of(fx, 7)["run_at"] == T0 + 1
     t4 = core.get(4)
     assert (t4.state, t4.worker, t4.attempt, t4.payload, t4.progress) == (State.READY, None, 2, b"\x09", b"\x05")
     assert core.get(5).state is State.SCHEDULED and core.get(5).run_at == T0 + 100
@@ -1226,7 +1322,7 @@ def test_recover_rebuilds_state() -> None:
     assert core.queues["q"].paused and not core.queues["r"].paused
     assert core.enqueue([spec(key="k3")], T0 + 1) == [(3, False)]
     assert add(core, now=T0 + 1) == [9]  # next_id continues
-    assert core.counts["q"] == {"ready": 2, "scheduled": 2, "running": 0}
+    assert +core.counts["q"] == {"ready": 2, "scheduled": 2}
     assert core.counts["default"]["ready"] == 1
     join(core, credit=5, queues=("q", "r"), now=T0 + 1)
     assert sent_ids(core.take_effects(T0 + 1)) == [6]  # q is paused
@@ -1317,7 +1413,7 @@ def check_invariants(core: Core, granted: dict[str, int], received: dict[str, in
                      recovered_last: frozenset[int] = frozenset()) -> None:
     """``recovered_last``: tasks recovered on their last attempt, which run once more (docs/semantics.md)."""
     holders: dict[int, str] = {}
-    armed = {(tid, lease) for _, tid, lease in core.deadlines}
+    armed = {(tid, lease) for _, tid, lease in timers(core, BACKSTOP)}
     assert set(core.hungry) <= set(core.workers)
     for w in core.workers.values():
         assert received.get(w.id, 0) <= granted.get(w.id, 0), "sent more tasks than the credit granted"
@@ -1332,8 +1428,12 @@ def check_invariants(core: Core, granted: dict[str, int], received: dict[str, in
             assert tid not in holders, f"task {tid} held by {holders[tid]} and {w.id}"
             holders[tid] = w.id
             assert core.tasks.get(tid) is t and t.state is State.RUNNING and t.worker == w.id
-    deadlines = {(tid, lease) for _, tid, lease in core.deadlines}
-    sched = {(tid, at) for at, tid in core.scheduled}
+    deadlines = {(tid, lease) for _, tid, lease in timers(core, BACKSTOP)}
+    sched = {(tid, at) for at, tid in timers(core, DELAY)}
+    # one silence watch per connected worker, of its own join (an earlier worker's under the same id is stale)
+    silences = [(wid, joined) for _, wid, joined in timers(core, SILENCE)
+                if wid in core.workers and core.workers[wid].joined == joined]
+    assert sorted(silences) == sorted((wid, w.joined) for wid, w in core.workers.items())
     counted: dict[tuple[str, str], int] = {}
     for t in core.tasks.values():
         assert t.state not in FINAL_STATES and t.state is not State.FAILED, t
@@ -1374,10 +1474,12 @@ def check_invariants(core: Core, granted: dict[str, int], received: dict[str, in
                 q = core.queues[name]
                 assert q.paused or q.peek() is None, f"{w.id} has credit but {name} has ready tasks"
     nd = core.next_deadline()
-    if core.scheduled or core.deadlines or core.workers:
-        assert nd is not None
-    else:
-        assert nd is None
+    due = [t.run_at for t in core.tasks.values() if t.state is State.SCHEDULED]
+    due += [w.last_seen + core.config.lease_timeout for w in core.workers.values()]
+    if due:  # (a standing backstop may come first)
+        assert nd is not None and nd <= min(due)
+    if not core.workers and not due:
+        assert nd is None  # (no worker: no running task, every backstop is stale)
 
 
 class Driver:
@@ -1401,6 +1503,10 @@ class Driver:
         #: (task id, lease) given in this life of the core: a lease is never given twice
         self.leases: set[tuple[int, int]] = set()
         self.recovered_last: set[int] = set()
+        #: per task, the state named by the last live event told about it: every change of state goes
+        #: through the transition table, which tells subscribers (the ``enqueued`` of rule 1 included)
+        self.told: dict[int, str] = {}
+        self.core.observed = True
 
     def effects(self) -> None:
         fx = self.core.take_effects(self.now)
@@ -1425,6 +1531,11 @@ class Driver:
                         assert (t["id"], t["lease"]) not in self.leases, "a lease number given twice"
                         self.leases.add((t["id"], t["lease"]))
         self.seen_kinds.update(e[2] for e in fx.events)
+        for row, task in fx.notices:
+            assert row[0] == task.id
+            self.told[task.id] = row[3]
+        for t in [*self.core.tasks.values(), *self.core.finished.values()]:
+            assert self.told.get(t.id) == t.state.value, f"task {t.id} became {t.state.value} with no event"
         check_invariants(self.core, self.granted, self.received, self.now, frozenset(self.recovered_last))
         self.seen_states.update(t.state.value for t in self.core.tasks.values())
         self.seen_states.update(t.state.value for t in self.core.finished.values())
@@ -1503,6 +1614,7 @@ class Driver:
             running = sum(1 for r in live if r[5] == "running")
             self.recovered_last |= {r[0] for r in live if r[5] == "running" and r[9] >= r[8] + 1}
             self.core = core = Core(core.config, rng=random.Random(rng.random()))
+            core.observed = True
             assert core.recover(iter(live), sorted(self.paused), max(self.disk, default=0) + 1, self.now) == running
             self.granted, self.received, self.leases = {}, {}, set()
             # (worker ids keep growing: no worker of the previous life can speak for a new lease)

@@ -15,6 +15,8 @@ import pytest
 
 from runq.app.core import FINAL_STATES, TRANSITIONS, IllegalTransition, State, Transition, next_state
 from runq.app.core import states as states_module
+from runq.app.core.effects import ENQUEUE_STEP
+from runq.app.core.states import STEPS
 
 ALL_STATES: list[State | None] = [None, *State]
 LIVE_STATES = [s for s in State if s not in FINAL_STATES]
@@ -39,6 +41,47 @@ def test_every_pair_is_either_in_the_table_or_illegal(state: State | None, trans
         assert repr(transition.value) in text and repr(_name(state)) in text, text
         assert exc.state is state and exc.transition is transition
         assert exc.code == "invalid_state"
+
+
+#: The rules of docs/semantics.md ("States and transitions"), written out by hand as (from, event kind, to):
+#: the table in the code must be exactly this list, no pair more, no pair less.
+EXPECTED = [
+    ("new", "enqueued", "ready"),
+    ("new", "scheduled", "scheduled"),
+    ("scheduled", "due", "ready"),
+    ("ready", "started", "running"),
+    ("running", "succeeded", "succeeded"),
+    ("running", "failed", "failed"),
+    ("failed", "retry_scheduled", "scheduled"),
+    ("failed", "dead", "dead"),
+    ("running", "lost", "ready"),
+    ("running", "lost_dead", "dead"),
+    ("running", "released", "ready"),
+    ("running", "recovered", "ready"),
+    ("scheduled", "cancelled", "cancelled"),
+    ("ready", "cancelled", "cancelled"),
+    ("running", "cancelled", "cancelled"),
+    ("dead", "retried", "ready"),
+    ("cancelled", "retried", "ready"),
+    ("failed", "retried", "ready"),
+    ("scheduled", "retried", "ready"),
+]
+
+
+def test_the_table_is_the_list_written_out_here() -> None:
+    table = sorted((_name(state), tr.value, after.value) for (state, tr), after in TRANSITIONS.items())
+    assert table == sorted(EXPECTED)
+
+
+def test_the_precomputed_steps_are_the_table() -> None:
+    """``STEPS`` (what the core's hot paths read) says what the written-out list says, names included."""
+    steps = sorted((_name(state), step.kind, step.name) for (state, tr), step in STEPS.items())
+    assert steps == sorted(EXPECTED)
+    for (state, tr), step in STEPS.items():
+        assert step.kind == tr.value and step.state is State(step.name), (state, tr)
+    # the step enqueue applies itself (rule 1 of queue.py) is the list's, read from the table
+    assert ("new", ENQUEUE_STEP.kind, ENQUEUE_STEP.name) == ("new", "enqueued", "ready")
+    assert ENQUEUE_STEP is STEPS[(None, Transition.ENQUEUE)]
 
 
 def test_the_table_is_not_empty_and_only_holds_states_and_transitions() -> None:

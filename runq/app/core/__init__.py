@@ -1,17 +1,52 @@
-"""The queue as a pure state machine: no I/O, no clock reads (see queue.py)."""
+"""The queue as a pure state machine: no I/O, no clock reads. ``Core`` (queue.py) is its facade.
+
+Where each concern lives (each module opens with its theory of operation and its rules):
+
+========================  ==================================================================================
+module                    concern
+========================  ==================================================================================
+``states.py``             the ONE transition table (``TRANSITIONS``, and ``STEPS``: the same with its stored
+                          names precomputed); ``IllegalTransition``
+``model.py``              the records: ``Task``, ``WorkerInfo`` and ``WorkerState``, ``ReadyQueue``,
+                          ``CoreConfig``, the column orders
+``effects.py``            the shared state of the concerns (``CoreBase``), the effect buffers (``Effects``),
+                          and the one path of a state change (``_move``; ``ENQUEUE_STEP`` for enqueue)
+``timers.py``             the ONE timer heap of every deadline, entries ``(when, kind, key, ...)``, each kind's
+                          check skipping its stale entries; delayed tasks (``scheduled`` until ``run_at``,
+                          then promoted: timer kind ``DELAY``)
+``retries.py``            failed attempts: backoff with jitter, or dead once the retries are spent
+``leases.py``             workers and their leases: join, leave, silence (``SILENCE``), results and late
+                          results, release, the server-side timeout (``BACKSTOP``)
+``dispatch.py``           credit, pause, the dispatch round, and ``_admits``: THE eligibility point
+``recovery.py``           the core rebuilt from the store's rows at start
+``commits.py``            a failed commit: what to refuse, forget, restore and enqueue again
+``stats.py``              counters (``CoreStats``) and the queue and task-type summaries
+``requests.py``           enqueue answers by idempotency token (``Requests``)
+``queue.py``              ``Core``: the concerns composed, plus enqueue, get, cancel, retry, ``tick``,
+                          ``take_effects``
+========================  ==================================================================================
+
+The concerns are classes built on one another in the order of their needs (``CoreBase`` <- ``Delays``
+(timers.py) <- ``Retries`` <- ``Leases`` <- ``Dispatch``; ``Recovery`` on ``Delays``, ``Rollback`` on
+``CoreBase``) and composed by ``Core``: a rule reads the shared state as plain attributes, at the cost it had in one class.
+"""
 
 from __future__ import annotations
 
-from .model import EVENT_COLUMNS, EVENT_ROW_COLUMNS, TASK_COLUMNS, CoreConfig, ReadyQueue, Task, WorkerInfo
-from .queue import Core, CoreStats, Effects, TaskMissing
+from .effects import Effects
+from .model import EVENT_COLUMNS, EVENT_ROW_COLUMNS, TASK_COLUMNS, CoreConfig, ReadyQueue, Task, WorkerInfo, WorkerState
+from .queue import Core, TaskMissing
 from .requests import REQUEST_COLUMNS, Requests
-from .states import FINAL_STATES, TRANSITIONS, IllegalTransition, State, Transition, next_state
+from .states import FINAL_STATES, STEPS, TRANSITIONS, IllegalTransition, State, Step, Transition, next_state
+from .stats import CoreStats
+from .timers import TimerHeap
 
 __all__ = [
     "EVENT_COLUMNS",
     "EVENT_ROW_COLUMNS",
     "FINAL_STATES",
     "REQUEST_COLUMNS",
+    "STEPS",
     "TASK_COLUMNS",
     "TRANSITIONS",
     "Core",
@@ -22,9 +57,12 @@ __all__ = [
     "ReadyQueue",
     "Requests",
     "State",
+    "Step",
     "Task",
     "TaskMissing",
+    "TimerHeap",
     "Transition",
     "WorkerInfo",
+    "WorkerState",
     "next_state",
 ]

@@ -1,7 +1,27 @@
-"""The records the core keeps: tasks, workers, ready queues, and its settings."""
+"""The records the core keeps: tasks, workers, ready queues, and its settings.
+
+Theory of operation
+-------------------
+A ``Task`` is one mutable, slotted object per live task (a million queued tasks
+must fit in a few hundred bytes each: no ``__dict__``, no per-task object beside
+it); the core changes it in place and the store reads it back as a row in
+``TASK_COLUMNS`` order (``row``, ``new_row``, ``from_row``). A ``WorkerInfo`` is
+a connected worker as the core sees it: its queues and concurrency, its credit,
+what it holds (``running``, and ``unarmed`` for tasks prefetched beyond its
+concurrency), and its ``WorkerState``. A ``ReadyQueue`` holds one named queue's
+ready tasks by priority, first in first out within one, with lazy removal.
+
+Rules of this file:
+
+1. Records only: no rule of the queue lives here (those are in the concern
+   modules of this package); a method here keeps its own record consistent.
+2. The column orders are the store's and the protocol's: changing one is a
+   schema change (docs/protocol.md section 8 is checked against them).
+"""
 
 from __future__ import annotations
 
+import enum
 import heapq
 from collections import deque
 from dataclasses import dataclass, field
@@ -9,7 +29,8 @@ from typing import Any
 
 from .states import State
 
-__all__ = ["EVENT_COLUMNS", "EVENT_ROW_COLUMNS", "NEW_COLUMNS", "TASK_COLUMNS", "CoreConfig", "ReadyQueue", "Task", "WorkerInfo"]
+__all__ = ["EVENT_COLUMNS", "EVENT_ROW_COLUMNS", "NEW_COLUMNS", "TASK_COLUMNS", "CoreConfig", "ReadyQueue", "Task", "WorkerInfo",
+           "WorkerState"]
 
 #: Column order of a task row, as the store persists it.
 TASK_COLUMNS = (
@@ -152,6 +173,21 @@ class Task:
         return f"<Task {self.id} {self.type} {self.state.value} attempt={self.attempt}>"
 
 
+class WorkerState(str, enum.Enum):
+    """What a connected worker is doing, as the worker map, the dashboard and the metrics name it.
+
+    A ``str`` enum: its members compare and hash as their wire values (``"active"``, ``"draining"``).
+    """
+
+    #: takes tasks against the credit it grants
+    ACTIVE = "active"
+    #: told to stop (``drain_worker``) or stopping by itself (it sent ``release``): given no new task
+    DRAINING = "draining"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass(eq=False)
 class WorkerInfo:
     """A connected worker, as the core sees it."""
@@ -171,7 +207,10 @@ class WorkerInfo:
     unarmed: dict[int, tuple[Task, int]] = field(default_factory=dict)
     #: the task types it announced (its handlers); empty when it announced none
     types: tuple[str, ...] = ()
-    state: str = "active"  # active | draining
+    state: WorkerState = WorkerState.ACTIVE
+    #: its join number (the core's count of joins then): tells its silence timer from one of an earlier
+    #: worker that had the same id
+    joined: int = 0
     #: when it was last given a task (the core's dispatch count then): among equally loaded workers, the one
     #: served longest ago is served first
     served: int = 0
@@ -179,12 +218,13 @@ class WorkerInfo:
     failed: int = 0
 
     def as_dict(self) -> dict[str, Any]:
+        """The worker map of the protocol and the HTTP API."""
         return {
             "id": self.id, "name": self.name, "host": self.host, "pid": self.pid,
             "queues": list(self.queues), "types": list(self.types), "concurrency": self.concurrency,
             "in_flight": len(self.running),
             "running": list(self.running), "credit": self.credit, "connected_at": self.connected_at,
-            "last_heartbeat": self.last_seen, "state": self.state,
+            "last_heartbeat": self.last_seen, "state": self.state.value,
             "completed": self.completed, "failed": self.failed,
         }
 
@@ -209,6 +249,7 @@ class ReadyQueue:
         self.paused = False
 
     def push(self, task: Task, front: bool = False) -> None:
+        """Add a task that became READY: at the back of its priority, or at the front (``front``)."""
         p = task.priority
         d = self.by_priority.get(p)
         if d is None:
@@ -230,6 +271,7 @@ class ReadyQueue:
             self.ready -= 1
 
     def peek(self) -> Task | None:
+        """The first task (highest priority, first in), left in place; None when there is none."""
         prios = self.priorities
         while prios:
             p = -prios[0]
@@ -245,9 +287,14 @@ class ReadyQueue:
         return None
 
     def pop(self) -> Task | None:
+        """Take out and return the first task, or None when there is none."""
         t = self.peek()
         if t is not None:
-            self.by_priority[t.priority].popleft()
-            t.queued = NOT_QUEUED
-            self.ready -= 1
+            self.take(t)
         return t
+
+    def take(self, task: Task) -> None:
+        """Take out ``task``, the first task as ``peek`` just returned it."""
+        self.by_priority[task.priority].popleft()
+        task.queued = NOT_QUEUED
+        self.ready -= 1

@@ -6,7 +6,8 @@ A task is always in exactly one ``State``. Something that happens to it is a
 ``Transition`` (an input event of the core). ``TRANSITIONS`` maps each legal
 (state, transition) pair to the next state; ``next_state`` looks a pair up and
 raises ``IllegalTransition`` (naming both) for any other pair. The core calls
-``next_state`` for every change, so this table is the whole of the rules:
+``next_state`` for every change (or reads ``STEPS``: the same table, each
+step's stored names precomputed for the hot paths), so it is the whole of the rules:
 
     scheduled --promote--> ready --dispatch--> running --succeed--> succeeded
     running --fail--> failed --backoff--> scheduled  (a retry, after a delay)
@@ -25,10 +26,11 @@ stored task is never left in it.
 from __future__ import annotations
 
 import enum
+from typing import NamedTuple
 
 from ...protocol.errors import RunqError
 
-__all__ = ["FINAL_STATES", "TRANSITIONS", "IllegalTransition", "State", "Transition", "next_state"]
+__all__ = ["FINAL_STATES", "STEPS", "TRANSITIONS", "IllegalTransition", "State", "Step", "Transition", "next_state"]
 
 
 class State(str, enum.Enum):
@@ -109,6 +111,27 @@ TRANSITIONS: dict[tuple[State | None, Transition], State] = {
     (S.CANCELLED, T.RETRY): S.READY,
     (S.FAILED, T.RETRY): S.READY,
     (S.SCHEDULED, T.RETRY): S.READY,
+}
+
+
+class Step(NamedTuple):
+    """One entry of ``TRANSITIONS`` as the core applies it: the names it writes are looked up once, here.
+
+    Attributes:
+        state: the state after the transition.
+        kind: the event kind written to the timeline (``transition.value``).
+        name: ``state.value``, as a task row and an event row store it.
+    """
+
+    state: State
+    kind: str
+    name: str
+
+
+#: ``TRANSITIONS`` with each target's stored names precomputed: the core's one path of a state change reads
+#: this (a dict lookup per change, no enum attribute reads); ``test_states`` checks it is the same table.
+STEPS: dict[tuple[State | None, Transition], Step] = {
+    key: Step(after, key[1]._value_, after._value_) for key, after in TRANSITIONS.items()
 }
 
 

@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from ..core import WorkerState
 from ..store import Batch
 
 if TYPE_CHECKING:
@@ -281,8 +282,8 @@ class RunqCollector:
 
         workers = GaugeMetricFamily("runq_workers", "Connected workers by state.", labels=["state"])
         by_state = Counter(w.state for w in core.workers.values())
-        for state in ("active", "draining"):
-            workers.add_metric([state], by_state.get(state, 0))
+        for state in WorkerState:
+            workers.add_metric([state.value], by_state.get(state, 0))
         yield workers
         yield _gauge("runq_tasks_in_flight", "Tasks leased to connected workers.",
                      sum(len(w.running) for w in core.workers.values()))

@@ -62,7 +62,8 @@ class Ack:
     Attributes:
         created: ids of the tasks it created (forgotten if that commit fails and none has started).
         res, specs: for an enqueue, its answer ``[(id, created), ...]`` (the list the caller holds) and its
-            specs: a unique-key hit on a task whose own creation then fails to commit is enqueued again.
+            specs: a unique-key hit on a task whose own creation then fails to commit is enqueued again
+            (``core.commits``, which reads and changes these three).
         tell: called with None or the error.
         request: for an enqueue with an idempotency token, its entry (its row is rewritten if ``res`` changes).
     """
@@ -77,10 +78,6 @@ class Ack:
         self.res = res
         self.specs = specs
         self.request = request
-
-    def hits_in(self, ids: dict[int, int]) -> bool:
-        """Whether it answered with one of ``ids`` by a unique key."""
-        return self.res is not None and any(not created and tid in ids for tid, created in self.res)
 
 
 class Subscriber(Protocol):
@@ -145,8 +142,6 @@ class Server:
         self._retry_scheduled = False
         self._submitted = 0  # batches handed to the store so far
         self._committed_count = 0  # of those, how many it has answered (it answers in order)
-        #: tasks forgotten after a failed commit -> the last batch in flight then (its acks may name them by key)
-        self._forgotten: dict[int, int] = {}
         self._commit_seen = trio.Event()
         self._inline = False  # small batches may commit in the trio thread (set by serve)
         self._pending: list[Batch] = []  # batches for the committer task
@@ -328,54 +323,23 @@ class Server:
             for observe in self.commit_observers:
                 observe(written, latency)
         if error is not None:
-            # Nothing is dropped: enqueues that did not commit are refused (and their
-            # tasks forgotten when none has started); every other write is put back
-            # and retried with the next commit.
             self.stats.store_errors += 1
-            forgotten: set[int] = set()
-            refused: list[Ack] = []
-            for ack in acks:
-                created = ack.created
-                if created and not self.core.can_forget(created):
-                    # one of its tasks was already dispatched (or cancelled): it lives on, so the
-                    # request is answered by the commit that retries its writes, not refused
-                    self._acks.append(ack)
-                    continue
-                if created:
-                    forgotten |= self.core.forget(created)
-                refused.append(ack)
-            acks = refused
-            self.core.restore_effects([r[0] for r in batch.rows + batch.new_rows if r[0] not in forgotten],
-                                      [e for e in batch.events if e[0] not in forgotten], batch.queue_ops,
-                                      batch.rows)
-            if forgotten:
-                # Requests answered with a forgotten task by its unique key (a hit) came before this failure
-                # was known. Those not sent to the store yet are enqueued again now; those in batches in
-                # flight, when their batch has committed (below), until the last of those has.
-                for tid in forgotten:
-                    self._forgotten[tid] = self._submitted
-                for ack in self._acks:
-                    if ack.hits_in(self._forgotten):
-                        self._enqueue_hits_again(ack)
-            if not self._retry_scheduled and self._nursery is not None:
-                self._retry_scheduled = True
-                self._nursery.start_soon(self._retry_writes)
-        gone = self._forgotten
-        again = False
-        for ack in acks:
-            if error is None and gone and ack.hits_in(gone):
-                self._enqueue_hits_again(ack)
-                self._acks.append(ack)  # answered by the next commit, which writes the new tasks
-                again = True
-            else:
-                ack.tell(error)
-        if error is not None and batch.requests:
+        # Which answers are told, kept for a later commit or enqueued again, which tasks are forgotten and
+        # which writes put back: the core decides (core/commits.py); this only carries it out, in its order.
+        plan = self.core.settle_commit(batch, acks, self._acks, error, self._committed_count, self._submitted,
+                                       self.clock())
+        for ack in plan.changed:
+            if ack.request is not None:
+                self.requests.rewrite(ack.request)
+        self._acks.extend(plan.keep)
+        for ack in plan.tell:
+            ack.tell(error)
+        if plan.restore_requests:
             self.requests.restore(batch.requests)  # (after the refused ones above forgot theirs)
-        if gone:
-            seq = self._committed_count
-            for tid in [tid for tid, last in gone.items() if last <= seq]:
-                del gone[tid]
-        if again:
+        if plan.retry and not self._retry_scheduled and self._nursery is not None:
+            self._retry_scheduled = True
+            self._nursery.start_soon(self._retry_writes)
+        if plan.flush:
             self.flush()
         if waiters:
             self._wake_waiters(waiters)
@@ -383,18 +347,6 @@ class Server:
             listener(batch, error)
         self._commit_seen.set()
         self._commit_seen = trio.Event()
-
-    def _enqueue_hits_again(self, ack: Ack) -> None:
-        """Enqueue again the specs of ``ack`` whose unique key named a task that was then forgotten (its
-        creation did not commit): its answer gets the new task (or the key's current holder)."""
-        assert ack.res is not None and ack.specs is not None
-        at = [i for i, (tid, created) in enumerate(ack.res) if not created and tid in self._forgotten]
-        for i, (tid, created) in zip(at, self.core.enqueue([ack.specs[i] for i in at], self.clock()), strict=True):
-            ack.res[i] = (tid, created)  # (in place: the list the caller holds)
-            if created:
-                ack.created.append(tid)
-        if ack.request is not None:
-            self.requests.rewrite(ack.request)
 
     async def _retry_writes(self) -> None:
         await trio.sleep(0.5)
