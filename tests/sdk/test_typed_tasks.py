@@ -363,3 +363,30 @@ async def test_only_the_payload_decides_bad_arguments_not_the_handlers_own_code(
     assert own["error"].startswith("Traceback") and "missing a required argument: 'a'" in own["error"]
     assert bad["state"] == "dead" and bad["attempt"] == 1
     assert bad["error"].startswith("bad arguments: the payload is not msgpack")
+
+
+@pytest.mark.trio
+async def test_a_type_no_worker_handles_waits_ready_until_a_worker_that_handles_it_joins(server: Server) -> None:
+    """`runq enqueue sendemail` (a typo) used to be run by the connected worker, fail 'no handler' and
+    spend its retries; now it waits, ready, and the tasks behind it run."""
+    address = f"127.0.0.1:{server.port}"
+
+    @task(type="sendemail")
+    def late(to: str) -> str:
+        return f"late {to}"
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as n, Client(address) as client:
+            first = Worker(tasks=[tt.add], concurrency=2)
+            n.start_soon(first.run, address)
+            typo = await client.enqueue("sendemail", {"to": "a"})
+            ok = await client.enqueue(tt.add.call(1))
+            assert await ok.result(timeout=10) == 2  # not blocked by the typo ahead of it
+            await trio.sleep(0.2)
+            waiting = await client.get(typo)
+            assert (waiting["state"], waiting["attempt"], waiting["error"]) == ("ready", 0, None)
+            second = Worker(tasks=[late], concurrency=1)
+            n.start_soon(second.run, address)
+            assert await client.result(typo, timeout=10) == "late a"
+            first.stop()
+            second.stop()

@@ -17,6 +17,8 @@ module                    concern
 ``retries.py``            failed attempts: backoff with jitter, or dead once the retries are spent
 ``leases.py``             workers and their leases: join, leave, silence (``SILENCE``), results and late
                           results, release, the server-side timeout (``BACKSTOP``)
+``routing.py``            which connected workers handle which (queue, task type); ready tasks of a type no
+                          worker handles held aside until one joins
 ``dispatch.py``           credit, pause, the dispatch round, and ``_admits``: THE eligibility point
 ``recovery.py``           the core rebuilt from the store's rows at start
 ``commits.py``            a failed commit: what to refuse, forget, restore and enqueue again
@@ -27,7 +29,7 @@ module                    concern
 ========================  ==================================================================================
 
 The concerns are classes built on one another in the order of their needs (``CoreBase`` <- ``Delays``
-(timers.py) <- ``Retries`` <- ``Leases`` <- ``Dispatch``; ``Recovery`` on ``Delays``, ``Rollback`` on
+(timers.py) <- ``Retries`` <- ``Leases`` <- ``Routing`` <- ``Dispatch``; ``Recovery`` on ``Delays``, ``Rollback`` on
 ``CoreBase``) and composed by ``Core``: a rule reads the shared state as plain attributes, at the cost it had in one class.
 """
 

@@ -13,7 +13,9 @@ gets the best task it may take (``_next_for``), and the lease starts
 ``_next_for`` looks at the head of each of the worker's queues (the highest
 priority, first in) and takes the best head that ``_admits`` lets through.
 ``_admits`` is THE eligibility point: the one place that decides whether a
-worker may be given a task now. Today it holds one rule, pause; rate limits,
+worker may be given a task now. Today it holds two rules, pause and the task
+types a worker announced (routing.py holds back the tasks of a type no worker
+handles, so that they block nobody); rate limits,
 concurrency caps, circuit breakers, dependencies and routing labels plug in
 there (see ``_admits``).
 
@@ -34,8 +36,8 @@ from __future__ import annotations
 import heapq
 from typing import Any
 
-from .leases import Leases
 from .model import ReadyQueue, Task, WorkerInfo, WorkerState
+from .routing import Routing
 from .states import Transition
 
 __all__ = ["Dispatch"]
@@ -43,7 +45,7 @@ __all__ = ["Dispatch"]
 T_DISPATCH = Transition.DISPATCH
 
 
-class Dispatch(Leases):
+class Dispatch(Routing):
     """Credit, pause and the dispatch round (see the module docstring)."""
 
     def credit(self, worker_id: str, n: int, now: float) -> None:
@@ -131,7 +133,7 @@ class Dispatch(Leases):
         queues = self.queues
         if len(w.queues) == 1:
             q = queues[w.queues[0]]
-            t = q.peek()
+            t = self._head_for(q, w)
             if t is None or not self._admits(q, t, w, now):
                 return None
             q.take(t)
@@ -140,7 +142,7 @@ class Dispatch(Leases):
         bq: ReadyQueue | None = None
         for name in w.queues:
             q = queues[name]
-            t = q.peek()
+            t = self._head_for(q, w)
             if t is not None and (best is None or t.priority > best.priority
                                   or (t.priority == best.priority and t.id < best.id)) and self._admits(q, t, w, now):
                 best, bq = t, q
@@ -152,7 +154,8 @@ class Dispatch(Leases):
         """THE eligibility point: may ``task``, the head of ``q``, go to worker ``w`` at ``now``?
 
         Every rule that can hold a ready task back is one clause here, and nowhere else. Today: a paused
-        queue gives nothing.
+        queue gives nothing; a worker that announced its task types gets only tasks of those types
+        (routing.py: a head that no connected worker handles was held before it got here).
 
         How a rule plugs in (limits, caps, breakers, dependencies, routing):
 
@@ -168,7 +171,7 @@ class Dispatch(Leases):
           back single tasks while others behind them may go (dependencies, routing labels) keeps them out of
           the ready queue instead, in a state of their own (``blocked``) added to the transition table.
         """
-        return not q.paused
+        return not q.paused and (not w.type_set or task.type in w.type_set)
 
     def _lease(self, task: Task, w: WorkerInfo, now: float) -> dict[str, Any]:
         """Lease ``task`` (just taken out of its queue) to ``w``: the ``started`` step, a new lease number,

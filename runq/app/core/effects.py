@@ -107,6 +107,10 @@ class CoreBase:
         self.finished: OrderedDict[int, Task] = OrderedDict()
         self.queues: dict[str, ReadyQueue] = {}
         self.workers: dict[str, WorkerInfo] = {}
+        #: connected workers per (queue, task type) they announced, and per queue those that take any type
+        #: (routing.py: whether a type is handled)
+        self._serving: Counter[tuple[str, str]] = Counter()
+        self._serving_any: Counter[str] = Counter()
         self._joins = 0  # workers joined so far: a worker's join number tells its silence entry from older ones
         #: the highest lease number given so far (a task read back from the store starts above it)
         self.max_lease = 0

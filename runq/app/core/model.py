@@ -205,8 +205,10 @@ class WorkerInfo:
     #: held tasks beyond ``concurrency`` (prefetched: the worker has not started them yet), in dispatch
     #: order, with their lease: their timeout backstop is armed once one of the first ``concurrency`` ends
     unarmed: dict[int, tuple[Task, int]] = field(default_factory=dict)
-    #: the task types it announced (its handlers); empty when it announced none
+    #: the task types it announced (its handlers); empty when it announced none (it takes any type)
     types: tuple[str, ...] = ()
+    #: ``types`` as a set, for dispatch's type check (set from ``types`` when the record is made)
+    type_set: frozenset[str] = frozenset()
     state: WorkerState = WorkerState.ACTIVE
     #: its join number (the core's count of joins then): tells its silence timer from one of an earlier
     #: worker that had the same id
@@ -216,6 +218,9 @@ class WorkerInfo:
     served: int = 0
     completed: int = 0
     failed: int = 0
+
+    def __post_init__(self) -> None:
+        self.type_set = frozenset(self.types)
 
     def as_dict(self) -> dict[str, Any]:
         """The worker map of the protocol and the HTTP API."""
@@ -239,7 +244,7 @@ class ReadyQueue:
     the task takes its new place, not its old one.
     """
 
-    __slots__ = ("by_priority", "name", "paused", "priorities", "ready")
+    __slots__ = ("by_priority", "held", "name", "paused", "priorities", "ready")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -247,6 +252,9 @@ class ReadyQueue:
         self.priorities: list[int] = []  # heap of negated priorities present in by_priority
         self.ready = 0
         self.paused = False
+        #: ready tasks taken out of the order because no connected worker handles their type, per type, in
+        #: the order they were held (routing.py)
+        self.held: dict[str, deque[Task]] = {}
 
     def push(self, task: Task, front: bool = False) -> None:
         """Add a task that became READY: at the back of its priority, or at the front (``front``)."""
@@ -298,3 +306,15 @@ class ReadyQueue:
         self.by_priority[task.priority].popleft()
         task.queued = NOT_QUEUED
         self.ready -= 1
+
+    def hold(self, task: Task) -> None:
+        """Take out ``task``, the first task as ``peek`` just returned it, and keep it aside under its type."""
+        self.take(task)
+        d = self.held.get(task.type)
+        if d is None:
+            d = self.held[task.type] = deque()
+        d.append(task)
+
+    def unhold(self, type_: str) -> deque[Task]:
+        """The tasks held under ``type_``, in the order they were held (no longer kept here)."""
+        return self.held.pop(type_, deque())
