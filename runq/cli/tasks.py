@@ -66,7 +66,16 @@ def enqueue(settings: Settings, type: str, payload: Any, queue: str | None, prio
     if delay is not None and at is not None:
         raise click.UsageError("--delay and --at cannot be given together")
     with client(settings) as c:
-        known = [t["type"] for t in c.task_types()]
+        served = {t["type"]: t["queues"] for t in c.task_types()}
+        known = list(served)
+        if type in served and queue is not None and queue not in served[type]:
+            where = ", ".join(repr(q) for q in served[type])
+            text = (f"the workers of task type {type!r} take tasks from {where}, not from {queue!r} (leave --queue "
+                    "out: a task enqueued by type name goes where its definition says)")
+            if strict:
+                output.note(f"runq enqueue: {text}; nothing enqueued (--strict)")
+                return EXIT_CANNOT_START
+            output.note(f"runq enqueue: warning: {text}; the task waits until a worker takes that queue")
         if type not in known:
             hint = _type_hint(type, known)
             if strict:

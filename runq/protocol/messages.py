@@ -17,7 +17,7 @@ docs/protocol.md is the normative description of every message below.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from .errors import ProtocolError
@@ -31,6 +31,7 @@ __all__ = [
     "WORKER_OPS",
     "Hello",
     "TaskSpec",
+    "TypeOptions",
     "check_task_spec",
     "choose_version",
     "is_int",
@@ -130,6 +131,17 @@ class Hello:
     queues: tuple[str, ...] = ("default",)
     concurrency: int = 1
     types: tuple[str, ...] = ()
+    type_options: dict[str, TypeOptions] = field(default_factory=dict)
+
+
+class TypeOptions(NamedTuple):
+    """What a worker's definition of a task type sets (hello ``type_options``): a task enqueued by that type's
+    name without these fields gets them (``None``: not set, the server's default applies)."""
+
+    queue: str | None = None
+    priority: int | None = None
+    timeout: float | None = None
+    retries: int | None = None
 
 
 def choose_version(offered: list[int]) -> int | None:
@@ -169,6 +181,7 @@ def parse_hello(msg: dict[str, Any]) -> Hello:
             or sum(map(len, types)) > MAX_TYPES_CHARS):
         raise ProtocolError(f"hello: 'types' must be a list of at most {MAX_TYPES} task types (non-empty str of at "
                             f"most 200 chars, {MAX_TYPES_CHARS} chars in all)")
+    type_options = _type_options(optional(msg, "type_options", dict, {}))
     return Hello(
         version=version,
         role=role,
@@ -179,7 +192,33 @@ def parse_hello(msg: dict[str, Any]) -> Hello:
         queues=tuple(queues),
         concurrency=concurrency,
         types=tuple(dict.fromkeys(types)),
+        type_options=type_options,
     )
+
+
+def _type_options(raw: dict[Any, Any]) -> dict[str, TypeOptions]:
+    """Validate hello ``type_options``: ``{type: {queue?, priority?, timeout?, retries?}}``.
+
+    Raises:
+        ProtocolError: ``bad_message``, naming what is wrong.
+    """
+    if len(raw) > MAX_TYPES:
+        raise ProtocolError(f"hello: 'type_options' may describe at most {MAX_TYPES} task types")
+    out: dict[str, TypeOptions] = {}
+    for type_, o in raw.items():
+        if not (isinstance(type_, str) and 0 < len(type_) <= 200) or type(o) is not dict:
+            raise ProtocolError("hello: 'type_options' must map task types (non-empty str of at most 200 chars) "
+                                "to maps")
+        o = {**o, "op": "hello"}  # (for the messages of require/optional)
+        opts = TypeOptions(queue=optional(o, "queue", str), priority=optional(o, "priority", int),
+                           timeout=_float(optional(o, "timeout", _NUM)), retries=optional(o, "retries", int))
+        try:
+            check_task_spec(TaskSpec(type_, queue=opts.queue, priority=opts.priority, timeout=opts.timeout,
+                                     retries=opts.retries))
+        except ProtocolError as exc:
+            raise ProtocolError(f"hello: 'type_options' of {type_!r}: {exc}") from None
+        out[type_] = opts
+    return out
 
 
 class TaskSpec(NamedTuple):
@@ -193,19 +232,19 @@ class TaskSpec(NamedTuple):
     Attributes:
         type: handler name.
         payload: msgpack-encoded argument value (opaque to the server).
-        queue: queue name.
-        priority: higher runs first; FIFO within one priority.
+        queue: queue name; None for the queue its type's workers announced (``TypeOptions``), else ``default``.
+        priority: higher runs first; FIFO within one priority; None as for ``queue`` (else 0).
         delay: seconds from now before the task may run (exclusive with run_at).
         run_at: unix time before which the task may not run.
-        timeout: seconds a run may take; None for the server default.
-        retries: how many retries after the first failed attempt; None for default.
+        timeout: seconds a run may take; None as for ``queue`` (else the server default).
+        retries: how many retries after the first failed attempt; None as for ``queue`` (else the default).
         key: unique key; while a non-final task holds it, enqueue returns that task.
     """
 
     type: str
     payload: bytes = b"\xc0"
-    queue: str = "default"
-    priority: int = 0
+    queue: str | None = None
+    priority: int | None = None
     delay: float | None = None
     run_at: float | None = None
     timeout: float | None = None
@@ -221,9 +260,9 @@ def check_task_spec(spec: TaskSpec) -> TaskSpec:
     """
     if not spec.type or len(spec.type) > 200:
         raise ProtocolError("task: 'type' must be a non-empty str of at most 200 chars", "bad_request")
-    if not spec.queue or len(spec.queue) > 200:
+    if spec.queue is not None and not 0 < len(spec.queue) <= 200:
         raise ProtocolError("task: 'queue' must be a non-empty str of at most 200 chars", "bad_request")
-    if not -(2**31) <= spec.priority < 2**31:
+    if spec.priority is not None and not -(2**31) <= spec.priority < 2**31:
         raise ProtocolError("task: 'priority' must fit in 32 bits", "bad_request")
     if spec.delay is not None and spec.run_at is not None:
         raise ProtocolError("task: give 'delay' or 'run_at', not both", "bad_request")
@@ -255,8 +294,8 @@ def parse_task_spec(d: Any) -> TaskSpec:
     return check_task_spec(TaskSpec(
         type=require(d, "type", str),
         payload=payload,
-        queue=optional(d, "queue", str, "default"),
-        priority=optional(d, "priority", int, 0),
+        queue=optional(d, "queue", str),
+        priority=optional(d, "priority", int),
         delay=_float(optional(d, "delay", _NUM)),
         run_at=_float(optional(d, "run_at", _NUM)),
         timeout=_float(optional(d, "timeout", _NUM)),

@@ -80,7 +80,8 @@ def format_failure(exc: BaseException) -> str:
 
 
 #: Messages of the errors that asyncio code gives under trio, and trio code under asyncio.
-_ASYNCIO_UNDER_TRIO = ("no running event loop", "there is no current event loop")
+_ASYNCIO_UNDER_TRIO = ("no running event loop", "there is no current event loop",
+                       "received unrecognized yield message")  # (trio's words for a bare asyncio future)
 _TRIO_UNDER_ASYNCIO = ("must be called from async context", "task got bad yield")
 
 

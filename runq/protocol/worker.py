@@ -421,7 +421,7 @@ class Worker:
         async with stream:
             hello = hello_message("worker", token) | {
                 "queues": self.queues, "concurrency": self.concurrency, "name": self.name,
-                "types": sorted(self.handlers),
+                "types": sorted(self.handlers), "type_options": self._type_options(),
             }
             await stream.send(conn.send(hello))
             welcome = None
@@ -489,6 +489,18 @@ class Worker:
                 receive.close()
             if not self._stop.is_set():
                 raise ConnectionClosed("connection to server lost")
+
+    def _type_options(self) -> dict[str, dict[str, Any]]:
+        """What each handler's definition sets (hello ``type_options``): the server gives it to a task enqueued
+        by that type's name without it (docs/tasks.md)."""
+        out: dict[str, dict[str, Any]] = {}
+        for type_, d in self.handlers.items():
+            o = d.options
+            sets = {k: v for k, v in (("queue", o.queue), ("priority", o.priority), ("timeout", o.timeout),
+                                      ("retries", o.retries)) if v is not None}
+            if sets:
+                out[type_] = sets
+        return out
 
     async def _watch_stop(self, send: MemoryObjectSendStream[dict[str, Any]],
                           runners: anyio.abc.TaskGroup, lost: anyio.Event) -> None:

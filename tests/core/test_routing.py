@@ -98,3 +98,25 @@ def test_types_per_queue_and_a_worker_leaving() -> None:
     assert not core._handled("q1", "t")
     core.worker_joined("w2", T0, queues=("q1",), types=("t",))  # the same id again: replaced, not added
     assert core._handled("q1", "t") and not core._handled("q2", "anything")
+
+
+def test_a_task_enqueued_by_type_name_gets_what_its_workers_definition_sets() -> None:
+    from runq.protocol.messages import TypeOptions
+
+    core = make()
+    (before,) = add(core, "send_email")  # nothing announced yet: the server's defaults
+    core.worker_joined("w1", T0, queues=("mail",), types=("send_email",),
+                       type_options={"send_email": TypeOptions(queue="mail", priority=3, timeout=30.0, retries=5)})
+    (by_name,) = add(core, "send_email")
+    (explicit,) = add(core, "send_email", queue="other", priority=0, timeout=5.0, retries=0)
+    (other,) = add(core, "resize")
+    t = core.get(by_name)
+    assert (t.queue, t.priority, t.timeout, t.max_retries) == ("mail", 3, 30.0, 5)
+    t = core.get(explicit)
+    assert (t.queue, t.priority, t.timeout, t.max_retries) == ("other", 0, 5.0, 0)  # given fields win
+    for tid in (before, other):
+        t = core.get(tid)
+        assert (t.queue, t.priority, t.timeout, t.max_retries) == ("default", 0, 600.0, 3)
+    core.worker_left("w1", T0)
+    (after,) = add(core, "send_email")
+    assert core.get(after).queue == "mail"  # kept after its worker left

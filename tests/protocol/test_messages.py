@@ -18,6 +18,7 @@ from runq.protocol.messages import (
     WORKER_OPS,
     Hello,
     TaskSpec,
+    TypeOptions,
     choose_version,
     optional,
     parse_hello,
@@ -37,6 +38,10 @@ def test_hello_defaults_and_versions() -> None:
     assert h == Hello(1, "worker", "t", "n", "h", 9, ("a", "b"), 4)
     h = parse_hello({**HELLO, "role": "worker", "types": ["send_email", "resize", "send_email"]})
     assert h.types == ("send_email", "resize")  # duplicates once, in order
+    h = parse_hello({**HELLO, "role": "worker", "type_options": {"send_email": {"queue": "mail", "retries": 5},
+                                                                 "resize": {"timeout": 30, "priority": -1}}})
+    assert h.type_options == {"send_email": TypeOptions(queue="mail", retries=5),
+                              "resize": TypeOptions(priority=-1, timeout=30.0)}
 
 
 def test_hello_nil_means_default_and_unknown_fields_are_ignored() -> None:
@@ -107,6 +112,12 @@ def test_the_server_speaks_version_1() -> None:
     ({"op": "hello", "version": 1, "role": "worker", "name": 1}, "bad_message", "'name' must be str"),
     ({"op": "hello", "version": 1, "role": "worker", "host": ["h"]}, "bad_message", "'host' must be str"),
     ({"op": "hello", "version": 1, "role": "worker", "types": "t"}, "bad_message", "'types' must be list"),
+    ({"op": "hello", "version": 1, "role": "worker", "type_options": []}, "bad_message", "'type_options' must be dict"),
+    ({"op": "hello", "version": 1, "role": "worker", "type_options": {"t": 1}}, "bad_message", "to maps"),
+    ({"op": "hello", "version": 1, "role": "worker", "type_options": {"t": {"queue": 1}}}, "bad_message",
+     "'queue' must be str"),
+    ({"op": "hello", "version": 1, "role": "worker", "type_options": {"t": {"retries": 5000}}}, "bad_message",
+     "'type_options' of 't': task: 'retries' must be between 0 and 1000"),
     ({"op": "hello", "version": 1, "role": "worker", "types": [""]}, "bad_message", "at most 1000 task types"),
     ({"op": "hello", "version": 1, "role": "worker", "types": ["x" * 201]}, "bad_message", "at most 200 chars"),
     ({"op": "hello", "version": 1, "role": "worker", "types": [1]}, "bad_message", "non-empty str"),

@@ -54,6 +54,9 @@ def test_enqueue_warns_about_an_unknown_type_and_strict_refuses(with_worker: str
     assert "warning: no connected worker handles task type 'sendemail'" in out.err
     assert int(out.out) > 0  # enqueued all the same
 
+    assert main(["enqueue", "send_email", "--server", with_worker, "--strict", "--queue", "other"]) == 3
+    out = capsys.readouterr()
+    assert "the workers of task type 'send_email' take tasks from 'mail', not from 'other'" in out.err
     assert main(["enqueue", "send_email", "--server", with_worker, "--strict", "--queue", "mail"]) == 0
     out = capsys.readouterr()
     assert "runq enqueue" not in out.err and int(out.out) > 0

@@ -390,3 +390,26 @@ async def test_a_type_no_worker_handles_waits_ready_until_a_worker_that_handles_
             assert await client.result(typo, timeout=10) == "late a"
             first.stop()
             second.stop()
+
+
+@pytest.mark.trio
+async def test_a_task_enqueued_by_name_runs_as_its_workers_definition_says(server: Server) -> None:
+    """By type name (another language, runq enqueue, HTTP) with no queue: it used to land on 'default',
+    where no worker of send_email listens, and wait for ever."""
+    address = f"127.0.0.1:{server.port}"
+
+    @task(type="send_email", queue="mail", timeout=30, retries=2)
+    def send_email(to: str) -> dict[str, str]:
+        return {"to": to}
+
+    worker = Worker(tasks=[send_email], concurrency=1)  # listens on 'mail' only
+    with trio.fail_after(30):
+        async with trio.open_nursery() as n, Client(address) as client:
+            n.start_soon(worker.run, address)
+            while not await client.task_types():
+                await trio.sleep(0.01)
+            tid = await client.enqueue("send_email", {"to": "x@y.z"})
+            done = await client.wait(tid, timeout=10)
+            worker.stop()
+    assert (done["state"], done["queue"], done["timeout"], done["max_retries"]) == ("succeeded", "mail", 30.0, 2)
+    assert done["result"]["to"] == "x@y.z"

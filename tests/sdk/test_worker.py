@@ -67,17 +67,22 @@ def test_run_sync_runs_async_handlers_on_asyncio_by_default(threaded_server: Any
 
 
 @pytest.mark.trio
-async def test_an_asyncio_handler_under_trio_fails_with_a_hint_naming_the_flag(server: Server) -> None:
+@pytest.mark.parametrize(("sleep", "error"), [
+    (0.001, "RuntimeError: no running event loop"),
+    (0, "TypeError: trio.run received unrecognized yield message"),  # (asyncio.sleep(0) yields a bare None)
+])
+async def test_an_asyncio_handler_under_trio_fails_with_a_hint_naming_the_flag(server: Server, sleep: float,
+                                                                               error: str) -> None:
     worker = Worker(concurrency=1)
 
     @worker.task("aio")
     async def aio(p: Any) -> None:
-        await asyncio.sleep(0.001)
+        await asyncio.sleep(sleep)
 
     with trio.fail_after(20):
         (task,) = await run_tasks(server.port, worker, ("aio", None))
     assert task["state"] == "dead"
-    assert "RuntimeError: no running event loop" in task["error"]
+    assert error in task["error"]
     assert "--backend asyncio" in task["error"] and "runs its handlers on trio" in task["error"]
 
 

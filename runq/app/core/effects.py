@@ -32,6 +32,7 @@ import random
 from collections import Counter, OrderedDict
 from typing import Any
 
+from ...protocol.messages import TypeOptions
 from .model import CoreConfig, ReadyQueue, Task, WorkerInfo
 from .states import STEPS, IllegalTransition, State, Transition
 from .stats import CoreStats
@@ -111,6 +112,9 @@ class CoreBase:
         #: (routing.py: whether a type is handled)
         self._serving: Counter[tuple[str, str]] = Counter()
         self._serving_any: Counter[str] = Counter()
+        #: per task type, the options its workers' definition sets (hello ``type_options``; the latest joined
+        #: worker's win): a task enqueued by type name without them gets them (routing.py)
+        self.type_options: dict[str, TypeOptions] = {}
         self._joins = 0  # workers joined so far: a worker's join number tells its silence entry from older ones
         #: the highest lease number given so far (a task read back from the store starts above it)
         self.max_lease = 0

@@ -134,6 +134,7 @@ class Core(Dispatch, Recovery, Rollback):
         ready_state, kind, name = ENQUEUE_STEP
         ready_queue, ready_n = "", 0  # this request's ready tasks not counted yet: their queue (one, as a rule)
         created = 0
+        type_options = self.type_options
         for spec in specs:
             if spec.key is not None:
                 holder = keys.get(spec.key)
@@ -145,10 +146,18 @@ class Core(Dispatch, Recovery, Rollback):
                 run_at = None  # due already: ready at once
             tid = self.next_id
             self.next_id = tid + 1
+            qname, priority, timeout, retries = spec.queue, spec.priority, spec.timeout, spec.retries
+            if type_options and (qname is None or priority is None or timeout is None or retries is None):
+                o = type_options.get(spec.type)  # what its workers' definition sets (routing.py)
+                if o is not None:
+                    qname = qname if qname is not None else o.queue
+                    priority = priority if priority is not None else o.priority
+                    timeout = timeout if timeout is not None else o.timeout
+                    retries = retries if retries is not None else o.retries
             task = Task(
-                tid, spec.queue, spec.type, spec.payload, spec.priority, None, run_at,
-                spec.timeout if spec.timeout is not None else cfg.default_timeout,
-                spec.retries if spec.retries is not None else cfg.default_retries,
+                tid, qname or "default", spec.type, spec.payload, priority or 0, None, run_at,
+                timeout if timeout is not None else cfg.default_timeout,
+                retries if retries is not None else cfg.default_retries,
                 0, spec.key, None, None, None, now,
             )
             tasks[tid] = task

@@ -21,10 +21,16 @@ Rules of this file:
    a task whose type another connected worker handles waits for that worker in its queue.
 2. A held task stays ``ready``: counts, listings and the timeline do not change; a cancel, or a failed
    commit that forgets it, is skipped when it would be brought back.
+3. A worker may also say what its definition of a type sets (hello ``type_options``: queue, priority,
+   timeout, retries). A task enqueued by that type's name without those fields gets them (``Core.enqueue``):
+   another language, ``runq enqueue`` or the HTTP API enqueue ``send_email`` onto the queue its definition
+   names, not onto ``default`` where no worker of it listens. The latest worker to join with a type's
+   options sets them; they are kept after it leaves (until the server stops).
 """
 
 from __future__ import annotations
 
+from ...protocol.messages import TypeOptions
 from .leases import Leases
 from .model import NOT_QUEUED, ReadyQueue, Task, WorkerInfo
 from .states import State
@@ -40,14 +46,17 @@ class Routing(Leases):
     def worker_joined(
         self, worker_id: str, now: float, queues: tuple[str, ...] = ("default",), concurrency: int = 1,
         name: str | None = None, host: str | None = None, pid: int | None = None, types: tuple[str, ...] = (),
+        type_options: dict[str, TypeOptions] | None = None,
     ) -> WorkerInfo:
-        """Register a worker (``Leases.worker_joined``), count what it handles and bring back the tasks held
-        for it."""
+        """Register a worker (``Leases.worker_joined``), count what it handles, learn what its definitions
+        set (rule 3) and bring back the tasks held for it."""
         gone = self.workers.get(worker_id)
         if gone is not None:  # (the same id again: the earlier one is replaced)
             self._count(gone, -1)
         w = super().worker_joined(worker_id, now, queues, concurrency, name, host, pid, types)
         self._count(w, 1)
+        if type_options:
+            self.type_options.update(type_options)
         for name_ in w.queues:
             q = self.queues[name_]
             if q.held:

@@ -148,7 +148,8 @@ class TcpFrontend:
             sess.id = f"w{self._worker_seq}-{secrets.token_hex(3)}"
             srv.workers[sess.id] = sess
             srv.core.worker_joined(sess.id, srv.clock(), hello.queues, hello.concurrency,
-                                   hello.name, hello.host or sess.peer.rsplit(":", 1)[0], hello.pid, hello.types)
+                                   hello.name, hello.host or sess.peer.rsplit(":", 1)[0], hello.pid, hello.types,
+                                   hello.type_options)
             welcome["worker_id"] = sess.id
         sess.send(welcome)
 
