@@ -48,7 +48,7 @@ from ..core.model import EVENT_COLUMNS
 from ..core.requests import Entry
 from ..store import Batch, Store, StoreError
 from .config import Clock, ServerConfig
-from .session import Session, Subscription
+from .session import Outbox, Session, Subscription
 
 __all__ = ["VERSION", "Server", "ServerStats", "Subscriber"]
 
@@ -56,31 +56,48 @@ log = logging.getLogger("runq.server")
 VERSION = "0.1.0"
 FINAL = frozenset(s.value for s in FINAL_STATES)
 
+Answer = list[tuple[int, bool]]
+#: an enqueue's idempotency token (client id, seq) and the client's ``done_below`` (docs/protocol.md 5.2)
+Token = tuple[str, int, "int | None"]
+#: how an enqueue request is answered: ``tell(answer, error, ctx)`` once its commit is over (error None:
+#: committed); ``ctx`` is the caller's (TCP: the session and the request's rid)
+Tell = Callable[[Answer, "BaseException | None", Any], None]
+
+
 class Ack:
     """A request answered once the batch that carries it has committed.
 
     Attributes:
         created: ids of the tasks it created (forgotten if that commit fails and none has started).
+        tell: called as ``tell(res, error, ctx)``.
         res, specs: for an enqueue, its answer ``[(id, created), ...]`` (the list the caller holds) and its
             specs: a unique-key hit on a task whose own creation then fails to commit is enqueued again.
-        tell: called with None or the error.
         request: for an enqueue with an idempotency token, its entry (its row is rewritten if ``res`` changes).
+        ctx: the caller's, passed to ``tell``.
     """
 
-    __slots__ = ("created", "request", "res", "specs", "tell")
+    __slots__ = ("created", "ctx", "request", "res", "specs", "tell")
 
-    def __init__(self, created: list[int], tell: Callable[[BaseException | None], None],
-                 res: list[tuple[int, bool]] | None = None, specs: list[TaskSpec] | None = None,
-                 request: Entry | None = None) -> None:
+    def __init__(self, created: list[int], tell: Tell, res: Answer | None = None, specs: list[TaskSpec] | None = None,
+                 request: Entry | None = None, ctx: Any = None) -> None:
         self.created = created
         self.tell = tell
-        self.res = res
-        self.specs = specs
+        self.res: Answer = res if res is not None else []
+        self.specs: list[TaskSpec] = specs if specs is not None else []
         self.request = request
+        self.ctx = ctx
 
     def hits_in(self, ids: dict[int, int]) -> bool:
         """Whether it answered with one of ``ids`` by a unique key."""
-        return self.res is not None and any(not created and tid in ids for tid, created in self.res)
+        return any(not created and tid in ids for tid, created in self.res)
+
+
+def _tell_with(tell: Tell, ctx: Any, res: Answer, error: BaseException | None) -> None:
+    tell(res, error, ctx)
+
+
+def _tell_error(res: Answer, error: BaseException | None, ctx: Callable[[BaseException | None], None]) -> None:
+    ctx(error)
 
 
 class Subscriber(Protocol):
@@ -124,6 +141,8 @@ class Server:
         self.port: int | None = None
         self.http_port: int | None = None
         self.sessions: set[Session] = set()
+        #: the write rounds of every session (frames queued in a round go out in one write per session)
+        self.outbox = Outbox()
         self.workers: dict[str, Session] = {}
         self.subscribers: set[Subscriber] = set()
         self.recovered = 0
@@ -167,7 +186,16 @@ class Server:
         if self._clock_arg is None:
             self.clock = Clock()
         token = trio.lowlevel.current_trio_token()
-        store = await trio.to_thread.run_sync(functools.partial(Store, cfg.db, cfg.synchronous, token.run_sync_soon))
+        outbox = self.outbox
+
+        def in_round(fn: Callable[[], None]) -> None:
+            with outbox:  # (the acknowledgements of one commit: one write per session)
+                fn()
+
+        def notify(fn: Callable[[], None]) -> None:
+            token.run_sync_soon(in_round, fn)
+
+        store = await trio.to_thread.run_sync(functools.partial(Store, cfg.db, cfg.synchronous, notify))
         self.store = store
         try:
             await self._recover(store)
@@ -314,10 +342,11 @@ class Server:
             size = sum(len(b.rows) + len(b.new_rows) + len(b.events) + len(b.requests)
                        + (self.INLINE_ROWS if b.prune_before is not None else 0) for b in pending)
             # (in order: only when every batch handed over before these has been reported)
-            if (size > self.INLINE_ROWS or self._committed_count != self._submitted - len(pending)
-                    or not self._store.commit_here(pending)):
-                for batch in pending:
-                    self._store.submit(batch)
+            with self.outbox:
+                if (size > self.INLINE_ROWS or self._committed_count != self._submitted - len(pending)
+                        or not self._store.commit_here(pending)):
+                    for batch in pending:
+                        self._store.submit(batch)
 
     def _committed(self, batch: Batch, acks: list[Ack], waiters: list[int] | None,
                    error: BaseException | None, *, submitted: float | None = None) -> None:
@@ -368,7 +397,13 @@ class Server:
                 self._acks.append(ack)  # answered by the next commit, which writes the new tasks
                 again = True
             else:
-                ack.tell(error)
+                ack.tell(ack.res, error, ack.ctx)
+                entry = ack.request
+                if entry is not None and (entry.waiters or error is not None):
+                    for resend in self.requests.committed(entry, error):
+                        resend(entry.res, error)
+                elif entry is not None:
+                    entry.committed = True
         if error is not None and batch.requests:
             self.requests.restore(batch.requests)  # (after the refused ones above forgot theirs)
         if gone:
@@ -387,7 +422,6 @@ class Server:
     def _enqueue_hits_again(self, ack: Ack) -> None:
         """Enqueue again the specs of ``ack`` whose unique key named a task that was then forgotten (its
         creation did not commit): its answer gets the new task (or the key's current holder)."""
-        assert ack.res is not None and ack.specs is not None
         at = [i for i, (tid, created) in enumerate(ack.res) if not created and tid in self._forgotten]
         for i, (tid, created) in zip(at, self.core.enqueue([ack.specs[i] for i in at], self.clock()), strict=True):
             ack.res[i] = (tid, created)  # (in place: the list the caller holds)
@@ -476,47 +510,60 @@ class Server:
             del self.core.finished[tid]
 
     # ------------------------------------------------------------------ operations (all frontends)
-    def enqueue_nowait(self, specs: list[TaskSpec],
-                       tell: Callable[[list[tuple[int, bool]], BaseException | None], None],
-                       token: tuple[str, int, int | None] | None = None) -> list[tuple[int, bool]]:
-        """Enqueue; ``tell(results, error)`` runs once the tasks are committed (or could not be).
+    def enqueue_nowait(self, requests: list[tuple[list[TaskSpec], Token | None, Any]], tell: Tell) -> list[Answer]:
+        """Enqueue the requests of one read, in order, with one call of the core; return each one's answer
+        (``(id, created)`` per spec). ``tell(answer, error, ctx)`` runs for each request, with its ``ctx``, once
+        its tasks are committed (or could not be).
 
         The caller flushes (TCP: after the whole read, so one commit serves many requests).
 
         Args:
-            token: the request's idempotency token (client id, seq) and the client's ``done_below`` (or None).
-                A token already answered is answered the same way (``tell`` at once, or when the first
-                request's commit is over) and enqueues nothing; its token is stored in the same commit as
-                the tasks (docs/protocol.md section 5.2).
+            requests: per request, its specs, its idempotency token (client id, seq) and the client's
+                ``done_below`` (or None), and the caller's ``ctx``. A token already answered is answered the
+                same way (``tell`` at once, or when the first request's commit is over) and enqueues nothing;
+                a new token is stored in the same commit as the tasks (docs/protocol.md section 5.2).
         """
         now = self.clock()
-        entry = None
-        if token is not None:
-            client_id, seq, done_below = token
-            requests = self.requests
-            if done_below is not None:
-                requests.forget_below(client_id, done_below)
-            first = requests.get(client_id, seq)
-            if first is not None:
-                if first.committed:
-                    tell(first.res, None)
-                else:
-                    first.waiters.append(tell)
-                return first.res
-            res = self.core.enqueue(specs, now)
-            entry = requests.add(client_id, seq, res, now)
-
-            def told(err: BaseException | None) -> None:
-                tell(res, err)
-                for again in requests.committed(entry, err):
-                    again(res, err)
-        else:
-            res = self.core.enqueue(specs, now)
-
-            def told(err: BaseException | None) -> None:
-                tell(res, err)
-        self._acks.append(Ack([tid for tid, created in res if created], told, res, specs, entry))
-        return res
+        known = self.requests
+        answers: list[Answer] = []
+        new: list[tuple[list[TaskSpec], Answer, Entry | None, Any]] = []
+        flat: list[TaskSpec] = []
+        for specs, token, ctx in requests:
+            res: Answer = []
+            entry = None
+            if token is not None:
+                client_id, seq, done_below = token
+                if done_below is not None:
+                    known.forget_below(client_id, done_below)
+                first = known.get(client_id, seq)
+                if first is not None:
+                    if first.committed:
+                        tell(first.res, None, ctx)
+                    else:
+                        first.waiters.append(functools.partial(_tell_with, tell, ctx))
+                    answers.append(first.res)
+                    continue
+                entry = known.add(client_id, seq, res, now)  # (its row is made at the flush: res is filled by then)
+            answers.append(res)
+            new.append((specs, res, entry, ctx))
+            flat += specs
+        if not new:
+            return answers
+        out = self.core.enqueue(flat, now)
+        acks = self._acks
+        i = 0
+        for specs, res, entry, ctx in new:
+            n = len(specs)
+            if n == 1:
+                first_res = out[i]
+                res.append(first_res)
+                created = [first_res[0]] if first_res[1] else []
+            else:
+                res += out[i:i + n]
+                created = [tid for tid, was_created in res if was_created]
+            i += n
+            acks.append(Ack(created, tell, res, specs, entry, ctx))
+        return answers
 
     async def enqueue(self, specs: list[TaskSpec]) -> list[tuple[int, bool]]:
         """Enqueue and return ``(id, created)`` per spec once committed.
@@ -527,16 +574,22 @@ class Server:
         done = trio.Event()
         outcome: list[BaseException | None] = []
 
-        def tell(_: list[tuple[int, bool]], err: BaseException | None) -> None:
+        def tell(_: Answer, err: BaseException | None, ctx: Any) -> None:
             outcome.append(err)
             done.set()
 
-        res = self.enqueue_nowait(specs, tell)
+        (res,) = self.enqueue_nowait([(specs, None, None)], tell)
         self.flush()
         await done.wait()
         if outcome[0] is not None:
             raise StoreError(f"not committed, nothing was enqueued: {outcome[0]}")
         return res
+
+    def task_now(self, task_id: int) -> dict[str, Any] | None:
+        """The task as a map if it is in memory (live or recently finished), else None (``get_task`` reads
+        the store)."""
+        t = self.core.tasks.get(task_id) or self.core.finished.get(task_id)
+        return None if t is None else t.as_dict()
 
     async def get_task(self, task_id: int) -> dict[str, Any]:
         """Return a task as a map, from memory or the store.
@@ -630,7 +683,7 @@ class Server:
     def set_paused_nowait(self, queue: str, paused: bool, tell: Callable[[BaseException | None], None]) -> None:
         """Pause or resume ``queue``; ``tell(error)`` once that is committed."""
         (self.core.pause if paused else self.core.resume)(queue, self.clock())
-        self._acks.append(Ack([], tell))
+        self._acks.append(Ack([], _tell_error, ctx=tell))
 
     async def set_paused(self, queue: str, paused: bool) -> None:
         """Pause or resume ``queue`` and return once it is committed."""

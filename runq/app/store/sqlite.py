@@ -5,9 +5,10 @@ Theory of operation
 The database is in WAL mode. One dedicated thread owns the write connection.
 ``submit(batch)`` puts a ``Batch`` on its queue and returns at once; the thread
 takes *every* batch waiting, writes them all in one ``BEGIN IMMEDIATE ...
-COMMIT`` (group commit), and then calls each batch's ``on_done(error)`` through
-the ``notify`` function it was given (the trio server passes its token's
-``run_sync_soon``, so callbacks run in the trio thread). An enqueue is
+COMMIT`` (group commit), and then calls each batch's ``on_done(error)``, in
+order and all in one call of the ``notify`` function it was given (the trio
+server passes its token's ``run_sync_soon``, so callbacks run in the trio
+thread). An enqueue is
 acknowledged only from ``on_done(None)``: acknowledged tasks survive ``kill -9``
 (``synchronous=NORMAL``) or power loss (``synchronous=FULL``).
 
@@ -430,12 +431,15 @@ class Store:
         if error is None:
             st.rows += len(rows) + len(new_rows)
             st.events += len(events)
-        tell = notify or self.notify
         for b in batches:
             b.pruned = pruned
-            if b.on_done is not None:
-                cb = b.on_done
-                tell(lambda cb=cb: cb(error))  # type: ignore[misc]
+        done = [b.on_done for b in batches if b.on_done is not None]
+        if done:
+            def report() -> None:
+                for on_done in done:
+                    on_done(error)
+
+            (notify or self.notify)(report)  # (one hand-over per commit: one wake-up of the trio loop)
         return error
 
     def _begin(self) -> None:
