@@ -103,7 +103,8 @@ _UPSERT = _MultiInsert("tasks", TASK_COLUMNS,
                        " ON CONFLICT(id) DO UPDATE SET " + ", ".join(f"{c}=excluded.{c}" for c in TASK_COLUMNS[1:]))
 _INSERT_NEW = _MultiInsert("tasks", NEW_COLUMNS)
 _INSERT_EVENT = _MultiInsert("events", EVENT_ROW_COLUMNS)
-_UPSERT_REQUEST = _MultiInsert("requests", REQUEST_COLUMNS, " ON CONFLICT(id) DO UPDATE SET answer = excluded.answer")
+_UPSERT_REQUEST = _MultiInsert("requests", REQUEST_COLUMNS,
+                               " ON CONFLICT(id) DO UPDATE SET answer = excluded.answer, seqs = excluded.seqs")
 
 
 class StoreError(Exception):
@@ -145,7 +146,7 @@ class Batch:
         events: event rows (``EVENT_ROW_COLUMNS`` order: numbered by the core) to append.
         queue_ops: (queue name, paused) to record.
         requests: enqueue answers by idempotency token (``REQUEST_COLUMNS`` order) to write (an id written
-            again replaces its answer).
+            again replaces its row).
         requests_below: delete the ``requests`` rows whose id is below this.
         prune_before: delete finished tasks (and their events) finished before this time.
         on_done: called with ``None`` after the commit, or with the exception.
@@ -261,9 +262,9 @@ class Store:
         return rows(), paused, max((max_id or 0) + 1, meta_next or 0, 1)
 
     def load_requests(self) -> tuple[list[tuple[Any, ...]], int]:
-        """Return (the stored enqueue answers in ``REQUEST_COLUMNS`` order, by id; the next free row id)."""
+        """Return (the stored enqueue answers in ``REQUEST_COLUMNS`` order, by id; the next free number)."""
         rows = self.conn.execute(f"SELECT {', '.join(REQUEST_COLUMNS)} FROM requests ORDER BY id").fetchall()
-        return rows, (rows[-1][0] + 1 if rows else 1)
+        return rows, max((r[0] + r[5] for r in rows), default=1)  # (a row numbers its seqs from its id on)
 
     def next_event_id(self) -> int:
         """The first free event id (the core numbers the events it makes from there)."""
