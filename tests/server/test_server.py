@@ -471,6 +471,23 @@ async def test_a_task_that_left_memory_is_read_after_its_last_change_is_written(
 
 
 @pytest.mark.trio
+async def test_the_replies_to_the_requests_of_one_read_leave_in_one_write_and_those_of_one_commit_in_another(
+        server: Server) -> None:
+    with trio.fail_after(10):
+        peer, _ = await RawPeer.connect(server.port, role="client")
+        async with peer.stream:
+            (sess,) = server.sessions
+            before = sess.writes
+            pings = [{"op": "ping", "rid": i} for i in range(20)]
+            enqueues = [{"op": "enqueue", "rid": 100 + i, "tasks": [{"type": "t"}]} for i in range(20)]
+            await peer.stream.send_all(peer.conn.send_many(pings + enqueues))  # (one write of ~1.5 KB: one read)
+            replies = [await peer.recv() for _ in range(40)]
+            assert sorted(r["rid"] for r in replies) == list(range(20)) + list(range(100, 120))
+            assert [r["ids"] for r in replies if r["op"] == "enqueued"] == [[i] for i in range(1, 21)]
+            assert sess.writes - before == 2  # the pongs at the end of the read, the acks after their commit
+
+
+@pytest.mark.trio
 async def test_wait_committed_waits_for_the_commits_so_far_not_for_the_load_to_stop(server: Server) -> None:
     stop = trio.Event()
 

@@ -81,13 +81,12 @@ class Session:
         stream: the trio stream.
         peer: printable peer address.
         max_frame: largest frame body accepted from the peer.
+        outbox: the server's write rounds (shared by its sessions).
         max_pending: bytes queued for a slow subscriber before events are dropped.
-        outbox: the server's write rounds (default: a round of its own, never opened: every frame is written
-            at once).
     """
 
-    def __init__(self, stream: trio.abc.Stream, peer: str, max_frame: int, max_pending: int = 4 << 20,
-                 outbox: Outbox | None = None) -> None:
+    def __init__(self, stream: trio.abc.Stream, peer: str, max_frame: int, outbox: Outbox,
+                 max_pending: int = 4 << 20) -> None:
         self.stream = stream
         self.peer = peer
         self.conn = Connection(max_frame)
@@ -102,7 +101,9 @@ class Session:
         self._closing = False
         self._sender_done = trio.Event()
         self._writing = False  # the sender task is in send_all
-        self._outbox = outbox or Outbox()
+        self._outbox = outbox
+        #: writes made on the socket (``os.write`` and the sender task's ``send_all``), for tests and stats
+        self.writes = 0
         self._in_round = False  # listed in the open round's sessions
         sock = getattr(stream, "socket", None)
         #: the socket's descriptor (non-blocking: trio's), or -1 for another kind of stream
@@ -147,6 +148,7 @@ class Session:
                 self._wake.set()
             return
         data = buf[0] if len(buf) == 1 else b"".join(buf)
+        self.writes += 1
         try:
             n = os.write(self.fd, data)
         except OSError:  # full (BlockingIOError) or broken: the sender task writes it, or meets the error
@@ -188,6 +190,7 @@ class Session:
                     self._buf.clear()
                     self._pending = 0
                     self._writing = True
+                    self.writes += 1
                     try:
                         await self.stream.send_all(data)
                     finally:

@@ -68,7 +68,7 @@ class TcpFrontend:
             peer = f"{host}:{port}"
         except OSError:
             peer = "?"
-        sess = Session(stream, peer, self.config.max_frame, self.config.subscriber_backlog)
+        sess = Session(stream, peer, self.config.max_frame, srv.outbox, self.config.subscriber_backlog)
         srv.sessions.add(sess)
         srv.stats.connections += 1
         try:
