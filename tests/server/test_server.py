@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -471,8 +472,7 @@ async def test_a_task_that_left_memory_is_read_after_its_last_change_is_written(
 
 
 @pytest.mark.trio
-async def test_the_replies_to_the_requests_of_one_read_leave_in_one_write_and_those_of_one_commit_in_another(
-        server: Server) -> None:
+async def test_the_replies_to_the_requests_of_one_read_leave_in_one_write_after_its_commit(server: Server) -> None:
     with trio.fail_after(10):
         peer, _ = await RawPeer.connect(server.port, role="client")
         async with peer.stream:
@@ -484,7 +484,26 @@ async def test_the_replies_to_the_requests_of_one_read_leave_in_one_write_and_th
             replies = [await peer.recv() for _ in range(40)]
             assert sorted(r["rid"] for r in replies) == list(range(20)) + list(range(100, 120))
             assert [r["ids"] for r in replies if r["op"] == "enqueued"] == [[i] for i in range(1, 21)]
-            assert sess.writes - before == 2  # the pongs at the end of the read, the acks after their commit
+            # the pongs and the acks together: no other connection had input, so the read committed at once
+            assert sess.writes - before == 1
+
+
+@pytest.mark.trio
+async def test_connections_with_input_in_the_same_round_share_one_commit(server: Server) -> None:
+    """A read commits at once only when no other connection has input waiting (flush_read): enqueues that
+    arrive together on many connections still make one group commit."""
+    with trio.fail_after(10):
+        peers = [(await RawPeer.connect(server.port, role="client"))[0] for _ in range(20)]
+        await server.wait_committed()
+        assert server.store is not None
+        commits = server.store.stats.commits
+        for i, peer in enumerate(peers):  # all written before the server's loop runs again (no await between)
+            os.write(peer.stream.socket.fileno(), peer.conn.send({"op": "enqueue", "rid": i, "tasks": [{"type": "t"}]}))
+        replies = [await peer.recv() for peer in peers]
+        assert sorted(r["ids"][0] for r in replies) == list(range(1, 21))
+        assert server.store.stats.commits - commits == 1
+        for peer in peers:
+            await peer.stream.aclose()
 
 
 @pytest.mark.trio

@@ -13,12 +13,14 @@ the batch's commit callback, so nobody hears "enqueued" before the task is on
 disk.
 
 Where a batch commits: in the writer thread, or, when that thread is idle and the
-batch is small, in the trio thread itself (``_committer``, synchronous=NORMAL
-only). A lone request then costs no thread hand-off and no wake-up back (two
-thread wake-ups were most of a sequential enqueue's latency: bench/README.md).
-The committer is a task woken by ``flush``: it runs after every session that had
-input in the same scheduling round has read it and flushed, so the batches of
-many connections still share one commit. Under load, while the writer commits,
+batch is small, in the trio thread itself (synchronous=NORMAL only). A lone
+request then costs no thread hand-off and no wake-up back (two thread wake-ups
+were most of a sequential enqueue's latency: bench/README.md). In the trio
+thread, the batches of one scheduling round share a commit: a connection's read
+commits at once (``flush_read``) only when no other connection has input waiting
+(a ``poll`` of their sockets, none of which would join that commit); else the
+committer, a task woken by ``flush``, commits once every session that had input
+in the round has read it and flushed. Under load, while the writer commits,
 batches queue for it as before (group commit). Either way a batch commits after
 every batch handed over before it, and its acknowledgements follow its commit.
 A database locked by another program never blocks the loop: the committer tries
@@ -34,6 +36,7 @@ import functools
 import gc
 import logging
 import os
+import select
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -170,6 +173,7 @@ class Server:
         self._inline = False  # small batches may commit in the trio thread (set by serve)
         self._pending: list[Batch] = []  # batches for the committer task
         self._commit_soon = trio.Event()
+        self._reading = False  # in flush_read: it decides itself whether to wake the committer
         self._reader_lock = trio.CapacityLimiter(1)
         self._nursery: trio.Nursery | None = None
 
@@ -326,27 +330,64 @@ class Server:
         self._submitted += 1
         if self._inline and (self._pending or self._committed_count == self._submitted - 1):
             self._pending.append(batch)
-            if len(self._pending) == 1:
+            if len(self._pending) == 1 and not self._reading:
                 self._commit_soon.set()
         else:
             self._store.submit(batch)
+
+    #: at most this many connections are looked at by ``flush_read`` before it commits at once
+    ALONE_MAX = 64
+
+    def flush_read(self, fd: int) -> None:
+        """``flush()`` after a connection's read (TCP, in its write round), then commit what is pending at
+        once if no other connection has input waiting: nobody else would join that commit in this
+        scheduling round, so the committer's round is saved. Else the committer commits it once every
+        connection of the round has read and flushed (group commit)."""
+        self._reading = True
+        try:
+            self.flush()
+        finally:
+            self._reading = False
+        if not self._pending:
+            return
+        if self._others_waiting(fd):
+            self._commit_soon.set()
+            return
+        self._commit_pending()
+
+    def _others_waiting(self, fd: int) -> bool:
+        """Whether a connection other than ``fd`` has bytes to read (or may have: too many to look at)."""
+        sessions = self.sessions
+        if len(sessions) > self.ALONE_MAX:
+            return True
+        if len(sessions) > 1:
+            poller = select.poll()
+            for sess in sessions:
+                if sess.fd != fd and sess.fd >= 0:
+                    poller.register(sess.fd, select.POLLIN)
+            if poller.poll(0):
+                return True
+        return False
 
     async def _committer(self) -> None:
         """Commit what ``flush`` handed over, once the sessions of this scheduling round have read theirs."""
         while True:
             await self._commit_soon.wait()
             self._commit_soon = trio.Event()
-            pending, self._pending = self._pending, []
-            if not pending:
-                continue
-            size = sum(len(b.rows) + len(b.new_rows) + len(b.events) + len(b.requests)
-                       + (self.INLINE_ROWS if b.prune_before is not None else 0) for b in pending)
-            # (in order: only when every batch handed over before these has been reported)
-            with self.outbox:
-                if (size > self.INLINE_ROWS or self._committed_count != self._submitted - len(pending)
-                        or not self._store.commit_here(pending)):
-                    for batch in pending:
-                        self._store.submit(batch)
+            self._commit_pending()
+
+    def _commit_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        size = sum(len(b.rows) + len(b.new_rows) + len(b.events) + len(b.requests)
+                   + (self.INLINE_ROWS if b.prune_before is not None else 0) for b in pending)
+        # (in order: only when every batch handed over before these has been reported)
+        with self.outbox:
+            if (size > self.INLINE_ROWS or self._committed_count != self._submitted - len(pending)
+                    or not self._store.commit_here(pending)):
+                for batch in pending:
+                    self._store.submit(batch)
 
     def _committed(self, batch: Batch, acks: list[Ack], waiters: list[int] | None,
                    error: BaseException | None, *, submitted: float | None = None) -> None:

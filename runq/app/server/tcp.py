@@ -121,7 +121,7 @@ class TcpFrontend:
                 with outbox:  # (one write per session for what this read answers, when no await came between)
                     i = self._handle_now(sess, msgs, i, ops)
                     if i < 0 or i == len(msgs):
-                        srv.flush()  # (what the messages before a broken one changed is carried out all the same)
+                        srv.flush_read(sess.fd)  # (what the messages before a broken one changed is carried out)
                         break
                 if not await self._handle_later(sess, msgs[i]):  # (one that must wait: outside any round)
                     i = -1
