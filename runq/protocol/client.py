@@ -20,7 +20,8 @@ the server never decodes them.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
 
@@ -51,6 +52,19 @@ def __getattr__(name: str) -> Any:
 
         return SyncClient
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _native_event() -> Callable[[], Any]:
+    """The running event loop's own event class (``trio.Event`` or ``asyncio.Event``)."""
+    trio = sys.modules.get("trio")  # (not running trio if it was never imported)
+    if trio is not None and trio.lowlevel.in_trio_run():
+        return trio.Event  # type: ignore[no-any-return]
+    import asyncio
+
+    return asyncio.Event
+
+
+_NIL = encode_value(None)
 
 
 def _enqueue_entry(type: str | Call[Any], payload: Any = None, **options: Any) -> dict[str, Any]:
@@ -143,6 +157,9 @@ class Client:
         self._events_send: MemoryObjectSendStream[dict[str, Any]] | None = None
         self._events_receive: MemoryObjectReceiveStream[dict[str, Any]] | None = None
         self._replaced: list[MemoryObjectReceiveStream[dict[str, Any]]] = []  # of earlier subscribes
+        #: the running loop's own event class (trio.Event or asyncio.Event: both set, is_set, wait), for the
+        #: wake-up of each call: anyio.Event looks the backend up each time it is made (set by connect)
+        self._event: Callable[[], Any] = anyio.Event
 
     # ------------------------------------------------------------------ lifecycle
     async def __aenter__(self) -> Self:
@@ -162,6 +179,7 @@ class Client:
             RemoteError: a server refused the hello (``unauthorized``, ``version``, ...).
         """
         stream, conn = await self._open()
+        self._event = _native_event()
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self._tg.start_soon(self._run, stream, conn)
@@ -319,7 +337,9 @@ class Client:
         if call is not None:
             if self.backoff.failures:
                 self.backoff.reset()  # a session that worked: the next loss starts the delays over
-            self._finish(call, reply=msg)
+            call.reply = msg  # (Calls.reply has marked it done)
+            if call.waiter is not None:
+                call.waiter.set()
             return False
         if op == "error" and msg.get("rid") is None:
             # the server closes the connection after this frame; only a stopping server is worth a resend
@@ -335,7 +355,7 @@ class Client:
         while True:
             if not self._queue or self._sending:
                 await self._wake.wait()
-                self._wake = anyio.Event()
+                self._wake = self._event()
                 continue
             queued, self._queue = self._queue, []
             for call in queued:
@@ -396,7 +416,7 @@ class Client:
             self._calls.done(call)
             raise
         call.epoch = self._epoch
-        done = call.waiter = anyio.Event()
+        done = call.waiter = self._event()
         stream = self._stream
         try:
             if stream is not None and not self._queue and not self._sending and len(call.frame) <= 65536:
@@ -462,9 +482,13 @@ class Client:
             timeout: seconds one attempt may take. retries: retries after a failure (default 3).
             key: unique key; while a non-final task holds it, that task's id is returned.
         """
-        entry = _enqueue_entry(type, payload, queue=queue, priority=priority, delay=delay, run_at=run_at,
-                               timeout=timeout, retries=retries, key=key)
-        task_id = int((await self.request({"op": "enqueue", "tasks": [entry]}))["ids"][0])
+        if (type.__class__ is str and payload is None and queue is None and priority is None and delay is None
+                and run_at is None and timeout is None and retries is None and key is None):
+            entry: dict[str, Any] = {"type": type, "payload": _NIL}  # (the usual call, built at once)
+        else:
+            entry = _enqueue_entry(type, payload, queue=queue, priority=priority, delay=delay, run_at=run_at,
+                                   timeout=timeout, retries=retries, key=key)
+        task_id = int((await self._submit(self._calls.new({"op": "enqueue", "tasks": [entry]}))).reply["ids"][0])  # type: ignore[index]
         return TaskHandle(self, task_id, type.task) if isinstance(type, Call) else task_id
 
     @overload
