@@ -353,6 +353,7 @@ class Server:
         if self._others_waiting(fd):
             self._commit_soon.set()
             return
+        self.outbox.write()  # (what the read dispatched to workers or answered at once does not wait for the commit)
         self._commit_pending()
 
     def _others_waiting(self, fd: int) -> bool:

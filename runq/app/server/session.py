@@ -68,7 +68,12 @@ class Outbox:
 
     def __exit__(self, *exc: object) -> None:
         self.depth -= 1
-        if not self.depth and self.sessions:
+        if not self.depth:
+            self.write()
+
+    def write(self) -> None:
+        """Write what the sessions queued so far in this round (the round stays open)."""
+        if self.sessions:
             sessions, self.sessions = self.sessions, []
             for sess in sessions:
                 sess.write_queued()
