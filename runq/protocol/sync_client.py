@@ -28,7 +28,7 @@ from typing import Any, Self, TypeVar, overload
 
 from .address import format_address, server_addresses, server_token
 from .calls import TRANSIENT_HELLO_ERRORS, Backoff, Calls, Request, connect_error, hello_message
-from .client import FINAL_STATES, _enqueue_entry, _many_entries
+from .client import _NIL, FINAL_STATES, _enqueue_entry, _many_entries
 from .errors import ConnectionClosed, InvalidState, ProtocolError, RemoteError, RunqError, TaskFailed, error_for_code
 from .frames import DEFAULT_MAX_FRAME, Connection
 from .tasks import Call, SyncTaskHandle
@@ -263,8 +263,12 @@ class SyncClient:
                 key: str | None = None) -> int | SyncTaskHandle[Any]:
         """Enqueue one task once it is committed: a typed task's bound ``Call`` gives its ``SyncTaskHandle``,
         a type name its id (``Client.enqueue`` says more)."""
-        entry = _enqueue_entry(type, payload, queue=queue, priority=priority, delay=delay, run_at=run_at,
-                               timeout=timeout, retries=retries, key=key)
+        if (type.__class__ is str and payload is None and queue is None and priority is None and delay is None
+                and run_at is None and timeout is None and retries is None and key is None):
+            entry: dict[str, Any] = {"type": type, "payload": _NIL}  # (the usual call, built at once)
+        else:
+            entry = _enqueue_entry(type, payload, queue=queue, priority=priority, delay=delay, run_at=run_at,
+                                   timeout=timeout, retries=retries, key=key)
         task_id = int(self.request({"op": "enqueue", "tasks": [entry]})["ids"][0])
         return SyncTaskHandle(self, task_id, type.task) if isinstance(type, Call) else task_id
 
