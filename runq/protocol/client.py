@@ -19,6 +19,7 @@ the server never decodes them.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -62,6 +63,42 @@ def _native_event() -> Callable[[], Any]:
     import asyncio
 
     return asyncio.Event
+
+
+def _direct_writer(stream: anyio.abc.ByteStream) -> Callable[[bytes], bytes] | None:
+    """A function that writes bytes on ``stream`` at once, without awaiting, and returns what it did not
+    write (the caller then sends that the usual way); None where that is not known to keep the order.
+
+    On asyncio, anyio's socket stream writes through an asyncio transport, which buffers what the socket
+    does not take: writing through that same transport keeps the order of everything sent. On trio the
+    socket is written only by whoever holds the client's ``_sending`` turn, so while nobody does, a
+    non-blocking ``send`` on it is in order.
+    """
+    transport = getattr(stream, "_transport", None)  # (anyio's asyncio SocketStream; not a public attribute)
+    if isinstance(transport, asyncio.WriteTransport):
+        def write_through(data: bytes) -> bytes:
+            if transport.is_closing():
+                return data  # (the stream's own send meets the error)
+            transport.write(data)
+            return b""
+
+        return write_through
+    trio = sys.modules.get("trio")
+    if trio is None or not trio.lowlevel.in_trio_run():
+        return None
+    try:
+        sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+    except anyio.TypedAttributeLookupError:
+        return None
+
+    def write_socket(data: bytes) -> bytes:
+        try:
+            n = sock.send(data)
+        except OSError:  # full (BlockingIOError) or broken: the stream's own send waits, or meets the error
+            return data
+        return data[n:]
+
+    return write_socket
 
 
 _NIL = encode_value(None)
@@ -160,6 +197,8 @@ class Client:
         #: the running loop's own event class (trio.Event or asyncio.Event: both set, is_set, wait), for the
         #: wake-up of each call: anyio.Event looks the backend up each time it is made (set by connect)
         self._event: Callable[[], Any] = anyio.Event
+        #: writes bytes on the current connection at once, without awaiting (returns what it did not write)
+        self._write_now: Callable[[bytes], bytes] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def __aenter__(self) -> Self:
@@ -279,6 +318,7 @@ class Client:
         """One session after another, reconnecting in between, until the client is closed."""
         while True:
             self._stream, self._conn = stream, conn
+            self._write_now = _direct_writer(stream)
             self._up.set()
             error = await self._session(stream, conn)
             self._up = anyio.Event()
@@ -420,20 +460,23 @@ class Client:
         stream = self._stream
         try:
             if stream is not None and not self._queue and not self._sending and len(call.frame) <= 65536:
-                # nothing else to write: write it here, one task switch fewer than through the sender
-                # (a small frame, shielded: a write cut by the caller's cancellation would break the stream)
-                self._sending = True
+                # nothing else to write: write it here, one task switch fewer than through the sender, and
+                # at once when the socket takes it (no await: no checkpoint, no cancel scope)
                 call.sent = True
                 call.tries += 1
-                try:
-                    with anyio.CancelScope(shield=True):
-                        await stream.send(call.frame)
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    pass  # the reader sees the connection end; the call is resent on the next one
-                finally:
-                    self._sending = False
-                    if self._queue:
-                        self._wake.set()
+                write_now = self._write_now
+                rest = write_now(call.frame) if write_now is not None else call.frame
+                if rest:  # (a small frame, shielded: a write cut by the caller's cancellation would break the stream)
+                    self._sending = True
+                    try:
+                        with anyio.CancelScope(shield=True):
+                            await stream.send(rest)
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                        pass  # the reader sees the connection end; the call is resent on the next one
+                    finally:
+                        self._sending = False
+                        if self._queue:
+                            self._wake.set()
             else:
                 self._queue.append(call)
                 self._wake.set()
