@@ -19,7 +19,6 @@ the server never decodes them.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -75,7 +74,8 @@ def _direct_writer(stream: anyio.abc.ByteStream) -> Callable[[bytes], bytes] | N
     non-blocking ``send`` on it is in order.
     """
     transport = getattr(stream, "_transport", None)  # (anyio's asyncio SocketStream; not a public attribute)
-    if isinstance(transport, asyncio.WriteTransport):
+    asyncio = sys.modules.get("asyncio")  # (imported when running asyncio; not imported here for nothing)
+    if asyncio is not None and isinstance(transport, asyncio.WriteTransport):
         def write_through(data: bytes) -> bytes:
             if transport.is_closing():
                 return data  # (the stream's own send meets the error)
