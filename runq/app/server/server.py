@@ -169,7 +169,7 @@ class Server:
         self._committed_count = 0  # of those, how many it has answered (it answers in order)
         #: tasks forgotten after a failed commit -> the last batch in flight then (its acks may name them by key)
         self._forgotten: dict[int, int] = {}
-        self._commit_seen = trio.Event()
+        self._commit_seen: trio.Event | None = None  # made by a waiter, set by the next commit reported
         self._inline = False  # small batches may commit in the trio thread (set by serve)
         self._pending: list[Batch] = []  # batches for the committer task
         self._commit_soon = trio.Event()
@@ -273,6 +273,8 @@ class Server:
         steady load some commit is always pending, and a reader must not wait for the load to stop)."""
         target = self._submitted
         while self._committed_count < target:
+            if self._commit_seen is None:
+                self._commit_seen = trio.Event()
             await self._commit_seen.wait()
 
     @property
@@ -458,8 +460,9 @@ class Server:
             self._wake_waiters(waiters)
         for listener in self.commit_listeners:
             listener(batch, error)
-        self._commit_seen.set()
-        self._commit_seen = trio.Event()
+        if self._commit_seen is not None:
+            self._commit_seen.set()
+            self._commit_seen = None
 
     def _enqueue_hits_again(self, ack: Ack) -> None:
         """Enqueue again the specs of ``ack`` whose unique key named a task that was then forgotten (its

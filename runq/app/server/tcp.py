@@ -396,7 +396,11 @@ def _tell_enqueued(res: list[tuple[int, bool]], err: BaseException | None, ctx: 
     """Answer an enqueue once its commit is over (``Server.enqueue_nowait``'s ``tell``)."""
     sess, rid = ctx
     if err is None:
-        sess.send({"op": "enqueued", "rid": rid, "ids": [r[0] for r in res], "created": [r[1] for r in res]})
+        if len(res) == 1:
+            tid, created = res[0]
+            sess.send({"op": "enqueued", "rid": rid, "ids": [tid], "created": [created]})
+        else:
+            sess.send({"op": "enqueued", "rid": rid, "ids": [r[0] for r in res], "created": [r[1] for r in res]})
     else:
         sess.send({"op": "error", "rid": rid, "code": "store_error",
                    "message": f"not committed, nothing was enqueued: {err}"})

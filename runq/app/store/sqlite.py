@@ -86,6 +86,9 @@ class _MultiInsert:
 
     def run(self, conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]) -> None:
         rows = rows if isinstance(rows, list) else list(rows)
+        if len(rows) == 1:  # (a lone request's commit)
+            conn.execute(self._statement(1), rows[0])
+            return
         i, total = 0, len(rows)
         while i < total:
             n = self.MAX_ROWS
@@ -376,7 +379,15 @@ class Store:
         requests: dict[int, tuple[Any, ...]] = {}
         requests_below = 0
         prune: float | None = None
-        for b in batches:
+        if len(batches) == 1:  # (the lone request's commit: its lists as they are; ids are unique in a batch)
+            (b,) = batches
+            new_rows, events, queue_ops, requests_below, prune = (b.new_rows, b.events, b.queue_ops,
+                                                                  b.requests_below or 0, b.prune_before)
+            if b.rows:
+                rows = {r[0]: r for r in b.rows}
+            if b.requests:
+                requests = {r[0]: r for r in b.requests}
+        for b in batches if len(batches) > 1 else ():
             if b.requests:
                 for r in b.requests:
                     requests[r[0]] = r
