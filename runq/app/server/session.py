@@ -109,6 +109,8 @@ class Session:
         self._outbox = outbox
         #: writes made on the socket (``os.write`` and the sender task's ``send_all``), for tests and stats
         self.writes = 0
+        #: trio time at which the reader last passed a scheduling point (``TcpFrontend._receive``)
+        self.turn_at = 0.0
         self._in_round = False  # listed in the open round's sessions
         sock = getattr(stream, "socket", None)
         #: the socket's descriptor (non-blocking: trio's), or -1 for another kind of stream
