@@ -46,6 +46,8 @@ __all__ = ["TcpFrontend"]
 
 log = logging.getLogger("runq.server")
 
+#: Client ops that change nothing the server must carry out (a read made only of them needs no flush).
+_READS = frozenset({"get", "ping", "queues", "workers", "types", "stats", "wait", "subscribe"})
 #: Errors that answer one request and leave the connection open.
 _REQUEST_ERRORS = frozenset({"bad_request", "not_found", "invalid_state", "store_error", "busy"})
 #: The longest ``retry_in`` a worker may ask for (as for a spec's ``delay``: under ten years).
@@ -114,14 +116,18 @@ class TcpFrontend:
         ops = {"client": CLIENT_OPS, "worker": WORKER_OPS, "watcher": WATCHER_OPS}[sess.role]
         srv = self.server
         outbox = srv.outbox
+        worker = sess.role == "worker"
         while True:
             msgs = conn.messages()
+            # (a read of nothing but questions changes nothing: no flush; a worker's messages all change things)
+            changed = worker or not all(m["op"] in _READS for m in msgs)
             i = 0
             while True:
                 with outbox:  # (one write per session for what this read answers, when no await came between)
                     i = self._handle_now(sess, msgs, i, ops)
                     if i < 0 or i == len(msgs):
-                        srv.flush_read(sess.fd)  # (what the messages before a broken one changed is carried out)
+                        if changed or i < 0:
+                            srv.flush_read(sess.fd)  # (what the messages before a broken one changed is carried out)
                         break
                 if not await self._handle_later(sess, msgs[i]):  # (one that must wait: outside any round)
                     i = -1
