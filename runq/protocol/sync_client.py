@@ -170,7 +170,8 @@ class SyncClient:
             try:
                 self._exchange(call)
             finally:
-                self._calls.done(call)
+                if call.reply is None:  # (a reply has marked it done already)
+                    self._calls.done(call)
         reply = call.reply
         assert reply is not None
         if reply["op"] == "error":
@@ -207,7 +208,11 @@ class SyncClient:
         call.tries += 1
         try:
             sock.sendall(data)
-            while True:
+            while True:  # (the reply comes after the request: read first; what was buffered before is read too)
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise _Lost()
+                conn.receive_data(chunk)
                 while (msg := conn.next_message()) is not None:
                     if calls.reply(msg) is call:
                         call.reply = msg
@@ -217,10 +222,6 @@ class SyncClient:
                         raise _Lost(None if code in TRANSIENT_HELLO_ERRORS else
                                     error_for_code(code, str(msg.get("message"))))
                     # anything else (a late reply to a call given up on) is not for anyone now
-                chunk = sock.recv(65536)
-                if not chunk:
-                    raise _Lost()
-                conn.receive_data(chunk)
         except (OSError, ProtocolError) as exc:
             if self._closed:
                 raise ConnectionClosed("not connected: client closed") from exc
