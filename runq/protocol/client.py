@@ -338,9 +338,13 @@ class Client:
         """Serve one connection until it is lost; return the error that closed it, if the server sent one
         caused by the requests (then nothing it read is sent again)."""
         outcome: list[BaseException | None] = [None]
+        feed = _Feed.install(stream, self, conn, outcome)
         async with anyio.create_task_group() as tg:
             async def reader() -> None:
                 try:
+                    if feed is not None:  # (asyncio: the replies are routed as they arrive, see _Feed)
+                        await feed.ended.wait()
+                        return
                     while True:
                         for msg in conn.messages():
                             if self._route(msg, outcome):
@@ -690,6 +694,77 @@ class Client:
             old_send.close()  # the earlier stream ends once its buffered events are read
             self._replaced.append(old_receive)
         return EventStream(receive)
+
+
+class _Feed:
+    """On asyncio, the protocol of the connection's transport in place of anyio's: bytes are cut into
+    messages and routed to their calls as they arrive (``data_received``), so that a reply wakes its caller
+    directly, not through the reader task first; reading stays on (anyio's stream pauses and resumes it on
+    the selector around every ``receive``: two ``epoll_ctl`` per reply). The session's reader task only
+    waits for ``ended``. What anyio's protocol is told about writing (pause, resume, loss) it is still told,
+    since writes still go through anyio's stream.
+
+    The transport and protocol are anyio's private attributes: when they are not there (another anyio, or
+    trio), ``install`` returns None and the reader task reads as usual.
+    """
+
+    def __init__(self, client: Client, conn: Connection, outcome: list[BaseException | None], inner: Any,
+                 transport: Any, ended: Any) -> None:
+        self.client = client
+        self.conn = conn
+        self.outcome = outcome
+        self.inner = inner  # anyio's protocol
+        self.transport = transport
+        self.ended = ended
+
+    @classmethod
+    def install(cls, stream: anyio.abc.ByteStream, client: Client, conn: Connection,
+                outcome: list[BaseException | None]) -> _Feed | None:
+        transport = getattr(stream, "_transport", None)
+        inner: Any = getattr(stream, "_protocol", None)
+        asyncio = sys.modules.get("asyncio")
+        if (asyncio is None or not isinstance(transport, asyncio.Transport) or transport.is_closing()
+                or not hasattr(inner, "read_queue") or getattr(inner, "is_at_eof", True)):
+            return None
+        feed = cls(client, conn, outcome, inner, transport, asyncio.Event())
+        transport.set_protocol(feed)
+        while inner.read_queue:  # (what anyio had received and not handed out yet)
+            conn.receive_data(inner.read_queue.popleft())
+        transport.resume_reading()
+        feed.data_received(b"")
+        return feed
+
+    def data_received(self, data: bytes) -> None:
+        if self.ended.is_set():
+            return
+        try:
+            if data:
+                self.conn.receive_data(data)
+            for msg in self.conn.messages():
+                if self.client._route(msg, self.outcome):
+                    self._end()
+                    return
+        except ProtocolError:
+            self._end()
+
+    def eof_received(self) -> bool:
+        self.inner.eof_received()
+        self._end()
+        return True  # (the stream's own close closes the transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.inner.connection_lost(exc)
+        self._end()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def _end(self) -> None:
+        self.ended.set()
+        self.transport.pause_reading()
 
 
 class EventStream:
