@@ -465,10 +465,12 @@ class Client:
         try:
             if stream is not None and not self._queue and not self._sending and len(call.frame) <= 65536:
                 # nothing else to write: write it here, one task switch fewer than through the sender, and
-                # at once when the socket takes it (no await: no checkpoint, no cancel scope)
+                # at once when the socket takes it (no await: no checkpoint, no cancel scope) if it is the
+                # only call in flight; with others in flight (pipelining), the frames of the calls made in
+                # this scheduling round go out together, after this first one (below)
                 call.sent = True
                 call.tries += 1
-                write_now = self._write_now
+                write_now = self._write_now if len(self._calls.pending) == 1 else None
                 rest = write_now(call.frame) if write_now is not None else call.frame
                 if rest:  # (a small frame, shielded: a write cut by the caller's cancellation would break the stream)
                     self._sending = True
