@@ -120,7 +120,10 @@ class TcpFrontend:
         while True:
             msgs = conn.messages()
             # (a read of nothing but questions changes nothing: no flush; a worker's messages all change things)
-            changed = worker or not all(m["op"] in _READS for m in msgs)
+            if worker or len(msgs) != 1:
+                changed = worker or not all(m["op"] in _READS for m in msgs)
+            else:
+                changed = msgs[0]["op"] not in _READS
             i = 0
             while True:
                 with outbox:  # (one write per session for what this read answers, when no await came between)
@@ -180,9 +183,18 @@ class TcpFrontend:
         (``len(msgs)`` once all are handled), or -1 after a bug that ends the connection."""
         n = len(msgs)
         worker = sess.role == "worker"
+        core = self.server.core
         while i < n:
             msg = msgs[i]
             op = msg["op"]
+            if op == "get" and not worker:  # (the most frequent question: a task in memory, answered at once)
+                tid = msg.get("id")
+                if type(tid) is int:
+                    task = core.tasks.get(tid) or core.finished.get(tid)
+                    if task is not None:
+                        sess.send({"op": "task", "rid": msg.get("rid"), "task": task.as_dict()})
+                        i += 1
+                        continue
             if op not in ops:
                 raise ProtocolError(f"unknown op {op!r} for a {sess.role}", "unknown_op")
             if op == "enqueue":  # consecutive enqueues: one call of the core (and one commit)
