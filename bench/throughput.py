@@ -1,7 +1,8 @@
 """Throughput and latency of runq on this machine, one summary line per measurement.
 
     python -m bench.throughput [--tasks N] [--workers W] [--concurrency C] [--rate R] [--only NAME,...]
-                               [--inflight K] [--batch B] [--batches P] [--seconds S] [--profile DIR]
+                               [--inflight K] [--batch B] [--batches P] [--seconds S] [--calls C]
+                               [--producers P] [--profile DIR]
 
 Every measurement starts a real `runq serve` (synchronous=NORMAL, a fresh database in a temporary
 folder, removed afterwards) and, where needed, real `runq worker` processes; all traffic is on 127.0.0.1.
@@ -16,6 +17,9 @@ folder, removed afterwards) and, where needed, real `runq worker` processes; all
   (get of a ready task), p50 / p99 and calls/s; beside them, in the same run and interleaved with them in
   rounds, the floor: an echo round trip of a small frame to a minimal trio echo server (bench.echo) over the
   same kind of client socket (a blocking socket; anyio on asyncio, the Client's transport).
+- concurrent: P producer processes (8) at once, each a SyncClient making C durable enqueues one at a time
+  on its own connection: enqueues/s and enqueues per commit (whether the commits of many connections are
+  still grouped).
 - latency: W workers; a producer enqueues `stamp` tasks at a fixed rate R for S seconds; each handler
   returns time.monotonic() at its start; enqueue-to-start = that minus the producer's time.monotonic()
   just before the enqueue call (CLOCK_MONOTONIC is system-wide on Linux). p50 / p99 / max.
@@ -27,6 +31,7 @@ each measurement and writes DIR/<measurement>-<process>.txt (top functions) and 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import socket
 import statistics
 import time
@@ -265,8 +270,63 @@ def sequential(args: argparse.Namespace) -> str:
     return "\n".join(_sequential_lines("sync", sync) + _sequential_lines("asyncio", asyn))
 
 
+def _one_producer(address: str, n: int, ready: Any, start: Any, done: Any, leave: Any) -> None:
+    """A producer process of ``concurrent``: one SyncClient, ``n`` durable enqueues one at a time (it stays
+    until ``leave``, so that its CPU time can be read)."""
+    with SyncClient(address) as c:
+        c.ping()
+        ready.release()
+        start.wait()
+        for _ in range(n):
+            c.enqueue("noop")
+        done.release()
+        leave.wait(600)
+
+
+def concurrent(args: argparse.Namespace) -> str:
+    """P producer processes at once, each one connection with one durable enqueue at a time: whether the
+    commits of many connections are still grouped (enqueues per commit) and what that gives."""
+    procs, n = args.producers, args.calls
+    ctx = multiprocessing.get_context("spawn")  # (a fresh interpreter each: no state of this one)
+    with server() as (proc, address), SyncClient(address) as c:
+        ready, start, done, leave = ctx.Semaphore(0), ctx.Event(), ctx.Semaphore(0), ctx.Event()
+        producers = [ctx.Process(target=_one_producer, args=(address, n, ready, start, done, leave))
+                     for _ in range(procs)]
+        for p in producers:
+            p.start()
+        try:
+            for _ in producers:
+                if not ready.acquire(timeout=60):
+                    raise RuntimeError("concurrent: a producer did not connect")
+            before = c.stats()
+            with measured("concurrent", args.profile, proc.pid, [p.pid for p in producers if p.pid],
+                          client=False) as cpu:
+                t0 = time.perf_counter()
+                start.set()
+                for _ in producers:
+                    if not done.acquire(timeout=600):
+                        raise RuntimeError("concurrent: a producer did not finish")
+                dt = time.perf_counter() - t0
+            after = c.stats()
+            leave.set()
+            for p in producers:
+                p.join(60)
+        finally:
+            for p in producers:
+                if p.is_alive():
+                    p.kill()
+                    p.join()
+    enqueued = after["enqueued"] - before["enqueued"]
+    if enqueued != procs * n or any(p.exitcode for p in producers):
+        raise RuntimeError(f"concurrent: {enqueued} enqueued, expected {procs * n}")
+    commits = after["commits"] - before["commits"]
+    return (f"concurrent: {fmt(enqueued / dt)} enqueues/s from {procs} connections, each one durable enqueue at a "
+            f"time (SyncClient, one process each, {fmt(n)} each); {enqueued / max(commits, 1):.1f} enqueues per "
+            f"commit; {cpu.report().replace('workers', 'producers')}")
+
+
 BENCHES = {"enqueue_single": enqueue_single, "enqueue_batch": enqueue_batch, "drain": drain, "latency": latency,
-           "sequential": sequential}
+           "sequential": sequential, "concurrent": concurrent}
 
 
 def main() -> None:
@@ -279,7 +339,10 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=4,
                    help="enqueue_batch: batches in flight on the one connection (default %(default)s)")
     p.add_argument("--calls", type=int, default=5000,
-                   help="sequential: calls of each kind per client, in 10 interleaved rounds (default %(default)s)")
+                   help="sequential: calls of each kind per client, in 10 interleaved rounds; concurrent: enqueues "
+                        "per producer (default %(default)s)")
+    p.add_argument("--producers", type=int, default=8,
+                   help="concurrent: producer processes, one connection each (default %(default)s)")
     p.add_argument("--rate", type=float, default=500.0, help="latency: tasks/s (default %(default)s)")
     p.add_argument("--seconds", type=float, default=5.0, help="latency: how long (default %(default)s)")
     p.add_argument("--only", default=",".join(BENCHES), help="comma-separated subset of " + ",".join(BENCHES))

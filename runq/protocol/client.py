@@ -20,7 +20,8 @@ the server never decodes them.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
 
@@ -61,6 +62,56 @@ def __getattr__(name: str) -> Any:
 
         return SyncClient
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _native_event() -> Callable[[], Any]:
+    """The running event loop's own event class (``trio.Event`` or ``asyncio.Event``)."""
+    trio = sys.modules.get("trio")  # (not running trio if it was never imported)
+    if trio is not None and trio.lowlevel.in_trio_run():
+        return trio.Event  # type: ignore[no-any-return]
+    import asyncio
+
+    return asyncio.Event
+
+
+def _direct_writer(stream: anyio.abc.ByteStream) -> Callable[[bytes], bytes] | None:
+    """A function that writes bytes on ``stream`` at once, without awaiting, and returns what it did not
+    write (the caller then sends that the usual way); None where that is not known to keep the order.
+
+    On asyncio, anyio's socket stream writes through an asyncio transport, which buffers what the socket
+    does not take: writing through that same transport keeps the order of everything sent. On trio the
+    socket is written only by whoever holds the client's ``_sending`` turn, so while nobody does, a
+    non-blocking ``send`` on it is in order.
+    """
+    transport = getattr(stream, "_transport", None)  # (anyio's asyncio SocketStream; not a public attribute)
+    asyncio = sys.modules.get("asyncio")  # (imported when running asyncio; not imported here for nothing)
+    if asyncio is not None and isinstance(transport, asyncio.WriteTransport):
+        def write_through(data: bytes) -> bytes:
+            if transport.is_closing():
+                return data  # (the stream's own send meets the error)
+            transport.write(data)
+            return b""
+
+        return write_through
+    trio = sys.modules.get("trio")
+    if trio is None or not trio.lowlevel.in_trio_run():
+        return None
+    try:
+        sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+    except anyio.TypedAttributeLookupError:
+        return None
+
+    def write_socket(data: bytes) -> bytes:
+        try:
+            n = sock.send(data)
+        except OSError:  # full (BlockingIOError) or broken: the stream's own send waits, or meets the error
+            return data
+        return data[n:]
+
+    return write_socket
+
+
+_NIL = encode_value(None)
 
 
 def _enqueue_entry(type: str | Call[Any], payload: Any = None, **options: Any) -> dict[str, Any]:
@@ -153,6 +204,11 @@ class Client:
         self._events_send: MemoryObjectSendStream[dict[str, Any]] | None = None
         self._events_receive: MemoryObjectReceiveStream[dict[str, Any]] | None = None
         self._replaced: list[MemoryObjectReceiveStream[dict[str, Any]]] = []  # of earlier subscribes
+        #: the running loop's own event class (trio.Event or asyncio.Event: both set, is_set, wait), for the
+        #: wake-up of each call: anyio.Event looks the backend up each time it is made (set by connect)
+        self._event: Callable[[], Any] = anyio.Event
+        #: writes bytes on the current connection at once, without awaiting (returns what it did not write)
+        self._write_now: Callable[[bytes], bytes] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def __aenter__(self) -> Self:
@@ -172,6 +228,7 @@ class Client:
             RemoteError: a server refused the hello (``unauthorized``, ``version``, ...).
         """
         stream, conn = await self._open()
+        self._event = _native_event()
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self._tg.start_soon(self._run, stream, conn)
@@ -283,6 +340,7 @@ class Client:
         """One session after another, reconnecting in between, until the client is closed."""
         while True:
             self._stream, self._conn = stream, conn
+            self._write_now = _direct_writer(stream)
             self._up.set()
             error = await self._session(stream, conn)
             self._up = anyio.Event()
@@ -302,9 +360,13 @@ class Client:
         """Serve one connection until it is lost; return the error that closed it, if the server sent one
         caused by the requests (then nothing it read is sent again)."""
         outcome: list[BaseException | None] = [None]
+        feed = _Feed.install(stream, self, conn, outcome)
         async with anyio.create_task_group() as tg:
             async def reader() -> None:
                 try:
+                    if feed is not None:  # (asyncio: the replies are routed as they arrive, see _Feed)
+                        await feed.ended.wait()
+                        return
                     while True:
                         for msg in conn.messages():
                             if self._route(msg, outcome):
@@ -341,7 +403,9 @@ class Client:
         if call is not None:
             if self.backoff.failures:
                 self.backoff.reset()  # a session that worked: the next loss starts the delays over
-            self._finish(call, reply=msg)
+            call.reply = msg  # (Calls.reply has marked it done)
+            if call.waiter is not None:
+                call.waiter.set()
             return False
         if op == "error" and msg.get("rid") is None:
             # the server closes the connection after this frame; only a stopping server is worth a resend
@@ -357,7 +421,7 @@ class Client:
         while True:
             if not self._queue or self._sending:
                 await self._wake.wait()
-                self._wake = anyio.Event()
+                self._wake = self._event()
                 continue
             queued, self._queue = self._queue, []
             for call in queued:
@@ -418,24 +482,29 @@ class Client:
             self._calls.done(call)
             raise
         call.epoch = self._epoch
-        done = call.waiter = anyio.Event()
+        done = call.waiter = self._event()
         stream = self._stream
         try:
             if stream is not None and not self._queue and not self._sending and len(call.frame) <= 65536:
-                # nothing else to write: write it here, one task switch fewer than through the sender
-                # (a small frame, shielded: a write cut by the caller's cancellation would break the stream)
-                self._sending = True
+                # nothing else to write: write it here, one task switch fewer than through the sender, and
+                # at once when the socket takes it (no await: no checkpoint, no cancel scope) if it is the
+                # only call in flight; with others in flight (pipelining), the frames of the calls made in
+                # this scheduling round go out together, after this first one (below)
                 call.sent = True
                 call.tries += 1
-                try:
-                    with anyio.CancelScope(shield=True):
-                        await stream.send(call.frame)
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    pass  # the reader sees the connection end; the call is resent on the next one
-                finally:
-                    self._sending = False
-                    if self._queue:
-                        self._wake.set()
+                write_now = self._write_now if len(self._calls.pending) == 1 else None
+                rest = write_now(call.frame) if write_now is not None else call.frame
+                if rest:  # (a small frame, shielded: a write cut by the caller's cancellation would break the stream)
+                    self._sending = True
+                    try:
+                        with anyio.CancelScope(shield=True):
+                            await stream.send(rest)
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                        pass  # the reader sees the connection end; the call is resent on the next one
+                    finally:
+                        self._sending = False
+                        if self._queue:
+                            self._wake.set()
             else:
                 self._queue.append(call)
                 self._wake.set()
@@ -484,9 +553,13 @@ class Client:
             timeout: seconds one attempt may take. retries: retries after a failure (default 3).
             key: unique key; while a non-final task holds it, that task's id is returned.
         """
-        entry = _enqueue_entry(type, payload, queue=queue, priority=priority, delay=delay, run_at=run_at,
-                               timeout=timeout, retries=retries, key=key)
-        task_id = int((await self.request({"op": "enqueue", "tasks": [entry]}))["ids"][0])
+        if (type.__class__ is str and payload is None and queue is None and priority is None and delay is None
+                and run_at is None and timeout is None and retries is None and key is None):
+            entry: dict[str, Any] = {"type": type, "payload": _NIL}  # (the usual call, built at once)
+        else:
+            entry = _enqueue_entry(type, payload, queue=queue, priority=priority, delay=delay, run_at=run_at,
+                                   timeout=timeout, retries=retries, key=key)
+        task_id = int((await self._submit(self._calls.new({"op": "enqueue", "tasks": [entry]}))).reply["ids"][0])  # type: ignore[index]
         return TaskHandle(self, task_id, type.task) if isinstance(type, Call) else task_id
 
     @overload
@@ -645,6 +718,77 @@ class Client:
             old_send.close()  # the earlier stream ends once its buffered events are read
             self._replaced.append(old_receive)
         return EventStream(receive)
+
+
+class _Feed:
+    """On asyncio, the protocol of the connection's transport in place of anyio's: bytes are cut into
+    messages and routed to their calls as they arrive (``data_received``), so that a reply wakes its caller
+    directly, not through the reader task first; reading stays on (anyio's stream pauses and resumes it on
+    the selector around every ``receive``: two ``epoll_ctl`` per reply). The session's reader task only
+    waits for ``ended``. What anyio's protocol is told about writing (pause, resume, loss) it is still told,
+    since writes still go through anyio's stream.
+
+    The transport and protocol are anyio's private attributes: when they are not there (another anyio, or
+    trio), ``install`` returns None and the reader task reads as usual.
+    """
+
+    def __init__(self, client: Client, conn: Connection, outcome: list[BaseException | None], inner: Any,
+                 transport: Any, ended: Any) -> None:
+        self.client = client
+        self.conn = conn
+        self.outcome = outcome
+        self.inner = inner  # anyio's protocol
+        self.transport = transport
+        self.ended = ended
+
+    @classmethod
+    def install(cls, stream: anyio.abc.ByteStream, client: Client, conn: Connection,
+                outcome: list[BaseException | None]) -> _Feed | None:
+        transport = getattr(stream, "_transport", None)
+        inner: Any = getattr(stream, "_protocol", None)
+        asyncio = sys.modules.get("asyncio")
+        if (asyncio is None or not isinstance(transport, asyncio.Transport) or transport.is_closing()
+                or not hasattr(inner, "read_queue") or getattr(inner, "is_at_eof", True)):
+            return None
+        feed = cls(client, conn, outcome, inner, transport, asyncio.Event())
+        transport.set_protocol(feed)
+        while inner.read_queue:  # (what anyio had received and not handed out yet)
+            conn.receive_data(inner.read_queue.popleft())
+        transport.resume_reading()
+        feed.data_received(b"")
+        return feed
+
+    def data_received(self, data: bytes) -> None:
+        if self.ended.is_set():
+            return
+        try:
+            if data:
+                self.conn.receive_data(data)
+            for msg in self.conn.messages():
+                if self.client._route(msg, self.outcome):
+                    self._end()
+                    return
+        except ProtocolError:
+            self._end()
+
+    def eof_received(self) -> bool:
+        self.inner.eof_received()
+        self._end()
+        return True  # (the stream's own close closes the transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.inner.connection_lost(exc)
+        self._end()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def _end(self) -> None:
+        self.ended.set()
+        self.transport.pause_reading()
 
 
 class EventStream:

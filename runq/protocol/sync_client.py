@@ -28,7 +28,7 @@ from typing import Any, Self, TypeVar, overload
 
 from .address import format_address, server_addresses, server_token
 from .calls import TRANSIENT_HELLO_ERRORS, Backoff, Calls, Request, connect_error, hello_message
-from .client import FINAL_STATES, _enqueue_entry, _many_entries
+from .client import _NIL, FINAL_STATES, _enqueue_entry, _many_entries
 from .errors import (
     ConnectionClosed,
     InvalidState,
@@ -192,7 +192,8 @@ class SyncClient:
             try:
                 self._exchange(call)
             finally:
-                self._calls.done(call)
+                if call.reply is None:  # (a reply has marked it done already)
+                    self._calls.done(call)
         reply = call.reply
         assert reply is not None
         if reply["op"] == "error":
@@ -229,7 +230,11 @@ class SyncClient:
         call.tries += 1
         try:
             sock.sendall(data)
-            while True:
+            while True:  # (the reply comes after the request: read first; what was buffered before is read too)
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise _Lost()
+                conn.receive_data(chunk)
                 while (msg := conn.next_message()) is not None:
                     if calls.reply(msg) is call:
                         call.reply = msg
@@ -239,10 +244,6 @@ class SyncClient:
                         raise _Lost(None if code in TRANSIENT_HELLO_ERRORS else
                                     error_for_code(code, str(msg.get("message"))))
                     # anything else (a late reply to a call given up on) is not for anyone now
-                chunk = sock.recv(65536)
-                if not chunk:
-                    raise _Lost()
-                conn.receive_data(chunk)
         except (OSError, ProtocolError) as exc:
             if self._closed:
                 raise ConnectionClosed("not connected: client closed") from exc
@@ -285,8 +286,12 @@ class SyncClient:
                 key: str | None = None) -> int | SyncTaskHandle[Any]:
         """Enqueue one task once it is committed: a typed task's bound ``Call`` gives its ``SyncTaskHandle``,
         a type name its id (``Client.enqueue`` says more)."""
-        entry = _enqueue_entry(type, payload, queue=queue, priority=priority, delay=delay, run_at=run_at,
-                               timeout=timeout, retries=retries, key=key)
+        if (type.__class__ is str and payload is None and queue is None and priority is None and delay is None
+                and run_at is None and timeout is None and retries is None and key is None):
+            entry: dict[str, Any] = {"type": type, "payload": _NIL}  # (the usual call, built at once)
+        else:
+            entry = _enqueue_entry(type, payload, queue=queue, priority=priority, delay=delay, run_at=run_at,
+                                   timeout=timeout, retries=retries, key=key)
         task_id = int(self.request({"op": "enqueue", "tasks": [entry]})["ids"][0])
         return SyncTaskHandle(self, task_id, type.task) if isinstance(type, Call) else task_id
 

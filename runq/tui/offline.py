@@ -33,7 +33,8 @@ from .source import Source, TaskPage
 __all__ = ["OfflineError", "OfflineSource"]
 
 POLL_SECONDS = 2.0
-SCHEMA_VERSION = 2  # the newest schema the SQL below reads (``PRAGMA user_version``; 2 only added a table)
+SCHEMA_VERSION = 3  # the newest schema the SQL below reads (``PRAGMA user_version``; 2 and 3 only touched
+#                    the requests table, which the dashboard does not read)
 TASK_COLUMNS = ("id", "queue", "type", "payload", "priority", "state", "run_at", "timeout", "max_retries", "attempt",
                 "key", "result", "error", "progress", "created_at", "started_at", "finished_at", "worker")
 EVENT_COLUMNS = ("task_id", "at", "kind", "state", "worker", "attempt", "detail")

@@ -27,7 +27,7 @@ class Answer:
 
     def __init__(self, res: list[tuple[int, bool]], specs: list[TaskSpec]) -> None:
         self.res = res
-        self.specs: list[TaskSpec] | None = specs
+        self.specs: list[TaskSpec] = specs
         self.created = [tid for tid, created in res if created]
         self.told: list[BaseException | None] = []
 

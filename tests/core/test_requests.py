@@ -24,7 +24,7 @@ def test_a_token_is_known_once_added_and_its_row_goes_with_the_next_commit() -> 
     r = Requests(window=60)
     e = r.add("c1", 0, [(7, True)], now=100.0)
     assert r.get("c1", 0) is e and r.get("c1", 1) is None and r.get("c2", 0) is None
-    assert r.take_rows() == [(1, "c1", 0, 100.0, "7+1")]
+    assert r.take_rows() == [(1, "c1", 0, 100.0, "7+1", 1)]
     assert r.take_rows() == []  # (taken once)
     told: list[object] = []
     e.waiters.append(lambda res, err: told.append((res, err)))
@@ -39,8 +39,9 @@ def test_a_failed_commit_forgets_the_token_and_restores_the_rows_of_those_still_
     rows = r.take_rows()
     r.committed(refused, RuntimeError("disk full"))
     assert r.get("c1", 0) is None  # a resend of it is a new request
+    assert rows == [(1, "c1", 0, 0.0, "1+1", 2)]  # (one row for both: seqs 0 and 1, ids 1 and 2)
     r.restore(rows)  # kept's request was not refused: its row goes with the next commit
-    assert r.take_rows() == [kept.as_row()]
+    assert r.take_rows() == [(kept.number, "c1", 1, 0.0, "2+1", 1)]
 
 
 def test_done_below_forgets_the_clients_answered_tokens_only() -> None:
@@ -90,12 +91,55 @@ def test_rows_below_the_oldest_token_held_are_deleted_in_ranges() -> None:
 
 def test_recover_knows_again_the_stored_tokens_younger_than_the_window() -> None:
     r = Requests(window=60)
-    n = r.recover([(1, "c1", 0, 10.0, "4+1"), (2, "c1", 1, 80.0, "!4,5"), (3, "c2", 7, 90.0, "6+2")],
+    n = r.recover([(1, "c1", 0, 10.0, "4+1", 1), (2, "c1", 1, 80.0, "!4,5", 1), (3, "c2", 7, 90.0, "6+2", 1)],
                   next_row=4, now=100.0)
     assert n == 2
     assert r.get("c1", 0) is None
     e = r.get("c1", 1)
     assert e is not None and e.committed and e.res == [(4, False), (5, True)]
     assert r.get("c2", 7) is not None and r.get("c2", 7).res == [(6, True), (7, True)]  # type: ignore[union-attr]
-    assert r.add("c3", 0, [], now=100.0).row == 4
+    assert r.add("c3", 0, [], now=100.0).number == 4
     assert r.take_delete(force=True) == 2  # the expired row 1 goes
+
+
+def test_a_run_of_consecutive_answers_of_one_client_is_one_row() -> None:
+    r = Requests(window=60)
+    for seq in range(3):  # seqs 5, 6, 7 answered with 10, 11, 12
+        r.add("c1", 5 + seq, [(10 + seq, True)], now=1.0)
+    r.add("c2", 0, [(13, True)], now=1.0)  # another client
+    r.add("c1", 8, [(14, True), (15, True)], now=1.0)  # two tasks: another width
+    r.add("c1", 9, [(16, True), (17, True)], now=1.0)
+    r.add("c1", 10, [(3, False)], now=1.0)  # a unique-key hit: a row of its own
+    r.add("c1", 11, [(18, True)], now=1.0)
+    assert r.take_rows() == [(1, "c1", 5, 1.0, "10+1", 3), (4, "c2", 0, 1.0, "13+1", 1),
+                             (5, "c1", 8, 1.0, "14+2", 2), (7, "c1", 10, 1.0, "!3", 1), (8, "c1", 11, 1.0, "18+1", 1)]
+
+
+def test_a_run_row_is_known_again_as_one_entry_per_seq_and_kept_while_any_of_them_is_held() -> None:
+    r = Requests(window=60)
+    r.DELETE_EVERY = 1
+    n = r.recover([(1, "c1", 5, 90.0, "10+1", 3), (4, "c1", 8, 90.0, "14+2", 2)], next_row=6, now=100.0)
+    assert n == 5
+    assert [r.get("c1", s).res for s in range(5, 10)] == [  # type: ignore[union-attr]
+        [(10, True)], [(11, True)], [(12, True)], [(14, True), (15, True)], [(16, True), (17, True)]]
+    r.forget_below("c1", 7)  # seqs 5 and 6 answered; 7 still held: its row (id 1) stays
+    assert r.take_delete() is None
+    r.forget_below("c1", 8)
+    assert r.take_delete() == 4  # row 1 (seqs 5-7) goes; row 4 (seqs 8, 9) stays
+    assert r.add("c2", 0, [], now=100.0).number == 6
+
+
+def test_an_answer_rewritten_after_its_row_was_made_gets_a_row_of_its_own_that_wins_at_start() -> None:
+    r = Requests(window=60)
+    a = r.add("c1", 0, [(1, True)], now=1.0)
+    r.add("c1", 1, [(2, True)], now=1.0)
+    rows = r.take_rows()
+    assert rows == [(1, "c1", 0, 1.0, "1+1", 2)]
+    a.res[0] = (9, True)  # (Server._enqueue_hits_again changes it in place)
+    r.rewrite(a)
+    again = r.take_rows()
+    assert again == [(3, "c1", 0, 1.0, "9+1", 1)]
+    back = Requests(window=60)
+    back.recover(rows + again, next_row=4, now=2.0)
+    assert back.get("c1", 0).res == [(9, True)] and back.get("c1", 1).res == [(2, True)]  # type: ignore[union-attr]
+    assert len(back) == 2

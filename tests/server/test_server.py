@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -468,6 +469,43 @@ async def test_a_task_that_left_memory_is_read_after_its_last_change_is_written(
             task = await c.get(gone)
             assert task["state"] == "succeeded" and task["result"] == (1 if gone == a else 2)
     worker.stop()
+
+
+@pytest.mark.trio
+async def test_the_replies_to_the_requests_of_one_read_leave_in_one_write_and_its_acks_in_one_after_its_commit(
+        server: Server) -> None:
+    with trio.fail_after(10):
+        peer, _ = await RawPeer.connect(server.port, role="client")
+        async with peer.stream:
+            (sess,) = server.sessions
+            before = sess.writes
+            pings = [{"op": "ping", "rid": i} for i in range(20)]
+            enqueues = [{"op": "enqueue", "rid": 100 + i, "tasks": [{"type": "t"}]} for i in range(20)]
+            await peer.stream.send_all(peer.conn.send_many(pings + enqueues))  # (one write of ~1.5 KB: one read)
+            replies = [await peer.recv() for _ in range(40)]
+            assert sorted(r["rid"] for r in replies) == list(range(20)) + list(range(100, 120))
+            assert [r["ids"] for r in replies if r["op"] == "enqueued"] == [[i] for i in range(1, 21)]
+            # the pongs at once (nothing answered at once waits for a commit), the acks after the commit, which
+            # the read made itself (no other connection had input)
+            assert sess.writes - before == 2
+
+
+@pytest.mark.trio
+async def test_connections_with_input_in_the_same_round_share_one_commit(server: Server) -> None:
+    """A read commits at once only when no other connection has input waiting (flush_read): enqueues that
+    arrive together on many connections still make one group commit."""
+    with trio.fail_after(10):
+        peers = [(await RawPeer.connect(server.port, role="client"))[0] for _ in range(20)]
+        await server.wait_committed()
+        assert server.store is not None
+        commits = server.store.stats.commits
+        for i, peer in enumerate(peers):  # all written before the server's loop runs again (no await between)
+            os.write(peer.stream.socket.fileno(), peer.conn.send({"op": "enqueue", "rid": i, "tasks": [{"type": "t"}]}))
+        replies = [await peer.recv() for peer in peers]
+        assert sorted(r["ids"][0] for r in replies) == list(range(1, 21))
+        assert server.store.stats.commits - commits == 1
+        for peer in peers:
+            await peer.stream.aclose()
 
 
 @pytest.mark.trio

@@ -59,13 +59,13 @@ class Answer(Protocol):
 
     Attributes:
         created: ids of the tasks it created (grows when a unique-key hit is enqueued again).
-        res: for an enqueue, its answer ``[(id, created), ...]``, changed in place; else None.
-        specs: for an enqueue, its specs (to enqueue a hit again); else None.
+        res: for an enqueue, its answer ``[(id, created), ...]``, changed in place; else empty.
+        specs: for an enqueue, its specs (to enqueue a hit again); else empty.
     """
 
     created: list[int]
-    res: list[tuple[int, bool]] | None
-    specs: list[TaskSpec] | None
+    res: list[tuple[int, bool]]
+    specs: list[TaskSpec]
 
 
 class Writes(Protocol):
@@ -245,7 +245,6 @@ class CommitPolicy:
     def _enqueue_again(self, ack: Answer, now: float) -> None:
         """Enqueue again the specs of ``ack`` whose unique key named a task that was then forgotten: its
         answer gets the new task (or the key's current holder), in place."""
-        assert ack.res is not None and ack.specs is not None
         res, gone = ack.res, self.forgotten
         at = [i for i, (tid, created) in enumerate(res) if not created and tid in gone]
         for i, (tid, created) in zip(at, self.core.enqueue([ack.specs[i] for i in at], now), strict=True):
@@ -256,4 +255,4 @@ class CommitPolicy:
 
 def _hits(ack: Answer, gone: dict[int, int]) -> bool:
     """Whether ``ack`` answered with one of ``gone`` by a unique key."""
-    return ack.res is not None and any(not created and tid in gone for tid, created in ack.res)
+    return any(not created and tid in gone for tid, created in ack.res)

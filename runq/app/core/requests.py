@@ -11,9 +11,13 @@ resend (docs/protocol.md section 5.2). ``Requests`` remembers the answer given t
 - if that commit failed, the entry is gone (the first request was refused) and the resend is a new
   request.
 
-Each entry is also a row of the store's ``requests`` table, written in the same commit as the tasks it
+Each entry is also stored in the store's ``requests`` table, written in the same commit as the tasks it
 names (``take_rows``), so that a token survives a server crash between the commit and the
-acknowledgement; ``recover`` reads the rows back at start.
+acknowledgement; ``recover`` reads the rows back at start. One row holds a run of entries: consecutive
+seqs of one client whose answers are consecutive created ids of the same count each (the usual case: a
+client's single enqueues pipelined on one connection), so a commit writes a row per client, not per
+request. A row is ``(id, client_id, seq, at, answer, seqs)``: the ``seqs`` requests from ``seq`` on, the
+j-th answered like ``answer`` with every id moved up by j times its length.
 
 Rules of this file:
 
@@ -21,8 +25,11 @@ Rules of this file:
    client says it has the answers: ``done_below`` in a request forgets that client's entries numbered
    below it (``forget_below``). So memory and rows hold what is in flight plus the last ``window`` of
    clients that went away, not the last ``window`` of traffic.
-2. Rows are numbered in the order entries are made. The store deletes the rows below the oldest entry
-   still held (``delete_below``), a range: cheap, and only every ``DELETE_EVERY`` rows.
+2. Entries are numbered in the order they are made; a row takes the number of its first entry (the
+   numbers of the others in it are never used for a row). The store deletes the rows below the row of
+   the oldest entry still held (``take_delete``), a range: cheap, and only every ``DELETE_EVERY``
+   entries. An answer changed before its commit (``rewrite``) gets a row of its own under a new number;
+   at start a later row wins over an earlier one for the same token.
 3. Pure: no clock reads (``now`` is passed in), no I/O.
 """
 
@@ -35,7 +42,7 @@ from typing import Any
 __all__ = ["REQUEST_COLUMNS", "Entry", "Requests", "decode_answer", "encode_answer"]
 
 #: Column order of a ``requests`` row, as the store persists it.
-REQUEST_COLUMNS = ("id", "client_id", "seq", "at", "answer")
+REQUEST_COLUMNS = ("id", "client_id", "seq", "at", "answer", "seqs")
 
 Answer = list[tuple[int, bool]]
 Tell = Callable[[Answer, BaseException | None], None]
@@ -60,23 +67,41 @@ def decode_answer(text: str) -> Answer:
     return [(int(p[1:]), False) if p.startswith("!") else (int(p), True) for p in text.split(",")]
 
 
+def _width(res: Answer) -> int:
+    """How many tasks ``res`` names when they are all created with consecutive ids (a row may hold a run of
+    such answers), else 0."""
+    n = len(res)
+    if n == 1:
+        return 1 if res[0][1] else 0
+    if not n or not all(created for _, created in res):
+        return 0
+    first = res[0][0]
+    return n if all(tid == first + i for i, (tid, _) in enumerate(res)) else 0
+
+
 class Entry:
-    """The answer to one token. ``res`` is the list the first request was answered with (shared)."""
+    """The answer to one token. ``res`` is the list the first request was answered with (shared).
 
-    __slots__ = ("at", "client_id", "committed", "dropped", "res", "row", "seq", "waiters")
+    ``number`` orders entries; ``row`` is the id of the row that holds its answer (0 while none is made);
+    ``hold`` the id of the first row that held it (the rows from there on are kept while it is).
+    """
 
-    def __init__(self, client_id: str, seq: int, row: int, at: float, res: Answer, committed: bool) -> None:
+    __slots__ = ("at", "client_id", "committed", "dropped", "hold", "number", "queued", "res", "row", "seq",
+                 "waiters")
+
+    def __init__(self, client_id: str, seq: int, number: int, at: float, res: Answer, committed: bool,
+                 row: int = 0) -> None:
         self.client_id = client_id
         self.seq = seq
+        self.number = number
         self.row = row
+        self.hold = row or number
         self.at = at
         self.res = res
         self.committed = committed
         self.dropped = False
+        self.queued = False  # in ``Requests._rows`` (a row to make with the next commit)
         self.waiters: list[Tell] = []
-
-    def as_row(self) -> tuple[Any, ...]:
-        return (self.row, self.client_id, self.seq, self.at, encode_answer(self.res))
 
 
 class Requests:
@@ -92,8 +117,8 @@ class Requests:
     def __init__(self, window: float = 300.0) -> None:
         self.window = window
         self.clients: dict[str, dict[int, Entry]] = {}
-        self.next_row = 1
-        self._order: deque[Entry] = deque()  # every entry held, in row order
+        self.next_row = 1  # the number of the next entry (and of a rewritten row)
+        self._order: deque[Entry] = deque()  # every entry held, in number order
         self._rows: list[Entry] = []  # to write with the next commit
         self._deleted_below = 1  # rows below this were asked to be deleted
         self._low: dict[str, int] = {}  # per client, the last ``done_below`` acted on
@@ -115,6 +140,7 @@ class Requests:
             mine = self.clients[client_id] = {}
         mine[seq] = entry
         self._order.append(entry)
+        entry.queued = True
         self._rows.append(entry)
         return entry
 
@@ -130,17 +156,28 @@ class Requests:
         return waiters
 
     def rewrite(self, entry: Entry) -> None:
-        """``entry.res`` changed before it was committed: write its row again with the next commit."""
-        if not entry.dropped:
+        """``entry.res`` changed before it was committed: write it again with the next commit (in a row of its
+        own when it has one already: that row may hold others)."""
+        if entry.dropped:
+            return
+        if entry.row:
+            entry.row = self.next_row
+            self.next_row += 1
+        if not entry.queued:
+            entry.queued = True
             self._rows.append(entry)
 
     def restore(self, rows: Iterable[tuple[Any, ...]]) -> None:
         """A commit failed: write again the rows of the entries still waiting for theirs."""
         again = []
-        for row in rows:
-            entry = self.get(row[1], row[2])
-            if entry is not None and entry.row == row[0] and not entry.committed:
-                again.append(entry)
+        for row_id, client_id, seq, _, _, seqs in rows:
+            for j in range(seqs):
+                entry = self.get(client_id, seq + j)
+                if entry is not None and entry.row == row_id and not entry.committed and not entry.queued:
+                    if row_id == entry.hold:
+                        entry.row = 0  # (its first row: made again, maybe with others)
+                    entry.queued = True
+                    again.append(entry)
         self._rows[:0] = again
 
     def forget_below(self, client_id: str, low: int) -> None:
@@ -171,17 +208,43 @@ class Requests:
                 self._drop(order.popleft())
 
     def take_rows(self) -> list[tuple[Any, ...]]:
-        """The rows to write with the next commit (each entry made or rewritten since the last call)."""
+        """The rows to write with the next commit (``REQUEST_COLUMNS``): the entries made or rewritten since
+        the last call, runs of them in one row each (see the module docstring)."""
         if not self._rows:
             return []
-        rows = [e.as_row() for e in self._rows if not e.dropped]
+        rows: list[tuple[Any, ...]] = []
+        head: Entry | None = None  # the first entry of the row being made
+        count = width = after = 0  # entries in it; tasks per answer (0: not a run); the next answer's first id
+        for e in self._rows:
+            if not e.queued or e.dropped:
+                continue
+            e.queued = False
+            if e.row:  # (rewritten after its row was made: a row of its own)
+                rows.append((e.row, e.client_id, e.seq, e.at, encode_answer(e.res), 1))
+                continue
+            res = e.res
+            if (head is not None and width and e.number == head.number + count and e.seq == head.seq + count
+                    and e.client_id == head.client_id and len(res) == width and res[0][0] == after and _width(res)):
+                e.row = e.hold = head.number
+                count += 1
+                after += width
+                continue
+            if head is not None:
+                rows.append((head.number, head.client_id, head.seq, head.at, encode_answer(head.res), count))
+            head = e
+            e.row = e.hold = e.number
+            count = 1
+            width = _width(res)
+            after = res[0][0] + width if width else 0
+        if head is not None:
+            rows.append((head.number, head.client_id, head.seq, head.at, encode_answer(head.res), count))
         self._rows = []
         return rows
 
     def take_delete(self, force: bool = False) -> int | None:
         """The row id below which every stored row may be deleted, when that moved by ``DELETE_EVERY`` rows
         (or at all, with ``force``) since the last time; else None."""
-        below = self._order[0].row if self._order else self.next_row
+        below = self._order[0].hold if self._order else self.next_row
         if below > self._deleted_below and (force or below - self._deleted_below >= self.DELETE_EVERY):
             self._deleted_below = below
             return below
@@ -193,16 +256,25 @@ class Requests:
         self.next_row = max(self.next_row, next_row)
         cutoff = now - self.window
         n = 0
-        for row_id, client_id, seq, at, answer in rows:
+        for row_id, client_id, seq, at, answer, seqs in rows:
             if at < cutoff:
                 continue
-            entry = Entry(client_id, seq, row_id, at, decode_answer(answer), True)
+            res = decode_answer(answer)
+            width = len(res)
             mine = self.clients.get(client_id)
             if mine is None:
                 mine = self.clients[client_id] = {}
-            mine[seq] = entry
-            self._order.append(entry)
-            n += 1
+            for j in range(seqs):
+                shifted = res if not j else [(tid + j * width, True) for tid, _ in res]
+                entry = Entry(client_id, seq + j, row_id + j, at, shifted, True, row=row_id)
+                before = mine.get(seq + j)
+                if before is not None:
+                    before.dropped = True  # (a later row, a rewritten answer, wins)
+                else:
+                    n += 1
+                mine[seq + j] = entry
+                self._order.append(entry)
+        self._advance()
         return n
 
     def _drop(self, entry: Entry) -> None:

@@ -13,12 +13,14 @@ the batch's commit callback, so nobody hears "enqueued" before the task is on
 disk.
 
 Where a batch commits: in the writer thread, or, when that thread is idle and the
-batch is small, in the trio thread itself (``_committer``, synchronous=NORMAL
-only). A lone request then costs no thread hand-off and no wake-up back (two
-thread wake-ups were most of a sequential enqueue's latency: bench/README.md).
-The committer is a task woken by ``flush``: it runs after every session that had
-input in the same scheduling round has read it and flushed, so the batches of
-many connections still share one commit. Under load, while the writer commits,
+batch is small, in the trio thread itself (synchronous=NORMAL only). A lone
+request then costs no thread hand-off and no wake-up back (two thread wake-ups
+were most of a sequential enqueue's latency: bench/README.md). In the trio
+thread, the batches of one scheduling round share a commit: a connection's read
+commits at once (``flush_read``) only when no other connection has input waiting
+(a ``poll`` of their sockets, none of which would join that commit); else the
+committer, a task woken by ``flush``, commits once every session that had input
+in the round has read it and flushed. Under load, while the writer commits,
 batches queue for it as before (group commit). Either way a batch commits after
 every batch handed over before it, and its acknowledgements follow its commit.
 A database locked by another program never blocks the loop: the committer tries
@@ -34,6 +36,7 @@ import functools
 import gc
 import logging
 import os
+import select
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,7 +51,7 @@ from ..core.model import EVENT_COLUMNS
 from ..core.requests import Entry
 from ..store import Batch, Store, StoreError
 from .config import Clock, ServerConfig
-from .session import Session, Subscription
+from .session import Outbox, Session, Subscription
 
 __all__ = ["VERSION", "Server", "ServerStats", "Subscriber"]
 
@@ -56,28 +59,44 @@ log = logging.getLogger("runq.server")
 VERSION = "0.1.0"
 FINAL = frozenset(s.value for s in FINAL_STATES)
 
+Answer = list[tuple[int, bool]]
+#: an enqueue's idempotency token (client id, seq) and the client's ``done_below`` (docs/protocol.md 5.2)
+Token = tuple[str, int, "int | None"]
+#: how an enqueue request is answered: ``tell(answer, error, ctx)`` once its commit is over (error None:
+#: committed); ``ctx`` is the caller's (TCP: the session and the request's rid)
+Tell = Callable[[Answer, "BaseException | None", Any], None]
+
+
 class Ack:
     """A request answered once the batch that carries it has committed.
 
     Attributes:
         created: ids of the tasks it created (forgotten if that commit fails and none has started).
+        tell: called as ``tell(res, error, ctx)``.
         res, specs: for an enqueue, its answer ``[(id, created), ...]`` (the list the caller holds) and its
             specs: a unique-key hit on a task whose own creation then fails to commit is enqueued again
             (``core.commits``, which reads and changes these three).
-        tell: called with None or the error.
         request: for an enqueue with an idempotency token, its entry (its row is rewritten if ``res`` changes).
+        ctx: the caller's, passed to ``tell``.
     """
 
-    __slots__ = ("created", "request", "res", "specs", "tell")
+    __slots__ = ("created", "ctx", "request", "res", "specs", "tell")
 
-    def __init__(self, created: list[int], tell: Callable[[BaseException | None], None],
-                 res: list[tuple[int, bool]] | None = None, specs: list[TaskSpec] | None = None,
-                 request: Entry | None = None) -> None:
+    def __init__(self, created: list[int], tell: Tell, res: Answer | None = None, specs: list[TaskSpec] | None = None,
+                 request: Entry | None = None, ctx: Any = None) -> None:
         self.created = created
         self.tell = tell
-        self.res = res
-        self.specs = specs
+        self.res: Answer = res if res is not None else []
+        self.specs: list[TaskSpec] = specs if specs is not None else []
         self.request = request
+        self.ctx = ctx
+
+def _tell_with(tell: Tell, ctx: Any, res: Answer, error: BaseException | None) -> None:
+    tell(res, error, ctx)
+
+
+def _tell_error(res: Answer, error: BaseException | None, ctx: Callable[[BaseException | None], None]) -> None:
+    ctx(error)
 
 
 class Subscriber(Protocol):
@@ -121,6 +140,8 @@ class Server:
         self.port: int | None = None
         self.http_port: int | None = None
         self.sessions: set[Session] = set()
+        #: the write rounds of every session (frames queued in a round go out in one write per session)
+        self.outbox = Outbox()
         self.workers: dict[str, Session] = {}
         self.subscribers: set[Subscriber] = set()
         self.recovered = 0
@@ -142,10 +163,11 @@ class Server:
         self._retry_scheduled = False
         self._submitted = 0  # batches handed to the store so far
         self._committed_count = 0  # of those, how many it has answered (it answers in order)
-        self._commit_seen = trio.Event()
+        self._commit_seen: trio.Event | None = None  # made by a waiter, set by the next commit reported
         self._inline = False  # small batches may commit in the trio thread (set by serve)
         self._pending: list[Batch] = []  # batches for the committer task
         self._commit_soon = trio.Event()
+        self._reading = False  # in flush_read: it decides itself whether to wake the committer
         self._reader_lock = trio.CapacityLimiter(1)
         self._nursery: trio.Nursery | None = None
 
@@ -162,7 +184,16 @@ class Server:
         if self._clock_arg is None:
             self.clock = Clock()
         token = trio.lowlevel.current_trio_token()
-        store = await trio.to_thread.run_sync(functools.partial(Store, cfg.db, cfg.synchronous, token.run_sync_soon))
+        outbox = self.outbox
+
+        def in_round(fn: Callable[[], None]) -> None:
+            with outbox:  # (the acknowledgements of one commit: one write per session)
+                fn()
+
+        def notify(fn: Callable[[], None]) -> None:
+            token.run_sync_soon(in_round, fn)
+
+        store = await trio.to_thread.run_sync(functools.partial(Store, cfg.db, cfg.synchronous, notify))
         self.store = store
         try:
             await self._recover(store)
@@ -236,6 +267,8 @@ class Server:
         steady load some commit is always pending, and a reader must not wait for the load to stop)."""
         target = self._submitted
         while self._committed_count < target:
+            if self._commit_seen is None:
+                self._commit_seen = trio.Event()
             await self._commit_seen.wait()
 
     @property
@@ -293,22 +326,61 @@ class Server:
         self._submitted += 1
         if self._inline and (self._pending or self._committed_count == self._submitted - 1):
             self._pending.append(batch)
-            if len(self._pending) == 1:
+            if len(self._pending) == 1 and not self._reading:
                 self._commit_soon.set()
         else:
             self._store.submit(batch)
+
+    #: at most this many connections are looked at by ``flush_read`` before it commits at once
+    ALONE_MAX = 64
+
+    def flush_read(self, fd: int) -> None:
+        """``flush()`` after a connection's read (TCP, in its write round), then commit what is pending at
+        once if no other connection has input waiting: nobody else would join that commit in this
+        scheduling round, so the committer's round is saved. Else the committer commits it once every
+        connection of the round has read and flushed (group commit)."""
+        self._reading = True
+        try:
+            self.flush()
+        finally:
+            self._reading = False
+        if not self._pending:
+            return
+        if self._others_waiting(fd):
+            self._commit_soon.set()
+            return
+        self.outbox.write()  # (what the read dispatched to workers or answered at once does not wait for the commit)
+        self._commit_pending()
+
+    def _others_waiting(self, fd: int) -> bool:
+        """Whether a connection other than ``fd`` has bytes to read (or may have: too many to look at)."""
+        sessions = self.sessions
+        if len(sessions) > self.ALONE_MAX:
+            return True
+        if len(sessions) > 1:
+            poller = select.poll()
+            for sess in sessions:
+                if sess.fd != fd and sess.fd >= 0:
+                    poller.register(sess.fd, select.POLLIN)
+            if poller.poll(0):
+                return True
+        return False
 
     async def _committer(self) -> None:
         """Commit what ``flush`` handed over, once the sessions of this scheduling round have read theirs."""
         while True:
             await self._commit_soon.wait()
             self._commit_soon = trio.Event()
-            pending, self._pending = self._pending, []
-            if not pending:
-                continue
-            size = sum(len(b.rows) + len(b.new_rows) + len(b.events) + len(b.requests)
-                       + (self.INLINE_ROWS if b.prune_before is not None else 0) for b in pending)
-            # (in order: only when every batch handed over before these has been reported)
+            self._commit_pending()
+
+    def _commit_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        size = sum(len(b.rows) + len(b.new_rows) + len(b.events) + len(b.requests)
+                   + (self.INLINE_ROWS if b.prune_before is not None else 0) for b in pending)
+        # (in order: only when every batch handed over before these has been reported)
+        with self.outbox:
             if (size > self.INLINE_ROWS or self._committed_count != self._submitted - len(pending)
                     or not self._store.commit_here(pending)):
                 for batch in pending:
@@ -333,7 +405,13 @@ class Server:
                 self.requests.rewrite(ack.request)
         self._acks.extend(plan.keep)
         for ack in plan.tell:
-            ack.tell(error)
+            ack.tell(ack.res, error, ack.ctx)
+            entry = ack.request
+            if entry is not None and (entry.waiters or error is not None):
+                for resend in self.requests.committed(entry, error):
+                    resend(entry.res, error)
+            elif entry is not None:
+                entry.committed = True
         if plan.restore_requests:
             self.requests.restore(batch.requests)  # (after the refused ones above forgot theirs)
         if plan.retry and not self._retry_scheduled and self._nursery is not None:
@@ -345,8 +423,9 @@ class Server:
             self._wake_waiters(waiters)
         for listener in self.commit_listeners:
             listener(batch, error)
-        self._commit_seen.set()
-        self._commit_seen = trio.Event()
+        if self._commit_seen is not None:
+            self._commit_seen.set()
+            self._commit_seen = None
 
     async def _retry_writes(self) -> None:
         await trio.sleep(0.5)
@@ -428,47 +507,60 @@ class Server:
             del self.core.finished[tid]
 
     # ------------------------------------------------------------------ operations (all frontends)
-    def enqueue_nowait(self, specs: list[TaskSpec],
-                       tell: Callable[[list[tuple[int, bool]], BaseException | None], None],
-                       token: tuple[str, int, int | None] | None = None) -> list[tuple[int, bool]]:
-        """Enqueue; ``tell(results, error)`` runs once the tasks are committed (or could not be).
+    def enqueue_nowait(self, requests: list[tuple[list[TaskSpec], Token | None, Any]], tell: Tell) -> list[Answer]:
+        """Enqueue the requests of one read, in order, with one call of the core; return each one's answer
+        (``(id, created)`` per spec). ``tell(answer, error, ctx)`` runs for each request, with its ``ctx``, once
+        its tasks are committed (or could not be).
 
         The caller flushes (TCP: after the whole read, so one commit serves many requests).
 
         Args:
-            token: the request's idempotency token (client id, seq) and the client's ``done_below`` (or None).
-                A token already answered is answered the same way (``tell`` at once, or when the first
-                request's commit is over) and enqueues nothing; its token is stored in the same commit as
-                the tasks (docs/protocol.md section 5.2).
+            requests: per request, its specs, its idempotency token (client id, seq) and the client's
+                ``done_below`` (or None), and the caller's ``ctx``. A token already answered is answered the
+                same way (``tell`` at once, or when the first request's commit is over) and enqueues nothing;
+                a new token is stored in the same commit as the tasks (docs/protocol.md section 5.2).
         """
         now = self.clock()
-        entry = None
-        if token is not None:
-            client_id, seq, done_below = token
-            requests = self.requests
-            if done_below is not None:
-                requests.forget_below(client_id, done_below)
-            first = requests.get(client_id, seq)
-            if first is not None:
-                if first.committed:
-                    tell(first.res, None)
-                else:
-                    first.waiters.append(tell)
-                return first.res
-            res = self.core.enqueue(specs, now)
-            entry = requests.add(client_id, seq, res, now)
-
-            def told(err: BaseException | None) -> None:
-                tell(res, err)
-                for again in requests.committed(entry, err):
-                    again(res, err)
-        else:
-            res = self.core.enqueue(specs, now)
-
-            def told(err: BaseException | None) -> None:
-                tell(res, err)
-        self._acks.append(Ack([tid for tid, created in res if created], told, res, specs, entry))
-        return res
+        known = self.requests
+        answers: list[Answer] = []
+        new: list[tuple[list[TaskSpec], Answer, Entry | None, Any]] = []
+        flat: list[TaskSpec] = []
+        for specs, token, ctx in requests:
+            res: Answer = []
+            entry = None
+            if token is not None:
+                client_id, seq, done_below = token
+                if done_below is not None:
+                    known.forget_below(client_id, done_below)
+                first = known.get(client_id, seq)
+                if first is not None:
+                    if first.committed:
+                        tell(first.res, None, ctx)
+                    else:
+                        first.waiters.append(functools.partial(_tell_with, tell, ctx))
+                    answers.append(first.res)
+                    continue
+                entry = known.add(client_id, seq, res, now)  # (its row is made at the flush: res is filled by then)
+            answers.append(res)
+            new.append((specs, res, entry, ctx))
+            flat += specs
+        if not new:
+            return answers
+        out = self.core.enqueue(flat, now)
+        acks = self._acks
+        i = 0
+        for specs, res, entry, ctx in new:
+            n = len(specs)
+            if n == 1:
+                first_res = out[i]
+                res.append(first_res)
+                created = [first_res[0]] if first_res[1] else []
+            else:
+                res += out[i:i + n]
+                created = [tid for tid, was_created in res if was_created]
+            i += n
+            acks.append(Ack(created, tell, res, specs, entry, ctx))
+        return answers
 
     async def enqueue(self, specs: list[TaskSpec]) -> list[tuple[int, bool]]:
         """Enqueue and return ``(id, created)`` per spec once committed.
@@ -479,16 +571,22 @@ class Server:
         done = trio.Event()
         outcome: list[BaseException | None] = []
 
-        def tell(_: list[tuple[int, bool]], err: BaseException | None) -> None:
+        def tell(_: Answer, err: BaseException | None, ctx: Any) -> None:
             outcome.append(err)
             done.set()
 
-        res = self.enqueue_nowait(specs, tell)
+        (res,) = self.enqueue_nowait([(specs, None, None)], tell)
         self.flush()
         await done.wait()
         if outcome[0] is not None:
             raise StoreError(f"not committed, nothing was enqueued: {outcome[0]}")
         return res
+
+    def task_now(self, task_id: int) -> dict[str, Any] | None:
+        """The task as a map if it is in memory (live or recently finished), else None (``get_task`` reads
+        the store)."""
+        t = self.core.tasks.get(task_id) or self.core.finished.get(task_id)
+        return None if t is None else t.as_dict()
 
     async def get_task(self, task_id: int) -> dict[str, Any]:
         """Return a task as a map, from memory or the store.
@@ -582,7 +680,7 @@ class Server:
     def set_paused_nowait(self, queue: str, paused: bool, tell: Callable[[BaseException | None], None]) -> None:
         """Pause or resume ``queue``; ``tell(error)`` once that is committed."""
         (self.core.pause if paused else self.core.resume)(queue, self.clock())
-        self._acks.append(Ack([], tell))
+        self._acks.append(Ack([], _tell_error, ctx=tell))
 
     async def set_paused(self, queue: str, paused: bool) -> None:
         """Pause or resume ``queue`` and return once it is committed."""

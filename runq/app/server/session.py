@@ -2,16 +2,19 @@
 
 The reader side lives in ``TcpFrontend.serve_connection``; this module only owns
 what is per connection: the sans-IO ``Connection``, the outbox that coalesces
-many frames into one ``send_all``, and the subscription filter of a watcher.
+many frames into one write, and the subscription filter of a watcher.
 
-The first frame queued while nothing else is queued or being written is written
-at once, with one non-blocking ``os.write`` on the socket, instead of waking the
-sender task: that saves a trio scheduling round per lone reply (bench.throughput
---only sequential). The frames after it, until the sender task has run, wait for
-the sender, which writes them all with one ``send_all`` (many replies of one
-commit: one write). Whatever the socket does not take at once goes to the sender
-task too, which also meets the errors (a broken connection), so the order of
-frames and the way a connection ends are the same either way.
+Writes. A frame queued while no round is open is written at once, with one
+non-blocking ``os.write`` on the socket (no task switch). A *round* is a stretch
+of synchronous work that may answer many requests: the messages of one read
+and the flush after them, one commit's acknowledgements, one timer tick. While
+an ``Outbox`` round is open, frames are only queued; when it closes, every
+session that queued some writes them with one ``os.write`` (many replies of one
+commit: one write). Whatever the socket does not take at once goes to the
+session's sender task, which writes it with ``send_all`` and also meets the
+errors (a broken connection): the order of frames and the way a connection
+ends are the same either way. A round never spans an ``await`` (other tasks'
+frames would wait for it).
 """
 
 from __future__ import annotations
@@ -19,13 +22,13 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import trio
 
 from ...protocol.frames import Connection
 
-__all__ = ["Session", "Subscription"]
+__all__ = ["Outbox", "Session", "Subscription"]
 
 log = logging.getLogger("runq.server")
 
@@ -46,6 +49,36 @@ class Subscription:
         )
 
 
+class Outbox:
+    """The write round shared by every session of a server (see the module docstring).
+
+    ``with outbox:`` opens a round (rounds nest; the outermost one writes); sessions that queued frames
+    meanwhile each write them with one ``os.write`` when it closes.
+    """
+
+    __slots__ = ("depth", "sessions")
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.sessions: list[Session] = []
+
+    def __enter__(self) -> Self:
+        self.depth += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.depth -= 1
+        if not self.depth:
+            self.write()
+
+    def write(self) -> None:
+        """Write what the sessions queued so far in this round (the round stays open)."""
+        if self.sessions:
+            sessions, self.sessions = self.sessions, []
+            for sess in sessions:
+                sess.write_queued()
+
+
 class Session:
     """A connected peer.
 
@@ -53,10 +86,12 @@ class Session:
         stream: the trio stream.
         peer: printable peer address.
         max_frame: largest frame body accepted from the peer.
+        outbox: the server's write rounds (shared by its sessions).
         max_pending: bytes queued for a slow subscriber before events are dropped.
     """
 
-    def __init__(self, stream: trio.abc.Stream, peer: str, max_frame: int, max_pending: int = 4 << 20) -> None:
+    def __init__(self, stream: trio.abc.Stream, peer: str, max_frame: int, outbox: Outbox,
+                 max_pending: int = 4 << 20) -> None:
         self.stream = stream
         self.peer = peer
         self.conn = Connection(max_frame)
@@ -71,49 +106,68 @@ class Session:
         self._closing = False
         self._sender_done = trio.Event()
         self._writing = False  # the sender task is in send_all
-        self._wrote_now = False  # a frame was written at once since the sender task last ran
+        self._outbox = outbox
+        #: writes made on the socket (``os.write`` and the sender task's ``send_all``), for tests and stats
+        self.writes = 0
+        #: trio time at which the reader last passed a scheduling point (``TcpFrontend._receive``)
+        self.turn_at = 0.0
+        self._in_round = False  # listed in the open round's sessions
         sock = getattr(stream, "socket", None)
-        self._fd = sock.fileno() if sock is not None else -1
+        #: the socket's descriptor (non-blocking: trio's), or -1 for another kind of stream
+        self.fd = sock.fileno() if sock is not None else -1
         self.closed = False
 
     # ------------------------------------------------------------------ out
     def send(self, message: dict[str, Any]) -> None:
-        """Queue one message (never blocks; the sender task writes it)."""
+        """Queue one message (never blocks); it is written at once, or when the open round closes."""
         if self.closed or self._closing:
             return
-        data = self.conn.send(message)
-        if not self._buf and not self._writing and not self._wrote_now and self._fd >= 0:
-            data = self._write_now(data)
-            if not data:
-                return
-        self._buf.append(data)
-        self._pending += len(data)
-        if not self._wake.is_set():
-            self._wake.set()
+        self.send_bytes(self.conn.send(message))
 
     def send_many(self, messages: list[dict[str, Any]]) -> None:
         if self.closed or self._closing or not messages:
             return
-        data = self.conn.send_many(messages)
-        if not self._buf and not self._writing and not self._wrote_now and self._fd >= 0:
-            data = self._write_now(data)
-            if not data:
-                return
+        self.send_bytes(self.conn.send_many(messages))
+
+    def send_bytes(self, data: bytes) -> None:
+        """Queue whole frames already encoded (``Connection.send``)."""
+        if self.closed or self._closing:
+            return
         self._buf.append(data)
         self._pending += len(data)
+        if self._outbox.depth:
+            if not self._in_round:
+                self._in_round = True
+                self._outbox.sessions.append(self)
+        else:
+            self.write_queued()
+
+    def write_queued(self) -> None:
+        """Write what is queued with one non-blocking ``os.write``; what the socket does not take (or all of
+        it, while the sender task is writing) is left to the sender task."""
+        self._in_round = False
+        buf = self._buf
+        if self.closed:  # (the sender task is gone, and so may the descriptor be)
+            buf.clear()
+            return
+        if not buf or self._writing or self.fd < 0:
+            if buf and not self._wake.is_set():
+                self._wake.set()
+            return
+        data = buf[0] if len(buf) == 1 else b"".join(buf)
+        self.writes += 1
+        try:
+            n = os.write(self.fd, data)
+        except OSError:  # full (BlockingIOError) or broken: the sender task writes it, or meets the error
+            n = 0
+        if n == len(data):
+            buf.clear()
+            self._pending = 0
+            return
+        buf[:] = [data[n:]]
+        self._pending = len(data) - n
         if not self._wake.is_set():
             self._wake.set()
-
-    def _write_now(self, data: bytes) -> bytes:
-        """Write what the socket takes now; return the rest (for the sender task)."""
-        self._wrote_now = True
-        if not self._wake.is_set():
-            self._wake.set()  # (the sender runs once, and lets the next frame be written at once again)
-        try:
-            n = os.write(self._fd, data)
-        except OSError:  # full (BlockingIOError) or broken: the sender task writes it, or meets the error
-            return data
-        return data[n:]
 
     def send_event(self, message: dict[str, Any]) -> None:
         """Queue a live event, or drop it when the peer is not keeping up."""
@@ -138,12 +192,12 @@ class Session:
             while True:
                 await self._wake.wait()
                 self._wake = trio.Event()
-                self._wrote_now = False
                 if self._buf:
                     data = self._buf[0] if len(self._buf) == 1 else b"".join(self._buf)
                     self._buf.clear()
                     self._pending = 0
                     self._writing = True
+                    self.writes += 1
                     try:
                         await self.stream.send_all(data)
                     finally:

@@ -74,8 +74,14 @@ CREATE TABLE requests (
 );
 """
 
+#: Version 3: a ``requests`` row answers a run of ``seqs`` consecutive requests of one client (their answers
+#: consecutive ids: runq.app.core.requests), so that a commit writes a row per client, not per request.
+_V3 = """
+ALTER TABLE requests ADD COLUMN seqs INTEGER NOT NULL DEFAULT 1;
+"""
+
 #: MIGRATIONS[i] takes a database from version i to version i + 1.
-MIGRATIONS: list[str] = [_V1, _V2]
+MIGRATIONS: list[str] = [_V1, _V2, _V3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

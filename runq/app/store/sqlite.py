@@ -5,9 +5,10 @@ Theory of operation
 The database is in WAL mode. One dedicated thread owns the write connection.
 ``submit(batch)`` puts a ``Batch`` on its queue and returns at once; the thread
 takes *every* batch waiting, writes them all in one ``BEGIN IMMEDIATE ...
-COMMIT`` (group commit), and then calls each batch's ``on_done(error)`` through
-the ``notify`` function it was given (the trio server passes its token's
-``run_sync_soon``, so callbacks run in the trio thread). An enqueue is
+COMMIT`` (group commit), and then calls each batch's ``on_done(error)``, in
+order and all in one call of the ``notify`` function it was given (the trio
+server passes its token's ``run_sync_soon``, so callbacks run in the trio
+thread). An enqueue is
 acknowledged only from ``on_done(None)``: acknowledged tasks survive ``kill -9``
 (``synchronous=NORMAL``) or power loss (``synchronous=FULL``).
 
@@ -85,6 +86,9 @@ class _MultiInsert:
 
     def run(self, conn: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]) -> None:
         rows = rows if isinstance(rows, list) else list(rows)
+        if len(rows) == 1:  # (a lone request's commit)
+            conn.execute(self._statement(1), rows[0])
+            return
         i, total = 0, len(rows)
         while i < total:
             n = self.MAX_ROWS
@@ -102,7 +106,8 @@ _UPSERT = _MultiInsert("tasks", TASK_COLUMNS,
                        " ON CONFLICT(id) DO UPDATE SET " + ", ".join(f"{c}=excluded.{c}" for c in TASK_COLUMNS[1:]))
 _INSERT_NEW = _MultiInsert("tasks", NEW_COLUMNS)
 _INSERT_EVENT = _MultiInsert("events", EVENT_ROW_COLUMNS)
-_UPSERT_REQUEST = _MultiInsert("requests", REQUEST_COLUMNS, " ON CONFLICT(id) DO UPDATE SET answer = excluded.answer")
+_UPSERT_REQUEST = _MultiInsert("requests", REQUEST_COLUMNS,
+                               " ON CONFLICT(id) DO UPDATE SET answer = excluded.answer, seqs = excluded.seqs")
 
 
 class StoreError(Exception):
@@ -144,7 +149,7 @@ class Batch:
         events: event rows (``EVENT_ROW_COLUMNS`` order: numbered by the core) to append.
         queue_ops: (queue name, paused) to record.
         requests: enqueue answers by idempotency token (``REQUEST_COLUMNS`` order) to write (an id written
-            again replaces its answer).
+            again replaces its row).
         requests_below: delete the ``requests`` rows whose id is below this.
         prune_before: delete finished tasks (and their events) finished before this time.
         on_done: called with ``None`` after the commit, or with the exception.
@@ -260,9 +265,9 @@ class Store:
         return rows(), paused, max((max_id or 0) + 1, meta_next or 0, 1)
 
     def load_requests(self) -> tuple[list[tuple[Any, ...]], int]:
-        """Return (the stored enqueue answers in ``REQUEST_COLUMNS`` order, by id; the next free row id)."""
+        """Return (the stored enqueue answers in ``REQUEST_COLUMNS`` order, by id; the next free number)."""
         rows = self.conn.execute(f"SELECT {', '.join(REQUEST_COLUMNS)} FROM requests ORDER BY id").fetchall()
-        return rows, (rows[-1][0] + 1 if rows else 1)
+        return rows, max((r[0] + r[5] for r in rows), default=1)  # (a row numbers its seqs from its id on)
 
     def next_event_id(self) -> int:
         """The first free event id (the core numbers the events it makes from there)."""
@@ -374,7 +379,15 @@ class Store:
         requests: dict[int, tuple[Any, ...]] = {}
         requests_below = 0
         prune: float | None = None
-        for b in batches:
+        if len(batches) == 1:  # (the lone request's commit: its lists as they are; ids are unique in a batch)
+            (b,) = batches
+            new_rows, events, queue_ops, requests_below, prune = (b.new_rows, b.events, b.queue_ops,
+                                                                  b.requests_below or 0, b.prune_before)
+            if b.rows:
+                rows = {r[0]: r for r in b.rows}
+            if b.requests:
+                requests = {r[0]: r for r in b.requests}
+        for b in batches if len(batches) > 1 else ():
             if b.requests:
                 for r in b.requests:
                     requests[r[0]] = r
@@ -430,12 +443,15 @@ class Store:
         if error is None:
             st.rows += len(rows) + len(new_rows)
             st.events += len(events)
-        tell = notify or self.notify
         for b in batches:
             b.pruned = pruned
-            if b.on_done is not None:
-                cb = b.on_done
-                tell(lambda cb=cb: cb(error))  # type: ignore[misc]
+        done = [b.on_done for b in batches if b.on_done is not None]
+        if done:
+            def report() -> None:
+                for on_done in done:
+                    on_done(error)
+
+            (notify or self.notify)(report)  # (one hand-over per commit: one wake-up of the trio loop)
         return error
 
     def _begin(self) -> None:
