@@ -1390,9 +1390,12 @@ def test_queue_stats_match_the_tasks() -> None:
     join(core, "w2", queues=("a", "b"))
     core.take_effects(T0)
     core.cancel(6, T0)
+    core.done("w1", [[1, 1, b""]], T0)
     assert core.queue_stats() == [
-        {"queue": "a", "paused": False, "scheduled": 1, "ready": 1, "running": 2, "workers": 2},
-        {"queue": "b", "paused": False, "scheduled": 0, "ready": 1, "running": 0, "workers": 1},
+        {"queue": "a", "paused": False, "scheduled": 1, "ready": 1, "running": 1, "workers": 2,
+         "enqueued": 4, "succeeded": 1, "failed": 0, "dead": 0, "cancelled": 0},
+        {"queue": "b", "paused": False, "scheduled": 0, "ready": 1, "running": 0, "workers": 1,
+         "enqueued": 2, "succeeded": 0, "failed": 0, "dead": 0, "cancelled": 1},  # (totals since the start)
     ]
     assert "default" not in {s["queue"] for s in core.queue_stats()}
 
