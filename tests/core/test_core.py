@@ -1143,8 +1143,9 @@ def test_pause_and_resume() -> None:
     join(core, credit=5)
     fx = core.take_effects(T0)
     assert sent(fx) == [] and fx.queue_ops == [("default", True)]
-    assert core.queue_stats() == [{"queue": "default", "paused": True, "scheduled": 1, "ready": 2,
-                                   "running": 0, "workers": 1}]
+    (stats,) = core.queue_stats()
+    assert {k: stats[k] for k in ("queue", "paused", "scheduled", "ready", "running", "workers")} == {
+        "queue": "default", "paused": True, "scheduled": 1, "ready": 2, "running": 0, "workers": 1}
     core.heartbeat("w1", T0 + 5)
     core.tick(T0 + 5)  # becomes ready, still not dispatched
     fx = core.take_effects(T0 + 5)
