@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import trio
+from server_helpers import VirtualClock, until
 
 from runq import Client, Worker
 from runq.app.core import CoreConfig
@@ -68,7 +69,9 @@ async def test_enqueue_is_acknowledged_only_after_commit(server: Server) -> None
 
 
 @pytest.mark.trio
-async def test_wait_long_polls_until_final(server: Server, nursery: trio.Nursery) -> None:
+async def test_wait_long_polls_until_final(server: Server, nursery: trio.Nursery,
+                                           virtual_clock: VirtualClock) -> None:
+    virtual_clock.follow(nursery, server)
     worker = Worker(concurrency=1)
     gate = trio.Event()
 
@@ -78,22 +81,27 @@ async def test_wait_long_polls_until_final(server: Server, nursery: trio.Nursery
         return "done"
 
     nursery.start_soon(worker.run, f"127.0.0.1:{server.port}")
-    with trio.fail_after(10):
+    with trio.fail_after(60):
         async with Client(f"127.0.0.1:{server.port}") as c:
             tid = await c.enqueue("gated")
+            t0 = trio.current_time()
             with pytest.raises(TimeoutError):
-                await c.wait(tid, timeout=0.2)
+                await c.wait(tid, timeout=1)
+            assert trio.current_time() - t0 == pytest.approx(1)  # the whole timeout, in one long poll
             async with trio.open_nursery() as n:
                 results: list[dict[str, Any]] = []
 
                 async def waiter() -> None:
-                    results.append(await c.wait(tid, timeout=5))
+                    results.append(await c.wait(tid, timeout=30))
 
                 n.start_soon(waiter)
-                await trio.sleep(0.05)
+                await until(server, lambda: tid in server._waiters)  # the server holds the request
+                await trio.sleep(1)
                 assert not results
                 gate.set()
+                t0 = trio.current_time()
             assert results[0]["state"] == "succeeded" and results[0]["result"] == "done"
+            assert trio.current_time() - t0 < 1  # answered when the task ended, not when the timeout ran out
     worker.stop()
 
 
@@ -125,19 +133,25 @@ async def test_subscribe_filters_and_progress(server: Server, nursery: trio.Nurs
 
 
 @pytest.mark.trio
-async def test_silent_worker_loses_its_lease(nursery: trio.Nursery, tmp_path: Path) -> None:
-    srv = await start(nursery, tmp_path, core={"lease_timeout": 0.3})
-    with trio.fail_after(10):
+async def test_silent_worker_loses_its_lease(nursery: trio.Nursery, tmp_path: Path,
+                                            virtual_clock: VirtualClock) -> None:
+    srv = await start(nursery, tmp_path, core={"lease_timeout": 10.0})
+    virtual_clock.follow(nursery, srv)
+    with trio.fail_after(60):
         peer, welcome = await RawPeer.connect(srv.port, role="worker")
-        assert welcome["op"] == "welcome" and welcome["lease_timeout"] == 0.3
+        assert welcome["op"] == "welcome" and welcome["lease_timeout"] == 10.0
         async with peer.stream, Client(f"127.0.0.1:{srv.port}") as c:
             tid = await c.enqueue("job", retries=3)
             await peer.send({"op": "credit", "n": 1})
             msg = await peer.recv()
             assert msg["op"] == "tasks" and msg["tasks"][0]["id"] == tid
-            # go silent: after the lease timeout the task is back, with an event saying why
-            while (await c.get(tid))["state"] != "ready":
-                await trio.sleep(0.05)
+            # any message renews the lease: a heartbeat 6 s later moves the expiry to 10 s after it
+            await trio.sleep(6)
+            await peer.send({"op": "heartbeat"})
+            heard = trio.current_time()
+            # go silent: exactly lease_timeout later the task is back, with an event saying why
+            await until(srv, lambda: srv.task_now(tid)["state"] == "ready")  # type: ignore[index]
+            assert trio.current_time() - heard == pytest.approx(10.0, abs=0.01)
             kinds = [e["kind"] for e in await c.events(tid)]
             assert kinds == ["enqueued", "started", "lost"]
             # the late result of the silent worker is refused (its connection was dropped)
@@ -389,7 +403,9 @@ async def test_a_watcher_may_not_drain(server: Server) -> None:
 
 @pytest.mark.trio
 async def test_the_worker_tells_a_timeout_from_a_cancel_and_from_a_handlers_own_timeout_error(
-        server: Server, nursery: trio.Nursery) -> None:
+        server: Server, nursery: trio.Nursery, virtual_clock: VirtualClock) -> None:
+    # (virtual time: the sync handler's thread sleeps for real, and the clock reaches its timeout meanwhile)
+    virtual_clock.follow(nursery, server)
     worker = Worker(concurrency=4)
     started = trio.Event()
 
@@ -411,7 +427,7 @@ async def test_the_worker_tells_a_timeout_from_a_cancel_and_from_a_handlers_own_
         raise TimeoutError("the handler's own deadline")
 
     nursery.start_soon(worker.run, f"127.0.0.1:{server.port}")
-    with trio.fail_after(15):
+    with trio.fail_after(60):
         async with Client(f"127.0.0.1:{server.port}") as c:
             timed = await c.enqueue("nap", 30, timeout=0.2, retries=0)
             sync_timed = await c.enqueue("sync_nap", 1.0, timeout=0.2, retries=0)
@@ -668,31 +684,38 @@ async def test_a_timeline_keeps_its_order_when_a_failed_commit_is_retried_after_
 
 @pytest.mark.trio
 async def test_a_server_cancel_seen_after_the_deadline_is_not_reported_as_a_timeout(
-        server: Server, nursery: trio.Nursery) -> None:
+        server: Server, nursery: trio.Nursery, virtual_clock: VirtualClock) -> None:
     """A handler that defers cancellation (a shielded section) past its deadline, after the server
     cancelled it: the worker must not report a timeout failure for a task it was told is cancelled
     (the server would refuse it and log a late result in the task's timeline)."""
     import anyio.lowlevel
 
+    virtual_clock.follow(nursery, server)
     worker = Worker(concurrency=1)
     started = trio.Event()
+    ended = trio.Event()
 
     @worker.task("stubborn", timeout=0.3)
     async def stubborn(p: Any) -> str:
         started.set()
         with anyio.CancelScope(shield=True):
             await anyio.sleep(0.6)
+        ended.set()
         await anyio.lowlevel.checkpoint()
         return "finished anyway"
 
     nursery.start_soon(worker.run, f"127.0.0.1:{server.port}")
-    with trio.fail_after(15):
+    with trio.fail_after(60):
         async with Client(f"127.0.0.1:{server.port}") as c:
             tid = await c.enqueue("stubborn", retries=0, timeout=60)
             await started.wait()
+            t0 = trio.current_time()
             await c.cancel(tid)
-            await trio.sleep(0.9)  # past the handler's deadline: it has ended by now
-            await c.ping()  # (after the worker's report, if any: it is sent at once)
+            await ended.wait()
+            assert trio.current_time() - t0 >= 0.6  # past the handler's deadline (0.3 s)
+            # (the virtual clock moves only when every task waits: after this, the worker's report, if it
+            # made one, has reached the server)
+            await trio.sleep(1)
             assert (worker.failed, server.core.stats.late_results) == (0, 0)
             assert "late_result" not in [e["kind"] for e in await c.events(tid)]
     worker.stop()
@@ -808,10 +831,11 @@ async def test_a_sync_handler_that_outlives_its_timeout_does_not_keep_the_next_t
 
 @pytest.mark.trio
 async def test_a_prefetched_task_is_not_timed_out_by_the_server_while_it_waits_for_a_runner(
-        nursery: trio.Nursery, tmp_path: Path) -> None:
+        nursery: trio.Nursery, tmp_path: Path, virtual_clock: VirtualClock) -> None:
     """Concurrency 1 with one task prefetched: the second task waits 0.5 s for the runner, then runs 0.5 s of
     its 0.6 s timeout; the server's backstop (0.6 + 0.3 s) counts from when the first one ended."""
     srv = await start(nursery, tmp_path, core={"lease_timeout": 0.3})
+    virtual_clock.follow(nursery, srv)
     worker = Worker(concurrency=1, prefetch=1)
 
     @worker.task("half_second")
@@ -820,13 +844,14 @@ async def test_a_prefetched_task_is_not_timed_out_by_the_server_while_it_waits_f
         return "done"
 
     nursery.start_soon(worker.run, f"127.0.0.1:{srv.port}")
-    with trio.fail_after(15):
+    with trio.fail_after(60):
         async with Client(f"127.0.0.1:{srv.port}") as c:
-            while not srv.core.workers:
-                await trio.sleep(0.01)
+            await until(srv, lambda: srv.core.workers)
+            t0 = trio.current_time()
             ids = await c.enqueue_many([{"type": "half_second", "timeout": 0.6, "retries": 0} for _ in range(2)])
             tasks = [await c.wait(tid, timeout=5) for tid in ids]
             assert [t["state"] for t in tasks] == ["succeeded", "succeeded"], [t["error"] for t in tasks]
+            assert trio.current_time() - t0 == pytest.approx(1.0)  # one after the other, both dispatched at once
             assert srv.core.stats.late_results == 0
     worker.stop()
 
