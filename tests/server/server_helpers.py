@@ -107,3 +107,11 @@ async def until(server: Server, predicate: Callable[[], Any], poll: float = 1.0)
     finally:
         server.commit_listeners.remove(seen)
         server.change_listeners.remove(seen)
+
+
+def writer_has_taken_all(server: Server) -> bool:
+    """Whether the store's writer thread holds every batch handed over and not yet reported (none waits
+    for the committer or in the writer's queue): with the database locked, it waits for the lock with them."""
+    store = server.store
+    assert store is not None
+    return server._submitted > server._committed_count and not server._pending and store._q.empty()

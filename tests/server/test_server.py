@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import trio
-from server_helpers import VirtualClock, until
+from server_helpers import VirtualClock, until, writer_has_taken_all
 
 from runq import Client, Worker
 from runq.app.core import CoreConfig
@@ -476,13 +476,21 @@ async def test_a_task_that_left_memory_is_read_after_its_last_change_is_written(
             # the one that finished first left the finished-task cache (size 1) before its row was written
             (gone,) = [t for t in (a, b) if t not in srv.core.tasks and t not in srv.core.finished]
 
-            async def unlock() -> None:
-                await trio.sleep(0.3)
-                lock.execute("COMMIT")
-                lock.close()
+            got: list[dict[str, Any]] = []
 
-            nursery.start_soon(unlock)
-            task = await c.get(gone)
+            async def get() -> None:
+                got.append(await c.get(gone))
+
+            try:
+                async with trio.open_nursery() as n:
+                    n.start_soon(get)
+                    while srv._commit_seen is None and not got:  # the get waits for the write, held by the lock
+                        await trio.sleep(0.001)
+                    assert not got, got
+                    lock.execute("COMMIT")
+            finally:
+                lock.close()  # (with the transaction still open: a rollback)
+            (task,) = got
             assert task["state"] == "succeeded" and task["result"] == (1 if gone == a else 2)
     worker.stop()
 
@@ -546,13 +554,15 @@ async def test_wait_committed_waits_for_the_commits_so_far_not_for_the_load_to_s
 
 
 @pytest.mark.trio
-async def test_an_enqueue_whose_task_started_before_its_failed_commit_is_not_refused(server: Server) -> None:
+async def test_an_enqueue_whose_task_started_before_its_failed_commit_is_not_refused(
+        server: Server, nursery: trio.Nursery, virtual_clock: VirtualClock) -> None:
     """A task handed to a worker in the same flush as its enqueue cannot be forgotten when the commit
     fails: the client must not hear 'nothing was enqueued' (it would enqueue again: two runs). The answer
     waits for the write to be retried instead, and is the task's id."""
+    virtual_clock.follow(nursery, server)
     store = server.store
     assert store is not None
-    with trio.fail_after(15):
+    with trio.fail_after(60):
         peer, _ = await RawPeer.connect(server.port, role="worker")
         async with peer.stream, Client(f"127.0.0.1:{server.port}") as c:
             await c.enqueue("t", "before")
@@ -574,10 +584,11 @@ async def test_an_enqueue_whose_task_started_before_its_failed_commit_is_not_ref
                 msg = await peer.recv()  # the task was dispatched at once, before its commit failed
                 assert msg["op"] == "tasks"
                 tid = msg["tasks"][0]["id"]
-                while server.stats.store_errors == 0:
-                    await trio.sleep(0.01)
-                await trio.sleep(0.3)
-                assert answers == [] or answers == [tid], answers  # never refused
+                # the commit failed, and so did its retry 0.5 s later (the disk is still full): no answer yet, no
+                # refusal
+                with trio.fail_after(2):
+                    await until(server, lambda: server.stats.store_errors >= 2)
+                assert answers == [], answers
                 store.conn.execute("PRAGMA max_page_count = 1073741823")  # space again
             assert answers == [tid]
             await peer.send({"op": "done", "results": [[tid, msg["tasks"][0]["lease"], encode_value(1)]]})
@@ -618,7 +629,8 @@ async def test_a_unique_key_answer_naming_a_task_whose_commit_failed_gets_a_new_
                 while not any(t.key == "k" for t in server.core.tasks.values()):
                     await trio.sleep(0.001)
                 (x,) = [t.id for t in server.core.tasks.values() if t.key == "k"]
-                await trio.sleep(0.1)  # the writer has taken A's batch and waits for the lock
+                while not writer_has_taken_all(server):  # A's batch, and it waits for the lock
+                    await trio.sleep(0.001)
                 n.start_soon(enqueue, "B", b, [{"type": "t", "payload": "y", "key": "k"},
                                                {"type": "t", "payload": "other work"}])
                 while server._submitted < server._committed_count + 2:  # B's flush is queued behind A's
@@ -662,9 +674,8 @@ async def test_a_timeline_keeps_its_order_when_a_failed_commit_is_retried_after_
             other.execute("BEGIN IMMEDIATE")  # the writer waits for this lock with batch N in hand
             committed = server._committed_count
             await peer.send({"op": "done", "results": [[tid, task["lease"], encode_value("r" * 200_000)]]})
-            while server._submitted < committed + 1:
+            while server._submitted < committed + 1 or not writer_has_taken_all(server):  # batch N
                 await trio.sleep(0.001)
-            await trio.sleep(0.1)  # the writer has taken batch N
             await peer.send({"op": "done", "results": [[tid, task["lease"], encode_value("again")]]})
             while server._submitted < committed + 2:  # batch N+1 is queued behind it
                 await trio.sleep(0.001)
@@ -673,9 +684,11 @@ async def test_a_timeline_keeps_its_order_when_a_failed_commit_is_retried_after_
             while server._committed_count < committed + 2:
                 await trio.sleep(0.01)
             assert server.stats.store_errors == 1  # N failed, N+1 did not
+            commits = store.stats.commits
             store.conn.execute("PRAGMA max_page_count = 1073741823")  # space again
-            await trio.sleep(0.7)  # the retry (0.5 s after the failure)
-            await server.wait_committed()
+            with trio.fail_after(2):  # the retry, 0.5 s after the failure
+                await until(server, lambda: store.stats.commits > commits, poll=0.05)
+            assert server.stats.store_errors == 1
             assert [e["kind"] for e in await c.events(tid)] == ["enqueued", "started", "succeeded", "late_result"]
     db = sqlite3.connect(server.config.db)
     assert db.execute("SELECT state FROM tasks WHERE id = ?", (tid,)).fetchone() == ("succeeded",)
@@ -723,14 +736,15 @@ async def test_a_server_cancel_seen_after_the_deadline_is_not_reported_as_a_time
 
 @pytest.mark.trio
 async def test_a_failed_commit_of_tasks_that_already_left_memory_is_retried_all_the_same(
-        nursery: trio.Nursery, tmp_path: Path) -> None:
+        nursery: trio.Nursery, tmp_path: Path, virtual_clock: VirtualClock) -> None:
     """Under load, tasks finish and leave the finished-task cache before their commit is known to have
     failed: their final rows must still be written by the retry (else the store keeps them running, and
     the next start runs them again)."""
     srv = await start(nursery, tmp_path, core={"finished_cache": 2})
+    virtual_clock.follow(nursery, srv)
     store = srv.store
     assert store is not None
-    with trio.fail_after(15):
+    with trio.fail_after(60):
         peer, _ = await RawPeer.connect(srv.port, role="worker")
         async with peer.stream, Client(f"127.0.0.1:{srv.port}") as c:
             ids = await c.enqueue_many([{"type": "t"} for _ in range(6)])
@@ -741,11 +755,12 @@ async def test_a_failed_commit_of_tasks_that_already_left_memory_is_retried_all_
             (pages,) = store.conn.execute("PRAGMA page_count").fetchone()
             store.conn.execute(f"PRAGMA max_page_count = {pages}")  # the 'disk' is now full
             await peer.send({"op": "done", "results": [[tid, leases[tid], encode_value("r" * 20_000)] for tid in ids]})
-            while srv.stats.store_errors == 0:
-                await trio.sleep(0.01)
+            await until(srv, lambda: srv.stats.store_errors)
+            commits = store.stats.commits
             store.conn.execute("PRAGMA max_page_count = 1073741823")  # space again
-            await trio.sleep(0.7)  # the retry (0.5 s after the failure)
-            await srv.wait_committed()
+            with trio.fail_after(2):  # the retry, 0.5 s after the failure (not a later flush: a lease expiry's)
+                await until(srv, lambda: store.stats.commits > commits)
+            assert srv.stats.store_errors == 1
     db = sqlite3.connect(srv.config.db)
     states = dict(db.execute("SELECT id, state FROM tasks").fetchall())
     db.close()
