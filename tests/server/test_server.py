@@ -534,6 +534,9 @@ async def test_connections_with_input_in_the_same_round_share_one_commit(server:
 
 @pytest.mark.trio
 async def test_wait_committed_waits_for_the_commits_so_far_not_for_the_load_to_stop(server: Server) -> None:
+    """Under a load that never pauses (four clients enqueueing, and a prune handed over each time a commit is
+    reported: a batch is always on its way), ``wait_committed`` returns once the batches handed over before
+    it have committed (a read after it sees them), with later ones still to come."""
     stop = trio.Event()
 
     async def steady_load() -> None:
@@ -541,16 +544,30 @@ async def test_wait_committed_waits_for_the_commits_so_far_not_for_the_load_to_s
             while not stop.is_set():
                 await c.enqueue_many([{"type": "t"}] * 50)
 
+    def one_more(batch: Any, error: BaseException | None) -> None:
+        if not stop.is_set():
+            server.prune(before=0.0)  # (deletes nothing: one more commit)
+
     with trio.fail_after(10):
         async with trio.open_nursery() as loads:
             for _ in range(4):
                 loads.start_soon(steady_load)
             while server.core.stats.enqueued < 2000:
                 await trio.sleep(0.01)
+            server.commit_listeners.append(one_more)
+            server.prune(before=0.0)
+            db = sqlite3.connect(server.config.db)
             for _ in range(20):
                 tid = max(server.core.tasks)
-                await server.task_events(tid)  # flush + wait_committed under a load that never pauses
+                await server.cancel(tid)  # (it hands over a batch with the cancel, and returns before its commit)
+                with trio.fail_after(2):
+                    await server.wait_committed()
+                # (no await since: as wait_committed left it) the cancel is on disk, and a later batch is on its way
+                assert db.execute("SELECT state FROM tasks WHERE id = ?", (tid,)).fetchone() == ("cancelled",)
+                assert server._committed_count < server._submitted
+            db.close()
             stop.set()
+        server.commit_listeners.remove(one_more)
 
 
 @pytest.mark.trio
