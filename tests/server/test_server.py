@@ -788,20 +788,22 @@ async def test_a_failed_commit_of_tasks_that_already_left_memory_is_retried_all_
 async def test_sync_handlers_run_as_many_at_once_as_the_concurrency_beyond_anyios_default_40_threads(
         server: Server, nursery: trio.Nursery) -> None:
     """Each sync handler runs in a thread: with concurrency 50, all 50 run at once (anyio's default thread
-    limiter holds 40; the others waited for a thread while their timeout ran, and timed out unrun)."""
-    import time
+    limiter holds 40; the others waited for a thread while their timeout ran, and timed out unrun). A barrier
+    of 50 is passed only by 50 handlers running at once: no timing margin (with 40 threads it breaks)."""
+    import threading
 
     worker = Worker(concurrency=50, prefetch=0)
+    all_running = threading.Barrier(50, timeout=5)  # (only passed by 50 handlers running at once)
 
     @worker.task("block")
     def block(p: Any) -> str:
-        time.sleep(0.5)
+        all_running.wait()
         return "ok"
 
     nursery.start_soon(worker.run, f"127.0.0.1:{server.port}")
     with trio.fail_after(15):
         async with Client(f"127.0.0.1:{server.port}") as c:
-            ids = await c.enqueue_many([{"type": "block", "timeout": 0.9, "retries": 0} for _ in range(50)])
+            ids = await c.enqueue_many([{"type": "block", "timeout": 10, "retries": 0} for _ in range(50)])
             tasks = [await c.wait(tid, timeout=10) for tid in ids]
             assert [t["state"] for t in tasks] == ["succeeded"] * 50, [t["error"] for t in tasks if t["error"]][:1]
     worker.stop()
