@@ -158,7 +158,8 @@ async def test_a_worker_runs_it_and_long_poll_returns_when_final(api: Api) -> No
         assert r.json()["status"] == "running" and r.json()["attempts"] == 1
 
         async def release() -> None:
-            await trio.sleep(0.2)
+            while tid not in api.server._waiters:  # the long poll below waits for the task
+                await trio.sleep(0.001)
             gate.set()
 
         async with trio.open_nursery() as n:
