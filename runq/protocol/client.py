@@ -343,16 +343,23 @@ class Client:
             self._write_now = _direct_writer(stream)
             self._up.set()
             error = await self._session(stream, conn)
+            # What was in flight is sorted out before any await: a call made while the old stream closes
+            # is then registered for the next connection (``Calls.lost`` forgets this one's rids: one
+            # registered before it would wait for ever for a reply that matches nothing).
             self._up = anyio.Event()
             self._stream = None
+            self._write_now = None
             self._epoch += 1
-            with anyio.CancelScope(shield=True):
-                await stream.aclose()
             self._end_events()  # a subscription ends with its connection (docs/clients.md)
             again, failed = self._calls.lost(error)
             for call in failed:
                 self._finish(call, error=call.error)
-            self._queue[:0] = again
+            if self._queue:  # a call not yet written is in both (once in the queue, in order of the calls)
+                resent = set(again)
+                again += [call for call in self._queue if call not in resent]
+            self._queue = again
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
             stream, conn = await self._reconnect()
             self._down = None
 
