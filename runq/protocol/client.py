@@ -76,19 +76,24 @@ def _native_event() -> Callable[[], Any]:
 
 def _direct_writer(stream: anyio.abc.ByteStream) -> Callable[[bytes], bytes] | None:
     """A function that writes bytes on ``stream`` at once, without awaiting, and returns what it did not
-    write (the caller then sends that the usual way); None where that is not known to keep the order.
+    write (the caller hands that to the sender task); None where that is not known to keep the order.
 
     On asyncio, anyio's socket stream writes through an asyncio transport, which buffers what the socket
-    does not take: writing through that same transport keeps the order of everything sent. On trio the
-    socket is written only by whoever holds the client's ``_sending`` turn, so while nobody does, a
-    non-blocking ``send`` on it is in order.
+    does not take: writing through that same transport keeps the order of everything sent (it writes only
+    while the transport holds nothing, so that a peer that stopped reading holds the callers back through
+    the sender's send). On trio the socket is written by the sender task (``_sending``) or by a caller, when
+    the sender is not writing and no frame is half-written (``_partial``): a non-blocking ``send`` is then
+    in order.
     """
     transport = getattr(stream, "_transport", None)  # (anyio's asyncio SocketStream; not a public attribute)
     asyncio = sys.modules.get("asyncio")  # (imported when running asyncio; not imported here for nothing)
     if asyncio is not None and isinstance(transport, asyncio.WriteTransport):
         def write_through(data: bytes) -> bytes:
-            if transport.is_closing():
-                return data  # (the stream's own send meets the error)
+            if transport.is_closing() or transport.get_write_buffer_size():
+                # (ended: the stream's own send meets the error; bytes waiting in the transport: the socket
+                # is full, and the sender's send waits for it to drain, where the transport would buffer
+                # without bound whatever callers write through it)
+                return data
             transport.write(data)
             return b""
 
@@ -196,7 +201,8 @@ class Client:
         self._tg: anyio.abc.TaskGroup | None = None
         self._wake = anyio.Event()
         self._epoch = 0  # numbers the connections: a call's frame is for the one it was encoded for
-        self._sending = False  # a write is in progress (the sender task's, or a caller's own)
+        self._sending = False  # the sender task is writing
+        self._partial = b""  # the rest of a frame a caller began to write itself: the sender writes it first
         self._up = anyio.Event()  # set while connected
         self._closed: BaseException | None = None  # aclose() was called
         self._down: BaseException | None = None  # no server answered for retry_for: calls fail at once
@@ -349,6 +355,7 @@ class Client:
             self._up = anyio.Event()
             self._stream = None
             self._write_now = None
+            self._partial = b""  # (the rest of a frame begun on the old stream: never written)
             self._epoch += 1
             self._end_events()  # a subscription ends with its connection (docs/clients.md)
             again, failed = self._calls.lost(error)
@@ -423,23 +430,28 @@ class Client:
         return False
 
     async def _sender(self, stream: anyio.abc.ByteStream, conn: Connection) -> None:
+        """Write the queued calls' frames, all those of a wake-up in one ``send``, after the rest of a frame a
+        caller began to write itself (``_partial``)."""
         calls = self._calls
         epoch = self._epoch
         while True:
-            if not self._queue or self._sending:
+            if not (self._queue or self._partial):
                 await self._wake.wait()
                 self._wake = self._event()
                 continue
             queued, self._queue = self._queue, []
+            frames = [self._partial] if self._partial else []
+            self._partial = b""
             for call in queued:
                 if call.epoch != epoch:  # encoded for an earlier connection: a fresh rid for this one
                     call.frame = conn.send(calls.message(call))
                     call.epoch = epoch
                 call.sent = True  # (before the write: the server may read part of what it sends)
                 call.tries += 1
+                frames.append(call.frame)
             self._sending = True
             try:
-                await stream.send(queued[0].frame if len(queued) == 1 else b"".join([c.frame for c in queued]))
+                await stream.send(frames[0] if len(frames) == 1 else b"".join(frames))
             finally:
                 self._sending = False
 
@@ -490,28 +502,26 @@ class Client:
             raise
         call.epoch = self._epoch
         done = call.waiter = self._event()
-        stream = self._stream
         try:
-            if stream is not None and not self._queue and not self._sending and len(call.frame) <= 65536:
-                # nothing else to write: write it here, one task switch fewer than through the sender, and
-                # at once when the socket takes it (no await: no checkpoint, no cancel scope) if it is the
-                # only call in flight; with others in flight (pipelining), the frames of the calls made in
-                # this scheduling round go out together, after this first one (below)
-                call.sent = True
-                call.tries += 1
-                write_now = self._write_now if len(self._calls.pending) == 1 else None
-                rest = write_now(call.frame) if write_now is not None else call.frame
-                if rest:  # (a small frame, shielded: a write cut by the caller's cancellation would break the stream)
-                    self._sending = True
-                    try:
-                        with anyio.CancelScope(shield=True):
-                            await stream.send(rest)
-                    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                        pass  # the reader sees the connection end; the call is resent on the next one
-                    finally:
-                        self._sending = False
-                        if self._queue:
-                            self._wake.set()
+            write_now = self._write_now
+            if (write_now is not None and not self._queue and not self._sending and not self._partial
+                    and len(self._calls.pending) == 1 and len(call.frame) <= 65536):
+                # the only call in flight, nothing else to write: write it here, at once, without awaiting
+                # (no task switch to the sender, no checkpoint). With others in flight (pipelining) the
+                # sender writes the frames of the calls made in this scheduling round together, in one send.
+                rest = write_now(call.frame)
+                if len(rest) < len(call.frame):
+                    call.sent = True  # (the server may read what was written)
+                    call.tries += 1
+                    if rest:
+                        # the socket took part of the frame: the sender writes the rest before anything else.
+                        # Never awaited here: this caller's cancellation (its timeout) must work while the
+                        # peer reads nothing, and must not cut the frame (the stream would be broken).
+                        self._partial = rest
+                        self._wake.set()
+                else:  # (nothing written: the socket is full, or the stream has ended)
+                    self._queue.append(call)
+                    self._wake.set()
             else:
                 self._queue.append(call)
                 self._wake.set()

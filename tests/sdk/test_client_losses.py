@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -116,3 +117,32 @@ def test_calls_queued_when_the_connection_is_lost_are_written_once_on_the_next(t
     assert anyio.run(main, backend=backend) == [1 + 6]  # the hello and the six requests, once each
     assert len(set(answers)) == 6
     assert threaded_server.server.core.stats.enqueued == 6
+
+
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_a_callers_timeout_works_while_the_server_reads_nothing(threaded_server: ThreadedServer,
+                                                                backend: str) -> None:
+    """With the server stalled, the socket buffers fill up; each call still returns at its caller's deadline
+    (none waits for the write), and no frame is cut: once the server reads again, it reads whole frames."""
+    blob = b"x" * 60_000  # (a frame a lone call writes itself)
+    worst = [0.0]
+
+    async def main() -> dict[str, Any]:
+        async with Client(threaded_server.address) as c:
+            await c.ping()
+            with frozen(threaded_server, longest=10.0):
+                for _ in range(150):  # 9 MB: more than the socket buffers of both sides hold
+                    t0 = time.monotonic()
+                    with anyio.move_on_after(0.01):
+                        await c.enqueue("t", blob)
+                    worst[0] = max(worst[0], time.monotonic() - t0)
+            with anyio.fail_after(20):
+                await c.ping()
+                tid = await c.enqueue("t", "after")
+                assert (await c.get(tid))["payload"] == "after"
+                assert c.connections == 1
+                return await c.stats()
+
+    stats = anyio.run(main, backend=backend)
+    assert worst[0] < 1.0
+    assert stats["protocol_errors"] == 0
