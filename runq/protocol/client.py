@@ -30,9 +30,11 @@ import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .address import format_address, server_addresses, server_token
-from .calls import TRANSIENT_HELLO_ERRORS, Backoff, Calls, Request, connect_error, hello_message
+from .calls import TRANSIENT_HELLO_ERRORS, Backoff, Calls, Request, closing_error, connect_error, hello_message
 from .errors import (
+    REQUEST_ERROR_CODES,
     ConnectionClosed,
+    FrameTooLarge,
     InvalidState,
     NotRunqServer,
     ProtocolError,
@@ -42,7 +44,7 @@ from .errors import (
     error_for_code,
     looks_like,
 )
-from .frames import DEFAULT_MAX_FRAME, Connection
+from .frames import DEFAULT_MAX_FRAME, HEADER, Connection
 from .tasks import Call, TaskHandle, client_closed, client_opened
 from .values import decode_task, encode_value
 
@@ -119,6 +121,19 @@ def _direct_writer(stream: anyio.abc.ByteStream) -> Callable[[bytes], bytes] | N
 _NIL = encode_value(None)
 
 
+def _send_limit(welcome: dict[str, Any]) -> int:
+    """The largest frame, header included, that the server of ``welcome`` reads (docs/protocol.md section 1)."""
+    max_frame = welcome.get("max_frame")
+    return (max_frame if type(max_frame) is int else DEFAULT_MAX_FRAME) + HEADER.size
+
+
+def _too_large_to_send(call: Request, size: int, limit: int) -> FrameTooLarge:
+    """The caller's error for a request the server would refuse with ``frame_too_large``, closing the
+    connection under every call in flight (calls.py rule 5): it is not sent."""
+    return FrameTooLarge(f"{call.op}: the request is a frame of {size - HEADER.size} bytes, over the server's "
+                         f"max_frame of {limit - HEADER.size}: send fewer or smaller tasks")
+
+
 def _enqueue_entry(type: str | Call[Any], payload: Any = None, **options: Any) -> dict[str, Any]:
     """The wire entry of one enqueue: of a typed task's bound ``Call``, or by type name."""
     if isinstance(type, Call):
@@ -192,6 +207,7 @@ class Client:
         self.retry_for = retry_for
         self.backoff = backoff or Backoff()
         self.welcome: dict[str, Any] = {}
+        self._send_limit = DEFAULT_MAX_FRAME + 4  # the largest frame the server reads (its welcome's max_frame)
         #: connections made so far (1 after connect; one more per reconnection)
         self.connections = 0
         self._calls = Calls()
@@ -298,6 +314,7 @@ class Client:
                 await stream.aclose()
             raise
         self.welcome = msg
+        self._send_limit = _send_limit(msg)
         return stream, conn
 
     async def aclose(self) -> None:
@@ -420,14 +437,14 @@ class Client:
             call.reply = msg  # (Calls.reply has marked it done)
             if call.waiter is not None:
                 call.waiter.set()
+        if op != "error":
             return False
-        if op == "error" and msg.get("rid") is None:
-            # the server closes the connection after this frame; only a stopping server is worth a resend
-            code = str(msg.get("code"))
-            if code not in TRANSIENT_HELLO_ERRORS:
-                outcome[0] = error_for_code(code, str(msg.get("message")))
+        if msg.get("rid") is None:  # (every request of this client has a rid: an error that closes the connection)
+            outcome[0] = closing_error(msg)  # (it names no request: calls.py rule 4)
             return True
-        return False
+        # an error that closes the connection names the request to blame: that one has its answer (above),
+        # the others are sent again on the next connection (calls.py rule 4)
+        return str(msg.get("code")) not in REQUEST_ERROR_CODES
 
     async def _sender(self, stream: anyio.abc.ByteStream, conn: Connection) -> None:
         """Write the queued calls' frames, all those of a wake-up in one ``send``, after the rest of a frame a
@@ -497,6 +514,8 @@ class Client:
             raise ConnectionClosed(f"not connected: {self._down}")
         try:  # encoded here, so that a value msgpack cannot carry fails this call, in its caller
             call.frame = self._conn.send(self._calls.message(call))
+            if len(call.frame) > self._send_limit:
+                raise _too_large_to_send(call, len(call.frame), self._send_limit)
         except BaseException:
             self._calls.done(call)
             raise
@@ -573,10 +592,12 @@ class Client:
         if (type.__class__ is str and payload is None and queue is None and priority is None and delay is None
                 and run_at is None and timeout is None and retries is None and key is None):
             entry: dict[str, Any] = {"type": type, "payload": _NIL}  # (the usual call, built at once)
+            checked = True  # (of the right types: nothing to check)
         else:
             entry = _enqueue_entry(type, payload, queue=queue, priority=priority, delay=delay, run_at=run_at,
                                    timeout=timeout, retries=retries, key=key)
-        task_id = int((await self._submit(self._calls.new({"op": "enqueue", "tasks": [entry]}))).reply["ids"][0])  # type: ignore[index]
+            checked = False
+        task_id = int((await self._submit(self._calls.new({"op": "enqueue", "tasks": [entry]}, checked))).reply["ids"][0])  # type: ignore[index]
         return TaskHandle(self, task_id, type.task) if isinstance(type, Call) else task_id
 
     @overload

@@ -27,9 +27,10 @@ from datetime import datetime
 from typing import Any, Self, TypeVar, overload
 
 from .address import format_address, server_addresses, server_token
-from .calls import TRANSIENT_HELLO_ERRORS, Backoff, Calls, Request, connect_error, hello_message
-from .client import _NIL, FINAL_STATES, _enqueue_entry, _many_entries
+from .calls import TRANSIENT_HELLO_ERRORS, Backoff, Calls, Request, closing_error, connect_error, hello_message
+from .client import _NIL, FINAL_STATES, _enqueue_entry, _many_entries, _send_limit, _too_large_to_send
 from .errors import (
+    REQUEST_ERROR_CODES,
     ConnectionClosed,
     InvalidState,
     NotRunqServer,
@@ -86,6 +87,7 @@ class SyncClient:
         self.retry_for = retry_for
         self.backoff = backoff or Backoff()
         self.welcome: dict[str, Any] = {}
+        self._send_limit = DEFAULT_MAX_FRAME + 4  # the largest frame the server reads (its welcome's max_frame)
         #: connections made so far (1 after the constructor; one more per reconnection)
         self.connections = 0
         self._sleep = sleep
@@ -96,6 +98,7 @@ class SyncClient:
         self._conn = Connection(DEFAULT_MAX_FRAME)
         self._preferred = 0
         self._closed = False
+        self._reopen = False  # the socket was closed by this client, not lost: connect again without waiting
         self._sock, self._conn = self._open()  # the first connection fails at once (wrong address, token)
 
     # ------------------------------------------------------------------ lifecycle
@@ -172,6 +175,7 @@ class SyncClient:
             sock.close()
             raise
         self.welcome = msg
+        self._send_limit = _send_limit(msg)
         return sock, conn
 
     # ------------------------------------------------------------------ calls
@@ -226,6 +230,8 @@ class SyncClient:
         conn = self._conn
         calls = self._calls
         data = conn.send(calls.message(call))
+        if len(data) > self._send_limit:
+            raise _too_large_to_send(call, len(data), self._send_limit)
         call.sent = True  # (before the write: the server may read part of it)
         call.tries += 1
         try:
@@ -236,28 +242,40 @@ class SyncClient:
                     raise _Lost()
                 conn.receive_data(chunk)
                 while (msg := conn.next_message()) is not None:
-                    if calls.reply(msg) is call:
+                    mine = calls.reply(msg) is call
+                    if mine:
                         call.reply = msg
+                    if msg["op"] == "error":
+                        if msg.get("rid") is None:  # (closes the connection, names no request: calls.py rule 4)
+                            raise _Lost(closing_error(msg))
+                        if str(msg.get("code")) not in REQUEST_ERROR_CODES:  # the server closes the connection after it
+                            if mine:
+                                self._drop(reopen=True)  # (this call has its answer; the next connects again)
+                                return
+                            raise _Lost()
+                    if mine:
                         return
-                    if msg["op"] == "error" and msg.get("rid") is None:
-                        code = str(msg.get("code"))
-                        raise _Lost(None if code in TRANSIENT_HELLO_ERRORS else
-                                    error_for_code(code, str(msg.get("message"))))
                     # anything else (a late reply to a call given up on) is not for anyone now
         except (OSError, ProtocolError) as exc:
             if self._closed:
                 raise ConnectionClosed("not connected: client closed") from exc
             raise _Lost() from exc
 
-    def _drop(self) -> None:
+    def _drop(self, reopen: bool = False) -> None:
+        """Close the socket. ``reopen``: closed by this client, not lost: the next call connects at once."""
         sock, self._sock = self._sock, None
+        self._reopen = reopen
         if sock is not None:
             sock.close()
 
     def _reconnect(self, give_up: float) -> None:
-        """Try the addresses, ``backoff`` apart, until one answers; raise once ``give_up`` passed."""
+        """Try the addresses, ``backoff`` apart (the first time at once after ``_drop(reopen=True)``), until
+        one answers; raise once ``give_up`` passed."""
+        at_once, self._reopen = self._reopen, False
         while True:
-            self._sleep(self.backoff.next())
+            if not at_once:
+                self._sleep(self.backoff.next())
+            at_once = False
             if self._closed:
                 raise ConnectionClosed("not connected: client closed")
             try:
@@ -289,10 +307,12 @@ class SyncClient:
         if (type.__class__ is str and payload is None and queue is None and priority is None and delay is None
                 and run_at is None and timeout is None and retries is None and key is None):
             entry: dict[str, Any] = {"type": type, "payload": _NIL}  # (the usual call, built at once)
+            checked = True  # (of the right types: nothing to check)
         else:
             entry = _enqueue_entry(type, payload, queue=queue, priority=priority, delay=delay, run_at=run_at,
                                    timeout=timeout, retries=retries, key=key)
-        task_id = int(self.request({"op": "enqueue", "tasks": [entry]})["ids"][0])
+            checked = False
+        task_id = int(self._call(self._calls.new({"op": "enqueue", "tasks": [entry]}, checked)).reply["ids"][0])  # type: ignore[index]
         return SyncTaskHandle(self, task_id, type.task) if isinstance(type, Call) else task_id
 
     @overload

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -16,8 +17,9 @@ import pytest
 import trio
 from threaded_server import ThreadedServer
 
-from runq import Client
+from runq import Client, RemoteError, SyncClient
 from runq.app.server import Server
+from runq.protocol.errors import FrameTooLarge
 
 
 def _on_server(server: ThreadedServer, fn: Callable[[], Any]) -> Any:
@@ -146,3 +148,151 @@ def test_a_callers_timeout_works_while_the_server_reads_nothing(threaded_server:
     stats = anyio.run(main, backend=backend)
     assert worst[0] < 1.0
     assert stats["protocol_errors"] == 0
+
+
+# ---------------------------------------------------------------------- errors that close the connection
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_a_request_that_closes_the_connection_fails_alone(threaded_server: ThreadedServer, backend: str) -> None:
+    """One bad request among 400 enqueues in flight: the server closes the connection with an error that names
+    it; that call fails with it, every other is answered (sent again on the next connection if need be), and
+    each task exists once."""
+    failed: list[BaseException] = []
+    ids: list[int] = []
+
+    async def main() -> int:
+        async with Client(threaded_server.address) as c:
+            async def good(i: int) -> None:
+                ids.append(await c.enqueue("t", i))
+
+            async def bad() -> None:
+                try:
+                    await c.request({"op": "launch_missiles"})  # (an op the server does not know: unknown_op)
+                except RemoteError as exc:
+                    failed.append(exc)
+
+            with anyio.fail_after(20):
+                async with anyio.create_task_group() as tg:
+                    for i in range(200):
+                        tg.start_soon(good, i)
+                    tg.start_soon(bad)
+                    for i in range(200, 400):
+                        tg.start_soon(good, i)
+                payloads = sorted([(await c.get(tid))["payload"] for tid in ids])
+            assert payloads == list(range(400))
+            return c.connections
+
+    assert anyio.run(main, backend=backend) == 2
+    assert [getattr(e, "code", None) for e in failed] == ["unknown_op"]
+    assert len(set(ids)) == 400
+    assert threaded_server.server.core.stats.enqueued == 400
+
+
+def test_the_sync_client_connects_again_after_an_error_that_closes_the_connection(
+        threaded_server: ThreadedServer) -> None:
+    with SyncClient(threaded_server.address) as c:
+        tid = c.enqueue("t")
+        c.cancel(tid)
+        with pytest.raises(RemoteError) as exc_info:
+            c.request({"op": "launch_missiles"})
+        assert exc_info.value.code == "unknown_op"
+        # (a retry is never sent twice: written on the closed connection it would fail "may or may not")
+        assert c.retry(tid)["state"] == "ready"
+        assert c.connections == 2
+
+
+@pytest.mark.parametrize("call", [
+    lambda c: c.enqueue("t", priority="5"),
+    lambda c: c.enqueue("t", key=5),
+    lambda c: c.enqueue_many([{"type": "t", "retries": 1.5}]),
+    lambda c: c.get("5"),
+    lambda c: c.cancel(True),
+    lambda c: c.list_tasks(limit="10"),
+    lambda c: c.pause(None),
+    lambda c: c.get(2**64 - 1),
+], ids=["priority-str", "key-int", "retries-float", "get-str", "cancel-bool", "limit-str", "pause-nil",
+        "id-beyond-64-bits"])
+def test_the_sdk_refuses_a_field_of_a_wrong_type_before_sending_it(threaded_server: ThreadedServer,
+                                                                  call: Callable[[Any], Any]) -> None:
+    """A value the server would answer with bad_message (closing the connection under every call in flight)
+    is the caller's TypeError, and nothing is sent."""
+    with SyncClient(threaded_server.address) as c:
+        with pytest.raises(TypeError):
+            call(c)
+        c.ping()
+        assert c.connections == 1
+
+    async def main() -> int:
+        async with Client(threaded_server.address) as ac:
+            with pytest.raises(TypeError):
+                await call(ac)
+            await ac.ping()
+            return ac.connections
+
+    assert anyio.run(main, backend="asyncio") == 1
+    assert threaded_server.server.stats.protocol_errors == 0
+
+
+def _close_clients(server: Server) -> None:
+    """The server closes its client connections with an error that names no request (as after a bug met
+    outside any one request)."""
+    for sess in list(server.sessions):
+        if sess.role == "client":
+            sess.close({"op": "error", "code": "internal", "message": "injected"})
+
+
+@pytest.mark.trio
+async def test_an_error_that_names_no_request_sends_the_calls_again_once(server: Server) -> None:
+    def waits(tid: int) -> int:  # (the server keeps a wait of a closed connection until its timeout)
+        return len(server._waiters.get(tid, ()))
+
+    with trio.fail_after(15):
+        async with Client(f"127.0.0.1:{server.port}") as c:
+            tid = await c.enqueue("t")
+            answers: list[dict[str, Any]] = []
+
+            async def waiter() -> None:
+                answers.append(await c.wait(tid, timeout=30))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(waiter)
+                await until(lambda: waits(tid) == 1)
+                _close_clients(server)
+                await until(lambda: waits(tid) == 2)  # the wait, sent again on the next connection
+                await server.cancel(tid)
+            assert answers[0]["state"] == "cancelled" and c.connections == 2
+
+            tid = await c.enqueue("t")
+            async with trio.open_nursery() as nursery:
+                async def close_twice() -> None:
+                    for n in (1, 2):
+                        await until(lambda n=n: waits(tid) == n)
+                        _close_clients(server)
+
+                nursery.start_soon(close_twice)
+                with pytest.raises(RemoteError) as exc_info:  # in flight on two such connections: it fails
+                    await c.wait(tid, timeout=30)
+            assert exc_info.value.code == "internal" and c.connections >= 3
+            assert (await c.stats())["enqueued"] == 2  # (and the client works)
+
+
+def test_a_request_over_the_servers_frame_limit_is_refused_before_it_is_sent(tmp_path: Path) -> None:
+    srv = ThreadedServer(str(tmp_path / "runq.db"))
+    srv.server.config.max_frame = 4096
+    srv.start()
+    try:
+        with SyncClient(srv.address) as c:
+            with pytest.raises(FrameTooLarge, match="max_frame of 4096"):
+                c.enqueue("t", b"x" * 5000)
+            assert c.enqueue("t", b"x" * 3000) > 0 and c.connections == 1
+
+        async def main() -> int:
+            async with Client(srv.address) as ac:
+                with pytest.raises(FrameTooLarge, match="max_frame of 4096"):
+                    await ac.enqueue_many([{"type": "t", "payload": b"x" * 3000}] * 2)
+                await ac.ping()
+                return ac.connections
+
+        assert anyio.run(main, backend="asyncio") == 1
+        assert srv.server.stats.protocol_errors == 0
+    finally:
+        srv.stop()
