@@ -58,6 +58,15 @@ class _Lost(Exception):
         self.error = error  # the server's error frame that closed it, caused by the requests
 
 
+def _answer(call: Request) -> dict[str, Any]:
+    """``call``'s reply; an error frame is raised (``RemoteError``, subclass by code)."""
+    reply = call.reply
+    assert reply is not None
+    if reply["op"] == "error":
+        raise error_for_code(str(reply.get("code")), str(reply.get("message")))
+    return reply
+
+
 class SyncClient:
     """A blocking client: the ``Client`` API without ``await``. It survives the server's restarts.
 
@@ -187,21 +196,22 @@ class SyncClient:
             ConnectionClosed: closed, or no server answered for ``retry_for`` seconds after the connection
                 was lost, or it was lost after a request that is not sent twice (``retry``) was sent.
         """
-        reply = self._call(self._calls.new(msg)).reply
-        assert reply is not None
-        return reply
+        return _answer(self._call(msg))
 
-    def _call(self, call: Request) -> Request:
+    def _call(self, msg: dict[str, Any], checked: bool = False) -> Request:
+        """Make the call of ``msg`` and carry it out; return it with its reply (maybe an error frame).
+
+        All under the lock: one call at a time, and an enqueue's ``seq`` handed out in the order the calls
+        are made (two threads must never get the same one: the second would be answered with the first's
+        task id, and its own task never created).
+        """
         with self._lock:
+            call = self._calls.new(msg, checked)
             try:
                 self._exchange(call)
             finally:
                 if call.reply is None:  # (a reply has marked it done already)
                     self._calls.done(call)
-        reply = call.reply
-        assert reply is not None
-        if reply["op"] == "error":
-            raise error_for_code(str(reply.get("code")), str(reply.get("message")))
         return call
 
     def _exchange(self, call: Request) -> None:
@@ -235,7 +245,15 @@ class SyncClient:
         call.sent = True  # (before the write: the server may read part of it)
         call.tries += 1
         try:
-            sock.sendall(data)
+            try:
+                sock.sendall(data)
+            except BaseException as exc:
+                if not isinstance(exc, OSError):
+                    # interrupted mid-write (KeyboardInterrupt, a green thread's timeout): part of the frame may
+                    # be on the socket, and the server would read the next call's frame as the rest of it. The
+                    # socket is dropped, not shared with the next call, which connects again.
+                    self._drop(reopen=True)
+                raise
             while True:  # (the reply comes after the request: read first; what was buffered before is read too)
                 chunk = sock.recv(65536)
                 if not chunk:
@@ -312,7 +330,7 @@ class SyncClient:
             entry = _enqueue_entry(type, payload, queue=queue, priority=priority, delay=delay, run_at=run_at,
                                    timeout=timeout, retries=retries, key=key)
             checked = False
-        task_id = int(self._call(self._calls.new({"op": "enqueue", "tasks": [entry]}, checked)).reply["ids"][0])  # type: ignore[index]
+        task_id = int(_answer(self._call({"op": "enqueue", "tasks": [entry]}, checked))["ids"][0])
         return SyncTaskHandle(self, task_id, type.task) if isinstance(type, Call) else task_id
 
     @overload
@@ -360,9 +378,9 @@ class SyncClient:
 
     def cancel(self, task_id: int) -> dict[str, Any]:
         """Cancel a queued or running task; return it (a resent cancel that finds it cancelled returns it)."""
-        call = self._calls.new({"op": "cancel", "id": task_id})
+        call = self._call({"op": "cancel", "id": task_id})
         try:
-            reply = self._call(call).reply
+            reply = _answer(call)
         except InvalidState:
             if call.tries < 2:
                 raise
@@ -370,7 +388,6 @@ class SyncClient:
             if task["state"] != "cancelled":
                 raise
             return task
-        assert reply is not None
         return decode_task(reply["task"])
 
     def retry(self, task_id: int) -> dict[str, Any]:

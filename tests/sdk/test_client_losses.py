@@ -3,6 +3,7 @@ written once per connection, answered once, and a caller's own timeout works wha
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 import time
@@ -19,6 +20,7 @@ from threaded_server import ThreadedServer
 
 from runq import Client, RemoteError, SyncClient
 from runq.app.server import Server
+from runq.protocol.calls import Calls, Request
 from runq.protocol.errors import FrameTooLarge
 
 
@@ -296,3 +298,75 @@ def test_a_request_over_the_servers_frame_limit_is_refused_before_it_is_sent(tmp
         assert srv.server.stats.protocol_errors == 0
     finally:
         srv.stop()
+
+
+# ---------------------------------------------------------------------- SyncClient
+class _Interrupted(BaseException):
+    """Stands for KeyboardInterrupt: an exception that is not an ``Exception``, raised by a signal handler."""
+
+
+def test_a_sync_call_interrupted_mid_write_leaves_no_half_frame_for_the_next(threaded_server: ThreadedServer) -> None:
+    def interrupt(signum: int, frame: Any) -> None:
+        raise _Interrupted()
+
+    before = signal.signal(signal.SIGUSR1, interrupt)
+    try:
+        with SyncClient(threaded_server.address) as c:
+            c.ping()
+            me = threading.get_ident()
+            with frozen(threaded_server):
+                # the write of 8 MB blocks (the server reads nothing) with part of the frame in the socket
+                timer = threading.Timer(0.5, signal.pthread_kill, (me, signal.SIGUSR1))
+                timer.start()
+                with pytest.raises(_Interrupted):
+                    c.enqueue("t", b"x" * 8_000_000)
+                timer.join()
+            watchdog = threading.Timer(10, c.close)  # (a call that hangs fails instead)
+            watchdog.start()
+            try:
+                tid = c.enqueue("t", "after")
+                assert c.get(tid)["payload"] == "after"
+            finally:
+                watchdog.cancel()
+            assert c.connections == 2
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+
+
+class _Preempted(Calls):
+    """``Calls`` whose ``new`` is preempted between reading the next seq and counting it (a thread switch can
+    come there: ``self._next_seq += 1`` is a read, an add and a write). Records the seq of every call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seqs: list[int] = []
+
+    def new(self, msg: dict[str, Any], checked: bool = False) -> Request:
+        seq = self._next_seq
+        time.sleep(0.05)  # (another thread runs here)
+        self._next_seq = seq
+        call = super().new(msg, checked)
+        if call.seq is not None:
+            self.seqs.append(call.seq)
+        return call
+
+
+def test_threads_sharing_a_sync_client_never_share_a_seq(threaded_server: ThreadedServer) -> None:
+    """Two enqueues with one token would be one task: the server answers the second with the first's id
+    whenever it still holds that token (here ``done_below`` lets it forget it in time; an earlier call still
+    waiting for its answer would not)."""
+    ids: list[int] = []
+    calls = _Preempted()
+    with SyncClient(threaded_server.address) as c:
+        c._calls = calls
+
+        def enqueue(i: int) -> None:
+            ids.append(c.enqueue("t", i))
+
+        threads = [threading.Thread(target=enqueue, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert sorted(c.get(tid)["payload"] for tid in ids) == [0, 1, 2, 3]
+    assert sorted(calls.seqs) == [0, 1, 2, 3]
