@@ -184,7 +184,7 @@ class Calls:
             if not call.sent:
                 again.append(call)
             elif call.op not in RESENT:
-                why = "lost" if error is None else f"closed by the server ({error})"
+                why = "lost" if error is None else f"ended ({error})"
                 call.error = ConnectionClosed(f"the connection was {why} after {call.op!r} was sent: it may or "
                                               "may not have been applied")
                 failed.append(call)

@@ -127,6 +127,15 @@ def _send_limit(welcome: dict[str, Any]) -> int:
     return (max_frame if type(max_frame) is int else DEFAULT_MAX_FRAME) + HEADER.size
 
 
+def _too_large_to_read(call: Request, exc: FrameTooLarge, max_frame: int) -> FrameTooLarge:
+    """The caller's error for an answer over the client's ``max_frame`` (the connection ends: it is not read)."""
+    error = FrameTooLarge(f"{call.op}: the server's answer is a frame of {exc.size} bytes, over this client's "
+                          f"max_frame of {max_frame}: ask for less (list_tasks: a smaller limit), or give the "
+                          "client a larger max_frame")
+    error.size = exc.size
+    return error
+
+
 def _too_large_to_send(call: Request, size: int, limit: int) -> FrameTooLarge:
     """The caller's error for a request the server would refuse with ``frame_too_large``, closing the
     connection under every call in flight (calls.py rule 5): it is not sent."""
@@ -193,11 +202,14 @@ class Client:
         connect_timeout: seconds to connect to one address and be welcomed.
         retry_for: seconds a call waits for a lost connection to come back before it fails.
         backoff: the delays between reconnection attempts (default: 50 ms doubling up to 2 s, jittered).
+        max_frame: the largest frame body this client reads (16 MiB by default): an answer larger than that
+            fails its call with ``FrameTooLarge`` (docs/clients.md).
     """
 
     def __init__(self, address: str | Sequence[str] | None = None, *, token: str | None = None,
                  role: str = "client", connect_timeout: float = 10.0, retry_for: float = 30.0,
-                 backoff: Backoff | None = None) -> None:
+                 backoff: Backoff | None = None, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.max_frame = max_frame
         self.addresses = server_addresses(address)
         self.address = format_address(*self.addresses[0])  # the one connected to (or tried first)
         self.host, self.port = self.addresses[0]
@@ -212,7 +224,7 @@ class Client:
         self.connections = 0
         self._calls = Calls()
         self._queue: list[Request] = []  # calls waiting to be written
-        self._conn = Connection(DEFAULT_MAX_FRAME)
+        self._conn = Connection(max_frame)
         self._stream: anyio.abc.ByteStream | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._wake = anyio.Event()
@@ -286,7 +298,7 @@ class Client:
         with anyio.fail_after(self.connect_timeout):
             stream = await anyio.connect_tcp(host, port)
         try:
-            conn = Connection(DEFAULT_MAX_FRAME)
+            conn = Connection(self.max_frame)
             await stream.send(conn.send(hello_message(self.role, self.token)))
             answer = b""  # the peer's first bytes: what it is, when it is not a runq server
             with anyio.fail_after(self.connect_timeout):
@@ -403,8 +415,10 @@ class Client:
                             if self._route(msg, outcome):
                                 return
                         conn.receive_data(await stream.receive(65536))
-                except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, ProtocolError):
+                except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
                     pass
+                except ProtocolError as exc:
+                    self._unreadable(exc, outcome)
                 finally:
                     tg.cancel_scope.cancel()
 
@@ -419,6 +433,16 @@ class Client:
             tg.start_soon(reader)
             tg.start_soon(sender)
         return outcome[0]
+
+    def _unreadable(self, exc: ProtocolError, outcome: list[BaseException | None]) -> None:
+        """The server sent what this client cannot read (the connection ends): a frame over ``max_frame`` that
+        answers a call fails that call (sent again it would be answered the same way, for ever); else it is
+        an end that names no call (calls.py rule 4)."""
+        call = self._calls.pending.get(exc.rid) if type(exc.rid) is int else None
+        if isinstance(exc, FrameTooLarge) and call is not None:
+            self._finish(call, error=_too_large_to_read(call, exc, self.max_frame))
+        else:
+            outcome[0] = exc
 
     def _route(self, msg: dict[str, Any], outcome: list[BaseException | None]) -> bool:
         """Hand one message to its call or the event stream; True when it ends the connection."""
@@ -806,7 +830,8 @@ class _Feed:
                 if self.client._route(msg, self.outcome):
                     self._end()
                     return
-        except ProtocolError:
+        except ProtocolError as exc:
+            self.client._unreadable(exc, self.outcome)
             self._end()
 
     def eof_received(self) -> bool:

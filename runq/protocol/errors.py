@@ -52,9 +52,16 @@ class ProtocolError(RunqError):
 
 
 class FrameTooLarge(ProtocolError):
-    """A frame header announced more bytes than the negotiated limit."""
+    """A frame header announced more bytes than the negotiated limit.
+
+    Attributes:
+        size: the body size the header announced (0 when not known).
+        rid: (``ProtocolError``) the ``rid`` of the message in that frame, when its first bytes (the first
+            read) show it: the request it was, or the request it answers.
+    """
 
     code = "frame_too_large"
+    size = 0
 
 
 class NotRunqServer(ProtocolError):

@@ -28,10 +28,19 @@ from typing import Any, Self, TypeVar, overload
 
 from .address import format_address, server_addresses, server_token
 from .calls import TRANSIENT_HELLO_ERRORS, Backoff, Calls, Request, closing_error, connect_error, hello_message
-from .client import _NIL, FINAL_STATES, _enqueue_entry, _many_entries, _send_limit, _too_large_to_send
+from .client import (
+    _NIL,
+    FINAL_STATES,
+    _enqueue_entry,
+    _many_entries,
+    _send_limit,
+    _too_large_to_read,
+    _too_large_to_send,
+)
 from .errors import (
     REQUEST_ERROR_CODES,
     ConnectionClosed,
+    FrameTooLarge,
     InvalidState,
     NotRunqServer,
     ProtocolError,
@@ -81,13 +90,16 @@ class SyncClient:
         retry_for: seconds a call keeps reconnecting after the connection was lost before it fails with
             ``ConnectionClosed``.
         backoff: the delays between reconnection attempts (default: 50 ms doubling up to 2 s, jittered).
+        max_frame: the largest frame body this client reads (16 MiB by default): an answer larger than that
+            fails its call with ``FrameTooLarge`` (docs/clients.md).
         sleep, clock: how to wait and what time it is (injected by tests; ``time.sleep``, ``time.monotonic``).
     """
 
     def __init__(self, address: str | Sequence[str] | None = None, *, token: str | None = None,
                  role: str = "client", connect_timeout: float = 10.0, retry_for: float = 30.0,
-                 backoff: Backoff | None = None, sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 backoff: Backoff | None = None, max_frame: int = DEFAULT_MAX_FRAME,
+                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_frame = max_frame
         self.addresses = server_addresses(address)
         self.address = format_address(*self.addresses[0])
         self.token = server_token(token)
@@ -104,7 +116,7 @@ class SyncClient:
         self._calls = Calls()
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
-        self._conn = Connection(DEFAULT_MAX_FRAME)
+        self._conn = Connection(max_frame)
         self._preferred = 0
         self._closed = False
         self._reopen = False  # the socket was closed by this client, not lost: connect again without waiting
@@ -158,7 +170,7 @@ class SyncClient:
         sock = socket.create_connection((host, port), timeout=self.connect_timeout)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small requests go out at once
-            conn = Connection(DEFAULT_MAX_FRAME)
+            conn = Connection(self.max_frame)
             sock.sendall(conn.send(hello_message(self.role, self.token)))
             answer = b""  # the peer's first bytes: what it is, when it is not a runq server
             while True:
@@ -277,7 +289,12 @@ class SyncClient:
         except (OSError, ProtocolError) as exc:
             if self._closed:
                 raise ConnectionClosed("not connected: client closed") from exc
-            raise _Lost() from exc
+            if not isinstance(exc, ProtocolError):
+                raise _Lost() from exc
+            if isinstance(exc, FrameTooLarge) and exc.rid == call.rid:  # (its answer: it would come again, for ever)
+                self._drop(reopen=True)
+                raise _too_large_to_read(call, exc, self.max_frame) from None
+            raise _Lost(exc) from exc  # (what this client cannot read, naming no call: calls.py rule 4)
 
     def _drop(self, reopen: bool = False) -> None:
         """Close the socket. ``reopen``: closed by this client, not lost: the next call connects at once."""

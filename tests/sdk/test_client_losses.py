@@ -370,3 +370,33 @@ def test_threads_sharing_a_sync_client_never_share_a_seq(threaded_server: Thread
             t.join(10)
         assert sorted(c.get(tid)["payload"] for tid in ids) == [0, 1, 2, 3]
     assert sorted(calls.seqs) == [0, 1, 2, 3]
+
+
+# ---------------------------------------------------------------------- answers over the client's limit
+def test_an_answer_over_the_clients_max_frame_fails_its_call_once(threaded_server: ThreadedServer) -> None:
+    """A list of ten tasks of 1 KB each is a frame over a client limit of 4 KiB: that call fails with a clear
+    FrameTooLarge (sent again, it would be answered the same way for ever); the others carry on."""
+    with SyncClient(threaded_server.address) as c:
+        c.enqueue_many([{"type": "t", "payload": b"x" * 1000}] * 10)
+    with SyncClient(threaded_server.address, max_frame=4096) as c:
+        watchdog = threading.Timer(10, c.close)  # (a call sent again for ever fails instead)
+        watchdog.start()
+        try:
+            with pytest.raises(FrameTooLarge, match="list: the server's answer is a frame of .* max_frame of 4096"):
+                c.list_tasks(limit=10)
+            assert len(c.list_tasks(limit=2)[0]) == 2 and c.connections == 2
+        finally:
+            watchdog.cancel()
+
+    async def main() -> int:
+        async with Client(threaded_server.address, max_frame=4096) as ac:
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(ac.ping)  # (in flight beside it: sent again, answered)
+                    with pytest.raises(FrameTooLarge, match="max_frame of 4096"):
+                        await ac.list_tasks(limit=10)
+                await ac.ping()
+            return ac.connections
+
+    for backend in ("trio", "asyncio"):
+        assert anyio.run(main, backend=backend) == 2

@@ -307,7 +307,10 @@ async def test_a_small_frame_limit_is_enforced(tmp_path: Path) -> None:
                 # a real request over the limit: same answer
                 big = msgpack.packb({"op": "enqueue", "tasks": [{"type": "t", "payload": b"x" * 2000}]})
                 await closed_with(port, HELLO + struct.pack(">I", len(big)) + big, "frame_too_large")
-                assert srv.stats.protocol_errors == 2
+                # one whose first bytes show its rid: the error names it (docs/protocol.md section 4)
+                big = msgpack.packb({"op": "enqueue", "rid": 9, "tasks": [{"type": "t", "payload": b"x" * 2000}]})
+                await closed_with(port, HELLO + struct.pack(">I", len(big)) + big, "frame_too_large", rid=9)
+                assert srv.stats.protocol_errors == 3
                 await still_works(bystander, before)
 
 
