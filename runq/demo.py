@@ -179,9 +179,7 @@ def _run_dashboard(address: str, n: int) -> int:
     feeder = threading.Thread(target=_feed, args=(address, n, stop), daemon=True)
     feeder.start()
     try:
-        http_port = os.environ.get("RUNQ_HTTP_PORT", "0")  # set by `runq demo` for its server
-        http = f"http://127.0.0.1:{http_port}" if http_port != "0" else None
-        RunqDashboard(LiveSource(address, http=http)).run()
+        RunqDashboard(LiveSource(address)).run()
     finally:
         stop.set()
         feeder.join(10)

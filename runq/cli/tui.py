@@ -11,14 +11,11 @@ __all__ = ["tui"]
 
 @command("the terminal dashboard: a server live, or a database file offline")
 @server_options
-@option("--http", default=None, metavar="URL",
-        help="base URL of the server's HTTP API, e.g. http://127.0.0.1:7701: per-queue totals since the server "
-             "started are read from it (docs/tui.md)")
 @option("--db", default=None, metavar="FILE", help="open this database file read-only instead (offline, no server)")
 @log_options
 @click.pass_obj
-def tui(settings: Settings, http: str | None, db: str | None) -> int:
+def tui(settings: Settings, db: str | None) -> int:
     """Open the terminal dashboard: follow a server live (--server), or a database file read-only (--db)."""
     from ..tui import run_tui
 
-    return run_tui(server=settings.server, token=settings.token, http=http, db=db)
+    return run_tui(server=settings.server, token=settings.token, db=db)

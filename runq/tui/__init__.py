@@ -26,14 +26,12 @@ __all__ = [
 ]
 
 
-def run_tui(*, server: str | None = None, token: str | None = None, http: str | None = None,
-            db: str | None = None) -> int:
+def run_tui(*, server: str | None = None, token: str | None = None, db: str | None = None) -> int:
     """Run the dashboard in this terminal until the user quits; return an exit code.
 
     Args:
         server: ``HOST:PORT`` of a running server (live mode).
         token: the server's shared secret.
-        http: the HTTP API's base URL (accepted; see docs/tui.md).
         db: a database file to open read-only instead (offline mode).
     """
     source: Source
@@ -41,6 +39,6 @@ def run_tui(*, server: str | None = None, token: str | None = None, http: str | 
         OfflineSource.check(db)
         source = OfflineSource(db)
     else:
-        source = LiveSource(server or "127.0.0.1:7700", token=token, http=http)
+        source = LiveSource(server or "127.0.0.1:7700", token=token)
     RunqDashboard(source).run()
     return 0

@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 import time
-import urllib.request
 from typing import Any
 
 from ..protocol.client import Client, EventStream
@@ -44,15 +41,12 @@ class LiveSource(Source):
     Args:
         address: ``HOST:PORT`` of the server's TCP protocol.
         token: shared secret (default: ``RUNQ_TOKEN``).
-        http: the HTTP API's base URL: when given, the per-queue succeeded/failed/dead totals since the
-            server started are read from ``GET /api/queues``; everything else goes over TCP (docs/tui.md).
     """
 
-    def __init__(self, address: str, *, token: str | None = None, http: str | None = None,
+    def __init__(self, address: str, *, token: str | None = None,
                  max_bars: int = 20_000) -> None:
         self.address = address
         self.token = token
-        self.http = http
         self.description = address
         self.state = DashboardState(max_bars=max_bars)
         self.state.server = address
@@ -154,8 +148,6 @@ class LiveSource(Source):
 
     async def _poll_once(self, client: Client) -> None:
         queues, workers, stats = await asyncio.gather(client.queues(), client.workers(), client.stats())
-        if self.http:
-            await self._add_http_totals(queues)
         self.state.set_queues(queues)
         self.state.set_workers(workers, self.now())
         self.state.stats = stats
@@ -180,31 +172,6 @@ class LiveSource(Source):
                     continue
         self.state.lanes.seed(bars)
         self.state.version += 1
-
-    async def _add_http_totals(self, queues: list[dict[str, Any]]) -> None:
-        """Add each queue's totals since the server started (``GET /api/queues``) to its queue map."""
-        try:
-            body = await asyncio.to_thread(self._http_get, "/api/queues")
-            totals = {str(q["name"]): q for q in body["queues"]}
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            self.state.note = f"HTTP API {self.http} not read ({type(exc).__name__}: {exc})"
-            return
-        if self.state.note.startswith("HTTP API"):
-            self.state.note = ""
-        for m in queues:
-            t = totals.get(str(m["queue"]))
-            if t is not None:
-                for k in ("succeeded", "failed", "dead"):
-                    m[k] = int(t.get(k) or 0)
-
-    def _http_get(self, path: str) -> Any:
-        assert self.http is not None
-        req = urllib.request.Request(self.http.rstrip("/") + path, headers={"Accept": "application/json"})
-        token = self.token or os.environ.get("RUNQ_TOKEN")
-        if token:
-            req.add_header("Authorization", f"Bearer {token}")
-        with urllib.request.urlopen(req, timeout=STALL_SECONDS) as resp:
-            return json.loads(resp.read())
 
     async def _poller(self, client: Client, stream: EventStream) -> None:
         try:

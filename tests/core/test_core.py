@@ -1143,8 +1143,9 @@ def test_pause_and_resume() -> None:
     join(core, credit=5)
     fx = core.take_effects(T0)
     assert sent(fx) == [] and fx.queue_ops == [("default", True)]
-    assert core.queue_stats() == [{"queue": "default", "paused": True, "scheduled": 1, "ready": 2,
-                                   "running": 0, "workers": 1}]
+    (stats,) = core.queue_stats()
+    assert {k: stats[k] for k in ("queue", "paused", "scheduled", "ready", "running", "workers")} == {
+        "queue": "default", "paused": True, "scheduled": 1, "ready": 2, "running": 0, "workers": 1}
     core.heartbeat("w1", T0 + 5)
     core.tick(T0 + 5)  # becomes ready, still not dispatched
     fx = core.take_effects(T0 + 5)
@@ -1390,9 +1391,12 @@ def test_queue_stats_match_the_tasks() -> None:
     join(core, "w2", queues=("a", "b"))
     core.take_effects(T0)
     core.cancel(6, T0)
+    core.done("w1", [[1, 1, b""]], T0)
     assert core.queue_stats() == [
-        {"queue": "a", "paused": False, "scheduled": 1, "ready": 1, "running": 2, "workers": 2},
-        {"queue": "b", "paused": False, "scheduled": 0, "ready": 1, "running": 0, "workers": 1},
+        {"queue": "a", "paused": False, "scheduled": 1, "ready": 1, "running": 1, "workers": 2,
+         "enqueued": 4, "succeeded": 1, "failed": 0, "dead": 0, "cancelled": 0},
+        {"queue": "b", "paused": False, "scheduled": 0, "ready": 1, "running": 0, "workers": 1,
+         "enqueued": 2, "succeeded": 0, "failed": 0, "dead": 0, "cancelled": 1},  # (totals since the start)
     ]
     assert "default" not in {s["queue"] for s in core.queue_stats()}
 

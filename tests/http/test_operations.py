@@ -37,10 +37,12 @@ async def test_pause_and_resume_a_queue(api: Api) -> None:
 
     r = await api.client.post("/api/queues/default/pause")
     assert r.status_code == 200 and r.json()["paused"] is True
-    await api.start_worker(make_worker(job=job))
+    worker = await api.start_worker(make_worker(job=job))
     tid = (await api.client.post("/api/tasks", json={"type": "job", "data": 1})).json()["task_id"]
-    await trio.sleep(0.3)
-    assert ran == []
+    with trio.fail_after(10):
+        while worker.worker_id not in api.server.core.hungry:  # it asks for tasks (dispatch is in that flush)
+            await trio.sleep(0.01)
+    assert api.server.task_now(tid)["state"] == "ready" and ran == []  # type: ignore[index]
     q = {x["name"]: x for x in (await api.client.get("/api/queues")).json()["queues"]}["default"]
     assert q["paused"] is True and q["counts"]["ready"] == 1 and q["workers"] == 1
     r = await api.client.post("/api/queues/default/resume")

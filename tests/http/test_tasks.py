@@ -158,7 +158,8 @@ async def test_a_worker_runs_it_and_long_poll_returns_when_final(api: Api) -> No
         assert r.json()["status"] == "running" and r.json()["attempts"] == 1
 
         async def release() -> None:
-            await trio.sleep(0.2)
+            while tid not in api.server._waiters:  # the long poll below waits for the task
+                await trio.sleep(0.001)
             gate.set()
 
         async with trio.open_nursery() as n:
@@ -278,6 +279,28 @@ async def test_a_body_over_the_limit_is_413(nursery: trio.Nursery, tmp_path: Any
         error_of(r, 413, "frame_too_large")
         r = await c.post("/api/tasks", json={"type": "x", "data": "y" * 100})
         assert r.status_code == 201
+    srv.stopping.set()
+
+
+async def test_a_413_before_the_body_was_read_closes_the_connection(nursery: trio.Nursery, tmp_path: Any) -> None:
+    """A body announced over the limit is answered 413 at once, its bytes unread: the keep-alive connection
+    cannot serve another request (its next request was never answered), so the answer says
+    `Connection: close` and the server closes it."""
+    from http_helpers import start_api
+
+    srv = await start_api(nursery, tmp_path, max_frame=1000)
+    with trio.fail_after(20):
+        stream = await trio.open_tcp_stream("127.0.0.1", srv.http_port)
+        async with stream:
+            await stream.send_all(b"POST /api/tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                  b"Content-Length: 10000000\r\n\r\n" + b"a" * 65536)
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                answer += await stream.receive_some(65536)
+            head = answer.split(b"\r\n\r\n")[0].lower()
+            assert head.startswith(b"http/1.1 413") and b"connection: close" in head, head
+            while await stream.receive_some(65536):  # then the server closes it (no hang)
+                pass
     srv.stopping.set()
 
 

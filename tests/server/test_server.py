@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import trio
+from server_helpers import VirtualClock, until, writer_has_taken_all
 
 from runq import Client, Worker
 from runq.app.core import CoreConfig
@@ -68,7 +69,9 @@ async def test_enqueue_is_acknowledged_only_after_commit(server: Server) -> None
 
 
 @pytest.mark.trio
-async def test_wait_long_polls_until_final(server: Server, nursery: trio.Nursery) -> None:
+async def test_wait_long_polls_until_final(server: Server, nursery: trio.Nursery,
+                                           virtual_clock: VirtualClock) -> None:
+    virtual_clock.follow(nursery, server)
     worker = Worker(concurrency=1)
     gate = trio.Event()
 
@@ -78,22 +81,27 @@ async def test_wait_long_polls_until_final(server: Server, nursery: trio.Nursery
         return "done"
 
     nursery.start_soon(worker.run, f"127.0.0.1:{server.port}")
-    with trio.fail_after(10):
+    with trio.fail_after(60):
         async with Client(f"127.0.0.1:{server.port}") as c:
             tid = await c.enqueue("gated")
+            t0 = trio.current_time()
             with pytest.raises(TimeoutError):
-                await c.wait(tid, timeout=0.2)
+                await c.wait(tid, timeout=1)
+            assert trio.current_time() - t0 == pytest.approx(1)  # the whole timeout, in one long poll
             async with trio.open_nursery() as n:
                 results: list[dict[str, Any]] = []
 
                 async def waiter() -> None:
-                    results.append(await c.wait(tid, timeout=5))
+                    results.append(await c.wait(tid, timeout=30))
 
                 n.start_soon(waiter)
-                await trio.sleep(0.05)
+                await until(server, lambda: tid in server._waiters)  # the server holds the request
+                await trio.sleep(1)
                 assert not results
                 gate.set()
+                t0 = trio.current_time()
             assert results[0]["state"] == "succeeded" and results[0]["result"] == "done"
+            assert trio.current_time() - t0 < 1  # answered when the task ended, not when the timeout ran out
     worker.stop()
 
 
@@ -125,19 +133,25 @@ async def test_subscribe_filters_and_progress(server: Server, nursery: trio.Nurs
 
 
 @pytest.mark.trio
-async def test_silent_worker_loses_its_lease(nursery: trio.Nursery, tmp_path: Path) -> None:
-    srv = await start(nursery, tmp_path, core={"lease_timeout": 0.3})
-    with trio.fail_after(10):
+async def test_silent_worker_loses_its_lease(nursery: trio.Nursery, tmp_path: Path,
+                                            virtual_clock: VirtualClock) -> None:
+    srv = await start(nursery, tmp_path, core={"lease_timeout": 10.0})
+    virtual_clock.follow(nursery, srv)
+    with trio.fail_after(60):
         peer, welcome = await RawPeer.connect(srv.port, role="worker")
-        assert welcome["op"] == "welcome" and welcome["lease_timeout"] == 0.3
+        assert welcome["op"] == "welcome" and welcome["lease_timeout"] == 10.0
         async with peer.stream, Client(f"127.0.0.1:{srv.port}") as c:
             tid = await c.enqueue("job", retries=3)
             await peer.send({"op": "credit", "n": 1})
             msg = await peer.recv()
             assert msg["op"] == "tasks" and msg["tasks"][0]["id"] == tid
-            # go silent: after the lease timeout the task is back, with an event saying why
-            while (await c.get(tid))["state"] != "ready":
-                await trio.sleep(0.05)
+            # any message renews the lease: a heartbeat 6 s later moves the expiry to 10 s after it
+            await trio.sleep(6)
+            await peer.send({"op": "heartbeat"})
+            heard = trio.current_time()
+            # go silent: exactly lease_timeout later the task is back, with an event saying why
+            await until(srv, lambda: srv.task_now(tid)["state"] == "ready")  # type: ignore[index]
+            assert trio.current_time() - heard == pytest.approx(10.0, abs=0.01)
             kinds = [e["kind"] for e in await c.events(tid)]
             assert kinds == ["enqueued", "started", "lost"]
             # the late result of the silent worker is refused (its connection was dropped)
@@ -389,7 +403,9 @@ async def test_a_watcher_may_not_drain(server: Server) -> None:
 
 @pytest.mark.trio
 async def test_the_worker_tells_a_timeout_from_a_cancel_and_from_a_handlers_own_timeout_error(
-        server: Server, nursery: trio.Nursery) -> None:
+        server: Server, nursery: trio.Nursery, virtual_clock: VirtualClock) -> None:
+    # (virtual time: the sync handler's thread sleeps for real, and the clock reaches its timeout meanwhile)
+    virtual_clock.follow(nursery, server)
     worker = Worker(concurrency=4)
     started = trio.Event()
 
@@ -411,7 +427,7 @@ async def test_the_worker_tells_a_timeout_from_a_cancel_and_from_a_handlers_own_
         raise TimeoutError("the handler's own deadline")
 
     nursery.start_soon(worker.run, f"127.0.0.1:{server.port}")
-    with trio.fail_after(15):
+    with trio.fail_after(60):
         async with Client(f"127.0.0.1:{server.port}") as c:
             timed = await c.enqueue("nap", 30, timeout=0.2, retries=0)
             sync_timed = await c.enqueue("sync_nap", 1.0, timeout=0.2, retries=0)
@@ -460,13 +476,21 @@ async def test_a_task_that_left_memory_is_read_after_its_last_change_is_written(
             # the one that finished first left the finished-task cache (size 1) before its row was written
             (gone,) = [t for t in (a, b) if t not in srv.core.tasks and t not in srv.core.finished]
 
-            async def unlock() -> None:
-                await trio.sleep(0.3)
-                lock.execute("COMMIT")
-                lock.close()
+            got: list[dict[str, Any]] = []
 
-            nursery.start_soon(unlock)
-            task = await c.get(gone)
+            async def get() -> None:
+                got.append(await c.get(gone))
+
+            try:
+                async with trio.open_nursery() as n:
+                    n.start_soon(get)
+                    while srv._commit_seen is None and not got:  # the get waits for the write, held by the lock
+                        await trio.sleep(0.001)
+                    assert not got, got
+                    lock.execute("COMMIT")
+            finally:
+                lock.close()  # (with the transaction still open: a rollback)
+            (task,) = got
             assert task["state"] == "succeeded" and task["result"] == (1 if gone == a else 2)
     worker.stop()
 
@@ -510,6 +534,9 @@ async def test_connections_with_input_in_the_same_round_share_one_commit(server:
 
 @pytest.mark.trio
 async def test_wait_committed_waits_for_the_commits_so_far_not_for_the_load_to_stop(server: Server) -> None:
+    """Under a load that never pauses (four clients enqueueing, and a prune handed over each time a commit is
+    reported: a batch is always on its way), ``wait_committed`` returns once the batches handed over before
+    it have committed (a read after it sees them), with later ones still to come."""
     stop = trio.Event()
 
     async def steady_load() -> None:
@@ -517,26 +544,42 @@ async def test_wait_committed_waits_for_the_commits_so_far_not_for_the_load_to_s
             while not stop.is_set():
                 await c.enqueue_many([{"type": "t"}] * 50)
 
+    def one_more(batch: Any, error: BaseException | None) -> None:
+        if not stop.is_set():
+            server.prune(before=0.0)  # (deletes nothing: one more commit)
+
     with trio.fail_after(10):
         async with trio.open_nursery() as loads:
             for _ in range(4):
                 loads.start_soon(steady_load)
             while server.core.stats.enqueued < 2000:
                 await trio.sleep(0.01)
+            server.commit_listeners.append(one_more)
+            server.prune(before=0.0)
+            db = sqlite3.connect(server.config.db)
             for _ in range(20):
                 tid = max(server.core.tasks)
-                await server.task_events(tid)  # flush + wait_committed under a load that never pauses
+                await server.cancel(tid)  # (it hands over a batch with the cancel, and returns before its commit)
+                with trio.fail_after(2):
+                    await server.wait_committed()
+                # (no await since: as wait_committed left it) the cancel is on disk, and a later batch is on its way
+                assert db.execute("SELECT state FROM tasks WHERE id = ?", (tid,)).fetchone() == ("cancelled",)
+                assert server._committed_count < server._submitted
+            db.close()
             stop.set()
+        server.commit_listeners.remove(one_more)
 
 
 @pytest.mark.trio
-async def test_an_enqueue_whose_task_started_before_its_failed_commit_is_not_refused(server: Server) -> None:
+async def test_an_enqueue_whose_task_started_before_its_failed_commit_is_not_refused(
+        server: Server, nursery: trio.Nursery, virtual_clock: VirtualClock) -> None:
     """A task handed to a worker in the same flush as its enqueue cannot be forgotten when the commit
     fails: the client must not hear 'nothing was enqueued' (it would enqueue again: two runs). The answer
     waits for the write to be retried instead, and is the task's id."""
+    virtual_clock.follow(nursery, server)
     store = server.store
     assert store is not None
-    with trio.fail_after(15):
+    with trio.fail_after(60):
         peer, _ = await RawPeer.connect(server.port, role="worker")
         async with peer.stream, Client(f"127.0.0.1:{server.port}") as c:
             await c.enqueue("t", "before")
@@ -558,10 +601,11 @@ async def test_an_enqueue_whose_task_started_before_its_failed_commit_is_not_ref
                 msg = await peer.recv()  # the task was dispatched at once, before its commit failed
                 assert msg["op"] == "tasks"
                 tid = msg["tasks"][0]["id"]
-                while server.stats.store_errors == 0:
-                    await trio.sleep(0.01)
-                await trio.sleep(0.3)
-                assert answers == [] or answers == [tid], answers  # never refused
+                # the commit failed, and so did its retry 0.5 s later (the disk is still full): no answer yet, no
+                # refusal
+                with trio.fail_after(2):
+                    await until(server, lambda: server.stats.store_errors >= 2)
+                assert answers == [], answers
                 store.conn.execute("PRAGMA max_page_count = 1073741823")  # space again
             assert answers == [tid]
             await peer.send({"op": "done", "results": [[tid, msg["tasks"][0]["lease"], encode_value(1)]]})
@@ -602,7 +646,8 @@ async def test_a_unique_key_answer_naming_a_task_whose_commit_failed_gets_a_new_
                 while not any(t.key == "k" for t in server.core.tasks.values()):
                     await trio.sleep(0.001)
                 (x,) = [t.id for t in server.core.tasks.values() if t.key == "k"]
-                await trio.sleep(0.1)  # the writer has taken A's batch and waits for the lock
+                while not writer_has_taken_all(server):  # A's batch, and it waits for the lock
+                    await trio.sleep(0.001)
                 n.start_soon(enqueue, "B", b, [{"type": "t", "payload": "y", "key": "k"},
                                                {"type": "t", "payload": "other work"}])
                 while server._submitted < server._committed_count + 2:  # B's flush is queued behind A's
@@ -646,9 +691,8 @@ async def test_a_timeline_keeps_its_order_when_a_failed_commit_is_retried_after_
             other.execute("BEGIN IMMEDIATE")  # the writer waits for this lock with batch N in hand
             committed = server._committed_count
             await peer.send({"op": "done", "results": [[tid, task["lease"], encode_value("r" * 200_000)]]})
-            while server._submitted < committed + 1:
+            while server._submitted < committed + 1 or not writer_has_taken_all(server):  # batch N
                 await trio.sleep(0.001)
-            await trio.sleep(0.1)  # the writer has taken batch N
             await peer.send({"op": "done", "results": [[tid, task["lease"], encode_value("again")]]})
             while server._submitted < committed + 2:  # batch N+1 is queued behind it
                 await trio.sleep(0.001)
@@ -657,9 +701,11 @@ async def test_a_timeline_keeps_its_order_when_a_failed_commit_is_retried_after_
             while server._committed_count < committed + 2:
                 await trio.sleep(0.01)
             assert server.stats.store_errors == 1  # N failed, N+1 did not
+            commits = store.stats.commits
             store.conn.execute("PRAGMA max_page_count = 1073741823")  # space again
-            await trio.sleep(0.7)  # the retry (0.5 s after the failure)
-            await server.wait_committed()
+            with trio.fail_after(2):  # the retry, 0.5 s after the failure
+                await until(server, lambda: store.stats.commits > commits, poll=0.05)
+            assert server.stats.store_errors == 1
             assert [e["kind"] for e in await c.events(tid)] == ["enqueued", "started", "succeeded", "late_result"]
     db = sqlite3.connect(server.config.db)
     assert db.execute("SELECT state FROM tasks WHERE id = ?", (tid,)).fetchone() == ("succeeded",)
@@ -668,31 +714,38 @@ async def test_a_timeline_keeps_its_order_when_a_failed_commit_is_retried_after_
 
 @pytest.mark.trio
 async def test_a_server_cancel_seen_after_the_deadline_is_not_reported_as_a_timeout(
-        server: Server, nursery: trio.Nursery) -> None:
+        server: Server, nursery: trio.Nursery, virtual_clock: VirtualClock) -> None:
     """A handler that defers cancellation (a shielded section) past its deadline, after the server
     cancelled it: the worker must not report a timeout failure for a task it was told is cancelled
     (the server would refuse it and log a late result in the task's timeline)."""
     import anyio.lowlevel
 
+    virtual_clock.follow(nursery, server)
     worker = Worker(concurrency=1)
     started = trio.Event()
+    ended = trio.Event()
 
     @worker.task("stubborn", timeout=0.3)
     async def stubborn(p: Any) -> str:
         started.set()
         with anyio.CancelScope(shield=True):
             await anyio.sleep(0.6)
+        ended.set()
         await anyio.lowlevel.checkpoint()
         return "finished anyway"
 
     nursery.start_soon(worker.run, f"127.0.0.1:{server.port}")
-    with trio.fail_after(15):
+    with trio.fail_after(60):
         async with Client(f"127.0.0.1:{server.port}") as c:
             tid = await c.enqueue("stubborn", retries=0, timeout=60)
             await started.wait()
+            t0 = trio.current_time()
             await c.cancel(tid)
-            await trio.sleep(0.9)  # past the handler's deadline: it has ended by now
-            await c.ping()  # (after the worker's report, if any: it is sent at once)
+            await ended.wait()
+            assert trio.current_time() - t0 >= 0.6  # past the handler's deadline (0.3 s)
+            # (the virtual clock moves only when every task waits: after this, the worker's report, if it
+            # made one, has reached the server)
+            await trio.sleep(1)
             assert (worker.failed, server.core.stats.late_results) == (0, 0)
             assert "late_result" not in [e["kind"] for e in await c.events(tid)]
     worker.stop()
@@ -700,14 +753,15 @@ async def test_a_server_cancel_seen_after_the_deadline_is_not_reported_as_a_time
 
 @pytest.mark.trio
 async def test_a_failed_commit_of_tasks_that_already_left_memory_is_retried_all_the_same(
-        nursery: trio.Nursery, tmp_path: Path) -> None:
+        nursery: trio.Nursery, tmp_path: Path, virtual_clock: VirtualClock) -> None:
     """Under load, tasks finish and leave the finished-task cache before their commit is known to have
     failed: their final rows must still be written by the retry (else the store keeps them running, and
     the next start runs them again)."""
     srv = await start(nursery, tmp_path, core={"finished_cache": 2})
+    virtual_clock.follow(nursery, srv)
     store = srv.store
     assert store is not None
-    with trio.fail_after(15):
+    with trio.fail_after(60):
         peer, _ = await RawPeer.connect(srv.port, role="worker")
         async with peer.stream, Client(f"127.0.0.1:{srv.port}") as c:
             ids = await c.enqueue_many([{"type": "t"} for _ in range(6)])
@@ -718,11 +772,12 @@ async def test_a_failed_commit_of_tasks_that_already_left_memory_is_retried_all_
             (pages,) = store.conn.execute("PRAGMA page_count").fetchone()
             store.conn.execute(f"PRAGMA max_page_count = {pages}")  # the 'disk' is now full
             await peer.send({"op": "done", "results": [[tid, leases[tid], encode_value("r" * 20_000)] for tid in ids]})
-            while srv.stats.store_errors == 0:
-                await trio.sleep(0.01)
+            await until(srv, lambda: srv.stats.store_errors)
+            commits = store.stats.commits
             store.conn.execute("PRAGMA max_page_count = 1073741823")  # space again
-            await trio.sleep(0.7)  # the retry (0.5 s after the failure)
-            await srv.wait_committed()
+            with trio.fail_after(2):  # the retry, 0.5 s after the failure (not a later flush: a lease expiry's)
+                await until(srv, lambda: store.stats.commits > commits)
+            assert srv.stats.store_errors == 1
     db = sqlite3.connect(srv.config.db)
     states = dict(db.execute("SELECT id, state FROM tasks").fetchall())
     db.close()
@@ -733,20 +788,22 @@ async def test_a_failed_commit_of_tasks_that_already_left_memory_is_retried_all_
 async def test_sync_handlers_run_as_many_at_once_as_the_concurrency_beyond_anyios_default_40_threads(
         server: Server, nursery: trio.Nursery) -> None:
     """Each sync handler runs in a thread: with concurrency 50, all 50 run at once (anyio's default thread
-    limiter holds 40; the others waited for a thread while their timeout ran, and timed out unrun)."""
-    import time
+    limiter holds 40; the others waited for a thread while their timeout ran, and timed out unrun). A barrier
+    of 50 is passed only by 50 handlers running at once: no timing margin (with 40 threads it breaks)."""
+    import threading
 
     worker = Worker(concurrency=50, prefetch=0)
+    all_running = threading.Barrier(50, timeout=5)  # (only passed by 50 handlers running at once)
 
     @worker.task("block")
     def block(p: Any) -> str:
-        time.sleep(0.5)
+        all_running.wait()
         return "ok"
 
     nursery.start_soon(worker.run, f"127.0.0.1:{server.port}")
     with trio.fail_after(15):
         async with Client(f"127.0.0.1:{server.port}") as c:
-            ids = await c.enqueue_many([{"type": "block", "timeout": 0.9, "retries": 0} for _ in range(50)])
+            ids = await c.enqueue_many([{"type": "block", "timeout": 10, "retries": 0} for _ in range(50)])
             tasks = [await c.wait(tid, timeout=10) for tid in ids]
             assert [t["state"] for t in tasks] == ["succeeded"] * 50, [t["error"] for t in tasks if t["error"]][:1]
     worker.stop()
@@ -808,10 +865,11 @@ async def test_a_sync_handler_that_outlives_its_timeout_does_not_keep_the_next_t
 
 @pytest.mark.trio
 async def test_a_prefetched_task_is_not_timed_out_by_the_server_while_it_waits_for_a_runner(
-        nursery: trio.Nursery, tmp_path: Path) -> None:
+        nursery: trio.Nursery, tmp_path: Path, virtual_clock: VirtualClock) -> None:
     """Concurrency 1 with one task prefetched: the second task waits 0.5 s for the runner, then runs 0.5 s of
     its 0.6 s timeout; the server's backstop (0.6 + 0.3 s) counts from when the first one ended."""
     srv = await start(nursery, tmp_path, core={"lease_timeout": 0.3})
+    virtual_clock.follow(nursery, srv)
     worker = Worker(concurrency=1, prefetch=1)
 
     @worker.task("half_second")
@@ -820,13 +878,14 @@ async def test_a_prefetched_task_is_not_timed_out_by_the_server_while_it_waits_f
         return "done"
 
     nursery.start_soon(worker.run, f"127.0.0.1:{srv.port}")
-    with trio.fail_after(15):
+    with trio.fail_after(60):
         async with Client(f"127.0.0.1:{srv.port}") as c:
-            while not srv.core.workers:
-                await trio.sleep(0.01)
+            await until(srv, lambda: srv.core.workers)
+            t0 = trio.current_time()
             ids = await c.enqueue_many([{"type": "half_second", "timeout": 0.6, "retries": 0} for _ in range(2)])
             tasks = [await c.wait(tid, timeout=5) for tid in ids]
             assert [t["state"] for t in tasks] == ["succeeded", "succeeded"], [t["error"] for t in tasks]
+            assert trio.current_time() - t0 == pytest.approx(1.0)  # one after the other, both dispatched at once
             assert srv.core.stats.late_results == 0
     worker.stop()
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, Procs
+from tui_helpers import ROOT, Procs
 
 pytestmark = pytest.mark.tui
 

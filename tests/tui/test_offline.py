@@ -8,8 +8,8 @@ from pathlib import Path
 
 import anyio
 import pytest
-from conftest import Procs
 from test_live import SIZE, banner, table_rows, until
+from tui_helpers import Procs
 
 from runq.protocol.client import Client
 from runq.tui import OfflineError, OfflineSource, RunqDashboard

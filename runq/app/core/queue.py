@@ -279,4 +279,4 @@ class Core(Dispatch, Recovery, Rollback):
 
     def queue_stats(self) -> list[dict[str, Any]]:
         """Per queue: counts of live tasks by state, the paused flag, and how many workers serve it."""
-        return queue_stats(self.queues, self.counts, self.workers)
+        return queue_stats(self.queues, self.counts, self.workers, self.totals)

@@ -23,7 +23,12 @@ from typing import Any
 
 from .model import ReadyQueue, WorkerInfo
 
-__all__ = ["CoreStats", "queue_stats", "task_types"]
+__all__ = [
+    "CoreStats",
+    "queue_stats",
+    "queue_totals",
+    "task_types",
+]
 
 
 class CoreStats:
@@ -43,17 +48,31 @@ class CoreStats:
         self.cancelled = self.lease_expiries = self.late_results = 0
 
 
-def queue_stats(queues: dict[str, ReadyQueue], counts: dict[str, Counter[str]],
-                workers: dict[str, WorkerInfo]) -> list[dict[str, Any]]:
-    """Per queue, by name: counts of live tasks by state, the paused flag, and how many workers serve it."""
+def queue_totals(counter: Counter[str] | None) -> dict[str, int]:
+    """Cumulative counts of one queue since the server started, from ``Core.totals`` (transition name ->
+    count)."""
+    c = counter if counter is not None else Counter()
+    succeeded, dead, cancelled = c["succeeded"], c["dead"] + c["lost_dead"], c["cancelled"]
+    return {"enqueued": c["enqueued"] + c["scheduled"], "succeeded": succeeded, "failed": c["failed"],
+            "dead": dead, "cancelled": cancelled, "completed": succeeded + dead + cancelled,
+            "retried": c["retried"], "lost": c["lost"] + c["lost_dead"]}
+
+
+def queue_stats(queues: dict[str, ReadyQueue], counts: dict[str, Counter[str]], workers: dict[str, WorkerInfo],
+                totals: dict[str, Counter[str]]) -> list[dict[str, Any]]:
+    """Per queue, by name: counts of live tasks by state, the paused flag, how many workers serve it, and what
+    happened in it since the server started (enqueued, succeeded, failed attempts, dead, cancelled)."""
     out = []
     for name in sorted(set(queues) | set(counts)):
         c = counts.get(name, Counter())
         q = queues.get(name)
+        t = queue_totals(totals.get(name))
         out.append({
             "queue": name, "paused": bool(q and q.paused),
             "scheduled": c["scheduled"], "ready": c["ready"], "running": c["running"],
             "workers": sum(1 for w in workers.values() if name in w.queues),
+            "enqueued": t["enqueued"], "succeeded": t["succeeded"], "failed": t["failed"], "dead": t["dead"],
+            "cancelled": t["cancelled"],
         })
     return out
 

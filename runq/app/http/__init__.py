@@ -61,6 +61,13 @@ class _OneConnectionTCPServer(TCPServer):
         except Exception as exc:  # noqa: BLE001 - any error of one connection (Cancelled is a BaseException)
             log.warning("HTTP connection closed after an error in Hypercorn: %s", _first_line(exc))
 
+    async def _close(self) -> None:
+        # Shielded: Hypercorn's close awaits send_eof (a checkpoint) before aclose, so a close made while the
+        # connection's tasks are being cancelled (a response given before the request's body was read) raised
+        # Cancelled before the socket was closed, and the client waited for ever on an open connection.
+        with trio.CancelScope(shield=True):
+            await super()._close()
+
 
 def _first_line(exc: BaseException) -> str:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:

@@ -34,6 +34,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from ..core import WorkerState
+from ..core.stats import queue_totals
 from ..store import Batch
 
 if TYPE_CHECKING:
@@ -77,15 +78,6 @@ def _percentile(ordered: list[float], p: float) -> float:
     """Nearest-rank percentile of an ordered, non-empty list."""
     k = max(0, min(len(ordered) - 1, round(p / 100 * len(ordered) + 0.5) - 1))
     return ordered[k]
-
-
-def queue_totals(counter: Counter[str] | None) -> dict[str, int]:
-    """Cumulative counts of one queue from ``Core.totals`` (transition name -> count)."""
-    c = counter if counter is not None else Counter()
-    succeeded, dead, cancelled = c["succeeded"], c["dead"] + c["lost_dead"], c["cancelled"]
-    return {"enqueued": c["enqueued"] + c["scheduled"], "succeeded": succeeded, "failed": c["failed"],
-            "dead": dead, "cancelled": cancelled, "completed": succeeded + dead + cancelled,
-            "retried": c["retried"], "lost": c["lost"] + c["lost_dead"]}
 
 
 class Meter:

@@ -140,6 +140,12 @@ def create_app(server: Server, meter: Meter, hub: StreamHub) -> QuartTrio:
             response.headers["Connection"] = "close"  # request on that connection (it would drop it)
         return response
 
+    @app.after_request
+    async def close_after_unread_body(response: Response) -> Response:
+        if response.status_code == 413:  # its body was refused unread: the connection cannot serve another
+            response.headers["Connection"] = "close"  # request (the next one was never answered)
+        return response
+
     @app.errorhandler(Exception)
     async def on_error(exc: Exception) -> Response:
         return error_for_exception(exc)

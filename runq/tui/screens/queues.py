@@ -62,7 +62,7 @@ class QueuesScreen(DashboardScreen):
         if st.offline:
             counts = "succeeded/dead: tasks in the file; failed: failed attempts in the file"
         elif st.totals_from_server:
-            counts = "succeeded/failed/dead: totals since the server started (HTTP API)"
+            counts = "succeeded/failed/dead: totals since the server started"
         else:
             counts = "succeeded/failed/dead: counted from live events since the dashboard connected"
         s = st.stats
