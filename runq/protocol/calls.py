@@ -31,13 +31,22 @@ Rules of this file (docs/clients.md explains them to users):
    server every time must not be sent for ever).
 5. A request is checked before it is sent (``messages.check_request``): a field of a wrong type is the
    caller's ``TypeError``, never a ``bad_message`` that would close the connection under every other call.
+6. A client object belongs to one process. In the child of a ``fork()`` (gunicorn ``--preload``, a
+   ``multiprocessing`` pool), every ``Calls`` gets a new ``client_id``, its seqs start over and the
+   requests of the parent are forgotten (``forked``, run by ``os.register_at_fork``); its ``on_fork`` lets
+   the I/O layer leave the parent's connection to the parent. Two processes with one token would be one
+   request to the server: the second process's enqueue answered with the first's task id, its own task
+   never created (the server refuses such a request when its tasks differ, docs/protocol.md 5.2).
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import random
 import secrets
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 from .errors import ConnectionClosed, error_for_code
@@ -110,15 +119,32 @@ class Calls:
 
     Args:
         client_id: the idempotency token's client part (default: 16 random hex digits).
+        on_fork: called in the child of a ``fork()``, once this client is another one there (rule 6): the I/O
+            layer leaves the parent's connection to the parent.
     """
 
-    def __init__(self, client_id: str | None = None) -> None:
+    def __init__(self, client_id: str | None = None, on_fork: Callable[[], None] | None = None) -> None:
         self.client_id = client_id or secrets.token_hex(8)
         self.pending: dict[int, Request] = {}
         self._rids = itertools.count(1)
         self._next_seq = 0
         self._low = 0  # every enqueue numbered below it has its reply
         self._open_seqs: set[int] = set()
+        #: called in the child of a fork, after ``forked`` (rule 6)
+        self.on_fork = on_fork
+        _LIVE.add(self)
+
+    def forked(self) -> None:
+        """This process is the child of a ``fork()`` of the one that made this client: start over as another
+        client (rule 6)."""
+        self.client_id = secrets.token_hex(8)
+        self.pending = {}
+        self._rids = itertools.count(1)
+        self._next_seq = 0
+        self._low = 0
+        self._open_seqs = set()
+        if self.on_fork is not None:
+            self.on_fork()
 
     def new(self, msg: dict[str, Any], checked: bool = False) -> Request:
         """A call for ``msg`` (not yet sent); an enqueue gets its idempotency token here.
@@ -201,9 +227,20 @@ class Calls:
         return again, failed
 
 
+#: every ``Calls`` of this process, for the child of a fork (rule 6)
+_LIVE: weakref.WeakSet[Calls] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for calls in list(_LIVE):
+        calls.forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def hello_message(role: str, token: str | None) -> dict[str, Any]:
     """The ``hello`` a client sends first on every connection."""
-    import os
     import socket
 
     hello: dict[str, Any] = {"op": "hello", "version": PROTOCOL_VERSION, "role": role,

@@ -222,7 +222,7 @@ class Client:
         self._send_limit = DEFAULT_MAX_FRAME + 4  # the largest frame the server reads (its welcome's max_frame)
         #: connections made so far (1 after connect; one more per reconnection)
         self.connections = 0
-        self._calls = Calls()
+        self._calls = Calls(on_fork=self._forked)
         self._queue: list[Request] = []  # calls waiting to be written
         self._conn = Connection(max_frame)
         self._stream: anyio.abc.ByteStream | None = None
@@ -350,6 +350,22 @@ class Client:
             if receive is not None:
                 receive.close()
         self._replaced.clear()
+
+    def _forked(self) -> None:
+        """In the child of a ``fork()``: this client cannot serve it (its tasks and its connection belong to the
+        parent's event loop), so its calls fail at once, saying so; its socket's descriptor is closed here (with
+        no shutdown: the parent's connection goes on)."""
+        self._closed = ConnectionClosed("this Client was made before fork(): its connection and its tasks belong to "
+                                        "the parent process; make a new Client in the child (a SyncClient made "
+                                        "before fork() works in the child: it connects anew)")
+        stream, self._stream = self._stream, None
+        self._write_now = None
+        self._queue = []
+        if stream is not None:
+            try:
+                stream.extra(anyio.abc.SocketAttribute.raw_socket).close()
+            except (anyio.TypedAttributeLookupError, OSError):
+                pass
 
     def _end_events(self) -> None:
         if self._events_send is not None:

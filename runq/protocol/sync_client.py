@@ -113,7 +113,7 @@ class SyncClient:
         self.connections = 0
         self._sleep = sleep
         self._clock = clock
-        self._calls = Calls()
+        self._calls = Calls(on_fork=self._forked)
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._conn = Connection(max_frame)
@@ -139,6 +139,18 @@ class SyncClient:
             except OSError:
                 pass
             sock.close()
+
+    def _forked(self) -> None:
+        """In the child of a ``fork()`` (``Calls.forked`` gave it another client id): the parent's connection is
+        left to the parent, not shared (its descriptor is closed here, with no shutdown, which would end the
+        connection for the parent too); the next call connects anew. The lock is made anew: a thread of the
+        parent may have held it, and that thread is not in the child."""
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+        self._conn = Connection(self.max_frame)
+        self._lock = threading.Lock()
+        self._reopen = True
 
     def _open(self) -> tuple[socket.socket, Connection]:
         """One pass over the addresses, the one that answered last first."""

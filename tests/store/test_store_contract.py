@@ -199,20 +199,23 @@ class StoreContract:
                                                                               path: Path) -> None:
         with opened(open_store, path, start=True) as store:
             assert store.load_requests() == ([], 1)
-            rows = [(1, "c1", 0, T0, "5+1", 1), (2, "c1", 1, T0, "6+1", 1), (3, "c2", 0, T0 + 1, "!5,7", 1)]
+            rows = [(1, "c1", 0, T0, "5+1", 1, None), (2, "c1", 1, T0, "6+1", 1, None),
+                    (3, "c2", 0, T0 + 1, "!5,7", 1, None)]
             assert commit(store, Batch(new_rows=[task(5).new_row()], requests=rows)) is None
             # a row written again replaces its answer; the rows below an id go in one range
-            assert commit(store, Batch(requests=[(3, "c2", 0, T0 + 1, "!5,8", 1), (4, "c3", 7, T0, "9+1", 3)],
+            digests = b"\x00\x00\x00\x01\x00\x00\x00\x02\x00\x00\x00\x03"  # (three requests' tasks)
+            assert commit(store, Batch(requests=[(3, "c2", 0, T0 + 1, "!5,8", 1, None),
+                                                 (4, "c3", 7, T0, "9+1", 3, digests)],
                                        requests_below=2)) is None
         with opened(open_store, path) as store:  # and they are there after a restart
             # (row 4 answers seqs 7, 8, 9: the next free number is 7)
-            assert store.load_requests() == ([(2, "c1", 1, T0, "6+1", 1), (3, "c2", 0, T0 + 1, "!5,8", 1),
-                                              (4, "c3", 7, T0, "9+1", 3)], 7)
+            assert store.load_requests() == ([(2, "c1", 1, T0, "6+1", 1, None), (3, "c2", 0, T0 + 1, "!5,8", 1, None),
+                                              (4, "c3", 7, T0, "9+1", 3, digests)], 7)
 
     def test_a_failed_commit_writes_no_answer_by_token(self, store: Store) -> None:
         with self.full(store):
             err = commit(store, Batch(new_rows=[task(1, payload=b"x" * 100_000).new_row()],
-                                      requests=[(1, "c", 0, T0, "1+1", 1)]))
+                                      requests=[(1, "c", 0, T0, "1+1", 1, None)]))
         assert err is not None
         assert store.load_requests() == ([], 1)
 
@@ -656,7 +659,7 @@ class TestSQLiteStore(StoreContract):
         conn.close()
         with opened(open_store, path) as store:
             assert store.migrated_from == 2
-            assert store.load_requests() == ([(7, "c1", 3, 1.5, "5+2", 1)], 8)
+            assert store.load_requests() == ([(7, "c1", 3, 1.5, "5+2", 1, None)], 8)
 
     def test_a_newer_schema_is_refused_and_left_alone(self, path: Path, open_store: OpenStore) -> None:
         conn = sqlite3.connect(str(path))

@@ -39,7 +39,8 @@ from ...protocol.messages import (
     require,
 )
 from ..core import IllegalTransition, TaskMissing
-from .server import VERSION, Server
+from ..core.requests import digest
+from .server import VERSION, Server, Token
 from .session import Session, Subscription
 
 __all__ = ["TcpFrontend"]
@@ -324,7 +325,7 @@ class TcpFrontend:
     # ------------------------------------------------------------------ clients
     def _enqueue(self, sess: Session, msgs: list[dict[str, Any]], i: int, j: int) -> bool:
         """Enqueue requests ``msgs[i:j]`` with one call of the server; False after a bug."""
-        requests: list[tuple[list[TaskSpec], tuple[str, int, int | None] | None, Any]] = []
+        requests: list[tuple[list[TaskSpec], Token | None, Any]] = []
         try:
             for k in range(i, j):
                 msg = msgs[k]
@@ -332,7 +333,8 @@ class TcpFrontend:
                     tasks = msg.get("tasks")
                     if type(tasks) is not list:
                         tasks = require(msg, "tasks", list)
-                    requests.append(([parse_task_spec(d) for d in tasks], _token(msg), (sess, msg.get("rid"))))
+                    specs = [parse_task_spec(d) for d in tasks]
+                    requests.append((specs, _token(msg, specs), (sess, msg.get("rid"))))
                 except Exception as exc:  # noqa: BLE001 - answered, or the connection ends (_request_error)
                     if not self._request_error(sess, "enqueue", msg, exc):
                         return False
@@ -448,6 +450,8 @@ def _tell_enqueued(res: list[tuple[int, bool]], err: BaseException | None, ctx: 
             sess.send({"op": "enqueued", "rid": rid, "ids": [tid], "created": [created]})
         else:
             sess.send({"op": "enqueued", "rid": rid, "ids": [r[0] for r in res], "created": [r[1] for r in res]})
+    elif isinstance(err, ProtocolError):  # (refused: a token reused for other tasks)
+        sess.send({"op": "error", "rid": rid, "code": err.code, "message": str(err)})
     else:
         sess.send({"op": "error", "rid": rid, "code": "store_error",
                    "message": f"not committed, nothing was enqueued: {err}"})
@@ -458,14 +462,15 @@ def _tell_paused(sess: Session, rid: Any, err: BaseException | None) -> None:
               {"op": "error", "rid": rid, "code": "store_error", "message": str(err)})
 
 
-def _token(msg: dict[str, Any]) -> tuple[str, int, int | None] | None:
-    """An enqueue's idempotency token (client_id, seq) and done_below, checked (docs/protocol.md 5.2)."""
+def _token(msg: dict[str, Any], specs: list[TaskSpec]) -> Token | None:
+    """An enqueue's idempotency token (client_id, seq), done_below, checked (docs/protocol.md 5.2), and the
+    digest of its tasks."""
     client_id = msg.get("client_id")
     seq = msg.get("seq")
     done_below = msg.get("done_below")
     if (type(client_id) is str and 0 < len(client_id) <= 100 and type(seq) is int and 0 <= seq <= _INT64_MAX
             and (done_below is None or (type(done_below) is int and 0 <= done_below <= _INT64_MAX))):
-        return client_id, seq, done_below  # (the usual case, checked at once)
+        return client_id, seq, done_below, digest(specs)  # (the usual case, checked at once)
     client_id = optional(msg, "client_id", str)
     seq = optional(msg, "seq", int)
     done_below = optional(msg, "done_below", int)
@@ -477,7 +482,7 @@ def _token(msg: dict[str, Any]) -> tuple[str, int, int | None] | None:
         raise ProtocolError("enqueue: 'client_id' must be 1 to 100 chars", "bad_request")
     if seq < 0 or (done_below is not None and done_below < 0):
         raise ProtocolError("enqueue: 'seq' and 'done_below' must be >= 0", "bad_request")
-    return client_id, seq, done_below
+    return client_id, seq, done_below, digest(specs)
 
 
 def _set(msg: dict[str, Any], field: str, kind: type) -> frozenset[Any] | None:

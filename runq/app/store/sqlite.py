@@ -107,7 +107,8 @@ _UPSERT = _MultiInsert("tasks", TASK_COLUMNS,
 _INSERT_NEW = _MultiInsert("tasks", NEW_COLUMNS)
 _INSERT_EVENT = _MultiInsert("events", EVENT_ROW_COLUMNS)
 _UPSERT_REQUEST = _MultiInsert("requests", REQUEST_COLUMNS,
-                               " ON CONFLICT(id) DO UPDATE SET answer = excluded.answer, seqs = excluded.seqs")
+                               " ON CONFLICT(id) DO UPDATE SET answer = excluded.answer, seqs = excluded.seqs, "
+                               "digests = excluded.digests")
 
 
 class StoreError(Exception):
