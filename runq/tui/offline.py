@@ -33,7 +33,7 @@ from .source import Source, TaskPage
 __all__ = ["OfflineError", "OfflineSource"]
 
 POLL_SECONDS = 2.0
-SCHEMA_VERSION = 3  # the newest schema the SQL below reads (``PRAGMA user_version``; 2 and 3 only touched
+SCHEMA_VERSION = 4  # the newest schema the SQL below reads (``PRAGMA user_version``; 2, 3 and 4 only touched
 #                    the requests table, which the dashboard does not read)
 TASK_COLUMNS = ("id", "queue", "type", "payload", "priority", "state", "run_at", "timeout", "max_retries", "attempt",
                 "key", "result", "error", "progress", "created_at", "started_at", "finished_at", "worker")
