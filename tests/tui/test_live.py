@@ -136,10 +136,12 @@ async def test_every_screen_and_action(procs: Procs) -> None:
                 await pilot.press("c")
                 await pilot.press("y")
                 await until(pilot, lambda: (detail.current or {}).get("state") == "cancelled", what="cancelled")
-                assert "cancelled" in [r[3] for r in table_rows(app, "#events")]
+                # (the detail and its events table are refreshed by separate reads: wait for the event too)
+                await until(pilot, lambda: "cancelled" in [r[3] for r in table_rows(app, "#events")], what="cancelled event")
                 await pilot.press("r")
                 await until(pilot, lambda: (detail.current or {}).get("state") in ("ready", "running"), what="retried")
-                assert "retried" in [r[3] for r in table_rows(app, "#events")]
+                # (the detail and its events table are refreshed by separate reads: wait for the event too)
+                await until(pilot, lambda: "retried" in [r[3] for r in table_rows(app, "#events")], what="retried event")
                 await client.cancel(long_id)
                 await pilot.press("escape")
 
