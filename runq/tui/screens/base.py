@@ -18,7 +18,10 @@ if TYPE_CHECKING:
     from ..model import DashboardState
     from ..source import Source
 
-__all__ = ["DashboardScreen", "LoadingScreen", "describe"]
+__all__ = ["WRITE_ACTIONS", "DashboardScreen", "LoadingScreen", "describe"]
+
+#: the screens' actions that change the server: hidden from the footer and disabled on a read-only source
+WRITE_ACTIONS = frozenset({"toggle_pause", "enqueue", "cancel_task", "retry_task", "drain"})
 
 
 def describe(exc: BaseException) -> str:
@@ -110,6 +113,11 @@ class DashboardScreen(Screen[None]):
 
     def draw(self) -> None:
         """Fill the widgets from ``self.state``."""
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Textual's hook for bindings: an action that would change the server is not offered (neither shown
+        in the footer nor run by its key) when the source is read-only (``runq tui --db FILE``)."""
+        return not (action in WRITE_ACTIONS and self.source.offline)
 
     # ------------------------------------------------------------------ actions
     def run_action_call(self, call: Callable[[], Awaitable[Any]], done: str | Callable[[Any], str]) -> None:
