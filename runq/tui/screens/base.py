@@ -51,10 +51,12 @@ class DashboardScreen(Screen[None]):
         self._composed = False  # set in on_mount (its widgets exist; Textual's is_mounted turns True after it)
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        # ASCII chrome: Textual's default header icon (U+2B58) and the footer's palette mark (U+258F) are of
+        # ambiguous width, drawn two cells wide by some terminals: the row then overflows its end
+        yield Header(icon="*")
         yield Static("", id="banner")
         yield from self.body()
-        yield Footer()
+        yield Footer(show_command_palette=False)
 
     def body(self) -> ComposeResult:
         yield from ()
