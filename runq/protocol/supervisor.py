@@ -109,7 +109,8 @@ class Supervisor:
         self.worker_args = list(worker_args)
         self.processes = processes
         self.reload = reload
-        self.watch = list(watch) or [os.getcwd()]
+        self.watch = [os.path.abspath(w) for w in watch] or [os.getcwd()]
+        self._watch_default = not watch
         self.grace = grace
         self.env = env
         self.first_backoff = first_backoff
@@ -238,10 +239,13 @@ class Supervisor:
     async def _watch(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         from watchfiles import PythonFilter, awatch
 
-        log.info("watching %s for changes", ", ".join(self.watch))
+        python = PythonFilter()
+        log.info("watching %s%s for changes to %s files (not under %s)", ", ".join(self.watch),
+                 " (the current folder; --reload-dir to choose)" if self._watch_default else "",
+                 ", ".join("*" + ext for ext in python.extensions), ", ".join(python.ignore_dirs))
         # (yield_on_timeout: awatch sets up its watcher before the first yield; started() after that
         # means a change made once run() has started is seen)
-        changes_seen = awatch(*self.watch, watch_filter=PythonFilter(), rust_timeout=100, yield_on_timeout=True)
+        changes_seen = awatch(*self.watch, watch_filter=python, rust_timeout=100, yield_on_timeout=True)
         first = True
         async for changes in changes_seen:
             if first:

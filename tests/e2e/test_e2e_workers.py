@@ -179,6 +179,26 @@ def test_reload_restarts_the_worker_when_its_code_changes(cluster: Cluster, tmp_
         sup.signal(signal.SIGTERM)
         assert sup.wait(20) == 0
     assert "changed: " in sup.output()
+    assert f"watching {code} for changes to *.py, *.pyx, *.pyd files (not under __pycache__, .git," in sup.output()
+
+
+@pytest.mark.trio
+async def test_reload_says_which_folder_and_files_it_watches(caplog: pytest.LogCaptureFixture, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             runq_env: dict[str, str]) -> None:
+    """``runq worker --reload`` watches the current folder unless told: its first line says which, and what."""
+    caplog.set_level(logging.INFO, logger="runq.supervisor")
+    monkeypatch.chdir(tmp_path)
+    sup = Supervisor(["--log-level", "NOPE", "worker", "e2e_tasks:worker"], 1, reload=True, env=runq_env,
+                     first_backoff=0.1)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sup.run)
+            sup.stop()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("watching")]
+    assert lines == [(f"watching {tmp_path} (the current folder; --reload-dir to choose) for changes to *.py, "
+                      "*.pyx, *.pyd files (not under __pycache__, .git, .hg, .svn, .tox, .venv, .idea, node_modules, "
+                      ".mypy_cache, .pytest_cache, .hypothesis)")]
 
 
 @pytest.mark.trio
