@@ -219,6 +219,8 @@ async def test_disconnected_banner_then_reconnect(procs: Procs) -> None:
             assert isinstance(source, LiveSource)
             await until(pilot, lambda: source.state.connected)
             await until(pilot, lambda: banner(app) == "")
+            client = source.client
+            assert client is not None and client.backoff is source.backoff  # one reconnect policy
             await anyio.to_thread.run_sync(procs.stop_server)
             await until(pilot, lambda: banner(app).startswith("DISCONNECTED"), what="banner")
             assert "reconnecting" in banner(app)
@@ -229,6 +231,7 @@ async def test_disconnected_banner_then_reconnect(procs: Procs) -> None:
             await until(pilot, lambda: source.state.connected, timeout=20, what="reconnected")
             await until(pilot, lambda: banner(app) == "")
             assert source.connects == 2
+            assert source.client is client and client.connections == 2  # the SDK client reconnected by itself
             async with Client(procs.address) as client:
                 tid = await client.enqueue("noop", None)
             await until(pilot, lambda: [r[0] for r in table_rows(app, "#tasks")][:1] == [str(tid)])
