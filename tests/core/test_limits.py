@@ -370,6 +370,31 @@ def test_a_held_task_cancelled_meanwhile_does_not_come_back_and_a_retried_one_co
     assert core.get(c).attempt == 1
 
 
+def test_a_stale_held_entry_does_not_put_back_a_task_routing_holds_since() -> None:
+    core = make()
+    core.worker_joined("w1", T0, types=("t",))
+    core.credit("w1", 10, T0)
+    a, c = add(core, "t", 2)
+    core.set_limit(("type", "t"), T0, rate=1, period=10.0)
+    core.take_effects(T0)  # a goes, c is held by the limit (and its refill armed for T0 + 10)
+    core.cancel(c, T0 + 1)
+    core.retry(c, T0 + 1)  # ready again, in its queue
+    core.worker_left("w1", T0 + 2)  # a goes back too; now no worker handles type t
+    core.worker_joined("w2", T0 + 2, types=("other",))
+    core.credit("w2", 10, T0 + 2)
+    core.take_effects(T0 + 2)
+    q = core.queues["default"]
+    assert [t.id for t in q.held["t"]] == [a, c]  # held by routing: no worker handles t
+    core.tick(T0 + 10)  # the limit's refill: its entry for c is stale (c was retried since)
+    core.take_effects(T0 + 10)
+    assert q.ready == 0 and core.get(c).queued == 0  # not put back by the limit while routing holds it
+    core.worker_joined("w3", T0 + 20, types=("t",))
+    core.credit("w3", 10, T0 + 20)
+    fx = core.take_effects(T0 + 20)
+    assert [t["id"] for m in fx.outbox["w3"] for t in m["tasks"]] == [a]  # the rate: one per 10 s
+    assert q.ready == 0  # c is held by the limit again, counted once
+
+
 def test_per_key_buckets_of_keys_no_longer_in_use_are_forgotten() -> None:
     core = make()
     core.set_limit(("type", "t", "k"), T0, rate=100)

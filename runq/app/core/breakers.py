@@ -29,8 +29,7 @@ Rules of this file:
 1. Pure: ``now`` is passed in; nothing here reads a clock, arms a timer or writes a row. The methods that
    decide return the next state (or None) and ``limits.Limits`` applies it (``_breaker_to``): the event, the
    row, the timer, the tasks brought back.
-2. Every change of state goes through ``Breaker.enter`` (the ``epoch`` grows with each, so a cool-down
-   entry of an earlier opening never fires for a later one).
+2. Every change of state goes through ``Breaker.enter``; it counts the change (``changes``, for ``/metrics``).
 3. A breaker without a config (``config is None``) was opened by hand for a type that has no automatic
    rule: it never opens by itself.
 """
@@ -132,7 +131,6 @@ class Breaker:
         state: where it is.
         until: while open (not by hand), when the cool-down ends.
         manual: opened by hand: stays open until closed by hand.
-        epoch: grows with every change of state (rule 2).
         probes_left: while half-open, how many more probes may be dispatched.
         passed: while half-open, how many probes succeeded.
         waiting: the ready tasks of its type held aside while it refuses them (limits.py).
@@ -140,7 +138,7 @@ class Breaker:
         calls, failures: outcomes counted since start.
     """
 
-    __slots__ = ("calls", "changes", "config", "epoch", "failures", "manual", "passed", "probes_left", "slots",
+    __slots__ = ("calls", "changes", "config", "failures", "manual", "passed", "probes_left", "slots",
                  "state", "type", "until", "waiting")
 
     def __init__(self, type_: str, config: BreakerConfig | None) -> None:
@@ -149,7 +147,6 @@ class Breaker:
         self.state = BreakerState.CLOSED
         self.until: float | None = None
         self.manual = False
-        self.epoch = 0
         self.probes_left = 0
         self.passed = 0
         #: the window: [slot number, calls, failures], oldest first
@@ -227,7 +224,6 @@ class Breaker:
     def enter(self, state: BreakerState, now: float, manual: bool = False) -> None:
         """Change state (rule 2): the window is emptied on closing, the cool-down set on opening."""
         self.state = state
-        self.epoch += 1
         self.manual = manual
         self.changes[state.value] += 1
         self.passed = 0

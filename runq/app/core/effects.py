@@ -164,6 +164,8 @@ class CoreBase:
         self._limit_rows: list[tuple[Scope, LimitRow | None]] = []
         self._breaker_rows: list[tuple[str, BreakerRow | None]] = []
         self._limit_events: list[LimitEvent] = []
+        #: ready task id -> the limit bucket or breaker holding it aside (limits.py)
+        self._held_by: dict[int, Bucket | Breaker] = {}
 
     # ------------------------------------------------------------------ effects
     def _take(self) -> Effects:
@@ -278,5 +280,7 @@ class CoreBase:
     def _make_ready(self, task: Task, front: bool = False) -> None:
         """Put a task that just became READY in its queue (rule 3); ``front`` for one that had waited."""
         task.run_at = None
+        if self._held_by:  # (a held entry of its earlier wait is stale now: limits.py rule 4)
+            self._held_by.pop(task.id, None)
         self._queue(task.queue).push(task, front)
         self._pump_needed = True

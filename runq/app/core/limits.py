@@ -60,11 +60,13 @@ Rules of this file:
    comparison per bucket.
 3. A task waiting for a limit or a breaker stays ``ready``: no step of the transition table, no attempt
    counted, no event; ``why_waiting`` says what holds it back.
-4. A held task has exactly one holder (``_held_by``): a held-list entry whose task was cancelled, taken
-   back or held elsewhere since is skipped when it comes up.
+4. A held task has exactly one holder (``_held_by``, cleared when the task joins a ready queue by
+   ``_make_ready``: a retry, a loss, a release): a held-list entry whose task was cancelled, taken back or
+   held elsewhere since is skipped when it comes up.
 5. Each timer kind's check skips its stale entries: a ``REFILL`` entry stands while its bucket is still
    configured and waits for that very time (``wake``); a ``COOLDOWN`` entry while its breaker is open, not
-   by hand, in the same opening (``epoch``) and until that time.
+   by hand, until that very time (``until``: another opening ends at another time, or at the same one,
+   where either entry does the same).
 """
 
 from __future__ import annotations
@@ -397,8 +399,6 @@ class Limits(Routing):
         #: circuit breakers by task type
         self.breakers: dict[str, Breaker] = {}
         self._rules: dict[tuple[str, str], _Rules] = {}
-        #: held task id -> the bucket or breaker holding it (rule 4)
-        self._held_by: dict[int, Bucket | Breaker] = {}
         #: what ``_limit_admits`` found for the task it admitted last (for ``_limit_take``)
         self._admitted: tuple[Task, tuple[Bucket, ...], Breaker | None] | None = None
 
@@ -492,7 +492,6 @@ class Limits(Routing):
         br = self.breakers.pop(type_, None)
         if br is None:
             return False
-        br.epoch += 1  # its cool-down entry is stale now
         self._let_go(br, len(br.waiting))
         self._changed()
         self._breaker_rows.append((type_, None))
@@ -566,7 +565,7 @@ class Limits(Routing):
                 continue
             br.enter(OPEN, now)  # (a half-open one too: its probes were lost with the stop)
             br.until = r.until if r.state == OPEN.value and r.until is not None else now
-            self.timers.arm((br.until, COOLDOWN, br.type, br.epoch))
+            self.timers.arm((br.until, COOLDOWN, br.type))
         self._changed()
 
     def stored_limits(self) -> tuple[list[LimitRow], list[BreakerRow]]:
@@ -782,7 +781,7 @@ class Limits(Routing):
         br.enter(state, now, manual)
         if state is OPEN:
             if br.until is not None:
-                self.timers.arm((br.until, COOLDOWN, br.type, br.epoch))
+                self.timers.arm((br.until, COOLDOWN, br.type))
         elif state is HALF_OPEN:
             self._let_go(br, br.probes_left)
             self._pump_needed = True
@@ -798,9 +797,9 @@ class Limits(Routing):
 
     def _cooldown_check(self, entry: tuple[Any, ...]) -> float | None:
         """A ``COOLDOWN`` entry stands while its breaker is in that same automatic opening (rule 5)."""
-        when, _, type_, epoch = entry
+        when, _, type_ = entry
         br = self.breakers.get(type_)
-        ok = br is not None and br.epoch == epoch and br.state is OPEN and not br.manual and br.until == when
+        ok = br is not None and br.state is OPEN and not br.manual and br.until == when
         return when if ok else None
 
     def _cooled(self, entry: tuple[Any, ...], now: float) -> None:

@@ -73,7 +73,7 @@ SILENCE = 1
 BACKSTOP = 2
 #: A rate-limit bucket lets a task go again (limits.py): ``(when, REFILL, bucket number)``.
 REFILL = 3
-#: A circuit breaker's cool-down is over (limits.py): ``(until, COOLDOWN, task type, epoch)``.
+#: A circuit breaker's cool-down is over (limits.py): ``(until, COOLDOWN, task type)``.
 COOLDOWN = 4
 
 #: ``check(entry)``: when the entry is due now (its ``when``, a later time, or None when stale).
