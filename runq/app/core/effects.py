@@ -25,8 +25,8 @@ Rules of this file:
 3. ``_make_ready`` is the one way a task joins a ready queue; it asks for a
    dispatch round (``_pump_needed``), which ``take_effects`` runs.
 4. A lease ends where the task leaves ``running``, in ``_move``: what the task held there under the limits
-   (cap slots, a breaker's outcome: ``_holds``) is given back by ``_run_ended`` (limits.py), whatever
-   ended it. With nothing held this costs a comparison and a truth test.
+   (cap slots: ``_holds``) is given back, and its type's breaker told the outcome, by ``_run_ended``
+   (limits.py), whatever ended it. With no cap and no breaker this costs a comparison.
 """
 
 from __future__ import annotations
@@ -159,8 +159,10 @@ class CoreBase:
         self._pump_needed = False
         #: whether any limit or breaker is configured (limits.py): dispatch reads only this flag without one
         self._limited = False
-        #: running task id -> what it holds under the limits: (its buckets, its breaker, whether a probe)
-        self._holds: dict[int, tuple[tuple[Bucket, ...], Breaker | None, bool]] = {}
+        #: running task id -> the buckets with a cap it holds a slot of (limits.py)
+        self._holds: dict[int, tuple[Bucket, ...]] = {}
+        #: circuit breakers by task type (limits.py, breakers.py)
+        self.breakers: dict[str, Breaker] = {}
         self._limit_rows: list[tuple[Scope, LimitRow | None]] = []
         self._breaker_rows: list[tuple[str, BreakerRow | None]] = []
         self._limit_events: list[LimitEvent] = []
@@ -231,7 +233,7 @@ class CoreBase:
         self._dirty[task.id] = task
         if self.observed:
             self._notices.append((row, task))
-        if old is RUNNING and self._holds:  # the lease ended: give back what it held (rule 4)
+        if old is RUNNING and (self._holds or self.breakers):  # the lease ended: give back what it held (rule 4)
             self._run_ended(task, tr, now)
 
     def _run_ended(self, task: Task, tr: Transition, now: float) -> None:

@@ -17,7 +17,9 @@ The state of one limit for one key value (or for the whole scope) is a ``Bucket`
   ``tat`` to ``max(tat, now) + T``. One float per bucket, no refill loop: over any stretch of time ``d`` at
   most ``burst + d / T`` tasks pass, and a task refused now may pass at ``tat - tau`` exactly;
 - the cap is a count of its tasks running (taken when a task is leased, given back when that lease ends:
-  the task's ``_move`` out of ``running``, whatever ends it).
+  the task's ``_move`` out of ``running``, whatever ends it). Only a bucket with a cap counts (a rate costs
+  nothing when a task ends); a cap set on a scope, or added to a rate, counts the tasks of it already
+  running at once (``_count_running``).
 
 A *circuit breaker* per task type (breakers.py) stops dispatching the type while it fails too often.
 
@@ -38,7 +40,9 @@ Where the rules act (``Dispatch._admits`` calls ``_limit_admits`` only while som
 
 What a dispatch uses up is taken in ``Dispatch._lease`` (``_limit_take``: the rate's ``tat``, a cap slot,
 a half-open breaker's probe); what ``_limit_admits`` found for the task it admitted is kept for that call
-(``_admitted``), so a dispatch looks the rules up once.
+(``_admitted_*``), so a dispatch looks the rules up once. A running task's capped buckets are kept in
+``_holds`` (a tuple shared by all the tasks of one (queue, type): nothing is made per task); its breaker is
+found by its type when it ends, and ``_probes`` says which running tasks are probes.
 
 Everything configured is stored: every change appends its row to the effects (``limit_rows``,
 ``breaker_rows``: a row, or None for a removal) and an event (``limit_events``: set, removed, and every
@@ -259,7 +263,7 @@ class BucketStatus(NamedTuple):
     """One limit's state for one key value (``value`` None: the whole scope), for the dashboard and metrics.
 
     Attributes:
-        running: its tasks running now.
+        running: its tasks running now (counted while it has a cap).
         waiting: ready tasks held aside for it.
         blocked: its queue is held back by it (a queue's own limit refuses in place).
         next_at: with a rate, when its next task may go (``now`` when it may go now).
@@ -338,7 +342,8 @@ class Bucket:
         """One of its tasks is dispatched."""
         if self.interval:
             self.tat = max(now, self.tat) + self.interval
-        self.running += 1
+        if self.cap is not None:
+            self.running += 1
         self.admitted += 1
 
     def idle(self, now: float) -> bool:
@@ -353,10 +358,11 @@ class _Rules(NamedTuple):
     breaker: Breaker | None
     aside: tuple[Bucket, ...]  # the type's own limit: refuses by holding aside
     fixed: tuple[Bucket, ...]  # in_place + aside
+    caps: tuple[Bucket, ...]  # those of fixed with a cap (a task's ``_holds`` entry: shared, not made per task)
     keyed: tuple[Limit, ...]  # per-key limits of the queue and the type
 
 
-_NO_RULES = _Rules((), None, (), (), ())
+_NO_RULES = _Rules((), None, (), (), (), ())
 
 
 def payload_key(payload: bytes | None, path: str) -> str | None:
@@ -396,11 +402,15 @@ class Limits(Routing):
         self._sweep_at = 1024
         #: limits restored at start: when their buckets were last emptied (the restart)
         self._empty_at: dict[Scope, float] = {}
-        #: circuit breakers by task type
-        self.breakers: dict[str, Breaker] = {}
+        #: running tasks dispatched as a half-open breaker's probes
+        self._probes: set[int] = set()
         self._rules: dict[tuple[str, str], _Rules] = {}
-        #: what ``_limit_admits`` found for the task it admitted last (for ``_limit_take``)
-        self._admitted: tuple[Task, tuple[Bucket, ...], Breaker | None] | None = None
+        #: what ``_limit_admits`` found for the task it admitted last (for ``_limit_take``): the task, its
+        #: buckets, those with a cap, its breaker
+        self._admitted_task: Task | None = None
+        self._admitted_buckets: tuple[Bucket, ...] = ()
+        self._admitted_caps: tuple[Bucket, ...] = ()
+        self._admitted_breaker: Breaker | None = None
 
     # ------------------------------------------------------------------ limits: set, remove, read
     def set_limit(self, scope: Scope | tuple[str, ...], now: float, rate: float | None = None, period: float = 1.0,
@@ -635,8 +645,9 @@ class Limits(Routing):
             return True
         if r.keyed and len(self._buckets) >= self._sweep_at:
             self._sweep(now)
-        for b in r.in_place:
-            if not b.admits(now):
+        for b in r.in_place:  # (Bucket.admits, inline: this runs once per dispatch)
+            cap = b.cap
+            if (cap is not None and b.running >= cap) or (b.interval and b.tat > now + b.tau + EPS):
                 b.deferred += 1
                 b.blocked = True
                 self._wake(b, now)
@@ -646,10 +657,11 @@ class Limits(Routing):
             self._hold(q, t, br)
             return False
         for b in r.aside:
-            if not b.admits(now):
+            cap = b.cap
+            if (cap is not None and b.running >= cap) or (b.interval and b.tat > now + b.tau + EPS):
                 self._refuse(q, t, b, now)
                 return False
-        buckets = r.fixed
+        buckets, caps = r.fixed, r.caps
         if r.keyed:
             found = list(buckets)
             for lim in r.keyed:
@@ -662,36 +674,45 @@ class Limits(Routing):
                     return False
                 found.append(b)
             buckets = tuple(found)
-        self._admitted = (t, buckets, br)
+            caps = tuple(b for b in found if b.cap is not None)
+        self._admitted_task = t
+        self._admitted_buckets = buckets
+        self._admitted_caps = caps
+        self._admitted_breaker = br
         return True
 
     def _limit_take(self, t: Task, now: float) -> None:
         """``t`` is being leased (``Dispatch._lease``): take what it uses up from the rules that let it go."""
-        a = self._admitted
-        self._admitted = None
-        if a is None or a[0] is not t:  # (another head was admitted after it: find its rules again)
+        if self._admitted_task is t:
+            buckets, caps, br = self._admitted_buckets, self._admitted_caps, self._admitted_breaker
+        else:  # (another head was admitted after it: find its rules again)
             r = self._rules.get((t.queue, t.type)) or self._rules_for(t.queue, t.type)
             found = list(r.fixed)
             for lim in r.keyed:
                 v = payload_key(t.payload, lim.scope.key)
                 if v is not None:
                     found.append(self._keyed_bucket(lim, v, now))
-            a = (t, tuple(found), r.breaker)
-        _, buckets, br = a
-        for b in buckets:
-            b.take(now)
-        self._holds[t.id] = (buckets, br, br.take() if br is not None else False)
+            buckets, caps, br = tuple(found), tuple(b for b in found if b.cap is not None), r.breaker
+        self._admitted_task = None
+        for b in buckets:  # (Bucket.take, inline)
+            if b.interval:
+                tat = b.tat
+                b.tat = (tat if tat > now else now) + b.interval  # noqa: FURB136 - a comparison, not a call
+            b.admitted += 1
+        if caps:
+            for b in caps:
+                b.running += 1
+            self._holds[t.id] = caps
+        if br is not None and br.take():
+            self._probes.add(t.id)
 
     def _run_ended(self, task: Task, tr: Transition, now: float) -> None:
         """``task`` left ``running`` by ``tr`` (called by ``_move``): its cap slots are free, its breaker
         learns the outcome."""
-        h = self._holds.pop(task.id, None)
-        if h is None:
-            return
-        buckets, br, probe = h
-        for b in buckets:
+        caps = self._holds.pop(task.id, ()) if self._holds else ()
+        for b in caps:
             b.running -= 1
-            if b.cap is None:
+            if b.cap is None:  # (its cap was removed since)
                 continue
             if b.waiting:
                 n = b.available(now)
@@ -702,7 +723,12 @@ class Limits(Routing):
             if b.blocked:
                 b.blocked = False
                 self._pump_needed = True
-        if br is not None and self.breakers.get(br.type) is br:
+        probe = False
+        if self._probes and task.id in self._probes:
+            self._probes.discard(task.id)
+            probe = True
+        br = self.breakers.get(task.type) if self.breakers else None
+        if br is not None:
             ok = True if tr is T_SUCCEED else False if tr is T_FAIL else None
             nxt = br.outcome(ok, probe, now)
             if nxt is not None:
@@ -811,7 +837,7 @@ class Limits(Routing):
         """Configure ``lim`` (new or replacing its scope's): buckets updated in place, held tasks back; a new
         scope counts the tasks of it already running (a cap set now holds at once)."""
         s = lim.scope
-        new = s not in self._limit_of
+        old = self._limit_of.get(s)
         self._limit_of[s] = lim
         if not s.key:
             b = self._scope_bucket.get(s)
@@ -826,12 +852,13 @@ class Limits(Routing):
             if b.blocked:
                 b.blocked = False
             self._let_go(b, len(b.waiting))
-        if new:
+        if lim.concurrency is not None and (old is None or old.concurrency is None):
             self._count_running(lim)
         self._changed()
 
     def _count_running(self, lim: Limit) -> None:
-        """Count in ``lim``'s buckets the tasks of its scope that run now (dispatched before it was set)."""
+        """Count in ``lim``'s buckets the tasks of its scope that run now and are not counted yet (dispatched
+        before it had a cap)."""
         s, holds = lim.scope, self._holds
         for w in self.workers.values():
             for t in w.running.values():
@@ -844,9 +871,10 @@ class Limits(Routing):
                     b = self._keyed_bucket(lim, v, _NEVER)
                 else:
                     b = self._scope_bucket[s]
-                b.running += 1
-                h = holds.get(t.id)
-                holds[t.id] = ((*h[0], b), h[1], h[2]) if h is not None else ((b,), None, False)
+                h = holds.get(t.id, ())
+                if b not in h:
+                    b.running += 1
+                    holds[t.id] = (*h, b)
 
     def _new_bucket(self, lim: Limit, value: str | None, tat: float) -> Bucket:
         self._bucket_no += 1
@@ -872,7 +900,7 @@ class Limits(Routing):
     def _changed(self) -> None:
         """A rule changed: the (queue, type) index is found again, a round looks at the queues again."""
         self._rules.clear()
-        self._admitted = None
+        self._admitted_task = None
         self._limited = bool(self._limit_of or self.breakers)
         self._pump_needed = True
 
@@ -885,6 +913,8 @@ class Limits(Routing):
                       if s.key and ((s.kind == "queue" and s.name == queue) or (s.kind == "type" and s.name == type_)))
         in_place = (qb,) if qb is not None else ()
         aside = (tb,) if tb is not None else ()
-        r = _Rules(in_place, br, aside, in_place + aside, keyed) if (qb or tb or br or keyed) else _NO_RULES
+        fixed = in_place + aside
+        caps = tuple(b for b in fixed if b.cap is not None)
+        r = _Rules(in_place, br, aside, fixed, caps, keyed) if (qb or tb or br or keyed) else _NO_RULES
         self._rules[(queue, type_)] = r
         return r
