@@ -445,3 +445,67 @@ def test_why_waiting_names_a_paused_queue_and_a_type_no_worker_handles() -> None
     (c,) = add(core, "t", delay=5.0)
     why = core.why_waiting(c, T0)
     assert why is not None and why.reason == "scheduled" and why.until == T0 + 5
+
+
+# ---------------------------------------------------------------------- everything at once, at random
+@pytest.mark.parametrize("seed", range(8))
+def test_random_traffic_never_breaks_a_limit_and_loses_no_task(seed: int) -> None:
+    rng = random.Random(seed)
+    core = make()
+    core.set_limit(("queue", "a"), T0, rate=5, burst=2)
+    core.set_limit(("type", "x"), T0, concurrency=2)
+    core.set_limit(("type", "z", "k"), T0, rate=2, period=1.0)
+    core.set_breaker("y", T0, threshold=0.5, window=5.0, min_calls=3, cooldown=2.0)
+    sim = Sim(core, workers=("w1", "w2"), finish=False, credit=10_000, queues=("a", "b"))
+    ids: list[int] = []
+    now = T0
+    for _ in range(400):
+        r = rng.random()
+        if r < 0.4:
+            ids += add(core, rng.choice("xyz"), 1, now=now, queue=rng.choice("ab"),
+                       payload={"k": rng.choice("pq")}, priority=rng.choice([0, 0, 1]))
+        elif r < 0.7 and sim.leases:
+            tid = rng.choice(sorted(sim.leases))
+            wid, lease = sim.leases.pop(tid)
+            if rng.random() < 0.6:
+                core.done(wid, [[tid, lease, None]], now)
+            else:
+                core.fail(wid, tid, lease, "boom", now, retry_in=rng.random())
+            core.credit(wid, 1, now)
+        else:
+            now += rng.random() * 0.5
+        sim.step(now)
+        running = [core.get(t) for t in ids if core.get(t).state is State.RUNNING]
+        assert sum(1 for t in running if t.type == "x") <= 2
+        for q in core.queues.values():  # the ready count of a queue is its tasks in the ready order
+            in_order = [t for t in core.tasks.values() if t.queue == q.name and t.queued == 1]
+            assert q.ready == len(in_order)
+        for t in core.tasks.values():  # a ready task out of the order has exactly one holder
+            if t.state is State.READY and t.queued != 1:
+                held_by_routing = any(t in d for d in core.queues[t.queue].held.values())
+                assert held_by_routing != (t.id in core._held_by)
+    starts: dict[str, list[float]] = {"a": [], "p": [], "q": []}
+    for at, _, tid in sim.sent:
+        t = core.get(tid)
+        if t.queue == "a":
+            starts["a"].append(at)
+    for at, _, tid in sim.sent:
+        t = core.get(tid)
+        if t.type == "z":
+            starts[msgpack.unpackb(t.payload)["k"]].append(at)
+    for name, rate, burst in (("a", 5, 2), ("p", 2, 1), ("q", 2, 1)):
+        s = sorted(starts[name])
+        for i, t0 in enumerate(s):  # over any stretch d: at most burst + d * rate
+            for j in range(i, len(s)):
+                assert j - i + 1 <= burst + (s[j] - t0) * rate + 1e-6
+    # the rules go: every task ends
+    for scope in [lim.scope for lim in core.limits()]:
+        core.remove_limit(scope, now)
+    core.remove_breaker("y", now)
+    sim.finish = True
+    for tid in sorted(sim.leases):
+        sim.done(tid, now)
+    for _ in range(50):
+        now += 1.0
+        sim.step(now)
+    assert all(core.get(t).state in (State.SUCCEEDED, State.DEAD) for t in ids)
