@@ -201,6 +201,22 @@ def test_a_stale_cool_down_entry_is_skipped() -> None:
     assert core.breakers["flaky"].state is HALF_OPEN
 
 
+def test_more_probes_set_while_half_open_count_the_probe_running() -> None:
+    core = make()
+    core.set_breaker("flaky", T0, min_calls=2, cooldown=30.0, probes=1)
+    w = Worker(core)
+    trip(core, w, T0, n=2)
+    ids = add(core, n=4, now=T0 + 1)
+    w.take(T0 + 1)
+    assert w.take(T0 + 30) == ids[:1]
+    core.set_breaker("flaky", T0 + 31, min_calls=2, cooldown=30.0, probes=3)
+    assert w.take(T0 + 31) == ids[1:3]  # 3 probes in all: the one running and two more
+    for tid in ids[:3]:
+        w.finish(tid, True, T0 + 32)
+    assert core.breakers["flaky"].state is CLOSED
+    assert w.take(T0 + 32) == ids[3:]
+
+
 def test_a_lost_probe_lets_another_go() -> None:
     core = make()
     core.set_breaker("flaky", T0, min_calls=2, cooldown=30.0)

@@ -487,8 +487,10 @@ class Limits(Routing):
             br = self.breakers[type_] = Breaker(type_, cfg)
         else:
             br.config = cfg
-            if br.state is HALF_OPEN:
-                br.probes_left = max(0, cfg.probes - br.passed)
+            if br.state is HALF_OPEN:  # the new number of probes, less those that passed or still run
+                out = sum(1 for tid in self._probes if (t := self.tasks.get(tid)) is not None and t.type == type_)
+                br.probes_left = max(0, cfg.probes - br.passed - out)
+                self._let_go(br, br.probes_left)
         self._changed()
         self._breaker_rows.append((type_, br.row()))
         self._limit_events.append(LimitEvent(
