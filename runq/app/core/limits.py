@@ -645,28 +645,27 @@ class Limits(Routing):
             r = self._rules_for(t.queue, t.type)
         if r is _NO_RULES:
             return True
-        if r.keyed and len(self._buckets) >= self._sweep_at:
+        in_place, br, aside, buckets, caps, keyed = r
+        if keyed and len(self._buckets) >= self._sweep_at:
             self._sweep(now)
-        for b in r.in_place:  # (Bucket.admits, inline: this runs once per dispatch)
+        for b in in_place:  # (Bucket.admits, inline: this runs once per dispatch)
             cap = b.cap
             if (cap is not None and b.running >= cap) or (b.interval and b.tat > now + b.tau + EPS):
                 b.deferred += 1
                 b.blocked = True
                 self._wake(b, now)
                 return False
-        br = r.breaker
         if br is not None and not br.admits():
             self._hold(q, t, br)
             return False
-        for b in r.aside:
+        for b in aside:
             cap = b.cap
             if (cap is not None and b.running >= cap) or (b.interval and b.tat > now + b.tau + EPS):
                 self._refuse(q, t, b, now)
                 return False
-        buckets, caps = r.fixed, r.caps
-        if r.keyed:
+        if keyed:
             found = list(buckets)
-            for lim in r.keyed:
+            for lim in keyed:
                 v = payload_key(t.payload, lim.scope.key)
                 if v is None:
                     continue
