@@ -19,6 +19,10 @@ module                    concern
                           results, release, the server-side timeout (``BACKSTOP``)
 ``routing.py``            which connected workers handle which (queue, task type); ready tasks of a type no
                           worker handles held aside until one joins
+``limits.py``             rate limits (GCRA) and concurrency caps per queue, task type and payload key, and
+                          the circuit breakers' side of dispatch: tasks held aside (still ``ready``), refills
+                          (timer kind ``REFILL``), cool-downs (``COOLDOWN``), ``why_waiting``
+``breakers.py``           the circuit breaker per task type: its pure state machine and records
 ``dispatch.py``           credit, pause, the dispatch round, and ``_admits``: THE eligibility point
 ``recovery.py``           the core rebuilt from the store's rows at start
 ``commits.py``            a failed commit: what to refuse, forget, restore and enqueue again
@@ -29,13 +33,15 @@ module                    concern
 ========================  ==================================================================================
 
 The concerns are classes built on one another in the order of their needs (``CoreBase`` <- ``Delays``
-(timers.py) <- ``Retries`` <- ``Leases`` <- ``Routing`` <- ``Dispatch``; ``Recovery`` on ``Delays``, ``Rollback`` on
+(timers.py) <- ``Retries`` <- ``Leases`` <- ``Routing`` <- ``Limits`` <- ``Dispatch``; ``Recovery`` on ``Delays``, ``Rollback`` on
 ``CoreBase``) and composed by ``Core``: a rule reads the shared state as plain attributes, at the cost it had in one class.
 """
 
 from __future__ import annotations
 
+from .breakers import BREAKER_COLUMNS, Breaker, BreakerConfig, BreakerRow, BreakerState, LimitError
 from .effects import Effects
+from .limits import LIMIT_COLUMNS, BreakerStatus, BucketStatus, Limit, LimitEvent, LimitRow, Scope, Waiting
 from .model import EVENT_COLUMNS, EVENT_ROW_COLUMNS, TASK_COLUMNS, CoreConfig, ReadyQueue, Task, WorkerInfo, WorkerState
 from .queue import Core, TaskMissing
 from .requests import REQUEST_COLUMNS, Requests
@@ -44,26 +50,40 @@ from .stats import CoreStats
 from .timers import TimerHeap
 
 __all__ = [
+    "BREAKER_COLUMNS",
     "EVENT_COLUMNS",
     "EVENT_ROW_COLUMNS",
     "FINAL_STATES",
+    "LIMIT_COLUMNS",
     "REQUEST_COLUMNS",
     "STEPS",
     "TASK_COLUMNS",
     "TRANSITIONS",
+    "Breaker",
+    "BreakerConfig",
+    "BreakerRow",
+    "BreakerState",
+    "BreakerStatus",
+    "BucketStatus",
     "Core",
     "CoreConfig",
     "CoreStats",
     "Effects",
     "IllegalTransition",
+    "Limit",
+    "LimitError",
+    "LimitEvent",
+    "LimitRow",
     "ReadyQueue",
     "Requests",
+    "Scope",
     "State",
     "Step",
     "Task",
     "TaskMissing",
     "TimerHeap",
     "Transition",
+    "Waiting",
     "WorkerInfo",
     "WorkerState",
     "next_state",

@@ -13,11 +13,11 @@ gets the best task it may take (``_next_for``), and the lease starts
 ``_next_for`` looks at the head of each of the worker's queues (the highest
 priority, first in) and takes the best head that ``_admits`` lets through.
 ``_admits`` is THE eligibility point: the one place that decides whether a
-worker may be given a task now. Today it holds two rules, pause and the task
-types a worker announced (routing.py holds back the tasks of a type no worker
-handles, so that they block nobody); rate limits,
-concurrency caps, circuit breakers, dependencies and routing labels plug in
-there (see ``_admits``).
+worker may be given a task now. It holds three rules: pause, the task types a
+worker announced (routing.py holds back the tasks of a type no worker handles,
+so that they block nobody), and the limits (limits.py: rate limits,
+concurrency caps, circuit breakers, read through one flag when none is set);
+dependencies and routing labels plug in there too (see ``_admits``).
 
 Rules of this file:
 
@@ -26,7 +26,9 @@ Rules of this file:
 2. A task is given only if ``_admits`` says so for that task, that worker, now; a
    queue whose head is refused is passed over for that worker in this round
    (the tasks behind the head wait with it: rules that refuse one task but not
-   the next must keep such tasks out of the ready queue, see ``_admits``).
+   the next must keep such tasks out of the ready queue, see ``_admits``). A
+   head that ``_admits`` took out of the queue as it refused it (held aside by a
+   limit, limits.py: still ready) is no longer the head: the next one is looked at.
 3. Across a worker's queues, the best head wins: the highest priority, then the
    lower id.
 """
@@ -36,8 +38,8 @@ from __future__ import annotations
 import heapq
 from typing import Any
 
-from .model import ReadyQueue, Task, WorkerInfo, WorkerState
-from .routing import Routing
+from .limits import Limits
+from .model import QUEUED, ReadyQueue, Task, WorkerInfo, WorkerState
 from .states import Transition
 
 __all__ = ["Dispatch"]
@@ -45,7 +47,7 @@ __all__ = ["Dispatch"]
 T_DISPATCH = Transition.DISPATCH
 
 
-class Dispatch(Routing):
+class Dispatch(Limits):
     """Credit, pause and the dispatch round (see the module docstring)."""
 
     def credit(self, worker_id: str, n: int, now: float) -> None:
@@ -134,7 +136,11 @@ class Dispatch(Routing):
         if len(w.queues) == 1:
             q = queues[w.queues[0]]
             t = self._head_for(q, w)
-            if t is None or not self._admits(q, t, w, now):
+            while t is not None and not self._admits(q, t, w, now):
+                if t.queued == QUEUED:  # refused in place: the queue waits (rule 2)
+                    return None
+                t = self._head_for(q, w)  # held aside (limits.py): the next head
+            if t is None:
                 return None
             q.take(t)
             return t
@@ -143,9 +149,14 @@ class Dispatch(Routing):
         for name in w.queues:
             q = queues[name]
             t = self._head_for(q, w)
-            if t is not None and (best is None or t.priority > best.priority
-                                  or (t.priority == best.priority and t.id < best.id)) and self._admits(q, t, w, now):
-                best, bq = t, q
+            while t is not None and (best is None or t.priority > best.priority
+                                     or (t.priority == best.priority and t.id < best.id)):
+                if self._admits(q, t, w, now):
+                    best, bq = t, q
+                    break
+                if t.queued == QUEUED:  # refused in place (rule 2)
+                    break
+                t = self._head_for(q, w)  # held aside: the next head
         if bq is not None and best is not None:
             bq.take(best)
         return best
@@ -155,7 +166,9 @@ class Dispatch(Routing):
 
         Every rule that can hold a ready task back is one clause here, and nowhere else. Today: a paused
         queue gives nothing; a worker that announced its task types gets only tasks of those types
-        (routing.py: a head that no connected worker handles was held before it got here).
+        (routing.py: a head that no connected worker handles was held before it got here); the limits
+        (limits.py), read only while one is configured: a queue's own limit refuses in place, a type's or a
+        key's limit and an open circuit breaker hold the head aside (it leaves the queue, still ready).
 
         How a rule plugs in (limits, caps, breakers, dependencies, routing):
 
@@ -171,11 +184,14 @@ class Dispatch(Routing):
           back single tasks while others behind them may go (dependencies, routing labels) keeps them out of
           the ready queue instead, in a state of their own (``blocked``) added to the transition table.
         """
-        return not q.paused and (not w.type_set or task.type in w.type_set)
+        return not q.paused and (not w.type_set or task.type in w.type_set) and (
+            not self._limited or self._limit_admits(q, task, now))
 
     def _lease(self, task: Task, w: WorkerInfo, now: float) -> dict[str, Any]:
         """Lease ``task`` (just taken out of its queue) to ``w``: the ``started`` step, a new lease number,
         its backstop; return its entry of the ``tasks`` frame."""
+        if self._limited:  # what the dispatch uses up under the limits (limits.py)
+            self._limit_take(task, now)
         w.credit -= 1
         task.attempt += 1
         lease = task.lease = task.lease + 1

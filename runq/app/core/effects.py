@@ -24,18 +24,25 @@ Rules of this file:
    it changed.
 3. ``_make_ready`` is the one way a task joins a ready queue; it asks for a
    dispatch round (``_pump_needed``), which ``take_effects`` runs.
+4. A lease ends where the task leaves ``running``, in ``_move``: what the task held there under the limits
+   (cap slots: ``_holds``) is given back, and its type's breaker told the outcome, by ``_run_ended``
+   (limits.py), whatever ended it. With no cap and no breaker this costs a comparison.
 """
 
 from __future__ import annotations
 
 import random
 from collections import Counter, OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...protocol.messages import TypeOptions
 from .model import CoreConfig, ReadyQueue, Task, WorkerInfo
 from .states import STEPS, IllegalTransition, State, Transition
 from .stats import CoreStats
+
+if TYPE_CHECKING:
+    from .breakers import Breaker, BreakerRow
+    from .limits import Bucket, LimitEvent, LimitRow, Scope
 
 __all__ = ["ENQUEUE_STEP", "CoreBase", "Effects", "EventRow"]
 
@@ -43,7 +50,7 @@ __all__ = ["ENQUEUE_STEP", "CoreBase", "Effects", "EventRow"]
 EventRow = tuple[int, float, str, str, "str | None", int, "str | None", int]
 
 # module-level aliases: attribute access on an Enum class goes through a descriptor
-SCHEDULED, READY, SUCCEEDED, DEAD = State.SCHEDULED, State.READY, State.SUCCEEDED, State.DEAD
+SCHEDULED, READY, RUNNING, SUCCEEDED, DEAD = State.SCHEDULED, State.READY, State.RUNNING, State.SUCCEEDED, State.DEAD
 #: the table's step for a task enqueued ready, read once (test_states checks STEPS against the table)
 ENQUEUE_STEP = STEPS[(None, Transition.ENQUEUE)]
 
@@ -59,9 +66,13 @@ class Effects:
         notices: (event row, task) pairs for live subscribers (only while ``observed``).
         logs: (level, text) lines for the operator.
         queue_ops: (queue, paused) changes to record.
+        limit_rows: (scope, row) of limits set (a ``LimitRow``) or removed (None) to record (limits.py).
+        breaker_rows: (task type, row) of circuit breakers changed (a ``BreakerRow``) or removed (None).
+        limit_events: changes of limits and breakers (``LimitEvent``), for the store, subscribers and metrics.
     """
 
-    __slots__ = ("events", "logs", "new_rows", "notices", "outbox", "queue_ops", "rows")
+    __slots__ = ("breaker_rows", "events", "limit_events", "limit_rows", "logs", "new_rows", "notices", "outbox",
+                 "queue_ops", "rows")
 
     def __init__(
         self,
@@ -72,8 +83,14 @@ class Effects:
         logs: list[tuple[str, str]],
         queue_ops: list[tuple[str, bool]],
         new_rows: list[tuple[Any, ...]] | None = None,
+        limit_rows: list[tuple[Scope, LimitRow | None]] | None = None,
+        breaker_rows: list[tuple[str, BreakerRow | None]] | None = None,
+        limit_events: list[LimitEvent] | None = None,
     ) -> None:
         self.new_rows = new_rows or []
+        self.limit_rows = limit_rows or []
+        self.breaker_rows = breaker_rows or []
+        self.limit_events = limit_events or []
         self.rows = rows
         self.events = events
         self.outbox = outbox
@@ -82,7 +99,8 @@ class Effects:
         self.queue_ops = queue_ops
 
     def __bool__(self) -> bool:
-        return bool(self.rows or self.new_rows or self.events or self.outbox or self.queue_ops or self.logs)
+        return bool(self.rows or self.new_rows or self.events or self.outbox or self.queue_ops or self.logs
+                    or self.limit_rows or self.breaker_rows or self.limit_events)
 
 
 class CoreBase:
@@ -139,6 +157,17 @@ class CoreBase:
         self._logs: list[tuple[str, str]] = []
         self._queue_ops: list[tuple[str, bool]] = []
         self._pump_needed = False
+        #: whether any limit or breaker is configured (limits.py): dispatch reads only this flag without one
+        self._limited = False
+        #: running task id -> the buckets with a cap it holds a slot of (limits.py)
+        self._holds: dict[int, tuple[Bucket, ...]] = {}
+        #: circuit breakers by task type (limits.py, breakers.py)
+        self.breakers: dict[str, Breaker] = {}
+        self._limit_rows: list[tuple[Scope, LimitRow | None]] = []
+        self._breaker_rows: list[tuple[str, BreakerRow | None]] = []
+        self._limit_events: list[LimitEvent] = []
+        #: ready task id -> the limit bucket or breaker holding it aside (limits.py)
+        self._held_by: dict[int, Bucket | Breaker] = {}
 
     # ------------------------------------------------------------------ effects
     def _take(self) -> Effects:
@@ -152,6 +181,9 @@ class CoreBase:
             else:
                 rows.append(t.row())
         fx = Effects(rows, self._events, self._outbox, self._notices, self._logs, self._queue_ops, new_rows)
+        if self._limit_rows or self._breaker_rows or self._limit_events:
+            fx.limit_rows, fx.breaker_rows, fx.limit_events = self._limit_rows, self._breaker_rows, self._limit_events
+            self._limit_rows, self._breaker_rows, self._limit_events = [], [], []
         self._dirty = {}
         self._new = set()
         self._events = []
@@ -201,6 +233,11 @@ class CoreBase:
         self._dirty[task.id] = task
         if self.observed:
             self._notices.append((row, task))
+        if old is RUNNING and (self._holds or self.breakers):  # the lease ended: give back what it held (rule 4)
+            self._run_ended(task, tr, now)
+
+    def _run_ended(self, task: Task, tr: Transition, now: float) -> None:
+        """``task`` left ``running``: give back what it held under the limits (limits.py overrides this)."""
 
     def _count_new(self, queue: str, kind: str, name: str, n: int) -> None:
         """Count ``n`` tasks of ``queue`` that took the creation step ``kind`` into state ``name`` (enqueue's
@@ -245,5 +282,7 @@ class CoreBase:
     def _make_ready(self, task: Task, front: bool = False) -> None:
         """Put a task that just became READY in its queue (rule 3); ``front`` for one that had waited."""
         task.run_at = None
+        if self._held_by:  # (a held entry of its earlier wait is stale now: limits.py rule 4)
+            self._held_by.pop(task.id, None)
         self._queue(task.queue).push(task, front)
         self._pump_needed = True

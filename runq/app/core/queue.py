@@ -58,11 +58,12 @@ from ...protocol.messages import TaskSpec
 from .commits import A, CommitPolicy, Rollback, Settlement, Writes
 from .dispatch import Dispatch
 from .effects import ENQUEUE_STEP, Effects
+from .limits import Waiting
 from .model import CoreConfig, Task
 from .recovery import Recovery
 from .states import FINAL_STATES, TRANSITIONS, IllegalTransition, State, Transition
 from .stats import queue_stats, task_types
-from .timers import BACKSTOP, DELAY, SILENCE
+from .timers import BACKSTOP, COOLDOWN, DELAY, REFILL, SILENCE
 
 __all__ = ["Core", "TaskMissing"]
 
@@ -90,11 +91,12 @@ class Core(Dispatch, Recovery, Rollback):
                  next_event_id: int = 1) -> None:
         super().__init__(config, rng, next_id, next_event_id)
         # Every timer kind, with the check that skips its stale entries and what it does when due (timers.py).
-        # A new kind (cron fires, limit refills, breaker cool-downs) takes the next number there and is
-        # registered here.
+        # A new kind (cron fires) takes the next number there and is registered here.
         self.timers.register(DELAY, self._delay_check, self._promote)
         self.timers.register(SILENCE, self._silence_check, self._silence_expired)
         self.timers.register(BACKSTOP, self._backstop_check, self._backstop_fired)
+        self.timers.register(REFILL, self._refill_check, self._refilled)
+        self.timers.register(COOLDOWN, self._cooldown_check, self._cooled)
         #: what a failed commit means for the answers waiting on it (commits.py)
         self.commits = CommitPolicy(self)
 
@@ -276,6 +278,21 @@ class Core(Dispatch, Recovery, Rollback):
         """The task types the connected workers handle: per type (by name), how many workers and which
         queues they take tasks from."""
         return task_types(self.workers)
+
+    def why_waiting(self, task_id: int, now: float) -> Waiting | None:
+        """Why a task does not run yet: a rate limit, a concurrency cap or an open circuit breaker holding it
+        (limits.py), its queue paused, no connected worker for its type, or its ``run_at`` ahead. None when
+        nothing holds it back (it waits for its turn and a worker's credit) or it is not waiting.
+
+        Raises:
+            TaskMissing: no live task has this id.
+        """
+        t = self.tasks.get(task_id)
+        if t is None:
+            if task_id in self.finished:
+                return None
+            raise TaskMissing(f"no live task {task_id}")
+        return self._waiting_reason(t, now)
 
     def queue_stats(self) -> list[dict[str, Any]]:
         """Per queue: counts of live tasks by state, the paused flag, and how many workers serve it."""

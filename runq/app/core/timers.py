@@ -1,5 +1,5 @@
-"""Every deadline of the core in one heap: delayed tasks, worker silences, server-side timeouts (and later
-cron fires, limit refills, breaker cool-downs); and the delayed tasks themselves.
+"""Every deadline of the core in one heap: delayed tasks, worker silences, server-side timeouts, limit refills,
+breaker cool-downs (and later cron fires); and the delayed tasks themselves.
 
 Theory of operation
 -------------------
@@ -29,7 +29,8 @@ Rules of this file:
 
 1. One heap, ordered by ``(when, kind)``: at one instant the kinds fire in the order of their numbers
    (``DELAY``, then ``SILENCE``, then ``BACKSTOP``: delayed tasks are promoted before a silent worker's
-   tasks are lost, and those before a timeout fails one).
+   tasks are lost, and those before a timeout fails one; then ``REFILL`` and ``COOLDOWN``, limits.py,
+   which only bring held tasks back and ask for a dispatch round).
 2. An entry fires only when its kind's check says it stands: a stale entry is skipped by that check and by
    nothing else, and each check has its test in ``tests/core``.
 3. ``next_deadline`` settles the top of the heap before it answers (drops stale entries, re-arms moved
@@ -59,7 +60,7 @@ from .effects import CoreBase
 from .model import CoreConfig, Task
 from .states import State, Transition
 
-__all__ = ["BACKSTOP", "DELAY", "SILENCE", "Check", "Delays", "Fire", "TimerHeap"]
+__all__ = ["BACKSTOP", "COOLDOWN", "DELAY", "REFILL", "SILENCE", "Check", "Delays", "Fire", "TimerHeap"]
 
 SCHEDULED = State.SCHEDULED
 
@@ -70,6 +71,10 @@ DELAY = 0
 SILENCE = 1
 #: A lease's server-side timeout: ``(deadline, BACKSTOP, task id, lease number)``.
 BACKSTOP = 2
+#: A rate-limit bucket lets a task go again (limits.py): ``(when, REFILL, bucket number)``.
+REFILL = 3
+#: A circuit breaker's cool-down is over (limits.py): ``(until, COOLDOWN, task type)``.
+COOLDOWN = 4
 
 #: ``check(entry)``: when the entry is due now (its ``when``, a later time, or None when stale).
 Check = Callable[[tuple[Any, ...]], "float | None"]
