@@ -800,9 +800,10 @@ class Client:
                     break
             receive.close()
             raise
-        if old_send is not None and old_receive is not None:
+        if old_send is not None:
             old_send.close()  # the earlier stream ends once its buffered events are read
-            self._replaced.append(old_receive)
+        if old_receive is not None:  # (its sending side may be closed already: a lost connection ended it)
+            self._replaced.append(old_receive)  # closed with the client
         return EventStream(receive)
 
 
