@@ -53,8 +53,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from ...protocol.errors import RunqError
 from ...protocol.messages import TaskSpec
+from ..errors import TaskMissing
 from .commits import A, CommitPolicy, Rollback, Settlement, Writes
 from .dispatch import Dispatch
 from .effects import ENQUEUE_STEP, Effects
@@ -68,12 +68,6 @@ __all__ = ["Core", "TaskMissing"]
 
 S, T = State, Transition
 T_SCHEDULE = T.SCHEDULE
-
-
-class TaskMissing(RunqError):
-    """No live or recently finished task has this id (the store may still have it)."""
-
-    code = "not_found"
 
 
 class Core(Dispatch, Recovery, Rollback):

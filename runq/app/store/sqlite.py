@@ -53,9 +53,10 @@ from typing import Any
 
 from ..core.model import EVENT_COLUMNS, EVENT_ROW_COLUMNS, NEW_COLUMNS, TASK_COLUMNS
 from ..core.requests import REQUEST_COLUMNS
+from ..errors import StoreError, StoreInUse
 from .schema import FINAL_STATE_NAMES, LIVE_STATE_NAMES, migrate
 
-__all__ = ["Batch", "Store", "StoreError", "StoreStats"]
+__all__ = ["Batch", "Store", "StoreError", "StoreInUse", "StoreStats"]
 
 log = logging.getLogger("runq.store")
 
@@ -108,16 +109,6 @@ _INSERT_NEW = _MultiInsert("tasks", NEW_COLUMNS)
 _INSERT_EVENT = _MultiInsert("events", EVENT_ROW_COLUMNS)
 _UPSERT_REQUEST = _MultiInsert("requests", REQUEST_COLUMNS,
                                " ON CONFLICT(id) DO UPDATE SET answer = excluded.answer, seqs = excluded.seqs")
-
-
-class StoreError(Exception):
-    """The database could not do what was asked (the text says why)."""
-
-    code = "store_error"
-
-
-class StoreInUse(StoreError):
-    """Another ``Store`` (another server) has this database file open for writing."""
 
 
 def _lock(path: str) -> int:
