@@ -3,7 +3,7 @@ importable from where it was raised before, and the module's documented tree nam
 
 from __future__ import annotations
 
-import runq.app.errors as errors
+from runq.app import errors
 from runq.protocol.errors import RunqError
 
 

@@ -37,6 +37,7 @@ import heapq
 from typing import Any
 
 from .model import ReadyQueue, Task, WorkerInfo, WorkerState
+from .records import QueueRecord
 from .routing import Routing
 from .states import Transition
 
@@ -68,14 +69,14 @@ class Dispatch(Routing):
         q = self._queue(queue)
         if not q.paused:
             q.paused = True
-            self._queue_ops.append((queue, True))
+            self._queue_ops.append(QueueRecord(queue, True))
 
     def resume(self, queue: str, now: float) -> None:
         """Dispatch from ``queue`` again."""
         q = self._queue(queue)
         if q.paused:
             q.paused = False
-            self._queue_ops.append((queue, False))
+            self._queue_ops.append(QueueRecord(queue, False))
             self._pump_needed = True
 
     # ------------------------------------------------------------------ the round

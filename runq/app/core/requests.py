@@ -37,12 +37,11 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+
+from .records import REQUEST_COLUMNS, RequestRecord
 
 __all__ = ["REQUEST_COLUMNS", "Entry", "Requests", "decode_answer", "encode_answer"]
 
-#: Column order of a ``requests`` row, as the store persists it.
-REQUEST_COLUMNS = ("id", "client_id", "seq", "at", "answer", "seqs")
 
 Answer = list[tuple[int, bool]]
 Tell = Callable[[Answer, BaseException | None], None]
@@ -167,7 +166,7 @@ class Requests:
             entry.queued = True
             self._rows.append(entry)
 
-    def restore(self, rows: Iterable[tuple[Any, ...]]) -> None:
+    def restore(self, rows: Iterable[RequestRecord]) -> None:
         """A commit failed: write again the rows of the entries still waiting for theirs."""
         again = []
         for row_id, client_id, seq, _, _, seqs in rows:
@@ -207,12 +206,12 @@ class Requests:
             while order and (order[0].dropped or (order[0].committed and order[0].at < cutoff)):
                 self._drop(order.popleft())
 
-    def take_rows(self) -> list[tuple[Any, ...]]:
+    def take_rows(self) -> list[RequestRecord]:
         """The rows to write with the next commit (``REQUEST_COLUMNS``): the entries made or rewritten since
         the last call, runs of them in one row each (see the module docstring)."""
         if not self._rows:
             return []
-        rows: list[tuple[Any, ...]] = []
+        rows: list[RequestRecord] = []
         head: Entry | None = None  # the first entry of the row being made
         count = width = after = 0  # entries in it; tasks per answer (0: not a run); the next answer's first id
         for e in self._rows:
@@ -220,7 +219,7 @@ class Requests:
                 continue
             e.queued = False
             if e.row:  # (rewritten after its row was made: a row of its own)
-                rows.append((e.row, e.client_id, e.seq, e.at, encode_answer(e.res), 1))
+                rows.append(RequestRecord(e.row, e.client_id, e.seq, e.at, encode_answer(e.res), 1))
                 continue
             res = e.res
             if (head is not None and width and e.number == head.number + count and e.seq == head.seq + count
@@ -230,14 +229,14 @@ class Requests:
                 after += width
                 continue
             if head is not None:
-                rows.append((head.number, head.client_id, head.seq, head.at, encode_answer(head.res), count))
+                rows.append(RequestRecord(head.number, head.client_id, head.seq, head.at, encode_answer(head.res), count))
             head = e
             e.row = e.hold = e.number
             count = 1
             width = _width(res)
             after = res[0][0] + width if width else 0
         if head is not None:
-            rows.append((head.number, head.client_id, head.seq, head.at, encode_answer(head.res), count))
+            rows.append(RequestRecord(head.number, head.client_id, head.seq, head.at, encode_answer(head.res), count))
         self._rows = []
         return rows
 
@@ -250,7 +249,7 @@ class Requests:
             return below
         return None
 
-    def recover(self, rows: Iterable[tuple[Any, ...]], next_row: int, now: float) -> int:
+    def recover(self, rows: Iterable[RequestRecord], next_row: int, now: float) -> int:
         """Know again the tokens of the stored rows (``REQUEST_COLUMNS`` order, by id) younger than the
         window; return how many."""
         self.next_row = max(self.next_row, next_row)
