@@ -216,6 +216,5 @@ class OfflineSource(Source):
         stored = [make_event(r) for r in await self._all(queries.EVENTS_SQL, (task_id,))]
         created = None
         if queries.needs_enqueued(stored):
-            rows = await self._all(queries.CREATED_AT_SQL, (task_id,))
-            created = rows[0][0] if rows else None
+            created = next((at for (at,) in await self._all(queries.CREATED_AT_SQL, (task_id,))), None)
         return [e.as_dict() for e in queries.timeline(task_id, stored, created)]

@@ -231,7 +231,7 @@ class SQLiteStore:
             finally:
                 conn.close()
 
-        paused = [r[0] for r in self.conn.execute("SELECT name FROM queues WHERE paused = 1")]
+        paused = [name for (name,) in self.conn.execute("SELECT name FROM queues WHERE paused = 1")]
         (max_id,) = self.conn.execute("SELECT max(id) FROM tasks").fetchone()
         (meta_next,) = self.conn.execute("SELECT coalesce(max(CAST(value AS INTEGER)), 0) FROM meta WHERE key = 'next_id'").fetchone()
         return rows(), paused, max((max_id or 0) + 1, meta_next or 0, 1)
