@@ -1,4 +1,5 @@
-"""SQLite persistence: one writer thread with group commit, and a read-only reader.
+"""SQLite persistence (``SQLiteStore``, the ``Store`` of base.py): one writer thread with group commit, and a
+read-only reader.
 
 Theory of operation
 -------------------
@@ -24,7 +25,9 @@ transaction is rolled back, every batch in it gets the error, and the writer
 goes on with the next batches: nothing is silently dropped.
 
 Reads (``get_task``, ``list_tasks``, ``events``, ...) use a second connection
-opened read-only; the caller serialises them (one thread at a time).
+opened read-only; the caller serialises them (one thread at a time). Their SQL
+is queries.py's (the offline dashboard reads with it too); rows come back as the
+records of runq/app/core/records.py, made in C (``make_task``: no per-row Python).
 
 A ``Store`` is the only writer of its file: it holds an exclusive ``flock`` on
 ``<path>-lock`` while open, and a second ``Store`` on the same file (a second
@@ -32,7 +35,9 @@ A ``Store`` is the only writer of its file: it holds an exclusive ``flock`` on
 writes anything. Two servers on one file would each take the other's running
 tasks for crashed ones and run them again, and hand out the same ids. Read-only
 readers (``runq tui --db``) take no lock. The lock goes with the process, so a
-``kill -9`` leaves none behind.
+``kill -9`` leaves none behind. That lock is the store's leadership (base.py):
+``leadership()`` answers leader, term 1, from the moment the store opened until
+``close``.
 """
 
 from __future__ import annotations
