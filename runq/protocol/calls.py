@@ -23,19 +23,37 @@ Rules of this file (docs/clients.md explains them to users):
    ``invalid_state`` is turned into the cancelled task by the caller). Any other (``retry``, which would
    start a task over twice; ``subscribe``, whose stream ends with its connection) fails with
    ``ConnectionClosed``, saying it may or may not have been applied.
+4. A connection the server closes with an error (``bad_message``, ``internal``, ...) is lost like any
+   other: the error frame names the request to blame by its ``rid`` when the server knows it, and that
+   call alone fails with it (it is a reply); the others are sent again (rule 3). An error that names no
+   request cannot be pinned on one: the calls are sent again all the same, once: a call that was in
+   flight on two connections that each ended with such an error fails with it (a request that breaks the
+   server every time must not be sent for ever).
+5. A request is checked before it is sent (``messages.check_request``): a field of a wrong type is the
+   caller's ``TypeError``, never a ``bad_message`` that would close the connection under every other call.
+6. A client object belongs to one process. In the child of a ``fork()`` (gunicorn ``--preload``, a
+   ``multiprocessing`` pool), every ``Calls`` gets a new ``client_id``, its seqs start over and the
+   requests of the parent are forgotten (``forked``, run by ``os.register_at_fork``); its ``on_fork`` lets
+   the I/O layer leave the parent's connection to the parent. Two processes with one token would be one
+   request to the server: the second process's enqueue answered with the first's task id, its own task
+   never created (the server refuses such a request when its tasks differ, docs/protocol.md 5.2).
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import random
 import secrets
+import weakref
+from collections.abc import Callable
 from typing import Any
 
-from .errors import ConnectionClosed
-from .messages import PROTOCOL_VERSION
+from .errors import ConnectionClosed, error_for_code
+from .messages import PROTOCOL_VERSION, check_request
 
-__all__ = ["RESENT", "TRANSIENT_HELLO_ERRORS", "Backoff", "Calls", "Request", "connect_error", "hello_message"]
+__all__ = ["RESENT", "TRANSIENT_HELLO_ERRORS", "Backoff", "Calls", "Request", "closing_error", "connect_error",
+           "hello_message"]
 
 #: ops sent again on the next connection after one that carried them was lost (rule 3).
 RESENT = frozenset({"enqueue", "get", "wait", "events", "list", "queues", "workers", "stats", "ping",
@@ -76,7 +94,7 @@ class Backoff:
 class Request:
     """One request and, once it came, its reply."""
 
-    __slots__ = ("epoch", "error", "frame", "msg", "reply", "rid", "sent", "seq", "tries", "waiter")
+    __slots__ = ("epoch", "error", "frame", "msg", "reply", "rid", "sent", "seq", "struck", "tries", "waiter")
 
     def __init__(self, msg: dict[str, Any], seq: int | None) -> None:
         self.msg = msg
@@ -84,6 +102,7 @@ class Request:
         self.rid = 0
         self.sent = False  # written to a socket (the server may have seen it)
         self.tries = 0  # connections it was written to
+        self.struck = False  # in flight on a connection the server closed with an error naming no request
         self.reply: dict[str, Any] | None = None
         self.error: BaseException | None = None
         self.waiter: Any = None  # the I/O layer's wake-up object (an anyio Event)
@@ -100,18 +119,45 @@ class Calls:
 
     Args:
         client_id: the idempotency token's client part (default: 16 random hex digits).
+        on_fork: called in the child of a ``fork()``, once this client is another one there (rule 6): the I/O
+            layer leaves the parent's connection to the parent.
     """
 
-    def __init__(self, client_id: str | None = None) -> None:
+    def __init__(self, client_id: str | None = None, on_fork: Callable[[], None] | None = None) -> None:
         self.client_id = client_id or secrets.token_hex(8)
         self.pending: dict[int, Request] = {}
         self._rids = itertools.count(1)
         self._next_seq = 0
         self._low = 0  # every enqueue numbered below it has its reply
         self._open_seqs: set[int] = set()
+        #: called in the child of a fork, after ``forked`` (rule 6)
+        self.on_fork = on_fork
+        _LIVE.add(self)
 
-    def new(self, msg: dict[str, Any]) -> Request:
-        """A call for ``msg`` (not yet sent); an enqueue gets its idempotency token here."""
+    def forked(self) -> None:
+        """This process is the child of a ``fork()`` of the one that made this client: start over as another
+        client (rule 6)."""
+        self.client_id = secrets.token_hex(8)
+        self.pending = {}
+        self._rids = itertools.count(1)
+        self._next_seq = 0
+        self._low = 0
+        self._open_seqs = set()
+        if self.on_fork is not None:
+            self.on_fork()
+
+    def new(self, msg: dict[str, Any], checked: bool = False) -> Request:
+        """A call for ``msg`` (not yet sent); an enqueue gets its idempotency token here.
+
+        Args:
+            msg: the request.
+            checked: the caller built ``msg`` from values of the right types (else they are checked here).
+
+        Raises:
+            TypeError: a field of ``msg`` has a type the server refuses (rule 5).
+        """
+        if not checked:
+            check_request(msg)
         seq = None
         if msg["op"] == "enqueue":
             seq = self._next_seq
@@ -154,34 +200,47 @@ class Calls:
     def lost(self, error: BaseException | None = None) -> tuple[list[Request], list[Request]]:
         """The connection was lost: (calls to send on the next one, in order; calls that fail).
 
-        Each failed call's ``error`` says why. ``error``: the server closed the connection with this
-        error (caused by a request, e.g. ``bad_message``): every call it had read fails with it, none is
-        sent again (it would fail the same way).
+        Each failed call's ``error`` says why. ``error``: the server closed the connection with this error,
+        naming no request (rule 4): a call sent on it is sent again unless it was in flight when an earlier
+        connection ended that way too (then it fails with ``error``).
         """
         again: list[Request] = []
         failed: list[Request] = []
         for call in self.pending.values():
             if not call.sent:
                 again.append(call)
-            elif error is not None:
+            elif call.op not in RESENT:
+                why = "lost" if error is None else f"ended ({error})"
+                call.error = ConnectionClosed(f"the connection was {why} after {call.op!r} was sent: it may or "
+                                              "may not have been applied")
+                failed.append(call)
+            elif error is not None and call.struck:
                 call.error = error
                 failed.append(call)
-            elif call.op in RESENT:
-                call.sent = False
-                again.append(call)
             else:
-                call.error = ConnectionClosed(f"the connection was lost after {call.op!r} was sent: it may or may "
-                                              "not have been applied")
-                failed.append(call)
+                call.sent = False
+                call.struck = call.struck or error is not None
+                again.append(call)
         self.pending = {}
         for call in failed:
             self.done(call)
         return again, failed
 
 
+#: every ``Calls`` of this process, for the child of a fork (rule 6)
+_LIVE: weakref.WeakSet[Calls] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for calls in list(_LIVE):
+        calls.forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def hello_message(role: str, token: str | None) -> dict[str, Any]:
     """The ``hello`` a client sends first on every connection."""
-    import os
     import socket
 
     hello: dict[str, Any] = {"op": "hello", "version": PROTOCOL_VERSION, "role": role,
@@ -193,6 +252,14 @@ def hello_message(role: str, token: str | None) -> dict[str, Any]:
 
 #: error codes at hello after which another try (another server, or the same one later) may succeed
 TRANSIENT_HELLO_ERRORS = frozenset({"shutting_down", "hello_timeout", "busy", "internal"})
+
+
+def closing_error(msg: dict[str, Any]) -> BaseException | None:
+    """The error to hand ``Calls.lost`` for an error frame that closes the connection and names no request:
+    None for a server that stops (no request's fault: what was in flight is sent to the next one), else the
+    error (rule 4)."""
+    code = str(msg.get("code"))
+    return None if code == "shutting_down" else error_for_code(code, str(msg.get("message")))
 
 
 def connect_error(address: str, exc: BaseException) -> BaseException:

@@ -30,9 +30,11 @@ import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .address import format_address, server_addresses, server_token
-from .calls import TRANSIENT_HELLO_ERRORS, Backoff, Calls, Request, connect_error, hello_message
+from .calls import TRANSIENT_HELLO_ERRORS, Backoff, Calls, Request, closing_error, connect_error, hello_message
 from .errors import (
+    REQUEST_ERROR_CODES,
     ConnectionClosed,
+    FrameTooLarge,
     InvalidState,
     NotRunqServer,
     ProtocolError,
@@ -42,7 +44,7 @@ from .errors import (
     error_for_code,
     looks_like,
 )
-from .frames import DEFAULT_MAX_FRAME, Connection
+from .frames import DEFAULT_MAX_FRAME, HEADER, Connection
 from .tasks import Call, TaskHandle, client_closed, client_opened
 from .values import decode_task, encode_value
 
@@ -76,19 +78,24 @@ def _native_event() -> Callable[[], Any]:
 
 def _direct_writer(stream: anyio.abc.ByteStream) -> Callable[[bytes], bytes] | None:
     """A function that writes bytes on ``stream`` at once, without awaiting, and returns what it did not
-    write (the caller then sends that the usual way); None where that is not known to keep the order.
+    write (the caller hands that to the sender task); None where that is not known to keep the order.
 
     On asyncio, anyio's socket stream writes through an asyncio transport, which buffers what the socket
-    does not take: writing through that same transport keeps the order of everything sent. On trio the
-    socket is written only by whoever holds the client's ``_sending`` turn, so while nobody does, a
-    non-blocking ``send`` on it is in order.
+    does not take: writing through that same transport keeps the order of everything sent (it writes only
+    while the transport holds nothing, so that a peer that stopped reading holds the callers back through
+    the sender's send). On trio the socket is written by the sender task (``_sending``) or by a caller, when
+    the sender is not writing and no frame is half-written (``_partial``): a non-blocking ``send`` is then
+    in order.
     """
     transport = getattr(stream, "_transport", None)  # (anyio's asyncio SocketStream; not a public attribute)
     asyncio = sys.modules.get("asyncio")  # (imported when running asyncio; not imported here for nothing)
     if asyncio is not None and isinstance(transport, asyncio.WriteTransport):
         def write_through(data: bytes) -> bytes:
-            if transport.is_closing():
-                return data  # (the stream's own send meets the error)
+            if transport.is_closing() or transport.get_write_buffer_size():
+                # (ended: the stream's own send meets the error; bytes waiting in the transport: the socket
+                # is full, and the sender's send waits for it to drain, where the transport would buffer
+                # without bound whatever callers write through it)
+                return data
             transport.write(data)
             return b""
 
@@ -112,6 +119,28 @@ def _direct_writer(stream: anyio.abc.ByteStream) -> Callable[[bytes], bytes] | N
 
 
 _NIL = encode_value(None)
+
+
+def _send_limit(welcome: dict[str, Any]) -> int:
+    """The largest frame, header included, that the server of ``welcome`` reads (docs/protocol.md section 1)."""
+    max_frame = welcome.get("max_frame")
+    return (max_frame if type(max_frame) is int else DEFAULT_MAX_FRAME) + HEADER.size
+
+
+def _too_large_to_read(call: Request, exc: FrameTooLarge, max_frame: int) -> FrameTooLarge:
+    """The caller's error for an answer over the client's ``max_frame`` (the connection ends: it is not read)."""
+    error = FrameTooLarge(f"{call.op}: the server's answer is a frame of {exc.size} bytes, over this client's "
+                          f"max_frame of {max_frame}: ask for less (list_tasks: a smaller limit), or give the "
+                          "client a larger max_frame")
+    error.size = exc.size
+    return error
+
+
+def _too_large_to_send(call: Request, size: int, limit: int) -> FrameTooLarge:
+    """The caller's error for a request the server would refuse with ``frame_too_large``, closing the
+    connection under every call in flight (calls.py rule 5): it is not sent."""
+    return FrameTooLarge(f"{call.op}: the request is a frame of {size - HEADER.size} bytes, over the server's "
+                         f"max_frame of {limit - HEADER.size}: send fewer or smaller tasks")
 
 
 def _enqueue_entry(type: str | Call[Any], payload: Any = None, **options: Any) -> dict[str, Any]:
@@ -173,11 +202,14 @@ class Client:
         connect_timeout: seconds to connect to one address and be welcomed.
         retry_for: seconds a call waits for a lost connection to come back before it fails.
         backoff: the delays between reconnection attempts (default: 50 ms doubling up to 2 s, jittered).
+        max_frame: the largest frame body this client reads (16 MiB by default): an answer larger than that
+            fails its call with ``FrameTooLarge`` (docs/clients.md).
     """
 
     def __init__(self, address: str | Sequence[str] | None = None, *, token: str | None = None,
                  role: str = "client", connect_timeout: float = 10.0, retry_for: float = 30.0,
-                 backoff: Backoff | None = None) -> None:
+                 backoff: Backoff | None = None, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.max_frame = max_frame
         self.addresses = server_addresses(address)
         self.address = format_address(*self.addresses[0])  # the one connected to (or tried first)
         self.host, self.port = self.addresses[0]
@@ -187,16 +219,18 @@ class Client:
         self.retry_for = retry_for
         self.backoff = backoff or Backoff()
         self.welcome: dict[str, Any] = {}
+        self._send_limit = DEFAULT_MAX_FRAME + 4  # the largest frame the server reads (its welcome's max_frame)
         #: connections made so far (1 after connect; one more per reconnection)
         self.connections = 0
-        self._calls = Calls()
+        self._calls = Calls(on_fork=self._forked)
         self._queue: list[Request] = []  # calls waiting to be written
-        self._conn = Connection(DEFAULT_MAX_FRAME)
+        self._conn = Connection(max_frame)
         self._stream: anyio.abc.ByteStream | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._wake = anyio.Event()
         self._epoch = 0  # numbers the connections: a call's frame is for the one it was encoded for
-        self._sending = False  # a write is in progress (the sender task's, or a caller's own)
+        self._sending = False  # the sender task is writing
+        self._partial = b""  # the rest of a frame a caller began to write itself: the sender writes it first
         self._up = anyio.Event()  # set while connected
         self._closed: BaseException | None = None  # aclose() was called
         self._down: BaseException | None = None  # no server answered for retry_for: calls fail at once
@@ -264,7 +298,7 @@ class Client:
         with anyio.fail_after(self.connect_timeout):
             stream = await anyio.connect_tcp(host, port)
         try:
-            conn = Connection(DEFAULT_MAX_FRAME)
+            conn = Connection(self.max_frame)
             await stream.send(conn.send(hello_message(self.role, self.token)))
             answer = b""  # the peer's first bytes: what it is, when it is not a runq server
             with anyio.fail_after(self.connect_timeout):
@@ -292,6 +326,7 @@ class Client:
                 await stream.aclose()
             raise
         self.welcome = msg
+        self._send_limit = _send_limit(msg)
         return stream, conn
 
     async def aclose(self) -> None:
@@ -315,6 +350,22 @@ class Client:
             if receive is not None:
                 receive.close()
         self._replaced.clear()
+
+    def _forked(self) -> None:
+        """In the child of a ``fork()``: this client cannot serve it (its tasks and its connection belong to the
+        parent's event loop), so its calls fail at once, saying so; its socket's descriptor is closed here (with
+        no shutdown: the parent's connection goes on)."""
+        self._closed = ConnectionClosed("this Client was made before fork(): its connection and its tasks belong to "
+                                        "the parent process; make a new Client in the child (a SyncClient made "
+                                        "before fork() works in the child: it connects anew)")
+        stream, self._stream = self._stream, None
+        self._write_now = None
+        self._queue = []
+        if stream is not None:
+            try:
+                stream.extra(anyio.abc.SocketAttribute.raw_socket).close()
+            except (anyio.TypedAttributeLookupError, OSError):
+                pass
 
     def _end_events(self) -> None:
         if self._events_send is not None:
@@ -343,16 +394,24 @@ class Client:
             self._write_now = _direct_writer(stream)
             self._up.set()
             error = await self._session(stream, conn)
+            # What was in flight is sorted out before any await: a call made while the old stream closes
+            # is then registered for the next connection (``Calls.lost`` forgets this one's rids: one
+            # registered before it would wait for ever for a reply that matches nothing).
             self._up = anyio.Event()
             self._stream = None
+            self._write_now = None
+            self._partial = b""  # (the rest of a frame begun on the old stream: never written)
             self._epoch += 1
-            with anyio.CancelScope(shield=True):
-                await stream.aclose()
             self._end_events()  # a subscription ends with its connection (docs/clients.md)
             again, failed = self._calls.lost(error)
             for call in failed:
                 self._finish(call, error=call.error)
-            self._queue[:0] = again
+            if self._queue:  # a call not yet written is in both (once in the queue, in order of the calls)
+                resent = set(again)
+                again += [call for call in self._queue if call not in resent]
+            self._queue = again
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
             stream, conn = await self._reconnect()
             self._down = None
 
@@ -372,8 +431,10 @@ class Client:
                             if self._route(msg, outcome):
                                 return
                         conn.receive_data(await stream.receive(65536))
-                except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, ProtocolError):
+                except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
                     pass
+                except ProtocolError as exc:
+                    self._unreadable(exc, outcome)
                 finally:
                     tg.cancel_scope.cancel()
 
@@ -388,6 +449,16 @@ class Client:
             tg.start_soon(reader)
             tg.start_soon(sender)
         return outcome[0]
+
+    def _unreadable(self, exc: ProtocolError, outcome: list[BaseException | None]) -> None:
+        """The server sent what this client cannot read (the connection ends): a frame over ``max_frame`` that
+        answers a call fails that call (sent again it would be answered the same way, for ever); else it is
+        an end that names no call (calls.py rule 4)."""
+        call = self._calls.pending.get(exc.rid) if type(exc.rid) is int else None
+        if isinstance(exc, FrameTooLarge) and call is not None:
+            self._finish(call, error=_too_large_to_read(call, exc, self.max_frame))
+        else:
+            outcome[0] = exc
 
     def _route(self, msg: dict[str, Any], outcome: list[BaseException | None]) -> bool:
         """Hand one message to its call or the event stream; True when it ends the connection."""
@@ -406,33 +477,38 @@ class Client:
             call.reply = msg  # (Calls.reply has marked it done)
             if call.waiter is not None:
                 call.waiter.set()
+        if op != "error":
             return False
-        if op == "error" and msg.get("rid") is None:
-            # the server closes the connection after this frame; only a stopping server is worth a resend
-            code = str(msg.get("code"))
-            if code not in TRANSIENT_HELLO_ERRORS:
-                outcome[0] = error_for_code(code, str(msg.get("message")))
+        if msg.get("rid") is None:  # (every request of this client has a rid: an error that closes the connection)
+            outcome[0] = closing_error(msg)  # (it names no request: calls.py rule 4)
             return True
-        return False
+        # an error that closes the connection names the request to blame: that one has its answer (above),
+        # the others are sent again on the next connection (calls.py rule 4)
+        return str(msg.get("code")) not in REQUEST_ERROR_CODES
 
     async def _sender(self, stream: anyio.abc.ByteStream, conn: Connection) -> None:
+        """Write the queued calls' frames, all those of a wake-up in one ``send``, after the rest of a frame a
+        caller began to write itself (``_partial``)."""
         calls = self._calls
         epoch = self._epoch
         while True:
-            if not self._queue or self._sending:
+            if not (self._queue or self._partial):
                 await self._wake.wait()
                 self._wake = self._event()
                 continue
             queued, self._queue = self._queue, []
+            frames = [self._partial] if self._partial else []
+            self._partial = b""
             for call in queued:
                 if call.epoch != epoch:  # encoded for an earlier connection: a fresh rid for this one
                     call.frame = conn.send(calls.message(call))
                     call.epoch = epoch
                 call.sent = True  # (before the write: the server may read part of what it sends)
                 call.tries += 1
+                frames.append(call.frame)
             self._sending = True
             try:
-                await stream.send(queued[0].frame if len(queued) == 1 else b"".join([c.frame for c in queued]))
+                await stream.send(frames[0] if len(frames) == 1 else b"".join(frames))
             finally:
                 self._sending = False
 
@@ -478,33 +554,33 @@ class Client:
             raise ConnectionClosed(f"not connected: {self._down}")
         try:  # encoded here, so that a value msgpack cannot carry fails this call, in its caller
             call.frame = self._conn.send(self._calls.message(call))
+            if len(call.frame) > self._send_limit:
+                raise _too_large_to_send(call, len(call.frame), self._send_limit)
         except BaseException:
             self._calls.done(call)
             raise
         call.epoch = self._epoch
         done = call.waiter = self._event()
-        stream = self._stream
         try:
-            if stream is not None and not self._queue and not self._sending and len(call.frame) <= 65536:
-                # nothing else to write: write it here, one task switch fewer than through the sender, and
-                # at once when the socket takes it (no await: no checkpoint, no cancel scope) if it is the
-                # only call in flight; with others in flight (pipelining), the frames of the calls made in
-                # this scheduling round go out together, after this first one (below)
-                call.sent = True
-                call.tries += 1
-                write_now = self._write_now if len(self._calls.pending) == 1 else None
-                rest = write_now(call.frame) if write_now is not None else call.frame
-                if rest:  # (a small frame, shielded: a write cut by the caller's cancellation would break the stream)
-                    self._sending = True
-                    try:
-                        with anyio.CancelScope(shield=True):
-                            await stream.send(rest)
-                    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                        pass  # the reader sees the connection end; the call is resent on the next one
-                    finally:
-                        self._sending = False
-                        if self._queue:
-                            self._wake.set()
+            write_now = self._write_now
+            if (write_now is not None and not self._queue and not self._sending and not self._partial
+                    and len(self._calls.pending) == 1 and len(call.frame) <= 65536):
+                # the only call in flight, nothing else to write: write it here, at once, without awaiting
+                # (no task switch to the sender, no checkpoint). With others in flight (pipelining) the
+                # sender writes the frames of the calls made in this scheduling round together, in one send.
+                rest = write_now(call.frame)
+                if len(rest) < len(call.frame):
+                    call.sent = True  # (the server may read what was written)
+                    call.tries += 1
+                    if rest:
+                        # the socket took part of the frame: the sender writes the rest before anything else.
+                        # Never awaited here: this caller's cancellation (its timeout) must work while the
+                        # peer reads nothing, and must not cut the frame (the stream would be broken).
+                        self._partial = rest
+                        self._wake.set()
+                else:  # (nothing written: the socket is full, or the stream has ended)
+                    self._queue.append(call)
+                    self._wake.set()
             else:
                 self._queue.append(call)
                 self._wake.set()
@@ -556,10 +632,12 @@ class Client:
         if (type.__class__ is str and payload is None and queue is None and priority is None and delay is None
                 and run_at is None and timeout is None and retries is None and key is None):
             entry: dict[str, Any] = {"type": type, "payload": _NIL}  # (the usual call, built at once)
+            checked = True  # (of the right types: nothing to check)
         else:
             entry = _enqueue_entry(type, payload, queue=queue, priority=priority, delay=delay, run_at=run_at,
                                    timeout=timeout, retries=retries, key=key)
-        task_id = int((await self._submit(self._calls.new({"op": "enqueue", "tasks": [entry]}))).reply["ids"][0])  # type: ignore[index]
+            checked = False
+        task_id = int((await self._submit(self._calls.new({"op": "enqueue", "tasks": [entry]}, checked))).reply["ids"][0])  # type: ignore[index]
         return TaskHandle(self, task_id, type.task) if isinstance(type, Call) else task_id
 
     @overload
@@ -768,7 +846,8 @@ class _Feed:
                 if self.client._route(msg, self.outcome):
                     self._end()
                     return
-        except ProtocolError:
+        except ProtocolError as exc:
+            self.client._unreadable(exc, self.outcome)
             self._end()
 
     def eof_received(self) -> bool:

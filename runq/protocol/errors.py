@@ -7,8 +7,11 @@ the HTTP layer maps it to a status, and the SDK raises the matching class here.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "ERROR_CODES",
+    "REQUEST_ERROR_CODES",
     "ConnectionClosed",
     "FrameTooLarge",
     "InvalidState",
@@ -38,6 +41,9 @@ class ProtocolError(RunqError):
     """
 
     code = "bad_message"
+    #: the ``rid`` of the request that caused it, when it is known (the server then names that request in the
+    #: error frame that closes the connection: docs/protocol.md section 4)
+    rid: Any = None
 
     def __init__(self, message: str, code: str | None = None) -> None:
         super().__init__(message)
@@ -46,9 +52,16 @@ class ProtocolError(RunqError):
 
 
 class FrameTooLarge(ProtocolError):
-    """A frame header announced more bytes than the negotiated limit."""
+    """A frame header announced more bytes than the negotiated limit.
+
+    Attributes:
+        size: the body size the header announced (0 when not known).
+        rid: (``ProtocolError``) the ``rid`` of the message in that frame, when its first bytes (the first
+            read) show it: the request it was, or the request it answers.
+    """
 
     code = "frame_too_large"
+    size = 0
 
 
 class NotRunqServer(ProtocolError):
@@ -159,6 +172,10 @@ ERROR_CODES: dict[str, str] = {
     "lease_expired": "(to a worker) it was silent for lease_timeout: its leases are gone",
     "internal": "a bug in the server met while handling this connection's input: logged, that connection closed",
 }
+
+#: The codes of errors that answer one request and leave the connection open (docs/protocol.md section 9);
+#: every other error frame is followed by the end of the connection.
+REQUEST_ERROR_CODES = frozenset({"not_found", "invalid_state", "bad_request", "store_error", "busy"})
 
 _CLASSES: dict[str, type[RemoteError]] = {
     "not_found": TaskNotFound,

@@ -15,7 +15,11 @@ Rules of this file:
 
 1. The length header is checked against ``max_frame`` *before* any body byte is
    buffered for it: an oversized frame raises ``FrameTooLarge`` at once, so a
-   peer cannot make us allocate more than ``max_frame`` plus one read.
+   peer cannot make us allocate more than ``max_frame`` plus one read. The
+   error names the ``rid`` of the message when the body bytes already read show
+   it (a map whose first keys are ``op`` and ``rid``, as every runq peer writes
+   them), so that the peer can be told which request it was, or a client which
+   of its requests that answer was for.
 2. After a ``ProtocolError`` the connection is dead: every later call raises
    the same error. The caller sends an error frame and closes.
 3. Bytes inside messages stay bytes (msgpack bin); strings are UTF-8 str.
@@ -45,6 +49,25 @@ def encode_frame(message: dict[str, Any]) -> bytes:
     """Return one frame (header + msgpack body) for ``message``."""
     body: bytes = msgpack.packb(message, use_bin_type=True)
     return HEADER.pack(len(body)) + body
+
+
+#: body bytes of an oversized frame looked at for its ``rid`` (rule 1)
+_PEEK = 64
+
+
+def _peek_rid(head: bytes) -> Any:
+    """The ``rid`` among the first few keys of the map that ``head`` begins, or None."""
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+    unpacker.feed(head)
+    try:
+        for _ in range(min(unpacker.read_map_header(), 3)):
+            if unpacker.unpack() == "rid":
+                rid = unpacker.unpack()
+                return rid if rid is None or isinstance(rid, (int, str)) else None
+            unpacker.skip()
+    except Exception:  # noqa: BLE001 - cut short, not a map, ...: no rid to tell
+        return None
+    return None
 
 
 class Connection:
@@ -107,7 +130,10 @@ class Connection:
             return None
         (size,) = HEADER.unpack_from(buf, pos)
         if size > self.max_frame:
-            self._fail(FrameTooLarge(f"frame of {size} bytes exceeds max_frame {self.max_frame}"))
+            error = FrameTooLarge(f"frame of {size} bytes exceeds max_frame {self.max_frame}")
+            error.size = size
+            error.rid = _peek_rid(bytes(buf[pos + 4:pos + 4 + _PEEK]))  # (what has come of the body: not waited for)
+            self._fail(error)
         if avail < 4 + size:
             if self._eof:
                 self._fail(ProtocolError("stream ended inside a frame body", "bad_frame"))

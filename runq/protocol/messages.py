@@ -32,6 +32,7 @@ __all__ = [
     "Hello",
     "TaskSpec",
     "TypeOptions",
+    "check_request",
     "check_task_spec",
     "choose_version",
     "is_int",
@@ -306,3 +307,68 @@ def parse_task_spec(d: Any) -> TaskSpec:
 
 def _float(v: float | None) -> float | None:
     return None if v is None else float(v)
+
+
+# ---------------------------------------------------------------------- the client's side
+_Kind = type | tuple[type, ...]
+#: The fields of each client request whose type the server checks (docs/protocol.md section 5), and whether
+#: each is required: ``(name, type, required)``. A field of a wrong type is ``bad_message``, which closes the
+#: connection, so a client checks them before it sends (``check_request``).
+REQUEST_FIELDS: dict[str, tuple[tuple[str, _Kind, bool], ...]] = {
+    "enqueue": (("tasks", list, True), ("client_id", str, False), ("seq", int, False), ("done_below", int, False)),
+    "get": (("id", int, True),),
+    "wait": (("id", int, True), ("timeout", _NUM, False)),
+    "cancel": (("id", int, True),),
+    "retry": (("id", int, True),),
+    "events": (("id", int, True),),
+    "list": (("state", str, False), ("queue", str, False), ("type", str, False), ("limit", int, False),
+             ("cursor", int, False)),
+    "pause": (("queue", str, True),),
+    "resume": (("queue", str, True),),
+    "drain": (("worker", str, True),),
+    "subscribe": (("queues", list, False), ("types", list, False), ("ids", list, False)),
+}
+#: The fields of a task spec (5.1), as ``REQUEST_FIELDS`` (``payload`` is bin when present: never nil).
+TASK_FIELDS: tuple[tuple[str, _Kind, bool], ...] = (
+    ("type", str, True), ("queue", str, False), ("priority", int, False), ("delay", _NUM, False),
+    ("run_at", _NUM, False), ("timeout", _NUM, False), ("retries", int, False), ("key", str, False))
+_FILTER_ITEMS: dict[str, type] = {"queues": str, "types": str, "ids": int}
+
+
+def check_request(msg: dict[str, Any]) -> None:
+    """Check the types of a client request's fields before it is sent, as the server will (docs/protocol.md
+    section 5): a wrong type would be answered ``bad_message`` and close the connection, under every request
+    in flight on it. Values out of range are left to the server (``bad_request``: an answer to that request
+    alone). An op this table does not know is not checked (the server answers it).
+
+    Raises:
+        TypeError: a field has the wrong type, or a required one is missing; the text names the field.
+    """
+    op = msg["op"]
+    fields = REQUEST_FIELDS.get(op)
+    if fields is None:
+        return
+    for name, kind, required in fields:
+        _check_field(op, msg, name, kind, required)
+    if op == "enqueue":
+        for d in msg["tasks"]:
+            if type(d) is not dict:
+                raise TypeError(f"enqueue: each task must be a map, got {_got(d)}")
+            if "payload" in d and type(d["payload"]) is not bytes:
+                raise TypeError("enqueue: 'payload' must be bin (the msgpack encoding of the value)")
+            for name, kind, required in TASK_FIELDS:
+                _check_field(op, d, name, kind, required)
+    elif op == "subscribe":
+        for name, item in _FILTER_ITEMS.items():
+            values = msg.get(name)
+            if values is not None and not all(_is(v, item) for v in values):
+                raise TypeError(f"subscribe: {name!r} must be an array of {item.__name__}")
+
+
+def _check_field(op: str, msg: dict[str, Any], name: str, kind: _Kind, required: bool) -> None:
+    value = msg.get(name)
+    if value is None:
+        if required:
+            raise TypeError(f"{op}: missing field {name!r}")
+    elif not _is(value, kind):
+        raise TypeError(f"{op}: field {name!r} must be {_name(kind)}, got {_got(value)}")

@@ -27,10 +27,20 @@ from datetime import datetime
 from typing import Any, Self, TypeVar, overload
 
 from .address import format_address, server_addresses, server_token
-from .calls import TRANSIENT_HELLO_ERRORS, Backoff, Calls, Request, connect_error, hello_message
-from .client import _NIL, FINAL_STATES, _enqueue_entry, _many_entries
+from .calls import TRANSIENT_HELLO_ERRORS, Backoff, Calls, Request, closing_error, connect_error, hello_message
+from .client import (
+    _NIL,
+    FINAL_STATES,
+    _enqueue_entry,
+    _many_entries,
+    _send_limit,
+    _too_large_to_read,
+    _too_large_to_send,
+)
 from .errors import (
+    REQUEST_ERROR_CODES,
     ConnectionClosed,
+    FrameTooLarge,
     InvalidState,
     NotRunqServer,
     ProtocolError,
@@ -57,6 +67,15 @@ class _Lost(Exception):
         self.error = error  # the server's error frame that closed it, caused by the requests
 
 
+def _answer(call: Request) -> dict[str, Any]:
+    """``call``'s reply; an error frame is raised (``RemoteError``, subclass by code)."""
+    reply = call.reply
+    assert reply is not None
+    if reply["op"] == "error":
+        raise error_for_code(str(reply.get("code")), str(reply.get("message")))
+    return reply
+
+
 class SyncClient:
     """A blocking client: the ``Client`` API without ``await``. It survives the server's restarts.
 
@@ -71,13 +90,16 @@ class SyncClient:
         retry_for: seconds a call keeps reconnecting after the connection was lost before it fails with
             ``ConnectionClosed``.
         backoff: the delays between reconnection attempts (default: 50 ms doubling up to 2 s, jittered).
+        max_frame: the largest frame body this client reads (16 MiB by default): an answer larger than that
+            fails its call with ``FrameTooLarge`` (docs/clients.md).
         sleep, clock: how to wait and what time it is (injected by tests; ``time.sleep``, ``time.monotonic``).
     """
 
     def __init__(self, address: str | Sequence[str] | None = None, *, token: str | None = None,
                  role: str = "client", connect_timeout: float = 10.0, retry_for: float = 30.0,
-                 backoff: Backoff | None = None, sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 backoff: Backoff | None = None, max_frame: int = DEFAULT_MAX_FRAME,
+                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_frame = max_frame
         self.addresses = server_addresses(address)
         self.address = format_address(*self.addresses[0])
         self.token = server_token(token)
@@ -86,16 +108,18 @@ class SyncClient:
         self.retry_for = retry_for
         self.backoff = backoff or Backoff()
         self.welcome: dict[str, Any] = {}
+        self._send_limit = DEFAULT_MAX_FRAME + 4  # the largest frame the server reads (its welcome's max_frame)
         #: connections made so far (1 after the constructor; one more per reconnection)
         self.connections = 0
         self._sleep = sleep
         self._clock = clock
-        self._calls = Calls()
+        self._calls = Calls(on_fork=self._forked)
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
-        self._conn = Connection(DEFAULT_MAX_FRAME)
+        self._conn = Connection(max_frame)
         self._preferred = 0
         self._closed = False
+        self._reopen = False  # the socket was closed by this client, not lost: connect again without waiting
         self._sock, self._conn = self._open()  # the first connection fails at once (wrong address, token)
 
     # ------------------------------------------------------------------ lifecycle
@@ -115,6 +139,18 @@ class SyncClient:
             except OSError:
                 pass
             sock.close()
+
+    def _forked(self) -> None:
+        """In the child of a ``fork()`` (``Calls.forked`` gave it another client id): the parent's connection is
+        left to the parent, not shared (its descriptor is closed here, with no shutdown, which would end the
+        connection for the parent too); the next call connects anew. The lock is made anew: a thread of the
+        parent may have held it, and that thread is not in the child."""
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+        self._conn = Connection(self.max_frame)
+        self._lock = threading.Lock()
+        self._reopen = True
 
     def _open(self) -> tuple[socket.socket, Connection]:
         """One pass over the addresses, the one that answered last first."""
@@ -146,7 +182,7 @@ class SyncClient:
         sock = socket.create_connection((host, port), timeout=self.connect_timeout)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small requests go out at once
-            conn = Connection(DEFAULT_MAX_FRAME)
+            conn = Connection(self.max_frame)
             sock.sendall(conn.send(hello_message(self.role, self.token)))
             answer = b""  # the peer's first bytes: what it is, when it is not a runq server
             while True:
@@ -172,6 +208,7 @@ class SyncClient:
             sock.close()
             raise
         self.welcome = msg
+        self._send_limit = _send_limit(msg)
         return sock, conn
 
     # ------------------------------------------------------------------ calls
@@ -183,21 +220,22 @@ class SyncClient:
             ConnectionClosed: closed, or no server answered for ``retry_for`` seconds after the connection
                 was lost, or it was lost after a request that is not sent twice (``retry``) was sent.
         """
-        reply = self._call(self._calls.new(msg)).reply
-        assert reply is not None
-        return reply
+        return _answer(self._call(msg))
 
-    def _call(self, call: Request) -> Request:
+    def _call(self, msg: dict[str, Any], checked: bool = False) -> Request:
+        """Make the call of ``msg`` and carry it out; return it with its reply (maybe an error frame).
+
+        All under the lock: one call at a time, and an enqueue's ``seq`` handed out in the order the calls
+        are made (two threads must never get the same one: the second would be answered with the first's
+        task id, and its own task never created).
+        """
         with self._lock:
+            call = self._calls.new(msg, checked)
             try:
                 self._exchange(call)
             finally:
                 if call.reply is None:  # (a reply has marked it done already)
                     self._calls.done(call)
-        reply = call.reply
-        assert reply is not None
-        if reply["op"] == "error":
-            raise error_for_code(str(reply.get("code")), str(reply.get("message")))
         return call
 
     def _exchange(self, call: Request) -> None:
@@ -226,38 +264,65 @@ class SyncClient:
         conn = self._conn
         calls = self._calls
         data = conn.send(calls.message(call))
+        if len(data) > self._send_limit:
+            raise _too_large_to_send(call, len(data), self._send_limit)
         call.sent = True  # (before the write: the server may read part of it)
         call.tries += 1
         try:
-            sock.sendall(data)
+            try:
+                sock.sendall(data)
+            except BaseException as exc:
+                if not isinstance(exc, OSError):
+                    # interrupted mid-write (KeyboardInterrupt, a green thread's timeout): part of the frame may
+                    # be on the socket, and the server would read the next call's frame as the rest of it. The
+                    # socket is dropped, not shared with the next call, which connects again.
+                    self._drop(reopen=True)
+                raise
             while True:  # (the reply comes after the request: read first; what was buffered before is read too)
                 chunk = sock.recv(65536)
                 if not chunk:
                     raise _Lost()
                 conn.receive_data(chunk)
                 while (msg := conn.next_message()) is not None:
-                    if calls.reply(msg) is call:
+                    mine = calls.reply(msg) is call
+                    if mine:
                         call.reply = msg
+                    if msg["op"] == "error":
+                        if msg.get("rid") is None:  # (closes the connection, names no request: calls.py rule 4)
+                            raise _Lost(closing_error(msg))
+                        if str(msg.get("code")) not in REQUEST_ERROR_CODES:  # the server closes the connection after it
+                            if mine:
+                                self._drop(reopen=True)  # (this call has its answer; the next connects again)
+                                return
+                            raise _Lost()
+                    if mine:
                         return
-                    if msg["op"] == "error" and msg.get("rid") is None:
-                        code = str(msg.get("code"))
-                        raise _Lost(None if code in TRANSIENT_HELLO_ERRORS else
-                                    error_for_code(code, str(msg.get("message"))))
                     # anything else (a late reply to a call given up on) is not for anyone now
         except (OSError, ProtocolError) as exc:
             if self._closed:
                 raise ConnectionClosed("not connected: client closed") from exc
-            raise _Lost() from exc
+            if not isinstance(exc, ProtocolError):
+                raise _Lost() from exc
+            if isinstance(exc, FrameTooLarge) and exc.rid == call.rid:  # (its answer: it would come again, for ever)
+                self._drop(reopen=True)
+                raise _too_large_to_read(call, exc, self.max_frame) from None
+            raise _Lost(exc) from exc  # (what this client cannot read, naming no call: calls.py rule 4)
 
-    def _drop(self) -> None:
+    def _drop(self, reopen: bool = False) -> None:
+        """Close the socket. ``reopen``: closed by this client, not lost: the next call connects at once."""
         sock, self._sock = self._sock, None
+        self._reopen = reopen
         if sock is not None:
             sock.close()
 
     def _reconnect(self, give_up: float) -> None:
-        """Try the addresses, ``backoff`` apart, until one answers; raise once ``give_up`` passed."""
+        """Try the addresses, ``backoff`` apart (the first time at once after ``_drop(reopen=True)``), until
+        one answers; raise once ``give_up`` passed."""
+        at_once, self._reopen = self._reopen, False
         while True:
-            self._sleep(self.backoff.next())
+            if not at_once:
+                self._sleep(self.backoff.next())
+            at_once = False
             if self._closed:
                 raise ConnectionClosed("not connected: client closed")
             try:
@@ -289,10 +354,12 @@ class SyncClient:
         if (type.__class__ is str and payload is None and queue is None and priority is None and delay is None
                 and run_at is None and timeout is None and retries is None and key is None):
             entry: dict[str, Any] = {"type": type, "payload": _NIL}  # (the usual call, built at once)
+            checked = True  # (of the right types: nothing to check)
         else:
             entry = _enqueue_entry(type, payload, queue=queue, priority=priority, delay=delay, run_at=run_at,
                                    timeout=timeout, retries=retries, key=key)
-        task_id = int(self.request({"op": "enqueue", "tasks": [entry]})["ids"][0])
+            checked = False
+        task_id = int(_answer(self._call({"op": "enqueue", "tasks": [entry]}, checked))["ids"][0])
         return SyncTaskHandle(self, task_id, type.task) if isinstance(type, Call) else task_id
 
     @overload
@@ -340,9 +407,9 @@ class SyncClient:
 
     def cancel(self, task_id: int) -> dict[str, Any]:
         """Cancel a queued or running task; return it (a resent cancel that finds it cancelled returns it)."""
-        call = self._calls.new({"op": "cancel", "id": task_id})
+        call = self._call({"op": "cancel", "id": task_id})
         try:
-            reply = self._call(call).reply
+            reply = _answer(call)
         except InvalidState:
             if call.tries < 2:
                 raise
@@ -350,7 +417,6 @@ class SyncClient:
             if task["state"] != "cancelled":
                 raise
             return task
-        assert reply is not None
         return decode_task(reply["task"])
 
     def retry(self, task_id: int) -> dict[str, Any]:

@@ -3,7 +3,6 @@ started once per module (helpers in cli_helpers.py)."""
 
 from __future__ import annotations
 
-import logging
 import subprocess
 import sys
 import time
@@ -48,16 +47,3 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
                 p.wait(10)
 
 
-@pytest.fixture(autouse=True)
-def _keep_logging() -> Iterator[None]:
-    """``main()`` in this process configures the root logger (as the command does): put it back after."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for h in list(root.handlers):
-        if h not in handlers:
-            root.removeHandler(h)
-    for h in handlers:
-        if h not in root.handlers:
-            root.addHandler(h)
-    root.setLevel(level)

@@ -7,6 +7,7 @@ must not notice anything. docs/protocol.md sections 3, 4 and 9 are what these te
 from __future__ import annotations
 
 import math
+import sqlite3
 import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -92,8 +93,22 @@ async def leased_worker(port: int | None) -> tuple[Raw, dict[str, Any]]:
     return raw, task
 
 
-async def closed_with(port: int | None, data: bytes, code: str, *, eof: bool = False) -> list[dict[str, Any]]:
-    """Send ``data`` on a new connection; it must end with an error frame ``code`` and a close."""
+def blamed_rid(data: bytes, code: str) -> Any:
+    """The ``rid`` the error that closes the connection must name (docs/protocol.md section 4): the rid of the
+    message that broke the rules, the last of ``data``, when the server could read it (a map, section 1)
+    after the hello; none for a frame it could not read, nor at hello (the connection never started)."""
+    if code in ("bad_frame", "frame_too_large"):
+        return None
+    conn = Connection(1 << 30)
+    conn.receive_data(data)
+    msgs = conn.messages()
+    return msgs[-1].get("rid") if len(msgs) > 1 else None
+
+
+async def closed_with(port: int | None, data: bytes, code: str, *, eof: bool = False,
+                      rid: Any = None) -> list[dict[str, Any]]:
+    """Send ``data`` on a new connection; it must end with an error frame ``code`` (naming the request
+    ``rid``, if given) and a close."""
     raw = await Raw.open(port)
     async with raw.stream:
         await raw.stream.send_all(data)
@@ -104,7 +119,8 @@ async def closed_with(port: int | None, data: bytes, code: str, *, eof: bool = F
     err = msgs[-1]
     assert err["op"] == "error" and err["code"] == code, msgs
     assert isinstance(err["message"], str) and err["message"]
-    assert "rid" not in err  # an error that closes the connection answers no request
+    assert err.get("rid") == rid  # (it names the request to blame, when there is one: absent otherwise)
+    assert rid is not None or "rid" not in err
     assert all(m["op"] != "error" for m in msgs[:-1]), msgs
     return msgs
 
@@ -184,7 +200,7 @@ async def test_bad_input_closes_only_that_connection(server: Server, frames: byt
     with trio.fail_after(10):
         async with Client(f"127.0.0.1:{server.port}") as bystander:
             before = await bystander.enqueue("t", "before")
-            msgs = await closed_with(server.port, frames, code)
+            msgs = await closed_with(server.port, frames, code, rid=blamed_rid(frames, code))
             if frames.startswith((HELLO, WORKER_HELLO, hello("watcher"))):
                 assert msgs[0]["op"] == "welcome"  # the hello was fine: welcome came first
             else:
@@ -240,6 +256,29 @@ async def test_a_worker_closed_for_bad_input_loses_its_lease(server: Server) -> 
             assert kinds == [("enqueued", None), ("started", None), ("lost", "connection closed")]
 
 
+@pytest.mark.trio
+async def test_what_came_before_a_broken_message_is_committed_and_answered_before_the_error(server: Server) -> None:
+    """The messages of one read before the one that closes the connection are carried out, and answered once
+    committed, before the error frame (that names the broken request); those after it are not read."""
+    with trio.fail_after(10):
+        raw = await Raw.open(server.port)
+        async with raw.stream:
+            await raw.stream.send_all(HELLO + msg({"op": "enqueue", "rid": 1, "tasks": [{"type": "t"}]})
+                                      + msg({"op": "pause", "rid": 2, "queue": "q"})
+                                      + msg({"op": "enqueue", "rid": 3, "tasks": [{"type": "t", "priority": "5"}]})
+                                      + msg({"op": "enqueue", "rid": 4, "tasks": [{"type": "t"}]}))
+            msgs = await raw.until_closed()
+        assert [(m["op"], m.get("rid")) for m in msgs] == [
+            ("welcome", None), ("enqueued", 1), ("ok", 2), ("error", 3)]
+        assert msgs[-1]["code"] == "bad_message" and "priority" in msgs[-1]["message"]
+        conn = sqlite3.connect(server.config.db)
+        try:
+            assert conn.execute("SELECT id FROM tasks").fetchall() == [(msgs[1]["ids"][0],)]
+            assert conn.execute("SELECT paused FROM queues WHERE name = 'q'").fetchall() == [(1,)]
+        finally:
+            conn.close()
+
+
 # ---------------------------------------------------------------- limits and settings
 
 @pytest.mark.trio
@@ -269,7 +308,10 @@ async def test_a_small_frame_limit_is_enforced(tmp_path: Path) -> None:
                 # a real request over the limit: same answer
                 big = msgpack.packb({"op": "enqueue", "tasks": [{"type": "t", "payload": b"x" * 2000}]})
                 await closed_with(port, HELLO + struct.pack(">I", len(big)) + big, "frame_too_large")
-                assert srv.stats.protocol_errors == 2
+                # one whose first bytes show its rid: the error names it (docs/protocol.md section 4)
+                big = msgpack.packb({"op": "enqueue", "rid": 9, "tasks": [{"type": "t", "payload": b"x" * 2000}]})
+                await closed_with(port, HELLO + struct.pack(">I", len(big)) + big, "frame_too_large", rid=9)
+                assert srv.stats.protocol_errors == 3
                 await still_works(bystander, before)
 
 
@@ -537,7 +579,8 @@ async def test_a_bug_in_a_handler_is_internal_and_closes_only_that_connection(
                                               + encode_frame({"op": "ping", "rid": 3}))
                     msgs = await raw.until_closed()
                 monkeypatch.undo()
-                assert [(m["op"], m.get("rid")) for m in msgs] == [("welcome", None), ("pong", 1), ("error", None)]
+                # (the error names the request that met the bug: docs/protocol.md section 4)
+                assert [(m["op"], m.get("rid")) for m in msgs] == [("welcome", None), ("pong", 1), ("error", 2)]
                 assert msgs[-1]["code"] == "internal" and "ZeroDivisionError: injected" in msgs[-1]["message"]
                 await still_works(bystander, before)
                 stats = await bystander.stats()

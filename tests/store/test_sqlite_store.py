@@ -77,6 +77,40 @@ class TestSQLiteStore:
         assert store.conn.execute("PRAGMA synchronous").fetchone()[0] == {"NORMAL": 1, "FULL": 2}[synchronous]
         assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
+    def test_the_wal_file_stays_bounded_under_large_payloads_with_a_reader_open(self, open_store: OpenStore,
+                                                                                path: Path) -> None:
+        """Tasks of 256 KB, ten times ``wal_limit`` in all, committed by the writer thread and by
+        ``commit_here`` in turn, a read-only reader (as ``runq tui --db``) querying between them: the -wal
+        file stays under twice the limit (the page estimate alone would checkpoint after ~330 commits)."""
+        s = open_store(path)
+        assert isinstance(s, SQLiteStore)
+        s.wal_limit = 2 * 1024 * 1024
+        s.start()
+        reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        wal = Path(f"{path}-wal")
+        payload = random.Random(7).randbytes(256 * 1024)
+        sizes = []
+        try:
+            for i in range(1, 81):
+                batch = Batch(new_rows=[task(i, payload=payload).new_row()])
+                if i % 2 == 0 and s.commit_here([batch]):
+                    pass  # (its checkpoint, when one is due, goes to the writer thread)
+                else:
+                    assert commit(s, batch) is None
+                assert reader.execute("SELECT count(*) FROM tasks").fetchone() == (i,)
+                sizes.append(wal.stat().st_size)
+            assert s.conn.execute("PRAGMA journal_size_limit").fetchone() == (s.wal_limit,)
+        finally:
+            reader.close()
+            s.close()
+        assert max(sizes) < 2 * s.wal_limit, [size // 1024 for size in sizes]
+        assert sizes[-1] >= s.wal_limit // 2  # (it did fill up: the bound is not met by writing nothing)
+        conn = sqlite3.connect(str(path))
+        try:
+            assert conn.execute("SELECT count(*), sum(length(payload)) FROM tasks").fetchone() == (80, 80 * len(payload))
+        finally:
+            conn.close()
+
     def test_migrate_on_an_up_to_date_file_is_a_no_op(self, open_store: OpenStore, path: Path) -> None:
         s = open_store(path)
         s.write_now(Batch(rows=[row(1)]))
@@ -128,7 +162,7 @@ class TestSQLiteStore:
         conn.close()
         with opened(open_store, path) as store:
             assert store.migrated_from == 2
-            assert store.load_requests() == ([(7, "c1", 3, 1.5, "5+2", 1)], 8)
+            assert store.load_requests() == ([(7, "c1", 3, 1.5, "5+2", 1, None)], 8)
 
     def test_a_newer_schema_is_refused_and_left_alone(self, path: Path, open_store: OpenStore) -> None:
         conn = sqlite3.connect(str(path))

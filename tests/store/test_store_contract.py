@@ -119,20 +119,23 @@ class TestStoreContract:
                                                                               path: Path) -> None:
         with opened(open_store, path, start=True) as store:
             assert store.load_requests() == ([], 1)
-            rows = [R(1, "c1", 0, T0, "5+1", 1), R(2, "c1", 1, T0, "6+1", 1), R(3, "c2", 0, T0 + 1, "!5,7", 1)]
+            rows = [R(1, "c1", 0, T0, "5+1", 1, None), R(2, "c1", 1, T0, "6+1", 1, None),
+                    R(3, "c2", 0, T0 + 1, "!5,7", 1, None)]
             assert commit(store, Batch(new_rows=[task(5).new_row()], requests=rows)) is None
             # a row written again replaces its answer; the rows below an id go in one range
-            assert commit(store, Batch(requests=[R(3, "c2", 0, T0 + 1, "!5,8", 1), R(4, "c3", 7, T0, "9+1", 3)],
+            digests = b"\x00\x00\x00\x01\x00\x00\x00\x02\x00\x00\x00\x03"  # (three requests' tasks)
+            assert commit(store, Batch(requests=[R(3, "c2", 0, T0 + 1, "!5,8", 1, None),
+                                                 R(4, "c3", 7, T0, "9+1", 3, digests)],
                                        requests_below=2)) is None
         with opened(open_store, path) as store:  # and they are there after a restart
             # (row 4 answers seqs 7, 8, 9: the next free number is 7)
-            assert store.load_requests() == ([(2, "c1", 1, T0, "6+1", 1), (3, "c2", 0, T0 + 1, "!5,8", 1),
-                                              (4, "c3", 7, T0, "9+1", 3)], 7)
+            assert store.load_requests() == ([(2, "c1", 1, T0, "6+1", 1, None), (3, "c2", 0, T0 + 1, "!5,8", 1, None),
+                                              (4, "c3", 7, T0, "9+1", 3, digests)], 7)
 
     def test_a_failed_commit_writes_no_answer_by_token(self, kit: StoreKit, store: Store) -> None:
         with kit.full(store):
             err = commit(store, Batch(new_rows=[task(1, payload=b"x" * 100_000).new_row()],
-                                      requests=[R(1, "c", 0, T0, "1+1", 1)]))
+                                      requests=[R(1, "c", 0, T0, "1+1", 1, None)]))
         assert err is not None
         assert store.load_requests() == ([], 1)
 
@@ -462,7 +465,7 @@ class TestStoreContract:
     def test_reads_return_named_records(self, store: Store) -> None:
         assert commit(store, Batch(new_rows=[task(1).new_row()], rows=[row(2, "running")],
                                    events=[event(2, "started", "running")],
-                                   requests=[RequestRecord(1, "c", 0, T0, "1+1", 1)])) is None
+                                   requests=[RequestRecord(1, "c", 0, T0, "1+1", 1, None)])) is None
         got = store.get_task(2)
         assert isinstance(got, TaskRecord) and got.state == "running" and got.id == 2
         assert all(isinstance(r, TaskRecord) for r in store.list_tasks())

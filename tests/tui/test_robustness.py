@@ -107,8 +107,8 @@ def test_offline_refuses_a_file_of_another_schema(tmp_path: Path) -> None:
     newer = tmp_path / "newer.db"
     make_db(newer)
     with sqlite3.connect(newer) as conn:
-        conn.execute("PRAGMA user_version = 4")
-    with pytest.raises(OfflineError, match="schema version 4"):
+        conn.execute("PRAGMA user_version = 5")
+    with pytest.raises(OfflineError, match="schema version 5"):
         OfflineSource.check(str(newer))
 
     older = tmp_path / "older.db"  # a tasks table without the columns the dashboard reads
@@ -125,9 +125,9 @@ async def test_offline_start_refuses_a_file_of_another_schema(tmp_path: Path) ->
     newer = tmp_path / "newer.db"
     make_db(newer)
     with sqlite3.connect(newer) as conn:
-        conn.execute("PRAGMA user_version = 4")
+        conn.execute("PRAGMA user_version = 5")
     source = OfflineSource(str(newer))
-    with pytest.raises(OfflineError, match="schema version 4"):
+    with pytest.raises(OfflineError, match="schema version 5"):
         await source.start()
     assert source.conn is None
 

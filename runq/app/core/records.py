@@ -101,7 +101,7 @@ class RequestRecord(NamedTuple):
     """The answer to a run of ``seqs`` enqueue requests of one client, from ``seq`` on (runq.app.core.requests).
 
     ``answer`` is ``encode_answer``'s text; ``id`` numbers the first of the run (the others take the next
-    numbers).
+    numbers); ``digests`` the digests of the requests' tasks, one after the other (None when not known).
     """
 
     id: int
@@ -110,6 +110,7 @@ class RequestRecord(NamedTuple):
     at: float
     answer: str
     seqs: int
+    digests: bytes | None
 
 
 class QueueRecord(NamedTuple):

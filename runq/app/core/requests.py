@@ -16,8 +16,14 @@ names (``take_rows``), so that a token survives a server crash between the commi
 acknowledgement; ``recover`` reads the rows back at start. One row holds a run of entries: consecutive
 seqs of one client whose answers are consecutive created ids of the same count each (the usual case: a
 client's single enqueues pipelined on one connection), so a commit writes a row per client, not per
-request. A row is ``(id, client_id, seq, at, answer, seqs)``: the ``seqs`` requests from ``seq`` on, the
-j-th answered like ``answer`` with every id moved up by j times its length.
+request. A row is ``(id, client_id, seq, at, answer, seqs, digests)``: the ``seqs`` requests from ``seq``
+on, the j-th answered like ``answer`` with every id moved up by j times its length, and ``digests`` the
+``DIGEST_SIZE`` bytes of each one's ``digest`` in turn (None in rows of a runq that wrote none).
+
+Each entry keeps the ``digest`` of its request's tasks: a resend carries the same tasks, so a request under a
+known token whose tasks differ is not a resend but another request that reused the token (two processes
+forked from one client object, a client's bug), and it is refused (``bad_request``) rather than answered with
+the ids of tasks it never asked for.
 
 Rules of this file:
 
@@ -35,13 +41,28 @@ Rules of this file:
 
 from __future__ import annotations
 
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterable
 
+import msgpack
+
+from ...protocol.messages import TaskSpec
 from .records import REQUEST_COLUMNS, RequestRecord
 
-__all__ = ["REQUEST_COLUMNS", "Entry", "Requests", "decode_answer", "encode_answer"]
+__all__ = ["DIGEST_SIZE", "REQUEST_COLUMNS", "Entry", "Requests", "decode_answer", "digest", "encode_answer"]
 
+#: bytes of a request's ``digest``
+DIGEST_SIZE = 4
+
+_pack = msgpack.Packer(use_bin_type=True).pack
+
+
+def digest(specs: list[TaskSpec]) -> bytes:
+    """What tells the tasks of two requests apart: the CRC-32 of their specs, packed (the same in every process,
+    unlike ``hash``: it is stored with the token). Two requests that differ have the same one about once in
+    four billion: enough to catch a token used twice, at well under a microsecond for a request of one task."""
+    return zlib.crc32(_pack(specs)).to_bytes(DIGEST_SIZE, "big")
 
 Answer = list[tuple[int, bool]]
 Tell = Callable[[Answer, BaseException | None], None]
@@ -66,6 +87,13 @@ def decode_answer(text: str) -> Answer:
     return [(int(p[1:]), False) if p.startswith("!") else (int(p), True) for p in text.split(",")]
 
 
+def _digests(digests: list[bytes]) -> bytes | None:
+    """The ``digests`` column of a row of entries with these digests (None when one is not known)."""
+    if all(len(d) == DIGEST_SIZE for d in digests):
+        return digests[0] if len(digests) == 1 else b"".join(digests)
+    return None
+
+
 def _width(res: Answer) -> int:
     """How many tasks ``res`` names when they are all created with consecutive ids (a row may hold a run of
     such answers), else 0."""
@@ -85,13 +113,14 @@ class Entry:
     ``hold`` the id of the first row that held it (the rows from there on are kept while it is).
     """
 
-    __slots__ = ("at", "client_id", "committed", "dropped", "hold", "number", "queued", "res", "row", "seq",
-                 "waiters")
+    __slots__ = ("at", "client_id", "committed", "digest", "dropped", "hold", "number", "queued", "res", "row",
+                 "seq", "waiters")
 
     def __init__(self, client_id: str, seq: int, number: int, at: float, res: Answer, committed: bool,
-                 row: int = 0) -> None:
+                 row: int = 0, digest: bytes = b"") -> None:
         self.client_id = client_id
         self.seq = seq
+        self.digest = digest  # of the request's tasks (b"": not known, e.g. read from an older row)
         self.number = number
         self.row = row
         self.hold = row or number
@@ -130,9 +159,10 @@ class Requests:
         mine = self.clients.get(client_id)
         return None if mine is None else mine.get(seq)
 
-    def add(self, client_id: str, seq: int, res: Answer, now: float) -> Entry:
-        """Remember the answer of a new request (not yet committed); its row goes with the next commit."""
-        entry = Entry(client_id, seq, self.next_row, now, res, False)
+    def add(self, client_id: str, seq: int, res: Answer, now: float, digest: bytes = b"") -> Entry:
+        """Remember the answer of a new request (not yet committed), and the ``digest`` of its tasks; its row
+        goes with the next commit."""
+        entry = Entry(client_id, seq, self.next_row, now, res, False, digest=digest)
         self.next_row += 1
         mine = self.clients.get(client_id)
         if mine is None:
@@ -169,7 +199,7 @@ class Requests:
     def restore(self, rows: Iterable[RequestRecord]) -> None:
         """A commit failed: write again the rows of the entries still waiting for theirs."""
         again = []
-        for row_id, client_id, seq, _, _, seqs in rows:
+        for row_id, client_id, seq, _, _, seqs, _ in rows:
             for j in range(seqs):
                 entry = self.get(client_id, seq + j)
                 if entry is not None and entry.row == row_id and not entry.committed and not entry.queued:
@@ -214,12 +244,14 @@ class Requests:
         rows: list[RequestRecord] = []
         head: Entry | None = None  # the first entry of the row being made
         count = width = after = 0  # entries in it; tasks per answer (0: not a run); the next answer's first id
+        digests: list[bytes] = []  # of the entries in it
         for e in self._rows:
             if not e.queued or e.dropped:
                 continue
             e.queued = False
             if e.row:  # (rewritten after its row was made: a row of its own)
-                rows.append(RequestRecord(e.row, e.client_id, e.seq, e.at, encode_answer(e.res), 1))
+                rows.append(RequestRecord(e.row, e.client_id, e.seq, e.at, encode_answer(e.res), 1,
+                                          _digests([e.digest])))
                 continue
             res = e.res
             if (head is not None and width and e.number == head.number + count and e.seq == head.seq + count
@@ -227,16 +259,20 @@ class Requests:
                 e.row = e.hold = head.number
                 count += 1
                 after += width
+                digests.append(e.digest)
                 continue
             if head is not None:
-                rows.append(RequestRecord(head.number, head.client_id, head.seq, head.at, encode_answer(head.res), count))
+                rows.append(RequestRecord(head.number, head.client_id, head.seq, head.at, encode_answer(head.res),
+                                          count, _digests(digests)))
             head = e
             e.row = e.hold = e.number
             count = 1
             width = _width(res)
             after = res[0][0] + width if width else 0
+            digests = [e.digest]
         if head is not None:
-            rows.append(RequestRecord(head.number, head.client_id, head.seq, head.at, encode_answer(head.res), count))
+            rows.append(RequestRecord(head.number, head.client_id, head.seq, head.at, encode_answer(head.res),
+                                      count, _digests(digests)))
         self._rows = []
         return rows
 
@@ -255,7 +291,7 @@ class Requests:
         self.next_row = max(self.next_row, next_row)
         cutoff = now - self.window
         n = 0
-        for row_id, client_id, seq, at, answer, seqs in rows:
+        for row_id, client_id, seq, at, answer, seqs, digests in rows:
             if at < cutoff:
                 continue
             res = decode_answer(answer)
@@ -263,9 +299,11 @@ class Requests:
             mine = self.clients.get(client_id)
             if mine is None:
                 mine = self.clients[client_id] = {}
+            known = digests if digests is not None and len(digests) == seqs * DIGEST_SIZE else b""
             for j in range(seqs):
                 shifted = res if not j else [(tid + j * width, True) for tid, _ in res]
-                entry = Entry(client_id, seq + j, row_id + j, at, shifted, True, row=row_id)
+                entry = Entry(client_id, seq + j, row_id + j, at, shifted, True, row=row_id,
+                              digest=known[j * DIGEST_SIZE:(j + 1) * DIGEST_SIZE])
                 before = mine.get(seq + j)
                 if before is not None:
                     before.dropped = True  # (a later row, a rewritten answer, wins)

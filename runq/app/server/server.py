@@ -70,8 +70,9 @@ VERSION = "0.1.0"
 FINAL = frozenset(s.value for s in FINAL_STATES)
 
 Answer = list[tuple[int, bool]]
-#: an enqueue's idempotency token (client id, seq) and the client's ``done_below`` (docs/protocol.md 5.2)
-Token = tuple[str, int, "int | None"]
+#: an enqueue's idempotency token (client id, seq), the client's ``done_below`` (docs/protocol.md 5.2) and the
+#: ``digest`` of the request's tasks (runq.app.core.requests)
+Token = tuple[str, int, "int | None", bytes]
 #: how an enqueue request is answered: ``tell(answer, error, ctx)`` once its commit is over (error None:
 #: committed); ``ctx`` is the caller's (TCP: the session and the request's rid)
 Tell = Callable[[Answer, "BaseException | None", Any], None]
@@ -103,6 +104,13 @@ class Ack:
 
 def _tell_with(tell: Tell, ctx: Any, res: Answer, error: BaseException | None) -> None:
     tell(res, error, ctx)
+
+
+def _token_reused(client_id: str, seq: int) -> ProtocolError:
+    """The error of an enqueue whose token a request with other tasks had (docs/protocol.md section 5.2)."""
+    return ProtocolError(f"enqueue: the idempotency token (client_id {client_id!r}, seq {seq}) was used by a request "
+                         "with other tasks: a token names one request (two processes sharing one client object after "
+                         "fork()?); nothing was enqueued", "bad_request")
 
 
 def _tell_error(res: Answer, error: BaseException | None, ctx: Callable[[BaseException | None], None]) -> None:
@@ -536,10 +544,12 @@ class Server:
         The caller flushes (TCP: after the whole read, so one commit serves many requests).
 
         Args:
-            requests: per request, its specs, its idempotency token (client id, seq) and the client's
-                ``done_below`` (or None), and the caller's ``ctx``. A token already answered is answered the
-                same way (``tell`` at once, or when the first request's commit is over) and enqueues nothing;
-                a new token is stored in the same commit as the tasks (docs/protocol.md section 5.2).
+            requests: per request, its specs, its idempotency token (client id, seq), the client's
+                ``done_below`` (or None) and the digest of the specs (``requests.digest``), and the caller's
+                ``ctx``. A token already answered is answered the same way (``tell`` at once, or when the first
+                request's commit is over) and enqueues nothing, unless the digests differ: that request is
+                refused (``bad_request``; its answer ``[]``); a new token is stored in the same commit as the
+                tasks (docs/protocol.md section 5.2).
         """
         now = self.clock()
         known = self.requests
@@ -550,18 +560,22 @@ class Server:
             res: Answer = []
             entry = None
             if token is not None:
-                client_id, seq, done_below = token
+                client_id, seq, done_below, tasks = token
                 if done_below is not None:
                     known.forget_below(client_id, done_below)
                 first = known.get(client_id, seq)
                 if first is not None:
+                    if first.digest and first.digest != tasks:  # (b"": stored by a runq that kept none)
+                        tell(res, _token_reused(client_id, seq), ctx)
+                        answers.append(res)
+                        continue
                     if first.committed:
                         tell(first.res, None, ctx)
                     else:
                         first.waiters.append(functools.partial(_tell_with, tell, ctx))
                     answers.append(first.res)
                     continue
-                entry = known.add(client_id, seq, res, now)  # (its row is made at the flush: res is filled by then)
+                entry = known.add(client_id, seq, res, now, tasks)  # (its row is made at the flush: res is filled by then)
             answers.append(res)
             new.append((specs, res, entry, ctx))
             flat += specs

@@ -26,7 +26,7 @@ from typing import Any
 
 import trio
 
-from ...protocol.errors import ProtocolError, RunqError
+from ...protocol.errors import REQUEST_ERROR_CODES, ProtocolError, RunqError
 from ...protocol.messages import (
     CLIENT_OPS,
     WATCHER_OPS,
@@ -39,7 +39,8 @@ from ...protocol.messages import (
     require,
 )
 from ..core import IllegalTransition, TaskMissing
-from .server import VERSION, Server
+from ..core.requests import digest
+from .server import VERSION, Server, Token
 from .session import Session, Subscription
 
 __all__ = ["TcpFrontend"]
@@ -49,7 +50,10 @@ log = logging.getLogger("runq.server")
 #: Client ops that change nothing the server must carry out (a read made only of them needs no flush).
 _READS = frozenset({"get", "ping", "queues", "workers", "types", "stats", "wait", "subscribe"})
 #: Errors that answer one request and leave the connection open.
-_REQUEST_ERRORS = frozenset({"bad_request", "not_found", "invalid_state", "store_error", "busy"})
+_REQUEST_ERRORS = REQUEST_ERROR_CODES
+#: The longest a connection closed for an error waits for the commit of what its earlier messages changed, so
+#: that their answers go before the error frame.
+_SETTLE = 5.0
 #: The longest ``retry_in`` a worker may ask for (as for a spec's ``delay``: under ten years).
 _MAX_RETRY_IN = 10 * 365 * 86400
 _INT64_MAX = 2**63 - 1
@@ -81,7 +85,16 @@ class TcpFrontend:
                 except ProtocolError as exc:
                     srv.stats.protocol_errors += 1
                     log.warning("protocol error from %s (%s): %s", peer, exc.code, exc)
-                    sess.close({"op": "error", "code": exc.code, "message": str(exc)})
+                    # What the messages before the broken one changed is carried out and, once committed,
+                    # answered: they are not left waiting for another connection's flush, and their answers
+                    # come before the error frame (a client sends the others again: docs/clients.md).
+                    srv.flush()
+                    with trio.move_on_after(_SETTLE):
+                        await srv.wait_committed()
+                    error: dict[str, Any] = {"op": "error", "code": exc.code, "message": str(exc)}
+                    if exc.rid is not None:
+                        error["rid"] = exc.rid  # (the request that caused it: docs/protocol.md section 4)
+                    sess.close(error)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     sess.close()
                 except Exception as exc:  # noqa: BLE001 - a bug outside a request (hello, flush)
@@ -196,7 +209,9 @@ class TcpFrontend:
                         i += 1
                         continue
             if op not in ops:
-                raise ProtocolError(f"unknown op {op!r} for a {sess.role}", "unknown_op")
+                exc = ProtocolError(f"unknown op {op!r} for a {sess.role}", "unknown_op")
+                exc.rid = msg.get("rid")
+                raise exc
             if op == "enqueue":  # consecutive enqueues: one call of the core (and one commit)
                 j = i + 1
                 while j < n and msgs[j]["op"] == "enqueue":
@@ -230,13 +245,14 @@ class TcpFrontend:
         ends: docs/protocol.md, internal). An error that ends the connection is raised again."""
         if isinstance(exc, (TaskMissing, IllegalTransition, RunqError)):
             if isinstance(exc, ProtocolError) and exc.code not in _REQUEST_ERRORS:
+                exc.rid = msg.get("rid")
                 raise exc
             sess.send({"op": "error", "rid": msg.get("rid"), "code": exc.code, "message": str(exc)})
             return True
         if isinstance(exc, KeyError):
             sess.send({"op": "error", "rid": msg.get("rid"), "code": "not_found", "message": f"not found: {exc}"})
             return True
-        self._internal_error(sess, op, exc)
+        self._internal_error(sess, op, exc, msg.get("rid"))
         return False
 
     def _hello(self, sess: Session, msg: dict[str, Any]) -> None:
@@ -309,7 +325,7 @@ class TcpFrontend:
     # ------------------------------------------------------------------ clients
     def _enqueue(self, sess: Session, msgs: list[dict[str, Any]], i: int, j: int) -> bool:
         """Enqueue requests ``msgs[i:j]`` with one call of the server; False after a bug."""
-        requests: list[tuple[list[TaskSpec], tuple[str, int, int | None] | None, Any]] = []
+        requests: list[tuple[list[TaskSpec], Token | None, Any]] = []
         try:
             for k in range(i, j):
                 msg = msgs[k]
@@ -317,7 +333,8 @@ class TcpFrontend:
                     tasks = msg.get("tasks")
                     if type(tasks) is not list:
                         tasks = require(msg, "tasks", list)
-                    requests.append(([parse_task_spec(d) for d in tasks], _token(msg), (sess, msg.get("rid"))))
+                    specs = [parse_task_spec(d) for d in tasks]
+                    requests.append((specs, _token(msg, specs), (sess, msg.get("rid"))))
                 except Exception as exc:  # noqa: BLE001 - answered, or the connection ends (_request_error)
                     if not self._request_error(sess, "enqueue", msg, exc):
                         return False
@@ -408,17 +425,20 @@ class TcpFrontend:
             sess.send({"op": "error", "rid": rid, "code": exc.code, "message": str(exc)})
             return
         except Exception as exc:  # noqa: BLE001 - a bug: this runs in the server's nursery, it must not escape
-            self._internal_error(sess, "wait", exc)
+            self._internal_error(sess, "wait", exc, rid)
             return
         sess.send({"op": "task", "rid": rid, "task": task})
 
-    def _internal_error(self, sess: Session, op: str, exc: Exception) -> None:
-        """A bug met while handling ``op``: log and count it, tell the peer, close that connection only."""
+    def _internal_error(self, sess: Session, op: str, exc: Exception, rid: Any = None) -> None:
+        """A bug met while handling ``op`` (the request ``rid``, when one is to blame): log and count it, tell
+        the peer, close that connection only."""
         self.server.stats.internal_errors += 1
         log.error("internal error handling %r from %s (closing that connection)", op, sess.peer, exc_info=exc)
-        # like every error that closes a connection, it answers no request: no rid (docs/protocol.md section 4)
-        sess.close({"op": "error", "code": "internal",
-                    "message": f"internal error handling {op!r}: {type(exc).__name__}: {exc}"})
+        error = {"op": "error", "code": "internal",
+                 "message": f"internal error handling {op!r}: {type(exc).__name__}: {exc}"}
+        if rid is not None:
+            error["rid"] = rid  # (like every error that closes a connection, it names the request to blame)
+        sess.close(error)
 
 
 def _tell_enqueued(res: list[tuple[int, bool]], err: BaseException | None, ctx: tuple[Session, Any]) -> None:
@@ -430,6 +450,8 @@ def _tell_enqueued(res: list[tuple[int, bool]], err: BaseException | None, ctx: 
             sess.send({"op": "enqueued", "rid": rid, "ids": [tid], "created": [created]})
         else:
             sess.send({"op": "enqueued", "rid": rid, "ids": [r[0] for r in res], "created": [r[1] for r in res]})
+    elif isinstance(err, ProtocolError):  # (refused: a token reused for other tasks)
+        sess.send({"op": "error", "rid": rid, "code": err.code, "message": str(err)})
     else:
         sess.send({"op": "error", "rid": rid, "code": "store_error",
                    "message": f"not committed, nothing was enqueued: {err}"})
@@ -440,14 +462,15 @@ def _tell_paused(sess: Session, rid: Any, err: BaseException | None) -> None:
               {"op": "error", "rid": rid, "code": "store_error", "message": str(err)})
 
 
-def _token(msg: dict[str, Any]) -> tuple[str, int, int | None] | None:
-    """An enqueue's idempotency token (client_id, seq) and done_below, checked (docs/protocol.md 5.2)."""
+def _token(msg: dict[str, Any], specs: list[TaskSpec]) -> Token | None:
+    """An enqueue's idempotency token (client_id, seq), done_below, checked (docs/protocol.md 5.2), and the
+    digest of its tasks."""
     client_id = msg.get("client_id")
     seq = msg.get("seq")
     done_below = msg.get("done_below")
     if (type(client_id) is str and 0 < len(client_id) <= 100 and type(seq) is int and 0 <= seq <= _INT64_MAX
             and (done_below is None or (type(done_below) is int and 0 <= done_below <= _INT64_MAX))):
-        return client_id, seq, done_below  # (the usual case, checked at once)
+        return client_id, seq, done_below, digest(specs)  # (the usual case, checked at once)
     client_id = optional(msg, "client_id", str)
     seq = optional(msg, "seq", int)
     done_below = optional(msg, "done_below", int)
@@ -459,7 +482,7 @@ def _token(msg: dict[str, Any]) -> tuple[str, int, int | None] | None:
         raise ProtocolError("enqueue: 'client_id' must be 1 to 100 chars", "bad_request")
     if seq < 0 or (done_below is not None and done_below < 0):
         raise ProtocolError("enqueue: 'seq' and 'done_below' must be >= 0", "bad_request")
-    return client_id, seq, done_below
+    return client_id, seq, done_below, digest(specs)
 
 
 def _set(msg: dict[str, Any], field: str, kind: type) -> frozenset[Any] | None:

@@ -80,8 +80,14 @@ _V3 = """
 ALTER TABLE requests ADD COLUMN seqs INTEGER NOT NULL DEFAULT 1;
 """
 
+#: Version 4: with each token, the digests of its requests' tasks (runq.app.core.requests: a request that
+#: reuses a token with other tasks is refused, not answered with the first request's ids); NULL in older rows.
+_V4 = """
+ALTER TABLE requests ADD COLUMN digests BLOB;
+"""
+
 #: MIGRATIONS[i] takes a database from version i to version i + 1.
-MIGRATIONS: list[str] = [_V1, _V2, _V3]
+MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -24,6 +24,10 @@ If a commit fails (disk full, database locked past ``busy_timeout``), the
 transaction is rolled back, every batch in it gets the error, and the writer
 goes on with the next batches: nothing is silently dropped.
 
+The writer thread checkpoints the WAL itself (``_checkpoint``): every ~1,000 pages estimated from the rows
+committed, or once the ``-wal`` file is past ``WAL_LIMIT`` bytes (big payloads), and SQLite cuts the file
+back to that size when the WAL starts over (``journal_size_limit``, docs/operations.md).
+
 Reads (``get_task``, ``list_tasks``, ``events``, ...) use a second connection
 opened read-only; the caller serialises them (one thread at a time). Their SQL
 is queries.py's (the offline dashboard reads with it too); rows come back as the
@@ -123,7 +127,8 @@ _UPSERT = _MultiInsert("tasks", TASK_COLUMNS,
 _INSERT_NEW = _MultiInsert("tasks", NEW_COLUMNS)
 _INSERT_EVENT = _MultiInsert("events", EVENT_ROW_COLUMNS)
 _UPSERT_REQUEST = _MultiInsert("requests", REQUEST_COLUMNS,
-                               " ON CONFLICT(id) DO UPDATE SET answer = excluded.answer, seqs = excluded.seqs")
+                               " ON CONFLICT(id) DO UPDATE SET answer = excluded.answer, seqs = excluded.seqs, "
+                               "digests = excluded.digests")
 
 
 def _lock(path: str) -> int:
@@ -148,6 +153,10 @@ _STOP = object()
 _CHECKPOINT = object()  # asks the writer thread for a checkpoint
 #: WAL pages (estimated) between two checkpoints: SQLite's own default
 _CHECKPOINT_EVERY = 1000
+#: bytes of ``-wal`` file above which a checkpoint is due whatever the page estimate says (big payloads: the
+#: estimate counts rows, not bytes), and the size SQLite cuts the file back to when it starts the WAL over
+#: (``PRAGMA journal_size_limit``; without it the file keeps the size of its largest burst for ever)
+WAL_LIMIT = 32 * 1024 * 1024
 _BUSY_MS = 5000  # how long the writer waits for another program's write lock
 
 
@@ -175,6 +184,10 @@ class SQLiteStore:
         self._q: queue_mod.SimpleQueue[Any] = queue_mod.SimpleQueue()
         self._writing = threading.Lock()  # held by whoever commits on ``conn``
         self._wal_pages = 0
+        #: a checkpoint is due once the ``-wal`` file is larger than this (``WAL_LIMIT``; tests set less)
+        self.wal_limit = WAL_LIMIT
+        self._wal_file = path + "-wal"
+        self._wal_seen = 0  # the -wal file's size when ``_wal_grown`` last asked for a checkpoint (0: none since)
         self._thread: threading.Thread | None = None
         self._reader: sqlite3.Connection | None = None
         self._lock_fd = _lock(path)
@@ -257,6 +270,7 @@ class SQLiteStore:
         if self._thread is None:
             self.conn.execute("PRAGMA busy_timeout=0")  # (the waits are _begin's)
             self.conn.execute("PRAGMA wal_autocheckpoint=0")  # (the writer thread checkpoints: _checkpoint)
+            self.conn.execute(f"PRAGMA journal_size_limit={self.wal_limit}")
             self._thread = threading.Thread(target=self._run, name="runq-store-writer", daemon=True)
             self._thread.start()
 
@@ -287,11 +301,13 @@ class SQLiteStore:
         while True:
             item = q.get()
             batches = []
-            stop = False
+            stop = asked = False
             while True:
                 if item is _STOP:
                     stop = True
-                elif item is not _CHECKPOINT:
+                elif item is _CHECKPOINT:
+                    asked = True  # (by commit_here, which has seen that one is due)
+                else:
                     batches.append(item)
                 try:
                     item = q.get_nowait()
@@ -300,7 +316,7 @@ class SQLiteStore:
             if batches:
                 with self._writing:
                     self.commit(batches)
-            if self._wal_pages >= _CHECKPOINT_EVERY:
+            if asked or self._wal_pages >= _CHECKPOINT_EVERY or self._wal_grown():
                 with self._writing:
                     self._checkpoint()
             if stop:
@@ -311,7 +327,13 @@ class SQLiteStore:
 
         SQLite's automatic checkpoint is off on the write connection: it would run inside whichever commit
         crossed its threshold, a commit ``commit_here`` may make in the server's loop thread, stalling it
-        for milliseconds. Here it runs beside the loop, every ``_CHECKPOINT_EVERY`` pages (estimated).
+        for milliseconds. Here it runs beside the loop, every ``_CHECKPOINT_EVERY`` pages (estimated), or
+        when the ``-wal`` file has grown past ``wal_limit`` (``_wal_grown``).
+
+        PASSIVE: it never waits for a reader (``runq tui --db``, the server's history reads). Once it has
+        copied every frame, the next commit starts the WAL over from its beginning and SQLite cuts the file
+        back to ``wal_limit`` (``journal_size_limit``). A reader in a long read transaction keeps the frames
+        it reads: the file grows meanwhile, and each further ``wal_limit / 4`` of growth tries again.
         """
         self._wal_pages = 0
         try:
@@ -339,8 +361,25 @@ class SQLiteStore:
             self.commit(batches, notify=_call, begun=True)
         finally:
             self._writing.release()
-        if self._wal_pages >= _CHECKPOINT_EVERY:
+        if self._wal_pages >= _CHECKPOINT_EVERY or self._wal_grown():
             self._q.put(_CHECKPOINT)  # (the writer thread does it)
+        return True
+
+    def _wal_grown(self) -> bool:
+        """Whether the ``-wal`` file has grown past ``wal_limit`` (then again each time it has grown by another
+        quarter of it, while a reader keeps the checkpoints from starting the WAL over): the page estimate
+        counts rows, and one row of a megabyte is 256 pages (docs/operations.md). One ``stat`` per commit
+        (about a microsecond)."""
+        try:
+            size = os.stat(self._wal_file).st_size
+        except OSError:
+            return False
+        if size <= self.wal_limit:
+            self._wal_seen = 0  # (cut back, or never past it: the next growth past the limit asks at once)
+            return False
+        if size - self._wal_seen < self.wal_limit // 4:
+            return False
+        self._wal_seen = size
         return True
     def commit(self, batches: list[Batch], notify: Callable[[Callable[[], None]], None] | None = None,
                begun: bool = False) -> BaseException | None:
