@@ -199,8 +199,7 @@ def _supervise(settings: Settings, target: str, concurrency: int | None, queues:
                         ("--grace", grace)):
         if value is not None:
             child += [flag, str(value)]
-    # the module's own folder is where its code changes (the current folder, which `runq worker` puts on
-    # sys.path, is where it is found)
-    watch = (list(reload_dir) or [os.getcwd()]) if reload else list(reload_dir)
-    sup = Supervisor(child, processes, reload=reload, watch=watch, grace=grace, env=env)
+    # without --reload-dir the supervisor watches the current folder (which `runq worker` puts on sys.path:
+    # where the module is found), and says so in its first log line
+    sup = Supervisor(child, processes, reload=reload, watch=list(reload_dir), grace=grace, env=env)
     return trio.run(sup.run)

@@ -45,7 +45,7 @@ from .errors import (
     looks_like,
 )
 from .frames import DEFAULT_MAX_FRAME, HEADER, Connection
-from .tasks import Call, TaskHandle, client_closed, client_opened
+from .tasks import Call, TaskHandle, client_closed, client_opened, no_worker_hint, wait_timeout_message
 from .values import decode_task, encode_value
 
 if TYPE_CHECKING:
@@ -669,7 +669,9 @@ class Client:
 
         Raises:
             TaskFailed: ``raise_on_failure`` and the task ended dead or cancelled.
-            TimeoutError: ``timeout`` passed and the task is not final.
+            TimeoutError: ``timeout`` passed and the task is not final. When it is still ``ready`` and no
+                connected worker serves its queue or handles its type, the message says so (one ``workers``
+                request, made only then).
         """
         deadline = math.inf if timeout is None else anyio.current_time() + timeout
         while True:
@@ -681,7 +683,13 @@ class Client:
                     raise TaskFailed(task)
                 return task
             if anyio.current_time() >= deadline:
-                raise TimeoutError(f"task {task_id} is still {task['state']} after {timeout}s")
+                hint = ""
+                if task["state"] == "ready":
+                    try:
+                        hint = no_worker_hint(task, await self.workers())
+                    except (RunqError, OSError, TimeoutError):  # the hint is a courtesy: the timeout stands
+                        pass
+                raise TimeoutError(wait_timeout_message(task, timeout, hint))
 
     async def result(self, task_id: int, timeout: float | None = None) -> Any:
         """Wait for the task and return its result; raise ``TaskFailed`` if it did not succeed."""

@@ -9,7 +9,9 @@ CPU-bound plain-function handlers N cores, which threads in one process (one GIL
 
 * A child that exits while the supervisor is not stopping is started again after ``first_backoff``
   seconds; while it keeps dying within ``MIN_UPTIME`` seconds of its start the delay doubles (up to
-  ``max_backoff``), so a worker that crashes at start-up does not spin.
+  ``max_backoff``), so a worker that crashes at start-up does not spin. The delays are the SDK's
+  ``calls.Backoff`` (one per child slot), the policy the clients and workers reconnect with: each delay is
+  jittered to between half and all of it, so children that die together do not come back in step.
 * A child that exits with ``EXIT_CANNOT_START`` (its module does not import, the server refuses its
   token or its hello) would fail the same way again: without ``--reload`` the supervisor stops every
   child and exits with that code; with ``--reload`` it waits for the next code change.
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import signal
 import sys
 import threading
@@ -35,6 +38,8 @@ import time
 from collections.abc import Callable, Sequence
 
 import trio
+
+from .calls import Backoff
 
 __all__ = ["EXIT_CANNOT_START", "EXIT_DRAINED", "KILL_MARGIN", "MIN_UPTIME", "SUPERVISOR_PID_ENV", "Supervisor", "stop_with_parent"]
 
@@ -91,23 +96,27 @@ class Supervisor:
         grace: the children's grace period (``--grace``): how long they may take to stop; ``None`` when
             it is the Worker's own (unknown here: the supervisor does not import the user's module).
         env: the children's environment (default: this process's).
-        first_backoff: the first restart delay of a child that keeps dying.
-        max_backoff: the longest restart delay.
+        first_backoff: the first restart delay of a child that keeps dying (before jitter).
+        max_backoff: the longest restart delay (before jitter).
+        rng: randomness for the jitter (a seeded ``random.Random`` in tests).
     """
 
     def __init__(self, worker_args: Sequence[str], processes: int = 1, *, reload: bool = False,
                  watch: Sequence[str] = (), grace: float | None = None, env: dict[str, str] | None = None,
-                 first_backoff: float = 0.5, max_backoff: float = 30.0) -> None:
+                 first_backoff: float = 0.5, max_backoff: float = 30.0, rng: random.Random | None = None) -> None:
         if processes < 1:
             raise ValueError(f"processes must be 1 or more, not {processes}")
         self.worker_args = list(worker_args)
         self.processes = processes
         self.reload = reload
-        self.watch = list(watch) or [os.getcwd()]
+        self.watch = [os.path.abspath(w) for w in watch] or [os.getcwd()]
+        self._watch_default = not watch
         self.grace = grace
         self.env = env
         self.first_backoff = first_backoff
         self.max_backoff = max_backoff
+        Backoff(first_backoff, max_backoff)  # (checks them now: 0 < first_backoff <= max_backoff)
+        self.rng = rng or random.Random()
         self.exit_code = 0
         self._procs: list[trio.Process | None] = [None] * processes
         self._stopping = trio.Event()
@@ -158,7 +167,7 @@ class Supervisor:
                     self._signal_all(signal.SIGKILL)
 
     async def _slot(self, slot: int) -> None:
-        delay = self.first_backoff
+        backoff = Backoff(self.first_backoff, self.max_backoff, self.rng)
         while not self._stopping.is_set():
             generation = self._generation
             env = dict(os.environ if self.env is None else self.env)
@@ -177,7 +186,7 @@ class Supervisor:
                 log.info("worker process %d (pid %d) stopped (exit %s)", slot, proc.pid, code)
                 return
             if generation != self._generation:
-                delay = self.first_backoff  # stopped by a reload: new code, start again at once
+                backoff.reset()  # stopped by a reload: new code, start again at once
                 continue
             if code == EXIT_DRAINED:  # an operator asked that worker to leave: starting another would undo it
                 log.warning("worker process %d (pid %d) was drained (runq drain): not started again", slot, proc.pid)
@@ -191,14 +200,14 @@ class Supervisor:
                 log.error("worker process %d (pid %d) cannot start (exit %d): waiting for a code change",
                           slot, proc.pid, code)
                 await self._until(None)
-                delay = self.first_backoff
+                backoff.reset()
                 continue
             if trio.current_time() - started >= MIN_UPTIME:
-                delay = self.first_backoff
-            log.warning("worker process %d (pid %d) exited (exit %s); starting another in %.1fs", slot, proc.pid,
+                backoff.reset()  # it ran a while: a new failure, not the same one again
+            delay = backoff.next()
+            log.warning("worker process %d (pid %d) exited (exit %s); starting another in %.2fs", slot, proc.pid,
                         code, delay)
             await self._until(delay)
-            delay = min(delay * 2, self.max_backoff)
 
     async def _wait(self, proc: trio.Process) -> None:
         """Wait for ``proc`` to exit; once stopping, SIGKILL it after the grace period and the margin."""
@@ -230,10 +239,13 @@ class Supervisor:
     async def _watch(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         from watchfiles import PythonFilter, awatch
 
-        log.info("watching %s for changes", ", ".join(self.watch))
+        python = PythonFilter()
+        log.info("watching %s%s for changes to %s files (not under %s)", ", ".join(self.watch),
+                 " (the current folder; --reload-dir to choose)" if self._watch_default else "",
+                 ", ".join("*" + ext for ext in python.extensions), ", ".join(python.ignore_dirs))
         # (yield_on_timeout: awatch sets up its watcher before the first yield; started() after that
         # means a change made once run() has started is seen)
-        changes_seen = awatch(*self.watch, watch_filter=PythonFilter(), rust_timeout=100, yield_on_timeout=True)
+        changes_seen = awatch(*self.watch, watch_filter=python, rust_timeout=100, yield_on_timeout=True)
         first = True
         async for changes in changes_seen:
             if first:

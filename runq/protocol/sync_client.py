@@ -51,7 +51,7 @@ from .errors import (
     looks_like,
 )
 from .frames import DEFAULT_MAX_FRAME, Connection
-from .tasks import Call, SyncTaskHandle
+from .tasks import Call, SyncTaskHandle, no_worker_hint, wait_timeout_message
 from .values import decode_task
 
 __all__ = ["SyncClient"]
@@ -387,7 +387,8 @@ class SyncClient:
 
         Raises:
             TaskFailed: ``raise_on_failure`` and the task ended dead or cancelled.
-            TimeoutError: ``timeout`` passed and the task is not final.
+            TimeoutError: ``timeout`` passed and the task is not final (``Client.wait``: the message says
+                when no connected worker serves its queue or handles its type).
         """
         deadline = math.inf if timeout is None else time.monotonic() + timeout
         while True:
@@ -399,7 +400,13 @@ class SyncClient:
                     raise TaskFailed(task)
                 return task
             if time.monotonic() >= deadline:
-                raise TimeoutError(f"task {task_id} is still {task['state']} after {timeout}s")
+                hint = ""
+                if task["state"] == "ready":
+                    try:
+                        hint = no_worker_hint(task, self.workers())
+                    except (RunqError, OSError):  # the hint is a courtesy: the timeout stands
+                        pass
+                raise TimeoutError(wait_timeout_message(task, timeout, hint))
 
     def result(self, task_id: int, timeout: float | None = None) -> Any:
         """Wait for the task and return its result; raise ``TaskFailed`` if it did not succeed."""

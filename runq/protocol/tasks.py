@@ -33,7 +33,7 @@ import inspect
 import string
 import types
 import typing
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, overload
 
@@ -54,6 +54,7 @@ __all__ = [
     "TaskHandle",
     "TaskOptions",
     "default_client",
+    "no_worker_hint",
     "task",
     "tasks_in",
 ]
@@ -472,6 +473,31 @@ class Call(Generic[R]):
         return entry
 
 
+# ---------------------------------------------------------------------- a wait that timed out
+def no_worker_hint(task: Mapping[str, Any], workers: Iterable[Mapping[str, Any]]) -> str:
+    """Why a ``ready`` task may not have been taken, from the connected workers (``Client.workers()``);
+    ``""`` when one of them takes it, or when the task is not ready (it runs, or waits for its time).
+
+    A worker takes a task of its queues, of the types it announced, or of any type if it announced none
+    (docs/protocol.md, 8.6); a draining worker takes nothing new. The ``types`` op is not enough: it lists
+    announced types only, so it cannot see the workers that take any type.
+    """
+    if task.get("state") != "ready":
+        return ""
+    queue, type_ = task.get("queue"), task.get("type")
+    serving = [w for w in workers if w.get("state") == "active" and queue in (w.get("queues") or ())]
+    if not serving:
+        return f"no connected worker serves queue {queue!r}"
+    if any(not w.get("types") or type_ in w["types"] for w in serving):
+        return ""
+    return f"no connected worker of queue {queue!r} handles type {type_!r}"
+
+
+def wait_timeout_message(task: Mapping[str, Any], timeout: float | None, hint: str) -> str:
+    """The message of the ``TimeoutError`` of a wait (``hint``: ``no_worker_hint``'s)."""
+    return f"task {task['id']} is still {task['state']} after {timeout}s" + (f": {hint}" if hint else "")
+
+
 # ---------------------------------------------------------------------- handles
 class TaskHandle(Generic[R]):
     """An enqueued task, on an async ``Client``: its id, and its result typed as the function returns it.
@@ -499,7 +525,8 @@ class TaskHandle(Generic[R]):
 
         Raises:
             TaskFailed: it ended dead or cancelled.
-            TimeoutError: ``timeout`` seconds passed first.
+            TimeoutError: ``timeout`` seconds passed first (the message says so when no connected worker
+                serves the task's queue or handles its type).
         """
         return self.task.result_value(await self.client.result(self.id, timeout))
 

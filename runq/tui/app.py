@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
+from textual.scrollbar import ScrollBar, ScrollBarRender
 
 from .forms import HelpScreen
 from .screens import DashboardScreen, QueuesScreen, TasksScreen, TimelineScreen, WorkersScreen
@@ -64,6 +65,15 @@ class RefreshStats:
         return (self.ticks - 1) / span if self.ticks > 1 and span > 0 else 0.0
 
 
+class AsciiScrollBarRender(ScrollBarRender):
+    """Scrollbars without partial blocks at the thumb's ends (``▁▂▃`` ``▉▊▋``): those are of ambiguous
+    width, drawn two cells wide by some terminals (tmux with some fonts), which pushed the row's end over the
+    edge. The thumb is whole cells of its colour."""
+
+    VERTICAL_BARS: ClassVar[list[str]] = [" "] * 8
+    HORIZONTAL_BARS: ClassVar[list[str]] = [" "] * 8
+
+
 class RunqDashboard(App[None]):
     """``runq tui``: queues, workers, tasks and timelines of a live server or a database file.
 
@@ -86,9 +96,10 @@ class RunqDashboard(App[None]):
 
     def __init__(self, source: Source, *, refresh_hz: float = 5.0) -> None:
         super().__init__()
+        ScrollBar.renderer = AsciiScrollBarRender  # Textual's documented way: for every scrollbar of the process
         self.source = source
         self.refresh_stats = RefreshStats(1.0 / refresh_hz)
-        self.sub_title = source.description
+        self.title = f"runq  {source.description}"  # not a sub_title: Textual joins them with an em dash
 
     async def on_mount(self) -> None:
         await self.source.start()

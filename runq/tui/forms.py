@@ -173,7 +173,8 @@ HELP = """\
 
 Live mode follows a server (`runq tui --server HOST:PORT`); when the server goes away a red banner says so
 and the dashboard reconnects by itself. Offline mode (`runq tui --db FILE`) reads a database file
-read-only: actions are refused and the clock stands at the file's last event.
+read-only: the actions above are not offered (`p`, `e`, `d`, `c`, `r` do nothing) and the clock stands at the
+file's last event.
 """
 
 

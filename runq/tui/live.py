@@ -2,25 +2,33 @@
 
 Theory of operation
 -------------------
-One background task (``_run``) owns the ``Client``: it connects, subscribes
-to every event, polls queues, workers and stats twice a second in a second
-task, and feeds each live event into ``DashboardState.apply_event`` (a few
-counter updates: events are coalesced, never drawn one by one). When the
-connection ends, for any reason, the state is marked disconnected (the
-screens show a banner) and ``_run`` reconnects with a growing delay (0.2 s to
-2 s) until the server is back or the source is closed.
+One background task (``_run``) owns a ``Client``. The client reconnects by itself when its connection is
+lost (``Client`` docs: backoff with jitter), so ``_run`` does not: it serves one *session* after another on
+the same client. A session subscribes to every event, polls queues, workers and stats twice a second in a
+second task, and feeds each live event into ``DashboardState.apply_event`` (a few counter updates: events
+are coalesced, never drawn one by one). A subscription ends with its connection: the state is then marked
+disconnected (the screens show a "reconnecting" banner) and the next session's first request waits for the
+client's own reconnection.
 
-Requests from the screens (a page of tasks, actions) go over the same
-connection while it is up and raise ``NotConnected`` while it is down.
+The client cannot tell a server that answers badly: one that welcomes and then stalls, or sends a poll
+reply the dashboard cannot read. Then ``_run`` closes that client and opens a new one, after a delay
+from the same ``Backoff`` object the client uses between its reconnection attempts: one reconnect policy
+(``LiveSource.backoff``, 0.2 s doubling up to 2 s, jittered).
+
+Requests from the screens (a page of tasks, actions) go over the same client while a session is up and
+raise ``NotConnected`` while it is down, or when the connection is lost while they wait.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
+from ..protocol.calls import Backoff
 from ..protocol.client import Client, EventStream
 from ..protocol.errors import RunqError
 from .model import Bar, DashboardState
@@ -33,6 +41,9 @@ STALL_SECONDS = 5.0  # a poll answered later than this: the connection is treate
 SETUP_SECONDS = 15.0  # subscribe, first poll and the Gantt seed at a connection: longer, it is treated as lost
 SEED_TASKS = 500  # per state, read at connection to start the Gantt view
 SEED_SECONDS = 600.0  # attempts that ended longer ago than this are not seeded into the Gantt view
+CONNECT_SECONDS = 3.0
+
+T = TypeVar("T")
 
 
 class LiveSource(Source):
@@ -61,6 +72,10 @@ class LiveSource(Source):
         self._poll_error = ""
         self.setup_timeout = SETUP_SECONDS
         self.malformed = 0  # live events that could not be applied (skipped)
+        #: the one reconnect policy: the client's delays between reconnection attempts, and ours between
+        #: clients (a first connection that failed, or a server given up on)
+        self.backoff = Backoff(base=0.2, cap=2.0)
+        self._lost = asyncio.Event()  # set when the current session's connection ends
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -86,48 +101,89 @@ class LiveSource(Source):
         return time.time() + self._offset
 
     async def _run(self) -> None:
-        delay = 0.2
+        """Clients one after another: a new one only when the first connection failed or its server was given
+        up on; a lost connection is the client's to restore (``_sessions``)."""
         while not self._closing:
-            reason = "connection lost"
+            client = Client(self.address, token=self.token, connect_timeout=CONNECT_SECONDS, retry_for=math.inf,
+                            backoff=self.backoff)
             try:
-                async with Client(self.address, token=self.token, connect_timeout=3.0) as client:
-                    async with asyncio.timeout(self.setup_timeout):  # a server that welcomes, then stalls
-                        stream = self._stream = await client.subscribe(buffer=100_000)
-                        if self._closing:
-                            break
-                        await self._poll_once(client)
-                        if self.connects == 0:
-                            await self._seed_lanes(client)
-                    w = client.welcome
-                    self.state.lease_timeout = float(w.get("lease_timeout") or self.state.lease_timeout)
-                    self.state.heartbeat = float(w.get("heartbeat") or self.state.lease_timeout / 3)
-                    self.state.server = f"{self.address} ({w.get('server', 'runq')})"
-                    self.client = client
-                    self.connects += 1
-                    self.state.set_connected(True)
-                    self._poll_error = ""
-                    delay = 0.2
-                    poller = asyncio.get_running_loop().create_task(self._poller(client, stream))
-                    try:
-                        await self._follow(stream)
-                    finally:
-                        poller.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await poller
-                    reason = self._poll_error or "the server closed the connection"
+                await client.connect()
+                reason = await self._sessions(client)
             except (OSError, RunqError, TimeoutError) as exc:
                 reason = f"{type(exc).__name__}: {exc}"
-            except Exception as exc:  # noqa: BLE001 - odd data from the server: reconnect, never stop following
+            except Exception as exc:  # noqa: BLE001 - odd data from the server: try again, never stop following
                 reason = f"unexpected {type(exc).__name__}: {exc}"
             finally:
-                self.client = None
-                self._stream = None
+                self._down()
+                await client.aclose()
             if self._closing:
                 break
-            self.state.set_connected(False, f"disconnected from {self.address} ({reason}); reconnecting")
+            self._disconnected(reason)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
-            delay = min(delay * 2, 2.0)
+                await asyncio.wait_for(self._wake.wait(), self.backoff.next())
+
+    def _down(self) -> None:
+        self.client = None
+        self._stream = None
+        self._lost.set()
+
+    def _disconnected(self, reason: str) -> None:
+        self.state.set_connected(False, f"disconnected from {self.address} ({reason}); reconnecting")
+
+    async def _sessions(self, client: Client) -> str:
+        """Follow the server through ``client`` across its reconnections; return why it was given up on.
+
+        Raises:
+            TimeoutError: the server, connected, did not answer the first requests in time (it stalls).
+            RunqError: the client gave up (the server refused it for good: token, version).
+        """
+        seen = client.connections - 1  # connections before the current one
+        while not self._closing:
+            try:
+                stream = await self._setup(client)
+            except TimeoutError:
+                if client.connections == seen:
+                    continue  # no server yet: the client is still reconnecting, the request waits for it
+                raise  # connected, and the server did not answer in time: it stalls
+            if self._closing:
+                break
+            self._lost = asyncio.Event()
+            self.client = client
+            self.connects += 1
+            self.state.set_connected(True)
+            self._poll_error = ""
+            self.backoff.reset()  # a session that worked: the next outage starts the delays over
+            poller = asyncio.get_running_loop().create_task(self._poller(client, stream))
+            try:
+                await self._follow(stream)
+            finally:
+                poller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poller
+                await stream.aclose()  # ended with its connection; the client outlives it
+                seen = client.connections
+                self._down()
+            if self._poll_error:
+                return self._poll_error  # a stalled or odd server: a new client
+            if not self._closing:
+                self._disconnected("the server closed the connection")
+        return "closed"
+
+    async def _setup(self, client: Client) -> EventStream:
+        """Subscribe, poll once and seed the Gantt view (at the first connection), within ``setup_timeout``
+        once the client is connected."""
+        async with asyncio.timeout(self.setup_timeout):  # a server that welcomes, then stalls
+            stream = self._stream = await client.subscribe(buffer=100_000)
+            if self._closing:
+                return stream
+            await self._poll_once(client)
+            if self.connects == 0:
+                await self._seed_lanes(client)
+        w = client.welcome
+        self.state.lease_timeout = float(w.get("lease_timeout") or self.state.lease_timeout)
+        self.state.heartbeat = float(w.get("heartbeat") or self.state.lease_timeout / 3)
+        self.state.server = f"{self.address} ({w.get('server', 'runq')})"
+        return stream
 
     async def _follow(self, stream: EventStream) -> None:
         state = self.state
@@ -186,41 +242,57 @@ class LiveSource(Source):
             self._poll_error = f"poll failed: unexpected {type(exc).__name__}: {exc}"
             await stream.aclose()
 
-    def _client(self) -> Client:
-        if self.client is None:
+    async def _call(self, request: Callable[[Client], Awaitable[T]]) -> T:
+        """``request`` on the client while a session is up; ``NotConnected`` when none is, or when the
+        connection is lost while it waits (the client would hold it until it reconnected)."""
+        client, lost = self.client, self._lost
+        if client is None:
             raise NotConnected(f"not connected to {self.address}")
-        return self.client
+        call = asyncio.ensure_future(request(client))
+        ended = asyncio.ensure_future(lost.wait())
+        try:
+            await asyncio.wait((call, ended), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ended.cancel()
+            if not call.done():
+                call.cancel()
+                with contextlib.suppress(asyncio.CancelledError, RunqError):
+                    await call
+        if call.cancelled():
+            raise NotConnected(f"connection to {self.address} lost; reconnecting")
+        return call.result()
 
     # ------------------------------------------------------------------ reads
     async def list_tasks(self, *, state: str | None = None, queue: str | None = None, type: str | None = None,
                          limit: int = 100, cursor: int | None = None) -> TaskPage:
-        return await self._client().list_tasks(state=state, queue=queue, type=type, limit=limit, cursor=cursor)
+        return await self._call(lambda c: c.list_tasks(state=state, queue=queue, type=type, limit=limit,
+                                                       cursor=cursor))
 
     async def get(self, task_id: int) -> dict[str, Any]:
-        return await self._client().get(task_id)
+        return await self._call(lambda c: c.get(task_id))
 
     async def events(self, task_id: int) -> list[dict[str, Any]]:
-        return await self._client().events(task_id)
+        return await self._call(lambda c: c.events(task_id))
 
     # ------------------------------------------------------------------ actions
     async def cancel(self, task_id: int) -> dict[str, Any]:
-        return await self._client().cancel(task_id)
+        return await self._call(lambda c: c.cancel(task_id))
 
     async def retry(self, task_id: int) -> dict[str, Any]:
-        return await self._client().retry(task_id)
+        return await self._call(lambda c: c.retry(task_id))
 
     async def pause(self, queue: str) -> None:
-        await self._client().pause(queue)
+        await self._call(lambda c: c.pause(queue))
         self.state.queue(queue).paused = True
         self.state.version += 1
 
     async def resume(self, queue: str) -> None:
-        await self._client().resume(queue)
+        await self._call(lambda c: c.resume(queue))
         self.state.queue(queue).paused = False
         self.state.version += 1
 
     async def drain(self, worker_id: str) -> dict[str, Any]:
-        worker = await self._client().drain(worker_id)
+        worker = await self._call(lambda c: c.drain(worker_id))
         row = self.state.workers.get(worker_id)
         if row is not None:
             row.state = "draining"
@@ -229,5 +301,5 @@ class LiveSource(Source):
 
     async def enqueue(self, type: str, payload: Any = None, *, queue: str | None = None,
                       priority: int | None = None, delay: float | None = None) -> int:
-        return await self._client().enqueue(type, payload, queue=queue, priority=priority, delay=delay)
+        return await self._call(lambda c: c.enqueue(type, payload, queue=queue, priority=priority, delay=delay))
 

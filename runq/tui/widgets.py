@@ -32,6 +32,11 @@ __all__ = [
 ]
 
 _BLOCKS = " ▁▂▃▄▅▆▇█"
+#: the Gantt view and the phase strip draw with ASCII and colours only: block, box and middle-dot characters
+#: are of ambiguous East-Asian width, drawn two cells wide by some terminals (and tmux with some fonts and
+#: locales), which pushed each row's end over the edge (stray blocks at the ends of rows)
+_BAR = " "  # a bar cell: a space on the outcome's colour
+_EMPTY = "."  # a column with no attempt
 
 #: colour of a Gantt bar by how its attempt ended (None: still running)
 OUTCOME_STYLE: dict[str | None, str] = {
@@ -125,7 +130,7 @@ def render_lanes(lanes: Mapping[str, Sequence[Bar]], start: float, end: float, w
                     cells[c] = bar.outcome if bar.outcome is not None else "running"
             if c1 - c0 + 1 >= len(bar.type) + 2:
                 labels.append((c0, c1, bar.type))
-        chars = ["█" if c is not None else "·" for c in cells]
+        chars = [_BAR if c is not None else _EMPTY for c in cells]
         taken = -1  # last column of the latest label: concurrent attempts share a lane, their labels must not mix
         for c0, _c1, label in sorted(labels):
             if c0 <= taken:
@@ -138,7 +143,7 @@ def render_lanes(lanes: Mapping[str, Sequence[Bar]], start: float, end: float, w
         run: list[str] = []
         for ch, cell in zip(chars, cells, strict=True):
             style = "bright_black" if cell is None else OUTCOME_STYLE.get(None if cell == "running" else cell, "white")
-            if ch not in ("█", "·"):
+            if cell is not None:  # a bar, and its label in the bar's colour
                 style = f"reverse {style}"
             if style != run_style and run:
                 out.append("".join(run), style=run_style or None)
@@ -148,18 +153,13 @@ def render_lanes(lanes: Mapping[str, Sequence[Bar]], start: float, end: float, w
         if run:
             out.append("".join(run), style=run_style or None)
         out.append("\n")
-    out.append(" " * label_width)
-    out.append("█ succeeded", style="green")
-    out.append("  ")
-    out.append("█ running", style="bold yellow")
-    out.append("  ")
-    out.append("█ failed", style="red")
-    out.append("  ")
-    out.append("█ lost", style="magenta")
-    out.append("  ")
-    out.append("█ released", style="cyan")
-    out.append("  ")
-    out.append("█ cancelled", style="bright_black")
+    legend = Text(" " * label_width)
+    for name, style in (("succeeded", "green"), ("running", "bold yellow"), ("failed", "red"), ("lost", "magenta"),
+                        ("released", "cyan"), ("cancelled", "bright_black")):
+        legend.append("  ", style=f"reverse {style}")
+        legend.append(f" {name}  ", style=style)
+    legend.truncate(label_width + width)  # one line: cut, never wrapped onto a row of its own
+    out.append_text(legend)
     return out
 
 
@@ -221,10 +221,10 @@ def render_marks(events: Sequence[Mapping[str, Any]], start: float, end: float, 
     """The time axis under the phase strip: a mark per event at its time, and the span's two ends."""
     width = max(10, width)
     span = max(end - start, 1e-6)
-    cells: list[tuple[str, str]] = [("─", "bright_black")] * width
+    cells: list[tuple[str, str]] = [("-", "bright_black")] * width
     for ev in events:
         col = min(width - 1, max(0, int((float(ev["at"]) - start) / span * (width - 1))))
-        cells[col] = ("┴" if ev["kind"] not in ("enqueued", "scheduled") else "└",
+        cells[col] = ("^" if ev["kind"] not in ("enqueued", "scheduled") else "|",
                       _MARK_STYLE.get(str(ev["kind"]), "white"))
     out = Text(no_wrap=True, overflow="crop")
     for ch, style in cells:
@@ -235,7 +235,12 @@ def render_marks(events: Sequence[Mapping[str, Any]], start: float, end: float, 
 
 
 class LanesView(Static):
-    """The Gantt lanes of the timeline screen (drawn by ``render_lanes``)."""
+    """The Gantt lanes of the timeline screen (drawn by ``render_lanes``).
+
+    Its lines are cut at the widget's edge, never wrapped (Textual does not keep Rich's ``no_wrap``).
+    """
+
+    DEFAULT_CSS = "LanesView { text-wrap: nowrap; text-overflow: clip; }"
 
     def show(self, lanes: Mapping[str, Sequence[Bar]], start: float, end: float) -> None:
         width = max(20, (self.size.width or 100) - 16)

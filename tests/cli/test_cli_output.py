@@ -130,7 +130,7 @@ def test_tables_in_a_pipe_are_plain_rows(served: Served, done: dict[str, Any],
     assert rows[0].split() == ["TIME", "SINCE", "EVENT", "STATE", "ATTEMPT", "WORKER", "DETAIL"]
     kinds = [re.findall(r" (enqueued|started|failed|dead|ready|running) ", r) for r in rows[1:]]
     assert kinds == [["enqueued", "ready"], ["started", "running"], ["failed", "failed"], ["dead", "dead"]]
-    assert rows[3].endswith("ValueError: boom: x") and rows[4].endswith("1 attempts, retries spent")
+    assert rows[3].endswith("ValueError: boom: x") and rows[4].endswith(" 1 attempt, retries spent")
     for command in (["types"], ["tasks"], ["queues"], ["workers"], ["events", str(done["bad"]["id"])],
                     ["status", str(done["ok"]["id"])]):
         rc, out, _ = run(capsys, *command, "-s", served.address)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import signal
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ import trio
 from e2e_cluster import Cluster, wait_until
 
 from runq import SyncClient
+from runq.protocol.calls import Backoff
 from runq.protocol.supervisor import Supervisor
 
 pytestmark = pytest.mark.e2e
@@ -177,14 +179,37 @@ def test_reload_restarts_the_worker_when_its_code_changes(cluster: Cluster, tmp_
         sup.signal(signal.SIGTERM)
         assert sup.wait(20) == 0
     assert "changed: " in sup.output()
+    assert f"watching {code} for changes to *.py, *.pyx, *.pyd files (not under __pycache__, .git," in sup.output()
+
+
+@pytest.mark.trio
+async def test_reload_says_which_folder_and_files_it_watches(caplog: pytest.LogCaptureFixture, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             runq_env: dict[str, str]) -> None:
+    """``runq worker --reload`` watches the current folder unless told: its first line says which, and what."""
+    caplog.set_level(logging.INFO, logger="runq.supervisor")
+    monkeypatch.chdir(tmp_path)
+    sup = Supervisor(["--log-level", "NOPE", "worker", "e2e_tasks:worker"], 1, reload=True, env=runq_env,
+                     first_backoff=0.1)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sup.run)
+            sup.stop()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("watching")]
+    assert lines == [(f"watching {tmp_path} (the current folder; --reload-dir to choose) for changes to *.py, "
+                      "*.pyx, *.pyd files (not under __pycache__, .git, .hg, .svn, .tox, .venv, .idea, node_modules, "
+                      ".mypy_cache, .pytest_cache, .hypothesis)")]
 
 
 @pytest.mark.trio
 async def test_a_child_that_keeps_dying_is_restarted_with_growing_delays(caplog: pytest.LogCaptureFixture,
                                                                          runq_env: dict[str, str]) -> None:
-    """Children that exit at once (here: an unknown log level, exit 2) come back after 0.1, 0.2, 0.4 s..."""
+    """Children that exit at once (here: an unknown log level, exit 2) come back after 0.1, 0.2, 0.4 s...
+    (calls.Backoff: each jittered to between half and all of it)."""
     caplog.set_level(logging.INFO, logger="runq.supervisor")
-    sup = Supervisor(["--log-level", "NOPE", "worker", "e2e_tasks:worker"], 1, env=runq_env, first_backoff=0.1)
+    sup = Supervisor(["--log-level", "NOPE", "worker", "e2e_tasks:worker"], 1, env=runq_env, first_backoff=0.1,
+                     rng=random.Random(7))
+    same = Backoff(0.1, sup.max_backoff, random.Random(7))  # the policy the SDK reconnects with
 
     def delays() -> list[str]:
         return [r.getMessage().rsplit(" in ", 1)[1] for r in caplog.records if "starting another in" in r.getMessage()]
@@ -195,7 +220,9 @@ async def test_a_child_that_keeps_dying_is_restarted_with_growing_delays(caplog:
             while len(delays()) < 3:
                 await trio.sleep(0.01)
             sup.stop()
-    assert delays()[:3] == ["0.1s", "0.2s", "0.4s"]
+    assert delays()[:3] == [f"{same.next():.2f}s" for _ in range(3)]
+    seconds = [float(d.removesuffix("s")) for d in delays()[:3]]
+    assert 0.05 <= seconds[0] <= 0.1 and 0.1 <= seconds[1] <= 0.2 and 0.2 <= seconds[2] <= 0.4, seconds
     assert sup.exit_code == 0
 
 

@@ -136,10 +136,12 @@ async def test_every_screen_and_action(procs: Procs) -> None:
                 await pilot.press("c")
                 await pilot.press("y")
                 await until(pilot, lambda: (detail.current or {}).get("state") == "cancelled", what="cancelled")
-                assert "cancelled" in [r[3] for r in table_rows(app, "#events")]
+                # (the detail and its events table are refreshed by separate reads: wait for the event too)
+                await until(pilot, lambda: "cancelled" in [r[3] for r in table_rows(app, "#events")], what="cancelled event")
                 await pilot.press("r")
                 await until(pilot, lambda: (detail.current or {}).get("state") in ("ready", "running"), what="retried")
-                assert "retried" in [r[3] for r in table_rows(app, "#events")]
+                # (the detail and its events table are refreshed by separate reads: wait for the event too)
+                await until(pilot, lambda: "retried" in [r[3] for r in table_rows(app, "#events")], what="retried event")
                 await client.cancel(long_id)
                 await pilot.press("escape")
 
@@ -217,6 +219,8 @@ async def test_disconnected_banner_then_reconnect(procs: Procs) -> None:
             assert isinstance(source, LiveSource)
             await until(pilot, lambda: source.state.connected)
             await until(pilot, lambda: banner(app) == "")
+            client = source.client
+            assert client is not None and client.backoff is source.backoff  # one reconnect policy
             await anyio.to_thread.run_sync(procs.stop_server)
             await until(pilot, lambda: banner(app).startswith("DISCONNECTED"), what="banner")
             assert "reconnecting" in banner(app)
@@ -227,6 +231,7 @@ async def test_disconnected_banner_then_reconnect(procs: Procs) -> None:
             await until(pilot, lambda: source.state.connected, timeout=20, what="reconnected")
             await until(pilot, lambda: banner(app) == "")
             assert source.connects == 2
+            assert source.client is client and client.connections == 2  # the SDK client reconnected by itself
             async with Client(procs.address) as client:
                 tid = await client.enqueue("noop", None)
             await until(pilot, lambda: [r[0] for r in table_rows(app, "#tasks")][:1] == [str(tid)])

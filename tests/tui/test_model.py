@@ -121,7 +121,7 @@ def test_renderers() -> None:
     text = render_lanes(lanes.window(T, T + 100), T, T + 100, 100).plain.splitlines()
     assert text[0].strip().startswith("-1m40s") and text[0].rstrip().endswith("now")
     assert text[1].startswith("w1") and "resize_image" in text[1]
-    assert text[2].startswith("w2") and text[2].rstrip().endswith("█x████████")  # running, labelled
+    assert text[2].startswith("w2") and text[2].rstrip().endswith(". x")  # running (bar cells: coloured spaces), labelled
     assert "no attempts" in render_lanes({}, T, T + 100, 50).plain
 
 

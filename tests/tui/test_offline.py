@@ -5,15 +5,18 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 from test_live import SIZE, banner, table_rows, until
-from tui_helpers import Procs
+from test_robustness import make_db
+from textual.widgets._footer import FooterKey
+from tui_helpers import Procs, free_port
 
 from runq.protocol.client import Client
-from runq.tui import OfflineError, OfflineSource, RunqDashboard
-from runq.tui.screens import TaskDetailScreen, TasksScreen, TimelineScreen, WorkersScreen
+from runq.tui import LiveSource, OfflineError, OfflineSource, ReadOnly, RunqDashboard
+from runq.tui.screens import QueuesScreen, TaskDetailScreen, TasksScreen, TimelineScreen, WorkersScreen
 
 pytestmark = [pytest.mark.tui, pytest.mark.anyio]
 
@@ -51,11 +54,10 @@ async def test_offline_view_of_a_database_written_by_a_server(procs: Procs) -> N
             assert rows["default"][2:8] == ["0", "1", "0", "12", "0", "0"]
             assert rows["other"][1] == "paused" and rows["other"][5] == "1"
 
-            # actions are refused, nothing is asked
+            # actions are not offered: their keys do nothing, nothing is asked
             await pilot.press("p")
-            await pilot.press("y")
             await pilot.pause(0.2)
-            assert any("read-only" in str(n.message) for n in app._notifications)
+            assert isinstance(app.screen, QueuesScreen) and not app._notifications
 
             await pilot.press("2")
             assert isinstance(app.screen, WorkersScreen)
@@ -117,3 +119,52 @@ async def test_offline_while_a_server_writes(procs: Procs) -> None:
                 assert source.state.queues["default"].ready == 5
             finally:
                 await source.close()
+
+
+WRITES = {"toggle_pause", "enqueue", "cancel_task", "retry_task", "drain"}
+
+
+def offered(app: RunqDashboard) -> set[str]:
+    """The actions of the screen in view: its active bindings, checked against what its footer shows."""
+    actions = {b.binding.action for b in app.screen.active_bindings.values()}
+    footer = {k.action for k in app.screen.query(FooterKey)}
+    assert footer <= actions, footer - actions
+    return footer
+
+
+async def offered_per_screen(app: RunqDashboard, pilot: Any, tid: int) -> dict[str, set[str]]:
+    out = {}
+    for key, name in (("1", "queues"), ("2", "workers"), ("3", "tasks")):
+        await pilot.press(key)
+        await until(pilot, lambda: app.screen.query(FooterKey), what=f"footer of {name}")
+        out[name] = offered(app)
+    await app.push_screen(TaskDetailScreen(tid))
+    await until(pilot, lambda: app.screen.query(FooterKey), what="footer of the detail")
+    out["detail"] = offered(app)
+    return out
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_offline_offers_no_actions_live_does(tmp_path: Path) -> None:
+    """``runq tui --db FILE`` neither shows nor runs pause/resume, enqueue, cancel, retry or drain (it would
+    only refuse them); a live dashboard shows them on the same screens."""
+    db = make_db(tmp_path / "file.db")
+    with anyio.fail_after(30):
+        app = RunqDashboard(OfflineSource(db))
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: banner(app).startswith("OFFLINE"))
+            shown = await offered_per_screen(app, pilot, 3)
+            assert all(actions for actions in shown.values())  # the footer shows the rest
+            assert {n: a & WRITES for n, a in shown.items()} == {n: set() for n in shown}
+            await pilot.press("r", "c")  # keys of hidden actions: nothing is asked, nothing refused
+            await pilot.pause(0.2)
+            assert isinstance(app.screen, TaskDetailScreen) and not app._notifications
+            with pytest.raises(ReadOnly):  # the source still refuses, should anything call it
+                await app.source.retry(3)
+
+        live = RunqDashboard(LiveSource(f"127.0.0.1:{free_port()}"))  # no server: live all the same
+        async with live.run_test(size=SIZE) as pilot:
+            shown = await offered_per_screen(live, pilot, 3)
+            assert {n: a & WRITES for n, a in shown.items()} == {
+                "queues": {"toggle_pause", "enqueue"}, "workers": {"drain"},
+                "tasks": {"cancel_task", "retry_task", "enqueue"}, "detail": {"cancel_task", "retry_task"}}

@@ -42,7 +42,7 @@ class Retries(Delays):
             self.run_times.append((task.queue, task.type, now - (task.started_at or now), False))
         self._move(task, T.FAIL, now, worker=worker_id, detail=detail or _first_line(error))
         if task.attempt > task.max_retries:
-            self._move(task, T.EXHAUST, now, detail=f"{task.attempt} attempts, retries spent")
+            self._move(task, T.EXHAUST, now, detail=f"{task.attempt} attempt{'' if task.attempt == 1 else 's'}, retries spent")
             self._finish(task, now)
             return
         delay = retry_in if retry_in is not None else self.backoff(task.attempt)

@@ -18,7 +18,10 @@ if TYPE_CHECKING:
     from ..model import DashboardState
     from ..source import Source
 
-__all__ = ["DashboardScreen", "LoadingScreen", "describe"]
+__all__ = ["WRITE_ACTIONS", "DashboardScreen", "LoadingScreen", "describe"]
+
+#: the screens' actions that change the server: hidden from the footer and disabled on a read-only source
+WRITE_ACTIONS = frozenset({"toggle_pause", "enqueue", "cancel_task", "retry_task", "drain"})
 
 
 def describe(exc: BaseException) -> str:
@@ -48,10 +51,12 @@ class DashboardScreen(Screen[None]):
         self._composed = False  # set in on_mount (its widgets exist; Textual's is_mounted turns True after it)
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        # ASCII chrome: Textual's default header icon (U+2B58) and the footer's palette mark (U+258F) are of
+        # ambiguous width, drawn two cells wide by some terminals: the row then overflows its end
+        yield Header(icon="*")
         yield Static("", id="banner")
         yield from self.body()
-        yield Footer()
+        yield Footer(show_command_palette=False)
 
     def body(self) -> ComposeResult:
         yield from ()
@@ -110,6 +115,11 @@ class DashboardScreen(Screen[None]):
 
     def draw(self) -> None:
         """Fill the widgets from ``self.state``."""
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Textual's hook for bindings: an action that would change the server is not offered (neither shown
+        in the footer nor run by its key) when the source is read-only (``runq tui --db FILE``)."""
+        return not (action in WRITE_ACTIONS and self.source.offline)
 
     # ------------------------------------------------------------------ actions
     def run_action_call(self, call: Callable[[], Awaitable[Any]], done: str | Callable[[Any], str]) -> None:

@@ -58,6 +58,8 @@ class TasksScreen(LoadingScreen):
     TasksScreen #filters Label { height: 3; content-align: left middle; padding: 0 1; }
     TasksScreen #filters Input { width: 1fr; }
     TasksScreen #f-id { width: 16; }
+    TasksScreen #filters Input { border: ascii $border-blurred; }
+    TasksScreen #filters Input:focus { border: ascii $border; }
     TasksScreen DataTable { height: 1fr; }
     TasksScreen #count { height: 1; padding: 0 1; color: $text-muted; }
     """
@@ -190,7 +192,7 @@ class TaskDetailScreen(LoadingScreen):
     DEFAULT_CSS = """
     TaskDetailScreen VerticalScroll { height: 1fr; }
     TaskDetailScreen #summary { height: auto; padding: 0 1; }
-    TaskDetailScreen #strip { height: 4; padding: 0 1; }
+    TaskDetailScreen #strip { height: 4; padding: 0 1; text-wrap: nowrap; text-overflow: clip; }
     TaskDetailScreen #events { height: auto; max-height: 20; }
     TaskDetailScreen .section { height: auto; padding: 0 1; margin-top: 1; }
     """
