@@ -40,7 +40,7 @@ from __future__ import annotations
 from .effects import Effects
 from .model import EVENT_COLUMNS, EVENT_ROW_COLUMNS, TASK_COLUMNS, CoreConfig, ReadyQueue, Task, WorkerInfo, WorkerState
 from .queue import Core, TaskMissing
-from .records import EventRecord, NewTaskRecord, QueueRecord, RequestRecord, TaskRecord
+from .records import EventRecord, NewTaskRecord, QueueRecord, RequestRecord, TaskRecord, TaskRow
 from .requests import REQUEST_COLUMNS, Requests
 from .states import FINAL_STATES, STEPS, TRANSITIONS, IllegalTransition, State, Step, Transition, next_state
 from .stats import CoreStats
@@ -70,6 +70,7 @@ __all__ = [
     "Task",
     "TaskMissing",
     "TaskRecord",
+    "TaskRow",
     "TimerHeap",
     "Transition",
     "WorkerInfo",

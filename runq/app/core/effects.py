@@ -38,10 +38,8 @@ from .records import EventRecord, NewTaskRecord, QueueRecord, TaskRecord
 from .states import STEPS, IllegalTransition, State, Transition
 from .stats import CoreStats
 
-__all__ = ["ENQUEUE_STEP", "CoreBase", "Effects", "EventRow"]
+__all__ = ["ENQUEUE_STEP", "CoreBase", "Effects"]
 
-#: An event row as the core makes it (the name it had before records.py; kept for the modules that use it)
-EventRow = EventRecord
 _new = tuple.__new__
 
 # module-level aliases: attribute access on an Enum class goes through a descriptor

@@ -14,7 +14,8 @@ Why named tuples, not dataclasses: the store hands them to SQLite as they are (a
 column values, so a multi-row ``INSERT`` flattens them in C), and a read row becomes a record with one C call
 (``make_task(row)``: ``tuple.__new__``, no Python-level ``__init__``). On the hot paths the core builds them
 the same way (``_new(EventRecord, (...))``: about 60 ns more than a plain tuple, against 300 ns for the
-generated ``__new__``); elsewhere build them by name.
+generated ``__new__``); elsewhere build them by name. One exception: ``Store.load`` streams plain tuples
+(``TaskRow``, below).
 
 Rules of this file:
 
@@ -30,8 +31,8 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 __all__ = ["EVENT_COLUMNS", "EVENT_ROW_COLUMNS", "NEW_COLUMNS", "QUEUE_COLUMNS", "REQUEST_COLUMNS", "TASK_COLUMNS",
-           "EventRecord", "NewTaskRecord", "QueueRecord", "RequestRecord", "TaskRecord", "make_event", "make_request",
-           "make_task"]
+           "EventRecord", "NewTaskRecord", "QueueRecord", "RequestRecord", "TaskRecord", "TaskRow", "make_event",
+           "make_request", "make_task"]
 
 
 class TaskRecord(NamedTuple):
@@ -119,6 +120,15 @@ class QueueRecord(NamedTuple):
     name: str
     paused: bool
 
+
+#: A task as ``Store.load`` streams it at a restart: a plain tuple of ``TaskRecord``'s fields, in their order
+#: and with their types (tests/core/test_records.py holds them equal). The one place where a row crosses
+#: unnamed, for speed: a restart reads every live task, and naming each row (``make_task``, ~130 ns) then
+#: unpacking a tuple subclass (the interpreter's fast path takes exact tuples only) made a restart with a
+#: million queued tasks 0.3 s (9%) slower, measured. Recovery unpacks it whole (mypy checks the count and the
+#: types); ``TaskRecord(*row)`` names one.
+TaskRow = tuple[int, str, str, bytes, int, str, float | None, float, int, int, str | None, bytes | None, str | None,
+                bytes | None, float, float | None, float | None, str | None]
 
 #: Column order of a task row, as the store persists it.
 TASK_COLUMNS: tuple[str, ...] = TaskRecord._fields

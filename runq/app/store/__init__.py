@@ -44,13 +44,14 @@ from .base import (
     Store,
     StoreStats,
     TaskRecord,
+    TaskRow,
 )
 from .schema import SCHEMA_VERSION, migrate
 from .sqlite import SQLiteStore
 
 __all__ = ["SCHEMA_VERSION", "Batch", "EventRecord", "Leadership", "NewTaskRecord", "NotLeader", "Notify", "QueueRecord",
            "RequestRecord", "SQLiteStore", "SchemaTooNew", "Store", "StoreError", "StoreInUse", "StoreStats",
-           "TaskRecord", "migrate", "open_store"]
+           "TaskRecord", "TaskRow", "migrate", "open_store"]
 
 
 def open_store(db: str, synchronous: str = "NORMAL", notify: Notify | None = None) -> Store:

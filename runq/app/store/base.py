@@ -31,10 +31,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..core.records import EventRecord, NewTaskRecord, QueueRecord, RequestRecord, TaskRecord
+from ..core.records import EventRecord, NewTaskRecord, QueueRecord, RequestRecord, TaskRecord, TaskRow
 
 __all__ = ["Batch", "EventRecord", "Leadership", "NewTaskRecord", "Notify", "QueueRecord", "RequestRecord", "Store",
-           "StoreStats", "TaskRecord"]
+           "StoreStats", "TaskRecord", "TaskRow"]
 
 #: how a store hands ``on_done`` callbacks back (the server passes its trio token's ``run_sync_soon``)
 Notify = Callable[[Callable[[], None]], None]
@@ -114,8 +114,9 @@ class Store(Protocol):
         ...
 
     # ------------------------------------------------------------------ startup (before ``start``)
-    def load(self) -> tuple[Iterator[TaskRecord], list[str], int]:
-        """Return (the live tasks in id order, streamed; the paused queues; the next free task id).
+    def load(self) -> tuple[Iterator[TaskRow], list[str], int]:
+        """Return (the live tasks in id order, streamed, as ``TaskRow`` tuples (not records: records.py says
+        why); the paused queues; the next free task id).
 
         Ids never go back: the next id is above every id ever stored, pruned ones included.
         """

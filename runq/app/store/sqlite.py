@@ -31,10 +31,11 @@ back to that size when the WAL starts over (``journal_size_limit``, docs/operati
 Reads (``get_task``, ``list_tasks``, ``events``, ...) use a second connection
 opened read-only; the caller serialises them (one thread at a time). Their SQL
 is queries.py's (the offline dashboard reads with it too); rows come back as the
-records of runq/app/core/records.py, made in C (``make_task``: no per-row Python).
+records of runq/app/core/records.py, made in C (``make_task``: no per-row Python);
+``load`` streams plain ``TaskRow`` tuples (records.py says why).
 
-A ``Store`` is the only writer of its file: it holds an exclusive ``flock`` on
-``<path>-lock`` while open, and a second ``Store`` on the same file (a second
+A ``SQLiteStore`` is the only writer of its file: it holds an exclusive ``flock`` on
+``<path>-lock`` while open, and a second one on the same file (a second
 ``runq serve --db`` on it) is refused with ``StoreInUse`` before it reads or
 writes anything. Two servers on one file would each take the other's running
 tasks for crashed ones and run them again, and hand out the same ids. Read-only
@@ -65,9 +66,11 @@ from ..core.records import (
     REQUEST_COLUMNS,
     TASK_COLUMNS,
     EventRecord,
+    NewTaskRecord,
     QueueRecord,
     RequestRecord,
     TaskRecord,
+    TaskRow,
     make_event,
     make_request,
     make_task,
@@ -207,7 +210,6 @@ class SQLiteStore:
         conn.execute("PRAGMA temp_store=MEMORY")
         return conn
 
-    # ------------------------------------------------------------------ startup
     # ------------------------------------------------------------------ leadership
     def leadership(self) -> Leadership:
         """Always the leader, term 1, while open: the exclusive lock taken when it opened is the leadership
@@ -221,7 +223,8 @@ class SQLiteStore:
         """With ``synchronous=FULL`` a commit waits for an fsync: not in the caller's thread."""
         return self.synchronous == "NORMAL"
 
-    def load(self) -> tuple[Iterator[TaskRecord], list[str], int]:
+    # ------------------------------------------------------------------ startup
+    def load(self) -> tuple[Iterator[TaskRow], list[str], int]:
         """Return (live task rows in id order, paused queue names, next id).
 
         The rows are streamed (a million queued tasks never sit in one list) from
@@ -230,7 +233,7 @@ class SQLiteStore:
         """
         path = self.path
 
-        def rows() -> Iterator[TaskRecord]:
+        def rows() -> Iterator[TaskRow]:
             conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
             try:
                 conn.execute("PRAGMA cache_size=-8192")
@@ -240,12 +243,12 @@ class SQLiteStore:
                     first = cur.fetchone()
                     if first is not None:
                         streams.append((first, cur))
-                if len(streams) == 1:  # the usual restart: one state holds all (a cursor and map iterate in C)
+                if len(streams) == 1:  # the usual restart: one state holds all (a cursor iterates in C)
                     first, cur = streams[0]
-                    yield make_task(first)
-                    yield from map(make_task, cur)
+                    yield first
+                    yield from cur
                 else:  # rows start with their unique id, so tuple order is id order
-                    yield from map(make_task, heapq.merge(*(itertools.chain((first,), cur) for first, cur in streams)))
+                    yield from heapq.merge(*(itertools.chain((first,), cur) for first, cur in streams))
             finally:
                 conn.close()
 
@@ -389,7 +392,7 @@ class SQLiteStore:
         ``begun``: the caller has begun the transaction (``BEGIN IMMEDIATE``).
         """
         rows: dict[int, TaskRecord] = {}
-        new_rows: list[Any] = []
+        new_rows: list[NewTaskRecord] = []
         events: list[EventRecord] = []
         queue_ops: list[QueueRecord] = []
         requests: dict[int, RequestRecord] = {}
@@ -531,8 +534,8 @@ class SQLiteStore:
         stored = list(map(make_event, conn.execute(queries.EVENTS_SQL, (task_id,))))
         if not queries.needs_enqueued(stored):
             return stored
-        created = conn.execute(queries.CREATED_AT_SQL, (task_id,)).fetchone()
-        return queries.timeline(task_id, stored, None if created is None else created[0])
+        created = next((at for (at,) in conn.execute(queries.CREATED_AT_SQL, (task_id,))), None)
+        return queries.timeline(task_id, stored, created)
 
     def list_tasks(self, state: str | None = None, queue: str | None = None, type: str | None = None,
                    limit: int = 100, cursor: int | None = None) -> list[TaskRecord]:
