@@ -42,7 +42,7 @@ async def test_a_server_whose_store_does_not_lead_does_not_serve_nor_recover(tmp
                                      None, 1.0, 2.0, None, "w1").row()]))
     store.close()
     port = free_port()
-    server = Server(ServerConfig(db=db, port=port), store=follower)
+    server = Server(ServerConfig(db=db, port=port), store_factory=follower)
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             with pytest.raises(NotLeader, match=r"led by server B \(term 7\)") as info:

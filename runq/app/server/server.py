@@ -143,14 +143,15 @@ class Server:
     Args:
         config: settings.
         clock: wall clock for stored timestamps (default: follows trio's clock).
-        store: opens the store, as ``runq.app.store.open_store(db, synchronous, notify)`` (the default) does.
+        store_factory: opens the store, called as ``runq.app.store.open_store(db, synchronous, notify)`` (the
+            default) is.
     """
 
     def __init__(self, config: ServerConfig, clock: Callable[[], float] | None = None,
-                 store: Callable[[str, str, Notify], Store] = open_store) -> None:
+                 store_factory: Callable[[str, str, Notify], Store] = open_store) -> None:
         config.check()
         self.config = config
-        self._open_store = store
+        self._open_store = store_factory
         self._clock_arg = clock
         self.clock: Callable[[], float] = clock or time.time
         self.core = Core(config.core)
