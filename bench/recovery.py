@@ -2,7 +2,7 @@
 
     python -m bench.recovery [--tasks 1000000] [--profile DIR]
 
-Builds a database holding N ready tasks in the queue `default` (written directly through runq's Store,
+Builds a database holding N ready tasks in the queue `default` (written directly through runq's SQLiteStore,
 exactly the rows an enqueue writes: the short first insert and no event row, since the timeline's
 `enqueued` event of a task ready at once is synthesised from the row; each task has its own small msgpack
 payload {"n": i}), then times `runq serve` from launch until it serves: its
@@ -26,14 +26,14 @@ import msgpack
 
 from runq import SyncClient
 from runq.app.core import State, Task
-from runq.app.store import Batch, Store
+from runq.app.store import Batch, SQLiteStore
 
 from .common import Spy, fmt, rss_mb, start_server, stop_process
 
 
 def build(db: str, n: int, chunk: int = 100_000) -> None:
     """Write ``n`` ready tasks (ids 1..n) as the server writes enqueued ones."""
-    store = Store(db)
+    store = SQLiteStore(db)
     try:
         now = time.time()
         ready = State.READY

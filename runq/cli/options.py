@@ -210,10 +210,7 @@ class RunqCommand(click.Command):
 def _is_runq_error(exc: BaseException) -> bool:
     from ..protocol.errors import RunqError
 
-    if isinstance(exc, RunqError):
-        return True
-    store = sys.modules.get("runq.app.store.sqlite")  # (only loaded when the command opened a database)
-    return store is not None and isinstance(exc, store.StoreError)
+    return isinstance(exc, RunqError)  # (the store's errors too: runq.app.errors)
 
 
 def _stdout_to_devnull() -> None:

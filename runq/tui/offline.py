@@ -10,8 +10,9 @@ the rates and the Gantt lanes are read again. The source's clock (``now``) is
 the time of the file's latest event or enqueue, so an old file shows its last
 minutes, not an empty present. Actions raise ``ReadOnly``.
 
-The SQL below reads the schema of ``runq/app/store/schema.py`` (version 1)
-without importing it: the dashboard never imports server internals.
+The columns, the task-list and timeline queries and the rule that rebuilds a
+timeline's unstored ``enqueued`` event are the store's own (runq/app/store/queries.py,
+which imports neither the server nor the HTTP layer: the dashboard never does).
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from urllib.parse import quote
 
 import aiosqlite
 
+from ..app.core.records import make_event, make_task
+from ..app.store import queries
+from ..app.store.schema import SCHEMA_VERSION
 from ..protocol.errors import RunqError, TaskNotFound
 from ..protocol.values import decode_task
 from .model import COMPLETE_KINDS, DashboardState, Lanes, RateSeries, WorkerRow
@@ -33,18 +37,8 @@ from .source import Source, TaskPage
 __all__ = ["OfflineError", "OfflineSource"]
 
 POLL_SECONDS = 2.0
-SCHEMA_VERSION = 4  # the newest schema the SQL below reads (``PRAGMA user_version``; 2, 3 and 4 only touched
-#                    the requests table, which the dashboard does not read)
-TASK_COLUMNS = ("id", "queue", "type", "payload", "priority", "state", "run_at", "timeout", "max_retries", "attempt",
-                "key", "result", "error", "progress", "created_at", "started_at", "finished_at", "worker")
-EVENT_COLUMNS = ("task_id", "at", "kind", "state", "worker", "attempt", "detail")
-_TASK_SQL = ", ".join(TASK_COLUMNS)
-_EVENT_SQL = ", ".join(EVENT_COLUMNS)
-
-
 #: one query per table, naming every column read below: a file without them is refused up front
-_PROBES = (f"SELECT {_TASK_SQL} FROM tasks LIMIT 0", f"SELECT id, {_EVENT_SQL} FROM events LIMIT 0",
-           "SELECT name, paused FROM queues LIMIT 0")
+_PROBES = queries.PROBES
 
 
 def _check_version(path: str, version: int) -> None:
@@ -207,38 +201,20 @@ class OfflineSource(Source):
     # ------------------------------------------------------------------ reads
     async def list_tasks(self, *, state: str | None = None, queue: str | None = None, type: str | None = None,
                          limit: int = 100, cursor: int | None = None) -> TaskPage:
-        where: list[str] = []
-        args: list[Any] = []
-        for col, val in (("state", state), ("queue", queue), ("type", type)):
-            if val is not None:
-                where.append(f"{col} = ?")
-                args.append(val)
-        if cursor is not None:
-            where.append("id < ?")
-            args.append(cursor)
-        sql = f"SELECT {_TASK_SQL} FROM tasks"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY id DESC LIMIT ?"
-        rows = await self._all(sql, (*args, limit))
-        tasks = [decode_task(dict(zip(TASK_COLUMNS, r, strict=True))) for r in rows]
+        sql, args = queries.task_list_query(state, queue, type, limit, cursor)
+        rows = await self._all(sql, tuple(args))
+        tasks = [decode_task(make_task(r)._asdict()) for r in rows]
         return tasks, (tasks[-1]["id"] if len(tasks) == limit else None)
 
     async def get(self, task_id: int) -> dict[str, Any]:
-        rows = await self._all(f"SELECT {_TASK_SQL} FROM tasks WHERE id = ?", (task_id,))
+        rows = await self._all(queries.TASK_BY_ID_SQL, (task_id,))
         if not rows:
             raise TaskNotFound("not_found", f"no task {task_id} in {self.path}")
-        return decode_task(dict(zip(TASK_COLUMNS, rows[0], strict=True)))
+        return decode_task(make_task(rows[0])._asdict())
 
     async def events(self, task_id: int) -> list[dict[str, Any]]:
-        rows = await self._all(f"SELECT {_EVENT_SQL} FROM events WHERE task_id = ? ORDER BY id", (task_id,))
-        events = [dict(zip(EVENT_COLUMNS, r, strict=True)) for r in rows]
-        if events and events[0]["kind"] in ("enqueued", "scheduled"):
-            return events
-        # a task ready at once has no stored 'enqueued' row: it is the task's created_at
-        created = await self._all("SELECT created_at FROM tasks WHERE id = ?", (task_id,))
-        if not created:
-            return events
-        first = {"task_id": task_id, "at": created[0][0], "kind": "enqueued", "state": "ready", "worker": None,
-                 "attempt": 0, "detail": None}
-        return [first, *events]
+        stored = [make_event(r) for r in await self._all(queries.EVENTS_SQL, (task_id,))]
+        created = None
+        if queries.needs_enqueued(stored):
+            created = next((at for (at,) in await self._all(queries.CREATED_AT_SQL, (task_id,))), None)
+        return [e.as_dict() for e in queries.timeline(task_id, stored, created)]

@@ -39,7 +39,7 @@ async def test_enqueue_then_read_the_task(api: Api) -> None:
     assert body["max_retries"] == 1 and body["timeout"] == 30 and body["key"] == "img-1"
     # committed before the answer: the database has it
     row = api.server.store.get_task(tid)  # type: ignore[union-attr]
-    assert row is not None and row[1] == "images"
+    assert row is not None and row.queue == "images"
 
     r = await api.client.get(f"/api/tasks/{tid}")
     assert r.status_code == 200

@@ -8,7 +8,9 @@ module                    concern
 ``states.py``             the ONE transition table (``TRANSITIONS``, and ``STEPS``: the same with its stored
                           names precomputed); ``IllegalTransition``
 ``model.py``              the records: ``Task``, ``WorkerInfo`` and ``WorkerState``, ``ReadyQueue``,
-                          ``CoreConfig``, the column orders
+                          ``CoreConfig``
+``records.py``            what crosses to the store and back: ``TaskRecord``, ``NewTaskRecord``,
+                          ``EventRecord``, ``RequestRecord``, ``QueueRecord``; the column orders
 ``effects.py``            the shared state of the concerns (``CoreBase``), the effect buffers (``Effects``),
                           and the one path of a state change (``_move``; ``ENQUEUE_STEP`` for enqueue)
 ``timers.py``             the ONE timer heap of every deadline, entries ``(when, kind, key, ...)``, each kind's
@@ -44,6 +46,7 @@ from .effects import Effects
 from .limits import LIMIT_COLUMNS, BreakerStatus, BucketStatus, Limit, LimitEvent, LimitRow, Scope, Waiting
 from .model import EVENT_COLUMNS, EVENT_ROW_COLUMNS, TASK_COLUMNS, CoreConfig, ReadyQueue, Task, WorkerInfo, WorkerState
 from .queue import Core, TaskMissing
+from .records import EventRecord, NewTaskRecord, QueueRecord, RequestRecord, TaskRecord, TaskRow
 from .requests import REQUEST_COLUMNS, Requests
 from .states import FINAL_STATES, STEPS, TRANSITIONS, IllegalTransition, State, Step, Transition, next_state
 from .stats import CoreStats
@@ -69,18 +72,24 @@ __all__ = [
     "CoreConfig",
     "CoreStats",
     "Effects",
+    "EventRecord",
     "IllegalTransition",
     "Limit",
     "LimitError",
     "LimitEvent",
     "LimitRow",
+    "NewTaskRecord",
+    "QueueRecord",
     "ReadyQueue",
+    "RequestRecord",
     "Requests",
     "Scope",
     "State",
     "Step",
     "Task",
     "TaskMissing",
+    "TaskRecord",
+    "TaskRow",
     "TimerHeap",
     "Transition",
     "Waiting",

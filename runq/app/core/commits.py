@@ -38,11 +38,12 @@ Rules of this file:
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from ...protocol.messages import TaskSpec
-from .effects import CoreBase, EventRow
+from .effects import CoreBase
 from .model import Task
+from .records import EventRecord, NewTaskRecord, QueueRecord, RequestRecord, TaskRecord
 from .states import FINAL_STATES, State
 
 if TYPE_CHECKING:
@@ -71,11 +72,11 @@ class Answer(Protocol):
 class Writes(Protocol):
     """What a batch wrote, as the policy reads it (the store's ``Batch``)."""
 
-    rows: list[tuple[Any, ...]]
-    new_rows: list[tuple[Any, ...]]
-    events: list[tuple[Any, ...]]
-    queue_ops: list[tuple[str, bool]]
-    requests: list[tuple[Any, ...]]
+    rows: list[TaskRecord]
+    new_rows: list[NewTaskRecord]
+    events: list[EventRecord]
+    queue_ops: list[QueueRecord]
+    requests: list[RequestRecord]
 
 
 A = TypeVar("A", bound=Answer)
@@ -146,11 +147,11 @@ class Rollback(CoreBase):
             self.stats.enqueued -= 1
             gone.add(tid)
         if gone:
-            self._events = [e for e in self._events if e[0] not in gone]
+            self._events = [e for e in self._events if e.task_id not in gone]
         return gone
 
-    def restore_effects(self, task_ids: list[int], events: list[EventRow], queue_ops: list[tuple[str, bool]],
-                        rows: Iterable[tuple[Any, ...]] = ()) -> None:
+    def restore_effects(self, task_ids: list[int], events: list[EventRecord], queue_ops: list[QueueRecord],
+                        rows: Iterable[TaskRecord] = ()) -> None:
         """Put back the writes of a batch that failed to commit, so the next one retries them.
 
         Rows are rewritten from the tasks' current state (never an older snapshot). A task no longer in
@@ -164,8 +165,8 @@ class Rollback(CoreBase):
             if t is not None:
                 dirty[tid] = t
         for row in rows:
-            tid = row[0]
-            if row[5] in _FINAL_NAMES and tid not in dirty and tid not in tasks and tid not in finished:
+            tid = row.id
+            if row.state in _FINAL_NAMES and tid not in dirty and tid not in tasks and tid not in finished:
                 dirty[tid] = Task.from_row(row)
         self._events[:0] = events
         self._queue_ops[:0] = queue_ops
@@ -217,8 +218,9 @@ class CommitPolicy:
                 if created:
                     forgotten |= core.forget(created)
                 tell.append(ack)
-            core.restore_effects([r[0] for r in batch.rows + batch.new_rows if r[0] not in forgotten],
-                                 [e for e in batch.events if e[0] not in forgotten], batch.queue_ops, batch.rows)
+            core.restore_effects([r.id for r in batch.rows if r.id not in forgotten]
+                                 + [r.id for r in batch.new_rows if r.id not in forgotten],
+                                 [e for e in batch.events if e.task_id not in forgotten], batch.queue_ops, batch.rows)
             for tid in forgotten:
                 gone[tid] = submitted
             if gone:

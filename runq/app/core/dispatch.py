@@ -40,6 +40,7 @@ from typing import Any
 
 from .limits import Limits
 from .model import QUEUED, ReadyQueue, Task, WorkerInfo, WorkerState
+from .records import QueueRecord
 from .states import Transition
 
 __all__ = ["Dispatch"]
@@ -70,14 +71,14 @@ class Dispatch(Limits):
         q = self._queue(queue)
         if not q.paused:
             q.paused = True
-            self._queue_ops.append((queue, True))
+            self._queue_ops.append(QueueRecord(queue, True))
 
     def resume(self, queue: str, now: float) -> None:
         """Dispatch from ``queue`` again."""
         q = self._queue(queue)
         if q.paused:
             q.paused = False
-            self._queue_ops.append((queue, False))
+            self._queue_ops.append(QueueRecord(queue, False))
             self._pump_needed = True
 
     # ------------------------------------------------------------------ the round

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...protocol.messages import TypeOptions
 from .model import CoreConfig, ReadyQueue, Task, WorkerInfo
+from .records import EventRecord, NewTaskRecord, QueueRecord, TaskRecord
 from .states import STEPS, IllegalTransition, State, Transition
 from .stats import CoreStats
 
@@ -44,10 +45,9 @@ if TYPE_CHECKING:
     from .breakers import Breaker, BreakerRow
     from .limits import Bucket, LimitEvent, LimitRow, Scope
 
-__all__ = ["ENQUEUE_STEP", "CoreBase", "Effects", "EventRow"]
+__all__ = ["ENQUEUE_STEP", "CoreBase", "Effects"]
 
-#: An event row as the core makes it (``EVENT_ROW_COLUMNS``).
-EventRow = tuple[int, float, str, str, "str | None", int, "str | None", int]
+_new = tuple.__new__
 
 # module-level aliases: attribute access on an Enum class goes through a descriptor
 SCHEDULED, READY, RUNNING, SUCCEEDED, DEAD = State.SCHEDULED, State.READY, State.RUNNING, State.SUCCEEDED, State.DEAD
@@ -59,9 +59,9 @@ class Effects:
     """What one batch of inputs asks the I/O layer to do.
 
     Attributes:
-        rows: whole task rows (``TASK_COLUMNS``) to write.
-        new_rows: rows of tasks written for the first time, still as enqueued (``NEW_COLUMNS``).
-        events: event rows (``EVENT_ROW_COLUMNS``) to append.
+        rows: whole task rows to write.
+        new_rows: rows of tasks written for the first time, still as enqueued (the short insert).
+        events: event rows to append.
         outbox: messages to send, per worker id.
         notices: (event row, task) pairs for live subscribers (only while ``observed``).
         logs: (level, text) lines for the operator.
@@ -76,13 +76,13 @@ class Effects:
 
     def __init__(
         self,
-        rows: list[tuple[Any, ...]],
-        events: list[EventRow],
+        rows: list[TaskRecord],
+        events: list[EventRecord],
         outbox: dict[str, list[dict[str, Any]]],
-        notices: list[tuple[EventRow, Task]],
+        notices: list[tuple[EventRecord, Task]],
         logs: list[tuple[str, str]],
-        queue_ops: list[tuple[str, bool]],
-        new_rows: list[tuple[Any, ...]] | None = None,
+        queue_ops: list[QueueRecord],
+        new_rows: list[NewTaskRecord] | None = None,
         limit_rows: list[tuple[Scope, LimitRow | None]] | None = None,
         breaker_rows: list[tuple[str, BreakerRow | None]] | None = None,
         limit_events: list[LimitEvent] | None = None,
@@ -151,11 +151,11 @@ class CoreBase:
         self.observed = False
         self._dirty: dict[int, Task] = {}
         self._new: set[int] = set()
-        self._events: list[EventRow] = []
+        self._events: list[EventRecord] = []
         self._outbox: dict[str, list[dict[str, Any]]] = {}
-        self._notices: list[tuple[EventRow, Task]] = []
+        self._notices: list[tuple[EventRecord, Task]] = []
         self._logs: list[tuple[str, str]] = []
-        self._queue_ops: list[tuple[str, bool]] = []
+        self._queue_ops: list[QueueRecord] = []
         self._pump_needed = False
         #: whether any limit or breaker is configured (limits.py): dispatch reads only this flag without one
         self._limited = False
@@ -172,8 +172,8 @@ class CoreBase:
     # ------------------------------------------------------------------ effects
     def _take(self) -> Effects:
         """Return and clear the effects buffered since the last call (rule 2)."""
-        rows = []
-        new_rows = []
+        rows: list[TaskRecord] = []
+        new_rows: list[NewTaskRecord] = []
         new = self._new
         for t in self._dirty.values():
             if t.id in new and t.attempt == 0 and (t.state is READY or t.state is SCHEDULED) and t.progress is None:
@@ -228,7 +228,7 @@ class CoreBase:
         totals[kind] += 1
         eid = self.next_event_id
         self.next_event_id = eid + 1
-        row = (task.id, now, kind, name, worker, task.attempt, detail, eid)
+        row: EventRecord = _new(EventRecord, (task.id, now, kind, name, worker, task.attempt, detail, eid))
         self._events.append(row)
         self._dirty[task.id] = task
         if self.observed:

@@ -38,6 +38,7 @@ from __future__ import annotations
 from typing import Any
 
 from .model import Task, WorkerInfo, WorkerState
+from .records import EventRecord
 from .retries import Retries
 from .states import State, Transition
 from .timers import BACKSTOP, SILENCE
@@ -126,8 +127,8 @@ class Leases(Retries):
         if task is not None:  # (an unknown id gets no event: there is no timeline to add it to)
             eid = self.next_event_id
             self.next_event_id = eid + 1
-            self._events.append((task.id, now, "late_result", state, worker_id,
-                                 lease if type(lease) is int else -1, f"{what} refused: lease not held", eid))
+            self._events.append(EventRecord(task.id, now, "late_result", state, worker_id,
+                                            lease if type(lease) is int else -1, f"{what} refused: lease not held", eid))
         return None
 
     def done(self, worker_id: str, results: list[Any], now: float) -> None:
@@ -184,8 +185,8 @@ class Leases(Retries):
         task.progress = value
         self._dirty[task.id] = task
         if self.observed:
-            self._notices.append(((task.id, now, "progress", task.state.value, worker_id, task.attempt, None, 0),
-                                  task))  # (live only: not stored)
+            self._notices.append((EventRecord(task.id, now, "progress", task.state.value, worker_id, task.attempt,
+                                              None, 0), task))  # (live only: not stored)
 
     def release(self, worker_id: str, task_ids: list[Any], now: float) -> None:
         """Graceful hand-back: the tasks go back to ready without counting the attempt.

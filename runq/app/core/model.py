@@ -4,8 +4,8 @@ Theory of operation
 -------------------
 A ``Task`` is one mutable, slotted object per live task (a million queued tasks
 must fit in a few hundred bytes each: no ``__dict__``, no per-task object beside
-it); the core changes it in place and the store reads it back as a row in
-``TASK_COLUMNS`` order (``row``, ``new_row``, ``from_row``). A ``WorkerInfo`` is
+it); the core changes it in place and the store reads it back as a ``TaskRecord``
+(``row``, ``new_row``, ``from_row``; the records and column orders are in records.py). A ``WorkerInfo`` is
 a connected worker as the core sees it: its queues and concurrency, its credit,
 what it holds (``running``, and ``unarmed`` for tasks prefetched beyond its
 concurrency), and its ``WorkerState``. A ``ReadyQueue`` holds one named queue's
@@ -15,8 +15,8 @@ Rules of this file:
 
 1. Records only: no rule of the queue lives here (those are in the concern
    modules of this package); a method here keeps its own record consistent.
-2. The column orders are the store's and the protocol's: changing one is a
-   schema change (docs/protocol.md section 8 is checked against them).
+2. ``Task``'s stored attributes are ``TaskRecord``'s fields, in their order (``__slots__`` is built from
+   ``TASK_COLUMNS``): changing one is a schema change (records.py, rule 2).
 """
 
 from __future__ import annotations
@@ -27,26 +27,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from .records import EVENT_COLUMNS, EVENT_ROW_COLUMNS, NEW_COLUMNS, TASK_COLUMNS, NewTaskRecord, TaskRecord
 from .states import State
 
-__all__ = ["EVENT_COLUMNS", "EVENT_ROW_COLUMNS", "NEW_COLUMNS", "TASK_COLUMNS", "CoreConfig", "ReadyQueue", "Task", "WorkerInfo",
-           "WorkerState"]
-
-#: Column order of a task row, as the store persists it.
-TASK_COLUMNS = (
-    "id", "queue", "type", "payload", "priority", "state", "run_at", "timeout", "max_retries",
-    "attempt", "key", "result", "error", "progress", "created_at", "started_at", "finished_at", "worker",
-)
-#: Columns written for a task that was just enqueued (the others are NULL or 0): a shorter insert.
-NEW_COLUMNS = ("id", "queue", "type", "payload", "priority", "state", "run_at", "timeout", "max_retries", "key",
-               "created_at")
-#: Column order of an event row (the timeline / audit log).
-EVENT_COLUMNS = ("task_id", "at", "kind", "state", "worker", "attempt", "detail")
-#: Column order of an event row as the core makes it: the event's id last. The core numbers its events in the
-#: order they happen, so a timeline read by id is in that order even when a failed commit is retried after
-#: later ones committed.
-EVENT_ROW_COLUMNS = (*EVENT_COLUMNS, "id")
-
+__all__ = ["EVENT_COLUMNS", "EVENT_ROW_COLUMNS", "NEW_COLUMNS", "TASK_COLUMNS", "CoreConfig", "ReadyQueue", "Task",
+           "WorkerInfo", "WorkerState"]
 
 @dataclass
 class CoreConfig:
@@ -72,6 +57,7 @@ class CoreConfig:
 
 
 _STATES = {s.value: s for s in State}
+_new = tuple.__new__
 
 
 #: ``Task.queued``: no entry in a ready queue / a live entry / a stale entry still in its deque (skipped).
@@ -138,18 +124,18 @@ class Task:
         self.queued = NOT_QUEUED
         self.lease = attempt
 
-    def row(self) -> tuple[Any, ...]:
-        """The task as a store row, in ``TASK_COLUMNS`` order."""
-        return (
+    def row(self) -> TaskRecord:
+        """The task as the store keeps it (built with ``tuple.__new__``: runq/app/core/records.py)."""
+        return _new(TaskRecord, (
             self.id, self.queue, self.type, self.payload, self.priority, self.state._value_, self.run_at,
             self.timeout, self.max_retries, self.attempt, self.key, self.result, self.error, self.progress,
             self.created_at, self.started_at, self.finished_at, self.worker,
-        )
+        ))
 
-    def new_row(self) -> tuple[Any, ...]:
-        """The task as first written, in ``NEW_COLUMNS`` order."""
-        return (self.id, self.queue, self.type, self.payload, self.priority, self.state._value_, self.run_at,
-                self.timeout, self.max_retries, self.key, self.created_at)
+    def new_row(self) -> NewTaskRecord:
+        """The task as first written (the short insert)."""
+        return _new(NewTaskRecord, (self.id, self.queue, self.type, self.payload, self.priority, self.state._value_,
+                                    self.run_at, self.timeout, self.max_retries, self.key, self.created_at))
 
     def as_dict(self) -> dict[str, Any]:
         """The task as a wire/JSON-ready map (bytes fields stay bytes)."""
@@ -158,8 +144,8 @@ class Task:
         return d
 
     @classmethod
-    def from_row(cls, row: tuple[Any, ...]) -> Task:
-        """Rebuild a task from a store row."""
+    def from_row(cls, row: TaskRecord) -> Task:
+        """Rebuild a task from its stored record (unpacked in field order: mypy checks the count and types)."""
         t = cls.__new__(cls)
         (t.id, t.queue, t.type, t.payload, t.priority, state, t.run_at, t.timeout, t.max_retries,
          t.attempt, t.key, t.result, t.error, t.progress, t.created_at, t.started_at, t.finished_at,

@@ -53,13 +53,14 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from ...protocol.errors import RunqError
 from ...protocol.messages import TaskSpec
+from ..errors import TaskMissing
 from .commits import A, CommitPolicy, Rollback, Settlement, Writes
 from .dispatch import Dispatch
 from .effects import ENQUEUE_STEP, Effects
 from .limits import Waiting
 from .model import CoreConfig, Task
+from .records import EventRecord
 from .recovery import Recovery
 from .states import FINAL_STATES, TRANSITIONS, IllegalTransition, State, Transition
 from .stats import queue_stats, task_types
@@ -69,12 +70,7 @@ __all__ = ["Core", "TaskMissing"]
 
 S, T = State, Transition
 T_SCHEDULE = T.SCHEDULE
-
-
-class TaskMissing(RunqError):
-    """No live or recently finished task has this id (the store may still have it)."""
-
-    code = "not_found"
+_new = tuple.__new__
 
 
 class Core(Dispatch, Recovery, Rollback):
@@ -175,7 +171,7 @@ class Core(Dispatch, Recovery, Rollback):
             task.state = ready_state
             dirty[tid] = task
             if notices is not None:
-                notices.append(((tid, now, kind, name, None, 0, None, 0), task))  # (not stored: rule 1)
+                notices.append((_new(EventRecord, (tid, now, kind, name, None, 0, None, 0)), task))  # (not stored: rule 1)
             qname = task.queue
             q = queues.get(qname)
             if q is None:

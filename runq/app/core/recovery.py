@@ -31,6 +31,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .model import NOT_QUEUED, Task
+from .records import TaskRow
 from .states import State, Transition
 from .timers import DELAY, Delays
 
@@ -42,12 +43,12 @@ S, T = State, Transition
 class Recovery(Delays):
     """Rebuilding at start (see the module docstring)."""
 
-    def recover(self, rows: Iterable[tuple[Any, ...]], paused: list[str], next_id: int, now: float,
+    def recover(self, rows: Iterable[TaskRow], paused: list[str], next_id: int, now: float,
                 next_event_id: int = 1) -> int:
         """Rebuild state from the store's non-final task rows (in id order).
 
         Args:
-            rows: task rows in ``TASK_COLUMNS`` order.
+            rows: task rows (``TaskRow``: unpacked whole below, mypy checks the count and the types).
             paused: the names of the paused queues.
             next_id: the store's next free task id.
             now: the server's clock.

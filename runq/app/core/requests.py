@@ -44,16 +44,14 @@ from __future__ import annotations
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
 
 import msgpack
 
 from ...protocol.messages import TaskSpec
+from .records import REQUEST_COLUMNS, RequestRecord
 
 __all__ = ["DIGEST_SIZE", "REQUEST_COLUMNS", "Entry", "Requests", "decode_answer", "digest", "encode_answer"]
 
-#: Column order of a ``requests`` row, as the store persists it.
-REQUEST_COLUMNS = ("id", "client_id", "seq", "at", "answer", "seqs", "digests")
 #: bytes of a request's ``digest``
 DIGEST_SIZE = 4
 
@@ -198,7 +196,7 @@ class Requests:
             entry.queued = True
             self._rows.append(entry)
 
-    def restore(self, rows: Iterable[tuple[Any, ...]]) -> None:
+    def restore(self, rows: Iterable[RequestRecord]) -> None:
         """A commit failed: write again the rows of the entries still waiting for theirs."""
         again = []
         for row_id, client_id, seq, _, _, seqs, _ in rows:
@@ -238,12 +236,12 @@ class Requests:
             while order and (order[0].dropped or (order[0].committed and order[0].at < cutoff)):
                 self._drop(order.popleft())
 
-    def take_rows(self) -> list[tuple[Any, ...]]:
+    def take_rows(self) -> list[RequestRecord]:
         """The rows to write with the next commit (``REQUEST_COLUMNS``): the entries made or rewritten since
         the last call, runs of them in one row each (see the module docstring)."""
         if not self._rows:
             return []
-        rows: list[tuple[Any, ...]] = []
+        rows: list[RequestRecord] = []
         head: Entry | None = None  # the first entry of the row being made
         count = width = after = 0  # entries in it; tasks per answer (0: not a run); the next answer's first id
         digests: list[bytes] = []  # of the entries in it
@@ -252,7 +250,8 @@ class Requests:
                 continue
             e.queued = False
             if e.row:  # (rewritten after its row was made: a row of its own)
-                rows.append((e.row, e.client_id, e.seq, e.at, encode_answer(e.res), 1, _digests([e.digest])))
+                rows.append(RequestRecord(e.row, e.client_id, e.seq, e.at, encode_answer(e.res), 1,
+                                          _digests([e.digest])))
                 continue
             res = e.res
             if (head is not None and width and e.number == head.number + count and e.seq == head.seq + count
@@ -263,8 +262,8 @@ class Requests:
                 digests.append(e.digest)
                 continue
             if head is not None:
-                rows.append((head.number, head.client_id, head.seq, head.at, encode_answer(head.res), count,
-                             _digests(digests)))
+                rows.append(RequestRecord(head.number, head.client_id, head.seq, head.at, encode_answer(head.res),
+                                          count, _digests(digests)))
             head = e
             e.row = e.hold = e.number
             count = 1
@@ -272,8 +271,8 @@ class Requests:
             after = res[0][0] + width if width else 0
             digests = [e.digest]
         if head is not None:
-            rows.append((head.number, head.client_id, head.seq, head.at, encode_answer(head.res), count,
-                         _digests(digests)))
+            rows.append(RequestRecord(head.number, head.client_id, head.seq, head.at, encode_answer(head.res),
+                                      count, _digests(digests)))
         self._rows = []
         return rows
 
@@ -286,7 +285,7 @@ class Requests:
             return below
         return None
 
-    def recover(self, rows: Iterable[tuple[Any, ...]], next_row: int, now: float) -> int:
+    def recover(self, rows: Iterable[RequestRecord], next_row: int, now: float) -> int:
         """Know again the tokens of the stored rows (``REQUEST_COLUMNS`` order, by id) younger than the
         window; return how many."""
         self.next_row = max(self.next_row, next_row)
@@ -300,11 +299,11 @@ class Requests:
             mine = self.clients.get(client_id)
             if mine is None:
                 mine = self.clients[client_id] = {}
-            known = digests is not None and len(digests) == seqs * DIGEST_SIZE
+            known = digests if digests is not None and len(digests) == seqs * DIGEST_SIZE else b""
             for j in range(seqs):
                 shifted = res if not j else [(tid + j * width, True) for tid, _ in res]
                 entry = Entry(client_id, seq + j, row_id + j, at, shifted, True, row=row_id,
-                              digest=digests[j * DIGEST_SIZE:(j + 1) * DIGEST_SIZE] if known else b"")
+                              digest=known[j * DIGEST_SIZE:(j + 1) * DIGEST_SIZE])
                 before = mine.get(seq + j)
                 if before is not None:
                     before.dropped = True  # (a later row, a rewritten answer, wins)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import enum
 from typing import NamedTuple
 
-from ...protocol.errors import RunqError
+from ..errors import IllegalTransition
 
 __all__ = ["FINAL_STATES", "STEPS", "TRANSITIONS", "IllegalTransition", "State", "Step", "Transition", "next_state"]
 
@@ -68,22 +68,6 @@ class Transition(str, enum.Enum):
 
     def __str__(self) -> str:
         return self.value
-
-
-class IllegalTransition(RunqError):
-    """A transition was asked for in a state that does not allow it.
-
-    Attributes:
-        state: the task's state.
-        transition: what was asked.
-    """
-
-    code = "invalid_state"
-
-    def __init__(self, state: State | None, transition: Transition) -> None:
-        super().__init__(f"cannot apply {transition.value!r} to a task in state {state.value if state else 'new'!r}")
-        self.state = state
-        self.transition = transition
 
 
 S, T = State, Transition

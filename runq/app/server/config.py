@@ -8,17 +8,11 @@ from dataclasses import dataclass, field
 
 import trio
 
-from ...protocol.errors import RunqError
 from ...protocol.frames import DEFAULT_MAX_FRAME
 from ..core import CoreConfig
+from ..errors import ConfigError
 
 __all__ = ["Clock", "ConfigError", "ServerConfig", "is_loopback"]
-
-
-class ConfigError(RunqError):
-    """The server was asked to start with settings that are not allowed."""
-
-    code = "bad_request"
 
 
 class Clock:

@@ -47,9 +47,19 @@ import trio
 from ...protocol.errors import ProtocolError
 from ...protocol.messages import TaskSpec
 from ..core import FINAL_STATES, Core, IllegalTransition, Requests, State, Task, TaskMissing, Transition, WorkerInfo
-from ..core.model import EVENT_COLUMNS
 from ..core.requests import Entry
-from ..store import Batch, Store, StoreError
+from ..store import (
+    Batch,
+    EventRecord,
+    Leadership,
+    Notify,
+    NotLeader,
+    QueueRecord,
+    Store,
+    StoreError,
+    TaskRecord,
+    open_store,
+)
 from .config import Clock, ServerConfig
 from .session import Outbox, Session, Subscription
 
@@ -133,17 +143,23 @@ class Server:
     Args:
         config: settings.
         clock: wall clock for stored timestamps (default: follows trio's clock).
+        store_factory: opens the store, called as ``runq.app.store.open_store(db, synchronous, notify)`` (the
+            default) is.
     """
 
-    def __init__(self, config: ServerConfig, clock: Callable[[], float] | None = None) -> None:
+    def __init__(self, config: ServerConfig, clock: Callable[[], float] | None = None,
+                 store_factory: Callable[[str, str, Notify], Store] = open_store) -> None:
         config.check()
         self.config = config
+        self._open_store = store_factory
         self._clock_arg = clock
         self.clock: Callable[[], float] = clock or time.time
         self.core = Core(config.core)
         #: enqueue answers by idempotency token (docs/protocol.md section 5.2)
         self.requests = Requests(config.idempotency_window)
         self.store: Store | None = None
+        #: the store's answer when asked before serving (base.py: the server serves only as the leader)
+        self.leadership: Leadership | None = None
         self.stats = ServerStats()
         self.port: int | None = None
         self.http_port: int | None = None
@@ -201,9 +217,15 @@ class Server:
         def notify(fn: Callable[[], None]) -> None:
             token.run_sync_soon(in_round, fn)
 
-        store = await trio.to_thread.run_sync(functools.partial(Store, cfg.db, cfg.synchronous, notify))
+        store = await trio.to_thread.run_sync(self._open_store, cfg.db, cfg.synchronous, notify)
         self.store = store
         try:
+            # Before anything is read back: a server that does not lead must not take the leader's running
+            # tasks for crashed ones (runq/app/store/base.py).
+            lead = self.leadership = await trio.to_thread.run_sync(store.leadership)
+            if not lead.is_leader:
+                raise NotLeader(f"database {cfg.db} is led by {lead.holder} (term {lead.term}): this server "
+                                "does not serve it")
             await self._recover(store)
             store.start()
             tcp = TcpFrontend(self)
@@ -212,7 +234,7 @@ class Server:
             self.stats.started_at = self.clock()
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                if cfg.inline_commit and store.synchronous == "NORMAL":  # (with FULL a commit waits for fsync)
+                if cfg.inline_commit and store.can_commit_inline:  # (not with FULL: a commit waits for fsync)
                     nursery.start_soon(self._committer)
                     self._inline = True
                 nursery.start_soon(functools.partial(trio.serve_listeners, tcp.serve_connection, listeners,
@@ -307,7 +329,7 @@ class Server:
         acks = self._acks
         waiters = None
         if self._waiters:
-            waiters = [r[0] for r in fx.events if r[3] in FINAL and r[0] in self._waiters]
+            waiters = [r.task_id for r in fx.events if r.state in FINAL and r.task_id in self._waiters]
         requests = self.requests
         requests.expire(now)
         request_rows = requests.take_rows()
@@ -445,7 +467,7 @@ class Server:
             for ev in self._waiters.pop(tid, ()):
                 ev.set()
 
-    def _publish_changes(self, queue_ops: list[tuple[str, bool]]) -> None:
+    def _publish_changes(self, queue_ops: list[QueueRecord]) -> None:
         """Tell ``change_listeners`` which workers joined, left or began draining, and which queues paused."""
         changes: list[dict[str, Any]] = []
         workers = self.core.workers
@@ -467,22 +489,22 @@ class Server:
             for listener in self.change_listeners:
                 listener(message)
 
-    def _publish(self, notices: list[tuple[tuple[Any, ...], Task]]) -> None:
+    def _publish(self, notices: list[tuple[EventRecord, Task]]) -> None:
         for row, task in notices:
             msg = None
             for sub in self.subscribers:
                 flt = sub.subscription
                 if flt is not None and flt.wants(task.queue, task.type, task.id):
                     if msg is None:
-                        msg = dict(zip(EVENT_COLUMNS, row))  # (the row's event id, last, is not sent)
+                        msg = row.as_dict()  # (the event's id is not sent)
                         msg["op"] = "event"
                         msg["id"] = task.id
                         msg["queue"] = task.queue
                         msg["type"] = task.type
-                        msg["status"] = row[3]
-                        if row[2] == "progress":
+                        msg["status"] = row.state
+                        if row.kind == "progress":
                             msg["progress"] = task.progress
-                        if row[3] in FINAL:
+                        if row.state in FINAL:
                             msg["result"] = task.result
                             msg["error"] = task.error
                     sub.send_event(msg)
@@ -671,7 +693,7 @@ class Server:
         self.flush()
         await self.wait_committed()
         rows = await self._read(self._store.events, task_id)
-        return [dict(zip(EVENT_COLUMNS, r, strict=True)) for r in rows]
+        return [r.as_dict() for r in rows]
 
     async def list_tasks(self, *, state: str | None = None, queue: str | None = None, type: str | None = None,
                          limit: int = 100, cursor: int | None = None) -> tuple[list[dict[str, Any]], int | None]:
@@ -750,9 +772,9 @@ class Server:
     async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._reader_lock)
 
-    def _fresh(self, row: tuple[Any, ...]) -> dict[str, Any]:
-        """A stored row, replaced by the in-memory task when that is newer."""
-        t = self.core.tasks.get(row[0]) or self.core.finished.get(row[0])
+    def _fresh(self, row: TaskRecord) -> dict[str, Any]:
+        """A stored task, replaced by the in-memory task when that is newer."""
+        t = self.core.tasks.get(row.id) or self.core.finished.get(row.id)
         return t.as_dict() if t is not None else Task.from_row(row).as_dict()
 
     # ------------------------------------------------------------------ reading

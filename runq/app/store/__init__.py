@@ -1,8 +1,69 @@
-"""SQLite WAL persistence: schema and migrations, group-commit writer, reads."""
+"""Persistence: the narrow ``Store`` interface, its SQLite implementation, schema and shared read queries.
+
+Where each part lives:
+
+==================  =====================================================================================
+module              what it holds
+==================  =====================================================================================
+``base.py``         ``Store`` (the protocol the server and recovery use, nothing more), ``Batch`` (writes
+                    that commit together), ``StoreStats``, ``Leadership``; re-exports the records
+                    (``TaskRecord``, ``NewTaskRecord``, ``EventRecord``, ``RequestRecord``, ``QueueRecord``,
+                    defined in runq/app/core/records.py: the core makes them and must not import the store)
+``queries.py``      the ONE definition of the read queries (task list with filters and paging, one task,
+                    a timeline with its rebuilt ``enqueued`` event) and the column lists; pure, so the
+                    offline dashboard (runq/tui/offline.py) uses it without importing the server
+``sqlite.py``       ``SQLiteStore``: WAL, one writer thread with group commit, a read-only reader; leads
+                    through an exclusive file lock (always term 1)
+``schema.py``       the SQLite schema, its version and migrations
+``open_store``      (here) the store the server opens for a ``--db`` value
+==================  =====================================================================================
+
+The errors (``StoreError``, ``StoreInUse``, ``SchemaTooNew``, ``NotLeader``) are defined in
+runq/app/errors.py, the one tree of server-side errors, and re-exported here.
+
+A new store (PostgreSQL, say) implements every method of ``base.Store`` (structural typing: no base class
+to inherit; ``mypy`` checks it where ``open_store`` returns it), answers ``leadership()`` from its own notion
+(a lease row with a term, its commits fenced with that term), reads with the builders of ``queries.py``
+(their ``mark`` argument gives its driver's placeholder), and joins the contract suite,
+tests/store/test_store_contract.py, with one entry in its ``KITS`` list: a ``StoreKit`` that opens a store
+on a fresh database and can make commits wait, fail and run out of space. ``open_store`` then picks it for
+the values of ``--db`` that name it.
+"""
 
 from __future__ import annotations
 
-from .schema import SCHEMA_VERSION, SchemaTooNew, migrate
-from .sqlite import Batch, Store, StoreError, StoreInUse, StoreStats
+from ..errors import NotLeader, SchemaTooNew, StoreError, StoreInUse
+from .base import (
+    Batch,
+    EventRecord,
+    Leadership,
+    NewTaskRecord,
+    Notify,
+    QueueRecord,
+    RequestRecord,
+    Store,
+    StoreStats,
+    TaskRecord,
+    TaskRow,
+)
+from .schema import SCHEMA_VERSION, migrate
+from .sqlite import SQLiteStore
 
-__all__ = ["SCHEMA_VERSION", "Batch", "SchemaTooNew", "Store", "StoreError", "StoreInUse", "StoreStats", "migrate"]
+__all__ = ["SCHEMA_VERSION", "Batch", "EventRecord", "Leadership", "NewTaskRecord", "NotLeader", "Notify", "QueueRecord",
+           "RequestRecord", "SQLiteStore", "SchemaTooNew", "Store", "StoreError", "StoreInUse", "StoreStats",
+           "TaskRecord", "TaskRow", "migrate", "open_store"]
+
+
+def open_store(db: str, synchronous: str = "NORMAL", notify: Notify | None = None) -> Store:
+    """Open the store of the database ``db`` (today: a SQLite file path), not started.
+
+    Args:
+        db: the database, as ``runq serve --db`` names it.
+        synchronous: ``NORMAL`` (survives a process crash) or ``FULL`` (survives power loss).
+        notify: how the store runs ``on_done`` callbacks (default: in its own thread).
+
+    Raises:
+        StoreInUse: another server has the database open.
+        SchemaTooNew: the database was written by a newer runq.
+    """
+    return SQLiteStore(db, synchronous, notify)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from ...protocol.errors import RunqError
+from ..errors import SchemaTooNew
 
 __all__ = ["FINAL_STATE_NAMES", "LIVE_STATE_NAMES", "MIGRATIONS", "SCHEMA_VERSION", "SchemaTooNew", "migrate"]
 
@@ -89,12 +89,6 @@ ALTER TABLE requests ADD COLUMN digests BLOB;
 #: MIGRATIONS[i] takes a database from version i to version i + 1.
 MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4]
 SCHEMA_VERSION = len(MIGRATIONS)
-
-
-class SchemaTooNew(RunqError):
-    """The database was written by a newer runq; this one will not touch it."""
-
-    code = "store_error"
 
 
 def migrate(conn: sqlite3.Connection) -> int:

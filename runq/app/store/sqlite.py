@@ -1,4 +1,5 @@
-"""SQLite persistence: one writer thread with group commit, and a read-only reader.
+"""SQLite persistence (``SQLiteStore``, the ``Store`` of base.py): one writer thread with group commit, and a
+read-only reader.
 
 Theory of operation
 -------------------
@@ -28,15 +29,20 @@ committed, or once the ``-wal`` file is past ``WAL_LIMIT`` bytes (big payloads),
 back to that size when the WAL starts over (``journal_size_limit``, docs/operations.md).
 
 Reads (``get_task``, ``list_tasks``, ``events``, ...) use a second connection
-opened read-only; the caller serialises them (one thread at a time).
+opened read-only; the caller serialises them (one thread at a time). Their SQL
+is queries.py's (the offline dashboard reads with it too); rows come back as the
+records of runq/app/core/records.py, made in C (``make_task``: no per-row Python);
+``load`` streams plain ``TaskRow`` tuples (records.py says why).
 
-A ``Store`` is the only writer of its file: it holds an exclusive ``flock`` on
-``<path>-lock`` while open, and a second ``Store`` on the same file (a second
+A ``SQLiteStore`` is the only writer of its file: it holds an exclusive ``flock`` on
+``<path>-lock`` while open, and a second one on the same file (a second
 ``runq serve --db`` on it) is refused with ``StoreInUse`` before it reads or
 writes anything. Two servers on one file would each take the other's running
 tasks for crashed ones and run them again, and hand out the same ids. Read-only
 readers (``runq tui --db``) take no lock. The lock goes with the process, so a
-``kill -9`` leaves none behind.
+``kill -9`` leaves none behind. That lock is the store's leadership (base.py):
+``leadership()`` answers leader, term 1, from the moment the store opened until
+``close``.
 """
 
 from __future__ import annotations
@@ -52,14 +58,29 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
-from ..core.model import EVENT_COLUMNS, EVENT_ROW_COLUMNS, NEW_COLUMNS, TASK_COLUMNS
-from ..core.requests import REQUEST_COLUMNS
+from ..core.records import (
+    EVENT_ROW_COLUMNS,
+    NEW_COLUMNS,
+    REQUEST_COLUMNS,
+    TASK_COLUMNS,
+    EventRecord,
+    NewTaskRecord,
+    QueueRecord,
+    RequestRecord,
+    TaskRecord,
+    TaskRow,
+    make_event,
+    make_request,
+    make_task,
+)
+from ..errors import StoreError, StoreInUse
+from . import queries
+from .base import Batch, Leadership, Notify, StoreStats
 from .schema import FINAL_STATE_NAMES, LIVE_STATE_NAMES, migrate
 
-__all__ = ["Batch", "Store", "StoreError", "StoreStats"]
+__all__ = ["Batch", "SQLiteStore", "StoreError", "StoreInUse", "StoreStats"]
 
 log = logging.getLogger("runq.store")
 
@@ -102,10 +123,8 @@ class _MultiInsert:
             i += n
 
 
-_COLS = ", ".join(TASK_COLUMNS)
+_COLS = queries.TASK_COLUMNS_SQL
 _flatten = itertools.chain.from_iterable
-_ENQUEUED, _READY = "enqueued", "ready"  # the event the core does not write (see events())
-_FIRST_EVENTS = (_ENQUEUED, "scheduled")
 _UPSERT = _MultiInsert("tasks", TASK_COLUMNS,
                        " ON CONFLICT(id) DO UPDATE SET " + ", ".join(f"{c}=excluded.{c}" for c in TASK_COLUMNS[1:]))
 _INSERT_NEW = _MultiInsert("tasks", NEW_COLUMNS)
@@ -113,16 +132,6 @@ _INSERT_EVENT = _MultiInsert("events", EVENT_ROW_COLUMNS)
 _UPSERT_REQUEST = _MultiInsert("requests", REQUEST_COLUMNS,
                                " ON CONFLICT(id) DO UPDATE SET answer = excluded.answer, seqs = excluded.seqs, "
                                "digests = excluded.digests")
-
-
-class StoreError(Exception):
-    """The database could not do what was asked (the text says why)."""
-
-    code = "store_error"
-
-
-class StoreInUse(StoreError):
-    """Another ``Store`` (another server) has this database file open for writing."""
 
 
 def _lock(path: str) -> int:
@@ -143,48 +152,6 @@ def _lock(path: str) -> int:
     return fd
 
 
-@dataclass(eq=False)
-class Batch:
-    """Writes that must commit together, and who to tell when they did.
-
-    Attributes:
-        rows: whole task rows (``TASK_COLUMNS`` order) to upsert.
-        new_rows: rows of tasks written for the first time (``NEW_COLUMNS`` order), inserted
-            before every upsert of the same commit.
-        events: event rows (``EVENT_ROW_COLUMNS`` order: numbered by the core) to append.
-        queue_ops: (queue name, paused) to record.
-        requests: enqueue answers by idempotency token (``REQUEST_COLUMNS`` order) to write (an id written
-            again replaces its row).
-        requests_below: delete the ``requests`` rows whose id is below this.
-        prune_before: delete finished tasks (and their events) finished before this time.
-        on_done: called with ``None`` after the commit, or with the exception.
-    """
-
-    rows: list[tuple[Any, ...]] = field(default_factory=list)
-    new_rows: list[tuple[Any, ...]] = field(default_factory=list)
-    events: list[tuple[Any, ...]] = field(default_factory=list)
-    queue_ops: list[tuple[str, bool]] = field(default_factory=list)
-    requests: list[tuple[Any, ...]] = field(default_factory=list)
-    requests_below: int | None = None
-    prune_before: float | None = None
-    on_done: Callable[[BaseException | None], None] | None = None
-    pruned: int = 0
-
-
-@dataclass
-class StoreStats:
-    """Counters of the writer thread."""
-
-    commits: int = 0
-    batches: int = 0
-    rows: int = 0
-    events: int = 0
-    errors: int = 0
-    last_commit_rows: int = 0
-    commit_seconds_total: float = 0.0
-    last_error: str | None = None
-
-
 _STOP = object()
 _CHECKPOINT = object()  # asks the writer thread for a checkpoint
 #: WAL pages (estimated) between two checkpoints: SQLite's own default
@@ -200,8 +167,8 @@ def _call(fn: Callable[[], None]) -> None:
     fn()
 
 
-class Store:
-    """A runq database file.
+class SQLiteStore:
+    """A runq database file: the SQLite implementation of ``Store`` (base.py).
 
     Args:
         path: the SQLite file (created if missing).
@@ -210,7 +177,7 @@ class Store:
     """
 
     def __init__(self, path: str, synchronous: str = "NORMAL",
-                 notify: Callable[[Callable[[], None]], None] | None = None) -> None:
+                 notify: Notify | None = None) -> None:
         if synchronous.upper() not in ("NORMAL", "FULL"):
             raise ValueError("synchronous must be NORMAL or FULL")
         self.path = path
@@ -243,8 +210,21 @@ class Store:
         conn.execute("PRAGMA temp_store=MEMORY")
         return conn
 
+    # ------------------------------------------------------------------ leadership
+    def leadership(self) -> Leadership:
+        """Always the leader, term 1, while open: the exclusive lock taken when it opened is the leadership
+        (a second store on the file was refused with ``StoreInUse``). After ``close``: not the leader."""
+        if self._lock_fd < 0:
+            return Leadership(False, 1, "nobody (this store is closed)")
+        return Leadership(True, 1, f"the lock on {os.path.realpath(self.path)}-lock (pid {os.getpid()})")
+
+    @property
+    def can_commit_inline(self) -> bool:
+        """With ``synchronous=FULL`` a commit waits for an fsync: not in the caller's thread."""
+        return self.synchronous == "NORMAL"
+
     # ------------------------------------------------------------------ startup
-    def load(self) -> tuple[Iterator[tuple[Any, ...]], list[str], int]:
+    def load(self) -> tuple[Iterator[TaskRow], list[str], int]:
         """Return (live task rows in id order, paused queue names, next id).
 
         The rows are streamed (a million queued tasks never sit in one list) from
@@ -253,7 +233,7 @@ class Store:
         """
         path = self.path
 
-        def rows() -> Iterator[tuple[Any, ...]]:
+        def rows() -> Iterator[TaskRow]:
             conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
             try:
                 conn.execute("PRAGMA cache_size=-8192")
@@ -272,15 +252,15 @@ class Store:
             finally:
                 conn.close()
 
-        paused = [r[0] for r in self.conn.execute("SELECT name FROM queues WHERE paused = 1")]
+        paused = [name for (name,) in self.conn.execute("SELECT name FROM queues WHERE paused = 1")]
         (max_id,) = self.conn.execute("SELECT max(id) FROM tasks").fetchone()
         (meta_next,) = self.conn.execute("SELECT coalesce(max(CAST(value AS INTEGER)), 0) FROM meta WHERE key = 'next_id'").fetchone()
         return rows(), paused, max((max_id or 0) + 1, meta_next or 0, 1)
 
-    def load_requests(self) -> tuple[list[tuple[Any, ...]], int]:
-        """Return (the stored enqueue answers in ``REQUEST_COLUMNS`` order, by id; the next free number)."""
-        rows = self.conn.execute(f"SELECT {', '.join(REQUEST_COLUMNS)} FROM requests ORDER BY id").fetchall()
-        return rows, max((r[0] + r[5] for r in rows), default=1)  # (a row numbers its seqs from its id on)
+    def load_requests(self) -> tuple[list[RequestRecord], int]:
+        """Return (the stored enqueue answers, by id; the next free number)."""
+        rows = list(map(make_request, self.conn.execute(f"SELECT {', '.join(REQUEST_COLUMNS)} FROM requests ORDER BY id")))
+        return rows, max((r.id + r.seqs for r in rows), default=1)  # (a row numbers its seqs from its id on)
 
     def next_event_id(self) -> int:
         """The first free event id (the core numbers the events it makes from there)."""
@@ -411,11 +391,11 @@ class Store:
         Only one thread at a time: the writer thread, or ``commit_here``'s caller (the lock ``_writing``).
         ``begun``: the caller has begun the transaction (``BEGIN IMMEDIATE``).
         """
-        rows: dict[int, tuple[Any, ...]] = {}
-        new_rows: list[tuple[Any, ...]] = []
-        events: list[tuple[Any, ...]] = []
-        queue_ops: list[tuple[str, bool]] = []
-        requests: dict[int, tuple[Any, ...]] = {}
+        rows: dict[int, TaskRecord] = {}
+        new_rows: list[NewTaskRecord] = []
+        events: list[EventRecord] = []
+        queue_ops: list[QueueRecord] = []
+        requests: dict[int, RequestRecord] = {}
         requests_below = 0
         prune: float | None = None
         if len(batches) == 1:  # (the lone request's commit: its lists as they are; ids are unique in a batch)
@@ -423,18 +403,18 @@ class Store:
             new_rows, events, queue_ops, requests_below, prune = (b.new_rows, b.events, b.queue_ops,
                                                                   b.requests_below or 0, b.prune_before)
             if b.rows:
-                rows = {r[0]: r for r in b.rows}
+                rows = {r.id: r for r in b.rows}
             if b.requests:
-                requests = {r[0]: r for r in b.requests}
+                requests = {r.id: r for r in b.requests}
         for b in batches if len(batches) > 1 else ():
             if b.requests:
-                for r in b.requests:
-                    requests[r[0]] = r
+                for q in b.requests:
+                    requests[q.id] = q
             if b.requests_below is not None:
                 requests_below = max(requests_below, b.requests_below)
             new_rows.extend(b.new_rows)
             for r in b.rows:
-                rows[r[0]] = r
+                rows[r.id] = r
             events.extend(b.events)
             queue_ops.extend(b.queue_ops)
             if b.prune_before is not None:
@@ -543,46 +523,25 @@ class Store:
             self._reader.execute("PRAGMA busy_timeout=5000")
         return self._reader
 
-    def get_task(self, task_id: int) -> tuple[Any, ...] | None:
-        """Return the task's row, or ``None``."""
-        return self.reader.execute(f"SELECT {_COLS} FROM tasks WHERE id = ?", (task_id,)).fetchone()  # type: ignore[no-any-return]
+    def get_task(self, task_id: int) -> TaskRecord | None:
+        """Return the task, or ``None``."""
+        row = self.reader.execute(queries.TASK_BY_ID_SQL, (task_id,)).fetchone()
+        return None if row is None else make_task(row)
 
-    def events(self, task_id: int) -> list[tuple[Any, ...]]:
-        """Return the task's event rows in order.
-
-        A task that was ready at once has no stored ``enqueued`` row (the core does not write it, to halve the
-        rows an enqueue costs): it is synthesised here from the task's ``created_at``, so a timeline always
-        starts with ``enqueued`` (or ``scheduled`` for a delayed task, which is stored).
-        """
+    def events(self, task_id: int) -> list[EventRecord]:
+        """Return the task's events in order, its unstored ``enqueued`` event rebuilt (``queries.timeline``)."""
         conn = self.reader
-        rows: list[tuple[Any, ...]] = conn.execute(
-            f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE task_id = ? ORDER BY id", (task_id,)
-        ).fetchall()
-        if rows and rows[0][2] in _FIRST_EVENTS:
-            return rows
-        task = conn.execute("SELECT created_at FROM tasks WHERE id = ?", (task_id,)).fetchone()
-        if task is None:
-            return rows
-        return [(task_id, task[0], _ENQUEUED, _READY, None, 0, None), *rows]
+        stored = list(map(make_event, conn.execute(queries.EVENTS_SQL, (task_id,))))
+        if not queries.needs_enqueued(stored):
+            return stored
+        created = next((at for (at,) in conn.execute(queries.CREATED_AT_SQL, (task_id,))), None)
+        return queries.timeline(task_id, stored, created)
 
     def list_tasks(self, state: str | None = None, queue: str | None = None, type: str | None = None,
-                   limit: int = 100, cursor: int | None = None) -> list[tuple[Any, ...]]:
-        """Return a page of task rows, newest first; ``cursor`` is the last id of the previous page."""
-        where: list[str] = []
-        args: list[Any] = []
-        for col, val in (("state", state), ("queue", queue), ("type", type)):
-            if val is not None:
-                where.append(f"{col} = ?")
-                args.append(val)
-        if cursor is not None:
-            where.append("id < ?")
-            args.append(cursor)
-        sql = f"SELECT {_COLS} FROM tasks"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY id DESC LIMIT ?"
-        args.append(limit)
-        return self.reader.execute(sql, args).fetchall()
+                   limit: int = 100, cursor: int | None = None) -> list[TaskRecord]:
+        """Return a page of tasks, newest first; ``cursor`` is the last id of the previous page."""
+        sql, args = queries.task_list_query(state, queue, type, limit, cursor)
+        return list(map(make_task, self.reader.execute(sql, args)))
 
     def count_by_state(self) -> dict[tuple[str, str], int]:
         """Return {(queue, state): count} over every stored task."""

@@ -1,0 +1,95 @@
+"""The read queries of a runq database, in one place: the store and the offline dashboard both use them.
+
+Theory of operation
+-------------------
+The SQLite store (sqlite.py) reads tasks and timelines for the server; the dashboard's offline mode
+(runq/tui/offline.py) reads the same file with aiosqlite, read-only, when no server runs. Both build their
+SQL here, from the records' column orders (runq/app/core/records.py), and both rebuild a timeline's unstored
+``enqueued`` event with ``timeline`` here, so the two cannot drift apart.
+
+The dashboard imports this module (and so ``runq.app.store`` and ``runq.app.core``), never the server or
+the HTTP layer (tests/tui/test_model.py checks it).
+
+Rules of this file:
+
+1. Pure: text and records in, text and records out; no connection, no I/O.
+2. The SQL uses ``?`` placeholders by default; ``mark`` gives another driver's (``%s`` for psycopg).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..core.records import EVENT_ROW_COLUMNS, TASK_COLUMNS, EventRecord
+
+__all__ = ["CREATED_AT_SQL", "EVENTS_SQL", "FIRST_EVENTS", "PROBES", "TASK_BY_ID_SQL", "TASK_COLUMNS_SQL",
+           "needs_enqueued", "task_list_query", "timeline"]
+
+#: the stored columns of a task, in ``TaskRecord`` order
+TASK_COLUMNS_SQL = ", ".join(TASK_COLUMNS)
+#: the stored columns of an event, in ``EventRecord`` order
+EVENT_COLUMNS_SQL = ", ".join(EVENT_ROW_COLUMNS)
+#: one task by id (a ``TaskRecord``)
+TASK_BY_ID_SQL = f"SELECT {TASK_COLUMNS_SQL} FROM tasks WHERE id = ?"
+#: a task's stored events in order (``EventRecord``s)
+EVENTS_SQL = f"SELECT {EVENT_COLUMNS_SQL} FROM events WHERE task_id = ? ORDER BY id"
+#: a task's ``created_at`` (the time of its unstored ``enqueued`` event)
+CREATED_AT_SQL = "SELECT created_at FROM tasks WHERE id = ?"
+#: one query per table naming every column a reader reads: a file without them is not a runq database
+PROBES = (f"SELECT {TASK_COLUMNS_SQL} FROM tasks LIMIT 0", f"SELECT {EVENT_COLUMNS_SQL} FROM events LIMIT 0",
+          "SELECT name, paused FROM queues LIMIT 0")
+
+#: the events a stored timeline may start with; any other first event means the ``enqueued`` one was not stored
+FIRST_EVENTS = ("enqueued", "scheduled")
+
+
+def task_list_query(state: str | None = None, queue: str | None = None, type: str | None = None,
+                    limit: int = 100, cursor: int | None = None, mark: str = "?") -> tuple[str, list[Any]]:
+    """The SQL and arguments of a page of tasks, newest first, filtered by state, queue and type.
+
+    Args:
+        state, queue, type: keep only the tasks with this value (None: any).
+        limit: at most this many tasks.
+        cursor: the last id of the previous page (None: the first page).
+        mark: the driver's placeholder.
+
+    Returns:
+        (sql, args): the rows are ``TaskRecord``s.
+    """
+    where: list[str] = []
+    args: list[Any] = []
+    for col, val in (("state", state), ("queue", queue), ("type", type)):
+        if val is not None:
+            where.append(f"{col} = {mark}")
+            args.append(val)
+    if cursor is not None:
+        where.append(f"id < {mark}")
+        args.append(cursor)
+    sql = f"SELECT {TASK_COLUMNS_SQL} FROM tasks"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += f" ORDER BY id DESC LIMIT {mark}"
+    args.append(limit)
+    return sql, args
+
+
+def needs_enqueued(stored: list[EventRecord]) -> bool:
+    """Whether a timeline read from the store lacks its first event (then read the task's ``created_at``)."""
+    return not stored or stored[0].kind not in FIRST_EVENTS
+
+
+def timeline(task_id: int, stored: list[EventRecord], created_at: float | None) -> list[EventRecord]:
+    """A task's timeline from its stored events: with its ``enqueued`` event first when that was not stored.
+
+    The core does not write the ``enqueued`` event of a task ready at once (it would double the rows an
+    enqueue costs): it is rebuilt here from the task's ``created_at``, with event id 0, so that a timeline
+    always starts with ``enqueued`` (or ``scheduled``, which is stored).
+
+    Args:
+        task_id: the task.
+        stored: its stored events, in order.
+        created_at: its ``created_at``, or None when the task is not stored (then ``stored`` as it is).
+    """
+    if not needs_enqueued(stored) or created_at is None:
+        return stored
+    return [EventRecord(task_id, created_at, "enqueued", "ready", None, 0, None, 0), *stored]
