@@ -15,7 +15,7 @@ import json
 from typing import Any
 
 from ...protocol.errors import ERROR_CODES
-from ..server.server import VERSION
+from ..ops import VERSION
 from .encoding import IDS_PATTERN, MAX_ID, NAMES_PATTERN, SPEC_FIELDS
 
 __all__ = ["SPEC", "build_spec", "docs_html", "spec_routes"]

@@ -44,19 +44,22 @@ from typing import Any, Protocol
 
 import trio
 
+from ... import __version__
 from ...protocol.errors import ProtocolError
 from ...protocol.messages import TaskSpec
 from ..core import FINAL_STATES, Core, IllegalTransition, Requests, State, Task, TaskMissing, Transition, WorkerInfo
 from ..core.model import EVENT_COLUMNS
 from ..core.requests import Entry
+from ..ops import Operations
 from ..store import Batch, Store, StoreError
 from .config import Clock, ServerConfig
 from .session import Outbox, Session, Subscription
+from .tcp import TcpFrontend
 
 __all__ = ["VERSION", "Server", "ServerStats", "Subscriber"]
 
 log = logging.getLogger("runq.server")
-VERSION = "0.1.0"
+VERSION = __version__
 FINAL = frozenset(s.value for s in FINAL_STATES)
 
 Answer = list[tuple[int, bool]]
@@ -170,6 +173,8 @@ class Server:
         self._reading = False  # in flush_read: it decides itself whether to wake the committer
         self._reader_lock = trio.CapacityLimiter(1)
         self._nursery: trio.Nursery | None = None
+        #: every operation a caller can ask for, authorised and validated (what TCP and HTTP call)
+        self.ops = Operations(self)
 
     # ------------------------------------------------------------------ run
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -178,8 +183,6 @@ class Server:
         Stopping: set ``self.stopping`` (or cancel). Queued writes are committed
         before the store closes.
         """
-        from .tcp import TcpFrontend  # the frontends import this module
-
         cfg = self.config
         if self._clock_arg is None:
             self.clock = Clock()
@@ -663,13 +666,8 @@ class Server:
                          limit: int = 100, cursor: int | None = None) -> tuple[list[dict[str, Any]], int | None]:
         """Return a page of tasks, newest first, and the cursor of the next page.
 
-        Raises:
-            ProtocolError: ``bad_request`` for a limit outside 1..1000 or an unknown state.
+        The arguments are checked by the caller (``Operations.list``, ``inputs.check_list``).
         """
-        if not 1 <= limit <= 1000:
-            raise ProtocolError("limit must be between 1 and 1000", "bad_request")
-        if state is not None and state not in {s.value for s in State}:
-            raise ProtocolError(f"unknown state {state!r}", "bad_request")
         self.flush()
         await self.wait_committed()
         rows = await self._read(functools.partial(self._store.list_tasks, state=state, queue=queue, type=type,

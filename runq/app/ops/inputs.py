@@ -1,0 +1,170 @@
+"""The typed inputs of the operations, each with its one validation.
+
+Rules of this file
+------------------
+* One record per input that is more than one id, one ``check_*`` per record (or per value): the ranges and
+  rules below are the only ones; the transports only decode (TCP: a msgpack map's field types; HTTP: JSON
+  bodies, paths and query strings, with their own names) into these records.
+* Enqueue's ``TaskSpec`` and its validation (``check_task_spec``) live in ``runq.protocol.messages``, shared
+  with the SDK; the idempotency token's is ``check_token`` here.
+* Every check raises ``BadRequest`` (``bad_request``) naming the field.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from ...protocol.messages import TaskSpec
+from ..core import State
+from .errors import BadRequest
+
+__all__ = [
+    "LIST_LIMIT",
+    "MAX_RETRY_IN",
+    "STATES",
+    "Done",
+    "EnqueueRequest",
+    "Fail",
+    "ListQuery",
+    "Progress",
+    "Subscription",
+    "Token",
+    "WaitRequest",
+    "check_fail",
+    "check_list",
+    "check_queue_name",
+    "check_token",
+    "check_wait",
+]
+
+#: The longest ``retry_in`` a worker may ask for (as for a spec's ``delay``: under ten years).
+MAX_RETRY_IN = 10 * 365 * 86400
+#: A page of ``list`` holds 1 to this many tasks.
+LIST_LIMIT = 1000
+#: The task states (``list`` filters by one of them).
+STATES = frozenset(s.value for s in State)
+
+#: an enqueue's idempotency token: (client id, seq, done_below) (docs/protocol.md 5.2)
+Token = tuple[str, int, "int | None"]
+
+
+class EnqueueRequest(NamedTuple):
+    """One enqueue request: its tasks (each checked by ``check_task_spec``) and its idempotency token."""
+
+    specs: list[TaskSpec]
+    token: Token | None = None
+
+
+def check_token(client_id: str | None, seq: int | None, done_below: int | None) -> Token | None:
+    """An enqueue's idempotency token (client_id, seq) and done_below, checked (docs/protocol.md 5.2).
+
+    Raises:
+        BadRequest: one of client_id and seq without the other, or a value out of range.
+    """
+    if client_id is None and seq is None:
+        return None
+    if client_id is None or seq is None:
+        raise BadRequest("enqueue: give 'client_id' and 'seq' together (the idempotency token)")
+    if not 0 < len(client_id) <= 100:
+        raise BadRequest("enqueue: 'client_id' must be 1 to 100 chars")
+    if seq < 0 or (done_below is not None and done_below < 0):
+        raise BadRequest("enqueue: 'seq' and 'done_below' must be >= 0")
+    return client_id, seq, done_below
+
+
+class WaitRequest(NamedTuple):
+    """``wait``: the task, and how long to wait for it to finish (seconds)."""
+
+    id: int
+    timeout: float = 60.0
+
+
+def check_wait(req: WaitRequest) -> WaitRequest:
+    """Raises: BadRequest for a NaN timeout."""
+    if math.isnan(req.timeout):
+        raise BadRequest("wait: 'timeout' must be a number, not NaN")
+    return req
+
+
+class ListQuery(NamedTuple):
+    """``list``: a page of tasks, newest first, filtered (None: any)."""
+
+    state: str | None = None
+    queue: str | None = None
+    type: str | None = None
+    limit: int = 100
+    cursor: int | None = None
+
+
+def check_list(q: ListQuery) -> ListQuery:
+    """Raises: BadRequest for a limit outside 1..LIST_LIMIT or an unknown state."""
+    if not 1 <= q.limit <= LIST_LIMIT:
+        raise BadRequest(f"limit must be between 1 and {LIST_LIMIT}")
+    if q.state is not None and q.state not in STATES:
+        raise BadRequest(f"unknown state {q.state!r}")
+    return q
+
+
+def check_queue_name(name: str) -> str:
+    """A queue's name, as ``check_task_spec`` accepts it in a task (pause, resume).
+
+    Raises:
+        BadRequest: empty or longer than 200 characters.
+    """
+    if not 0 < len(name) <= 200:
+        raise BadRequest("queue name must have 1 to 200 characters")
+    return name
+
+
+@dataclass
+class Subscription:
+    """Which live events a subscriber wants (``None`` means any): the input of ``subscribe``."""
+
+    queues: frozenset[str] | None = None
+    types: frozenset[str] | None = None
+    ids: frozenset[int] | None = None
+
+    def wants(self, queue: str, type_: str, task_id: int) -> bool:
+        return (
+            (self.queues is None or queue in self.queues)
+            and (self.types is None or type_ in self.types)
+            and (self.ids is None or task_id in self.ids)
+        )
+
+
+class Done(NamedTuple):
+    """A worker's ``done``: results ``[id, lease, result]`` (already of those types) and more credit."""
+
+    results: list[Any]
+    credit: int = 0
+
+
+class Fail(NamedTuple):
+    """A worker's ``fail`` of one attempt."""
+
+    id: int
+    lease: int
+    error: str
+    retry_in: float | None = None
+    timed_out: bool = False
+    retries: int | None = None
+    credit: int = 0
+
+
+def check_fail(f: Fail) -> Fail:
+    """Raises: BadRequest for a retry_in or retries out of range."""
+    if f.retry_in is not None and not 0 <= f.retry_in < MAX_RETRY_IN:  # (NaN fails both comparisons)
+        raise BadRequest("fail: 'retry_in' must be a number of seconds >= 0 and under ten years")
+    if f.retries is not None and not 0 <= f.retries <= 1000:
+        raise BadRequest("fail: 'retries' must be between 0 and 1000")
+    return f
+
+
+class Progress(NamedTuple):
+    """A worker's ``progress`` of one running task (``value``: msgpack, opaque)."""
+
+    id: int
+    lease: int
+    value: bytes
