@@ -285,7 +285,9 @@ def parse_task_spec(d: Any) -> TaskSpec:
         raise ProtocolError("enqueue: each task must be a map")
     payload = d.get("payload", b"\xc0")
     if type(payload) is not bytes:
-        raise ProtocolError("enqueue: 'payload' must be bin (the msgpack encoding of the value)")
+        if payload is not None:
+            raise ProtocolError("enqueue: 'payload' must be bin (the msgpack encoding of the value)")
+        payload = b"\xc0"  # (nil and absent are the same: the default, section 0)
     type_ = d.get("type")
     n = len(d)
     if type(type_) is str and 0 < len(type_) <= 200 and (n == 1 or (n == 2 and "payload" in d)):

@@ -1,0 +1,73 @@
+"""Gaps between docs/protocol.md and the server, closed in the operations layer's one validation (issue 10).
+
+Each test talks to a real server over a raw TCP connection (``Peer``), so that it sees the frames the spec
+describes, and checks that the connection stays usable after a refused request where the spec says so.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from runq.app.core import CoreConfig
+from runq.app.server import Server, ServerConfig
+from runq.protocol.frames import Connection
+
+
+class Peer:
+    """A hand-driven protocol peer."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.conn = Connection()
+
+    @classmethod
+    async def connect(cls, port: int, **hello: Any) -> tuple[Peer, dict[str, Any]]:
+        peer = cls(await trio.open_tcp_stream("127.0.0.1", port))
+        await peer.send({"op": "hello", "version": 1, "role": "client", **hello})
+        return peer, await peer.recv()
+
+    async def send(self, msg: dict[str, Any]) -> None:
+        await self.stream.send_all(self.conn.send(msg))
+
+    async def recv(self) -> dict[str, Any]:
+        while True:
+            msg = self.conn.next_message()
+            if msg is not None:
+                return msg
+            data = await self.stream.receive_some(65536)
+            if not data:
+                raise EOFError
+            self.conn.receive_data(data)
+
+    async def call(self, msg: dict[str, Any]) -> dict[str, Any]:
+        await self.send(msg)
+        return await self.recv()
+
+    async def still_open(self) -> bool:
+        return (await self.call({"op": "ping", "rid": "p"}))["op"] == "pong"
+
+
+async def start(nursery: trio.Nursery, tmp_path: Path, **cfg: Any) -> Server:
+    srv = Server(ServerConfig(db=str(tmp_path / "runq.db"), port=0, core=CoreConfig(lease_timeout=10.0), **cfg))
+    await nursery.start(srv.serve)
+    return srv
+
+
+@pytest.mark.trio
+async def test_a_nil_payload_is_the_default_payload(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """Section 0: nil and absent are the same. A nil payload closed the connection (bad_message)."""
+    srv = await start(nursery, tmp_path)
+    with trio.fail_after(10):
+        peer, _ = await Peer.connect(srv.port)
+        async with peer.stream:
+            got = await peer.call({"op": "enqueue", "rid": 1, "tasks": [{"type": "t", "payload": None},
+                                                                      {"type": "t", "payload": None, "priority": 1}]})
+            assert got["op"] == "enqueued" and got["created"] == [True, True]
+            for tid in got["ids"]:
+                task = (await peer.call({"op": "get", "rid": 2, "id": tid}))["task"]
+                assert task["payload"] == b"\xc0"
+            assert await peer.still_open()
