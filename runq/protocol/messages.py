@@ -24,6 +24,7 @@ from .errors import ProtocolError
 
 __all__ = [
     "CLIENT_OPS",
+    "MAX_RUN_AT",
     "PROTOCOL_VERSION",
     "ROLES",
     "SUPPORTED_VERSIONS",
@@ -61,6 +62,10 @@ WORKER_OPS = frozenset({"credit", "heartbeat", "progress", "done", "fail", "rele
 #: a watcher is a read-only client.
 WATCHER_OPS = frozenset({"get", "wait", "events", "list", "queues", "workers", "subscribe", "ping", "stats",
                          "types"})
+
+#: ``run_at`` must lie strictly between -MAX_RUN_AT and MAX_RUN_AT (about year 5138): NaN and infinities too
+#: are refused (docs/protocol.md section 5.1).
+MAX_RUN_AT = 1e11
 
 _MISSING = object()
 #: Integers on the wire must fit in a signed 64-bit integer (docs/protocol.md section 0).
@@ -266,8 +271,9 @@ def check_task_spec(spec: TaskSpec) -> TaskSpec:
         raise ProtocolError("task: 'priority' must fit in 32 bits", "bad_request")
     if spec.delay is not None and spec.run_at is not None:
         raise ProtocolError("task: give 'delay' or 'run_at', not both", "bad_request")
-    if spec.run_at is not None and not -1e11 < spec.run_at < 1e11:  # refuses NaN and infinities; past means now
-        raise ProtocolError("task: 'run_at' must be a finite unix time in seconds", "bad_request")
+    if spec.run_at is not None and not -MAX_RUN_AT < spec.run_at < MAX_RUN_AT:  # (NaN fails both; past means now)
+        raise ProtocolError("task: 'run_at' must be a unix time in seconds, finite and strictly between -1e11 and "
+                            "1e11", "bad_request")
     if spec.delay is not None and not 0 <= spec.delay < 10 * 365 * 86400:
         raise ProtocolError("task: 'delay' must be >= 0 seconds and under ten years", "bad_request")
     if spec.timeout is not None and not 0 < spec.timeout <= 7 * 86400:

@@ -71,3 +71,21 @@ async def test_a_nil_payload_is_the_default_payload(nursery: trio.Nursery, tmp_p
                 task = (await peer.call({"op": "get", "rid": 2, "id": tid}))["task"]
                 assert task["payload"] == b"\xc0"
             assert await peer.still_open()
+
+
+@pytest.mark.trio
+async def test_run_at_is_refused_exactly_where_the_spec_says(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """docs/protocol.md said 'not range-checked' while NaN, infinities and abs(run_at) >= 1e11 were refused."""
+    srv = await start(nursery, tmp_path)
+    with trio.fail_after(10):
+        peer, _ = await Peer.connect(srv.port)
+        async with peer.stream:
+            for bad in (1e11, -1e11, float("inf"), float("-inf"), float("nan")):
+                got = await peer.call({"op": "enqueue", "rid": 1, "tasks": [{"type": "t", "run_at": bad}]})
+                assert got["op"] == "error" and got["code"] == "bad_request", (bad, got)
+                assert "strictly between -1e11 and 1e11" in got["message"]
+            for ok in (99_999_999_999.0, -99_999_999_999, 0):
+                got = await peer.call({"op": "enqueue", "rid": 2, "tasks": [{"type": "t", "run_at": ok}]})
+                assert got["op"] == "enqueued", (ok, got)
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    assert "not range-checked" not in doc and "abs(`run_at`) >= 10^11 are `bad_request`" in doc
