@@ -24,6 +24,7 @@ from .errors import ProtocolError
 
 __all__ = [
     "CLIENT_OPS",
+    "MAX_CREDIT",
     "MAX_RUN_AT",
     "PROTOCOL_VERSION",
     "ROLES",
@@ -63,6 +64,9 @@ WORKER_OPS = frozenset({"credit", "heartbeat", "progress", "done", "fail", "rele
 WATCHER_OPS = frozenset({"get", "wait", "events", "list", "queues", "workers", "subscribe", "ping", "stats",
                          "types"})
 
+#: The most credit a worker may grant in one message (``credit``'s ``n``, ``done``/``fail``'s ``credit``), and the
+#: most it may hold: grants beyond are capped there, so that a worker's credit fits any 64-bit reader.
+MAX_CREDIT = 1_000_000_000
 #: ``run_at`` must lie strictly between -MAX_RUN_AT and MAX_RUN_AT (about year 5138): NaN and infinities too
 #: are refused (docs/protocol.md section 5.1).
 MAX_RUN_AT = 1e11

@@ -89,3 +89,24 @@ async def test_run_at_is_refused_exactly_where_the_spec_says(nursery: trio.Nurse
                 assert got["op"] == "enqueued", (ok, got)
     doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
     assert "not range-checked" not in doc and "abs(`run_at`) >= 10^11 are `bad_request`" in doc
+
+
+@pytest.mark.trio
+async def test_credit_has_an_upper_bound_and_held_credit_is_capped(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """Two grants of 2^63-1 made a worker's credit overflow 64-bit readers (the ``workers`` answer)."""
+    srv = await start(nursery, tmp_path)
+    with trio.fail_after(10):
+        worker, welcome = await Peer.connect(srv.port, role="worker", queues=["empty"])
+        client, _ = await Peer.connect(srv.port)
+        async with worker.stream, client.stream:
+            for msg in ({"op": "credit", "n": 2**63 - 1}, {"op": "done", "results": [], "credit": 1_000_000_001},
+                        {"op": "fail", "id": 1, "lease": 1, "error": "x", "credit": 2**63 - 1}):
+                got = await worker.call(msg)
+                assert got["op"] == "error" and got["code"] == "bad_request", got
+                assert "must be at most 1000000000" in got["message"]
+            assert await worker.still_open()
+            for _ in range(3):
+                await worker.send({"op": "credit", "n": 1_000_000_000})
+            assert await worker.still_open()
+            [w] = (await client.call({"op": "workers", "rid": 1}))["workers"]
+            assert w["id"] == welcome["worker_id"] and w["credit"] == 1_000_000_000

@@ -36,6 +36,7 @@ from __future__ import annotations
 import heapq
 from typing import Any
 
+from ...protocol.messages import MAX_CREDIT
 from .model import ReadyQueue, Task, WorkerInfo, WorkerState
 from .routing import Routing
 from .states import Transition
@@ -58,7 +59,7 @@ class Dispatch(Routing):
         w.last_seen = now
         if n <= 0:
             return
-        w.credit += n
+        w.credit = min(w.credit + n, MAX_CREDIT)  # (held credit is capped: docs/protocol.md section 6.3)
         if w.state is WorkerState.ACTIVE:
             self.hungry[worker_id] = w
             self._pump_needed = True

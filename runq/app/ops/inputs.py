@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from ...protocol.messages import TaskSpec
+from ...protocol.messages import MAX_CREDIT, TaskSpec
 from ..core import State
 from .errors import BadRequest
 
@@ -32,6 +32,7 @@ __all__ = [
     "Subscription",
     "Token",
     "WaitRequest",
+    "check_credit",
     "check_fail",
     "check_list",
     "check_queue_name",
@@ -153,8 +154,20 @@ class Fail(NamedTuple):
     credit: int = 0
 
 
+def check_credit(n: int, what: str = "credit: 'n'") -> int:
+    """A worker's grant of credit (<= 0 grants nothing).
+
+    Raises:
+        BadRequest: above ``MAX_CREDIT``.
+    """
+    if n > MAX_CREDIT:
+        raise BadRequest(f"{what} must be at most {MAX_CREDIT} (nothing was granted)")
+    return n
+
+
 def check_fail(f: Fail) -> Fail:
-    """Raises: BadRequest for a retry_in or retries out of range."""
+    """Raises: BadRequest for a retry_in, retries or credit out of range."""
+    check_credit(f.credit, "fail: 'credit'")
     if f.retry_in is not None and not 0 <= f.retry_in < MAX_RETRY_IN:  # (NaN fails both comparisons)
         raise BadRequest("fail: 'retry_in' must be a number of seconds >= 0 and under ten years")
     if f.retries is not None and not 0 <= f.retries <= 1000:

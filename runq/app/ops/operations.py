@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from ... import __version__
 from ...protocol.errors import ProtocolError
-from ...protocol.messages import Hello, TaskSpec
+from ...protocol.messages import MAX_CREDIT, Hello, TaskSpec
 from .auth import Identity, authenticate, authorize
 from .errors import NotFound
 from .inputs import (
@@ -44,6 +44,7 @@ from .inputs import (
     Progress,
     Subscription,
     WaitRequest,
+    check_credit,
     check_fail,
     check_list,
     check_queue_name,
@@ -290,7 +291,7 @@ class Operations:
         """The worker can take ``n`` more tasks."""
         authorize(identity, "credit")
         srv = self.server
-        srv.core.credit(worker_id, n, srv.clock())
+        srv.core.credit(worker_id, check_credit(n), srv.clock())
 
     def heartbeat(self, identity: Identity, worker_id: str) -> None:
         """The worker is alive: its leases are extended."""
@@ -301,6 +302,8 @@ class Operations:
     def done(self, identity: Identity, worker_id: str, done: Done) -> None:
         """Tasks succeeded (results whose lease is stale are counted late and ignored); then more credit."""
         authorize(identity, "done")
+        if done.credit > MAX_CREDIT:
+            check_credit(done.credit, "done: 'credit'")
         srv = self.server
         now = srv.clock()
         core = srv.core
