@@ -25,6 +25,7 @@ from .errors import ProtocolError
 __all__ = [
     "CLIENT_OPS",
     "MAX_CREDIT",
+    "MAX_NAME",
     "MAX_RUN_AT",
     "PROTOCOL_VERSION",
     "ROLES",
@@ -64,6 +65,8 @@ WORKER_OPS = frozenset({"credit", "heartbeat", "progress", "done", "fail", "rele
 WATCHER_OPS = frozenset({"get", "wait", "events", "list", "queues", "workers", "subscribe", "ping", "stats",
                          "types"})
 
+#: Queue names and task types have 1 to MAX_NAME characters, wherever they are given (docs/protocol.md 5.1).
+MAX_NAME = 200
 #: The most credit a worker may grant in one message (``credit``'s ``n``, ``done``/``fail``'s ``credit``), and the
 #: most it may hold: grants beyond are capped there, so that a worker's credit fits any 64-bit reader.
 MAX_CREDIT = 1_000_000_000
@@ -180,8 +183,8 @@ def parse_hello(msg: dict[str, Any]) -> Hello:
     if role not in ROLES:
         raise ProtocolError(f"hello: role must be one of {ROLES}, got {role!r}")
     queues = optional(msg, "queues", list, ["default"])
-    if not queues or not all(isinstance(q, str) and q for q in queues):
-        raise ProtocolError("hello: 'queues' must be a non-empty list of non-empty str")
+    if not queues or not all(isinstance(q, str) and 0 < len(q) <= MAX_NAME for q in queues):
+        raise ProtocolError(f"hello: 'queues' must be a non-empty list of queue names (str of 1 to {MAX_NAME} chars)")
     concurrency = optional(msg, "concurrency", int, 1)
     if concurrency < 1:
         raise ProtocolError("hello: 'concurrency' must be >= 1")
@@ -269,7 +272,7 @@ def check_task_spec(spec: TaskSpec) -> TaskSpec:
     """
     if not spec.type or len(spec.type) > 200:
         raise ProtocolError("task: 'type' must be a non-empty str of at most 200 chars", "bad_request")
-    if spec.queue is not None and not 0 < len(spec.queue) <= 200:
+    if spec.queue is not None and not 0 < len(spec.queue) <= MAX_NAME:
         raise ProtocolError("task: 'queue' must be a non-empty str of at most 200 chars", "bad_request")
     if spec.priority is not None and not -(2**31) <= spec.priority < 2**31:
         raise ProtocolError("task: 'priority' must fit in 32 bits", "bad_request")

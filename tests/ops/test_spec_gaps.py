@@ -110,3 +110,27 @@ async def test_credit_has_an_upper_bound_and_held_credit_is_capped(nursery: trio
             assert await worker.still_open()
             [w] = (await client.call({"op": "workers", "rid": 1}))["workers"]
             assert w["id"] == welcome["worker_id"] and w["credit"] == 1_000_000_000
+
+
+@pytest.mark.trio
+async def test_queue_names_follow_one_rule_everywhere(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """A task's queue has 1 to 200 chars; pause, resume, a worker's hello queues and the list and subscribe
+    filters took any str (a queue no task could ever be on)."""
+    srv = await start(nursery, tmp_path)
+    long = "q" * 201
+    with trio.fail_after(10):
+        peer, _ = await Peer.connect(srv.port)
+        async with peer.stream:
+            for msg in ({"op": "pause", "queue": ""}, {"op": "resume", "queue": long},
+                        {"op": "list", "queue": ""}, {"op": "list", "queue": long}, {"op": "list", "type": long},
+                        {"op": "subscribe", "queues": ["ok", ""]}, {"op": "subscribe", "types": [long]}):
+                got = await peer.call({**msg, "rid": 7})
+                assert (got["op"], got["code"], got["rid"]) == ("error", "bad_request", 7), (msg, got)
+            assert not srv.subscribers  # (the refused subscribe did not subscribe)
+            for msg in ({"op": "pause", "queue": "q" * 200}, {"op": "list", "queue": "q" * 200},
+                        {"op": "subscribe", "queues": ["q" * 200]}):
+                assert (await peer.call(msg))["op"] in ("ok", "tasks"), msg
+        worker, refused = await Peer.connect(srv.port, role="worker", queues=["ok", long])
+        async with worker.stream:
+            assert refused["op"] == "error" and refused["code"] == "bad_message"
+            assert "1 to 200 chars" in refused["message"]

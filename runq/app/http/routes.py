@@ -271,7 +271,7 @@ def create_app(server: Server, meter: Meter, hub: StreamHub) -> QuartTrio:
     async def events() -> Response:
         sub = _subscription(request.args)
         identity = _me()
-        ops.subscribe(identity, None, None)  # authorised; 503 busy at the max_subscribers limit
+        ops.subscribe(identity, None, sub)  # authorised, checked; 503 busy at the max_subscribers limit
 
         async def body() -> Any:
             # The stream is registered here, when the body starts, never in the handler: a client that

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from ...protocol.messages import MAX_CREDIT, TaskSpec
+from ...protocol.messages import MAX_CREDIT, MAX_NAME, TaskSpec
 from ..core import State
 from .errors import BadRequest
 
@@ -36,6 +36,7 @@ __all__ = [
     "check_fail",
     "check_list",
     "check_queue_name",
+    "check_subscription",
     "check_token",
     "check_wait",
 ]
@@ -100,23 +101,38 @@ class ListQuery(NamedTuple):
 
 
 def check_list(q: ListQuery) -> ListQuery:
-    """Raises: BadRequest for a limit outside 1..LIST_LIMIT or an unknown state."""
+    """Raises: BadRequest for a limit outside 1..LIST_LIMIT, an unknown state, or a queue or type filter no
+    task could match."""
     if not 1 <= q.limit <= LIST_LIMIT:
         raise BadRequest(f"limit must be between 1 and {LIST_LIMIT}")
     if q.state is not None and q.state not in STATES:
         raise BadRequest(f"unknown state {q.state!r}")
+    if q.queue is not None:
+        check_queue_name(q.queue)
+    if q.type is not None and not 0 < len(q.type) <= MAX_NAME:
+        raise BadRequest(f"a task type has 1 to {MAX_NAME} characters")
     return q
 
 
 def check_queue_name(name: str) -> str:
-    """A queue's name, as ``check_task_spec`` accepts it in a task (pause, resume).
+    """A queue's name, as ``check_task_spec`` accepts it in a task (pause, resume, the queue filters of list
+    and subscribe; ``parse_hello`` holds a worker's queues to the same rule).
 
     Raises:
-        BadRequest: empty or longer than 200 characters.
+        BadRequest: empty or longer than ``MAX_NAME`` characters.
     """
-    if not 0 < len(name) <= 200:
-        raise BadRequest("queue name must have 1 to 200 characters")
+    if not 0 < len(name) <= MAX_NAME:
+        raise BadRequest(f"queue name must have 1 to {MAX_NAME} characters")
     return name
+
+
+def check_subscription(sub: Subscription) -> Subscription:
+    """Raises: BadRequest for a queue or type filter no task could match."""
+    for q in sub.queues or ():
+        check_queue_name(q)
+    if sub.types and not all(0 < len(t) <= MAX_NAME for t in sub.types):
+        raise BadRequest(f"a task type has 1 to {MAX_NAME} characters")
+    return sub
 
 
 @dataclass

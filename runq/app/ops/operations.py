@@ -48,6 +48,7 @@ from .inputs import (
     check_fail,
     check_list,
     check_queue_name,
+    check_subscription,
     check_wait,
 )
 
@@ -272,19 +273,23 @@ class Operations:
         return self.server.statistics()
 
     def subscribe(self, identity: Identity, subscriber: Subscriber | None, subscription: Subscription | None) -> None:
-        """Send live events matching ``subscription`` to ``subscriber`` from now on (None: check only that
-        one more may subscribe, without subscribing: an HTTP stream subscribes once its body starts).
+        """Send live events matching ``subscription`` to ``subscriber`` from now on. With no ``subscriber``,
+        only check that it may (an HTTP stream subscribes once its body starts).
 
         Raises:
+            BadRequest: a queue or type filter no task could match.
             ProtocolError: ``busy`` at the server's ``max_subscribers`` (the subscriber's filter unchanged).
         """
         authorize(identity, "subscribe")
+        if subscription is not None:
+            check_subscription(subscription)
         srv = self.server
-        if subscriber is None or subscription is None:
+        if subscriber is None:
             srv.check_subscriber_room()
             return
         srv.subscribe(subscriber)
-        subscriber.subscription = subscription
+        if subscription is not None:
+            subscriber.subscription = subscription
 
     # ------------------------------------------------------------------ workers' messages
     def credit(self, identity: Identity, worker_id: str, n: int) -> None:
