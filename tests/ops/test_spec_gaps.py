@@ -134,3 +134,23 @@ async def test_queue_names_follow_one_rule_everywhere(nursery: trio.Nursery, tmp
         async with worker.stream:
             assert refused["op"] == "error" and refused["code"] == "bad_message"
             assert "1 to 200 chars" in refused["message"]
+
+
+@pytest.mark.trio
+async def test_a_map_with_a_key_that_is_not_a_str_is_a_bad_request(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """Section 0: a non-str key anywhere in a frame is refused with bad_request and the request's rid; the
+    connection stays open and nothing is enqueued."""
+    srv = await start(nursery, tmp_path)
+    with trio.fail_after(10):
+        peer, _ = await Peer.connect(srv.port)
+        async with peer.stream:
+            for msg in ({"op": "enqueue", "rid": 3, "tasks": [{"type": "t", 1: b"x"}]},
+                        {"op": "get", "rid": 3, "id": 1, None: 2},
+                        {"op": "list", "rid": 3, "limit": 5, 2.5: "x"}):
+                got = await peer.call(msg)
+                assert (got["op"], got["code"], got["rid"]) == ("error", "bad_request", 3), got
+                assert "every map key must be a str" in got["message"]
+            assert srv.core.stats.enqueued == 0 and await peer.still_open()
+        worker, refused = await Peer.connect(srv.port, role="worker", type_options={7: {}})
+        async with worker.stream:
+            assert refused["op"] == "error" and refused["code"] == "bad_request"

@@ -81,7 +81,7 @@ class Session:
                  max_pending: int = 4 << 20) -> None:
         self.stream = stream
         self.peer = peer
-        self.conn = Connection(max_frame)
+        self.conn = Connection(max_frame, strict_keys=True)  # (a map with a non-str key: bad_request)
         self.role = "unknown"
         #: who the peer is, once its hello is accepted (no operation until then)
         self.identity: Identity = _NOBODY

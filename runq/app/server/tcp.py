@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ...protocol.errors import ProtocolError, RunqError
+from ...protocol.frames import INVALID_OP
 from ...protocol.messages import CLIENT_OPS, WORKER_OPS, is_int, optional, parse_hello, parse_task_spec, require
 from ..core import IllegalTransition, TaskMissing
 from ..ops import Done, EnqueueRequest, Fail, ListQuery, Progress, Subscription, WaitRequest, check_token
@@ -181,6 +182,10 @@ class TcpFrontend:
                         i += 1
                         continue
             if op not in _OPS:
+                if op == INVALID_OP:  # (a map with a key that is not a str: frames.py rule 4)
+                    sess.send({"op": "error", "rid": msg["rid"], "code": "bad_request", "message": msg["message"]})
+                    i += 1
+                    continue
                 raise ProtocolError(f"unknown op {op!r} for a {sess.role}", "unknown_op")
             if op == "enqueue":  # consecutive enqueues: one call of the core (and one commit)
                 j = i + 1
@@ -225,6 +230,8 @@ class TcpFrontend:
         return False
 
     def _hello(self, sess: Session, msg: dict[str, Any]) -> None:
+        if msg["op"] == INVALID_OP:
+            raise ProtocolError(msg["message"], "bad_request")
         hello = parse_hello(msg)
         ident = self.ops.authenticate(hello.token, hello.role, sess.peer)
         welcome = self.ops.hello(ident, hello, sess.peer.rsplit(":", 1)[0], sess)
