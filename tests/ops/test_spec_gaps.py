@@ -154,3 +154,19 @@ async def test_a_map_with_a_key_that_is_not_a_str_is_a_bad_request(nursery: trio
         worker, refused = await Peer.connect(srv.port, role="worker", type_options={7: {}})
         async with worker.stream:
             assert refused["op"] == "error" and refused["code"] == "bad_request"
+
+
+@pytest.mark.trio
+async def test_a_fail_timeout_must_be_a_bool(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """Section 6.1 says bool; a 1 or "yes" counted as true (and bool is not a number, section 0)."""
+    srv = await start(nursery, tmp_path)
+    with trio.fail_after(10):
+        worker, _ = await Peer.connect(srv.port, role="worker")
+        async with worker.stream:
+            got = await worker.call({"op": "fail", "id": 1, "lease": 1, "error": "x", "timeout": 1})
+            assert got["op"] == "error" and got["code"] == "bad_message" and "'timeout' must be bool" in got["message"]
+        worker, _ = await Peer.connect(srv.port, role="worker")
+        async with worker.stream:  # (true, false and nil are fine: a fail of an unknown lease is ignored)
+            for ok in (True, False, None):
+                await worker.send({"op": "fail", "id": 1, "lease": 1, "error": "x", "timeout": ok})
+            assert await worker.still_open()

@@ -261,7 +261,8 @@ class TcpFrontend:
             retry_in = optional(msg, "retry_in", (int, float))
             ops.fail(ident, wid, Fail(
                 require(msg, "id", int), require(msg, "lease", int), require(msg, "error", str),
-                retry_in=float(retry_in) if retry_in is not None else None, timed_out=bool(msg.get("timeout")),
+                retry_in=float(retry_in) if retry_in is not None else None,
+                timed_out=optional(msg, "timeout", bool, False),
                 retries=optional(msg, "retries", int), credit=optional(msg, "credit", int, 0)))
         elif op == "progress":
             ops.progress(ident, wid, Progress(require(msg, "id", int), require(msg, "lease", int),
