@@ -170,3 +170,35 @@ async def test_a_fail_timeout_must_be_a_bool(nursery: trio.Nursery, tmp_path: Pa
             for ok in (True, False, None):
                 await worker.send({"op": "fail", "id": 1, "lease": 1, "error": "x", "timeout": ok})
             assert await worker.still_open()
+
+
+@pytest.mark.trio
+async def test_a_pause_whose_commit_fails_is_answered_by_the_retried_commit(nursery: trio.Nursery,
+                                                                            tmp_path: Path) -> None:
+    """The commit holding a pause fails (here: with an enqueue too large for the 'full disk', in the same
+    read). The queue stays paused in memory and the write is retried; the answer was ``store_error``, which
+    said the pause did not happen. It now waits for the retried commit and is ``ok``, and the pause is on disk."""
+    import sqlite3
+
+    srv = await start(nursery, tmp_path)
+    store = srv.store
+    assert store is not None
+    with trio.fail_after(20):
+        peer, _ = await Peer.connect(srv.port)
+        async with peer.stream:
+            assert (await peer.call({"op": "enqueue", "rid": 0, "tasks": [{"type": "t"}]}))["op"] == "enqueued"
+            await srv.wait_committed()
+            (pages,) = store.conn.execute("PRAGMA page_count").fetchone()
+            store.conn.execute(f"PRAGMA max_page_count = {pages}")  # the 'disk' is now full
+            big = {"op": "enqueue", "rid": 1, "tasks": [{"type": "t", "payload": b"\xc4" * 300_000}]}
+            await peer.stream.send_all(peer.conn.send_many([big, {"op": "pause", "rid": 2, "queue": "q"}]))
+            first = await peer.recv()
+            assert (first["rid"], first["op"], first["code"]) == (1, "error", "store_error")
+            second = await peer.recv()
+            assert second == {"op": "ok", "rid": 2}, second
+            assert srv.core.queue_stats()[-1]["paused"] is True
+            await srv.wait_committed()
+            db = sqlite3.connect(srv.config.db)
+            assert db.execute("SELECT paused FROM queues WHERE name = 'q'").fetchone() == (1,)
+            db.close()
+            store.conn.execute("PRAGMA max_page_count = 1073741823")
