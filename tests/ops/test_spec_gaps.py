@@ -202,3 +202,26 @@ async def test_a_pause_whose_commit_fails_is_answered_by_the_retried_commit(nurs
             assert db.execute("SELECT paused FROM queues WHERE name = 'q'").fetchone() == (1,)
             db.close()
             store.conn.execute("PRAGMA max_page_count = 1073741823")
+
+
+@pytest.mark.trio
+async def test_a_wait_timeout_is_bounded(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """An infinite or huge wait held a server task for ever; it is cut to 300 s (the HTTP API's bound)."""
+    from runq.app.ops import WaitRequest, authenticate
+    from runq.app.ops.inputs import MAX_WAIT, check_wait
+
+    assert MAX_WAIT == 300.0
+    assert check_wait(WaitRequest(1, float("inf"))).timeout == 300.0
+    assert check_wait(WaitRequest(1, 1e300)).timeout == 300.0
+    assert check_wait(WaitRequest(1, 299.5)).timeout == 299.5
+    srv = await start(nursery, tmp_path)
+    with trio.fail_after(10):
+        peer, _ = await Peer.connect(srv.port)
+        async with peer.stream:
+            [tid] = (await peer.call({"op": "enqueue", "rid": 1, "tasks": [{"type": "t"}]}))["ids"]
+            await peer.send({"op": "wait", "rid": 2, "id": tid, "timeout": float("inf")})
+            await peer.send({"op": "cancel", "rid": 3, "id": tid})
+            answers = {m["rid"]: m for m in [await peer.recv(), await peer.recv()]}
+            assert answers[2]["task"]["state"] == "cancelled"  # (a wait of 'for ever' is still a wait)
+        with pytest.raises(Exception, match="NaN"):
+            await srv.ops.wait(authenticate(None, None, "client"), WaitRequest(tid, float("nan")))

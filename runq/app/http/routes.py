@@ -29,6 +29,7 @@ from werkzeug.routing import BaseConverter
 
 from ...protocol.errors import RunqError
 from ..ops import Identity, ListQuery, Subscription, Unauthenticated, WaitRequest
+from ..ops.inputs import MAX_WAIT
 from .encoding import (
     IDS_RE,
     MAX_ID,
@@ -55,7 +56,6 @@ __all__ = ["MAX_BATCH", "MAX_WAIT", "OPEN_PATHS", "create_app"]
 #: Paths answered without the token.
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs"})
 MAX_BATCH = 10_000
-MAX_WAIT = 300.0
 #: Query parameters each endpoint accepts; any other is refused (as unknown body fields are).
 QUERY_PARAMS: dict[str, frozenset[str]] = {
     "list_tasks": frozenset({"status", "queue", "type", "limit", "cursor"}),

@@ -23,6 +23,7 @@ from .errors import BadRequest
 __all__ = [
     "LIST_LIMIT",
     "MAX_RETRY_IN",
+    "MAX_WAIT",
     "STATES",
     "Done",
     "EnqueueRequest",
@@ -43,6 +44,8 @@ __all__ = [
 
 #: The longest ``retry_in`` a worker may ask for (as for a spec's ``delay``: under ten years).
 MAX_RETRY_IN = 10 * 365 * 86400
+#: The longest a ``wait`` waits, in seconds (a longer timeout, infinity included, is cut to this).
+MAX_WAIT = 300.0
 #: A page of ``list`` holds 1 to this many tasks.
 LIST_LIMIT = 1000
 #: The task states (``list`` filters by one of them).
@@ -84,9 +87,15 @@ class WaitRequest(NamedTuple):
 
 
 def check_wait(req: WaitRequest) -> WaitRequest:
-    """Raises: BadRequest for a NaN timeout."""
+    """``req`` with its timeout capped at ``MAX_WAIT`` (<= 0: answered at once).
+
+    Raises:
+        BadRequest: a NaN timeout.
+    """
     if math.isnan(req.timeout):
         raise BadRequest("wait: 'timeout' must be a number, not NaN")
+    if req.timeout > MAX_WAIT:  # (infinity included) a long poll holds a server task: the client asks again
+        return req._replace(timeout=MAX_WAIT)
     return req
 
 

@@ -177,7 +177,7 @@ class Operations:
             TaskMissing: no such task.
         """
         authorize(identity, "wait")
-        check_wait(req)
+        req = check_wait(req)
         return await self.server.wait_task(req.id, req.timeout)
 
     async def cancel(self, identity: Identity, task_id: int) -> dict[str, Any]:
