@@ -225,3 +225,27 @@ async def test_a_wait_timeout_is_bounded(nursery: trio.Nursery, tmp_path: Path) 
             assert answers[2]["task"]["state"] == "cancelled"  # (a wait of 'for ever' is still a wait)
         with pytest.raises(Exception, match="NaN"):
             await srv.ops.wait(authenticate(None, None, "client"), WaitRequest(tid, float("nan")))
+
+
+@pytest.mark.trio
+async def test_listing_failed_tasks_is_refused_with_the_states_that_can_be_listed(nursery: trio.Nursery,
+                                                                                tmp_path: Path) -> None:
+    """No stored task is ever 'failed' (a failed attempt moves on at once), so list state=failed was always
+    empty: it is refused, saying which states can be listed."""
+    srv = await start(nursery, tmp_path, http_port=0)
+    import httpx
+
+    with trio.fail_after(10):
+        peer, _ = await Peer.connect(srv.port)
+        async with peer.stream:
+            got = await peer.call({"op": "list", "rid": 1, "state": "failed"})
+            assert got["op"] == "error" and got["code"] == "bad_request"
+            assert "['cancelled', 'dead', 'ready', 'running', 'scheduled', 'succeeded']" in got["message"]
+            for state in ("scheduled", "ready", "running", "succeeded", "dead", "cancelled"):
+                assert (await peer.call({"op": "list", "rid": 2, "state": state}))["op"] == "tasks"
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{srv.http_port}") as h:
+            r = await h.get("/api/tasks", params={"status": "failed"})
+            assert r.status_code == 400 and r.json()["error"]["message"] == got["message"]
+            spec = (await h.get("/openapi.json")).json()
+        [status] = [p for p in spec["paths"]["/api/tasks"]["get"]["parameters"] if p["name"] == "status"]
+        assert "failed" not in status["schema"]["enum"]

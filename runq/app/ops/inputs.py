@@ -21,6 +21,7 @@ from ..core import State
 from .errors import BadRequest
 
 __all__ = [
+    "LISTABLE_STATES",
     "LIST_LIMIT",
     "MAX_RETRY_IN",
     "MAX_WAIT",
@@ -48,8 +49,11 @@ MAX_RETRY_IN = 10 * 365 * 86400
 MAX_WAIT = 300.0
 #: A page of ``list`` holds 1 to this many tasks.
 LIST_LIMIT = 1000
-#: The task states (``list`` filters by one of them).
+#: The task states.
 STATES = frozenset(s.value for s in State)
+#: The states ``list`` filters by: every state a stored task can be in. ``failed`` is not one: a failed attempt
+#: moves its task on at once (to ``scheduled`` for its retry, or ``dead``), in the same commit.
+LISTABLE_STATES = STATES - {State.FAILED.value}
 
 #: an enqueue's idempotency token: (client id, seq, done_below) (docs/protocol.md 5.2)
 Token = tuple[str, int, "int | None"]
@@ -114,8 +118,11 @@ def check_list(q: ListQuery) -> ListQuery:
     task could match."""
     if not 1 <= q.limit <= LIST_LIMIT:
         raise BadRequest(f"limit must be between 1 and {LIST_LIMIT}")
-    if q.state is not None and q.state not in STATES:
-        raise BadRequest(f"unknown state {q.state!r}")
+    if q.state is not None and q.state not in LISTABLE_STATES:
+        if q.state == State.FAILED.value:
+            raise BadRequest(f"no task is ever listed as {q.state!r} (a failed attempt leaves its task scheduled "
+                             f"for a retry, or dead); list one of {sorted(LISTABLE_STATES)}")
+        raise BadRequest(f"unknown state {q.state!r}; one of {sorted(LISTABLE_STATES)}")
     if q.queue is not None:
         check_queue_name(q.queue)
     if q.type is not None and not 0 < len(q.type) <= MAX_NAME:
