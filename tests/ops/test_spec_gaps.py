@@ -249,3 +249,19 @@ async def test_listing_failed_tasks_is_refused_with_the_states_that_can_be_liste
             spec = (await h.get("/openapi.json")).json()
         [status] = [p for p in spec["paths"]["/api/tasks"]["get"]["parameters"] if p["name"] == "status"]
         assert "failed" not in status["schema"]["enum"]
+
+
+@pytest.mark.trio
+async def test_retrying_a_task_whose_key_another_live_task_holds_says_so(nursery: trio.Nursery,
+                                                                         tmp_path: Path) -> None:
+    srv = await start(nursery, tmp_path)
+    with trio.fail_after(10):
+        peer, _ = await Peer.connect(srv.port)
+        async with peer.stream:
+            [first] = (await peer.call({"op": "enqueue", "rid": 1, "tasks": [{"type": "t", "key": "k"}]}))["ids"]
+            assert (await peer.call({"op": "cancel", "rid": 2, "id": first}))["task"]["state"] == "cancelled"
+            [second] = (await peer.call({"op": "enqueue", "rid": 3, "tasks": [{"type": "t", "key": "k"}]}))["ids"]
+            got = await peer.call({"op": "retry", "rid": 4, "id": first})
+            assert got["op"] == "error" and got["code"] == "invalid_state"
+            assert got["message"] == (f"cannot retry task {first}: its unique key 'k' is held by task {second} "
+                                      "(ready); it can be retried once that task is final")
