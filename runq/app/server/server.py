@@ -3,9 +3,11 @@
 Theory of operation
 -------------------
 One trio process. Frontends (the TCP protocol in ``tcp.py``, the HTTP API in
-``runq.app.http``) turn requests into calls of this class's public operations
-(``enqueue``, ``get_task``, ``wait_task``, ``cancel``, ...), which call the
-``Core``. After the inputs of one read (TCP) or one request (HTTP), ``flush()``
+``runq.app.http``) turn requests into calls of the operations layer
+(``runq.app.ops.Operations``, ``self.ops``: authorisation and validation), which
+calls this class's public operations (``enqueue``, ``get_task``, ``wait_task``,
+``cancel``, ...), which call the ``Core``. This module starts both frontends
+(``tcp`` here, ``runq.app.http`` only inside ``serve``); neither imports it. After the inputs of one read (TCP) or one request (HTTP), ``flush()``
 collects the core's effects once: task rows and events go to the store's writer
 thread as one ``Batch``, messages go to the worker sessions, live events to
 subscribers. Enqueue acknowledgements and pause/resume answers are given from

@@ -1,16 +1,21 @@
-"""The TCP protocol frontend: one task per connection, messages to server operations.
+"""The TCP protocol frontend: one task per connection, messages to the operations layer.
 
 Every connection runs ``serve_connection``: it reads bytes, lets the session's
 sans-IO ``Connection`` cut them into messages, hands each to a handler, and
 after each read calls ``server.flush()`` once, so everything that arrived in one
 read shares one group commit. docs/protocol.md is the normative description.
 
+A handler only decodes (the fields' wire types, with ``runq.protocol.messages``),
+calls one method of ``runq.app.ops.Operations`` with the session's ``Identity``
+(set by ``hello``), and encodes the answer or the error frame: authorisation and
+the range checks of every input are the operations layer's, shared with HTTP.
+
 The hot path costs few trio rounds: bytes are read straight from the
 non-blocking socket (``_receive``: one ``os.read``, ``wait_readable`` only when
 nothing is there); the messages of one read are handled synchronously in one
 write round of the server's ``Outbox`` (their replies leave in one write), except
 the few that must wait for the store (``_client_later``); and consecutive
-``enqueue`` requests of one read make one call of ``Server.enqueue_nowait``
+``enqueue`` requests of one read make one call of ``Operations.enqueue_nowait``
 (one call of the core, one commit).
 """
 
