@@ -52,12 +52,16 @@ class IllegalTransition(RunqError):
     Attributes:
         state: the task's state.
         transition: what was asked.
+
+    Args:
+        why: the message, when the state alone is not the reason.
     """
 
     code = "invalid_state"
 
-    def __init__(self, state: State | None, transition: Transition) -> None:
-        super().__init__(f"cannot apply {transition.value!r} to a task in state {state.value if state else 'new'!r}")
+    def __init__(self, state: State | None, transition: Transition, why: str | None = None) -> None:
+        super().__init__(why or f"cannot apply {transition.value!r} to a task in state "
+                                f"{state.value if state else 'new'!r}")
         self.state = state
         self.transition = transition
 

@@ -23,6 +23,11 @@ Rules of this file:
 2. After a ``ProtocolError`` the connection is dead: every later call raises
    the same error. The caller sends an error frame and closes.
 3. Bytes inside messages stay bytes (msgpack bin); strings are UTF-8 str.
+4. With ``strict_keys`` (the server's side), a frame holding a map whose key is not a str or bin (an int,
+   nil, an array, ...), anywhere in it, is not an error of the stream: it is returned as the message
+   ``{"op": INVALID_OP, "rid": <its rid>, "message": <what is wrong>}``, which the server answers with
+   ``bad_request`` (docs/protocol.md section 0). The frame is decoded again, loosely, only then: a valid
+   frame costs nothing more.
 """
 
 from __future__ import annotations
@@ -35,12 +40,14 @@ import msgpack
 
 from .errors import FrameTooLarge, ProtocolError
 
-__all__ = ["DEFAULT_MAX_FRAME", "HEADER", "Connection", "encode_frame"]
+__all__ = ["DEFAULT_MAX_FRAME", "HEADER", "INVALID_OP", "Connection", "encode_frame"]
 
 #: Default hard limit on one frame's body, in bytes (16 MiB).
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 
 HEADER = struct.Struct(">I")
+#: The ``op`` of a message that ``Connection(strict_keys=True)`` could not accept as it came (rule 4).
+INVALID_OP = "\x00invalid"
 
 _packb = msgpack.Packer(use_bin_type=True).pack
 
@@ -75,12 +82,14 @@ class Connection:
 
     Args:
         max_frame: the largest body accepted from the peer, in bytes.
+        strict_keys: map keys must be str (or bin); see rule 4.
     """
 
-    __slots__ = ("_buf", "_eof", "_error", "_pos", "frames_in", "frames_out", "max_frame")
+    __slots__ = ("_buf", "_eof", "_error", "_pos", "frames_in", "frames_out", "max_frame", "strict_keys")
 
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME, strict_keys: bool = False) -> None:
         self.max_frame = max_frame
+        self.strict_keys = strict_keys
         self._buf = bytearray()
         self._pos = 0
         self._error: ProtocolError | None = None
@@ -142,10 +151,10 @@ class Connection:
         end = start + size
         try:
             message = msgpack.unpackb(
-                memoryview(buf)[start:end], raw=False, strict_map_key=False, use_list=True
+                memoryview(buf)[start:end], raw=False, strict_map_key=self.strict_keys, use_list=True
             )
         except Exception as exc:  # noqa: BLE001 - msgpack raises several unrelated classes
-            self._fail(ProtocolError(f"frame body is not one msgpack value: {exc}", "bad_frame"))
+            message = self._loose(memoryview(buf)[start:end], exc)
         self._pos = end
         if end == len(buf):
             buf.clear()
@@ -157,6 +166,19 @@ class Connection:
             self._fail(ProtocolError("a frame must hold a map with a str 'op'", "bad_frame"))
         self.frames_in += 1
         return message  # type: ignore[no-any-return]
+
+    def _loose(self, body: memoryview, exc: Exception) -> dict[str, Any]:
+        """The message of a frame that strict decoding refused (rule 4), or the stream's end (``_fail``)."""
+        if self.strict_keys and isinstance(exc, ValueError) and "map key" in str(exc):
+            why = str(exc).replace(" when strict_map_key=True", "")
+            try:
+                loose = msgpack.unpackb(body, raw=False, strict_map_key=False, use_list=True)
+            except Exception:  # noqa: BLE001 - a key msgpack cannot even hash (an array, a map)
+                loose = {"op": "?"}
+            if isinstance(loose, dict) and isinstance(loose.get("op"), str):
+                return {"op": INVALID_OP, "rid": loose.get("rid"),
+                        "message": f"{loose['op']}: every map key must be a str ({why})"}
+        return self._fail(ProtocolError(f"frame body is not one msgpack value: {exc}", "bad_frame"))  # type: ignore[no-any-return]
 
     def messages(self) -> list[dict[str, Any]]:
         """Return every whole message buffered now (maybe none)."""

@@ -24,6 +24,9 @@ from .errors import ProtocolError
 
 __all__ = [
     "CLIENT_OPS",
+    "MAX_CREDIT",
+    "MAX_NAME",
+    "MAX_RUN_AT",
     "PROTOCOL_VERSION",
     "ROLES",
     "SUPPORTED_VERSIONS",
@@ -62,6 +65,15 @@ WORKER_OPS = frozenset({"credit", "heartbeat", "progress", "done", "fail", "rele
 #: a watcher is a read-only client.
 WATCHER_OPS = frozenset({"get", "wait", "events", "list", "queues", "workers", "subscribe", "ping", "stats",
                          "types"})
+
+#: Queue names and task types have 1 to MAX_NAME characters, wherever they are given (docs/protocol.md 5.1).
+MAX_NAME = 200
+#: The most credit a worker may grant in one message (``credit``'s ``n``, ``done``/``fail``'s ``credit``), and the
+#: most it may hold: grants beyond are capped there, so that a worker's credit fits any 64-bit reader.
+MAX_CREDIT = 1_000_000_000
+#: ``run_at`` must lie strictly between -MAX_RUN_AT and MAX_RUN_AT (about year 5138): NaN and infinities too
+#: are refused (docs/protocol.md section 5.1).
+MAX_RUN_AT = 1e11
 
 _MISSING = object()
 #: Integers on the wire must fit in a signed 64-bit integer (docs/protocol.md section 0).
@@ -172,8 +184,8 @@ def parse_hello(msg: dict[str, Any]) -> Hello:
     if role not in ROLES:
         raise ProtocolError(f"hello: role must be one of {ROLES}, got {role!r}")
     queues = optional(msg, "queues", list, ["default"])
-    if not queues or not all(isinstance(q, str) and q for q in queues):
-        raise ProtocolError("hello: 'queues' must be a non-empty list of non-empty str")
+    if not queues or not all(isinstance(q, str) and 0 < len(q) <= MAX_NAME for q in queues):
+        raise ProtocolError(f"hello: 'queues' must be a non-empty list of queue names (str of 1 to {MAX_NAME} chars)")
     concurrency = optional(msg, "concurrency", int, 1)
     if concurrency < 1:
         raise ProtocolError("hello: 'concurrency' must be >= 1")
@@ -261,14 +273,15 @@ def check_task_spec(spec: TaskSpec) -> TaskSpec:
     """
     if not spec.type or len(spec.type) > 200:
         raise ProtocolError("task: 'type' must be a non-empty str of at most 200 chars", "bad_request")
-    if spec.queue is not None and not 0 < len(spec.queue) <= 200:
+    if spec.queue is not None and not 0 < len(spec.queue) <= MAX_NAME:
         raise ProtocolError("task: 'queue' must be a non-empty str of at most 200 chars", "bad_request")
     if spec.priority is not None and not -(2**31) <= spec.priority < 2**31:
         raise ProtocolError("task: 'priority' must fit in 32 bits", "bad_request")
     if spec.delay is not None and spec.run_at is not None:
         raise ProtocolError("task: give 'delay' or 'run_at', not both", "bad_request")
-    if spec.run_at is not None and not -1e11 < spec.run_at < 1e11:  # refuses NaN and infinities; past means now
-        raise ProtocolError("task: 'run_at' must be a finite unix time in seconds", "bad_request")
+    if spec.run_at is not None and not -MAX_RUN_AT < spec.run_at < MAX_RUN_AT:  # (NaN fails both; past means now)
+        raise ProtocolError("task: 'run_at' must be a unix time in seconds, finite and strictly between -1e11 and "
+                            "1e11", "bad_request")
     if spec.delay is not None and not 0 <= spec.delay < 10 * 365 * 86400:
         raise ProtocolError("task: 'delay' must be >= 0 seconds and under ten years", "bad_request")
     if spec.timeout is not None and not 0 < spec.timeout <= 7 * 86400:
@@ -286,7 +299,9 @@ def parse_task_spec(d: Any) -> TaskSpec:
         raise ProtocolError("enqueue: each task must be a map")
     payload = d.get("payload", b"\xc0")
     if type(payload) is not bytes:
-        raise ProtocolError("enqueue: 'payload' must be bin (the msgpack encoding of the value)")
+        if payload is not None:
+            raise ProtocolError("enqueue: 'payload' must be bin (the msgpack encoding of the value)")
+        payload = b"\xc0"  # (nil and absent are the same: the default, section 0)
     type_ = d.get("type")
     n = len(d)
     if type(type_) is str and 0 < len(type_) <= 200 and (n == 1 or (n == 2 and "payload" in d)):

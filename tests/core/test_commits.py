@@ -202,3 +202,20 @@ def test_the_idempotency_rows_of_a_failed_batch_are_restored_and_a_prune_needs_n
     prune = Batch([], [], [], [])
     s = f.core.settle_commit(prune, [], [], DISK_FULL, 3, 3, T0)
     assert (s.tell, s.keep, s.changed, s.retry, s.restore_requests) == ([], [], [], True, False)
+
+
+def test_a_pause_whose_commit_failed_is_kept_for_the_retry_not_refused() -> None:
+    """A pause stays in effect in memory and its write is put back: refusing its answer (store_error) would say
+    the queue is not paused while it is (issue 10). It is kept, and told by the commit that writes it."""
+    f = Flow()
+    f.core.pause("q", T0)
+    pause = Answer([], [])
+    f.waiting.append(pause)
+    failed = f.flush(T0)
+    assert failed.queue_ops == [("q", True)]
+    s = f.over(DISK_FULL, T0)
+    assert (s.tell, s.keep, s.retry) == ([], [pause], True) and pause.told == []
+    again = f.flush(T0 + 0.5)
+    assert again.queue_ops == [("q", True)] and again.acks == [pause]
+    f.over(None, T0 + 0.5)
+    assert pause.told == [None]

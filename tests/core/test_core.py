@@ -31,7 +31,7 @@ from runq.app.core import (
 )
 from runq.app.core.model import NEW_COLUMNS, QUEUED, WorkerState
 from runq.app.core.timers import BACKSTOP, DELAY, SILENCE
-from runq.protocol.messages import TaskSpec
+from runq.protocol.messages import MAX_CREDIT, TaskSpec
 
 T0 = 1_000.0
 STATE_NAMES = {s.value for s in State}
@@ -1668,3 +1668,14 @@ class CoreMachine(RuleBasedStateMachine):
 TestCoreMachine = CoreMachine.TestCase
 TestCoreMachine.settings = settings(max_examples=60, stateful_step_count=50, deadline=None, derandomize=True,
                                     database=None)
+
+
+def test_held_credit_is_capped_so_that_it_fits_64_bits() -> None:
+    """Two grants of 2^63-1 overflowed every int64 reader of a worker's credit (issue 10)."""
+    core = make()
+    join(core, credit=2**63 - 1)
+    core.credit("w1", 2**63 - 1, T0)
+    assert core.workers["w1"].credit == 1_000_000_000 == MAX_CREDIT
+    add(core)  # (one task sent: one credit used)
+    core.take_effects(T0)
+    assert core.workers["w1"].credit == MAX_CREDIT - 1

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runq.protocol.errors import FrameTooLarge, ProtocolError
-from runq.protocol.frames import DEFAULT_MAX_FRAME, Connection, encode_frame
+from runq.protocol.frames import DEFAULT_MAX_FRAME, INVALID_OP, Connection, encode_frame
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(allow_nan=False),
                     st.text(max_size=50), st.binary(max_size=50))
@@ -289,3 +289,25 @@ def test_a_buffer_never_read_to_its_end_is_compacted() -> None:
         largest = max(largest, len(conn._buf))
     assert got == count and conn.buffered == 0
     assert largest <= (1 << 20) + chunk + len(frame), largest
+
+
+def test_strict_keys_turn_a_non_str_key_into_an_invalid_message_and_keep_the_stream() -> None:
+    """Rule 4: with strict_keys (the server), a map key that is not a str, at any depth, makes the frame an
+    INVALID_OP message carrying its rid; the next frame is read as usual. Without it (the SDK), such keys pass."""
+    frames = [{"op": "get", "rid": 5, 1: 2}, {"op": "enqueue", "tasks": [{"type": "t", None: 1}]},
+              {"op": "ping", "rid": 6}]
+    data = b"".join(encode_frame(m) for m in frames)
+    strict = Connection(strict_keys=True)
+    strict.receive_data(data)
+    got = strict.messages()
+    assert [(m["op"], m["rid"]) for m in got] == [(INVALID_OP, 5), (INVALID_OP, None), ("ping", 6)]
+    assert got[0]["message"] == "get: every map key must be a str (int is not allowed for map key)"
+    loose = Connection()
+    loose.receive_data(data)
+    assert loose.messages() == frames
+    for not_a_message in ([{1: 2}], {"rid": 1, 2: 3}):  # (not a map with a str op: the stream ends, as before)
+        conn = Connection(strict_keys=True)
+        conn.receive_data(encode_frame(not_a_message))  # type: ignore[arg-type]
+        with pytest.raises(ProtocolError) as err:
+            conn.next_message()
+        assert err.value.code == "bad_frame"

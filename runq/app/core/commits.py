@@ -21,6 +21,10 @@ commit fails (a full disk, say), nothing may be dropped and no answer may lie:
   at once for the answers not yet handed to the store, and for those in batches
   in flight, when their batch commits (``forgotten`` remembers X until the last
   batch that may name it is over).
+- A pause or resume (an answer that creates no task) stays in effect in memory
+  and its write is put back like the others: its answer is kept for the commit
+  that retries it (a ``store_error`` would say the queue is not paused while it
+  is, and will be on disk).
 - The writes that were put back need a commit even if no new request comes: the
   settlement says ``retry``.
 
@@ -210,6 +214,11 @@ class CommitPolicy:
             forgotten: set[int] = set()
             for ack in acks:
                 created = ack.created
+                if not created and not ack.specs:
+                    # a pause or resume: its change stays in memory and its write is put back below, so it is
+                    # answered by the commit that retries that write, never refused while the change lives on
+                    keep.append(ack)
+                    continue
                 if created and not core.can_forget(created):
                     # one of its tasks was already dispatched (or cancelled): it lives on, so the request is
                     # answered by the commit that retries its writes, not refused (rule 2)

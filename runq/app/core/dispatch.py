@@ -38,6 +38,7 @@ from __future__ import annotations
 import heapq
 from typing import Any
 
+from ...protocol.messages import MAX_CREDIT
 from .limits import Limits
 from .model import QUEUED, ReadyQueue, Task, WorkerInfo, WorkerState
 from .records import QueueRecord
@@ -61,7 +62,7 @@ class Dispatch(Limits):
         w.last_seen = now
         if n <= 0:
             return
-        w.credit += n
+        w.credit = min(w.credit + n, MAX_CREDIT)  # (held credit is capped: docs/protocol.md section 6.3)
         if w.state is WorkerState.ACTIVE:
             self.hungry[worker_id] = w
             self._pump_needed = True

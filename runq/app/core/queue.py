@@ -248,7 +248,9 @@ class Core(Dispatch, Recovery, Rollback):
         if t.key is not None:
             holder = self.keys.get(t.key)
             if holder is not None and holder is not t:
-                raise IllegalTransition(t.state, T.RETRY)
+                raise IllegalTransition(t.state, T.RETRY, f"cannot retry task {t.id}: its unique key {t.key!r} is "
+                                        f"held by task {holder.id} ({holder.state.value}); it can be retried once "
+                                        "that task is final")
             self.keys[t.key] = t
         was_final = t.state in FINAL_STATES
         if was_final:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ..server.session import Subscription
+from ..ops import Identity, Subscription
 from .encoding import dumps, event_json
 
 if TYPE_CHECKING:
@@ -119,10 +119,14 @@ class StreamHub:
         for s in self.streams:
             s.send_change(message)
 
-    def open(self, subscription: Subscription) -> EventStream:
-        """Register a new stream; it receives everything that happens from now on."""
+    def open(self, identity: Identity, subscription: Subscription) -> EventStream:
+        """Register a new stream for ``identity``; it receives everything that happens from now on.
+
+        Raises:
+            ProtocolError: ``busy`` at the max_subscribers limit (``Operations.subscribe``).
+        """
         stream = EventStream(subscription, self.backlog)
-        self.server.subscribe(stream)  # (refused with 'busy' at the max_subscribers limit)
+        self.server.ops.subscribe(identity, stream, subscription)
         self.streams.add(stream)
         return stream
 

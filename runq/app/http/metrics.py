@@ -173,12 +173,13 @@ class Meter:
                           "p99": _percentile(ordered, 99), "mean": sum(ordered) / len(ordered), "max": ordered[-1]}
         return out
 
-    def queues(self) -> list[dict[str, Any]]:
-        """``Server.queue_stats`` with each queue's cumulative counts and rates."""
+    def queues(self, queue_stats: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        """``queue_stats`` (the ``queues`` operation's answer; default: the server's now) with each queue's
+        cumulative counts and rates."""
         rates = self.rates()
         totals = self.totals()
         out = []
-        for q in self.server.queue_stats():
+        for q in queue_stats if queue_stats is not None else self.server.queue_stats():
             name = q["queue"]
             r = rates.get(name, {})
             t = totals.get(name, queue_totals(None))
@@ -192,10 +193,11 @@ class Meter:
             })
         return out
 
-    def stats(self) -> dict[str, Any]:
-        """The body of ``GET /api/stats``."""
+    def stats(self, statistics: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The body of ``GET /api/stats``, from ``statistics`` (the ``stats`` operation's answer; default: the
+        server's now)."""
         srv = self.server
-        s = srv.statistics()
+        s = statistics if statistics is not None else srv.statistics()
         c = srv.core.stats
         rates = self.rates()
         finished = c.succeeded + c.dead

@@ -15,7 +15,7 @@ import json
 from typing import Any
 
 from ...protocol.errors import ERROR_CODES
-from ..server.server import VERSION
+from ..ops import VERSION
 from .encoding import IDS_PATTERN, MAX_ID, NAMES_PATTERN, SPEC_FIELDS
 
 __all__ = ["SPEC", "build_spec", "docs_html", "spec_routes"]
@@ -27,6 +27,8 @@ _STR = {"type": "string"}
 _NSTR = {"type": "string", "nullable": True}
 _ANY: dict[str, Any] = {"description": "any JSON value", "nullable": True}
 _STATES = ["scheduled", "ready", "running", "succeeded", "failed", "dead", "cancelled"]
+#: the states ``GET /api/tasks?status=`` accepts (``runq.app.ops.inputs.LISTABLE_STATES``)
+_LISTABLE = [s for s in _STATES if s != "failed"]
 
 
 def _ref(name: str) -> dict[str, Any]:
@@ -209,7 +211,8 @@ SPEC: dict[str, Any] = {
                         (400, 413, 503), body=_ref("TaskSpec"),
                         description="Answers once the task is committed to the database."),
             "get": _op("List tasks, newest first", {200: ("a page of tasks", _ref("TaskPage"))}, (400,), params=[
-                _query("status", {"type": "string", "enum": _STATES}, "only tasks in this state"),
+                _query("status", {"type": "string", "enum": _LISTABLE}, "only tasks in this state (never 'failed': a "
+                       "failed attempt leaves its task scheduled for a retry, or dead)"),
                 _query("queue", {"type": "string", "minLength": 1, "maxLength": 200}, "only this queue"),
                 _query("type", {"type": "string", "minLength": 1, "maxLength": 200}, "only this task type"),
                 _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}, "page size"),

@@ -1,33 +1,35 @@
 """The HTTP API's routes: a Quart-Trio app that calls the running server's operations.
 
-Every handler validates its input (``encoding``), calls one public operation of
-``Server`` (the same ones the TCP frontend calls) and answers JSON. Errors are
-raised and turned into ``{"error": {"code", "message"}}`` bodies by one error
-handler (``errors``). The list of routes here and ``openapi.SPEC`` must agree;
-a test compares them.
+Every handler decodes its input (``encoding``: JSON bodies, paths and query
+strings, with the API's names: ``data``, ``status``, ``attempts``), calls one
+operation of ``runq.app.ops.Operations`` (the same ones the TCP frontend calls,
+which authorise and validate) and answers JSON. Errors are raised and turned into
+``{"error": {"code", "message"}}`` bodies by one error handler (``errors``). The
+list of routes here and ``openapi.SPEC`` must agree; a test compares them.
 
 Auth: when the server has a token, every route except ``/healthz``, ``/readyz``,
 ``/openapi.json`` and ``/docs`` requires ``Authorization: Bearer <token>``
 (the WebSocket too, on its opening request); those four tell nothing about the
-tasks and must answer load balancers and people without the secret.
+tasks and must answer load balancers and people without the secret. The token
+is checked by ``Operations.authenticate``, once per request, into the request's
+``Identity`` (``g.identity``) that every operation is authorised against.
 """
 
 from __future__ import annotations
 
-import hmac
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
 import h11
 import trio
-from quart import Response, request, websocket
+from quart import Response, g, request, websocket
 from quart.typing import ResponseTypes
 from quart_trio import QuartTrio
 from werkzeug.routing import BaseConverter
 
 from ...protocol.errors import RunqError
-from ..core import State
-from ..server.session import Subscription
+from ..ops import Identity, ListQuery, Subscription, Unauthenticated, WaitRequest
+from ..ops.inputs import MAX_WAIT
 from .encoding import (
     IDS_RE,
     MAX_ID,
@@ -54,8 +56,6 @@ __all__ = ["MAX_BATCH", "MAX_WAIT", "OPEN_PATHS", "create_app"]
 #: Paths answered without the token.
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs"})
 MAX_BATCH = 10_000
-MAX_WAIT = 300.0
-_STATES = frozenset(s.value for s in State)
 #: Query parameters each endpoint accepts; any other is refused (as unknown body fields are).
 QUERY_PARAMS: dict[str, frozenset[str]] = {
     "list_tasks": frozenset({"status", "queue", "type", "limit", "cursor"}),
@@ -80,12 +80,6 @@ def _json(body: Any, status: int = 200) -> Response:
     return Response(dumps(body), status=status, content_type="application/json")
 
 
-def _queue_name(name: str) -> str:
-    if not 0 < len(name) <= 200:
-        raise ApiError("bad_request", "queue name must have 1 to 200 characters")
-    return name
-
-
 def _subscription(args: Any) -> Subscription:
     ids = query_set(args, "id", IDS_RE)
     return Subscription(queues=query_set(args, "queue"), types=query_set(args, "type"),
@@ -105,16 +99,22 @@ def create_app(server: Server, meter: Meter, hub: StreamHub) -> QuartTrio:
     app.url_map.converters["queue"] = QueueNameConverter
     app.config["MAX_CONTENT_LENGTH"] = server.config.max_frame
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
-    token = server.config.token
-    spec = build_spec(auth=token is not None)
+    ops = server.ops
+    spec = build_spec(auth=server.config.token is not None)
 
-    def _authorized(headers: Any) -> bool:
-        if token is None:
-            return True
+    def _identity(headers: Any) -> Identity | None:
+        """The caller's identity from its ``Authorization`` header (None: missing or wrong token)."""
         scheme, _, given = str(headers.get("Authorization", "")).partition(" ")
         # Quart decodes header bytes as Latin-1: encoding back gives the bytes sent (the token's UTF-8)
-        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode("latin-1", "replace"),
-                                                                  token.encode())
+        token = given.strip().encode("latin-1", "replace") if scheme.lower() == "bearer" else None
+        try:
+            return ops.authenticate(token, "client", "http")
+        except Unauthenticated:
+            return None
+
+    def _me() -> Identity:
+        identity: Identity = g.identity
+        return identity
 
     @app.before_request
     async def check_token() -> Response | None:
@@ -122,14 +122,18 @@ def create_app(server: Server, meter: Meter, hub: StreamHub) -> QuartTrio:
         # (a 401, a 404, a bad query parameter, /healthz with a body) left its keep-alive connection
         # hanging now and then (quart-trio stops reading the body once the answer is sent)
         await request.get_data()
-        if request.path in OPEN_PATHS or _authorized(request.headers):
+        identity = _identity(request.headers)
+        if request.path in OPEN_PATHS or identity is not None:
+            g.identity = identity
             _check_query(request.endpoint, request.args)
             return None
         return error_response("unauthorized", "missing or wrong token (send 'Authorization: Bearer <token>')")
 
     @app.before_websocket
     async def check_ws_token() -> Response | None:
-        if _authorized(websocket.headers):
+        identity = _identity(websocket.headers)
+        if identity is not None:
+            g.identity = identity
             _check_query(websocket.endpoint, websocket.args)
             return None
         return error_response("unauthorized", "missing or wrong token (send 'Authorization: Bearer <token>')")
@@ -167,6 +171,7 @@ def create_app(server: Server, meter: Meter, hub: StreamHub) -> QuartTrio:
 
     @app.get("/metrics")
     async def metrics() -> Response:
+        ops.stats(_me())  # (authorised as stats: the same figures)
         return Response(meter.exposition(), content_type=CONTENT_TYPE_LATEST)
 
     @app.get("/openapi.json")
@@ -181,10 +186,8 @@ def create_app(server: Server, meter: Meter, hub: StreamHub) -> QuartTrio:
     @app.post("/api/tasks")
     async def enqueue() -> Response:
         spec = spec_from_json(parse_json(await request.get_data(), ints=False))
-        if server.stopping.is_set():
-            raise ApiError("shutting_down", "the server is stopping")
-        [(tid, created)] = await server.enqueue([spec])
-        body = task_json(await server.get_task(tid))
+        [(tid, created)] = await ops.enqueue(_me(), [spec])
+        body = task_json(await ops.get(_me(), tid))
         return _json({"task_id": tid, "created": created, **body}, 201 if created else 200)
 
     @app.post("/api/tasks/batch")
@@ -196,91 +199,85 @@ def create_app(server: Server, meter: Meter, hub: StreamHub) -> QuartTrio:
         if not 0 < len(items) <= MAX_BATCH:
             raise ApiError("bad_request", f"a batch holds 1 to {MAX_BATCH} tasks")
         specs = [spec_from_json(t, f"tasks[{i}]") for i, t in enumerate(items)]
-        if server.stopping.is_set():
-            raise ApiError("shutting_down", "the server is stopping")
-        res = await server.enqueue(specs)
+        res = await ops.enqueue(_me(), specs)
         return _json({"task_ids": [r[0] for r in res], "created": [r[1] for r in res]}, 201)
 
     @app.get("/api/tasks")
     async def list_tasks() -> Response:
         args = request.args
-        status = query_str(args, "status")
-        if status is not None and status not in _STATES:
-            raise ApiError("bad_request", f"status must be one of {sorted(_STATES)}")
-        tasks, cursor = await server.list_tasks(
-            state=status, queue=query_str(args, "queue"), type=query_str(args, "type"),
-            limit=query_int(args, "limit", 100, 1, 1000) or 100, cursor=query_int(args, "cursor", None, 1, MAX_ID))
+        tasks, cursor = await ops.list_tasks(_me(), ListQuery(
+            state=query_str(args, "status"), queue=query_str(args, "queue"), type=query_str(args, "type"),
+            limit=query_int(args, "limit", 100, 1, 1000) or 100, cursor=query_int(args, "cursor", None, 1, MAX_ID)))
         return _json({"tasks": [task_json(t) for t in tasks], "cursor": cursor})
 
     @app.get("/api/tasks/<int(signed=True):task_id>")
     async def get_task(task_id: int) -> Response:
         tid = check_id(task_id)
         wait = query_float(request.args, "wait", 0.0, MAX_WAIT)
-        task = await (server.wait_task(tid, wait) if wait else server.get_task(tid))
+        task = await (ops.wait(_me(), WaitRequest(tid, wait)) if wait else ops.get(_me(), tid))
         return _json(task_json(task))
 
     @app.delete("/api/tasks/<int(signed=True):task_id>")
     async def cancel_task(task_id: int) -> Response:
         tid = check_id(task_id)
-        task = await server.cancel(tid)
+        task = await ops.cancel(_me(), tid)
         return _json({"message": f"task {tid} cancelled", "task": task_json(task)})
 
     @app.post("/api/tasks/<int(signed=True):task_id>/retry")
     async def retry_task(task_id: int) -> Response:
         tid = check_id(task_id)
-        task = await server.retry(tid)
+        task = await ops.retry(_me(), tid)
         return _json({"message": f"task {tid} retried", "task": task_json(task)})
 
     @app.get("/api/tasks/<int(signed=True):task_id>/events")
     async def task_events(task_id: int) -> Response:
         tid = check_id(task_id)
-        return _json({"task_id": tid, "events": await server.task_events(tid)})
+        return _json({"task_id": tid, "events": await ops.events(_me(), tid)})
 
     # ------------------------------------------------------------------ queues, workers, stats
     @app.get("/api/queues")
     async def queues() -> Response:
-        return _json({"queues": meter.queues()})
+        return _json({"queues": meter.queues(ops.queues(_me()))})
 
     @app.post("/api/queues/<queue:name>/pause")
     async def pause(name: str) -> Response:
-        await server.set_paused(_queue_name(name), True)
+        await ops.pause(_me(), name, True)
         return _json({"message": f"queue {name!r} paused", "queue": name, "paused": True})
 
     @app.post("/api/queues/<queue:name>/resume")
     async def resume(name: str) -> Response:
-        await server.set_paused(_queue_name(name), False)
+        await ops.pause(_me(), name, False)
         return _json({"message": f"queue {name!r} resumed", "queue": name, "paused": False})
 
     @app.get("/api/workers")
     async def workers() -> Response:
-        return _json({"workers": server.worker_list()})
+        return _json({"workers": ops.workers(_me())})
 
     @app.get("/api/types")
     async def task_types() -> Response:
-        return _json({"types": server.task_types()})
+        return _json({"types": ops.types(_me())})
 
     @app.delete("/api/workers/<worker_id>")
     async def drain_worker(worker_id: str) -> Response:
-        if worker_id not in server.core.workers:
-            raise ApiError("not_found", f"no worker {worker_id!r}")
-        w = server.drain_worker(worker_id)
+        w = ops.drain(_me(), worker_id)
         return _json({"message": f"worker {worker_id} is draining", "worker": w}, 202)
 
     @app.get("/api/stats")
     async def stats() -> Response:
-        return _json(meter.stats())
+        return _json(meter.stats(ops.stats(_me())))
 
     # ------------------------------------------------------------------ live events
     @app.get("/api/events")
     async def events() -> Response:
         sub = _subscription(request.args)
-        server.check_subscriber_room()  # 503 busy at the max_subscribers limit
+        identity = _me()
+        ops.subscribe(identity, None, sub)  # authorised, checked; 503 busy at the max_subscribers limit
 
         async def body() -> Any:
             # The stream is registered here, when the body starts, never in the handler: a client that
             # leaves before its body starts would leave a registered stream that nothing ever closes.
             try:
-                stream = hub.open(sub)
+                stream = hub.open(identity, sub)
             except RunqError as exc:  # the last place was taken since the check
                 yield sse_frame({"op": "error", "code": exc.code, "message": str(exc)})
                 return
@@ -301,7 +298,7 @@ def create_app(server: Server, meter: Meter, hub: StreamHub) -> QuartTrio:
     @app.websocket("/api/ws")
     async def ws() -> None:
         sub = _subscription(websocket.args)
-        stream = hub.open(sub)
+        stream = hub.open(_me(), sub)
         try:
             await websocket.accept()
             await websocket.send(dumps(subscribed_message(sub)))

@@ -3,9 +3,11 @@
 Theory of operation
 -------------------
 One trio process. Frontends (the TCP protocol in ``tcp.py``, the HTTP API in
-``runq.app.http``) turn requests into calls of this class's public operations
-(``enqueue``, ``get_task``, ``wait_task``, ``cancel``, ...), which call the
-``Core``. After the inputs of one read (TCP) or one request (HTTP), ``flush()``
+``runq.app.http``) turn requests into calls of the operations layer
+(``runq.app.ops.Operations``, ``self.ops``: authorisation and validation), which
+calls this class's public operations (``enqueue``, ``get_task``, ``wait_task``,
+``cancel``, ...), which call the ``Core``. This module starts both frontends
+(``tcp`` here, ``runq.app.http`` only inside ``serve``); neither imports it. After the inputs of one read (TCP) or one request (HTTP), ``flush()``
 collects the core's effects once: task rows and events go to the store's writer
 thread as one ``Batch``, messages go to the worker sessions, live events to
 subscribers. Enqueue acknowledgements and pause/resume answers are given from
@@ -44,10 +46,12 @@ from typing import Any, Protocol
 
 import trio
 
+from ... import __version__
 from ...protocol.errors import ProtocolError
 from ...protocol.messages import TaskSpec
 from ..core import FINAL_STATES, Core, IllegalTransition, Requests, State, Task, TaskMissing, Transition, WorkerInfo
 from ..core.requests import Entry
+from ..ops import Operations
 from ..store import (
     Batch,
     EventRecord,
@@ -62,11 +66,12 @@ from ..store import (
 )
 from .config import Clock, ServerConfig
 from .session import Outbox, Session, Subscription
+from .tcp import TcpFrontend
 
 __all__ = ["VERSION", "Server", "ServerStats", "Subscriber"]
 
 log = logging.getLogger("runq.server")
-VERSION = "0.1.0"
+VERSION = __version__
 FINAL = frozenset(s.value for s in FINAL_STATES)
 
 Answer = list[tuple[int, bool]]
@@ -194,6 +199,8 @@ class Server:
         self._reading = False  # in flush_read: it decides itself whether to wake the committer
         self._reader_lock = trio.CapacityLimiter(1)
         self._nursery: trio.Nursery | None = None
+        #: every operation a caller can ask for, authorised and validated (what TCP and HTTP call)
+        self.ops = Operations(self)
 
     # ------------------------------------------------------------------ run
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -202,8 +209,6 @@ class Server:
         Stopping: set ``self.stopping`` (or cancel). Queued writes are committed
         before the store closes.
         """
-        from .tcp import TcpFrontend  # the frontends import this module
-
         cfg = self.config
         if self._clock_arg is None:
             self.clock = Clock()
@@ -699,13 +704,8 @@ class Server:
                          limit: int = 100, cursor: int | None = None) -> tuple[list[dict[str, Any]], int | None]:
         """Return a page of tasks, newest first, and the cursor of the next page.
 
-        Raises:
-            ProtocolError: ``bad_request`` for a limit outside 1..1000 or an unknown state.
+        The arguments are checked by the caller (``Operations.list``, ``inputs.check_list``).
         """
-        if not 1 <= limit <= 1000:
-            raise ProtocolError("limit must be between 1 and 1000", "bad_request")
-        if state is not None and state not in {s.value for s in State}:
-            raise ProtocolError(f"unknown state {state!r}", "bad_request")
         self.flush()
         await self.wait_committed()
         rows = await self._read(functools.partial(self._store.list_tasks, state=state, queue=queue, type=type,

@@ -21,32 +21,19 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from typing import Any, Self
 
 import trio
 
 from ...protocol.frames import Connection
+from ..ops.auth import Identity, authenticate
+from ..ops.inputs import Subscription
 
 __all__ = ["Outbox", "Session", "Subscription"]
 
 log = logging.getLogger("runq.server")
-
-
-@dataclass
-class Subscription:
-    """Which live events a session wants (``None`` means any)."""
-
-    queues: frozenset[str] | None = None
-    types: frozenset[str] | None = None
-    ids: frozenset[int] | None = None
-
-    def wants(self, queue: str, type_: str, task_id: int) -> bool:
-        return (
-            (self.queues is None or queue in self.queues)
-            and (self.types is None or type_ in self.types)
-            and (self.ids is None or task_id in self.ids)
-        )
+#: the identity of a peer before its hello: it may ask for nothing
+_NOBODY = authenticate(None, None, "nobody")
 
 
 class Outbox:
@@ -94,8 +81,10 @@ class Session:
                  max_pending: int = 4 << 20) -> None:
         self.stream = stream
         self.peer = peer
-        self.conn = Connection(max_frame)
+        self.conn = Connection(max_frame, strict_keys=True)  # (a map with a non-str key: bad_request)
         self.role = "unknown"
+        #: who the peer is, once its hello is accepted (no operation until then)
+        self.identity: Identity = _NOBODY
         self.id = ""
         self.subscription: Subscription | None = None
         self.dropped = 0

@@ -1,47 +1,45 @@
-"""The TCP protocol frontend: one task per connection, messages to server operations.
+"""The TCP protocol frontend: one task per connection, messages to the operations layer.
 
 Every connection runs ``serve_connection``: it reads bytes, lets the session's
 sans-IO ``Connection`` cut them into messages, hands each to a handler, and
 after each read calls ``server.flush()`` once, so everything that arrived in one
 read shares one group commit. docs/protocol.md is the normative description.
 
+A handler only decodes (the fields' wire types, with ``runq.protocol.messages``),
+calls one method of ``runq.app.ops.Operations`` with the session's ``Identity``
+(set by ``hello``), and encodes the answer or the error frame: authorisation and
+the range checks of every input are the operations layer's, shared with HTTP.
+
 The hot path costs few trio rounds: bytes are read straight from the
 non-blocking socket (``_receive``: one ``os.read``, ``wait_readable`` only when
 nothing is there); the messages of one read are handled synchronously in one
 write round of the server's ``Outbox`` (their replies leave in one write), except
 the few that must wait for the store (``_client_later``); and consecutive
-``enqueue`` requests of one read make one call of ``Server.enqueue_nowait``
+``enqueue`` requests of one read make one call of ``Operations.enqueue_nowait``
 (one call of the core, one commit).
 """
 
 from __future__ import annotations
 
 import functools
-import hmac
 import logging
-import math
 import os
-import secrets
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from ...protocol.errors import REQUEST_ERROR_CODES, ProtocolError, RunqError
-from ...protocol.messages import (
-    CLIENT_OPS,
-    WATCHER_OPS,
-    WORKER_OPS,
-    TaskSpec,
-    is_int,
-    optional,
-    parse_hello,
-    parse_task_spec,
-    require,
-)
+from ...protocol.frames import INVALID_OP
+from ...protocol.messages import CLIENT_OPS, WORKER_OPS, is_int, optional, parse_hello, parse_task_spec, require
 from ..core import IllegalTransition, TaskMissing
 from ..core.requests import digest
-from .server import VERSION, Server, Token
-from .session import Session, Subscription
+from ..ops import Done, EnqueueRequest, Fail, ListQuery, Progress, Subscription, WaitRequest, check_token
+from .session import Session
+
+if TYPE_CHECKING:
+    from ...protocol.messages import TaskSpec
+    from ..ops.inputs import Token
+    from .server import Server
 
 __all__ = ["TcpFrontend"]
 
@@ -54,8 +52,8 @@ _REQUEST_ERRORS = REQUEST_ERROR_CODES
 #: The longest a connection closed for an error waits for the commit of what its earlier messages changed, so
 #: that their answers go before the error frame.
 _SETTLE = 5.0
-#: The longest ``retry_in`` a worker may ask for (as for a spec's ``delay``: under ten years).
-_MAX_RETRY_IN = 10 * 365 * 86400
+#: Every op of the protocol (one its role may not ask for is refused by the operations layer: ``unknown_op``).
+_OPS = CLIENT_OPS | WORKER_OPS
 _INT64_MAX = 2**63 - 1
 
 
@@ -64,8 +62,8 @@ class TcpFrontend:
 
     def __init__(self, server: Server) -> None:
         self.server = server
+        self.ops = server.ops
         self.config = server.config
-        self._worker_seq = 0
 
     async def serve_connection(self, stream: trio.SocketStream) -> None:
         srv = self.server
@@ -104,13 +102,8 @@ class TcpFrontend:
         finally:
             srv.sessions.discard(sess)
             srv.unsubscribe(sess)
-            if sess.role == "worker" and srv.workers.get(sess.id) is sess:
-                del srv.workers[sess.id]
-                if not srv.stopping.is_set():
-                    # (when the server stops, running tasks stay running on disk and
-                    # come back as 'recovered' at the next start, no attempt lost)
-                    srv.core.worker_left(sess.id, srv.clock(), reason="connection closed")
-                    srv.flush()
+            if sess.role == "worker":
+                self.ops.worker_left(sess.id, sess)
 
     async def _read_loop(self, sess: Session) -> None:
         conn = sess.conn
@@ -126,7 +119,6 @@ class TcpFrontend:
         if hello is None:
             raise ProtocolError(f"no hello within {self.config.hello_timeout}s", "hello_timeout")
         self._hello(sess, hello)
-        ops = {"client": CLIENT_OPS, "worker": WORKER_OPS, "watcher": WATCHER_OPS}[sess.role]
         srv = self.server
         outbox = srv.outbox
         worker = sess.role == "worker"
@@ -140,7 +132,7 @@ class TcpFrontend:
             i = 0
             while True:
                 with outbox:  # (one write per session for what this read answers, when no await came between)
-                    i = self._handle_now(sess, msgs, i, ops)
+                    i = self._handle_now(sess, msgs, i)
                     if i < 0 or i == len(msgs):
                         if changed or i < 0:
                             srv.flush_read(sess.fd)  # (what the messages before a broken one changed is carried out)
@@ -191,24 +183,29 @@ class TcpFrontend:
             except OSError as exc:
                 raise trio.BrokenResourceError(f"reading from {sess.peer}: {exc}") from exc
 
-    def _handle_now(self, sess: Session, msgs: list[dict[str, Any]], i: int, ops: frozenset[str]) -> int:
+    def _handle_now(self, sess: Session, msgs: list[dict[str, Any]], i: int) -> int:
         """Handle ``msgs[i:]`` that need no waiting, in order; return the index of the first one that does
         (``len(msgs)`` once all are handled), or -1 after a bug that ends the connection."""
         n = len(msgs)
         worker = sess.role == "worker"
-        core = self.server.core
+        ident = sess.identity
+        get_nowait = self.ops.get_nowait
         while i < n:
             msg = msgs[i]
             op = msg["op"]
             if op == "get" and not worker:  # (the most frequent question: a task in memory, answered at once)
                 tid = msg.get("id")
                 if type(tid) is int:
-                    task = core.tasks.get(tid) or core.finished.get(tid)
+                    task = get_nowait(ident, tid)
                     if task is not None:
-                        sess.send({"op": "task", "rid": msg.get("rid"), "task": task.as_dict()})
+                        sess.send({"op": "task", "rid": msg.get("rid"), "task": task})
                         i += 1
                         continue
-            if op not in ops:
+            if op not in _OPS:
+                if op == INVALID_OP:  # (a map with a key that is not a str: frames.py rule 4)
+                    sess.send({"op": "error", "rid": msg["rid"], "code": "bad_request", "message": msg["message"]})
+                    i += 1
+                    continue
                 exc = ProtocolError(f"unknown op {op!r} for a {sess.role}", "unknown_op")
                 exc.rid = msg.get("rid")
                 raise exc
@@ -256,34 +253,21 @@ class TcpFrontend:
         return False
 
     def _hello(self, sess: Session, msg: dict[str, Any]) -> None:
-        srv = self.server
+        if msg["op"] == INVALID_OP:
+            raise ProtocolError(msg["message"], "bad_request")
         hello = parse_hello(msg)
-        if self.config.token is not None and not hmac.compare_digest(
-            (hello.token or "").encode(), self.config.token.encode()
-        ):
-            raise ProtocolError("missing or wrong token", "unauthorized")
-        if srv.stopping.is_set():
-            raise ProtocolError("server is stopping", "shutting_down")
+        ident = self.ops.authenticate(hello.token, hello.role, sess.peer)
+        welcome = self.ops.hello(ident, hello, sess.peer.rsplit(":", 1)[0], sess)
+        sess.identity = ident
         sess.role = hello.role
-        welcome: dict[str, Any] = {
-            "op": "welcome", "version": hello.version, "server": f"runq/{VERSION}",
-            "max_frame": self.config.max_frame, "lease_timeout": self.config.core.lease_timeout,
-            "heartbeat": self.config.core.lease_timeout / 3,
-        }
         if hello.role == "worker":
-            self._worker_seq += 1
-            sess.id = f"w{self._worker_seq}-{secrets.token_hex(3)}"
-            srv.workers[sess.id] = sess
-            srv.core.worker_joined(sess.id, srv.clock(), hello.queues, hello.concurrency,
-                                   hello.name, hello.host or sess.peer.rsplit(":", 1)[0], hello.pid, hello.types,
-                                   hello.type_options)
-            welcome["worker_id"] = sess.id
+            sess.id = welcome["worker_id"]
         sess.send(welcome)
 
     # ------------------------------------------------------------------ workers
     def _worker_message(self, sess: Session, op: str, msg: dict[str, Any]) -> None:
-        core = self.server.core
-        now = self.server.clock()
+        ops = self.ops
+        ident = sess.identity
         wid = sess.id
         if op == "done":
             results = require(msg, "results", list)
@@ -291,41 +275,33 @@ class TcpFrontend:
                 if not (type(r) is list and len(r) == 3 and is_int(r[0]) and is_int(r[1])
                         and type(r[2]) is bytes):
                     raise ProtocolError("done: each result must be [id: int, lease: int, result: bin]")
-            core.done(wid, results, now)
-            n = optional(msg, "credit", int, 0)
-            if n:
-                core.credit(wid, n, now)
+            ops.done(ident, wid, Done(results, optional(msg, "credit", int, 0)))
         elif op == "credit":
-            core.credit(wid, require(msg, "n", int), now)
+            ops.credit(ident, wid, require(msg, "n", int))
         elif op == "heartbeat":
-            core.heartbeat(wid, now)
+            ops.heartbeat(ident, wid)
         elif op == "fail":
-            task_id, lease, error = require(msg, "id", int), require(msg, "lease", int), require(msg, "error", str)
             retry_in = optional(msg, "retry_in", (int, float))
-            if retry_in is not None and not 0 <= retry_in < _MAX_RETRY_IN:  # (NaN fails both comparisons)
-                raise ProtocolError("fail: 'retry_in' must be a number of seconds >= 0 and under ten years",
-                                    "bad_request")
-            retries = optional(msg, "retries", int)
-            if retries is not None and not 0 <= retries <= 1000:
-                raise ProtocolError("fail: 'retries' must be between 0 and 1000", "bad_request")
-            core.fail(wid, task_id, lease, error, now, retry_in=float(retry_in) if retry_in is not None else None,
-                      timed_out=bool(msg.get("timeout")), max_retries=retries)
-            n = optional(msg, "credit", int, 0)
-            if n:
-                core.credit(wid, n, now)
+            ops.fail(ident, wid, Fail(
+                require(msg, "id", int), require(msg, "lease", int), require(msg, "error", str),
+                retry_in=float(retry_in) if retry_in is not None else None,
+                timed_out=optional(msg, "timeout", bool, False),
+                retries=optional(msg, "retries", int), credit=optional(msg, "credit", int, 0)))
         elif op == "progress":
-            core.progress(wid, require(msg, "id", int), require(msg, "lease", int),
-                          require(msg, "value", bytes), now)
+            ops.progress(ident, wid, Progress(require(msg, "id", int), require(msg, "lease", int),
+                                              require(msg, "value", bytes)))
         elif op == "release":
-            core.release(wid, require(msg, "ids", list), now)
+            ops.release(ident, wid, require(msg, "ids", list))
         elif op == "ping":
-            core.heartbeat(wid, now)
+            ops.ping(ident, wid)
             sess.send({"op": "pong", "rid": msg.get("rid")})
+        else:
+            raise ProtocolError(f"unknown op {op!r} for a {sess.role}", "unknown_op")
 
     # ------------------------------------------------------------------ clients
     def _enqueue(self, sess: Session, msgs: list[dict[str, Any]], i: int, j: int) -> bool:
-        """Enqueue requests ``msgs[i:j]`` with one call of the server; False after a bug."""
-        requests: list[tuple[list[TaskSpec], Token | None, Any]] = []
+        """Enqueue requests ``msgs[i:j]`` with one call of the operations layer; False after a bug."""
+        requests: list[tuple[EnqueueRequest, Any]] = []
         try:
             for k in range(i, j):
                 msg = msgs[k]
@@ -334,14 +310,17 @@ class TcpFrontend:
                     if type(tasks) is not list:
                         tasks = require(msg, "tasks", list)
                     specs = [parse_task_spec(d) for d in tasks]
-                    requests.append((specs, _token(msg, specs), (sess, msg.get("rid"))))
+                    requests.append((EnqueueRequest(specs, _token(msg, specs)), (sess, msg.get("rid"))))
                 except Exception as exc:  # noqa: BLE001 - answered, or the connection ends (_request_error)
                     if not self._request_error(sess, "enqueue", msg, exc):
                         return False
         finally:  # (those before a request that ends the connection are enqueued all the same, as they come)
             if requests:
                 try:
-                    self.server.enqueue_nowait(requests, _tell_enqueued)
+                    self.ops.enqueue_nowait(sess.identity, requests, _tell_enqueued)
+                except ProtocolError as exc:  # (not permitted for this role: the connection ends with that error,
+                    exc.rid = msgs[i].get("rid")  # naming the first request of the run: docs/protocol.md section 4)
+                    raise
                 except Exception as exc:  # noqa: BLE001 - a bug: this connection only
                     self._internal_error(sess, "enqueue", exc)
                     return False
@@ -350,77 +329,76 @@ class TcpFrontend:
     def _client_now(self, sess: Session, op: str, msg: dict[str, Any]) -> bool:
         """Handle a client message that needs no waiting; False (nothing done) for one that may wait."""
         srv = self.server
+        ops = self.ops
+        ident = sess.identity
         rid = msg.get("rid")
         if op == "get":
-            task = srv.task_now(require(msg, "id", int))
+            task = ops.get_nowait(ident, require(msg, "id", int))
             if task is None:
                 return False  # (not in memory: read from the store)
             sess.send({"op": "task", "rid": rid, "task": task})
         elif op == "ping":
+            ops.ping(ident)
             sess.send({"op": "pong", "rid": rid})
         elif op == "wait":
-            tid = require(msg, "id", int)
-            timeout = float(optional(msg, "timeout", (int, float), 60.0))
-            if math.isnan(timeout):
-                raise ProtocolError("wait: 'timeout' must be a number, not NaN", "bad_request")
-            if srv.task_now(tid) is None:
+            req = _wait(msg)
+            if not ops.wait_nowait(ident, req):
                 return False  # (not in memory: does it exist?)
             # answered later, so that this session keeps reading meanwhile
-            srv.nursery.start_soon(self._answer_wait, sess, rid, tid, timeout)
+            srv.nursery.start_soon(self._answer_wait, sess, rid, req)
         elif op in ("pause", "resume"):
-            srv.set_paused_nowait(require(msg, "queue", str), op == "pause",
-                                  functools.partial(_tell_paused, sess, rid))
+            ops.pause_nowait(ident, require(msg, "queue", str), op == "pause",
+                             functools.partial(_tell_paused, sess, rid))
         elif op == "queues":
-            sess.send({"op": "queues", "rid": rid, "queues": srv.queue_stats()})
+            sess.send({"op": "queues", "rid": rid, "queues": ops.queues(ident)})
         elif op == "workers":
-            sess.send({"op": "workers", "rid": rid, "workers": srv.worker_list()})
+            sess.send({"op": "workers", "rid": rid, "workers": ops.workers(ident)})
         elif op == "types":
-            sess.send({"op": "types", "rid": rid, "types": srv.task_types()})
+            sess.send({"op": "types", "rid": rid, "types": ops.types(ident)})
         elif op == "drain":
-            wid = require(msg, "worker", str)
-            if wid not in srv.core.workers:
-                raise ProtocolError(f"no connected worker {wid!r}", "not_found")
-            sess.send({"op": "worker", "rid": rid, "worker": srv.drain_worker(wid)})
+            sess.send({"op": "worker", "rid": rid, "worker": ops.drain(ident, require(msg, "worker", str))})
         elif op == "stats":
-            sess.send({"op": "stats", "rid": rid, "stats": srv.statistics()})
+            sess.send({"op": "stats", "rid": rid, "stats": ops.stats(ident)})
         elif op == "subscribe":
             subscription = Subscription(
                 queues=_set(msg, "queues", str), types=_set(msg, "types", str), ids=_set(msg, "ids", int),
             )
-            srv.subscribe(sess)  # (refused with 'busy' at the max_subscribers limit, the filter unchanged)
-            sess.subscription = subscription
+            ops.subscribe(ident, sess, subscription)  # ('busy' at the max_subscribers limit, the filter unchanged)
             sess.send({"op": "ok", "rid": rid})
-        else:
+        elif op in ("cancel", "retry", "events", "list"):
             return False
+        else:
+            raise ProtocolError(f"unknown op {op!r} for a {sess.role}", "unknown_op")
         return True
 
     async def _client_later(self, sess: Session, op: str, msg: dict[str, Any]) -> None:
         """Handle a client message that may wait for the store."""
         srv = self.server
+        ops = self.ops
+        ident = sess.identity
         rid = msg.get("rid")
         if op == "get":
-            sess.send({"op": "task", "rid": rid, "task": await srv.get_task(require(msg, "id", int))})
+            sess.send({"op": "task", "rid": rid, "task": await ops.get(ident, require(msg, "id", int))})
         elif op == "wait":
-            tid = require(msg, "id", int)
-            timeout = float(optional(msg, "timeout", (int, float), 60.0))
-            await srv.get_task(tid)  # not_found at once
-            srv.nursery.start_soon(self._answer_wait, sess, rid, tid, timeout)
+            req = _wait(msg)
+            await ops.get(ident, req.id)  # not_found at once
+            srv.nursery.start_soon(self._answer_wait, sess, rid, req)
         elif op == "cancel":
-            sess.send({"op": "task", "rid": rid, "task": await srv.cancel(require(msg, "id", int))})
+            sess.send({"op": "task", "rid": rid, "task": await ops.cancel(ident, require(msg, "id", int))})
         elif op == "retry":
-            sess.send({"op": "task", "rid": rid, "task": await srv.retry(require(msg, "id", int))})
+            sess.send({"op": "task", "rid": rid, "task": await ops.retry(ident, require(msg, "id", int))})
         elif op == "events":
-            sess.send({"op": "events", "rid": rid, "events": await srv.task_events(require(msg, "id", int))})
+            sess.send({"op": "events", "rid": rid, "events": await ops.events(ident, require(msg, "id", int))})
         elif op == "list":
-            tasks, cursor = await srv.list_tasks(
+            tasks, cursor = await ops.list_tasks(ident, ListQuery(
                 state=optional(msg, "state", str), queue=optional(msg, "queue", str),
                 type=optional(msg, "type", str), limit=optional(msg, "limit", int, 100),
-                cursor=optional(msg, "cursor", int))
+                cursor=optional(msg, "cursor", int)))
             sess.send({"op": "tasks", "rid": rid, "tasks": tasks, "cursor": cursor})
 
-    async def _answer_wait(self, sess: Session, rid: Any, tid: int, timeout: float) -> None:
+    async def _answer_wait(self, sess: Session, rid: Any, req: WaitRequest) -> None:
         try:
-            task = await self.server.wait_task(tid, timeout)
+            task = await self.ops.wait(sess.identity, req)
         except RunqError as exc:
             sess.send({"op": "error", "rid": rid, "code": exc.code, "message": str(exc)})
             return
@@ -463,26 +441,20 @@ def _tell_paused(sess: Session, rid: Any, err: BaseException | None) -> None:
 
 
 def _token(msg: dict[str, Any], specs: list[TaskSpec]) -> Token | None:
-    """An enqueue's idempotency token (client_id, seq), done_below, checked (docs/protocol.md 5.2), and the
-    digest of its tasks."""
+    """An enqueue's idempotency token (client_id, seq), done_below, decoded and checked (``check_token``), and
+    the digest of its tasks."""
     client_id = msg.get("client_id")
     seq = msg.get("seq")
     done_below = msg.get("done_below")
     if (type(client_id) is str and 0 < len(client_id) <= 100 and type(seq) is int and 0 <= seq <= _INT64_MAX
             and (done_below is None or (type(done_below) is int and 0 <= done_below <= _INT64_MAX))):
-        return client_id, seq, done_below, digest(specs)  # (the usual case, checked at once)
-    client_id = optional(msg, "client_id", str)
-    seq = optional(msg, "seq", int)
-    done_below = optional(msg, "done_below", int)
-    if client_id is None and seq is None:
-        return None
-    if client_id is None or seq is None:
-        raise ProtocolError("enqueue: give 'client_id' and 'seq' together (the idempotency token)", "bad_request")
-    if not 0 < len(client_id) <= 100:
-        raise ProtocolError("enqueue: 'client_id' must be 1 to 100 chars", "bad_request")
-    if seq < 0 or (done_below is not None and done_below < 0):
-        raise ProtocolError("enqueue: 'seq' and 'done_below' must be >= 0", "bad_request")
-    return client_id, seq, done_below, digest(specs)
+        return client_id, seq, done_below, digest(specs)  # (the usual case: what check_token accepts, seen at once)
+    return check_token(optional(msg, "client_id", str), optional(msg, "seq", int), optional(msg, "done_below", int),
+                       specs)
+
+
+def _wait(msg: dict[str, Any]) -> WaitRequest:
+    return WaitRequest(require(msg, "id", int), float(optional(msg, "timeout", (int, float), 60.0)))
 
 
 def _set(msg: dict[str, Any], field: str, kind: type) -> frozenset[Any] | None:

@@ -1,0 +1,218 @@
+"""The typed inputs of the operations, each with its one validation.
+
+Rules of this file
+------------------
+* One record per input that is more than one id, one ``check_*`` per record (or per value): the ranges and
+  rules below are the only ones; the transports only decode (TCP: a msgpack map's field types; HTTP: JSON
+  bodies, paths and query strings, with their own names) into these records.
+* Enqueue's ``TaskSpec`` and its validation (``check_task_spec``) live in ``runq.protocol.messages``, shared
+  with the SDK; the idempotency token's is ``check_token`` here.
+* Every check raises ``BadRequest`` (``bad_request``) naming the field.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from ...protocol.messages import MAX_CREDIT, MAX_NAME, TaskSpec
+from ..core import State
+from ..core.requests import digest
+from .errors import BadRequest
+
+__all__ = [
+    "LISTABLE_STATES",
+    "LIST_LIMIT",
+    "MAX_RETRY_IN",
+    "MAX_WAIT",
+    "STATES",
+    "Done",
+    "EnqueueRequest",
+    "Fail",
+    "ListQuery",
+    "Progress",
+    "Subscription",
+    "Token",
+    "WaitRequest",
+    "check_credit",
+    "check_fail",
+    "check_list",
+    "check_queue_name",
+    "check_subscription",
+    "check_token",
+    "check_wait",
+]
+
+#: The longest ``retry_in`` a worker may ask for (as for a spec's ``delay``: under ten years).
+MAX_RETRY_IN = 10 * 365 * 86400
+#: The longest a ``wait`` waits, in seconds (a longer timeout, infinity included, is cut to this).
+MAX_WAIT = 300.0
+#: A page of ``list`` holds 1 to this many tasks.
+LIST_LIMIT = 1000
+#: The task states.
+STATES = frozenset(s.value for s in State)
+#: The states ``list`` filters by: every state a stored task can be in. ``failed`` is not one: a failed attempt
+#: moves its task on at once (to ``scheduled`` for its retry, or ``dead``), in the same commit.
+LISTABLE_STATES = STATES - {State.FAILED.value}
+
+#: an enqueue's idempotency token: (client id, seq, done_below) (docs/protocol.md 5.2)
+Token = tuple[str, int, "int | None", bytes]
+
+
+class EnqueueRequest(NamedTuple):
+    """One enqueue request: its tasks (each checked by ``check_task_spec``) and its idempotency token."""
+
+    specs: list[TaskSpec]
+    token: Token | None = None
+
+
+def check_token(client_id: str | None, seq: int | None, done_below: int | None,
+                specs: list[TaskSpec]) -> Token | None:
+    """An enqueue's idempotency token (client_id, seq) and done_below, checked (docs/protocol.md 5.2), with the
+    digest of its tasks ``specs`` (runq.app.core.requests: a token reused with other tasks is refused).
+
+    Raises:
+        BadRequest: one of client_id and seq without the other, or a value out of range.
+    """
+    if client_id is None and seq is None:
+        return None
+    if client_id is None or seq is None:
+        raise BadRequest("enqueue: give 'client_id' and 'seq' together (the idempotency token)")
+    if not 0 < len(client_id) <= 100:
+        raise BadRequest("enqueue: 'client_id' must be 1 to 100 chars")
+    if seq < 0 or (done_below is not None and done_below < 0):
+        raise BadRequest("enqueue: 'seq' and 'done_below' must be >= 0")
+    return client_id, seq, done_below, digest(specs)
+
+
+class WaitRequest(NamedTuple):
+    """``wait``: the task, and how long to wait for it to finish (seconds)."""
+
+    id: int
+    timeout: float = 60.0
+
+
+def check_wait(req: WaitRequest) -> WaitRequest:
+    """``req`` with its timeout capped at ``MAX_WAIT`` (<= 0: answered at once).
+
+    Raises:
+        BadRequest: a NaN timeout.
+    """
+    if math.isnan(req.timeout):
+        raise BadRequest("wait: 'timeout' must be a number, not NaN")
+    if req.timeout > MAX_WAIT:  # (infinity included) a long poll holds a server task: the client asks again
+        return req._replace(timeout=MAX_WAIT)
+    return req
+
+
+class ListQuery(NamedTuple):
+    """``list``: a page of tasks, newest first, filtered (None: any)."""
+
+    state: str | None = None
+    queue: str | None = None
+    type: str | None = None
+    limit: int = 100
+    cursor: int | None = None
+
+
+def check_list(q: ListQuery) -> ListQuery:
+    """Raises: BadRequest for a limit outside 1..LIST_LIMIT, an unknown state, or a queue or type filter no
+    task could match."""
+    if not 1 <= q.limit <= LIST_LIMIT:
+        raise BadRequest(f"limit must be between 1 and {LIST_LIMIT}")
+    if q.state is not None and q.state not in LISTABLE_STATES:
+        if q.state == State.FAILED.value:
+            raise BadRequest(f"no task is ever listed as {q.state!r} (a failed attempt leaves its task scheduled "
+                             f"for a retry, or dead); list one of {sorted(LISTABLE_STATES)}")
+        raise BadRequest(f"unknown state {q.state!r}; one of {sorted(LISTABLE_STATES)}")
+    if q.queue is not None:
+        check_queue_name(q.queue)
+    if q.type is not None and not 0 < len(q.type) <= MAX_NAME:
+        raise BadRequest(f"a task type has 1 to {MAX_NAME} characters")
+    return q
+
+
+def check_queue_name(name: str) -> str:
+    """A queue's name, as ``check_task_spec`` accepts it in a task (pause, resume, the queue filters of list
+    and subscribe; ``parse_hello`` holds a worker's queues to the same rule).
+
+    Raises:
+        BadRequest: empty or longer than ``MAX_NAME`` characters.
+    """
+    if not 0 < len(name) <= MAX_NAME:
+        raise BadRequest(f"queue name must have 1 to {MAX_NAME} characters")
+    return name
+
+
+def check_subscription(sub: Subscription) -> Subscription:
+    """Raises: BadRequest for a queue or type filter no task could match."""
+    for q in sub.queues or ():
+        check_queue_name(q)
+    if sub.types and not all(0 < len(t) <= MAX_NAME for t in sub.types):
+        raise BadRequest(f"a task type has 1 to {MAX_NAME} characters")
+    return sub
+
+
+@dataclass
+class Subscription:
+    """Which live events a subscriber wants (``None`` means any): the input of ``subscribe``."""
+
+    queues: frozenset[str] | None = None
+    types: frozenset[str] | None = None
+    ids: frozenset[int] | None = None
+
+    def wants(self, queue: str, type_: str, task_id: int) -> bool:
+        return (
+            (self.queues is None or queue in self.queues)
+            and (self.types is None or type_ in self.types)
+            and (self.ids is None or task_id in self.ids)
+        )
+
+
+class Done(NamedTuple):
+    """A worker's ``done``: results ``[id, lease, result]`` (already of those types) and more credit."""
+
+    results: list[Any]
+    credit: int = 0
+
+
+class Fail(NamedTuple):
+    """A worker's ``fail`` of one attempt."""
+
+    id: int
+    lease: int
+    error: str
+    retry_in: float | None = None
+    timed_out: bool = False
+    retries: int | None = None
+    credit: int = 0
+
+
+def check_credit(n: int, what: str = "credit: 'n'") -> int:
+    """A worker's grant of credit (<= 0 grants nothing).
+
+    Raises:
+        BadRequest: above ``MAX_CREDIT``.
+    """
+    if n > MAX_CREDIT:
+        raise BadRequest(f"{what} must be at most {MAX_CREDIT} (nothing was granted)")
+    return n
+
+
+def check_fail(f: Fail) -> Fail:
+    """Raises: BadRequest for a retry_in, retries or credit out of range."""
+    check_credit(f.credit, "fail: 'credit'")
+    if f.retry_in is not None and not 0 <= f.retry_in < MAX_RETRY_IN:  # (NaN fails both comparisons)
+        raise BadRequest("fail: 'retry_in' must be a number of seconds >= 0 and under ten years")
+    if f.retries is not None and not 0 <= f.retries <= 1000:
+        raise BadRequest("fail: 'retries' must be between 0 and 1000")
+    return f
+
+
+class Progress(NamedTuple):
+    """A worker's ``progress`` of one running task (``value``: msgpack, opaque)."""
+
+    id: int
+    lease: int
+    value: bytes

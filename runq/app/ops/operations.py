@@ -1,0 +1,345 @@
+"""Every operation a client, a worker or the HTTP API can ask for: one method each, authorised once.
+
+Theory of operation
+-------------------
+``Operations`` holds the running ``Server`` (the core and store wiring) and offers one method per thing a
+caller can do. Each method takes the caller's ``Identity`` first and typed input (``inputs``), then:
+
+1. ``authorize(identity, op)`` (``auth``: the one permission table),
+2. the input's one validation (``inputs.check_*``, ``check_task_spec``),
+3. the server's operation, and returns plain maps (``Task.as_dict()``) that each transport encodes.
+
+Errors are ``RunqError``s with a stable code (``errors``, the core's ``TaskMissing`` / ``IllegalTransition``,
+the store's ``StoreError``): the TCP frontend sends the code in an error frame, the HTTP routes map it to a
+status. The transports (``runq.app.server.tcp``, ``runq.app.http.routes``) only decode, call and encode.
+
+Rules of this file
+------------------
+* Nothing here reads a socket or knows a wire name: TCP's ``payload``/``state``/``attempt`` and HTTP's
+  ``data``/``status``/``attempts`` are the transports' business.
+* Methods ending in ``_nowait`` never await (the TCP hot paths call them for the messages of one read, in one
+  write round, and flush once after the read); their async forms flush and wait for the commit themselves.
+* Hot paths (enqueue, get, the worker messages) stay a few dictionary operations on top of the server's: no
+  per-task objects beyond the ``TaskSpec``s.
+* This module imports the server for its type only: ``runq.app.server`` imports the TCP frontend, which
+  imports this layer (a test checks that the import graph has no cycle).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ... import __version__
+from ...protocol.errors import ProtocolError
+from ...protocol.messages import MAX_CREDIT, Hello, TaskSpec
+from .auth import Identity, authenticate, authorize
+from .errors import NotFound
+from .inputs import (
+    Done,
+    EnqueueRequest,
+    Fail,
+    ListQuery,
+    Progress,
+    Subscription,
+    WaitRequest,
+    check_credit,
+    check_fail,
+    check_list,
+    check_queue_name,
+    check_subscription,
+    check_wait,
+)
+
+if TYPE_CHECKING:
+    from ..server.server import Answer, Server, Subscriber, Tell
+
+__all__ = ["VERSION", "Operations"]
+
+#: The server's version (``welcome``, ``stats``, the OpenAPI document).
+VERSION = __version__
+
+
+class Operations:
+    """The operations of ``server`` (see the module docstring).
+
+    Args:
+        server: the running server.
+    """
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self._worker_seq = 0
+
+    # ------------------------------------------------------------------ connections
+    def authenticate(self, token: str | bytes | None, role: str, name: str = "") -> Identity:
+        """The identity of a caller presenting ``token`` (``auth.authenticate`` against the server's token).
+
+        Raises:
+            Unauthenticated: ``unauthorized``.
+        """
+        return authenticate(self.server.config.token, token, role, name)
+
+    def hello(self, identity: Identity, hello: Hello, host: str, session: Any) -> dict[str, Any]:
+        """A connection's ``hello`` (already authenticated into ``identity``): the ``welcome`` answer. A worker
+        joins: ``session`` receives its tasks, and the answer carries its ``worker_id``.
+
+        Raises:
+            ProtocolError: ``shutting_down`` while the server stops.
+        """
+        srv = self.server
+        if srv.stopping.is_set():
+            raise ProtocolError("server is stopping", "shutting_down")
+        cfg = srv.config
+        welcome: dict[str, Any] = {
+            "op": "welcome", "version": hello.version, "server": f"runq/{VERSION}",
+            "max_frame": cfg.max_frame, "lease_timeout": cfg.core.lease_timeout,
+            "heartbeat": cfg.core.lease_timeout / 3,
+        }
+        if identity.role == "worker":
+            self._worker_seq += 1
+            wid = f"w{self._worker_seq}-{secrets.token_hex(3)}"
+            srv.workers[wid] = session
+            srv.core.worker_joined(wid, srv.clock(), hello.queues, hello.concurrency, hello.name,
+                                   hello.host or host, hello.pid, hello.types, hello.type_options)
+            welcome["worker_id"] = wid
+        return welcome
+
+    def worker_left(self, worker_id: str, session: Any) -> None:
+        """The connection of worker ``worker_id`` ended: its tasks go back to ready (not when the server
+        stops: they stay running on disk and come back as 'recovered' at the next start, no attempt lost).
+        Not authorised: no caller asks for it, its transport reports it."""
+        srv = self.server
+        if srv.workers.get(worker_id) is session:
+            del srv.workers[worker_id]
+            if not srv.stopping.is_set():
+                srv.core.worker_left(worker_id, srv.clock(), reason="connection closed")
+                srv.flush()
+
+    def ping(self, identity: Identity, worker_id: str | None = None) -> None:
+        """``ping``; from a worker it also counts as a heartbeat."""
+        authorize(identity, "ping")
+        if worker_id is not None:
+            srv = self.server
+            srv.core.heartbeat(worker_id, srv.clock())
+
+    # ------------------------------------------------------------------ enqueue
+    def enqueue_nowait(self, identity: Identity, requests: list[tuple[EnqueueRequest, Any]],
+                       tell: Tell) -> list[Answer]:
+        """Enqueue the requests of one read with one call of the core (``Server.enqueue_nowait``); each
+        request's ``tell(answer, error, ctx)`` runs once its commit is over. Specs come checked
+        (``parse_task_spec`` / ``check_task_spec``); the caller flushes."""
+        authorize(identity, "enqueue")
+        return self.server.enqueue_nowait([(r.specs, r.token, ctx) for r, ctx in requests], tell)
+
+    async def enqueue(self, identity: Identity, specs: list[TaskSpec]) -> list[tuple[int, bool]]:
+        """Enqueue ``specs`` and return ``(id, created)`` per spec once committed.
+
+        Raises:
+            ProtocolError: ``shutting_down`` while the server stops.
+            StoreError: the commit failed; nothing was enqueued.
+        """
+        authorize(identity, "enqueue")
+        if self.server.stopping.is_set():
+            raise ProtocolError("the server is stopping", "shutting_down")
+        return await self.server.enqueue(specs)
+
+    # ------------------------------------------------------------------ tasks
+    def get_nowait(self, identity: Identity, task_id: int) -> dict[str, Any] | None:
+        """The task if it is in memory, else None (``get`` reads the store)."""
+        authorize(identity, "get")
+        core = self.server.core
+        t = core.tasks.get(task_id) or core.finished.get(task_id)
+        return None if t is None else t.as_dict()
+
+    async def get(self, identity: Identity, task_id: int) -> dict[str, Any]:
+        """The task, from memory or the store.
+
+        Raises:
+            TaskMissing: no such task.
+        """
+        authorize(identity, "get")
+        return await self.server.get_task(task_id)
+
+    def wait_nowait(self, identity: Identity, req: WaitRequest) -> bool:
+        """Check a ``wait`` (authorised, valid); True when its task is in memory (``wait`` may start at once),
+        False when the store must say first whether it exists (``get``)."""
+        authorize(identity, "wait")
+        check_wait(req)
+        core = self.server.core
+        return req.id in core.tasks or req.id in core.finished
+
+    async def wait(self, identity: Identity, req: WaitRequest) -> dict[str, Any]:
+        """The task once it is final, or after ``req.timeout`` seconds as it is then.
+
+        Raises:
+            TaskMissing: no such task.
+        """
+        authorize(identity, "wait")
+        req = check_wait(req)
+        return await self.server.wait_task(req.id, req.timeout)
+
+    async def cancel(self, identity: Identity, task_id: int) -> dict[str, Any]:
+        """Cancel a queued or running task; return it.
+
+        Raises:
+            TaskMissing: no such task.
+            IllegalTransition: it is already final.
+        """
+        authorize(identity, "cancel")
+        return await self.server.cancel(task_id)
+
+    async def retry(self, identity: Identity, task_id: int) -> dict[str, Any]:
+        """Bring a dead, cancelled or retry-waiting task back to ready now; return it.
+
+        Raises:
+            TaskMissing: no such task.
+            IllegalTransition: it is not dead, cancelled or waiting to retry.
+        """
+        authorize(identity, "retry")
+        return await self.server.retry(task_id)
+
+    async def events(self, identity: Identity, task_id: int) -> list[dict[str, Any]]:
+        """The task's timeline, oldest first.
+
+        Raises:
+            TaskMissing: no such task.
+        """
+        authorize(identity, "events")
+        return await self.server.task_events(task_id)
+
+    async def list_tasks(self, identity: Identity, query: ListQuery) -> tuple[list[dict[str, Any]], int | None]:
+        """A page of tasks, newest first, and the cursor of the next page (None: the last page).
+
+        Raises:
+            BadRequest: a limit out of range or an unknown state.
+        """
+        authorize(identity, "list")
+        q = check_list(query)
+        return await self.server.list_tasks(state=q.state, queue=q.queue, type=q.type, limit=q.limit,
+                                            cursor=q.cursor)
+
+    # ------------------------------------------------------------------ queues and workers
+    def pause_nowait(self, identity: Identity, queue: str, paused: bool,
+                     tell: Callable[[BaseException | None], None]) -> None:
+        """Pause (or resume) ``queue``; ``tell(error)`` once that is committed. The caller flushes.
+
+        Raises:
+            BadRequest: a queue name no task could have.
+        """
+        authorize(identity, "pause" if paused else "resume")
+        self.server.set_paused_nowait(check_queue_name(queue), paused, tell)
+
+    async def pause(self, identity: Identity, queue: str, paused: bool = True) -> None:
+        """Pause (or resume) ``queue`` and return once that is committed.
+
+        Raises:
+            BadRequest: a queue name no task could have.
+            StoreError: the commit failed.
+        """
+        authorize(identity, "pause" if paused else "resume")
+        await self.server.set_paused(check_queue_name(queue), paused)
+
+    def drain(self, identity: Identity, worker_id: str) -> dict[str, Any]:
+        """Ask a worker to finish its running tasks, hand back the rest and leave; return it.
+
+        Raises:
+            NotFound: no connected worker has that id.
+        """
+        authorize(identity, "drain")
+        if worker_id not in self.server.core.workers:
+            raise NotFound(f"no connected worker {worker_id!r}")
+        return self.server.drain_worker(worker_id)
+
+    def queues(self, identity: Identity) -> list[dict[str, Any]]:
+        """Every queue's counts (``Core.queue_stats``)."""
+        authorize(identity, "queues")
+        return self.server.queue_stats()
+
+    def workers(self, identity: Identity) -> list[dict[str, Any]]:
+        """The connected workers."""
+        authorize(identity, "workers")
+        return self.server.worker_list()
+
+    def types(self, identity: Identity) -> list[dict[str, Any]]:
+        """The task types the connected workers announced."""
+        authorize(identity, "types")
+        return self.server.task_types()
+
+    def stats(self, identity: Identity) -> dict[str, Any]:
+        """The server's statistics (``Server.statistics``)."""
+        authorize(identity, "stats")
+        return self.server.statistics()
+
+    def subscribe(self, identity: Identity, subscriber: Subscriber | None, subscription: Subscription | None) -> None:
+        """Send live events matching ``subscription`` to ``subscriber`` from now on. With no ``subscriber``,
+        only check that it may (an HTTP stream subscribes once its body starts).
+
+        Raises:
+            BadRequest: a queue or type filter no task could match.
+            ProtocolError: ``busy`` at the server's ``max_subscribers`` (the subscriber's filter unchanged).
+        """
+        authorize(identity, "subscribe")
+        if subscription is not None:
+            check_subscription(subscription)
+        srv = self.server
+        if subscriber is None:
+            srv.check_subscriber_room()
+            return
+        srv.subscribe(subscriber)
+        if subscription is not None:
+            subscriber.subscription = subscription
+
+    # ------------------------------------------------------------------ workers' messages
+    def credit(self, identity: Identity, worker_id: str, n: int) -> None:
+        """The worker can take ``n`` more tasks."""
+        authorize(identity, "credit")
+        srv = self.server
+        srv.core.credit(worker_id, check_credit(n), srv.clock())
+
+    def heartbeat(self, identity: Identity, worker_id: str) -> None:
+        """The worker is alive: its leases are extended."""
+        authorize(identity, "heartbeat")
+        srv = self.server
+        srv.core.heartbeat(worker_id, srv.clock())
+
+    def done(self, identity: Identity, worker_id: str, done: Done) -> None:
+        """Tasks succeeded (results whose lease is stale are counted late and ignored); then more credit."""
+        authorize(identity, "done")
+        if done.credit > MAX_CREDIT:
+            check_credit(done.credit, "done: 'credit'")
+        srv = self.server
+        now = srv.clock()
+        core = srv.core
+        core.done(worker_id, done.results, now)
+        if done.credit:
+            core.credit(worker_id, done.credit, now)
+
+    def fail(self, identity: Identity, worker_id: str, fail: Fail) -> None:
+        """An attempt failed (retried later or dead, as the task's retries say); then more credit.
+
+        Raises:
+            BadRequest: ``retry_in`` or ``retries`` out of range.
+        """
+        authorize(identity, "fail")
+        f = check_fail(fail)
+        srv = self.server
+        now = srv.clock()
+        core = srv.core
+        core.fail(worker_id, f.id, f.lease, f.error, now, retry_in=f.retry_in, timed_out=f.timed_out,
+                  max_retries=f.retries)
+        if f.credit:
+            core.credit(worker_id, f.credit, now)
+
+    def progress(self, identity: Identity, worker_id: str, progress: Progress) -> None:
+        """A running task's progress value."""
+        authorize(identity, "progress")
+        srv = self.server
+        srv.core.progress(worker_id, progress.id, progress.lease, progress.value, srv.clock())
+
+    def release(self, identity: Identity, worker_id: str, ids: list[Any]) -> None:
+        """The worker hands back tasks it has not started."""
+        authorize(identity, "release")
+        srv = self.server
+        srv.core.release(worker_id, ids, srv.clock())
