@@ -86,6 +86,7 @@ import msgpack
 
 from .breakers import Breaker, BreakerConfig, BreakerRow, BreakerState, LimitError
 from .model import NOT_QUEUED, CoreConfig, ReadyQueue, Task
+from .records import LIMIT_COLUMNS, LimitRecord  # (the column order of a stored limit: re-exported)
 from .routing import Routing
 from .states import State, Transition
 from .timers import COOLDOWN, REFILL
@@ -112,7 +113,6 @@ OPEN, HALF_OPEN, CLOSED = BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerStat
 #: the kinds of scope a limit is set on
 SCOPE_KINDS = ("queue", "type")
 #: Column order of a stored limit (``LimitRow``).
-LIMIT_COLUMNS = ("scope", "name", "key", "rate", "period", "burst", "concurrency")
 #: slack of the rate comparison: ``tat`` is a sum of intervals, and a refill timer set at ``tat - tau`` must
 #: find the bucket open then, not one rounding error later
 EPS = 1e-9
@@ -156,16 +156,8 @@ def check_scope(scope: Any) -> Scope:
     return s
 
 
-class LimitRow(NamedTuple):
-    """A limit as the store keeps it (``LIMIT_COLUMNS``)."""
-
-    scope: str
-    name: str
-    key: str
-    rate: float | None
-    period: float
-    burst: int
-    concurrency: int | None
+#: A limit as the store keeps it (``LIMIT_COLUMNS``): records.py's ``LimitRecord``, the one definition.
+LimitRow = LimitRecord
 
 
 @dataclass(frozen=True, slots=True)
