@@ -79,6 +79,7 @@ import json
 import math
 import random
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -86,7 +87,7 @@ import msgpack
 
 from .breakers import Breaker, BreakerConfig, BreakerRow, BreakerState, LimitError
 from .model import NOT_QUEUED, CoreConfig, ReadyQueue, Task
-from .records import LIMIT_COLUMNS, LimitRecord  # (the column order of a stored limit: re-exported)
+from .records import LIMIT_COLUMNS, LimitRecord, ServerEventRecord  # (LIMIT_COLUMNS: re-exported)
 from .routing import Routing
 from .states import State, Transition
 from .timers import COOLDOWN, REFILL
@@ -230,6 +231,10 @@ class LimitEvent(NamedTuple):
     scope: str
     kind: str
     detail: str
+
+    def record(self) -> ServerEventRecord:
+        """The event as the store keeps it (a ``server_events`` row, numbered by the store; no actor)."""
+        return ServerEventRecord(None, self.at, self.scope, self.kind, self.detail, None)
 
 
 class Waiting(NamedTuple):
@@ -571,6 +576,22 @@ class Limits(Routing):
             br.until = r.until if r.state == OPEN.value and r.until is not None else now
             self.timers.arm((br.until, COOLDOWN, br.type))
         self._changed()
+
+    def restore_limits(self, limits: Iterable[tuple[tuple[str, ...], Any]], breakers: Iterable[tuple[str, Any]],
+                       events: Iterable[ServerEventRecord]) -> None:
+        """Put back the limit and breaker writes of a batch that failed to commit, for the next one to retry
+        (runq/app/core/commits.py): each limit scope and breaker type it wrote is written again as it is
+        NOW (its record, or a removal: never an older record, which a later batch may have replaced), and
+        its events go back before the ones made since, in their order.
+        """
+        for key, _ in limits:
+            s = Scope(*key)
+            lim = self._limit_of.get(s)
+            self._limit_rows.append((s, lim.row() if lim is not None else None))
+        for type_, _ in breakers:
+            br = self.breakers.get(type_)
+            self._breaker_rows.append((type_, br.row() if br is not None else None))
+        self._limit_events[:0] = [LimitEvent(e.at, e.scope, e.kind, e.detail) for e in events]
 
     def stored_limits(self) -> tuple[list[LimitRow], list[BreakerRow]]:
         """Every limit and breaker as stored rows (to write them all again, as after a failed commit)."""
