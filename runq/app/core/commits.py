@@ -49,6 +49,7 @@ from .model import Task
 from .records import (
     BreakerRecord,
     EventRecord,
+    LimitKey,
     LimitRecord,
     NewTaskRecord,
     QueueRecord,
@@ -89,7 +90,7 @@ class Writes(Protocol):
     events: list[EventRecord]
     queue_ops: list[QueueRecord]
     requests: list[RequestRecord]
-    limits: list[tuple[tuple[str, str, str], LimitRecord | None]]
+    limits: list[tuple[LimitKey, LimitRecord | None]]
     breakers: list[tuple[str, BreakerRecord | None]]
     server_events: list[ServerEventRecord]
 

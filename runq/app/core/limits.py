@@ -545,7 +545,7 @@ class Limits(Routing):
         return out
 
     # ------------------------------------------------------------------ restart
-    def recover_limits(self, limits: list[tuple[Any, ...]], breakers: list[tuple[Any, ...]], now: float) -> None:
+    def recover_limits(self, limits: Iterable[tuple[Any, ...]], breakers: Iterable[tuple[Any, ...]], now: float) -> None:
         """Take back the stored limits (``LIMIT_COLUMNS`` rows) and breakers (``BREAKER_COLUMNS`` rows) at
         start: what comes back and what starts afresh is in the module docstring (Restarts).
 

@@ -33,9 +33,9 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 __all__ = ["BREAKER_COLUMNS", "EVENT_COLUMNS", "EVENT_ROW_COLUMNS", "LIMIT_COLUMNS", "NEW_COLUMNS", "QUEUE_COLUMNS",
-           "REQUEST_COLUMNS", "SERVER_EVENT_COLUMNS", "TASK_COLUMNS", "BreakerRecord", "EventRecord", "LimitRecord",
-           "NewTaskRecord", "QueueRecord", "RequestRecord", "ServerEventRecord", "TaskRecord", "TaskRow", "make_breaker",
-           "make_event", "make_limit", "make_request", "make_server_event", "make_task"]
+           "REQUEST_COLUMNS", "SERVER_EVENT_COLUMNS", "TASK_COLUMNS", "BreakerRecord", "EventRecord", "LimitKey",
+           "LimitRecord", "NewTaskRecord", "QueueRecord", "RequestRecord", "ServerEventRecord", "TaskRecord", "TaskRow",
+           "make_breaker", "make_event", "make_limit", "make_request", "make_server_event", "make_task"]
 
 
 class TaskRecord(NamedTuple):
@@ -175,6 +175,11 @@ class ServerEventRecord(NamedTuple):
     detail: str
     actor: str | None = None
 
+
+#: The key of a ``limits`` row: (scope kind, name, payload key), a ``LimitRecord``'s first three fields (the
+#: core's ``Scope``, limits.py, is one). The core's effects and the store's ``Batch`` carry limits as
+#: (key, record or None for a removal).
+LimitKey = tuple[str, str, str]
 
 #: A task as ``Store.load`` streams it at a restart: a plain tuple of ``TaskRecord``'s fields, in their order
 #: and with their types (tests/core/test_records.py holds them equal). The one place where a row crosses

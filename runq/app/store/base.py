@@ -34,6 +34,7 @@ from typing import Protocol
 from ..core.records import (
     BreakerRecord,
     EventRecord,
+    LimitKey,
     LimitRecord,
     NewTaskRecord,
     QueueRecord,
@@ -77,7 +78,7 @@ class Batch:
     queue_ops: list[QueueRecord] = field(default_factory=list)
     requests: list[RequestRecord] = field(default_factory=list)
     requests_below: int | None = None
-    limits: list[tuple[tuple[str, str, str], LimitRecord | None]] = field(default_factory=list)
+    limits: list[tuple[LimitKey, LimitRecord | None]] = field(default_factory=list)
     breakers: list[tuple[str, BreakerRecord | None]] = field(default_factory=list)
     server_events: list[ServerEventRecord] = field(default_factory=list)
     prune_before: float | None = None

@@ -70,6 +70,7 @@ from ..core.records import (
     TASK_COLUMNS,
     BreakerRecord,
     EventRecord,
+    LimitKey,
     LimitRecord,
     NewTaskRecord,
     QueueRecord,
@@ -423,7 +424,7 @@ class SQLiteStore:
         requests: dict[int, RequestRecord] = {}
         requests_below = 0
         prune: float | None = None
-        limits: list[tuple[tuple[str, str, str], LimitRecord | None]] = []
+        limits: list[tuple[LimitKey, LimitRecord | None]] = []
         breakers: list[tuple[str, BreakerRecord | None]] = []
         server_events: list[ServerEventRecord] = []
         if len(batches) == 1:  # (the lone request's commit: its lists as they are; ids are unique in a batch)
@@ -508,7 +509,7 @@ class SQLiteStore:
             (notify or self.notify)(report)  # (one hand-over per commit: one wake-up of the trio loop)
         return error
 
-    def _write_limits(self, limits: list[tuple[tuple[str, str, str], LimitRecord | None]],
+    def _write_limits(self, limits: list[tuple[LimitKey, LimitRecord | None]],
                       breakers: list[tuple[str, BreakerRecord | None]],
                       server_events: list[ServerEventRecord]) -> None:
         """Write limits and breakers (in order: the last one of a key wins; None deletes it) and append the
