@@ -14,6 +14,7 @@ import trio
 from test_server import RawPeer, start
 
 from runq import Client
+from runq.app.errors import StoreError
 from runq.app.server import Server
 from runq.protocol.messages import TaskSpec
 
@@ -109,3 +110,26 @@ async def test_limits_of_a_failed_commit_are_written_by_the_next_one(tmp_path: P
             assert [(r.type, r.state, r.manual) for r in breakers] == [("flaky", "open", True)]
             assert [kind for _, kind, _ in _server_events(srv)] == ["limit_set", "breaker_open"]
             srv.stopping.set()
+
+
+@pytest.mark.trio
+async def test_a_stored_limit_the_core_refuses_stops_the_start_with_its_reason(tmp_path: Path) -> None:
+    with trio.fail_after(20):
+        async with trio.open_nursery() as n:
+            srv = await start(n, tmp_path)
+            srv.core.set_limit(("queue", "mail"), srv.clock(), rate=5)
+            srv.flush()
+            await srv.wait_committed()
+            srv.stopping.set()
+        db = sqlite3.connect(tmp_path / "runq.db")
+        with db:  # edited by hand: a rate below zero
+            db.execute("UPDATE limits SET rate = -1 WHERE name = 'mail'")
+        db.close()
+        async with trio.open_nursery() as n:
+            with pytest.raises(StoreError, match="stored limit or breaker is not valid: limit: 'rate' must be"):
+                await start(n, tmp_path)
+        db = sqlite3.connect(tmp_path / "runq.db")
+        try:  # nothing was changed: the row is there for the operator to fix
+            assert db.execute("SELECT name, rate FROM limits").fetchall() == [("mail", -1.0)]
+        finally:
+            db.close()

@@ -46,18 +46,8 @@ import trio
 
 from ...protocol.errors import ProtocolError
 from ...protocol.messages import TaskSpec
-from ..core import (
-    FINAL_STATES,
-    Core,
-    IllegalTransition,
-    LimitError,
-    Requests,
-    State,
-    Task,
-    TaskMissing,
-    Transition,
-    WorkerInfo,
-)
+from ..core import FINAL_STATES, Core, IllegalTransition, Requests, State, Task, TaskMissing, Transition, WorkerInfo
+from ..core.breakers import LimitError
 from ..core.requests import Entry
 from ..store import (
     Batch,
