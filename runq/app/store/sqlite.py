@@ -424,9 +424,9 @@ class SQLiteStore:
         requests: dict[int, RequestRecord] = {}
         requests_below = 0
         prune: float | None = None
-        limits: list[tuple[LimitKey, LimitRecord | None]] = []
-        breakers: list[tuple[str, BreakerRecord | None]] = []
-        server_events: list[ServerEventRecord] = []
+        limits: list[tuple[LimitKey, LimitRecord | None]]
+        breakers: list[tuple[str, BreakerRecord | None]]
+        server_events: list[ServerEventRecord]
         if len(batches) == 1:  # (the lone request's commit: its lists as they are; ids are unique in a batch)
             (b,) = batches
             new_rows, events, queue_ops, requests_below, prune = (b.new_rows, b.events, b.queue_ops,
@@ -436,6 +436,8 @@ class SQLiteStore:
                 rows = {r.id: r for r in b.rows}
             if b.requests:
                 requests = {r.id: r for r in b.requests}
+        else:
+            limits, breakers, server_events = [], [], []
         for b in batches if len(batches) > 1 else ():
             if b.requests:
                 for q in b.requests:
