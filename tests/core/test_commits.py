@@ -16,6 +16,7 @@ from typing import Any
 
 from runq.app.core import Core, CoreConfig, Effects, State
 from runq.app.core.commits import Settlement
+from runq.app.core.records import ServerEventRecord
 from runq.protocol.messages import TaskSpec
 
 T0 = 1_000.0
@@ -42,6 +43,9 @@ class Batch:
     queue_ops: list[tuple[str, bool]]
     requests: list[tuple[Any, ...]] = field(default_factory=list)
     acks: list[Answer] = field(default_factory=list)
+    limits: list[tuple[Any, Any]] = field(default_factory=list)
+    breakers: list[tuple[str, Any]] = field(default_factory=list)
+    server_events: list[ServerEventRecord] = field(default_factory=list)
 
 
 class Flow:
@@ -54,6 +58,9 @@ class Flow:
         self.submitted = 0
         self.committed = 0
         self.disk: dict[int, str] = {}  # task id -> state, as committed
+        self.limits_disk: dict[tuple[str, ...], Any] = {}  # limit key -> record, as committed
+        self.breakers_disk: dict[str, Any] = {}  # task type -> record, as committed
+        self.server_events_disk: list[tuple[str, str]] = []  # (scope, kind), as committed
         self.settlements: list[Settlement[Answer]] = []
         self.retries = 0
 
@@ -65,7 +72,8 @@ class Flow:
 
     def flush(self, now: float) -> Batch:
         fx: Effects = self.core.take_effects(now)
-        batch = Batch(fx.rows, fx.new_rows, fx.events, fx.queue_ops, acks=self.waiting)
+        batch = Batch(fx.rows, fx.new_rows, fx.events, fx.queue_ops, acks=self.waiting, limits=fx.limit_rows,
+                      breakers=fx.breaker_rows, server_events=[e.record() for e in fx.limit_events])
         self.waiting = []
         self.batches.append(batch)
         self.submitted += 1
@@ -78,6 +86,13 @@ class Flow:
         if error is None:
             for r in batch.new_rows + batch.rows:
                 self.disk[r[0]] = r[5]
+            for disk, writes in ((self.limits_disk, batch.limits), (self.breakers_disk, batch.breakers)):
+                for key, rec in writes:  # (in order: the last one wins, None deletes)
+                    if rec is None:
+                        disk.pop(tuple(key) if isinstance(key, tuple) else key, None)
+                    else:
+                        disk[tuple(key) if isinstance(key, tuple) else key] = rec
+            self.server_events_disk += [(e.scope, e.kind) for e in batch.server_events]
         s = self.core.settle_commit(batch, batch.acks, self.waiting, error, self.committed, self.submitted, now)
         self.settlements.append(s)
         self.waiting.extend(s.keep)
@@ -219,3 +234,39 @@ def test_a_pause_whose_commit_failed_is_kept_for_the_retry_not_refused() -> None
     assert again.queue_ops == [("q", True)] and again.acks == [pause]
     f.over(None, T0 + 0.5)
     assert pause.told == [None]
+
+
+def test_the_limits_and_breakers_of_a_failed_batch_are_written_again_as_they_are_now() -> None:
+    """A batch that set a cap and a breaker fails, after a later batch removed the cap committed: the retry
+    writes the cap's removal (not the older record, which would bring a removed limit back at the next
+    start), the breaker as it is now, and the failed batch's events before the ones made since."""
+    f = Flow()
+    core = f.core
+    core.set_limit(("queue", "q"), T0, concurrency=1)
+    core.set_breaker("t", T0, min_calls=2)
+    failed = f.flush(T0)
+    assert [k for k, _ in failed.limits] == [("queue", "q", "")] and [t for t, _ in failed.breakers] == ["t"]
+    assert [e.kind for e in failed.server_events] == ["limit_set", "breaker_set"]
+    core.remove_limit(("queue", "q"), T0 + 1)
+    f.flush(T0 + 1)
+    s = f.over(DISK_FULL, T0 + 1)
+    assert s.retry
+    f.over(None, T0 + 1)  # the removal commits
+    assert f.limits_disk == {} and f.server_events_disk == [("queue:q", "limit_removed")]
+    core.open_breaker("t", T0 + 2, "by hand")
+    again = f.flush(T0 + 2)
+    assert again.limits == [(("queue", "q", ""), None)]
+    assert [e.kind for e in again.server_events] == ["limit_set", "breaker_set", "breaker_open"]
+    assert [e.at for e in again.server_events] == [T0, T0, T0 + 2]
+    f.over(None, T0 + 2)
+    assert f.limits_disk == {}
+    assert f.breakers_disk["t"].state == "open" and f.breakers_disk["t"].manual is True
+    assert f.breakers_disk == {"t": core.stored_limits()[1][0]}
+    assert [k for _, k in f.server_events_disk] == ["limit_removed", "limit_set", "breaker_set", "breaker_open"]
+    # a commit that succeeds puts nothing back
+    core.set_limit(("type", "t"), T0 + 3, rate=5)
+    f.flush(T0 + 3)
+    f.over(None, T0 + 3)
+    after = f.flush(T0 + 3)
+    assert (after.limits, after.breakers, after.server_events) == ([], [], [])
+    assert f.limits_disk == {("type", "t", ""): core.stored_limits()[0][0]}

@@ -46,9 +46,23 @@ from store_helpers import (
 
 from runq.app.core import EventRecord, State, Task, TaskRecord
 from runq.app.core.model import TASK_COLUMNS
-from runq.app.store import Batch, Leadership, RequestRecord, Store, StoreError, StoreInUse, base
+from runq.app.store import (
+    Batch,
+    BreakerRecord,
+    Leadership,
+    LimitRecord,
+    RequestRecord,
+    ServerEventRecord,
+    Store,
+    StoreError,
+    StoreInUse,
+    base,
+)
 
 R = RequestRecord
+L = LimitRecord
+B = BreakerRecord
+E = ServerEventRecord
 
 
 @pytest.fixture(params=KITS, ids=[k.name for k in KITS])
@@ -178,6 +192,64 @@ class TestStoreContract:
         with opened(open_store, path) as store:  # a restart
             _, paused, _ = store.load()
             assert sorted(paused) == ["a", "d"]
+
+    # ------------------------------------------------------------------ limits, breakers, server events
+    def test_limits_and_breakers_are_written_replaced_deleted_and_loaded_back(self, kit: StoreKit,
+                                                                               open_store: OpenStore, path: Path) -> None:
+        mail = L("queue", "mail", "", 10.0, 1.0, 5, None)
+        per_customer = L("type", "send", "customer", None, 1.0, 1, 2)
+        flaky = B("flaky", 0.5, 60.0, 10, 30.0, 1, "open", T0 + 30, False)
+        by_hand = B("held", None, None, None, None, None, "open", None, True)
+        with opened(open_store, path, start=True) as store:
+            assert store.load_limits() == ([], [])
+            assert commit(store, Batch(limits=[(mail[:3], mail), (per_customer[:3], per_customer)],
+                                       breakers=[("flaky", flaky), ("held", by_hand)])) is None
+            assert store.load_limits() == ([mail, per_customer], [flaky, by_hand])
+            # in one commit of several batches, the last record of a key wins; None deletes it
+            d = Done()
+            mail2 = mail._replace(rate=2.5, burst=1, concurrency=3)
+            closed = flaky._replace(state="closed", until=None)
+            with writer_held(kit, store):
+                store.submit(Batch(limits=[(mail[:3], None), (per_customer[:3], None)],
+                                   breakers=[("flaky", flaky._replace(state="half_open"))], on_done=d.cb(1)))
+                store.submit(Batch(limits=[(mail[:3], mail2)], breakers=[("flaky", closed), ("held", None)],
+                                   on_done=d.cb(2)))
+            assert d.wait(2) == [(1, None), (2, None)]
+        with opened(open_store, path) as store:  # a restart
+            limits, breakers = store.load_limits()
+            assert limits == [mail2] and breakers == [closed]
+            assert type(breakers[0].manual) is bool and isinstance(limits[0], LimitRecord)
+            assert isinstance(breakers[0], BreakerRecord)
+
+    def test_server_events_are_numbered_in_order_and_read_back(self, open_store: OpenStore, path: Path) -> None:
+        with opened(open_store, path, start=True) as store:
+            assert store.server_events() == []
+            first = [E(None, T0 + i, "type:send", "limit_set", f"rate {i}") for i in range(3)]
+            assert commit(store, Batch(server_events=first)) is None
+            assert commit(store, Batch(server_events=[E(None, T0 + 9, "type:flaky", "breaker_open", "by hand",
+                                                        "alice")])) is None
+        with opened(open_store, path, start=True) as store:  # they are there after a restart
+            every = store.server_events()
+            assert [(e.at, e.scope, e.kind, e.detail, e.actor) for e in every] == [
+                (T0, "type:send", "limit_set", "rate 0", None), (T0 + 1, "type:send", "limit_set", "rate 1", None),
+                (T0 + 2, "type:send", "limit_set", "rate 2", None),
+                (T0 + 9, "type:flaky", "breaker_open", "by hand", "alice")]
+            ids = [e.id for e in every]
+            assert all(isinstance(i, int) for i in ids) and ids == sorted(set(ids))  # (numbered, increasing)
+            assert all(isinstance(e, ServerEventRecord) for e in every)
+            assert store.server_events(limit=2) == every[2:]  # the latest ones, oldest first
+            assert store.server_events(since=ids[0], limit=2) == every[1:3]  # the next ones after an id
+            assert store.server_events(since=ids[-1]) == []
+
+    def test_a_failed_commit_writes_no_limit_breaker_or_server_event(self, kit: StoreKit, store: Store) -> None:
+        lim = L("queue", "q", "", None, 1.0, 1, 1)
+        with kit.full(store):
+            err = commit(store, Batch(new_rows=[task(1, payload=b"x" * 100_000).new_row()],
+                                      limits=[(lim[:3], lim)],
+                                      breakers=[("t", B("t", None, None, None, None, None, "open", None, True))],
+                                      server_events=[E(None, T0, "queue:q", "limit_set", "cap 1")]))
+        assert err is not None
+        assert store.load_limits() == ([], []) and store.server_events() == []
 
     # ------------------------------------------------------------------ group commit
     def test_group_commit_while_the_writer_is_busy(self, kit: StoreKit, open_store: OpenStore, path: Path) -> None:
@@ -557,9 +629,9 @@ class TestStoreContract:
         called = {node.attr for node in ast.walk(ast.parse(Path(__file__).read_text()))
                   if isinstance(node, ast.Attribute)}
         assert members - called == set()
-        assert {"leadership", "load", "load_requests", "next_event_id", "write_now", "start", "submit",
-                "commit_here", "can_commit_inline", "close", "get_task", "events", "list_tasks",
-                "check_writable", "stats"} == members  # (what the server and recovery call: base.py rule 1)
+        assert {"leadership", "load", "load_requests", "next_event_id", "load_limits", "write_now", "start",
+                "submit", "commit_here", "can_commit_inline", "close", "get_task", "events", "list_tasks",
+                "server_events", "check_writable", "stats"} == members  # (what the server and recovery call: base.py rule 1)
 
 
 def commit_started(store: Store, batch: Batch) -> BaseException | None:

@@ -40,9 +40,10 @@ import enum
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from ...protocol.errors import RunqError
+from .records import BREAKER_COLUMNS, BreakerRecord  # (the column order of a stored breaker: re-exported)
 
 if TYPE_CHECKING:
     from .model import Task
@@ -52,8 +53,6 @@ __all__ = ["BREAKER_COLUMNS", "SLOTS", "Breaker", "BreakerConfig", "BreakerRow",
 #: how many counts make a breaker's window
 SLOTS = 10
 
-#: Column order of a stored breaker (``BreakerRow``).
-BREAKER_COLUMNS = ("type", "threshold", "window", "min_calls", "cooldown", "probes", "state", "until", "manual")
 
 
 class LimitError(RunqError):
@@ -107,19 +106,9 @@ class BreakerConfig:
                 raise LimitError(f"breaker: '{name}' must be an int between {low} and 1000000")
 
 
-class BreakerRow(NamedTuple):
-    """A breaker as the store keeps it (``BREAKER_COLUMNS``); the config fields are None for a breaker
-    opened by hand without one (rule 3)."""
-
-    type: str
-    threshold: float | None
-    window: float | None
-    min_calls: int | None
-    cooldown: float | None
-    probes: int | None
-    state: str
-    until: float | None
-    manual: bool
+#: A breaker as the store keeps it (``BREAKER_COLUMNS``): records.py's ``BreakerRecord``, the one definition;
+#: the config fields are None for a breaker opened by hand without one (rule 3).
+BreakerRow = BreakerRecord
 
 
 class Breaker:

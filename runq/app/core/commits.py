@@ -15,6 +15,9 @@ commit fails (a full disk, say), nothing may be dropped and no answer may lie:
 - Every other write of the batch is put back (``Rollback.restore_effects``), to
   be retried with the next commit: rows from the tasks' current state, events
   in their original order, a final task's row even if it left memory since.
+  Limits and breakers the same way (``restore_limits``, limits.py): each one the
+  batch wrote is written again as it is now (a removal if it is gone), and the
+  batch's events of no task (``server_events``) go back in their order.
 - An enqueue answered "that key is task X" by a unique key, before X's own
   creation failed to commit, would name a task that does not exist. Its spec is
   enqueued again (the answer gets the new task, or the key's current holder):
@@ -47,7 +50,17 @@ from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 from ...protocol.messages import TaskSpec
 from .effects import CoreBase
 from .model import Task
-from .records import EventRecord, NewTaskRecord, QueueRecord, RequestRecord, TaskRecord
+from .records import (
+    BreakerRecord,
+    EventRecord,
+    LimitKey,
+    LimitRecord,
+    NewTaskRecord,
+    QueueRecord,
+    RequestRecord,
+    ServerEventRecord,
+    TaskRecord,
+)
 from .states import FINAL_STATES, State
 
 if TYPE_CHECKING:
@@ -81,6 +94,9 @@ class Writes(Protocol):
     events: list[EventRecord]
     queue_ops: list[QueueRecord]
     requests: list[RequestRecord]
+    limits: list[tuple[LimitKey, LimitRecord | None]]
+    breakers: list[tuple[str, BreakerRecord | None]]
+    server_events: list[ServerEventRecord]
 
 
 A = TypeVar("A", bound=Answer)
@@ -230,6 +246,8 @@ class CommitPolicy:
             core.restore_effects([r.id for r in batch.rows if r.id not in forgotten]
                                  + [r.id for r in batch.new_rows if r.id not in forgotten],
                                  [e for e in batch.events if e.task_id not in forgotten], batch.queue_ops, batch.rows)
+            if batch.limits or batch.breakers or batch.server_events:
+                core.restore_limits(batch.limits, batch.breakers, batch.server_events)
             for tid in forgotten:
                 gone[tid] = submitted
             if gone:

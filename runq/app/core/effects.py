@@ -37,13 +37,13 @@ from typing import TYPE_CHECKING, Any
 
 from ...protocol.messages import TypeOptions
 from .model import CoreConfig, ReadyQueue, Task, WorkerInfo
-from .records import EventRecord, NewTaskRecord, QueueRecord, TaskRecord
+from .records import EventRecord, LimitKey, NewTaskRecord, QueueRecord, TaskRecord
 from .states import STEPS, IllegalTransition, State, Transition
 from .stats import CoreStats
 
 if TYPE_CHECKING:
     from .breakers import Breaker, BreakerRow
-    from .limits import Bucket, LimitEvent, LimitRow, Scope
+    from .limits import Bucket, LimitEvent, LimitRow
 
 __all__ = ["ENQUEUE_STEP", "CoreBase", "Effects"]
 
@@ -83,7 +83,7 @@ class Effects:
         logs: list[tuple[str, str]],
         queue_ops: list[QueueRecord],
         new_rows: list[NewTaskRecord] | None = None,
-        limit_rows: list[tuple[Scope, LimitRow | None]] | None = None,
+        limit_rows: list[tuple[LimitKey, LimitRow | None]] | None = None,
         breaker_rows: list[tuple[str, BreakerRow | None]] | None = None,
         limit_events: list[LimitEvent] | None = None,
     ) -> None:
@@ -163,7 +163,7 @@ class CoreBase:
         self._holds: dict[int, tuple[Bucket, ...]] = {}
         #: circuit breakers by task type (limits.py, breakers.py)
         self.breakers: dict[str, Breaker] = {}
-        self._limit_rows: list[tuple[Scope, LimitRow | None]] = []
+        self._limit_rows: list[tuple[LimitKey, LimitRow | None]] = []
         self._breaker_rows: list[tuple[str, BreakerRow | None]] = []
         self._limit_events: list[LimitEvent] = []
         #: ready task id -> the limit bucket or breaker holding it aside (limits.py)

@@ -79,6 +79,7 @@ import json
 import math
 import random
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -86,6 +87,7 @@ import msgpack
 
 from .breakers import Breaker, BreakerConfig, BreakerRow, BreakerState, LimitError
 from .model import NOT_QUEUED, CoreConfig, ReadyQueue, Task
+from .records import LIMIT_COLUMNS, LimitRecord, ServerEventRecord  # (LIMIT_COLUMNS: re-exported)
 from .routing import Routing
 from .states import State, Transition
 from .timers import COOLDOWN, REFILL
@@ -112,7 +114,6 @@ OPEN, HALF_OPEN, CLOSED = BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerStat
 #: the kinds of scope a limit is set on
 SCOPE_KINDS = ("queue", "type")
 #: Column order of a stored limit (``LimitRow``).
-LIMIT_COLUMNS = ("scope", "name", "key", "rate", "period", "burst", "concurrency")
 #: slack of the rate comparison: ``tat`` is a sum of intervals, and a refill timer set at ``tat - tau`` must
 #: find the bucket open then, not one rounding error later
 EPS = 1e-9
@@ -156,16 +157,8 @@ def check_scope(scope: Any) -> Scope:
     return s
 
 
-class LimitRow(NamedTuple):
-    """A limit as the store keeps it (``LIMIT_COLUMNS``)."""
-
-    scope: str
-    name: str
-    key: str
-    rate: float | None
-    period: float
-    burst: int
-    concurrency: int | None
+#: A limit as the store keeps it (``LIMIT_COLUMNS``): records.py's ``LimitRecord``, the one definition.
+LimitRow = LimitRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +231,10 @@ class LimitEvent(NamedTuple):
     scope: str
     kind: str
     detail: str
+
+    def record(self) -> ServerEventRecord:
+        """The event as the store keeps it (a ``server_events`` row, numbered by the store; no actor)."""
+        return ServerEventRecord(None, self.at, self.scope, self.kind, self.detail, None)
 
 
 class Waiting(NamedTuple):
@@ -548,7 +545,7 @@ class Limits(Routing):
         return out
 
     # ------------------------------------------------------------------ restart
-    def recover_limits(self, limits: list[tuple[Any, ...]], breakers: list[tuple[Any, ...]], now: float) -> None:
+    def recover_limits(self, limits: Iterable[tuple[Any, ...]], breakers: Iterable[tuple[Any, ...]], now: float) -> None:
         """Take back the stored limits (``LIMIT_COLUMNS`` rows) and breakers (``BREAKER_COLUMNS`` rows) at
         start: what comes back and what starts afresh is in the module docstring (Restarts).
 
@@ -579,6 +576,22 @@ class Limits(Routing):
             br.until = r.until if r.state == OPEN.value and r.until is not None else now
             self.timers.arm((br.until, COOLDOWN, br.type))
         self._changed()
+
+    def restore_limits(self, limits: Iterable[tuple[tuple[str, ...], Any]], breakers: Iterable[tuple[str, Any]],
+                       events: Iterable[ServerEventRecord]) -> None:
+        """Put back the limit and breaker writes of a batch that failed to commit, for the next one to retry
+        (runq/app/core/commits.py): each limit scope and breaker type it wrote is written again as it is
+        NOW (its record, or a removal: never an older record, which a later batch may have replaced), and
+        its events go back before the ones made since, in their order.
+        """
+        for key, _ in limits:
+            s = Scope(*key)
+            lim = self._limit_of.get(s)
+            self._limit_rows.append((s, lim.row() if lim is not None else None))
+        for type_, _ in breakers:
+            br = self.breakers.get(type_)
+            self._breaker_rows.append((type_, br.row() if br is not None else None))
+        self._limit_events[:0] = [LimitEvent(e.at, e.scope, e.kind, e.detail) for e in events]
 
     def stored_limits(self) -> tuple[list[LimitRow], list[BreakerRow]]:
         """Every limit and breaker as stored rows (to write them all again, as after a failed commit)."""

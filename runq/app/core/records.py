@@ -4,8 +4,10 @@ Theory of operation
 -------------------
 What the core persists crosses to the store as named tuples: ``TaskRecord`` (a whole task),
 ``NewTaskRecord`` (a task as first written, the short insert), ``EventRecord`` (one line of a task's
-timeline), ``RequestRecord`` (enqueue answers by idempotency token) and ``QueueRecord`` (a queue paused or
-resumed). Each field name is the name of the column that stores it, and the field order is the column order:
+timeline), ``RequestRecord`` (enqueue answers by idempotency token), ``QueueRecord`` (a queue paused or
+resumed), ``LimitRecord`` and ``BreakerRecord`` (a rate limit or concurrency cap, a circuit breaker:
+runq/app/core/limits.py, which names them ``LimitRow`` and ``BreakerRow``) and ``ServerEventRecord`` (an
+event that belongs to no task: a limit set or removed, a breaker's change; the operators' audit log). Each field name is the name of the column that stores it, and the field order is the column order:
 ``TASK_COLUMNS`` and the other column tuples are the records' ``_fields``, the ONE definition that the core,
 the store (runq.app.store, which re-exports these as its contract: runq/app/store/base.py), the server and
 the dashboard read.
@@ -30,9 +32,10 @@ import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-__all__ = ["EVENT_COLUMNS", "EVENT_ROW_COLUMNS", "NEW_COLUMNS", "QUEUE_COLUMNS", "REQUEST_COLUMNS", "TASK_COLUMNS",
-           "EventRecord", "NewTaskRecord", "QueueRecord", "RequestRecord", "TaskRecord", "TaskRow", "make_event",
-           "make_request", "make_task"]
+__all__ = ["BREAKER_COLUMNS", "EVENT_COLUMNS", "EVENT_ROW_COLUMNS", "LIMIT_COLUMNS", "NEW_COLUMNS", "QUEUE_COLUMNS",
+           "REQUEST_COLUMNS", "SERVER_EVENT_COLUMNS", "TASK_COLUMNS", "BreakerRecord", "EventRecord", "LimitKey",
+           "LimitRecord", "NewTaskRecord", "QueueRecord", "RequestRecord", "ServerEventRecord", "TaskRecord", "TaskRow",
+           "make_breaker", "make_event", "make_limit", "make_request", "make_server_event", "make_task"]
 
 
 class TaskRecord(NamedTuple):
@@ -121,6 +124,63 @@ class QueueRecord(NamedTuple):
     paused: bool
 
 
+class LimitRecord(NamedTuple):
+    """A rate limit and/or a concurrency cap as stored, one per scope (runq/app/core/limits.py, ``LimitRow``
+    there): the scope's kind (``queue`` or ``type``), name and payload key (``""``: the whole scope) are the
+    record's key; ``rate`` tasks per ``period`` seconds with a ``burst``, and/or at most ``concurrency`` running."""
+
+    scope: str
+    name: str
+    key: str
+    rate: float | None
+    period: float
+    burst: int
+    concurrency: int | None
+
+
+class BreakerRecord(NamedTuple):
+    """A task type's circuit breaker as stored (runq/app/core/breakers.py, ``BreakerRow`` there), keyed by
+    ``type``: its settings (all None for one opened by hand without any), its ``state`` (``closed``, ``open``,
+    ``half_open``), when an automatic opening's cool-down ends (``until``), and whether it was opened by hand."""
+
+    type: str
+    threshold: float | None
+    window: float | None
+    min_calls: int | None
+    cooldown: float | None
+    probes: int | None
+    state: str
+    until: float | None
+    manual: bool
+
+
+class ServerEventRecord(NamedTuple):
+    """An event of the server that belongs to no task: a limit set or removed, a breaker set, removed, opened,
+    half-open or closed (the core's ``LimitEvent``); later the audit log of operators' actions.
+
+    Attributes:
+        id: numbered by the store when written (None in a record to write), increasing in commit order.
+        at: when (the server's wall clock).
+        scope: what it is about (``"type:send_email"``, ``"queue:mail[customer]"``).
+        kind: ``limit_set``, ``limit_removed``, ``breaker_set``, ``breaker_removed``, ``breaker_open``,
+            ``breaker_half_open``, ``breaker_closed``.
+        detail: what changed, in words.
+        actor: who did it (an operator, for the audit log), or None (the server itself).
+    """
+
+    id: int | None
+    at: float
+    scope: str
+    kind: str
+    detail: str
+    actor: str | None = None
+
+
+#: The key of a ``limits`` row: (scope kind, name, payload key), a ``LimitRecord``'s first three fields (the
+#: core's ``Scope``, limits.py, is one). The core's effects and the store's ``Batch`` carry limits as
+#: (key, record or None for a removal).
+LimitKey = tuple[str, str, str]
+
 #: A task as ``Store.load`` streams it at a restart: a plain tuple of ``TaskRecord``'s fields, in their order
 #: and with their types (tests/core/test_records.py holds them equal). The one place where a row crosses
 #: unnamed, for speed: a restart reads every live task, and naming each row (``make_task``, ~130 ns) then
@@ -142,9 +202,18 @@ EVENT_COLUMNS: tuple[str, ...] = EVENT_ROW_COLUMNS[:-1]
 REQUEST_COLUMNS: tuple[str, ...] = RequestRecord._fields
 #: Columns of a ``queues`` row.
 QUEUE_COLUMNS: tuple[str, ...] = QueueRecord._fields
+#: Column order of a ``limits`` row (its key: scope, name, key).
+LIMIT_COLUMNS: tuple[str, ...] = LimitRecord._fields
+#: Column order of a ``breakers`` row (its key: type).
+BREAKER_COLUMNS: tuple[str, ...] = BreakerRecord._fields
+#: Column order of a ``server_events`` row.
+SERVER_EVENT_COLUMNS: tuple[str, ...] = ServerEventRecord._fields
 
 _new = tuple.__new__
 #: A read row (a plain tuple in column order) as a record, in one C call (see the module docstring).
 make_task: Callable[[tuple[Any, ...]], TaskRecord] = functools.partial(_new, TaskRecord)
 make_event: Callable[[tuple[Any, ...]], EventRecord] = functools.partial(_new, EventRecord)
 make_request: Callable[[tuple[Any, ...]], RequestRecord] = functools.partial(_new, RequestRecord)
+make_limit: Callable[[tuple[Any, ...]], LimitRecord] = functools.partial(_new, LimitRecord)
+make_breaker: Callable[[tuple[Any, ...]], BreakerRecord] = functools.partial(_new, BreakerRecord)
+make_server_event: Callable[[tuple[Any, ...]], ServerEventRecord] = functools.partial(_new, ServerEventRecord)

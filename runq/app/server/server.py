@@ -50,6 +50,7 @@ from ... import __version__
 from ...protocol.errors import ProtocolError
 from ...protocol.messages import TaskSpec
 from ..core import FINAL_STATES, Core, IllegalTransition, Requests, State, Task, TaskMissing, Transition, WorkerInfo
+from ..core.breakers import LimitError
 from ..core.requests import Entry
 from ..ops import Operations
 from ..store import (
@@ -292,10 +293,18 @@ class Server:
             log.warning("%d task(s) were running when the server stopped: back to ready", self.recovered)
         request_rows, next_request = await trio.to_thread.run_sync(store.load_requests)
         self.requests.recover(request_rows, next_request, now)
+        # limits and breakers after the tasks (docs/limits.md, Restarts): a stored row the core refuses stops
+        # the start with its reason rather than serve without a limit someone set
+        limit_rows, breaker_rows = await trio.to_thread.run_sync(store.load_limits)
+        try:
+            self.core.recover_limits(limit_rows, breaker_rows, now)
+        except LimitError as exc:
+            raise StoreError(f"database {self.config.db}: a stored limit or breaker is not valid: {exc}") from exc
         fx = self.core.take_effects(now)
-        if fx.rows or fx.new_rows or fx.events:
-            await trio.to_thread.run_sync(store.write_now, Batch(rows=fx.rows, new_rows=fx.new_rows,
-                                                                 events=fx.events))
+        if fx.rows or fx.new_rows or fx.events or fx.limit_rows or fx.breaker_rows or fx.limit_events:
+            await trio.to_thread.run_sync(store.write_now, Batch(
+                rows=fx.rows, new_rows=fx.new_rows, events=fx.events, limits=fx.limit_rows, breakers=fx.breaker_rows,
+                server_events=[e.record() for e in fx.limit_events]))
 
     async def wait_committed(self) -> None:
         """Wait until every batch handed to the store so far has committed (not for later ones: under a
@@ -339,10 +348,13 @@ class Server:
         requests.expire(now)
         request_rows = requests.take_rows()
         requests_below = requests.take_delete()
-        if fx.rows or fx.new_rows or fx.events or fx.queue_ops or acks or request_rows or requests_below:
+        if (fx.rows or fx.new_rows or fx.events or fx.queue_ops or acks or request_rows or requests_below
+                or fx.limit_rows or fx.breaker_rows or fx.limit_events):
             self._acks = []
             batch = Batch(rows=fx.rows, new_rows=fx.new_rows, events=fx.events, queue_ops=fx.queue_ops,
-                          requests=request_rows, requests_below=requests_below)
+                          requests=request_rows, requests_below=requests_below, limits=fx.limit_rows,
+                          breakers=fx.breaker_rows,
+                          server_events=[e.record() for e in fx.limit_events] if fx.limit_events else [])
             batch.on_done = functools.partial(self._committed, batch, acks, waiters, submitted=trio.current_time())
             self._hand_off(batch)
         elif waiters:

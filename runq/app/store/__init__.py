@@ -35,12 +35,15 @@ from __future__ import annotations
 from ..errors import NotLeader, SchemaTooNew, StoreError, StoreInUse
 from .base import (
     Batch,
+    BreakerRecord,
     EventRecord,
     Leadership,
+    LimitRecord,
     NewTaskRecord,
     Notify,
     QueueRecord,
     RequestRecord,
+    ServerEventRecord,
     Store,
     StoreStats,
     TaskRecord,
@@ -49,9 +52,9 @@ from .base import (
 from .schema import SCHEMA_VERSION, migrate
 from .sqlite import SQLiteStore
 
-__all__ = ["SCHEMA_VERSION", "Batch", "EventRecord", "Leadership", "NewTaskRecord", "NotLeader", "Notify", "QueueRecord",
-           "RequestRecord", "SQLiteStore", "SchemaTooNew", "Store", "StoreError", "StoreInUse", "StoreStats",
-           "TaskRecord", "TaskRow", "migrate", "open_store"]
+__all__ = ["SCHEMA_VERSION", "Batch", "BreakerRecord", "EventRecord", "Leadership", "LimitRecord", "NewTaskRecord",
+           "NotLeader", "Notify", "QueueRecord", "RequestRecord", "SQLiteStore", "SchemaTooNew", "ServerEventRecord",
+           "Store", "StoreError", "StoreInUse", "StoreStats", "TaskRecord", "TaskRow", "migrate", "open_store"]
 
 
 def open_store(db: str, synchronous: str = "NORMAL", notify: Notify | None = None) -> Store:

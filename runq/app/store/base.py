@@ -5,7 +5,7 @@ Theory of operation
 The server (runq/app/server/server.py) and recovery know a store only as ``Store``, the protocol below:
 writes go in as ``Batch`` objects that commit together (group commit: a store may merge the batches waiting
 into one transaction, reporting to each in order), reads come back as named records (``TaskRecord``,
-``EventRecord``, ``RequestRecord``; defined in runq/app/core/records.py because the core makes them, and
+``EventRecord``, ``RequestRecord``, ``LimitRecord``, ``BreakerRecord``, ``ServerEventRecord``; defined in runq/app/core/records.py because the core makes them, and
 the core must not import the store), and ``leadership()`` says whether this store may serve at all.
 
 Leadership: only one server at a time may write a database (two would each take the other's running tasks
@@ -31,10 +31,21 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..core.records import EventRecord, NewTaskRecord, QueueRecord, RequestRecord, TaskRecord, TaskRow
+from ..core.records import (
+    BreakerRecord,
+    EventRecord,
+    LimitKey,
+    LimitRecord,
+    NewTaskRecord,
+    QueueRecord,
+    RequestRecord,
+    ServerEventRecord,
+    TaskRecord,
+    TaskRow,
+)
 
-__all__ = ["Batch", "EventRecord", "Leadership", "NewTaskRecord", "Notify", "QueueRecord", "RequestRecord", "Store",
-           "StoreStats", "TaskRecord", "TaskRow"]
+__all__ = ["Batch", "BreakerRecord", "EventRecord", "Leadership", "LimitRecord", "NewTaskRecord", "Notify",
+           "QueueRecord", "RequestRecord", "ServerEventRecord", "Store", "StoreStats", "TaskRecord", "TaskRow"]
 
 #: how a store hands ``on_done`` callbacks back (the server passes its trio token's ``run_sync_soon``)
 Notify = Callable[[Callable[[], None]], None]
@@ -51,6 +62,11 @@ class Batch:
         queue_ops: queues paused or resumed, to record.
         requests: enqueue answers by idempotency token to write (a record of an id written again replaces it).
         requests_below: delete the ``requests`` records whose id is below this.
+        limits: limits to record, as the core's effects give them: (key, record) with the key (scope, name,
+            key) the record's first three fields; a record replaces the key's, None deletes it. In order: the
+            last one of a key wins.
+        breakers: the same for circuit breakers, keyed by task type.
+        server_events: events of no task to append (their ``id`` None: the store numbers them, in order).
         prune_before: delete finished tasks (and their events) finished before this time.
         on_done: called with ``None`` after the commit, or with the exception (a ``StoreError``).
         pruned: set by the store: how many tasks ``prune_before`` deleted.
@@ -62,6 +78,9 @@ class Batch:
     queue_ops: list[QueueRecord] = field(default_factory=list)
     requests: list[RequestRecord] = field(default_factory=list)
     requests_below: int | None = None
+    limits: list[tuple[LimitKey, LimitRecord | None]] = field(default_factory=list)
+    breakers: list[tuple[str, BreakerRecord | None]] = field(default_factory=list)
+    server_events: list[ServerEventRecord] = field(default_factory=list)
     prune_before: float | None = None
     on_done: Callable[[BaseException | None], None] | None = None
     pruned: int = 0
@@ -130,6 +149,11 @@ class Store(Protocol):
         """The first free event id."""
         ...
 
+    def load_limits(self) -> tuple[list[LimitRecord], list[BreakerRecord]]:
+        """Return (the stored limits, by scope, name and key; the stored breakers, by task type): what the
+        core's ``recover_limits`` takes back."""
+        ...
+
     def write_now(self, batch: Batch) -> None:
         """Commit ``batch`` in the calling thread and return once it is durable.
 
@@ -177,6 +201,11 @@ class Store(Protocol):
     def list_tasks(self, state: str | None = None, queue: str | None = None, type: str | None = None,
                    limit: int = 100, cursor: int | None = None) -> list[TaskRecord]:
         """A page of tasks, newest first, filtered; ``cursor`` is the last id of the previous page."""
+        ...
+
+    def server_events(self, since: int | None = None, limit: int = 100) -> list[ServerEventRecord]:
+        """Events of no task, oldest first: the ``limit`` most recent ones, or with ``since`` (an event id),
+        the first ``limit`` ones after it (to follow the log)."""
         ...
 
     def check_writable(self) -> None:

@@ -20,10 +20,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..core.records import EVENT_ROW_COLUMNS, TASK_COLUMNS, EventRecord
+from ..core.records import (
+    BREAKER_COLUMNS,
+    EVENT_ROW_COLUMNS,
+    LIMIT_COLUMNS,
+    SERVER_EVENT_COLUMNS,
+    TASK_COLUMNS,
+    EventRecord,
+)
 
-__all__ = ["CREATED_AT_SQL", "EVENTS_SQL", "FIRST_EVENTS", "PROBES", "TASK_BY_ID_SQL", "TASK_COLUMNS_SQL",
-           "needs_enqueued", "task_list_query", "timeline"]
+__all__ = ["BREAKERS_SQL", "CREATED_AT_SQL", "EVENTS_SQL", "FIRST_EVENTS", "LIMITS_SQL", "PROBES", "TASK_BY_ID_SQL",
+           "TASK_COLUMNS_SQL", "needs_enqueued", "server_events_query", "task_list_query", "timeline"]
 
 #: the stored columns of a task, in ``TaskRecord`` order
 TASK_COLUMNS_SQL = ", ".join(TASK_COLUMNS)
@@ -35,6 +42,10 @@ TASK_BY_ID_SQL = f"SELECT {TASK_COLUMNS_SQL} FROM tasks WHERE id = ?"
 EVENTS_SQL = f"SELECT {EVENT_COLUMNS_SQL} FROM events WHERE task_id = ? ORDER BY id"
 #: a task's ``created_at`` (the time of its unstored ``enqueued`` event)
 CREATED_AT_SQL = "SELECT created_at FROM tasks WHERE id = ?"
+#: the stored limits by scope (``LimitRecord``s)
+LIMITS_SQL = f"SELECT {', '.join(LIMIT_COLUMNS)} FROM limits ORDER BY scope, name, key"
+#: the stored breakers by task type (``BreakerRecord``s once ``manual``, stored as 0 or 1, is made a bool)
+BREAKERS_SQL = f"SELECT {', '.join(BREAKER_COLUMNS)} FROM breakers ORDER BY type"
 #: one query per table naming every column a reader reads: a file without them is not a runq database
 PROBES = (f"SELECT {TASK_COLUMNS_SQL} FROM tasks LIMIT 0", f"SELECT {EVENT_COLUMNS_SQL} FROM events LIMIT 0",
           "SELECT name, paused FROM queues LIMIT 0")
@@ -71,6 +82,16 @@ def task_list_query(state: str | None = None, queue: str | None = None, type: st
     sql += f" ORDER BY id DESC LIMIT {mark}"
     args.append(limit)
     return sql, args
+
+
+def server_events_query(since: int | None = None, limit: int = 100, mark: str = "?") -> tuple[str, list[Any]]:
+    """The SQL and arguments of the events of no task (``ServerEventRecord``s), oldest first: the ``limit``
+    most recent ones, or with ``since`` (an event id) the first ``limit`` ones after it."""
+    cols = ", ".join(SERVER_EVENT_COLUMNS)
+    if since is not None:
+        return f"SELECT {cols} FROM server_events WHERE id > {mark} ORDER BY id LIMIT {mark}", [since, limit]
+    return (f"SELECT {cols} FROM (SELECT {cols} FROM server_events ORDER BY id DESC LIMIT {mark}) ORDER BY id",
+            [limit])
 
 
 def needs_enqueued(stored: list[EventRecord]) -> bool:

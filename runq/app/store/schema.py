@@ -86,8 +86,44 @@ _V4 = """
 ALTER TABLE requests ADD COLUMN digests BLOB;
 """
 
+#: Version 5: rate limits and concurrency caps (one row per scope), circuit breakers (one per task type) and
+#: their state (runq/app/core/limits.py, records.py's ``LimitRecord`` / ``BreakerRecord``: what a restart
+#: takes back), and the events of the server that belong to no task (a limit set or removed, a breaker's
+#: change; later the audit log of operators' actions, with their ``actor``).
+_V5 = """
+CREATE TABLE limits (
+    scope       TEXT    NOT NULL,
+    name        TEXT    NOT NULL,
+    key         TEXT    NOT NULL DEFAULT '',
+    rate        REAL,
+    period      REAL    NOT NULL,
+    burst       INTEGER NOT NULL,
+    concurrency INTEGER,
+    PRIMARY KEY (scope, name, key)
+);
+CREATE TABLE breakers (
+    type      TEXT PRIMARY KEY,
+    threshold REAL,
+    window    REAL,
+    min_calls INTEGER,
+    cooldown  REAL,
+    probes    INTEGER,
+    state     TEXT    NOT NULL,
+    until     REAL,
+    manual    INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE server_events (
+    id     INTEGER PRIMARY KEY,
+    at     REAL NOT NULL,
+    scope  TEXT NOT NULL,
+    kind   TEXT NOT NULL,
+    detail TEXT,
+    actor  TEXT
+);
+"""
+
 #: MIGRATIONS[i] takes a database from version i to version i + 1.
-MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4]
+MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -61,18 +61,28 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ..core.records import (
+    BREAKER_COLUMNS,
     EVENT_ROW_COLUMNS,
+    LIMIT_COLUMNS,
     NEW_COLUMNS,
     REQUEST_COLUMNS,
+    SERVER_EVENT_COLUMNS,
     TASK_COLUMNS,
+    BreakerRecord,
     EventRecord,
+    LimitKey,
+    LimitRecord,
     NewTaskRecord,
     QueueRecord,
     RequestRecord,
+    ServerEventRecord,
     TaskRecord,
     TaskRow,
+    make_breaker,
     make_event,
+    make_limit,
     make_request,
+    make_server_event,
     make_task,
 )
 from ..errors import StoreError, StoreInUse
@@ -132,6 +142,16 @@ _INSERT_EVENT = _MultiInsert("events", EVENT_ROW_COLUMNS)
 _UPSERT_REQUEST = _MultiInsert("requests", REQUEST_COLUMNS,
                                " ON CONFLICT(id) DO UPDATE SET answer = excluded.answer, seqs = excluded.seqs, "
                                "digests = excluded.digests")
+
+_INSERT_SERVER_EVENT = _MultiInsert("server_events", SERVER_EVENT_COLUMNS)
+_UPSERT_LIMIT = (f"INSERT INTO limits ({', '.join(LIMIT_COLUMNS)}) VALUES ({', '.join('?' * len(LIMIT_COLUMNS))}) "
+                 "ON CONFLICT(scope, name, key) DO UPDATE SET "
+                 + ", ".join(f"{c}=excluded.{c}" for c in LIMIT_COLUMNS[3:]))
+_DELETE_LIMIT = "DELETE FROM limits WHERE scope = ? AND name = ? AND key = ?"
+_UPSERT_BREAKER = (f"INSERT INTO breakers ({', '.join(BREAKER_COLUMNS)}) "
+                   f"VALUES ({', '.join('?' * len(BREAKER_COLUMNS))}) ON CONFLICT(type) DO UPDATE SET "
+                   + ", ".join(f"{c}=excluded.{c}" for c in BREAKER_COLUMNS[1:]))
+_DELETE_BREAKER = "DELETE FROM breakers WHERE type = ?"
 
 
 def _lock(path: str) -> int:
@@ -267,6 +287,12 @@ class SQLiteStore:
         (max_id,) = self.conn.execute("SELECT max(id) FROM events").fetchone()
         return (max_id or 0) + 1
 
+    def load_limits(self) -> tuple[list[LimitRecord], list[BreakerRecord]]:
+        """Return (the stored limits, by scope; the stored breakers, by task type)."""
+        limits = list(map(make_limit, self.conn.execute(queries.LIMITS_SQL)))
+        breakers = [make_breaker((*r[:-1], bool(r[-1]))) for r in self.conn.execute(queries.BREAKERS_SQL)]
+        return limits, breakers
+
     # ------------------------------------------------------------------ writer
     def start(self) -> None:
         """Start the writer thread."""
@@ -398,14 +424,20 @@ class SQLiteStore:
         requests: dict[int, RequestRecord] = {}
         requests_below = 0
         prune: float | None = None
+        limits: list[tuple[LimitKey, LimitRecord | None]]
+        breakers: list[tuple[str, BreakerRecord | None]]
+        server_events: list[ServerEventRecord]
         if len(batches) == 1:  # (the lone request's commit: its lists as they are; ids are unique in a batch)
             (b,) = batches
             new_rows, events, queue_ops, requests_below, prune = (b.new_rows, b.events, b.queue_ops,
                                                                   b.requests_below or 0, b.prune_before)
+            limits, breakers, server_events = b.limits, b.breakers, b.server_events
             if b.rows:
                 rows = {r.id: r for r in b.rows}
             if b.requests:
                 requests = {r.id: r for r in b.requests}
+        else:
+            limits, breakers, server_events = [], [], []
         for b in batches if len(batches) > 1 else ():
             if b.requests:
                 for q in b.requests:
@@ -417,6 +449,10 @@ class SQLiteStore:
                 rows[r.id] = r
             events.extend(b.events)
             queue_ops.extend(b.queue_ops)
+            if b.limits or b.breakers or b.server_events:  # (rare: limits and breakers change by hand)
+                limits.extend(b.limits)
+                breakers.extend(b.breakers)
+                server_events.extend(b.server_events)
             if b.prune_before is not None:
                 prune = b.prune_before if prune is None else max(prune, b.prune_before)
         t0 = time.perf_counter()
@@ -440,6 +476,8 @@ class SQLiteStore:
                 for name, paused in queue_ops:
                     conn.execute("INSERT INTO queues (name, paused) VALUES (?, ?) "
                                  "ON CONFLICT(name) DO UPDATE SET paused = excluded.paused", (name, int(paused)))
+                if limits or breakers or server_events:
+                    self._write_limits(limits, breakers, server_events)
                 if prune is not None:
                     pruned = self._prune(prune)
                 conn.execute("COMMIT")
@@ -472,6 +510,25 @@ class SQLiteStore:
 
             (notify or self.notify)(report)  # (one hand-over per commit: one wake-up of the trio loop)
         return error
+
+    def _write_limits(self, limits: list[tuple[LimitKey, LimitRecord | None]],
+                      breakers: list[tuple[str, BreakerRecord | None]],
+                      server_events: list[ServerEventRecord]) -> None:
+        """Write limits and breakers (in order: the last one of a key wins; None deletes it) and append the
+        server's events (numbered by SQLite, in order), inside ``commit``'s transaction."""
+        conn = self.conn
+        for (kind, name, key), lim in limits:
+            if lim is None:
+                conn.execute(_DELETE_LIMIT, (kind, name, key))
+            else:
+                conn.execute(_UPSERT_LIMIT, lim)
+        for type_, br in breakers:
+            if br is None:
+                conn.execute(_DELETE_BREAKER, (type_,))
+            else:
+                conn.execute(_UPSERT_BREAKER, br)
+        if server_events:
+            _INSERT_SERVER_EVENT.run(conn, server_events)
 
     def _begin(self) -> None:
         """``BEGIN IMMEDIATE``, waiting up to ``_BUSY_MS`` for another program's write lock.
@@ -542,6 +599,11 @@ class SQLiteStore:
         """Return a page of tasks, newest first; ``cursor`` is the last id of the previous page."""
         sql, args = queries.task_list_query(state, queue, type, limit, cursor)
         return list(map(make_task, self.reader.execute(sql, args)))
+
+    def server_events(self, since: int | None = None, limit: int = 100) -> list[ServerEventRecord]:
+        """Events of no task, oldest first: the ``limit`` latest, or the first ``limit`` after id ``since``."""
+        sql, args = queries.server_events_query(since, limit)
+        return list(map(make_server_event, self.reader.execute(sql, args)))
 
     def count_by_state(self) -> dict[tuple[str, str], int]:
         """Return {(queue, state): count} over every stored task."""
