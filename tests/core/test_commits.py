@@ -42,6 +42,7 @@ class Batch:
     queue_ops: list[tuple[str, bool]]
     requests: list[tuple[Any, ...]] = field(default_factory=list)
     acks: list[Answer] = field(default_factory=list)
+    schedule_rows: list[tuple[str, Any]] = field(default_factory=list)
 
 
 class Flow:

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 from ...protocol.messages import TaskSpec
 from .effects import CoreBase
 from .model import Task
-from .records import EventRecord, NewTaskRecord, QueueRecord, RequestRecord, TaskRecord
+from .records import EventRecord, NewTaskRecord, QueueRecord, RequestRecord, ScheduleRecord, TaskRecord
 from .states import FINAL_STATES, State
 
 if TYPE_CHECKING:
@@ -77,6 +77,7 @@ class Writes(Protocol):
     events: list[EventRecord]
     queue_ops: list[QueueRecord]
     requests: list[RequestRecord]
+    schedule_rows: list[tuple[str, ScheduleRecord | None]]
 
 
 A = TypeVar("A", bound=Answer)
@@ -221,6 +222,8 @@ class CommitPolicy:
             core.restore_effects([r.id for r in batch.rows if r.id not in forgotten]
                                  + [r.id for r in batch.new_rows if r.id not in forgotten],
                                  [e for e in batch.events if e.task_id not in forgotten], batch.queue_ops, batch.rows)
+            if batch.schedule_rows:  # (with the tasks of their firings, which no answer waits for: not forgotten)
+                core.restore_schedules([name for name, _ in batch.schedule_rows])
             for tid in forgotten:
                 gone[tid] = submitted
             if gone:

@@ -4,8 +4,9 @@ Theory of operation
 -------------------
 What the core persists crosses to the store as named tuples: ``TaskRecord`` (a whole task),
 ``NewTaskRecord`` (a task as first written, the short insert), ``EventRecord`` (one line of a task's
-timeline), ``RequestRecord`` (enqueue answers by idempotency token) and ``QueueRecord`` (a queue paused or
-resumed). Each field name is the name of the column that stores it, and the field order is the column order:
+timeline), ``RequestRecord`` (enqueue answers by idempotency token), ``QueueRecord`` (a queue paused or
+resumed) and ``ScheduleRecord`` (a periodic task's schedule). Each field name is the name of the column that
+stores it, and the field order is the column order:
 ``TASK_COLUMNS`` and the other column tuples are the records' ``_fields``, the ONE definition that the core,
 the store (runq.app.store, which re-exports these as its contract: runq/app/store/base.py), the server and
 the dashboard read.
@@ -30,9 +31,9 @@ import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-__all__ = ["EVENT_COLUMNS", "EVENT_ROW_COLUMNS", "NEW_COLUMNS", "QUEUE_COLUMNS", "REQUEST_COLUMNS", "TASK_COLUMNS",
-           "EventRecord", "NewTaskRecord", "QueueRecord", "RequestRecord", "TaskRecord", "TaskRow", "make_event",
-           "make_request", "make_task"]
+__all__ = ["EVENT_COLUMNS", "EVENT_ROW_COLUMNS", "NEW_COLUMNS", "QUEUE_COLUMNS", "REQUEST_COLUMNS",
+           "SCHEDULE_COLUMNS", "TASK_COLUMNS", "EventRecord", "NewTaskRecord", "QueueRecord", "RequestRecord",
+           "ScheduleRecord", "TaskRecord", "TaskRow", "make_event", "make_request", "make_schedule", "make_task"]
 
 
 class TaskRecord(NamedTuple):
@@ -121,6 +122,32 @@ class QueueRecord(NamedTuple):
     paused: bool
 
 
+class ScheduleRecord(NamedTuple):
+    """A periodic task's schedule as stored (runq.app.core.schedules: ``Schedule`` is its live form).
+
+    ``cron`` (with ``tz``) or ``every`` is set, not both. ``next_fire`` is the dedup mark: every fire time
+    before it has been handled (its task written in the same commit as this row, or skipped by the missed
+    policy); None while paused. ``last_fire`` is the latest fire time that enqueued a task.
+    """
+
+    name: str
+    type: str
+    payload: bytes
+    queue: str | None
+    priority: int | None
+    timeout: float | None
+    retries: int | None
+    cron: str | None
+    tz: str
+    every: float | None
+    missed: str
+    max_missed: int
+    paused: bool
+    next_fire: float | None
+    last_fire: float | None
+    created_at: float
+
+
 #: A task as ``Store.load`` streams it at a restart: a plain tuple of ``TaskRecord``'s fields, in their order
 #: and with their types (tests/core/test_records.py holds them equal). The one place where a row crosses
 #: unnamed, for speed: a restart reads every live task, and naming each row (``make_task``, ~130 ns) then
@@ -142,9 +169,12 @@ EVENT_COLUMNS: tuple[str, ...] = EVENT_ROW_COLUMNS[:-1]
 REQUEST_COLUMNS: tuple[str, ...] = RequestRecord._fields
 #: Columns of a ``queues`` row.
 QUEUE_COLUMNS: tuple[str, ...] = QueueRecord._fields
+#: Column order of a ``schedules`` row.
+SCHEDULE_COLUMNS: tuple[str, ...] = ScheduleRecord._fields
 
 _new = tuple.__new__
 #: A read row (a plain tuple in column order) as a record, in one C call (see the module docstring).
 make_task: Callable[[tuple[Any, ...]], TaskRecord] = functools.partial(_new, TaskRecord)
 make_event: Callable[[tuple[Any, ...]], EventRecord] = functools.partial(_new, EventRecord)
 make_request: Callable[[tuple[Any, ...]], RequestRecord] = functools.partial(_new, RequestRecord)
+make_schedule: Callable[[tuple[Any, ...]], ScheduleRecord] = functools.partial(_new, ScheduleRecord)

@@ -287,10 +287,12 @@ class Server:
             log.warning("%d task(s) were running when the server stopped: back to ready", self.recovered)
         request_rows, next_request = await trio.to_thread.run_sync(store.load_requests)
         self.requests.recover(request_rows, next_request, now)
+        # (their timers come up at once when fire times passed while the server was down: the missed policy)
+        self.core.recover_schedules(await trio.to_thread.run_sync(store.load_schedules))
         fx = self.core.take_effects(now)
-        if fx.rows or fx.new_rows or fx.events:
+        if fx.rows or fx.new_rows or fx.events or fx.schedule_rows:
             await trio.to_thread.run_sync(store.write_now, Batch(rows=fx.rows, new_rows=fx.new_rows,
-                                                                 events=fx.events))
+                                                                 events=fx.events, schedule_rows=fx.schedule_rows))
 
     async def wait_committed(self) -> None:
         """Wait until every batch handed to the store so far has committed (not for later ones: under a
@@ -334,10 +336,12 @@ class Server:
         requests.expire(now)
         request_rows = requests.take_rows()
         requests_below = requests.take_delete()
-        if fx.rows or fx.new_rows or fx.events or fx.queue_ops or acks or request_rows or requests_below:
+        if (fx.rows or fx.new_rows or fx.events or fx.queue_ops or acks or request_rows or requests_below
+                or fx.schedule_rows):
             self._acks = []
+            # (a schedule's row with the tasks its firing enqueued: one commit, the dedup of its fire times)
             batch = Batch(rows=fx.rows, new_rows=fx.new_rows, events=fx.events, queue_ops=fx.queue_ops,
-                          requests=request_rows, requests_below=requests_below)
+                          requests=request_rows, requests_below=requests_below, schedule_rows=fx.schedule_rows)
             batch.on_done = functools.partial(self._committed, batch, acks, waiters, submitted=trio.current_time())
             self._hand_off(batch)
         elif waiters:

@@ -41,6 +41,7 @@ from .base import (
     Notify,
     QueueRecord,
     RequestRecord,
+    ScheduleRecord,
     Store,
     StoreStats,
     TaskRecord,
@@ -50,7 +51,7 @@ from .schema import SCHEMA_VERSION, migrate
 from .sqlite import SQLiteStore
 
 __all__ = ["SCHEMA_VERSION", "Batch", "EventRecord", "Leadership", "NewTaskRecord", "NotLeader", "Notify", "QueueRecord",
-           "RequestRecord", "SQLiteStore", "SchemaTooNew", "Store", "StoreError", "StoreInUse", "StoreStats",
+           "RequestRecord", "SQLiteStore", "ScheduleRecord", "SchemaTooNew", "Store", "StoreError", "StoreInUse", "StoreStats",
            "TaskRecord", "TaskRow", "migrate", "open_store"]
 
 

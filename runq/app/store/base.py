@@ -31,10 +31,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..core.records import EventRecord, NewTaskRecord, QueueRecord, RequestRecord, TaskRecord, TaskRow
+from ..core.records import (
+    EventRecord,
+    NewTaskRecord,
+    QueueRecord,
+    RequestRecord,
+    ScheduleRecord,
+    TaskRecord,
+    TaskRow,
+)
 
-__all__ = ["Batch", "EventRecord", "Leadership", "NewTaskRecord", "Notify", "QueueRecord", "RequestRecord", "Store",
-           "StoreStats", "TaskRecord", "TaskRow"]
+__all__ = ["Batch", "EventRecord", "Leadership", "NewTaskRecord", "Notify", "QueueRecord", "RequestRecord",
+           "ScheduleRecord", "Store", "StoreStats", "TaskRecord", "TaskRow"]
 
 #: how a store hands ``on_done`` callbacks back (the server passes its trio token's ``run_sync_soon``)
 Notify = Callable[[Callable[[], None]], None]
@@ -52,6 +60,9 @@ class Batch:
         requests: enqueue answers by idempotency token to write (a record of an id written again replaces it).
         requests_below: delete the ``requests`` records whose id is below this.
         prune_before: delete finished tasks (and their events) finished before this time.
+        schedule_rows: (name, record) of schedules to write (insert or replace), or (name, None) to delete; in
+            order, the last one of a name wins. They commit with the tasks of the same batch (the dedup of a
+            schedule's fire times: runq/app/core/schedules.py).
         on_done: called with ``None`` after the commit, or with the exception (a ``StoreError``).
         pruned: set by the store: how many tasks ``prune_before`` deleted.
     """
@@ -63,6 +74,7 @@ class Batch:
     requests: list[RequestRecord] = field(default_factory=list)
     requests_below: int | None = None
     prune_before: float | None = None
+    schedule_rows: list[tuple[str, ScheduleRecord | None]] = field(default_factory=list)
     on_done: Callable[[BaseException | None], None] | None = None
     pruned: int = 0
 
@@ -128,6 +140,10 @@ class Store(Protocol):
 
     def next_event_id(self) -> int:
         """The first free event id."""
+        ...
+
+    def load_schedules(self) -> list[ScheduleRecord]:
+        """Return the stored schedules, by name."""
         ...
 
     def write_now(self, batch: Batch) -> None:

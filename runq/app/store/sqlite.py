@@ -64,15 +64,18 @@ from ..core.records import (
     EVENT_ROW_COLUMNS,
     NEW_COLUMNS,
     REQUEST_COLUMNS,
+    SCHEDULE_COLUMNS,
     TASK_COLUMNS,
     EventRecord,
     NewTaskRecord,
     QueueRecord,
     RequestRecord,
+    ScheduleRecord,
     TaskRecord,
     TaskRow,
     make_event,
     make_request,
+    make_schedule,
     make_task,
 )
 from ..errors import StoreError, StoreInUse
@@ -132,6 +135,9 @@ _INSERT_EVENT = _MultiInsert("events", EVENT_ROW_COLUMNS)
 _UPSERT_REQUEST = _MultiInsert("requests", REQUEST_COLUMNS,
                                " ON CONFLICT(id) DO UPDATE SET answer = excluded.answer, seqs = excluded.seqs, "
                                "digests = excluded.digests")
+_UPSERT_SCHEDULE = (f"INSERT INTO schedules ({', '.join(SCHEDULE_COLUMNS)}) VALUES ({', '.join('?' * len(SCHEDULE_COLUMNS))})"
+                    " ON CONFLICT(name) DO UPDATE SET "
+                    + ", ".join(f"{c}=excluded.{c}" for c in SCHEDULE_COLUMNS[1:]))
 
 
 def _lock(path: str) -> int:
@@ -267,6 +273,11 @@ class SQLiteStore:
         (max_id,) = self.conn.execute("SELECT max(id) FROM events").fetchone()
         return (max_id or 0) + 1
 
+    def load_schedules(self) -> list[ScheduleRecord]:
+        """Return the stored schedules, by name (``paused`` as a bool)."""
+        sql = f"SELECT {', '.join(SCHEDULE_COLUMNS)} FROM schedules ORDER BY name"
+        return [rec._replace(paused=bool(rec.paused)) for rec in map(make_schedule, self.conn.execute(sql))]
+
     # ------------------------------------------------------------------ writer
     def start(self) -> None:
         """Start the writer thread."""
@@ -398,6 +409,10 @@ class SQLiteStore:
         requests: dict[int, RequestRecord] = {}
         requests_below = 0
         prune: float | None = None
+        schedules: dict[str, ScheduleRecord | None] = {}
+        for b in batches:
+            for name, sched in b.schedule_rows:
+                schedules[name] = sched
         if len(batches) == 1:  # (the lone request's commit: its lists as they are; ids are unique in a batch)
             (b,) = batches
             new_rows, events, queue_ops, requests_below, prune = (b.new_rows, b.events, b.queue_ops,
@@ -437,6 +452,11 @@ class SQLiteStore:
                     _UPSERT_REQUEST.run(conn, list(requests.values()))
                 if requests_below:
                     conn.execute("DELETE FROM requests WHERE id < ?", (requests_below,))
+                for name, sched in schedules.items():
+                    if sched is None:
+                        conn.execute("DELETE FROM schedules WHERE name = ?", (name,))
+                    else:
+                        conn.execute(_UPSERT_SCHEDULE, sched)
                 for name, paused in queue_ops:
                     conn.execute("INSERT INTO queues (name, paused) VALUES (?, ?) "
                                  "ON CONFLICT(name) DO UPDATE SET paused = excluded.paused", (name, int(paused)))
