@@ -43,6 +43,7 @@ The concerns are classes built on one another in the order of their needs (``Cor
 
 from __future__ import annotations
 
+from ..errors import ScheduleError, ScheduleMissing
 from .breakers import BREAKER_COLUMNS, Breaker, BreakerConfig, BreakerRow, BreakerState, LimitError
 from .effects import Effects
 from .limits import LIMIT_COLUMNS, BreakerStatus, BucketStatus, Limit, LimitEvent, LimitRow, Scope, Waiting
@@ -89,6 +90,8 @@ __all__ = [
     "RequestRecord",
     "Requests",
     "Schedule",
+    "ScheduleError",
+    "ScheduleMissing",
     "ScheduleRecord",
     "Scope",
     "State",
