@@ -15,7 +15,7 @@ import pytest
 from test_live import SIZE, table_rows, until
 from textual.widgets import Input, Static
 
-from runq.app.store.schema import migrate
+from runq.app.store.schema import SCHEMA_VERSION, migrate
 from runq.protocol.frames import Connection
 from runq.tui import LiveSource, NotConnected, OfflineError, OfflineSource, RunqDashboard
 from runq.tui.forms import EnqueueForm
@@ -107,8 +107,8 @@ def test_offline_refuses_a_file_of_another_schema(tmp_path: Path) -> None:
     newer = tmp_path / "newer.db"
     make_db(newer)
     with sqlite3.connect(newer) as conn:
-        conn.execute("PRAGMA user_version = 5")
-    with pytest.raises(OfflineError, match="schema version 5"):
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")  # (a schema newer than this runq's)
+    with pytest.raises(OfflineError, match=f"schema version {SCHEMA_VERSION + 1}"):
         OfflineSource.check(str(newer))
 
     older = tmp_path / "older.db"  # a tasks table without the columns the dashboard reads
@@ -125,9 +125,9 @@ async def test_offline_start_refuses_a_file_of_another_schema(tmp_path: Path) ->
     newer = tmp_path / "newer.db"
     make_db(newer)
     with sqlite3.connect(newer) as conn:
-        conn.execute("PRAGMA user_version = 5")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     source = OfflineSource(str(newer))
-    with pytest.raises(OfflineError, match="schema version 5"):
+    with pytest.raises(OfflineError, match=f"schema version {SCHEMA_VERSION + 1}"):
         await source.start()
     assert source.conn is None
 
