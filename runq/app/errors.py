@@ -15,6 +15,8 @@ with the stable ``code`` that the TCP protocol sends as is and the HTTP API maps
     +-- ConnectionClosed, TaskFailed, NoClient                  SDK side
     +-- IllegalTransition           here (core)                 a step the transition table forbids
     +-- TaskMissing                 here (core)                 no live or recently finished task has that id
+    +-- ScheduleError               here (core)                 a schedule that cannot be kept (bad cron, zone, ...)
+    +-- ScheduleMissing             here (core)                 no schedule has that name
     +-- ConfigError                 here (server)               settings that must not be served
     +-- StoreError                  here (store)                the database could not do what was asked
     |   +-- StoreInUse              here (store)                another server writes this database
@@ -42,8 +44,8 @@ from ..protocol.errors import RunqError
 if TYPE_CHECKING:
     from .core.states import State, Transition
 
-__all__ = ["ConfigError", "IllegalTransition", "NotLeader", "RunqError", "SchemaTooNew", "StoreError",
-           "StoreInUse", "TaskMissing"]
+__all__ = ["ConfigError", "IllegalTransition", "NotLeader", "RunqError", "ScheduleError", "ScheduleMissing",
+           "SchemaTooNew", "StoreError", "StoreInUse", "TaskMissing"]
 
 
 class IllegalTransition(RunqError):
@@ -68,6 +70,19 @@ class IllegalTransition(RunqError):
 
 class TaskMissing(RunqError):
     """No live or recently finished task has this id (raised by the core; the store may still have it)."""
+
+    code = "not_found"
+
+
+class ScheduleError(RunqError):
+    """A schedule was declared with something that cannot be kept: a bad cron expression or time zone, both or
+    neither of ``cron`` and ``every``, an unknown missed policy (raised by the core; the text names the field)."""
+
+    code = "bad_request"
+
+
+class ScheduleMissing(RunqError):
+    """No schedule has this name (raised by the core)."""
 
     code = "not_found"
 

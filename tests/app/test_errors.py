@@ -12,7 +12,7 @@ def test_every_server_side_error_is_a_runq_error_with_its_code() -> None:
     assert all(issubclass(getattr(errors, name), RunqError) for name in errors.__all__)
     assert codes == {"ConfigError": "bad_request", "IllegalTransition": "invalid_state", "NotLeader": "store_error",
                      "SchemaTooNew": "store_error", "StoreError": "store_error", "StoreInUse": "store_error",
-                     "TaskMissing": "not_found"}
+                     "TaskMissing": "not_found", "ScheduleError": "bad_request", "ScheduleMissing": "not_found"}
 
 
 def test_the_store_errors_are_store_errors() -> None:
@@ -33,6 +33,8 @@ def test_each_error_is_still_importable_from_where_it_was() -> None:
 
     assert IllegalTransition is IllegalTransition2 is errors.IllegalTransition
     assert TaskMissing is TaskMissing2 is errors.TaskMissing
+    from runq.app.core import ScheduleError, ScheduleMissing
+    assert (ScheduleError, ScheduleMissing) == (errors.ScheduleError, errors.ScheduleMissing)
     assert ConfigError is ConfigError2 is errors.ConfigError
     assert SchemaTooNew is SchemaTooNew2 is errors.SchemaTooNew
     assert StoreError is StoreError2 is errors.StoreError

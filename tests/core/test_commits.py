@@ -46,6 +46,7 @@ class Batch:
     limits: list[tuple[Any, Any]] = field(default_factory=list)
     breakers: list[tuple[str, Any]] = field(default_factory=list)
     server_events: list[ServerEventRecord] = field(default_factory=list)
+    schedule_rows: list[tuple[str, Any]] = field(default_factory=list)
 
 
 class Flow:

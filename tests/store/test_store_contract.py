@@ -52,6 +52,7 @@ from runq.app.store import (
     Leadership,
     LimitRecord,
     RequestRecord,
+    ScheduleRecord,
     ServerEventRecord,
     Store,
     StoreError,
@@ -63,6 +64,7 @@ R = RequestRecord
 L = LimitRecord
 B = BreakerRecord
 E = ServerEventRecord
+SR = ScheduleRecord
 
 
 @pytest.fixture(params=KITS, ids=[k.name for k in KITS])
@@ -152,6 +154,39 @@ class TestStoreContract:
                                       requests=[R(1, "c", 0, T0, "1+1", 1, None)]))
         assert err is not None
         assert store.load_requests() == ([], 1)
+
+    # ------------------------------------------------------------------ schedules
+    def test_schedules_are_written_replaced_deleted_and_read_back_after_a_restart(self, kit: StoreKit,
+                                                                                 open_store: OpenStore,
+                                                                                 path: Path) -> None:
+        cron = SR("nightly", "report", b"\x91\x01", "reports", 5, 30.0, 2, "0 9 * * MON-FRI", "Europe/Berlin", None,
+                  "all", 7, False, T0 + 60, None, T0)
+        every = SR("tick", "t", b"\xc0", None, None, None, None, None, "UTC", 0.5, "skip", 10, True, None, T0 - 1, T0)
+        with opened(open_store, path, start=True) as store:
+            assert store.load_schedules() == []
+            assert commit(store, Batch(schedule_rows=[("nightly", cron), ("tick", every), ("gone", every._replace(
+                name="gone"))])) is None
+            # in one batch and across merged batches, the last row of a name wins; None deletes
+            d = Done()
+            with writer_held(kit, store):
+                store.submit(Batch(schedule_rows=[("nightly", cron._replace(next_fire=T0 + 120)), ("gone", None)],
+                                   on_done=d.cb(1)))
+                store.submit(Batch(new_rows=[task(1).new_row()], on_done=d.cb(2),
+                                   schedule_rows=[("nightly", cron._replace(next_fire=T0 + 180, last_fire=T0 + 120))]))
+            assert d.wait(2) == [(1, None), (2, None)]
+        with opened(open_store, path) as store:  # a restart: named records, by name, with their types
+            loaded = store.load_schedules()
+            assert loaded == [cron._replace(next_fire=T0 + 180, last_fire=T0 + 120), every]
+            assert all(type(r) is SR for r in loaded) and loaded[1].paused is True and loaded[0].paused is False
+
+    def test_a_failed_commit_writes_no_schedule_row(self, kit: StoreKit, store: Store) -> None:
+        row_ = SR("s", "t", b"\xc0", None, None, None, None, None, "UTC", 1.0, "once", 10, False, T0 + 1, T0, T0)
+        assert commit(store, Batch(schedule_rows=[("s", row_)])) is None
+        with kit.full(store):  # (the task of the firing and the schedule's new mark: neither is written)
+            err = commit(store, Batch(new_rows=[task(1, payload=b"x" * 100_000).new_row()],
+                                      schedule_rows=[("s", row_._replace(next_fire=T0 + 2, last_fire=T0 + 1))]))
+        assert err is not None
+        assert store.load_schedules() == [row_] and store.get_task(1) is None
 
     def test_new_rows_then_upserts_in_one_commit(self, store: Store) -> None:
         t = task(1, queue="q", key="k", priority=2)
@@ -629,8 +664,8 @@ class TestStoreContract:
         called = {node.attr for node in ast.walk(ast.parse(Path(__file__).read_text()))
                   if isinstance(node, ast.Attribute)}
         assert members - called == set()
-        assert {"leadership", "load", "load_requests", "next_event_id", "load_limits", "write_now", "start",
-                "submit", "commit_here", "can_commit_inline", "close", "get_task", "events", "list_tasks",
+        assert {"leadership", "load", "load_requests", "load_schedules", "next_event_id", "load_limits", "write_now",
+                "start", "submit", "commit_here", "can_commit_inline", "close", "get_task", "events", "list_tasks",
                 "server_events", "check_writable", "stats"} == members  # (what the server and recovery call: base.py rule 1)
 
 

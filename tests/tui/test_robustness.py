@@ -107,7 +107,7 @@ def test_offline_refuses_a_file_of_another_schema(tmp_path: Path) -> None:
     newer = tmp_path / "newer.db"
     make_db(newer)
     with sqlite3.connect(newer) as conn:
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")  # (a schema newer than this runq's)
     with pytest.raises(OfflineError, match=f"schema version {SCHEMA_VERSION + 1}"):
         OfflineSource.check(str(newer))
 

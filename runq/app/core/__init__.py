@@ -25,6 +25,8 @@ module                    concern
                           the circuit breakers' side of dispatch: tasks held aside (still ``ready``), refills
                           (timer kind ``REFILL``), cool-downs (``COOLDOWN``), ``why_waiting``
 ``breakers.py``           the circuit breaker per task type: its pure state machine and records
+``schedules.py``          periodic tasks: cron (cronsim, in an IANA zone) or interval schedules, fire times,
+                          the missed-window policy, the dedup mark, the timer kind ``SCHEDULE``
 ``dispatch.py``           credit, pause, the dispatch round, and ``_admits``: THE eligibility point
 ``recovery.py``           the core rebuilt from the store's rows at start
 ``commits.py``            a failed commit: what to refuse, forget, restore and enqueue again
@@ -36,18 +38,20 @@ module                    concern
 
 The concerns are classes built on one another in the order of their needs (``CoreBase`` <- ``Delays``
 (timers.py) <- ``Retries`` <- ``Leases`` <- ``Routing`` <- ``Limits`` <- ``Dispatch``; ``Recovery`` on ``Delays``, ``Rollback`` on
-``CoreBase``) and composed by ``Core``: a rule reads the shared state as plain attributes, at the cost it had in one class.
+``CoreBase``; ``Schedules`` on ``Delays``) and composed by ``Core``: a rule reads the shared state as plain attributes, at the cost it had in one class.
 """
 
 from __future__ import annotations
 
+from ..errors import ScheduleError, ScheduleMissing
 from .breakers import BREAKER_COLUMNS, Breaker, BreakerConfig, BreakerRow, BreakerState, LimitError
 from .effects import Effects
 from .limits import LIMIT_COLUMNS, BreakerStatus, BucketStatus, Limit, LimitEvent, LimitRow, Scope, Waiting
 from .model import EVENT_COLUMNS, EVENT_ROW_COLUMNS, TASK_COLUMNS, CoreConfig, ReadyQueue, Task, WorkerInfo, WorkerState
 from .queue import Core, TaskMissing
-from .records import EventRecord, NewTaskRecord, QueueRecord, RequestRecord, TaskRecord, TaskRow
+from .records import EventRecord, NewTaskRecord, QueueRecord, RequestRecord, ScheduleRecord, TaskRecord, TaskRow
 from .requests import REQUEST_COLUMNS, Requests
+from .schedules import MISSED_POLICIES, Firing, Schedule
 from .states import FINAL_STATES, STEPS, TRANSITIONS, IllegalTransition, State, Step, Transition, next_state
 from .stats import CoreStats
 from .timers import TimerHeap
@@ -58,6 +62,7 @@ __all__ = [
     "EVENT_ROW_COLUMNS",
     "FINAL_STATES",
     "LIMIT_COLUMNS",
+    "MISSED_POLICIES",
     "REQUEST_COLUMNS",
     "STEPS",
     "TASK_COLUMNS",
@@ -73,6 +78,7 @@ __all__ = [
     "CoreStats",
     "Effects",
     "EventRecord",
+    "Firing",
     "IllegalTransition",
     "Limit",
     "LimitError",
@@ -83,6 +89,10 @@ __all__ = [
     "ReadyQueue",
     "RequestRecord",
     "Requests",
+    "Schedule",
+    "ScheduleError",
+    "ScheduleMissing",
+    "ScheduleRecord",
     "Scope",
     "State",
     "Step",

@@ -58,6 +58,7 @@ from .records import (
     NewTaskRecord,
     QueueRecord,
     RequestRecord,
+    ScheduleRecord,
     ServerEventRecord,
     TaskRecord,
 )
@@ -97,6 +98,7 @@ class Writes(Protocol):
     limits: list[tuple[LimitKey, LimitRecord | None]]
     breakers: list[tuple[str, BreakerRecord | None]]
     server_events: list[ServerEventRecord]
+    schedule_rows: list[tuple[str, ScheduleRecord | None]]
 
 
 A = TypeVar("A", bound=Answer)
@@ -248,6 +250,8 @@ class CommitPolicy:
                                  [e for e in batch.events if e.task_id not in forgotten], batch.queue_ops, batch.rows)
             if batch.limits or batch.breakers or batch.server_events:
                 core.restore_limits(batch.limits, batch.breakers, batch.server_events)
+            if batch.schedule_rows:  # (with the tasks of their firings, which no answer waits for: not forgotten)
+                core.restore_schedules([name for name, _ in batch.schedule_rows])
             for tid in forgotten:
                 gone[tid] = submitted
             if gone:

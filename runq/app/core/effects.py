@@ -44,6 +44,8 @@ from .stats import CoreStats
 if TYPE_CHECKING:
     from .breakers import Breaker, BreakerRow
     from .limits import Bucket, LimitEvent, LimitRow
+    from .records import ScheduleRecord
+    from .schedules import Schedule
 
 __all__ = ["ENQUEUE_STEP", "CoreBase", "Effects"]
 
@@ -69,10 +71,12 @@ class Effects:
         limit_rows: (scope, row) of limits set (a ``LimitRow``) or removed (None) to record (limits.py).
         breaker_rows: (task type, row) of circuit breakers changed (a ``BreakerRow``) or removed (None).
         limit_events: changes of limits and breakers (``LimitEvent``), for the store, subscribers and metrics.
+        schedule_rows: (name, row) of schedules added or changed (a ``ScheduleRecord``) or removed (None), one
+            per name, to write in the same commit as the tasks their firings enqueued (schedules.py rule 2).
     """
 
     __slots__ = ("breaker_rows", "events", "limit_events", "limit_rows", "logs", "new_rows", "notices", "outbox",
-                 "queue_ops", "rows")
+                 "queue_ops", "rows", "schedule_rows")
 
     def __init__(
         self,
@@ -86,8 +90,10 @@ class Effects:
         limit_rows: list[tuple[LimitKey, LimitRow | None]] | None = None,
         breaker_rows: list[tuple[str, BreakerRow | None]] | None = None,
         limit_events: list[LimitEvent] | None = None,
+        schedule_rows: list[tuple[str, ScheduleRecord | None]] | None = None,
     ) -> None:
         self.new_rows = new_rows or []
+        self.schedule_rows = schedule_rows or []
         self.limit_rows = limit_rows or []
         self.breaker_rows = breaker_rows or []
         self.limit_events = limit_events or []
@@ -100,7 +106,7 @@ class Effects:
 
     def __bool__(self) -> bool:
         return bool(self.rows or self.new_rows or self.events or self.outbox or self.queue_ops or self.logs
-                    or self.limit_rows or self.breaker_rows or self.limit_events)
+                    or self.limit_rows or self.breaker_rows or self.limit_events or self.schedule_rows)
 
 
 class CoreBase:
@@ -168,6 +174,10 @@ class CoreBase:
         self._limit_events: list[LimitEvent] = []
         #: ready task id -> the limit bucket or breaker holding it aside (limits.py)
         self._held_by: dict[int, Bucket | Breaker] = {}
+        #: the periodic tasks by name (schedules.py)
+        self.schedules: dict[str, Schedule] = {}
+        #: schedules changed (or removed: None) since the last ``_take``: their rows go with that batch
+        self._schedule_rows: dict[str, Schedule | None] = {}
 
     # ------------------------------------------------------------------ effects
     def _take(self) -> Effects:
@@ -184,6 +194,9 @@ class CoreBase:
         if self._limit_rows or self._breaker_rows or self._limit_events:
             fx.limit_rows, fx.breaker_rows, fx.limit_events = self._limit_rows, self._breaker_rows, self._limit_events
             self._limit_rows, self._breaker_rows, self._limit_events = [], [], []
+        if self._schedule_rows:  # (each as it is now: the last change of a schedule in a batch wins)
+            fx.schedule_rows = [(name, None if s is None else s.record()) for name, s in self._schedule_rows.items()]
+            self._schedule_rows = {}
         self._dirty = {}
         self._new = set()
         self._events = []

@@ -45,6 +45,9 @@ class CoreConfig:
         backoff_max: ceiling of the backoff delay, seconds.
         jitter: the backoff is multiplied by a uniform factor in [1 - jitter, 1 + jitter].
         finished_cache: how many finished tasks stay in memory for fast status reads.
+        schedule_grace: seconds a schedule's fire time may be late and still count as on time; a fire time
+            older than that when it comes up was missed (the server was down): the schedule's missed policy
+            decides (schedules.py).
     """
 
     lease_timeout: float = 10.0
@@ -54,6 +57,7 @@ class CoreConfig:
     backoff_max: float = 3600.0
     jitter: float = 0.25
     finished_cache: int = 10_000
+    schedule_grace: float = 60.0
 
 
 _STATES = {s.value: s for s in State}

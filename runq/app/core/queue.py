@@ -62,9 +62,10 @@ from .limits import Waiting
 from .model import CoreConfig, Task
 from .records import EventRecord
 from .recovery import Recovery
+from .schedules import Schedules
 from .states import FINAL_STATES, TRANSITIONS, IllegalTransition, State, Transition
 from .stats import queue_stats, task_types
-from .timers import BACKSTOP, COOLDOWN, DELAY, REFILL, SILENCE
+from .timers import BACKSTOP, COOLDOWN, DELAY, REFILL, SCHEDULE, SILENCE
 
 __all__ = ["Core", "TaskMissing"]
 
@@ -73,7 +74,7 @@ T_SCHEDULE = T.SCHEDULE
 _new = tuple.__new__
 
 
-class Core(Dispatch, Recovery, Rollback):
+class Core(Dispatch, Recovery, Rollback, Schedules):
     """The queue's state and rules. See the module docstring.
 
     Args:
@@ -87,12 +88,13 @@ class Core(Dispatch, Recovery, Rollback):
                  next_event_id: int = 1) -> None:
         super().__init__(config, rng, next_id, next_event_id)
         # Every timer kind, with the check that skips its stale entries and what it does when due (timers.py).
-        # A new kind (cron fires) takes the next number there and is registered here.
+        # A new kind takes the next number there and is registered here.
         self.timers.register(DELAY, self._delay_check, self._promote)
         self.timers.register(SILENCE, self._silence_check, self._silence_expired)
         self.timers.register(BACKSTOP, self._backstop_check, self._backstop_fired)
         self.timers.register(REFILL, self._refill_check, self._refilled)
         self.timers.register(COOLDOWN, self._cooldown_check, self._cooled)
+        self.timers.register(SCHEDULE, self._schedule_check, self._schedule_fired)
         #: what a failed commit means for the answers waiting on it (commits.py)
         self.commits = CommitPolicy(self)
 

@@ -7,7 +7,7 @@ What the core persists crosses to the store as named tuples: ``TaskRecord`` (a w
 timeline), ``RequestRecord`` (enqueue answers by idempotency token), ``QueueRecord`` (a queue paused or
 resumed), ``LimitRecord`` and ``BreakerRecord`` (a rate limit or concurrency cap, a circuit breaker:
 runq/app/core/limits.py, which names them ``LimitRow`` and ``BreakerRow``) and ``ServerEventRecord`` (an
-event that belongs to no task: a limit set or removed, a breaker's change; the operators' audit log). Each field name is the name of the column that stores it, and the field order is the column order:
+event that belongs to no task: a limit set or removed, a breaker's change; the operators' audit log) and ``ScheduleRecord`` (a periodic task's schedule). Each field name is the name of the column that stores it, and the field order is the column order:
 ``TASK_COLUMNS`` and the other column tuples are the records' ``_fields``, the ONE definition that the core,
 the store (runq.app.store, which re-exports these as its contract: runq/app/store/base.py), the server and
 the dashboard read.
@@ -33,9 +33,10 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 __all__ = ["BREAKER_COLUMNS", "EVENT_COLUMNS", "EVENT_ROW_COLUMNS", "LIMIT_COLUMNS", "NEW_COLUMNS", "QUEUE_COLUMNS",
-           "REQUEST_COLUMNS", "SERVER_EVENT_COLUMNS", "TASK_COLUMNS", "BreakerRecord", "EventRecord", "LimitKey",
-           "LimitRecord", "NewTaskRecord", "QueueRecord", "RequestRecord", "ServerEventRecord", "TaskRecord", "TaskRow",
-           "make_breaker", "make_event", "make_limit", "make_request", "make_server_event", "make_task"]
+           "REQUEST_COLUMNS", "SCHEDULE_COLUMNS", "SERVER_EVENT_COLUMNS", "TASK_COLUMNS", "BreakerRecord", "EventRecord",
+           "LimitKey", "LimitRecord", "NewTaskRecord", "QueueRecord", "RequestRecord", "ScheduleRecord",
+           "ServerEventRecord", "TaskRecord", "TaskRow", "make_breaker", "make_event", "make_limit", "make_request",
+           "make_schedule", "make_server_event", "make_task"]
 
 
 class TaskRecord(NamedTuple):
@@ -181,6 +182,33 @@ class ServerEventRecord(NamedTuple):
 #: (key, record or None for a removal).
 LimitKey = tuple[str, str, str]
 
+
+class ScheduleRecord(NamedTuple):
+    """A periodic task's schedule as stored (runq.app.core.schedules: ``Schedule`` is its live form).
+
+    ``cron`` (with ``tz``) or ``every`` is set, not both. ``next_fire`` is the dedup mark: every fire time
+    before it has been handled (its task written in the same commit as this row, or skipped by the missed
+    policy); None while paused. ``last_fire`` is the latest fire time that enqueued a task.
+    """
+
+    name: str
+    type: str
+    payload: bytes
+    queue: str | None
+    priority: int | None
+    timeout: float | None
+    retries: int | None
+    cron: str | None
+    tz: str
+    every: float | None
+    missed: str
+    max_missed: int
+    paused: bool
+    next_fire: float | None
+    last_fire: float | None
+    created_at: float
+
+
 #: A task as ``Store.load`` streams it at a restart: a plain tuple of ``TaskRecord``'s fields, in their order
 #: and with their types (tests/core/test_records.py holds them equal). The one place where a row crosses
 #: unnamed, for speed: a restart reads every live task, and naming each row (``make_task``, ~130 ns) then
@@ -208,6 +236,8 @@ LIMIT_COLUMNS: tuple[str, ...] = LimitRecord._fields
 BREAKER_COLUMNS: tuple[str, ...] = BreakerRecord._fields
 #: Column order of a ``server_events`` row.
 SERVER_EVENT_COLUMNS: tuple[str, ...] = ServerEventRecord._fields
+#: Column order of a ``schedules`` row.
+SCHEDULE_COLUMNS: tuple[str, ...] = ScheduleRecord._fields
 
 _new = tuple.__new__
 #: A read row (a plain tuple in column order) as a record, in one C call (see the module docstring).
@@ -217,3 +247,4 @@ make_request: Callable[[tuple[Any, ...]], RequestRecord] = functools.partial(_ne
 make_limit: Callable[[tuple[Any, ...]], LimitRecord] = functools.partial(_new, LimitRecord)
 make_breaker: Callable[[tuple[Any, ...]], BreakerRecord] = functools.partial(_new, BreakerRecord)
 make_server_event: Callable[[tuple[Any, ...]], ServerEventRecord] = functools.partial(_new, ServerEventRecord)
+make_schedule: Callable[[tuple[Any, ...]], ScheduleRecord] = functools.partial(_new, ScheduleRecord)

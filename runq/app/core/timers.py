@@ -1,5 +1,5 @@
 """Every deadline of the core in one heap: delayed tasks, worker silences, server-side timeouts, limit refills,
-breaker cool-downs (and later cron fires); and the delayed tasks themselves.
+breaker cool-downs, schedules' fire times (schedules.py); and the delayed tasks themselves.
 
 Theory of operation
 -------------------
@@ -30,7 +30,8 @@ Rules of this file:
 1. One heap, ordered by ``(when, kind)``: at one instant the kinds fire in the order of their numbers
    (``DELAY``, then ``SILENCE``, then ``BACKSTOP``: delayed tasks are promoted before a silent worker's
    tasks are lost, and those before a timeout fails one; then ``REFILL`` and ``COOLDOWN``, limits.py,
-   which only bring held tasks back and ask for a dispatch round).
+   which only bring held tasks back and ask for a dispatch round; then ``SCHEDULE``, schedules.py, whose
+   tasks join their queues after what was due before them).
 2. An entry fires only when its kind's check says it stands: a stale entry is skipped by that check and by
    nothing else, and each check has its test in ``tests/core``.
 3. ``next_deadline`` settles the top of the heap before it answers (drops stale entries, re-arms moved
@@ -60,7 +61,7 @@ from .effects import CoreBase
 from .model import CoreConfig, Task
 from .states import State, Transition
 
-__all__ = ["BACKSTOP", "COOLDOWN", "DELAY", "REFILL", "SILENCE", "Check", "Delays", "Fire", "TimerHeap"]
+__all__ = ["BACKSTOP", "COOLDOWN", "DELAY", "REFILL", "SCHEDULE", "SILENCE", "Check", "Delays", "Fire", "TimerHeap"]
 
 SCHEDULED = State.SCHEDULED
 
@@ -75,6 +76,8 @@ BACKSTOP = 2
 REFILL = 3
 #: A circuit breaker's cool-down is over (limits.py): ``(until, COOLDOWN, task type)``.
 COOLDOWN = 4
+#: A schedule's fire time has come (schedules.py): ``(next_fire, SCHEDULE, schedule name)``.
+SCHEDULE = 5
 
 #: ``check(entry)``: when the entry is due now (its ``when``, a later time, or None when stale).
 Check = Callable[[tuple[Any, ...]], "float | None"]

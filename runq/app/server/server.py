@@ -305,6 +305,13 @@ class Server:
             await trio.to_thread.run_sync(store.write_now, Batch(
                 rows=fx.rows, new_rows=fx.new_rows, events=fx.events, limits=fx.limit_rows, breakers=fx.breaker_rows,
                 server_events=[e.record() for e in fx.limit_events]))
+        # schedules (their timers come up at once when fire times passed while the server was down: the missed
+        # policy)
+        self.core.recover_schedules(await trio.to_thread.run_sync(store.load_schedules))
+        fx = self.core.take_effects(now)
+        if fx.rows or fx.new_rows or fx.events or fx.schedule_rows:
+            await trio.to_thread.run_sync(store.write_now, Batch(rows=fx.rows, new_rows=fx.new_rows,
+                                                                 events=fx.events, schedule_rows=fx.schedule_rows))
 
     async def wait_committed(self) -> None:
         """Wait until every batch handed to the store so far has committed (not for later ones: under a
@@ -349,12 +356,14 @@ class Server:
         request_rows = requests.take_rows()
         requests_below = requests.take_delete()
         if (fx.rows or fx.new_rows or fx.events or fx.queue_ops or acks or request_rows or requests_below
-                or fx.limit_rows or fx.breaker_rows or fx.limit_events):
+                or fx.limit_rows or fx.breaker_rows or fx.limit_events or fx.schedule_rows):
             self._acks = []
+            # (a schedule's row with the tasks its firing enqueued: one commit, the dedup of its fire times)
             batch = Batch(rows=fx.rows, new_rows=fx.new_rows, events=fx.events, queue_ops=fx.queue_ops,
                           requests=request_rows, requests_below=requests_below, limits=fx.limit_rows,
                           breakers=fx.breaker_rows,
-                          server_events=[e.record() for e in fx.limit_events] if fx.limit_events else [])
+                          server_events=[e.record() for e in fx.limit_events] if fx.limit_events else [],
+                          schedule_rows=fx.schedule_rows)
             batch.on_done = functools.partial(self._committed, batch, acks, waiters, submitted=trio.current_time())
             self._hand_off(batch)
         elif waiters:

@@ -43,6 +43,7 @@ from .base import (
     Notify,
     QueueRecord,
     RequestRecord,
+    ScheduleRecord,
     ServerEventRecord,
     Store,
     StoreStats,
@@ -53,8 +54,9 @@ from .schema import SCHEMA_VERSION, migrate
 from .sqlite import SQLiteStore
 
 __all__ = ["SCHEMA_VERSION", "Batch", "BreakerRecord", "EventRecord", "Leadership", "LimitRecord", "NewTaskRecord",
-           "NotLeader", "Notify", "QueueRecord", "RequestRecord", "SQLiteStore", "SchemaTooNew", "ServerEventRecord",
-           "Store", "StoreError", "StoreInUse", "StoreStats", "TaskRecord", "TaskRow", "migrate", "open_store"]
+           "NotLeader", "Notify", "QueueRecord", "RequestRecord", "SQLiteStore", "ScheduleRecord", "SchemaTooNew",
+           "ServerEventRecord", "Store", "StoreError", "StoreInUse", "StoreStats", "TaskRecord", "TaskRow", "migrate",
+           "open_store"]
 
 
 def open_store(db: str, synchronous: str = "NORMAL", notify: Notify | None = None) -> Store:

@@ -39,13 +39,15 @@ from ..core.records import (
     NewTaskRecord,
     QueueRecord,
     RequestRecord,
+    ScheduleRecord,
     ServerEventRecord,
     TaskRecord,
     TaskRow,
 )
 
 __all__ = ["Batch", "BreakerRecord", "EventRecord", "Leadership", "LimitRecord", "NewTaskRecord", "Notify",
-           "QueueRecord", "RequestRecord", "ServerEventRecord", "Store", "StoreStats", "TaskRecord", "TaskRow"]
+           "QueueRecord", "RequestRecord", "ScheduleRecord", "ServerEventRecord", "Store", "StoreStats", "TaskRecord",
+           "TaskRow"]
 
 #: how a store hands ``on_done`` callbacks back (the server passes its trio token's ``run_sync_soon``)
 Notify = Callable[[Callable[[], None]], None]
@@ -68,6 +70,9 @@ class Batch:
         breakers: the same for circuit breakers, keyed by task type.
         server_events: events of no task to append (their ``id`` None: the store numbers them, in order).
         prune_before: delete finished tasks (and their events) finished before this time.
+        schedule_rows: (name, record) of schedules to write (insert or replace), or (name, None) to delete; in
+            order, the last one of a name wins. They commit with the tasks of the same batch (the dedup of a
+            schedule's fire times: runq/app/core/schedules.py).
         on_done: called with ``None`` after the commit, or with the exception (a ``StoreError``).
         pruned: set by the store: how many tasks ``prune_before`` deleted.
     """
@@ -82,6 +87,7 @@ class Batch:
     breakers: list[tuple[str, BreakerRecord | None]] = field(default_factory=list)
     server_events: list[ServerEventRecord] = field(default_factory=list)
     prune_before: float | None = None
+    schedule_rows: list[tuple[str, ScheduleRecord | None]] = field(default_factory=list)
     on_done: Callable[[BaseException | None], None] | None = None
     pruned: int = 0
 
@@ -152,6 +158,10 @@ class Store(Protocol):
     def load_limits(self) -> tuple[list[LimitRecord], list[BreakerRecord]]:
         """Return (the stored limits, by scope, name and key; the stored breakers, by task type): what the
         core's ``recover_limits`` takes back."""
+        ...
+
+    def load_schedules(self) -> list[ScheduleRecord]:
+        """Return the stored schedules, by name."""
         ...
 
     def write_now(self, batch: Batch) -> None:

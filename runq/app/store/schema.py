@@ -122,8 +122,32 @@ CREATE TABLE server_events (
 );
 """
 
+#: Version 6: schedules of periodic tasks (runq.app.core.schedules): one row per schedule, its ``next_fire`` the mark
+#: below which every fire time has its task (written in the same commit as those tasks). Columns: the fields
+#: of ``ScheduleRecord``, in order.
+_V6 = """
+CREATE TABLE schedules (
+    name       TEXT    PRIMARY KEY,
+    type       TEXT    NOT NULL,
+    payload    BLOB    NOT NULL,
+    queue      TEXT,
+    priority   INTEGER,
+    timeout    REAL,
+    retries    INTEGER,
+    cron       TEXT,
+    tz         TEXT    NOT NULL,
+    every      REAL,
+    missed     TEXT    NOT NULL,
+    max_missed INTEGER NOT NULL,
+    paused     INTEGER NOT NULL DEFAULT 0,
+    next_fire  REAL,
+    last_fire  REAL,
+    created_at REAL    NOT NULL
+);
+"""
+
 #: MIGRATIONS[i] takes a database from version i to version i + 1.
-MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5]
+MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5, _V6]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

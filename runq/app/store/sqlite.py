@@ -66,6 +66,7 @@ from ..core.records import (
     LIMIT_COLUMNS,
     NEW_COLUMNS,
     REQUEST_COLUMNS,
+    SCHEDULE_COLUMNS,
     SERVER_EVENT_COLUMNS,
     TASK_COLUMNS,
     BreakerRecord,
@@ -75,6 +76,7 @@ from ..core.records import (
     NewTaskRecord,
     QueueRecord,
     RequestRecord,
+    ScheduleRecord,
     ServerEventRecord,
     TaskRecord,
     TaskRow,
@@ -82,6 +84,7 @@ from ..core.records import (
     make_event,
     make_limit,
     make_request,
+    make_schedule,
     make_server_event,
     make_task,
 )
@@ -142,6 +145,9 @@ _INSERT_EVENT = _MultiInsert("events", EVENT_ROW_COLUMNS)
 _UPSERT_REQUEST = _MultiInsert("requests", REQUEST_COLUMNS,
                                " ON CONFLICT(id) DO UPDATE SET answer = excluded.answer, seqs = excluded.seqs, "
                                "digests = excluded.digests")
+_UPSERT_SCHEDULE = (f"INSERT INTO schedules ({', '.join(SCHEDULE_COLUMNS)}) VALUES ({', '.join('?' * len(SCHEDULE_COLUMNS))})"
+                    " ON CONFLICT(name) DO UPDATE SET "
+                    + ", ".join(f"{c}=excluded.{c}" for c in SCHEDULE_COLUMNS[1:]))
 
 _INSERT_SERVER_EVENT = _MultiInsert("server_events", SERVER_EVENT_COLUMNS)
 _UPSERT_LIMIT = (f"INSERT INTO limits ({', '.join(LIMIT_COLUMNS)}) VALUES ({', '.join('?' * len(LIMIT_COLUMNS))}) "
@@ -293,6 +299,11 @@ class SQLiteStore:
         breakers = [make_breaker((*r[:-1], bool(r[-1]))) for r in self.conn.execute(queries.BREAKERS_SQL)]
         return limits, breakers
 
+    def load_schedules(self) -> list[ScheduleRecord]:
+        """Return the stored schedules, by name (``paused`` as a bool)."""
+        sql = f"SELECT {', '.join(SCHEDULE_COLUMNS)} FROM schedules ORDER BY name"
+        return [rec._replace(paused=bool(rec.paused)) for rec in map(make_schedule, self.conn.execute(sql))]
+
     # ------------------------------------------------------------------ writer
     def start(self) -> None:
         """Start the writer thread."""
@@ -427,6 +438,10 @@ class SQLiteStore:
         limits: list[tuple[LimitKey, LimitRecord | None]]
         breakers: list[tuple[str, BreakerRecord | None]]
         server_events: list[ServerEventRecord]
+        schedules: dict[str, ScheduleRecord | None] = {}
+        for b in batches:
+            for name, sched in b.schedule_rows:
+                schedules[name] = sched
         if len(batches) == 1:  # (the lone request's commit: its lists as they are; ids are unique in a batch)
             (b,) = batches
             new_rows, events, queue_ops, requests_below, prune = (b.new_rows, b.events, b.queue_ops,
@@ -473,6 +488,11 @@ class SQLiteStore:
                     _UPSERT_REQUEST.run(conn, list(requests.values()))
                 if requests_below:
                     conn.execute("DELETE FROM requests WHERE id < ?", (requests_below,))
+                for name, sched in schedules.items():
+                    if sched is None:
+                        conn.execute("DELETE FROM schedules WHERE name = ?", (name,))
+                    else:
+                        conn.execute(_UPSERT_SCHEDULE, sched)
                 for name, paused in queue_ops:
                     conn.execute("INSERT INTO queues (name, paused) VALUES (?, ?) "
                                  "ON CONFLICT(name) DO UPDATE SET paused = excluded.paused", (name, int(paused)))
