@@ -65,6 +65,13 @@ WORKER_OPS = frozenset({"credit", "heartbeat", "progress", "done", "fail", "rele
 #: a watcher is a read-only client.
 WATCHER_OPS = frozenset({"get", "wait", "events", "list", "queues", "workers", "subscribe", "ping", "stats",
                          "types"})
+#: the ops of rate limits, concurrency caps and circuit breakers (docs/limits.md, docs/protocol.md 5.4): a client's,
+#: and the reads a watcher's too.
+LIMIT_READ_OPS = frozenset({"limits", "breakers", "why", "server_events"})
+LIMIT_OPS = LIMIT_READ_OPS | frozenset({"set_limit", "remove_limit", "set_breaker", "remove_breaker", "open_breaker",
+                                        "close_breaker"})
+CLIENT_OPS = CLIENT_OPS | LIMIT_OPS
+WATCHER_OPS = WATCHER_OPS | LIMIT_READ_OPS
 
 #: Queue names and task types have 1 to MAX_NAME characters, wherever they are given (docs/protocol.md 5.1).
 MAX_NAME = 200

@@ -51,6 +51,7 @@ from .errors import (
     looks_like,
 )
 from .frames import DEFAULT_MAX_FRAME, Connection
+from .limits import breaker_message, limit_message
 from .tasks import Call, SyncTaskHandle, no_worker_hint, wait_timeout_message
 from .values import decode_task
 
@@ -475,3 +476,62 @@ class SyncClient:
     def ping(self) -> None:
         """One round trip to the server."""
         self.request({"op": "ping"})
+
+    # ------------------------------------------------------------------ limits and breakers (docs/limits.md)
+    def set_limit(self, scope: str, name: str, *, rate: float | str | None = None, period: float | None = None,
+                        burst: int | None = None, concurrency: int | None = None, key: str = "") -> dict[str, Any]:
+        """Set (or replace) the rate limit and/or concurrency cap of a queue or task type (``scope``: ``"queue"``
+        or ``"type"``); with ``key``, one limit per value of that payload field. ``rate`` is tasks per ``period``
+        seconds, or a string such as ``"10/s"``. Returns the limit map once the server committed it.
+
+        Raises:
+            ValueError: a rate string that is not of the form ``"10/s"``.
+            RemoteError: ``bad_request`` for a setting out of range (docs/protocol.md 5.4).
+        """
+        msg = limit_message(scope, name, rate=rate, period=period, burst=burst, concurrency=concurrency, key=key)
+        return dict(self.request(msg)["limit"])
+
+    def remove_limit(self, scope: str, name: str, *, key: str = "") -> bool:
+        """Remove a limit; False when that scope had none."""
+        return bool(self.request({"op": "remove_limit", "scope": scope, "name": name, "key": key})["removed"])
+
+    def limits(self) -> list[dict[str, Any]]:
+        """Every limit with its live status (docs/protocol.md 8.8)."""
+        return list(self.request({"op": "limits"})["limits"])
+
+    def set_breaker(self, type: str, *, threshold: float | None = None, window: float | None = None,
+                          min_calls: int | None = None, cooldown: float | None = None,
+                          probes: int | None = None) -> dict[str, Any]:
+        """Set (or replace) the circuit breaker of a task type; returns the breaker map (docs/protocol.md 8.9)."""
+        msg = breaker_message(type, threshold=threshold, window=window, min_calls=min_calls, cooldown=cooldown,
+                              probes=probes)
+        return dict(self.request(msg)["breaker"])
+
+    def remove_breaker(self, type: str) -> bool:
+        """Remove a task type's breaker; False when it had none."""
+        return bool(self.request({"op": "remove_breaker", "type": type})["removed"])
+
+    def open_breaker(self, type: str, reason: str = "") -> dict[str, Any]:
+        """Open a task type's breaker by hand: its tasks wait until ``close_breaker``."""
+        return dict(self.request({"op": "open_breaker", "type": type, "reason": reason})["breaker"])
+
+    def close_breaker(self, type: str, reason: str = "") -> dict[str, Any]:
+        """Close a task type's breaker by hand: its tasks go again at once."""
+        return dict(self.request({"op": "close_breaker", "type": type, "reason": reason})["breaker"])
+
+    def breakers(self) -> list[dict[str, Any]]:
+        """Every breaker with its state and counters (docs/protocol.md 8.9)."""
+        return list(self.request({"op": "breakers"})["breakers"])
+
+    def why(self, task_id: int) -> dict[str, Any] | None:
+        """Why a ready task does not run yet (``reason``: ``rate_limit``, ``concurrency_cap``, ``breaker_open``,
+        ``paused``, ``no_worker``, ``scheduled``), or None when nothing holds it."""
+        why = self.request({"op": "why", "id": task_id})["why"]
+        return None if why is None else dict(why)
+
+    def server_events(self, *, since: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The server's stored events of no task (limits and breakers changed), oldest first."""
+        msg: dict[str, Any] = {"op": "server_events", "limit": limit}
+        if since is not None:
+            msg["since"] = since
+        return list(self.request(msg)["events"])

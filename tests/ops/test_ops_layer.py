@@ -15,9 +15,13 @@ from runq.app.core import CoreConfig
 from runq.app.ops import (
     PERMISSIONS,
     BadRequest,
+    BreakerSettings,
     Done,
+    EventsQuery,
     Fail,
     Identity,
+    LimitScope,
+    LimitSettings,
     ListQuery,
     NotPermitted,
     Progress,
@@ -34,8 +38,13 @@ from runq.protocol.sync_client import SyncClient
 #: docs/protocol.md section 5, written out: what each role may send.
 DOC_CLIENT = {"enqueue", "get", "wait", "cancel", "retry", "events", "list", "pause", "resume", "queues", "workers",
               "subscribe", "ping", "stats", "drain", "types"}
+#: docs/protocol.md section 5.8, written out: the limits and breakers ops (the reads are a watcher's too).
+DOC_LIMIT_READS = {"limits", "breakers", "why", "server_events"}
+DOC_CLIENT |= DOC_LIMIT_READS | {"set_limit", "remove_limit", "set_breaker", "remove_breaker", "open_breaker",
+                                 "close_breaker"}
 DOC_WORKER = {"credit", "heartbeat", "progress", "done", "fail", "release", "ping"}
 DOC_WATCHER = {"get", "wait", "events", "list", "queues", "workers", "subscribe", "ping", "stats", "types"}
+DOC_WATCHER |= DOC_LIMIT_READS
 
 
 def test_the_permission_table_gives_each_role_what_the_protocol_lists() -> None:
@@ -97,6 +106,16 @@ def _calls(ops: Any, ident: Identity, tid: int) -> dict[str, Callable[[], Any]]:
         "progress": lambda: ops.progress(ident, "w1", Progress(tid, 1, b"\xc0")),
         "release": lambda: ops.release(ident, "w1", [tid]),
         "ping": lambda: ops.ping(ident),
+        "set_limit": lambda: ops.set_limit(ident, LimitSettings(LimitScope("queue", "q"), concurrency=1)),
+        "remove_limit": lambda: ops.remove_limit(ident, LimitScope("queue", "q")),
+        "limits": lambda: ops.limits(ident),
+        "set_breaker": lambda: ops.set_breaker(ident, BreakerSettings("t")),
+        "remove_breaker": lambda: ops.remove_breaker(ident, "t"),
+        "open_breaker": lambda: ops.open_breaker(ident, "t"),
+        "close_breaker": lambda: ops.close_breaker(ident, "t"),
+        "breakers": lambda: ops.breakers(ident),
+        "why": lambda: ops.why(ident, tid),
+        "server_events": lambda: ops.server_events(ident, EventsQuery()),
     }
 
 
@@ -120,6 +139,7 @@ async def test_every_operation_is_authorised_against_the_table(nursery: trio.Nur
         # nothing happened: one task, ready, no queue paused
         assert srv.core.tasks[tid].state.value == "ready" and srv.core.queue_stats()[0]["paused"] is False
         assert srv.core.stats.enqueued == 1
+        assert srv.core.limits() == [] and srv.core.breakers == {}
         pauser = Identity("ops", "operator", frozenset({"pause"}))
         await ops.pause(pauser, "q")
         assert srv.core.queue_stats()[0]["paused"] is True

@@ -145,7 +145,9 @@ def test_bool_in_versions_is_not_an_int(versions: list[Any]) -> None:
 def test_op_sets_per_role() -> None:
     assert WATCHER_OPS < CLIENT_OPS
     # a watcher changes nothing
-    assert CLIENT_OPS - WATCHER_OPS == {"enqueue", "cancel", "retry", "pause", "resume", "drain"}
+    assert CLIENT_OPS - WATCHER_OPS == {"enqueue", "cancel", "retry", "pause", "resume", "drain",
+                                        "set_limit", "remove_limit", "set_breaker", "remove_breaker", "open_breaker",
+                                        "close_breaker"}
     assert WORKER_OPS & CLIENT_OPS == {"ping"}
     assert "hello" not in CLIENT_OPS | WORKER_OPS | WATCHER_OPS
 

@@ -7,9 +7,13 @@ from __future__ import annotations
 from .auth import PERMISSIONS, ROLES, Identity, allowed_ops, authenticate, authorize
 from .errors import BadRequest, NotFound, NotPermitted, Unauthenticated
 from .inputs import (
+    BreakerSettings,
     Done,
     EnqueueRequest,
+    EventsQuery,
     Fail,
+    LimitScope,
+    LimitSettings,
     ListQuery,
     Progress,
     Subscription,
@@ -24,10 +28,14 @@ __all__ = [
     "ROLES",
     "VERSION",
     "BadRequest",
+    "BreakerSettings",
     "Done",
     "EnqueueRequest",
+    "EventsQuery",
     "Fail",
     "Identity",
+    "LimitScope",
+    "LimitSettings",
     "ListQuery",
     "NotFound",
     "NotPermitted",

@@ -35,6 +35,12 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "pause": frozenset({_C}),
     "resume": frozenset({_C}),
     "drain": frozenset({_C}),
+    "set_limit": frozenset({_C}),
+    "remove_limit": frozenset({_C}),
+    "set_breaker": frozenset({_C}),
+    "remove_breaker": frozenset({_C}),
+    "open_breaker": frozenset({_C}),
+    "close_breaker": frozenset({_C}),
     # readers
     "get": frozenset({_C, _V}),
     "wait": frozenset({_C, _V}),
@@ -45,6 +51,10 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "types": frozenset({_C, _V}),
     "stats": frozenset({_C, _V}),
     "subscribe": frozenset({_C, _V}),
+    "limits": frozenset({_C, _V}),
+    "breakers": frozenset({_C, _V}),
+    "why": frozenset({_C, _V}),
+    "server_events": frozenset({_C, _V}),
     # workers
     "credit": frozenset({_W}),
     "heartbeat": frozenset({_W}),

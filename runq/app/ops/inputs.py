@@ -27,20 +27,29 @@ __all__ = [
     "MAX_RETRY_IN",
     "MAX_WAIT",
     "STATES",
+    "BreakerSettings",
     "Done",
     "EnqueueRequest",
+    "EventsQuery",
     "Fail",
+    "LimitScope",
+    "LimitSettings",
     "ListQuery",
     "Progress",
     "Subscription",
     "Token",
     "WaitRequest",
+    "check_breaker",
     "check_credit",
+    "check_events_query",
     "check_fail",
+    "check_limit",
     "check_list",
     "check_queue_name",
+    "check_scope",
     "check_subscription",
     "check_token",
+    "check_type_name",
     "check_wait",
 ]
 
@@ -216,3 +225,128 @@ class Progress(NamedTuple):
     id: int
     lease: int
     value: bytes
+
+
+# ---------------------------------------------------------------------- limits and breakers (issue 11)
+#: the kinds of scope a limit is set on (``runq.app.core.limits.SCOPE_KINDS``)
+SCOPE_KINDS = ("queue", "type")
+#: the longest payload field path of a per-key limit
+MAX_KEY = 200
+#: the longest period, window or cool-down, in seconds (as for a spec's ``delay``: under ten years)
+MAX_SECONDS = 10 * 365 * 86400
+#: the largest rate, burst and concurrency cap
+MAX_RATE = 1_000_000_000
+#: the largest ``min_calls`` and ``probes`` of a breaker
+MAX_CALLS = 1_000_000
+#: a page of ``server_events`` holds 1 to this many events
+EVENTS_LIMIT = 1000
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int_in(v: Any, lo: int, hi: int) -> bool:
+    return type(v) is int and lo <= v <= hi
+
+
+class LimitScope(NamedTuple):
+    """What a limit applies to: ``kind`` (``queue`` or ``type``), the queue's or type's ``name``, and ``key``, a
+    payload field (a dotted path) for one limit per value of it (``""``: one limit over the whole scope)."""
+
+    kind: str
+    name: str
+    key: str = ""
+
+
+def check_scope(s: LimitScope) -> LimitScope:
+    """Raises: BadRequest for an unknown kind, a name no queue or type could have, or a key over ``MAX_KEY``."""
+    if s.kind not in SCOPE_KINDS:
+        raise BadRequest(f"limit: scope must be 'queue' or 'type', not {s.kind!r}")
+    if not 0 < len(s.name) <= MAX_NAME:
+        raise BadRequest(f"limit: a {s.kind} name has 1 to {MAX_NAME} characters")
+    if len(s.key) > MAX_KEY:
+        raise BadRequest(f"limit: 'key' (a payload field) has at most {MAX_KEY} characters")
+    return s
+
+
+class LimitSettings(NamedTuple):
+    """``set_limit``: a rate (``rate`` tasks per ``period`` seconds, ``burst`` at once) and/or a concurrency cap
+    on one scope."""
+
+    scope: LimitScope
+    rate: float | None = None
+    period: float = 1.0
+    burst: int = 1
+    concurrency: int | None = None
+
+
+def check_limit(lim: LimitSettings) -> LimitSettings:
+    """Raises: BadRequest for a bad scope, neither a rate nor a cap, or a setting out of range (rate in (0, 1e9],
+    period in (0, ten years), burst and concurrency 1 to 1e9)."""
+    check_scope(lim.scope)
+    if lim.rate is None and lim.concurrency is None:
+        raise BadRequest("limit: give a 'rate', a 'concurrency' cap, or both")
+    if lim.rate is not None and not (_num(lim.rate) and 0 < lim.rate <= MAX_RATE):
+        raise BadRequest(f"limit: 'rate' must be a number of tasks > 0 and at most {MAX_RATE} (per 'period')")
+    if not (_num(lim.period) and 0 < lim.period < MAX_SECONDS):
+        raise BadRequest("limit: 'period' must be > 0 seconds and under ten years")
+    if not _int_in(lim.burst, 1, MAX_RATE):
+        raise BadRequest(f"limit: 'burst' must be an integer from 1 to {MAX_RATE}")
+    if lim.concurrency is not None and not _int_in(lim.concurrency, 1, MAX_RATE):
+        raise BadRequest(f"limit: 'concurrency' must be an integer from 1 to {MAX_RATE} (pause the queue to stop it)")
+    return lim
+
+
+def check_type_name(name: str, what: str = "breaker") -> str:
+    """A task type's name (a breaker's, ``why``'s).
+
+    Raises:
+        BadRequest: empty or longer than ``MAX_NAME`` characters.
+    """
+    if not 0 < len(name) <= MAX_NAME:
+        raise BadRequest(f"{what}: a task type has 1 to {MAX_NAME} characters")
+    return name
+
+
+class BreakerSettings(NamedTuple):
+    """``set_breaker``: when the breaker of task type ``type`` opens (failure rate ``threshold`` over ``window``
+    seconds, at least ``min_calls`` outcomes) and how it tries again (``cooldown`` seconds, ``probes``)."""
+
+    type: str
+    threshold: float = 0.5
+    window: float = 60.0
+    min_calls: int = 10
+    cooldown: float = 30.0
+    probes: int = 1
+
+
+def check_breaker(b: BreakerSettings) -> BreakerSettings:
+    """Raises: BadRequest for a bad type name, a threshold outside (0, 1], a window or cool-down outside
+    (0, ten years), or min_calls / probes outside 1 to ``MAX_CALLS``."""
+    check_type_name(b.type)
+    if not (_num(b.threshold) and 0 < b.threshold <= 1):
+        raise BadRequest("breaker: 'threshold' must be a failure rate in (0, 1]")
+    for name, v in (("window", b.window), ("cooldown", b.cooldown)):
+        if not (_num(v) and 0 < v < MAX_SECONDS):
+            raise BadRequest(f"breaker: '{name}' must be > 0 seconds and under ten years")
+    for name, n in (("min_calls", b.min_calls), ("probes", b.probes)):
+        if not _int_in(n, 1, MAX_CALLS):
+            raise BadRequest(f"breaker: '{name}' must be an integer from 1 to {MAX_CALLS}")
+    return b
+
+
+class EventsQuery(NamedTuple):
+    """``server_events``: the latest ``limit`` events, or (``since``: an event id) the first ones after it."""
+
+    since: int | None = None
+    limit: int = 100
+
+
+def check_events_query(q: EventsQuery) -> EventsQuery:
+    """Raises: BadRequest for a limit outside 1..EVENTS_LIMIT or a negative ``since``."""
+    if not 1 <= q.limit <= EVENTS_LIMIT:
+        raise BadRequest(f"server_events: 'limit' must be between 1 and {EVENTS_LIMIT}")
+    if q.since is not None and q.since < 0:
+        raise BadRequest("server_events: 'since' must be an event id >= 0")
+    return q

@@ -34,21 +34,32 @@ from typing import TYPE_CHECKING, Any
 from ... import __version__
 from ...protocol.errors import ProtocolError
 from ...protocol.messages import MAX_CREDIT, Hello, TaskSpec
+from ..core import TaskMissing
+from ..core.limits import BreakerStatus
 from .auth import Identity, authenticate, authorize
 from .errors import NotFound
 from .inputs import (
+    BreakerSettings,
     Done,
     EnqueueRequest,
+    EventsQuery,
     Fail,
+    LimitScope,
+    LimitSettings,
     ListQuery,
     Progress,
     Subscription,
     WaitRequest,
+    check_breaker,
     check_credit,
+    check_events_query,
     check_fail,
+    check_limit,
     check_list,
     check_queue_name,
+    check_scope,
     check_subscription,
+    check_type_name,
     check_wait,
 )
 
@@ -343,3 +354,154 @@ class Operations:
         authorize(identity, "release")
         srv = self.server
         srv.core.release(worker_id, ids, srv.clock())
+
+    # ------------------------------------------------------------------ limits and breakers (docs/limits.md)
+    async def set_limit(self, identity: Identity, settings: LimitSettings) -> dict[str, Any]:
+        """Set (or replace) a scope's rate limit and/or concurrency cap; it applies at once, and this returns
+        once it is committed. Returns the limit with its status (``limits``' entries).
+
+        Raises:
+            BadRequest: a bad scope or setting (nothing changed).
+            StoreError: the commit failed (the limit holds, and is written again with the next commit).
+        """
+        authorize(identity, "set_limit")
+        lim = check_limit(settings)
+        srv = self.server
+        s = lim.scope
+        srv.core.set_limit((s.kind, s.name, s.key), srv.clock(), rate=lim.rate, period=lim.period, burst=lim.burst,
+                           concurrency=lim.concurrency)
+        await srv.committed_change()
+        return self._limit_map((s.kind, s.name, s.key))
+
+    async def remove_limit(self, identity: Identity, scope: LimitScope) -> bool:
+        """Remove a scope's limit (its held tasks go again at once); False when it had none. Returns once
+        committed.
+
+        Raises:
+            BadRequest: a bad scope.
+            StoreError: the commit failed.
+        """
+        authorize(identity, "remove_limit")
+        s = check_scope(scope)
+        srv = self.server
+        removed = srv.core.remove_limit((s.kind, s.name, s.key), srv.clock()) is not None
+        if removed:
+            await srv.committed_change()
+        return removed
+
+    def limits(self, identity: Identity) -> list[dict[str, Any]]:
+        """Every limit, by scope, with its live status per key value (``Core.limit_status``)."""
+        authorize(identity, "limits")
+        return [self._limit_map(tuple(lim.scope)) for lim in self.server.core.limits()]
+
+    def _limit_map(self, scope: tuple[str, ...]) -> dict[str, Any]:
+        srv = self.server
+        now = srv.clock()
+        lim = next(x for x in srv.core.limits() if tuple(x.scope) == scope)
+        status = [{"value": b.value, "running": b.running, "waiting": b.waiting, "blocked": b.blocked,
+                   "next_at": b.next_at, "admitted": b.admitted, "deferred": b.deferred}
+                  for b in srv.core.limit_status(now) if tuple(b.scope) == scope]
+        s = lim.scope
+        return {"scope": s.kind, "name": s.name, "key": s.key, "rate": lim.rate, "period": lim.period,
+                "burst": lim.burst, "concurrency": lim.concurrency, "status": status}
+
+    async def set_breaker(self, identity: Identity, settings: BreakerSettings) -> dict[str, Any]:
+        """Set (or replace) a task type's circuit breaker (its state is kept); returns it once committed.
+
+        Raises:
+            BadRequest: a bad type name or setting (nothing changed).
+            StoreError: the commit failed.
+        """
+        authorize(identity, "set_breaker")
+        b = check_breaker(settings)
+        srv = self.server
+        srv.core.set_breaker(b.type, srv.clock(), threshold=b.threshold, window=b.window, min_calls=b.min_calls,
+                             cooldown=b.cooldown, probes=b.probes)
+        await srv.committed_change()
+        return self._breaker_map(b.type)
+
+    async def remove_breaker(self, identity: Identity, type_: str) -> bool:
+        """Remove a task type's breaker (its held tasks go again at once); False when it had none."""
+        authorize(identity, "remove_breaker")
+        srv = self.server
+        removed = srv.core.remove_breaker(check_type_name(type_), srv.clock())
+        if removed:
+            await srv.committed_change()
+        return removed
+
+    async def open_breaker(self, identity: Identity, type_: str, reason: str = "") -> dict[str, Any]:
+        """Open a task type's breaker by hand (a type without one gets one that opens only by hand): its tasks
+        wait until ``close_breaker``. Returns it once committed."""
+        authorize(identity, "open_breaker")
+        srv = self.server
+        srv.core.open_breaker(check_type_name(type_), srv.clock(), _reason(reason, identity))
+        await srv.committed_change()
+        return self._breaker_map(type_)
+
+    async def close_breaker(self, identity: Identity, type_: str, reason: str = "") -> dict[str, Any]:
+        """Close a task type's breaker by hand: its tasks go again at once. Returns it once committed.
+
+        Raises:
+            NotFound: the type has no breaker.
+        """
+        authorize(identity, "close_breaker")
+        srv = self.server
+        if check_type_name(type_) not in srv.core.breakers:
+            raise NotFound(f"task type {type_!r} has no breaker")
+        srv.core.close_breaker(type_, srv.clock(), _reason(reason, identity))
+        await srv.committed_change()
+        return self._breaker_map(type_)
+
+    def breakers(self, identity: Identity) -> list[dict[str, Any]]:
+        """Every breaker, by task type, with its state and counters (``Core.breaker_status``)."""
+        authorize(identity, "breakers")
+        return [_breaker_json(b) for b in self.server.core.breaker_status(self.server.clock())]
+
+    def _breaker_map(self, type_: str) -> dict[str, Any]:
+        srv = self.server
+        return next(_breaker_json(b) for b in srv.core.breaker_status(srv.clock()) if b.type == type_)
+
+    def why(self, identity: Identity, task_id: int) -> dict[str, Any] | None:
+        """Why a live task does not run yet (``Core.why_waiting``): None when nothing holds it (it waits for its
+        turn and a worker's credit, or it is not waiting: running or final).
+
+        Raises:
+            NotFound: no live or recently finished task has this id.
+        """
+        authorize(identity, "why")
+        srv = self.server
+        try:
+            w = srv.core.why_waiting(task_id, srv.clock())
+        except TaskMissing:
+            raise NotFound(f"no live task {task_id} (a final task waits for nothing)") from None
+        if w is None:
+            return None
+        s = w.scope
+        return {"reason": w.reason, "scope": None if s is None else {"scope": s.kind, "name": s.name, "key": s.key},
+                "value": w.value, "until": w.until, "detail": w.detail}
+
+    async def server_events(self, identity: Identity, query: EventsQuery) -> list[dict[str, Any]]:
+        """The stored events of no task (limits and breakers set, removed, opened, closed), oldest first: the
+        latest ``limit``, or the first ones after event id ``since``.
+
+        Raises:
+            BadRequest: a limit or since out of range.
+        """
+        authorize(identity, "server_events")
+        q = check_events_query(query)
+        rows = await self.server.server_events(q.since, q.limit)
+        return [r._asdict() for r in rows]
+
+
+def _reason(reason: str, identity: Identity) -> str:
+    return (reason[:200] or "by request") + f" (by {identity.name})"
+
+
+def _breaker_json(b: BreakerStatus) -> dict[str, Any]:
+    c = b.config
+    return {"type": b.type, "state": b.state, "until": b.until, "manual": b.manual,
+            "threshold": None if c is None else c.threshold, "window": None if c is None else c.window,
+            "min_calls": None if c is None else c.min_calls, "cooldown": None if c is None else c.cooldown,
+            "probes": None if c is None else c.probes, "window_calls": b.window_calls,
+            "window_failures": b.window_failures, "calls": b.calls, "failures": b.failures, "waiting": b.waiting,
+            "changes": dict(b.changes)}

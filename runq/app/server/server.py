@@ -754,6 +754,31 @@ class Server:
         if outcome[0] is not None:
             raise StoreError(str(outcome[0]))
 
+    async def committed_change(self) -> None:
+        """Flush what the core changed (a limit, a breaker) and return once that is committed (as ``set_paused``).
+
+        Raises:
+            StoreError: the commit failed (the change holds in memory and is written again with the next commit).
+        """
+        done = trio.Event()
+        outcome: list[BaseException | None] = []
+
+        def tell(err: BaseException | None) -> None:
+            outcome.append(err)
+            done.set()
+
+        self._acks.append(Ack([], _tell_error, ctx=tell))
+        self.flush()
+        await done.wait()
+        if outcome[0] is not None:
+            raise StoreError(str(outcome[0]))
+
+    async def server_events(self, since: int | None, limit: int) -> list[Any]:
+        """The stored events of no task (``Store.server_events``), every change committed so far included."""
+        self.flush()
+        await self.wait_committed()
+        return list(await self._read(functools.partial(self._store.server_events, since=since, limit=limit)))
+
     def drain_worker(self, worker_id: str) -> dict[str, Any]:
         """Ask a worker to finish its running tasks, hand back the rest and leave.
 

@@ -30,10 +30,32 @@ import trio
 
 from ...protocol.errors import REQUEST_ERROR_CODES, ProtocolError, RunqError
 from ...protocol.frames import INVALID_OP
-from ...protocol.messages import CLIENT_OPS, WORKER_OPS, is_int, optional, parse_hello, parse_task_spec, require
+from ...protocol.messages import (
+    CLIENT_OPS,
+    LIMIT_OPS,
+    WORKER_OPS,
+    is_int,
+    optional,
+    parse_hello,
+    parse_task_spec,
+    require,
+)
 from ..core import IllegalTransition, TaskMissing
 from ..core.requests import digest
-from ..ops import Done, EnqueueRequest, Fail, ListQuery, Progress, Subscription, WaitRequest, check_token
+from ..ops import (
+    BreakerSettings,
+    Done,
+    EnqueueRequest,
+    EventsQuery,
+    Fail,
+    LimitScope,
+    LimitSettings,
+    ListQuery,
+    Progress,
+    Subscription,
+    WaitRequest,
+    check_token,
+)
 from .session import Session
 
 if TYPE_CHECKING:
@@ -367,6 +389,8 @@ class TcpFrontend:
             sess.send({"op": "ok", "rid": rid})
         elif op in ("cancel", "retry", "events", "list"):
             return False
+        elif op in LIMIT_OPS:
+            return False  # (answered in _client_later: the changes once committed, the store read for events)
         else:
             raise ProtocolError(f"unknown op {op!r} for a {sess.role}", "unknown_op")
         return True
@@ -395,6 +419,45 @@ class TcpFrontend:
                 type=optional(msg, "type", str), limit=optional(msg, "limit", int, 100),
                 cursor=optional(msg, "cursor", int)))
             sess.send({"op": "tasks", "rid": rid, "tasks": tasks, "cursor": cursor})
+        elif op in LIMIT_OPS:
+            sess.send(await self._limits_op(sess, op, msg))
+
+    async def _limits_op(self, sess: Session, op: str, msg: dict[str, Any]) -> dict[str, Any]:
+        """A limits or breakers op (docs/protocol.md 5.4): decoded, called, its answer."""
+        ops = self.ops
+        ident = sess.identity
+        rid = msg.get("rid")
+        if op == "set_limit":
+            rate = optional(msg, "rate", (int, float))
+            lim = await ops.set_limit(ident, LimitSettings(
+                _scope(msg), None if rate is None else float(rate), float(optional(msg, "period", (int, float), 1.0)),
+                optional(msg, "burst", int, 1), optional(msg, "concurrency", int)))
+            return {"op": "limit", "rid": rid, "limit": lim}
+        if op == "remove_limit":
+            return {"op": "removed", "rid": rid, "removed": await ops.remove_limit(ident, _scope(msg))}
+        if op == "limits":
+            return {"op": "limits", "rid": rid, "limits": ops.limits(ident)}
+        if op == "set_breaker":
+            d = BreakerSettings(require(msg, "type", str))
+            br = await ops.set_breaker(ident, BreakerSettings(
+                d.type, float(optional(msg, "threshold", (int, float), d.threshold)),
+                float(optional(msg, "window", (int, float), d.window)), optional(msg, "min_calls", int, d.min_calls),
+                float(optional(msg, "cooldown", (int, float), d.cooldown)), optional(msg, "probes", int, d.probes)))
+            return {"op": "breaker", "rid": rid, "breaker": br}
+        if op == "remove_breaker":
+            return {"op": "removed", "rid": rid, "removed": await ops.remove_breaker(ident, require(msg, "type", str))}
+        if op in ("open_breaker", "close_breaker"):
+            call = ops.open_breaker if op == "open_breaker" else ops.close_breaker
+            br = await call(ident, require(msg, "type", str), optional(msg, "reason", str, ""))
+            return {"op": "breaker", "rid": rid, "breaker": br}
+        if op == "breakers":
+            return {"op": "breakers", "rid": rid, "breakers": ops.breakers(ident)}
+        if op == "why":
+            return {"op": "why", "rid": rid, "why": ops.why(ident, require(msg, "id", int))}
+        # server_events
+        events = await ops.server_events(ident, EventsQuery(optional(msg, "since", int),
+                                                            optional(msg, "limit", int, 100)))
+        return {"op": "server_events", "rid": rid, "events": events}
 
     async def _answer_wait(self, sess: Session, rid: Any, req: WaitRequest) -> None:
         try:
@@ -451,6 +514,10 @@ def _token(msg: dict[str, Any], specs: list[TaskSpec]) -> Token | None:
         return client_id, seq, done_below, digest(specs)  # (the usual case: what check_token accepts, seen at once)
     return check_token(optional(msg, "client_id", str), optional(msg, "seq", int), optional(msg, "done_below", int),
                        specs)
+
+
+def _scope(msg: dict[str, Any]) -> LimitScope:
+    return LimitScope(require(msg, "scope", str), require(msg, "name", str), optional(msg, "key", str, ""))
 
 
 def _wait(msg: dict[str, Any]) -> WaitRequest:
