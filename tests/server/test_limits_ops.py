@@ -108,6 +108,8 @@ BAD = [
     ({"op": "set_breaker", "type": "t", "threshold": 1.5}, "'threshold' must be"),
     ({"op": "set_breaker", "type": "t", "threshold": 0}, "'threshold' must be"),
     ({"op": "set_breaker", "type": "t", "window": 0}, "'window' must be"),
+    ({"op": "set_breaker", "type": "t", "window": 1e-300}, "'window' must be at least 0.001"),  # (overflowed)
+    ({"op": "set_limit", "scope": "queue", "name": "q", "rate": 1e9, "period": 1e-300}, "'period' must be"),
     ({"op": "set_breaker", "type": "t", "cooldown": float("inf")}, "'cooldown' must be"),
     ({"op": "set_breaker", "type": "t", "min_calls": 0}, "'min_calls' must be"),
     ({"op": "set_breaker", "type": "t", "probes": 2_000_000}, "'probes' must be"),

@@ -308,6 +308,47 @@ class RunqCollector:
                                     "Seconds from handing a batch to the writer until it is durable.")
         lat.add_metric([], m.commit_latency.buckets(), m.commit_latency.sum)
         yield lat
+        yield from self._limits(srv)
+
+    def _limits(self, srv: Server) -> Iterator[Metric]:
+        """Circuit breakers by task type, and limits by scope (their per-key values summed: a payload field's
+        values would make a label without bound)."""
+        core = srv.core
+        now = srv.clock()
+        state = GaugeMetricFamily("runq_breaker_state", "1 for the state each task type's circuit breaker is in.",
+                                  labels=["type", "state"])
+        changes = CounterMetricFamily("runq_breaker_transitions", "Times a breaker entered a state since start.",
+                                      labels=["type", "state"])
+        held = GaugeMetricFamily("runq_breaker_waiting", "Ready tasks held while the breaker refuses them.",
+                                 labels=["type"])
+        for b in core.breaker_status(now):
+            for name in ("closed", "open", "half_open"):
+                state.add_metric([b.type, name], 1 if b.state == name else 0)
+                changes.add_metric([b.type, name], b.changes.get(name, 0))
+            held.add_metric([b.type], b.waiting)
+        yield state
+        yield changes
+        yield held
+        waiting = GaugeMetricFamily("runq_limit_waiting", "Ready tasks held aside by a limit, by scope.",
+                                    labels=["scope"])
+        running = GaugeMetricFamily("runq_limit_running", "Running tasks counted by a limit's cap, by scope.",
+                                    labels=["scope"])
+        deferred = CounterMetricFamily("runq_limit_deferred", "Times a limit refused a task since start, by scope.",
+                                       labels=["scope"])
+        sums: dict[str, list[int]] = {}
+        for st in core.limit_status(now):
+            acc = sums.setdefault(str(st.scope), [0, 0, 0])
+            acc[0] += st.waiting
+            acc[1] += st.running
+            acc[2] += st.deferred
+        for lim in core.limits():
+            w, r, d = sums.get(str(lim.scope), (0, 0, 0))
+            waiting.add_metric([str(lim.scope)], w)
+            running.add_metric([str(lim.scope)], r)
+            deferred.add_metric([str(lim.scope)], d)
+        yield waiting
+        yield running
+        yield deferred
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

@@ -394,3 +394,121 @@ def docs_html() -> str:
         out.append(f'<h3 id="schema-{e(name)}">{e(name)}</h3><pre>{e(json.dumps(schema, indent=2))}</pre>')
     out.append("</body></html>")
     return "".join(out)
+
+
+# ---------------------------------------------------------------------- limits and breakers (http/limits.py)
+_SECONDS = {"type": "number", "minimum": 0.001, "maximum": 10 * 365 * 86400,
+            "exclusiveMaximum": True}
+_NAME = {"type": "string", "minLength": 1, "maxLength": 200}
+_NINT = {"type": "integer", "nullable": True}
+_BIG = 1_000_000_000
+SCHEMAS.update({
+    "LimitSettings": {
+        "type": "object", "additionalProperties": False,
+        "properties": {
+            "rate": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": _BIG,
+                     "description": "tasks per period"},
+            "period": {**_SECONDS, "default": 1, "description": "seconds"},
+            "burst": {"type": "integer", "minimum": 1, "maximum": _BIG, "default": 1,
+                      "description": "tasks that may go at once after a quiet stretch"},
+            "concurrency": {"type": "integer", "minimum": 1, "maximum": _BIG,
+                            "description": "the most of its tasks running at once"},
+        },
+        "anyOf": [{"required": ["rate"]}, {"required": ["concurrency"]}],
+        "description": "a rate limit (GCRA), a concurrency cap, or both (docs/limits.md)"},
+    "Limit": _obj({
+        "scope": {"type": "string", "enum": ["queue", "type"]}, "name": _STR,
+        "key": {**_STR, "description": "the payload field of a per-key limit; empty for the whole scope"},
+        "rate": _NNUM, "period": _NUM, "burst": _INT, "concurrency": _NINT,
+        "status": {"type": "array", "items": _obj({
+            "value": {**_NSTR, "description": "the key's value (null: the whole scope)"}, "running": _INT,
+            "waiting": {**_INT, "description": "ready tasks held aside for it"},
+            "blocked": {"type": "boolean", "description": "its queue waits for it"},
+            "next_at": {**_NNUM, "description": "with a rate: when its next task may go (unix time)"},
+            "admitted": _INT, "deferred": _INT})},
+    }),
+    "Limits": _obj({"limits": {"type": "array", "items": _ref("Limit")}}),
+    "LimitAction": _obj({"message": _STR, "limit": _ref("Limit")}),
+    "Removed": _obj({"message": _STR, "removed": {"type": "boolean"}}),
+    "BreakerSettings": _obj({
+        "threshold": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 1, "default": 0.5,
+                      "description": "the failure rate over the window that opens it"},
+        "window": {**_SECONDS, "default": 60}, "min_calls": {"type": "integer", "minimum": 1, "maximum": 1_000_000,
+                                                              "default": 10},
+        "cooldown": {**_SECONDS, "default": 30}, "probes": {"type": "integer", "minimum": 1, "maximum": 1_000_000,
+                                                             "default": 1},
+    }, required=[]),
+    "Breaker": _obj({
+        "type": _STR, "state": {"type": "string", "enum": ["closed", "open", "half_open"]}, "until": _NNUM,
+        "manual": {"type": "boolean"}, "threshold": _NNUM, "window": _NNUM, "min_calls": _NINT, "cooldown": _NNUM,
+        "probes": _NINT, "window_calls": _INT, "window_failures": _INT, "calls": _INT, "failures": _INT,
+        "waiting": _INT, "changes": {"type": "object", "additionalProperties": _INT},
+    }),
+    "Breakers": _obj({"breakers": {"type": "array", "items": _ref("Breaker")}}),
+    "BreakerAction": _obj({"message": _STR, "breaker": _ref("Breaker")}),
+    "Why": _obj({"task_id": _INT, "why": {**_obj({
+        "reason": {"type": "string", "enum": ["rate_limit", "concurrency_cap", "breaker_open", "paused", "no_worker",
+                                              "scheduled"]},
+        "scope": {**_obj({"scope": _STR, "name": _STR, "key": _STR}), "nullable": True},
+        "value": _NSTR, "until": _NNUM, "detail": _STR}), "nullable": True,
+        "description": "null: nothing holds it (it waits for its turn and a worker's credit, or it is not waiting)"}}),
+    "ServerEvents": _obj({"events": {"type": "array", "items": _obj({
+        "id": _INT, "at": _NUM, "scope": _STR,
+        "kind": {"type": "string", "enum": ["limit_set", "limit_removed", "breaker_set", "breaker_removed",
+                                           "breaker_open", "breaker_half_open", "breaker_closed"]},
+        "detail": _STR, "actor": _NSTR})}}),
+})
+_SCOPE_PARAMS = [
+    {"name": "scope", "in": "path", "required": True, "schema": {"type": "string", "enum": ["queue", "type"]}},
+    {**_QUEUE_NAME, "description": "the queue's or the task type's name, percent-encoded"},
+    _query("key", {"type": "string", "minLength": 1, "maxLength": 200},
+           "a payload field: one limit per value of it"),
+]
+_TYPE_PARAM = {"name": "name", "in": "path", "required": True, "schema": _NAME,
+               "description": "the task type, percent-encoded"}
+_REASON = _query("reason", {"type": "string", "minLength": 1, "maxLength": 200}, "why, for the server events")
+#: The paths of http/limits.py.
+LIMIT_PATHS: dict[str, Any] = {
+    "/api/limits": {
+        "get": _op("Rate limits and concurrency caps, with their live status", {200: ("by scope", _ref("Limits"))},
+                   (), tag="limits"),
+    },
+    "/api/limits/{scope}/{name}": {
+        "put": _op("Set (or replace) a queue's or task type's limit", {200: ("set, and committed",
+                                                                             _ref("LimitAction"))},
+                   (400, 503), tag="limits", params=_SCOPE_PARAMS, body=_ref("LimitSettings"),
+                   description="Applies at once, to the tasks already ready too (docs/limits.md)."),
+        "delete": _op("Remove a limit", {200: ("removed (or was not set), and committed", _ref("Removed"))},
+                      (400, 503), tag="limits", params=_SCOPE_PARAMS),
+    },
+    "/api/breakers": {
+        "get": _op("Circuit breakers per task type", {200: ("by type", _ref("Breakers"))}, (), tag="limits"),
+    },
+    "/api/breakers/{name}": {
+        "put": _op("Set (or replace) a task type's circuit breaker", {200: ("set", _ref("BreakerAction"))},
+                   (400, 503), tag="limits", params=[_TYPE_PARAM], body=_ref("BreakerSettings")),
+        "delete": _op("Remove a task type's circuit breaker", {200: ("removed (or was not set)", _ref("Removed"))},
+                      (400, 503), tag="limits", params=[_TYPE_PARAM]),
+    },
+    "/api/breakers/{name}/open": {
+        "post": _op("Open a task type's breaker by hand (until closed by hand)",
+                    {200: ("open", _ref("BreakerAction"))}, (400, 503), tag="limits", params=[_TYPE_PARAM, _REASON]),
+    },
+    "/api/breakers/{name}/close": {
+        "post": _op("Close a task type's breaker by hand", {200: ("closed", _ref("BreakerAction"))},
+                    (400, 404, 503), tag="limits", params=[_TYPE_PARAM, _REASON]),
+    },
+    "/api/tasks/{task_id}/why": {
+        "get": _op("Why a ready task does not run yet", {200: ("the reason, or null", _ref("Why"))}, (400, 404),
+                   params=[_path_id()]),
+    },
+    "/api/server-events": {
+        "get": _op("Events of no task (limits and breakers changed), oldest first",
+                   {200: ("the events", _ref("ServerEvents"))}, (400,), tag="limits", params=[
+                       _query("since", {"type": "integer", "minimum": 0, "maximum": MAX_ID},
+                              "only events after this id"),
+                       _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+                              "the most events")]),
+    },
+}
+SPEC["paths"].update(LIMIT_PATHS)

@@ -45,6 +45,7 @@ from .encoding import (
 )
 from .errors import ApiError, error_for_exception, error_response
 from .events import KEEPALIVE, StreamHub, sse_frame, subscribed_message
+from .limits import LIMIT_QUERY_PARAMS, add_limit_routes
 from .metrics import CONTENT_TYPE_LATEST, Meter
 from .openapi import build_spec, docs_html
 
@@ -62,6 +63,7 @@ QUERY_PARAMS: dict[str, frozenset[str]] = {
     "get_task": frozenset({"wait"}),
     "events": frozenset({"queue", "type", "id"}),
     "ws": frozenset({"queue", "type", "id"}),
+    **LIMIT_QUERY_PARAMS,
 }
 
 
@@ -265,6 +267,9 @@ def create_app(server: Server, meter: Meter, hub: StreamHub) -> QuartTrio:
     @app.get("/api/stats")
     async def stats() -> Response:
         return _json(meter.stats(ops.stats(_me())))
+
+    # ------------------------------------------------------------------ limits and breakers (limits.py)
+    add_limit_routes(app, ops, _me)
 
     # ------------------------------------------------------------------ live events
     @app.get("/api/events")

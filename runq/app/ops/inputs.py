@@ -234,6 +234,9 @@ SCOPE_KINDS = ("queue", "type")
 MAX_KEY = 200
 #: the longest period, window or cool-down, in seconds (as for a spec's ``delay``: under ten years)
 MAX_SECONDS = 10 * 365 * 86400
+#: the shortest period, window or cool-down, in seconds (a breaker's window of 1e-300 s overflows its slot
+#: arithmetic; a rate's period that small makes its interval 0, no rate at all)
+MIN_SECONDS = 0.001
 #: the largest rate, burst and concurrency cap
 MAX_RATE = 1_000_000_000
 #: the largest ``min_calls`` and ``probes`` of a breaker
@@ -283,14 +286,14 @@ class LimitSettings(NamedTuple):
 
 def check_limit(lim: LimitSettings) -> LimitSettings:
     """Raises: BadRequest for a bad scope, neither a rate nor a cap, or a setting out of range (rate in (0, 1e9],
-    period in (0, ten years), burst and concurrency 1 to 1e9)."""
+    period from ``MIN_SECONDS`` to ten years, burst and concurrency 1 to 1e9)."""
     check_scope(lim.scope)
     if lim.rate is None and lim.concurrency is None:
         raise BadRequest("limit: give a 'rate', a 'concurrency' cap, or both")
     if lim.rate is not None and not (_num(lim.rate) and 0 < lim.rate <= MAX_RATE):
         raise BadRequest(f"limit: 'rate' must be a number of tasks > 0 and at most {MAX_RATE} (per 'period')")
-    if not (_num(lim.period) and 0 < lim.period < MAX_SECONDS):
-        raise BadRequest("limit: 'period' must be > 0 seconds and under ten years")
+    if not (_num(lim.period) and MIN_SECONDS <= lim.period < MAX_SECONDS):
+        raise BadRequest(f"limit: 'period' must be at least {MIN_SECONDS} seconds and under ten years")
     if not _int_in(lim.burst, 1, MAX_RATE):
         raise BadRequest(f"limit: 'burst' must be an integer from 1 to {MAX_RATE}")
     if lim.concurrency is not None and not _int_in(lim.concurrency, 1, MAX_RATE):
@@ -323,13 +326,13 @@ class BreakerSettings(NamedTuple):
 
 def check_breaker(b: BreakerSettings) -> BreakerSettings:
     """Raises: BadRequest for a bad type name, a threshold outside (0, 1], a window or cool-down outside
-    (0, ten years), or min_calls / probes outside 1 to ``MAX_CALLS``."""
+    ``MIN_SECONDS`` to ten years, or min_calls / probes outside 1 to ``MAX_CALLS``."""
     check_type_name(b.type)
     if not (_num(b.threshold) and 0 < b.threshold <= 1):
         raise BadRequest("breaker: 'threshold' must be a failure rate in (0, 1]")
     for name, v in (("window", b.window), ("cooldown", b.cooldown)):
-        if not (_num(v) and 0 < v < MAX_SECONDS):
-            raise BadRequest(f"breaker: '{name}' must be > 0 seconds and under ten years")
+        if not (_num(v) and MIN_SECONDS <= v < MAX_SECONDS):
+            raise BadRequest(f"breaker: '{name}' must be at least {MIN_SECONDS} seconds and under ten years")
     for name, n in (("min_calls", b.min_calls), ("probes", b.probes)):
         if not _int_in(n, 1, MAX_CALLS):
             raise BadRequest(f"breaker: '{name}' must be an integer from 1 to {MAX_CALLS}")
