@@ -11,6 +11,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
+from .limits import breakers, limits, why
 from .options import (
     CONTEXT_SETTINGS,
     EXIT_INTERRUPTED,
@@ -44,6 +45,8 @@ def cli() -> None:
 
 for _command in (serve, worker, enqueue, status, wait, cancel, retry, events, tasks, pause, resume, queues, workers,
                  types, drain, tui, demo):
+    cli.add_command(_command)
+for _command in (limits, breakers, why):  # (limits and breakers: docs/limits.md)
     cli.add_command(_command)
 
 
