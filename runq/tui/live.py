@@ -274,6 +274,9 @@ class LiveSource(Source):
     async def events(self, task_id: int) -> list[dict[str, Any]]:
         return await self._call(lambda c: c.events(task_id))
 
+    async def why(self, task_id: int) -> dict[str, Any] | None:
+        return await self._call(lambda c: c.why(task_id))
+
     # ------------------------------------------------------------------ actions
     async def cancel(self, task_id: int) -> dict[str, Any]:
         return await self._call(lambda c: c.cancel(task_id))

@@ -75,6 +75,11 @@ class Source(abc.ABC):
     async def events(self, task_id: int) -> list[dict[str, Any]]:
         """The task's timeline, oldest first."""
 
+    async def why(self, task_id: int) -> dict[str, Any] | None:
+        """Why a ready task does not run yet (the ``why`` op: a rate limit, a cap, an open breaker, ...), or
+        None: nothing holds it, or the source cannot tell (a database file says nothing about live limits)."""
+        return None
+
     # ------------------------------------------------------------------ actions
     async def cancel(self, task_id: int) -> dict[str, Any]:
         raise ReadOnly("this view is read-only")

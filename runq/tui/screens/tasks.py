@@ -202,6 +202,8 @@ class TaskDetailScreen(LoadingScreen):
         self.task_id = task_id
         self.current: dict[str, Any] | None = None
         self.events: list[dict[str, Any]] = []
+        #: what holds it back while it is ready or scheduled (the ``why`` op), None when nothing does
+        self.why: dict[str, Any] | None = None
         self._seen = -1
 
     def body(self) -> ComposeResult:
@@ -233,6 +235,12 @@ class TaskDetailScreen(LoadingScreen):
     async def fetch(self) -> None:
         self.current = await self.source.get(self.task_id)
         self.events = await self.source.events(self.task_id)
+        self.why = None
+        if self.current.get("state") in ("ready", "scheduled"):
+            try:
+                self.why = await self.source.why(self.task_id)
+            except RunqError:  # (it just finished, or the op is unknown to an older server: nothing to say)
+                self.why = None
 
     def show(self) -> None:
         t = self.current
@@ -252,6 +260,9 @@ class TaskDetailScreen(LoadingScreen):
                      f"finished {fmt_time(t.get('finished_at'))}")
         if t.get("run_at") and t["state"] == "scheduled":
             lines.append(f"  runs at {fmt_time(t['run_at'])}")
+        if self.why is not None and t["state"] in ("ready", "scheduled"):
+            lines.append(f"\nwaiting: {self.why['reason']}", style="bold yellow")
+            lines.append(f" ({self.why['detail']})", style="yellow")
         if t.get("progress") is not None:
             lines.append(f"\nprogress {t['progress']!r}", style="cyan")
         if self.error:
