@@ -162,6 +162,11 @@ class TypeOptions(NamedTuple):
     priority: int | None = None
     timeout: float | None = None
     retries: int | None = None
+    #: the definition's limit on its type (docs/limits.md, "From task definitions"): ``rate`` tasks per
+    #: ``period`` seconds and/or at most ``concurrency`` running; set as the type's limit when the worker joins
+    rate: float | None = None
+    period: float | None = None
+    concurrency: int | None = None
 
 
 def choose_version(offered: list[int]) -> int | None:
@@ -235,10 +240,33 @@ def _type_options(raw: dict[Any, Any]) -> dict[str, TypeOptions]:
         try:
             check_task_spec(TaskSpec(type_, queue=opts.queue, priority=opts.priority, timeout=opts.timeout,
                                      retries=opts.retries))
+            opts = _type_limit(o, opts)
         except ProtocolError as exc:
             raise ProtocolError(f"hello: 'type_options' of {type_!r}: {exc}") from None
         out[type_] = opts
     return out
+
+
+#: the range of a definition's limit (as the ``set_limit`` operation's: runq.app.ops.inputs)
+_MAX_LIMIT = 1_000_000_000
+_MIN_PERIOD, _MAX_PERIOD = 0.001, 10 * 365 * 86400
+
+
+def _type_limit(o: dict[str, Any], opts: TypeOptions) -> TypeOptions:
+    """The ``rate``, ``period`` and ``concurrency`` of a type's options, checked (``bad_message``)."""
+    rate = _float(optional(o, "rate", _NUM))
+    period = _float(optional(o, "period", _NUM))
+    concurrency = optional(o, "concurrency", int)
+    if rate is not None and not (0 < rate <= _MAX_LIMIT):  # (NaN fails it)
+        raise ProtocolError(f"'rate' must be a number of tasks > 0 and at most {_MAX_LIMIT}")
+    if period is not None and (rate is None or not (_MIN_PERIOD <= period < _MAX_PERIOD)):
+        raise ProtocolError(f"'period' needs a 'rate' and must be from {_MIN_PERIOD} seconds to under ten years")
+    if concurrency is not None and not 1 <= concurrency <= _MAX_LIMIT:
+        raise ProtocolError(f"'concurrency' must be between 1 and {_MAX_LIMIT}")
+    if rate is None and concurrency is None:
+        return opts
+    return opts._replace(rate=rate, period=period if period is not None or rate is None else 1.0,
+                         concurrency=concurrency)
 
 
 class TaskSpec(NamedTuple):

@@ -38,6 +38,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, Protocol, TypeVar, overload
 
 from .errors import ProtocolError, RunqError
+from .limits import parse_rate
 from .messages import TaskSpec, check_task_spec
 from .values import encode_value, model_kind
 
@@ -90,6 +91,10 @@ class TaskOptions:
         delay: seconds before each enqueued task may run.
         key: unique key: a ``str.format`` template over the arguments (``"welcome-{to}"``), or a function
             called with the task's arguments that returns the key.
+        rate_limit: at most this many tasks of the type start per period, across all workers (``"10/s"``,
+            ``"600/m"``, ``"5/2s"``): set as the type's limit when a worker with this definition joins
+            (docs/limits.md).
+        concurrency: at most this many tasks of the type run at once, across all workers (the same way).
     """
 
     queue: str | None = None
@@ -98,6 +103,8 @@ class TaskOptions:
     retries: int | None = None
     delay: float | None = None
     key: str | Callable[..., str] | None = None
+    rate_limit: str | None = None
+    concurrency: int | None = None
 
 
 # ---------------------------------------------------------------------- argument conversion
@@ -405,6 +412,13 @@ def _check_options(type_: str, o: TaskOptions) -> None:
         raise ValueError(f"task {type_!r}: {exc}") from None
     if o.key is not None and not isinstance(o.key, str) and not callable(o.key):
         raise ValueError(f"task {type_!r}: key must be a str template or a function")
+    if o.rate_limit is not None:
+        try:
+            parse_rate(o.rate_limit)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"task {type_!r}: {exc}") from None
+    if o.concurrency is not None and (type(o.concurrency) is not int or not 1 <= o.concurrency <= 1_000_000_000):
+        raise ValueError(f"task {type_!r}: concurrency must be an int from 1 to 1000000000")
 
 
 def _check_key_template(type_: str, template: str, params: list[inspect.Parameter]) -> None:
@@ -626,17 +640,21 @@ def task(fn: Callable[P, R], /) -> TaskDef[P, R]: ...
 @overload
 def task(*, type: str | None = None, queue: str | None = None, priority: int | None = None,
          timeout: float | None = None, retries: int | None = None, delay: float | None = None,
-         key: str | Callable[..., str] | None = None) -> _Decorator: ...
+         key: str | Callable[..., str] | None = None, rate_limit: str | None = None,
+         concurrency: int | None = None) -> _Decorator: ...
 
 
 def task(fn: Callable[..., Any] | None = None, /, *, type: str | None = None, queue: str | None = None,
          priority: int | None = None, timeout: float | None = None, retries: int | None = None,
-         delay: float | None = None, key: str | Callable[..., str] | None = None) -> Any:
+         delay: float | None = None, key: str | Callable[..., str] | None = None, rate_limit: str | None = None,
+         concurrency: int | None = None) -> Any:
     """Define a task type from a function (``@task`` or ``@task(queue=..., retries=...)``).
 
     Args:
         type: the task type name (default: the function's name).
         queue, priority, timeout, retries, delay, key: the definition's options (see ``TaskOptions``).
+        rate_limit, concurrency: the type's limit across all workers (``rate_limit="10/s"``, ``concurrency=3``),
+            set on the server when a worker with this definition joins (docs/limits.md).
 
     Returns:
         A ``TaskDef``: ``.call(...)`` binds arguments for ``client.enqueue``, ``await .enqueue(...)``
@@ -645,7 +663,8 @@ def task(fn: Callable[..., Any] | None = None, /, *, type: str | None = None, qu
     Raises:
         ValueError: an option is out of range.
     """
-    options = TaskOptions(queue=queue, priority=priority, timeout=timeout, retries=retries, delay=delay, key=key)
+    options = TaskOptions(queue=queue, priority=priority, timeout=timeout, retries=retries, delay=delay, key=key,
+                          rate_limit=rate_limit, concurrency=concurrency)
 
     def deco(f: Callable[..., Any]) -> TaskDef[Any, Any]:
         if isinstance(f, TaskDef):

@@ -77,6 +77,7 @@ from .errors import (
     looks_like,
 )
 from .frames import DEFAULT_MAX_FRAME, Connection
+from .limits import parse_rate
 from .tasks import BadArguments, TaskDef, TaskOptions, tasks_in
 from .tracebacks import format_failure, loop_hint
 from .values import decode_value, encode_value
@@ -497,7 +498,9 @@ class Worker:
         for type_, d in self.handlers.items():
             o = d.options
             sets = {k: v for k, v in (("queue", o.queue), ("priority", o.priority), ("timeout", o.timeout),
-                                      ("retries", o.retries)) if v is not None}
+                                      ("retries", o.retries), ("concurrency", o.concurrency)) if v is not None}
+            if o.rate_limit is not None:  # (the type's limit: docs/limits.md, "From task definitions")
+                sets["rate"], sets["period"] = parse_rate(o.rate_limit)
             if sets:
                 out[type_] = sets
         return out

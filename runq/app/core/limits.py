@@ -85,8 +85,9 @@ from typing import Any, NamedTuple
 
 import msgpack
 
+from ...protocol.messages import TypeOptions
 from .breakers import Breaker, BreakerConfig, BreakerRow, BreakerState, LimitError
-from .model import NOT_QUEUED, CoreConfig, ReadyQueue, Task
+from .model import NOT_QUEUED, CoreConfig, ReadyQueue, Task, WorkerInfo
 from .records import LIMIT_COLUMNS, LimitRecord, ServerEventRecord  # (LIMIT_COLUMNS: re-exported)
 from .routing import Routing
 from .states import State, Transition
@@ -408,6 +409,27 @@ class Limits(Routing):
         self._admitted_buckets: tuple[Bucket, ...] = ()
         self._admitted_caps: tuple[Bucket, ...] = ()
         self._admitted_breaker: Breaker | None = None
+
+    # ------------------------------------------------------------------ limits from task definitions
+    def worker_joined(
+        self, worker_id: str, now: float, queues: tuple[str, ...] = ("default",), concurrency: int = 1,
+        name: str | None = None, host: str | None = None, pid: int | None = None, types: tuple[str, ...] = (),
+        type_options: dict[str, TypeOptions] | None = None,
+    ) -> WorkerInfo:
+        """A worker joins (``Routing.worker_joined``); the limits its task definitions set (``rate`` and
+        ``concurrency`` in hello ``type_options``) become their types' limits, replacing the one set when it
+        differs (the latest worker to join with a type's definition sets it, as for its other options;
+        docs/limits.md, "From task definitions"). An equal one is left alone: nothing is written."""
+        w = super().worker_joined(worker_id, now, queues, concurrency, name, host, pid, types, type_options)
+        for type_, o in (type_options or {}).items():
+            if o.rate is None and o.concurrency is None:
+                continue
+            scope = Scope("type", type_)
+            period = o.period if o.period is not None else 1.0
+            want = Limit(scope, o.rate, period, 1, o.concurrency)
+            if self._limit_of.get(scope) != want:
+                self.set_limit(scope, now, rate=o.rate, period=period, concurrency=o.concurrency)
+        return w
 
     # ------------------------------------------------------------------ limits: set, remove, read
     def set_limit(self, scope: Scope | tuple[str, ...], now: float, rate: float | None = None, period: float = 1.0,
