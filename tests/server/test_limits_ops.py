@@ -96,23 +96,23 @@ async def test_a_breaker_opened_by_a_client_holds_its_type_until_closed(tmp_path
 
 BAD = [
     ({"op": "set_limit", "scope": "bucket", "name": "q", "concurrency": 1}, "scope must be 'queue' or 'type'"),
-    ({"op": "set_limit", "scope": "queue", "name": "", "concurrency": 1}, "queue name has 1 to 200"),
+    ({"op": "set_limit", "scope": "queue", "name": "", "concurrency": 1}, "limit: a queue name has 1 to 200"),
     ({"op": "set_limit", "scope": "queue", "name": "q" * 201, "concurrency": 1}, "queue name has 1 to 200"),
     ({"op": "set_limit", "scope": "queue", "name": "q"}, "give a 'rate', a 'concurrency' cap, or both"),
-    ({"op": "set_limit", "scope": "queue", "name": "q", "rate": 0}, "'rate' must be"),
-    ({"op": "set_limit", "scope": "queue", "name": "q", "rate": float("nan")}, "'rate' must be"),
-    ({"op": "set_limit", "scope": "queue", "name": "q", "rate": 1, "period": -1}, "'period' must be"),
-    ({"op": "set_limit", "scope": "queue", "name": "q", "rate": 1, "burst": 0}, "'burst' must be"),
-    ({"op": "set_limit", "scope": "queue", "name": "q", "concurrency": 0}, "'concurrency' must be"),
-    ({"op": "set_limit", "scope": "queue", "name": "q", "concurrency": 1, "key": "k" * 201}, "'key'"),
-    ({"op": "set_breaker", "type": "t", "threshold": 1.5}, "'threshold' must be"),
-    ({"op": "set_breaker", "type": "t", "threshold": 0}, "'threshold' must be"),
-    ({"op": "set_breaker", "type": "t", "window": 0}, "'window' must be"),
+    ({"op": "set_limit", "scope": "queue", "name": "q", "rate": 0}, "'rate' must be a number of tasks > 0 and at most"),
+    ({"op": "set_limit", "scope": "queue", "name": "q", "rate": float("nan")}, "'rate' must be a number of tasks > 0 and at most"),
+    ({"op": "set_limit", "scope": "queue", "name": "q", "rate": 1, "period": -1}, "'period' must be at least 0.001"),
+    ({"op": "set_limit", "scope": "queue", "name": "q", "rate": 1, "burst": 0}, "'burst' must be an integer from 1"),
+    ({"op": "set_limit", "scope": "queue", "name": "q", "concurrency": 0}, "'concurrency' must be an integer from 1"),
+    ({"op": "set_limit", "scope": "queue", "name": "q", "concurrency": 1, "key": "k" * 201}, "'key' (a payload field) has at most"),
+    ({"op": "set_breaker", "type": "t", "threshold": 1.5}, "'threshold' must be a failure rate, a number"),
+    ({"op": "set_breaker", "type": "t", "threshold": 0}, "'threshold' must be a failure rate, a number"),
+    ({"op": "set_breaker", "type": "t", "window": 0}, "'window' must be at least 0.001"),
     ({"op": "set_breaker", "type": "t", "window": 1e-300}, "'window' must be at least 0.001"),  # (overflowed)
     ({"op": "set_limit", "scope": "queue", "name": "q", "rate": 1e9, "period": 1e-300}, "'period' must be"),
-    ({"op": "set_breaker", "type": "t", "cooldown": float("inf")}, "'cooldown' must be"),
-    ({"op": "set_breaker", "type": "t", "min_calls": 0}, "'min_calls' must be"),
-    ({"op": "set_breaker", "type": "t", "probes": 2_000_000}, "'probes' must be"),
+    ({"op": "set_breaker", "type": "t", "cooldown": float("inf")}, "'cooldown' must be at least 0.001"),
+    ({"op": "set_breaker", "type": "t", "min_calls": 0}, "'min_calls' must be an integer from 1"),
+    ({"op": "set_breaker", "type": "t", "probes": 2_000_000}, "'probes' must be an integer from 1"),
     ({"op": "set_breaker", "type": ""}, "task type has 1 to 200"),
     ({"op": "open_breaker", "type": "t" * 201}, "task type has 1 to 200"),
     ({"op": "server_events", "limit": 0}, "'limit' must be between 1 and 1000"),
@@ -167,3 +167,38 @@ def test_rates_are_read_as_tasks_per_period() -> None:
     for bad in ("10", "10/week", "/s", "0/s", "10/0s", "ten/s"):
         with pytest.raises(ValueError, match="rate"):
             parse_rate(bad)
+
+
+@pytest.mark.trio
+async def test_a_change_is_answered_only_once_committed(tmp_path: Path) -> None:
+    """While the disk is full the change holds in memory but is not answered; once a commit gets through,
+    it is (as ``pause``: the commit policy retries the failed batch with the change in it)."""
+    from runq.app.ops import LimitScope, LimitSettings, authenticate
+    from runq.protocol.messages import TaskSpec
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as n:
+            srv = await start(n, tmp_path)
+            store = srv.store
+            assert store is not None
+            await srv.wait_committed()
+            (pages,) = store.conn.execute("PRAGMA page_count").fetchone()
+            store.conn.execute(f"PRAGMA max_page_count = {pages}")  # the 'disk' is now full
+            srv.core.enqueue([TaskSpec(type="t", payload=b"x" * 5000) for _ in range(50)], srv.clock())
+            answers: list[dict[str, Any]] = []
+
+            async def set_it() -> None:
+                answers.append(await srv.ops.set_limit(authenticate(None, None, "client"),
+                                                       LimitSettings(LimitScope("type", "t"), concurrency=1)))
+
+            n.start_soon(set_it)
+            while srv.stats.store_errors == 0:
+                await trio.sleep(0.01)
+            await srv.wait_committed()
+            assert answers == [] and [lim.concurrency for lim in srv.core.limits()] == [1]  # held, not answered
+            store.conn.execute("PRAGMA max_page_count = 1073741823")  # space again
+            while not answers:
+                await trio.sleep(0.05)
+            assert answers[0]["concurrency"] == 1
+            assert _stored_limits(tmp_path / "runq.db") == [("type", "t", "", None, 1.0, 1, 1)]
+            srv.stopping.set()

@@ -329,7 +329,7 @@ def check_breaker(b: BreakerSettings) -> BreakerSettings:
     ``MIN_SECONDS`` to ten years, or min_calls / probes outside 1 to ``MAX_CALLS``."""
     check_type_name(b.type)
     if not (_num(b.threshold) and 0 < b.threshold <= 1):
-        raise BadRequest("breaker: 'threshold' must be a failure rate in (0, 1]")
+        raise BadRequest("breaker: 'threshold' must be a failure rate, a number in (0, 1]")
     for name, v in (("window", b.window), ("cooldown", b.cooldown)):
         if not (_num(v) and MIN_SECONDS <= v < MAX_SECONDS):
             raise BadRequest(f"breaker: '{name}' must be at least {MIN_SECONDS} seconds and under ten years")
