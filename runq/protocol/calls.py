@@ -58,6 +58,9 @@ __all__ = ["RESENT", "TRANSIENT_HELLO_ERRORS", "Backoff", "Calls", "Request", "c
 #: ops sent again on the next connection after one that carried them was lost (rule 3).
 RESENT = frozenset({"enqueue", "get", "wait", "events", "list", "queues", "workers", "stats", "ping",
                     "pause", "resume", "drain", "cancel"})
+#: the limits and breakers ops: each sets a state or reads (a resent ``remove_*`` may answer ``removed: false``)
+RESENT = RESENT | frozenset({"set_limit", "remove_limit", "limits", "set_breaker", "remove_breaker", "open_breaker",
+                             "close_breaker", "breakers", "why", "server_events"})
 
 
 class Backoff:

@@ -378,6 +378,19 @@ REQUEST_FIELDS: dict[str, tuple[tuple[str, _Kind, bool], ...]] = {
     "drain": (("worker", str, True),),
     "subscribe": (("queues", list, False), ("types", list, False), ("ids", list, False)),
 }
+#: the limits and breakers ops (5.4), as above
+REQUEST_FIELDS.update({
+    "set_limit": (("scope", str, True), ("name", str, True), ("key", str, False), ("rate", _NUM, False),
+                  ("period", _NUM, False), ("burst", int, False), ("concurrency", int, False)),
+    "remove_limit": (("scope", str, True), ("name", str, True), ("key", str, False)),
+    "set_breaker": (("type", str, True), ("threshold", _NUM, False), ("window", _NUM, False),
+                    ("min_calls", int, False), ("cooldown", _NUM, False), ("probes", int, False)),
+    "remove_breaker": (("type", str, True),),
+    "open_breaker": (("type", str, True), ("reason", str, False)),
+    "close_breaker": (("type", str, True), ("reason", str, False)),
+    "why": (("id", int, True),),
+    "server_events": (("since", int, False), ("limit", int, False)),
+})
 #: The fields of a task spec (5.1), as ``REQUEST_FIELDS`` (``payload`` is bin when present: never nil).
 TASK_FIELDS: tuple[tuple[str, _Kind, bool], ...] = (
     ("type", str, True), ("queue", str, False), ("priority", int, False), ("delay", _NUM, False),

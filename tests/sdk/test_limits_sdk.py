@@ -67,5 +67,8 @@ def test_the_blocking_client_sets_and_reads_limits_and_breakers(threaded_server:
         with pytest.raises(RemoteError) as err:
             c.set_limit("queue", "mail", concurrency=0)
         assert err.value.code == "bad_request"
+        with pytest.raises(TypeError, match="'id'"):  # (checked before it is sent: no bad_message for all)
+            c.why("12")  # type: ignore[arg-type]
+        assert c.limits() == []  # (the connection is fine)
         with pytest.raises(ValueError, match="not both"):
             c.set_limit("queue", "mail", rate="1/s", period=5)
