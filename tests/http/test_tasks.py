@@ -282,6 +282,25 @@ async def test_a_body_over_the_limit_is_413(nursery: trio.Nursery, tmp_path: Any
     srv.stopping.set()
 
 
+async def test_a_payload_over_max_frame_is_refused_even_from_a_smaller_body(nursery: trio.Nursery,
+                                                                           tmp_path: Any) -> None:
+    """JSON numbers become 9-byte msgpack floats: a body under max_frame can make a payload over it, which no
+    TCP frame could have carried (the server's max_reply counts on it: docs/protocol.md section 1)."""
+    import httpx
+    from http_helpers import start_api
+
+    srv = await start_api(nursery, tmp_path, max_frame=1000)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{srv.http_port}") as c:
+        body = json.dumps({"type": "x", "data": [1.5] * 200}, separators=(",", ":")).encode()  # payload: 1,803 bytes
+        assert len(body) < 1000
+        r = await c.post("/api/tasks", content=body, headers={"content-type": "application/json"})
+        assert "max_frame" in error_of(r, 400, "bad_request")
+        r = await c.post("/api/tasks", json={"type": "x", "data": [1.5] * 50})
+        assert r.status_code == 201
+    assert srv.core.stats.enqueued == 1
+    srv.stopping.set()
+
+
 async def test_a_413_before_the_body_was_read_closes_the_connection(nursery: trio.Nursery, tmp_path: Any) -> None:
     """A body announced over the limit is answered 413 at once, its bytes unread: the keep-alive connection
     cannot serve another request (its next request was never answered), so the answer says

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from ...protocol.frames import DEFAULT_MAX_FRAME
+from ...protocol.frames import DEFAULT_MAX_FRAME, max_reply
 from ..core import CoreConfig
 from ..errors import ConfigError
 
@@ -73,6 +73,11 @@ class ServerConfig:
     idempotency_window: float = 300.0
     inline_commit: bool = True
     core: CoreConfig = field(default_factory=CoreConfig)
+
+    @property
+    def max_reply(self) -> int:
+        """The largest frame body the server sends (announced in ``welcome``): 4 x ``max_frame`` + 64 KiB."""
+        return max_reply(self.max_frame)
 
     def check(self) -> None:
         """Raise ``ConfigError`` for settings that must not be served."""
