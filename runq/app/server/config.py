@@ -12,9 +12,9 @@ from ...protocol.frames import DEFAULT_MAX_FRAME, max_reply
 from ..core import CoreConfig
 from ..errors import ConfigError
 
-#: The range of ``max_frame``: a hello fits the smallest; with the largest, ``max_reply`` (4 x max_frame +
+#: The range of ``max_frame``: a small hello fits the smallest; with the largest, ``max_reply`` (4 x max_frame +
 #: 64 KiB) is still under 4 GiB, the most a frame's length can say.
-MIN_FRAME, MAX_FRAME = 1024, 2**30 - 65536
+MIN_FRAME, MAX_FRAME = 256, 2**30 - 65536
 
 __all__ = ["MAX_FRAME", "MIN_FRAME", "Clock", "ConfigError", "ServerConfig", "is_loopback"]
 
