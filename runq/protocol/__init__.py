@@ -14,11 +14,12 @@ from .errors import (
     TaskNotFound,
     Unauthorized,
 )
-from .frames import DEFAULT_MAX_FRAME, Connection, encode_frame
+from .frames import DEFAULT_MAX_FRAME, DEFAULT_MAX_REPLY, Connection, encode_frame
 from .messages import PROTOCOL_VERSION, Hello, TaskSpec, parse_hello, parse_task_spec
 
 __all__ = [
     "DEFAULT_MAX_FRAME",
+    "DEFAULT_MAX_REPLY",
     "PROTOCOL_VERSION",
     "Connection",
     "ConnectionClosed",

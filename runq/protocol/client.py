@@ -44,7 +44,7 @@ from .errors import (
     error_for_code,
     looks_like,
 )
-from .frames import DEFAULT_MAX_FRAME, HEADER, Connection
+from .frames import DEFAULT_MAX_FRAME, DEFAULT_MAX_REPLY, HEADER, Connection, reply_limit
 from .limits import breaker_message, limit_message
 from .tasks import Call, TaskHandle, client_closed, client_opened, no_worker_hint, wait_timeout_message
 from .values import decode_task, encode_value
@@ -203,14 +203,17 @@ class Client:
         connect_timeout: seconds to connect to one address and be welcomed.
         retry_for: seconds a call waits for a lost connection to come back before it fails.
         backoff: the delays between reconnection attempts (default: 50 ms doubling up to 2 s, jittered).
-        max_frame: the largest frame body this client reads (16 MiB by default): an answer larger than that
+        max_frame: the largest frame body this client reads (default: the server's ``max_reply``, from its
+            ``welcome``, which every frame it sends respects; 64 MiB + 64 KiB until then): an answer larger than that
             fails its call with ``FrameTooLarge`` (docs/clients.md).
     """
 
     def __init__(self, address: str | Sequence[str] | None = None, *, token: str | None = None,
                  role: str = "client", connect_timeout: float = 10.0, retry_for: float = 30.0,
-                 backoff: Backoff | None = None, max_frame: int = DEFAULT_MAX_FRAME) -> None:
-        self.max_frame = max_frame
+                 backoff: Backoff | None = None, max_frame: int | None = None) -> None:
+        #: the largest frame body this client reads: the caller's ``max_frame``, else the server's ``max_reply``
+        self.max_frame = max_frame if max_frame is not None else DEFAULT_MAX_REPLY
+        self._max_frame_cap = max_frame
         self.addresses = server_addresses(address)
         self.address = format_address(*self.addresses[0])  # the one connected to (or tried first)
         self.host, self.port = self.addresses[0]
@@ -225,7 +228,7 @@ class Client:
         self.connections = 0
         self._calls = Calls(on_fork=self._forked)
         self._queue: list[Request] = []  # calls waiting to be written
-        self._conn = Connection(max_frame)
+        self._conn = Connection(self.max_frame)
         self._stream: anyio.abc.ByteStream | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._wake = anyio.Event()
@@ -328,6 +331,7 @@ class Client:
             raise
         self.welcome = msg
         self._send_limit = _send_limit(msg)
+        self.max_frame = conn.max_frame = reply_limit(msg, self._max_frame_cap)
         return stream, conn
 
     async def aclose(self) -> None:

@@ -170,12 +170,14 @@ ERROR_CODES: dict[str, str] = {
     "shutting_down": "the server is stopping",
     "busy": "a limit of the server is reached (max_subscribers live event streams); try again later",
     "lease_expired": "(to a worker) it was silent for lease_timeout: its leases are gone",
+    "reply_too_large": "the answer would be a frame over the server's max_reply (a reply no request can cut)",
     "internal": "a bug in the server met while handling this connection's input: logged, that connection closed",
 }
 
 #: The codes of errors that answer one request and leave the connection open (docs/protocol.md section 9);
 #: every other error frame is followed by the end of the connection.
-REQUEST_ERROR_CODES = frozenset({"not_found", "invalid_state", "bad_request", "store_error", "busy"})
+REQUEST_ERROR_CODES = frozenset({"not_found", "invalid_state", "bad_request", "store_error", "busy",
+                                 "reply_too_large"})
 
 _CLASSES: dict[str, type[RemoteError]] = {
     "not_found": TaskNotFound,

@@ -40,10 +40,33 @@ import msgpack
 
 from .errors import FrameTooLarge, ProtocolError
 
-__all__ = ["DEFAULT_MAX_FRAME", "HEADER", "INVALID_OP", "Connection", "encode_frame"]
+__all__ = ["DEFAULT_MAX_FRAME", "DEFAULT_MAX_REPLY", "HEADER", "INVALID_OP", "Connection", "encode_frame", "max_reply",
+           "reply_limit"]
 
 #: Default hard limit on one frame's body, in bytes (16 MiB).
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
+#: What a task map holds besides its four application values (ids, names, key, times), with room to spare.
+REPLY_SLACK = 64 * 1024
+
+
+def max_reply(max_frame: int) -> int:
+    """The largest frame body a server with ``max_frame`` sends (docs/protocol.md section 1): a task's payload,
+    result, progress and error each came in a frame of at most ``max_frame`` bytes."""
+    return 4 * max_frame + REPLY_SLACK
+
+
+#: The largest frame body a server with the default ``max_frame`` sends.
+DEFAULT_MAX_REPLY = max_reply(DEFAULT_MAX_FRAME)
+
+
+def reply_limit(welcome: dict[str, Any], cap: int | None = None) -> int:
+    """The largest frame body a peer reads from the server of ``welcome``: its ``max_reply`` (from its
+    ``max_frame`` when it announced none), at most ``cap`` when given."""
+    limit = welcome.get("max_reply")
+    if type(limit) is not int or limit <= 0:
+        max_frame = welcome.get("max_frame")
+        limit = max_reply(max_frame if type(max_frame) is int and max_frame > 0 else DEFAULT_MAX_FRAME)
+    return limit if cap is None else min(limit, cap)
 
 HEADER = struct.Struct(">I")
 #: The ``op`` of a message that ``Connection(strict_keys=True)`` could not accept as it came (rule 4).

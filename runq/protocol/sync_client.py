@@ -50,7 +50,7 @@ from .errors import (
     error_for_code,
     looks_like,
 )
-from .frames import DEFAULT_MAX_FRAME, Connection
+from .frames import DEFAULT_MAX_FRAME, DEFAULT_MAX_REPLY, Connection, reply_limit
 from .limits import breaker_message, limit_message
 from .tasks import Call, SyncTaskHandle, no_worker_hint, wait_timeout_message
 from .values import decode_task
@@ -91,16 +91,19 @@ class SyncClient:
         retry_for: seconds a call keeps reconnecting after the connection was lost before it fails with
             ``ConnectionClosed``.
         backoff: the delays between reconnection attempts (default: 50 ms doubling up to 2 s, jittered).
-        max_frame: the largest frame body this client reads (16 MiB by default): an answer larger than that
+        max_frame: the largest frame body this client reads (default: the server's ``max_reply``, from its
+            ``welcome``, which every frame it sends respects; 64 MiB + 64 KiB until then): an answer larger than that
             fails its call with ``FrameTooLarge`` (docs/clients.md).
         sleep, clock: how to wait and what time it is (injected by tests; ``time.sleep``, ``time.monotonic``).
     """
 
     def __init__(self, address: str | Sequence[str] | None = None, *, token: str | None = None,
                  role: str = "client", connect_timeout: float = 10.0, retry_for: float = 30.0,
-                 backoff: Backoff | None = None, max_frame: int = DEFAULT_MAX_FRAME,
+                 backoff: Backoff | None = None, max_frame: int | None = None,
                  sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
-        self.max_frame = max_frame
+        #: the largest frame body this client reads: the caller's ``max_frame``, else the server's ``max_reply``
+        self.max_frame = max_frame if max_frame is not None else DEFAULT_MAX_REPLY
+        self._max_frame_cap = max_frame
         self.addresses = server_addresses(address)
         self.address = format_address(*self.addresses[0])
         self.token = server_token(token)
@@ -117,7 +120,7 @@ class SyncClient:
         self._calls = Calls(on_fork=self._forked)
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
-        self._conn = Connection(max_frame)
+        self._conn = Connection(self.max_frame)
         self._preferred = 0
         self._closed = False
         self._reopen = False  # the socket was closed by this client, not lost: connect again without waiting
@@ -210,6 +213,7 @@ class SyncClient:
             raise
         self.welcome = msg
         self._send_limit = _send_limit(msg)
+        self.max_frame = conn.max_frame = reply_limit(msg, self._max_frame_cap)
         return sock, conn
 
     # ------------------------------------------------------------------ calls

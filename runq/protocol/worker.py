@@ -76,7 +76,7 @@ from .errors import (
     error_for_code,
     looks_like,
 )
-from .frames import DEFAULT_MAX_FRAME, Connection
+from .frames import DEFAULT_MAX_FRAME, DEFAULT_MAX_REPLY, Connection, reply_limit
 from .limits import parse_rate
 from .tasks import BadArguments, TaskDef, TaskOptions, tasks_in
 from .tracebacks import format_failure, loop_hint
@@ -417,7 +417,7 @@ class Worker:
         raise OSError("; ".join(errors))
 
     async def _session(self, addresses: list[tuple[str, int]], token: str | None) -> None:
-        conn = Connection(DEFAULT_MAX_FRAME)
+        conn = Connection(DEFAULT_MAX_REPLY)  # (the server's own bound, from its welcome, once it is read)
         stream, host, port = await self._connect(addresses)
         async with stream:
             hello = hello_message("worker", token) | {
@@ -453,6 +453,7 @@ class Worker:
             self._lease_timeout = float(welcome.get("lease_timeout", 10.0))
             heartbeat = float(welcome.get("heartbeat", self._lease_timeout / 3))
             self._max_frame = int(welcome.get("max_frame", DEFAULT_MAX_FRAME))
+            conn.max_frame = reply_limit(welcome)  # (a `tasks` frame is at most the server's max_reply)
             self._last_sent = self._now()
             self._leases_doubtful = False
             self._pong = None

@@ -219,7 +219,8 @@ BAD_BODIES: list[tuple[str, bytes | str, str]] = [
     ("a list", b"[1, 2]", "bad_request"),
     ("a string", b'"x"', "bad_request"),
     ("no type", b'{"data": 1}', "bad_request"),
-    ("unknown field", b'{"type": "x", "payload": "raw"}', "bad_request"),
+    ("payload and data differ", b'{"type": "x", "payload": "raw", "data": "other"}', "bad_request"),
+    ("payload and data differ in type", b'{"type": "x", "payload": 1, "data": true}', "bad_request"),
     ("unknown field 2", b'{"type": "x", "colour": "red"}', "bad_request"),
     ("type not a string", b'{"type": 5}', "bad_request"),
     ("empty type", b'{"type": ""}', "bad_request"),
@@ -279,6 +280,25 @@ async def test_a_body_over_the_limit_is_413(nursery: trio.Nursery, tmp_path: Any
         error_of(r, 413, "frame_too_large")
         r = await c.post("/api/tasks", json={"type": "x", "data": "y" * 100})
         assert r.status_code == 201
+    srv.stopping.set()
+
+
+async def test_a_payload_over_max_frame_is_refused_even_from_a_smaller_body(nursery: trio.Nursery,
+                                                                           tmp_path: Any) -> None:
+    """JSON numbers become 9-byte msgpack floats: a body under max_frame can make a payload over it, which no
+    TCP frame could have carried (the server's max_reply counts on it: docs/protocol.md section 1)."""
+    import httpx
+    from http_helpers import start_api
+
+    srv = await start_api(nursery, tmp_path, max_frame=1000)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{srv.http_port}") as c:
+        body = json.dumps({"type": "x", "data": [1.5] * 200}, separators=(",", ":")).encode()  # payload: 1,803 bytes
+        assert len(body) < 1000
+        r = await c.post("/api/tasks", content=body, headers={"content-type": "application/json"})
+        assert "max_frame" in error_of(r, 400, "bad_request")
+        r = await c.post("/api/tasks", json={"type": "x", "data": [1.5] * 50})
+        assert r.status_code == 201
+    assert srv.core.stats.enqueued == 1
     srv.stopping.set()
 
 
@@ -352,3 +372,43 @@ BAD_URLS: list[tuple[str, str, int, str]] = [
 async def test_bad_urls_and_params_are_4xx(api: Api, method: str, url: str, status: int, code: str) -> None:
     await api.client.post("/api/tasks", json={"type": "x"})  # task 1 exists
     error_of(await api.client.request(method, url), status, code)
+
+
+# ---------------------------------------------------------------------- one name per idea (issue 10)
+@pytest.mark.parametrize("body", [{"payload": {"n": [1, "a"]}}, {"data": {"n": [1, "a"]}},
+                                  {"payload": {"n": [1, "a"]}, "data": {"n": [1, "a"]}}])
+async def test_payload_and_its_alias_data_enqueue_the_same_task(api: Api, body: dict[str, Any]) -> None:
+    r = await api.client.post("/api/tasks", json={"type": "x", **body})
+    assert r.status_code == 201, r.text
+    task = (await api.client.get(f"/api/tasks/{r.json()['task_id']}")).json()
+    assert task["payload"] == task["data"] == {"n": [1, "a"]}
+    assert (task["state"], task["status"], task["attempt"], task["attempts"]) == ("ready", "ready", 0, 0)
+    tcp = await api.server.ops.get(api.server.ops.authenticate(None, "client", "test"), task["id"])
+    assert tcp["payload"] == b"\x81\xa1n\x92\x01\xa1a"  # what a TCP enqueue of {"n": [1, "a"]} stores
+
+
+async def test_payload_and_data_differing_are_refused_naming_both(api: Api) -> None:
+    r = await api.client.post("/api/tasks", json={"type": "x", "payload": 1, "data": 2})
+    message = error_of(r, 400, "bad_request")
+    assert "'payload'" in message and "'data'" in message
+    r = await api.client.post("/api/tasks/batch", json={"tasks": [{"type": "x", "payload": 1, "data": 2}]})
+    assert "tasks[0]" in error_of(r, 400, "bad_request")
+    assert api.server.core.stats.enqueued == 0
+
+
+async def test_the_state_filter_and_its_alias_status_filter_the_same(api: Api) -> None:
+    ids = [(await api.client.post("/api/tasks", json={"type": "x", "payload": i})).json()["task_id"]
+           for i in range(3)]
+    r = await api.client.delete(f"/api/tasks/{ids[1]}")
+    assert r.status_code == 200
+    pages = {}
+    for query in ("state=cancelled", "status=cancelled", "state=cancelled&status=cancelled", "state=ready",
+                  "status=ready"):
+        r = await api.client.get(f"/api/tasks?{query}")
+        assert r.status_code == 200, r.text
+        pages[query] = [t["id"] for t in r.json()["tasks"]]
+        assert all(t["state"] == t["status"] for t in r.json()["tasks"])
+    assert pages["state=cancelled"] == pages["status=cancelled"] == pages["state=cancelled&status=cancelled"] == [ids[1]]
+    assert pages["state=ready"] == pages["status=ready"] == [ids[2], ids[0]]
+    message = error_of(await api.client.get("/api/tasks?state=ready&status=cancelled"), 400, "bad_request")
+    assert "'state'" in message and "'status'" in message

@@ -14,6 +14,7 @@ import trio
 
 from runq.app.core import CoreConfig
 from runq.app.server import Server, ServerConfig
+from runq.app.server.config import ConfigError
 from runq.protocol.frames import Connection
 
 
@@ -265,3 +266,83 @@ async def test_retrying_a_task_whose_key_another_live_task_holds_says_so(nursery
             assert got["op"] == "error" and got["code"] == "invalid_state"
             assert got["message"] == (f"cannot retry task {first}: its unique key 'k' is held by task {second} "
                                       "(ready); it can be retried once that task is final")
+
+
+#: Integer fields at and past the edges of their ranges (docs/protocol.md sections 0, 5, 5.1, 5.2): the
+#: request, and the code of the answer (an op, or an error code); written out here, not taken from the code.
+_EDGES: list[tuple[dict[str, Any], str]] = [
+    ({"op": "enqueue", "tasks": [{"type": "t", "priority": 2**31 - 1}]}, "enqueued"),
+    ({"op": "enqueue", "tasks": [{"type": "t", "priority": -(2**31)}]}, "enqueued"),
+    ({"op": "enqueue", "tasks": [{"type": "t", "priority": 2**31}]}, "bad_request"),
+    ({"op": "enqueue", "tasks": [{"type": "t", "priority": -(2**31) - 1}]}, "bad_request"),
+    ({"op": "enqueue", "tasks": [{"type": "t", "timeout": 604_800}]}, "enqueued"),
+    ({"op": "enqueue", "tasks": [{"type": "t", "timeout": 604_801}]}, "bad_request"),
+    ({"op": "enqueue", "tasks": [{"type": "t", "timeout": 0}]}, "bad_request"),
+    ({"op": "enqueue", "tasks": [{"type": "t", "retries": 0}]}, "enqueued"),
+    ({"op": "enqueue", "tasks": [{"type": "t", "retries": 1000}]}, "enqueued"),
+    ({"op": "enqueue", "tasks": [{"type": "t", "retries": 1001}]}, "bad_request"),
+    ({"op": "enqueue", "tasks": [{"type": "t", "retries": -1}]}, "bad_request"),
+    ({"op": "enqueue", "tasks": [{"type": "t", "delay": 0}]}, "enqueued"),
+    ({"op": "enqueue", "tasks": [{"type": "t", "delay": -1}]}, "bad_request"),
+    ({"op": "enqueue", "tasks": [{"type": "t", "delay": 10 * 366 * 86400}]}, "bad_request"),
+    ({"op": "enqueue", "tasks": [{"type": "t"}], "client_id": "c", "seq": 0, "done_below": 0}, "enqueued"),
+    ({"op": "enqueue", "tasks": [{"type": "t"}], "client_id": "c", "seq": -1}, "bad_request"),
+    ({"op": "enqueue", "tasks": [{"type": "t"}], "client_id": "c", "seq": 5, "done_below": -1}, "bad_request"),
+    ({"op": "list", "limit": 1}, "tasks"),
+    ({"op": "list", "limit": 1000}, "tasks"),
+    ({"op": "list", "limit": 0}, "bad_request"),
+    ({"op": "list", "limit": 1001}, "bad_request"),
+    ({"op": "list", "cursor": -5}, "tasks"),
+    ({"op": "list", "cursor": 2**63 - 1}, "tasks"),
+    ({"op": "get", "id": -1}, "not_found"),
+    ({"op": "get", "id": 0}, "not_found"),
+    ({"op": "get", "id": 2**63 - 1}, "not_found"),
+    ({"op": "cancel", "id": -(2**63)}, "not_found"),
+    ({"op": "wait", "id": 1, "timeout": -1}, "task"),
+    ({"op": "subscribe", "ids": [-(2**63), 2**63 - 1]}, "ok"),
+]
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize(("msg", "code"), _EDGES)
+async def test_integer_fields_are_checked_at_the_edges_the_spec_states(nursery: trio.Nursery, tmp_path: Path,
+                                                                       msg: dict[str, Any], code: str) -> None:
+    srv = await start(nursery, tmp_path)
+    with trio.fail_after(10):
+        peer, _ = await Peer.connect(srv.port)
+        await peer.call({"op": "enqueue", "rid": 0, "tasks": [{"type": "t"}]})  # (task 1 exists)
+        got = await peer.call({**msg, "rid": 9})
+        assert got["rid"] == 9
+        assert (got["code"] if got["op"] == "error" else got["op"]) == code, got
+        if got["op"] == "tasks" and msg.get("cursor") == -5:
+            assert (got["tasks"], got["cursor"]) == ([], None)
+        assert await peer.still_open()
+    await peer.stream.aclose()
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("msg", [{"op": "get", "id": 2**63}, {"op": "list", "cursor": 2**64 - 1},
+                                 {"op": "cancel", "id": 2**64 - 1},
+                                 {"op": "enqueue", "tasks": [{"type": "t", "priority": 2**64 - 1}]},
+                                 {"op": "subscribe", "ids": [2**63]}])
+async def test_an_integer_beyond_64_bits_is_bad_message(nursery: trio.Nursery, tmp_path: Path,
+                                                        msg: dict[str, Any]) -> None:
+    srv = await start(nursery, tmp_path)
+    with trio.fail_after(10):
+        peer, _ = await Peer.connect(srv.port)
+        got = await peer.call({**msg, "rid": 9})
+        assert (got["op"], got["code"], got["rid"]) == ("error", "bad_message", 9), got
+        with pytest.raises(EOFError):
+            await peer.recv()
+    await peer.stream.aclose()
+
+
+def test_max_frame_is_bounded_so_that_max_reply_fits_a_frame_header() -> None:
+    """max_reply = 4 x max_frame + 64 KiB must fit the 4-byte length of a frame (docs/operations.md)."""
+    for bad in (0, 255, 2**30 - 65536 + 1, 2**30):
+        with pytest.raises(ConfigError):
+            ServerConfig(max_frame=bad).check()
+    for good in (256, 2**30 - 65536):
+        cfg = ServerConfig(max_frame=good)
+        cfg.check()
+        assert cfg.max_reply < 2**32

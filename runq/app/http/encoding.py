@@ -28,6 +28,7 @@ from ...protocol.values import decode_value, encode_value
 from .errors import ApiError
 
 __all__ = [
+    "ALIASES",
     "MAX_DEPTH",
     "MAX_ID",
     "SPEC_FIELDS",
@@ -36,6 +37,7 @@ __all__ = [
     "event_json",
     "jsonable",
     "parse_json",
+    "pick",
     "query_float",
     "query_int",
     "query_set",
@@ -49,8 +51,11 @@ MAX_ID = 2**63 - 1
 #: (a deeper result or progress value from a worker is given as base64).
 MAX_DEPTH = 128
 _MIN_INT = -(2**63)
-#: The fields of a task in a POST body (``data`` is the payload, as any JSON value).
-SPEC_FIELDS = ("type", "data", "queue", "priority", "delay", "run_at", "timeout", "retries", "key")
+#: The fields of a task in a POST body (``payload``, as any JSON value; ``data`` is its alias, the seed's REST
+#: name: docs/http.md).
+SPEC_FIELDS = ("type", "payload", "data", "queue", "priority", "delay", "run_at", "timeout", "retries", "key")
+#: The seed's REST names that the HTTP API accepts beside the canonical ones (canonical -> alias).
+ALIASES = {"payload": "data", "state": "status", "attempt": "attempts"}
 _SPEC_FIELD_SET = frozenset(SPEC_FIELDS)
 _NIL = b"\xc0"
 _INT_RE = re.compile(r"-?(0|[1-9][0-9]*)\Z")
@@ -130,13 +135,14 @@ def spec_from_json(obj: Any, where: str = "task") -> TaskSpec:
         raise ApiError("bad_request", f"{where}: unknown field(s) {sorted(unknown)}; allowed: {list(SPEC_FIELDS)}")
     if "type" not in obj:
         raise ApiError("bad_request", f"{where}: missing field 'type'")
-    nulls = sorted(k for k, v in obj.items() if v is None and k != "data")
+    nulls = sorted(k for k, v in obj.items() if v is None and k not in ("payload", "data"))
     if nulls:
         raise ApiError("bad_request", f"{where}: {nulls} must not be null (leave a field out for its default)")
-    d = {k: v for k, v in obj.items() if k != "data"}
+    d = {k: v for k, v in obj.items() if k not in ("payload", "data")}
     for v in d.values():
         _check(v)
-    d["payload"] = _encode_data(obj["data"], where) if "data" in obj else _NIL
+    value = pick(obj, "payload", "data", where)
+    d["payload"] = _encode_data(value, where) if "payload" in obj or "data" in obj else _NIL
     try:
         return parse_task_spec(d)
     except ProtocolError as exc:  # the TCP wording names the message ("enqueue: ..."): name the task instead
@@ -144,15 +150,34 @@ def spec_from_json(obj: Any, where: str = "task") -> TaskSpec:
         raise ApiError("bad_request", f"{where}: {text}") from exc
 
 
+def pick(obj: Any, name: str, alias: str, where: str) -> Any:
+    """``obj[name]``, else ``obj[alias]`` (None when neither is there).
+
+    Raises:
+        ApiError: ``bad_request`` when both are there with different values.
+    """
+    if alias in obj:
+        if name in obj and _same(obj[name]) != _same(obj[alias]):
+            raise ApiError("bad_request", f"{where}: {name!r} and its alias {alias!r} are both given, with "
+                                          "different values: give one")
+        return obj[alias]
+    return obj.get(name)
+
+
+def _same(value: Any) -> str:
+    """A JSON value as a text that tells apart what ``==`` does not (``1``, ``1.0`` and ``true``)."""
+    return json.dumps(value, sort_keys=True)
+
+
 def _encode_data(data: Any, where: str) -> bytes:
-    """msgpack of a task's ``data``; integers beyond 64 bits become floats (as JavaScript reads JSON)."""
+    """msgpack of a task's ``payload``; integers beyond 64 bits become floats (as JavaScript reads JSON)."""
     try:
         return encode_value(data)
     except (OverflowError, TypeError):  # msgpack: an int beyond 64 bits
         try:
             return encode_value(_floats(data))
         except (OverflowError, TypeError):
-            raise ApiError("bad_request", f"{where}: a number in 'data' is too large") from None
+            raise ApiError("bad_request", f"{where}: a number in the payload is too large") from None
 
 
 def _floats(v: Any) -> Any:
@@ -202,11 +227,13 @@ def _value(data: bytes | None) -> Any:
 
 
 def task_json(t: dict[str, Any]) -> dict[str, Any]:
-    """The HTTP view of a task map (``Task.as_dict()``)."""
+    """The HTTP view of a task map (``Task.as_dict()``): the canonical names, and the seed's REST names
+    ``data``, ``status``, ``attempts`` as aliases (docs/http.md)."""
+    payload = _value(t["payload"])
     return {
-        "id": t["id"], "type": t["type"], "queue": t["queue"], "status": t["state"],
-        "priority": t["priority"], "data": _value(t["payload"]), "result": _value(t["result"]),
-        "error": t["error"], "progress": _value(t["progress"]), "attempts": t["attempt"],
+        "id": t["id"], "type": t["type"], "queue": t["queue"], "state": t["state"], "status": t["state"],
+        "priority": t["priority"], "payload": payload, "data": payload, "result": _value(t["result"]),
+        "error": t["error"], "progress": _value(t["progress"]), "attempt": t["attempt"], "attempts": t["attempt"],
         "max_retries": t["max_retries"], "timeout": t["timeout"], "key": t["key"], "worker": t["worker"],
         "created_at": t["created_at"], "run_at": t["run_at"], "started_at": t["started_at"],
         "finished_at": t["finished_at"],

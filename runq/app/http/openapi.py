@@ -27,7 +27,7 @@ _STR = {"type": "string"}
 _NSTR = {"type": "string", "nullable": True}
 _ANY: dict[str, Any] = {"description": "any JSON value", "nullable": True}
 _STATES = ["scheduled", "ready", "running", "succeeded", "failed", "dead", "cancelled"]
-#: the states ``GET /api/tasks?status=`` accepts (``runq.app.ops.inputs.LISTABLE_STATES``)
+#: the states ``GET /api/tasks?state=`` (or ``?status=``) accepts (``runq.app.ops.inputs.LISTABLE_STATES``)
 _LISTABLE = [s for s in _STATES if s != "failed"]
 
 
@@ -42,7 +42,9 @@ def _obj(props: dict[str, Any], required: list[str] | None = None, extra: bool =
 
 _TASK_SPEC_PROPS: dict[str, Any] = {
     "type": {"type": "string", "minLength": 1, "maxLength": 200, "description": "handler name"},
-    "data": {**_ANY, "description": "the task's argument, any JSON value (msgpack-encoded for the worker)"},
+    "payload": {**_ANY, "description": "the task's argument, any JSON value (msgpack-encoded for the worker)"},
+    "data": {**_ANY, "description": "alias of `payload` (the seed's REST name); both given with different values: "
+                                    "400"},
     "queue": {"type": "string", "minLength": 1, "maxLength": 200, "default": "default"},
     "priority": {"type": "integer", "minimum": -(2**31), "maximum": 2**31 - 1, "default": 0,
                  "description": "higher runs first; FIFO within one priority"},
@@ -59,9 +61,14 @@ _TASK_SPEC_PROPS: dict[str, Any] = {
 assert tuple(_TASK_SPEC_PROPS) == SPEC_FIELDS
 
 _TASK_PROPS: dict[str, Any] = {
-    "id": _INT, "type": _STR, "queue": _STR, "status": {"type": "string", "enum": _STATES}, "priority": _INT,
-    "data": _ANY, "result": _ANY, "error": _NSTR, "progress": _ANY,
-    "attempts": {"type": "integer", "description": "attempts started so far"},
+    "id": _INT, "type": _STR, "queue": _STR, "state": {"type": "string", "enum": _STATES},
+    "status": {"type": "string", "enum": _STATES, "description": "alias of `state` (the seed's REST name)"},
+    "priority": _INT,
+    "payload": {**_ANY, "description": "the task's argument, as enqueued"},
+    "data": {**_ANY, "description": "alias of `payload` (the seed's REST name)"},
+    "result": _ANY, "error": _NSTR, "progress": _ANY,
+    "attempt": {"type": "integer", "minimum": 0, "description": "attempts started so far"},
+    "attempts": {"type": "integer", "minimum": 0, "description": "alias of `attempt` (the seed's REST name)"},
     "max_retries": _INT, "timeout": _NUM, "key": _NSTR, "worker": {**_NSTR, "description": "worker holding it"},
     "created_at": _NUM, "run_at": _NNUM, "started_at": _NNUM, "finished_at": _NNUM,
 }
@@ -81,8 +88,10 @@ _RATE_KEYS = ("enqueued", "succeeded", "failed", "dead")
 
 SCHEMAS: dict[str, Any] = {
     "Error": _obj({"error": _obj({"code": {"type": "string", "enum": sorted(ERROR_CODES)}, "message": _STR})}),
-    "TaskSpec": {**_obj(_TASK_SPEC_PROPS, ["type"]), "not": {"required": ["delay", "run_at"]},
-                 "description": "a task to enqueue; give delay or run_at, not both"},
+    "TaskSpec": {**_obj(_TASK_SPEC_PROPS, ["type"]),
+                 "not": {"anyOf": [{"required": ["delay", "run_at"]}, {"required": ["payload", "data"]}]},
+                 "description": "a task to enqueue; give delay or run_at, not both; payload or its alias data, "
+                                "not both (the same value in both is accepted)"},
     "Task": _obj(_TASK_PROPS),
     "Enqueued": _obj({"task_id": _INT, "created": {"type": "boolean"}, **_TASK_PROPS}),
     "Batch": _obj({"tasks": {"type": "array", "items": _ref("TaskSpec"), "minItems": 1, "maxItems": 10_000}}),
@@ -211,8 +220,10 @@ SPEC: dict[str, Any] = {
                         (400, 413, 503), body=_ref("TaskSpec"),
                         description="Answers once the task is committed to the database."),
             "get": _op("List tasks, newest first", {200: ("a page of tasks", _ref("TaskPage"))}, (400,), params=[
-                _query("status", {"type": "string", "enum": _LISTABLE}, "only tasks in this state (never 'failed': a "
+                _query("state", {"type": "string", "enum": _LISTABLE}, "only tasks in this state (never 'failed': a "
                        "failed attempt leaves its task scheduled for a retry, or dead)"),
+                _query("status", {"type": "string", "enum": _LISTABLE}, "alias of `state` (the seed's REST name); "
+                       "both given with different values: 400"),
                 _query("queue", {"type": "string", "minLength": 1, "maxLength": 200}, "only this queue"),
                 _query("type", {"type": "string", "minLength": 1, "maxLength": 200}, "only this task type"),
                 _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}, "page size"),

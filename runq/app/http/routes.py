@@ -1,7 +1,8 @@
 """The HTTP API's routes: a Quart-Trio app that calls the running server's operations.
 
 Every handler decodes its input (``encoding``: JSON bodies, paths and query
-strings, with the API's names: ``data``, ``status``, ``attempts``), calls one
+strings; the canonical names ``payload``, ``state``, ``attempt``, and the seed's REST names ``data``,
+``status``, ``attempts`` as aliases: docs/http.md), calls one
 operation of ``runq.app.ops.Operations`` (the same ones the TCP frontend calls,
 which authorise and validate) and answers JSON. Errors are raised and turned into
 ``{"error": {"code", "message"}}`` bodies by one error handler (``errors``). The
@@ -36,6 +37,7 @@ from .encoding import (
     check_id,
     dumps,
     parse_json,
+    pick,
     query_float,
     query_int,
     query_set,
@@ -59,7 +61,7 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs"})
 MAX_BATCH = 10_000
 #: Query parameters each endpoint accepts; any other is refused (as unknown body fields are).
 QUERY_PARAMS: dict[str, frozenset[str]] = {
-    "list_tasks": frozenset({"status", "queue", "type", "limit", "cursor"}),
+    "list_tasks": frozenset({"state", "status", "queue", "type", "limit", "cursor"}),
     "get_task": frozenset({"wait"}),
     "events": frozenset({"queue", "type", "id"}),
     "ws": frozenset({"queue", "type", "id"}),
@@ -208,7 +210,8 @@ def create_app(server: Server, meter: Meter, hub: StreamHub) -> QuartTrio:
     async def list_tasks() -> Response:
         args = request.args
         tasks, cursor = await ops.list_tasks(_me(), ListQuery(
-            state=query_str(args, "status"), queue=query_str(args, "queue"), type=query_str(args, "type"),
+            state=pick({k: query_str(args, k) for k in ("state", "status") if k in args}, "state", "status",
+                       "query"), queue=query_str(args, "queue"), type=query_str(args, "type"),
             limit=query_int(args, "limit", 100, 1, 1000) or 100, cursor=query_int(args, "cursor", None, 1, MAX_ID)))
         return _json({"tasks": [task_json(t) for t in tasks], "cursor": cursor})
 

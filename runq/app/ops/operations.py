@@ -37,7 +37,7 @@ from ...protocol.messages import MAX_CREDIT, Hello, TaskSpec
 from ..core import TaskMissing
 from ..core.limits import BreakerStatus
 from .auth import Identity, authenticate, authorize
-from .errors import NotFound
+from .errors import BadRequest, NotFound
 from .inputs import (
     BreakerSettings,
     Done,
@@ -105,7 +105,7 @@ class Operations:
         cfg = srv.config
         welcome: dict[str, Any] = {
             "op": "welcome", "version": hello.version, "server": f"runq/{VERSION}",
-            "max_frame": cfg.max_frame, "lease_timeout": cfg.core.lease_timeout,
+            "max_frame": cfg.max_frame, "max_reply": cfg.max_reply, "lease_timeout": cfg.core.lease_timeout,
             "heartbeat": cfg.core.lease_timeout / 3,
         }
         if identity.role == "worker":
@@ -148,10 +148,17 @@ class Operations:
         """Enqueue ``specs`` and return ``(id, created)`` per spec once committed.
 
         Raises:
+            BadRequest: a payload longer than ``max_frame`` (over TCP it could not have come: every frame the
+                server sends must hold a task, docs/protocol.md section 1).
             ProtocolError: ``shutting_down`` while the server stops.
             StoreError: the commit failed; nothing was enqueued.
         """
         authorize(identity, "enqueue")
+        limit = self.server.config.max_frame
+        for spec in specs:
+            if len(spec.payload) > limit:
+                raise BadRequest(f"a payload of {len(spec.payload)} bytes (msgpack) is over the server's "
+                                 f"max_frame of {limit}")
         if self.server.stopping.is_set():
             raise ProtocolError("the server is stopping", "shutting_down")
         return await self.server.enqueue(specs)

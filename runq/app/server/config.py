@@ -8,11 +8,15 @@ from dataclasses import dataclass, field
 
 import trio
 
-from ...protocol.frames import DEFAULT_MAX_FRAME
+from ...protocol.frames import DEFAULT_MAX_FRAME, max_reply
 from ..core import CoreConfig
 from ..errors import ConfigError
 
-__all__ = ["Clock", "ConfigError", "ServerConfig", "is_loopback"]
+#: The range of ``max_frame``: a small hello fits the smallest; with the largest, ``max_reply`` (4 x max_frame +
+#: 64 KiB) is still under 4 GiB, the most a frame's length can say.
+MIN_FRAME, MAX_FRAME = 256, 2**30 - 65536
+
+__all__ = ["MAX_FRAME", "MIN_FRAME", "Clock", "ConfigError", "ServerConfig", "is_loopback"]
 
 
 class Clock:
@@ -74,10 +78,17 @@ class ServerConfig:
     inline_commit: bool = True
     core: CoreConfig = field(default_factory=CoreConfig)
 
+    @property
+    def max_reply(self) -> int:
+        """The largest frame body the server sends (announced in ``welcome``): 4 x ``max_frame`` + 64 KiB."""
+        return max_reply(self.max_frame)
+
     def check(self) -> None:
         """Raise ``ConfigError`` for settings that must not be served."""
         if not self.idempotency_window > 0:
             raise ConfigError(f"idempotency_window must be > 0 seconds, not {self.idempotency_window}")
+        if not MIN_FRAME <= self.max_frame <= MAX_FRAME:  # (max_reply must fit a frame's 4-byte length)
+            raise ConfigError(f"max_frame must be between {MIN_FRAME} and {MAX_FRAME} bytes, not {self.max_frame}")
         if self.max_subscribers < 0:
             raise ConfigError(f"max_subscribers must be 0 or more, not {self.max_subscribers}")
         if not is_loopback(self.host) and not self.token:

@@ -15,6 +15,11 @@ session's sender task, which writes it with ``send_all`` and also meets the
 errors (a broken connection): the order of frames and the way a connection
 ends are the same either way. A round never spans an ``await`` (other tasks'
 frames would wait for it).
+
+Size. No frame written is longer than ``max_reply`` (docs/protocol.md section 1): a worker's ``tasks``
+dispatch that would be longer is cut into several frames (``split_tasks``); a reply that would still be
+longer (a ``list`` page or an ``events`` timeline is cut by the TCP frontend before) is answered with the
+error ``reply_too_large`` instead, and such a live event is dropped (counted as a slow subscriber's are).
 """
 
 from __future__ import annotations
@@ -25,11 +30,12 @@ from typing import Any, Self
 
 import trio
 
-from ...protocol.frames import Connection
+from ...protocol import frames
+from ...protocol.frames import HEADER, Connection
 from ..ops.auth import Identity, authenticate
 from ..ops.inputs import Subscription
 
-__all__ = ["Outbox", "Session", "Subscription"]
+__all__ = ["Outbox", "Session", "Subscription", "split_tasks"]
 
 log = logging.getLogger("runq.server")
 #: the identity of a peer before its hello: it may ask for nothing
@@ -66,6 +72,34 @@ class Outbox:
                 sess.write_queued()
 
 
+#: An upper bound of a dispatched task entry's bytes besides its payload: keys, type and queue (200 chars of
+#: at most 4 bytes each), five ints and a float, the headers.
+ENTRY_SLACK = 2048
+
+
+def _size(entries: list[dict[str, Any]]) -> int:
+    """An upper bound of the body of a ``tasks`` frame holding ``entries`` (docs/protocol.md section 6.2)."""
+    return 16 + sum(len(e["payload"]) for e in entries) + ENTRY_SLACK * len(entries)
+
+
+def split_tasks(entries: list[dict[str, Any]], limit: int) -> list[list[dict[str, Any]]]:
+    """``entries`` cut, in order, into runs whose ``tasks`` frame bodies are at most ``limit`` bytes each (an
+    entry alone always fits: its payload came in a frame of at most ``max_frame`` bytes)."""
+    parts: list[list[dict[str, Any]]] = []
+    part: list[dict[str, Any]] = []
+    size = 16
+    for e in entries:
+        n = len(e["payload"]) + ENTRY_SLACK
+        if part and size + n > limit:
+            parts.append(part)
+            part, size = [], 16
+        part.append(e)
+        size += n
+    if part:
+        parts.append(part)
+    return parts
+
+
 class Session:
     """A connected peer.
 
@@ -75,11 +109,13 @@ class Session:
         max_frame: largest frame body accepted from the peer.
         outbox: the server's write rounds (shared by its sessions).
         max_pending: bytes queued for a slow subscriber before events are dropped.
+        max_reply: the largest frame body written to the peer (default: ``max_reply(max_frame)``).
     """
 
     def __init__(self, stream: trio.abc.Stream, peer: str, max_frame: int, outbox: Outbox,
-                 max_pending: int = 4 << 20) -> None:
+                 max_pending: int = 4 << 20, max_reply: int | None = None) -> None:
         self.stream = stream
+        self.max_reply = max_reply if max_reply is not None else frames.max_reply(max_frame)
         self.peer = peer
         self.conn = Connection(max_frame, strict_keys=True)  # (a map with a non-str key: bad_request)
         self.role = "unknown"
@@ -111,12 +147,40 @@ class Session:
         """Queue one message (never blocks); it is written at once, or when the open round closes."""
         if self.closed or self._closing:
             return
-        self.send_bytes(self.conn.send(message))
+        data = self.conn.send(message)
+        if len(data) - HEADER.size > self.max_reply:
+            data = self._too_large(message, len(data) - HEADER.size)
+            if not data:
+                return
+        self.send_bytes(data)
 
     def send_many(self, messages: list[dict[str, Any]]) -> None:
+        """Queue several messages (a worker's dispatch: ``tasks`` frames are cut to ``max_reply``)."""
         if self.closed or self._closing or not messages:
             return
+        limit = self.max_reply
+        for m in messages:
+            if m.get("op") == "tasks" and "rid" not in m and _size(m["tasks"]) > limit:
+                out: list[dict[str, Any]] = []
+                for msg in messages:
+                    if msg.get("op") == "tasks" and "rid" not in msg:
+                        out.extend({"op": "tasks", "tasks": part} for part in split_tasks(msg["tasks"], limit))
+                    else:
+                        out.append(msg)
+                messages = out
+                break
         self.send_bytes(self.conn.send_many(messages))
+
+    def _too_large(self, message: dict[str, Any], size: int) -> bytes:
+        """What is sent instead of ``message``, whose frame would be over ``max_reply`` (b"": nothing)."""
+        if message.get("op") == "event":
+            self.dropped += 1  # (told by the next event that fits, as for a slow subscriber)
+            return b""
+        log.warning("a %r frame of %d bytes for %s is over max_reply %d: answered reply_too_large",
+                    message.get("op"), size, self.peer, self.max_reply)
+        return self.conn.send({"op": "error", "rid": message.get("rid"), "code": "reply_too_large",
+                               "message": f"{message.get('op')}: the answer would be a frame of {size} bytes, "
+                                          f"over max_reply {self.max_reply}: ask for less"})
 
     def send_bytes(self, data: bytes) -> None:
         """Queue whole frames already encoded (``Connection.send``)."""

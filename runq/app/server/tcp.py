@@ -26,6 +26,7 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
+import msgpack
 import trio
 
 from ...protocol.errors import REQUEST_ERROR_CODES, ProtocolError, RunqError
@@ -77,6 +78,9 @@ _SETTLE = 5.0
 #: Every op of the protocol (one its role may not ask for is refused by the operations layer: ``unknown_op``).
 _OPS = CLIENT_OPS | WORKER_OPS
 _INT64_MAX = 2**63 - 1
+#: bytes of a reply besides its list and its rid (op, cursor, omitted, the headers), with room to spare
+_ENVELOPE = 256
+_packb = msgpack.Packer(use_bin_type=True).pack
 
 
 class TcpFrontend:
@@ -94,7 +98,8 @@ class TcpFrontend:
             peer = f"{host}:{port}"
         except OSError:
             peer = "?"
-        sess = Session(stream, peer, self.config.max_frame, srv.outbox, self.config.subscriber_backlog)
+        sess = Session(stream, peer, self.config.max_frame, srv.outbox, self.config.subscriber_backlog,
+                       self.config.max_reply)
         srv.sessions.add(sess)
         srv.stats.connections += 1
         try:
@@ -412,12 +417,28 @@ class TcpFrontend:
         elif op == "retry":
             sess.send({"op": "task", "rid": rid, "task": await ops.retry(ident, require(msg, "id", int))})
         elif op == "events":
-            sess.send({"op": "events", "rid": rid, "events": await ops.events(ident, require(msg, "id", int))})
+            events = await ops.events(ident, require(msg, "id", int))
+            room = sess.max_reply - _ENVELOPE - len(_packb(rid))
+            sizes = [len(_packb(e)) for e in events]
+            if sum(sizes) > room:  # (the latest events that fit: docs/protocol.md section 5)
+                k = len(events)
+                while k and room >= sizes[k - 1]:
+                    k -= 1
+                    room -= sizes[k]
+                sess.send({"op": "events", "rid": rid, "events": events[k:], "omitted": k})
+            else:
+                sess.send({"op": "events", "rid": rid, "events": events})
         elif op == "list":
             tasks, cursor = await ops.list_tasks(ident, ListQuery(
                 state=optional(msg, "state", str), queue=optional(msg, "queue", str),
                 type=optional(msg, "type", str), limit=optional(msg, "limit", int, 100),
                 cursor=optional(msg, "cursor", int)))
+            room = sess.max_reply - _ENVELOPE - len(_packb(rid))
+            for k, task in enumerate(tasks):  # (a page is cut short where it would pass max_reply)
+                room -= len(_packb(task))
+                if room < 0 and k:
+                    tasks, cursor = tasks[:k], tasks[k - 1]["id"]
+                    break
             sess.send({"op": "tasks", "rid": rid, "tasks": tasks, "cursor": cursor})
         elif op in LIMIT_OPS:
             sess.send(await self._limits_op(sess, op, msg))
