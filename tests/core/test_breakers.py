@@ -318,3 +318,11 @@ def test_a_bad_type_name_is_refused() -> None:
         core.open_breaker("", T0)
     with pytest.raises(LimitError):
         core.set_breaker("x" * 201, T0)
+
+
+@pytest.mark.parametrize("field", ["window", "cooldown"])
+def test_a_window_or_cooldown_under_a_millisecond_is_refused(field: str) -> None:
+    """1e-300 s overflowed the window's slot arithmetic and broke every later read of the breakers."""
+    with pytest.raises(LimitError, match=field):
+        BreakerConfig(**{field: 1e-300})
+    BreakerConfig(**{field: 0.001})

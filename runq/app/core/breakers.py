@@ -48,11 +48,14 @@ from .records import BREAKER_COLUMNS, BreakerRecord  # (the column order of a st
 if TYPE_CHECKING:
     from .model import Task
 
-__all__ = ["BREAKER_COLUMNS", "SLOTS", "Breaker", "BreakerConfig", "BreakerRow", "BreakerState", "LimitError"]
+__all__ = ["BREAKER_COLUMNS", "MIN_SECONDS", "SLOTS", "Breaker", "BreakerConfig", "BreakerRow", "BreakerState", "LimitError"]
 
 #: how many counts make a breaker's window
 SLOTS = 10
 
+#: The shortest period, window or cool-down, in seconds (shorter ones overflow the window's slots and mean
+#: nothing for tasks that take a round trip to start); the operations layer checks the same bound.
+MIN_SECONDS = 0.001
 
 
 class LimitError(RunqError):
@@ -98,8 +101,9 @@ class BreakerConfig:
             raise LimitError("breaker: 'threshold' must be a failure rate in (0, 1]")
         for name in ("window", "cooldown"):
             v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not (0 < v < 10 * 365 * 86400):
-                raise LimitError(f"breaker: '{name}' must be > 0 seconds and under ten years")
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not (MIN_SECONDS <= v < 10 * 365 * 86400):
+                # (below a millisecond the window's slots overflow: 1e-300 s broke every later read of the breakers)
+                raise LimitError(f"breaker: '{name}' must be at least {MIN_SECONDS} seconds and under ten years")
         for name, low in (("min_calls", 1), ("probes", 1)):
             v = getattr(self, name)
             if type(v) is not int or not low <= v <= 1_000_000:

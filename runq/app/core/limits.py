@@ -86,7 +86,7 @@ from typing import Any, NamedTuple
 import msgpack
 
 from ...protocol.messages import TypeOptions
-from .breakers import Breaker, BreakerConfig, BreakerRow, BreakerState, LimitError
+from .breakers import MIN_SECONDS, Breaker, BreakerConfig, BreakerRow, BreakerState, LimitError
 from .model import NOT_QUEUED, CoreConfig, ReadyQueue, Task, WorkerInfo
 from .records import LIMIT_COLUMNS, LimitRecord, ServerEventRecord  # (LIMIT_COLUMNS: re-exported)
 from .routing import Routing
@@ -188,8 +188,8 @@ class Limit:
             raise LimitError("limit: give a 'rate', a 'concurrency' cap, or both")
         if self.rate is not None and (not _number(self.rate) or not 0 < self.rate <= 1e9):
             raise LimitError("limit: 'rate' must be a number of tasks > 0 (per 'period')")
-        if not _number(self.period) or not 0 < self.period <= _TEN_YEARS:
-            raise LimitError("limit: 'period' must be > 0 seconds and under ten years")
+        if not _number(self.period) or not MIN_SECONDS <= self.period <= _TEN_YEARS:
+            raise LimitError(f"limit: 'period' must be at least {MIN_SECONDS} seconds and under ten years")
         if type(self.burst) is not int or not 1 <= self.burst <= 1_000_000_000:
             raise LimitError("limit: 'burst' must be an int >= 1")
         if self.concurrency is not None and (type(self.concurrency) is not int

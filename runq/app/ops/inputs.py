@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 from ...protocol.messages import MAX_CREDIT, MAX_NAME, TaskSpec
 from ..core import State
+from ..core.breakers import MIN_SECONDS  # (the shortest period, window or cool-down: the core's rule)
 from ..core.requests import digest
 from .errors import BadRequest
 
@@ -234,9 +235,6 @@ SCOPE_KINDS = ("queue", "type")
 MAX_KEY = 200
 #: the longest period, window or cool-down, in seconds (as for a spec's ``delay``: under ten years)
 MAX_SECONDS = 10 * 365 * 86400
-#: the shortest period, window or cool-down, in seconds (a breaker's window of 1e-300 s overflows its slot
-#: arithmetic; a rate's period that small makes its interval 0, no rate at all)
-MIN_SECONDS = 0.001
 #: the largest rate, burst and concurrency cap
 MAX_RATE = 1_000_000_000
 #: the largest ``min_calls`` and ``probes`` of a breaker
