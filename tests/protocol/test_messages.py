@@ -145,7 +145,8 @@ def test_bool_in_versions_is_not_an_int(versions: list[Any]) -> None:
 def test_op_sets_per_role() -> None:
     assert WATCHER_OPS < CLIENT_OPS
     # a watcher changes nothing
-    assert CLIENT_OPS - WATCHER_OPS == {"enqueue", "cancel", "retry", "pause", "resume", "drain"}
+    assert CLIENT_OPS - WATCHER_OPS == {"enqueue", "cancel", "retry", "pause", "resume", "drain", "schedule_add",
+                                        "schedule_remove", "schedule_pause", "schedule_resume", "schedule_run"}
     assert WORKER_OPS & CLIENT_OPS == {"ping"}
     assert "hello" not in CLIENT_OPS | WORKER_OPS | WATCHER_OPS
 

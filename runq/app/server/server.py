@@ -754,6 +754,26 @@ class Server:
         if outcome[0] is not None:
             raise StoreError(str(outcome[0]))
 
+    async def commit_changes(self) -> None:
+        """Return once what the core changed so far is committed (a schedule added, paused, ...: the answer of
+        an operation goes after its commit, as ``set_paused``'s).
+
+        Raises:
+            StoreError: the commit failed (the core writes the change again with a later one).
+        """
+        done = trio.Event()
+        outcome: list[BaseException | None] = []
+
+        def tell(err: BaseException | None) -> None:
+            outcome.append(err)
+            done.set()
+
+        self._acks.append(Ack([], _tell_error, ctx=tell))
+        self.flush()
+        await done.wait()
+        if outcome[0] is not None:
+            raise StoreError(str(outcome[0]))
+
     def drain_worker(self, worker_id: str) -> dict[str, Any]:
         """Ask a worker to finish its running tasks, hand back the rest and leave.
 
