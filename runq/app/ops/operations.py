@@ -49,7 +49,6 @@ from .inputs import (
     check_list,
     check_queue_name,
     check_schedule,
-    check_schedule_name,
     check_subscription,
     check_wait,
 )
@@ -393,27 +392,25 @@ class Operations:
         """Remove a schedule (its tasks enqueued so far stay); return once committed.
 
         Raises:
-            BadRequest: a name no schedule could have.
-            ScheduleMissing: ``not_found``.
+            ScheduleMissing: ``not_found`` (a name no schedule could have too).
             StoreError: the commit failed.
         """
         authorize(identity, "schedule_remove")
         srv = self._running()
-        srv.core.remove_schedule(check_schedule_name(name), srv.clock())
+        srv.core.remove_schedule(name, srv.clock())
         await srv.commit_changes()
 
     async def pause_schedule(self, identity: Identity, name: str, paused: bool = True) -> dict[str, Any]:
         """Pause (or resume: from the first fire time after now) a schedule; return it once committed.
 
         Raises:
-            BadRequest: a name no schedule could have.
-            ScheduleMissing: ``not_found``.
+            ScheduleMissing: ``not_found`` (a name no schedule could have too).
             StoreError: the commit failed.
         """
         authorize(identity, "schedule_pause" if paused else "schedule_resume")
         srv = self._running()
         core = srv.core
-        s = (core.pause_schedule if paused else core.resume_schedule)(check_schedule_name(name), srv.clock())
+        s = (core.pause_schedule if paused else core.resume_schedule)(name, srv.clock())
         await srv.commit_changes()
         return s.as_dict()
 
@@ -426,13 +423,12 @@ class Operations:
         id once committed.
 
         Raises:
-            BadRequest: a name no schedule could have.
-            ScheduleMissing: ``not_found``.
+            ScheduleMissing: ``not_found`` (a name no schedule could have too).
             StoreError: the commit failed (nothing was enqueued).
         """
         authorize(identity, "schedule_run")
         srv = self._running()
-        tid = srv.core.run_schedule_now(check_schedule_name(name), srv.clock())
+        tid = srv.core.run_schedule_now(name, srv.clock())
         await srv.commit_changes()
         return tid
 
