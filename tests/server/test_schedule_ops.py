@@ -195,3 +195,26 @@ async def test_a_hello_with_a_bad_schedule_is_refused_and_adds_nothing(nursery: 
     with pytest.raises(BadRequest, match="bad cron expression"):
         srv.ops.hello(ident, hello, "127.0.0.1", None)
     assert srv.core.schedules_list() == [] and not srv.core.workers  # (all checked before any is added)
+
+
+@pytest.mark.trio
+async def test_a_server_keeps_at_most_1000_schedules(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """A ``schedules`` answer holds them all in one frame: the 1,001st name is refused; replacing one is not."""
+    from runq.app.core import Schedule
+    from runq.protocol.messages import MAX_SCHEDULES
+
+    assert MAX_SCHEDULES == 1000
+    srv = await _start(nursery, tmp_path / "runq.db")
+    ident = authenticate(None, None, "client")
+    now = srv.clock()
+    for i in range(999):
+        srv.core.add_schedule(Schedule(f"s{i}", "t", every=60.0), now)
+    with trio.fail_after(20):
+        await srv.ops.add_schedule(ident, ScheduleSpec("last", "t", every=60.0))
+        with pytest.raises(BadRequest, match="at most 1000 schedules"):
+            await srv.ops.add_schedule(ident, ScheduleSpec("one more", "t", every=60.0))
+        kept = await srv.ops.add_schedule(ident, ScheduleSpec("s0", "t", every=120.0))  # (a replacement)
+        assert kept["every"] == 120.0 and len(srv.core.schedules) == 1000
+        with pytest.raises(BadRequest, match="at most 1000 schedules"):
+            srv.ops.hello(authenticate(None, None, "worker"),
+                          Hello(1, "worker", schedules=(ScheduleSpec("new", "t", every=5.0),)), "127.0.0.1", None)
