@@ -96,3 +96,26 @@ async def test_a_server_that_cannot_list_schedules_leaves_a_note_and_the_connect
         await source.close()
         assert server.server is not None
         server.server.close()
+
+
+async def test_the_schedules_screen_reads_a_database_file_offline(procs: Procs) -> None:
+    from runq.tui import OfflineSource
+
+    procs.start_server()
+    with anyio.fail_after(60):
+        async with Client(procs.address) as client:
+            kept = await client.add_schedule("nightly", "report", cron="0 2 * * *", tz="America/New_York")
+            await client.add_schedule("beat", "noop", every=60, paused=True)
+        procs.stop_server()
+        app = RunqDashboard(OfflineSource(procs.db))
+        async with app.run_test(size=(180, 40)) as pilot:
+            await pilot.press("5")
+            assert isinstance(app.screen, SchedulesScreen)
+            await until(pilot, lambda: len(rows(app)) == 2, what="the stored schedules")
+            shown = rows(app)
+            assert shown["nightly"][2:4] == ["0 2 * * * America/New_York",
+                                             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(kept["next_fire"]))]
+            assert shown["beat"][7] == "paused" and shown["beat"][3] == "-"
+            await pilot.press("r")  # (read-only: no action is offered, nothing happens)
+            await pilot.pause()
+            assert not app._notifications

@@ -72,14 +72,13 @@ class SchedulesScreen(DashboardScreen):
                 Text("paused", style="bold yellow") if s.get("paused") else Text("-", style="bright_black"),
             ]))
         sync_table(self.query_one("#schedules", DataTable), rows)
-        if st.offline:
-            text = "Schedules are shown with a live server (runq tui --server HOST:PORT)."
-        elif st.schedules_error:
+        if st.schedules_error:
             text = st.schedules_error
         elif not rows:
             text = "No schedules: runq schedules add, or schedule= on a task (docs/schedules.md)."
         else:
-            text = f"{len(rows)} schedule(s); times are local. p: pause/resume, r: run now."
+            text = f"{len(rows)} schedule(s); times are local." + (
+                " Read-only (the file's stored schedules)." if st.offline else " p: pause/resume, r: run now.")
         self.query_one("#summary", Static).update(text)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
