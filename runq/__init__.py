@@ -2,7 +2,7 @@
 
 Public API::
 
-    from runq import task, Client, SyncClient, Worker, Retry, TaskContext
+    from runq import task, Client, SyncClient, Worker, Retry, TaskContext, Cron, Every
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from .protocol.errors import (
     TaskNotFound,
     Unauthorized,
 )
+from .protocol.schedules import Cron, Every
 from .protocol.sync_client import SyncClient
 from .protocol.tasks import BadArguments, Call, NoClient, SyncTaskHandle, TaskDef, TaskHandle, TaskOptions, task
 from .protocol.worker import Retry, TaskContext, Worker
@@ -30,6 +31,8 @@ __all__ = [
     "Call",
     "Client",
     "ConnectionClosed",
+    "Cron",
+    "Every",
     "InvalidState",
     "NoClient",
     "NotRunqServer",

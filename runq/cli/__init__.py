@@ -3,7 +3,7 @@
 Layout: ``options.py`` (global options, environment variables, exit codes, errors), ``output.py`` (tables,
 views, human times, JSON), and one module per area: ``serve.py`` (serve, demo), ``worker.py`` (worker),
 ``tasks.py`` (enqueue, status, wait, cancel, retry, events, tasks), ``queues.py`` (pause, resume, queues,
-workers, types, drain), ``tui.py`` (tui). docs/cli.md is the user's reference.
+workers, types, drain), ``schedules.py`` (schedules and its subcommands), ``tui.py`` (tui). docs/cli.md is the user's reference.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from .options import (
     server_options,
 )
 from .queues import drain, pause, queues, resume, types, workers
+from .schedules import schedules
 from .serve import demo, serve
 from .tasks import cancel, enqueue, events, retry, status, tasks, wait
 from .tui import tui
@@ -48,6 +49,7 @@ for _command in (serve, worker, enqueue, status, wait, cancel, retry, events, ta
     cli.add_command(_command)
 for _command in (limits, breakers, why):  # (limits and breakers: docs/limits.md)
     cli.add_command(_command)
+cli.add_command(schedules)  # (periodic tasks: docs/schedules.md)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,7 +46,17 @@ from .errors import (
 )
 from .frames import DEFAULT_MAX_FRAME, DEFAULT_MAX_REPLY, HEADER, Connection, reply_limit
 from .limits import breaker_message, limit_message
-from .tasks import Call, TaskHandle, client_closed, client_opened, no_worker_hint, wait_timeout_message
+from .messages import ScheduleSpec
+from .tasks import (
+    Call,
+    TaskHandle,
+    client_closed,
+    client_opened,
+    no_worker_hint,
+    schedule_spec,
+    schedule_specs_of,
+    wait_timeout_message,
+)
 from .values import decode_task, encode_value
 
 if TYPE_CHECKING:
@@ -764,6 +774,61 @@ class Client:
             TaskNotFound: no connected worker has this id (code ``not_found``).
         """
         return dict((await self.request({"op": "drain", "worker": worker_id}))["worker"])
+
+    # ------------------------------------------------------------------ periodic tasks (docs/schedules.md)
+    @overload
+    async def add_schedule(self, name: str, type: str, payload: Any = None, *, cron: str | None = None,
+                           tz: str = "UTC", every: float | None = None, missed: str = "skip", max_missed: int = 10,
+                           queue: str | None = None, priority: int | None = None, timeout: float | None = None,
+                           retries: int | None = None, paused: bool = False) -> dict[str, Any]: ...
+    @overload
+    async def add_schedule(self, name: Any, /) -> list[dict[str, Any]]: ...
+
+    async def add_schedule(self, name: Any, type: str | None = None, payload: Any = None, *,
+                           cron: str | None = None, tz: str = "UTC", every: float | None = None,
+                           missed: str = "skip", max_missed: int = 10, queue: str | None = None,
+                           priority: int | None = None, timeout: float | None = None, retries: int | None = None,
+                           paused: bool = False) -> dict[str, Any] | list[dict[str, Any]]:
+        """Add a schedule (or replace the one of that name); return it as kept, with its ``next_fire``, once
+        committed.
+
+        ``add_schedule("nightly", "report", {"kind": "daily"}, cron="0 2 * * *", tz="Europe/Berlin")`` adds
+        one by hand (exactly one of ``cron`` and ``every`` seconds). ``add_schedule(report)`` (a task
+        definition, a list of them, or a module) registers the schedules declared with ``@runq.task(schedule=
+        ...)`` and returns them, as a worker running them does when it connects.
+
+        Raises:
+            RemoteError: ``bad_request`` naming the field (a bad cron expression or zone, ...).
+        """
+        if type is None:
+            return [await self._add_schedule(spec) for spec in schedule_specs_of(name)]
+        return await self._add_schedule(schedule_spec(
+            name, type, payload, cron=cron, tz=tz, every=every, missed=missed, max_missed=max_missed, queue=queue,
+            priority=priority, timeout=timeout, retries=retries, paused=paused))
+
+    async def _add_schedule(self, spec: ScheduleSpec) -> dict[str, Any]:
+        reply = await self.request({"op": "schedule_add", "schedule": spec.entry()})
+        return decode_task(dict(reply["schedule"]))
+
+    async def schedules(self) -> list[dict[str, Any]]:
+        """Every schedule by name, with its ``next_fire`` (unix time; None while paused) and ``last_fire``."""
+        return [decode_task(dict(s)) for s in (await self.request({"op": "schedules"}))["schedules"]]
+
+    async def pause_schedule(self, name: str) -> dict[str, Any]:
+        """Stop a schedule firing (``not_found``: ``TaskNotFound``); return it."""
+        return decode_task(dict((await self.request({"op": "schedule_pause", "name": name}))["schedule"]))
+
+    async def resume_schedule(self, name: str) -> dict[str, Any]:
+        """Fire again from the first fire time after now (what fell due while paused does not run)."""
+        return decode_task(dict((await self.request({"op": "schedule_resume", "name": name}))["schedule"]))
+
+    async def remove_schedule(self, name: str) -> None:
+        """Remove a schedule (its tasks enqueued so far stay)."""
+        await self.request({"op": "schedule_remove", "name": name})
+
+    async def run_schedule_now(self, name: str) -> int:
+        """Enqueue the schedule's task now, once (its fire times do not move); return the task's id."""
+        return int((await self.request({"op": "schedule_run", "name": name}))["ids"][0])
 
     async def stats(self) -> dict[str, Any]:
         return dict((await self.request({"op": "stats"}))["stats"])

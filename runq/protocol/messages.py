@@ -27,12 +27,16 @@ __all__ = [
     "MAX_CREDIT",
     "MAX_NAME",
     "MAX_RUN_AT",
+    "MAX_SCHEDULES",
+    "MIN_EVERY",
+    "MISSED_POLICIES",
     "PROTOCOL_VERSION",
     "ROLES",
     "SUPPORTED_VERSIONS",
     "WATCHER_OPS",
     "WORKER_OPS",
     "Hello",
+    "ScheduleSpec",
     "TaskSpec",
     "TypeOptions",
     "check_request",
@@ -41,6 +45,7 @@ __all__ = [
     "is_int",
     "optional",
     "parse_hello",
+    "parse_schedule",
     "parse_task_spec",
     "require",
 ]
@@ -58,13 +63,15 @@ CLIENT_OPS = frozenset(
     {
         "enqueue", "get", "wait", "cancel", "retry", "events", "list",
         "pause", "resume", "queues", "workers", "subscribe", "ping", "stats", "drain", "types",
+        # periodic tasks (docs/protocol.md 5.10)
+        "schedules", "schedule_add", "schedule_remove", "schedule_pause", "schedule_resume", "schedule_run",
     }
 )
 #: ops a worker may send.
 WORKER_OPS = frozenset({"credit", "heartbeat", "progress", "done", "fail", "release", "ping"})
 #: a watcher is a read-only client.
 WATCHER_OPS = frozenset({"get", "wait", "events", "list", "queues", "workers", "subscribe", "ping", "stats",
-                         "types"})
+                         "types", "schedules"})
 #: the ops of rate limits, concurrency caps and circuit breakers (docs/limits.md, docs/protocol.md 5.4): a client's,
 #: and the reads a watcher's too.
 LIMIT_READ_OPS = frozenset({"limits", "breakers", "why", "server_events"})
@@ -81,6 +88,14 @@ MAX_CREDIT = 1_000_000_000
 #: ``run_at`` must lie strictly between -MAX_RUN_AT and MAX_RUN_AT (about year 5138): NaN and infinities too
 #: are refused (docs/protocol.md section 5.1).
 MAX_RUN_AT = 1e11
+
+#: The most schedules a server keeps, and a worker's hello may declare (a ``schedules`` answer holds them all).
+MAX_SCHEDULES = 1000
+#: The shortest ``every`` of a schedule, in seconds (a finer cadence is a loop, not a schedule: each fire time
+#: is a task, a commit and a stored mark).
+MIN_EVERY = 1.0
+#: What the fire times a schedule missed while the server was down get (docs/schedules.md).
+MISSED_POLICIES = ("skip", "once", "all")
 
 _MISSING = object()
 #: Integers on the wire must fit in a signed 64-bit integer (docs/protocol.md section 0).
@@ -152,6 +167,7 @@ class Hello:
     concurrency: int = 1
     types: tuple[str, ...] = ()
     type_options: dict[str, TypeOptions] = field(default_factory=dict)
+    schedules: tuple[ScheduleSpec, ...] = ()
 
 
 class TypeOptions(NamedTuple):
@@ -207,6 +223,9 @@ def parse_hello(msg: dict[str, Any]) -> Hello:
         raise ProtocolError(f"hello: 'types' must be a list of at most {MAX_TYPES} task types (non-empty str of at "
                             f"most 200 chars, {MAX_TYPES_CHARS} chars in all)")
     type_options = _type_options(optional(msg, "type_options", dict, {}))
+    schedules = optional(msg, "schedules", list, [])
+    if len(schedules) > MAX_SCHEDULES:
+        raise ProtocolError(f"hello: 'schedules' may declare at most {MAX_SCHEDULES} schedules")
     return Hello(
         version=version,
         role=role,
@@ -218,6 +237,7 @@ def parse_hello(msg: dict[str, Any]) -> Hello:
         concurrency=concurrency,
         types=tuple(dict.fromkeys(types)),
         type_options=type_options,
+        schedules=tuple(parse_schedule(d, "hello") for d in schedules),
     )
 
 
@@ -359,6 +379,71 @@ def _float(v: float | None) -> float | None:
     return None if v is None else float(v)
 
 
+class ScheduleSpec(NamedTuple):
+    """A periodic task as the wire carries it (``schedule_add``, a worker's hello ``schedules``; docs/protocol.md
+    5.10): the fields' types are checked here (``parse_schedule``), their values by the server (the operations
+    layer's ``check_schedule``: a bad cron expression, zone or range is ``bad_request``).
+
+    Attributes:
+        name: the schedule's name (declaring it again replaces that schedule).
+        type, payload, queue, priority, timeout, retries: the task each fire time enqueues, as in ``TaskSpec``.
+        cron: a cron expression (five fields, or six with seconds first), on the wall clock of ``tz``.
+        tz: an IANA time zone name.
+        every: seconds between fire times, instead of ``cron``.
+        missed: ``skip``, ``once`` or ``all`` (``MISSED_POLICIES``).
+        max_missed: with ``all``, at most this many missed fire times get a task.
+        paused: add it paused.
+    """
+
+    name: str
+    type: str
+    payload: bytes = b"\xc0"
+    queue: str | None = None
+    priority: int | None = None
+    timeout: float | None = None
+    retries: int | None = None
+    cron: str | None = None
+    tz: str = "UTC"
+    every: float | None = None
+    missed: str = "skip"
+    max_missed: int = 10
+    paused: bool = False
+
+    def entry(self) -> dict[str, Any]:
+        """The wire map (fields left at their default are left out)."""
+        out: dict[str, Any] = {"name": self.name, "type": self.type}
+        for k, default in (("payload", b"\xc0"), ("queue", None), ("priority", None), ("timeout", None),
+                           ("retries", None), ("cron", None), ("tz", "UTC"), ("every", None), ("missed", "skip"),
+                           ("max_missed", 10), ("paused", False)):
+            v = getattr(self, k)
+            if v != default or type(v) is not type(default):
+                out[k] = v
+        return out
+
+
+def parse_schedule(d: Any, op: str = "schedule_add") -> ScheduleSpec:
+    """The fields of one schedule map, type-checked (values are the server's to check).
+
+    Raises:
+        ProtocolError: ``bad_message``, naming the field.
+    """
+    if type(d) is not dict:
+        raise ProtocolError(f"{op}: a schedule must be a map")
+    d = {**d, "op": op}
+    payload = d.get("payload", b"\xc0")
+    if payload is None:
+        payload = b"\xc0"
+    if type(payload) is not bytes:
+        raise ProtocolError(f"{op}: 'payload' must be bin (the msgpack encoding of the value)")
+    return ScheduleSpec(
+        name=require(d, "name", str), type=require(d, "type", str), payload=payload,
+        queue=optional(d, "queue", str), priority=optional(d, "priority", int),
+        timeout=_float(optional(d, "timeout", _NUM)), retries=optional(d, "retries", int),
+        cron=optional(d, "cron", str), tz=optional(d, "tz", str, "UTC"), every=_float(optional(d, "every", _NUM)),
+        missed=optional(d, "missed", str, "skip"), max_missed=optional(d, "max_missed", int, 10),
+        paused=optional(d, "paused", bool, False))
+
+
 # ---------------------------------------------------------------------- the client's side
 _Kind = type | tuple[type, ...]
 #: The fields of each client request whose type the server checks (docs/protocol.md section 5), and whether
@@ -377,6 +462,11 @@ REQUEST_FIELDS: dict[str, tuple[tuple[str, _Kind, bool], ...]] = {
     "resume": (("queue", str, True),),
     "drain": (("worker", str, True),),
     "subscribe": (("queues", list, False), ("types", list, False), ("ids", list, False)),
+    "schedule_add": (("schedule", dict, True),),
+    "schedule_remove": (("name", str, True),),
+    "schedule_pause": (("name", str, True),),
+    "schedule_resume": (("name", str, True),),
+    "schedule_run": (("name", str, True),),
 }
 #: the limits and breakers ops (5.4), as above
 REQUEST_FIELDS.update({
@@ -421,6 +511,11 @@ def check_request(msg: dict[str, Any]) -> None:
                 raise TypeError("enqueue: 'payload' must be bin (the msgpack encoding of the value)")
             for name, kind, required in TASK_FIELDS:
                 _check_field(op, d, name, kind, required)
+    elif op == "schedule_add":
+        try:
+            parse_schedule(msg["schedule"])
+        except ProtocolError as exc:
+            raise TypeError(str(exc)) from None
     elif op == "subscribe":
         for name, item in _FILTER_ITEMS.items():
             values = msg.get(name)

@@ -52,7 +52,7 @@ from .errors import (
 )
 from .frames import DEFAULT_MAX_FRAME, DEFAULT_MAX_REPLY, Connection, reply_limit
 from .limits import breaker_message, limit_message
-from .tasks import Call, SyncTaskHandle, no_worker_hint, wait_timeout_message
+from .tasks import Call, SyncTaskHandle, no_worker_hint, schedule_spec, schedule_specs_of, wait_timeout_message
 from .values import decode_task
 
 __all__ = ["SyncClient"]
@@ -472,6 +472,50 @@ class SyncClient:
     def drain(self, worker_id: str) -> dict[str, Any]:
         """Ask a connected worker to stop gracefully; return its worker map (now ``draining``)."""
         return dict(self.request({"op": "drain", "worker": worker_id})["worker"])
+
+    # ------------------------------------------------------------------ periodic tasks (docs/schedules.md)
+    @overload
+    def add_schedule(self, name: str, type: str, payload: Any = None, *, cron: str | None = None,
+                     tz: str = "UTC", every: float | None = None, missed: str = "skip", max_missed: int = 10,
+                     queue: str | None = None, priority: int | None = None, timeout: float | None = None,
+                     retries: int | None = None, paused: bool = False) -> dict[str, Any]: ...
+    @overload
+    def add_schedule(self, name: Any, /) -> list[dict[str, Any]]: ...
+
+    def add_schedule(self, name: Any, type: str | None = None, payload: Any = None, *, cron: str | None = None,
+                     tz: str = "UTC", every: float | None = None, missed: str = "skip", max_missed: int = 10,
+                     queue: str | None = None, priority: int | None = None, timeout: float | None = None,
+                     retries: int | None = None, paused: bool = False) -> dict[str, Any] | list[dict[str, Any]]:
+        """``Client.add_schedule``: a schedule by hand, or those a task definition (or module) declares."""
+        if type is None:
+            specs = schedule_specs_of(name)
+        else:
+            specs = [schedule_spec(name, type, payload, cron=cron, tz=tz, every=every, missed=missed,
+                                   max_missed=max_missed, queue=queue, priority=priority, timeout=timeout,
+                                   retries=retries, paused=paused)]
+        kept = [decode_task(dict(self.request({"op": "schedule_add", "schedule": s.entry()})["schedule"]))
+                for s in specs]
+        return kept if type is None else kept[0]
+
+    def schedules(self) -> list[dict[str, Any]]:
+        """Every schedule by name, with its ``next_fire`` and ``last_fire`` (``Client.schedules``)."""
+        return [decode_task(dict(s)) for s in self.request({"op": "schedules"})["schedules"]]
+
+    def pause_schedule(self, name: str) -> dict[str, Any]:
+        """Stop a schedule firing; return it."""
+        return decode_task(dict(self.request({"op": "schedule_pause", "name": name})["schedule"]))
+
+    def resume_schedule(self, name: str) -> dict[str, Any]:
+        """Fire again from the first fire time after now; return it."""
+        return decode_task(dict(self.request({"op": "schedule_resume", "name": name})["schedule"]))
+
+    def remove_schedule(self, name: str) -> None:
+        """Remove a schedule (its tasks enqueued so far stay)."""
+        self.request({"op": "schedule_remove", "name": name})
+
+    def run_schedule_now(self, name: str) -> int:
+        """Enqueue the schedule's task now, once; return the task's id."""
+        return int(self.request({"op": "schedule_run", "name": name})["ids"][0])
 
     def stats(self) -> dict[str, Any]:
         """The server's counters (docs/protocol.md 8.5)."""

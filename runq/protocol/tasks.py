@@ -39,7 +39,8 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, Protocol
 
 from .errors import ProtocolError, RunqError
 from .limits import parse_rate
-from .messages import TaskSpec, check_task_spec
+from .messages import ScheduleSpec, TaskSpec, check_task_spec
+from .schedules import Cron, Every, Timing, spec_of
 from .values import encode_value, model_kind
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ __all__ = [
     "TaskOptions",
     "default_client",
     "no_worker_hint",
+    "schedule_specs_of",
     "task",
     "tasks_in",
 ]
@@ -205,10 +207,10 @@ class TaskDef(Generic[P, R]):
     """
 
     __slots__ = ("_all", "_models", "_reserved", "_result", "_signature", "context_param", "fn", "is_async",
-                 "options", "takes_payload", "type")
+                 "options", "schedule", "takes_payload", "type")
 
     def __init__(self, fn: Callable[..., Any], type: str | None = None, options: TaskOptions | None = None, *,
-                 takes_payload: bool = False) -> None:
+                 takes_payload: bool = False, schedule: Timing | Iterable[Timing] | None = None) -> None:
         self.fn = fn
         self.type: str = type or str(getattr(fn, "__name__", ""))
         self.options = options or TaskOptions()
@@ -234,9 +236,34 @@ class TaskDef(Generic[P, R]):
         if isinstance(self.options.key, str) and not takes_payload:
             _check_key_template(self.type, self.options.key, shown)
         self._result = _model_of(hints.get("return"))
+        self.schedule: tuple[Timing, ...] = ()
+        if schedule is not None:
+            self.schedule = (schedule,) if isinstance(schedule, (Cron, Every)) else tuple(schedule)
+            self.schedule_specs()  # (the arguments bound now: a definition that cannot run fails at import)
 
     def __repr__(self) -> str:
         return f"<TaskDef {self.type}{self._signature}>"
+
+    def schedule_specs(self) -> list[ScheduleSpec]:
+        """The schedules this definition declares (``schedule=``), as the wire carries them: each named after
+        the type unless it has a name, with its ``args`` bound as ``call`` binds them.
+
+        Raises:
+            BadArguments: a schedule's ``args`` do not fit the signature.
+            ValueError: two schedules of one name.
+            TypeError: a schedule that is not a ``Cron`` or an ``Every``.
+        """
+        out: dict[str, ScheduleSpec] = {}
+        for t in self.schedule:
+            if not isinstance(t, (Cron, Every)):
+                raise TypeError(f"task {self.type}: schedule must be runq.Cron(...) or runq.Every(...), got {t!r}")
+            name = t.name or self.type
+            if name in out:
+                raise ValueError(f"task {self.type}: two schedules named {name!r} (give each a name=)")
+            bind: Any = self.call  # (the arguments are checked against the signature at run time)
+            payload = encode_value(dict(t.args)) if self.takes_payload else bind(**t.args).payload
+            out[name] = spec_of(t, name, self.type, payload)
+        return list(out.values())
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
         """Run the function here and now (in tests, say): no queue involved."""
@@ -641,13 +668,13 @@ def task(fn: Callable[P, R], /) -> TaskDef[P, R]: ...
 def task(*, type: str | None = None, queue: str | None = None, priority: int | None = None,
          timeout: float | None = None, retries: int | None = None, delay: float | None = None,
          key: str | Callable[..., str] | None = None, rate_limit: str | None = None,
-         concurrency: int | None = None) -> _Decorator: ...
+         concurrency: int | None = None, schedule: Timing | Iterable[Timing] | None = None) -> _Decorator: ...
 
 
 def task(fn: Callable[..., Any] | None = None, /, *, type: str | None = None, queue: str | None = None,
          priority: int | None = None, timeout: float | None = None, retries: int | None = None,
          delay: float | None = None, key: str | Callable[..., str] | None = None, rate_limit: str | None = None,
-         concurrency: int | None = None) -> Any:
+         concurrency: int | None = None, schedule: Timing | Iterable[Timing] | None = None) -> Any:
     """Define a task type from a function (``@task`` or ``@task(queue=..., retries=...)``).
 
     Args:
@@ -655,6 +682,8 @@ def task(fn: Callable[..., Any] | None = None, /, *, type: str | None = None, qu
         queue, priority, timeout, retries, delay, key: the definition's options (see ``TaskOptions``).
         rate_limit, concurrency: the type's limit across all workers (``rate_limit="10/s"``, ``concurrency=3``),
             set on the server when a worker with this definition joins (docs/limits.md).
+        schedule: ``runq.Cron(...)`` or ``runq.Every(...)`` (or several): periodic runs of the task,
+            registered when a worker that runs it connects (docs/schedules.md).
 
     Returns:
         A ``TaskDef``: ``.call(...)`` binds arguments for ``client.enqueue``, ``await .enqueue(...)``
@@ -669,7 +698,7 @@ def task(fn: Callable[..., Any] | None = None, /, *, type: str | None = None, qu
     def deco(f: Callable[..., Any]) -> TaskDef[Any, Any]:
         if isinstance(f, TaskDef):
             raise TypeError(f"{f.type} is a task already")
-        return TaskDef(f, type, options)
+        return TaskDef(f, type, options, schedule=schedule)
 
     return deco if fn is None else deco(fn)
 
@@ -682,3 +711,23 @@ def tasks_in(namespace: Any) -> list[TaskDef[Any, Any]]:
             seen.setdefault(id(value), value)
     return list(seen.values())
 
+
+
+def schedule_specs_of(source: Any) -> list[ScheduleSpec]:
+    """The schedules declared by ``source``: a ``TaskDef``, an iterable of them, or a module (every definition
+    it holds), as ``client.add_schedule(source)`` registers them."""
+    if isinstance(source, TaskDef):
+        return source.schedule_specs()
+    defs = list(source) if isinstance(source, Iterable) and not isinstance(source, (str, bytes)) else tasks_in(source)
+    return [spec for d in defs for spec in schedule_specs_of(d)]
+
+
+def schedule_spec(name: str, type: str, payload: Any = None, *, cron: str | None = None, tz: str = "UTC",
+                  every: float | None = None, missed: str = "skip", max_missed: int = 10, queue: str | None = None,
+                  priority: int | None = None, timeout: float | None = None, retries: int | None = None,
+                  paused: bool = False) -> ScheduleSpec:
+    """The wire form of a schedule added by hand (``client.add_schedule(name, type, ...)``); the server checks
+    the values."""
+    return ScheduleSpec(name, type, encode_value(payload), queue, priority,
+                        None if timeout is None else float(timeout), retries, cron, tz,
+                        None if every is None else float(every), missed, max_missed, paused)

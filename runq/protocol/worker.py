@@ -424,6 +424,9 @@ class Worker:
                 "queues": self.queues, "concurrency": self.concurrency, "name": self.name,
                 "types": sorted(self.handlers), "type_options": self._type_options(),
             }
+            schedules = [spec.entry() for d in self.handlers.values() for spec in d.schedule_specs()]
+            if schedules:  # (the schedules its tasks declare: the server adds them as the worker joins)
+                hello["schedules"] = schedules
             await stream.send(conn.send(hello))
             welcome = None
             answer = b""  # the peer's first bytes: what it is, when it is not a runq server

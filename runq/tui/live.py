@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 from ..protocol.calls import Backoff
 from ..protocol.client import Client, EventStream
-from ..protocol.errors import RunqError
+from ..protocol.errors import RemoteError, RunqError
 from .model import Bar, DashboardState
 from .source import NotConnected, Source, TaskPage
 
@@ -207,6 +207,19 @@ class LiveSource(Source):
         self.state.set_queues(queues)
         self.state.set_workers(workers, self.now())
         self.state.stats = stats
+        if self.state.schedules_wanted:
+            await self._poll_schedules(client)
+
+    async def _poll_schedules(self, client: Client) -> None:
+        """The schedules, while their screen is in view; a server that cannot list them (an older one, an
+        odd reply) leaves a note on that screen rather than ending the connection's polls."""
+        st = self.state
+        try:
+            st.schedules = await client.schedules()
+            st.schedules_error = ""
+        except (RemoteError, KeyError, TypeError, ValueError) as exc:
+            st.schedules_error = f"the server did not list its schedules: {type(exc).__name__}: {exc}"
+        st.version += 1
 
     async def _seed_lanes(self, client: Client) -> None:
         """Start the Gantt view with the attempts the server knows of (running, and the latest finished),
@@ -306,3 +319,20 @@ class LiveSource(Source):
                       priority: int | None = None, delay: float | None = None) -> int:
         return await self._call(lambda c: c.enqueue(type, payload, queue=queue, priority=priority, delay=delay))
 
+
+    # ------------------------------------------------------------------ schedules (periodic tasks)
+    async def pause_schedule(self, name: str) -> dict[str, Any]:
+        return self._kept(await self._call(lambda c: c.pause_schedule(name)))
+
+    async def resume_schedule(self, name: str) -> dict[str, Any]:
+        return self._kept(await self._call(lambda c: c.resume_schedule(name)))
+
+    async def run_schedule_now(self, name: str) -> int:
+        return await self._call(lambda c: c.run_schedule_now(name))
+
+    def _kept(self, schedule: dict[str, Any]) -> dict[str, Any]:
+        """Show ``schedule`` as the server answered it, before the next poll."""
+        st = self.state
+        st.schedules = [schedule if s.get("name") == schedule["name"] else s for s in st.schedules]
+        st.version += 1
+        return schedule

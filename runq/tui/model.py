@@ -239,6 +239,9 @@ class DashboardState:
         self.dropped = 0
         self.totals_from_server = False  # queue maps carry succeeded/failed/dead totals
         self.watched: dict[int, int] = {}  # task id -> version of its last live event
+        self.schedules: list[dict[str, Any]] = []  # the server's schedules (periodic tasks), as it lists them
+        self.schedules_wanted = False  # polled only while the Schedules screen is in view (an older server
+        self.schedules_error = ""  # has no such request): why the latest poll of them failed
 
     # ------------------------------------------------------------------ writing
     def queue(self, name: str) -> QueueRow:

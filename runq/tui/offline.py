@@ -194,9 +194,25 @@ class OfflineSource(Source):
                 "JOIN tasks t ON t.id = e.task_id WHERE e.at >= ? ORDER BY e.id", (since,)):
             lanes.apply(kind, tid, at, worker, attempt, type_)
         st.lanes = lanes
+        if st.schedules_wanted:
+            await self._read_schedules()
         st.status = f"offline: {self.path}, read-only (no server); clock stopped at the file's last event"
         st.version += 1
         self.loaded.set()
+
+    async def _read_schedules(self) -> None:
+        """The stored schedules (while their screen is in view); a file from before schedules has none."""
+        st = self.state
+        try:
+            rows = await self._all("SELECT name, type, cron, tz, every, missed, max_missed, paused, next_fire, "
+                                   "last_fire, created_at FROM schedules ORDER BY name")
+        except sqlite3.OperationalError as exc:  # (no such table: a database older than schema v6)
+            st.schedules, st.schedules_error = [], f"{self.path} holds no schedules ({exc})"
+            return
+        keys = ("name", "type", "cron", "tz", "every", "missed", "max_missed", "paused", "next_fire", "last_fire",
+                "created_at")
+        st.schedules = [dict(zip(keys, r, strict=True)) | {"paused": bool(r[7])} for r in rows]
+        st.schedules_error = ""
 
     # ------------------------------------------------------------------ reads
     async def list_tasks(self, *, state: str | None = None, queue: str | None = None, type: str | None = None,

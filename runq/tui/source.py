@@ -99,3 +99,13 @@ class Source(abc.ABC):
     async def enqueue(self, type: str, payload: Any = None, *, queue: str | None = None,
                       priority: int | None = None, delay: float | None = None) -> int:
         raise ReadOnly("this view is read-only")
+
+    # ------------------------------------------------------------------ schedules (periodic tasks)
+    async def pause_schedule(self, name: str) -> dict[str, Any]:
+        raise ReadOnly("this view is read-only")
+
+    async def resume_schedule(self, name: str) -> dict[str, Any]:
+        raise ReadOnly("this view is read-only")
+
+    async def run_schedule_now(self, name: str) -> int:
+        raise ReadOnly("this view is read-only")

@@ -18,6 +18,7 @@ import hypothesis
 import pytest
 import schemathesis
 import trio
+from schemathesis.checks import positive_data_acceptance
 from schemathesis.core.parameters import ParameterLocation
 
 from runq.app.core import CoreConfig
@@ -81,6 +82,16 @@ def _one_state_filter(case: Any) -> None:
         del case.query["status"]
 
 
+#: Operations whose valid input JSON Schema cannot say in full: a schedule's cron expression (cronsim's grammar,
+#: and whether it ever fires) and its time zone (the system's tz database). Schemathesis' "schema-valid data is
+#: accepted" check does not apply to them; every other check does (no 5xx, answers match the schema).
+_NOT_ALL_VALID_DATA_ACCEPTED = frozenset({("PUT", "/api/schedules/{name}")})
+
+
+def _excluded(case: Any) -> list[Any]:
+    return [positive_data_acceptance] if (case.method.upper(), case.path) in _NOT_ALL_VALID_DATA_ACCEPTED else []
+
+
 def _auth(case: Any) -> dict[str, str]:
     """The token, unless schemathesis made the headers invalid on purpose (the token left out, say):
     adding it back would turn a request it expects refused into a valid one."""
@@ -94,7 +105,7 @@ def _auth(case: Any) -> dict[str, str]:
 def test_api_conforms_to_its_openapi(case: Any, live_url: str) -> None:
     _bounded(case)
     _one_state_filter(case)
-    case.call_and_validate(base_url=live_url, headers=_auth(case), timeout=10)
+    case.call_and_validate(base_url=live_url, headers=_auth(case), timeout=10, excluded_checks=_excluded(case))
 
 
 @pytest.mark.slow
@@ -103,7 +114,7 @@ def test_api_conforms_to_its_openapi(case: Any, live_url: str) -> None:
 def test_api_conforms_to_its_openapi_long(case: Any, live_url: str) -> None:
     _bounded(case)
     _one_state_filter(case)
-    case.call_and_validate(base_url=live_url, headers=_auth(case), timeout=10)
+    case.call_and_validate(base_url=live_url, headers=_auth(case), timeout=10, excluded_checks=_excluded(case))
 
 
 def test_streams_are_in_the_spec_but_not_fuzzed(live_url: str) -> None:

@@ -13,6 +13,7 @@ import trio
 
 from runq.app.core import CoreConfig
 from runq.app.ops import (
+    NOT_MESSAGES,
     PERMISSIONS,
     BadRequest,
     BreakerSettings,
@@ -32,24 +33,28 @@ from runq.app.ops import (
     authorize,
 )
 from runq.app.server import Server, ServerConfig
-from runq.protocol.messages import CLIENT_OPS, WATCHER_OPS, WORKER_OPS, TaskSpec
+from runq.protocol.messages import CLIENT_OPS, WATCHER_OPS, WORKER_OPS, ScheduleSpec, TaskSpec
 from runq.protocol.sync_client import SyncClient
 
 #: docs/protocol.md section 5, written out: what each role may send.
 DOC_CLIENT = {"enqueue", "get", "wait", "cancel", "retry", "events", "list", "pause", "resume", "queues", "workers",
-              "subscribe", "ping", "stats", "drain", "types"}
+              "subscribe", "ping", "stats", "drain", "types",
+              "schedules", "schedule_add", "schedule_remove", "schedule_pause", "schedule_resume", "schedule_run"}
 #: docs/protocol.md section 5.8, written out: the limits and breakers ops (the reads are a watcher's too).
 DOC_LIMIT_READS = {"limits", "breakers", "why", "server_events"}
 DOC_CLIENT |= DOC_LIMIT_READS | {"set_limit", "remove_limit", "set_breaker", "remove_breaker", "open_breaker",
                                  "close_breaker"}
 DOC_WORKER = {"credit", "heartbeat", "progress", "done", "fail", "release", "ping"}
-DOC_WATCHER = {"get", "wait", "events", "list", "queues", "workers", "subscribe", "ping", "stats", "types"}
+DOC_WATCHER = {"get", "wait", "events", "list", "queues", "workers", "subscribe", "ping", "stats", "types",
+               "schedules"}
 DOC_WATCHER |= DOC_LIMIT_READS
 
 
 def test_the_permission_table_gives_each_role_what_the_protocol_lists() -> None:
     assert allowed_ops("client") == DOC_CLIENT == CLIENT_OPS
-    assert allowed_ops("worker") == DOC_WORKER == WORKER_OPS
+    # (a worker also declares schedules, in its hello: an operation that is not a message of its own)
+    assert NOT_MESSAGES == {"schedule_declare"} and PERMISSIONS["schedule_declare"] == {"worker"}
+    assert allowed_ops("worker") - NOT_MESSAGES == DOC_WORKER == WORKER_OPS
     assert allowed_ops("watcher") == DOC_WATCHER == WATCHER_OPS
     assert allowed_ops("nobody") == frozenset()
 
@@ -62,7 +67,7 @@ def test_authenticate_compares_the_token_and_gives_the_roles_operations() -> Non
         authenticate("s3cret", None, "client")
     ident = authenticate("s3cret", b"s3cret", "watcher", "10.0.0.1:5000")
     assert (ident.name, ident.role, ident.ops) == ("10.0.0.1:5000", "watcher", frozenset(DOC_WATCHER))
-    assert authenticate(None, None, "worker").ops == frozenset(DOC_WORKER)  # (no token: anyone)
+    assert authenticate(None, None, "worker").ops == DOC_WORKER | NOT_MESSAGES  # (no token: anyone)
     authorize(ident, "list")
     with pytest.raises(NotPermitted) as refused:
         authorize(ident, "enqueue")
@@ -116,6 +121,13 @@ def _calls(ops: Any, ident: Identity, tid: int) -> dict[str, Callable[[], Any]]:
         "breakers": lambda: ops.breakers(ident),
         "why": lambda: ops.why(ident, tid),
         "server_events": lambda: ops.server_events(ident, EventsQuery()),
+        "schedule_add": lambda: ops.add_schedule(ident, ScheduleSpec("s", "t", every=60.0)),
+        "schedule_remove": lambda: ops.remove_schedule(ident, "s"),
+        "schedule_pause": lambda: ops.pause_schedule(ident, "s"),
+        "schedule_resume": lambda: ops.resume_schedule(ident, "s"),
+        "schedule_run": lambda: ops.run_schedule_now(ident, "s"),
+        "schedules": lambda: ops.schedules(ident),
+        "schedule_declare": lambda: ops.declare_schedules(ident, (ScheduleSpec("s", "t", every=60.0),)),
     }
 
 
@@ -138,7 +150,7 @@ async def test_every_operation_is_authorised_against_the_table(nursery: trio.Nur
             assert name  # (refused: see pytest.raises)
         # nothing happened: one task, ready, no queue paused
         assert srv.core.tasks[tid].state.value == "ready" and srv.core.queue_stats()[0]["paused"] is False
-        assert srv.core.stats.enqueued == 1
+        assert srv.core.stats.enqueued == 1 and srv.core.schedules_list() == []
         assert srv.core.limits() == [] and srv.core.breakers == {}
         pauser = Identity("ops", "operator", frozenset({"pause"}))
         await ops.pause(pauser, "q")

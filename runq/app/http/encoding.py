@@ -23,7 +23,7 @@ from typing import Any
 import msgpack
 
 from ...protocol.errors import ProtocolError
-from ...protocol.messages import TaskSpec, parse_task_spec
+from ...protocol.messages import ScheduleSpec, TaskSpec, parse_schedule, parse_task_spec
 from ...protocol.values import decode_value, encode_value
 from .errors import ApiError
 
@@ -31,6 +31,7 @@ __all__ = [
     "ALIASES",
     "MAX_DEPTH",
     "MAX_ID",
+    "SCHEDULE_FIELDS",
     "SPEC_FIELDS",
     "check_id",
     "dumps",
@@ -42,6 +43,8 @@ __all__ = [
     "query_int",
     "query_set",
     "query_str",
+    "schedule_from_json",
+    "schedule_json",
     "spec_from_json",
     "task_json",
 ]
@@ -316,3 +319,42 @@ def query_set(args: Any, name: str, pattern: re.Pattern[str] = NAMES_RE) -> froz
                                           f"(matching {pattern.pattern})")
         _check_str(v)
     return frozenset(p for v in given for p in v.split(","))
+
+
+#: The fields of a ``PUT /api/schedules/{name}`` body (the name is the path's; ``data`` is the tasks' argument).
+SCHEDULE_FIELDS = ("type", "data", "queue", "priority", "timeout", "retries", "cron", "tz", "every", "missed",
+                   "max_missed", "paused")
+_SCHEDULE_FIELD_SET = frozenset(SCHEDULE_FIELDS)
+
+
+def schedule_from_json(name: str, obj: Any) -> ScheduleSpec:
+    """Decode a schedule's JSON body (its fields' types; the operations layer checks the values).
+
+    Raises:
+        ApiError: ``bad_request`` for a body that is not an object, has unknown or null fields, or a field of
+            the wrong type.
+    """
+    if not isinstance(obj, dict):
+        raise ApiError("bad_request", "the body must be a JSON object (a schedule)")
+    unknown = set(obj) - _SCHEDULE_FIELD_SET
+    if unknown:
+        raise ApiError("bad_request", f"schedule: unknown field(s) {sorted(unknown)}; allowed: {list(SCHEDULE_FIELDS)}")
+    nulls = sorted(k for k, v in obj.items() if v is None and k != "data")
+    if nulls:
+        raise ApiError("bad_request", f"schedule: {nulls} must not be null (leave a field out for its default)")
+    d = {k: v for k, v in obj.items() if k != "data"}
+    for v in d.values():
+        _check(v)
+    d["name"] = name
+    d["payload"] = _encode_data(obj["data"], "schedule") if "data" in obj else _NIL
+    try:
+        return parse_schedule(d, "schedule")
+    except ProtocolError as exc:
+        raise ApiError("bad_request", str(exc)) from exc
+
+
+def schedule_json(s: dict[str, Any]) -> dict[str, Any]:
+    """The HTTP view of a schedule map (``Schedule.as_dict()``): the payload as ``data``."""
+    out = {k: v for k, v in s.items() if k != "payload"}
+    out["data"] = _value(s["payload"])
+    return out

@@ -16,7 +16,7 @@ from typing import Any
 
 from ...protocol.errors import ERROR_CODES
 from ..ops import VERSION
-from .encoding import IDS_PATTERN, MAX_ID, NAMES_PATTERN, SPEC_FIELDS
+from .encoding import IDS_PATTERN, MAX_ID, NAMES_PATTERN, SCHEDULE_FIELDS, SPEC_FIELDS
 
 __all__ = ["SPEC", "build_spec", "docs_html", "spec_routes"]
 
@@ -86,6 +86,32 @@ _WORKER = _obj({
 
 _RATE_KEYS = ("enqueued", "succeeded", "failed", "dead")
 
+_BOOL = {"type": "boolean"}
+_SCHEDULE_SPEC_PROPS: dict[str, Any] = {
+    "type": _TASK_SPEC_PROPS["type"],
+    "data": {**_ANY, "description": "the tasks' argument, any JSON value (at most 8 KiB as msgpack)"},
+    "queue": _TASK_SPEC_PROPS["queue"], "priority": _TASK_SPEC_PROPS["priority"],
+    "timeout": _TASK_SPEC_PROPS["timeout"], "retries": _TASK_SPEC_PROPS["retries"],
+    "cron": {"type": "string", "description": "a cron expression (5 fields, or 6 with seconds first), read on the "
+                                              "wall clock of tz; exactly one of cron and every"},
+    "tz": {"type": "string", "default": "UTC", "description": "an IANA time zone (Europe/Berlin)"},
+    "every": {"type": "number", "minimum": 1, "maximum": 10 * 365 * 86400, "description": "seconds between fire times"},
+    "missed": {"type": "string", "enum": ["skip", "once", "all"], "default": "skip",
+               "description": "what fire times missed while the server was down get"},
+    "max_missed": {"type": "integer", "minimum": 1, "maximum": 10_000, "default": 10,
+                   "description": "with missed=all, at most this many missed fire times get a task"},
+    "paused": {**_BOOL, "default": False},
+}
+assert tuple(_SCHEDULE_SPEC_PROPS) == SCHEDULE_FIELDS
+_SCHEDULE = _obj({
+    "name": _STR, "type": _STR, "data": _ANY, "queue": _NSTR, "priority": {"type": "integer", "nullable": True},
+    "timeout": _NNUM, "retries": {"type": "integer", "nullable": True}, "cron": _NSTR, "tz": _STR, "every": _NNUM,
+    "missed": _STR, "max_missed": _INT, "paused": _BOOL,
+    "next_fire": {**_NNUM, "description": "the next fire time (unix time); null while paused"},
+    "last_fire": {**_NNUM, "description": "the latest fire time that enqueued a task"},
+    "created_at": _NUM,
+})
+
 SCHEMAS: dict[str, Any] = {
     "Error": _obj({"error": _obj({"code": {"type": "string", "enum": sorted(ERROR_CODES)}, "message": _STR})}),
     "TaskSpec": {**_obj(_TASK_SPEC_PROPS, ["type"]),
@@ -135,6 +161,13 @@ SCHEMAS: dict[str, Any] = {
         "commit_batches": _INT, "recovered": _INT,
     }),
     "Status": _obj({"status": _STR}),
+    "ScheduleSpec": {**_obj(_SCHEDULE_SPEC_PROPS, ["type"]), "oneOf": [{"required": ["cron"]}, {"required": ["every"]}],
+                     "description": "a periodic task: the task to enqueue and when (cron + tz, or every)"},
+    "Schedule": _SCHEDULE,
+    "Schedules": _obj({"schedules": {"type": "array", "items": _ref("Schedule")}}),
+    "ScheduleAction": _obj({"message": _STR, "schedule": _ref("Schedule")}),
+    "ScheduleRemoved": _obj({"message": _STR, "name": _STR}),
+    "ScheduleRan": _obj({"message": _STR, "task_id": _INT}),
 }
 
 
@@ -145,7 +178,7 @@ def _json_content(schema: dict[str, Any]) -> dict[str, Any]:
 _ERR_TEXT = {
     400: "bad input (invalid JSON, wrong type, unknown field, value out of range, unknown query parameter)",
     401: "missing or wrong token",
-    404: "no such task, worker or route",
+    404: "no such task, worker, schedule or route",
     409: "not legal in the task's current state",
     413: "body larger than the server's limit",
     503: "the database could not commit, the server is stopping, or (live streams) max_subscribers streams are"
@@ -192,6 +225,9 @@ _FILTERS = [
     _query("id", {"type": "string", "pattern": IDS_PATTERN}, "only these task ids (comma-separated)"),
 ]
 _TEXT = {"text/plain": {"schema": {"type": "string"}}}
+_SCHEDULE_NAME = {"name": "name", "in": "path", "required": True,
+                  "schema": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[^/]+$"},
+                  "description": "the schedule's name (printable characters, no '/')"}
 _QUEUE_NAME = {"name": "name", "in": "path", "required": True,
                "schema": {"type": "string", "minLength": 1, "maxLength": 200},
                "description": "the queue's name, percent-encoded ('/' as %2F)"}
@@ -263,6 +299,31 @@ SPEC: dict[str, Any] = {
         "/api/queues/{name}/resume": {
             "post": _op("Dispatch from a queue again", {200: ("resumed", _ref("QueueAction"))}, (400, 503),
                         tag="queues", params=[_QUEUE_NAME]),
+        },
+        "/api/schedules": {
+            "get": _op("Schedules (periodic tasks) with their next fire times", {200: ("by name", _ref("Schedules"))},
+                       (), tag="schedules"),
+        },
+        "/api/schedules/{name}": {
+            "put": _op("Add a schedule, or replace the one of this name", {200: ("as kept", _ref("Schedule"))},
+                       (400, 413, 503), tag="schedules", params=[_SCHEDULE_NAME], body=_ref("ScheduleSpec"),
+                       description="Answers once committed. Replacing with the same timing (cron and tz, or "
+                                   "every) keeps its next fire time and paused flag; a new timing starts from now."),
+            "delete": _op("Remove a schedule (its tasks stay)", {200: ("removed", _ref("ScheduleRemoved"))},
+                          (400, 404, 503), tag="schedules", params=[_SCHEDULE_NAME]),
+        },
+        "/api/schedules/{name}/pause": {
+            "post": _op("Stop a schedule firing", {200: ("paused", _ref("ScheduleAction"))}, (400, 404, 503),
+                        tag="schedules", params=[_SCHEDULE_NAME]),
+        },
+        "/api/schedules/{name}/resume": {
+            "post": _op("Fire again, from the first fire time after now", {200: ("resumed", _ref("ScheduleAction"))},
+                        (400, 404, 503), tag="schedules", params=[_SCHEDULE_NAME]),
+        },
+        "/api/schedules/{name}/run": {
+            "post": _op("Enqueue the schedule's task now, once (its fire times do not move)",
+                        {201: ("enqueued", _ref("ScheduleRan"))}, (400, 404, 503), tag="schedules",
+                        params=[_SCHEDULE_NAME]),
         },
         "/api/workers": {
             "get": _op("Connected workers", {200: ("every connected worker", _ref("Workers"))}, (), tag="workers"),

@@ -42,6 +42,8 @@ from .encoding import (
     query_int,
     query_set,
     query_str,
+    schedule_from_json,
+    schedule_json,
     spec_from_json,
     task_json,
 )
@@ -273,6 +275,35 @@ def create_app(server: Server, meter: Meter, hub: StreamHub) -> QuartTrio:
 
     # ------------------------------------------------------------------ limits and breakers (limits.py)
     add_limit_routes(app, ops, _me)
+    # ------------------------------------------------------------------ periodic tasks (docs/schedules.md)
+    @app.get("/api/schedules")
+    async def schedules() -> Response:
+        return _json({"schedules": [schedule_json(x) for x in ops.schedules(_me())]})
+
+    @app.put("/api/schedules/<name>")
+    async def put_schedule(name: str) -> Response:
+        spec = schedule_from_json(name, parse_json(await request.get_data(), ints=False))
+        return _json(schedule_json(await ops.add_schedule(_me(), spec)))
+
+    @app.delete("/api/schedules/<name>")
+    async def remove_schedule(name: str) -> Response:
+        await ops.remove_schedule(_me(), name)
+        return _json({"message": f"schedule {name!r} removed", "name": name})
+
+    @app.post("/api/schedules/<name>/pause")
+    async def pause_schedule(name: str) -> Response:
+        s = await ops.pause_schedule(_me(), name)
+        return _json({"message": f"schedule {name!r} paused", "schedule": schedule_json(s)})
+
+    @app.post("/api/schedules/<name>/resume")
+    async def resume_schedule(name: str) -> Response:
+        s = await ops.resume_schedule(_me(), name)
+        return _json({"message": f"schedule {name!r} resumed", "schedule": schedule_json(s)})
+
+    @app.post("/api/schedules/<name>/run")
+    async def run_schedule(name: str) -> Response:
+        tid = await ops.run_schedule_now(_me(), name)
+        return _json({"message": f"schedule {name!r} ran: task {tid} enqueued", "task_id": tid}, 201)
 
     # ------------------------------------------------------------------ live events
     @app.get("/api/events")

@@ -4,7 +4,7 @@ it calls the server (``runq.app.server.Server``). See ``operations``."""
 
 from __future__ import annotations
 
-from .auth import PERMISSIONS, ROLES, Identity, allowed_ops, authenticate, authorize
+from .auth import NOT_MESSAGES, PERMISSIONS, ROLES, Identity, allowed_ops, authenticate, authorize
 from .errors import BadRequest, NotFound, NotPermitted, Unauthenticated
 from .inputs import (
     BreakerSettings,
@@ -19,11 +19,14 @@ from .inputs import (
     Subscription,
     WaitRequest,
     check_queue_name,
+    check_schedule,
+    check_schedule_name,
     check_token,
 )
 from .operations import VERSION, Operations
 
 __all__ = [
+    "NOT_MESSAGES",
     "PERMISSIONS",
     "ROLES",
     "VERSION",
@@ -48,5 +51,7 @@ __all__ = [
     "authenticate",
     "authorize",
     "check_queue_name",
+    "check_schedule",
+    "check_schedule_name",
     "check_token",
 ]

@@ -5,6 +5,8 @@ Rules of this file
 * Every operation of ``Operations`` names itself in ``PERMISSIONS`` and calls ``authorize`` with the caller's
   ``Identity`` before doing anything: this is the only place where a caller is checked against what it may
   do. The TCP sessions and the HTTP routes never decide that themselves.
+* One operation is not a message: ``schedule_declare``, the schedules a worker declares in its ``hello``
+  (``NOT_MESSAGES``).
 * ``authenticate`` is the only place where a secret is compared (constant time). Today the one shared token
   (``ServerConfig.token``) proves nothing but "may use this server", and the role is the one the caller
   announces (TCP ``hello`` role; HTTP callers are clients). Users and roles plug in here: ``authenticate``
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 
 from .errors import NotPermitted, Unauthenticated
 
-__all__ = ["PERMISSIONS", "ROLES", "Identity", "allowed_ops", "authenticate", "authorize"]
+__all__ = ["NOT_MESSAGES", "PERMISSIONS", "ROLES", "Identity", "allowed_ops", "authenticate", "authorize"]
 
 #: The roles a caller may hold today (the TCP hello roles; an HTTP caller is a client).
 ROLES = ("client", "worker", "watcher")
@@ -64,7 +66,19 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "release": frozenset({_W}),
     # anyone
     "ping": frozenset({_C, _W, _V}),
+    # periodic tasks (docs/schedules.md): operators change them, readers list them
+    "schedule_add": frozenset({_C}),
+    "schedule_remove": frozenset({_C}),
+    "schedule_pause": frozenset({_C}),
+    "schedule_resume": frozenset({_C}),
+    "schedule_run": frozenset({_C}),
+    "schedules": frozenset({_C, _V}),
+    # a worker's hello ``schedules`` field (the schedules declared next to its tasks): not a message of its own
+    "schedule_declare": frozenset({_W}),
 }
+
+#: Operations of ``PERMISSIONS`` that are not protocol messages (so not in the op lists of docs/protocol.md 5).
+NOT_MESSAGES = frozenset({"schedule_declare"})
 
 
 def allowed_ops(role: str) -> frozenset[str]:

@@ -16,17 +16,21 @@ import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from ...protocol.messages import MAX_CREDIT, MAX_NAME, TaskSpec
-from ..core import State
+from ...protocol.messages import MAX_CREDIT, MAX_NAME, MIN_EVERY, MISSED_POLICIES, ScheduleSpec, TaskSpec
+from ..core import Schedule, State
 from ..core.breakers import MIN_SECONDS  # (the shortest period, window or cool-down: the core's rule)
 from ..core.requests import digest
+from ..errors import ScheduleError
 from .errors import BadRequest
 
 __all__ = [
     "LISTABLE_STATES",
     "LIST_LIMIT",
+    "MAX_EVERY",
     "MAX_RETRY_IN",
+    "MAX_SCHEDULE_PAYLOAD",
     "MAX_WAIT",
+    "MIN_EVERY",
     "STATES",
     "BreakerSettings",
     "Done",
@@ -47,6 +51,8 @@ __all__ = [
     "check_limit",
     "check_list",
     "check_queue_name",
+    "check_schedule",
+    "check_schedule_name",
     "check_scope",
     "check_subscription",
     "check_token",
@@ -351,3 +357,46 @@ def check_events_query(q: EventsQuery) -> EventsQuery:
     if q.since is not None and q.since < 0:
         raise BadRequest("server_events: 'since' must be an event id >= 0")
     return q
+
+
+#: The longest ``every``: ten years (as a task's ``delay``).
+MAX_EVERY = 10 * 365 * 86400.0
+#: A schedule's payload is kept in memory and sent in every ``schedules`` answer: at most this many bytes
+#: (``MAX_SCHEDULES`` of them fit in one frame).
+MAX_SCHEDULE_PAYLOAD = 8192
+
+
+def check_schedule_name(name: str) -> str:
+    """A schedule's name: 1 to ``MAX_NAME`` printable characters, no ``/`` (it is a path segment of the HTTP
+    API: ``/api/schedules/{name}``).
+
+    Raises:
+        BadRequest: naming the rule.
+    """
+    if not 0 < len(name) <= MAX_NAME or not name.isprintable() or "/" in name:
+        raise BadRequest(f"schedule: 'name' must have 1 to {MAX_NAME} printable characters, no '/'")
+    return name
+
+
+def check_schedule(spec: ScheduleSpec) -> Schedule:
+    """The core's ``Schedule`` for ``spec``, every field checked: the name (``check_schedule_name``), exactly one
+    of ``cron`` (parsed by cronsim, in ``tz``: an IANA zone) and ``every`` (``MIN_EVERY`` to ``MAX_EVERY``),
+    ``missed`` one of ``MISSED_POLICIES``, ``max_missed`` in range, the task's type, queue, priority, timeout and
+    retries as an enqueue's (``check_task_spec``), a payload of at most ``MAX_SCHEDULE_PAYLOAD`` bytes.
+
+    Raises:
+        BadRequest: naming the field (the core's ``ScheduleError`` text for the cron, zone and task fields).
+    """
+    check_schedule_name(spec.name)
+    if spec.every is not None and not MIN_EVERY <= spec.every <= MAX_EVERY:  # (NaN fails both)
+        raise BadRequest(f"schedule {spec.name!r}: 'every' must be from {MIN_EVERY:g} to {MAX_EVERY:g} seconds")
+    if spec.missed not in MISSED_POLICIES:
+        raise BadRequest(f"schedule {spec.name!r}: 'missed' must be one of {', '.join(MISSED_POLICIES)}")
+    if len(spec.payload) > MAX_SCHEDULE_PAYLOAD:
+        raise BadRequest(f"schedule {spec.name!r}: 'payload' must be at most {MAX_SCHEDULE_PAYLOAD} bytes")
+    s = Schedule(spec.name, spec.type, spec.payload, spec.queue, spec.priority, spec.timeout, spec.retries,
+                 spec.cron, spec.tz, spec.every, spec.missed, spec.max_missed, spec.paused)
+    try:
+        return s.check()
+    except ScheduleError as exc:  # (cronsim's message, the zone, both or neither timing, the task's fields)
+        raise BadRequest(str(exc)) from exc

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from ... import __version__
 from ...protocol.errors import ProtocolError
-from ...protocol.messages import MAX_CREDIT, Hello, TaskSpec
+from ...protocol.messages import MAX_CREDIT, MAX_SCHEDULES, Hello, ScheduleSpec, TaskSpec
 from ..core import TaskMissing
 from ..core.limits import BreakerStatus
 from .auth import Identity, authenticate, authorize
@@ -57,6 +57,7 @@ from .inputs import (
     check_limit,
     check_list,
     check_queue_name,
+    check_schedule,
     check_scope,
     check_subscription,
     check_type_name,
@@ -109,6 +110,8 @@ class Operations:
             "heartbeat": cfg.core.lease_timeout / 3,
         }
         if identity.role == "worker":
+            if hello.schedules:
+                self.declare_schedules(identity, hello.schedules)
             self._worker_seq += 1
             wid = f"w{self._worker_seq}-{secrets.token_hex(3)}"
             srv.workers[wid] = session
@@ -116,6 +119,29 @@ class Operations:
                                    hello.host or host, hello.pid, hello.types, hello.type_options)
             welcome["worker_id"] = wid
         return welcome
+
+    def declare_schedules(self, identity: Identity, specs: tuple[ScheduleSpec, ...]) -> None:
+        """A worker's hello declares ``specs`` (its tasks' schedules): each is added, or declared again (the
+        same timing keeps its mark and paused flag: docs/schedules.md). All are checked before any is added, so
+        a bad one refuses the hello and changes nothing. Their rows commit with the next batch (the
+        connection's read flushes); the welcome does not wait for it: a worker declares them at every
+        connection.
+
+        Raises:
+            BadRequest: a schedule of ``specs`` cannot be kept, or there would be more than ``MAX_SCHEDULES``.
+        """
+        authorize(identity, "schedule_declare")
+        checked = [check_schedule(spec) for spec in specs]
+        core = self.server.core
+        self._room_for({s.name for s in checked})
+        now = self.server.clock()
+        for s in checked:
+            core.add_schedule(s, now)
+
+    def _room_for(self, names: set[str]) -> None:
+        have = self.server.core.schedules
+        if len(have) + len(names - have.keys()) > MAX_SCHEDULES:
+            raise BadRequest(f"schedule: a server keeps at most {MAX_SCHEDULES} schedules (remove some first)")
 
     def worker_left(self, worker_id: str, session: Any) -> None:
         """The connection of worker ``worker_id`` ended: its tasks go back to ready (not when the server
@@ -498,6 +524,80 @@ class Operations:
         q = check_events_query(query)
         rows = await self.server.server_events(q.since, q.limit)
         return [r._asdict() for r in rows]
+
+
+    # ------------------------------------------------------------------ periodic tasks (docs/schedules.md)
+    async def add_schedule(self, identity: Identity, spec: ScheduleSpec) -> dict[str, Any]:
+        """Add a schedule, or replace the one of its name (the same timing keeps its mark, last fire and paused
+        flag); return it as kept (with ``next_fire``) once committed.
+
+        Raises:
+            BadRequest: a field out of range (``check_schedule``), or more than ``MAX_SCHEDULES``.
+            ProtocolError: ``shutting_down`` while the server stops.
+            StoreError: the commit failed.
+        """
+        authorize(identity, "schedule_add")
+        s = check_schedule(spec)
+        self._room_for({s.name})
+        srv = self._running()
+        kept = srv.core.add_schedule(s, srv.clock())
+        await srv.committed_change()
+        return kept.as_dict()
+
+    async def remove_schedule(self, identity: Identity, name: str) -> None:
+        """Remove a schedule (its tasks enqueued so far stay); return once committed.
+
+        Raises:
+            ScheduleMissing: ``not_found`` (a name no schedule could have too).
+            StoreError: the commit failed.
+        """
+        authorize(identity, "schedule_remove")
+        srv = self._running()
+        srv.core.remove_schedule(name, srv.clock())
+        await srv.committed_change()
+
+    async def pause_schedule(self, identity: Identity, name: str, paused: bool = True) -> dict[str, Any]:
+        """Pause (or resume: from the first fire time after now) a schedule; return it once committed.
+
+        Raises:
+            ScheduleMissing: ``not_found`` (a name no schedule could have too).
+            StoreError: the commit failed.
+        """
+        authorize(identity, "schedule_pause" if paused else "schedule_resume")
+        srv = self._running()
+        core = srv.core
+        s = (core.pause_schedule if paused else core.resume_schedule)(name, srv.clock())
+        await srv.committed_change()
+        return s.as_dict()
+
+    async def resume_schedule(self, identity: Identity, name: str) -> dict[str, Any]:
+        """``pause_schedule(identity, name, False)``."""
+        return await self.pause_schedule(identity, name, False)
+
+    async def run_schedule_now(self, identity: Identity, name: str) -> int:
+        """Enqueue the schedule's task now, once (paused or not; its fire times do not move); return the task's
+        id once committed.
+
+        Raises:
+            ScheduleMissing: ``not_found`` (a name no schedule could have too).
+            StoreError: the commit failed (nothing was enqueued).
+        """
+        authorize(identity, "schedule_run")
+        srv = self._running()
+        tid = srv.core.run_schedule_now(name, srv.clock())
+        await srv.committed_change()
+        return tid
+
+    def schedules(self, identity: Identity) -> list[dict[str, Any]]:
+        """Every schedule by name, with its next fire time (None while paused) and last fire."""
+        authorize(identity, "schedules")
+        return [s.as_dict() for s in self.server.core.schedules_list()]
+
+    def _running(self) -> Server:
+        srv = self.server
+        if srv.stopping.is_set():
+            raise ProtocolError("the server is stopping", "shutting_down")
+        return srv
 
 
 def _reason(reason: str, identity: Identity) -> str:

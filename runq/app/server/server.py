@@ -755,7 +755,7 @@ class Server:
             raise StoreError(str(outcome[0]))
 
     async def committed_change(self) -> None:
-        """Flush what the core changed (a limit, a breaker) and return once that is committed (as ``set_paused``).
+        """Flush what the core changed (a limit, a breaker, a schedule) and return once that is committed (as ``set_paused``).
 
         Raises:
             StoreError: the commit failed (the change holds in memory and is written again with the next commit).

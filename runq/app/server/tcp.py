@@ -38,6 +38,7 @@ from ...protocol.messages import (
     is_int,
     optional,
     parse_hello,
+    parse_schedule,
     parse_task_spec,
     require,
 )
@@ -69,7 +70,10 @@ __all__ = ["TcpFrontend"]
 log = logging.getLogger("runq.server")
 
 #: Client ops that change nothing the server must carry out (a read made only of them needs no flush).
-_READS = frozenset({"get", "ping", "queues", "workers", "types", "stats", "wait", "subscribe"})
+_READS = frozenset({"get", "ping", "queues", "workers", "types", "stats", "wait", "subscribe", "schedules"})
+#: Schedule changes: each answered once committed (``_client_later``).
+_SCHEDULE_CHANGES = frozenset({"schedule_add", "schedule_remove", "schedule_pause", "schedule_resume",
+                               "schedule_run"})
 #: Errors that answer one request and leave the connection open.
 _REQUEST_ERRORS = REQUEST_ERROR_CODES
 #: The longest a connection closed for an error waits for the commit of what its earlier messages changed, so
@@ -392,7 +396,9 @@ class TcpFrontend:
             )
             ops.subscribe(ident, sess, subscription)  # ('busy' at the max_subscribers limit, the filter unchanged)
             sess.send({"op": "ok", "rid": rid})
-        elif op in ("cancel", "retry", "events", "list"):
+        elif op == "schedules":
+            sess.send({"op": "schedules", "rid": rid, "schedules": ops.schedules(ident)})
+        elif op in ("cancel", "retry", "events", "list") or op in _SCHEDULE_CHANGES:
             return False
         elif op in LIMIT_OPS:
             return False  # (answered in _client_later: the changes once committed, the store read for events)
@@ -440,6 +446,18 @@ class TcpFrontend:
                     tasks, cursor = tasks[:k], tasks[k - 1]["id"]
                     break
             sess.send({"op": "tasks", "rid": rid, "tasks": tasks, "cursor": cursor})
+        elif op == "schedule_add":
+            schedule = await ops.add_schedule(ident, parse_schedule(require(msg, "schedule", dict)))
+            sess.send({"op": "schedule", "rid": rid, "schedule": schedule})
+        elif op == "schedule_remove":
+            await ops.remove_schedule(ident, require(msg, "name", str))
+            sess.send({"op": "ok", "rid": rid})
+        elif op in ("schedule_pause", "schedule_resume"):
+            schedule = await ops.pause_schedule(ident, require(msg, "name", str), op == "schedule_pause")
+            sess.send({"op": "schedule", "rid": rid, "schedule": schedule})
+        elif op == "schedule_run":
+            tid = await ops.run_schedule_now(ident, require(msg, "name", str))
+            sess.send({"op": "enqueued", "rid": rid, "ids": [tid], "created": [True]})
         elif op in LIMIT_OPS:
             sess.send(await self._limits_op(sess, op, msg))
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from .base import DashboardScreen
 from .queues import QueuesScreen
+from .schedules import SchedulesScreen
 from .tasks import TaskDetailScreen, TasksScreen
 from .timeline import TimelineScreen
 from .workers import WorkersScreen
 
-__all__ = ["DashboardScreen", "QueuesScreen", "TaskDetailScreen", "TasksScreen", "TimelineScreen", "WorkersScreen"]
+__all__ = ["DashboardScreen", "QueuesScreen", "SchedulesScreen", "TaskDetailScreen", "TasksScreen", "TimelineScreen", "WorkersScreen"]
