@@ -89,6 +89,16 @@ __all__ = [
 POSTGRES_PREFIXES = ("postgresql://", "postgres://")
 
 
+def describe_db(db: str) -> str:
+    """``db`` as logs and messages show it: a PostgreSQL URL without its password."""
+    if db.startswith(POSTGRES_PREFIXES):
+        scheme, rest = db.split("://", 1)
+        auth, at, host = rest.rpartition("@")
+        if at and ":" in auth:
+            return f"{scheme}://{auth.split(':', 1)[0]}:***@{host}"
+    return db
+
+
 def open_store(db: str, synchronous: str = "NORMAL", notify: Notify | None = None) -> Store:
     """Open the store of the database ``db``, not started: PostgreSQL for a ``postgresql://`` or
     ``postgres://`` URL, else the SQLite file at that path.

@@ -1,0 +1,113 @@
+"""What only the PostgreSQL store has (the contract suite, test_store_contract.py, runs on it too): its schema
+beside SQLite's, its version row, the writer row's fencing, ``open_store``'s choice, and the error without
+psycopg. Against the session's real PostgreSQL server (tests/pg_server.py)."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pg_server
+import psycopg
+import pytest
+from store_helpers import ROOT, commit, row
+
+from runq.app.store import (
+    SCHEMA_VERSION,
+    Batch,
+    SchemaTooNew,
+    SQLiteStore,
+    StoreError,
+    describe_db,
+    open_store,
+)
+from runq.app.store.pg_schema import PG_MIGRATIONS
+from runq.app.store.postgres import PostgresStore
+from runq.app.store.schema import MIGRATIONS
+
+
+@pytest.fixture
+def url() -> str:
+    return pg_server.server().database("pg")
+
+
+def test_the_schema_has_the_same_versions_tables_and_columns_as_sqlites(url: str, tmp_path: Path) -> None:
+    assert len(PG_MIGRATIONS) == len(MIGRATIONS) == SCHEMA_VERSION
+    PostgresStore(url).close()
+    SQLiteStore(str(tmp_path / "s.db")).close()
+    with psycopg.connect(url) as conn:
+        pg = {(t, c) for t, c in conn.execute(
+            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'public' "
+            "AND table_name NOT IN ('runq_schema', 'runq_writer')")}
+        assert conn.execute("SELECT version FROM runq_schema").fetchone() == (SCHEMA_VERSION,)
+    lite = sqlite3.connect(tmp_path / "s.db")
+    tables = [t for (t,) in lite.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    assert {(t, c[1]) for t in tables for c in lite.execute(f"PRAGMA table_info({t})")} == pg
+    lite.close()
+    again = PostgresStore(url)
+    try:
+        assert again.migrated_from == SCHEMA_VERSION  # (nothing to do the second time)
+    finally:
+        again.close()
+
+
+def test_a_database_of_a_newer_runq_is_refused(url: str) -> None:
+    PostgresStore(url).close()
+    with psycopg.connect(url) as conn:
+        conn.execute("UPDATE runq_schema SET version = %s", (SCHEMA_VERSION + 1,))
+    with pytest.raises(SchemaTooNew, match=f"version {SCHEMA_VERSION + 1} is newer"):
+        PostgresStore(url)
+
+
+def test_a_store_whose_term_moved_on_never_writes_again_and_stops_leading(url: str) -> None:
+    s = PostgresStore(url)
+    s.start()
+    try:
+        term = s.leadership().term
+        assert commit(s, Batch(rows=[row(1)])) is None
+        with psycopg.connect(url) as conn:  # another server took the database over (the next slice's lease)
+            conn.execute("UPDATE runq_writer SET term = term + 1")
+        err = commit(s, Batch(rows=[row(2)]))
+        assert isinstance(err, StoreError) and "term" in str(err)
+        assert s.get_task(2) is None and s.get_task(1) == row(1)
+        lead = s.leadership()
+        assert not lead.is_leader and lead.term == term
+        with pytest.raises(StoreError, match="term"):
+            s.check_writable()
+    finally:
+        s.close()
+    nxt = PostgresStore(url)  # the next store takes a later term
+    try:
+        assert nxt.leadership().is_leader and nxt.leadership().term == term + 2
+    finally:
+        nxt.close()
+
+
+def test_open_store_picks_postgresql_for_its_urls_and_logs_hide_the_password(url: str, tmp_path: Path) -> None:
+    for u in (url, url.replace("postgresql://", "postgres://")):
+        s = open_store(u)
+        try:
+            assert isinstance(s, PostgresStore) and s.leadership().is_leader
+        finally:
+            s.close()
+    lite = open_store(str(tmp_path / "x.db"))
+    assert isinstance(lite, SQLiteStore)
+    lite.close()
+    assert describe_db("postgresql://runq:s3cret@db:5432/runq") == "postgresql://runq:***@db:5432/runq"
+    assert describe_db("postgres://runq@db/runq") == "postgres://runq@db/runq"
+    assert describe_db("runq.db") == "runq.db"
+
+
+def test_an_unreachable_database_is_a_clear_store_error() -> None:
+    with pytest.raises(StoreError, match="cannot connect to PostgreSQL"):
+        open_store("postgresql://nobody@127.0.0.1:1/none?connect_timeout=2")
+
+
+def test_without_psycopg_a_postgresql_url_says_what_to_install() -> None:
+    src = ("import sys; sys.modules['psycopg'] = None\n"  # (psycopg not installed: its import fails)
+           "from runq.app.store import open_store, StoreError\n"
+           "try:\n    open_store('postgresql://x@127.0.0.1/db')\nexcept StoreError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", src], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert "needs psycopg" in out and "pip install 'runq[postgres]'" in out
