@@ -111,3 +111,25 @@ def test_without_psycopg_a_postgresql_url_says_what_to_install() -> None:
            "try:\n    open_store('postgresql://x@127.0.0.1/db')\nexcept StoreError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", src], capture_output=True, text=True, cwd=ROOT, check=True).stdout
     assert "needs psycopg" in out and "pip install 'runq[postgres]'" in out
+
+
+def test_a_refused_value_in_a_copied_batch_fails_the_whole_commit_and_the_writer_goes_on(url: str) -> None:
+    """From 64 new tasks (or events) on, they go in with COPY: a value refused in its middle (an id given twice,
+    a number too large for bigint) fails the commit, writes nothing of it, and the next commit writes."""
+    from store_helpers import event, task
+
+    s = PostgresStore(url)
+    s.start()
+    try:
+        n = 200
+        dup = [task(i).new_row() for i in range(1, n + 1)] + [task(100).new_row()]
+        assert isinstance(commit(s, Batch(new_rows=dup, events=[event(i) for i in range(1, n + 1)])), StoreError)
+        big = [task(i).new_row() for i in range(1, n + 1)]
+        big[150] = task(151, priority=2**64).new_row()
+        assert isinstance(commit(s, Batch(new_rows=big)), StoreError)
+        assert s.list_tasks() == [] and s.events(1) == [] and s.stats.errors == 2
+        ok = [task(i).new_row() for i in range(1, n + 1)]
+        assert commit(s, Batch(new_rows=ok, events=[event(i, "started", "running") for i in range(1, n + 1)])) is None
+        assert len(s.list_tasks(limit=1000)) == n and [e.kind for e in s.events(n)] == ["enqueued", "started"]
+    finally:
+        s.close()
