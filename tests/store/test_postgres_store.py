@@ -133,3 +133,33 @@ def test_a_refused_value_in_a_copied_batch_fails_the_whole_commit_and_the_writer
         assert len(s.list_tasks(limit=1000)) == n and [e.kind for e in s.events(n)] == ["enqueued", "started"]
     finally:
         s.close()
+
+
+def test_a_lost_connection_fails_one_commit_then_the_writer_reconnects_unless_another_server_took_over(
+        url: str) -> None:
+    def cut(s: PostgresStore) -> None:  # PostgreSQL ends the writer's connection (a restart, a network cut)
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute("SELECT pg_terminate_backend(%s)", (s.conn.info.backend_pid,)).fetchone() == (True,)
+
+    s = PostgresStore(url)
+    s.start()
+    try:
+        cut(s)
+        assert isinstance(commit(s, Batch(rows=[row(1)])), StoreError)  # (the commit that met the cut)
+        assert commit(s, Batch(rows=[row(2)])) is None  # connected again, same term
+        assert s.leadership().is_leader and s.get_task(2) == row(2)
+        with psycopg.connect(url) as conn:  # the writer row names the new connection: no second server starts
+            assert conn.execute("SELECT backend_pid FROM runq_writer").fetchone() == (s.conn.info.backend_pid,)
+        with pytest.raises(StoreError, match="in use"):
+            PostgresStore(url, takeover_wait=0)
+        cut(s)
+        other = PostgresStore(url, takeover_wait=2)  # its connection gone, another server may start ...
+        try:
+            assert isinstance(commit(s, Batch(rows=[row(3)])), StoreError)
+            err = commit(s, Batch(rows=[row(4)]))  # ... and the first one, connected again, is fenced
+            assert isinstance(err, StoreError) and "term" in str(err) and not s.leadership().is_leader
+            assert other.get_task(3) is None and other.get_task(4) is None and other.leadership().is_leader
+        finally:
+            other.close()
+    finally:
+        s.close()

@@ -23,7 +23,10 @@ in ``pg_stat_activity`` (a process killed with ``kill -9`` drops its connection 
 first reads the row ``FOR SHARE`` in its own transaction and fails unless the term is still its own
 (fencing: a store whose term moved on never writes again, and ``leadership()`` then says it does not lead).
 ``close`` clears the holder. ``leadership()`` answers leader, with its term, from the open until ``close``
-or a fenced commit.
+or a fenced commit. A commit that lost the connection fails (reported, as any failed commit: whether
+PostgreSQL committed it before the connection broke is unknown, so it is never retried silently); the next
+commit connects again, checks that the term is still its own (else it is fenced: another server started
+meanwhile) and writes the new connection's backend into the row.
 
 Errors: a lock wait past ``lock_timeout`` (5 s on the writer connection, like SQLite's busy timeout) is
 reported as "database locked"; PostgreSQL's "insufficient resources" class (53: disk full, out of memory)
@@ -427,6 +430,10 @@ class PostgresStore:
         error: BaseException | None = None
         pruned = 0
         try:
+            reconnected = self.conn.closed and not self._fenced
+            if reconnected:  # (the last commit lost the connection: PostgreSQL restarted, a network cut)
+                self.conn = self._connect()
+                self.conn.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
             conn = self.conn
             with conn.transaction(), conn.cursor() as cur:
                 row = cur.execute(_TERM_SQL).fetchone()
@@ -434,6 +441,10 @@ class PostgresStore:
                     self._fenced = True
                     raise StoreError(f"this server no longer writes the database: its term {self.term} moved on to "
                                      f"{row[0] if row else '?'} (another runq server took over)")
+                if reconnected:  # still its term: the writer row names the new connection
+                    cur.execute("UPDATE runq_writer SET backend_pid = pg_backend_pid(), backend_start = "
+                                "(SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()) "
+                                "WHERE id = 1")
                 if new_rows:
                     _INSERT_NEW.run(cur, new_rows)
                 if rows:
