@@ -4,16 +4,20 @@ psycopg. Against the session's real PostgreSQL server (tests/pg_server.py)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pg_server
 import psycopg
 import pytest
-from store_helpers import ROOT, commit, row
+from store_helpers import ROOT, commit, event, row, task
 
+from runq import SyncClient
 from runq.app.store import (
     SCHEMA_VERSION,
     Batch,
@@ -116,8 +120,6 @@ def test_without_psycopg_a_postgresql_url_says_what_to_install() -> None:
 def test_a_refused_value_in_a_copied_batch_fails_the_whole_commit_and_the_writer_goes_on(url: str) -> None:
     """From 64 new tasks (or events) on, they go in with COPY: a value refused in its middle (an id given twice,
     a number too large for bigint) fails the commit, writes nothing of it, and the next commit writes."""
-    from store_helpers import event, task
-
     s = PostgresStore(url)
     s.start()
     try:
@@ -163,3 +165,29 @@ def test_a_lost_connection_fails_one_commit_then_the_writer_reconnects_unless_an
             other.close()
     finally:
         s.close()
+
+
+def test_runq_serve_takes_its_postgresql_database_from_runq_db(url: str, tmp_path: Path) -> None:
+    """``RUNQ_DB=postgresql://...`` (as a deployment sets it) reaches the store: the enqueued task is in
+    PostgreSQL, and the start-up line names the database without its password."""
+    port_file = tmp_path / "port"
+    user, rest = url.removeprefix("postgresql://").split("@", 1)
+    env = {**os.environ, "RUNQ_DB": f"postgresql://{user}:not-needed@{rest}", "PGPASSWORD": "",
+           "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "runq.cli", "serve", "--port", "0", "--http-port", "0",
+                             "--port-file", str(port_file)], env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not port_file.exists():
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        with SyncClient(f"127.0.0.1:{port_file.read_text()}") as c:
+            tid = c.enqueue("t", {"x": 1})
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert f"(database postgresql://{user}:***@{rest})" in err and "not-needed" not in err
+    assert not (tmp_path / "runq.db").exists()
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT type, state FROM tasks WHERE id = %s", (tid,)).fetchone() == ("t", "ready")
