@@ -24,6 +24,7 @@ from runq.app.store import (
     SchemaTooNew,
     SQLiteStore,
     StoreError,
+    StoreInUse,
     describe_db,
     open_store,
 )
@@ -191,3 +192,28 @@ def test_runq_serve_takes_its_postgresql_database_from_runq_db(url: str, tmp_pat
     assert not (tmp_path / "runq.db").exists()
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT type, state FROM tasks WHERE id = %s", (tid,)).fetchone() == ("t", "ready")
+
+
+def test_a_server_of_another_role_is_refused_too(url: str) -> None:
+    """A role without pg_read_all_stats sees another role's ``backend_start`` as NULL in pg_stat_activity: the
+    writer's backend still counts as alive (by its pid), so a second server under another role is refused."""
+    first = PostgresStore(url)
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("DROP ROLE IF EXISTS runq_other")
+            conn.execute("CREATE ROLE runq_other LOGIN")
+            conn.execute("GRANT ALL ON SCHEMA public TO runq_other")
+            conn.execute("GRANT ALL ON ALL TABLES IN SCHEMA public TO runq_other")
+        other_url = url.replace(f"//{pg_server.server().user}@", "//runq_other@")
+        with psycopg.connect(other_url) as conn:  # (what that role sees of the first server's connection)
+            assert conn.execute("SELECT backend_start FROM pg_stat_activity WHERE pid = %s",
+                                (first.conn.info.backend_pid,)).fetchone() == (None,)
+        with pytest.raises(StoreInUse):
+            PostgresStore(other_url, takeover_wait=0)
+        assert first.leadership().is_leader
+    finally:
+        first.close()
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("REASSIGN OWNED BY runq_other TO CURRENT_USER")
+            conn.execute("DROP OWNED BY runq_other")
+            conn.execute("DROP ROLE runq_other")

@@ -246,9 +246,11 @@ class PostgresStore:
                     conn.execute(stmt)
                 term, other, pid, started = _one(
                     conn, "SELECT term, holder, backend_pid, backend_start FROM runq_writer WHERE id = 1 FOR UPDATE")
+                # (a role without pg_read_all_stats sees another role's backend_start as NULL: then the pid
+                # alone says it is alive, never that it is gone)
                 alive = pid is not None and _one(
-                    conn, "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = %s AND backend_start = %s)",
-                    (pid, started))[0]
+                    conn, "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = %s "
+                    "AND (backend_start = %s OR backend_start IS NULL))", (pid, started))[0]
                 if not alive:
                     conn.execute("UPDATE runq_writer SET term = term + 1, holder = %s, backend_pid = pg_backend_pid(), "
                                  "backend_start = (SELECT backend_start FROM pg_stat_activity "
