@@ -43,14 +43,20 @@ def _env() -> dict[str, str]:
     return env
 
 
-def start_server(db: str, timeout: float = 120.0,
-                 on_spawn: Callable[[int], object] | None = None) -> tuple[subprocess.Popen[bytes], int, float]:
+#: a ``postgresql://`` URL of a database where ``server()`` may create databases: then each measurement's
+#: server runs on a fresh PostgreSQL database made there (and dropped after) instead of a SQLite file
+#: (``python -m bench.throughput --db postgresql://...``)
+PG_URL: str | None = None
+
+
+def start_server(db: str, timeout: float = 120.0, on_spawn: Callable[[int], object] | None = None,
+                 port_file: str | None = None) -> tuple[subprocess.Popen[bytes], int, float]:
     """Launch ``runq serve`` on ``db`` (port 0, synchronous NORMAL, 127.0.0.1).
 
     ``on_spawn(pid)`` runs right after the launch (to attach a profiler). Returns the process, its
     port and the perf_counter() time it was launched at.
     """
-    port_file = db + ".port"
+    port_file = port_file or db + ".port"
     if os.path.exists(port_file):
         os.unlink(port_file)
     t0 = time.perf_counter()
@@ -87,16 +93,28 @@ def server(db: str | None = None) -> Iterator[tuple[subprocess.Popen[bytes], str
 
     Yields (process, "127.0.0.1:PORT").
     """
-    tmp = None
-    if db is None:
-        tmp = tempfile.mkdtemp(prefix="runq-bench-")
+    tmp = tempfile.mkdtemp(prefix="runq-bench-")
+    pg_db = None
+    if db is None and PG_URL is not None:
+        import psycopg
+
+        pg_db = f"runq_bench_{os.getpid()}_{time.monotonic_ns()}"
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {pg_db}")
+        db = PG_URL.rsplit("/", 1)[0] + "/" + pg_db
+    elif db is None:
         db = os.path.join(tmp, "bench.db")
     try:
-        proc, port, _ = start_server(db)
+        proc, port, _ = start_server(db, port_file=os.path.join(tmp, "port"))
         try:
             yield proc, f"127.0.0.1:{port}"
         finally:
             stop_process(proc)
+            if pg_db is not None:
+                import psycopg
+
+                with psycopg.connect(PG_URL or "", autocommit=True) as conn:
+                    conn.execute(f"DROP DATABASE {pg_db} WITH (FORCE)")
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

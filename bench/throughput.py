@@ -347,7 +347,14 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=5.0, help="latency: how long (default %(default)s)")
     p.add_argument("--only", default=",".join(BENCHES), help="comma-separated subset of " + ",".join(BENCHES))
     p.add_argument("--profile", metavar="DIR", default=None, help="write py-spy profiles of every process to DIR")
+    p.add_argument("--db", metavar="URL", default=None,
+                   help="a postgresql:// URL: each measurement's server runs on a fresh database made there "
+                        "(default: a SQLite file)")
     args = p.parse_args()
+    if args.db:
+        from . import common
+
+        common.PG_URL = args.db
     names = args.only.split(",")
     for name in names:
         if name not in BENCHES:

@@ -34,6 +34,16 @@ def _keep_logging() -> Iterator[None]:
     root.setLevel(level)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _postgres_server() -> Iterator[None]:
+    """Stop the throwaway PostgreSQL server (tests/pg_server.py) at the end of the session, if a test started
+    it (it starts on first use)."""
+    yield
+    import pg_server
+
+    pg_server.stop()
+
+
 @pytest.fixture
 async def server(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Server]:
     """A running server (trio tests only): ``server.port`` is bound on 127.0.0.1."""

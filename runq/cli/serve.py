@@ -23,7 +23,8 @@ DEFAULT_HTTP_PORT = 7701
 
 
 @command("run the server (TCP protocol, SQLite database, HTTP API)")
-@option("--db", envvar="RUNQ_DB", default="runq.db", metavar="FILE", help="the SQLite database file")
+@option("--db", envvar="RUNQ_DB", default="runq.db", metavar="FILE|URL",
+        help="the SQLite database file, or a postgresql://user@host/dbname URL (pip install 'runq[postgres]')")
 @option("--host", default="127.0.0.1", help="address to listen on (beyond loopback: --token required)")
 @option("--port", type=int, default=7700, help="TCP port of the runq protocol (0 picks a free one)")
 @option("--http-port", type=int, envvar="RUNQ_HTTP_PORT", default=None,
@@ -51,6 +52,7 @@ def serve(settings: Settings, db: str, host: str, port: int, http_port: int | No
 
     from ..app.core import CoreConfig
     from ..app.server import Server, ServerConfig
+    from ..app.store import describe_db
 
     cfg = ServerConfig(db=db, host=host, port=port, http_port=_http_port(http_port, port), token=settings.token,
                        synchronous=synchronous.upper(), retention=retention, max_subscribers=max_subscribers,
@@ -73,7 +75,7 @@ def serve(settings: Settings, db: str, host: str, port: int, http_port: int | No
                     await trio.Path(tmp).write_text(str(bound))
                     os.replace(tmp, port_file)
                 http = f", HTTP API on {_http_url(cfg.host, server.http_port)}" if server.http_port is not None else ""
-                print(f"runq serving on {cfg.host}:{bound}{http} (database {cfg.db})", file=sys.stderr, flush=True)
+                print(f"runq serving on {cfg.host}:{bound}{http} (database {describe_db(cfg.db)})", file=sys.stderr, flush=True)
                 async for sig in sigs:
                     logging.getLogger("runq.server").info("signal %d: stopping", sig)
                     server.stopping.set()

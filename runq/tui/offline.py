@@ -27,7 +27,7 @@ from urllib.parse import quote
 import aiosqlite
 
 from ..app.core.records import make_event, make_task
-from ..app.store import queries
+from ..app.store import POSTGRES_PREFIXES, queries
 from ..app.store.schema import SCHEMA_VERSION
 from ..protocol.errors import RunqError, TaskNotFound
 from ..protocol.values import decode_task
@@ -83,6 +83,9 @@ class OfflineSource(Source):
         Raises:
             OfflineError: no such file, or not a runq database.
         """
+        if path.startswith(POSTGRES_PREFIXES):
+            raise OfflineError("the offline dashboard reads SQLite files only; a PostgreSQL database is seen "
+                               "through its server: runq tui --server HOST:PORT")
         if not os.path.isfile(path):
             raise OfflineError(f"no such database file: {path}")
         try:

@@ -103,8 +103,88 @@ class SQLiteKit(StoreKit):
                 f"s = SQLiteStore({str(path)!r}, synchronous={self.synchronous!r})\n")
 
 
-#: every store the contract suite runs on (a PostgreSQL kit goes here)
-KITS: list[StoreKit] = [SQLiteKit("NORMAL"), SQLiteKit("FULL")]
+class PostgresKit(StoreKit):
+    """``PostgresStore`` on a fresh database of the session's real PostgreSQL server (tests/pg_server.py): one
+    database per ``path`` (a test's restarts reopen the same one).
+
+    Its commits wait, or fail "locked", on the row lock another session holds on ``runq_writer`` (every commit
+    reads it ``FOR SHARE`` first, its fencing); they fail "full" on a trigger that raises PostgreSQL's own
+    ``disk_full`` error (SQLSTATE 53100) for every write of ``tasks``: a real server raising the real error,
+    short of filling a disk.
+    """
+
+    name = "postgres"
+
+    def __init__(self) -> None:
+        self._urls: dict[Path, str] = {}
+
+    def url(self, path: Path) -> str:
+        if path not in self._urls:
+            import pg_server
+
+            self._urls[path] = pg_server.server().database()
+        return self._urls[path]
+
+    def open(self, path: Path) -> Store:
+        from runq.app.store.postgres import PostgresStore
+
+        return PostgresStore(self.url(path))
+
+    @contextlib.contextmanager
+    def _holding(self, store: Store) -> Iterator[Any]:
+        import psycopg
+
+        from runq.app.store.postgres import PostgresStore
+
+        assert isinstance(store, PostgresStore)
+        with psycopg.connect(store.url) as other:
+            other.execute("SELECT term FROM runq_writer WHERE id = 1 FOR UPDATE")
+            yield other
+            other.rollback()
+
+    @contextlib.contextmanager
+    def blocked(self, store: Store) -> Iterator[None]:
+        with self._holding(store):  # the writer's FOR SHARE waits (lock_timeout 5 s)
+            yield
+
+    @contextlib.contextmanager
+    def locked(self, store: Store) -> Iterator[None]:
+        from runq.app.store.postgres import LOCK_TIMEOUT_MS, PostgresStore
+
+        assert isinstance(store, PostgresStore)
+        store.conn.execute("SET lock_timeout = 100")
+        try:
+            with self._holding(store):
+                yield
+        finally:
+            store.conn.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
+
+    @contextlib.contextmanager
+    def full(self, store: Store) -> Iterator[None]:
+        import psycopg
+
+        from runq.app.store.postgres import PostgresStore
+
+        assert isinstance(store, PostgresStore)
+        with psycopg.connect(store.url, autocommit=True) as other:
+            other.execute("CREATE FUNCTION runq_test_full() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                          "RAISE EXCEPTION 'could not extend file: No space left on device' USING ERRCODE = 'disk_full';"
+                          " END $$")
+            other.execute("CREATE TRIGGER runq_test_full BEFORE INSERT OR UPDATE ON tasks "
+                          "FOR EACH STATEMENT EXECUTE FUNCTION runq_test_full()")
+            try:
+                yield
+            finally:
+                other.execute("DROP TRIGGER runq_test_full ON tasks")
+                other.execute("DROP FUNCTION runq_test_full()")
+
+    def child_source(self, path: Path) -> str:
+        return (f"from runq.app.store.postgres import PostgresStore\n"
+                f"s = PostgresStore({self.url(path)!r})\n")
+
+
+#: every store the contract suite runs on
+KITS: list[StoreKit] = [SQLiteKit("NORMAL"), SQLiteKit("FULL"), PostgresKit()]
 
 
 def task(tid: int, state: str = "ready", queue: str = "default", type_: str = "t", **kw: Any) -> Task:

@@ -103,6 +103,11 @@ async def test_detail_of_tasks_with_odd_values(tmp_path: Path) -> None:
             assert app.is_running
 
 
+def test_offline_refuses_a_postgresql_url_and_says_to_use_the_server() -> None:
+    with pytest.raises(OfflineError, match=r"SQLite files only.*runq tui --server"):
+        OfflineSource.check("postgresql://runq@db/runq")
+
+
 def test_offline_refuses_a_file_of_another_schema(tmp_path: Path) -> None:
     newer = tmp_path / "newer.db"
     make_db(newer)

@@ -63,6 +63,7 @@ from ..store import (
     Store,
     StoreError,
     TaskRecord,
+    describe_db,
     open_store,
 )
 from .config import Clock, ServerConfig
@@ -230,7 +231,7 @@ class Server:
             # tasks for crashed ones (runq/app/store/base.py).
             lead = self.leadership = await trio.to_thread.run_sync(store.leadership)
             if not lead.is_leader:
-                raise NotLeader(f"database {cfg.db} is led by {lead.holder} (term {lead.term}): this server "
+                raise NotLeader(f"database {describe_db(cfg.db)} is led by {lead.holder} (term {lead.term}): this server "
                                 "does not serve it")
             await self._recover(store)
             store.start()
@@ -253,7 +254,7 @@ class Server:
                 nursery.start_soon(self._pruner)
                 self.ready = True
                 log.info("runq %s listening on %s:%d (HTTP %s), database %s", VERSION, cfg.host, self.port,
-                         self.http_port if self.http_port is not None else "off", cfg.db)
+                         self.http_port if self.http_port is not None else "off", describe_db(cfg.db))
                 task_status.started(self.port)
                 await self.stopping.wait()
                 self.ready = False
@@ -299,7 +300,7 @@ class Server:
         try:
             self.core.recover_limits(limit_rows, breaker_rows, now)
         except LimitError as exc:
-            raise StoreError(f"database {self.config.db}: a stored limit or breaker is not valid: {exc}") from exc
+            raise StoreError(f"database {describe_db(self.config.db)}: a stored limit or breaker is not valid: {exc}") from exc
         fx = self.core.take_effects(now)
         if fx.rows or fx.new_rows or fx.events or fx.limit_rows or fx.breaker_rows or fx.limit_events:
             await trio.to_thread.run_sync(store.write_now, Batch(

@@ -15,6 +15,10 @@ module              what it holds
 ``sqlite.py``       ``SQLiteStore``: WAL, one writer thread with group commit, a read-only reader; leads
                     through an exclusive file lock (always term 1)
 ``schema.py``       the SQLite schema, its version and migrations
+``postgres.py``     ``PostgresStore``: psycopg 3 in one writer thread with group commit (``unnest`` batch
+                    inserts), a reader connection; writes as the one ``runq_writer`` of its database, each
+                    commit fenced with its term (docs/postgres.md); imported only for a PostgreSQL URL
+``pg_schema.py``    the PostgreSQL schema: the same versions and tables as ``schema.py``, PostgreSQL's types
 ``open_store``      (here) the store the server opens for a ``--db`` value
 ==================  =====================================================================================
 
@@ -53,14 +57,51 @@ from .base import (
 from .schema import SCHEMA_VERSION, migrate
 from .sqlite import SQLiteStore
 
-__all__ = ["SCHEMA_VERSION", "Batch", "BreakerRecord", "EventRecord", "Leadership", "LimitRecord", "NewTaskRecord",
-           "NotLeader", "Notify", "QueueRecord", "RequestRecord", "SQLiteStore", "ScheduleRecord", "SchemaTooNew",
-           "ServerEventRecord", "Store", "StoreError", "StoreInUse", "StoreStats", "TaskRecord", "TaskRow", "migrate",
-           "open_store"]
+__all__ = [
+    "POSTGRES_PREFIXES",
+    "SCHEMA_VERSION",
+    "Batch",
+    "BreakerRecord",
+    "EventRecord",
+    "Leadership",
+    "LimitRecord",
+    "NewTaskRecord",
+    "NotLeader",
+    "Notify",
+    "QueueRecord",
+    "RequestRecord",
+    "SQLiteStore",
+    "ScheduleRecord",
+    "SchemaTooNew",
+    "ServerEventRecord",
+    "Store",
+    "StoreError",
+    "StoreInUse",
+    "StoreStats",
+    "TaskRecord",
+    "TaskRow",
+    "migrate",
+    "open_store",
+]
+
+
+#: the prefixes of a ``--db`` value that name a PostgreSQL database (anything else is a SQLite file path)
+POSTGRES_PREFIXES = ("postgresql://", "postgres://")
+
+
+def describe_db(db: str) -> str:
+    """``db`` as logs and messages show it: a PostgreSQL URL without its password."""
+    if db.startswith(POSTGRES_PREFIXES):
+        scheme, rest = db.split("://", 1)
+        auth, at, host = rest.rpartition("@")
+        if at and ":" in auth:
+            return f"{scheme}://{auth.split(':', 1)[0]}:***@{host}"
+    return db
 
 
 def open_store(db: str, synchronous: str = "NORMAL", notify: Notify | None = None) -> Store:
-    """Open the store of the database ``db`` (today: a SQLite file path), not started.
+    """Open the store of the database ``db``, not started: PostgreSQL for a ``postgresql://`` or
+    ``postgres://`` URL, else the SQLite file at that path.
 
     Args:
         db: the database, as ``runq serve --db`` names it.
@@ -70,5 +111,13 @@ def open_store(db: str, synchronous: str = "NORMAL", notify: Notify | None = Non
     Raises:
         StoreInUse: another server has the database open.
         SchemaTooNew: the database was written by a newer runq.
+        StoreError: a PostgreSQL URL, and psycopg is not installed (or the database cannot be reached).
     """
+    if db.startswith(POSTGRES_PREFIXES):
+        try:
+            from .postgres import PostgresStore
+        except ImportError as exc:
+            raise StoreError(f"--db {db.split('://')[0]}://... needs psycopg, which is not installed ({exc}): "
+                             "pip install 'runq[postgres]'") from None
+        return PostgresStore(db, synchronous, notify)
     return SQLiteStore(db, synchronous, notify)

@@ -14,8 +14,10 @@ for crashed ones and run them again, and hand out the same ids). A store answers
 store that fences its writes with it refuses a write of an older term). The server asks once it has opened
 the store and before it reads anything back: a store that does not lead makes it stop with ``NotLeader``.
 The SQLite store leads from the moment it opens (its exclusive file lock, taken in its constructor, is the
-leadership; a second store on the file is refused with ``StoreInUse``), always with term 1; a PostgreSQL
-store will hold a lease row with a term and fence its commits with it.
+leadership; a second store on the file is refused with ``StoreInUse``), always with term 1. The PostgreSQL
+store (postgres.py) takes the ``runq_writer`` row with the next term (refused with ``StoreInUse`` while
+another server's connection holds it) and fences every commit with that term; the lease with standbys that
+wait instead of being refused comes next (docs/postgres.md).
 
 Rules of this file:
 

@@ -90,7 +90,7 @@ def server_events_query(since: int | None = None, limit: int = 100, mark: str = 
     cols = ", ".join(SERVER_EVENT_COLUMNS)
     if since is not None:
         return f"SELECT {cols} FROM server_events WHERE id > {mark} ORDER BY id LIMIT {mark}", [since, limit]
-    return (f"SELECT {cols} FROM (SELECT {cols} FROM server_events ORDER BY id DESC LIMIT {mark}) ORDER BY id",
+    return (f"SELECT {cols} FROM (SELECT {cols} FROM server_events ORDER BY id DESC LIMIT {mark}) AS latest ORDER BY id",
             [limit])
 
 

@@ -1,0 +1,119 @@
+"""Which way of writing a group commit's rows is fastest on PostgreSQL: 10,000 new tasks in one transaction.
+
+    python -m bench.pg_batch --db postgresql://user@host/dbname [--tasks 10000] [--rounds 7]
+
+On a fresh table ``tasks`` in a schema of its own (``runq_bench``, dropped at the end) of the database given,
+the same N ``NewTaskRecord`` rows (as the core makes them for an enqueue) are written in one transaction,
+committed, by each way; the table is emptied between rounds and the ways take turns each round. Prints one
+line per way: the median and best time of a commit, and rows/s at the median. The ways:
+
+``unnest``        ONE ``INSERT ... SELECT * FROM unnest(%s::bigint[], ...)``, one array per column (the store's
+                  below 64 rows)
+``values``        ``INSERT ... VALUES (...), (...)`` in statements of up to 512 rows (as the SQLite store does)
+``executemany``   ``cursor.executemany`` of a one-row INSERT (psycopg 3 pipelines it)
+``copy``          ``COPY tasks (...) FROM STDIN`` (text format), ``write_row`` per row
+``copy_binary``   the same in binary format, the column types given (the store's from 64 rows on)
+``store``         ``PostgresStore.write_now`` of a ``Batch`` of the N new tasks (copy_binary, plus the term check)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from runq.app.core.records import NEW_COLUMNS, NewTaskRecord
+from runq.app.store import Batch
+from runq.app.store.pg_schema import PG_MIGRATIONS, PG_TYPES
+from runq.app.store.postgres import _INSERT_NEW, PostgresStore, _Unnest
+
+COLS = ", ".join(f'"{c}"' for c in NEW_COLUMNS)
+
+
+def rows(n: int) -> list[NewTaskRecord]:
+    return [NewTaskRecord(i, "default", "noop", b"\x91" + i.to_bytes(4, "big"), 0, "ready", None, 60.0, 3, None,
+                          1_700_000_000.0 + i / 1000) for i in range(1, n + 1)]
+
+
+def unnest(cur: psycopg.Cursor[Any], data: list[NewTaskRecord]) -> None:
+    _Unnest.run(_INSERT_NEW, cur, data)
+
+
+def values(cur: psycopg.Cursor[Any], data: list[NewTaskRecord]) -> None:
+    one = "(" + ", ".join(["%s"] * len(NEW_COLUMNS)) + ")"
+    for i in range(0, len(data), 512):
+        chunk = data[i:i + 512]
+        cur.execute(f"INSERT INTO tasks ({COLS}) VALUES " + ", ".join([one] * len(chunk)),
+                    [v for r in chunk for v in r])
+
+
+def executemany(cur: psycopg.Cursor[Any], data: list[NewTaskRecord]) -> None:
+    cur.executemany(f"INSERT INTO tasks ({COLS}) VALUES ({', '.join(['%s'] * len(NEW_COLUMNS))})", data)
+
+
+def copy(cur: psycopg.Cursor[Any], data: list[NewTaskRecord]) -> None:
+    with cur.copy(f"COPY tasks ({COLS}) FROM STDIN") as cp:
+        for r in data:
+            cp.write_row(r)
+
+
+def copy_binary(cur: psycopg.Cursor[Any], data: list[NewTaskRecord]) -> None:
+    with cur.copy(f"COPY tasks ({COLS}) FROM STDIN (FORMAT BINARY)") as cp:
+        cp.set_types([PG_TYPES["tasks"][c] for c in NEW_COLUMNS])
+        for r in data:
+            cp.write_row(r)
+
+
+WAYS: dict[str, Callable[[psycopg.Cursor[Any], list[NewTaskRecord]], None]] = {
+    "unnest": unnest, "values": values, "executemany": executemany, "copy": copy, "copy_binary": copy_binary}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--db", required=True, help="a postgresql:// URL (a schema runq_bench is made and dropped)")
+    p.add_argument("--tasks", type=int, default=10_000)
+    p.add_argument("--rounds", type=int, default=7)
+    a = p.parse_args()
+    data = rows(a.tasks)
+    times: dict[str, list[float]] = {w: [] for w in [*WAYS, "store"]}
+    with psycopg.connect(a.db, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS runq_bench CASCADE")
+        conn.execute("CREATE SCHEMA runq_bench")
+        conn.execute("SET search_path = runq_bench")
+        conn.execute(PG_MIGRATIONS[0].split(";")[0])  # (the tasks table as the store makes it)
+        try:
+            for _ in range(a.rounds):
+                for name, way in WAYS.items():
+                    conn.execute("TRUNCATE tasks")
+                    t0 = time.perf_counter()
+                    with conn.transaction(), conn.cursor() as cur:
+                        way(cur, data)
+                    times[name].append(time.perf_counter() - t0)
+                    (n,) = conn.execute("SELECT count(*) FROM tasks").fetchone() or (0,)
+                    assert n == a.tasks, (name, n)
+        finally:
+            conn.execute("DROP SCHEMA runq_bench CASCADE")
+    for _ in range(a.rounds):  # the whole store path, on a fresh database schema each round
+        with psycopg.connect(a.db, autocommit=True) as conn:
+            for t in ("tasks", "events", "queues", "meta", "requests", "limits", "breakers", "server_events",
+                      "schedules", "runq_schema", "runq_writer"):
+                conn.execute(f"DROP TABLE IF EXISTS {t}")
+        s = PostgresStore(a.db)
+        try:
+            t0 = time.perf_counter()
+            s.write_now(Batch(new_rows=data))
+            times["store"].append(time.perf_counter() - t0)
+        finally:
+            s.close()
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        print(f"{name:12s} {a.tasks} new tasks: median {med * 1000:7.1f} ms, best {min(ts) * 1000:7.1f} ms, "
+              f"{a.tasks / med:>10,.0f} rows/s")
+
+
+if __name__ == "__main__":
+    main()

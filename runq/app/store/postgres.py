@@ -1,0 +1,577 @@
+"""PostgreSQL persistence (``PostgresStore``, the ``Store`` of base.py) through psycopg 3, used synchronously.
+
+Theory of operation
+-------------------
+Same shape as sqlite.py: one writer thread owns the write connection; ``submit(batch)`` queues a batch and
+returns; the thread takes every batch waiting and writes them all in ONE transaction (group commit), then
+calls each batch's ``on_done`` in order through ``notify``. psycopg's async API does not run under trio, so
+the store never touches the trio loop: it is plain threads and blocking calls, as with SQLite.
+
+Writes of a commit, each ONE statement whatever the number of rows: new tasks and events (plain inserts)
+with binary ``COPY`` from 64 rows on (``_Copy``), below that and for the upserts (``ON CONFLICT (id) DO
+UPDATE``) ``INSERT ... SELECT * FROM unnest(%s::bigint[], %s::text[], ...)``, one array per column
+(``_Unnest``). Measured on 10,000 new tasks in one commit (bench/pg_batch.py, figures in docs/postgres.md):
+binary COPY ~35 ms, text COPY ~50 ms, unnest ~145 ms, pipelined ``executemany`` ~210 ms, 512-row
+``VALUES`` statements ~390 ms. A failed statement rolls the whole transaction back; every batch in it gets
+a ``StoreError`` and the writer goes on.
+
+Who writes (this slice; the lease with standbys and failover comes next, docs/postgres.md): the one row of
+``runq_writer`` holds the ``term`` and the writer connection's backend (pid and start time). A store that
+opens takes the row (``FOR UPDATE``) and refuses with ``StoreInUse`` while the backend named there is alive
+in ``pg_stat_activity`` (a process killed with ``kill -9`` drops its connection and so its backend:
+``takeover_wait`` seconds are waited for that); else it writes itself there with ``term + 1``. Every commit
+first reads the row ``FOR SHARE`` in its own transaction and fails unless the term is still its own
+(fencing: a store whose term moved on never writes again, and ``leadership()`` then says it does not lead).
+``close`` clears the holder. ``leadership()`` answers leader, with its term, from the open until ``close``
+or a fenced commit. A commit that lost the connection fails (reported, as any failed commit: whether
+PostgreSQL committed it before the connection broke is unknown, so it is never retried silently); the next
+commit connects again, checks that the term is still its own (else it is fenced: another server started
+meanwhile) and writes the new connection's backend into the row.
+
+Errors: a lock wait past ``lock_timeout`` (5 s on the writer connection, like SQLite's busy timeout) is
+reported as "database locked"; PostgreSQL's "insufficient resources" class (53: disk full, out of memory)
+as "database full"; anything else with PostgreSQL's text.
+
+``synchronous`` does not apply: durability is the database's (``synchronous_commit``, on by default: an
+acknowledged task survives a crash of runq AND of PostgreSQL). ``can_commit_inline`` is False: a commit
+waits for the network and the server's WAL flush, never in the trio thread.
+
+Reads (``get_task``, ``events``, ``list_tasks``, ``server_events``) use a second connection (autocommit);
+the caller serialises them. ``load`` streams the live tasks through a server-side cursor on a connection of
+its own. The SQL is queries.py's with ``%s`` placeholders.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue as queue_mod
+import socket
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+
+from ..core.records import (
+    BREAKER_COLUMNS,
+    EVENT_ROW_COLUMNS,
+    LIMIT_COLUMNS,
+    NEW_COLUMNS,
+    REQUEST_COLUMNS,
+    SCHEDULE_COLUMNS,
+    SERVER_EVENT_COLUMNS,
+    TASK_COLUMNS,
+    BreakerRecord,
+    EventRecord,
+    LimitKey,
+    LimitRecord,
+    NewTaskRecord,
+    RequestRecord,
+    ScheduleRecord,
+    ServerEventRecord,
+    TaskRecord,
+    TaskRow,
+    make_breaker,
+    make_event,
+    make_limit,
+    make_request,
+    make_schedule,
+    make_server_event,
+    make_task,
+)
+from ..errors import SchemaTooNew, StoreError, StoreInUse
+from . import queries
+from .base import Batch, Leadership, Notify, StoreStats
+from .pg_schema import BOOTSTRAP, PG_MIGRATIONS, PG_TYPES
+from .schema import FINAL_STATE_NAMES, LIVE_STATE_NAMES, SCHEMA_VERSION
+
+__all__ = ["PostgresStore"]
+
+log = logging.getLogger("runq.store")
+
+#: how long the writer waits for a row lock another session holds before the commit fails ("locked")
+LOCK_TIMEOUT_MS = 5000
+
+
+def _cols(cols: Iterable[str]) -> str:
+    return ", ".join(f'"{c}"' for c in cols)
+
+
+def _pg(sql: str) -> str:
+    """queries.py's SQL with psycopg's placeholder."""
+    return sql.replace("?", "%s")
+
+
+class _Unnest:
+    """One statement for any number of rows: ``INSERT ... SELECT * FROM unnest(<one array per column>)``."""
+
+    def __init__(self, table: str, columns: tuple[str, ...], suffix: str = "") -> None:
+        types = PG_TYPES[table]
+        arrays = ", ".join(f"%s::{types[c]}[]" for c in columns)
+        self.sql = f"INSERT INTO {table} ({_cols(columns)}) SELECT * FROM unnest({arrays}){suffix}"
+        self.width = len(columns)
+
+    def run(self, cur: psycopg.Cursor[Any], rows: Sequence[tuple[Any, ...]]) -> None:
+        cur.execute(self.sql, [list(c) for c in zip(*rows)] if rows else [[]] * self.width)
+
+
+class _Copy(_Unnest):
+    """Plain inserts (new tasks, events): ``COPY ... FROM STDIN (FORMAT BINARY)`` from ``MIN_ROWS`` rows on,
+    ``_Unnest``'s one statement below (a COPY costs one more round trip: its start, then its data and end).
+    Measured on 10,000 new tasks (bench/pg_batch.py, docs/postgres.md): binary COPY ~4x faster than unnest."""
+
+    MIN_ROWS = 64
+
+    def __init__(self, table: str, columns: tuple[str, ...]) -> None:
+        super().__init__(table, columns)
+        self.copy = f"COPY {table} ({_cols(columns)}) FROM STDIN (FORMAT BINARY)"
+        self.types = [PG_TYPES[table][c] for c in columns]
+
+    def run(self, cur: psycopg.Cursor[Any], rows: Sequence[tuple[Any, ...]]) -> None:
+        if len(rows) < self.MIN_ROWS:
+            super().run(cur, rows)
+            return
+        with cur.copy(self.copy) as cp:
+            cp.set_types(self.types)
+            for r in rows:
+                cp.write_row(r)
+
+
+def _upsert(table: str, columns: tuple[str, ...], key: tuple[str, ...]) -> str:
+    rest = [c for c in columns if c not in key]
+    return (f" ON CONFLICT ({_cols(key)}) DO UPDATE SET "
+            + ", ".join(f'"{c}" = excluded."{c}"' for c in rest))
+
+
+_INSERT_NEW = _Copy("tasks", NEW_COLUMNS)
+_UPSERT = _Unnest("tasks", TASK_COLUMNS, _upsert("tasks", TASK_COLUMNS, ("id",)))
+_INSERT_EVENT = _Copy("events", EVENT_ROW_COLUMNS)
+_UPSERT_REQUEST = _Unnest("requests", REQUEST_COLUMNS, _upsert("requests", REQUEST_COLUMNS, ("id",)))
+_SE_COLUMNS = SERVER_EVENT_COLUMNS[1:]  # (the id is numbered by the database, in order)
+_INSERT_SERVER_EVENT = (f"INSERT INTO server_events ({_cols(_SE_COLUMNS)}) "
+                        f"VALUES ({', '.join(['%s'] * len(_SE_COLUMNS))})")
+_UPSERT_SCHEDULE = (f"INSERT INTO schedules ({_cols(SCHEDULE_COLUMNS)}) "
+                    f"VALUES ({', '.join(['%s'] * len(SCHEDULE_COLUMNS))})"
+                    + _upsert("schedules", SCHEDULE_COLUMNS, ("name",)))
+_UPSERT_LIMIT = (f"INSERT INTO limits ({_cols(LIMIT_COLUMNS)}) VALUES ({', '.join(['%s'] * len(LIMIT_COLUMNS))})"
+                 + _upsert("limits", LIMIT_COLUMNS, ("scope", "name", "key")))
+_DELETE_LIMIT = "DELETE FROM limits WHERE scope = %s AND name = %s AND key = %s"
+_UPSERT_BREAKER = (f"INSERT INTO breakers ({_cols(BREAKER_COLUMNS)}) "
+                   f"VALUES ({', '.join(['%s'] * len(BREAKER_COLUMNS))})"
+                   + _upsert("breakers", BREAKER_COLUMNS, ("type",)))
+_DELETE_BREAKER = "DELETE FROM breakers WHERE type = %s"
+_LIVE_SQL = (f"SELECT {queries.TASK_COLUMNS_SQL} FROM tasks WHERE state IN "
+             f"({', '.join(repr(s) for s in LIVE_STATE_NAMES)}) ORDER BY id")
+_LIMITS_SQL = f"SELECT {_cols(LIMIT_COLUMNS)} FROM limits ORDER BY scope, name, key"
+_BREAKERS_SQL = f"SELECT {_cols(BREAKER_COLUMNS)} FROM breakers ORDER BY type"
+_SCHEDULES_SQL = f"SELECT {_cols(SCHEDULE_COLUMNS)} FROM schedules ORDER BY name"
+_TERM_SQL = "SELECT term FROM runq_writer WHERE id = 1 FOR SHARE"
+
+_STOP = object()
+
+
+def _one(conn: psycopg.Connection[Any], sql: str, args: tuple[Any, ...] = ()) -> tuple[Any, ...]:
+    """The one row of a query that always returns one."""
+    row = conn.execute(sql, args).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+def _why(exc: BaseException) -> str:
+    """The reason of a failed commit, in the words the operator (and the contract suite) looks for."""
+    if isinstance(exc, pg_errors.LockNotAvailable):
+        return f"database locked (another session holds a lock past lock_timeout): {exc}"
+    if isinstance(exc, pg_errors.InsufficientResources):
+        return f"database full (PostgreSQL is out of disk or memory): {exc}"
+    return str(exc)
+
+
+class PostgresStore:
+    """A runq database in PostgreSQL: the PostgreSQL implementation of ``Store`` (base.py).
+
+    Args:
+        url: a ``postgresql://`` (or ``postgres://``) URL, as libpq takes it.
+        synchronous: accepted for the same call as SQLite's; durability is PostgreSQL's (module docstring).
+        notify: how the writer thread runs ``on_done`` callbacks; default: call them in the thread.
+        takeover_wait: seconds to wait for the backend of a previous writer to go away (a killed server's).
+
+    Raises:
+        StoreInUse: another runq server writes this database.
+        SchemaTooNew: the database was written by a newer runq.
+        StoreError: the database cannot be reached (the text says why).
+    """
+
+    def __init__(self, url: str, synchronous: str = "NORMAL", notify: Notify | None = None,
+                 takeover_wait: float = 5.0) -> None:
+        if synchronous.upper() not in ("NORMAL", "FULL"):
+            raise ValueError("synchronous must be NORMAL or FULL")
+        self.url = url
+        self.notify = notify or (lambda fn: fn())
+        self.stats = StoreStats()
+        self._q: queue_mod.SimpleQueue[Any] = queue_mod.SimpleQueue()
+        self._writing = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._reader: psycopg.Connection[Any] | None = None
+        self._open = False
+        self._fenced = False
+        self.conn = self._connect()
+        try:
+            self.conn.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
+            self.term, self.holder = self._take(takeover_wait)
+            self.migrated_from = self._migrate()
+        except BaseException:
+            self.conn.close()
+            raise
+        self._open = True
+
+    def _connect(self, autocommit: bool = True) -> psycopg.Connection[Any]:
+        try:
+            return psycopg.connect(self.url, autocommit=autocommit, application_name="runq")
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot connect to PostgreSQL: {exc}") from exc
+
+    # ------------------------------------------------------------------ who writes
+    def _take(self, wait: float) -> tuple[int, str]:
+        """Become the database's writer (module docstring); return (term, holder)."""
+        holder = f"{socket.gethostname()} pid {os.getpid()}"
+        deadline = time.monotonic() + wait
+        conn = self.conn
+        while True:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(7700012)")  # (two openers create the tables once)
+                for stmt in BOOTSTRAP.split(";"):
+                    conn.execute(stmt)
+                term, other, pid, started = _one(
+                    conn, "SELECT term, holder, backend_pid, backend_start FROM runq_writer WHERE id = 1 FOR UPDATE")
+                # (a role without pg_read_all_stats sees another role's backend_start as NULL: then the pid
+                # alone says it is alive, never that it is gone)
+                alive = pid is not None and _one(
+                    conn, "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = %s "
+                    "AND (backend_start = %s OR backend_start IS NULL))", (pid, started))[0]
+                if not alive:
+                    conn.execute("UPDATE runq_writer SET term = term + 1, holder = %s, backend_pid = pg_backend_pid(), "
+                                 "backend_start = (SELECT backend_start FROM pg_stat_activity "
+                                 "WHERE pid = pg_backend_pid()) WHERE id = 1", (holder,))
+                    return term + 1, holder
+            if time.monotonic() >= deadline:
+                raise StoreInUse(f"database {self._safe_url()} is in use by another runq server ({other}, term "
+                                 f"{term}): two servers on one database would run each other's tasks again; stop it "
+                                 "first (a standby that takes over by itself comes with the lease: docs/postgres.md)")
+            time.sleep(0.1)
+
+    def _safe_url(self) -> str:
+        info = self.conn.info
+        return f"postgresql://{info.host}:{info.port}/{info.dbname}"
+
+    def _migrate(self) -> int:
+        conn = self.conn
+        (version,) = _one(conn, "SELECT version FROM runq_schema WHERE id = 1")
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNew(f"database schema version {version} is newer than this runq ({SCHEMA_VERSION})")
+        start = version
+        while version < SCHEMA_VERSION:
+            with conn.transaction():
+                for stmt in PG_MIGRATIONS[version].split(";"):
+                    if stmt.strip():
+                        conn.execute(stmt)
+                version += 1
+                conn.execute("UPDATE runq_schema SET version = %s WHERE id = 1", (version,))
+        return int(start)
+
+    def leadership(self) -> Leadership:
+        """The leader, with its term, from the open until ``close`` or a commit that found its term moved."""
+        if not self._open:
+            return Leadership(False, self.term, "nobody (this store is closed)")
+        if self._fenced:
+            return Leadership(False, self.term, "another runq server (this store's term moved on)")
+        return Leadership(True, self.term, f"{self.holder} (runq_writer term {self.term})")
+
+    @property
+    def can_commit_inline(self) -> bool:
+        """Never: a commit waits for the network and PostgreSQL's WAL flush."""
+        return False
+
+    # ------------------------------------------------------------------ startup
+    def load(self) -> tuple[Iterator[TaskRow], list[str], int]:
+        """Return (live task rows in id order, streamed by a server-side cursor; paused queues; next id)."""
+        url = self.url
+
+        def rows() -> Iterator[TaskRow]:
+            # (a transaction, not autocommit: a named cursor needs one)
+            with psycopg.connect(url, application_name="runq-load") as conn, conn.cursor(name="runq_load") as cur:
+                cur.itersize = 5000
+                cur.execute(_LIVE_SQL)
+                yield from cur
+
+        conn = self.conn
+        paused = [name for (name,) in conn.execute("SELECT name FROM queues WHERE paused ORDER BY name")]
+        (max_id,) = _one(conn, "SELECT max(id) FROM tasks")
+        (meta_next,) = _one(conn, "SELECT coalesce(max(value::bigint), 0) FROM meta WHERE key = 'next_id'")
+        return rows(), paused, max((max_id or 0) + 1, meta_next or 0, 1)
+
+    def load_requests(self) -> tuple[list[RequestRecord], int]:
+        """Return (the stored enqueue answers, by id; the next free number)."""
+        rows = list(map(make_request, self.conn.execute(
+            f"SELECT {_cols(REQUEST_COLUMNS)} FROM requests ORDER BY id")))
+        return rows, max((r.id + r.seqs for r in rows), default=1)
+
+    def next_event_id(self) -> int:
+        """The first free event id."""
+        (max_id,) = _one(self.conn, "SELECT max(id) FROM events")
+        return int(max_id or 0) + 1
+
+    def load_limits(self) -> tuple[list[LimitRecord], list[BreakerRecord]]:
+        """Return (the stored limits, by scope; the stored breakers, by task type)."""
+        return (list(map(make_limit, self.conn.execute(_LIMITS_SQL))),
+                list(map(make_breaker, self.conn.execute(_BREAKERS_SQL))))
+
+    def load_schedules(self) -> list[ScheduleRecord]:
+        """Return the stored schedules, by name."""
+        return list(map(make_schedule, self.conn.execute(_SCHEDULES_SQL)))
+
+    # ------------------------------------------------------------------ writer
+    def start(self) -> None:
+        """Start the writer thread."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="runq-store-writer", daemon=True)
+            self._thread.start()
+
+    def submit(self, batch: Batch) -> None:
+        """Queue ``batch`` for the next group commit (returns at once)."""
+        self._q.put(batch)
+
+    def close(self) -> None:
+        """Commit what is queued, stop the writer, clear the holder, close the connections."""
+        if self._thread is not None:
+            self._q.put(_STOP)
+            self._thread.join()
+            self._thread = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        if self._open and not self.conn.closed:
+            try:
+                self.conn.execute("UPDATE runq_writer SET holder = NULL, backend_pid = NULL, backend_start = NULL "
+                                  "WHERE id = 1 AND term = %s", (self.term,))
+            except psycopg.Error as exc:
+                log.warning("could not clear the writer row: %s", exc)
+        self.conn.close()
+        self._open = False
+
+    def _run(self) -> None:
+        q = self._q
+        while True:
+            item = q.get()
+            batches = []
+            stop = False
+            while True:
+                if item is _STOP:
+                    stop = True
+                else:
+                    batches.append(item)
+                try:
+                    item = q.get_nowait()
+                except queue_mod.Empty:
+                    break
+            if batches:
+                with self._writing:
+                    self.commit(batches)
+            if stop:
+                return
+
+    def commit_here(self, batches: list[Batch]) -> bool:
+        """Commit ``batches`` in the calling thread, their ``on_done`` called here too, unless the writer thread
+        is committing at this moment (then return False, nothing done)."""
+        if not self._writing.acquire(blocking=False):
+            return False
+        try:
+            self.commit(batches, notify=lambda fn: fn())
+        finally:
+            self._writing.release()
+        return True
+
+    def commit(self, batches: list[Batch], notify: Notify | None = None) -> BaseException | None:
+        """Write ``batches`` in one transaction and report to each through ``notify`` (default: the store's).
+
+        One thread at a time (``_writing``, or before ``start``)."""
+        rows: dict[int, TaskRecord] = {}
+        new_rows: list[NewTaskRecord] = []
+        events: list[EventRecord] = []
+        queue_ops: dict[str, bool] = {}
+        requests: dict[int, RequestRecord] = {}
+        requests_below = 0
+        prune: float | None = None
+        limits: dict[LimitKey, LimitRecord | None] = {}
+        breakers: dict[str, BreakerRecord | None] = {}
+        server_events: list[ServerEventRecord] = []
+        schedules: dict[str, ScheduleRecord | None] = {}
+        for b in batches:
+            new_rows.extend(b.new_rows)
+            for r in b.rows:
+                rows[r.id] = r
+            events.extend(b.events)
+            for name, paused in b.queue_ops:
+                queue_ops[name] = paused
+            for q in b.requests:
+                requests[q.id] = q
+            if b.requests_below is not None:
+                requests_below = max(requests_below, b.requests_below)
+            for key, lim in b.limits:
+                limits[key] = lim
+            for type_, br in b.breakers:
+                breakers[type_] = br
+            server_events.extend(b.server_events)
+            for name, sched in b.schedule_rows:
+                schedules[name] = sched
+            if b.prune_before is not None:
+                prune = b.prune_before if prune is None else max(prune, b.prune_before)
+        t0 = time.perf_counter()
+        error: BaseException | None = None
+        pruned = 0
+        try:
+            reconnected = self.conn.closed and not self._fenced
+            if reconnected:  # (the last commit lost the connection: PostgreSQL restarted, a network cut)
+                self.conn = self._connect()
+                self.conn.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
+            conn = self.conn
+            with conn.transaction(), conn.cursor() as cur:
+                row = cur.execute(_TERM_SQL).fetchone()
+                if row is None or row[0] != self.term:
+                    self._fenced = True
+                    raise StoreError(f"this server no longer writes the database: its term {self.term} moved on to "
+                                     f"{row[0] if row else '?'} (another runq server took over)")
+                if reconnected:  # still its term: the writer row names the new connection
+                    cur.execute("UPDATE runq_writer SET backend_pid = pg_backend_pid(), backend_start = "
+                                "(SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()) "
+                                "WHERE id = 1")
+                if new_rows:
+                    _INSERT_NEW.run(cur, new_rows)
+                if rows:
+                    _UPSERT.run(cur, list(rows.values()))
+                if events:
+                    _INSERT_EVENT.run(cur, events)
+                if requests:
+                    _UPSERT_REQUEST.run(cur, list(requests.values()))
+                if requests_below:
+                    cur.execute("DELETE FROM requests WHERE id < %s", (requests_below,))
+                for name, sched in schedules.items():
+                    if sched is None:
+                        cur.execute("DELETE FROM schedules WHERE name = %s", (name,))
+                    else:
+                        cur.execute(_UPSERT_SCHEDULE, sched)
+                for name, paused in queue_ops.items():
+                    cur.execute("INSERT INTO queues (name, paused) VALUES (%s, %s) "
+                                "ON CONFLICT (name) DO UPDATE SET paused = excluded.paused", (name, paused))
+                for lim_key, lim in limits.items():
+                    if lim is None:
+                        cur.execute(_DELETE_LIMIT, lim_key)
+                    else:
+                        cur.execute(_UPSERT_LIMIT, lim)
+                for type_, br in breakers.items():
+                    if br is None:
+                        cur.execute(_DELETE_BREAKER, (type_,))
+                    else:
+                        cur.execute(_UPSERT_BREAKER, br)
+                if server_events:
+                    cur.executemany(_INSERT_SERVER_EVENT, [e[1:] for e in server_events])
+                if prune is not None:
+                    pruned = self._prune(cur, prune)
+        except Exception as exc:  # noqa: BLE001 - psycopg.Error, or a value it cannot adapt
+            error = exc if isinstance(exc, StoreError) else StoreError(
+                f"commit of {len(rows) + len(new_rows)} task rows and {len(events)} events failed: {_why(exc)}")
+            self.stats.errors += 1
+            self.stats.last_error = str(error)
+            log.error("%s", error)
+        st = self.stats
+        st.commits += 1
+        st.batches += len(batches)
+        st.last_commit_rows = len(rows) + len(new_rows) + len(events)
+        st.commit_seconds_total += time.perf_counter() - t0
+        if error is None:
+            st.rows += len(rows) + len(new_rows)
+            st.events += len(events)
+        for b in batches:
+            b.pruned = pruned
+        done = [b.on_done for b in batches if b.on_done is not None]
+        if done:
+            def report() -> None:
+                for on_done in done:
+                    on_done(error)
+
+            (notify or self.notify)(report)
+        return error
+
+    def _prune(self, cur: psycopg.Cursor[Any], before: float) -> int:
+        marks = ", ".join(["%s"] * len(FINAL_STATE_NAMES))
+        sel = f"SELECT id FROM tasks WHERE state IN ({marks}) AND finished_at < %s"
+        args = (*FINAL_STATE_NAMES, before)
+        # ids never go back, even when pruning deletes the newest task
+        cur.execute("INSERT INTO meta (key, value) SELECT 'next_id', (max(id) + 1)::text FROM tasks "
+                    "ON CONFLICT (key) DO UPDATE SET value = greatest(meta.value::bigint, excluded.value::bigint)::text")
+        cur.execute(f"DELETE FROM events WHERE task_id IN ({sel})", args)
+        cur.execute(f"DELETE FROM tasks WHERE id IN ({sel})", args)
+        return cur.rowcount
+
+    def write_now(self, batch: Batch) -> None:
+        """Commit ``batch`` synchronously in the calling thread (startup and tests only).
+
+        Raises:
+            StoreError: the commit failed.
+        """
+        with self._writing:
+            err = self.commit([batch])
+        if err is not None:
+            raise err
+
+    # ------------------------------------------------------------------ reads
+    @property
+    def reader(self) -> psycopg.Connection[Any]:
+        if self._reader is None or self._reader.closed:
+            self._reader = self._connect()
+        return self._reader
+
+    def get_task(self, task_id: int) -> TaskRecord | None:
+        """Return the task, or ``None``."""
+        row = self.reader.execute(_pg(queries.TASK_BY_ID_SQL), (task_id,)).fetchone()
+        return None if row is None else make_task(row)
+
+    def events(self, task_id: int) -> list[EventRecord]:
+        """Return the task's events in order, its unstored ``enqueued`` event rebuilt (``queries.timeline``)."""
+        conn = self.reader
+        stored = list(map(make_event, conn.execute(_pg(queries.EVENTS_SQL), (task_id,))))
+        if not queries.needs_enqueued(stored):
+            return stored
+        created = next((at for (at,) in conn.execute(_pg(queries.CREATED_AT_SQL), (task_id,))), None)
+        return queries.timeline(task_id, stored, created)
+
+    def list_tasks(self, state: str | None = None, queue: str | None = None, type: str | None = None,
+                   limit: int = 100, cursor: int | None = None) -> list[TaskRecord]:
+        """Return a page of tasks, newest first; ``cursor`` is the last id of the previous page."""
+        sql, args = queries.task_list_query(state, queue, type, limit, cursor, mark="%s")
+        return list(map(make_task, self.reader.execute(sql, args)))
+
+    def server_events(self, since: int | None = None, limit: int = 100) -> list[ServerEventRecord]:
+        """Events of no task, oldest first: the ``limit`` latest, or the first ``limit`` after id ``since``."""
+        sql, args = queries.server_events_query(since, limit, mark="%s")
+        return list(map(make_server_event, self.reader.execute(sql, args)))
+
+    def count_by_state(self) -> dict[tuple[str, str], int]:
+        """Return {(queue, state): count} over every stored task."""
+        return {(q, s): n for q, s, n in self.reader.execute(
+            "SELECT queue, state, count(*) FROM tasks GROUP BY queue, state")}
+
+    def check_writable(self) -> None:
+        """Raise ``StoreError`` unless this store could write right now: the writer row can be locked at once
+        (``FOR SHARE``, which a read-only database, a hot standby, refuses too) and still holds this store's term."""
+        try:
+            conn = self.reader
+            with conn.transaction():
+                row = conn.execute("SELECT term FROM runq_writer WHERE id = 1 FOR SHARE NOWAIT").fetchone()
+        except psycopg.Error as exc:
+            raise StoreError(f"database not writable: {_why(exc)}") from exc
+        if row is None or row[0] != self.term:
+            raise StoreError(f"database not writable by this server: its term {self.term} moved on")
+

@@ -1,0 +1,219 @@
+"""What only the PostgreSQL store has (the contract suite, test_store_contract.py, runs on it too): its schema
+beside SQLite's, its version row, the writer row's fencing, ``open_store``'s choice, and the error without
+psycopg. Against the session's real PostgreSQL server (tests/pg_server.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pg_server
+import psycopg
+import pytest
+from store_helpers import ROOT, commit, event, row, task
+
+from runq import SyncClient
+from runq.app.store import (
+    SCHEMA_VERSION,
+    Batch,
+    SchemaTooNew,
+    SQLiteStore,
+    StoreError,
+    StoreInUse,
+    describe_db,
+    open_store,
+)
+from runq.app.store.pg_schema import PG_MIGRATIONS
+from runq.app.store.postgres import PostgresStore
+from runq.app.store.schema import MIGRATIONS
+
+
+@pytest.fixture
+def url() -> str:
+    return pg_server.server().database("pg")
+
+
+def test_the_schema_has_the_same_versions_tables_and_columns_as_sqlites(url: str, tmp_path: Path) -> None:
+    assert len(PG_MIGRATIONS) == len(MIGRATIONS) == SCHEMA_VERSION
+    PostgresStore(url).close()
+    SQLiteStore(str(tmp_path / "s.db")).close()
+    with psycopg.connect(url) as conn:
+        pg = {(t, c) for t, c in conn.execute(
+            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'public' "
+            "AND table_name NOT IN ('runq_schema', 'runq_writer')")}
+        assert conn.execute("SELECT version FROM runq_schema").fetchone() == (SCHEMA_VERSION,)
+    lite = sqlite3.connect(tmp_path / "s.db")
+    tables = [t for (t,) in lite.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    assert {(t, c[1]) for t in tables for c in lite.execute(f"PRAGMA table_info({t})")} == pg
+    lite.close()
+    again = PostgresStore(url)
+    try:
+        assert again.migrated_from == SCHEMA_VERSION  # (nothing to do the second time)
+    finally:
+        again.close()
+
+
+def test_a_database_of_a_newer_runq_is_refused(url: str) -> None:
+    PostgresStore(url).close()
+    with psycopg.connect(url) as conn:
+        conn.execute("UPDATE runq_schema SET version = %s", (SCHEMA_VERSION + 1,))
+    with pytest.raises(SchemaTooNew, match=f"version {SCHEMA_VERSION + 1} is newer"):
+        PostgresStore(url)
+
+
+def test_a_store_whose_term_moved_on_never_writes_again_and_stops_leading(url: str) -> None:
+    s = PostgresStore(url)
+    s.start()
+    try:
+        term = s.leadership().term
+        assert commit(s, Batch(rows=[row(1)])) is None
+        with psycopg.connect(url) as conn:  # another server took the database over (the next slice's lease)
+            conn.execute("UPDATE runq_writer SET term = term + 1")
+        err = commit(s, Batch(rows=[row(2)]))
+        assert isinstance(err, StoreError) and "term" in str(err)
+        assert s.get_task(2) is None and s.get_task(1) == row(1)
+        lead = s.leadership()
+        assert not lead.is_leader and lead.term == term
+        with pytest.raises(StoreError, match="term"):
+            s.check_writable()
+    finally:
+        s.close()
+    nxt = PostgresStore(url)  # the next store takes a later term
+    try:
+        assert nxt.leadership().is_leader and nxt.leadership().term == term + 2
+    finally:
+        nxt.close()
+
+
+def test_open_store_picks_postgresql_for_its_urls_and_logs_hide_the_password(url: str, tmp_path: Path) -> None:
+    for u in (url, url.replace("postgresql://", "postgres://")):
+        s = open_store(u)
+        try:
+            assert isinstance(s, PostgresStore) and s.leadership().is_leader
+        finally:
+            s.close()
+    lite = open_store(str(tmp_path / "x.db"))
+    assert isinstance(lite, SQLiteStore)
+    lite.close()
+    assert describe_db("postgresql://runq:s3cret@db:5432/runq") == "postgresql://runq:***@db:5432/runq"
+    assert describe_db("postgres://runq@db/runq") == "postgres://runq@db/runq"
+    assert describe_db("runq.db") == "runq.db"
+
+
+def test_an_unreachable_database_is_a_clear_store_error() -> None:
+    with pytest.raises(StoreError, match="cannot connect to PostgreSQL"):
+        open_store("postgresql://nobody@127.0.0.1:1/none?connect_timeout=2")
+
+
+def test_without_psycopg_a_postgresql_url_says_what_to_install() -> None:
+    src = ("import sys; sys.modules['psycopg'] = None\n"  # (psycopg not installed: its import fails)
+           "from runq.app.store import open_store, StoreError\n"
+           "try:\n    open_store('postgresql://x@127.0.0.1/db')\nexcept StoreError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", src], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert "needs psycopg" in out and "pip install 'runq[postgres]'" in out
+
+
+def test_a_refused_value_in_a_copied_batch_fails_the_whole_commit_and_the_writer_goes_on(url: str) -> None:
+    """From 64 new tasks (or events) on, they go in with COPY: a value refused in its middle (an id given twice,
+    a number too large for bigint) fails the commit, writes nothing of it, and the next commit writes."""
+    s = PostgresStore(url)
+    s.start()
+    try:
+        n = 200
+        dup = [task(i).new_row() for i in range(1, n + 1)] + [task(100).new_row()]
+        assert isinstance(commit(s, Batch(new_rows=dup, events=[event(i) for i in range(1, n + 1)])), StoreError)
+        big = [task(i).new_row() for i in range(1, n + 1)]
+        big[150] = task(151, priority=2**64).new_row()
+        assert isinstance(commit(s, Batch(new_rows=big)), StoreError)
+        assert s.list_tasks() == [] and s.events(1) == [] and s.stats.errors == 2
+        ok = [task(i).new_row() for i in range(1, n + 1)]
+        assert commit(s, Batch(new_rows=ok, events=[event(i, "started", "running") for i in range(1, n + 1)])) is None
+        assert len(s.list_tasks(limit=1000)) == n and [e.kind for e in s.events(n)] == ["enqueued", "started"]
+    finally:
+        s.close()
+
+
+def test_a_lost_connection_fails_one_commit_then_the_writer_reconnects_unless_another_server_took_over(
+        url: str) -> None:
+    def cut(s: PostgresStore) -> None:  # PostgreSQL ends the writer's connection (a restart, a network cut)
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute("SELECT pg_terminate_backend(%s)", (s.conn.info.backend_pid,)).fetchone() == (True,)
+
+    s = PostgresStore(url)
+    s.start()
+    try:
+        cut(s)
+        assert isinstance(commit(s, Batch(rows=[row(1)])), StoreError)  # (the commit that met the cut)
+        assert commit(s, Batch(rows=[row(2)])) is None  # connected again, same term
+        assert s.leadership().is_leader and s.get_task(2) == row(2)
+        with psycopg.connect(url) as conn:  # the writer row names the new connection: no second server starts
+            assert conn.execute("SELECT backend_pid FROM runq_writer").fetchone() == (s.conn.info.backend_pid,)
+        with pytest.raises(StoreError, match="in use"):
+            PostgresStore(url, takeover_wait=0)
+        cut(s)
+        other = PostgresStore(url, takeover_wait=2)  # its connection gone, another server may start ...
+        try:
+            assert isinstance(commit(s, Batch(rows=[row(3)])), StoreError)
+            err = commit(s, Batch(rows=[row(4)]))  # ... and the first one, connected again, is fenced
+            assert isinstance(err, StoreError) and "term" in str(err) and not s.leadership().is_leader
+            assert other.get_task(3) is None and other.get_task(4) is None and other.leadership().is_leader
+        finally:
+            other.close()
+    finally:
+        s.close()
+
+
+def test_runq_serve_takes_its_postgresql_database_from_runq_db(url: str, tmp_path: Path) -> None:
+    """``RUNQ_DB=postgresql://...`` (as a deployment sets it) reaches the store: the enqueued task is in
+    PostgreSQL, and the start-up line names the database without its password."""
+    port_file = tmp_path / "port"
+    user, rest = url.removeprefix("postgresql://").split("@", 1)
+    env = {**os.environ, "RUNQ_DB": f"postgresql://{user}:not-needed@{rest}", "PGPASSWORD": "",
+           "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "runq.cli", "serve", "--port", "0", "--http-port", "0",
+                             "--port-file", str(port_file)], env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not port_file.exists():
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        with SyncClient(f"127.0.0.1:{port_file.read_text()}") as c:
+            tid = c.enqueue("t", {"x": 1})
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert f"(database postgresql://{user}:***@{rest})" in err and "not-needed" not in err
+    assert not (tmp_path / "runq.db").exists()
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT type, state FROM tasks WHERE id = %s", (tid,)).fetchone() == ("t", "ready")
+
+
+def test_a_server_of_another_role_is_refused_too(url: str) -> None:
+    """A role without pg_read_all_stats sees another role's ``backend_start`` as NULL in pg_stat_activity: the
+    writer's backend still counts as alive (by its pid), so a second server under another role is refused."""
+    first = PostgresStore(url)
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("DROP ROLE IF EXISTS runq_other")
+            conn.execute("CREATE ROLE runq_other LOGIN")
+            conn.execute("GRANT ALL ON SCHEMA public TO runq_other")
+            conn.execute("GRANT ALL ON ALL TABLES IN SCHEMA public TO runq_other")
+        other_url = url.replace(f"//{pg_server.server().user}@", "//runq_other@")
+        with psycopg.connect(other_url) as conn:  # (what that role sees of the first server's connection)
+            assert conn.execute("SELECT backend_start FROM pg_stat_activity WHERE pid = %s",
+                                (first.conn.info.backend_pid,)).fetchone() == (None,)
+        with pytest.raises(StoreInUse):
+            PostgresStore(other_url, takeover_wait=0)
+        assert first.leadership().is_leader
+    finally:
+        first.close()
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("REASSIGN OWNED BY runq_other TO CURRENT_USER")
+            conn.execute("DROP OWNED BY runq_other")
+            conn.execute("DROP ROLE runq_other")
