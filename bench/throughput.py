@@ -11,7 +11,8 @@ folder, removed afterwards) and, where needed, real `runq worker` processes; all
   the clock stops when the last one is acknowledged (committed).
 - enqueue_batch: N tasks through enqueue_many in batches of B (1,000), P batches in flight (4), acknowledged.
 - drain: N no-op tasks enqueued into a paused queue, W worker processes (concurrency C) joined, then
-  resume; the clock stops when the server counts N succeeded.
+  resume; the clock stops when the server counts N succeeded. ``--limit queue_rate|type_cap|both`` first
+  sets limits that never bind (docs/limits.md: what a limit's checks cost).
 - sequential: one connection, one call at a time (the next starts when the previous returned), for
   SyncClient and for Client on asyncio: a durable enqueue (acknowledged after its commit) and a status
   (get of a ready task), p50 / p99 and calls/s; beside them, in the same run and interleaved with them in
@@ -115,6 +116,7 @@ def drain(args: argparse.Namespace) -> str:
     n = args.tasks
     with server() as (proc, address), SyncClient(address) as c:
         c.pause("default")
+        limits = _never_binding_limits(c, args.limit)
         for i in range(0, n, 5000):
             c.enqueue_many([{"type": "noop"}] * min(5000, n - i))
         with workers(address, args.workers, args.concurrency) as ws:
@@ -128,7 +130,23 @@ def drain(args: argparse.Namespace) -> str:
     if stats["succeeded"] != n or stats["failed"]:
         raise RuntimeError(f"drain: expected {n} succeeded and none failed, got {stats}")
     return (f"drain: {fmt(n / dt)} tasks/s (N={fmt(n)} no-op tasks, {args.workers} worker processes x "
-            f"concurrency {args.concurrency}; {cpu.report()})")
+            f"concurrency {args.concurrency}{limits}; {cpu.report()})")
+
+
+#: ``--limit``: the limits set before a drain, none of which ever holds a task back
+LIMITS = ("none", "queue_rate", "type_cap", "both")
+
+
+def _never_binding_limits(c: SyncClient, which: str) -> str:
+    """Set the limits ``which`` names (docs/limits.md), far above what a drain reaches, so that they cost their
+    checks and never bind (issue 11: drain within 5% of no limit); the words for the summary line."""
+    if which not in LIMITS:
+        raise SystemExit(f"--limit must be one of {', '.join(LIMITS)}")
+    if which in ("queue_rate", "both"):
+        c.set_limit("queue", "default", rate=10_000_000, period=1.0, burst=1_000_000)
+    if which in ("type_cap", "both"):
+        c.set_limit("type", "noop", concurrency=1_000_000)
+    return "" if which == "none" else f", limits: {which} (never binding)"
 
 
 async def _latency(address: str, rate: float, seconds: float, nworkers: int, profile: str | None,
@@ -345,6 +363,8 @@ def main() -> None:
                    help="concurrent: producer processes, one connection each (default %(default)s)")
     p.add_argument("--rate", type=float, default=500.0, help="latency: tasks/s (default %(default)s)")
     p.add_argument("--seconds", type=float, default=5.0, help="latency: how long (default %(default)s)")
+    p.add_argument("--limit", default="none", choices=LIMITS,
+                   help="drain: limits set first that never bind (default %(default)s)")
     p.add_argument("--only", default=",".join(BENCHES), help="comma-separated subset of " + ",".join(BENCHES))
     p.add_argument("--profile", metavar="DIR", default=None, help="write py-spy profiles of every process to DIR")
     p.add_argument("--db", metavar="URL", default=None,
