@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import random
 import signal
@@ -193,6 +194,10 @@ def run_demo(db: str | None = None, port: int = 0, workers: int = 2, tasks: int 
     With ``tui``, open the dashboard on the demo's server (tasks keep arriving until it is closed)
     instead of printing the events.
     """
+    # its lines as they happen, also into a pipe (`runq demo | tee demo.log`, a test reading them): block
+    # buffering held "started 2 worker processes" back until the buffer filled, at a random later point
+    if isinstance(sys.stdout, io.TextIOWrapper) and not sys.stdout.line_buffering:
+        sys.stdout.reconfigure(line_buffering=True)
     # SIGTERM (kill, a service manager) stops the demo as Ctrl-C does: its server and workers with it
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
