@@ -11,6 +11,7 @@ from runq.app.core.records import (
     TASK_COLUMNS,
     EventRecord,
     NewTaskRecord,
+    NewTaskRow,
     TaskRecord,
     TaskRow,
     make_task,
@@ -22,6 +23,7 @@ def test_a_task_row_has_the_task_records_fields_in_order() -> None:
     assert TASK_COLUMNS == ("id", "queue", "type", "payload", "priority", "state", "run_at", "timeout", "max_retries",
                             "attempt", "key", "result", "error", "progress", "created_at", "started_at", "finished_at",
                             "worker")
+    assert typing.get_args(NewTaskRow) == tuple(typing.get_type_hints(NewTaskRecord).values())
     assert set(NEW_COLUMNS) < set(TASK_COLUMNS) and list(NEW_COLUMNS) == [c for c in TASK_COLUMNS if c in NEW_COLUMNS]
 
 
@@ -31,7 +33,7 @@ def test_a_task_and_its_records_name_the_same_values() -> None:
     assert type(row) is TaskRecord and row.state == "running" and row.worker == "w" and row.progress == b"50"
     assert row._asdict() == {**t.as_dict(), "state": "running"}
     new = t.new_row()
-    assert type(new) is NewTaskRecord and new._asdict() == {c: getattr(row, c) for c in NEW_COLUMNS}
+    assert type(new) is tuple and NewTaskRecord(*new)._asdict() == {c: getattr(row, c) for c in NEW_COLUMNS}
     back = Task.from_row(make_task(tuple(row)))
     assert back.as_dict() == t.as_dict() and TaskRecord(*tuple(row)) == row
 

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from runq.app.core import Core, CoreConfig, Schedule, ScheduleRecord
+from runq.app.core import Core, CoreConfig, NewTaskRecord, Schedule, ScheduleRecord
 from runq.app.core.schedules import _latest, _times, due
 from runq.app.core.timers import SCHEDULE
 from runq.app.errors import ScheduleError, ScheduleMissing
@@ -48,14 +48,14 @@ class Disk:
         """Tick the core at ``now`` and take its effects; write them if ``commit``. Returns the new tasks' keys."""
         self.core.tick(now)
         fx = self.core.take_effects(now)
-        new = [r.key for r in fx.new_rows]
+        new = [NewTaskRecord(*r).key for r in fx.new_rows]
         if commit:
             for name, row in fx.schedule_rows:
                 if row is None:
                     self.schedules.pop(name, None)
                 else:
                     self.schedules[name] = row
-            for r in fx.new_rows:
+            for r in map(NewTaskRecord._make, fx.new_rows):
                 self.keys[r.id] = r.key
         return new
 
@@ -314,7 +314,7 @@ def test_a_failed_commit_writes_the_firing_and_its_mark_again_together() -> None
     add(d, T0, name="f", every=10.0)
     d.core.tick(T0 + 10)
     fx = d.core.take_effects(T0 + 10)
-    assert [r.key for r in fx.new_rows] == [key("f", T0 + 10)]
+    assert [NewTaskRecord(*r).key for r in fx.new_rows] == [key("f", T0 + 10)]
     assert [(n, r.next_fire if r else None) for n, r in fx.schedule_rows] == [("f", T0 + 20)]
 
     class Batch:
@@ -325,7 +325,7 @@ def test_a_failed_commit_writes_the_firing_and_its_mark_again_together() -> None
     plan = d.core.settle_commit(Batch(), [], [], OSError("disk full"), 1, 1, T0 + 10)
     assert plan.retry
     again = d.core.take_effects(T0 + 11)
-    assert [r.key for r in again.rows + again.new_rows] == [key("f", T0 + 10)]
+    assert [r.key for r in again.rows] + [NewTaskRecord(*r).key for r in again.new_rows] == [key("f", T0 + 10)]
     assert [(n, r.next_fire if r else None) for n, r in again.schedule_rows] == [("f", T0 + 20)]
 
 

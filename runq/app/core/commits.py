@@ -55,7 +55,7 @@ from .records import (
     EventRecord,
     LimitKey,
     LimitRecord,
-    NewTaskRecord,
+    NewTaskRow,
     QueueRecord,
     RequestRecord,
     ScheduleRecord,
@@ -91,7 +91,7 @@ class Writes(Protocol):
     """What a batch wrote, as the policy reads it (the store's ``Batch``)."""
 
     rows: list[TaskRecord]
-    new_rows: list[NewTaskRecord]
+    new_rows: list[NewTaskRow]
     events: list[EventRecord]
     queue_ops: list[QueueRecord]
     requests: list[RequestRecord]
@@ -246,7 +246,7 @@ class CommitPolicy:
                     forgotten |= core.forget(created)
                 tell.append(ack)
             core.restore_effects([r.id for r in batch.rows if r.id not in forgotten]
-                                 + [r.id for r in batch.new_rows if r.id not in forgotten],
+                                 + [tid for tid, *_ in batch.new_rows if tid not in forgotten],
                                  [e for e in batch.events if e.task_id not in forgotten], batch.queue_ops, batch.rows)
             if batch.limits or batch.breakers or batch.server_events:
                 core.restore_limits(batch.limits, batch.breakers, batch.server_events)

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...protocol.messages import TypeOptions
 from .model import CoreConfig, ReadyQueue, Task, WorkerInfo
-from .records import EventRecord, LimitKey, NewTaskRecord, QueueRecord, TaskRecord
+from .records import EventRecord, LimitKey, NewTaskRow, QueueRecord, TaskRecord
 from .states import STEPS, IllegalTransition, State, Transition
 from .stats import CoreStats
 
@@ -86,7 +86,7 @@ class Effects:
         notices: list[tuple[EventRecord, Task]],
         logs: list[tuple[str, str]],
         queue_ops: list[QueueRecord],
-        new_rows: list[NewTaskRecord] | None = None,
+        new_rows: list[NewTaskRow] | None = None,
         limit_rows: list[tuple[LimitKey, LimitRow | None]] | None = None,
         breaker_rows: list[tuple[str, BreakerRow | None]] | None = None,
         limit_events: list[LimitEvent] | None = None,
@@ -183,7 +183,7 @@ class CoreBase:
     def _take(self) -> Effects:
         """Return and clear the effects buffered since the last call (rule 2)."""
         rows: list[TaskRecord] = []
-        new_rows: list[NewTaskRecord] = []
+        new_rows: list[NewTaskRow] = []
         new = self._new
         for t in self._dirty.values():
             if t.id in new and t.attempt == 0 and (t.state is READY or t.state is SCHEDULED) and t.progress is None:

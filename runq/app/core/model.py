@@ -27,7 +27,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from .records import EVENT_COLUMNS, EVENT_ROW_COLUMNS, NEW_COLUMNS, TASK_COLUMNS, NewTaskRecord, TaskRecord
+from .records import EVENT_COLUMNS, EVENT_ROW_COLUMNS, NEW_COLUMNS, TASK_COLUMNS, NewTaskRow, TaskRecord
 from .states import State
 
 __all__ = ["EVENT_COLUMNS", "EVENT_ROW_COLUMNS", "NEW_COLUMNS", "TASK_COLUMNS", "CoreConfig", "ReadyQueue", "Task",
@@ -136,10 +136,10 @@ class Task:
             self.created_at, self.started_at, self.finished_at, self.worker,
         ))
 
-    def new_row(self) -> NewTaskRecord:
-        """The task as first written (the short insert)."""
-        return _new(NewTaskRecord, (self.id, self.queue, self.type, self.payload, self.priority, self.state._value_,
-                                    self.run_at, self.timeout, self.max_retries, self.key, self.created_at))
+    def new_row(self) -> NewTaskRow:
+        """The task as first written (the short insert): a plain tuple, ``NewTaskRecord``'s fields (records.py)."""
+        return (self.id, self.queue, self.type, self.payload, self.priority, self.state._value_, self.run_at,
+                self.timeout, self.max_retries, self.key, self.created_at)
 
     def as_dict(self) -> dict[str, Any]:
         """The task as a wire/JSON-ready map (bytes fields stay bytes)."""

@@ -39,6 +39,7 @@ from ..core.records import (
     LimitKey,
     LimitRecord,
     NewTaskRecord,
+    NewTaskRow,
     QueueRecord,
     RequestRecord,
     ScheduleRecord,
@@ -80,7 +81,7 @@ class Batch:
     """
 
     rows: list[TaskRecord] = field(default_factory=list)
-    new_rows: list[NewTaskRecord] = field(default_factory=list)
+    new_rows: list[NewTaskRow] = field(default_factory=list)
     events: list[EventRecord] = field(default_factory=list)
     queue_ops: list[QueueRecord] = field(default_factory=list)
     requests: list[RequestRecord] = field(default_factory=list)

@@ -68,7 +68,7 @@ from ..core.records import (
     EventRecord,
     LimitKey,
     LimitRecord,
-    NewTaskRecord,
+    NewTaskRow,
     RequestRecord,
     ScheduleRecord,
     ServerEventRecord,
@@ -398,7 +398,7 @@ class PostgresStore:
 
         One thread at a time (``_writing``, or before ``start``)."""
         rows: dict[int, TaskRecord] = {}
-        new_rows: list[NewTaskRecord] = []
+        new_rows: list[NewTaskRow] = []
         events: list[EventRecord] = []
         queue_ops: dict[str, bool] = {}
         requests: dict[int, RequestRecord] = {}

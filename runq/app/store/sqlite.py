@@ -73,7 +73,7 @@ from ..core.records import (
     EventRecord,
     LimitKey,
     LimitRecord,
-    NewTaskRecord,
+    NewTaskRow,
     QueueRecord,
     RequestRecord,
     ScheduleRecord,
@@ -429,7 +429,7 @@ class SQLiteStore:
         ``begun``: the caller has begun the transaction (``BEGIN IMMEDIATE``).
         """
         rows: dict[int, TaskRecord] = {}
-        new_rows: list[NewTaskRecord] = []
+        new_rows: list[NewTaskRow] = []
         events: list[EventRecord] = []
         queue_ops: list[QueueRecord] = []
         requests: dict[int, RequestRecord] = {}
