@@ -42,6 +42,7 @@ from ...protocol.messages import MAX_CREDIT
 from .limits import Limits
 from .model import QUEUED, ReadyQueue, Task, WorkerInfo, WorkerState
 from .records import QueueRecord
+from .routing import fits
 from .states import Transition
 
 __all__ = ["Dispatch"]
@@ -168,7 +169,8 @@ class Dispatch(Limits):
 
         Every rule that can hold a ready task back is one clause here, and nowhere else. Today: a paused
         queue gives nothing; a worker that announced its task types gets only tasks of those types
-        (routing.py: a head that no connected worker handles was held before it got here); the limits
+        (routing.py: a head that no connected worker handles was held before it got here); a task that
+        ``requires`` labels goes only to a worker that has them (routing.py rule 4, held likewise); the limits
         (limits.py), read only while one is configured: a queue's own limit refuses in place, a type's or a
         key's limit and an open circuit breaker hold the head aside (it leaves the queue, still ready).
 
@@ -187,6 +189,7 @@ class Dispatch(Limits):
           the ready queue instead, in a state of their own (``blocked``) added to the transition table.
         """
         return not q.paused and (not w.type_set or task.type in w.type_set) and (
+            task.requires is None or fits(task.requires, w.labels)) and (
             not self._limited or self._limit_admits(q, task, now))
 
     def _lease(self, task: Task, w: WorkerInfo, now: float) -> dict[str, Any]:

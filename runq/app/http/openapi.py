@@ -520,7 +520,7 @@ SCHEMAS.update({
     "BreakerAction": _obj({"message": _STR, "breaker": _ref("Breaker")}),
     "Why": _obj({"task_id": _INT, "why": {**_obj({
         "reason": {"type": "string", "enum": ["rate_limit", "concurrency_cap", "breaker_open", "paused", "no_worker",
-                                              "scheduled"]},
+                                              "no_worker_with_labels", "scheduled"]},
         "scope": {**_obj({"scope": _STR, "name": _STR, "key": _STR}), "nullable": True},
         "value": _NSTR, "until": _NNUM, "detail": _STR}), "nullable": True,
         "description": "null: nothing holds it (it waits for its turn and a worker's credit, or it is not waiting)"}}),
