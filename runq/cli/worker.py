@@ -113,6 +113,21 @@ def _tasks_hint(module_name: str) -> str:
     return f"; it holds the task definitions {', '.join(names[:8])}: `runq worker {module_name}` runs them"
 
 
+def _labels(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> dict[str, str] | None:
+    if not value:
+        return None
+    from ..protocol.errors import ProtocolError
+    from ..protocol.messages import check_labels
+
+    pairs = [v.partition("=") for v in value]
+    if not all(sep for _, sep, _ in pairs):
+        raise click.BadParameter(f"each label is NAME=VALUE (region=eu), got {list(value)!r}", ctx, param)
+    try:
+        return check_labels({k: v for k, _, v in pairs}, "labels")
+    except ProtocolError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
 def _queue_names(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
     if value is None:
         return None
@@ -129,6 +144,10 @@ def _queue_names(ctx: click.Context, param: click.Parameter, value: str | None) 
         help="tasks run at once, per process (as many more are prefetched)")
 @option("--queues", "-q", default=None, callback=_queue_names, metavar="NAMES", show_default="the Worker's",
         help="comma-separated queue names")
+@option("--label", "labels", envvar="RUNQ_WORKER_LABEL", multiple=True, callback=_labels, metavar="NAME=VALUE",
+        show_default="the Worker's",
+        help="a label it offers for routing (repeatable; from the environment: separated by spaces): a task "
+             "that requires labels goes only to a worker that has them all (docs/routing.md)")
 @option("--grace", type=float, default=None, metavar="SECONDS", show_default="the Worker's",
         help="seconds running tasks get to finish on SIGTERM")
 @option("--backend", type=click.Choice(["asyncio", "trio"]), default="asyncio",
@@ -141,7 +160,8 @@ def _queue_names(ctx: click.Context, param: click.Parameter, value: str | None) 
 @log_options
 @click.pass_obj
 def worker(settings: Settings, target: str, concurrency: int | None, queues: list[str] | None,
-           grace: float | None, backend: str, processes: int, reload: bool, reload_dir: tuple[str, ...]) -> int:
+           labels: dict[str, str] | None, grace: float | None, backend: str, processes: int, reload: bool,
+           reload_dir: tuple[str, ...]) -> int:
     """Run a worker: TARGET is module:attr naming a runq.Worker or task definitions (myapp.tasks:worker), or
     a module: its Worker, else all its task definitions (myapp.tasks). Run it from the folder that holds
     the module (it is put on sys.path).
@@ -154,7 +174,8 @@ def worker(settings: Settings, target: str, concurrency: int | None, queues: lis
     from ..protocol.worker import HelloRefused
 
     if processes > 1 or reload:
-        return _supervise(settings, target, concurrency, queues, grace, backend, processes, reload, reload_dir)
+        return _supervise(settings, target, concurrency, queues, grace, backend, processes, reload, reload_dir,
+                          labels)
     # Exit EXIT_CANNOT_START when starting again cannot help, so that a supervisor stops (or, with --reload,
     # waits for the next change) instead of restarting it in a loop.
     try:
@@ -173,6 +194,8 @@ def worker(settings: Settings, target: str, concurrency: int | None, queues: lis
         w.queues = queues
     if grace is not None:
         w.grace = grace
+    if labels is not None:
+        w.labels = {**w.labels, **labels}
     stop_with_parent(w.stop)  # (under --processes/--reload: stop when the supervisor is gone)
     try:
         w.run_sync(settings.server, token=settings.token, backend=backend)
@@ -182,7 +205,8 @@ def worker(settings: Settings, target: str, concurrency: int | None, queues: lis
 
 
 def _supervise(settings: Settings, target: str, concurrency: int | None, queues: list[str] | None,
-               grace: float | None, backend: str, processes: int, reload: bool, reload_dir: tuple[str, ...]) -> int:
+               grace: float | None, backend: str, processes: int, reload: bool, reload_dir: tuple[str, ...],
+               labels: dict[str, str] | None = None) -> int:
     """``--processes N`` / ``--reload``: run the same ``runq worker`` command in N child processes."""
     import trio
 
@@ -199,6 +223,8 @@ def _supervise(settings: Settings, target: str, concurrency: int | None, queues:
                         ("--grace", grace)):
         if value is not None:
             child += [flag, str(value)]
+    for k, v in (labels or {}).items():
+        child += ["--label", f"{k}={v}"]
     # without --reload-dir the supervisor watches the current folder (which `runq worker` puts on sys.path:
     # where the module is found), and says so in its first log line
     sup = Supervisor(child, processes, reload=reload, watch=list(reload_dir), grace=grace, env=env)

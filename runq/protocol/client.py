@@ -174,7 +174,8 @@ def _many_entries(tasks: Iterable[Mapping[str, Any]] | Iterable[Call[Any]]
 
 def _task_entry(type: str, payload: Any = None, *, queue: str | None = None, priority: int | None = None,
                 delay: float | None = None, run_at: float | datetime | None = None, timeout: float | None = None,
-                retries: int | None = None, key: str | None = None) -> dict[str, Any]:
+                retries: int | None = None, key: str | None = None,
+                      requires: dict[str, str] | None = None) -> dict[str, Any]:
     entry: dict[str, Any] = {"type": type, "payload": encode_value(payload)}
     if queue is not None:
         entry["queue"] = queue
@@ -190,6 +191,8 @@ def _task_entry(type: str, payload: Any = None, *, queue: str | None = None, pri
         entry["retries"] = retries
     if key is not None:
         entry["key"] = key
+    if requires is not None:
+        entry["requires"] = dict(requires)
     return entry
 
 
@@ -618,17 +621,20 @@ class Client:
     async def enqueue(self, type: Call[R], /, *, queue: str | None = None, priority: int | None = None,
                       delay: float | None = None, run_at: float | datetime | None = None,
                       timeout: float | None = None, retries: int | None = None,
-                      key: str | None = None) -> TaskHandle[R]: ...
+                      key: str | None = None,
+                      requires: dict[str, str] | None = None) -> TaskHandle[R]: ...
     @overload
     async def enqueue(self, type: str, payload: Any = None, *, queue: str | None = None,
                       priority: int | None = None, delay: float | None = None,
                       run_at: float | datetime | None = None, timeout: float | None = None,
-                      retries: int | None = None, key: str | None = None) -> int: ...
+                      retries: int | None = None, key: str | None = None,
+                      requires: dict[str, str] | None = None) -> int: ...
 
     async def enqueue(self, type: str | Call[Any], payload: Any = None, *, queue: str | None = None,
                       priority: int | None = None, delay: float | None = None,
                       run_at: float | datetime | None = None, timeout: float | None = None,
-                      retries: int | None = None, key: str | None = None) -> int | TaskHandle[Any]:
+                      retries: int | None = None, key: str | None = None,
+                      requires: dict[str, str] | None = None) -> int | TaskHandle[Any]:
         """Enqueue one task; return once it is committed to the database.
 
         ``await client.enqueue(send_email.call(to=...))`` enqueues a typed task (``runq.task``) and returns
@@ -643,14 +649,16 @@ class Client:
             delay: seconds before it may run. run_at: unix time or datetime before which it may not run.
             timeout: seconds one attempt may take. retries: retries after a failure (default 3).
             key: unique key; while a non-final task holds it, that task's id is returned.
+            requires: labels a worker must have to be given it (``{"region": "eu"}``, docs/routing.md).
         """
         if (type.__class__ is str and payload is None and queue is None and priority is None and delay is None
-                and run_at is None and timeout is None and retries is None and key is None):
+                and run_at is None and timeout is None and retries is None and key is None
+                and requires is None):
             entry: dict[str, Any] = {"type": type, "payload": _NIL}  # (the usual call, built at once)
             checked = True  # (of the right types: nothing to check)
         else:
             entry = _enqueue_entry(type, payload, queue=queue, priority=priority, delay=delay, run_at=run_at,
-                                   timeout=timeout, retries=retries, key=key)
+                                   timeout=timeout, retries=retries, key=key, requires=requires)
             checked = False
         task_id = int((await self._submit(self._calls.new({"op": "enqueue", "tasks": [entry]}, checked))).reply["ids"][0])  # type: ignore[index]
         return TaskHandle(self, task_id, type.task) if isinstance(type, Call) else task_id

@@ -17,6 +17,7 @@ docs/protocol.md is the normative description of every message below.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -25,6 +26,7 @@ from .errors import ProtocolError
 __all__ = [
     "CLIENT_OPS",
     "MAX_CREDIT",
+    "MAX_LABELS",
     "MAX_NAME",
     "MAX_RUN_AT",
     "MAX_SCHEDULES",
@@ -168,6 +170,30 @@ class Hello:
     types: tuple[str, ...] = ()
     type_options: dict[str, TypeOptions] = field(default_factory=dict)
     schedules: tuple[ScheduleSpec, ...] = ()
+    #: what the worker offers for routing (docs/routing.md): a task that ``requires`` labels goes only to a
+    #: worker whose labels include every one of them
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+#: At most this many labels on a worker (hello ``labels``) or required by a task (``requires``).
+MAX_LABELS = 32
+#: A label's name and its value: 1 to 64 chars of ASCII letters, digits and ``_ . - : /``.
+_LABEL_RE = re.compile(r"[A-Za-z0-9_.:/-]{1,64}")
+
+
+def check_labels(raw: Any, where: str, code: str = "bad_message") -> dict[str, str]:
+    """Validate a map of labels (hello ``labels``, a task's ``requires``): at most ``MAX_LABELS`` pairs, each
+    name and value 1 to 64 chars of ASCII letters, digits and ``_ . - : /``. Returns it sorted by name.
+
+    Raises:
+        ProtocolError: naming ``where``.
+    """
+    if (type(raw) is not dict or len(raw) > MAX_LABELS
+            or not all(type(k) is str and type(v) is str and _LABEL_RE.fullmatch(k) and _LABEL_RE.fullmatch(v)
+                       for k, v in raw.items())):
+        raise ProtocolError(f"{where} must be a map of at most {MAX_LABELS} labels, name -> value, each 1 to 64 "
+                            "chars of ASCII letters, digits and _ . - : /", code)
+    return dict(sorted(raw.items()))
 
 
 class TypeOptions(NamedTuple):
@@ -238,6 +264,7 @@ def parse_hello(msg: dict[str, Any]) -> Hello:
         types=tuple(dict.fromkeys(types)),
         type_options=type_options,
         schedules=tuple(parse_schedule(d, "hello") for d in schedules),
+        labels=check_labels(msg["labels"], "hello: 'labels'") if msg.get("labels") is not None else {},
     )
 
 
@@ -307,6 +334,7 @@ class TaskSpec(NamedTuple):
         timeout: seconds a run may take; None as for ``queue`` (else the server default).
         retries: how many retries after the first failed attempt; None as for ``queue`` (else the default).
         key: unique key; while a non-final task holds it, enqueue returns that task.
+        requires: labels a worker must have to be given it (docs/routing.md); None or empty: any worker.
     """
 
     type: str
@@ -318,6 +346,7 @@ class TaskSpec(NamedTuple):
     timeout: float | None = None
     retries: int | None = None
     key: str | None = None
+    requires: dict[str, str] | None = None
 
 
 def check_task_spec(spec: TaskSpec) -> TaskSpec:
@@ -345,6 +374,8 @@ def check_task_spec(spec: TaskSpec) -> TaskSpec:
         raise ProtocolError("task: 'retries' must be between 0 and 1000", "bad_request")
     if spec.key is not None and not 0 < len(spec.key) <= 1000:
         raise ProtocolError("task: 'key' must be a non-empty str of at most 1000 chars", "bad_request")
+    if spec.requires is not None:
+        return spec._replace(requires=check_labels(spec.requires, "task: 'requires'", "bad_request") or None)
     return spec
 
 
@@ -372,6 +403,7 @@ def parse_task_spec(d: Any) -> TaskSpec:
         timeout=_float(optional(d, "timeout", _NUM)),
         retries=optional(d, "retries", int),
         key=optional(d, "key", str),
+        requires=optional(d, "requires", dict),
     ))
 
 
@@ -484,7 +516,8 @@ REQUEST_FIELDS.update({
 #: The fields of a task spec (5.1), as ``REQUEST_FIELDS`` (``payload`` is bin when present: never nil).
 TASK_FIELDS: tuple[tuple[str, _Kind, bool], ...] = (
     ("type", str, True), ("queue", str, False), ("priority", int, False), ("delay", _NUM, False),
-    ("run_at", _NUM, False), ("timeout", _NUM, False), ("retries", int, False), ("key", str, False))
+    ("run_at", _NUM, False), ("timeout", _NUM, False), ("retries", int, False), ("key", str, False),
+    ("requires", dict, False))
 _FILTER_ITEMS: dict[str, type] = {"queues": str, "types": str, "ids": int}
 #: the fields of a task with nothing but a type and a payload (``check_request``'s fast path)
 _PLAIN_TASK = frozenset({"type", "payload"})

@@ -97,6 +97,7 @@ class TaskOptions:
             ``"600/m"``, ``"5/2s"``): set as the type's limit when a worker with this definition joins
             (docs/limits.md).
         concurrency: at most this many tasks of the type run at once, across all workers (the same way).
+        requires: labels a worker must have to be given each task (``{"region": "eu"}``, docs/routing.md).
     """
 
     queue: str | None = None
@@ -107,6 +108,7 @@ class TaskOptions:
     key: str | Callable[..., str] | None = None
     rate_limit: str | None = None
     concurrency: int | None = None
+    requires: dict[str, str] | None = None
 
 
 # ---------------------------------------------------------------------- argument conversion
@@ -321,7 +323,8 @@ class TaskDef(Generic[P, R]):
 
     def with_options(self, *, queue: str | None = None, priority: int | None = None, timeout: float | None = None,
                      retries: int | None = None, delay: float | None = None,
-                     key: str | Callable[..., str] | None = None) -> TaskDef[P, R]:
+                     key: str | Callable[..., str] | None = None,
+                     requires: dict[str, str] | None = None) -> TaskDef[P, R]:
         """A copy of this definition with some options changed (``None`` keeps the current one).
 
         Raises:
@@ -330,7 +333,8 @@ class TaskDef(Generic[P, R]):
         """
         _check_against_definition(self, timeout, retries)
         changes: dict[str, Any] = {k: v for k, v in (("queue", queue), ("priority", priority), ("timeout", timeout),
-                                     ("retries", retries), ("delay", delay), ("key", key)) if v is not None}
+                                     ("retries", retries), ("delay", delay), ("key", key),
+                                     ("requires", requires)) if v is not None}
         return TaskDef(self.fn, self.type, dataclasses.replace(self.options, **changes),
                        takes_payload=self.takes_payload)
 
@@ -434,7 +438,7 @@ def _check_options(type_: str, o: TaskOptions) -> None:
         check_task_spec(TaskSpec(type=type_, queue="default" if o.queue is None else o.queue,
                                  priority=o.priority or 0, delay=o.delay,
                                  timeout=o.timeout, retries=o.retries,
-                                 key=o.key if isinstance(o.key, str) else None))
+                                 key=o.key if isinstance(o.key, str) else None, requires=o.requires))
     except ProtocolError as exc:
         raise ValueError(f"task {type_!r}: {exc}") from None
     if o.key is not None and not isinstance(o.key, str) and not callable(o.key):
@@ -491,7 +495,7 @@ class Call(Generic[R]):
 
     def entry(self, *, queue: str | None = None, priority: int | None = None, delay: float | None = None,
               run_at: float | datetime | None = None, timeout: float | None = None, retries: int | None = None,
-              key: str | None = None) -> dict[str, Any]:
+              key: str | None = None, requires: dict[str, str] | None = None) -> dict[str, Any]:
         """The wire entry of an ``enqueue`` request: the definition's options, changed by these.
 
         Raises:
@@ -507,6 +511,9 @@ class Call(Generic[R]):
             chosen = value if value is not None else default
             if chosen is not None:
                 entry[name] = float(chosen) if name == "timeout" else chosen
+        req = requires if requires is not None else o.requires
+        if req is not None:
+            entry["requires"] = dict(req)
         if run_at is not None:
             entry["run_at"] = run_at.timestamp() if isinstance(run_at, datetime) else float(run_at)
         elif delay is not None or o.delay is not None:
@@ -668,13 +675,15 @@ def task(fn: Callable[P, R], /) -> TaskDef[P, R]: ...
 def task(*, type: str | None = None, queue: str | None = None, priority: int | None = None,
          timeout: float | None = None, retries: int | None = None, delay: float | None = None,
          key: str | Callable[..., str] | None = None, rate_limit: str | None = None,
-         concurrency: int | None = None, schedule: Timing | Iterable[Timing] | None = None) -> _Decorator: ...
+         concurrency: int | None = None, schedule: Timing | Iterable[Timing] | None = None,
+         requires: dict[str, str] | None = None) -> _Decorator: ...
 
 
 def task(fn: Callable[..., Any] | None = None, /, *, type: str | None = None, queue: str | None = None,
          priority: int | None = None, timeout: float | None = None, retries: int | None = None,
          delay: float | None = None, key: str | Callable[..., str] | None = None, rate_limit: str | None = None,
-         concurrency: int | None = None, schedule: Timing | Iterable[Timing] | None = None) -> Any:
+         concurrency: int | None = None, schedule: Timing | Iterable[Timing] | None = None,
+         requires: dict[str, str] | None = None) -> Any:
     """Define a task type from a function (``@task`` or ``@task(queue=..., retries=...)``).
 
     Args:
@@ -684,6 +693,7 @@ def task(fn: Callable[..., Any] | None = None, /, *, type: str | None = None, qu
             set on the server when a worker with this definition joins (docs/limits.md).
         schedule: ``runq.Cron(...)`` or ``runq.Every(...)`` (or several): periodic runs of the task,
             registered when a worker that runs it connects (docs/schedules.md).
+        requires: labels a worker must have to be given each task (``{"region": "eu"}``, docs/routing.md).
 
     Returns:
         A ``TaskDef``: ``.call(...)`` binds arguments for ``client.enqueue``, ``await .enqueue(...)``
@@ -693,7 +703,8 @@ def task(fn: Callable[..., Any] | None = None, /, *, type: str | None = None, qu
         ValueError: an option is out of range.
     """
     options = TaskOptions(queue=queue, priority=priority, timeout=timeout, retries=retries, delay=delay, key=key,
-                          rate_limit=rate_limit, concurrency=concurrency)
+                          rate_limit=rate_limit, concurrency=concurrency,
+                          requires=dict(requires) if requires is not None else None)
 
     def deco(f: Callable[..., Any]) -> TaskDef[Any, Any]:
         if isinstance(f, TaskDef):

@@ -78,6 +78,7 @@ from .errors import (
 )
 from .frames import DEFAULT_MAX_FRAME, DEFAULT_MAX_REPLY, Connection, reply_limit
 from .limits import parse_rate
+from .messages import check_labels
 from .tasks import BadArguments, TaskDef, TaskOptions, tasks_in
 from .tracebacks import format_failure, loop_hint
 from .values import decode_value, encode_value
@@ -170,13 +171,19 @@ class Worker:
         name: shown in the dashboard (default: host-pid).
         grace: seconds running tasks get to finish when stopping.
         tasks: task definitions (``runq.task``) to run; more with ``register`` or ``include``.
+        labels: what it offers for routing (``{"region": "eu"}``): a task that ``requires`` labels is given
+            only to a worker that has them all (docs/routing.md).
     """
 
     def __init__(self, queues: list[str] | tuple[str, ...] | None = None, concurrency: int = 4,
                  prefetch: int | None = None, name: str | None = None, grace: float = 30.0,
-                 tasks: Iterable[TaskDef[Any, Any]] = ()) -> None:
+                 tasks: Iterable[TaskDef[Any, Any]] = (), labels: dict[str, str] | None = None) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
+        try:
+            self.labels = check_labels(labels or {}, "Worker: labels")
+        except ProtocolError as exc:
+            raise ValueError(str(exc)) from None
         self.handlers: dict[str, TaskDef[Any, Any]] = {}
         for t in tasks:
             self.register(t)
@@ -424,6 +431,8 @@ class Worker:
                 "queues": self.queues, "concurrency": self.concurrency, "name": self.name,
                 "types": sorted(self.handlers), "type_options": self._type_options(),
             }
+            if self.labels:
+                hello["labels"] = self.labels
             schedules = [spec.entry() for d in self.handlers.values() for spec in d.schedule_specs()]
             if schedules:  # (the schedules its tasks declare: the server adds them as the worker joins)
                 hello["schedules"] = schedules

@@ -359,6 +359,19 @@ class TestStoreContract:
         finally:
             s.close()
 
+    def test_a_tasks_requires_is_written_and_loaded_back(self, open_store: OpenStore, path: Path) -> None:
+        s = open_store(path)
+        s.start()
+        new = task(1, requires='{"region":"eu"}').new_row()
+        assert commit(s, Batch(new_rows=[new], rows=[row(2, requires='{"gpu":"1"}'), row(3)])) is None
+        s.close()
+        s = open_store(path)  # a restart
+        try:
+            loaded = [TaskRecord(*r) for r in s.load()[0]]
+            assert [(r.id, r.requires) for r in loaded] == [(1, '{"region":"eu"}'), (2, '{"gpu":"1"}'), (3, None)]
+        finally:
+            s.close()
+
     def test_next_id_counts_a_finished_newest_task(self, open_store: OpenStore, path: Path) -> None:
         s = open_store(path)
         s.write_now(Batch(rows=[row(3), row(9, "succeeded", finished_at=T0)]))

@@ -17,7 +17,7 @@ worker may be given a task now. It holds three rules: pause, the task types a
 worker announced (routing.py holds back the tasks of a type no worker handles,
 so that they block nobody), and the limits (limits.py: rate limits,
 concurrency caps, circuit breakers, read through one flag when none is set);
-dependencies and routing labels plug in there too (see ``_admits``).
+routing labels (routing.py rule 4) are one more clause there, and dependencies plug in there too.
 
 Rules of this file:
 
@@ -42,6 +42,7 @@ from ...protocol.messages import MAX_CREDIT
 from .limits import Limits
 from .model import QUEUED, ReadyQueue, Task, WorkerInfo, WorkerState
 from .records import QueueRecord
+from .routing import fits
 from .states import Transition
 
 __all__ = ["Dispatch"]
@@ -168,7 +169,8 @@ class Dispatch(Limits):
 
         Every rule that can hold a ready task back is one clause here, and nowhere else. Today: a paused
         queue gives nothing; a worker that announced its task types gets only tasks of those types
-        (routing.py: a head that no connected worker handles was held before it got here); the limits
+        (routing.py: a head that no connected worker handles was held before it got here); a task that
+        ``requires`` labels goes only to a worker that has them (routing.py rule 4, held likewise); the limits
         (limits.py), read only while one is configured: a queue's own limit refuses in place, a type's or a
         key's limit and an open circuit breaker hold the head aside (it leaves the queue, still ready).
 
@@ -183,10 +185,12 @@ class Dispatch(Limits):
           once (a cap slot freed by a finished task) or from its own timer kind (a rate refill, a breaker's
           cool-down: timers.py);
         - refusing a head passes over the queue for this worker in this round (rule 2). A rule that holds
-          back single tasks while others behind them may go (dependencies, routing labels) keeps them out of
-          the ready queue instead, in a state of their own (``blocked``) added to the transition table.
+          back single tasks while others behind them may go keeps them out of the ready queue instead: held
+          aside, still ready (routing labels, routing.py rule 4), or in a state of its own (``blocked``, for
+          dependencies) added to the transition table.
         """
         return not q.paused and (not w.type_set or task.type in w.type_set) and (
+            task.requires is None or fits(task.requires, w.labels)) and (
             not self._limited or self._limit_admits(q, task, now))
 
     def _lease(self, task: Task, w: WorkerInfo, now: float) -> dict[str, Any]:

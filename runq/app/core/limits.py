@@ -243,7 +243,8 @@ class Waiting(NamedTuple):
 
     Attributes:
         reason: ``rate_limit``, ``concurrency_cap``, ``breaker_open``, ``paused``, ``no_worker`` (no connected
-            worker handles its type), ``scheduled`` (its ``run_at`` is ahead).
+            worker handles its type), ``no_worker_with_labels`` (none that handles it has the labels it
+            ``requires``: docs/routing.md), ``scheduled`` (its ``run_at`` is ahead).
         scope: the scope of the rule, when a rule holds it.
         value: the key's value, for a per-key limit.
         until: the earliest time it may go, when known.
@@ -414,13 +415,13 @@ class Limits(Routing):
     def worker_joined(
         self, worker_id: str, now: float, queues: tuple[str, ...] = ("default",), concurrency: int = 1,
         name: str | None = None, host: str | None = None, pid: int | None = None, types: tuple[str, ...] = (),
-        type_options: dict[str, TypeOptions] | None = None,
+        type_options: dict[str, TypeOptions] | None = None, labels: dict[str, str] | None = None,
     ) -> WorkerInfo:
         """A worker joins (``Routing.worker_joined``); the limits its task definitions set (``rate`` and
         ``concurrency`` in hello ``type_options``) become their types' limits, replacing the one set when it
         differs (the latest worker to join with a type's definition sets it, as for its other options;
         docs/limits.md, "From task definitions"). An equal one is left alone: nothing is written."""
-        w = super().worker_joined(worker_id, now, queues, concurrency, name, host, pid, types, type_options)
+        w = super().worker_joined(worker_id, now, queues, concurrency, name, host, pid, types, type_options, labels)
         for type_, o in (type_options or {}).items():
             if o.rate is None and o.concurrency is None:
                 continue
@@ -633,6 +634,11 @@ class Limits(Routing):
         q = self.queues.get(t.queue)
         if q is not None and q.paused:
             return Waiting("paused", Scope("queue", t.queue), None, None, f"queue {t.queue!r} is paused")
+        if t.queued == NOT_QUEUED and t.requires is not None and not self._fitted(t.queue, t):
+            need = ", ".join(f"{k}={v}" for k, v in json.loads(t.requires).items())
+            return Waiting("no_worker_with_labels", Scope("queue", t.queue), None, None,
+                           f"no connected worker of queue {t.queue!r} that handles task type {t.type!r} has the "
+                           f"labels it requires: {need}")
         if t.queued == NOT_QUEUED:
             return Waiting("no_worker", Scope("type", t.type), None, None,
                            f"no connected worker of queue {t.queue!r} handles task type {t.type!r}")

@@ -97,6 +97,7 @@ class Task:
     started_at: float | None
     finished_at: float | None
     worker: str | None
+    requires: str | None
     queued: int
     lease: int
 
@@ -105,7 +106,7 @@ class Task:
         run_at: float | None = None, timeout: float = 600.0, max_retries: int = 3, attempt: int = 0,
         key: str | None = None, result: bytes | None = None, error: str | None = None,
         progress: bytes | None = None, created_at: float = 0.0, started_at: float | None = None,
-        finished_at: float | None = None, worker: str | None = None,
+        finished_at: float | None = None, worker: str | None = None, requires: str | None = None,
     ) -> None:
         self.id = id
         self.queue = queue
@@ -125,6 +126,7 @@ class Task:
         self.started_at = started_at
         self.finished_at = finished_at
         self.worker = worker
+        self.requires = requires
         self.queued = NOT_QUEUED
         self.lease = attempt
 
@@ -133,13 +135,13 @@ class Task:
         return _new(TaskRecord, (
             self.id, self.queue, self.type, self.payload, self.priority, self.state._value_, self.run_at,
             self.timeout, self.max_retries, self.attempt, self.key, self.result, self.error, self.progress,
-            self.created_at, self.started_at, self.finished_at, self.worker,
+            self.created_at, self.started_at, self.finished_at, self.worker, self.requires,
         ))
 
     def new_row(self) -> NewTaskRow:
         """The task as first written (the short insert): a plain tuple, ``NewTaskRecord``'s fields (records.py)."""
         return (self.id, self.queue, self.type, self.payload, self.priority, self.state._value_, self.run_at,
-                self.timeout, self.max_retries, self.key, self.created_at)
+                self.timeout, self.max_retries, self.key, self.created_at, self.requires)
 
     def as_dict(self) -> dict[str, Any]:
         """The task as a wire/JSON-ready map (bytes fields stay bytes)."""
@@ -153,7 +155,7 @@ class Task:
         t = cls.__new__(cls)
         (t.id, t.queue, t.type, t.payload, t.priority, state, t.run_at, t.timeout, t.max_retries,
          t.attempt, t.key, t.result, t.error, t.progress, t.created_at, t.started_at, t.finished_at,
-         t.worker) = row
+         t.worker, t.requires) = row
         t.state = _STATES[state]
         t.queued = NOT_QUEUED
         t.lease = t.attempt
@@ -199,6 +201,8 @@ class WorkerInfo:
     types: tuple[str, ...] = ()
     #: ``types`` as a set, for dispatch's type check (set from ``types`` when the record is made)
     type_set: frozenset[str] = frozenset()
+    #: the labels it offers (hello ``labels``): it is given a task that ``requires`` labels only if it has them
+    labels: dict[str, str] = field(default_factory=dict)
     state: WorkerState = WorkerState.ACTIVE
     #: its join number (the core's count of joins then): tells its silence timer from one of an earlier
     #: worker that had the same id
@@ -216,7 +220,8 @@ class WorkerInfo:
         """The worker map of the protocol and the HTTP API."""
         return {
             "id": self.id, "name": self.name, "host": self.host, "pid": self.pid,
-            "queues": list(self.queues), "types": list(self.types), "concurrency": self.concurrency,
+            "queues": list(self.queues), "types": list(self.types), "labels": dict(self.labels),
+            "concurrency": self.concurrency,
             "in_flight": len(self.running),
             "running": list(self.running), "credit": self.credit, "connected_at": self.connected_at,
             "last_heartbeat": self.last_seen, "state": self.state.value,
@@ -297,12 +302,15 @@ class ReadyQueue:
         task.queued = NOT_QUEUED
         self.ready -= 1
 
-    def hold(self, task: Task) -> None:
-        """Take out ``task``, the first task as ``peek`` just returned it, and keep it aside under its type."""
+    def hold(self, task: Task, key: str | None = None) -> None:
+        """Take out ``task``, the first task as ``peek`` just returned it, and keep it aside under its type
+        (or ``key``: routing.py, rule 4)."""
         self.take(task)
-        d = self.held.get(task.type)
+        if key is None:
+            key = task.type
+        d = self.held.get(key)
         if d is None:
-            d = self.held[task.type] = deque()
+            d = self.held[key] = deque()
         d.append(task)
 
     def unhold(self, type_: str) -> deque[Task]:

@@ -62,6 +62,7 @@ from .limits import Waiting
 from .model import CoreConfig, Task
 from .records import EventRecord
 from .recovery import Recovery
+from .routing import requires_text
 from .schedules import Schedules
 from .states import FINAL_STATES, TRANSITIONS, IllegalTransition, State, Transition
 from .stats import queue_stats, task_types
@@ -158,7 +159,8 @@ class Core(Dispatch, Recovery, Rollback, Schedules):
                 tid, qname or "default", spec.type, spec.payload, priority or 0, None, run_at,
                 timeout if timeout is not None else cfg.default_timeout,
                 retries if retries is not None else cfg.default_retries,
-                0, spec.key, None, None, None, now,
+                0, spec.key, None, None, None, now, None, None, None,
+                None if spec.requires is None else requires_text(spec.requires),
             )
             tasks[tid] = task
             new.add(tid)

@@ -26,18 +26,43 @@ Rules of this file:
    another language, ``runq enqueue`` or the HTTP API enqueue ``send_email`` onto the queue its definition
    names, not onto ``default`` where no worker of it listens. The latest worker to join with a type's
    options sets them; they are kept after it leaves (until the server stops).
+4. Labels (docs/routing.md): a worker may offer labels (hello ``labels``, ``region=eu``), a task may require
+   some (``requires``, stored as compact sorted JSON). Such a task goes only to a worker whose labels include
+   every required pair (the label clause of ``Dispatch._admits``). A head that no connected worker of its
+   queue fits is held as in rule 1, under the key ``LABELS_KEY + requires``; a worker that joins and fits
+   brings those tasks back. A head that another connected worker fits waits for it in its queue (rule 1).
 """
 
 from __future__ import annotations
+
+import json
+from functools import lru_cache
 
 from ...protocol.messages import TypeOptions
 from .leases import Leases
 from .model import NOT_QUEUED, ReadyQueue, Task, WorkerInfo
 from .states import State
 
-__all__ = ["Routing"]
+__all__ = ["LABELS_KEY", "Routing", "fits", "requires_text"]
 
 READY = State.READY
+#: the prefix of a held key for tasks held for want of labels (a task type cannot start with it)
+LABELS_KEY = "\x00requires:"
+
+
+def requires_text(requires: dict[str, str]) -> str:
+    """A task's ``requires`` as stored: compact JSON, sorted by name."""
+    return json.dumps(requires, sort_keys=True, separators=(",", ":"))
+
+
+@lru_cache(maxsize=1024)
+def _pairs(requires: str) -> tuple[tuple[str, str], ...]:
+    return tuple(json.loads(requires).items())
+
+
+def fits(requires: str, labels: dict[str, str]) -> bool:
+    """Whether a worker offering ``labels`` has every pair of ``requires`` (stored text)."""
+    return all(labels.get(k) == v for k, v in _pairs(requires))
 
 
 class Routing(Leases):
@@ -46,22 +71,28 @@ class Routing(Leases):
     def worker_joined(
         self, worker_id: str, now: float, queues: tuple[str, ...] = ("default",), concurrency: int = 1,
         name: str | None = None, host: str | None = None, pid: int | None = None, types: tuple[str, ...] = (),
-        type_options: dict[str, TypeOptions] | None = None,
+        type_options: dict[str, TypeOptions] | None = None, labels: dict[str, str] | None = None,
     ) -> WorkerInfo:
         """Register a worker (``Leases.worker_joined``), count what it handles, learn what its definitions
-        set (rule 3) and bring back the tasks held for it."""
+        set (rule 3) and bring back the tasks held for it (and for its labels: rule 4)."""
         gone = self.workers.get(worker_id)
         if gone is not None:  # (the same id again: the earlier one is replaced)
             self._count(gone, -1)
         w = super().worker_joined(worker_id, now, queues, concurrency, name, host, pid, types)
+        if labels:
+            w.labels = dict(labels)
         self._count(w, 1)
         if type_options:
             self.type_options.update(type_options)
         for name_ in w.queues:
             q = self.queues[name_]
             if q.held:
-                for type_ in list(q.held) if not w.type_set else [t for t in q.held if t in w.type_set]:
-                    self._bring_back(q, type_)
+                for type_ in list(q.held):
+                    if type_.startswith(LABELS_KEY):
+                        if fits(type_[len(LABELS_KEY):], w.labels):
+                            self._bring_back(q, type_)
+                    elif not w.type_set or type_ in w.type_set:
+                        self._bring_back(q, type_)
         return w
 
     def worker_left(self, worker_id: str, now: float, reason: str = "disconnected") -> None:
@@ -94,13 +125,26 @@ class Routing(Leases):
         (rule 1), so that it blocks neither ``w`` nor the queue."""
         t = q.peek()
         types = w.type_set
-        while t is not None and types and t.type not in types and not self._handled(q.name, t.type):
-            q.hold(t)
+        while t is not None:
+            if types and t.type not in types and not self._handled(q.name, t.type):
+                q.hold(t)
+            elif t.requires is not None and not fits(t.requires, w.labels) and not self._fitted(q.name, t):
+                q.hold(t, LABELS_KEY + t.requires)  # (rule 4)
+            else:
+                return t
             t = q.peek()
         return t
 
+    def _fitted(self, queue: str, t: Task) -> bool:
+        """Whether a connected worker of ``queue`` that handles ``t``'s type has the labels it requires."""
+        req = t.requires
+        return req is None or any(
+            queue in w.queues and (not w.type_set or t.type in w.type_set) and fits(req, w.labels)
+            for w in self.workers.values())
+
     def _bring_back(self, q: ReadyQueue, type_: str) -> None:
-        """Put the tasks of ``type_`` held in ``q`` back at the front of their queue, in their order."""
+        """Put the tasks held in ``q`` under ``type_`` (a type, or a ``LABELS_KEY`` key) back at the front of
+        their queue, in their order."""
         back = [t for t in q.unhold(type_) if t.state is READY and t.queued == NOT_QUEUED
                 and self.tasks.get(t.id) is t and t.queue == q.name]
         for t in reversed(back):

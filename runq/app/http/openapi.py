@@ -57,6 +57,10 @@ _TASK_SPEC_PROPS: dict[str, Any] = {
     "retries": {"type": "integer", "minimum": 0, "maximum": 1000, "description": "retries after a failed attempt"},
     "key": {"type": "string", "minLength": 1, "maxLength": 1000,
             "description": "unique key: while a task with this key is not final, enqueue returns that task"},
+    "requires": {"type": "object", "maxProperties": 32,
+                 "additionalProperties": {"type": "string", "pattern": "^[A-Za-z0-9_.:/-]{1,64}$"},
+                 "description": "labels a worker must have to be given it (names as the values: 1 to 64 of "
+                                "A-Z a-z 0-9 _ . - : /); docs/routing.md"},
 }
 assert tuple(_TASK_SPEC_PROPS) == SPEC_FIELDS
 
@@ -70,6 +74,7 @@ _TASK_PROPS: dict[str, Any] = {
     "attempt": {"type": "integer", "minimum": 0, "description": "attempts started so far"},
     "attempts": {"type": "integer", "minimum": 0, "description": "alias of `attempt` (the seed's REST name)"},
     "max_retries": _INT, "timeout": _NUM, "key": _NSTR, "worker": {**_NSTR, "description": "worker holding it"},
+    "requires": {**_NSTR, "description": "the labels it requires, as compact JSON sorted by name; null: any worker"},
     "created_at": _NUM, "run_at": _NNUM, "started_at": _NNUM, "finished_at": _NNUM,
 }
 
@@ -77,6 +82,7 @@ _WORKER = _obj({
     "id": _STR, "name": _NSTR, "host": _NSTR, "pid": {"type": "integer", "nullable": True},
     "queues": {"type": "array", "items": _STR},
     "types": {"type": "array", "items": _STR, "description": "task types it handles (announced when it joined)"},
+    "labels": {"type": "object", "additionalProperties": _STR, "description": "the labels it offers for routing"},
     "concurrency": _INT, "in_flight": _INT,
     "running": {"type": "array", "items": _INT, "description": "ids of the tasks it runs"},
     "credit": _INT, "connected_at": {**_NUM, "description": "connected since (unix time)"},
@@ -520,7 +526,7 @@ SCHEMAS.update({
     "BreakerAction": _obj({"message": _STR, "breaker": _ref("Breaker")}),
     "Why": _obj({"task_id": _INT, "why": {**_obj({
         "reason": {"type": "string", "enum": ["rate_limit", "concurrency_cap", "breaker_open", "paused", "no_worker",
-                                              "scheduled"]},
+                                              "no_worker_with_labels", "scheduled"]},
         "scope": {**_obj({"scope": _STR, "name": _STR, "key": _STR}), "nullable": True},
         "value": _NSTR, "until": _NNUM, "detail": _STR}), "nullable": True,
         "description": "null: nothing holds it (it waits for its turn and a worker's credit, or it is not waiting)"}}),

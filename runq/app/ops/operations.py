@@ -116,7 +116,8 @@ class Operations:
             wid = f"w{self._worker_seq}-{secrets.token_hex(3)}"
             srv.workers[wid] = session
             srv.core.worker_joined(wid, srv.clock(), hello.queues, hello.concurrency, hello.name,
-                                   hello.host or host, hello.pid, hello.types, hello.type_options)
+                                   hello.host or host, hello.pid, hello.types, hello.type_options,
+                                   hello.labels)
             welcome["worker_id"] = wid
         return welcome
 

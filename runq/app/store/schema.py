@@ -146,8 +146,14 @@ CREATE TABLE schedules (
 );
 """
 
+#: Version 7: a task's ``requires`` (docs/routing.md): the labels a worker must have to be given it, compact
+#: JSON sorted by name; NULL: any worker.
+_V7 = """
+ALTER TABLE tasks ADD COLUMN requires TEXT;
+"""
+
 #: MIGRATIONS[i] takes a database from version i to version i + 1.
-MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5, _V6]
+MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5, _V6, _V7]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
