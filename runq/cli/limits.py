@@ -4,27 +4,27 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 import click
 
 from ..protocol.limits import parse_rate
 from . import output
-from .options import RunqCommand, Settings, client, command, json_option, log_options, option, server_options
+from .options import (
+    RunqCommand,
+    Settings,
+    client,
+    command,
+    command_group,
+    json_option,
+    log_options,
+    option,
+    server_options,
+)
 
 __all__ = ["breakers", "limits", "why"]
 
 _SCOPE = click.Choice(["queue", "type"])
-
-
-class RunqCommandGroup(RunqCommand, click.Group):
-    """A ``runq`` command with subcommands that does something itself when given none (``runq limits`` lists);
-    its errors become one line and an exit status, as a ``RunqCommand``'s."""
-
-
-def _group(short_help: str) -> Callable[[Callable[..., Any]], RunqCommandGroup]:
-    return click.group(cls=RunqCommandGroup, short_help=short_help, invoke_without_command=True)
 
 
 def _limit_rows(found: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
@@ -43,7 +43,7 @@ def _print_limits(found: list[dict[str, Any]]) -> None:
                        _limit_rows(found), right=[4, 5, 6, 7])
 
 
-@_group("show, set and remove rate limits and concurrency caps")
+@command_group("show, set and remove rate limits and concurrency caps")
 @server_options
 @json_option
 @log_options
@@ -55,12 +55,7 @@ def limits(ctx: click.Context, json: bool) -> int:
         return 0
     with client(ctx.ensure_object(Settings)) as c:
         found = c.limits()
-    if json:
-        output.print_json(found)
-    elif not found:
-        output.note("runq limits: no limit is set (runq limits set queue NAME --rate 10/s)")
-    else:
-        _print_limits(found)
+    output.show(found, json, "runq limits: no limit is set (runq limits set queue NAME --rate 10/s)", _print_limits)
     return 0
 
 
@@ -126,7 +121,7 @@ def _print_breakers(found: list[dict[str, Any]]) -> None:
         styles={1: {"open": "red", "half_open": "yellow", "open (by hand)": "red"}}, right=[3, 4, 5, 6, 7, 8])
 
 
-@_group("show and steer the circuit breakers of task types")
+@command_group("show and steer the circuit breakers of task types")
 @server_options
 @json_option
 @log_options
@@ -138,12 +133,7 @@ def breakers(ctx: click.Context, json: bool) -> int:
         return 0
     with client(ctx.ensure_object(Settings)) as c:
         found = c.breakers()
-    if json:
-        output.print_json(found)
-    elif not found:
-        output.note("runq breakers: no breaker is set (runq breakers set TYPE)")
-    else:
-        _print_breakers(found)
+    output.show(found, json, "runq breakers: no breaker is set (runq breakers set TYPE)", _print_breakers)
     return 0
 
 

@@ -42,10 +42,12 @@ __all__ = [
     "EXIT_USAGE",
     "CommandError",
     "RunqCommand",
+    "RunqCommandGroup",
     "RunqGroup",
     "Settings",
     "client",
     "command",
+    "command_group",
     "json_option",
     "log_options",
     "option",
@@ -205,6 +207,16 @@ class RunqCommand(click.Command):
                 click.echo(f"runq {self.name}: {leaf}", err=True)
                 return EXIT_ERROR
             raise
+
+
+class RunqCommandGroup(RunqCommand, RunqGroup):
+    """A ``runq`` command with subcommands that does something itself when given none (``runq limits`` and
+    ``runq schedules`` list); its errors become one line and an exit status, as a ``RunqCommand``'s."""
+
+
+def command_group(short_help: str) -> Callable[[Callable[..., Any]], RunqCommandGroup]:
+    """``@click.group`` for a ``RunqCommandGroup`` (it runs with no subcommand too)."""
+    return click.group(cls=RunqCommandGroup, short_help=short_help, invoke_without_command=True)
 
 
 def _is_runq_error(exc: BaseException) -> bool:

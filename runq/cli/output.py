@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -94,6 +94,17 @@ def print_json(obj: Any) -> None:
 def note(message: str) -> None:
     """A line for the person at the terminal, on stderr (nothing found, more pages...)."""
     click.echo(message, err=True)
+
+
+def show(found: list[Any], json: bool, empty: str, render: Callable[[list[Any]], None]) -> None:
+    """What a listing command prints: ``found`` as JSON (``--json``), ``empty`` as a note when nothing was found,
+    else ``render(found)`` for people."""
+    if json:
+        print_json(found)
+    elif not found:
+        note(empty)
+    else:
+        render(found)
 
 
 # ---------------------------------------------------------------------- times

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from . import output
-from .options import RunqCommand, RunqGroup, Settings, client, json_option, log_options, option, server_options
+from .options import RunqCommand, Settings, client, command_group, json_option, log_options, option, server_options
 
 __all__ = ["parse_every", "schedules"]
 
@@ -59,11 +59,7 @@ def when(s: dict[str, Any]) -> str:
     return f"every {output.duration(float(s['every']))}"
 
 
-class _Schedules(RunqCommand, RunqGroup):
-    """A group that is a command too: ``runq schedules`` alone lists them (with the errors of a command)."""
-
-
-@click.group(cls=_Schedules, invoke_without_command=True, short_help="list and manage periodic tasks (schedules)")
+@command_group("list and manage periodic tasks (schedules)")
 @server_options
 @json_option
 @log_options
@@ -76,20 +72,19 @@ def schedules(ctx: click.Context, json: bool) -> int:
     settings: Settings = ctx.obj
     with client(settings) as c:
         found = c.schedules()
-    if json:
-        output.print_json(found)
-    elif not found:
-        output.note("runq schedules: no schedules (runq schedules add, or schedule= on a task)")
-    else:
-        now = time.time()
-        output.print_table(
-            ["NAME", "TYPE", "WHEN", "NEXT FIRE", "LAST FIRE", "MISSED"],
-            [(s["name"], s["type"], when(s),
-              "paused" if s["paused"] else ("never" if s["next_fire"] is None else
-                                            output.human_time(s["next_fire"], now)),
-              "-" if s["last_fire"] is None else output.ago(s["last_fire"], now), s["missed"]) for s in found],
-            styles={3: {"paused": "yellow"}})
+    output.show(found, json, "runq schedules: no schedules (runq schedules add, or schedule= on a task)",
+                _print_schedules)
     return 0
+
+
+def _print_schedules(found: list[dict[str, Any]]) -> None:
+    now = time.time()
+    output.print_table(
+        ["NAME", "TYPE", "WHEN", "NEXT FIRE", "LAST FIRE", "MISSED"],
+        [(s["name"], s["type"], when(s),
+          "paused" if s["paused"] else ("never" if s["next_fire"] is None else output.human_time(s["next_fire"], now)),
+          "-" if s["last_fire"] is None else output.ago(s["last_fire"], now), s["missed"]) for s in found],
+        styles={3: {"paused": "yellow"}})
 
 
 @schedules.command(cls=RunqCommand, short_help="add a schedule (or replace the one of that name)")
