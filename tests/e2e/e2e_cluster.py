@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -189,6 +190,13 @@ class Cluster:
             parts.append(f"----- {p.log_path.name} (pid {p.pid}, exit {p.popen.returncode}): runq {' '.join(p.args)}")
             parts.append(p.output()[-6000:])
         return "\n".join(parts)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 a moment ago (for a process that takes its port as a number)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def wait_until(pred: Callable[[], bool], timeout: float = 20, step: float = 0.02) -> None:

@@ -9,13 +9,13 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from e2e_cluster import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
@@ -47,12 +47,6 @@ def command(text: str, program: str) -> list[str]:
     """The README's ``runq <program> ...`` line, as arguments (its comment dropped)."""
     (line,) = [ln for ln in text.splitlines() if ln.startswith(f"runq {program} ")]
     return shlex.split(line, comments=True)[1:]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_the_readme_examples_run_as_written(tmp_path: Path, runq_env: dict[str, str]) -> None:

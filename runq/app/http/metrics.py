@@ -25,6 +25,7 @@ to prometheus-client as metric families at scrape time.
 from __future__ import annotations
 
 import bisect
+import gc
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -290,6 +291,12 @@ class RunqCollector:
                        srv.stats.internal_errors)
         yield _gauge("runq_connections", "Open TCP connections.", len(srv.sessions))
         yield _gauge("runq_event_subscribers", "Open live-event subscriptions (TCP and HTTP).", len(srv.subscribers))
+        gcs = CounterMetricFamily("runq_gc_collections", "Collections of the process's cyclic garbage collector "
+                                  "by generation (runq serve raises its thresholds: docs/operations.md).",
+                                  labels=["generation"])
+        for generation, st in enumerate(gc.get_stats()):
+            gcs.add_metric([str(generation)], st["collections"])
+        yield gcs
 
         store = srv.store
         if store is not None:
