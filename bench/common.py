@@ -216,7 +216,7 @@ class CpuMeter:
         for name, used in self.used.items():
             n = len(self.pids[name])
             label = name if n == 1 else f"{name} (x{n})"
-            parts.append(f"{label} {100 * used / max(self.wall, 1e-9):.0f}%")
+            parts.append(f"{label} {100 * used / max(self.wall, 1e-9):.1f}%")
         return "CPU: " + ", ".join(parts)
 
 
