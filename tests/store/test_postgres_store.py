@@ -15,12 +15,13 @@ from pathlib import Path
 import pg_server
 import psycopg
 import pytest
-from store_helpers import ROOT, commit, event, row, task
+from store_helpers import ROOT, T0, commit, event, row, task
 
 from runq import SyncClient
 from runq.app.store import (
     SCHEMA_VERSION,
     Batch,
+    RequestRecord,
     SchemaTooNew,
     SQLiteStore,
     StoreError,
@@ -217,3 +218,34 @@ def test_a_server_of_another_role_is_refused_too(url: str) -> None:
             conn.execute("REASSIGN OWNED BY runq_other TO CURRENT_USER")
             conn.execute("DROP OWNED BY runq_other")
             conn.execute("DROP ROLE runq_other")
+
+
+def _round_trips(s: PostgresStore, path: Path, batch: Batch) -> int:
+    """How many times the writer connection waited for PostgreSQL during ``write_now(batch)``: the
+    ReadyForQuery messages in libpq's own trace of the connection (one per Sync or simple query)."""
+    from psycopg import pq
+
+    with open(path, "w") as f:
+        s.conn.pgconn.trace(f.fileno())
+        s.conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+        try:
+            s.write_now(batch)
+        finally:
+            s.conn.pgconn.untrace()
+    return sum("\tReadyForQuery" in line for line in path.read_text().splitlines())
+
+
+def test_a_small_commit_takes_two_round_trips_in_pipeline_mode(url: str, tmp_path: Path) -> None:
+    s = PostgresStore(url)
+    try:
+        # a lone enqueue: BEGIN, the term check and the insert in one round trip, COMMIT in the second
+        assert _round_trips(s, tmp_path / "t1", Batch(new_rows=[task(1).new_row()])) == 2
+        assert _round_trips(s, tmp_path / "t2", Batch(rows=[row(1, "running")], events=[event(1, "started")],
+                                                     requests=[RequestRecord(1, "c", 0, T0, "1", 1, None)])) == 2
+        assert s.get_task(1) == row(1, "running")
+        # a large one goes through COPY (which pipeline mode cannot carry): the plain transaction
+        big = [task(i).new_row() for i in range(2, 202)]
+        assert _round_trips(s, tmp_path / "t3", Batch(new_rows=big)) >= 4
+        assert [r.id for r in s.list_tasks(limit=1000)] == list(range(201, 0, -1))
+    finally:
+        s.close()
