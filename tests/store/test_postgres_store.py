@@ -249,3 +249,41 @@ def test_a_small_commit_takes_two_round_trips_in_pipeline_mode(url: str, tmp_pat
         assert [r.id for r in s.list_tasks(limit=1000)] == list(range(201, 0, -1))
     finally:
         s.close()
+
+
+def test_a_prune_deletes_in_slices_oldest_first_and_finishes_between_commits(url: str) -> None:
+    s = PostgresStore(url)
+    try:
+        s.prune_slice = 3
+        done = [row(i, "succeeded", finished_at=T0 + 10 - i) for i in range(1, 11)]  # (task 10 finished first)
+        s.write_now(Batch(rows=[*done, row(11, "ready"), row(12, "dead", finished_at=T0 + 50)],
+                          events=[event(i) for i in range(1, 13)]))
+        first = Batch(prune_before=T0 + 20)
+        s.write_now(first)  # (no writer thread yet: only the commit's own slice)
+        assert first.pruned == 3
+        assert [r.id for r in s.list_tasks(limit=100)] == [12, 11, 7, 6, 5, 4, 3, 2, 1]  # the oldest three went
+        assert s.events(10) == [] and [e.kind for e in s.events(7)] == ["enqueued"]
+        s.start()
+        assert commit(s, Batch(rows=[row(13, "ready")])) is None  # the writer goes on between commits
+        deadline = time.monotonic() + 30
+        while [r.id for r in s.list_tasks(limit=100)] != [13, 12, 11]:
+            assert time.monotonic() < deadline, [r.id for r in s.list_tasks(limit=100)]
+            time.sleep(0.02)
+        assert all(s.events(i) == [] for i in range(1, 11)) and s.events(12) != []
+    finally:
+        s.close()
+
+
+def test_the_prune_walks_the_index_of_finished_tasks_and_autovacuum_is_set_per_table(url: str) -> None:
+    from runq.app.store.pg_prune import _SLICE_SQL
+
+    PostgresStore(url).close()
+    with psycopg.connect(url) as conn:
+        conn.execute("SET enable_seqscan = off")  # (a tiny table: else the planner may scan it whole anyway)
+        plan = str(conn.execute("EXPLAIN " + _SLICE_SQL, (T0, 100)).fetchall())
+        assert "tasks_finished" in plan, plan
+        opts = dict(conn.execute("SELECT relname, reloptions FROM pg_class WHERE relname IN "
+                                 "('tasks', 'events', 'requests')").fetchall())
+    want = ["autovacuum_vacuum_scale_factor=0.01", "autovacuum_vacuum_threshold=1000",
+            "autovacuum_vacuum_insert_scale_factor=0.05", "autovacuum_analyze_scale_factor=0.02"]
+    assert opts == {"tasks": want, "events": want, "requests": want}

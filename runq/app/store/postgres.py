@@ -87,8 +87,9 @@ from ..core.records import (
 from ..errors import SchemaTooNew, StoreError, StoreInUse
 from . import queries
 from .base import Batch, Leadership, Notify
+from .pg_prune import SLICE_TASKS, prune_slice
 from .pg_schema import BOOTSTRAP, PG_MIGRATIONS, PG_TYPES
-from .schema import FINAL_STATE_NAMES, LIVE_STATE_NAMES, SCHEMA_VERSION
+from .schema import LIVE_STATE_NAMES, SCHEMA_VERSION
 from .writer import GroupWriter, Merged, merge_batches
 
 __all__ = ["PostgresStore"]
@@ -215,6 +216,9 @@ class PostgresStore(GroupWriter):
         self._reader: psycopg.Connection[Any] | None = None
         self._open = False
         self._fenced = False
+        #: tasks one prune slice deletes at most (pg_prune.py)
+        self.prune_slice = SLICE_TASKS
+        self._prune_before: float | None = None  # a prune not finished yet: its cutoff
         self.conn = self._connect()
         try:
             self.conn.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
@@ -443,15 +447,28 @@ class PostgresStore(GroupWriter):
             cur.executemany(_INSERT_SERVER_EVENT, [e[1:] for e in m.server_events])
 
     def _prune(self, cur: psycopg.Cursor[Any], before: float) -> int:
-        marks = ", ".join(["%s"] * len(FINAL_STATE_NAMES))
-        sel = f"SELECT id FROM tasks WHERE state IN ({marks}) AND finished_at < %s"
-        args = (*FINAL_STATE_NAMES, before)
-        # ids never go back, even when pruning deletes the newest task
-        cur.execute("INSERT INTO meta (key, value) SELECT 'next_id', (max(id) + 1)::text FROM tasks "
-                    "ON CONFLICT (key) DO UPDATE SET value = greatest(meta.value::bigint, excluded.value::bigint)::text")
-        cur.execute(f"DELETE FROM events WHERE task_id IN ({sel})", args)
-        cur.execute(f"DELETE FROM tasks WHERE id IN ({sel})", args)
-        return cur.rowcount
+        """The first slice of a prune, in the commit that asked for it; the rest follow between commits."""
+        n = prune_slice(cur, before, self.prune_slice)
+        self._prune_before = before if n >= self.prune_slice else None
+        return n
+
+    def _after_commits(self, asked: bool) -> None:
+        """Go on with a prune that one slice did not finish (pg_prune.py): one slice after each round of
+        commits, and more while no batch waits."""
+        while self._prune_before is not None and not self._fenced:
+            before = self._prune_before
+            try:
+                with self._writing, self.conn.transaction(), self.conn.cursor() as cur:
+                    self._check_term(cur.execute(_TERM_SQL).fetchone())
+                    n = prune_slice(cur, before, self.prune_slice)
+            except Exception as exc:  # noqa: BLE001 - logged; the next prune the server asks for starts over
+                log.error("pruning finished tasks failed: %s", _why(exc))
+                self._prune_before = None
+                return
+            if self._prune_before == before:  # (a commit meanwhile may have asked for a later cutoff)
+                self._prune_before = before if n >= self.prune_slice else None
+            if not self._q.empty():
+                return
 
     # ------------------------------------------------------------------ reads
     @property

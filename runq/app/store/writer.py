@@ -194,9 +194,9 @@ class GroupWriter:
             if batches:
                 with self._writing:
                     self.commit(batches)
-            self._after_commits(asked)
-            if stop:
+            if stop:  # (what is left of the hooks' work waits for the next start: ``close`` is not held up)
                 return
+            self._after_commits(asked)
 
     def commit_here(self, batches: list[Batch]) -> bool:
         """Commit ``batches`` in the calling thread, their ``on_done`` called here too, unless the writer thread
