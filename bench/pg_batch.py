@@ -14,6 +14,10 @@ line per way: the median and best time of a commit, and rows/s at the median. Th
 ``copy``          ``COPY tasks (...) FROM STDIN`` (text format), ``write_row`` per row
 ``copy_binary``   the same in binary format, the column types given (the store's from 64 rows on)
 ``store``         ``PostgresStore.write_now`` of a ``Batch`` of the N new tasks (copy_binary, plus the term check)
+
+With ``--lone R``, instead: R commits of ONE new task each (a lone enqueue's commit) through ``write_now``,
+alternating the store's pipeline mode (2 round trips) and its plain transaction (4), and prints the median and
+p90 of each; ``--no-sync`` runs them with ``synchronous_commit = off`` (no WAL flush: the round trips alone).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ COLS = ", ".join(f'"{c}"' for c in NEW_COLUMNS)
 
 def rows(n: int) -> list[NewTaskRecord]:
     return [NewTaskRecord(i, "default", "noop", b"\x91" + i.to_bytes(4, "big"), 0, "ready", None, 60.0, 3, None,
-                          1_700_000_000.0 + i / 1000) for i in range(1, n + 1)]
+                          1_700_000_000.0 + i / 1000, None) for i in range(1, n + 1)]
 
 
 def unnest(cur: psycopg.Cursor[Any], data: list[NewTaskRecord]) -> None:
@@ -72,12 +76,44 @@ WAYS: dict[str, Callable[[psycopg.Cursor[Any], list[NewTaskRecord]], None]] = {
     "unnest": unnest, "values": values, "executemany": executemany, "copy": copy, "copy_binary": copy_binary}
 
 
+def lone(url: str, rounds: int, no_sync: bool) -> None:
+    """One new task per commit, pipelined and plain in turns (see the module docstring)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS runq_bench CASCADE")
+        conn.execute("CREATE SCHEMA runq_bench")
+    opts = "-c search_path=runq_bench" + (" -c synchronous_commit=off" if no_sync else "")
+    s = PostgresStore(url + ("&" if "?" in url else "?") + "options=" + opts.replace(" ", "%20").replace("=", "%3D"))
+    times: dict[bool, list[float]] = {True: [], False: []}
+    one = rows(1)[0]
+    try:
+        for i in range(1, 2 * rounds + 1):
+            s.pipeline = bool(i % 2)
+            batch = Batch(new_rows=[one._replace(id=i)])
+            t0 = time.perf_counter()
+            s.write_now(batch)
+            times[s.pipeline].append(time.perf_counter() - t0)
+    finally:
+        s.close()
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("DROP SCHEMA runq_bench CASCADE")
+    for way, ts in ((True, times[True]), (False, times[False])):
+        ts.sort()
+        print(f"lone commit, {'pipeline mode (2 round trips)' if way else 'plain transaction (4 round trips)':34s}: "
+              f"median {statistics.median(ts) * 1e6:6.0f} us, p90 {ts[int(len(ts) * 0.9)] * 1e6:6.0f} us "
+              f"(n={len(ts)}, synchronous_commit {'off' if no_sync else 'on'})")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--db", required=True, help="a postgresql:// URL (a schema runq_bench is made and dropped)")
     p.add_argument("--tasks", type=int, default=10_000)
     p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--lone", type=int, default=0, metavar="R", help="R lone commits each way, instead (docstring)")
+    p.add_argument("--no-sync", action="store_true", help="--lone with synchronous_commit = off")
     a = p.parse_args()
+    if a.lone:
+        lone(a.db, a.lone, a.no_sync)
+        return
     data = rows(a.tasks)
     times: dict[str, list[float]] = {w: [] for w in [*WAYS, "store"]}
     with psycopg.connect(a.db, autocommit=True) as conn:

@@ -216,6 +216,9 @@ class PostgresStore(GroupWriter):
         self._reader: psycopg.Connection[Any] | None = None
         self._open = False
         self._fenced = False
+        #: small commits in pipeline mode (``_commit_pipelined``; False: the plain transaction, for the comparison
+        #: of bench/pg_batch.py ``--lone``)
+        self.pipeline = True
         #: tasks one prune slice deletes at most (pg_prune.py)
         self.prune_slice = SLICE_TASKS
         self._prune_before: float | None = None  # a prune not finished yet: its cutoff
@@ -364,7 +367,8 @@ class PostgresStore(GroupWriter):
                 self.conn = self._connect()
                 self.conn.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
             conn = self.conn
-            if not reconnected and m.prune is None and len(m.new_rows) < _Copy.MIN_ROWS and len(m.events) < _Copy.MIN_ROWS:
+            if (self.pipeline and not reconnected and m.prune is None and len(m.new_rows) < _Copy.MIN_ROWS
+                    and len(m.events) < _Copy.MIN_ROWS):
                 self._commit_pipelined(m)
             else:
                 with conn.transaction(), conn.cursor() as cur:

@@ -29,8 +29,7 @@ import queue as queue_mod
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..core.records import (
     BreakerRecord,
@@ -49,21 +48,20 @@ from .base import Batch, Notify, StoreStats
 __all__ = ["GroupWriter", "Merged", "merge_batches"]
 
 
-@dataclass(slots=True)
-class Merged:
-    """The writes of one group commit (``merge_batches``)."""
+class Merged(NamedTuple):
+    """The writes of one group commit (``merge_batches``). A tuple: the lone batch's path builds one per commit."""
 
-    rows: dict[int, TaskRecord] = field(default_factory=dict)
-    new_rows: list[NewTaskRow] = field(default_factory=list)
-    events: list[EventRecord] = field(default_factory=list)
-    queue_ops: list[QueueRecord] = field(default_factory=list)
-    requests: dict[int, RequestRecord] = field(default_factory=dict)
-    requests_below: int = 0
-    prune: float | None = None
-    limits: list[tuple[LimitKey, LimitRecord | None]] = field(default_factory=list)
-    breakers: list[tuple[str, BreakerRecord | None]] = field(default_factory=list)
-    server_events: list[ServerEventRecord] = field(default_factory=list)
-    schedules: dict[str, ScheduleRecord | None] = field(default_factory=dict)
+    rows: dict[int, TaskRecord]
+    new_rows: list[NewTaskRow]
+    events: list[EventRecord]
+    queue_ops: list[QueueRecord]
+    requests: dict[int, RequestRecord]
+    requests_below: int
+    prune: float | None
+    limits: list[tuple[LimitKey, LimitRecord | None]]
+    breakers: list[tuple[str, BreakerRecord | None]]
+    server_events: list[ServerEventRecord]
+    schedules: dict[str, ScheduleRecord | None]
 
     @property
     def task_rows(self) -> int:
@@ -73,21 +71,23 @@ class Merged:
 
 def merge_batches(batches: list[Batch]) -> Merged:
     """The writes of ``batches``, merged for one transaction (module docstring)."""
-    m = Merged()
+    schedules: dict[str, ScheduleRecord | None] = {}
     for b in batches:
         for name, sched in b.schedule_rows:
-            m.schedules[name] = sched
+            schedules[name] = sched
     if len(batches) == 1:  # (the lone request's commit: its lists as they are; ids are unique in a batch)
         (b,) = batches
-        m.new_rows, m.events, m.queue_ops, m.requests_below, m.prune = (b.new_rows, b.events, b.queue_ops,
-                                                                        b.requests_below or 0, b.prune_before)
-        m.limits, m.breakers, m.server_events = b.limits, b.breakers, b.server_events
-        if b.rows:
-            m.rows = {r.id: r for r in b.rows}
-        if b.requests:
-            m.requests = {r.id: r for r in b.requests}
-        return m
-    rows, requests, new_rows, events, queue_ops = m.rows, m.requests, m.new_rows, m.events, m.queue_ops
+        return Merged({r.id: r for r in b.rows} if b.rows else {}, b.new_rows, b.events, b.queue_ops,
+                      {r.id: r for r in b.requests} if b.requests else {}, b.requests_below or 0, b.prune_before,
+                      b.limits, b.breakers, b.server_events, schedules)
+    rows: dict[int, TaskRecord] = {}
+    requests: dict[int, RequestRecord] = {}
+    new_rows: list[NewTaskRow] = []
+    events: list[EventRecord] = []
+    queue_ops: list[QueueRecord] = []
+    limits: list[tuple[LimitKey, LimitRecord | None]] = []
+    breakers: list[tuple[str, BreakerRecord | None]] = []
+    server_events: list[ServerEventRecord] = []
     requests_below = 0
     prune: float | None = None
     for b in batches:
@@ -102,13 +102,13 @@ def merge_batches(batches: list[Batch]) -> Merged:
         events.extend(b.events)
         queue_ops.extend(b.queue_ops)
         if b.limits or b.breakers or b.server_events:  # (rare: limits and breakers change by hand)
-            m.limits.extend(b.limits)
-            m.breakers.extend(b.breakers)
-            m.server_events.extend(b.server_events)
+            limits.extend(b.limits)
+            breakers.extend(b.breakers)
+            server_events.extend(b.server_events)
         if b.prune_before is not None:
             prune = b.prune_before if prune is None else max(prune, b.prune_before)
-    m.requests_below, m.prune = requests_below, prune
-    return m
+    return Merged(rows, new_rows, events, queue_ops, requests, requests_below, prune, limits, breakers,
+                  server_events, schedules)
 
 
 def _call(fn: Callable[[], None]) -> None:
