@@ -6,11 +6,15 @@
 On a fresh database made on the server of ``--db`` (dropped at the end), a ``PostgresStore`` with its writer
 thread. Each round (a virtual clock moves 100 s a round): the prune of the tasks finished ``--keep`` rounds
 ago is submitted, then ``--tasks`` new tasks are enqueued (batches of 1,000) and finished (each updated to
-``succeeded`` with a ``started`` and a ``succeeded`` event), so the prune's slices run between those commits;
+``succeeded`` with a ``started`` and a ``succeeded`` event), a batch of each at a time, each waited for (so
+each commit holds 1,000 tasks, and the prune's slices run between those commits);
 once the round's commits and the prune are done, the round waits out ``--round-seconds`` (autovacuum works on
 the server's clock: its naptime is 1 min by default) and prints, per table (``tasks``, ``events``): live rows,
-``pg_total_relation_size`` (table, indexes and TOAST) and ``n_dead_tup``, the autovacuums so far, and how long
-the prune took and the longest commit of the round.
+``pg_total_relation_size`` (table, indexes and TOAST) and ``n_dead_tup``, the autovacuums so far, how long the
+round's commits and prune took, and the longest transaction of the writer in the round (a commit, or a prune
+slice between commits): how long an enqueue may wait behind it.
+
+(``n_dead_tup`` counts the dead tuples of updates too: every task's row is updated once when it finishes.)
 
 ``--way slices`` is the store as it is (pg_prune.py: slices, per-table autovacuum); ``--way one-delete`` is the
 way before it: the whole prune in one commit, PostgreSQL's default autovacuum settings.
@@ -28,7 +32,7 @@ import psycopg
 
 from runq.app.core import State, Task
 from runq.app.core.records import EventRecord
-from runq.app.store import Batch
+from runq.app.store import Batch, postgres
 from runq.app.store.postgres import PostgresStore
 
 T0 = 1_700_000_000.0
@@ -36,21 +40,17 @@ CHUNK = 1000
 
 
 class Waiter:
-    """Counts ``on_done`` calls and the longest commit (submit to on_done) of a round."""
+    """Counts ``on_done`` calls."""
 
     def __init__(self) -> None:
         self.cond = threading.Condition()
         self.pending = 0
         self.errors: list[BaseException] = []
-        self.longest = 0.0
 
     def batch(self, **kw: Any) -> Batch:
-        t = time.perf_counter()
-
         def done(err: BaseException | None) -> None:
             with self.cond:
                 self.pending -= 1
-                self.longest = max(self.longest, time.perf_counter() - t)
                 if err is not None:
                     self.errors.append(err)
                 self.cond.notify_all()
@@ -83,6 +83,21 @@ def sizes(conn: psycopg.Connection[Any]) -> dict[str, tuple[int, int, int, int]]
     return out
 
 
+#: the longest transaction of the writer since the last reset (``timed``)
+LONGEST = [0.0]
+
+
+def timed(fn: Any) -> Any:
+    """``fn``, its calls' durations kept in ``LONGEST``."""
+    def call(*args: Any, **kw: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return fn(*args, **kw)
+        finally:
+            LONGEST[0] = max(LONGEST[0], time.perf_counter() - t)
+    return call
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--db", required=True, help="a postgresql:// URL of a database where another may be created")
@@ -98,6 +113,8 @@ def main() -> None:
     url = a.db.rsplit("/", 1)[0] + "/" + name
     try:
         s = PostgresStore(url)
+        s.commit = timed(s.commit)  # type: ignore[method-assign]
+        postgres.prune_slice = timed(postgres.prune_slice)  # (the slices between commits)
         with psycopg.connect(url, autocommit=True) as conn:
             if a.way == "one-delete":
                 s.prune_slice = 10**9
@@ -108,15 +125,15 @@ def main() -> None:
             print(f"way {a.way}: {a.tasks:,} tasks enqueued and finished per round, {a.keep} rounds kept, "
                   f"rounds of >= {a.round_seconds:g} s, prune slices of {min(s.prune_slice, 10**6):,}", flush=True)
             print(f"{'round':>5} {'tasks':>8} {'MB':>7} {'dead':>8} {'events':>8} {'MB':>7} {'dead':>8} "
-                  f"{'vacuums':>8} {'prune s':>8} {'max commit ms':>14}", flush=True)
+                  f"{'vacuums':>8} {'round s':>8} {'longest tx ms':>14}", flush=True)
             next_id, next_event = 1, 1
             try:
                 for r in range(a.rounds):
                     start = time.monotonic()
                     now = T0 + 100 * r
                     w = Waiter()
-                    t_prune = time.perf_counter()
-                    pruned_at: list[float] = []
+                    t_round = time.perf_counter()
+                    LONGEST[0] = 0.0
                     if r >= a.keep:
                         b = w.batch(prune_before=now - 100 * a.keep + 50)
                         s.submit(b)
@@ -136,17 +153,17 @@ def main() -> None:
                                                       next_event + 1))
                             next_event += 2
                         s.submit(w.batch(rows=rows, events=events))
-                    w.wait()
+                        w.wait()  # (one producer, its batches acknowledged one after the other: commits of 1,000)
                     while s._prune_before is not None:  # (the slices the commits left)
                         time.sleep(0.01)
-                    pruned_at.append(time.perf_counter())
-                    prune_s = pruned_at[0] - t_prune if r >= a.keep else 0.0
+                    round_s = time.perf_counter() - t_round
+                    longest = LONGEST[0]
                     time.sleep(max(0.0, a.round_seconds - (time.monotonic() - start)))
                     z = sizes(conn)
                     tl, tb, td, tv = z["tasks"]
                     el, eb, ed, ev = z["events"]
                     print(f"{r + 1:>5} {tl:>8,} {tb / 2**20:>7.1f} {td:>8,} {el:>8,} {eb / 2**20:>7.1f} {ed:>8,} "
-                          f"{tv + ev:>8} {prune_s:>8.2f} {w.longest * 1000:>14.0f}", flush=True)
+                          f"{tv + ev:>8} {round_s:>8.2f} {longest * 1000:>14.0f}", flush=True)
             finally:
                 s.close()
     finally:
