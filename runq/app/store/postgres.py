@@ -34,6 +34,12 @@ PostgreSQL committed it before the connection broke is unknown, so it is never r
 commit connects again, checks that the term is still its own (else it is fenced: another server started
 meanwhile) and writes the new connection's backend into the row.
 
+Pruning (pg_prune.py): a batch's ``prune_before`` deletes one slice of at most ``prune_slice`` finished tasks
+(and their events) in its commit; the rest of that prune goes on in slices of their own between the group
+commits that follow (``_after_commits``: one slice after each round of commits, more while nothing waits),
+each slice a transaction fenced with the term like a commit. Autovacuum settings per table keep the dead
+tuples reclaimed behind it.
+
 Errors: a lock wait past ``lock_timeout`` (5 s on the writer connection, like SQLite's busy timeout) is
 reported as "database locked"; PostgreSQL's "insufficient resources" class (53: disk full, out of memory)
 as "database full"; anything else with PostgreSQL's text.
