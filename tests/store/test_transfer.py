@@ -289,3 +289,14 @@ def test_runq_migrate_refuses_a_database_a_running_server_holds(tmp_path: Path, 
         proc.terminate()
         proc.wait(30)
     assert _cli("migrate", "--from", str(src), "--to", url).returncode == 0  # (once it stopped)
+
+
+def test_without_psycopg_a_postgresql_end_says_what_to_install(tmp_path: Path) -> None:
+    src = tmp_path / "src.db"
+    SQLiteStore(str(src)).close()
+    code = ("import sys; sys.modules['psycopg'] = None\n"  # (psycopg not installed: its import fails)
+            "from runq.cli import main\n"
+            f"sys.exit(main(['migrate', '--from', {str(src)!r}, '--to', 'postgresql://x@127.0.0.1/db']))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False)
+    assert out.returncode == 1
+    assert "needs psycopg" in out.stderr and "pip install 'runq[postgres]'" in out.stderr

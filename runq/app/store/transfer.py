@@ -194,9 +194,13 @@ class _SQLiteEnd:
 
 class _PostgresEnd:
     def __init__(self, url: str, source: bool) -> None:
-        import psycopg
+        try:
+            import psycopg
 
-        from .postgres import PostgresStore
+            from .postgres import PostgresStore
+        except ImportError as exc:
+            raise StoreError(f"{url.split('://')[0]}://... needs psycopg, which is not installed ({exc}): "
+                             "pip install 'runq[postgres]'") from None
 
         if source:
             _check_pg_source(url)
