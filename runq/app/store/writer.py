@@ -236,13 +236,14 @@ class GroupWriter:
             ``error``.
         """
         st = self.stats
+        rows, events = len(m.rows) + len(m.new_rows), len(m.events)
         st.commits += 1
         st.batches += len(batches)
-        st.last_commit_rows = m.task_rows + len(m.events)
+        st.last_commit_rows = rows + events
         st.commit_seconds_total += time.perf_counter() - t0
         if error is None:
-            st.rows += m.task_rows
-            st.events += len(m.events)
+            st.rows += rows
+            st.events += events
         for b in batches:
             b.pruned = pruned
         done = [b.on_done for b in batches if b.on_done is not None]
