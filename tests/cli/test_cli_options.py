@@ -151,7 +151,8 @@ GLOBAL = {"--server", "--token", "--log-level", "--log-format", "--log-config"}
 
 def test_docs_name_the_environment_variable_of_every_option() -> None:
     """docs/cli.md's table against what click reads: every option of the group and of every command; the
-    global options are also on every command (docs: --server but on serve and demo, --token but on demo),
+    global options are also on every command (docs: --server but on serve, demo and migrate, --token but on demo
+    and migrate),
     with the same variable."""
     import click
 
@@ -172,4 +173,4 @@ def test_docs_name_the_environment_variable_of_every_option() -> None:
     assert documented == actual
     commands = set(cli.commands)
     assert accepted == {"--log-level": commands, "--log-format": commands, "--log-config": commands,
-                        "--server": commands - {"serve", "demo"}, "--token": commands - {"demo"}}
+                        "--server": commands - {"serve", "demo", "migrate"}, "--token": commands - {"demo", "migrate"}}

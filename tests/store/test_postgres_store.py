@@ -15,12 +15,13 @@ from pathlib import Path
 import pg_server
 import psycopg
 import pytest
-from store_helpers import ROOT, commit, event, row, task
+from store_helpers import ROOT, T0, commit, event, row, task
 
 from runq import SyncClient
 from runq.app.store import (
     SCHEMA_VERSION,
     Batch,
+    RequestRecord,
     SchemaTooNew,
     SQLiteStore,
     StoreError,
@@ -217,3 +218,72 @@ def test_a_server_of_another_role_is_refused_too(url: str) -> None:
             conn.execute("REASSIGN OWNED BY runq_other TO CURRENT_USER")
             conn.execute("DROP OWNED BY runq_other")
             conn.execute("DROP ROLE runq_other")
+
+
+def _round_trips(s: PostgresStore, path: Path, batch: Batch) -> int:
+    """How many times the writer connection waited for PostgreSQL during ``write_now(batch)``: the
+    ReadyForQuery messages in libpq's own trace of the connection (one per Sync or simple query)."""
+    from psycopg import pq
+
+    with open(path, "w") as f:
+        s.conn.pgconn.trace(f.fileno())
+        s.conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+        try:
+            s.write_now(batch)
+        finally:
+            s.conn.pgconn.untrace()
+    return sum("\tReadyForQuery" in line for line in path.read_text().splitlines())
+
+
+def test_a_small_commit_takes_two_round_trips_in_pipeline_mode(url: str, tmp_path: Path) -> None:
+    s = PostgresStore(url)
+    try:
+        # a lone enqueue: BEGIN, the term check and the insert in one round trip, COMMIT in the second
+        assert _round_trips(s, tmp_path / "t1", Batch(new_rows=[task(1).new_row()])) == 2
+        assert _round_trips(s, tmp_path / "t2", Batch(rows=[row(1, "running")], events=[event(1, "started")],
+                                                     requests=[RequestRecord(1, "c", 0, T0, "1", 1, None)])) == 2
+        assert s.get_task(1) == row(1, "running")
+        # a large one goes through COPY (which pipeline mode cannot carry): the plain transaction
+        big = [task(i).new_row() for i in range(2, 202)]
+        assert _round_trips(s, tmp_path / "t3", Batch(new_rows=big)) >= 4
+        assert [r.id for r in s.list_tasks(limit=1000)] == list(range(201, 0, -1))
+    finally:
+        s.close()
+
+
+def test_a_prune_deletes_in_slices_oldest_first_and_finishes_between_commits(url: str) -> None:
+    s = PostgresStore(url)
+    try:
+        s.prune_slice = 3
+        done = [row(i, "succeeded", finished_at=T0 + 10 - i) for i in range(1, 11)]  # (task 10 finished first)
+        s.write_now(Batch(rows=[*done, row(11, "ready"), row(12, "dead", finished_at=T0 + 50)],
+                          events=[event(i) for i in range(1, 13)]))
+        first = Batch(prune_before=T0 + 20)
+        s.write_now(first)  # (no writer thread yet: only the commit's own slice)
+        assert first.pruned == 3
+        assert [r.id for r in s.list_tasks(limit=100)] == [12, 11, 7, 6, 5, 4, 3, 2, 1]  # the oldest three went
+        assert s.events(10) == [] and [e.kind for e in s.events(7)] == ["enqueued"]
+        s.start()
+        assert commit(s, Batch(rows=[row(13, "ready")])) is None  # the writer goes on between commits
+        deadline = time.monotonic() + 30
+        while [r.id for r in s.list_tasks(limit=100)] != [13, 12, 11]:
+            assert time.monotonic() < deadline, [r.id for r in s.list_tasks(limit=100)]
+            time.sleep(0.02)
+        assert all(s.events(i) == [] for i in range(1, 11)) and s.events(12) != []
+    finally:
+        s.close()
+
+
+def test_the_prune_walks_the_index_of_finished_tasks_and_autovacuum_is_set_per_table(url: str) -> None:
+    from runq.app.store.pg_prune import _SLICE_SQL
+
+    PostgresStore(url).close()
+    with psycopg.connect(url) as conn:
+        conn.execute("SET enable_seqscan = off")  # (a tiny table: else the planner may scan it whole anyway)
+        plan = str(conn.execute("EXPLAIN " + _SLICE_SQL, (T0, 100)).fetchall())
+        assert "tasks_finished" in plan, plan
+        opts = dict(conn.execute("SELECT relname, reloptions FROM pg_class WHERE relname IN "
+                                 "('tasks', 'events', 'requests')").fetchall())
+    want = ["autovacuum_vacuum_scale_factor=0.01", "autovacuum_vacuum_threshold=1000",
+            "autovacuum_vacuum_insert_scale_factor=0.05", "autovacuum_analyze_scale_factor=0.02"]
+    assert opts == {"tasks": want, "events": want, "requests": want}

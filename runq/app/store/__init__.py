@@ -19,6 +19,10 @@ module              what it holds
                     inserts), a reader connection; writes as the one ``runq_writer`` of its database, each
                     commit fenced with its term (docs/postgres.md); imported only for a PostgreSQL URL
 ``pg_schema.py``    the PostgreSQL schema: the same versions and tables as ``schema.py``, PostgreSQL's types
+``writer.py``       what both stores' writers share: ``merge_batches`` (a group commit's batches as one set of
+                    writes) and ``GroupWriter`` (the writer thread, ``submit``, ``commit_here``, ``write_now``)
+``transfer.py``     ``copy_database``: a whole database copied to another store (``runq migrate``), counts
+                    verified
 ``open_store``      (here) the store the server opens for a ``--db`` value
 ==================  =====================================================================================
 

@@ -24,6 +24,8 @@ Rules of this file:
 
 from __future__ import annotations
 
+from .pg_prune import AUTOVACUUM  # (the settings' text: one definition, beside the prune it serves)
+
 __all__ = ["BOOTSTRAP", "PG_MIGRATIONS", "PG_TYPES"]
 
 BOOTSTRAP = """
@@ -159,8 +161,17 @@ _V7 = """
 ALTER TABLE tasks ADD COLUMN requires TEXT;
 """
 
+#: Version 8 (branch migrate12): retention without bloat (pg_prune.py): the finished tasks by ``finished_at``,
+#: which a prune slice walks oldest first, and autovacuum kept close behind the deletes on the pruned tables.
+_V8 = f"""
+CREATE INDEX tasks_finished ON tasks (finished_at) WHERE state IN ('succeeded', 'dead', 'cancelled');
+ALTER TABLE tasks SET ({AUTOVACUUM});
+ALTER TABLE events SET ({AUTOVACUUM});
+ALTER TABLE requests SET ({AUTOVACUUM})
+"""
+
 #: PG_MIGRATIONS[i] takes a database from version i to version i + 1 (schema.MIGRATIONS[i] for SQLite).
-PG_MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5, _V6, _V7]
+PG_MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8]
 
 _I, _T, _F, _B = "bigint", "text", "double precision", "bytea"
 #: the type of each column written with ``unnest`` arrays (postgres.py), by table

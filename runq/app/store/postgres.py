@@ -2,8 +2,9 @@
 
 Theory of operation
 -------------------
-Same shape as sqlite.py: one writer thread owns the write connection; ``submit(batch)`` queues a batch and
-returns; the thread takes every batch waiting and writes them all in ONE transaction (group commit), then
+Same shape as sqlite.py, and the same writer thread (writer.py's ``GroupWriter``): one writer thread owns the
+write connection; ``submit(batch)`` queues a batch and returns; the thread takes every batch waiting and
+writes them all in ONE transaction (group commit, the batches merged by writer.py's ``merge_batches``), then
 calls each batch's ``on_done`` in order through ``notify``. psycopg's async API does not run under trio, so
 the store never touches the trio loop: it is plain threads and blocking calls, as with SQLite.
 
@@ -14,6 +15,11 @@ UPDATE``) ``INSERT ... SELECT * FROM unnest(%s::bigint[], %s::text[], ...)``, on
 binary COPY ~35 ms, text COPY ~50 ms, unnest ~145 ms, pipelined ``executemany`` ~210 ms, 512-row
 ``VALUES`` statements ~390 ms. A failed statement rolls the whole transaction back; every batch in it gets
 a ``StoreError`` and the writer goes on.
+
+A small commit (no COPY, no prune: a lone enqueue's) runs in psycopg's pipeline mode (``_commit_pipelined``):
+BEGIN, the term check and the writes leave in one round trip, COMMIT (or ROLLBACK, if the term moved) in a
+second, where it took four (BEGIN, the check, the insert, COMMIT). COPY cannot run in a pipeline, so larger
+commits keep the plain transaction, whose extra round trips are small beside their rows.
 
 Who writes (this slice; the lease with standbys and failover comes next, docs/postgres.md): the one row of
 ``runq_writer`` holds the ``term`` and the writer connection's backend (pid and start time). A store that
@@ -27,6 +33,12 @@ or a fenced commit. A commit that lost the connection fails (reported, as any fa
 PostgreSQL committed it before the connection broke is unknown, so it is never retried silently); the next
 commit connects again, checks that the term is still its own (else it is fenced: another server started
 meanwhile) and writes the new connection's backend into the row.
+
+Pruning (pg_prune.py): a batch's ``prune_before`` deletes one slice of at most ``prune_slice`` finished tasks
+(and their events) in its commit; the rest of that prune goes on in slices of their own between the group
+commits that follow (``_after_commits``: one slice after each round of commits, more while nothing waits),
+each slice a transaction fenced with the term like a commit. Autovacuum settings per table keep the dead
+tuples reclaimed behind it.
 
 Errors: a lock wait past ``lock_timeout`` (5 s on the writer connection, like SQLite's busy timeout) is
 reported as "database locked"; PostgreSQL's "insufficient resources" class (53: disk full, out of memory)
@@ -45,9 +57,7 @@ from __future__ import annotations
 
 import logging
 import os
-import queue as queue_mod
 import socket
-import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -66,9 +76,7 @@ from ..core.records import (
     TASK_COLUMNS,
     BreakerRecord,
     EventRecord,
-    LimitKey,
     LimitRecord,
-    NewTaskRow,
     RequestRecord,
     ScheduleRecord,
     ServerEventRecord,
@@ -84,9 +92,11 @@ from ..core.records import (
 )
 from ..errors import SchemaTooNew, StoreError, StoreInUse
 from . import queries
-from .base import Batch, Leadership, Notify, StoreStats
+from .base import Batch, Leadership, Notify
+from .pg_prune import SLICE_TASKS, prune_slice
 from .pg_schema import BOOTSTRAP, PG_MIGRATIONS, PG_TYPES
-from .schema import FINAL_STATE_NAMES, LIVE_STATE_NAMES, SCHEMA_VERSION
+from .schema import LIVE_STATE_NAMES, SCHEMA_VERSION
+from .writer import GroupWriter, Merged, merge_batches
 
 __all__ = ["PostgresStore"]
 
@@ -170,8 +180,6 @@ _BREAKERS_SQL = f"SELECT {_cols(BREAKER_COLUMNS)} FROM breakers ORDER BY type"
 _SCHEDULES_SQL = f"SELECT {_cols(SCHEDULE_COLUMNS)} FROM schedules ORDER BY name"
 _TERM_SQL = "SELECT term FROM runq_writer WHERE id = 1 FOR SHARE"
 
-_STOP = object()
-
 
 def _one(conn: psycopg.Connection[Any], sql: str, args: tuple[Any, ...] = ()) -> tuple[Any, ...]:
     """The one row of a query that always returns one."""
@@ -189,8 +197,9 @@ def _why(exc: BaseException) -> str:
     return str(exc)
 
 
-class PostgresStore:
-    """A runq database in PostgreSQL: the PostgreSQL implementation of ``Store`` (base.py).
+class PostgresStore(GroupWriter):
+    """A runq database in PostgreSQL: the PostgreSQL implementation of ``Store`` (base.py); its writer thread
+    is writer.py's ``GroupWriter``.
 
     Args:
         url: a ``postgresql://`` (or ``postgres://``) URL, as libpq takes it.
@@ -209,14 +218,16 @@ class PostgresStore:
         if synchronous.upper() not in ("NORMAL", "FULL"):
             raise ValueError("synchronous must be NORMAL or FULL")
         self.url = url
-        self.notify = notify or (lambda fn: fn())
-        self.stats = StoreStats()
-        self._q: queue_mod.SimpleQueue[Any] = queue_mod.SimpleQueue()
-        self._writing = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._init_writer(notify)
         self._reader: psycopg.Connection[Any] | None = None
         self._open = False
         self._fenced = False
+        #: small commits in pipeline mode (``_commit_pipelined``; False: the plain transaction, for the comparison
+        #: of bench/pg_batch.py ``--lone``)
+        self.pipeline = True
+        #: tasks one prune slice deletes at most (pg_prune.py)
+        self.prune_slice = SLICE_TASKS
+        self._prune_before: float | None = None  # a prune not finished yet: its cutoff
         self.conn = self._connect()
         try:
             self.conn.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
@@ -332,23 +343,10 @@ class PostgresStore:
         """Return the stored schedules, by name."""
         return list(map(make_schedule, self.conn.execute(_SCHEDULES_SQL)))
 
-    # ------------------------------------------------------------------ writer
-    def start(self) -> None:
-        """Start the writer thread."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="runq-store-writer", daemon=True)
-            self._thread.start()
-
-    def submit(self, batch: Batch) -> None:
-        """Queue ``batch`` for the next group commit (returns at once)."""
-        self._q.put(batch)
-
+    # ------------------------------------------------------------------ writer (start, submit: writer.py)
     def close(self) -> None:
         """Commit what is queued, stop the writer, clear the holder, close the connections."""
-        if self._thread is not None:
-            self._q.put(_STOP)
-            self._thread.join()
-            self._thread = None
+        self._stop_writer()
         if self._reader is not None:
             self._reader.close()
             self._reader = None
@@ -361,73 +359,11 @@ class PostgresStore:
         self.conn.close()
         self._open = False
 
-    def _run(self) -> None:
-        q = self._q
-        while True:
-            item = q.get()
-            batches = []
-            stop = False
-            while True:
-                if item is _STOP:
-                    stop = True
-                else:
-                    batches.append(item)
-                try:
-                    item = q.get_nowait()
-                except queue_mod.Empty:
-                    break
-            if batches:
-                with self._writing:
-                    self.commit(batches)
-            if stop:
-                return
-
-    def commit_here(self, batches: list[Batch]) -> bool:
-        """Commit ``batches`` in the calling thread, their ``on_done`` called here too, unless the writer thread
-        is committing at this moment (then return False, nothing done)."""
-        if not self._writing.acquire(blocking=False):
-            return False
-        try:
-            self.commit(batches, notify=lambda fn: fn())
-        finally:
-            self._writing.release()
-        return True
-
     def commit(self, batches: list[Batch], notify: Notify | None = None) -> BaseException | None:
         """Write ``batches`` in one transaction and report to each through ``notify`` (default: the store's).
 
         One thread at a time (``_writing``, or before ``start``)."""
-        rows: dict[int, TaskRecord] = {}
-        new_rows: list[NewTaskRow] = []
-        events: list[EventRecord] = []
-        queue_ops: dict[str, bool] = {}
-        requests: dict[int, RequestRecord] = {}
-        requests_below = 0
-        prune: float | None = None
-        limits: dict[LimitKey, LimitRecord | None] = {}
-        breakers: dict[str, BreakerRecord | None] = {}
-        server_events: list[ServerEventRecord] = []
-        schedules: dict[str, ScheduleRecord | None] = {}
-        for b in batches:
-            new_rows.extend(b.new_rows)
-            for r in b.rows:
-                rows[r.id] = r
-            events.extend(b.events)
-            for name, paused in b.queue_ops:
-                queue_ops[name] = paused
-            for q in b.requests:
-                requests[q.id] = q
-            if b.requests_below is not None:
-                requests_below = max(requests_below, b.requests_below)
-            for key, lim in b.limits:
-                limits[key] = lim
-            for type_, br in b.breakers:
-                breakers[type_] = br
-            server_events.extend(b.server_events)
-            for name, sched in b.schedule_rows:
-                schedules[name] = sched
-            if b.prune_before is not None:
-                prune = b.prune_before if prune is None else max(prune, b.prune_before)
+        m = merge_batches(batches)
         t0 = time.perf_counter()
         error: BaseException | None = None
         pruned = 0
@@ -437,94 +373,112 @@ class PostgresStore:
                 self.conn = self._connect()
                 self.conn.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
             conn = self.conn
-            with conn.transaction(), conn.cursor() as cur:
-                row = cur.execute(_TERM_SQL).fetchone()
-                if row is None or row[0] != self.term:
-                    self._fenced = True
-                    raise StoreError(f"this server no longer writes the database: its term {self.term} moved on to "
-                                     f"{row[0] if row else '?'} (another runq server took over)")
-                if reconnected:  # still its term: the writer row names the new connection
-                    cur.execute("UPDATE runq_writer SET backend_pid = pg_backend_pid(), backend_start = "
-                                "(SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()) "
-                                "WHERE id = 1")
-                if new_rows:
-                    _INSERT_NEW.run(cur, new_rows)
-                if rows:
-                    _UPSERT.run(cur, list(rows.values()))
-                if events:
-                    _INSERT_EVENT.run(cur, events)
-                if requests:
-                    _UPSERT_REQUEST.run(cur, list(requests.values()))
-                if requests_below:
-                    cur.execute("DELETE FROM requests WHERE id < %s", (requests_below,))
-                for name, sched in schedules.items():
-                    if sched is None:
-                        cur.execute("DELETE FROM schedules WHERE name = %s", (name,))
-                    else:
-                        cur.execute(_UPSERT_SCHEDULE, sched)
-                for name, paused in queue_ops.items():
-                    cur.execute("INSERT INTO queues (name, paused) VALUES (%s, %s) "
-                                "ON CONFLICT (name) DO UPDATE SET paused = excluded.paused", (name, paused))
-                for lim_key, lim in limits.items():
-                    if lim is None:
-                        cur.execute(_DELETE_LIMIT, lim_key)
-                    else:
-                        cur.execute(_UPSERT_LIMIT, lim)
-                for type_, br in breakers.items():
-                    if br is None:
-                        cur.execute(_DELETE_BREAKER, (type_,))
-                    else:
-                        cur.execute(_UPSERT_BREAKER, br)
-                if server_events:
-                    cur.executemany(_INSERT_SERVER_EVENT, [e[1:] for e in server_events])
-                if prune is not None:
-                    pruned = self._prune(cur, prune)
+            if (self.pipeline and not reconnected and m.prune is None and len(m.new_rows) < _Copy.MIN_ROWS
+                    and len(m.events) < _Copy.MIN_ROWS):
+                self._commit_pipelined(m)
+            else:
+                with conn.transaction(), conn.cursor() as cur:
+                    self._check_term(cur.execute(_TERM_SQL).fetchone())
+                    if reconnected:  # still its term: the writer row names the new connection
+                        cur.execute("UPDATE runq_writer SET backend_pid = pg_backend_pid(), backend_start = "
+                                    "(SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()) "
+                                    "WHERE id = 1")
+                    self._write(cur, m)
+                    if m.prune is not None:
+                        pruned = self._prune(cur, m.prune)
         except Exception as exc:  # noqa: BLE001 - psycopg.Error, or a value it cannot adapt
             error = exc if isinstance(exc, StoreError) else StoreError(
-                f"commit of {len(rows) + len(new_rows)} task rows and {len(events)} events failed: {_why(exc)}")
+                f"commit of {m.task_rows} task rows and {len(m.events)} events failed: {_why(exc)}")
             self.stats.errors += 1
             self.stats.last_error = str(error)
             log.error("%s", error)
-        st = self.stats
-        st.commits += 1
-        st.batches += len(batches)
-        st.last_commit_rows = len(rows) + len(new_rows) + len(events)
-        st.commit_seconds_total += time.perf_counter() - t0
-        if error is None:
-            st.rows += len(rows) + len(new_rows)
-            st.events += len(events)
-        for b in batches:
-            b.pruned = pruned
-        done = [b.on_done for b in batches if b.on_done is not None]
-        if done:
-            def report() -> None:
-                for on_done in done:
-                    on_done(error)
+        return self._report(batches, m, error, t0, pruned, notify)
 
-            (notify or self.notify)(report)
-        return error
+    def _check_term(self, row: Any) -> None:
+        """Go on only if the writer row (read ``FOR SHARE`` in the commit's transaction) holds this store's term."""
+        if row is None or row[0] != self.term:
+            self._fenced = True
+            raise StoreError(f"this server no longer writes the database: its term {self.term} moved on to "
+                             f"{row[0] if row else '?'} (another runq server took over)")
+
+    def _commit_pipelined(self, m: Merged) -> None:
+        """A small commit (no ``COPY``, no prune) in TWO round trips instead of four: pipeline mode sends BEGIN,
+        the term check and the writes at once, and COMMIT only once the term check came back as this store's
+        (else ROLLBACK). The term's row is locked ``FOR SHARE`` by the first statement after BEGIN, as in
+        ``commit``: nothing between the check and the COMMIT can move it."""
+        conn = self.conn
+        try:
+            with conn.pipeline() as pipe, conn.cursor() as check, conn.cursor() as cur:
+                cur.execute("BEGIN")
+                check.execute(_TERM_SQL)
+                self._write(cur, m)
+                pipe.sync()  # (the one wait before COMMIT: every result so far, errors raised here)
+                self._check_term(check.fetchone())
+                cur.execute("COMMIT")
+        except BaseException:
+            if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                try:
+                    conn.execute("ROLLBACK")
+                except psycopg.Error:
+                    pass  # (the connection broke: the next commit connects again)
+            raise
+
+    def _write(self, cur: psycopg.Cursor[Any], m: Merged) -> None:
+        """Every write of a commit, each kind of row in ONE statement where it can be (module docstring)."""
+        if m.new_rows:
+            _INSERT_NEW.run(cur, m.new_rows)
+        if m.rows:
+            _UPSERT.run(cur, list(m.rows.values()))
+        if m.events:
+            _INSERT_EVENT.run(cur, m.events)
+        if m.requests:
+            _UPSERT_REQUEST.run(cur, list(m.requests.values()))
+        if m.requests_below:
+            cur.execute("DELETE FROM requests WHERE id < %s", (m.requests_below,))
+        for name, sched in m.schedules.items():
+            if sched is None:
+                cur.execute("DELETE FROM schedules WHERE name = %s", (name,))
+            else:
+                cur.execute(_UPSERT_SCHEDULE, sched)
+        for name, paused in m.queue_ops:
+            cur.execute("INSERT INTO queues (name, paused) VALUES (%s, %s) "
+                        "ON CONFLICT (name) DO UPDATE SET paused = excluded.paused", (name, paused))
+        for lim_key, lim in m.limits:
+            if lim is None:
+                cur.execute(_DELETE_LIMIT, lim_key)
+            else:
+                cur.execute(_UPSERT_LIMIT, lim)
+        for type_, br in m.breakers:
+            if br is None:
+                cur.execute(_DELETE_BREAKER, (type_,))
+            else:
+                cur.execute(_UPSERT_BREAKER, br)
+        if m.server_events:
+            cur.executemany(_INSERT_SERVER_EVENT, [e[1:] for e in m.server_events])
 
     def _prune(self, cur: psycopg.Cursor[Any], before: float) -> int:
-        marks = ", ".join(["%s"] * len(FINAL_STATE_NAMES))
-        sel = f"SELECT id FROM tasks WHERE state IN ({marks}) AND finished_at < %s"
-        args = (*FINAL_STATE_NAMES, before)
-        # ids never go back, even when pruning deletes the newest task
-        cur.execute("INSERT INTO meta (key, value) SELECT 'next_id', (max(id) + 1)::text FROM tasks "
-                    "ON CONFLICT (key) DO UPDATE SET value = greatest(meta.value::bigint, excluded.value::bigint)::text")
-        cur.execute(f"DELETE FROM events WHERE task_id IN ({sel})", args)
-        cur.execute(f"DELETE FROM tasks WHERE id IN ({sel})", args)
-        return cur.rowcount
+        """The first slice of a prune, in the commit that asked for it; the rest follow between commits."""
+        n = prune_slice(cur, before, self.prune_slice)
+        self._prune_before = before if n >= self.prune_slice else None
+        return n
 
-    def write_now(self, batch: Batch) -> None:
-        """Commit ``batch`` synchronously in the calling thread (startup and tests only).
-
-        Raises:
-            StoreError: the commit failed.
-        """
-        with self._writing:
-            err = self.commit([batch])
-        if err is not None:
-            raise err
+    def _after_commits(self, asked: bool) -> None:
+        """Go on with a prune that one slice did not finish (pg_prune.py): one slice after each round of
+        commits, and more while no batch waits."""
+        while self._prune_before is not None and not self._fenced:
+            before = self._prune_before
+            try:
+                with self._writing, self.conn.transaction(), self.conn.cursor() as cur:
+                    self._check_term(cur.execute(_TERM_SQL).fetchone())
+                    n = prune_slice(cur, before, self.prune_slice)
+            except Exception as exc:  # noqa: BLE001 - logged; the next prune the server asks for starts over
+                log.error("pruning finished tasks failed: %s", _why(exc))
+                self._prune_before = None
+                return
+            if self._prune_before == before:  # (a commit meanwhile may have asked for a later cutoff)
+                self._prune_before = before if n >= self.prune_slice else None
+            if not self._q.empty():
+                return
 
     # ------------------------------------------------------------------ reads
     @property

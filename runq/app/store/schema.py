@@ -152,8 +152,15 @@ _V7 = """
 ALTER TABLE tasks ADD COLUMN requires TEXT;
 """
 
+#: Version 8 (branch migrate12): PostgreSQL's retention settings (pg_schema.py: the partial index of finished
+#: tasks by ``finished_at`` that its prune slices walk, and autovacuum per table). Nothing for SQLite: it has no
+#: dead tuples (the pages a prune frees are reused by the next inserts), and its prune stays one statement.
+_V8 = """
+-- (nothing for SQLite: see the comment above)
+"""
+
 #: MIGRATIONS[i] takes a database from version i to version i + 1.
-MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5, _V6, _V7]
+MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

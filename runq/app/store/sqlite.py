@@ -3,7 +3,8 @@ read-only reader.
 
 Theory of operation
 -------------------
-The database is in WAL mode. One dedicated thread owns the write connection.
+The database is in WAL mode. One dedicated thread owns the write connection (the thread, its queue and
+``_report`` are writer.py's ``GroupWriter``, shared with the PostgreSQL store).
 ``submit(batch)`` puts a ``Batch`` on its queue and returns at once; the thread
 takes *every* batch waiting, writes them all in one ``BEGIN IMMEDIATE ...
 COMMIT`` (group commit), and then calls each batch's ``on_done(error)``, in
@@ -53,9 +54,7 @@ import heapq
 import itertools
 import logging
 import os
-import queue as queue_mod
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -73,8 +72,6 @@ from ..core.records import (
     EventRecord,
     LimitKey,
     LimitRecord,
-    NewTaskRow,
-    QueueRecord,
     RequestRecord,
     ScheduleRecord,
     ServerEventRecord,
@@ -92,6 +89,7 @@ from ..errors import StoreError, StoreInUse
 from . import queries
 from .base import Batch, Leadership, Notify, StoreStats
 from .schema import FINAL_STATE_NAMES, LIVE_STATE_NAMES, migrate
+from .writer import GroupWriter, merge_batches
 
 __all__ = ["Batch", "SQLiteStore", "StoreError", "StoreInUse", "StoreStats"]
 
@@ -178,8 +176,6 @@ def _lock(path: str) -> int:
     return fd
 
 
-_STOP = object()
-_CHECKPOINT = object()  # asks the writer thread for a checkpoint
 #: WAL pages (estimated) between two checkpoints: SQLite's own default
 _CHECKPOINT_EVERY = 1000
 #: bytes of ``-wal`` file above which a checkpoint is due whatever the page estimate says (big payloads: the
@@ -193,8 +189,9 @@ def _call(fn: Callable[[], None]) -> None:
     fn()
 
 
-class SQLiteStore:
-    """A runq database file: the SQLite implementation of ``Store`` (base.py).
+class SQLiteStore(GroupWriter):
+    """A runq database file: the SQLite implementation of ``Store`` (base.py); its writer thread is
+    writer.py's ``GroupWriter``.
 
     Args:
         path: the SQLite file (created if missing).
@@ -208,16 +205,12 @@ class SQLiteStore:
             raise ValueError("synchronous must be NORMAL or FULL")
         self.path = path
         self.synchronous = synchronous.upper()
-        self.notify = notify or (lambda fn: fn())
-        self.stats = StoreStats()
-        self._q: queue_mod.SimpleQueue[Any] = queue_mod.SimpleQueue()
-        self._writing = threading.Lock()  # held by whoever commits on ``conn``
+        self._init_writer(notify)
         self._wal_pages = 0
         #: a checkpoint is due once the ``-wal`` file is larger than this (``WAL_LIMIT``; tests set less)
         self.wal_limit = WAL_LIMIT
         self._wal_file = path + "-wal"
         self._wal_seen = 0  # the -wal file's size when ``_wal_grown`` last asked for a checkpoint (0: none since)
-        self._thread: threading.Thread | None = None
         self._reader: sqlite3.Connection | None = None
         self._lock_fd = _lock(path)
         try:
@@ -304,26 +297,15 @@ class SQLiteStore:
         sql = f"SELECT {', '.join(SCHEDULE_COLUMNS)} FROM schedules ORDER BY name"
         return [rec._replace(paused=bool(rec.paused)) for rec in map(make_schedule, self.conn.execute(sql))]
 
-    # ------------------------------------------------------------------ writer
-    def start(self) -> None:
-        """Start the writer thread."""
-        if self._thread is None:
-            self.conn.execute("PRAGMA busy_timeout=0")  # (the waits are _begin's)
-            self.conn.execute("PRAGMA wal_autocheckpoint=0")  # (the writer thread checkpoints: _checkpoint)
-            self.conn.execute(f"PRAGMA journal_size_limit={self.wal_limit}")
-            self._thread = threading.Thread(target=self._run, name="runq-store-writer", daemon=True)
-            self._thread.start()
-
-    def submit(self, batch: Batch) -> None:
-        """Queue ``batch`` for the next group commit (returns at once)."""
-        self._q.put(batch)
+    # ------------------------------------------------------------------ writer (start, submit: writer.py)
+    def _before_start(self) -> None:
+        self.conn.execute("PRAGMA busy_timeout=0")  # (the waits are _begin's)
+        self.conn.execute("PRAGMA wal_autocheckpoint=0")  # (the writer thread checkpoints: _checkpoint)
+        self.conn.execute(f"PRAGMA journal_size_limit={self.wal_limit}")
 
     def close(self) -> None:
         """Commit what is queued, stop the writer, close both connections."""
-        if self._thread is not None:
-            self._q.put(_STOP)
-            self._thread.join()
-            self._thread = None
+        self._stop_writer()
         if self._reader is not None:
             self._reader.close()
             self._reader = None
@@ -336,31 +318,11 @@ class SQLiteStore:
             os.close(self._lock_fd)  # (after every connection: the next server may start now)
             self._lock_fd = -1
 
-    def _run(self) -> None:
-        q = self._q
-        while True:
-            item = q.get()
-            batches = []
-            stop = asked = False
-            while True:
-                if item is _STOP:
-                    stop = True
-                elif item is _CHECKPOINT:
-                    asked = True  # (by commit_here, which has seen that one is due)
-                else:
-                    batches.append(item)
-                try:
-                    item = q.get_nowait()
-                except queue_mod.Empty:
-                    break
-            if batches:
-                with self._writing:
-                    self.commit(batches)
-            if asked or self._wal_pages >= _CHECKPOINT_EVERY or self._wal_grown():
-                with self._writing:
-                    self._checkpoint()
-            if stop:
-                return
+    def _after_commits(self, asked: bool) -> None:
+        """A checkpoint when one is due, or ``asked`` (by ``commit_here``, which has seen that one is due)."""
+        if asked or self._wal_pages >= _CHECKPOINT_EVERY or self._wal_grown():
+            with self._writing:
+                self._checkpoint()
 
     def _checkpoint(self) -> None:
         """Copy the WAL back into the database file (writer thread, ``_writing`` held).
@@ -402,7 +364,7 @@ class SQLiteStore:
         finally:
             self._writing.release()
         if self._wal_pages >= _CHECKPOINT_EVERY or self._wal_grown():
-            self._q.put(_CHECKPOINT)  # (the writer thread does it)
+            self._ask()  # (the writer thread does it: _after_commits)
         return True
 
     def _wal_grown(self) -> bool:
@@ -428,48 +390,8 @@ class SQLiteStore:
         Only one thread at a time: the writer thread, or ``commit_here``'s caller (the lock ``_writing``).
         ``begun``: the caller has begun the transaction (``BEGIN IMMEDIATE``).
         """
-        rows: dict[int, TaskRecord] = {}
-        new_rows: list[NewTaskRow] = []
-        events: list[EventRecord] = []
-        queue_ops: list[QueueRecord] = []
-        requests: dict[int, RequestRecord] = {}
-        requests_below = 0
-        prune: float | None = None
-        limits: list[tuple[LimitKey, LimitRecord | None]]
-        breakers: list[tuple[str, BreakerRecord | None]]
-        server_events: list[ServerEventRecord]
-        schedules: dict[str, ScheduleRecord | None] = {}
-        for b in batches:
-            for name, sched in b.schedule_rows:
-                schedules[name] = sched
-        if len(batches) == 1:  # (the lone request's commit: its lists as they are; ids are unique in a batch)
-            (b,) = batches
-            new_rows, events, queue_ops, requests_below, prune = (b.new_rows, b.events, b.queue_ops,
-                                                                  b.requests_below or 0, b.prune_before)
-            limits, breakers, server_events = b.limits, b.breakers, b.server_events
-            if b.rows:
-                rows = {r.id: r for r in b.rows}
-            if b.requests:
-                requests = {r.id: r for r in b.requests}
-        else:
-            limits, breakers, server_events = [], [], []
-        for b in batches if len(batches) > 1 else ():
-            if b.requests:
-                for q in b.requests:
-                    requests[q.id] = q
-            if b.requests_below is not None:
-                requests_below = max(requests_below, b.requests_below)
-            new_rows.extend(b.new_rows)
-            for r in b.rows:
-                rows[r.id] = r
-            events.extend(b.events)
-            queue_ops.extend(b.queue_ops)
-            if b.limits or b.breakers or b.server_events:  # (rare: limits and breakers change by hand)
-                limits.extend(b.limits)
-                breakers.extend(b.breakers)
-                server_events.extend(b.server_events)
-            if b.prune_before is not None:
-                prune = b.prune_before if prune is None else max(prune, b.prune_before)
+        m = merge_batches(batches)
+        rows, new_rows, events, requests, prune = m.rows, m.new_rows, m.events, m.requests, m.prune
         t0 = time.perf_counter()
         error: BaseException | None = None
         conn = self.conn
@@ -486,18 +408,18 @@ class SQLiteStore:
                     _INSERT_EVENT.run(conn, events)
                 if requests:
                     _UPSERT_REQUEST.run(conn, list(requests.values()))
-                if requests_below:
-                    conn.execute("DELETE FROM requests WHERE id < ?", (requests_below,))
-                for name, sched in schedules.items():
+                if m.requests_below:
+                    conn.execute("DELETE FROM requests WHERE id < ?", (m.requests_below,))
+                for name, sched in m.schedules.items():
                     if sched is None:
                         conn.execute("DELETE FROM schedules WHERE name = ?", (name,))
                     else:
                         conn.execute(_UPSERT_SCHEDULE, sched)
-                for name, paused in queue_ops:
+                for name, paused in m.queue_ops:
                     conn.execute("INSERT INTO queues (name, paused) VALUES (?, ?) "
                                  "ON CONFLICT(name) DO UPDATE SET paused = excluded.paused", (name, int(paused)))
-                if limits or breakers or server_events:
-                    self._write_limits(limits, breakers, server_events)
+                if m.limits or m.breakers or m.server_events:
+                    self._write_limits(m.limits, m.breakers, m.server_events)
                 if prune is not None:
                     pruned = self._prune(prune)
                 conn.execute("COMMIT")
@@ -512,24 +434,7 @@ class SQLiteStore:
             log.error("%s", error)
         # about the pages this commit added to the WAL: a few per commit, one more per ~30 rows
         self._wal_pages += 3 + (len(rows) + len(new_rows) + len(events) + len(requests)) // 30
-        st = self.stats
-        st.commits += 1
-        st.batches += len(batches)
-        st.last_commit_rows = len(rows) + len(new_rows) + len(events)
-        st.commit_seconds_total += time.perf_counter() - t0
-        if error is None:
-            st.rows += len(rows) + len(new_rows)
-            st.events += len(events)
-        for b in batches:
-            b.pruned = pruned
-        done = [b.on_done for b in batches if b.on_done is not None]
-        if done:
-            def report() -> None:
-                for on_done in done:
-                    on_done(error)
-
-            (notify or self.notify)(report)  # (one hand-over per commit: one wake-up of the trio loop)
-        return error
+        return self._report(batches, m, error, t0, pruned, notify)
 
     def _write_limits(self, limits: list[tuple[LimitKey, LimitRecord | None]],
                       breakers: list[tuple[str, BreakerRecord | None]],
@@ -580,16 +485,6 @@ class SQLiteStore:
         self.conn.execute(f"DELETE FROM events WHERE task_id IN ({sel})", args)
         cur = self.conn.execute(f"DELETE FROM tasks WHERE id IN ({sel})", args)
         return cur.rowcount
-
-    def write_now(self, batch: Batch) -> None:
-        """Commit ``batch`` synchronously in the calling thread (startup and tests only).
-
-        Raises:
-            StoreError: the commit failed.
-        """
-        err = self.commit([batch])
-        if err is not None:
-            raise err
 
     # ------------------------------------------------------------------ reads
     @property
