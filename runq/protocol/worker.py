@@ -79,6 +79,7 @@ from .errors import (
 from .frames import DEFAULT_MAX_FRAME, DEFAULT_MAX_REPLY, Connection, reply_limit
 from .limits import parse_rate
 from .messages import check_labels
+from .retry_policy import error_type_names
 from .tasks import BadArguments, TaskDef, TaskOptions, tasks_in
 from .tracebacks import format_failure, loop_hint
 from .values import decode_value, encode_value
@@ -514,6 +515,8 @@ class Worker:
                                       ("retries", o.retries), ("concurrency", o.concurrency)) if v is not None}
             if o.rate_limit is not None:  # (the type's limit: docs/limits.md, "From task definitions")
                 sets["rate"], sets["period"] = parse_rate(o.rate_limit)
+            if o.retry_policy is not None:  # (the type's layer of its tasks' retry policy: docs/tasks.md)
+                sets["retry_policy"] = o.retry_policy.wire()
             if sets:
                 out[type_] = sets
         return out
@@ -756,7 +759,10 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - whatever a handler raises fails that attempt, with its traceback
             error = format_failure(exc)
             hint = loop_hint(exc, self._backend) if handler.is_async else ""
-            self._report_fail(task, t0, error + hint + ("\n" if hint else ""), handler=handler)
+            # the server decides whether it is retried, by the task's retry policy (docs/tasks.md): it needs the
+            # exception's type names, its base classes included (a policy may name a base class)
+            self._report_fail(task, t0, error + hint + ("\n" if hint else ""), handler=handler,
+                              error_types=error_type_names(exc))
             return
         finally:
             if self._scopes.get(tid) is entry:  # (not cancelled, nor a newer lease of the same task)
@@ -801,9 +807,11 @@ class Worker:
 
     def _report_fail(self, task: dict[str, Any], t0: float, error: str, *, retry_in: float | None = None,
                      timed_out: bool = False, handler: TaskDef[Any, Any] | None = None,
-                     retries: int | None = None) -> None:
+                     retries: int | None = None, error_types: list[str] | None = None) -> None:
         self.failed += 1
         msg: dict[str, Any] = {"op": "fail", "id": task["id"], "lease": task["lease"], "error": error}
+        if error_types:
+            msg["error_types"] = error_types
         if retry_in is not None:
             msg["retry_in"] = retry_in
         if timed_out:

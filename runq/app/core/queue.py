@@ -54,6 +54,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ...protocol.messages import TaskSpec
+from ...protocol.retry_policy import policy_text
 from ..errors import TaskMissing
 from .commits import A, CommitPolicy, Rollback, Settlement, Writes
 from .dispatch import Dispatch
@@ -161,6 +162,7 @@ class Core(Dispatch, Recovery, Rollback, Schedules):
                 retries if retries is not None else cfg.default_retries,
                 0, spec.key, None, None, None, now, None, None, None,
                 None if spec.requires is None else requires_text(spec.requires),
+                None if spec.retry_policy is None else policy_text(spec.retry_policy),
             )
             tasks[tid] = task
             new.add(tid)

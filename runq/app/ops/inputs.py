@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from ...protocol.messages import MAX_CREDIT, MAX_NAME, MIN_EVERY, MISSED_POLICIES, ScheduleSpec, TaskSpec
+from ...protocol.retry_policy import MAX_ERROR_TYPES, MAX_TYPE_NAME
 from ..core import Schedule, State
 from ..core.breakers import MIN_SECONDS  # (the shortest period, window or cool-down: the core's rule)
 from ..core.requests import digest
@@ -203,6 +204,9 @@ class Fail(NamedTuple):
     timed_out: bool = False
     retries: int | None = None
     credit: int = 0
+    #: the exception's type names, most derived first (docs/protocol.md 6.5): what ``retry_on`` and
+    #: ``never_retry`` match
+    error_types: tuple[str, ...] = ()
 
 
 def check_credit(n: int, what: str = "credit: 'n'") -> int:
@@ -223,6 +227,10 @@ def check_fail(f: Fail) -> Fail:
         raise BadRequest("fail: 'retry_in' must be a number of seconds >= 0 and under ten years")
     if f.retries is not None and not 0 <= f.retries <= 1000:
         raise BadRequest("fail: 'retries' must be between 0 and 1000")
+    if f.error_types and (len(f.error_types) > MAX_ERROR_TYPES or not all(
+            type(n) is str and 0 < len(n) <= MAX_TYPE_NAME for n in f.error_types)):
+        raise BadRequest(f"fail: 'error_types' must be an array of at most {MAX_ERROR_TYPES} exception type names "
+                         f"of 1 to {MAX_TYPE_NAME} chars")
     return f
 
 

@@ -373,7 +373,7 @@ class Operations:
         now = srv.clock()
         core = srv.core
         core.fail(worker_id, f.id, f.lease, f.error, now, retry_in=f.retry_in, timed_out=f.timed_out,
-                  max_retries=f.retries)
+                  max_retries=f.retries, error_types=f.error_types)
         if f.credit:
             core.credit(worker_id, f.credit, now)
 

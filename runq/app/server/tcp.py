@@ -317,7 +317,8 @@ class TcpFrontend:
                 require(msg, "id", int), require(msg, "lease", int), require(msg, "error", str),
                 retry_in=float(retry_in) if retry_in is not None else None,
                 timed_out=optional(msg, "timeout", bool, False),
-                retries=optional(msg, "retries", int), credit=optional(msg, "credit", int, 0)))
+                retries=optional(msg, "retries", int), credit=optional(msg, "credit", int, 0),
+                error_types=tuple(optional(msg, "error_types", list, ()))))
         elif op == "progress":
             ops.progress(ident, wid, Progress(require(msg, "id", int), require(msg, "lease", int),
                                               require(msg, "value", bytes)))

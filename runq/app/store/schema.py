@@ -152,8 +152,14 @@ _V7 = """
 ALTER TABLE tasks ADD COLUMN requires TEXT;
 """
 
+#: Version 8 (branch retry11): a task's own ``retry_policy`` given at enqueue (docs/tasks.md, "Retry policies"):
+#: compact JSON of its backoff, ``retry_on`` and ``never_retry``; NULL: its type's and the server's.
+_V8 = """
+ALTER TABLE tasks ADD COLUMN retry_policy TEXT;
+"""
+
 #: MIGRATIONS[i] takes a database from version i to version i + 1.
-MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5, _V6, _V7]
+MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
