@@ -164,7 +164,7 @@ class RetryPolicy:
         for name in ("delays", "retry_on", "never_retry"):
             v = getattr(self, name)
             if v is not None and not isinstance(v, tuple):
-                if isinstance(v, (str, bytes)) or (isinstance(v, type)) or not isinstance(v, Iterable):
+                if isinstance(v, (str, bytes, type)) or not isinstance(v, Iterable):
                     v = (v,)
                 object.__setattr__(self, name, tuple(v))
         try:

@@ -511,7 +511,7 @@ class Worker:
         out: dict[str, dict[str, Any]] = {}
         for type_, d in self.handlers.items():
             o = d.options
-            sets = {k: v for k, v in (("queue", o.queue), ("priority", o.priority), ("timeout", o.timeout),
+            sets: dict[str, Any] = {k: v for k, v in (("queue", o.queue), ("priority", o.priority), ("timeout", o.timeout),
                                       ("retries", o.retries), ("concurrency", o.concurrency)) if v is not None}
             if o.rate_limit is not None:  # (the type's limit: docs/limits.md, "From task definitions")
                 sets["rate"], sets["period"] = parse_rate(o.rate_limit)
