@@ -231,11 +231,12 @@ class Core(Dispatch, Recovery, Rollback, Schedules):
         self._finish(task, now)
         return task
 
-    def retry(self, task_id: int, now: float, task: Task | None = None) -> Task:
+    def retry(self, task_id: int, now: float, task: Task | None = None, detail: str = "manual retry") -> Task:
         """Bring a dead, cancelled or waiting-to-retry task back to ready now.
 
         Args:
             task: the task as read from the store, when it is no longer in memory.
+            detail: the ``retried`` event's detail.
 
         Raises:
             TaskMissing: unknown id and no ``task`` given.
@@ -266,8 +267,36 @@ class Core(Dispatch, Recovery, Rollback, Schedules):
             t.worker = None
             self.tasks[t.id] = t
             self.counts.setdefault(t.queue, Counter())[t.state.value] += 1  # undo _finish's discount
-        self._move(t, T.RETRY, now, detail="manual retry")
+        self._move(t, T.RETRY, now, detail=detail)
         self._make_ready(t)
+        return t
+
+    def delete_dead(self, task_id: int, now: float, task: Task | None = None, detail: str = "deleted") -> Task:
+        """Delete a dead task from the dead-letter queue: the ``deleted`` step to ``cancelled`` (final, its timeline
+        kept: docs/dead-letters.md).
+
+        Args:
+            task: the task as read from the store, when it is no longer in memory.
+            detail: the ``deleted`` event's detail.
+
+        Raises:
+            TaskMissing: unknown id and no ``task`` given.
+            IllegalTransition: the task is not dead.
+        """
+        t = self.tasks.get(task_id) or self.finished.get(task_id) or task
+        if t is None:
+            raise TaskMissing(f"no task {task_id} in memory")
+        if (t.state, T.DELETE) not in TRANSITIONS:
+            raise IllegalTransition(t.state, T.DELETE)
+        counts = self.counts.setdefault(t.queue, Counter())
+        counts[t.state.value] += 1  # (a final task is not counted as live: _move's step leaves the counts so)
+        self._move(t, T.DELETE, now, detail=detail)
+        counts[t.state.value] -= 1
+        fin = self.finished
+        fin.pop(t.id, None)
+        fin[t.id] = t
+        if len(fin) > self.config.finished_cache:
+            fin.popitem(last=False)
         return t
 
     # ------------------------------------------------------------------ commits

@@ -44,6 +44,7 @@ __all__ = [
     "SERVER_EVENT_COLUMNS",
     "TASK_COLUMNS",
     "BreakerRecord",
+    "DeadFilter",
     "EventRecord",
     "LimitKey",
     "LimitRecord",
@@ -207,6 +208,24 @@ class ServerEventRecord(NamedTuple):
     kind: str
     detail: str
     actor: str | None = None
+
+
+class DeadFilter(NamedTuple):
+    """Which dead tasks a dead-letter operation reads (docs/dead-letters.md): each field None for any.
+
+    Attributes:
+        queue: only this queue.
+        type: only this task type.
+        error: only tasks whose error contains this text (ASCII letters compared without case).
+        since: only tasks dead at or after this unix time (their ``finished_at``).
+        until: only tasks dead before this unix time.
+    """
+
+    queue: str | None = None
+    type: str | None = None
+    error: str | None = None
+    since: float | None = None
+    until: float | None = None
 
 
 #: The key of a ``limits`` row: (scope kind, name, payload key), a ``LimitRecord``'s first three fields (the
