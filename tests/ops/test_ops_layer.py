@@ -48,6 +48,9 @@ DOC_WORKER = {"credit", "heartbeat", "progress", "done", "fail", "release", "pin
 DOC_WATCHER = {"get", "wait", "events", "list", "queues", "workers", "subscribe", "ping", "stats", "types",
                "schedules"}
 DOC_WATCHER |= DOC_LIMIT_READS
+#: docs/protocol.md section 5.11, written out: the dead-letter ops (the listing is a watcher's too).
+DOC_CLIENT |= {"dead_list", "dead_retry", "dead_delete"}
+DOC_WATCHER |= {"dead_list"}
 
 
 def test_the_permission_table_gives_each_role_what_the_protocol_lists() -> None:

@@ -59,7 +59,7 @@ from ..errors import TaskMissing
 from .commits import A, CommitPolicy, Rollback, Settlement, Writes
 from .dispatch import Dispatch
 from .effects import ENQUEUE_STEP, Effects
-from .limits import Waiting
+from .limits import LimitEvent, Waiting
 from .model import CoreConfig, Task
 from .records import EventRecord
 from .recovery import Recovery
@@ -298,6 +298,11 @@ class Core(Dispatch, Recovery, Rollback, Schedules):
         if len(fin) > self.config.finished_cache:
             fin.popitem(last=False)
         return t
+
+    def audit(self, now: float, scope: str, kind: str, detail: str, actor: str | None) -> None:
+        """Record an operator's action that is no task's own event (a bulk retry or delete of dead tasks): a
+        server event with its ``actor``, written with the next commit (the same one as the tasks it changed)."""
+        self._limit_events.append(LimitEvent(now, scope, kind, detail, actor))
 
     # ------------------------------------------------------------------ commits
     def settle_commit(self, batch: Writes, acks: list[A], waiting: Sequence[A], error: BaseException | None,
