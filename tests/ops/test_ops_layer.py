@@ -17,6 +17,7 @@ from runq.app.ops import (
     PERMISSIONS,
     BadRequest,
     BreakerSettings,
+    DeadQuery,
     Done,
     EventsQuery,
     Fail,
@@ -131,6 +132,9 @@ def _calls(ops: Any, ident: Identity, tid: int) -> dict[str, Callable[[], Any]]:
         "schedule_run": lambda: ops.run_schedule_now(ident, "s"),
         "schedules": lambda: ops.schedules(ident),
         "schedule_declare": lambda: ops.declare_schedules(ident, (ScheduleSpec("s", "t", every=60.0),)),
+        "dead_list": lambda: ops.dead_list(ident, DeadQuery()),
+        "dead_retry": lambda: ops.dead_retry(ident, DeadQuery()),
+        "dead_delete": lambda: ops.dead_delete(ident, DeadQuery()),
     }
 
 
