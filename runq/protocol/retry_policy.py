@@ -70,9 +70,9 @@ def _seconds(v: Any) -> bool:
 
 def _names(v: Any, where: str, code: str) -> list[str]:
     if (type(v) is not list or len(v) > MAX_ERROR_TYPES
-            or not all(type(n) is str and 0 < len(n) <= MAX_TYPE_NAME and n.isprintable() for n in v)):
-        raise ProtocolError(f"{where} must be an array of at most {MAX_ERROR_TYPES} exception type names (printable "
-                            f"str of 1 to {MAX_TYPE_NAME} chars)", code)
+            or not all(type(n) is str and 0 < len(n) <= MAX_TYPE_NAME for n in v)):
+        raise ProtocolError(f"{where} must be an array of at most {MAX_ERROR_TYPES} exception type names (str of 1 "
+                            f"to {MAX_TYPE_NAME} chars)", code)
     return list(dict.fromkeys(v))
 
 

@@ -142,6 +142,9 @@ def spec_from_json(obj: Any, where: str = "task") -> TaskSpec:
     nulls = sorted(k for k, v in obj.items() if v is None and k not in ("payload", "data"))
     if nulls:
         raise ApiError("bad_request", f"{where}: {nulls} must not be null (leave a field out for its default)")
+    rp = obj.get("retry_policy")
+    if isinstance(rp, dict) and any(v is None for v in rp.values()):
+        raise ApiError("bad_request", f"{where}: the fields of 'retry_policy' must not be null (leave one out)")
     d = {k: v for k, v in obj.items() if k not in ("payload", "data")}
     for v in d.values():
         _check(v)
