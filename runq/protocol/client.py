@@ -30,7 +30,16 @@ import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .address import format_address, server_addresses, server_token
-from .calls import TRANSIENT_HELLO_ERRORS, Backoff, Calls, Request, closing_error, connect_error, hello_message
+from .calls import (
+    TRANSIENT_HELLO_ERRORS,
+    Backoff,
+    Calls,
+    Request,
+    closing_error,
+    connect_error,
+    dead_message,
+    hello_message,
+)
 from .errors import (
     REQUEST_ERROR_CODES,
     ConnectionClosed,
@@ -911,6 +920,29 @@ class Client:
         if since is not None:
             msg["since"] = since
         return list((await self.request(msg))["events"])
+
+    # ------------------------------------------------------------------ dead letters (docs/dead-letters.md)
+    async def dead_list(self, *, queue: str | None = None, type: str | None = None, error: str | None = None,
+                        since: float | None = None, until: float | None = None, limit: int = 100,
+                        cursor: int | None = None) -> tuple[list[dict[str, Any]], int | None]:
+        """A page of dead tasks, newest first, filtered by queue, type, error text (a substring) and the time
+        they died (``since`` <= it < ``until``, unix times), and the cursor of the next page (or ``None``)."""
+        reply = await self.request(dead_message("dead_list", queue, type, error, since, until, limit, cursor))
+        return [decode_task(t) for t in reply["tasks"]], reply.get("cursor")
+
+    async def dead_retry(self, *, queue: str | None = None, type: str | None = None, error: str | None = None,
+                         since: float | None = None, until: float | None = None, limit: int = 100) -> dict[str, Any]:
+        """Retry at most ``limit`` of the dead tasks these filters let through, the oldest first; return
+        ``{"ids", "skipped", "more"}`` once committed (call again while ``more``)."""
+        reply = await self.request(dead_message("dead_retry", queue, type, error, since, until, limit))
+        return {"ids": list(reply["ids"]), "skipped": list(reply["skipped"]), "more": bool(reply["more"])}
+
+    async def dead_delete(self, *, queue: str | None = None, type: str | None = None, error: str | None = None,
+                          since: float | None = None, until: float | None = None, limit: int = 100) -> dict[str, Any]:
+        """Delete at most ``limit`` of the dead tasks these filters let through (each becomes ``cancelled``, its
+        timeline kept), the oldest first; return ``{"ids", "skipped", "more"}`` once committed."""
+        reply = await self.request(dead_message("dead_delete", queue, type, error, since, until, limit))
+        return {"ids": list(reply["ids"]), "skipped": list(reply["skipped"]), "more": bool(reply["more"])}
 
     async def subscribe(self, *, queues: list[str] | None = None, types: list[str] | None = None,
                         ids: list[int] | None = None, buffer: int = 10_000) -> EventStream:

@@ -27,7 +27,16 @@ from datetime import datetime
 from typing import Any, Self, TypeVar, overload
 
 from .address import format_address, server_addresses, server_token
-from .calls import TRANSIENT_HELLO_ERRORS, Backoff, Calls, Request, closing_error, connect_error, hello_message
+from .calls import (
+    TRANSIENT_HELLO_ERRORS,
+    Backoff,
+    Calls,
+    Request,
+    closing_error,
+    connect_error,
+    dead_message,
+    hello_message,
+)
 from .client import (
     _NIL,
     FINAL_STATES,
@@ -585,6 +594,26 @@ class SyncClient:
         ``paused``, ``no_worker``, ``scheduled``), or None when nothing holds it."""
         why = self.request({"op": "why", "id": task_id})["why"]
         return None if why is None else dict(why)
+
+    # ------------------------------------------------------------------ dead letters (docs/dead-letters.md)
+    def dead_list(self, *, queue: str | None = None, type: str | None = None, error: str | None = None,
+                  since: float | None = None, until: float | None = None, limit: int = 100,
+                  cursor: int | None = None) -> tuple[list[dict[str, Any]], int | None]:
+        """A page of dead tasks, newest first, and the cursor of the next page (``Client.dead_list``)."""
+        reply = self.request(dead_message("dead_list", queue, type, error, since, until, limit, cursor))
+        return [decode_task(t) for t in reply["tasks"]], reply.get("cursor")
+
+    def dead_retry(self, *, queue: str | None = None, type: str | None = None, error: str | None = None,
+                   since: float | None = None, until: float | None = None, limit: int = 100) -> dict[str, Any]:
+        """Retry at most ``limit`` of the matching dead tasks, the oldest first (``Client.dead_retry``)."""
+        reply = self.request(dead_message("dead_retry", queue, type, error, since, until, limit))
+        return {"ids": list(reply["ids"]), "skipped": list(reply["skipped"]), "more": bool(reply["more"])}
+
+    def dead_delete(self, *, queue: str | None = None, type: str | None = None, error: str | None = None,
+                    since: float | None = None, until: float | None = None, limit: int = 100) -> dict[str, Any]:
+        """Delete at most ``limit`` of the matching dead tasks, the oldest first (``Client.dead_delete``)."""
+        reply = self.request(dead_message("dead_delete", queue, type, error, since, until, limit))
+        return {"ids": list(reply["ids"]), "skipped": list(reply["skipped"]), "more": bool(reply["more"])}
 
     def server_events(self, *, since: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """The server's stored events of no task (limits and breakers changed), oldest first."""
