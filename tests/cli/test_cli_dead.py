@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 from cli_helpers import Served, run_cli
@@ -79,6 +80,14 @@ def test_bad_dead_letter_options_are_usage_errors(served: Served) -> None:
     assert r.returncode == 2 and "--limit" in r.stderr
     r = run_cli("dead", "retry", "--error", "x" * 1001, *s)
     assert r.returncode == 1 and "'error'" in r.stderr
+
+
+def test_the_servers_default_backoff_is_checked(tmp_path: Path) -> None:
+    r = run_cli("serve", "--db", str(tmp_path / "x.db"), "--port", "0", "--backoff-base", "5", "--backoff-max", "1")
+    assert r.returncode == 2 and "--backoff-max (1) must not be below --backoff-base (5)" in r.stderr
+    r = run_cli("serve", "--db", str(tmp_path / "x.db"), "--port", "0", "--jitter", "2")
+    assert r.returncode == 2 and "--jitter" in r.stderr
+    assert not (tmp_path / "x.db").exists()
 
 
 def test_times_on_the_command_line() -> None:
