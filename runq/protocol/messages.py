@@ -277,7 +277,8 @@ def parse_hello(msg: dict[str, Any]) -> Hello:
 
 
 def _type_options(raw: dict[Any, Any]) -> dict[str, TypeOptions]:
-    """Validate hello ``type_options``: ``{type: {queue?, priority?, timeout?, retries?}}``.
+    """Validate hello ``type_options``: ``{type: {queue?, priority?, timeout?, retries?, rate?, period?,
+    concurrency?, retry_policy?}}`` (a ``retry_policy`` is kept as ``policy_text``).
 
     Raises:
         ProtocolError: ``bad_message``, naming what is wrong.

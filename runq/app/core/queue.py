@@ -19,7 +19,7 @@ effect buffers that the I/O layer collects with ``take_effects()``:
 
 ``Core`` is composed of one class per concern, each in its own module (the
 package docstring lists them); this module holds what clients ask directly
-(enqueue, get, cancel, retry), the clock's entry (``tick``) and the collection
+(enqueue, get, cancel, retry, delete_dead, and ``audit``: an operator's action as a server event), the clock's entry (``tick``) and the collection
 of effects. The server, the TCP frontend and the HTTP API call only ``Core``'s
 public methods.
 

@@ -5,7 +5,7 @@ Theory of operation
 What the core persists crosses to the store as named tuples: ``TaskRecord`` (a whole task),
 ``NewTaskRecord`` (a task as first written, the short insert), ``EventRecord`` (one line of a task's
 timeline), ``RequestRecord`` (enqueue answers by idempotency token), ``QueueRecord`` (a queue paused or
-resumed), ``LimitRecord`` and ``BreakerRecord`` (a rate limit or concurrency cap, a circuit breaker:
+resumed), ``DeadFilter`` (which dead tasks a dead-letter read takes: a query, not a row), ``LimitRecord`` and ``BreakerRecord`` (a rate limit or concurrency cap, a circuit breaker:
 runq/app/core/limits.py, which names them ``LimitRow`` and ``BreakerRow``) and ``ServerEventRecord`` (an
 event that belongs to no task: a limit set or removed, a breaker's change; the operators' audit log) and ``ScheduleRecord`` (a periodic task's schedule). Each field name is the name of the column that stores it, and the field order is the column order:
 ``TASK_COLUMNS`` and the other column tuples are the records' ``_fields``, the ONE definition that the core,
