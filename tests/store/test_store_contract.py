@@ -719,7 +719,7 @@ class TestStoreContract:
         assert members - called == set()
         assert {"leadership", "load", "load_requests", "load_schedules", "next_event_id", "load_limits", "write_now",
                 "start", "submit", "commit_here", "can_commit_inline", "close", "get_task", "events", "list_tasks",
-                "server_events", "check_writable", "stats"} == members  # (what the server and recovery call: base.py rule 1)
+                "server_events", "check_writable", "stats", "dead_tasks"} == members  # (what the server and recovery call: base.py rule 1)
 
 
 def commit_started(store: Store, batch: Batch) -> BaseException | None:
