@@ -15,8 +15,9 @@ from runq import RetryPolicy, SyncClient
 
 pytestmark = pytest.mark.e2e
 
-#: how late a retry may start after its delay on this loaded machine (the timer, a commit, a dispatch)
-SLACK = 1.5
+#: how late a retry may start after its delay on a loaded machine (the timer, a commit, a dispatch): a bound that
+#: only catches a delay far off the declared one (the events say the exact delay chosen); never early is the rule
+SLACK = 5.0
 
 
 def runs_of(cluster: Cluster, tid: int) -> list[float]:
