@@ -243,3 +243,32 @@ def test_a_policy_survives_in_the_tasks_row() -> None:
     other.recover(iter([core.get(tid).row()]), [], tid + 1, T0)
     other.worker_joined("w1", T0)
     assert fail_times(other, tid, ["X"], 1) == [4.0]
+
+
+# ---------------------------------------------------------------------- deleting a dead task
+def test_a_dead_task_is_deleted_to_cancelled_keeping_the_counts_and_only_a_dead_one() -> None:
+    from runq.app.core import IllegalTransition, Task
+
+    core = make()
+    core.worker_joined("w1", T0)
+    ((tid, _), (live, _)) = core.enqueue([TaskSpec("t", retries=0), TaskSpec("t")], T0)
+    t = start(core, T0)
+    core.fail("w1", tid, t["lease"], "boom", T0, error_types=VALUE_ERROR)
+    assert core.finished[tid].state is State.DEAD
+    counts = {k: v for k, v in core.counts["default"].items() if v}
+    core.take_effects(T0)
+    deleted = core.delete_dead(tid, T0 + 1, detail="deleted by ops")
+    assert deleted.state is State.CANCELLED and deleted.error == "boom" and deleted.finished_at == T0
+    assert {k: v for k, v in core.counts["default"].items() if v} == counts  # final: not counted as live
+    fx = core.take_effects(T0 + 1)
+    assert [(e.kind, e.state, e.detail) for e in fx.events] == [("deleted", "cancelled", "deleted by ops")]
+    assert [r.state for r in fx.rows] == ["cancelled"]
+    with pytest.raises(IllegalTransition):
+        core.delete_dead(tid, T0 + 2)  # (cancelled now)
+    with pytest.raises(IllegalTransition):
+        core.delete_dead(live, T0 + 2)  # (a live task: ready or running)
+    # a dead task read back from the store (no longer in memory)
+    row = deleted.row()._replace(id=99, state="dead")
+    other = make()
+    gone = other.delete_dead(99, T0, Task.from_row(row))
+    assert gone.state is State.CANCELLED and 99 in other.finished and other.counts["default"]["cancelled"] == 0

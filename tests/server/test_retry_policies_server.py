@@ -106,3 +106,29 @@ async def test_a_bulk_retry_is_one_commit_bounded_by_its_limit(tmp_path: Path) -
                 assert (await c.dead_list())[0] == []
             srv.stopping.set()
             n.cancel_scope.cancel()  # (the worker too)
+
+
+@pytest.mark.trio
+async def test_a_bulk_retry_skips_a_task_whose_unique_key_a_live_task_holds(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with trio.open_nursery() as n:
+            srv = await start(n, tmp_path)
+
+            async def fails(payload: Any) -> None:
+                raise ValueError("no")
+
+            await _worker(n, srv, fails=fails)
+            async with Client(f"127.0.0.1:{srv.port}") as c:
+                first = await c.enqueue("fails", key="order-7", retries=0)
+                other = await c.enqueue("fails", retries=0)
+                for tid in (first, other):
+                    assert (await c.wait(tid, timeout=10))["state"] == "dead"
+                holder = await c.enqueue("later", key="order-7", delay=3600)  # live, holds the key now
+                me = authenticate(None, None, "client", "ops-test")
+                out = await srv.ops.dead_retry(me, DeadQuery())
+                assert out == {"ids": [other], "skipped": [first], "more": False}
+                assert (await c.get(first))["state"] == "dead" and (await c.get(holder))["state"] == "scheduled"
+                (event,) = [e for e in await c.server_events() if e["kind"] == "dead_retried"]
+                assert event["detail"] == f"1 dead task(s) retried, 1 skipped: ids {other}"
+            srv.stopping.set()
+            n.cancel_scope.cancel()

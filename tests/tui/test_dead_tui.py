@@ -98,3 +98,26 @@ async def test_the_dead_letters_screen_filters_and_retries_and_deletes_in_bulk(p
 def test_dead_within_is_read_as_a_duration() -> None:
     assert [parse_ago(t) for t in ("30m", "2h", "7d", "90s", "45", "", "soon")] == [
         1800.0, 7200.0, 604800.0, 90.0, 45.0, None, None]
+
+
+async def test_the_dead_letters_screen_reads_a_database_file_offline(procs: Procs) -> None:
+    from runq.tui import OfflineSource
+
+    procs.start_server()
+    procs.start_worker()
+    with anyio.fail_after(90):
+        async with Client(procs.address) as client:
+            while not await client.workers():
+                await anyio.sleep(0.05)
+            ids = await dead(client, "other", 2)
+        procs.stop_server()
+        app = RunqDashboard(OfflineSource(procs.db))
+        async with app.run_test(size=(180, 40)) as pilot:
+            await pilot.press("6")
+            assert isinstance(app.screen, DeadScreen)
+            await until(pilot, lambda: shown(app) == ids[::-1], what="the file's dead tasks")
+            app.screen.query_one("#d-error", Input).value = "boom 1"
+            await until(pilot, lambda: shown(app) == [ids[1]], what="filtered by error text")
+            await pilot.press("R")  # (read-only: not offered, nothing happens)
+            await pilot.pause()
+            assert isinstance(app.screen, DeadScreen)
