@@ -333,6 +333,9 @@ class TaskDef(Generic[P, R]):
                      retry_policy: RetryPolicy | None = None) -> TaskDef[P, R]:
         """A copy of this definition with some options changed (``None`` keeps the current one).
 
+        ``retry_policy`` is the definition's: a worker that registers the copy sends it as its type's policy. A
+        producer gives one task its own with ``client.enqueue(call, retry_policy=...)`` (docs/tasks.md).
+
         Raises:
             ValueError: ``timeout`` above, or ``retries`` other than, what this definition sets: the worker
                 runs the task with its own definition (rule 1 of the module docstring), as for ``Call.entry``.
