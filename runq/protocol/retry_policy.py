@@ -213,9 +213,10 @@ def error_type_names(exc: BaseException) -> list[str]:
     return [_type_name(c) for c in type(exc).__mro__ if c is not object][:MAX_ERROR_TYPES]
 
 
-def matches(patterns: Iterable[str], names: Iterable[str]) -> str | None:
-    """The first reported name that a pattern matches (equal, or equal to its end after a dot), or None."""
-    pats = tuple(patterns)
+def matches(patterns: Iterable[str | type[BaseException]], names: Iterable[str]) -> str | None:
+    """The first reported name that a pattern (a name, or an exception class: its ``module.QualName``) matches
+    (equal, or equal to its end after a dot), or None."""
+    pats = tuple(map(_type_name, patterns))
     for n in names:
         for p in pats:
             if n == p or (n.endswith(p) and n[-len(p) - 1:-len(p)] == "."):

@@ -77,11 +77,11 @@ def decide(layers: Sequence[RetryPolicy | None], default: tuple[float, float, fl
     if retry_in is None:
         never = next((p.never_retry for p in layers if p is not None and p.never_retry is not None), None)
         if never:
-            hit = matches(never, error_types)  # type: ignore[arg-type]  # (names only, once checked)
+            hit = matches(never, error_types)
             if hit is not None:
                 return Decision(None, f"{hit} is in never_retry ({_attempts(attempt)})")
         only = next((p.retry_on for p in layers if p is not None and p.retry_on is not None), None)
-        if only and matches(only, error_types) is None:  # type: ignore[arg-type]
+        if only and matches(only, error_types) is None:
             named = error_types[0] if error_types else "a failure naming no exception type"
             return Decision(None, f"{named} is not in retry_on ({_attempts(attempt)})")
     if attempt > max_retries:
