@@ -272,3 +272,13 @@ def test_a_dead_task_is_deleted_to_cancelled_keeping_the_counts_and_only_a_dead_
     other = make()
     gone = other.delete_dead(99, T0, Task.from_row(row))
     assert gone.state is State.CANCELLED and 99 in other.finished and other.counts["default"]["cancelled"] == 0
+
+
+def test_a_fail_with_bad_error_types_is_refused_by_the_operations_layer() -> None:
+    from runq.app.ops import BadRequest, Fail
+    from runq.app.ops.inputs import check_fail
+
+    assert check_fail(Fail(1, 1, "x", error_types=("builtins.ValueError",))).error_types == ("builtins.ValueError",)
+    for bad in (("x",) * 65, ("",), ("x" * 301,), (7,)):
+        with pytest.raises(BadRequest, match="'error_types'"):
+            check_fail(Fail(1, 1, "x", error_types=bad))  # type: ignore[arg-type]
