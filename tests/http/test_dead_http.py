@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from http_helpers import Api
-from test_operations import wait_until
+from test_operations import metrics, wait_until
 from test_tasks import error_of
 
 from runq import Worker
@@ -88,6 +88,11 @@ async def test_dead_tasks_are_listed_by_filter_and_retried_and_deleted_in_bulk(a
     assert await ids() == [b[0]]
     r = await api.client.post("/api/dead/delete", json={"error": "bad value"})
     assert r.json() == {"message": "0 dead task(s) deleted", "ids": [], "skipped": [], "more": False}
+
+    m = metrics((await api.client.get("/metrics")).text)
+    assert m[("runq_tasks_retried_by_hand_total", (("queue", "q1"),))] == 2
+    assert m[("runq_dead_tasks_deleted_total", (("queue", "q1"),))] == 1
+    assert m[("runq_dead_tasks_deleted_total", (("queue", "q2"),))] == 1
 
     audit = [(e["scope"], e["kind"], e["actor"], e["detail"])
              for e in (await api.client.get("/api/server-events")).json()["events"]]
