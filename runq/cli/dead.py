@@ -41,7 +41,7 @@ def parse_when(text: str, now: float | None = None) -> float:
                          "(2026-11-30T09:00) or unix seconds") from None
 
 
-class _When(click.ParamType):  # type: ignore[type-arg]
+class _When(click.ParamType[float]):
     name = "TIME"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:

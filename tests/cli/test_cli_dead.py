@@ -82,6 +82,23 @@ def test_bad_dead_letter_options_are_usage_errors(served: Served) -> None:
     assert r.returncode == 1 and "'error'" in r.stderr
 
 
+def test_enqueue_with_a_retry_policy_of_its_own(served: Served) -> None:
+    s = ["--server", served.address]
+    r = run_cli("enqueue", "boom", "--retries", "1", "--retry-policy", '{"delays": [0.2], "never_retry": ["KeyError"]}',
+                *s)
+    assert r.returncode == 0, r.stderr
+    tid = int(r.stdout)
+    with SyncClient(served.address) as c:
+        t = c.wait(tid, timeout=20)
+        assert (t["state"], t["attempt"]) == ("dead", 2)
+        assert t["retry_policy"] == '{"delays":[0.2],"never_retry":["KeyError"]}'
+        assert [e["detail"] for e in c.events(tid) if e["kind"] == "retry_scheduled"] == ["in 0.200s"]
+    r = run_cli("enqueue", "boom", "--retry-policy", '{"jitter": 5}', *s)
+    assert r.returncode == 2 and "'jitter' must be a number from 0 to 1" in r.stderr
+    r = run_cli("enqueue", "boom", "--retry-policy", "{delays", *s)
+    assert r.returncode == 2 and "is not JSON" in r.stderr
+
+
 def test_the_servers_default_backoff_is_checked(tmp_path: Path) -> None:
     r = run_cli("serve", "--db", str(tmp_path / "x.db"), "--port", "0", "--backoff-base", "5", "--backoff-max", "1")
     assert r.returncode == 2 and "--backoff-max (1) must not be below --backoff-base (5)" in r.stderr
