@@ -95,6 +95,28 @@ async def test_the_dead_letters_screen_filters_and_retries_and_deletes_in_bulk(p
                 assert (await client.get(other[0]))["state"] == "dead"
 
 
+async def test_the_task_detail_shows_a_tasks_own_retry_policy(procs: Procs) -> None:
+    from textual.widgets import Static
+
+    from runq import RetryPolicy
+    from runq.tui.screens import TaskDetailScreen
+
+    procs.start_server()
+    with anyio.fail_after(60):
+        async with Client(procs.address) as client:
+            tid = await client.enqueue("noop", delay=3600, retry_policy=RetryPolicy(delays=(5, 30)))
+            app = RunqDashboard(LiveSource(procs.address))
+            async with app.run_test(size=(180, 40)) as pilot:
+                await app.push_screen(TaskDetailScreen(tid))
+
+                def summary() -> str:
+                    found = app.screen.query("#summary")
+                    return str(found.first(Static).render()) if found else ""
+
+                await until(pilot, lambda: "retry policy" in summary(), what="the detail's summary")
+                assert 'retry policy {"delays":[5.0,30.0]}' in summary()
+
+
 def test_dead_within_is_read_as_a_duration() -> None:
     assert [parse_ago(t) for t in ("30m", "2h", "7d", "90s", "45", "", "soon")] == [
         1800.0, 7200.0, 604800.0, 90.0, 45.0, None, None]
