@@ -2,7 +2,7 @@
 
 Public API::
 
-    from runq import task, Client, SyncClient, Worker, Retry, TaskContext, Cron, Every
+    from runq import task, Client, SyncClient, Worker, Retry, RetryPolicy, TaskContext, Cron, Every
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from .protocol.errors import (
     TaskNotFound,
     Unauthorized,
 )
+from .protocol.retry_policy import RetryPolicy
 from .protocol.schedules import Cron, Every
 from .protocol.sync_client import SyncClient
 from .protocol.tasks import BadArguments, Call, NoClient, SyncTaskHandle, TaskDef, TaskHandle, TaskOptions, task
@@ -39,6 +40,7 @@ __all__ = [
     "ProtocolError",
     "RemoteError",
     "Retry",
+    "RetryPolicy",
     "RunqError",
     "SyncClient",
     "SyncTaskHandle",

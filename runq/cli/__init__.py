@@ -3,7 +3,8 @@
 Layout: ``options.py`` (global options, environment variables, exit codes, errors), ``output.py`` (tables,
 views, human times, JSON), and one module per area: ``serve.py`` (serve, demo), ``worker.py`` (worker),
 ``tasks.py`` (enqueue, status, wait, cancel, retry, events, tasks), ``queues.py`` (pause, resume, queues,
-workers, types, drain), ``schedules.py`` (schedules and its subcommands), ``tui.py`` (tui), ``migrate.py`` (migrate). docs/cli.md is the user's reference.
+workers, types, drain), ``schedules.py`` (schedules and its subcommands), ``dead.py`` (the dead-letter queue),
+``tui.py`` (tui), ``migrate.py`` (migrate). docs/cli.md is the user's reference.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
+from .dead import dead
 from .limits import breakers, limits, why
 from .migrate import migrate
 from .options import (
@@ -52,6 +54,7 @@ for _command in (limits, breakers, why):  # (limits and breakers: docs/limits.md
     cli.add_command(_command)
 cli.add_command(schedules)  # (periodic tasks: docs/schedules.md)
 cli.add_command(migrate)  # (copy a database to another store: docs/postgres.md)
+cli.add_command(dead)  # (the dead-letter queue: docs/dead-letters.md)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,6 +45,12 @@ GC_THRESHOLDS = (50_000, 20, 10)
         help="NORMAL survives a process crash, FULL survives power loss")
 @option("--lease-timeout", type=float, default=10.0, metavar="SECONDS",
         help="seconds of worker silence before its tasks return")
+@option("--backoff-base", type=click.FloatRange(0, 315_360_000, max_open=True), default=1.0, metavar="SECONDS",
+        help="the default retry policy: seconds before the first retry, doubling per retry (docs/tasks.md)")
+@option("--backoff-max", type=click.FloatRange(0, 315_360_000, min_open=True, max_open=True), default=3600.0,
+        metavar="SECONDS", help="the default retry policy: the longest delay before a retry")
+@option("--jitter", type=click.FloatRange(0, 1), default=0.25,
+        help="the default retry policy: each delay times a random factor in [1 - jitter, 1 + jitter]")
 @option("--retention", type=float, default=7 * 86400, metavar="SECONDS", show_default="7 days",
         help="seconds finished tasks are kept")
 @option("--max-subscribers", type=int, default=256,
@@ -53,11 +59,14 @@ GC_THRESHOLDS = (50_000, 20, 10)
 @log_options
 @click.pass_obj
 def serve(settings: Settings, db: str, host: str, port: int, http_port: int | None, synchronous: str,
-          lease_timeout: float, retention: float, max_subscribers: int, port_file: str | None) -> int:
+          lease_timeout: float, backoff_base: float, backoff_max: float, jitter: float, retention: float,
+          max_subscribers: int, port_file: str | None) -> int:
     """Run the server: the runq TCP protocol, the SQLite database and the HTTP API, in one process.
 
     SIGTERM or SIGINT stops it gracefully (what was acknowledged is committed).
     """
+    if backoff_max < backoff_base:
+        raise click.UsageError(f"--backoff-max ({backoff_max:g}) must not be below --backoff-base ({backoff_base:g})")
     import trio
 
     from ..app.core import CoreConfig
@@ -66,7 +75,8 @@ def serve(settings: Settings, db: str, host: str, port: int, http_port: int | No
 
     cfg = ServerConfig(db=db, host=host, port=port, http_port=_http_port(http_port, port), token=settings.token,
                        synchronous=synchronous.upper(), retention=retention, max_subscribers=max_subscribers,
-                       core=CoreConfig(lease_timeout=lease_timeout))
+                       core=CoreConfig(lease_timeout=lease_timeout, backoff_base=backoff_base,
+                                       backoff_max=backoff_max, jitter=jitter))
     server = Server(cfg)
 
     async def run() -> None:

@@ -28,6 +28,26 @@ class JsonValue(click.ParamType[Any]):
             self.fail(f"is not JSON: {exc}", param, ctx)
 
 
+class RetryPolicyJson(click.ParamType[Any]):
+    """A retry policy as JSON (docs/tasks.md, "Retry policies"), checked as the server checks it."""
+
+    name = "JSON"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from ..protocol.errors import ProtocolError
+        from ..protocol.retry_policy import RetryPolicy, check_retry_policy
+
+        if isinstance(value, RetryPolicy):
+            return value
+        try:
+            checked = check_retry_policy(loads(value), "a retry policy")
+        except JSONDecodeError as exc:
+            self.fail(f"is not JSON: {exc}", param, ctx)
+        except ProtocolError as exc:
+            self.fail(str(exc), param, ctx)
+        return None if checked is None else RetryPolicy.from_wire(checked)
+
+
 class IsoTime(click.ParamType[float]):
     """An ISO 8601 time (naive: local time), given as a Unix time."""
 
@@ -54,13 +74,16 @@ class IsoTime(click.ParamType[float]):
         help="seconds one attempt may run")
 @option("--retries", type=int, default=None, show_default="3", help="retries after a failure")
 @option("--key", default=None, help="unique key: a second task with the same key is not created")
+@option("--retry-policy", type=RetryPolicyJson(), default=None,
+        help='this task\'s own retry policy, as JSON: {"delays": [5, 30], "retry_on": ["ConnectionError"], '
+             '"never_retry": ["ValueError"]} or {"base": 2, "max": 600, "jitter": 0.1} (docs/tasks.md)')
 @option("--strict", is_flag=True,
         help="refuse (exit 3) when no connected worker handles this task type (default: a warning)")
 @log_options
 @click.pass_obj
 def enqueue(settings: Settings, type: str, payload: Any, queue: str | None, priority: int | None,
             delay: float | None, at: float | None, timeout: float | None, retries: int | None, key: str | None,
-            strict: bool) -> int:
+            retry_policy: Any, strict: bool) -> int:
     """Enqueue one task of type TYPE and print its id (the same for people and scripts:
     id=$(runq enqueue ...))."""
     if delay is not None and at is not None:
@@ -85,7 +108,7 @@ def enqueue(settings: Settings, type: str, payload: Any, queue: str | None, prio
             output.note(f"runq enqueue: warning: no connected worker handles task type {type!r}{hint}; the task "
                         "waits until one does (--strict refuses instead)")
         tid = c.enqueue(type, payload, queue=queue, priority=priority, delay=delay, run_at=at, timeout=timeout,
-                        retries=retries, key=key)
+                        retries=retries, key=key, retry_policy=retry_policy)
     click.echo(tid)
     return 0
 

@@ -52,8 +52,17 @@ from typing import Any
 from .errors import ConnectionClosed, error_for_code
 from .messages import PROTOCOL_VERSION, check_request
 
-__all__ = ["RESENT", "TRANSIENT_HELLO_ERRORS", "Backoff", "Calls", "Request", "closing_error", "connect_error",
-           "hello_message"]
+__all__ = [
+    "RESENT",
+    "TRANSIENT_HELLO_ERRORS",
+    "Backoff",
+    "Calls",
+    "Request",
+    "closing_error",
+    "connect_error",
+    "dead_message",
+    "hello_message",
+]
 
 #: ops sent again on the next connection after one that carried them was lost (rule 3).
 RESENT = frozenset({"enqueue", "get", "wait", "events", "list", "queues", "workers", "stats", "ping",
@@ -61,6 +70,9 @@ RESENT = frozenset({"enqueue", "get", "wait", "events", "list", "queues", "worke
 #: the limits and breakers ops: each sets a state or reads (a resent ``remove_*`` may answer ``removed: false``)
 RESENT = RESENT | frozenset({"set_limit", "remove_limit", "limits", "set_breaker", "remove_breaker", "open_breaker",
                              "close_breaker", "breakers", "why", "server_events"})
+#: the dead-letter listing is a read; a bulk retry or delete is not sent again (a second one would take the next
+#: tasks), as ``retry`` is not
+RESENT = RESENT | frozenset({"dead_list"})
 
 
 class Backoff:
@@ -279,3 +291,13 @@ def connect_error(address: str, exc: BaseException) -> BaseException:
             return type(why)(why.errno, f"cannot connect to {address}: {why.strerror}")
         return OSError(f"cannot connect to {address}: {why}")
     return exc
+
+def dead_message(op: str, queue: str | None, type: str | None, error: str | None, since: float | None,
+              until: float | None, limit: int, cursor: int | None = None) -> dict[str, Any]:
+    """A dead-letter request (docs/protocol.md 5.11): the filters given, the limit."""
+    msg: dict[str, Any] = {"op": op, "limit": limit}
+    for k, v in (("queue", queue), ("type", type), ("error", error), ("since", since), ("until", until),
+                 ("cursor", cursor)):
+        if v is not None:
+            msg[k] = float(v) if k in ("since", "until") else v
+    return msg

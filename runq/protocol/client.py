@@ -30,7 +30,16 @@ import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .address import format_address, server_addresses, server_token
-from .calls import TRANSIENT_HELLO_ERRORS, Backoff, Calls, Request, closing_error, connect_error, hello_message
+from .calls import (
+    TRANSIENT_HELLO_ERRORS,
+    Backoff,
+    Calls,
+    Request,
+    closing_error,
+    connect_error,
+    dead_message,
+    hello_message,
+)
 from .errors import (
     REQUEST_ERROR_CODES,
     ConnectionClosed,
@@ -47,6 +56,7 @@ from .errors import (
 from .frames import DEFAULT_MAX_FRAME, DEFAULT_MAX_REPLY, HEADER, Connection, reply_limit
 from .limits import breaker_message, limit_message
 from .messages import ScheduleSpec
+from .retry_policy import RetryPolicy
 from .tasks import (
     Call,
     TaskHandle,
@@ -175,7 +185,8 @@ def _many_entries(tasks: Iterable[Mapping[str, Any]] | Iterable[Call[Any]]
 def _task_entry(type: str, payload: Any = None, *, queue: str | None = None, priority: int | None = None,
                 delay: float | None = None, run_at: float | datetime | None = None, timeout: float | None = None,
                 retries: int | None = None, key: str | None = None,
-                      requires: dict[str, str] | None = None) -> dict[str, Any]:
+                      requires: dict[str, str] | None = None,
+                retry_policy: RetryPolicy | None = None) -> dict[str, Any]:
     entry: dict[str, Any] = {"type": type, "payload": encode_value(payload)}
     if queue is not None:
         entry["queue"] = queue
@@ -193,6 +204,8 @@ def _task_entry(type: str, payload: Any = None, *, queue: str | None = None, pri
         entry["key"] = key
     if requires is not None:
         entry["requires"] = dict(requires)
+    if retry_policy is not None:
+        entry["retry_policy"] = retry_policy.wire()
     return entry
 
 
@@ -622,19 +635,22 @@ class Client:
                       delay: float | None = None, run_at: float | datetime | None = None,
                       timeout: float | None = None, retries: int | None = None,
                       key: str | None = None,
-                      requires: dict[str, str] | None = None) -> TaskHandle[R]: ...
+                      requires: dict[str, str] | None = None,
+                retry_policy: RetryPolicy | None = None) -> TaskHandle[R]: ...
     @overload
     async def enqueue(self, type: str, payload: Any = None, *, queue: str | None = None,
                       priority: int | None = None, delay: float | None = None,
                       run_at: float | datetime | None = None, timeout: float | None = None,
                       retries: int | None = None, key: str | None = None,
-                      requires: dict[str, str] | None = None) -> int: ...
+                      requires: dict[str, str] | None = None,
+                retry_policy: RetryPolicy | None = None) -> int: ...
 
     async def enqueue(self, type: str | Call[Any], payload: Any = None, *, queue: str | None = None,
                       priority: int | None = None, delay: float | None = None,
                       run_at: float | datetime | None = None, timeout: float | None = None,
                       retries: int | None = None, key: str | None = None,
-                      requires: dict[str, str] | None = None) -> int | TaskHandle[Any]:
+                      requires: dict[str, str] | None = None,
+                retry_policy: RetryPolicy | None = None) -> int | TaskHandle[Any]:
         """Enqueue one task; return once it is committed to the database.
 
         ``await client.enqueue(send_email.call(to=...))`` enqueues a typed task (``runq.task``) and returns
@@ -650,15 +666,17 @@ class Client:
             timeout: seconds one attempt may take. retries: retries after a failure (default 3).
             key: unique key; while a non-final task holds it, that task's id is returned.
             requires: labels a worker must have to be given it (``{"region": "eu"}``, docs/routing.md).
+            retry_policy: this task's own ``RetryPolicy``, over its type's (docs/tasks.md, "Retry policies").
         """
         if (type.__class__ is str and payload is None and queue is None and priority is None and delay is None
                 and run_at is None and timeout is None and retries is None and key is None
-                and requires is None):
+                and requires is None and retry_policy is None):
             entry: dict[str, Any] = {"type": type, "payload": _NIL}  # (the usual call, built at once)
             checked = True  # (of the right types: nothing to check)
         else:
             entry = _enqueue_entry(type, payload, queue=queue, priority=priority, delay=delay, run_at=run_at,
-                                   timeout=timeout, retries=retries, key=key, requires=requires)
+                                   timeout=timeout, retries=retries, key=key, requires=requires,
+                                   retry_policy=retry_policy)
             checked = False
         task_id = int((await self._submit(self._calls.new({"op": "enqueue", "tasks": [entry]}, checked))).reply["ids"][0])  # type: ignore[index]
         return TaskHandle(self, task_id, type.task) if isinstance(type, Call) else task_id
@@ -902,6 +920,29 @@ class Client:
         if since is not None:
             msg["since"] = since
         return list((await self.request(msg))["events"])
+
+    # ------------------------------------------------------------------ dead letters (docs/dead-letters.md)
+    async def dead_list(self, *, queue: str | None = None, type: str | None = None, error: str | None = None,
+                        since: float | None = None, until: float | None = None, limit: int = 100,
+                        cursor: int | None = None) -> tuple[list[dict[str, Any]], int | None]:
+        """A page of dead tasks, newest first, filtered by queue, type, error text (a substring) and the time
+        they died (``since`` <= it < ``until``, unix times), and the cursor of the next page (or ``None``)."""
+        reply = await self.request(dead_message("dead_list", queue, type, error, since, until, limit, cursor))
+        return [decode_task(t) for t in reply["tasks"]], reply.get("cursor")
+
+    async def dead_retry(self, *, queue: str | None = None, type: str | None = None, error: str | None = None,
+                         since: float | None = None, until: float | None = None, limit: int = 100) -> dict[str, Any]:
+        """Retry at most ``limit`` of the dead tasks these filters let through, the oldest first; return
+        ``{"ids", "skipped", "more"}`` once committed (call again while ``more``)."""
+        reply = await self.request(dead_message("dead_retry", queue, type, error, since, until, limit))
+        return {"ids": list(reply["ids"]), "skipped": list(reply["skipped"]), "more": bool(reply["more"])}
+
+    async def dead_delete(self, *, queue: str | None = None, type: str | None = None, error: str | None = None,
+                          since: float | None = None, until: float | None = None, limit: int = 100) -> dict[str, Any]:
+        """Delete at most ``limit`` of the dead tasks these filters let through (each becomes ``cancelled``, its
+        timeline kept), the oldest first; return ``{"ids", "skipped", "more"}`` once committed."""
+        reply = await self.request(dead_message("dead_delete", queue, type, error, since, until, limit))
+        return {"ids": list(reply["ids"]), "skipped": list(reply["skipped"]), "more": bool(reply["more"])}
 
     async def subscribe(self, *, queues: list[str] | None = None, types: list[str] | None = None,
                         ids: list[int] | None = None, buffer: int = 10_000) -> EventStream:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from .errors import ProtocolError
+from .retry_policy import check_retry_policy, policy_text
 
 __all__ = [
     "CLIENT_OPS",
@@ -81,6 +82,10 @@ LIMIT_OPS = LIMIT_READ_OPS | frozenset({"set_limit", "remove_limit", "set_breake
                                         "close_breaker"})
 CLIENT_OPS = CLIENT_OPS | LIMIT_OPS
 WATCHER_OPS = WATCHER_OPS | LIMIT_READ_OPS
+#: the dead-letter ops (docs/dead-letters.md, docs/protocol.md 5.11): a client's; listing a watcher's too.
+DEAD_OPS = frozenset({"dead_list", "dead_retry", "dead_delete"})
+CLIENT_OPS = CLIENT_OPS | DEAD_OPS
+WATCHER_OPS = WATCHER_OPS | {"dead_list"}
 
 #: Queue names and task types have 1 to MAX_NAME characters, wherever they are given (docs/protocol.md 5.1).
 MAX_NAME = 200
@@ -209,6 +214,9 @@ class TypeOptions(NamedTuple):
     rate: float | None = None
     period: float | None = None
     concurrency: int | None = None
+    #: the definition's retry policy (docs/tasks.md, "Retry policies"), as stored (``policy_text``): the layer
+    #: between a task's own and the server's default
+    retry_policy: str | None = None
 
 
 def choose_version(offered: list[int]) -> int | None:
@@ -269,7 +277,8 @@ def parse_hello(msg: dict[str, Any]) -> Hello:
 
 
 def _type_options(raw: dict[Any, Any]) -> dict[str, TypeOptions]:
-    """Validate hello ``type_options``: ``{type: {queue?, priority?, timeout?, retries?}}``.
+    """Validate hello ``type_options``: ``{type: {queue?, priority?, timeout?, retries?, rate?, period?,
+    concurrency?, retry_policy?}}`` (a ``retry_policy`` is kept as ``policy_text``).
 
     Raises:
         ProtocolError: ``bad_message``, naming what is wrong.
@@ -288,6 +297,9 @@ def _type_options(raw: dict[Any, Any]) -> dict[str, TypeOptions]:
             check_task_spec(TaskSpec(type_, queue=opts.queue, priority=opts.priority, timeout=opts.timeout,
                                      retries=opts.retries))
             opts = _type_limit(o, opts)
+            if o.get("retry_policy") is not None:
+                rp = check_retry_policy(o["retry_policy"], "'retry_policy'", "bad_message")
+                opts = opts._replace(retry_policy=None if rp is None else policy_text(rp))
         except ProtocolError as exc:
             raise ProtocolError(f"hello: 'type_options' of {type_!r}: {exc}") from None
         out[type_] = opts
@@ -335,6 +347,8 @@ class TaskSpec(NamedTuple):
         retries: how many retries after the first failed attempt; None as for ``queue`` (else the default).
         key: unique key; while a non-final task holds it, enqueue returns that task.
         requires: labels a worker must have to be given it (docs/routing.md); None or empty: any worker.
+        retry_policy: this task's retry policy (a ``check_retry_policy`` map: backoff, ``retry_on``,
+            ``never_retry``), over its type's and the server's (docs/tasks.md); None: theirs.
     """
 
     type: str
@@ -347,6 +361,7 @@ class TaskSpec(NamedTuple):
     retries: int | None = None
     key: str | None = None
     requires: dict[str, str] | None = None
+    retry_policy: dict[str, Any] | None = None
 
 
 def check_task_spec(spec: TaskSpec) -> TaskSpec:
@@ -374,6 +389,8 @@ def check_task_spec(spec: TaskSpec) -> TaskSpec:
         raise ProtocolError("task: 'retries' must be between 0 and 1000", "bad_request")
     if spec.key is not None and not 0 < len(spec.key) <= 1000:
         raise ProtocolError("task: 'key' must be a non-empty str of at most 1000 chars", "bad_request")
+    if spec.retry_policy is not None:
+        spec = spec._replace(retry_policy=check_retry_policy(spec.retry_policy))
     if spec.requires is not None:
         return spec._replace(requires=check_labels(spec.requires, "task: 'requires'", "bad_request") or None)
     return spec
@@ -404,6 +421,7 @@ def parse_task_spec(d: Any) -> TaskSpec:
         retries=optional(d, "retries", int),
         key=optional(d, "key", str),
         requires=optional(d, "requires", dict),
+        retry_policy=optional(d, "retry_policy", dict),
     ))
 
 
@@ -513,11 +531,20 @@ REQUEST_FIELDS.update({
     "why": (("id", int, True),),
     "server_events": (("since", int, False), ("limit", int, False)),
 })
+#: the dead-letter ops (5.11): the filter of each, as above
+_DEAD_FILTER: tuple[tuple[str, _Kind, bool], ...] = (
+    ("queue", str, False), ("type", str, False), ("error", str, False), ("since", _NUM, False),
+    ("until", _NUM, False), ("limit", int, False))
+REQUEST_FIELDS.update({
+    "dead_list": (*_DEAD_FILTER, ("cursor", int, False)),
+    "dead_retry": _DEAD_FILTER,
+    "dead_delete": _DEAD_FILTER,
+})
 #: The fields of a task spec (5.1), as ``REQUEST_FIELDS`` (``payload`` is bin when present: never nil).
 TASK_FIELDS: tuple[tuple[str, _Kind, bool], ...] = (
     ("type", str, True), ("queue", str, False), ("priority", int, False), ("delay", _NUM, False),
     ("run_at", _NUM, False), ("timeout", _NUM, False), ("retries", int, False), ("key", str, False),
-    ("requires", dict, False))
+    ("requires", dict, False), ("retry_policy", dict, False))
 _FILTER_ITEMS: dict[str, type] = {"queues": str, "types": str, "ids": int}
 #: the fields of a task with nothing but a type and a payload (``check_request``'s fast path)
 _PLAIN_TASK = frozenset({"type", "payload"})

@@ -27,7 +27,16 @@ from datetime import datetime
 from typing import Any, Self, TypeVar, overload
 
 from .address import format_address, server_addresses, server_token
-from .calls import TRANSIENT_HELLO_ERRORS, Backoff, Calls, Request, closing_error, connect_error, hello_message
+from .calls import (
+    TRANSIENT_HELLO_ERRORS,
+    Backoff,
+    Calls,
+    Request,
+    closing_error,
+    connect_error,
+    dead_message,
+    hello_message,
+)
 from .client import (
     _NIL,
     FINAL_STATES,
@@ -52,6 +61,7 @@ from .errors import (
 )
 from .frames import DEFAULT_MAX_FRAME, DEFAULT_MAX_REPLY, Connection, reply_limit
 from .limits import breaker_message, limit_message
+from .retry_policy import RetryPolicy
 from .tasks import Call, SyncTaskHandle, no_worker_hint, schedule_spec, schedule_specs_of, wait_timeout_message
 from .values import decode_task
 
@@ -345,28 +355,32 @@ class SyncClient:
     def enqueue(self, type: Call[R], /, *, queue: str | None = None, priority: int | None = None,
                 delay: float | None = None, run_at: float | datetime | None = None, timeout: float | None = None,
                 retries: int | None = None, key: str | None = None,
-                requires: dict[str, str] | None = None) -> SyncTaskHandle[R]: ...
+                requires: dict[str, str] | None = None,
+                retry_policy: RetryPolicy | None = None) -> SyncTaskHandle[R]: ...
     @overload
     def enqueue(self, type: str, payload: Any = None, *, queue: str | None = None, priority: int | None = None,
                 delay: float | None = None, run_at: float | datetime | None = None, timeout: float | None = None,
                 retries: int | None = None, key: str | None = None,
-                requires: dict[str, str] | None = None) -> int: ...
+                requires: dict[str, str] | None = None,
+                retry_policy: RetryPolicy | None = None) -> int: ...
 
     def enqueue(self, type: str | Call[Any], payload: Any = None, *, queue: str | None = None,
                 priority: int | None = None, delay: float | None = None, run_at: float | datetime | None = None,
                 timeout: float | None = None, retries: int | None = None,
                 key: str | None = None,
-                requires: dict[str, str] | None = None) -> int | SyncTaskHandle[Any]:
+                requires: dict[str, str] | None = None,
+                retry_policy: RetryPolicy | None = None) -> int | SyncTaskHandle[Any]:
         """Enqueue one task once it is committed: a typed task's bound ``Call`` gives its ``SyncTaskHandle``,
         a type name its id (``Client.enqueue`` says more)."""
         if (type.__class__ is str and payload is None and queue is None and priority is None and delay is None
                 and run_at is None and timeout is None and retries is None and key is None
-                and requires is None):
+                and requires is None and retry_policy is None):
             entry: dict[str, Any] = {"type": type, "payload": _NIL}  # (the usual call, built at once)
             checked = True  # (of the right types: nothing to check)
         else:
             entry = _enqueue_entry(type, payload, queue=queue, priority=priority, delay=delay, run_at=run_at,
-                                   timeout=timeout, retries=retries, key=key, requires=requires)
+                                   timeout=timeout, retries=retries, key=key, requires=requires,
+                                   retry_policy=retry_policy)
             checked = False
         task_id = int(_answer(self._call({"op": "enqueue", "tasks": [entry]}, checked))["ids"][0])
         return SyncTaskHandle(self, task_id, type.task) if isinstance(type, Call) else task_id
@@ -580,6 +594,26 @@ class SyncClient:
         ``paused``, ``no_worker``, ``scheduled``), or None when nothing holds it."""
         why = self.request({"op": "why", "id": task_id})["why"]
         return None if why is None else dict(why)
+
+    # ------------------------------------------------------------------ dead letters (docs/dead-letters.md)
+    def dead_list(self, *, queue: str | None = None, type: str | None = None, error: str | None = None,
+                  since: float | None = None, until: float | None = None, limit: int = 100,
+                  cursor: int | None = None) -> tuple[list[dict[str, Any]], int | None]:
+        """A page of dead tasks, newest first, and the cursor of the next page (``Client.dead_list``)."""
+        reply = self.request(dead_message("dead_list", queue, type, error, since, until, limit, cursor))
+        return [decode_task(t) for t in reply["tasks"]], reply.get("cursor")
+
+    def dead_retry(self, *, queue: str | None = None, type: str | None = None, error: str | None = None,
+                   since: float | None = None, until: float | None = None, limit: int = 100) -> dict[str, Any]:
+        """Retry at most ``limit`` of the matching dead tasks, the oldest first (``Client.dead_retry``)."""
+        reply = self.request(dead_message("dead_retry", queue, type, error, since, until, limit))
+        return {"ids": list(reply["ids"]), "skipped": list(reply["skipped"]), "more": bool(reply["more"])}
+
+    def dead_delete(self, *, queue: str | None = None, type: str | None = None, error: str | None = None,
+                    since: float | None = None, until: float | None = None, limit: int = 100) -> dict[str, Any]:
+        """Delete at most ``limit`` of the matching dead tasks, the oldest first (``Client.dead_delete``)."""
+        reply = self.request(dead_message("dead_delete", queue, type, error, since, until, limit))
+        return {"ids": list(reply["ids"]), "skipped": list(reply["skipped"]), "more": bool(reply["more"])}
 
     def server_events(self, *, since: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """The server's stored events of no task (limits and breakers changed), oldest first."""

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, Protocol
 from .errors import ProtocolError, RunqError
 from .limits import parse_rate
 from .messages import ScheduleSpec, TaskSpec, check_task_spec
+from .retry_policy import RetryPolicy
 from .schedules import Cron, Every, Timing, spec_of
 from .values import encode_value, model_kind
 
@@ -98,6 +99,9 @@ class TaskOptions:
             (docs/limits.md).
         concurrency: at most this many tasks of the type run at once, across all workers (the same way).
         requires: labels a worker must have to be given each task (``{"region": "eu"}``, docs/routing.md).
+        retry_policy: how its failed tasks are retried (``runq.RetryPolicy``: backoff or a list of delays,
+            ``retry_on``, ``never_retry``): sent in the worker's hello as the type's policy, under a policy given
+            at enqueue and over the server's default (docs/tasks.md, "Retry policies").
     """
 
     queue: str | None = None
@@ -109,6 +113,7 @@ class TaskOptions:
     rate_limit: str | None = None
     concurrency: int | None = None
     requires: dict[str, str] | None = None
+    retry_policy: RetryPolicy | None = None
 
 
 # ---------------------------------------------------------------------- argument conversion
@@ -324,8 +329,12 @@ class TaskDef(Generic[P, R]):
     def with_options(self, *, queue: str | None = None, priority: int | None = None, timeout: float | None = None,
                      retries: int | None = None, delay: float | None = None,
                      key: str | Callable[..., str] | None = None,
-                     requires: dict[str, str] | None = None) -> TaskDef[P, R]:
+                     requires: dict[str, str] | None = None,
+                     retry_policy: RetryPolicy | None = None) -> TaskDef[P, R]:
         """A copy of this definition with some options changed (``None`` keeps the current one).
+
+        ``retry_policy`` is the definition's: a worker that registers the copy sends it as its type's policy. A
+        producer gives one task its own with ``client.enqueue(call, retry_policy=...)`` (docs/tasks.md).
 
         Raises:
             ValueError: ``timeout`` above, or ``retries`` other than, what this definition sets: the worker
@@ -334,7 +343,7 @@ class TaskDef(Generic[P, R]):
         _check_against_definition(self, timeout, retries)
         changes: dict[str, Any] = {k: v for k, v in (("queue", queue), ("priority", priority), ("timeout", timeout),
                                      ("retries", retries), ("delay", delay), ("key", key),
-                                     ("requires", requires)) if v is not None}
+                                     ("requires", requires), ("retry_policy", retry_policy)) if v is not None}
         return TaskDef(self.fn, self.type, dataclasses.replace(self.options, **changes),
                        takes_payload=self.takes_payload)
 
@@ -450,6 +459,8 @@ def _check_options(type_: str, o: TaskOptions) -> None:
             raise ValueError(f"task {type_!r}: {exc}") from None
     if o.concurrency is not None and (type(o.concurrency) is not int or not 1 <= o.concurrency <= 1_000_000_000):
         raise ValueError(f"task {type_!r}: concurrency must be an int from 1 to 1000000000")
+    if o.retry_policy is not None and not isinstance(o.retry_policy, RetryPolicy):
+        raise ValueError(f"task {type_!r}: retry_policy must be a runq.RetryPolicy, not {o.retry_policy!r}")
 
 
 def _check_key_template(type_: str, template: str, params: list[inspect.Parameter]) -> None:
@@ -495,8 +506,11 @@ class Call(Generic[R]):
 
     def entry(self, *, queue: str | None = None, priority: int | None = None, delay: float | None = None,
               run_at: float | datetime | None = None, timeout: float | None = None, retries: int | None = None,
-              key: str | None = None, requires: dict[str, str] | None = None) -> dict[str, Any]:
-        """The wire entry of an ``enqueue`` request: the definition's options, changed by these.
+              key: str | None = None, requires: dict[str, str] | None = None,
+              retry_policy: RetryPolicy | None = None) -> dict[str, Any]:
+        """The wire entry of an ``enqueue`` request: the definition's options, changed by these. The definition's
+        ``retry_policy`` is not sent (its workers send it as the type's); ``retry_policy`` here is this task's own,
+        over the type's.
 
         Raises:
             ValueError: ``timeout`` above, or ``retries`` other than, what the definition sets (the worker
@@ -514,6 +528,8 @@ class Call(Generic[R]):
         req = requires if requires is not None else o.requires
         if req is not None:
             entry["requires"] = dict(req)
+        if retry_policy is not None:
+            entry["retry_policy"] = retry_policy.wire()
         if run_at is not None:
             entry["run_at"] = run_at.timestamp() if isinstance(run_at, datetime) else float(run_at)
         elif delay is not None or o.delay is not None:
@@ -676,14 +692,14 @@ def task(*, type: str | None = None, queue: str | None = None, priority: int | N
          timeout: float | None = None, retries: int | None = None, delay: float | None = None,
          key: str | Callable[..., str] | None = None, rate_limit: str | None = None,
          concurrency: int | None = None, schedule: Timing | Iterable[Timing] | None = None,
-         requires: dict[str, str] | None = None) -> _Decorator: ...
+         requires: dict[str, str] | None = None, retry_policy: RetryPolicy | None = None) -> _Decorator: ...
 
 
 def task(fn: Callable[..., Any] | None = None, /, *, type: str | None = None, queue: str | None = None,
          priority: int | None = None, timeout: float | None = None, retries: int | None = None,
          delay: float | None = None, key: str | Callable[..., str] | None = None, rate_limit: str | None = None,
          concurrency: int | None = None, schedule: Timing | Iterable[Timing] | None = None,
-         requires: dict[str, str] | None = None) -> Any:
+         requires: dict[str, str] | None = None, retry_policy: RetryPolicy | None = None) -> Any:
     """Define a task type from a function (``@task`` or ``@task(queue=..., retries=...)``).
 
     Args:
@@ -694,6 +710,7 @@ def task(fn: Callable[..., Any] | None = None, /, *, type: str | None = None, qu
         schedule: ``runq.Cron(...)`` or ``runq.Every(...)`` (or several): periodic runs of the task,
             registered when a worker that runs it connects (docs/schedules.md).
         requires: labels a worker must have to be given each task (``{"region": "eu"}``, docs/routing.md).
+        retry_policy: how failed tasks of the type are retried (``runq.RetryPolicy``, docs/tasks.md).
 
     Returns:
         A ``TaskDef``: ``.call(...)`` binds arguments for ``client.enqueue``, ``await .enqueue(...)``
@@ -704,7 +721,7 @@ def task(fn: Callable[..., Any] | None = None, /, *, type: str | None = None, qu
     """
     options = TaskOptions(queue=queue, priority=priority, timeout=timeout, retries=retries, delay=delay, key=key,
                           rate_limit=rate_limit, concurrency=concurrency,
-                          requires=dict(requires) if requires is not None else None)
+                          requires=dict(requires) if requires is not None else None, retry_policy=retry_policy)
 
     def deco(f: Callable[..., Any]) -> TaskDef[Any, Any]:
         if isinstance(f, TaskDef):

@@ -79,6 +79,7 @@ from .errors import (
 from .frames import DEFAULT_MAX_FRAME, DEFAULT_MAX_REPLY, Connection, reply_limit
 from .limits import parse_rate
 from .messages import check_labels
+from .retry_policy import RetryPolicy, error_type_names
 from .tasks import BadArguments, TaskDef, TaskOptions, tasks_in
 from .tracebacks import format_failure, loop_hint
 from .values import decode_value, encode_value
@@ -229,8 +230,8 @@ class Worker:
         self._loop_stalls: deque[tuple[float, float]] = deque(maxlen=32)
 
     # ------------------------------------------------------------------ registration
-    def task(self, type: str | None = None, *, timeout: float | None = None,
-             retries: int | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def task(self, type: str | None = None, *, timeout: float | None = None, retries: int | None = None,
+             retry_policy: RetryPolicy | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Register the decorated function as the handler of ``type`` (default: its name), taking the
         task's whole payload as its first argument (for typed tasks whose payload is a map of arguments,
         use ``runq.task`` and ``register``).
@@ -239,16 +240,18 @@ class Worker:
             timeout: seconds an attempt may run on this worker (the smaller of this
                 and the task's own timeout applies).
             retries: retries after a failure, overriding the task's own setting.
+            retry_policy: the type's retry policy (``runq.RetryPolicy``, docs/tasks.md), sent in the hello.
         """
 
         def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
-            self.register(type or fn.__name__, fn, timeout=timeout, retries=retries)
+            self.register(type or fn.__name__, fn, timeout=timeout, retries=retries, retry_policy=retry_policy)
             return fn
 
         return deco
 
     def register(self, type: str | TaskDef[Any, Any], fn: Callable[..., Any] | None = None, *,
-                 timeout: float | None = None, retries: int | None = None) -> None:
+                 timeout: float | None = None, retries: int | None = None,
+                 retry_policy: RetryPolicy | None = None) -> None:
         """Register a task definition (``register(send_email)``), or ``fn`` as the handler of the type name
         ``type``, taking the whole payload (``register("resize", resize)``).
 
@@ -259,7 +262,7 @@ class Worker:
                 another handler already has this type.
         """
         if isinstance(type, TaskDef):
-            if fn is not None or timeout is not None or retries is not None:
+            if fn is not None or timeout is not None or retries is not None or retry_policy is not None:
                 raise TypeError("register(task): its options are in its definition (task.with_options(...))")
             definition = type
         else:
@@ -267,7 +270,8 @@ class Worker:
                 raise TypeError("register(type, fn): the handler function is missing")
             if retries is not None and not 0 <= retries <= MAX_RETRIES:
                 raise ValueError(f"retries must be between 0 and {MAX_RETRIES}, got {retries}")
-            definition = TaskDef(fn, type, TaskOptions(timeout=timeout, retries=retries), takes_payload=True)
+            definition = TaskDef(fn, type, TaskOptions(timeout=timeout, retries=retries, retry_policy=retry_policy),
+                                 takes_payload=True)
         known = self.handlers.get(definition.type)
         if known is not None and known.fn is not definition.fn:
             raise ValueError(f"task type {definition.type!r} has a handler already ({known.fn!r})")
@@ -510,10 +514,12 @@ class Worker:
         out: dict[str, dict[str, Any]] = {}
         for type_, d in self.handlers.items():
             o = d.options
-            sets = {k: v for k, v in (("queue", o.queue), ("priority", o.priority), ("timeout", o.timeout),
+            sets: dict[str, Any] = {k: v for k, v in (("queue", o.queue), ("priority", o.priority), ("timeout", o.timeout),
                                       ("retries", o.retries), ("concurrency", o.concurrency)) if v is not None}
             if o.rate_limit is not None:  # (the type's limit: docs/limits.md, "From task definitions")
                 sets["rate"], sets["period"] = parse_rate(o.rate_limit)
+            if o.retry_policy is not None:  # (the type's layer of its tasks' retry policy: docs/tasks.md)
+                sets["retry_policy"] = o.retry_policy.wire()
             if sets:
                 out[type_] = sets
         return out
@@ -756,7 +762,10 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - whatever a handler raises fails that attempt, with its traceback
             error = format_failure(exc)
             hint = loop_hint(exc, self._backend) if handler.is_async else ""
-            self._report_fail(task, t0, error + hint + ("\n" if hint else ""), handler=handler)
+            # the server decides whether it is retried, by the task's retry policy (docs/tasks.md): it needs the
+            # exception's type names, its base classes included (a policy may name a base class)
+            self._report_fail(task, t0, error + hint + ("\n" if hint else ""), handler=handler,
+                              error_types=error_type_names(exc))
             return
         finally:
             if self._scopes.get(tid) is entry:  # (not cancelled, nor a newer lease of the same task)
@@ -801,9 +810,11 @@ class Worker:
 
     def _report_fail(self, task: dict[str, Any], t0: float, error: str, *, retry_in: float | None = None,
                      timed_out: bool = False, handler: TaskDef[Any, Any] | None = None,
-                     retries: int | None = None) -> None:
+                     retries: int | None = None, error_types: list[str] | None = None) -> None:
         self.failed += 1
         msg: dict[str, Any] = {"op": "fail", "id": task["id"], "lease": task["lease"], "error": error}
+        if error_types:
+            msg["error_types"] = error_types
         if retry_in is not None:
             msg["retry_in"] = retry_in
         if timed_out:

@@ -290,7 +290,18 @@ class LiveSource(Source):
     async def why(self, task_id: int) -> dict[str, Any] | None:
         return await self._call(lambda c: c.why(task_id))
 
+    async def dead_list(self, *, queue: str | None = None, type: str | None = None, error: str | None = None,
+                        since: float | None = None, until: float | None = None, limit: int = 100) -> TaskPage:
+        return await self._call(lambda c: c.dead_list(queue=queue, type=type, error=error, since=since, until=until,
+                                                      limit=limit))
+
     # ------------------------------------------------------------------ actions
+    async def dead_retry(self, **dead_filter: Any) -> dict[str, Any]:
+        return await self._call(lambda c: c.dead_retry(**dead_filter))
+
+    async def dead_delete(self, **dead_filter: Any) -> dict[str, Any]:
+        return await self._call(lambda c: c.dead_delete(**dead_filter))
+
     async def cancel(self, task_id: int) -> dict[str, Any]:
         return await self._call(lambda c: c.cancel(task_id))
 

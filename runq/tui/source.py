@@ -80,7 +80,28 @@ class Source(abc.ABC):
         None: nothing holds it, or the source cannot tell (a database file says nothing about live limits)."""
         return None
 
+    async def dead_list(self, *, queue: str | None = None, type: str | None = None, error: str | None = None,
+                        since: float | None = None, until: float | None = None, limit: int = 100) -> TaskPage:
+        """Dead tasks, newest first, by queue, type, error text (a substring, without case) and the time they died
+        (docs/dead-letters.md). This default reads one page of ``list_tasks`` (state dead) and filters it here
+        (a database file); a live source asks the server (``dead_list``)."""
+        tasks, cursor = await self.list_tasks(state="dead", queue=queue, type=type, limit=limit)
+        low = None if error is None else error.lower()
+        kept = [t for t in tasks
+                if (low is None or low in (t.get("error") or "").lower())
+                and (since is None or (t.get("finished_at") or 0.0) >= since)
+                and (until is None or (t.get("finished_at") or 0.0) < until)]
+        return kept, cursor
+
     # ------------------------------------------------------------------ actions
+    async def dead_retry(self, **dead_filter: Any) -> dict[str, Any]:
+        """Retry the dead tasks a filter selects (``Client.dead_retry``)."""
+        raise ReadOnly("this view is read-only")
+
+    async def dead_delete(self, **dead_filter: Any) -> dict[str, Any]:
+        """Delete the dead tasks a filter selects (``Client.dead_delete``)."""
+        raise ReadOnly("this view is read-only")
+
     async def cancel(self, task_id: int) -> dict[str, Any]:
         raise ReadOnly("this view is read-only")
 

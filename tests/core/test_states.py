@@ -65,6 +65,7 @@ EXPECTED = [
     ("cancelled", "retried", "ready"),
     ("failed", "retried", "ready"),
     ("scheduled", "retried", "ready"),
+    ("dead", "deleted", "cancelled"),
 ]
 
 
@@ -85,18 +86,20 @@ def test_the_precomputed_steps_are_the_table() -> None:
 
 
 def test_the_table_is_not_empty_and_only_holds_states_and_transitions() -> None:
-    assert len(TRANSITIONS) == 19
+    assert len(TRANSITIONS) == 20
     for (state, transition), nxt in TRANSITIONS.items():
         assert state is None or isinstance(state, State)
         assert isinstance(transition, Transition) and isinstance(nxt, State)
 
 
-def test_final_states_only_leave_by_retry() -> None:
+def test_final_states_only_leave_by_retry_or_a_dead_tasks_delete() -> None:
     assert FINAL_STATES == {State.SUCCEEDED, State.DEAD, State.CANCELLED}
     for final in FINAL_STATES:
         outgoing = {tr for (st, tr) in TRANSITIONS if st is final}
-        # a success is never re-run; dead and cancelled tasks can be retried by hand
-        assert outgoing == (set() if final is State.SUCCEEDED else {Transition.RETRY}), final
+        # a success is never re-run; dead and cancelled tasks can be retried by hand; a dead one deleted
+        expected = {State.SUCCEEDED: set(), State.CANCELLED: {Transition.RETRY},
+                    State.DEAD: {Transition.RETRY, Transition.DELETE}}[final]
+        assert outgoing == expected, final
         assert TRANSITIONS.get((final, Transition.RETRY), State.READY) is State.READY
 
 

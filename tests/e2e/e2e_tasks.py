@@ -18,7 +18,7 @@ from typing import Any
 
 import anyio
 
-from runq import TaskContext, Worker
+from runq import RetryPolicy, TaskContext, Worker
 
 worker = Worker(concurrency=4, grace=10.0)
 
@@ -75,3 +75,32 @@ async def loop_name(payload: Any, ctx: TaskContext) -> str:
     log("run", ctx)
     await asyncio.sleep(0.001)
     return type(asyncio.get_running_loop()).__name__
+
+
+class Permanent(ValueError):
+    """A failure that retrying cannot fix (the ``picky`` type's ``never_retry``)."""
+
+
+class Flaky(ConnectionError):
+    """A failure that may pass next time (the ``picky`` type's ``retry_on``)."""
+
+
+#: delays of the ``picky`` type's retries (docs/tasks.md, "Retry policies")
+PICKY_DELAYS = (0.6, 1.2)
+
+
+@worker.task("picky", retries=5, retry_policy=RetryPolicy(delays=PICKY_DELAYS, retry_on=[Flaky],
+                                                          never_retry=[Permanent]))
+async def picky(payload: str, ctx: TaskContext) -> str:
+    """Raise what ``payload`` names: ``permanent`` (never retried), ``flaky`` (retried on the declared delays),
+    ``other`` (a KeyError, in neither list: not retried); or succeed on attempt ``payload`` (``"3"``)."""
+    log("run", ctx)
+    if payload == "permanent":
+        raise Permanent("this input can never work")
+    if payload == "flaky":
+        raise Flaky("the service did not answer")
+    if payload == "other":
+        raise KeyError("missing")
+    if ctx.attempt < int(payload):
+        raise Flaky(f"not yet (attempt {ctx.attempt})")
+    return "ok"

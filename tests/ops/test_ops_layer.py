@@ -17,6 +17,7 @@ from runq.app.ops import (
     PERMISSIONS,
     BadRequest,
     BreakerSettings,
+    DeadQuery,
     Done,
     EventsQuery,
     Fail,
@@ -48,6 +49,9 @@ DOC_WORKER = {"credit", "heartbeat", "progress", "done", "fail", "release", "pin
 DOC_WATCHER = {"get", "wait", "events", "list", "queues", "workers", "subscribe", "ping", "stats", "types",
                "schedules"}
 DOC_WATCHER |= DOC_LIMIT_READS
+#: docs/protocol.md section 5.11, written out: the dead-letter ops (the listing is a watcher's too).
+DOC_CLIENT |= {"dead_list", "dead_retry", "dead_delete"}
+DOC_WATCHER |= {"dead_list"}
 
 
 def test_the_permission_table_gives_each_role_what_the_protocol_lists() -> None:
@@ -128,6 +132,9 @@ def _calls(ops: Any, ident: Identity, tid: int) -> dict[str, Callable[[], Any]]:
         "schedule_run": lambda: ops.run_schedule_now(ident, "s"),
         "schedules": lambda: ops.schedules(ident),
         "schedule_declare": lambda: ops.declare_schedules(ident, (ScheduleSpec("s", "t", every=60.0),)),
+        "dead_list": lambda: ops.dead_list(ident, DeadQuery()),
+        "dead_retry": lambda: ops.dead_retry(ident, DeadQuery()),
+        "dead_delete": lambda: ops.dead_delete(ident, DeadQuery()),
     }
 
 

@@ -148,7 +148,7 @@ def test_op_sets_per_role() -> None:
     assert CLIENT_OPS - WATCHER_OPS == {"enqueue", "cancel", "retry", "pause", "resume", "drain",
                                         "set_limit", "remove_limit", "set_breaker", "remove_breaker", "open_breaker",
                                         "close_breaker", "schedule_add", "schedule_remove", "schedule_pause",
-                                        "schedule_resume", "schedule_run"}
+                                        "schedule_resume", "schedule_run", "dead_retry", "dead_delete"}
     assert WORKER_OPS & CLIENT_OPS == {"ping"}
     assert "hello" not in CLIENT_OPS | WORKER_OPS | WATCHER_OPS
 

@@ -46,6 +46,7 @@ from store_helpers import (
 
 from runq.app.core import EventRecord, State, Task, TaskRecord
 from runq.app.core.model import TASK_COLUMNS
+from runq.app.core.records import DeadFilter
 from runq.app.store import (
     Batch,
     BreakerRecord,
@@ -372,6 +373,45 @@ class TestStoreContract:
         finally:
             s.close()
 
+    def test_a_tasks_retry_policy_is_written_and_loaded_back(self, open_store: OpenStore, path: Path) -> None:
+        s = open_store(path)
+        s.start()
+        new = task(1, retry_policy='{"delays":[5.0]}').new_row()
+        assert commit(s, Batch(new_rows=[new], rows=[row(2, retry_policy='{"retry_on":["X"]}'), row(3)])) is None
+        s.close()
+        s = open_store(path)  # a restart
+        try:
+            loaded = [TaskRecord(*r) for r in s.load()[0]]
+            assert [(r.id, r.retry_policy) for r in loaded] == [
+                (1, '{"delays":[5.0]}'), (2, '{"retry_on":["X"]}'), (3, None)]
+        finally:
+            s.close()
+
+    def test_dead_tasks_by_queue_type_error_text_and_time(self, store: Store) -> None:
+        dead = [row(1, "dead", queue="a", type="x", error="ValueError: bad 50% _off_", finished_at=T0 + 1),
+                row(2, "dead", queue="b", type="x", error="Traceback...\nKeyError: 'k'", finished_at=T0 + 2),
+                row(3, "dead", queue="a", type="y", error="valueerror again", finished_at=T0 + 3),
+                row(4, "succeeded", queue="a", type="x", error=None, finished_at=T0 + 4),
+                row(5, "cancelled", queue="a", type="x", error="ValueError", finished_at=T0 + 5),
+                row(6, "dead", queue="a", type="x", error=None, finished_at=T0 + 6)]
+        assert commit(store, Batch(rows=dead)) is None
+        F = DeadFilter
+
+        def ids(f: DeadFilter, limit: int = 100, **kw: Any) -> list[int]:
+            return [r.id for r in store.dead_tasks(f, limit, **kw)]
+
+        assert ids(F()) == [6, 3, 2, 1]  # newest first, dead only
+        assert ids(F(), oldest_first=True) == [1, 2, 3, 6]
+        assert ids(F(queue="a")) == [6, 3, 1] and ids(F(type="y")) == [3] and ids(F(queue="b", type="y")) == []
+        assert ids(F(error="VALUEERROR")) == [3, 1]  # a substring, without case
+        assert ids(F(error="keyerror: 'k'")) == [2]
+        assert ids(F(error="50% _")) == [1] and ids(F(error="5_%")) == []  # % and _ taken literally
+        assert ids(F(since=T0 + 2)) == [6, 3, 2] and ids(F(until=T0 + 3)) == [2, 1]
+        assert ids(F(since=T0 + 2, until=T0 + 3, queue="b")) == [2]
+        assert ids(F(), 2) == [6, 3] and ids(F(), 2, cursor=3) == [2, 1]  # pages
+        assert ids(F(), 2, oldest_first=True) == [1, 2]
+        assert store.dead_tasks(F(type="y"), 10) == [dead[2]]
+
     def test_next_id_counts_a_finished_newest_task(self, open_store: OpenStore, path: Path) -> None:
         s = open_store(path)
         s.write_now(Batch(rows=[row(3), row(9, "succeeded", finished_at=T0)]))
@@ -679,7 +719,7 @@ class TestStoreContract:
         assert members - called == set()
         assert {"leadership", "load", "load_requests", "load_schedules", "next_event_id", "load_limits", "write_now",
                 "start", "submit", "commit_here", "can_commit_inline", "close", "get_task", "events", "list_tasks",
-                "server_events", "check_writable", "stats"} == members  # (what the server and recovery call: base.py rule 1)
+                "server_events", "check_writable", "stats", "dead_tasks"} == members  # (what the server and recovery call: base.py rule 1)
 
 
 def commit_started(store: Store, batch: Batch) -> BaseException | None:

@@ -16,7 +16,8 @@ module                    concern
 ``timers.py``             the ONE timer heap of every deadline, entries ``(when, kind, key, ...)``, each kind's
                           check skipping its stale entries; delayed tasks (``scheduled`` until ``run_at``,
                           then promoted: timer kind ``DELAY``)
-``retries.py``            failed attempts: backoff with jitter, or dead once the retries are spent
+``retries.py``            failed attempts: retried after the delay of the task's retry policy (its own, its
+                          type's, the server's), or dead (retries spent, ``never_retry``, not ``retry_on``)
 ``leases.py``             workers and their leases: join, leave, silence (``SILENCE``), results and late
                           results, release, the server-side timeout (``BACKSTOP``)
 ``routing.py``            which connected workers handle which (queue, task type); ready tasks of a type no

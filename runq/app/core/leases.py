@@ -35,11 +35,12 @@ Rules of this file:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from .model import Task, WorkerInfo, WorkerState
 from .records import EventRecord
-from .retries import Retries
+from .retries import TIMEOUT_TYPE, Retries
 from .states import State, Transition
 from .timers import BACKSTOP, SILENCE
 
@@ -154,11 +155,14 @@ class Leases(Retries):
             self._finish(task, now)
 
     def fail(self, worker_id: str, task_id: Any, lease: Any, error: str, now: float,
-             retry_in: float | None = None, timed_out: bool = False, max_retries: int | None = None) -> None:
-        """The attempt of lease ``lease`` failed; retry after backoff (or ``retry_in``) or go dead.
+             retry_in: float | None = None, timed_out: bool = False, max_retries: int | None = None,
+             error_types: Sequence[str] = ()) -> None:
+        """The attempt of lease ``lease`` failed; retry after its policy's delay (or ``retry_in``) or go dead.
 
         Args:
             max_retries: the handler's own retry limit, replacing the task's.
+            error_types: the exception's type names, most derived first (retries.py rule 3); a timeout that
+                names none counts as ``TIMEOUT_TYPE``.
         """
         w = self.workers.get(worker_id)
         if w is not None:
@@ -172,7 +176,9 @@ class Leases(Retries):
         w.failed += 1
         if max_retries is not None:
             task.max_retries = max_retries
-        self._fail(task, error, now, worker_id, retry_in, "timeout" if timed_out else None)
+        if timed_out and not error_types:
+            error_types = (TIMEOUT_TYPE,)
+        self._fail(task, error, now, worker_id, retry_in, "timeout" if timed_out else None, error_types)
 
     def progress(self, worker_id: str, task_id: Any, lease: Any, value: bytes, now: float) -> None:
         """Store the latest progress value of a running task and tell subscribers."""
@@ -251,7 +257,7 @@ class Leases(Retries):
             self._send(holder.id, {"op": "cancel", "id": tid, "lease": lease})
             self._ended(holder, tid, now)
         self._fail(t, f"timeout: no result within {t.timeout}s (+{self.config.lease_timeout}s grace)", now, wid,
-                   None, "timeout (server)")
+                   None, "timeout (server)", (TIMEOUT_TYPE,))
 
     # ------------------------------------------------------------------ silence
     def _silence_check(self, entry: tuple[Any, ...]) -> float | None:

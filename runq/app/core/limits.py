@@ -232,10 +232,12 @@ class LimitEvent(NamedTuple):
     scope: str
     kind: str
     detail: str
+    #: who did it (an operator's bulk action on dead tasks: ``Core.audit``); None: the server itself
+    actor: str | None = None
 
     def record(self) -> ServerEventRecord:
-        """The event as the store keeps it (a ``server_events`` row, numbered by the store; no actor)."""
-        return ServerEventRecord(None, self.at, self.scope, self.kind, self.detail, None)
+        """The event as the store keeps it (a ``server_events`` row, numbered by the store)."""
+        return ServerEventRecord(None, self.at, self.scope, self.kind, self.detail, self.actor)
 
 
 class Waiting(NamedTuple):
@@ -614,7 +616,7 @@ class Limits(Routing):
         for type_, _ in breakers:
             br = self.breakers.get(type_)
             self._breaker_rows.append((type_, br.row() if br is not None else None))
-        self._limit_events[:0] = [LimitEvent(e.at, e.scope, e.kind, e.detail) for e in events]
+        self._limit_events[:0] = [LimitEvent(e.at, e.scope, e.kind, e.detail, e.actor) for e in events]
 
     def stored_limits(self) -> tuple[list[LimitRow], list[BreakerRow]]:
         """Every limit and breaker as stored rows (to write them all again, as after a failed commit)."""

@@ -19,7 +19,7 @@ effect buffers that the I/O layer collects with ``take_effects()``:
 
 ``Core`` is composed of one class per concern, each in its own module (the
 package docstring lists them); this module holds what clients ask directly
-(enqueue, get, cancel, retry), the clock's entry (``tick``) and the collection
+(enqueue, get, cancel, retry, delete_dead, and ``audit``: an operator's action as a server event), the clock's entry (``tick``) and the collection
 of effects. The server, the TCP frontend and the HTTP API call only ``Core``'s
 public methods.
 
@@ -54,11 +54,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from ...protocol.messages import TaskSpec
+from ...protocol.retry_policy import policy_text
 from ..errors import TaskMissing
 from .commits import A, CommitPolicy, Rollback, Settlement, Writes
 from .dispatch import Dispatch
 from .effects import ENQUEUE_STEP, Effects
-from .limits import Waiting
+from .limits import LimitEvent, Waiting
 from .model import CoreConfig, Task
 from .records import EventRecord
 from .recovery import Recovery
@@ -161,6 +162,7 @@ class Core(Dispatch, Recovery, Rollback, Schedules):
                 retries if retries is not None else cfg.default_retries,
                 0, spec.key, None, None, None, now, None, None, None,
                 None if spec.requires is None else requires_text(spec.requires),
+                None if spec.retry_policy is None else policy_text(spec.retry_policy),
             )
             tasks[tid] = task
             new.add(tid)
@@ -229,11 +231,12 @@ class Core(Dispatch, Recovery, Rollback, Schedules):
         self._finish(task, now)
         return task
 
-    def retry(self, task_id: int, now: float, task: Task | None = None) -> Task:
+    def retry(self, task_id: int, now: float, task: Task | None = None, detail: str = "manual retry") -> Task:
         """Bring a dead, cancelled or waiting-to-retry task back to ready now.
 
         Args:
             task: the task as read from the store, when it is no longer in memory.
+            detail: the ``retried`` event's detail.
 
         Raises:
             TaskMissing: unknown id and no ``task`` given.
@@ -264,9 +267,42 @@ class Core(Dispatch, Recovery, Rollback, Schedules):
             t.worker = None
             self.tasks[t.id] = t
             self.counts.setdefault(t.queue, Counter())[t.state.value] += 1  # undo _finish's discount
-        self._move(t, T.RETRY, now, detail="manual retry")
+        self._move(t, T.RETRY, now, detail=detail)
         self._make_ready(t)
         return t
+
+    def delete_dead(self, task_id: int, now: float, task: Task | None = None, detail: str = "deleted") -> Task:
+        """Delete a dead task from the dead-letter queue: the ``deleted`` step to ``cancelled`` (final, its timeline
+        kept: docs/dead-letters.md).
+
+        Args:
+            task: the task as read from the store, when it is no longer in memory.
+            detail: the ``deleted`` event's detail.
+
+        Raises:
+            TaskMissing: unknown id and no ``task`` given.
+            IllegalTransition: the task is not dead.
+        """
+        t = self.tasks.get(task_id) or self.finished.get(task_id) or task
+        if t is None:
+            raise TaskMissing(f"no task {task_id} in memory")
+        if (t.state, T.DELETE) not in TRANSITIONS:
+            raise IllegalTransition(t.state, T.DELETE)
+        counts = self.counts.setdefault(t.queue, Counter())
+        counts[t.state.value] += 1  # (a final task is not counted as live: _move's step leaves the counts so)
+        self._move(t, T.DELETE, now, detail=detail)
+        counts[t.state.value] -= 1
+        fin = self.finished
+        fin.pop(t.id, None)
+        fin[t.id] = t
+        if len(fin) > self.config.finished_cache:
+            fin.popitem(last=False)
+        return t
+
+    def audit(self, now: float, scope: str, kind: str, detail: str, actor: str | None) -> None:
+        """Record an operator's action that is no task's own event (a bulk retry or delete of dead tasks): a
+        server event with its ``actor``, written with the next commit (the same one as the tasks it changed)."""
+        self._limit_events.append(LimitEvent(now, scope, kind, detail, actor))
 
     # ------------------------------------------------------------------ commits
     def settle_commit(self, batch: Writes, acks: list[A], waiting: Sequence[A], error: BaseException | None,

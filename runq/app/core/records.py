@@ -5,7 +5,7 @@ Theory of operation
 What the core persists crosses to the store as named tuples: ``TaskRecord`` (a whole task),
 ``NewTaskRecord`` (a task as first written, the short insert), ``EventRecord`` (one line of a task's
 timeline), ``RequestRecord`` (enqueue answers by idempotency token), ``QueueRecord`` (a queue paused or
-resumed), ``LimitRecord`` and ``BreakerRecord`` (a rate limit or concurrency cap, a circuit breaker:
+resumed), ``DeadFilter`` (which dead tasks a dead-letter read takes: a query, not a row), ``LimitRecord`` and ``BreakerRecord`` (a rate limit or concurrency cap, a circuit breaker:
 runq/app/core/limits.py, which names them ``LimitRow`` and ``BreakerRow``) and ``ServerEventRecord`` (an
 event that belongs to no task: a limit set or removed, a breaker's change; the operators' audit log) and ``ScheduleRecord`` (a periodic task's schedule). Each field name is the name of the column that stores it, and the field order is the column order:
 ``TASK_COLUMNS`` and the other column tuples are the records' ``_fields``, the ONE definition that the core,
@@ -44,6 +44,7 @@ __all__ = [
     "SERVER_EVENT_COLUMNS",
     "TASK_COLUMNS",
     "BreakerRecord",
+    "DeadFilter",
     "EventRecord",
     "LimitKey",
     "LimitRecord",
@@ -88,6 +89,8 @@ class TaskRecord(NamedTuple):
     worker: str | None
     #: the labels a worker must have to be given it (docs/routing.md): compact JSON, sorted by name; None: any
     requires: str | None
+    #: its own retry policy, given at enqueue (docs/tasks.md): compact JSON (``policy_text``); None: its type's
+    retry_policy: str | None
 
 
 class NewTaskRecord(NamedTuple):
@@ -105,6 +108,7 @@ class NewTaskRecord(NamedTuple):
     key: str | None
     created_at: float
     requires: str | None
+    retry_policy: str | None
 
 
 class EventRecord(NamedTuple):
@@ -206,6 +210,24 @@ class ServerEventRecord(NamedTuple):
     actor: str | None = None
 
 
+class DeadFilter(NamedTuple):
+    """Which dead tasks a dead-letter operation reads (docs/dead-letters.md): each field None for any.
+
+    Attributes:
+        queue: only this queue.
+        type: only this task type.
+        error: only tasks whose error contains this text (ASCII letters compared without case).
+        since: only tasks dead at or after this unix time (their ``finished_at``).
+        until: only tasks dead before this unix time.
+    """
+
+    queue: str | None = None
+    type: str | None = None
+    error: str | None = None
+    since: float | None = None
+    until: float | None = None
+
+
 #: The key of a ``limits`` row: (scope kind, name, payload key), a ``LimitRecord``'s first three fields (the
 #: core's ``Scope``, limits.py, is one). The core's effects and the store's ``Batch`` carry limits as
 #: (key, record or None for a removal).
@@ -245,7 +267,7 @@ class ScheduleRecord(NamedTuple):
 #: million queued tasks 0.3 s (9%) slower, measured. Recovery unpacks it whole (mypy checks the count and the
 #: types); ``TaskRecord(*row)`` names one.
 TaskRow = tuple[int, str, str, bytes, int, str, float | None, float, int, int, str | None, bytes | None, str | None,
-                bytes | None, float, float | None, float | None, str | None, str | None]
+                bytes | None, float, float | None, float | None, str | None, str | None, str | None]
 
 #: A task as first written, as the core hands it to the store: a plain tuple of ``NewTaskRecord``'s fields, in
 #: their order and with their types (tests/core/test_records.py holds them equal). The second place where a row
@@ -253,7 +275,8 @@ TaskRow = tuple[int, str, str, bytes, int, str, float | None, float, int, int, s
 #: a ``NewTaskRecord`` per task made ``python -m bench.throughput --only enqueue_batch`` cost the server ~1 us
 #: more per task (8.9 against 7.9 us of CPU per task, 7 runs each alternated, 2026-11-30). ``NewTaskRecord(*row)``
 #: names one.
-NewTaskRow = tuple[int, str, str, bytes, int, str, float | None, float, int, str | None, float, str | None]
+NewTaskRow = tuple[int, str, str, bytes, int, str, float | None, float, int, str | None, float, str | None,
+                   str | None]
 
 #: Column order of a task row, as the store persists it.
 TASK_COLUMNS: tuple[str, ...] = TaskRecord._fields

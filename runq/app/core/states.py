@@ -18,6 +18,7 @@ step's stored names precomputed for the hot paths), so it is the whole of the ru
     running --recover--> ready (server restarted while it ran)
     any non-final --cancel--> cancelled
     dead | cancelled | failed | scheduled --retry--> ready (manual retry)
+    dead --delete--> cancelled (deleted from the dead-letter queue: docs/dead-letters.md)
 
 ``failed`` is passed through in the same step (the event log keeps it): a
 stored task is never left in it.
@@ -65,6 +66,7 @@ class Transition(str, enum.Enum):
     RECOVER = "recovered"
     CANCEL = "cancelled"
     RETRY = "retried"
+    DELETE = "deleted"
 
     def __str__(self) -> str:
         return self.value
@@ -95,6 +97,9 @@ TRANSITIONS: dict[tuple[State | None, Transition], State] = {
     (S.CANCELLED, T.RETRY): S.READY,
     (S.FAILED, T.RETRY): S.READY,
     (S.SCHEDULED, T.RETRY): S.READY,
+    # a dead task deleted from the dead-letter queue: final, out of that queue, its timeline kept (it is purged
+    # with the other finished tasks by the retention); not a state of its own (docs/dead-letters.md says why)
+    (S.DEAD, T.DELETE): S.CANCELLED,
 }
 
 

@@ -57,7 +57,7 @@ _MIN_INT = -(2**63)
 #: The fields of a task in a POST body (``payload``, as any JSON value; ``data`` is its alias, the seed's REST
 #: name: docs/http.md).
 SPEC_FIELDS = ("type", "payload", "data", "queue", "priority", "delay", "run_at", "timeout", "retries", "key",
-               "requires")
+               "requires", "retry_policy")
 #: The seed's REST names that the HTTP API accepts beside the canonical ones (canonical -> alias).
 ALIASES = {"payload": "data", "state": "status", "attempt": "attempts"}
 _SPEC_FIELD_SET = frozenset(SPEC_FIELDS)
@@ -142,6 +142,9 @@ def spec_from_json(obj: Any, where: str = "task") -> TaskSpec:
     nulls = sorted(k for k, v in obj.items() if v is None and k not in ("payload", "data"))
     if nulls:
         raise ApiError("bad_request", f"{where}: {nulls} must not be null (leave a field out for its default)")
+    rp = obj.get("retry_policy")
+    if isinstance(rp, dict) and any(v is None for v in rp.values()):
+        raise ApiError("bad_request", f"{where}: the fields of 'retry_policy' must not be null (leave one out)")
     d = {k: v for k, v in obj.items() if k not in ("payload", "data")}
     for v in d.values():
         _check(v)
@@ -240,7 +243,7 @@ def task_json(t: dict[str, Any]) -> dict[str, Any]:
         "error": t["error"], "progress": _value(t["progress"]), "attempt": t["attempt"], "attempts": t["attempt"],
         "max_retries": t["max_retries"], "timeout": t["timeout"], "key": t["key"], "worker": t["worker"],
         "created_at": t["created_at"], "run_at": t["run_at"], "started_at": t["started_at"],
-        "finished_at": t["finished_at"], "requires": t.get("requires"),
+        "finished_at": t["finished_at"], "requires": t.get("requires"), "retry_policy": t.get("retry_policy"),
     }
 
 

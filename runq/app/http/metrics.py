@@ -267,6 +267,16 @@ class RunqCollector:
         yield enq
         yield done
         yield failed
+        # the dead-letter queue's actions (docs/dead-letters.md), from the core's counts of steps per queue
+        by_hand = CounterMetricFamily("runq_tasks_retried_by_hand", "Tasks retried by hand since start (one by one or "
+                                      "from the dead-letter queue in bulk).", labels=["queue"])
+        deleted = CounterMetricFamily("runq_dead_tasks_deleted", "Dead tasks deleted from the dead-letter queue "
+                                      "since start.", labels=["queue"])
+        for name, c in sorted(core.totals.items()):
+            by_hand.add_metric([name], c["retried"])
+            deleted.add_metric([name], c["deleted"])
+        yield by_hand
+        yield deleted
 
         runs = HistogramMetricFamily("runq_task_run_seconds", "Processing time of finished attempts by task type.",
                                      labels=["type", "outcome"])

@@ -61,6 +61,29 @@ _TASK_SPEC_PROPS: dict[str, Any] = {
                  "additionalProperties": {"type": "string", "pattern": "^[A-Za-z0-9_.:/-]{1,64}$"},
                  "description": "labels a worker must have to be given it (names as the values: 1 to 64 of "
                                 "A-Z a-z 0-9 _ . - : /); docs/routing.md"},
+    "retry_policy": {
+        "type": "object", "additionalProperties": False,
+        "properties": {
+            "delays": {"type": "array", "minItems": 1, "maxItems": 100,
+                       "items": {"type": "number", "minimum": 0, "maximum": 10 * 365 * 86400,
+                                 "exclusiveMaximum": True},
+                       "description": "seconds before each retry, in order (the last one repeats)"},
+            "base": {"type": "number", "minimum": 0, "maximum": 10 * 365 * 86400, "exclusiveMaximum": True,
+                     "description": "seconds before the first retry, doubling per retry"},
+            "max": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": 10 * 365 * 86400,
+                    "exclusiveMaximum": True, "description": "the cap of a backoff delay (not below base)"},
+            "jitter": {"type": "number", "minimum": 0, "maximum": 1,
+                       "description": "the delay times a uniform factor in [1 - jitter, 1 + jitter]"},
+            "retry_on": {"type": "array", "maxItems": 64, "items": {"type": "string", "minLength": 1, "maxLength": 300},
+                         "description": "exception type names that are retried (empty: any)"},
+            "never_retry": {"type": "array", "maxItems": 64,
+                            "items": {"type": "string", "minLength": 1, "maxLength": 300},
+                            "description": "exception type names that go dead at once"},
+        },
+        "not": {"anyOf": [{"required": ["delays", "base"]}, {"required": ["delays", "max"]},
+                          {"required": ["delays", "jitter"]}]},
+        "description": "this task's retry policy, over its type's and the server's (docs/tasks.md); delays or "
+                       "base/max/jitter, not both"},
 }
 assert tuple(_TASK_SPEC_PROPS) == SPEC_FIELDS
 
@@ -75,6 +98,8 @@ _TASK_PROPS: dict[str, Any] = {
     "attempts": {"type": "integer", "minimum": 0, "description": "alias of `attempt` (the seed's REST name)"},
     "max_retries": _INT, "timeout": _NUM, "key": _NSTR, "worker": {**_NSTR, "description": "worker holding it"},
     "requires": {**_NSTR, "description": "the labels it requires, as compact JSON sorted by name; null: any worker"},
+    "retry_policy": {**_NSTR, "description": "its own retry policy, as compact JSON sorted by field; null: its "
+                                            "type's and the server's"},
     "created_at": _NUM, "run_at": _NNUM, "started_at": _NNUM, "finished_at": _NNUM,
 }
 
@@ -590,3 +615,52 @@ LIMIT_PATHS: dict[str, Any] = {
     },
 }
 SPEC["paths"].update(LIMIT_PATHS)
+
+_TIME_Q = {"type": "number", "minimum": -1e11, "maximum": 1e11}
+_DEAD_FILTER_PROPS: dict[str, Any] = {
+    "queue": {"type": "string", "minLength": 1, "maxLength": 200, "description": "only this queue"},
+    "type": {"type": "string", "minLength": 1, "maxLength": 200, "description": "only this task type"},
+    "error": {"type": "string", "minLength": 1, "maxLength": 1000,
+              "description": "only tasks whose error contains this text (ASCII letters without case)"},
+    "since": {**_TIME_Q, "exclusiveMinimum": True, "exclusiveMaximum": True,
+              "description": "only tasks dead at or after this unix time"},
+    "until": {**_TIME_Q, "exclusiveMinimum": True, "exclusiveMaximum": True,
+              "description": "only tasks dead before this unix time"},
+    "limit": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100,
+              "description": "at most this many tasks (the oldest matching ones)"},
+}
+SCHEMAS["DeadFilter"] = {**_obj(_DEAD_FILTER_PROPS, []),
+                         "description": "which dead tasks (every field optional; {} for any, at most limit)"}
+SCHEMAS["DeadAction"] = _obj({
+    "message": _STR, "ids": {"type": "array", "items": _INT, "description": "the tasks retried or deleted"},
+    "skipped": {"type": "array", "items": _INT,
+                "description": "matching tasks left as they were (retried meanwhile, or a unique key held)"},
+    "more": {"type": "boolean", "description": "more dead tasks matched than limit: call again for the next"}})
+#: The paths of http/dead.py.
+DEAD_PATHS: dict[str, Any] = {
+    "/api/dead": {
+        "get": _op("Dead tasks (the dead-letter queue), newest first", {200: ("a page", _ref("TaskPage"))}, (400,),
+                   tag="dead letters", params=[
+                       _query(name, schema, schema["description"]) for name, schema in _DEAD_FILTER_PROPS.items()
+                       if name != "limit"] + [
+                       _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+                              "page size"),
+                       _query("cursor", {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+                              "the cursor of the previous page")]),
+    },
+    "/api/dead/retry": {
+        "post": _op("Retry dead tasks in bulk (at most limit, the oldest first)",
+                    {200: ("retried, and committed", _ref("DeadAction"))}, (400, 503), tag="dead letters",
+                    body=_ref("DeadFilter"),
+                    description="Each task goes back to ready with a fresh set of retries and a `retried` event; "
+                                "one server event names the caller. One commit."),
+    },
+    "/api/dead/delete": {
+        "post": _op("Delete dead tasks in bulk (at most limit, the oldest first)",
+                    {200: ("deleted, and committed", _ref("DeadAction"))}, (400, 503), tag="dead letters",
+                    body=_ref("DeadFilter"),
+                    description="Each task takes the `deleted` step to `cancelled` (its timeline is kept; "
+                                "pruned with the other finished tasks); one server event names the caller."),
+    },
+}
+SPEC["paths"].update(DEAD_PATHS)

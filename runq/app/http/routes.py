@@ -31,6 +31,7 @@ from werkzeug.routing import BaseConverter
 from ...protocol.errors import RunqError
 from ..ops import Identity, ListQuery, Subscription, Unauthenticated, WaitRequest
 from ..ops.inputs import MAX_WAIT
+from .dead import DEAD_QUERY_PARAMS, add_dead_routes
 from .encoding import (
     IDS_RE,
     MAX_ID,
@@ -68,6 +69,7 @@ QUERY_PARAMS: dict[str, frozenset[str]] = {
     "events": frozenset({"queue", "type", "id"}),
     "ws": frozenset({"queue", "type", "id"}),
     **LIMIT_QUERY_PARAMS,
+    **DEAD_QUERY_PARAMS,
 }
 
 
@@ -275,6 +277,7 @@ def create_app(server: Server, meter: Meter, hub: StreamHub) -> QuartTrio:
 
     # ------------------------------------------------------------------ limits and breakers (limits.py)
     add_limit_routes(app, ops, _me)
+    add_dead_routes(app, ops, _me)
     # ------------------------------------------------------------------ periodic tasks (docs/schedules.md)
     @app.get("/api/schedules")
     async def schedules() -> Response:

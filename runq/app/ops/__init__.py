@@ -8,6 +8,7 @@ from .auth import NOT_MESSAGES, PERMISSIONS, ROLES, Identity, allowed_ops, authe
 from .errors import BadRequest, NotFound, NotPermitted, Unauthenticated
 from .inputs import (
     BreakerSettings,
+    DeadQuery,
     Done,
     EnqueueRequest,
     EventsQuery,
@@ -32,6 +33,7 @@ __all__ = [
     "VERSION",
     "BadRequest",
     "BreakerSettings",
+    "DeadQuery",
     "Done",
     "EnqueueRequest",
     "EventsQuery",

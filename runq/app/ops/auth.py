@@ -73,6 +73,10 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "schedule_resume": frozenset({_C}),
     "schedule_run": frozenset({_C}),
     "schedules": frozenset({_C, _V}),
+    # the dead-letter queue (docs/dead-letters.md): operators retry and delete in bulk, readers list
+    "dead_list": frozenset({_C, _V}),
+    "dead_retry": frozenset({_C}),
+    "dead_delete": frozenset({_C}),
     # a worker's hello ``schedules`` field (the schedules declared next to its tasks): not a message of its own
     "schedule_declare": frozenset({_W}),
 }

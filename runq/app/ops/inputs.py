@@ -16,7 +16,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from ...protocol.messages import MAX_CREDIT, MAX_NAME, MIN_EVERY, MISSED_POLICIES, ScheduleSpec, TaskSpec
+from ...protocol.messages import MAX_CREDIT, MAX_NAME, MAX_RUN_AT, MIN_EVERY, MISSED_POLICIES, ScheduleSpec, TaskSpec
+from ...protocol.retry_policy import MAX_ERROR_TYPES, MAX_TYPE_NAME
 from ..core import Schedule, State
 from ..core.breakers import MIN_SECONDS  # (the shortest period, window or cool-down: the core's rule)
 from ..core.requests import digest
@@ -33,6 +34,7 @@ __all__ = [
     "MIN_EVERY",
     "STATES",
     "BreakerSettings",
+    "DeadQuery",
     "Done",
     "EnqueueRequest",
     "EventsQuery",
@@ -46,6 +48,7 @@ __all__ = [
     "WaitRequest",
     "check_breaker",
     "check_credit",
+    "check_dead_query",
     "check_events_query",
     "check_fail",
     "check_limit",
@@ -203,6 +206,9 @@ class Fail(NamedTuple):
     timed_out: bool = False
     retries: int | None = None
     credit: int = 0
+    #: the exception's type names, most derived first (docs/protocol.md 6.5): what ``retry_on`` and
+    #: ``never_retry`` match
+    error_types: tuple[str, ...] = ()
 
 
 def check_credit(n: int, what: str = "credit: 'n'") -> int:
@@ -223,6 +229,10 @@ def check_fail(f: Fail) -> Fail:
         raise BadRequest("fail: 'retry_in' must be a number of seconds >= 0 and under ten years")
     if f.retries is not None and not 0 <= f.retries <= 1000:
         raise BadRequest("fail: 'retries' must be between 0 and 1000")
+    if f.error_types and (len(f.error_types) > MAX_ERROR_TYPES or not all(
+            type(n) is str and 0 < len(n) <= MAX_TYPE_NAME for n in f.error_types)):
+        raise BadRequest(f"fail: 'error_types' must be an array of at most {MAX_ERROR_TYPES} exception type names "
+                         f"of 1 to {MAX_TYPE_NAME} chars")
     return f
 
 
@@ -400,3 +410,45 @@ def check_schedule(spec: ScheduleSpec) -> Schedule:
         return s.check()
     except ScheduleError as exc:  # (cronsim's message, the zone, both or neither timing, the task's fields)
         raise BadRequest(str(exc)) from exc
+
+
+# ---------------------------------------------------------------------- dead letters (docs/dead-letters.md)
+#: a dead-letter call reads or changes at most this many tasks (a page; a bulk action's bound)
+DEAD_LIMIT = 1000
+#: the longest error text a filter looks for
+MAX_ERROR_FILTER = 1000
+
+
+class DeadQuery(NamedTuple):
+    """``dead_list``, ``dead_retry``, ``dead_delete``: which dead tasks (each filter None for any: ``queue``,
+    ``type``, ``error`` text, dead ``since`` / ``until`` unix times), at most ``limit`` of them, and for a listing
+    the ``cursor`` of the previous page."""
+
+    queue: str | None = None
+    type: str | None = None
+    error: str | None = None
+    since: float | None = None
+    until: float | None = None
+    limit: int = 100
+    cursor: int | None = None
+
+
+def check_dead_query(q: DeadQuery, op: str = "dead") -> DeadQuery:
+    """Raises: BadRequest for a limit outside 1..DEAD_LIMIT, a queue or type name no task could have, an empty or
+    over-long error text, a since or until that is not a finite time (as a task's ``run_at``), or a negative
+    cursor."""
+    if type(q.limit) is not int or not 1 <= q.limit <= DEAD_LIMIT:
+        raise BadRequest(f"{op}: 'limit' must be an integer from 1 to {DEAD_LIMIT}")
+    if q.queue is not None:
+        check_queue_name(q.queue)
+    if q.type is not None:
+        check_type_name(q.type, op)
+    if q.error is not None and not 0 < len(q.error) <= MAX_ERROR_FILTER:
+        raise BadRequest(f"{op}: 'error' (text the error contains) must have 1 to {MAX_ERROR_FILTER} characters")
+    for name in ("since", "until"):
+        v = getattr(q, name)
+        if v is not None and not (_num(v) and -MAX_RUN_AT < v < MAX_RUN_AT):
+            raise BadRequest(f"{op}: '{name}' must be a unix time in seconds, finite, strictly between -1e11 and 1e11")
+    if q.cursor is not None and q.cursor < 0:
+        raise BadRequest(f"{op}: 'cursor' must be a task id >= 0")
+    return q

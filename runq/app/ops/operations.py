@@ -36,10 +36,12 @@ from ...protocol.errors import ProtocolError
 from ...protocol.messages import MAX_CREDIT, MAX_SCHEDULES, Hello, ScheduleSpec, TaskSpec
 from ..core import TaskMissing
 from ..core.limits import BreakerStatus
+from ..core.records import DeadFilter
 from .auth import Identity, authenticate, authorize
 from .errors import BadRequest, NotFound
 from .inputs import (
     BreakerSettings,
+    DeadQuery,
     Done,
     EnqueueRequest,
     EventsQuery,
@@ -52,6 +54,7 @@ from .inputs import (
     WaitRequest,
     check_breaker,
     check_credit,
+    check_dead_query,
     check_events_query,
     check_fail,
     check_limit,
@@ -373,7 +376,7 @@ class Operations:
         now = srv.clock()
         core = srv.core
         core.fail(worker_id, f.id, f.lease, f.error, now, retry_in=f.retry_in, timed_out=f.timed_out,
-                  max_retries=f.retries)
+                  max_retries=f.retries, error_types=f.error_types)
         if f.credit:
             core.credit(worker_id, f.credit, now)
 
@@ -594,11 +597,58 @@ class Operations:
         authorize(identity, "schedules")
         return [s.as_dict() for s in self.server.core.schedules_list()]
 
+    # ------------------------------------------------------------------ dead letters (docs/dead-letters.md)
+    async def dead_list(self, identity: Identity, query: DeadQuery) -> tuple[list[dict[str, Any]], int | None]:
+        """A page of dead tasks that ``query`` lets through, newest first, and the cursor of the next page.
+
+        Raises:
+            BadRequest: a filter, limit or cursor out of range (``check_dead_query``).
+        """
+        authorize(identity, "dead_list")
+        q = check_dead_query(query, "dead_list")
+        return await self.server.dead_tasks(_dead_filter(q), q.limit, q.cursor)
+
+    async def dead_retry(self, identity: Identity, query: DeadQuery) -> dict[str, Any]:
+        """Retry at most ``query.limit`` of the dead tasks it lets through (the oldest first), each with its
+        ``retried`` event, and one server event naming the caller; return ``{"ids", "skipped", "more"}`` once
+        committed.
+
+        Raises:
+            BadRequest: a filter or limit out of range (a cursor is refused: a bulk action takes the oldest).
+            ProtocolError: ``shutting_down`` while the server stops.
+            StoreError: the commit failed.
+        """
+        authorize(identity, "dead_retry")
+        return await self._dead_action("retry", identity, query)
+
+    async def dead_delete(self, identity: Identity, query: DeadQuery) -> dict[str, Any]:
+        """Delete at most ``query.limit`` of the dead tasks it lets through (the oldest first): each takes the
+        ``deleted`` step to ``cancelled`` (its timeline kept), with one server event naming the caller; return
+        ``{"ids", "skipped", "more"}`` once committed.
+
+        Raises:
+            BadRequest, ProtocolError, StoreError: as ``dead_retry``.
+        """
+        authorize(identity, "dead_delete")
+        return await self._dead_action("delete", identity, query)
+
+    async def _dead_action(self, action: str, identity: Identity, query: DeadQuery) -> dict[str, Any]:
+        op = f"dead_{action}"
+        q = check_dead_query(query, op)
+        if q.cursor is not None:
+            raise BadRequest(f"{op}: no 'cursor' (it takes the oldest matching tasks; call again for more)")
+        srv = self._running()
+        return await srv.dead_action(action, _dead_filter(q), q.limit, identity.name)
+
     def _running(self) -> Server:
         srv = self.server
         if srv.stopping.is_set():
             raise ProtocolError("the server is stopping", "shutting_down")
         return srv
+
+
+def _dead_filter(q: DeadQuery) -> DeadFilter:
+    return DeadFilter(q.queue, q.type, q.error, q.since, q.until)
 
 
 def _reason(reason: str, identity: Identity) -> str:

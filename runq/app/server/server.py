@@ -51,6 +51,7 @@ from ...protocol.errors import ProtocolError
 from ...protocol.messages import TaskSpec
 from ..core import FINAL_STATES, Core, IllegalTransition, Requests, State, Task, TaskMissing, Transition, WorkerInfo
 from ..core.breakers import LimitError
+from ..core.records import DeadFilter
 from ..core.requests import Entry
 from ..ops import Operations
 from ..store import (
@@ -735,6 +736,52 @@ class Server:
         tasks = [self._fresh(r) for r in rows]
         return tasks, (tasks[-1]["id"] if len(tasks) == limit else None)
 
+    # ------------------------------------------------------------------ dead letters (docs/dead-letters.md)
+    async def dead_tasks(self, f: DeadFilter, limit: int, cursor: int | None) -> tuple[list[dict[str, Any]], int | None]:
+        """A page of the dead tasks ``f`` lets through, newest first, and the cursor of the next page (None: the
+        last). The arguments are checked by the caller (``Operations.dead_list``)."""
+        self.flush()
+        await self.wait_committed()
+        rows = await self._read(functools.partial(self._store.dead_tasks, f, limit, cursor))
+        tasks = [self._fresh(r) for r in rows]
+        return [t for t in tasks if t["state"] == "dead"], (rows[-1].id if len(rows) == limit else None)
+
+    async def dead_action(self, action: str, f: DeadFilter, limit: int, actor: str) -> dict[str, Any]:
+        """Retry (``action`` ``"retry"``) or delete (``"delete"``) at most ``limit`` of the dead tasks ``f`` lets
+        through, the oldest first, in one commit with their events and one server event naming ``actor``;
+        return once committed: ``{"ids": done, "skipped": [...], "more": bool}`` (``more``: more dead tasks
+        matched than ``limit``; a task skipped, retried meanwhile or its unique key held by a live task, stays).
+
+        Raises:
+            StoreError: the commit failed (the changes hold in memory and are written with the next commit).
+        """
+        self.flush()
+        await self.wait_committed()
+        rows = await self._read(functools.partial(self._store.dead_tasks, f, limit + 1, None, True))
+        more = len(rows) > limit
+        core, now = self.core, self.clock()
+        done: list[int] = []
+        skipped: list[int] = []
+        verb = "retried" if action == "retry" else "deleted"
+        detail = f"{verb} from the dead-letter queue by {actor}"
+        for r in rows[:limit]:
+            stored = None if r.id in core.tasks or r.id in core.finished else Task.from_row(r)
+            try:
+                if action == "retry":
+                    core.retry(r.id, now, stored, detail)
+                else:
+                    core.delete_dead(r.id, now, stored, detail)
+            except (IllegalTransition, TaskMissing):
+                skipped.append(r.id)
+                continue
+            done.append(r.id)
+        if done or skipped:
+            core.audit(now, "dead" + _filter_text(f), f"dead_{verb}",
+                       f"{len(done)} dead task(s) {verb}" + (f", {len(skipped)} skipped" if skipped else "")
+                       + (" (more remain)" if more else "") + f": ids {_ids_text(done)}", actor)
+            await self.committed_change()
+        return {"ids": done, "skipped": skipped, "more": more}
+
     def set_paused_nowait(self, queue: str, paused: bool, tell: Callable[[BaseException | None], None]) -> None:
         """Pause or resume ``queue``; ``tell(error)`` once that is committed."""
         (self.core.pause if paused else self.core.resume)(queue, self.clock())
@@ -850,3 +897,15 @@ class Server:
             "queues": self.queue_stats(),
         }
 
+
+def _filter_text(f: DeadFilter) -> str:
+    """A dead-letter filter for a server event's scope: ``[queue=mail,type=send]`` (empty: every dead task)."""
+    parts = [f"{k}={v!r}" if k == "error" else f"{k}={v}" for k, v in f._asdict().items() if v is not None]
+    return f"[{','.join(parts)}]" if parts else ""
+
+
+def _ids_text(ids: list[int]) -> str:
+    """Ids for a server event's detail: all of them up to 20, else the first and last 10 around a count."""
+    if len(ids) <= 20:
+        return ",".join(map(str, ids)) or "none"
+    return f"{','.join(map(str, ids[:10]))},...({len(ids) - 20} more)...,{','.join(map(str, ids[-10:]))}"

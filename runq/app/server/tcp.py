@@ -33,6 +33,7 @@ from ...protocol.errors import REQUEST_ERROR_CODES, ProtocolError, RunqError
 from ...protocol.frames import INVALID_OP
 from ...protocol.messages import (
     CLIENT_OPS,
+    DEAD_OPS,
     LIMIT_OPS,
     WORKER_OPS,
     is_int,
@@ -46,6 +47,7 @@ from ..core import IllegalTransition, TaskMissing
 from ..core.requests import digest
 from ..ops import (
     BreakerSettings,
+    DeadQuery,
     Done,
     EnqueueRequest,
     EventsQuery,
@@ -317,7 +319,8 @@ class TcpFrontend:
                 require(msg, "id", int), require(msg, "lease", int), require(msg, "error", str),
                 retry_in=float(retry_in) if retry_in is not None else None,
                 timed_out=optional(msg, "timeout", bool, False),
-                retries=optional(msg, "retries", int), credit=optional(msg, "credit", int, 0)))
+                retries=optional(msg, "retries", int), credit=optional(msg, "credit", int, 0),
+                error_types=tuple(optional(msg, "error_types", list, ()))))
         elif op == "progress":
             ops.progress(ident, wid, Progress(require(msg, "id", int), require(msg, "lease", int),
                                               require(msg, "value", bytes)))
@@ -400,7 +403,7 @@ class TcpFrontend:
             sess.send({"op": "schedules", "rid": rid, "schedules": ops.schedules(ident)})
         elif op in ("cancel", "retry", "events", "list") or op in _SCHEDULE_CHANGES:
             return False
-        elif op in LIMIT_OPS:
+        elif op in LIMIT_OPS or op in DEAD_OPS:
             return False  # (answered in _client_later: the changes once committed, the store read for events)
         else:
             raise ProtocolError(f"unknown op {op!r} for a {sess.role}", "unknown_op")
@@ -460,6 +463,29 @@ class TcpFrontend:
             sess.send({"op": "enqueued", "rid": rid, "ids": [tid], "created": [True]})
         elif op in LIMIT_OPS:
             sess.send(await self._limits_op(sess, op, msg))
+        elif op in DEAD_OPS:
+            sess.send(await self._dead_op(sess, op, msg))
+
+    async def _dead_op(self, sess: Session, op: str, msg: dict[str, Any]) -> dict[str, Any]:
+        """A dead-letter op (docs/protocol.md 5.11): decoded, called, its answer."""
+        ops = self.ops
+        ident = sess.identity
+        rid = msg.get("rid")
+        since, until = optional(msg, "since", (int, float)), optional(msg, "until", (int, float))
+        q = DeadQuery(optional(msg, "queue", str), optional(msg, "type", str), optional(msg, "error", str),
+                      None if since is None else float(since), None if until is None else float(until),
+                      optional(msg, "limit", int, 100), optional(msg, "cursor", int))
+        if op == "dead_list":
+            tasks, cursor = await ops.dead_list(ident, q)
+            room = sess.max_reply - _ENVELOPE - len(_packb(rid))
+            for k, task in enumerate(tasks):  # (a page is cut short where it would pass max_reply)
+                room -= len(_packb(task))
+                if room < 0 and k:
+                    tasks, cursor = tasks[:k], tasks[k - 1]["id"]
+                    break
+            return {"op": "tasks", "rid": rid, "tasks": tasks, "cursor": cursor}
+        call = ops.dead_retry if op == "dead_retry" else ops.dead_delete
+        return {"op": "dead", "rid": rid, **await call(ident, q)}
 
     async def _limits_op(self, sess: Session, op: str, msg: dict[str, Any]) -> dict[str, Any]:
         """A limits or breakers op (docs/protocol.md 5.4): decoded, called, its answer."""

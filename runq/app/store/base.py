@@ -35,6 +35,7 @@ from typing import Protocol
 
 from ..core.records import (
     BreakerRecord,
+    DeadFilter,
     EventRecord,
     LimitKey,
     LimitRecord,
@@ -214,6 +215,12 @@ class Store(Protocol):
     def list_tasks(self, state: str | None = None, queue: str | None = None, type: str | None = None,
                    limit: int = 100, cursor: int | None = None) -> list[TaskRecord]:
         """A page of tasks, newest first, filtered; ``cursor`` is the last id of the previous page."""
+        ...
+
+    def dead_tasks(self, f: DeadFilter, limit: int, cursor: int | None = None,
+                   oldest_first: bool = False) -> list[TaskRecord]:
+        """A page of dead tasks that ``f`` lets through, newest first (``cursor``: the last id of the previous
+        page), or the oldest first (docs/dead-letters.md)."""
         ...
 
     def server_events(self, since: int | None = None, limit: int = 100) -> list[ServerEventRecord]:

@@ -75,6 +75,7 @@ from ..core.records import (
     SERVER_EVENT_COLUMNS,
     TASK_COLUMNS,
     BreakerRecord,
+    DeadFilter,
     EventRecord,
     LimitRecord,
     RequestRecord,
@@ -505,6 +506,12 @@ class PostgresStore(GroupWriter):
                    limit: int = 100, cursor: int | None = None) -> list[TaskRecord]:
         """Return a page of tasks, newest first; ``cursor`` is the last id of the previous page."""
         sql, args = queries.task_list_query(state, queue, type, limit, cursor, mark="%s")
+        return list(map(make_task, self.reader.execute(sql, args)))
+
+    def dead_tasks(self, f: DeadFilter, limit: int, cursor: int | None = None,
+                   oldest_first: bool = False) -> list[TaskRecord]:
+        """A page of dead tasks that ``f`` lets through (``queries.dead_query``)."""
+        sql, args = queries.dead_query(f, limit, cursor, oldest_first, mark="%s")
         return list(map(make_task, self.reader.execute(sql, args)))
 
     def server_events(self, since: int | None = None, limit: int = 100) -> list[ServerEventRecord]:

@@ -26,11 +26,25 @@ from ..core.records import (
     LIMIT_COLUMNS,
     SERVER_EVENT_COLUMNS,
     TASK_COLUMNS,
+    DeadFilter,
     EventRecord,
 )
 
-__all__ = ["BREAKERS_SQL", "CREATED_AT_SQL", "EVENTS_SQL", "FIRST_EVENTS", "LIMITS_SQL", "PROBES", "TASK_BY_ID_SQL",
-           "TASK_COLUMNS_SQL", "needs_enqueued", "server_events_query", "task_list_query", "timeline"]
+__all__ = [
+    "BREAKERS_SQL",
+    "CREATED_AT_SQL",
+    "EVENTS_SQL",
+    "FIRST_EVENTS",
+    "LIMITS_SQL",
+    "PROBES",
+    "TASK_BY_ID_SQL",
+    "TASK_COLUMNS_SQL",
+    "dead_query",
+    "needs_enqueued",
+    "server_events_query",
+    "task_list_query",
+    "timeline",
+]
 
 #: the stored columns of a task, in ``TaskRecord`` order
 TASK_COLUMNS_SQL = ", ".join(TASK_COLUMNS)
@@ -82,6 +96,42 @@ def task_list_query(state: str | None = None, queue: str | None = None, type: st
     sql += f" ORDER BY id DESC LIMIT {mark}"
     args.append(limit)
     return sql, args
+
+
+def dead_query(f: DeadFilter, limit: int, cursor: int | None = None, oldest_first: bool = False,
+               mark: str = "?") -> tuple[str, list[Any]]:
+    """The SQL and arguments of a page of dead tasks (``TaskRecord``s) that ``f`` lets through (docs/dead-letters.md).
+
+    Args:
+        f: the filter (the error text is a substring, ASCII letters compared without case, ``%`` and ``_``
+            taken literally).
+        limit: at most this many tasks.
+        cursor: newest first only: the last id of the previous page.
+        oldest_first: by increasing id (the bulk operations take the oldest first), else newest first.
+        mark: the driver's placeholder.
+    """
+    where = [f"state = {mark}"]
+    args: list[Any] = ["dead"]
+    for col, val in (("queue", f.queue), ("type", f.type)):
+        if val is not None:
+            where.append(f"{col} = {mark}")
+            args.append(val)
+    if f.error is not None:
+        text = f.error.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        where.append(f"lower(error) LIKE {mark} ESCAPE '\\'")
+        args.append(f"%{text}%")
+    if f.since is not None:
+        where.append(f"finished_at >= {mark}")
+        args.append(f.since)
+    if f.until is not None:
+        where.append(f"finished_at < {mark}")
+        args.append(f.until)
+    if cursor is not None and not oldest_first:
+        where.append(f"id < {mark}")
+        args.append(cursor)
+    order = "ASC" if oldest_first else "DESC"
+    args.append(limit)
+    return f"SELECT {TASK_COLUMNS_SQL} FROM tasks WHERE {' AND '.join(where)} ORDER BY id {order} LIMIT {mark}", args
 
 
 def server_events_query(since: int | None = None, limit: int = 100, mark: str = "?") -> tuple[str, list[Any]]:

@@ -156,11 +156,16 @@ ALTER TABLE tasks ADD COLUMN requires TEXT;
 #: tasks by ``finished_at`` that its prune slices walk, and autovacuum per table). Nothing for SQLite: it has no
 #: dead tuples (the pages a prune frees are reused by the next inserts), and its prune stays one statement.
 _V8 = """
--- (nothing for SQLite: see the comment above)
+-- (nothing for SQLite: see the comment above)"""
+
+#: Version 9 (branch retry11): a task's own ``retry_policy`` given at enqueue (docs/tasks.md, "Retry policies"):
+#: compact JSON of its backoff, ``retry_on`` and ``never_retry``; NULL: its type's and the server's.
+_V9 = """
+ALTER TABLE tasks ADD COLUMN retry_policy TEXT;
 """
 
 #: MIGRATIONS[i] takes a database from version i to version i + 1.
-MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8]
+MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

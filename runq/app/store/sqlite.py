@@ -69,6 +69,7 @@ from ..core.records import (
     SERVER_EVENT_COLUMNS,
     TASK_COLUMNS,
     BreakerRecord,
+    DeadFilter,
     EventRecord,
     LimitKey,
     LimitRecord,
@@ -513,6 +514,12 @@ class SQLiteStore(GroupWriter):
                    limit: int = 100, cursor: int | None = None) -> list[TaskRecord]:
         """Return a page of tasks, newest first; ``cursor`` is the last id of the previous page."""
         sql, args = queries.task_list_query(state, queue, type, limit, cursor)
+        return list(map(make_task, self.reader.execute(sql, args)))
+
+    def dead_tasks(self, f: DeadFilter, limit: int, cursor: int | None = None,
+                   oldest_first: bool = False) -> list[TaskRecord]:
+        """A page of dead tasks that ``f`` lets through (``queries.dead_query``)."""
+        sql, args = queries.dead_query(f, limit, cursor, oldest_first)
         return list(map(make_task, self.reader.execute(sql, args)))
 
     def server_events(self, since: int | None = None, limit: int = 100) -> list[ServerEventRecord]:

@@ -263,6 +263,8 @@ class TaskDetailScreen(LoadingScreen):
         if self.why is not None and t["state"] in ("ready", "scheduled"):
             lines.append(f"\nwaiting: {self.why['reason']}", style="bold yellow")
             lines.append(f" ({self.why['detail']})", style="yellow")
+        if t.get("retry_policy"):  # (its own, given at enqueue: docs/tasks.md)
+            lines.append(f"\nretry policy {t['retry_policy']}", style="bright_black")
         if t.get("progress") is not None:
             lines.append(f"\nprogress {t['progress']!r}", style="cyan")
         if self.error:
