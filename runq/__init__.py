@@ -17,6 +17,7 @@ from .protocol.errors import (
     RunqError,
     TaskFailed,
     TaskNotFound,
+    TLSError,
     Unauthorized,
 )
 from .protocol.schedules import Cron, Every
@@ -42,6 +43,7 @@ __all__ = [
     "RunqError",
     "SyncClient",
     "SyncTaskHandle",
+    "TLSError",
     "TaskContext",
     "TaskDef",
     "TaskFailed",
