@@ -92,8 +92,8 @@ class NotRunqServer(ProtocolError):
                 what += f" ({first!r})"
         else:
             what = f"it answered with bytes that are not a runq frame: {self.answer[:16]!r}"
-        where = _TLS_HINT if self.looks_like == "tls" else _WHERE
-        super().__init__(f"{address} is not a runq server: {what}; {where}")
+        hint = f"; {_TLS_HINT}" if self.looks_like == "tls" else ""
+        super().__init__(f"{address} is not a runq server: {what}; {_WHERE}{hint}")
 
 
 _PEERS = {"http": "an HTTP server", "tls": "a TLS server", "ssh": "an SSH server"}
