@@ -133,6 +133,32 @@ async def test_client_under_asyncio_over_tls(tmp_path: Path, certs: Certs) -> No
 
 
 @pytest.mark.trio
+async def test_a_client_reconnects_over_tls(tmp_path: Path, certs: Certs, nursery: trio.Nursery) -> None:
+    """The server restarts on the same port: the client's next call connects again, with a new handshake."""
+    cfg: dict[str, Any] = {"db": str(tmp_path / "tls.db"), "tls_cert": certs.server, "tls_key": certs.server}
+    first = Server(ServerConfig(port=0, **cfg))
+    stopped = trio.Event()
+
+    async def serve_first(*, task_status: trio.TaskStatus[int]) -> None:
+        try:
+            await first.serve(task_status=task_status)
+        finally:
+            stopped.set()
+
+    with trio.fail_after(30):
+        port = await nursery.start(serve_first)
+        async with Client(f"127.0.0.1:{port}", tls=certs.ca, retry_for=20) as client:
+            tid = await client.enqueue("t", 1)
+            first.stopping.set()
+            await stopped.wait()
+            second = Server(ServerConfig(port=port, **cfg))  # (the same database and port)
+            await nursery.start(second.serve)
+            assert (await client.get(tid))["id"] == tid
+            assert client.connections == 2
+        second.stopping.set()
+
+
+@pytest.mark.trio
 @pytest.mark.parametrize("connect", CONNECTS, ids=IDS)
 async def test_a_certificate_from_another_ca_is_refused(tmp_path: Path, certs: Certs,
                                                         connect: Callable[[str, Any], Awaitable[None]]) -> None:
