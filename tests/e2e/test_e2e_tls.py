@@ -40,6 +40,9 @@ def test_tls_end_to_end(cluster: Cluster) -> None:
         tid = client.enqueue("compute", 20)
         task = client.wait(tid, timeout=20)
         assert (task["state"], task["result"]) == ("succeeded", 41)
+        # a supervisor hands the CA to its children (runq worker --processes)
+        cluster.start_worker("--processes", "2", "--tls-ca", certs.ca)
+        wait_until(lambda: len(client.workers()) == 3)
     # the HTTP API over HTTPS, verified with the same CA
     r = httpx.get(f"https://127.0.0.1:{port}/api/tasks/{tid}", verify=certs.context(), timeout=10)
     assert r.status_code == 200 and r.json()["state"] == "succeeded"
