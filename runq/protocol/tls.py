@@ -15,7 +15,7 @@ Rules of this file
    of the address connected to (a name, or an IP address in its subjectAltName). TLS 1.2 at least.
 3. The handshake is bounded by the caller's connect timeout, like the TCP connect and the hello.
 4. Every handshake failure is one ``TLSError`` line naming the address and the likely fix: a certificate
-   not trusted (which CA to give), or a peer that does not speak TLS (a runq server without
+   not trusted (which CA to give), a certificate for another host (which name to connect by), or a peer that does not speak TLS (a runq server without
    ``--tls-cert``). A runq server with TLS that receives a plain hello answers ``tls_required`` in plain
    text itself (docs/protocol.md section 1.1), which the plain client raises as a ``RemoteError``.
 5. Over TLS nothing writes to the raw socket (``is_tls``): the client's direct writes are for plain TCP.
@@ -42,6 +42,8 @@ __all__ = ["TLSOption", "client_context", "is_tls", "wrap_socket", "wrap_stream"
 TLSOption: TypeAlias = "bool | str | os.PathLike[str] | ssl.SSLContext | None"
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
+#: OpenSSL's verify codes for a certificate of another host: X509_V_ERR_HOSTNAME_MISMATCH, _EMAIL_, _IP_ADDRESS_
+_NAME_MISMATCH = frozenset({62, 63, 64})
 #: the end of the message for a peer that does not answer the handshake as a TLS server does
 _NOT_TLS = ("is it a runq server without TLS? Connect to it without TLS, or start it with --tls-cert and "
             "--tls-key")
@@ -114,6 +116,10 @@ def handshake_error(address: str, exc: BaseException) -> TLSError:
     cause: BaseException | None = exc
     while cause is not None and not isinstance(cause, ssl.SSLError):
         cause = cause.__cause__  # (anyio wraps what ssl raised in BrokenResourceError)
+    if isinstance(cause, ssl.SSLCertVerificationError) and cause.verify_code in _NAME_MISMATCH:
+        return TLSError(address, f"the server's TLS certificate is not valid for the host connected to "
+                                 f"({cause.verify_message}): connect by a name or address the certificate "
+                                 "names, or give the server a certificate for this one")
     if isinstance(cause, ssl.SSLCertVerificationError):
         return TLSError(address, f"the server's TLS certificate is not trusted ({cause.verify_message}): give "
                                  "the CA that signed it (tls='ca.pem', --tls-ca FILE or RUNQ_TLS_CA)")
