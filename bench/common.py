@@ -50,8 +50,8 @@ PG_URL: str | None = None
 
 
 def start_server(db: str, timeout: float = 120.0, on_spawn: Callable[[int], object] | None = None,
-                 port_file: str | None = None) -> tuple[subprocess.Popen[bytes], int, float]:
-    """Launch ``runq serve`` on ``db`` (port 0, synchronous NORMAL, 127.0.0.1).
+                 port_file: str | None = None, extra: Sequence[str] = ()) -> tuple[subprocess.Popen[bytes], int, float]:
+    """Launch ``runq serve`` on ``db`` (port 0, synchronous NORMAL, 127.0.0.1; ``extra``: more options).
 
     ``on_spawn(pid)`` runs right after the launch (to attach a profiler). Returns the process, its
     port and the perf_counter() time it was launched at.
@@ -62,7 +62,7 @@ def start_server(db: str, timeout: float = 120.0, on_spawn: Callable[[int], obje
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "runq.cli", "--log-level", "WARNING", "serve", "--db", db,
                              "--host", "127.0.0.1", "--port", "0", "--port-file", port_file,
-                             "--synchronous", "NORMAL"],
+                             "--synchronous", "NORMAL", *extra],
                             stdout=subprocess.DEVNULL, env=_env(), cwd=ROOT)
     if on_spawn is not None:
         on_spawn(proc.pid)
@@ -88,8 +88,9 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
 
 
 @contextmanager
-def server(db: str | None = None) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """A `runq serve` process on ``db``, or on a fresh database in a temporary folder (removed after).
+def server(db: str | None = None, extra: Sequence[str] = ()) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """A `runq serve` process on ``db``, or on a fresh database in a temporary folder (removed after);
+    ``extra``: more options of `runq serve`.
 
     Yields (process, "127.0.0.1:PORT").
     """
@@ -105,7 +106,7 @@ def server(db: str | None = None) -> Iterator[tuple[subprocess.Popen[bytes], str
     elif db is None:
         db = os.path.join(tmp, "bench.db")
     try:
-        proc, port, _ = start_server(db, port_file=os.path.join(tmp, "port"))
+        proc, port, _ = start_server(db, port_file=os.path.join(tmp, "port"), extra=extra)
         try:
             yield proc, f"127.0.0.1:{port}"
         finally:

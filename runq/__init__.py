@@ -17,6 +17,7 @@ from .protocol.errors import (
     RunqError,
     TaskFailed,
     TaskNotFound,
+    TLSError,
     Unauthorized,
 )
 from .protocol.retry_policy import RetryPolicy
@@ -44,6 +45,7 @@ __all__ = [
     "RunqError",
     "SyncClient",
     "SyncTaskHandle",
+    "TLSError",
     "TaskContext",
     "TaskDef",
     "TaskFailed",

@@ -12,7 +12,7 @@ with the stable ``code`` that the TCP protocol sends as is and the HTTP API maps
     |   +-- NotRunqServer           runq.protocol.errors        the SDK reached something that is not runq
     +-- RemoteError                 runq.protocol.errors        the SDK got an error frame
     |   +-- TaskNotFound, InvalidState, Unauthorized            (and HelloRefused in runq.protocol.worker)
-    +-- ConnectionClosed, TaskFailed, NoClient                  SDK side
+    +-- ConnectionClosed, TaskFailed, NoClient, TLSError        SDK side
     +-- IllegalTransition           here (core)                 a step the transition table forbids
     +-- TaskMissing                 here (core)                 no live or recently finished task has that id
     +-- ScheduleError               here (core)                 a schedule that cannot be kept (bad cron, zone, ...)

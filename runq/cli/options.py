@@ -2,7 +2,8 @@
 
 Theory of operation
 -------------------
-Global options (``--log-level``, ``--log-format``, ``--log-config``, ``--server``, ``--token``) are declared
+Global options (``--log-level``, ``--log-format``, ``--log-config``, ``--server``, ``--token``, ``--tls``,
+``--tls-ca``) are declared
 on the group AND on every command that uses them, so that they work before or after the command name
 (``runq --server h:7700 status 7`` and ``runq status 7 --server h:7700``). They are not passed to the
 command functions: their callbacks write them into one ``Settings`` object (``ctx.obj``). The group's
@@ -10,7 +11,7 @@ copy writes whatever it resolved (command line, environment, default); a command
 value typed on the command line, which therefore wins over the group's (the later on the line wins).
 
 Environment variables: every option reads one. The shared ones have fixed names (``RUNQ_SERVER``,
-``RUNQ_TOKEN``, ``RUNQ_DB``, ``RUNQ_HTTP_PORT``, ``RUNQ_LOG_LEVEL``, ``RUNQ_LOG_FORMAT``,
+``RUNQ_TOKEN``, ``RUNQ_TLS``, ``RUNQ_TLS_CA``, ``RUNQ_TLS_CERT``, ``RUNQ_TLS_KEY``, ``RUNQ_DB``, ``RUNQ_HTTP_PORT``, ``RUNQ_LOG_LEVEL``, ``RUNQ_LOG_FORMAT``,
 ``RUNQ_LOG_CONFIG``); every other option follows click's rule ``RUNQ_<COMMAND>_<OPTION>``
 (``RUNQ_WORKER_CONCURRENCY``) through ``auto_envvar_prefix``. ``--help`` shows each one.
 
@@ -52,6 +53,7 @@ __all__ = [
     "log_options",
     "option",
     "server_options",
+    "tls_options",
     "token_option",
 ]
 
@@ -81,6 +83,13 @@ class Settings:
     log_config: str | None = None
     server: str = DEFAULT_SERVER
     token: str | None = None
+    tls: bool = False
+    tls_ca: str | None = None
+
+    @property
+    def tls_option(self) -> bool | str:
+        """What the SDK's ``tls=`` gets from ``--tls`` and ``--tls-ca`` (a CA file turns TLS on)."""
+        return self.tls_ca or self.tls
 
 
 class CommandError(click.ClickException):
@@ -128,8 +137,18 @@ def token_option(help: str = "the server's shared secret") -> Callable[[F], F]:
     return _global("--token", envvar="RUNQ_TOKEN", default=None, help=help, show_default=False)
 
 
+def tls_options(f: F) -> F:
+    """``--tls`` and ``--tls-ca`` (global): how a client connects to a server with TLS (docs/tls.md)."""
+    f = _global("--tls-ca", envvar="RUNQ_TLS_CA", default=None, metavar="FILE",
+                type=click.Path(exists=True, dir_okay=False),
+                help="connect with TLS, verifying the server's certificate against this CA file (PEM)")(f)
+    return _global("--tls", envvar="RUNQ_TLS", is_flag=True, default=False,
+                   help="connect with TLS, verifying the server's certificate against the system's CAs")(f)
+
+
 def server_options(f: F) -> F:
-    """``--server``/``-s`` and ``--token`` (global: before or after the command)."""
+    """``--server``/``-s``, ``--token``, ``--tls`` and ``--tls-ca`` (global: before or after the command)."""
+    f = tls_options(f)
     f = token_option()(f)
     return _global("--server", "-s", envvar="RUNQ_SERVER", default=DEFAULT_SERVER, metavar="HOST:PORT",
                    help="the runq server's TCP address; several comma-separated are tried in order")(f)
@@ -149,7 +168,7 @@ def client(settings: Settings) -> Any:
     """A ``SyncClient`` on ``--server`` with ``--token``."""
     from ..protocol.sync_client import SyncClient
 
-    return SyncClient(settings.server, token=settings.token)
+    return SyncClient(settings.server, token=settings.token, tls=settings.tls_option)
 
 
 class RunqGroup(click.Group):

@@ -56,11 +56,15 @@ GC_THRESHOLDS = (50_000, 20, 10)
 @option("--max-subscribers", type=int, default=256,
         help="live event streams (TCP subscribe and HTTP) served at once")
 @option("--port-file", default=None, metavar="FILE", help="write the bound TCP port to this file once serving")
+@option("--tls-cert", envvar="RUNQ_TLS_CERT", default=None, metavar="FILE", type=click.Path(dir_okay=False),
+        help="serve TLS (TCP protocol and HTTP API) with this certificate (PEM, with its chain); needs --tls-key")
+@option("--tls-key", envvar="RUNQ_TLS_KEY", default=None, metavar="FILE", type=click.Path(dir_okay=False),
+        help="the private key of --tls-cert (PEM)")
 @log_options
 @click.pass_obj
 def serve(settings: Settings, db: str, host: str, port: int, http_port: int | None, synchronous: str,
           lease_timeout: float, backoff_base: float, backoff_max: float, jitter: float, retention: float,
-          max_subscribers: int, port_file: str | None) -> int:
+          max_subscribers: int, port_file: str | None, tls_cert: str | None, tls_key: str | None) -> int:
     """Run the server: the runq TCP protocol, the SQLite database and the HTTP API, in one process.
 
     SIGTERM or SIGINT stops it gracefully (what was acknowledged is committed).
@@ -75,6 +79,7 @@ def serve(settings: Settings, db: str, host: str, port: int, http_port: int | No
 
     cfg = ServerConfig(db=db, host=host, port=port, http_port=_http_port(http_port, port), token=settings.token,
                        synchronous=synchronous.upper(), retention=retention, max_subscribers=max_subscribers,
+                       tls_cert=tls_cert, tls_key=tls_key,
                        core=CoreConfig(lease_timeout=lease_timeout, backoff_base=backoff_base,
                                        backoff_max=backoff_max, jitter=jitter))
     server = Server(cfg)
@@ -95,8 +100,10 @@ def serve(settings: Settings, db: str, host: str, port: int, http_port: int | No
                     tmp = port_file + ".tmp"
                     await trio.Path(tmp).write_text(str(bound))
                     os.replace(tmp, port_file)
-                http = f", HTTP API on {_http_url(cfg.host, server.http_port)}" if server.http_port is not None else ""
-                print(f"runq serving on {cfg.host}:{bound}{http} (database {describe_db(cfg.db)})", file=sys.stderr, flush=True)
+                http = (f", HTTP API on {_http_url(cfg.host, server.http_port, server.tls is not None)}"
+                        if server.http_port is not None else "")
+                tls = " with TLS" if server.tls is not None else ""
+                print(f"runq serving on {cfg.host}:{bound}{tls}{http} (database {describe_db(cfg.db)})", file=sys.stderr, flush=True)
                 async for sig in sigs:
                     logging.getLogger("runq.server").info("signal %d: stopping", sig)
                     server.stopping.set()
@@ -121,8 +128,9 @@ def _http_port(http_port: int | None, port: int) -> int | None:
     return http_port or None
 
 
-def _http_url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+def _http_url(host: str, port: int, tls: bool = False) -> str:
+    scheme = "https" if tls else "http"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 def _port_clash(exc: BaseException, server: Server, token: str | None) -> str | None:
@@ -148,7 +156,7 @@ def _who_listens(host: str, port: int, token: str | None) -> str:
 
     near = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
     try:
-        with SyncClient(format_address(near, port), token=token, connect_timeout=1.0, retry_for=0):
+        with SyncClient(format_address(near, port), token=token, connect_timeout=1.0, retry_for=0, tls=False):
             return "another runq server runs there"
     except RemoteError:  # (a wrong token, a server shutting down...: it speaks runq all the same)
         return "another runq server runs there"

@@ -18,4 +18,4 @@ def tui(settings: Settings, db: str | None) -> int:
     """Open the terminal dashboard: follow a server live (--server), or a database file read-only (--db)."""
     from ..tui import run_tui
 
-    return run_tui(server=settings.server, token=settings.token, db=db)
+    return run_tui(server=settings.server, token=settings.token, db=db, tls=settings.tls_option)

@@ -169,7 +169,7 @@ def worker(settings: Settings, target: str, concurrency: int | None, queues: lis
     Exit status 3: it cannot start and starting it again would not help (its module does not import, the
     target is not a Worker, the server refused it or is not a runq server).
     """
-    from ..protocol.errors import NotRunqServer, Unauthorized
+    from ..protocol.errors import NotRunqServer, TLSError, Unauthorized
     from ..protocol.supervisor import EXIT_DRAINED, stop_with_parent
     from ..protocol.worker import HelloRefused
 
@@ -198,8 +198,8 @@ def worker(settings: Settings, target: str, concurrency: int | None, queues: lis
         w.labels = {**w.labels, **labels}
     stop_with_parent(w.stop)  # (under --processes/--reload: stop when the supervisor is gone)
     try:
-        w.run_sync(settings.server, token=settings.token, backend=backend)
-    except (Unauthorized, HelloRefused, NotRunqServer) as exc:
+        w.run_sync(settings.server, token=settings.token, backend=backend, tls=settings.tls_option)
+    except (Unauthorized, HelloRefused, NotRunqServer, TLSError) as exc:
         raise CommandError(str(exc), EXIT_CANNOT_START) from None
     return EXIT_DRAINED if w.drained else 0
 
@@ -219,6 +219,11 @@ def _supervise(settings: Settings, target: str, concurrency: int | None, queues:
     env = {k: v for k, v in os.environ.items() if k not in _SUPERVISOR_ENV}  # (a child is one worker)
     if settings.token is not None:
         env["RUNQ_TOKEN"] = settings.token  # (not on the command line, which `ps` shows)
+    env["RUNQ_TLS"] = "1" if settings.tls else "0"
+    if settings.tls_ca is not None:
+        env["RUNQ_TLS_CA"] = settings.tls_ca
+    else:
+        env.pop("RUNQ_TLS_CA", None)
     for flag, value in (("--concurrency", concurrency), ("--queues", ",".join(queues) if queues else None),
                         ("--grace", grace)):
         if value is not None:

@@ -12,6 +12,7 @@ from .errors import (
     RunqError,
     TaskFailed,
     TaskNotFound,
+    TLSError,
     Unauthorized,
 )
 from .frames import DEFAULT_MAX_FRAME, DEFAULT_MAX_REPLY, Connection, encode_frame
@@ -30,6 +31,7 @@ __all__ = [
     "ProtocolError",
     "RemoteError",
     "RunqError",
+    "TLSError",
     "TaskFailed",
     "TaskNotFound",
     "TaskSpec",

@@ -67,6 +67,7 @@ from .tasks import (
     schedule_specs_of,
     wait_timeout_message,
 )
+from .tls import TLSOption, client_context, is_tls, wrap_stream
 from .values import decode_task, encode_value
 
 if TYPE_CHECKING:
@@ -108,6 +109,8 @@ def _direct_writer(stream: anyio.abc.ByteStream) -> Callable[[bytes], bytes] | N
     the sender is not writing and no frame is half-written (``_partial``): a non-blocking ``send`` is then
     in order.
     """
+    if is_tls(stream):
+        return None  # (the raw socket carries TLS records: only the TLS stream writes to it)
     transport = getattr(stream, "_transport", None)  # (anyio's asyncio SocketStream; not a public attribute)
     asyncio = sys.modules.get("asyncio")  # (imported when running asyncio; not imported here for nothing)
     if asyncio is not None and isinstance(transport, asyncio.WriteTransport):
@@ -232,11 +235,17 @@ class Client:
         max_frame: the largest frame body this client reads (default: the server's ``max_reply``, from its
             ``welcome``, which every frame it sends respects; 64 MiB + 64 KiB until then): an answer larger than that
             fails its call with ``FrameTooLarge`` (docs/clients.md).
+        tls: TLS to the server (docs/tls.md): ``True`` (verified against the system's CAs), a CA file, an
+            ``ssl.SSLContext``, ``False`` (plain TCP), or ``None`` for ``RUNQ_TLS_CA`` / ``RUNQ_TLS`` (default:
+            plain TCP). The server's certificate and host name are verified.
+
+    Raises:
+        TLSError: ``tls`` names a CA file that cannot be read.
     """
 
     def __init__(self, address: str | Sequence[str] | None = None, *, token: str | None = None,
                  role: str = "client", connect_timeout: float = 10.0, retry_for: float = 30.0,
-                 backoff: Backoff | None = None, max_frame: int | None = None) -> None:
+                 backoff: Backoff | None = None, max_frame: int | None = None, tls: TLSOption = None) -> None:
         #: the largest frame body this client reads: the caller's ``max_frame``, else the server's ``max_reply``
         self.max_frame = max_frame if max_frame is not None else DEFAULT_MAX_REPLY
         self._max_frame_cap = max_frame
@@ -244,6 +253,8 @@ class Client:
         self.address = format_address(*self.addresses[0])  # the one connected to (or tried first)
         self.host, self.port = self.addresses[0]
         self.token = server_token(token)
+        #: the TLS settings of the connections (None: plain TCP)
+        self.tls = client_context(tls)
         self.role = role
         self.connect_timeout = connect_timeout
         self.retry_for = retry_for
@@ -289,7 +300,8 @@ class Client:
 
         Raises:
             OSError, TimeoutError: no address could be reached (the error names it).
-            RemoteError: a server refused the hello (``unauthorized``, ``version``, ...).
+            RemoteError: a server refused the hello (``unauthorized``, ``version``, ``tls_required``, ...).
+            TLSError: the TLS handshake failed (the server's certificate is not trusted, it speaks no TLS).
         """
         stream, conn = await self._open()
         self._event = _native_event()
@@ -326,7 +338,9 @@ class Client:
 
     async def _open_one(self, host: str, port: int) -> tuple[anyio.abc.ByteStream, Connection]:
         with anyio.fail_after(self.connect_timeout):
-            stream = await anyio.connect_tcp(host, port)
+            stream: anyio.abc.ByteStream = await anyio.connect_tcp(host, port)
+            if self.tls is not None:
+                stream = await wrap_stream(stream, self.tls, host, format_address(host, port))
         try:
             conn = Connection(self.max_frame)
             await stream.send(conn.send(hello_message(self.role, self.token)))

@@ -19,6 +19,7 @@ __all__ = [
     "ProtocolError",
     "RemoteError",
     "RunqError",
+    "TLSError",
     "TaskFailed",
     "TaskNotFound",
     "Unauthorized",
@@ -91,13 +92,37 @@ class NotRunqServer(ProtocolError):
                 what += f" ({first!r})"
         else:
             what = f"it answered with bytes that are not a runq frame: {self.answer[:16]!r}"
-        super().__init__(f"{address} is not a runq server: {what}; {_WHERE}")
+        hint = f"; {_TLS_HINT}" if self.looks_like == "tls" else ""
+        super().__init__(f"{address} is not a runq server: {what}; {_WHERE}{hint}")
 
 
 _PEERS = {"http": "an HTTP server", "tls": "a TLS server", "ssh": "an SSH server"}
 #: the end of NotRunqServer's message: where the runq port is
 _WHERE = ("the runq TCP port is the one `runq serve --port` listens on (7700 by default), the HTTP API "
           "has its own (--http-port, 7701 by default)")
+
+
+#: the end of NotRunqServer's message for a TLS server (a runq server with TLS answers a plain hello itself)
+_TLS_HINT = "if it is a runq server with TLS, connect with TLS (tls=True or a CA file; --tls or --tls-ca FILE)"
+
+
+class TLSError(RunqError):
+    """TLS between this client and the server failed: the server's certificate is not trusted (another
+    CA, a host name it is not valid for), the server does not speak TLS (a runq server without
+    ``--tls-cert``), or a CA file cannot be read.
+
+    Raised by ``Client``, ``SyncClient`` and ``Worker`` when they connect (runq/protocol/tls.py); never sent on
+    the wire. Its message is one line naming the address and what to do.
+
+    Attributes:
+        address: the ``HOST:PORT`` connected to (empty for a CA file that cannot be read).
+    """
+
+    code = "tls_error"
+
+    def __init__(self, address: str, message: str) -> None:
+        self.address = address
+        super().__init__(f"{address}: {message}" if address else message)
 
 
 def looks_like(answer: bytes) -> str | None:
@@ -163,6 +188,7 @@ ERROR_CODES: dict[str, str] = {
     "hello_timeout": "no hello arrived within the deadline",
     "version": "no protocol version in common",
     "unauthorized": "missing or wrong token",
+    "tls_required": "the server speaks TLS only and the peer sent its hello in plain text",
     "not_found": "no such task (for drain: no such connected worker)",
     "invalid_state": "the operation is not legal in the task's current state",
     "bad_request": "a well-formed request with an invalid value",

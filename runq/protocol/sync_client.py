@@ -63,6 +63,7 @@ from .frames import DEFAULT_MAX_FRAME, DEFAULT_MAX_REPLY, Connection, reply_limi
 from .limits import breaker_message, limit_message
 from .retry_policy import RetryPolicy
 from .tasks import Call, SyncTaskHandle, no_worker_hint, schedule_spec, schedule_specs_of, wait_timeout_message
+from .tls import TLSOption, client_context, wrap_socket
 from .values import decode_task
 
 __all__ = ["SyncClient"]
@@ -105,18 +106,26 @@ class SyncClient:
             ``welcome``, which every frame it sends respects; 64 MiB + 64 KiB until then): an answer larger than that
             fails its call with ``FrameTooLarge`` (docs/clients.md).
         sleep, clock: how to wait and what time it is (injected by tests; ``time.sleep``, ``time.monotonic``).
+        tls: TLS to the server, as ``Client``'s (docs/tls.md): ``True``, a CA file, an ``ssl.SSLContext``,
+            ``False``, or ``None`` for ``RUNQ_TLS_CA`` / ``RUNQ_TLS`` (default: plain TCP).
+
+    Raises:
+        TLSError: the TLS handshake failed, or ``tls`` names a CA file that cannot be read.
     """
 
     def __init__(self, address: str | Sequence[str] | None = None, *, token: str | None = None,
                  role: str = "client", connect_timeout: float = 10.0, retry_for: float = 30.0,
                  backoff: Backoff | None = None, max_frame: int | None = None,
-                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
+                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
+                 tls: TLSOption = None) -> None:
         #: the largest frame body this client reads: the caller's ``max_frame``, else the server's ``max_reply``
         self.max_frame = max_frame if max_frame is not None else DEFAULT_MAX_REPLY
         self._max_frame_cap = max_frame
         self.addresses = server_addresses(address)
         self.address = format_address(*self.addresses[0])
         self.token = server_token(token)
+        #: the TLS settings of the connections (None: plain TCP)
+        self.tls = client_context(tls)
         self.role = role
         self.connect_timeout = connect_timeout
         self.retry_for = retry_for
@@ -196,6 +205,8 @@ class SyncClient:
         sock = socket.create_connection((host, port), timeout=self.connect_timeout)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small requests go out at once
+            if self.tls is not None:  # (the handshake within the connect timeout, as the hello)
+                sock = wrap_socket(sock, self.tls, host, format_address(host, port))
             conn = Connection(self.max_frame)
             sock.sendall(conn.send(hello_message(self.role, self.token)))
             answer = b""  # the peer's first bytes: what it is, when it is not a runq server

@@ -54,6 +54,7 @@ import math
 import os
 import signal
 import socket
+import ssl
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -72,6 +73,7 @@ from .errors import (
     ProtocolError,
     RemoteError,
     RunqError,
+    TLSError,
     Unauthorized,
     error_for_code,
     looks_like,
@@ -81,6 +83,7 @@ from .limits import parse_rate
 from .messages import check_labels
 from .retry_policy import RetryPolicy, error_type_names
 from .tasks import BadArguments, TaskDef, TaskOptions, tasks_in
+from .tls import TLSOption, client_context, wrap_stream
 from .tracebacks import format_failure, loop_hint
 from .values import decode_value, encode_value
 
@@ -91,7 +94,8 @@ __all__ = ["BACKENDS", "Backoff", "HelloRefused", "Retry", "TaskContext", "Worke
 BACKENDS = ("asyncio", "trio")
 
 #: Answers to a worker's hello that trying again cannot change (its hello itself is wrong).
-_REFUSED_FOR_GOOD = frozenset({"bad_message", "bad_frame", "version", "unknown_op", "hello_required"})
+_REFUSED_FOR_GOOD = frozenset({"bad_message", "bad_frame", "version", "unknown_op", "hello_required",
+                               "tls_required"})
 
 
 class HelloRefused(RemoteError):
@@ -228,6 +232,7 @@ class Worker:
         self._now: Callable[[], float] = anyio.current_time  # the loop's clock (anyio's deadlines), set by run()
         self._loop_seen = 0.0
         self._loop_stalls: deque[tuple[float, float]] = deque(maxlen=32)
+        self._tls: ssl.SSLContext | None = None  # (set by run: its tls argument)
 
     # ------------------------------------------------------------------ registration
     def task(self, type: str | None = None, *, timeout: float | None = None, retries: int | None = None,
@@ -304,7 +309,7 @@ class Worker:
                     pass
 
     def run_sync(self, address: str | Sequence[str] | None = None, *, token: str | None = None,
-                 backend: str = "asyncio", handle_signals: bool = True) -> None:
+                 backend: str = "asyncio", handle_signals: bool = True, tls: TLSOption = None) -> None:
         """Run until stopped (blocking): ``run`` under ``anyio.run`` with ``backend``.
 
         Args:
@@ -313,14 +318,16 @@ class Worker:
             backend: the event loop async handlers run on: ``"asyncio"`` (the default: asyncio libraries
                 work in handlers) or ``"trio"`` (for handlers written with trio).
             handle_signals: stop gracefully on SIGINT and SIGTERM.
+            tls: see ``run``.
         """
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
-        anyio.run(functools.partial(self.run, address, token=token, handle_signals=handle_signals), backend=backend)
+        anyio.run(functools.partial(self.run, address, token=token, handle_signals=handle_signals, tls=tls),
+                  backend=backend)
 
     async def run(self, address: str | Sequence[str] | None = None, *, token: str | None = None,
                   handle_signals: bool = False, max_backoff: float = 5.0,
-                  backoff: Backoff | None = None) -> None:
+                  backoff: Backoff | None = None, tls: TLSOption = None) -> None:
         """Join a server and work until stopped; reconnect with backoff.
 
         Args:
@@ -330,16 +337,21 @@ class Worker:
             handle_signals: stop gracefully on SIGINT and SIGTERM.
             max_backoff: the longest wait between two rounds of connection attempts.
             backoff: the reconnection delays (default: ``Backoff(0.05, max_backoff)``).
+            tls: TLS to the server, as ``Client``'s (docs/tls.md): ``True``, a CA file, an ``ssl.SSLContext``,
+                ``False``, or ``None`` for ``RUNQ_TLS_CA`` / ``RUNQ_TLS`` (default: plain TCP).
 
         Raises:
             Unauthorized: the server refused the token (not retried).
             HelloRefused: the server refused the hello itself (not retried).
             NotRunqServer: before any session worked, the address answered like another program (an HTTP
                 server...); after one, this is logged and retried like a lost connection.
+            TLSError: as ``NotRunqServer``: the TLS handshake failed (a certificate not trusted, a server
+                without TLS), or ``tls`` names a CA file that cannot be read.
             ValueError: a malformed address.
         """
         addresses = server_addresses(address)
         token = server_token(token)
+        self._tls = client_context(tls)
         delays = backoff if backoff is not None else Backoff(min(0.05, max_backoff), max_backoff)
         self._stop_ev = anyio.Event()
         # a thread for every runner (anyio's default limiter, shared, holds 40: with a higher concurrency, sync
@@ -368,7 +380,7 @@ class Worker:
                         break
                     except (OSError, ConnectionClosed, ProtocolError, RunqError, anyio.EndOfStream,
                             anyio.BrokenResourceError) as exc:
-                        if isinstance(exc, NotRunqServer) and self.sessions == 0:
+                        if isinstance(exc, (NotRunqServer, TLSError)) and self.sessions == 0:
                             fatal = exc  # pointed at another program (the HTTP port?) from the start
                             break
                         if self._stop.is_set():
@@ -429,7 +441,11 @@ class Worker:
 
     async def _session(self, addresses: list[tuple[str, int]], token: str | None) -> None:
         conn = Connection(DEFAULT_MAX_REPLY)  # (the server's own bound, from its welcome, once it is read)
+        stream: anyio.abc.ByteStream
         stream, host, port = await self._connect(addresses)
+        if self._tls is not None:
+            with anyio.fail_after(10):  # (as the hello)
+                stream = await wrap_stream(stream, self._tls, host, format_address(host, port))
         async with stream:
             hello = hello_message("worker", token) | {
                 "queues": self.queues, "concurrency": self.concurrency, "name": self.name,

@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 from ..protocol.calls import Backoff
 from ..protocol.client import Client, EventStream
 from ..protocol.errors import RemoteError, RunqError
+from ..protocol.tls import TLSOption, client_context
 from .model import Bar, DashboardState
 from .source import NotConnected, Source, TaskPage
 
@@ -52,12 +53,17 @@ class LiveSource(Source):
     Args:
         address: ``HOST:PORT`` of the server's TCP protocol.
         token: shared secret (default: ``RUNQ_TOKEN``).
+        tls: TLS to the server, as ``Client``'s (default: ``RUNQ_TLS_CA`` / ``RUNQ_TLS``; docs/tls.md).
+
+    Raises:
+        TLSError: ``tls`` names a CA file that cannot be read.
     """
 
     def __init__(self, address: str, *, token: str | None = None,
-                 max_bars: int = 20_000) -> None:
+                 max_bars: int = 20_000, tls: TLSOption = None) -> None:
         self.address = address
         self.token = token
+        self.tls = client_context(tls)  # (read once: every client of this source connects the same way)
         self.description = address
         self.state = DashboardState(max_bars=max_bars)
         self.state.server = address
@@ -105,7 +111,7 @@ class LiveSource(Source):
         up on; a lost connection is the client's to restore (``_sessions``)."""
         while not self._closing:
             client = Client(self.address, token=self.token, connect_timeout=CONNECT_SECONDS, retry_for=math.inf,
-                            backoff=self.backoff)
+                            backoff=self.backoff, tls=self.tls or False)
             try:
                 await client.connect()
                 reason = await self._sessions(client)

@@ -146,7 +146,7 @@ def _environment_table() -> dict[tuple[str, str], str]:
     return out
 
 
-GLOBAL = {"--server", "--token", "--log-level", "--log-format", "--log-config"}
+GLOBAL = {"--server", "--token", "--tls", "--tls-ca", "--log-level", "--log-format", "--log-config"}
 
 
 def test_docs_name_the_environment_variable_of_every_option() -> None:
@@ -173,4 +173,5 @@ def test_docs_name_the_environment_variable_of_every_option() -> None:
     assert documented == actual
     commands = set(cli.commands)
     assert accepted == {"--log-level": commands, "--log-format": commands, "--log-config": commands,
-                        "--server": commands - {"serve", "demo", "migrate"}, "--token": commands - {"demo", "migrate"}}
+                        "--server": commands - {"serve", "demo", "migrate"}, "--token": commands - {"demo", "migrate"},
+                        "--tls": commands - {"serve", "demo", "migrate"}, "--tls-ca": commands - {"serve", "demo", "migrate"}}

@@ -85,6 +85,8 @@ class Cluster:
         self.env["RUNQ_LOG_LEVEL"] = "INFO"  # the process logs are printed when a test fails
         self.env.pop("RUNQ_TOKEN", None)
         self.env.pop("RUNQ_SERVER", None)
+        self.env.pop("RUNQ_TLS", None)
+        self.env.pop("RUNQ_TLS_CA", None)
         self.procs: list[Proc] = []
         self.server: Proc | None = None
         self.port = 0

@@ -272,7 +272,7 @@ async def test_subscribers_beyond_the_limit_are_told_busy(nursery: trio.Nursery,
 
 
 def test_non_loopback_requires_a_token(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="requires a token"):
+    with pytest.raises(ConfigError, match="requires authentication: set a shared token"):
         Server(ServerConfig(db=str(tmp_path / "x.db"), host="0.0.0.0"))
     Server(ServerConfig(db=str(tmp_path / "x.db"), host="0.0.0.0", token="s3cret"))  # allowed, not started
 

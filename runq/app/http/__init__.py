@@ -35,14 +35,20 @@ log = logging.getLogger("runq.http")
 GRACEFUL_TIMEOUT = 2.0
 
 
-def hypercorn_config(host: str, port: int) -> Config:
-    """Hypercorn settings for the API on ``host:port`` (no access log; its error log is ``runq.http``)."""
+def hypercorn_config(host: str, port: int, tls_cert: str | None = None, tls_key: str | None = None,
+                     handshake_timeout: float = 5.0) -> Config:
+    """Hypercorn settings for the API on ``host:port`` (no access log; its error log is ``runq.http``); with
+    ``tls_cert`` and ``tls_key``, HTTPS only, each TLS handshake bounded by ``handshake_timeout`` seconds."""
     config = Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
     config.errorlog = log  # Hypercorn's own lines follow runq's logging setup
     config.graceful_timeout = GRACEFUL_TIMEOUT
     config.keep_alive_timeout = 75.0
+    if tls_cert is not None and tls_key is not None:  # (ServerConfig.tls_context checked the files before binding)
+        config.certfile = tls_cert
+        config.keyfile = tls_key
+        config.ssl_handshake_timeout = handshake_timeout  # (Hypercorn's 60 s: a silent peer held a slot that long)
     return config
 
 
@@ -86,7 +92,8 @@ async def serve_http(server: Server, *, task_status: trio.TaskStatus[int] = trio
     meter = Meter(server)
     hub = StreamHub(server)
     app = create_app(server, meter, hub)
-    config = hypercorn_config(server.config.host, port)
+    cfg = server.config
+    config = hypercorn_config(cfg.host, port, cfg.tls_cert, cfg.tls_key, cfg.hello_timeout)
 
     async def stopping() -> None:
         await server.stopping.wait()

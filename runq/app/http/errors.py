@@ -33,6 +33,7 @@ STATUS: dict[str, int] = {
     "hello_timeout": 408,
     "version": 400,
     "unauthorized": 401,
+    "tls_required": 400,
     "not_found": 404,
     "invalid_state": 409,
     "bad_request": 400,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import ssl
 import time
 from dataclasses import dataclass, field
 
@@ -40,13 +41,15 @@ class ServerConfig:
 
     Attributes:
         db: SQLite file path.
-        host: address to listen on (TCP protocol and HTTP); anything but loopback requires ``token``.
+        host: address to listen on (TCP protocol and HTTP); anything but loopback requires ``token`` (checked
+            by ``check``, before anything is bound).
         port: TCP protocol port (0 picks a free one).
         http_port: HTTP API port (0 picks a free one; None: no HTTP API).
         token: shared secret every client and worker must present (HTTP: a Bearer token).
         synchronous: ``NORMAL`` or ``FULL``.
         max_frame: largest accepted frame body, bytes.
-        hello_timeout: seconds a new connection has to send hello.
+        hello_timeout: seconds a new connection has to send hello; with TLS, also the seconds it has to
+            complete the TLS handshake (TCP protocol and HTTP API), before that.
         retention: seconds finished tasks are kept before pruning.
         prune_interval: seconds between prune passes.
         subscriber_backlog: bytes (TCP) or events (HTTP streams) queued for a live-event subscriber
@@ -59,6 +62,9 @@ class ServerConfig:
             the clients' ``retry_for``.
         inline_commit: with synchronous=NORMAL, commit a small batch in the trio thread when the writer
             thread is idle (two thread wake-ups fewer per lone request; server.py says more).
+        tls_cert: a PEM file holding the server's TLS certificate (and the chain up to the CA): the TCP
+            protocol and the HTTP API then speak TLS only (docs/tls.md). Requires ``tls_key``.
+        tls_key: the PEM file of the certificate's private key (unencrypted; it may be ``tls_cert`` itself).
         core: rules of the queue (leases, retries, backoff).
     """
 
@@ -76,6 +82,8 @@ class ServerConfig:
     max_subscribers: int = 256
     idempotency_window: float = 300.0
     inline_commit: bool = True
+    tls_cert: str | None = None
+    tls_key: str | None = None
     core: CoreConfig = field(default_factory=CoreConfig)
 
     @property
@@ -92,7 +100,31 @@ class ServerConfig:
         if self.max_subscribers < 0:
             raise ConfigError(f"max_subscribers must be 0 or more, not {self.max_subscribers}")
         if not is_loopback(self.host) and not self.token:
-            raise ConfigError(f"listening on {self.host} (not loopback) requires a token (--token or RUNQ_TOKEN)")
+            # (authentication before anything is reachable from another machine; TLS alone authenticates no one)
+            raise ConfigError(f"listening on {self.host} (beyond loopback) requires authentication: set a shared "
+                              "token with --token SECRET or RUNQ_TOKEN (clients and workers then send the same "
+                              "one), or listen on 127.0.0.1 (docs/security.md)")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("TLS needs both a certificate and its key: --tls-cert FILE and --tls-key FILE "
+                              "(RUNQ_TLS_CERT, RUNQ_TLS_KEY)")
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The server's TLS settings from ``tls_cert`` and ``tls_key`` (None: no TLS); TLS 1.2 at least.
+
+        Raises:
+            ConfigError: a file that cannot be read, or a key that does not match the certificate.
+        """
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            ctx.load_cert_chain(self.tls_cert, self.tls_key)
+        except (OSError, ValueError) as exc:  # (ssl.SSLError is an OSError: not PEM, a key of another certificate)
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ConfigError(f"cannot load the TLS certificate {self.tls_cert!r} with the key {self.tls_key!r}: "
+                              f"{why}") from None
+        return ctx
 
 
 def is_loopback(host: str) -> bool:

@@ -159,6 +159,8 @@ class Server:
                  store_factory: Callable[[str, str, Notify], Store] = open_store) -> None:
         config.check()
         self.config = config
+        #: the TLS settings of the TCP port (None: plain TCP); the HTTP API loads the same files itself
+        self.tls = config.tls_context()
         self._open_store = store_factory
         self._clock_arg = clock
         self.clock: Callable[[], float] = clock or time.time

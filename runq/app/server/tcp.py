@@ -61,6 +61,7 @@ from ..ops import (
     check_token,
 )
 from .session import Session
+from .tls import accept_tls
 
 if TYPE_CHECKING:
     from ...protocol.messages import TaskSpec
@@ -87,6 +88,8 @@ _INT64_MAX = 2**63 - 1
 #: bytes of a reply besides its list and its rid (op, cursor, omitted, the headers), with room to spare
 _ENVELOPE = 256
 _packb = msgpack.Packer(use_bin_type=True).pack
+#: The first bytes of a TLS handshake record (a hello frame begins with 0x00: its length is small).
+_TLS_RECORD = b"\x16\x03"
 
 
 class TcpFrontend:
@@ -104,6 +107,17 @@ class TcpFrontend:
             peer = f"{host}:{port}"
         except OSError:
             peer = "?"
+        tls = srv.tls
+        if tls is not None:  # (the handshake first, bounded: tls.py)
+            secure = await accept_tls(stream, tls, self.config.hello_timeout, peer)
+            if secure is None:
+                return
+            await self._serve(secure, peer)
+        else:
+            await self._serve(stream, peer)
+
+    async def _serve(self, stream: trio.abc.Stream, peer: str) -> None:
+        srv = self.server
         sess = Session(stream, peer, self.config.max_frame, srv.outbox, self.config.subscriber_backlog,
                        self.config.max_reply)
         srv.sessions.add(sess)
@@ -145,6 +159,9 @@ class TcpFrontend:
         with trio.move_on_after(self.config.hello_timeout):
             while hello is None:
                 data = await stream.receive_some(65536)
+                if data[:2] == _TLS_RECORD and not conn.buffered:  # (a TLS ClientHello: say so, not a frame size)
+                    raise ProtocolError("the peer began a TLS handshake: this server speaks no TLS (runq serve "
+                                        "--tls-cert FILE --tls-key FILE for TLS)", "bad_frame")
                 conn.receive_data(data)
                 hello = conn.next_message()
                 if hello is None and conn.eof:
