@@ -106,6 +106,7 @@ __all__ = [
     "Scope",
     "Waiting",
     "payload_key",
+    "task_key",
 ]
 
 READY, SCHEDULED = State.READY, State.SCHEDULED
@@ -387,6 +388,14 @@ def payload_key(payload: bytes | None, path: str) -> str | None:
     return str(v)
 
 
+def task_key(t: Task, path: str) -> str | None:
+    """The key value of task ``t`` for a per-key limit on the payload field ``path``: its ``limit_key`` when it
+    was given one at enqueue (the same for every per-key limit it is subject to: docs/limits.md), else the
+    payload's field (``payload_key``)."""
+    k = t.limit_key
+    return k if k is not None else payload_key(t.payload, path)
+
+
 class Limits(Routing):
     """Rate limits, concurrency caps and circuit breakers (see the module docstring)."""
 
@@ -654,7 +663,7 @@ class Limits(Routing):
             if not b.admits(now):
                 return self._reason(b, t, now)
         for lim in r.keyed:
-            v = payload_key(t.payload, lim.scope.key)
+            v = task_key(t, lim.scope.key)
             b2 = self._keyed.get(lim.scope, {}).get(v) if v is not None else None
             if b2 is not None and not b2.admits(now):
                 return self._reason(b2, t, now)
@@ -707,7 +716,7 @@ class Limits(Routing):
         if keyed:
             found = list(buckets)
             for lim in keyed:
-                v = payload_key(t.payload, lim.scope.key)
+                v = task_key(t, lim.scope.key)
                 if v is None:
                     continue
                 b = self._keyed_bucket(lim, v, now)
@@ -731,7 +740,7 @@ class Limits(Routing):
             r = self._rules.get((t.queue, t.type)) or self._rules_for(t.queue, t.type)
             found = list(r.fixed)
             for lim in r.keyed:
-                v = payload_key(t.payload, lim.scope.key)
+                v = task_key(t, lim.scope.key)
                 if v is not None:
                     found.append(self._keyed_bucket(lim, v, now))
             buckets, caps, br = tuple(found), tuple(b for b in found if b.cap is not None), r.breaker
@@ -907,7 +916,7 @@ class Limits(Routing):
                 if (t.queue if s.kind == "queue" else t.type) != s.name:
                     continue
                 if s.key:
-                    v = payload_key(t.payload, s.key)
+                    v = task_key(t, s.key)
                     if v is None:
                         continue
                     b = self._keyed_bucket(lim, v, _NEVER)

@@ -159,8 +159,14 @@ _V7 = """
 ALTER TABLE tasks ADD COLUMN requires TEXT;
 """
 
+#: Version 8 (branch batch11): a task's ``coalesce_key`` and ``limit_key`` (schema.py's step 8).
+_V8_BATCH11 = """
+ALTER TABLE tasks ADD COLUMN coalesce_key TEXT;
+ALTER TABLE tasks ADD COLUMN limit_key TEXT;
+"""
+
 #: PG_MIGRATIONS[i] takes a database from version i to version i + 1 (schema.MIGRATIONS[i] for SQLite).
-PG_MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5, _V6, _V7]
+PG_MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8_BATCH11]
 
 _I, _T, _F, _B = "bigint", "text", "double precision", "bytea"
 #: the type of each column written with ``unnest`` arrays (postgres.py), by table
@@ -168,7 +174,7 @@ PG_TYPES: dict[str, dict[str, str]] = {
     "tasks": {"id": _I, "queue": _T, "type": _T, "payload": _B, "priority": _I, "state": _T, "run_at": _F,
               "timeout": _F, "max_retries": _I, "attempt": _I, "key": _T, "result": _B, "error": _T,
               "progress": _B, "created_at": _F, "started_at": _F, "finished_at": _F, "worker": _T,
-              "requires": _T},
+              "requires": _T, "coalesce_key": _T, "limit_key": _T},
     "events": {"id": _I, "task_id": _I, "at": _F, "kind": _T, "state": _T, "worker": _T, "attempt": _I,
                "detail": _T},
     "requests": {"id": _I, "client_id": _T, "seq": _I, "at": _F, "answer": _T, "seqs": _I, "digests": _B},
