@@ -1291,8 +1291,8 @@ def test_task_types_of_the_connected_workers() -> None:
     join(core, "w2", queues=("default", "mail"), types=("add",))
     join(core, "w3")  # announced none
     assert core.task_types() == [
-        {"type": "add", "workers": 2, "queues": ["default", "mail"]},
-        {"type": "send_email", "workers": 1, "queues": ["mail"]},
+        {"type": "add", "workers": 2, "queues": ["default", "mail"], "batch": None, "requires": None},
+        {"type": "send_email", "workers": 1, "queues": ["mail"], "batch": None, "requires": None},
     ]
     assert core.workers["w1"].as_dict()["types"] == ["send_email", "add"]
     core.worker_left("w1", T0)

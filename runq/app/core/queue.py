@@ -312,8 +312,15 @@ class Core(Dispatch, Recovery, Rollback, Schedules):
     # ------------------------------------------------------------------ reading
     def task_types(self) -> list[dict[str, Any]]:
         """The task types the connected workers handle: per type (by name), how many workers and which
-        queues they take tasks from."""
-        return task_types(self.workers)
+        queues they take tasks from; its batch (``max_size``, ``max_wait``: batching.py) or None, and the
+        labels its definition requires or None."""
+        out = task_types(self.workers)
+        for d in out:
+            b = self.batching.get(d["type"])
+            d["batch"] = None if b is None else {"max_size": b[0], "max_wait": b[1]}
+            o = self.type_options.get(d["type"])
+            d["requires"] = None if o is None or not o.requires else dict(o.requires)
+        return out
 
     def why_waiting(self, task_id: int, now: float) -> Waiting | None:
         """Why a task does not run yet: a rate limit, a concurrency cap or an open circuit breaker holding it
