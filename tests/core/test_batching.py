@@ -336,3 +336,12 @@ def test_a_definitions_requires_applies_to_tasks_enqueued_by_name() -> None:
     assert h.type_options["render"].requires == {"gpu": "1"}
     with pytest.raises(ProtocolError):
         parse_hello({"op": "hello", "version": 1, "role": "worker", "type_options": {"render": {"requires": {"g": ""}}}})
+
+
+def test_a_batch_of_one_goes_at_once() -> None:
+    core = make()
+    core.worker_joined("w", T0, types=("t",), type_options={"t": TypeOptions(batch_size=1, batch_wait=5.0)})
+    core.credit("w", 10, T0)
+    a = add(core, 2)
+    fs = frames(core, "w")
+    assert ids(fs) == a and fs[0][0][1] != fs[0][1][1]

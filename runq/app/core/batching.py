@@ -121,6 +121,7 @@ class Batching(Limits):
         c.tasks.append(t)
         if len(c.tasks) >= size:
             self._release(key)
+            return q.peek() is t  # (the first of its own batch: it goes now, as a released task)
         return False
 
     def _release(self, key: tuple[str, str], batch: bool = True) -> None:
