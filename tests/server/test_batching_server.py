@@ -71,3 +71,47 @@ async def test_coalescing_limit_key_and_definition_requires_over_tcp(server: Ser
             assert (await c.get(by_name))["requires"] == '{"gpu":"1"}'
             assert (await c.wait(by_name, timeout=10))["result"] == "drawn"
             gpu.stop()
+
+
+gate: list[trio.Event] = []
+
+
+@runq.task(type="moody", batch=runq.Batch(max_size=3, max_wait=0.1), retries=1)
+async def moody(items: list[BatchItem]) -> Any:
+    kinds = {i.payload for i in items}
+    if "wait" in kinds:
+        await gate[0].wait()
+    if "raise" in kinds and items[0].attempt == 1:
+        raise RuntimeError("the whole batch fails")
+    if "short" in kinds:
+        return [1, 2, 3, 4]  # more results than tasks (at most 3): every task fails
+    return [runq.Retry(0.01) if i.payload == "again" and i.attempt == 1 else i.attempt for i in items]
+
+
+@pytest.mark.trio
+async def test_a_batched_handler_that_raises_retries_asks_and_answers_badly(server: Server,
+                                                                             nursery: trio.Nursery) -> None:
+    gate[:] = [trio.Event()]
+    w = Worker(concurrency=1, prefetch=10, tasks=[moody])
+    nursery.start_soon(w.run, f"127.0.0.1:{server.port}")
+    with trio.fail_after(20):
+        async with Client(f"127.0.0.1:{server.port}") as c:
+            await until(server, lambda: bool(server.core.hungry))
+            raised = await c.enqueue_many([moody.item(p) for p in ("raise", "x", "y")])
+            assert [(await c.wait(int(h), timeout=10))["result"] for h in raised] == [2, 2, 2]  # failed, retried
+            for h in raised:
+                failed = [e["detail"] for e in await c.events(int(h)) if e["kind"] == "failed"]
+                assert len(failed) == 1 and "the whole batch fails" in failed[0]
+            again = await c.enqueue_many([moody.item(p) for p in ("again", "x", "y")])
+            assert [(await c.wait(int(h), timeout=10))["result"] for h in again] == [2, 1, 1]
+            short = await c.enqueue_many([moody.item("short") for _ in range(3)])
+            done = [await c.wait(int(h), timeout=10) for h in short]
+            assert [d["state"] for d in done] == ["dead"] * 3 and "must return None or a list" in done[0]["error"]
+            waiting = await c.enqueue_many([moody.item(p) for p in ("wait", "x", "y")])
+            await until(server, lambda: all(server.core.get(int(h)).state.value == "running" for h in waiting))
+            await c.cancel(int(waiting[1]))  # one task of the running batch: the others go on
+            gate[0].set()
+            assert [(await c.wait(int(h), timeout=10))["state"] for h in waiting] == [
+                "succeeded", "cancelled", "succeeded"]
+    assert server.core.stats.late_results == 0
+    w.stop()
