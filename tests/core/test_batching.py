@@ -345,3 +345,12 @@ def test_a_batch_of_one_goes_at_once() -> None:
     a = add(core, 2)
     fs = frames(core, "w")
     assert ids(fs) == a and fs[0][0][1] != fs[0][1][1]
+
+
+def test_a_task_forgotten_after_a_failed_commit_frees_its_coalesce_key() -> None:
+    core = make()
+    ((a, _),) = core.enqueue([TaskSpec("t", b"\x01", coalesce_key="k")], T0)
+    assert core.forget([a]) == {a}
+    assert core.coalescing == {}
+    ((b, created),) = core.enqueue([TaskSpec("t", b"\x02", coalesce_key="k")], T0)
+    assert created and b != a

@@ -77,8 +77,6 @@ class Batching(Limits):
         self.batching: dict[str, tuple[int, float]] = {}
         #: (queue, type) -> the tasks collected for its next batch
         self._collecting: dict[tuple[str, str], Collection] = {}
-        #: task id -> its batch number, for released tasks not leased yet
-        self._released: dict[int, int] = {}
         self._batches = 0  # batch numbers given so far
         self._collections = 0  # collection numbers given so far
 

@@ -146,6 +146,8 @@ class CoreBase:
         self._served = 0  # dispatches so far: WorkerInfo.served orders equally loaded workers
         #: unique key -> the live task holding it
         self.keys: dict[str, Task] = {}
+        #: task id -> its batch number, for the tasks of a released batch not leased yet (batching.py)
+        self._released: dict[int, int] = {}
         #: coalesce key -> the latest live task enqueued with it (queue.py: an enqueue merges into it while it
         #: waits); an entry leaves with its task (``_finish``)
         self.coalescing: dict[str, Task] = {}
