@@ -4,7 +4,8 @@ Theory of operation
 -------------------
 A *limit* is set on a *scope*: a queue or a task type (``Scope(kind, name)``), and optionally per *key*:
 ``Scope(kind, name, key="customer")`` is one limit for each value of the payload field ``customer`` among
-the tasks of that queue or type (a dotted path reads nested maps: ``"account.id"``). A limit has a rate
+the tasks of that queue or type (a dotted path reads nested maps: ``"account.id"``), or of the ``limit_key``
+given at enqueue, for a task that has one (``task_key``: it keys every per-key limit of the task). A limit has a rate
 (``rate`` tasks per ``period`` seconds, with a ``burst``), a concurrency cap (at most ``concurrency`` of its
 tasks running at once across all workers), or both. A scope has at most one limit: setting it again
 replaces it, at once.
@@ -245,7 +246,8 @@ class Waiting(NamedTuple):
     Attributes:
         reason: ``rate_limit``, ``concurrency_cap``, ``breaker_open``, ``paused``, ``no_worker`` (no connected
             worker handles its type), ``no_worker_with_labels`` (none that handles it has the labels it
-            ``requires``: docs/routing.md), ``scheduled`` (its ``run_at`` is ahead).
+            ``requires``: docs/routing.md), ``scheduled`` (its ``run_at`` is ahead), ``batch`` (collected for a
+            batch of its type: batching.py).
         scope: the scope of the rule, when a rule holds it.
         value: the key's value, for a per-key limit.
         until: the earliest time it may go, when known.
