@@ -243,14 +243,17 @@ class TaskDetailScreen(LoadingScreen):
         return False
 
     async def fetch(self) -> None:
-        self.current = await self.source.get(self.task_id)
-        self.events = await self.source.events(self.task_id)
-        self.why = None
-        if self.current.get("state") in ("ready", "scheduled"):
+        # read all three, then set them together: a reader between two awaits never sees the new state with the
+        # old events or the old why line
+        current = await self.source.get(self.task_id)
+        events = await self.source.events(self.task_id)
+        why = None
+        if current.get("state") in ("ready", "scheduled"):
             try:
-                self.why = await self.source.why(self.task_id)
+                why = await self.source.why(self.task_id)
             except RunqError:  # (it just finished, or the op is unknown to an older server: nothing to say)
-                self.why = None
+                why = None
+        self.current, self.events, self.why = current, events, why
 
     def show(self) -> None:
         t = self.current
