@@ -2,7 +2,7 @@
 
 Public API::
 
-    from runq import task, Client, SyncClient, Worker, Retry, RetryPolicy, TaskContext, Cron, Every
+    from runq import task, Client, SyncClient, Worker, Retry, RetryPolicy, TaskContext, Cron, Every, Batch, BatchItem
 """
 
 from __future__ import annotations
@@ -23,13 +23,26 @@ from .protocol.errors import (
 from .protocol.retry_policy import RetryPolicy
 from .protocol.schedules import Cron, Every
 from .protocol.sync_client import SyncClient
-from .protocol.tasks import BadArguments, Call, NoClient, SyncTaskHandle, TaskDef, TaskHandle, TaskOptions, task
+from .protocol.tasks import (
+    BadArguments,
+    Batch,
+    BatchItem,
+    Call,
+    NoClient,
+    SyncTaskHandle,
+    TaskDef,
+    TaskHandle,
+    TaskOptions,
+    task,
+)
 from .protocol.worker import Retry, TaskContext, Worker
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BadArguments",
+    "Batch",
+    "BatchItem",
     "Call",
     "Client",
     "ConnectionClosed",

@@ -77,17 +77,26 @@ class IsoTime(click.ParamType[float]):
 @option("--retry-policy", type=RetryPolicyJson(), default=None,
         help='this task\'s own retry policy, as JSON: {"delays": [5, 30], "retry_on": ["ConnectionError"], '
              '"never_retry": ["ValueError"]} or {"base": 2, "max": 600, "jitter": 0.1} (docs/tasks.md)')
+@option("--coalesce-key", default=None, metavar="KEY",
+        help="while a task enqueued with this key waits, merge into it (its id is printed) instead of adding one")
+@option("--coalesce", type=click.Choice(["replace", "keep"]), default=None, show_default="replace",
+        help="with --coalesce-key: the newest payload wins (replace) or the first stays (keep)")
+@option("--limit-key", default=None, metavar="KEY",
+        help="the key value of the per-key limits it is subject to, instead of the payload field they name")
 @option("--strict", is_flag=True,
         help="refuse (exit 3) when no connected worker handles this task type (default: a warning)")
 @log_options
 @click.pass_obj
 def enqueue(settings: Settings, type: str, payload: Any, queue: str | None, priority: int | None,
             delay: float | None, at: float | None, timeout: float | None, retries: int | None, key: str | None,
-            retry_policy: Any, strict: bool) -> int:
+            retry_policy: Any, coalesce_key: str | None, coalesce: str | None, limit_key: str | None,
+            strict: bool) -> int:
     """Enqueue one task of type TYPE and print its id (the same for people and scripts:
     id=$(runq enqueue ...))."""
     if delay is not None and at is not None:
         raise click.UsageError("--delay and --at cannot be given together")
+    if coalesce is not None and coalesce_key is None:
+        raise click.UsageError("--coalesce needs --coalesce-key")
     with client(settings) as c:
         served = {t["type"]: t["queues"] for t in c.task_types()}
         known = list(served)
@@ -108,7 +117,8 @@ def enqueue(settings: Settings, type: str, payload: Any, queue: str | None, prio
             output.note(f"runq enqueue: warning: no connected worker handles task type {type!r}{hint}; the task "
                         "waits until one does (--strict refuses instead)")
         tid = c.enqueue(type, payload, queue=queue, priority=priority, delay=delay, run_at=at, timeout=timeout,
-                        retries=retries, key=key, retry_policy=retry_policy)
+                        retries=retries, key=key, retry_policy=retry_policy, coalesce_key=coalesce_key,
+                        coalesce=coalesce, limit_key=limit_key)
     click.echo(tid)
     return 0
 

@@ -62,6 +62,7 @@ from .tasks import (
     TaskHandle,
     client_closed,
     client_opened,
+    coalesce_entry,
     no_worker_hint,
     schedule_spec,
     schedule_specs_of,
@@ -188,8 +189,8 @@ def _many_entries(tasks: Iterable[Mapping[str, Any]] | Iterable[Call[Any]]
 def _task_entry(type: str, payload: Any = None, *, queue: str | None = None, priority: int | None = None,
                 delay: float | None = None, run_at: float | datetime | None = None, timeout: float | None = None,
                 retries: int | None = None, key: str | None = None,
-                      requires: dict[str, str] | None = None,
-                retry_policy: RetryPolicy | None = None) -> dict[str, Any]:
+                      requires: dict[str, str] | None = None, retry_policy: RetryPolicy | None = None,
+                      coalesce_key: str | None = None, coalesce: str | None = None, limit_key: str | None = None) -> dict[str, Any]:
     entry: dict[str, Any] = {"type": type, "payload": encode_value(payload)}
     if queue is not None:
         entry["queue"] = queue
@@ -209,7 +210,9 @@ def _task_entry(type: str, payload: Any = None, *, queue: str | None = None, pri
         entry["requires"] = dict(requires)
     if retry_policy is not None:
         entry["retry_policy"] = retry_policy.wire()
+    coalesce_entry(entry, coalesce_key, coalesce, limit_key)
     return entry
+
 
 
 
@@ -649,22 +652,22 @@ class Client:
                       delay: float | None = None, run_at: float | datetime | None = None,
                       timeout: float | None = None, retries: int | None = None,
                       key: str | None = None,
-                      requires: dict[str, str] | None = None,
-                retry_policy: RetryPolicy | None = None) -> TaskHandle[R]: ...
+                      requires: dict[str, str] | None = None, retry_policy: RetryPolicy | None = None,
+                      coalesce_key: str | None = None, coalesce: str | None = None, limit_key: str | None = None) -> TaskHandle[R]: ...
     @overload
     async def enqueue(self, type: str, payload: Any = None, *, queue: str | None = None,
                       priority: int | None = None, delay: float | None = None,
                       run_at: float | datetime | None = None, timeout: float | None = None,
                       retries: int | None = None, key: str | None = None,
-                      requires: dict[str, str] | None = None,
-                retry_policy: RetryPolicy | None = None) -> int: ...
+                      requires: dict[str, str] | None = None, retry_policy: RetryPolicy | None = None,
+                      coalesce_key: str | None = None, coalesce: str | None = None, limit_key: str | None = None) -> int: ...
 
     async def enqueue(self, type: str | Call[Any], payload: Any = None, *, queue: str | None = None,
                       priority: int | None = None, delay: float | None = None,
                       run_at: float | datetime | None = None, timeout: float | None = None,
                       retries: int | None = None, key: str | None = None,
-                      requires: dict[str, str] | None = None,
-                retry_policy: RetryPolicy | None = None) -> int | TaskHandle[Any]:
+                      requires: dict[str, str] | None = None, retry_policy: RetryPolicy | None = None,
+                      coalesce_key: str | None = None, coalesce: str | None = None, limit_key: str | None = None) -> int | TaskHandle[Any]:
         """Enqueue one task; return once it is committed to the database.
 
         ``await client.enqueue(send_email.call(to=...))`` enqueues a typed task (``runq.task``) and returns
@@ -681,16 +684,23 @@ class Client:
             key: unique key; while a non-final task holds it, that task's id is returned.
             requires: labels a worker must have to be given it (``{"region": "eu"}``, docs/routing.md).
             retry_policy: this task's own ``RetryPolicy``, over its type's (docs/tasks.md, "Retry policies").
+            coalesce_key: while a task enqueued with this key waits (ready or scheduled), this enqueue merges
+                into it and that task's id is returned (docs/tasks.md, "Coalescing").
+            coalesce: how: ``"replace"`` (the default: the newest payload wins) or ``"keep"`` (the first stays).
+            limit_key: the key value of the per-key limits the task is subject to, instead of the payload field
+                the limit names (docs/limits.md).
         """
         if (type.__class__ is str and payload is None and queue is None and priority is None and delay is None
                 and run_at is None and timeout is None and retries is None and key is None
-                and requires is None and retry_policy is None):
+                and requires is None and retry_policy is None and coalesce_key is None and coalesce is None
+                and limit_key is None):
             entry: dict[str, Any] = {"type": type, "payload": _NIL}  # (the usual call, built at once)
             checked = True  # (of the right types: nothing to check)
         else:
             entry = _enqueue_entry(type, payload, queue=queue, priority=priority, delay=delay, run_at=run_at,
                                    timeout=timeout, retries=retries, key=key, requires=requires,
-                                   retry_policy=retry_policy)
+                                   retry_policy=retry_policy, coalesce_key=coalesce_key, coalesce=coalesce,
+                                   limit_key=limit_key)
             checked = False
         task_id = int((await self._submit(self._calls.new({"op": "enqueue", "tasks": [entry]}, checked))).reply["ids"][0])  # type: ignore[index]
         return TaskHandle(self, task_id, type.task) if isinstance(type, Call) else task_id

@@ -26,6 +26,9 @@ from .retry_policy import check_retry_policy, policy_text
 
 __all__ = [
     "CLIENT_OPS",
+    "COALESCE_RULES",
+    "MAX_BATCH_SIZE",
+    "MAX_BATCH_WAIT",
     "MAX_CREDIT",
     "MAX_LABELS",
     "MAX_NAME",
@@ -42,6 +45,7 @@ __all__ = [
     "ScheduleSpec",
     "TaskSpec",
     "TypeOptions",
+    "check_batch",
     "check_request",
     "check_task_spec",
     "choose_version",
@@ -217,6 +221,13 @@ class TypeOptions(NamedTuple):
     #: the definition's retry policy (docs/tasks.md, "Retry policies"), as stored (``policy_text``): the layer
     #: between a task's own and the server's default
     retry_policy: str | None = None
+    #: labels a worker must have to be given a task of the type enqueued by name without ``requires``
+    #: (docs/routing.md); None: none
+    requires: dict[str, str] | None = None
+    #: the type is batched (docs/batching.md): dispatch hands a worker up to ``batch_size`` ready tasks of it at
+    #: once, collected for at most ``batch_wait`` seconds; None: not batched
+    batch_size: int | None = None
+    batch_wait: float | None = None
 
 
 def choose_version(offered: list[int]) -> int | None:
@@ -300,6 +311,7 @@ def _type_options(raw: dict[Any, Any]) -> dict[str, TypeOptions]:
             if o.get("retry_policy") is not None:
                 rp = check_retry_policy(o["retry_policy"], "'retry_policy'", "bad_message")
                 opts = opts._replace(retry_policy=None if rp is None else policy_text(rp))
+            opts = _type_batch(o, opts)
         except ProtocolError as exc:
             raise ProtocolError(f"hello: 'type_options' of {type_!r}: {exc}") from None
         out[type_] = opts
@@ -328,6 +340,44 @@ def _type_limit(o: dict[str, Any], opts: TypeOptions) -> TypeOptions:
                          concurrency=concurrency)
 
 
+#: A batch's ``max_size`` (hello ``type_options`` ``batch``, docs/batching.md): 1 .. 10,000 tasks.
+MAX_BATCH_SIZE = 10_000
+#: A batch's ``max_wait``: 0 .. 1 hour.
+MAX_BATCH_WAIT = 3600.0
+
+
+def check_batch(max_size: Any, max_wait: Any, code: str = "bad_message") -> tuple[int, float]:
+    """Validate a batch declaration: ``max_size`` an int 1..``MAX_BATCH_SIZE``, ``max_wait`` seconds 0..1 hour.
+
+    Raises:
+        ProtocolError: with ``code``, naming the field.
+    """
+    if not is_int(max_size) or not 1 <= max_size <= MAX_BATCH_SIZE:
+        raise ProtocolError(f"batch 'max_size' must be an int from 1 to {MAX_BATCH_SIZE}", code)
+    if type(max_wait) not in (int, float) or not 0 <= max_wait <= MAX_BATCH_WAIT:  # (NaN fails it)
+        raise ProtocolError(f"batch 'max_wait' must be a number of seconds from 0 to {MAX_BATCH_WAIT:g}", code)
+    return int(max_size), float(max_wait)
+
+
+def _type_batch(o: dict[str, Any], opts: TypeOptions) -> TypeOptions:
+    """The ``requires`` and ``batch`` of a type's options, checked (``bad_message``)."""
+    requires = o.get("requires")
+    if requires is not None:
+        opts = opts._replace(requires=check_labels(requires, "'requires'") or None)
+    batch = o.get("batch")
+    if batch is not None:
+        if type(batch) is not dict:
+            raise ProtocolError("'batch' must be a map with 'max_size' and 'max_wait'")
+        size, wait = check_batch(batch.get("max_size"), batch.get("max_wait", 0.0))
+        opts = opts._replace(batch_size=size, batch_wait=wait)
+    return opts
+
+
+#: The rules of a coalesce key (task spec ``coalesce``, docs/tasks.md "Coalescing"): what a later enqueue with
+#: the key of a waiting task does to it. ``replace``: the newest payload wins; ``keep``: the first one stays.
+COALESCE_RULES = ("replace", "keep")
+
+
 class TaskSpec(NamedTuple):
     """A validated request to enqueue one task (``parse_task_spec`` builds it from the wire and checks it).
 
@@ -349,6 +399,11 @@ class TaskSpec(NamedTuple):
         requires: labels a worker must have to be given it (docs/routing.md); None or empty: any worker.
         retry_policy: this task's retry policy (a ``check_retry_policy`` map: backoff, ``retry_on``,
             ``never_retry``), over its type's and the server's (docs/tasks.md); None: theirs.
+        coalesce_key: while a task enqueued with this key waits (ready or scheduled), an enqueue with it merges
+            into that task (docs/tasks.md, "Coalescing"): its id is returned, nothing is created.
+        coalesce: how it merges: ``replace`` (the default: the newest payload wins) or ``keep`` (the first stays).
+        limit_key: the key value of the per-key limits the task is subject to (docs/limits.md), instead of the
+            payload field the limit names.
     """
 
     type: str
@@ -362,6 +417,9 @@ class TaskSpec(NamedTuple):
     key: str | None = None
     requires: dict[str, str] | None = None
     retry_policy: dict[str, Any] | None = None
+    coalesce_key: str | None = None
+    coalesce: str | None = None
+    limit_key: str | None = None
 
 
 def check_task_spec(spec: TaskSpec) -> TaskSpec:
@@ -391,6 +449,13 @@ def check_task_spec(spec: TaskSpec) -> TaskSpec:
         raise ProtocolError("task: 'key' must be a non-empty str of at most 1000 chars", "bad_request")
     if spec.retry_policy is not None:
         spec = spec._replace(retry_policy=check_retry_policy(spec.retry_policy))
+    if spec.coalesce_key is not None and not 0 < len(spec.coalesce_key) <= 1000:
+        raise ProtocolError("task: 'coalesce_key' must be a non-empty str of at most 1000 chars", "bad_request")
+    if spec.coalesce is not None and (spec.coalesce not in COALESCE_RULES or spec.coalesce_key is None):
+        raise ProtocolError(f"task: 'coalesce' must be one of {', '.join(COALESCE_RULES)}, with a 'coalesce_key'",
+                            "bad_request")
+    if spec.limit_key is not None and not 0 < len(spec.limit_key) <= MAX_NAME:
+        raise ProtocolError(f"task: 'limit_key' must be a non-empty str of at most {MAX_NAME} chars", "bad_request")
     if spec.requires is not None:
         return spec._replace(requires=check_labels(spec.requires, "task: 'requires'", "bad_request") or None)
     return spec
@@ -422,6 +487,9 @@ def parse_task_spec(d: Any) -> TaskSpec:
         key=optional(d, "key", str),
         requires=optional(d, "requires", dict),
         retry_policy=optional(d, "retry_policy", dict),
+        coalesce_key=optional(d, "coalesce_key", str),
+        coalesce=optional(d, "coalesce", str),
+        limit_key=optional(d, "limit_key", str),
     ))
 
 
@@ -544,7 +612,8 @@ REQUEST_FIELDS.update({
 TASK_FIELDS: tuple[tuple[str, _Kind, bool], ...] = (
     ("type", str, True), ("queue", str, False), ("priority", int, False), ("delay", _NUM, False),
     ("run_at", _NUM, False), ("timeout", _NUM, False), ("retries", int, False), ("key", str, False),
-    ("requires", dict, False), ("retry_policy", dict, False))
+    ("requires", dict, False), ("retry_policy", dict, False), ("coalesce_key", str, False), ("coalesce", str, False),
+    ("limit_key", str, False))
 _FILTER_ITEMS: dict[str, type] = {"queues": str, "types": str, "ids": int}
 #: the fields of a task with nothing but a type and a payload (``check_request``'s fast path)
 _PLAIN_TASK = frozenset({"type", "payload"})

@@ -366,32 +366,34 @@ class SyncClient:
     def enqueue(self, type: Call[R], /, *, queue: str | None = None, priority: int | None = None,
                 delay: float | None = None, run_at: float | datetime | None = None, timeout: float | None = None,
                 retries: int | None = None, key: str | None = None,
-                requires: dict[str, str] | None = None,
-                retry_policy: RetryPolicy | None = None) -> SyncTaskHandle[R]: ...
+                requires: dict[str, str] | None = None, retry_policy: RetryPolicy | None = None,
+                coalesce_key: str | None = None, coalesce: str | None = None, limit_key: str | None = None) -> SyncTaskHandle[R]: ...
     @overload
     def enqueue(self, type: str, payload: Any = None, *, queue: str | None = None, priority: int | None = None,
                 delay: float | None = None, run_at: float | datetime | None = None, timeout: float | None = None,
                 retries: int | None = None, key: str | None = None,
-                requires: dict[str, str] | None = None,
-                retry_policy: RetryPolicy | None = None) -> int: ...
+                requires: dict[str, str] | None = None, retry_policy: RetryPolicy | None = None,
+                coalesce_key: str | None = None, coalesce: str | None = None, limit_key: str | None = None) -> int: ...
 
     def enqueue(self, type: str | Call[Any], payload: Any = None, *, queue: str | None = None,
                 priority: int | None = None, delay: float | None = None, run_at: float | datetime | None = None,
                 timeout: float | None = None, retries: int | None = None,
                 key: str | None = None,
-                requires: dict[str, str] | None = None,
-                retry_policy: RetryPolicy | None = None) -> int | SyncTaskHandle[Any]:
+                requires: dict[str, str] | None = None, retry_policy: RetryPolicy | None = None,
+                coalesce_key: str | None = None, coalesce: str | None = None, limit_key: str | None = None) -> int | SyncTaskHandle[Any]:
         """Enqueue one task once it is committed: a typed task's bound ``Call`` gives its ``SyncTaskHandle``,
         a type name its id (``Client.enqueue`` says more)."""
         if (type.__class__ is str and payload is None and queue is None and priority is None and delay is None
                 and run_at is None and timeout is None and retries is None and key is None
-                and requires is None and retry_policy is None):
+                and requires is None and retry_policy is None and coalesce_key is None and coalesce is None
+                and limit_key is None):
             entry: dict[str, Any] = {"type": type, "payload": _NIL}  # (the usual call, built at once)
             checked = True  # (of the right types: nothing to check)
         else:
             entry = _enqueue_entry(type, payload, queue=queue, priority=priority, delay=delay, run_at=run_at,
                                    timeout=timeout, retries=retries, key=key, requires=requires,
-                                   retry_policy=retry_policy)
+                                   retry_policy=retry_policy, coalesce_key=coalesce_key, coalesce=coalesce,
+                                   limit_key=limit_key)
             checked = False
         task_id = int(_answer(self._call({"op": "enqueue", "tasks": [entry]}, checked))["ids"][0])
         return SyncTaskHandle(self, task_id, type.task) if isinstance(type, Call) else task_id

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, Protocol
 
 from .errors import ProtocolError, RunqError
 from .limits import parse_rate
-from .messages import ScheduleSpec, TaskSpec, check_task_spec
+from .messages import COALESCE_RULES, ScheduleSpec, TaskSpec, check_batch, check_task_spec
 from .retry_policy import RetryPolicy
 from .schedules import Cron, Every, Timing, spec_of
 from .values import encode_value, model_kind
@@ -50,12 +50,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BadArguments",
+    "Batch",
+    "BatchItem",
     "Call",
     "NoClient",
     "SyncTaskHandle",
     "TaskDef",
     "TaskHandle",
     "TaskOptions",
+    "coalesce_entry",
     "default_client",
     "no_worker_hint",
     "schedule_specs_of",
@@ -102,6 +105,9 @@ class TaskOptions:
         retry_policy: how its failed tasks are retried (``runq.RetryPolicy``: backoff or a list of delays,
             ``retry_on``, ``never_retry``): sent in the worker's hello as the type's policy, under a policy given
             at enqueue and over the server's default (docs/tasks.md, "Retry policies").
+        requires: labels a worker must have to be given each task (``{"region": "eu"}``, docs/routing.md); sent
+            in the worker's hello too, so that a task enqueued by type name without ``requires`` gets them.
+        batch: the type is batched (``Batch``, docs/batching.md): the function takes a list of ``BatchItem``.
     """
 
     queue: str | None = None
@@ -114,6 +120,48 @@ class TaskOptions:
     concurrency: int | None = None
     requires: dict[str, str] | None = None
     retry_policy: RetryPolicy | None = None
+    batch: Batch | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Batch:
+    """A batched task type (``@runq.task(batch=runq.Batch(max_size=50, max_wait=2.0))``, docs/batching.md).
+
+    The server collects the ready tasks of the type, per queue, and hands a worker up to ``max_size`` of them at
+    once: as soon as ``max_size`` are collected, or ``max_wait`` seconds after the first one was (with what is
+    there then). The function is called once per batch with a list of ``BatchItem``.
+
+    Attributes:
+        max_size: the most tasks in one batch, 1 to 10,000.
+        max_wait: seconds the first task collected waits for the batch to fill, 0 to 3,600.
+
+    Raises:
+        ValueError: out of range.
+    """
+
+    max_size: int
+    max_wait: float = 1.0
+
+    def __post_init__(self) -> None:
+        try:
+            check_batch(self.max_size, self.max_wait)
+        except ProtocolError as exc:
+            raise ValueError(str(exc)) from None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BatchItem:
+    """One task of a batch, as a batched handler receives it.
+
+    Attributes:
+        id: the task's id.
+        payload: its payload, decoded (any msgpack value: what ``.item(...)`` or an enqueue by name gave).
+        attempt: its attempt number (1 for the first).
+    """
+
+    id: int
+    payload: Any
+    attempt: int
 
 
 # ---------------------------------------------------------------------- argument conversion
@@ -284,6 +332,8 @@ class TaskDef(Generic[P, R]):
             BadArguments: the arguments do not fit the signature, a model refused one, or a value cannot be
                 encoded with msgpack.
         """
+        if self.options.batch is not None:
+            raise TypeError(f"task {self.type!r} is batched: bind one task's payload with .item(payload)")
         if self.takes_payload:
             raise TypeError(f"task {self.type!r} takes a raw payload: enqueue it by type name")
         try:
@@ -325,6 +375,23 @@ class TaskDef(Generic[P, R]):
             except (KeyError, IndexError, AttributeError) as exc:
                 raise BadArguments(f"{self.type}: unique key template {self.options.key!r}: {exc!r}") from None
         return Call(self, payload, key)
+
+    def item(self, payload: Any = None) -> Call[Any]:
+        """Bind one task of a batched type (docs/batching.md): its payload, any msgpack value, which the handler
+        gets as ``BatchItem.payload``.
+
+        Raises:
+            TypeError: the type is not batched (bind its arguments with ``.call``).
+            BadArguments: the payload cannot be encoded with msgpack.
+        """
+        if self.options.batch is None:
+            raise TypeError(f"task {self.type!r} is not batched: bind its arguments with .call(...)")
+        try:
+            payload = encode_value(payload)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise BadArguments(f"{self.type}: {exc}") from None
+        key = self.options.key
+        return Call(self, payload, key if isinstance(key, str) else None)
 
     def with_options(self, *, queue: str | None = None, priority: int | None = None, timeout: float | None = None,
                      retries: int | None = None, delay: float | None = None,
@@ -461,6 +528,8 @@ def _check_options(type_: str, o: TaskOptions) -> None:
         raise ValueError(f"task {type_!r}: concurrency must be an int from 1 to 1000000000")
     if o.retry_policy is not None and not isinstance(o.retry_policy, RetryPolicy):
         raise ValueError(f"task {type_!r}: retry_policy must be a runq.RetryPolicy, not {o.retry_policy!r}")
+    if o.batch is not None and not isinstance(o.batch, Batch):
+        raise ValueError(f"task {type_!r}: batch must be a runq.Batch(max_size=..., max_wait=...)")
 
 
 def _check_key_template(type_: str, template: str, params: list[inspect.Parameter]) -> None:
@@ -507,7 +576,8 @@ class Call(Generic[R]):
     def entry(self, *, queue: str | None = None, priority: int | None = None, delay: float | None = None,
               run_at: float | datetime | None = None, timeout: float | None = None, retries: int | None = None,
               key: str | None = None, requires: dict[str, str] | None = None,
-              retry_policy: RetryPolicy | None = None) -> dict[str, Any]:
+              retry_policy: RetryPolicy | None = None, coalesce_key: str | None = None,
+              coalesce: str | None = None, limit_key: str | None = None) -> dict[str, Any]:
         """The wire entry of an ``enqueue`` request: the definition's options, changed by these. The definition's
         ``retry_policy`` is not sent (its workers send it as the type's); ``retry_policy`` here is this task's own,
         over the type's.
@@ -530,11 +600,30 @@ class Call(Generic[R]):
             entry["requires"] = dict(req)
         if retry_policy is not None:
             entry["retry_policy"] = retry_policy.wire()
+        coalesce_entry(entry, coalesce_key, coalesce, limit_key)
         if run_at is not None:
             entry["run_at"] = run_at.timestamp() if isinstance(run_at, datetime) else float(run_at)
         elif delay is not None or o.delay is not None:
             entry["delay"] = float(delay if delay is not None else o.delay)  # type: ignore[arg-type]
         return entry
+
+
+def coalesce_entry(entry: dict[str, Any], coalesce_key: str | None, coalesce: str | None,
+                    limit_key: str | None) -> None:
+    """Add an enqueue's ``coalesce_key``, ``coalesce`` and ``limit_key`` to its wire entry (docs/tasks.md,
+    docs/limits.md).
+
+    Raises:
+        ValueError: ``coalesce`` is not ``replace`` or ``keep``, or is given without a ``coalesce_key``.
+    """
+    if coalesce is not None:
+        if coalesce not in COALESCE_RULES or coalesce_key is None:
+            raise ValueError(f"coalesce must be one of {', '.join(COALESCE_RULES)}, and given with a coalesce_key")
+        entry["coalesce"] = coalesce
+    if coalesce_key is not None:
+        entry["coalesce_key"] = coalesce_key
+    if limit_key is not None:
+        entry["limit_key"] = limit_key
 
 
 # ---------------------------------------------------------------------- a wait that timed out
@@ -692,14 +781,16 @@ def task(*, type: str | None = None, queue: str | None = None, priority: int | N
          timeout: float | None = None, retries: int | None = None, delay: float | None = None,
          key: str | Callable[..., str] | None = None, rate_limit: str | None = None,
          concurrency: int | None = None, schedule: Timing | Iterable[Timing] | None = None,
-         requires: dict[str, str] | None = None, retry_policy: RetryPolicy | None = None) -> _Decorator: ...
+         requires: dict[str, str] | None = None, retry_policy: RetryPolicy | None = None,
+         batch: Batch | None = None) -> _Decorator: ...
 
 
 def task(fn: Callable[..., Any] | None = None, /, *, type: str | None = None, queue: str | None = None,
          priority: int | None = None, timeout: float | None = None, retries: int | None = None,
          delay: float | None = None, key: str | Callable[..., str] | None = None, rate_limit: str | None = None,
          concurrency: int | None = None, schedule: Timing | Iterable[Timing] | None = None,
-         requires: dict[str, str] | None = None, retry_policy: RetryPolicy | None = None) -> Any:
+         requires: dict[str, str] | None = None, retry_policy: RetryPolicy | None = None,
+         batch: Batch | None = None) -> Any:
     """Define a task type from a function (``@task`` or ``@task(queue=..., retries=...)``).
 
     Args:
@@ -711,6 +802,9 @@ def task(fn: Callable[..., Any] | None = None, /, *, type: str | None = None, qu
             registered when a worker that runs it connects (docs/schedules.md).
         requires: labels a worker must have to be given each task (``{"region": "eu"}``, docs/routing.md).
         retry_policy: how failed tasks of the type are retried (``runq.RetryPolicy``, docs/tasks.md).
+        batch: ``runq.Batch(max_size=..., max_wait=...)``: the type is batched (docs/batching.md); the function
+            takes one argument, a list of ``BatchItem``, and returns None (every task succeeded) or a list of
+            one result per item (an exception instance in it fails that task); bind a task with ``.item(...)``.
 
     Returns:
         A ``TaskDef``: ``.call(...)`` binds arguments for ``client.enqueue``, ``await .enqueue(...)``
@@ -721,7 +815,8 @@ def task(fn: Callable[..., Any] | None = None, /, *, type: str | None = None, qu
     """
     options = TaskOptions(queue=queue, priority=priority, timeout=timeout, retries=retries, delay=delay, key=key,
                           rate_limit=rate_limit, concurrency=concurrency,
-                          requires=dict(requires) if requires is not None else None, retry_policy=retry_policy)
+                          requires=dict(requires) if requires is not None else None, retry_policy=retry_policy,
+                          batch=batch)
 
     def deco(f: Callable[..., Any]) -> TaskDef[Any, Any]:
         if isinstance(f, TaskDef):

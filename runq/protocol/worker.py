@@ -82,7 +82,7 @@ from .frames import DEFAULT_MAX_FRAME, DEFAULT_MAX_REPLY, Connection, reply_limi
 from .limits import parse_rate
 from .messages import check_labels
 from .retry_policy import RetryPolicy, error_type_names
-from .tasks import BadArguments, TaskDef, TaskOptions, tasks_in
+from .tasks import BadArguments, BatchItem, TaskDef, TaskOptions, tasks_in
 from .tls import TLSOption, client_context, wrap_stream
 from .tracebacks import format_failure, loop_hint
 from .values import decode_value, encode_value
@@ -172,7 +172,8 @@ class Worker:
     Args:
         queues: queue names to take tasks from (default: the queues of ``tasks``, else ``default``).
         concurrency: tasks run at once.
-        prefetch: extra tasks leased ahead to keep runners busy (default: ``concurrency``).
+        prefetch: extra tasks leased ahead to keep runners busy (default: ``concurrency``, or the largest
+            ``max_size`` of its batched task types when that is more: a batch needs that much credit).
         name: shown in the dashboard (default: host-pid).
         grace: seconds running tasks get to finish when stopping.
         tasks: task definitions (``runq.task``) to run; more with ``register`` or ``include``.
@@ -199,6 +200,7 @@ class Worker:
         self.queues = list(queues)
         self.concurrency = concurrency
         self.prefetch = concurrency if prefetch is None else prefetch
+        self._prefetch_given = prefetch is not None
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
         self.grace = grace
         self.worker_id: str | None = None
@@ -212,6 +214,8 @@ class Worker:
         self._credit = 0
         self._wake: anyio.Event | None = None
         self._scopes: dict[int, tuple[int, anyio.CancelScope]] = {}
+        #: the tasks of the batches running now: task id -> (lease, the batch's cancel scope) (docs/batching.md)
+        self._batch_members: dict[int, tuple[int, anyio.CancelScope]] = {}
         self._threads: anyio.CapacityLimiter | None = None
         self._buffered: dict[int, dict[str, Any]] = {}
         self._running: set[int] = set()
@@ -498,9 +502,10 @@ class Worker:
             self._buffered = {}
             self._running = set()
             self._wake = anyio.Event()
-            send, receive = anyio.create_memory_object_stream[dict[str, Any]](math.inf)
+            # (an item is one task's map, or the list of a batch's: docs/batching.md)
+            send, receive = anyio.create_memory_object_stream[Any](math.inf)
             self._credit = 0
-            self._queue_msg({"op": "credit", "n": self.concurrency + self.prefetch})
+            self._queue_msg({"op": "credit", "n": self.concurrency + self._prefetch()})
             lost = anyio.Event()
             try:
                 async with anyio.create_task_group() as tg:
@@ -524,6 +529,13 @@ class Worker:
             if not self._stop.is_set():
                 raise ConnectionClosed("connection to server lost")
 
+    def _prefetch(self) -> int:
+        """Credit beyond ``concurrency``: ``prefetch``, raised to the largest batch when it was not given."""
+        sizes = [d.options.batch.max_size for d in self.handlers.values() if d.options.batch is not None]
+        if self._prefetch_given or not sizes:
+            return self.prefetch
+        return max(self.prefetch, *sizes)
+
     def _type_options(self) -> dict[str, dict[str, Any]]:
         """What each handler's definition sets (hello ``type_options``): the server gives it to a task enqueued
         by that type's name without it (docs/tasks.md)."""
@@ -536,11 +548,15 @@ class Worker:
                 sets["rate"], sets["period"] = parse_rate(o.rate_limit)
             if o.retry_policy is not None:  # (the type's layer of its tasks' retry policy: docs/tasks.md)
                 sets["retry_policy"] = o.retry_policy.wire()
+            if o.requires:  # (for tasks enqueued by name without requires: docs/routing.md)
+                sets["requires"] = dict(o.requires)
+            if o.batch is not None:  # (docs/batching.md)
+                sets["batch"] = {"max_size": o.batch.max_size, "max_wait": o.batch.max_wait}
             if sets:
                 out[type_] = sets
         return out
 
-    async def _watch_stop(self, send: MemoryObjectSendStream[dict[str, Any]],
+    async def _watch_stop(self, send: MemoryObjectSendStream[Any],
                           runners: anyio.abc.TaskGroup, lost: anyio.Event) -> None:
         assert self._stop_ev is not None
         async with anyio.create_task_group() as tg:
@@ -572,7 +588,7 @@ class Worker:
         for tid in ids:
             self._buffered.pop(tid, None)
             self._running.discard(tid)
-            sc = self._scopes.pop(tid, None)
+            sc = self._scopes.pop(tid, None) or self._batch_members.pop(tid, None)
             if cancel and sc is not None:
                 sc[1].cancel()
         self._queue_msg({"op": "release", "ids": ids})
@@ -640,21 +656,34 @@ class Worker:
             self._queue_msg({"op": "heartbeat"})
 
     async def _reader(self, stream: anyio.abc.ByteStream, conn: Connection,
-                      send: MemoryObjectSendStream[dict[str, Any]], lost: anyio.Event) -> None:
+                      send: MemoryObjectSendStream[Any], lost: anyio.Event) -> None:
         try:
             while True:
                 conn.receive_data(await stream.receive(262144))
                 for msg in conn.messages():
                     op = msg["op"]
                     if op == "tasks":
+                        batches: dict[Any, list[dict[str, Any]]] = {}
                         for t in msg["tasks"]:
                             if self._stop.is_set():
                                 self._release([t["id"]])
                                 continue
                             self._buffered[t["id"]] = t
-                            send.send_nowait(t)
+                            d = self.handlers.get(t["type"])
+                            if d is not None and d.options.batch is not None:  # one call per batch of a frame
+                                batches.setdefault((t["type"], t.get("batch")), []).append(t)
+                            else:
+                                send.send_nowait(t)
+                        for group in batches.values():
+                            send.send_nowait(group)
                     elif op == "cancel":
                         tid = msg.get("id")
+                        member = self._batch_members.get(tid) if isinstance(tid, int) else None
+                        if member is not None and member[0] == msg.get("lease", member[0]):
+                            # one task of a running batch: the call goes on for the others, this one's result is
+                            # not reported
+                            log.info("task %s cancelled by the server (its batch goes on)", tid)
+                            del self._batch_members[tid]  # type: ignore[arg-type]
                         sc = self._scopes.get(tid) if isinstance(tid, int) else None
                         if sc is not None and sc[0] == msg.get("lease", sc[0]):
                             log.info("task %s cancelled by the server", tid)
@@ -684,10 +713,33 @@ class Worker:
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, ProtocolError, OSError):
             lost.set()
 
-    async def _runner(self, receive: MemoryObjectReceiveStream[dict[str, Any]]) -> None:
+    async def _runner(self, receive: MemoryObjectReceiveStream[Any]) -> None:
         with receive.clone() as mine:
             async for task in mine:
-                await self._take(task)
+                if type(task) is list:
+                    await self._take_batch(task)
+                else:
+                    await self._take(task)
+
+    async def _take_batch(self, tasks: list[dict[str, Any]]) -> None:
+        """Run the tasks of one batch that are still ours (not cancelled nor handed back while buffered)."""
+        if self._leases_doubtful or self._now() - self._last_sent > self._lease_timeout / 2:
+            await self._confirm_leases()
+        ours = []
+        for t in tasks:
+            if self._buffered.get(t["id"]) is t:
+                del self._buffered[t["id"]]
+                ours.append(t)
+            else:
+                self._give_credit()
+        if not ours:
+            return
+        ids = [t["id"] for t in ours]
+        self._running.update(ids)
+        try:
+            await self._run_batch(ours)
+        finally:
+            self._running.difference_update(ids)
 
     async def _take(self, task: dict[str, Any]) -> None:
         tid = task["id"]
@@ -793,6 +845,109 @@ class Worker:
         self._wake.set()
         if task_log.isEnabledFor(logging.INFO):
             self._log_task(task, "succeeded", now - t0)
+
+    async def _run_batch(self, tasks: list[dict[str, Any]]) -> None:
+        """Call a batched handler once with the tasks of a batch and report each task's outcome
+        (docs/batching.md): it returns None (all succeeded) or one result per task, an exception instance in
+        it failing that task; raising fails them all."""
+        t0 = self._now()
+        handler = self.handlers[tasks[0]["type"]]
+        items: list[BatchItem] = []
+        batch: list[dict[str, Any]] = []
+        for t in tasks:
+            try:
+                items.append(BatchItem(t["id"], decode_value(t["payload"]), t["attempt"]))
+                batch.append(t)
+            except ValueError as exc:  # (msgpack's errors are ValueErrors) a client wrote something else
+                self._report_fail(t, t0, f"bad arguments: the payload is not msgpack: {exc}", retries=0)
+        if not batch:
+            return
+        timeout = min(t.get("timeout") or math.inf for t in batch)
+        if handler.options.timeout is not None:
+            timeout = min(timeout, handler.options.timeout)
+        deadline = t0 + timeout
+        scope = anyio.CancelScope(deadline=deadline)
+        entries = {t["id"]: (t["lease"], scope) for t in batch}
+        self._batch_members.update(entries)
+        outcome: Any = None
+        error: str | None = None
+        retry: Retry | None = None
+        try:
+            with scope:
+                if handler.is_async:
+                    outcome = await handler.fn(items)
+                else:
+                    outcome = await anyio.to_thread.run_sync(functools.partial(handler.fn, items),
+                                                             abandon_on_cancel=True, limiter=self._threads)
+        except Retry as r:
+            retry = r
+        except Exception as exc:  # noqa: BLE001 - whatever a handler raises fails the attempt of every task
+            error = format_failure(exc) + (loop_hint(exc, self._backend) if handler.is_async else "")
+        now = self._now()
+        ours = [t for t in batch if self._batch_members.get(t["id"]) is entries[t["id"]]]
+        mine = {t["id"] for t in ours}
+        for tid, entry in entries.items():
+            if self._batch_members.get(tid) is entry:
+                del self._batch_members[tid]
+        for t in batch:
+            if t["id"] not in mine:  # cancelled by the server, or handed back: not ours to report
+                self._give_credit()
+                self._log_task(t, "released" if self._stop.is_set() else "cancelled", now - t0)
+        if not ours:
+            return
+        if scope.cancelled_caught or now >= deadline:
+            if now >= deadline:
+                text = self._timeout_error(handler, timeout, t0, now, returned=not scope.cancelled_caught)
+                for t in ours:
+                    self._report_fail(t, t0, text, timed_out=True, handler=handler)
+            else:
+                for t in ours:
+                    self._give_credit()
+            return
+        why = retry if retry is not None else error
+        if why is not None:
+            for t in ours:
+                self._fail_item(t, t0, handler, why)
+            return
+        if outcome is None:
+            results: list[Any] = [None] * len(batch)
+        elif isinstance(outcome, (list, tuple)) and len(outcome) == len(batch):
+            results = list(outcome)
+        else:
+            shape = f"a list of {len(outcome)}" if isinstance(outcome, (list, tuple)) else type(outcome).__name__
+            for t in ours:
+                self._report_fail(t, t0, f"batched handler {handler.type!r} returned {shape}: it must return None "
+                                         f"or a list of one result per task ({len(batch)})", handler=handler)
+            return
+        by_id = {t["id"]: r for t, r in zip(batch, results, strict=True)}
+        for t in ours:
+            value = by_id[t["id"]]
+            if isinstance(value, BaseException):
+                self._fail_item(t, t0, handler, value if isinstance(value, Retry) else format_failure(value))
+                continue
+            try:
+                data = encode_value(value)
+            except (TypeError, ValueError, OverflowError) as exc:
+                self._report_fail(t, t0, f"result cannot be encoded: {exc}", handler=handler)
+                continue
+            if len(data) > self._max_frame - _FRAME_SLACK:
+                self._report_fail(t, t0, f"result too large: {len(data)} bytes encoded, the server takes "
+                                         f"at most {self._max_frame - _FRAME_SLACK} per result", handler=handler)
+                continue
+            self.completed += 1
+            self._results.append([t["id"], t["lease"], data])
+            self._credit += 1
+            self._log_task(t, "succeeded", now - t0, detail=f" (batch of {len(batch)})")
+        assert self._wake is not None
+        self._wake.set()
+
+    def _fail_item(self, task: dict[str, Any], t0: float, handler: TaskDef[Any, Any], why: Retry | str) -> None:
+        """Report the failure of one task of a batch: a ``Retry`` asks for a retry, a str is the error."""
+        if isinstance(why, Retry):
+            self._report_fail(task, t0, f"Retry requested in {why.delay:g}s" + (f": {why}" if str(why) else ""),
+                              retry_in=why.delay, handler=handler)
+        else:
+            self._report_fail(task, t0, why, handler=handler)
 
     def _timeout_error(self, handler: TaskDef[Any, Any], timeout: float, t0: float, now: float, returned: bool) -> str:
         error = f"timeout: attempt ran longer than {timeout:g}s"

@@ -213,6 +213,10 @@ class LiveSource(Source):
         self.state.set_queues(queues)
         self.state.set_workers(workers, self.now())
         self.state.stats = stats
+        try:  # (the limits of each queue, for the Queues screen: a server that cannot list them shows none)
+            self.state.limits = await client.limits()
+        except (RemoteError, KeyError, TypeError, ValueError):
+            self.state.limits = []
         if self.state.schedules_wanted:
             await self._poll_schedules(client)
 

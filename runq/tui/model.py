@@ -126,6 +126,8 @@ class WorkerRow:
     completed: int = 0
     failed: int = 0
     gone_at: float | None = None
+    #: the labels it offers for routing (hello ``labels``, docs/routing.md)
+    labels: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_map(cls, m: Mapping[str, Any]) -> WorkerRow:
@@ -134,7 +136,8 @@ class WorkerRow:
                    queues=tuple(m.get("queues") or ()), concurrency=int(m.get("concurrency") or 1),
                    in_flight=int(m.get("in_flight") or 0), last_heartbeat=m.get("last_heartbeat"),
                    state=str(m.get("state") or "active"), completed=int(m.get("completed") or 0),
-                   failed=int(m.get("failed") or 0))
+                   failed=int(m.get("failed") or 0),
+                   labels={str(k): str(v) for k, v in (m.get("labels") or {}).items()})
 
 
 @dataclass
@@ -242,6 +245,13 @@ class DashboardState:
         self.schedules: list[dict[str, Any]] = []  # the server's schedules (periodic tasks), as it lists them
         self.schedules_wanted = False  # polled only while the Schedules screen is in view (an older server
         self.schedules_error = ""  # has no such request): why the latest poll of them failed
+        #: the configured limits (limit maps, docs/protocol.md 8.8: ``scope``, ``name``, ``key``, ``rate``,
+        #: ``period``, ``burst``, ``concurrency``): the Queues screen shows those of each queue
+        self.limits: list[dict[str, Any]] = []
+
+    def queue_limits(self, name: str) -> list[dict[str, Any]]:
+        """The limits that apply to the tasks of queue ``name`` as one (scope ``queue``, with or without a key)."""
+        return [lim for lim in self.limits if lim.get("scope") == "queue" and lim.get("name") == name]
 
     # ------------------------------------------------------------------ writing
     def queue(self, name: str) -> QueueRow:

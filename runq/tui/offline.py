@@ -197,6 +197,13 @@ class OfflineSource(Source):
                 "JOIN tasks t ON t.id = e.task_id WHERE e.at >= ? ORDER BY e.id", (since,)):
             lanes.apply(kind, tid, at, worker, attempt, type_)
         st.lanes = lanes
+        try:  # the stored limits (schema v5 on): the Queues screen shows each queue's
+            rows = await self._all("SELECT scope, name, key, rate, period, burst, concurrency FROM limits "
+                                   "ORDER BY scope, name, key")
+        except sqlite3.OperationalError:  # (no such table: a database older than limits)
+            rows = []
+        keys = ("scope", "name", "key", "rate", "period", "burst", "concurrency")
+        st.limits = [dict(zip(keys, r, strict=True)) for r in rows]
         if st.schedules_wanted:
             await self._read_schedules()
         st.status = f"offline: {self.path}, read-only (no server); clock stopped at the file's last event"

@@ -22,6 +22,8 @@ __all__ = [
     "LanesView",
     "fmt_age",
     "fmt_duration",
+    "fmt_labels",
+    "fmt_limit",
     "fmt_rate",
     "fmt_time",
     "render_lanes",
@@ -70,6 +72,24 @@ def fmt_rate(r: float) -> str:
     if r >= 10:
         return f"{r:.0f}"
     return f"{r:.1f}"
+
+
+def fmt_limit(lim: Mapping[str, Any]) -> str:
+    """A limit map in a few words: ``10/s burst 5, cap 3``, ``per customer: 2/s`` (docs/limits.md)."""
+    parts = []
+    rate, period = lim.get("rate"), lim.get("period") or 1.0
+    if rate is not None:
+        per = "s" if period == 1 else f"{period:g}s"
+        parts.append(f"{rate:g}/{per}" + (f" burst {lim['burst']}" if (lim.get("burst") or 1) > 1 else ""))
+    if lim.get("concurrency") is not None:
+        parts.append(f"cap {lim['concurrency']}")
+    text = ", ".join(parts) or "-"
+    return f"per {lim['key']}: {text}" if lim.get("key") else text
+
+
+def fmt_labels(labels: Mapping[str, str] | None) -> str:
+    """Labels as ``gpu=1,region=eu`` (sorted), or ``-``."""
+    return ",".join(f"{k}={v}" for k, v in sorted((labels or {}).items())) or "-"
 
 
 def fmt_duration(seconds: float) -> str:

@@ -132,7 +132,8 @@ def test_enqueue_writes_an_event_and_a_short_row_per_task() -> None:
     assert fx.rows == [] and {row[0] for row in fx.new_rows} == {r, s}
     assert row_of(fx, r) == {"id": r, "queue": "default", "type": "t", "payload": b"\x01", "priority": 4,
                              "state": "ready", "run_at": None, "timeout": 7.0, "max_retries": 2, "key": "k",
-                             "created_at": T0, "requires": None, "retry_policy": None}
+                             "created_at": T0, "requires": None, "retry_policy": None, "coalesce_key": None,
+                             "limit_key": None}
     assert row_of(fx, s)["run_at"] == T0 + 30 and row_of(fx, s)["state"] == "scheduled"
     assert core.stats.enqueued == 2
     assert all(len(e) == len(EVENT_ROW_COLUMNS) for e in fx.events)
@@ -1290,8 +1291,8 @@ def test_task_types_of_the_connected_workers() -> None:
     join(core, "w2", queues=("default", "mail"), types=("add",))
     join(core, "w3")  # announced none
     assert core.task_types() == [
-        {"type": "add", "workers": 2, "queues": ["default", "mail"]},
-        {"type": "send_email", "workers": 1, "queues": ["mail"]},
+        {"type": "add", "workers": 2, "queues": ["default", "mail"], "batch": None, "requires": None},
+        {"type": "send_email", "workers": 1, "queues": ["mail"], "batch": None, "requires": None},
     ]
     assert core.workers["w1"].as_dict()["types"] == ["send_email", "add"]
     core.worker_left("w1", T0)

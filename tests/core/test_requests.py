@@ -153,8 +153,7 @@ def test_an_answer_rewritten_after_its_row_was_made_gets_a_row_of_its_own_that_w
 
 def test_the_digest_of_a_request_is_the_crc32_of_its_specs_and_tells_other_tasks_apart() -> None:
     specs = [TaskSpec("t", b"\x01"), TaskSpec("t", b"\x02", queue="q")]
-    packed = msgpack.packb([["t", b"\x01", None, None, None, None, None, None, None, None, None],
-                            ["t", b"\x02", "q", None, None, None, None, None, None, None, None]])
+    packed = msgpack.packb([["t", b"\x01", *[None] * 12], ["t", b"\x02", "q", *[None] * 11]])
     assert digest(specs) == zlib.crc32(packed).to_bytes(4, "big") and DIGEST_SIZE == 4
     assert digest(list(specs)) == digest(specs)  # (a resend: the same tasks, the same digest)
     assert len({digest(specs), digest(specs[:1]), digest(specs[::-1]), digest([TaskSpec("t", b"\x01", key="k")]),

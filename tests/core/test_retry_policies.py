@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from runq.app.core import Core, CoreConfig, State
+from runq.app.core.records import NewTaskRecord
 from runq.app.core.retries import TIMEOUT_TYPE, decide
 from runq.protocol.errors import ProtocolError
 from runq.protocol.messages import TaskSpec, TypeOptions, check_task_spec, parse_hello
@@ -238,7 +239,7 @@ def test_a_policy_survives_in_the_tasks_row() -> None:
     core = make()
     ((tid, _),) = core.enqueue([check_task_spec(TaskSpec("t", retry_policy={"delays": [4], "retry_on": ["X"]}))], T0)
     (row,) = core.take_effects(T0).new_rows
-    assert row[-1] == '{"delays":[4.0],"retry_on":["X"]}'
+    assert NewTaskRecord(*row).retry_policy == '{"delays":[4.0],"retry_on":["X"]}'
     other = make(jitter=0.0)
     other.recover(iter([core.get(tid).row()]), [], tid + 1, T0)
     other.worker_joined("w1", T0)

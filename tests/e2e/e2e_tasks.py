@@ -18,7 +18,8 @@ from typing import Any
 
 import anyio
 
-from runq import RetryPolicy, TaskContext, Worker
+import runq
+from runq import Batch, BatchItem, RetryPolicy, TaskContext, Worker
 
 worker = Worker(concurrency=4, grace=10.0)
 
@@ -104,3 +105,23 @@ async def picky(payload: str, ctx: TaskContext) -> str:
     if ctx.attempt < int(payload):
         raise Flaky(f"not yet (attempt {ctx.attempt})")
     return "ok"
+@runq.task(type="batch_sum", batch=Batch(max_size=5, max_wait=0.3))
+async def batch_sum(items: list[BatchItem]) -> list[Any]:
+    """A batched handler (docs/batching.md): one ``batched`` line per task of the call, all with the call's one
+    ``time.monotonic()`` (the test groups them into calls by it). A task whose payload asks to ``hold`` on its
+    first attempt keeps the call waiting (the test kills the worker meanwhile)."""
+    path = os.environ.get("RUNQ_E2E_LOG")
+    mono, wall = time.monotonic(), time.time()
+    if path:
+        lines = "".join(f"batched {i.id} {i.attempt} {os.getpid()} {mono:.6f} {wall:.6f}\n" for i in items)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, lines.encode())
+        finally:
+            os.close(fd)
+    if any(isinstance(i.payload, dict) and i.payload.get("hold") and i.attempt == 1 for i in items):
+        await anyio.sleep(3600)
+    return [(i.payload["n"] if isinstance(i.payload, dict) else i.payload) * 2 for i in items]
+
+
+worker.register(batch_sum)

@@ -107,7 +107,8 @@ async def test_workers_list_and_drain(api: Api) -> None:
     assert info["id"] == w.worker_id and info["name"] == "drain-me" and info["pid"] == os.getpid()
     assert info["host"] and info["queues"] == ["default"] and info["concurrency"] == 4 and info["types"] == ["job"]
     assert (await api.client.get("/api/types")).json() == {"types": [{"type": "job", "workers": 1,
-                                                                      "queues": ["default"]}]}
+                                                                      "queues": ["default"], "batch": None,
+                                                                      "requires": None}]}
     assert info["state"] == "active" and info["connected_at"] <= info["last_heartbeat"]
     await api.client.post("/api/tasks", json={"type": "job"})
 

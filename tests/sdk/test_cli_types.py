@@ -38,7 +38,8 @@ def with_worker(threaded_server: Any) -> Iterator[str]:
 def test_enqueue_warns_about_an_unknown_type_and_strict_refuses(with_worker: str,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["types", "--server", with_worker, "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == [{"type": "send_email", "workers": 1, "queues": ["mail"]}]
+    assert json.loads(capsys.readouterr().out) == [{"type": "send_email", "workers": 1, "queues": ["mail"],
+                                                         "batch": None, "requires": None}]
     assert main(["types", "--server", with_worker]) == 0  # the human view: a table, plain in a pipe
     assert capsys.readouterr().out.splitlines() == ["TYPE        WORKERS  QUEUES", "send_email        1  mail"]
 

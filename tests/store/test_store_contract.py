@@ -412,6 +412,23 @@ class TestStoreContract:
         assert ids(F(), 2, oldest_first=True) == [1, 2]
         assert store.dead_tasks(F(type="y"), 10) == [dead[2]]
 
+    def test_a_tasks_coalesce_key_limit_key_and_replaced_payload_are_written_and_loaded_back(
+            self, open_store: OpenStore, path: Path) -> None:
+        s = open_store(path)
+        s.start()
+        new = task(1, coalesce_key="user:7", limit_key="acme").new_row()
+        assert commit(s, Batch(new_rows=[new], rows=[row(2, coalesce_key="k2"), row(3, limit_key="globex")])) is None
+        # a later enqueue merged into task 1 (rule replace): its row is written again with the newest payload
+        assert commit(s, Batch(rows=[row(1, coalesce_key="user:7", limit_key="acme", payload=b"\x07")])) is None
+        s.close()
+        s = open_store(path)  # a restart
+        try:
+            loaded = [TaskRecord(*r) for r in s.load()[0]]
+            assert [(r.id, r.coalesce_key, r.limit_key, r.payload) for r in loaded] == [
+                (1, "user:7", "acme", b"\x07"), (2, "k2", None, row(2).payload), (3, None, "globex", row(3).payload)]
+        finally:
+            s.close()
+
     def test_next_id_counts_a_finished_newest_task(self, open_store: OpenStore, path: Path) -> None:
         s = open_store(path)
         s.write_now(Batch(rows=[row(3), row(9, "succeeded", finished_at=T0)]))

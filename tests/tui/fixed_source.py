@@ -53,7 +53,15 @@ class FixedSource(Source):
             WorkerRow("w3-0a0b0c", None, "host-c", 77, ("reports",), 2, 1, NOW - 9.1, "draining", 99, 0),
             WorkerRow("w4-ffeedd", "old", "host-a", 4000, ("default",), 4, 0, NOW - 60, "lost", 10, 1, gone_at=NOW - 30),
         ]
+        workers[0].labels = {"region": "eu", "gpu": "1"}
+        workers[1].labels = {"region": "us"}
         st.workers = {w.id: w for w in workers}
+        st.limits = [
+            {"scope": "queue", "name": "emails", "key": "", "rate": 10.0, "period": 1.0, "burst": 5, "concurrency": 3},
+            {"scope": "queue", "name": "emails", "key": "customer", "rate": 2.0, "period": 60.0, "burst": 1,
+             "concurrency": None},
+            {"scope": "type", "name": "send_email", "key": "", "rate": None, "period": 1.0, "burst": 1, "concurrency": 2},
+        ]
         lanes = st.lanes
         tid = 1000
         for w, (step, length) in (("w1-a1b2c3", (3.0, 2.0)), ("w2-d4e5f6", (5.0, 1.0))):
@@ -72,6 +80,7 @@ class FixedSource(Source):
 
         self.tasks = [
             _task(42, "dead", "charge_card", "default", attempt=4, worker="w2-d4e5f6", started_at=NOW - 20,
+                  requires='{"region":"eu"}', limit_key="acme",
                   finished_at=NOW - 19.5,
                   error="Traceback (most recent call last):\n  File \"tasks.py\", line 12, in charge_card\n"
                         "    raise ConnectionError('payment gateway unreachable')\n"

@@ -28,6 +28,7 @@ module                    concern
 ``breakers.py``           the circuit breaker per task type: its pure state machine and records
 ``schedules.py``          periodic tasks: cron (cronsim, in an IANA zone) or interval schedules, fire times,
                           the missed-window policy, the dedup mark, the timer kind ``SCHEDULE``
+``batching.py``           batched task types: ready tasks of a type collected per queue, handed out together
 ``dispatch.py``           credit, pause, the dispatch round, and ``_admits``: THE eligibility point
 ``recovery.py``           the core rebuilt from the store's rows at start
 ``commits.py``            a failed commit: what to refuse, forget, restore and enqueue again
@@ -38,7 +39,7 @@ module                    concern
 ========================  ==================================================================================
 
 The concerns are classes built on one another in the order of their needs (``CoreBase`` <- ``Delays``
-(timers.py) <- ``Retries`` <- ``Leases`` <- ``Routing`` <- ``Limits`` <- ``Dispatch``; ``Recovery`` on ``Delays``, ``Rollback`` on
+(timers.py) <- ``Retries`` <- ``Leases`` <- ``Routing`` <- ``Limits`` <- ``Batching`` <- ``Dispatch``; ``Recovery`` on ``Delays``, ``Rollback`` on
 ``CoreBase``; ``Schedules`` on ``Delays``) and composed by ``Core``: a rule reads the shared state as plain attributes, at the cost it had in one class.
 """
 

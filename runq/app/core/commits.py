@@ -164,6 +164,9 @@ class Rollback(CoreBase):
             del self.tasks[tid]
             if t.key is not None and self.keys.get(t.key) is t:
                 del self.keys[t.key]
+            if t.coalesce_key is not None and self.coalescing.get(t.coalesce_key) is t:
+                del self.coalescing[t.coalesce_key]  # (an enqueue merged into it is enqueued again: _hits)
+            self._released.pop(tid, None)
             self._dirty.pop(tid, None)
             self._new.discard(tid)
             self.stats.enqueued -= 1

@@ -28,7 +28,8 @@ Rules of this file:
    (the tasks behind the head wait with it: rules that refuse one task but not
    the next must keep such tasks out of the ready queue, see ``_admits``). A
    head that ``_admits`` took out of the queue as it refused it (held aside by a
-   limit, limits.py: still ready) is no longer the head: the next one is looked at.
+   limit, limits.py: still ready), or put behind others (a batch released before it,
+   batching.py), is no longer the head: the next one is looked at.
 3. Across a worker's queues, the best head wins: the highest priority, then the
    lower id.
 """
@@ -39,18 +40,19 @@ import heapq
 from typing import Any
 
 from ...protocol.messages import MAX_CREDIT
-from .limits import Limits
+from .batching import Batching
 from .model import QUEUED, ReadyQueue, Task, WorkerInfo, WorkerState
 from .records import QueueRecord
 from .routing import fits
 from .states import Transition
+from .timers import BACKSTOP
 
 __all__ = ["Dispatch"]
 
 T_DISPATCH = Transition.DISPATCH
 
 
-class Dispatch(Limits):
+class Dispatch(Batching):
     """Credit, pause and the dispatch round (see the module docstring)."""
 
     def credit(self, worker_id: str, n: int, now: float) -> None:
@@ -123,10 +125,13 @@ class Dispatch(Limits):
             b = batches.get(wid)
             if b is None:
                 b = batches[wid] = []
-            b.append(self._lease(t, w, now))
+            entry = self._lease(t, w, now)
+            b.append(entry)
             if w.credit <= 0:
                 heapq.heappop(heap)
                 del hungry[wid]
+            elif "batch" in entry:
+                pass  # a batch's task: the rest of the batch is at the front of its queue, for this same worker
             else:
                 heapq.heapreplace(heap, (len(w.running) / w.concurrency, w.served, wid))
         for wid, b in batches.items():
@@ -140,7 +145,7 @@ class Dispatch(Limits):
             q = queues[w.queues[0]]
             t = self._head_for(q, w)
             while t is not None and not self._admits(q, t, w, now):
-                if t.queued == QUEUED:  # refused in place: the queue waits (rule 2)
+                if t.queued == QUEUED and q.peek() is t:  # refused in place: the queue waits (rule 2)
                     return None
                 t = self._head_for(q, w)  # held aside (limits.py): the next head
             if t is None:
@@ -157,7 +162,7 @@ class Dispatch(Limits):
                 if self._admits(q, t, w, now):
                     best, bq = t, q
                     break
-                if t.queued == QUEUED:  # refused in place (rule 2)
+                if t.queued == QUEUED and q.peek() is t:  # refused in place (rule 2)
                     break
                 t = self._head_for(q, w)  # held aside: the next head
         if bq is not None and best is not None:
@@ -191,6 +196,7 @@ class Dispatch(Limits):
         """
         return not q.paused and (not w.type_set or task.type in w.type_set) and (
             task.requires is None or fits(task.requires, w.labels)) and (
+            not self.batching or task.type not in self.batching or self._batch_admits(q, task, now)) and (
             not self._limited or self._limit_admits(q, task, now))
 
     def _lease(self, task: Task, w: WorkerInfo, now: float) -> dict[str, Any]:
@@ -207,9 +213,18 @@ class Dispatch(Limits):
         task.started_at = now
         w.running[task.id] = task
         self._move(task, T_DISPATCH, now, worker=w.id)
-        self._arm_backstop(task, w, lease, now)
+        batch = self._released.pop(task.id, None) if self._released else None  # (batching.py rule 5)
+        if batch is None:
+            self._arm_backstop(task, w, lease, now)
+            return {
+                "id": task.id, "type": task.type, "payload": task.payload, "attempt": task.attempt, "lease": lease,
+                "timeout": task.timeout, "queue": task.queue, "priority": task.priority,
+                "max_retries": task.max_retries,
+            }
+        # a batch's tasks run at once, in one call: each one's server-side timeout counts from now
+        self.timers.arm((now + task.timeout + self.config.lease_timeout, BACKSTOP, task.id, lease))
         return {
             "id": task.id, "type": task.type, "payload": task.payload, "attempt": task.attempt, "lease": lease,
             "timeout": task.timeout, "queue": task.queue, "priority": task.priority,
-            "max_retries": task.max_retries,
+            "max_retries": task.max_retries, "batch": batch,
         }

@@ -146,6 +146,11 @@ class CoreBase:
         self._served = 0  # dispatches so far: WorkerInfo.served orders equally loaded workers
         #: unique key -> the live task holding it
         self.keys: dict[str, Task] = {}
+        #: task id -> its batch number, for the tasks of a released batch not leased yet (batching.py)
+        self._released: dict[int, int] = {}
+        #: coalesce key -> the latest live task enqueued with it (queue.py: an enqueue merges into it while it
+        #: waits); an entry leaves with its task (``_finish``)
+        self.coalescing: dict[str, Task] = {}
         #: per queue, live tasks by state name
         self.counts: dict[str, Counter[str]] = {}
         self.stats = CoreStats()
@@ -273,6 +278,8 @@ class CoreBase:
         self.tasks.pop(task.id, None)
         if task.key is not None and self.keys.get(task.key) is task:
             del self.keys[task.key]
+        if task.coalesce_key is not None and self.coalescing.get(task.coalesce_key) is task:
+            del self.coalescing[task.coalesce_key]
         fin = self.finished
         fin[task.id] = task
         if len(fin) > self.config.finished_cache:

@@ -4,7 +4,8 @@ Theory of operation
 -------------------
 A *limit* is set on a *scope*: a queue or a task type (``Scope(kind, name)``), and optionally per *key*:
 ``Scope(kind, name, key="customer")`` is one limit for each value of the payload field ``customer`` among
-the tasks of that queue or type (a dotted path reads nested maps: ``"account.id"``). A limit has a rate
+the tasks of that queue or type (a dotted path reads nested maps: ``"account.id"``), or of the ``limit_key``
+given at enqueue, for a task that has one (``task_key``: it keys every per-key limit of the task). A limit has a rate
 (``rate`` tasks per ``period`` seconds, with a ``burst``), a concurrency cap (at most ``concurrency`` of its
 tasks running at once across all workers), or both. A scope has at most one limit: setting it again
 replaces it, at once.
@@ -106,6 +107,7 @@ __all__ = [
     "Scope",
     "Waiting",
     "payload_key",
+    "task_key",
 ]
 
 READY, SCHEDULED = State.READY, State.SCHEDULED
@@ -246,7 +248,8 @@ class Waiting(NamedTuple):
     Attributes:
         reason: ``rate_limit``, ``concurrency_cap``, ``breaker_open``, ``paused``, ``no_worker`` (no connected
             worker handles its type), ``no_worker_with_labels`` (none that handles it has the labels it
-            ``requires``: docs/routing.md), ``scheduled`` (its ``run_at`` is ahead).
+            ``requires``: docs/routing.md), ``scheduled`` (its ``run_at`` is ahead), ``batch`` (collected for a
+            batch of its type: batching.py).
         scope: the scope of the rule, when a rule holds it.
         value: the key's value, for a per-key limit.
         until: the earliest time it may go, when known.
@@ -387,6 +390,14 @@ def payload_key(payload: bytes | None, path: str) -> str | None:
     if isinstance(v, bytes):
         return v.decode("utf-8", "replace")
     return str(v)
+
+
+def task_key(t: Task, path: str) -> str | None:
+    """The key value of task ``t`` for a per-key limit on the payload field ``path``: its ``limit_key`` when it
+    was given one at enqueue (the same for every per-key limit it is subject to: docs/limits.md), else the
+    payload's field (``payload_key``)."""
+    k = t.limit_key
+    return k if k is not None else payload_key(t.payload, path)
 
 
 class Limits(Routing):
@@ -656,7 +667,7 @@ class Limits(Routing):
             if not b.admits(now):
                 return self._reason(b, t, now)
         for lim in r.keyed:
-            v = payload_key(t.payload, lim.scope.key)
+            v = task_key(t, lim.scope.key)
             b2 = self._keyed.get(lim.scope, {}).get(v) if v is not None else None
             if b2 is not None and not b2.admits(now):
                 return self._reason(b2, t, now)
@@ -709,7 +720,7 @@ class Limits(Routing):
         if keyed:
             found = list(buckets)
             for lim in keyed:
-                v = payload_key(t.payload, lim.scope.key)
+                v = task_key(t, lim.scope.key)
                 if v is None:
                     continue
                 b = self._keyed_bucket(lim, v, now)
@@ -733,7 +744,7 @@ class Limits(Routing):
             r = self._rules.get((t.queue, t.type)) or self._rules_for(t.queue, t.type)
             found = list(r.fixed)
             for lim in r.keyed:
-                v = payload_key(t.payload, lim.scope.key)
+                v = task_key(t, lim.scope.key)
                 if v is not None:
                     found.append(self._keyed_bucket(lim, v, now))
             buckets, caps, br = tuple(found), tuple(b for b in found if b.cap is not None), r.breaker
@@ -909,7 +920,7 @@ class Limits(Routing):
                 if (t.queue if s.kind == "queue" else t.type) != s.name:
                     continue
                 if s.key:
-                    v = payload_key(t.payload, s.key)
+                    v = task_key(t, s.key)
                     if v is None:
                         continue
                     b = self._keyed_bucket(lim, v, _NEVER)

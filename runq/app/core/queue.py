@@ -67,7 +67,7 @@ from .routing import requires_text
 from .schedules import Schedules
 from .states import FINAL_STATES, TRANSITIONS, IllegalTransition, State, Transition
 from .stats import queue_stats, task_types
-from .timers import BACKSTOP, COOLDOWN, DELAY, REFILL, SCHEDULE, SILENCE
+from .timers import BACKSTOP, BATCH, COOLDOWN, DELAY, REFILL, SCHEDULE, SILENCE
 
 __all__ = ["Core", "TaskMissing"]
 
@@ -97,6 +97,7 @@ class Core(Dispatch, Recovery, Rollback, Schedules):
         self.timers.register(REFILL, self._refill_check, self._refilled)
         self.timers.register(COOLDOWN, self._cooldown_check, self._cooled)
         self.timers.register(SCHEDULE, self._schedule_check, self._schedule_fired)
+        self.timers.register(BATCH, self._batch_check, self._batch_due)
         #: what a failed commit means for the answers waiting on it (commits.py)
         self.commits = CommitPolicy(self)
 
@@ -137,10 +138,18 @@ class Core(Dispatch, Recovery, Rollback, Schedules):
         ready_queue, ready_n = "", 0  # this request's ready tasks not counted yet: their queue (one, as a rule)
         created = 0
         type_options = self.type_options
+        coalescing = self.coalescing
         for spec in specs:
             if spec.key is not None:
                 holder = keys.get(spec.key)
                 if holder is not None:
+                    out.append((holder.id, False))
+                    continue
+            ck = spec.coalesce_key
+            if ck is not None:
+                holder = coalescing.get(ck)
+                if holder is not None and (holder.state is S.READY or holder.state is S.SCHEDULED):
+                    self._coalesce(holder, spec, now)
                     out.append((holder.id, False))
                     continue
             run_at = spec.run_at if spec.run_at is not None else (now + spec.delay if spec.delay else None)
@@ -149,25 +158,30 @@ class Core(Dispatch, Recovery, Rollback, Schedules):
             tid = self.next_id
             self.next_id = tid + 1
             qname, priority, timeout, retries = spec.queue, spec.priority, spec.timeout, spec.retries
-            if type_options and (qname is None or priority is None or timeout is None or retries is None):
+            requires = spec.requires
+            if type_options and (qname is None or priority is None or timeout is None or retries is None
+                                 or requires is None):
                 o = type_options.get(spec.type)  # what its workers' definition sets (routing.py)
                 if o is not None:
                     qname = qname if qname is not None else o.queue
                     priority = priority if priority is not None else o.priority
                     timeout = timeout if timeout is not None else o.timeout
                     retries = retries if retries is not None else o.retries
+                    requires = requires if requires is not None else o.requires
             task = Task(
                 tid, qname or "default", spec.type, spec.payload, priority or 0, None, run_at,
                 timeout if timeout is not None else cfg.default_timeout,
                 retries if retries is not None else cfg.default_retries,
                 0, spec.key, None, None, None, now, None, None, None,
-                None if spec.requires is None else requires_text(spec.requires),
-                None if spec.retry_policy is None else policy_text(spec.retry_policy),
+                None if requires is None else requires_text(requires),
+                None if spec.retry_policy is None else policy_text(spec.retry_policy), ck, spec.limit_key,
             )
             tasks[tid] = task
             new.add(tid)
             if spec.key is not None:
                 keys[spec.key] = task
+            if ck is not None:
+                coalescing[ck] = task
             created += 1
             out.append((tid, True))
             if run_at is not None:
@@ -193,6 +207,25 @@ class Core(Dispatch, Recovery, Rollback, Schedules):
             self._pump_needed = True
         self.stats.enqueued += created
         return out
+
+    def _coalesce(self, holder: Task, spec: TaskSpec, now: float) -> None:
+        """An enqueue with the coalesce key of ``holder``, a task still waiting (ready or scheduled), merges into
+        it (docs/tasks.md, "Coalescing"): by the spec's rule, ``replace`` (the default) gives ``holder`` the new
+        payload, ``keep`` leaves it as it is. Nothing else of the task changes (its id, its place in line, its
+        ``run_at``); the merge is a ``coalesced`` event of its timeline and a count."""
+        replace = spec.coalesce != "keep"
+        if replace and spec.payload != holder.payload:
+            holder.payload = spec.payload
+            self._dirty[holder.id] = holder
+        eid = self.next_event_id
+        self.next_event_id = eid + 1
+        row = EventRecord(holder.id, now, "coalesced", holder.state._value_, None, holder.attempt,
+                          "replace: its payload replaced by a later enqueue" if replace else
+                          "keep: a later enqueue merged into it, its payload dropped", eid)
+        self._events.append(row)
+        if self.observed:
+            self._notices.append((row, holder))
+        self.stats.coalesced += 1
 
     def get(self, task_id: int) -> Task:
         """Return a live or recently finished task.
@@ -221,6 +254,7 @@ class Core(Dispatch, Recovery, Rollback, Schedules):
         worker = task.worker if task.state is S.RUNNING else None
         if task.state is S.READY:
             self._queue(task.queue).discard(task)
+            self._released.pop(task.id, None)  # (a task of a batch not leased yet: batching.py rule 5)
         elif task.state is S.RUNNING and worker is not None:
             w = self.workers.get(worker)
             if w is not None:
@@ -314,8 +348,15 @@ class Core(Dispatch, Recovery, Rollback, Schedules):
     # ------------------------------------------------------------------ reading
     def task_types(self) -> list[dict[str, Any]]:
         """The task types the connected workers handle: per type (by name), how many workers and which
-        queues they take tasks from."""
-        return task_types(self.workers)
+        queues they take tasks from; its batch (``max_size``, ``max_wait``: batching.py) or None, and the
+        labels its definition requires or None."""
+        out = task_types(self.workers)
+        for d in out:
+            b = self.batching.get(d["type"])
+            d["batch"] = None if b is None else {"max_size": b[0], "max_wait": b[1]}
+            o = self.type_options.get(d["type"])
+            d["requires"] = None if o is None or not o.requires else dict(o.requires)
+        return out
 
     def why_waiting(self, task_id: int, now: float) -> Waiting | None:
         """Why a task does not run yet: a rate limit, a concurrency cap or an open circuit breaker holding it

@@ -91,6 +91,10 @@ class TaskRecord(NamedTuple):
     requires: str | None
     #: its own retry policy, given at enqueue (docs/tasks.md): compact JSON (``policy_text``); None: its type's
     retry_policy: str | None
+    #: its coalesce key (docs/tasks.md, "Coalescing"): a later enqueue with it merges into this task while it waits
+    coalesce_key: str | None
+    #: the key value of the per-key limits it is subject to, given at enqueue (docs/limits.md); None: the payload's
+    limit_key: str | None
 
 
 class NewTaskRecord(NamedTuple):
@@ -109,6 +113,8 @@ class NewTaskRecord(NamedTuple):
     created_at: float
     requires: str | None
     retry_policy: str | None
+    coalesce_key: str | None
+    limit_key: str | None
 
 
 class EventRecord(NamedTuple):
@@ -267,7 +273,8 @@ class ScheduleRecord(NamedTuple):
 #: million queued tasks 0.3 s (9%) slower, measured. Recovery unpacks it whole (mypy checks the count and the
 #: types); ``TaskRecord(*row)`` names one.
 TaskRow = tuple[int, str, str, bytes, int, str, float | None, float, int, int, str | None, bytes | None, str | None,
-                bytes | None, float, float | None, float | None, str | None, str | None, str | None]
+                bytes | None, float, float | None, float | None, str | None, str | None, str | None, str | None,
+                str | None]
 
 #: A task as first written, as the core hands it to the store: a plain tuple of ``NewTaskRecord``'s fields, in
 #: their order and with their types (tests/core/test_records.py holds them equal). The second place where a row
@@ -275,7 +282,8 @@ TaskRow = tuple[int, str, str, bytes, int, str, float | None, float, int, int, s
 #: a ``NewTaskRecord`` per task made ``python -m bench.throughput --only enqueue_batch`` cost the server ~1 us
 #: more per task (8.9 against 7.9 us of CPU per task, 7 runs each alternated, 2026-11-30). ``NewTaskRecord(*row)``
 #: names one.
-NewTaskRow = tuple[int, str, str, bytes, int, str, float | None, float, int, str | None, float, str | None,
+NewTaskRow = tuple[int, str, str, bytes, int, str, float | None, float, int, str | None, float, str | None, str | None,
+                   str | None,
                    str | None]
 
 #: Column order of a task row, as the store persists it.

@@ -39,13 +39,15 @@ class CoreStats:
         succeeded, failed, dead, cancelled: attempts failed, and tasks that reached each final state.
         lease_expiries: workers lost to silence.
         late_results: results, failures and progress refused because the sender did not hold the lease.
+        coalesced: enqueues merged into a waiting task with the same coalesce key (docs/tasks.md).
     """
 
-    __slots__ = ("cancelled", "dead", "enqueued", "failed", "late_results", "lease_expiries", "succeeded")
+    __slots__ = ("cancelled", "coalesced", "dead", "enqueued", "failed", "late_results", "lease_expiries", "succeeded")
 
     def __init__(self) -> None:
         self.enqueued = self.succeeded = self.failed = self.dead = 0
         self.cancelled = self.lease_expiries = self.late_results = 0
+        self.coalesced = 0
 
 
 def queue_totals(counter: Counter[str] | None) -> dict[str, int]:

@@ -57,7 +57,7 @@ _MIN_INT = -(2**63)
 #: The fields of a task in a POST body (``payload``, as any JSON value; ``data`` is its alias, the seed's REST
 #: name: docs/http.md).
 SPEC_FIELDS = ("type", "payload", "data", "queue", "priority", "delay", "run_at", "timeout", "retries", "key",
-               "requires", "retry_policy")
+               "requires", "retry_policy", "coalesce_key", "coalesce", "limit_key")
 #: The seed's REST names that the HTTP API accepts beside the canonical ones (canonical -> alias).
 ALIASES = {"payload": "data", "state": "status", "attempt": "attempts"}
 _SPEC_FIELD_SET = frozenset(SPEC_FIELDS)
@@ -244,6 +244,7 @@ def task_json(t: dict[str, Any]) -> dict[str, Any]:
         "max_retries": t["max_retries"], "timeout": t["timeout"], "key": t["key"], "worker": t["worker"],
         "created_at": t["created_at"], "run_at": t["run_at"], "started_at": t["started_at"],
         "finished_at": t["finished_at"], "requires": t.get("requires"), "retry_policy": t.get("retry_policy"),
+        "coalesce_key": t.get("coalesce_key"), "limit_key": t.get("limit_key"),
     }
 
 

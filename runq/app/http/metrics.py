@@ -220,7 +220,7 @@ class Meter:
             "success_ratio": c.succeeded / finished if finished else None,
             "totals": {"enqueued": c.enqueued, "succeeded": c.succeeded, "failed": c.failed, "dead": c.dead,
                        "cancelled": c.cancelled, "lease_expiries": c.lease_expiries,
-                       "late_results": c.late_results},
+                       "late_results": c.late_results, "coalesced": c.coalesced},
             "tasks_live": s["tasks_live"], "connections": s["connections"],
             "protocol_errors": s["protocol_errors"], "internal_errors": s["internal_errors"],
             "store_errors": s["store_errors"], "commits": s["commits"], "commit_batches": s["commit_batches"], "recovered": s["recovered"],
@@ -295,6 +295,8 @@ class RunqCollector:
         yield _counter("runq_lease_expiries", "Worker leases that expired (missed heartbeats).", st.lease_expiries)
         yield _counter("runq_late_results", "Results refused because the worker no longer held the lease.",
                        st.late_results)
+        yield _counter("runq_coalesced", "Enqueues merged into a waiting task with the same coalesce key.",
+                       st.coalesced)
         yield _counter("runq_protocol_errors", "TCP connections closed for breaking the protocol.",
                        srv.stats.protocol_errors)
         yield _counter("runq_internal_errors", "TCP connections closed because the server hit a bug (logged).",

@@ -84,6 +84,15 @@ _TASK_SPEC_PROPS: dict[str, Any] = {
                           {"required": ["delays", "jitter"]}]},
         "description": "this task's retry policy, over its type's and the server's (docs/tasks.md); delays or "
                        "base/max/jitter, not both"},
+    "coalesce_key": {"type": "string", "minLength": 1, "maxLength": 1000,
+                     "description": "while a task enqueued with this key waits (ready or scheduled), this enqueue "
+                                    "merges into it: its id is answered, created false (docs/tasks.md, Coalescing)"},
+    "coalesce": {"type": "string", "enum": ["replace", "keep"], "default": "replace",
+                 "description": "how it merges (only with coalesce_key): replace = the newest payload wins, keep = "
+                                "the first stays"},
+    "limit_key": {"type": "string", "minLength": 1, "maxLength": 200,
+                  "description": "the key value of the per-key limits it is subject to, instead of the payload field "
+                                 "the limit names (docs/limits.md)"},
 }
 assert tuple(_TASK_SPEC_PROPS) == SPEC_FIELDS
 
@@ -100,6 +109,8 @@ _TASK_PROPS: dict[str, Any] = {
     "requires": {**_NSTR, "description": "the labels it requires, as compact JSON sorted by name; null: any worker"},
     "retry_policy": {**_NSTR, "description": "its own retry policy, as compact JSON sorted by field; null: its "
                                             "type's and the server's"},
+    "coalesce_key": {**_NSTR, "description": "its coalesce key (docs/tasks.md)"},
+    "limit_key": {**_NSTR, "description": "its limit key, given at enqueue (docs/limits.md)"},
     "created_at": _NUM, "run_at": _NNUM, "started_at": _NNUM, "finished_at": _NNUM,
 }
 
@@ -146,9 +157,10 @@ _SCHEDULE = _obj({
 SCHEMAS: dict[str, Any] = {
     "Error": _obj({"error": _obj({"code": {"type": "string", "enum": sorted(ERROR_CODES)}, "message": _STR})}),
     "TaskSpec": {**_obj(_TASK_SPEC_PROPS, ["type"]),
-                 "not": {"anyOf": [{"required": ["delay", "run_at"]}, {"required": ["payload", "data"]}]},
+                 "not": {"anyOf": [{"required": ["delay", "run_at"]}, {"required": ["payload", "data"]},
+                                   {"required": ["coalesce"], "not": {"required": ["coalesce_key"]}}]},
                  "description": "a task to enqueue; give delay or run_at, not both; payload or its alias data, "
-                                "not both (the same value in both is accepted)"},
+                                "not both (the same value in both is accepted); coalesce only with coalesce_key"},
     "Task": _obj(_TASK_PROPS),
     "Enqueued": _obj({"task_id": _INT, "created": {"type": "boolean"}, **_TASK_PROPS}),
     "Batch": _obj({"tasks": {"type": "array", "items": _ref("TaskSpec"), "minItems": 1, "maxItems": 10_000}}),
@@ -175,7 +187,11 @@ SCHEMAS: dict[str, Any] = {
     "WorkerAction": _obj({"message": _STR, "worker": _ref("Worker")}),
     "TaskTypes": _obj({"types": {"type": "array", "items": _obj({
         "type": _STR, "workers": {**_INT, "description": "connected workers that handle it"},
-        "queues": {"type": "array", "items": _STR, "description": "queues those workers take tasks from"}})}}),
+        "queues": {"type": "array", "items": _STR, "description": "queues those workers take tasks from"},
+        "batch": {**_obj({"max_size": _INT, "max_wait": _NUM}), "nullable": True,
+                  "description": "the type is batched (docs/batching.md); null: it is not"},
+        "requires": {"type": "object", "additionalProperties": _STR, "nullable": True,
+                     "description": "labels its definition requires of a worker (docs/routing.md); null: none"}})}}),
     "Stats": _obj({
         "version": _STR, "uptime": _NUM, "workers": _INT,
         "queues": {"type": "object", "additionalProperties": _obj(
@@ -186,7 +202,7 @@ SCHEMAS: dict[str, Any] = {
         "rates": _obj({"window": _NUM, **{k: _NUM for k in _RATE_KEYS}}),
         "success_ratio": {**_NNUM, "description": "succeeded / (succeeded + dead) since start"},
         "totals": _obj({k: _INT for k in ("enqueued", "succeeded", "failed", "dead", "cancelled",
-                                          "lease_expiries", "late_results")}),
+                                          "lease_expiries", "late_results", "coalesced")}),
         "tasks_live": _INT, "connections": _INT, "protocol_errors": _INT, "internal_errors": _INT, "store_errors": _INT,
         "commits": _INT,
         "commit_batches": _INT, "recovered": _INT,
@@ -551,7 +567,7 @@ SCHEMAS.update({
     "BreakerAction": _obj({"message": _STR, "breaker": _ref("Breaker")}),
     "Why": _obj({"task_id": _INT, "why": {**_obj({
         "reason": {"type": "string", "enum": ["rate_limit", "concurrency_cap", "breaker_open", "paused", "no_worker",
-                                              "no_worker_with_labels", "scheduled"]},
+                                              "no_worker_with_labels", "scheduled", "batch"]},
         "scope": {**_obj({"scope": _STR, "name": _STR, "key": _STR}), "nullable": True},
         "value": _NSTR, "until": _NNUM, "detail": _STR}), "nullable": True,
         "description": "null: nothing holds it (it waits for its turn and a worker's credit, or it is not waiting)"}}),

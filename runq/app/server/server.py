@@ -892,7 +892,7 @@ class Server:
             "tasks_live": len(self.core.tasks), "workers": len(self.core.workers),
             "enqueued": c.enqueued, "succeeded": c.succeeded, "failed": c.failed, "dead": c.dead,
             "cancelled": c.cancelled, "lease_expiries": c.lease_expiries, "late_results": c.late_results,
-            "connections": len(self.sessions), "protocol_errors": self.stats.protocol_errors,
+            "coalesced": c.coalesced, "connections": len(self.sessions), "protocol_errors": self.stats.protocol_errors,
             "internal_errors": self.stats.internal_errors,
             "store_errors": self.stats.store_errors, "commits": st.commits, "commit_batches": st.batches,
             "commit_seconds_total": st.commit_seconds_total, "recovered": self.recovered,

@@ -175,8 +175,14 @@ _V9 = """
 ALTER TABLE tasks ADD COLUMN retry_policy TEXT;
 """
 
+#: Version 10 (branch batch11): a task's ``coalesce_key`` and ``limit_key`` (schema.py's step 10).
+_V10 = """
+ALTER TABLE tasks ADD COLUMN coalesce_key TEXT;
+ALTER TABLE tasks ADD COLUMN limit_key TEXT;
+"""
+
 #: PG_MIGRATIONS[i] takes a database from version i to version i + 1 (schema.MIGRATIONS[i] for SQLite).
-PG_MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9]
+PG_MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9, _V10]
 
 _I, _T, _F, _B = "bigint", "text", "double precision", "bytea"
 #: the type of each column written with ``unnest`` arrays (postgres.py), by table
@@ -184,7 +190,7 @@ PG_TYPES: dict[str, dict[str, str]] = {
     "tasks": {"id": _I, "queue": _T, "type": _T, "payload": _B, "priority": _I, "state": _T, "run_at": _F,
               "timeout": _F, "max_retries": _I, "attempt": _I, "key": _T, "result": _B, "error": _T,
               "progress": _B, "created_at": _F, "started_at": _F, "finished_at": _F, "worker": _T,
-              "requires": _T, "retry_policy": _T},
+              "requires": _T, "retry_policy": _T, "coalesce_key": _T, "limit_key": _T},
     "events": {"id": _I, "task_id": _I, "at": _F, "kind": _T, "state": _T, "worker": _T, "attempt": _I,
                "detail": _T},
     "requests": {"id": _I, "client_id": _T, "seq": _I, "at": _F, "answer": _T, "seqs": _I, "digests": _B},

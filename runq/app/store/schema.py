@@ -164,8 +164,16 @@ _V9 = """
 ALTER TABLE tasks ADD COLUMN retry_policy TEXT;
 """
 
+#: Version 10 (branch batch11): a task's ``coalesce_key`` (docs/tasks.md, "Coalescing": a later enqueue with the
+#: same key merges into it while it waits) and its ``limit_key`` (docs/limits.md: the key value of the per-key
+#: limits it is subject to, given at enqueue instead of read from the payload). NULL: none.
+_V10 = """
+ALTER TABLE tasks ADD COLUMN coalesce_key TEXT;
+ALTER TABLE tasks ADD COLUMN limit_key TEXT;
+"""
+
 #: MIGRATIONS[i] takes a database from version i to version i + 1.
-MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9]
+MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9, _V10]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

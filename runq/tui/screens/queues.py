@@ -1,4 +1,5 @@
-"""The Queues screen: counts per state, enqueue and completion rates with sparklines, paused flag."""
+"""The Queues screen: counts per state, enqueue and completion rates with sparklines, paused flag, and the limits
+that apply to each queue (its rate limit and concurrency cap, per key too: docs/limits.md)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Static
 
-from ..widgets import fmt_rate, sparkline, sync_table
+from ..widgets import fmt_limit, fmt_rate, sparkline, sync_table
 from .base import DashboardScreen, data_table
 
 __all__ = ["QueuesScreen"]
@@ -19,7 +20,7 @@ SPARK_WIDTH = 24  # ... in 5-second columns
 RATE_SECONDS = 10  # the rate figures average the last ten seconds
 
 COLUMNS = ("queue", "paused", "ready", "scheduled", "running", "succeeded", "failed", "dead", "workers",
-           "enq/s", "enqueued (2m)", "done/s", "completed (2m)")
+           "enq/s", "enqueued (2m)", "done/s", "completed (2m)", "limits")
 
 
 class QueuesScreen(DashboardScreen):
@@ -57,6 +58,8 @@ class QueuesScreen(DashboardScreen):
                 Text(sparkline(enq), style="cyan"),
                 fmt_rate(q.complete_rate.rate(now, RATE_SECONDS)),
                 Text(sparkline(done), style="green"),
+                Text("; ".join(fmt_limit(lim) for lim in st.queue_limits(name)) or "-",
+                     style="magenta" if st.queue_limits(name) else "bright_black"),
             ]))
         sync_table(self.query_one("#queues", DataTable), rows)
         if st.offline:
@@ -68,9 +71,12 @@ class QueuesScreen(DashboardScreen):
         s = st.stats
         server = f"server {st.server}" + (f", up {s['uptime']:.0f}s" if "uptime" in s else "")
         dropped = f", {st.dropped} events dropped by the server" if st.dropped else ""
+        # the limits of each queue (docs/limits.md), also in the last column, which a narrow terminal cuts off
+        limits = "".join(f"\nlimits of {name}: " + "; ".join(fmt_limit(lim) for lim in st.queue_limits(name))
+                         for name in sorted(st.queues) if st.queue_limits(name))
         self.query_one("#summary", Static).update(
             f"{server}; {st.events_seen} live events{dropped}. Rates: per second over {RATE_SECONDS}s; "
-            f"sparklines: last {SPARK_SECONDS // 60} minutes. {counts}." + (f"\n{st.note}" if st.note else ""))
+            f"sparklines: last {SPARK_SECONDS // 60} minutes. {counts}." + limits + (f"\n{st.note}" if st.note else ""))
 
     def selected_queue(self) -> str | None:
         table = self.query_one("#queues", DataTable)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import pprint
 from typing import Any, ClassVar
 
@@ -15,7 +16,16 @@ from textual.widgets import DataTable, Input, Label, Static
 from ...protocol.errors import RunqError
 from ..model import phases
 from ..source import TASK_STATES
-from ..widgets import PHASE_STYLE, STATE_STYLE, fmt_duration, fmt_time, render_marks, render_phases, sync_table
+from ..widgets import (
+    PHASE_STYLE,
+    STATE_STYLE,
+    fmt_duration,
+    fmt_labels,
+    fmt_time,
+    render_marks,
+    render_phases,
+    sync_table,
+)
 from .base import DashboardScreen, LoadingScreen, data_table
 
 __all__ = ["TaskDetailScreen", "TasksScreen"]
@@ -233,14 +243,17 @@ class TaskDetailScreen(LoadingScreen):
         return False
 
     async def fetch(self) -> None:
-        self.current = await self.source.get(self.task_id)
-        self.events = await self.source.events(self.task_id)
-        self.why = None
-        if self.current.get("state") in ("ready", "scheduled"):
+        # read all three, then set them together: a reader between two awaits never sees the new state with the
+        # old events or the old why line
+        current = await self.source.get(self.task_id)
+        events = await self.source.events(self.task_id)
+        why = None
+        if current.get("state") in ("ready", "scheduled"):
             try:
-                self.why = await self.source.why(self.task_id)
+                why = await self.source.why(self.task_id)
             except RunqError:  # (it just finished, or the op is unknown to an older server: nothing to say)
-                self.why = None
+                why = None
+        self.current, self.events, self.why = current, events, why
 
     def show(self) -> None:
         t = self.current
@@ -260,6 +273,18 @@ class TaskDetailScreen(LoadingScreen):
                      f"finished {fmt_time(t.get('finished_at'))}")
         if t.get("run_at") and t["state"] == "scheduled":
             lines.append(f"  runs at {fmt_time(t['run_at'])}")
+        routing = []
+        if t.get("requires"):
+            try:
+                routing.append("requires " + fmt_labels(json.loads(t["requires"])))
+            except (TypeError, ValueError):  # (not the JSON text a server writes: shown as it is)
+                routing.append(f"requires {t['requires']}")
+        if t.get("coalesce_key"):
+            routing.append(f"coalesce key {t['coalesce_key']}")
+        if t.get("limit_key"):
+            routing.append(f"limit key {t['limit_key']}")
+        if routing:
+            lines.append("\n" + ", ".join(routing))
         if self.why is not None and t["state"] in ("ready", "scheduled"):
             lines.append(f"\nwaiting: {self.why['reason']}", style="bold yellow")
             lines.append(f" ({self.why['detail']})", style="yellow")

@@ -9,13 +9,13 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Static
 
-from ..widgets import fmt_age, sync_table
+from ..widgets import fmt_age, fmt_labels, sync_table
 from .base import DashboardScreen, data_table
 
 __all__ = ["WorkersScreen"]
 
 COLUMNS = ("id", "name", "host", "pid", "queues", "concurrency", "in flight", "heartbeat", "state", "completed",
-           "failed")
+           "failed", "labels")
 _STATE_STYLE = {"active": "green", "draining": "yellow", "lost": "bold red", "left": "bright_black",
                 "seen": "bright_black"}
 _LEVEL_STYLE = ("", "bold yellow", "bold white on red")
@@ -47,7 +47,7 @@ class WorkersScreen(DashboardScreen):
             rows.append((wid, [
                 wid, w.name or "-", w.host or "-", "-" if w.pid is None else str(w.pid), ",".join(w.queues) or "-",
                 w.concurrency, w.in_flight, hb, Text(w.state, style=_STATE_STYLE.get(w.state, "")),
-                w.completed, Text(str(w.failed), style="red" if w.failed else ""),
+                w.completed, Text(str(w.failed), style="red" if w.failed else ""), fmt_labels(w.labels),
             ]))
         sync_table(self.query_one("#workers", DataTable), rows)
         if st.offline:
