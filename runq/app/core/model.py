@@ -98,6 +98,7 @@ class Task:
     finished_at: float | None
     worker: str | None
     requires: str | None
+    owner: str | None
     queued: int
     lease: int
 
@@ -107,6 +108,7 @@ class Task:
         key: str | None = None, result: bytes | None = None, error: str | None = None,
         progress: bytes | None = None, created_at: float = 0.0, started_at: float | None = None,
         finished_at: float | None = None, worker: str | None = None, requires: str | None = None,
+        owner: str | None = None,
     ) -> None:
         self.id = id
         self.queue = queue
@@ -127,6 +129,7 @@ class Task:
         self.finished_at = finished_at
         self.worker = worker
         self.requires = requires
+        self.owner = owner
         self.queued = NOT_QUEUED
         self.lease = attempt
 
@@ -135,13 +138,13 @@ class Task:
         return _new(TaskRecord, (
             self.id, self.queue, self.type, self.payload, self.priority, self.state._value_, self.run_at,
             self.timeout, self.max_retries, self.attempt, self.key, self.result, self.error, self.progress,
-            self.created_at, self.started_at, self.finished_at, self.worker, self.requires,
+            self.created_at, self.started_at, self.finished_at, self.worker, self.requires, self.owner,
         ))
 
     def new_row(self) -> NewTaskRow:
         """The task as first written (the short insert): a plain tuple, ``NewTaskRecord``'s fields (records.py)."""
         return (self.id, self.queue, self.type, self.payload, self.priority, self.state._value_, self.run_at,
-                self.timeout, self.max_retries, self.key, self.created_at, self.requires)
+                self.timeout, self.max_retries, self.key, self.created_at, self.requires, self.owner)
 
     def as_dict(self) -> dict[str, Any]:
         """The task as a wire/JSON-ready map (bytes fields stay bytes)."""
@@ -155,7 +158,7 @@ class Task:
         t = cls.__new__(cls)
         (t.id, t.queue, t.type, t.payload, t.priority, state, t.run_at, t.timeout, t.max_retries,
          t.attempt, t.key, t.result, t.error, t.progress, t.created_at, t.started_at, t.finished_at,
-         t.worker, t.requires) = row
+         t.worker, t.requires, t.owner) = row
         t.state = _STATES[state]
         t.queued = NOT_QUEUED
         t.lease = t.attempt

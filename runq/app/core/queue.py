@@ -123,9 +123,10 @@ class Core(Dispatch, Recovery, Rollback, Schedules):
         return self.timers.next_deadline()
 
     # ------------------------------------------------------------------ clients
-    def enqueue(self, specs: list[TaskSpec], now: float) -> list[tuple[int, bool]]:
+    def enqueue(self, specs: list[TaskSpec], now: float, owner: str | None = None) -> list[tuple[int, bool]]:
         """Add tasks. Returns ``(id, created)`` per spec; ``created`` is False when a
-        non-final task already held the spec's unique key (its id is returned)."""
+        non-final task already held the spec's unique key (its id is returned). ``owner``: the identity that
+        enqueues them (docs/security.md), never a field of a spec."""
         out: list[tuple[int, bool]] = []
         cfg = self.config
         tasks, new, keys, queues, dirty = self.tasks, self._new, self.keys, self.queues, self._dirty
@@ -160,7 +161,7 @@ class Core(Dispatch, Recovery, Rollback, Schedules):
                 timeout if timeout is not None else cfg.default_timeout,
                 retries if retries is not None else cfg.default_retries,
                 0, spec.key, None, None, None, now, None, None, None,
-                None if spec.requires is None else requires_text(spec.requires),
+                None if spec.requires is None else requires_text(spec.requires), owner,
             )
             tasks[tid] = task
             new.add(tid)
@@ -229,7 +230,7 @@ class Core(Dispatch, Recovery, Rollback, Schedules):
         self._finish(task, now)
         return task
 
-    def retry(self, task_id: int, now: float, task: Task | None = None) -> Task:
+    def retry(self, task_id: int, now: float, task: Task | None = None, detail: str = "manual retry") -> Task:
         """Bring a dead, cancelled or waiting-to-retry task back to ready now.
 
         Args:
@@ -264,7 +265,7 @@ class Core(Dispatch, Recovery, Rollback, Schedules):
             t.worker = None
             self.tasks[t.id] = t
             self.counts.setdefault(t.queue, Counter())[t.state.value] += 1  # undo _finish's discount
-        self._move(t, T.RETRY, now, detail="manual retry")
+        self._move(t, T.RETRY, now, detail=detail)
         self._make_ready(t)
         return t
 

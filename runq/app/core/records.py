@@ -88,6 +88,8 @@ class TaskRecord(NamedTuple):
     worker: str | None
     #: the labels a worker must have to be given it (docs/routing.md): compact JSON, sorted by name; None: any
     requires: str | None
+    #: the identity that enqueued it (docs/security.md); None: enqueued without users (shared token, open server)
+    owner: str | None
 
 
 class NewTaskRecord(NamedTuple):
@@ -105,6 +107,7 @@ class NewTaskRecord(NamedTuple):
     key: str | None
     created_at: float
     requires: str | None
+    owner: str | None
 
 
 class EventRecord(NamedTuple):
@@ -245,7 +248,7 @@ class ScheduleRecord(NamedTuple):
 #: million queued tasks 0.3 s (9%) slower, measured. Recovery unpacks it whole (mypy checks the count and the
 #: types); ``TaskRecord(*row)`` names one.
 TaskRow = tuple[int, str, str, bytes, int, str, float | None, float, int, int, str | None, bytes | None, str | None,
-                bytes | None, float, float | None, float | None, str | None, str | None]
+                bytes | None, float, float | None, float | None, str | None, str | None, str | None]
 
 #: A task as first written, as the core hands it to the store: a plain tuple of ``NewTaskRecord``'s fields, in
 #: their order and with their types (tests/core/test_records.py holds them equal). The second place where a row
@@ -253,7 +256,7 @@ TaskRow = tuple[int, str, str, bytes, int, str, float | None, float, int, int, s
 #: a ``NewTaskRecord`` per task made ``python -m bench.throughput --only enqueue_batch`` cost the server ~1 us
 #: more per task (8.9 against 7.9 us of CPU per task, 7 runs each alternated, 2026-11-30). ``NewTaskRecord(*row)``
 #: names one.
-NewTaskRow = tuple[int, str, str, bytes, int, str, float | None, float, int, str | None, float, str | None]
+NewTaskRow = tuple[int, str, str, bytes, int, str, float | None, float, int, str | None, float, str | None, str | None]
 
 #: Column order of a task row, as the store persists it.
 TASK_COLUMNS: tuple[str, ...] = TaskRecord._fields

@@ -240,7 +240,7 @@ def task_json(t: dict[str, Any]) -> dict[str, Any]:
         "error": t["error"], "progress": _value(t["progress"]), "attempt": t["attempt"], "attempts": t["attempt"],
         "max_retries": t["max_retries"], "timeout": t["timeout"], "key": t["key"], "worker": t["worker"],
         "created_at": t["created_at"], "run_at": t["run_at"], "started_at": t["started_at"],
-        "finished_at": t["finished_at"], "requires": t.get("requires"),
+        "finished_at": t["finished_at"], "requires": t.get("requires"), "owner": t.get("owner"),
     }
 
 

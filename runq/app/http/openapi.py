@@ -75,6 +75,7 @@ _TASK_PROPS: dict[str, Any] = {
     "attempts": {"type": "integer", "minimum": 0, "description": "alias of `attempt` (the seed's REST name)"},
     "max_retries": _INT, "timeout": _NUM, "key": _NSTR, "worker": {**_NSTR, "description": "worker holding it"},
     "requires": {**_NSTR, "description": "the labels it requires, as compact JSON sorted by name; null: any worker"},
+    "owner": {**_NSTR, "description": "who enqueued it (docs/security.md); null: enqueued without users"},
     "created_at": _NUM, "run_at": _NNUM, "started_at": _NNUM, "finished_at": _NNUM,
 }
 

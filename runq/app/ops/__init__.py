@@ -4,8 +4,19 @@ it calls the server (``runq.app.server.Server``). See ``operations``."""
 
 from __future__ import annotations
 
-from .auth import NOT_MESSAGES, PERMISSIONS, ROLES, Identity, allowed_ops, authenticate, authorize
-from .errors import BadRequest, NotFound, NotPermitted, Unauthenticated
+from .auth import (
+    KIND_OPS,
+    NOT_MESSAGES,
+    PERMISSIONS,
+    ROLES,
+    SHARED_ROLES,
+    Authenticator,
+    Identity,
+    allowed_ops,
+    authenticate,
+    authorize,
+)
+from .errors import BadRequest, Forbidden, NotFound, NotPermitted, RateLimited, Unauthenticated
 from .inputs import (
     BreakerSettings,
     Done,
@@ -26,16 +37,20 @@ from .inputs import (
 from .operations import VERSION, Operations
 
 __all__ = [
+    "KIND_OPS",
     "NOT_MESSAGES",
     "PERMISSIONS",
     "ROLES",
+    "SHARED_ROLES",
     "VERSION",
+    "Authenticator",
     "BadRequest",
     "BreakerSettings",
     "Done",
     "EnqueueRequest",
     "EventsQuery",
     "Fail",
+    "Forbidden",
     "Identity",
     "LimitScope",
     "LimitSettings",
@@ -44,6 +59,7 @@ __all__ = [
     "NotPermitted",
     "Operations",
     "Progress",
+    "RateLimited",
     "Subscription",
     "Unauthenticated",
     "WaitRequest",

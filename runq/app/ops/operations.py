@@ -36,8 +36,8 @@ from ...protocol.errors import ProtocolError
 from ...protocol.messages import MAX_CREDIT, MAX_SCHEDULES, Hello, ScheduleSpec, TaskSpec
 from ..core import TaskMissing
 from ..core.limits import BreakerStatus
-from .auth import Identity, authenticate, authorize
-from .errors import BadRequest, NotFound
+from .auth import Identity, authorize
+from .errors import BadRequest, Forbidden, NotFound
 from .inputs import (
     BreakerSettings,
     Done,
@@ -86,12 +86,13 @@ class Operations:
 
     # ------------------------------------------------------------------ connections
     def authenticate(self, token: str | bytes | None, role: str, name: str = "") -> Identity:
-        """The identity of a caller presenting ``token`` (``auth.authenticate`` against the server's token).
+        """The identity of a caller presenting ``token`` on a connection of kind ``role`` (the TCP hello role; HTTP:
+        ``client``): ``auth.Authenticator`` against the shared token, the API tokens and the access tokens.
 
         Raises:
             Unauthenticated: ``unauthorized``.
         """
-        return authenticate(self.server.config.token, token, role, name)
+        return self.server.authenticator.authenticate(token, role, name)
 
     def hello(self, identity: Identity, hello: Hello, host: str, session: Any) -> dict[str, Any]:
         """A connection's ``hello`` (already authenticated into ``identity``): the ``welcome`` answer. A worker
@@ -109,7 +110,12 @@ class Operations:
             "max_frame": cfg.max_frame, "max_reply": cfg.max_reply, "lease_timeout": cfg.core.lease_timeout,
             "heartbeat": cfg.core.lease_timeout / 3,
         }
-        if identity.role == "worker":
+        welcome["identity"] = {"name": identity.name, "role": identity.role}
+        if hello.role == "worker":
+            if identity.role != "worker":
+                raise Forbidden(f"a worker connection needs a worker's credential, not a{'n' if identity.role[:1] in 'aeiou' else ''} {identity.role}'s")
+            if identity.queues is not None and not set(hello.queues) <= identity.queues:
+                raise Forbidden(f"this worker's credential allows the queues {sorted(identity.queues)} only")
             if hello.schedules:
                 self.declare_schedules(identity, hello.schedules)
             self._worker_seq += 1
@@ -155,6 +161,13 @@ class Operations:
                 srv.core.worker_left(worker_id, srv.clock(), reason="connection closed")
                 srv.flush()
 
+    def whoami(self, identity: Identity) -> dict[str, Any]:
+        """Who the caller is and what it may do (the dashboard and the CLI hide the rest: docs/security.md)."""
+        authorize(identity, "whoami")
+        return {"name": identity.name, "role": identity.role, "owner": identity.owner,
+                "sees_all": identity.sees_all, "queues": None if identity.queues is None else sorted(identity.queues),
+                "ops": sorted(identity.ops - {"whoami"}), "expires_at": identity.expires_at}
+
     def ping(self, identity: Identity, worker_id: str | None = None) -> None:
         """``ping``; from a worker it also counts as a heartbeat."""
         authorize(identity, "ping")
@@ -169,7 +182,17 @@ class Operations:
         request's ``tell(answer, error, ctx)`` runs once its commit is over. Specs come checked
         (``parse_task_spec`` / ``check_task_spec``); the caller flushes."""
         authorize(identity, "enqueue")
-        return self.server.enqueue_nowait([(r.specs, r.token, ctx) for r, ctx in requests], tell)
+        if identity.queues is not None:  # (a request outside the credential's queues is refused alone)
+            kept = []
+            for r, ctx in requests:
+                try:
+                    _check_scope(identity, r.specs)
+                except Forbidden as exc:
+                    tell([], exc, ctx)
+                else:
+                    kept.append((r, ctx))
+            requests = kept
+        return self.server.enqueue_nowait([(r.specs, r.token, ctx) for r, ctx in requests], tell, identity.owner)
 
     async def enqueue(self, identity: Identity, specs: list[TaskSpec]) -> list[tuple[int, bool]]:
         """Enqueue ``specs`` and return ``(id, created)`` per spec once committed.
@@ -181,6 +204,8 @@ class Operations:
             StoreError: the commit failed; nothing was enqueued.
         """
         authorize(identity, "enqueue")
+        if identity.queues is not None:
+            _check_scope(identity, specs)
         limit = self.server.config.max_frame
         for spec in specs:
             if len(spec.payload) > limit:
@@ -188,15 +213,16 @@ class Operations:
                                  f"max_frame of {limit}")
         if self.server.stopping.is_set():
             raise ProtocolError("the server is stopping", "shutting_down")
-        return await self.server.enqueue(specs)
+        return await self.server.enqueue(specs, identity.owner)
 
     # ------------------------------------------------------------------ tasks
     def get_nowait(self, identity: Identity, task_id: int) -> dict[str, Any] | None:
-        """The task if it is in memory, else None (``get`` reads the store)."""
+        """The task if it is in memory and the caller may see it, else None (``get`` reads the store, and says
+        ``not_found`` for a task of someone else, as for no task: ids do not leak)."""
         authorize(identity, "get")
         core = self.server.core
         t = core.tasks.get(task_id) or core.finished.get(task_id)
-        return None if t is None else t.as_dict()
+        return None if t is None or not (identity.sees_all or t.owner == identity.owner) else t.as_dict()
 
     async def get(self, identity: Identity, task_id: int) -> dict[str, Any]:
         """The task, from memory or the store.
@@ -205,7 +231,18 @@ class Operations:
             TaskMissing: no such task.
         """
         authorize(identity, "get")
-        return await self.server.get_task(task_id)
+        return await self._visible(identity, task_id)
+
+    async def _visible(self, identity: Identity, task_id: int) -> dict[str, Any]:
+        """The task, if ``identity`` may see it (docs/security.md: a task of someone else does not exist).
+
+        Raises:
+            TaskMissing: no such task, or not one the caller may see.
+        """
+        task = await self.server.get_task(task_id)
+        if not identity.sees(task["owner"]):
+            raise TaskMissing(f"no task {task_id}")
+        return task
 
     def wait_nowait(self, identity: Identity, req: WaitRequest) -> bool:
         """Check a ``wait`` (authorised, valid); True when its task is in memory (``wait`` may start at once),
@@ -213,7 +250,8 @@ class Operations:
         authorize(identity, "wait")
         check_wait(req)
         core = self.server.core
-        return req.id in core.tasks or req.id in core.finished
+        t = core.tasks.get(req.id) or core.finished.get(req.id)
+        return t is not None and (identity.sees_all or t.owner == identity.owner)
 
     async def wait(self, identity: Identity, req: WaitRequest) -> dict[str, Any]:
         """The task once it is final, or after ``req.timeout`` seconds as it is then.
@@ -223,6 +261,7 @@ class Operations:
         """
         authorize(identity, "wait")
         req = check_wait(req)
+        await self._visible(identity, req.id)
         return await self.server.wait_task(req.id, req.timeout)
 
     async def cancel(self, identity: Identity, task_id: int) -> dict[str, Any]:
@@ -233,7 +272,9 @@ class Operations:
             IllegalTransition: it is already final.
         """
         authorize(identity, "cancel")
-        return await self.server.cancel(task_id)
+        if not identity.sees_all:
+            await self._visible(identity, task_id)
+        return await self.server.cancel(task_id, identity.name)
 
     async def retry(self, identity: Identity, task_id: int) -> dict[str, Any]:
         """Bring a dead, cancelled or retry-waiting task back to ready now; return it.
@@ -243,7 +284,9 @@ class Operations:
             IllegalTransition: it is not dead, cancelled or waiting to retry.
         """
         authorize(identity, "retry")
-        return await self.server.retry(task_id)
+        if not identity.sees_all:
+            await self._visible(identity, task_id)
+        return await self.server.retry(task_id, identity.name)
 
     async def events(self, identity: Identity, task_id: int) -> list[dict[str, Any]]:
         """The task's timeline, oldest first.
@@ -252,6 +295,8 @@ class Operations:
             TaskMissing: no such task.
         """
         authorize(identity, "events")
+        if not identity.sees_all:
+            await self._visible(identity, task_id)
         return await self.server.task_events(task_id)
 
     async def list_tasks(self, identity: Identity, query: ListQuery) -> tuple[list[dict[str, Any]], int | None]:
@@ -263,7 +308,7 @@ class Operations:
         authorize(identity, "list")
         q = check_list(query)
         return await self.server.list_tasks(state=q.state, queue=q.queue, type=q.type, limit=q.limit,
-                                            cursor=q.cursor)
+                                            cursor=q.cursor, owner=None if identity.sees_all else identity.owner)
 
     # ------------------------------------------------------------------ queues and workers
     def pause_nowait(self, identity: Identity, queue: str, paused: bool,
@@ -328,6 +373,8 @@ class Operations:
         authorize(identity, "subscribe")
         if subscription is not None:
             check_subscription(subscription)
+            if not identity.sees_all:
+                subscription.owner = identity.owner  # (only its own tasks' events: docs/security.md)
         srv = self.server
         if subscriber is None:
             srv.check_subscriber_room()
@@ -504,6 +551,9 @@ class Operations:
         """
         authorize(identity, "why")
         srv = self.server
+        t = srv.core.tasks.get(task_id)
+        if t is not None and not identity.sees(t.owner):
+            raise NotFound(f"no live task {task_id} (a final task waits for nothing)")
         try:
             w = srv.core.why_waiting(task_id, srv.clock())
         except TaskMissing:
@@ -599,6 +649,17 @@ class Operations:
         if srv.stopping.is_set():
             raise ProtocolError("the server is stopping", "shutting_down")
         return srv
+
+
+def _check_scope(identity: Identity, specs: list[TaskSpec]) -> None:
+    """Raise ``Forbidden`` for a spec whose queue is outside the caller's scope (a spec naming no queue counts
+    as ``default``)."""
+    allowed = identity.queues
+    assert allowed is not None
+    for spec in specs:
+        if (spec.queue or "default") not in allowed:
+            raise Forbidden(f"this credential may enqueue into the queues {sorted(allowed)} only, not "
+                            f"{spec.queue or 'default'!r}")
 
 
 def _reason(reason: str, identity: Identity) -> str:

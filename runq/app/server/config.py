@@ -59,6 +59,12 @@ class ServerConfig:
             the clients' ``retry_for``.
         inline_commit: with synchronous=NORMAL, commit a small batch in the trio thread when the writer
             thread is idle (two thread wake-ups fewer per lone request; server.py says more).
+        keys_file: the access-token signing keys (docs/security.md: one per line, the first signs); None: a
+            key generated on first start and kept in the database.
+        access_ttl: seconds an access token of an HTTP login is valid.
+        refresh_ttl: seconds a refresh token of an HTTP login is valid (revocable at any time).
+        principals_poll: seconds between two looks at whether users or API tokens changed in the database
+            (``runq users`` / ``runq tokens`` change them from another process).
         core: rules of the queue (leases, retries, backoff).
     """
 
@@ -76,6 +82,10 @@ class ServerConfig:
     max_subscribers: int = 256
     idempotency_window: float = 300.0
     inline_commit: bool = True
+    keys_file: str | None = None
+    access_ttl: float = 900.0
+    refresh_ttl: float = 30 * 86400.0
+    principals_poll: float = 1.0
     core: CoreConfig = field(default_factory=CoreConfig)
 
     @property

@@ -224,7 +224,7 @@ class TcpFrontend:
         while i < n:
             msg = msgs[i]
             op = msg["op"]
-            if op == "get" and not worker:  # (the most frequent question: a task in memory, answered at once)
+            if op == "get" and "get" in ident.ops:  # (the most frequent question: a task in memory, answered at once)
                 tid = msg.get("id")
                 if type(tid) is int:
                     task = get_nowait(ident, tid)
@@ -350,7 +350,11 @@ class TcpFrontend:
                 try:
                     self.ops.enqueue_nowait(sess.identity, requests, _tell_enqueued)
                 except ProtocolError as exc:  # (not permitted for this role: the connection ends with that error,
-                    exc.rid = msgs[i].get("rid")  # naming the first request of the run: docs/protocol.md section 4)
+                    if exc.code in _REQUEST_ERRORS:  # naming the first request of the run: docs/protocol.md section 4;
+                        for _, (s, rid) in requests:  # forbidden: each request is refused, the connection stays)
+                            s.send({"op": "error", "rid": rid, "code": exc.code, "message": str(exc)})
+                        return True
+                    exc.rid = msgs[i].get("rid")
                     raise
                 except Exception as exc:  # noqa: BLE001 - a bug: this connection only
                     self._internal_error(sess, "enqueue", exc)
