@@ -103,6 +103,8 @@ def error_for_exception(exc: BaseException) -> Response:
         resp = error_response(code, str(exc))
         if code == "busy":
             resp.headers["Retry-After"] = "5"
+        if code == "rate_limited":
+            resp.headers["Retry-After"] = str(max(1, int(getattr(exc, "retry_after", 1) + 0.999)))
         return resp
     if isinstance(exc, RunqError) and exc.code in ERROR_CODES and exc.code != "internal":
         return error_response(exc.code, str(exc))

@@ -5,6 +5,7 @@ it calls the server (``runq.app.server.Server``). See ``operations``."""
 from __future__ import annotations
 
 from .auth import (
+    AUDIT_KINDS,
     KIND_OPS,
     NOT_MESSAGES,
     PERMISSIONS,
@@ -37,6 +38,7 @@ from .inputs import (
 from .operations import VERSION, Operations
 
 __all__ = [
+    "AUDIT_KINDS",
     "KIND_OPS",
     "NOT_MESSAGES",
     "PERMISSIONS",

@@ -34,7 +34,7 @@ from ..auth.credentials import API_PREFIX, token_hash
 from ..auth.principals import Principals
 from .errors import Forbidden, NotPermitted, Unauthenticated
 
-__all__ = ["KIND_OPS", "NOT_MESSAGES", "PERMISSIONS", "ROLES", "SHARED_ROLES", "Authenticator", "Identity",
+__all__ = ["AUDIT_KINDS", "KIND_OPS", "NOT_MESSAGES", "PERMISSIONS", "ROLES", "SHARED_ROLES", "Authenticator", "Identity",
            "allowed_ops", "authenticate", "authorize"]
 
 #: The roles of principals (users and API tokens): docs/security.md.
@@ -105,6 +105,13 @@ KIND_OPS: dict[str, frozenset[str]] = {
     "watcher": WATCHER_OPS | {"whoami"},
     "worker": WORKER_OPS | {"schedule_declare", "whoami"},
 }
+
+#: The kinds of the audit log's events (``server_events`` with an ``actor``; docs/security.md): operators'
+#: actions, user and token changes (``runq users`` / ``runq tokens``), failed logins.
+AUDIT_KINDS = ("task_cancelled", "task_retried", "queue_paused", "queue_resumed", "worker_drained",
+               "schedule_added", "schedule_removed", "schedule_paused", "schedule_resumed", "schedule_run",
+               "user_added", "user_password", "user_disabled", "user_enabled", "token_created", "token_revoked",
+               "login_failed")
 
 #: The role of a caller with the shared token, or of anyone on an open server, by connection kind.
 SHARED_ROLES = {"client": _A, "watcher": _V, "worker": _W}

@@ -27,17 +27,26 @@ Rules of this file
 
 from __future__ import annotations
 
+import logging
+import math
 import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import trio
+
 from ... import __version__
 from ...protocol.errors import ProtocolError
 from ...protocol.messages import MAX_CREDIT, MAX_SCHEDULES, Hello, ScheduleSpec, TaskSpec
+from ..auth import REFRESH_PREFIX, new_token, token_hash, verify_password
+from ..auth.access import BAD_TOKEN
+from ..auth.credentials import USER_NAME_RE
 from ..core import TaskMissing
 from ..core.limits import BreakerStatus
+from ..store import StoreError
+from ..store.principals import RefreshRecord
 from .auth import Identity, authorize
-from .errors import BadRequest, Forbidden, NotFound
+from .errors import BadRequest, Forbidden, NotFound, RateLimited, Unauthenticated
 from .inputs import (
     BreakerSettings,
     Done,
@@ -67,7 +76,12 @@ from .inputs import (
 if TYPE_CHECKING:
     from ..server.server import Answer, Server, Subscriber, Tell
 
-__all__ = ["VERSION", "Operations"]
+__all__ = ["VERSION", "WRONG_LOGIN", "Operations"]
+
+log = logging.getLogger("runq.server")
+
+#: the one answer to a failed login, whatever failed (docs/security.md: nothing leaks about who exists)
+WRONG_LOGIN = "wrong user name or password"
 
 #: The server's version (``welcome``, ``stats``, the OpenAPI document).
 VERSION = __version__
@@ -160,6 +174,83 @@ class Operations:
             if not srv.stopping.is_set():
                 srv.core.worker_left(worker_id, srv.clock(), reason="connection closed")
                 srv.flush()
+
+    # ------------------------------------------------------------------ logins (HTTP; docs/security.md)
+    async def login(self, username: str, password: str, address: str) -> dict[str, Any]:
+        """Check a user's password and give it an access token (a JWT, ``access_ttl``) and a refresh token
+        (``refresh_ttl``, revocable). Not authorised (anyone may try): rate-limited per user name and per
+        address (``LoginLimiter``); a failure is audited. An unknown user, a disabled one and a wrong password
+        get the same answer in about the same time (the password is checked against a dummy hash).
+
+        Raises:
+            RateLimited: too many failures lately (nothing is checked).
+            Unauthenticated: anything else.
+        """
+        srv = self.server
+        now = srv.clock()
+        name = username[:64]
+        wait = srv.login_limiter.wait(name, address, now)
+        if wait > 0:
+            raise RateLimited(f"too many failed logins; try again in {math.ceil(wait)} s", wait)
+        user = srv.principals.users.get(name) if USER_NAME_RE.match(name) else None
+        ok = await trio.to_thread.run_sync(verify_password, None if user is None else user.password, password)
+        if not ok or user is None or user.disabled:
+            srv.login_limiter.failed(name, address, srv.clock())
+            await self._audit("login_failed", f"failed login from {address}", name or "?")
+            raise Unauthenticated(WRONG_LOGIN)
+        srv.login_limiter.succeeded(name)
+        return await self._tokens_for(user.name, user.role)
+
+    async def _tokens_for(self, username: str, role: str) -> dict[str, Any]:
+        srv = self.server
+        keys = srv.authenticator.keys
+        ps = srv.principal_store
+        assert keys is not None and ps is not None
+        now = srv.clock()
+        cfg = srv.config
+        refresh, rid = new_token(REFRESH_PREFIX)
+        await trio.to_thread.run_sync(ps.add_refresh, RefreshRecord(rid, token_hash(refresh), username,
+                                                                    now + cfg.refresh_ttl, None, now))
+        return {"access_token": keys.issue(username, role, now, cfg.access_ttl), "token_type": "bearer",
+                "expires_in": cfg.access_ttl, "refresh_token": refresh, "refresh_expires_in": cfg.refresh_ttl,
+                "user": username, "role": role}
+
+    async def refresh(self, refresh_token: str) -> dict[str, Any]:
+        """A new access token and a new refresh token for a live refresh token, which is revoked (each refresh
+        token serves once: a stolen one that is used is noticed by its owner's next refresh failing).
+
+        Raises:
+            Unauthenticated: an unknown, expired or revoked refresh token, or its user is disabled.
+        """
+        srv = self.server
+        ps = srv.principal_store
+        assert ps is not None
+        h = token_hash(refresh_token[:200])
+        rec = await trio.to_thread.run_sync(ps.refresh, h)
+        now = srv.clock()
+        user = None if rec is None else srv.principals.active_user(rec.username)
+        if rec is None or rec.revoked_at is not None or rec.expires_at <= now or user is None:
+            raise Unauthenticated(BAD_TOKEN)
+        if not await trio.to_thread.run_sync(ps.revoke_refresh, h, now):
+            raise Unauthenticated(BAD_TOKEN)  # (used by another request meanwhile)
+        return await self._tokens_for(user.name, user.role)
+
+    async def logout(self, refresh_token: str) -> None:
+        """Revoke a refresh token (an unknown one too: the answer says nothing about it)."""
+        srv = self.server
+        ps = srv.principal_store
+        assert ps is not None
+        await trio.to_thread.run_sync(ps.revoke_refresh, token_hash(refresh_token[:200]), srv.clock())
+
+    async def _audit(self, kind: str, detail: str, actor: str) -> None:
+        """Append an event of no task with its actor (the audit log), outside the group commit."""
+        ps = self.server.principal_store
+        if ps is None:
+            return
+        try:
+            await trio.to_thread.run_sync(ps.audit, self.server.clock(), kind, detail[:500], actor[:200])
+        except StoreError as exc:
+            log.warning("audit event %s not written: %s", kind, exc)
 
     def whoami(self, identity: Identity) -> dict[str, Any]:
         """Who the caller is and what it may do (the dashboard and the CLI hide the rest: docs/security.md)."""
