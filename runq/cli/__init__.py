@@ -25,7 +25,7 @@ from .schedules import schedules
 from .serve import demo, serve
 from .tasks import cancel, enqueue, events, retry, status, tasks, wait
 from .tui import tui
-from .users import tokens, users
+from .users import audit, tokens, users
 from .worker import load_worker, worker
 
 __all__ = ["cli", "load_worker", "main"]
@@ -51,7 +51,7 @@ for _command in (serve, worker, enqueue, status, wait, cancel, retry, events, ta
 for _command in (limits, breakers, why):  # (limits and breakers: docs/limits.md)
     cli.add_command(_command)
 cli.add_command(schedules)  # (periodic tasks: docs/schedules.md)
-for _command in (users, tokens):  # (users, roles and API tokens: docs/security.md)
+for _command in (users, tokens, audit):  # (users, roles, API tokens, the audit log: docs/security.md)
     cli.add_command(_command)
 
 

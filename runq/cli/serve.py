@@ -39,11 +39,14 @@ DEFAULT_HTTP_PORT = 7701
         help="seconds finished tasks are kept")
 @option("--max-subscribers", type=int, default=256,
         help="live event streams (TCP subscribe and HTTP) served at once")
+@option("--keys-file", default=None, metavar="FILE", show_default="a key kept in the database",
+        help="signing keys of login access tokens, one per line, the first signs (docs/security.md)")
 @option("--port-file", default=None, metavar="FILE", help="write the bound TCP port to this file once serving")
 @log_options
 @click.pass_obj
 def serve(settings: Settings, db: str, host: str, port: int, http_port: int | None, synchronous: str,
-          lease_timeout: float, retention: float, max_subscribers: int, port_file: str | None) -> int:
+          lease_timeout: float, retention: float, max_subscribers: int, keys_file: str | None,
+          port_file: str | None) -> int:
     """Run the server: the runq TCP protocol, the SQLite database and the HTTP API, in one process.
 
     SIGTERM or SIGINT stops it gracefully (what was acknowledged is committed).
@@ -56,7 +59,7 @@ def serve(settings: Settings, db: str, host: str, port: int, http_port: int | No
 
     cfg = ServerConfig(db=db, host=host, port=port, http_port=_http_port(http_port, port), token=settings.token,
                        synchronous=synchronous.upper(), retention=retention, max_subscribers=max_subscribers,
-                       core=CoreConfig(lease_timeout=lease_timeout))
+                       keys_file=keys_file, core=CoreConfig(lease_timeout=lease_timeout))
     server = Server(cfg)
 
     async def run() -> None:

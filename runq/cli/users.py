@@ -1,4 +1,5 @@
-"""``runq users`` and ``runq tokens``: the users and API tokens of a database (docs/security.md).
+"""``runq users`` and ``runq tokens``: the users and API tokens of a database; ``runq audit``: the audit log
+(docs/security.md).
 
 These commands work on the database directly (``--db``: the SQLite file, or the PostgreSQL URL), never
 through the server: they are run on the server's machine by whoever may read and write its database, which
@@ -19,9 +20,20 @@ from typing import Any
 import click
 
 from . import output
-from .options import CommandError, RunqCommand, command_group, json_option, log_options, option
+from .options import (
+    CommandError,
+    RunqCommand,
+    Settings,
+    client,
+    command,
+    command_group,
+    json_option,
+    log_options,
+    option,
+    server_options,
+)
 
-__all__ = ["tokens", "users"]
+__all__ = ["audit", "tokens", "users"]
 
 _ROLES = ("admin", "user", "viewer", "worker")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -293,3 +305,30 @@ def tokens_revoke(token: str, db: str) -> int:
         ps.close()
     click.echo(f"token {token} revoked")
     return 0
+
+
+# ---------------------------------------------------------------------------------------------------- audit
+@command("the audit log: who changed what (operators' actions, users, tokens, failed logins)")
+@server_options
+@option("--limit", type=click.IntRange(1, 1000), default=100, help="the latest this many events")
+@option("--since", type=click.IntRange(0), default=None, metavar="ID", help="the events after this event id")
+@option("--all", "everything", is_flag=True, help="also the server's own events (breakers opening by themselves)")
+@json_option
+@log_options
+@click.pass_obj
+def audit(settings: Settings, limit: int, since: int | None, everything: bool, json: bool) -> int:
+    """Show the audit log, oldest first: each operator's action (cancel, retry, pause, resume, drain, limits,
+    breakers, schedules), each change of a user or token and each failed login, with its actor (admins and
+    viewers only: docs/security.md)."""
+    with client(settings) as c:
+        found = c.server_events(since=since, limit=limit)
+    if not everything:
+        found = [e for e in found if e.get("actor") is not None]
+    output.show(found, json, "runq audit: nothing in the audit log", _print_audit)
+    return 0
+
+
+def _print_audit(found: list[dict[str, Any]]) -> None:
+    output.print_table(["id", "time", "actor", "kind", "scope", "detail"],
+                       [[e["id"], output.local_time(e["at"]), e.get("actor") or "(server)", e["kind"], e["scope"],
+                         e.get("detail") or ""] for e in found])

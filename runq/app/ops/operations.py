@@ -242,6 +242,12 @@ class Operations:
         assert ps is not None
         await trio.to_thread.run_sync(ps.revoke_refresh, token_hash(refresh_token[:200]), srv.clock())
 
+    def _audit_now(self, scope: str, kind: str, detail: str, identity: Identity) -> None:
+        """An operator's action, for the audit log (an event of no task with its actor, written by the next commit,
+        with the change itself)."""
+        srv = self.server
+        srv.core.audit(srv.clock(), scope[:300], kind, detail[:500], identity.name)
+
     async def _audit(self, kind: str, detail: str, actor: str) -> None:
         """Append an event of no task with its actor (the audit log), outside the group commit."""
         ps = self.server.principal_store
@@ -365,7 +371,10 @@ class Operations:
         authorize(identity, "cancel")
         if not identity.sees_all:
             await self._visible(identity, task_id)
-        return await self.server.cancel(task_id, identity.name)
+        task = await self.server.cancel(task_id, identity.name)
+        self._audit_now(f"task:{task_id}", "task_cancelled", f"{task['type']} in {task['queue']}", identity)
+        self.server.flush()
+        return task
 
     async def retry(self, identity: Identity, task_id: int) -> dict[str, Any]:
         """Bring a dead, cancelled or retry-waiting task back to ready now; return it.
@@ -377,7 +386,10 @@ class Operations:
         authorize(identity, "retry")
         if not identity.sees_all:
             await self._visible(identity, task_id)
-        return await self.server.retry(task_id, identity.name)
+        task = await self.server.retry(task_id, identity.name)
+        self._audit_now(f"task:{task_id}", "task_retried", f"{task['type']} in {task['queue']}", identity)
+        self.server.flush()
+        return task
 
     async def events(self, identity: Identity, task_id: int) -> list[dict[str, Any]]:
         """The task's timeline, oldest first.
@@ -410,7 +422,9 @@ class Operations:
             BadRequest: a queue name no task could have.
         """
         authorize(identity, "pause" if paused else "resume")
-        self.server.set_paused_nowait(check_queue_name(queue), paused, tell)
+        self._audit_now(f"queue:{check_queue_name(queue)}", "queue_paused" if paused else "queue_resumed", "",
+                        identity)
+        self.server.set_paused_nowait(queue, paused, tell)
 
     async def pause(self, identity: Identity, queue: str, paused: bool = True) -> None:
         """Pause (or resume) ``queue`` and return once that is committed.
@@ -420,7 +434,9 @@ class Operations:
             StoreError: the commit failed.
         """
         authorize(identity, "pause" if paused else "resume")
-        await self.server.set_paused(check_queue_name(queue), paused)
+        self._audit_now(f"queue:{check_queue_name(queue)}", "queue_paused" if paused else "queue_resumed", "",
+                        identity)
+        await self.server.set_paused(queue, paused)
 
     def drain(self, identity: Identity, worker_id: str) -> dict[str, Any]:
         """Ask a worker to finish its running tasks, hand back the rest and leave; return it.
@@ -431,6 +447,7 @@ class Operations:
         authorize(identity, "drain")
         if worker_id not in self.server.core.workers:
             raise NotFound(f"no connected worker {worker_id!r}")
+        self._audit_now(f"worker:{worker_id}", "worker_drained", "", identity)
         return self.server.drain_worker(worker_id)
 
     def queues(self, identity: Identity) -> list[dict[str, Any]]:
@@ -541,7 +558,7 @@ class Operations:
         srv = self.server
         s = lim.scope
         srv.core.set_limit((s.kind, s.name, s.key), srv.clock(), rate=lim.rate, period=lim.period, burst=lim.burst,
-                           concurrency=lim.concurrency)
+                           concurrency=lim.concurrency, actor=identity.name)
         await srv.committed_change()
         return self._limit_map((s.kind, s.name, s.key))
 
@@ -556,7 +573,7 @@ class Operations:
         authorize(identity, "remove_limit")
         s = check_scope(scope)
         srv = self.server
-        removed = srv.core.remove_limit((s.kind, s.name, s.key), srv.clock()) is not None
+        removed = srv.core.remove_limit((s.kind, s.name, s.key), srv.clock(), identity.name) is not None
         if removed:
             await srv.committed_change()
         return removed
@@ -588,7 +605,7 @@ class Operations:
         b = check_breaker(settings)
         srv = self.server
         srv.core.set_breaker(b.type, srv.clock(), threshold=b.threshold, window=b.window, min_calls=b.min_calls,
-                             cooldown=b.cooldown, probes=b.probes)
+                             cooldown=b.cooldown, probes=b.probes, actor=identity.name)
         await srv.committed_change()
         return self._breaker_map(b.type)
 
@@ -596,7 +613,7 @@ class Operations:
         """Remove a task type's breaker (its held tasks go again at once); False when it had none."""
         authorize(identity, "remove_breaker")
         srv = self.server
-        removed = srv.core.remove_breaker(check_type_name(type_), srv.clock())
+        removed = srv.core.remove_breaker(check_type_name(type_), srv.clock(), identity.name)
         if removed:
             await srv.committed_change()
         return removed
@@ -606,7 +623,7 @@ class Operations:
         wait until ``close_breaker``. Returns it once committed."""
         authorize(identity, "open_breaker")
         srv = self.server
-        srv.core.open_breaker(check_type_name(type_), srv.clock(), _reason(reason, identity))
+        srv.core.open_breaker(check_type_name(type_), srv.clock(), _reason(reason, identity), identity.name)
         await srv.committed_change()
         return self._breaker_map(type_)
 
@@ -620,7 +637,7 @@ class Operations:
         srv = self.server
         if check_type_name(type_) not in srv.core.breakers:
             raise NotFound(f"task type {type_!r} has no breaker")
-        srv.core.close_breaker(type_, srv.clock(), _reason(reason, identity))
+        srv.core.close_breaker(type_, srv.clock(), _reason(reason, identity), identity.name)
         await srv.committed_change()
         return self._breaker_map(type_)
 
@@ -683,6 +700,7 @@ class Operations:
         self._room_for({s.name})
         srv = self._running()
         kept = srv.core.add_schedule(s, srv.clock())
+        self._audit_now(f"schedule:{s.name}", "schedule_added", _when(s), identity)
         await srv.committed_change()
         return kept.as_dict()
 
@@ -696,6 +714,7 @@ class Operations:
         authorize(identity, "schedule_remove")
         srv = self._running()
         srv.core.remove_schedule(name, srv.clock())
+        self._audit_now(f"schedule:{name}", "schedule_removed", "", identity)
         await srv.committed_change()
 
     async def pause_schedule(self, identity: Identity, name: str, paused: bool = True) -> dict[str, Any]:
@@ -709,6 +728,7 @@ class Operations:
         srv = self._running()
         core = srv.core
         s = (core.pause_schedule if paused else core.resume_schedule)(name, srv.clock())
+        self._audit_now(f"schedule:{name}", "schedule_paused" if paused else "schedule_resumed", "", identity)
         await srv.committed_change()
         return s.as_dict()
 
@@ -727,6 +747,7 @@ class Operations:
         authorize(identity, "schedule_run")
         srv = self._running()
         tid = srv.core.run_schedule_now(name, srv.clock())
+        self._audit_now(f"schedule:{name}", "schedule_run", f"task {tid}", identity)
         await srv.committed_change()
         return tid
 
@@ -751,6 +772,11 @@ def _check_scope(identity: Identity, specs: list[TaskSpec]) -> None:
         if (spec.queue or "default") not in allowed:
             raise Forbidden(f"this credential may enqueue into the queues {sorted(allowed)} only, not "
                             f"{spec.queue or 'default'!r}")
+
+
+def _when(s: Any) -> str:
+    """A schedule's type and timing, in words (the audit log)."""
+    return f"{s.type}: cron {s.cron} {s.tz}" if s.cron is not None else f"{s.type}: every {s.every:g}s"
 
 
 def _reason(reason: str, identity: Identity) -> str:
