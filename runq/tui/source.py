@@ -47,6 +47,11 @@ class Source(abc.ABC):
     def offline(self) -> bool:
         return self.state.offline
 
+    def may(self, op: str) -> bool:
+        """Whether the identity the source connected as may ask for ``op`` (a protocol op name; docs/security.md):
+        the screens hide the actions it may not take. True when the server does not say (an older one)."""
+        return True
+
     async def start(self) -> None:
         """Start keeping ``state`` current (returns at once; the work goes on in the background)."""
 

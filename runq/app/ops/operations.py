@@ -124,7 +124,8 @@ class Operations:
             "max_frame": cfg.max_frame, "max_reply": cfg.max_reply, "lease_timeout": cfg.core.lease_timeout,
             "heartbeat": cfg.core.lease_timeout / 3,
         }
-        welcome["identity"] = {"name": identity.name, "role": identity.role}
+        # who the caller is and what it may ask (the dashboard hides the rest: docs/security.md)
+        welcome["identity"] = {"name": identity.name, "role": identity.role, "ops": sorted(identity.ops)}
         if hello.role == "worker":
             if identity.role != "worker":
                 raise Forbidden(f"a worker connection needs a worker's credential, not a{'n' if identity.role[:1] in 'aeiou' else ''} {identity.role}'s")
