@@ -12,6 +12,7 @@ import click
 
 from .. import __version__
 from .limits import breakers, limits, why
+from .login import login, logout
 from .options import (
     CONTEXT_SETTINGS,
     EXIT_INTERRUPTED,
@@ -51,7 +52,7 @@ for _command in (serve, worker, enqueue, status, wait, cancel, retry, events, ta
 for _command in (limits, breakers, why):  # (limits and breakers: docs/limits.md)
     cli.add_command(_command)
 cli.add_command(schedules)  # (periodic tasks: docs/schedules.md)
-for _command in (users, tokens, audit):  # (users, roles, API tokens, the audit log: docs/security.md)
+for _command in (users, tokens, audit, login, logout):  # (users, roles, API tokens, the audit log: docs/security.md)
     cli.add_command(_command)
 
 

@@ -174,4 +174,4 @@ def test_docs_name_the_environment_variable_of_every_option() -> None:
     assert accepted == {"--log-level": commands, "--log-format": commands, "--log-config": commands,
                         # (users and tokens work on the database, never through a server: docs/security.md)
                         "--server": commands - {"serve", "demo", "users", "tokens"},
-                        "--token": commands - {"demo", "users", "tokens"}}
+                        "--token": commands - {"demo", "users", "tokens", "login", "logout"}}

@@ -181,3 +181,36 @@ async def test_a_failed_login_says_nothing_of_who_exists_is_rate_limited_and_aud
         assert [e["actor"] for e in audit] == ["alice", "nobody", "eve", "?", "a" * 64] + ["alice"] * 4
         assert all(e["detail"] == "failed login from 127.0.0.1" and e["scope"] == "auth" for e in audit)
 
+
+
+async def test_a_tcp_connection_of_an_access_token_ends_when_the_token_expires(nursery: trio.Nursery,
+                                                                              tmp_path: Path) -> None:
+    from runq.protocol.frames import Connection, encode_frame
+
+    clock = FakeClock()
+    srv, _ = await _start(nursery, tmp_path, clock)
+    keys = srv.authenticator.keys
+    assert keys is not None
+    stream = await trio.open_tcp_stream("127.0.0.1", srv.port)
+    conn = Connection()
+
+    async def ask(msg: dict[str, Any]) -> dict[str, Any]:
+        await stream.send_all(encode_frame(msg))
+        while True:
+            m = conn.next_message()
+            if m is not None:
+                return m
+            data = await stream.receive_some(65536)
+            assert data, "closed"
+            conn.receive_data(data)
+
+    with trio.fail_after(20):
+        async with stream:
+            welcome = await ask({"op": "hello", "versions": [1], "role": "client",
+                                 "token": keys.issue("alice", "user", T0, 60)})
+            assert welcome["identity"]["name"] == "alice" and "enqueue" in welcome["identity"]["ops"]
+            assert (await ask({"op": "ping", "rid": 1}))["op"] == "pong"
+            clock.now += 60
+            refused = await ask({"op": "ping", "rid": 2})
+            assert (refused["op"], refused["code"]) == ("error", "unauthorized")
+            assert await stream.receive_some(65536) == b""  # (closed)

@@ -153,7 +153,14 @@ class TcpFrontend:
         srv = self.server
         outbox = srv.outbox
         worker = sess.role == "worker"
+        ident = sess.identity
+        # (a credential that can stop being valid: an access token expires, a user may be disabled; checked at
+        # each read, an attribute test for the shared token: docs/security.md)
+        recheck = ident.expires_at is not None or ident.owner is not None
+        still_valid = srv.authenticator.still_valid
         while True:
+            if recheck and not still_valid(ident, srv.clock()):
+                raise ProtocolError("the connection's credential expired or its user was disabled", "unauthorized")
             msgs = conn.messages()
             # (a read of nothing but questions changes nothing: no flush; a worker's messages all change things)
             if worker or len(msgs) != 1:
