@@ -206,3 +206,14 @@ def _rule_of(path: str) -> str:
             return re.sub(pattern, rule, path)
     return path
 
+
+
+def test_docs_security_md_shows_the_same_table() -> None:
+    """docs/security.md's permission table (its role columns: "yes" or "own") is this one."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
+    table = text.split("<!-- permissions -->")[1].split("<!-- /permissions -->")[0]
+    documented: dict[str, set[str]] = {}
+    for line in table.strip().splitlines()[2:]:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        documented[cells[0]] = {role for role, cell in zip(ROLES, cells[3:7], strict=True) if cell in ("yes", "own")}
+    assert documented == TABLE
