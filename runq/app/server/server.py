@@ -604,6 +604,12 @@ class Server:
     async def _pruner(self) -> None:
         while True:
             self.prune()
+            ps = self.principal_store
+            if ps is not None:  # (refresh tokens past their expiry: no use to anyone)
+                try:
+                    await trio.to_thread.run_sync(ps.forget_refresh, self.clock())
+                except StoreError as exc:
+                    log.warning("could not delete expired refresh tokens: %s", exc)
             await trio.sleep(self.config.prune_interval)
 
     def prune(self, before: float | None = None) -> None:
