@@ -106,6 +106,16 @@ def users(ctx: click.Context, db: str, json: bool) -> int:
     return 0
 
 
+@users.command("list", cls=RunqCommand, short_help="list the users (as runq users)")
+@_db_option
+@json_option
+@log_options
+@click.pass_context
+def users_list(ctx: click.Context, db: str, json: bool) -> int:
+    """List the users of the database (name, role, disabled)."""
+    return int(ctx.invoke(users, db=db, json=json) or 0)
+
+
 def _print_users(found: list[dict[str, Any]]) -> None:
     now = time.time()
     output.print_table(["name", "role", "state", "changed"],
@@ -219,6 +229,16 @@ def tokens(ctx: click.Context, db: str, json: bool) -> int:
         ps.close()
     output.show(found, json, "runq tokens: no API tokens (runq tokens create NAME --role worker)", _print_tokens)
     return 0
+
+
+@tokens.command("list", cls=RunqCommand, short_help="list the API tokens (as runq tokens)")
+@_db_option
+@json_option
+@log_options
+@click.pass_context
+def tokens_list(ctx: click.Context, db: str, json: bool) -> int:
+    """List the API tokens (id, name, role, user, queues, expiry, revoked)."""
+    return int(ctx.invoke(tokens, db=db, json=json) or 0)
 
 
 def _print_tokens(found: list[dict[str, Any]]) -> None:

@@ -23,7 +23,15 @@ from textual.screen import Screen
 from textual.scrollbar import ScrollBar, ScrollBarRender
 
 from .forms import HelpScreen
-from .screens import DashboardScreen, QueuesScreen, SchedulesScreen, TasksScreen, TimelineScreen, WorkersScreen
+from .screens import (
+    AuditScreen,
+    DashboardScreen,
+    QueuesScreen,
+    SchedulesScreen,
+    TasksScreen,
+    TimelineScreen,
+    WorkersScreen,
+)
 from .source import Source
 
 __all__ = ["RefreshStats", "RunqDashboard"]
@@ -83,7 +91,8 @@ class RunqDashboard(App[None]):
     """
 
     TITLE = "runq"
-    MODES: ClassVar[dict[str, str | Callable[[], Screen[Any]]]] = {"queues": QueuesScreen, "workers": WorkersScreen, "tasks": TasksScreen, "timeline": TimelineScreen, "schedules": SchedulesScreen}
+    MODES: ClassVar[dict[str, str | Callable[[], Screen[Any]]]] = {"queues": QueuesScreen, "workers": WorkersScreen, "tasks": TasksScreen, "timeline": TimelineScreen, "schedules": SchedulesScreen,
+                                                                   "audit": AuditScreen}
     DEFAULT_MODE = "queues"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("1", "switch_mode('queues')", "Queues"),
@@ -92,6 +101,7 @@ class RunqDashboard(App[None]):
         Binding("4", "switch_mode('timeline')", "Timeline"),
         # (not in the footer, which is full: the help screen and docs/tui.md name it)
         Binding("5", "switch_mode('schedules')", "Schedules", show=False),
+        Binding("6", "switch_mode('audit')", "Audit", show=False),
         Binding("question_mark", "help", "Help"),
         Binding("q", "quit", "Quit"),
     ]

@@ -344,6 +344,9 @@ class LiveSource(Source):
     async def run_schedule_now(self, name: str) -> int:
         return await self._call(lambda c: c.run_schedule_now(name))
 
+    async def server_events(self, limit: int = 200) -> list[dict[str, Any]]:
+        return await self._call(lambda c: c.server_events(limit=limit))
+
     def _kept(self, schedule: dict[str, Any]) -> dict[str, Any]:
         """Show ``schedule`` as the server answered it, before the next poll."""
         st = self.state

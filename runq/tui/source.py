@@ -114,3 +114,9 @@ class Source(abc.ABC):
 
     async def run_schedule_now(self, name: str) -> int:
         raise ReadOnly("this view is read-only")
+
+    # ------------------------------------------------------------------ the audit log (docs/security.md)
+    async def server_events(self, limit: int = 200) -> list[dict[str, Any]]:
+        """The latest ``limit`` events of no task (the audit log with its actors, and the server's own),
+        oldest first."""
+        return []

@@ -35,6 +35,7 @@ def test_users_are_added_listed_given_a_password_and_disabled_on_the_database(tm
     assert cli("users", "add", "alice", "--password-stdin", "--db", db, stdin="x\n").returncode == 1
     assert cli("users", "add", "no:colon", "--password-stdin", "--db", db, stdin="x\n").returncode == 2
     assert cli("users", "add", "bob", "--password-stdin", "--db", db, stdin="\n").returncode == 1  # (empty)
+    assert run_cli("users", "list", "--db", db, "--json").stdout == run_cli("users", "--db", db, "--json").stdout
     listed = json.loads(run_cli("users", "--db", db, "--json").stdout)
     assert [(u["name"], u["role"], u["disabled"]) for u in listed] == [("alice", "admin", False)]
     conn = sqlite3.connect(db)
@@ -99,7 +100,8 @@ async def test_a_token_made_by_the_cli_works_at_once_and_stops_when_revoked(tmp_
             except Unauthorized:
                 break
             await trio.sleep(0.05)
-        listed = json.loads((await trio.to_thread.run_sync(lambda: run_cli("tokens", "--db", db, "--json"))).stdout)
+        listed = json.loads((await trio.to_thread.run_sync(lambda: run_cli("tokens", "list", "--db", db,
+                                                                           "--json"))).stdout)
         assert {t["name"]: (t["role"], t["queues"], t["revoked_at"] is not None) for t in listed} == {
             "ops": ("admin", None, True), "w": ("worker", ["q1"], False), "late": ("user", None, False)}
         r = await trio.to_thread.run_sync(lambda: run_cli("tokens", "revoke", made["ops"]["id"], "--db", db))

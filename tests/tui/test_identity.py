@@ -10,6 +10,7 @@ import anyio
 import pytest
 from test_live import SIZE, banner, table_rows, until
 from test_offline import WRITES, offered_per_screen
+from textual.widgets import Static
 from tui_helpers import Procs
 
 from runq.app.auth import new_token, token_hash
@@ -41,6 +42,7 @@ async def test_the_dashboard_offers_what_the_identity_may_do_and_shows_a_users_o
                 Client(procs.address, token=tokens["alice"]) as alice:
             theirs = await admin.enqueue("noop", 1)
             mine = await alice.enqueue("noop", 2)
+            await admin.pause("elsewhere")  # (an operator's action: in the audit log)
         expected = {
             "alice": {"queues": {"enqueue"}, "workers": set(), "tasks": {"cancel_task", "retry_task", "enqueue"},
                       "detail": {"cancel_task", "retry_task"}},
@@ -68,3 +70,29 @@ async def _check(address: str, tokens: dict[str, str], who: str, role: str, mine
         shown = await offered_per_screen(app, pilot, mine)
         assert {n: a & WRITES for n, a in shown.items()} == expected, who
         assert "reconnecting" not in banner(app)  # (a user's polls skip what it may not read)
+        await pilot.press("escape", "6")  # the audit log
+        if who == "alice":
+            await until(pilot, lambda: "admins and viewers" in str(app.screen.query_one("#summary", Static).content),
+                        what="the audit log refused")
+            assert table_rows(app, "#audit") == []
+        else:
+            await until(pilot, lambda: table_rows(app, "#audit"), what="the audit log")
+            [row] = table_rows(app, "#audit")
+            assert row[2:5] == [f"token:{tokens['admin'][3:11]}", "queue_paused", "queue:elsewhere"]
+
+
+async def test_the_offline_dashboard_reads_the_files_audit_log(tmp_path: Path) -> None:
+    from runq.tui.offline import OfflineSource
+
+    db = str(tmp_path / "runq.db")
+    ps = open_principals(db)
+    ps.audit(1_800_000_000.0, "token_revoked", "token 1a2b3c4d", "cli:ops")
+    ps.close()
+    source = OfflineSource(db)
+    await source.start()
+    try:
+        [e] = await source.server_events()
+        assert (e["at"], e["scope"], e["kind"], e["detail"], e["actor"]) == (
+            1_800_000_000.0, "auth", "token_revoked", "token 1a2b3c4d", "cli:ops")
+    finally:
+        await source.close()

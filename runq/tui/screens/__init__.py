@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .audit import AuditScreen
 from .base import DashboardScreen
 from .queues import QueuesScreen
 from .schedules import SchedulesScreen
@@ -9,4 +10,4 @@ from .tasks import TaskDetailScreen, TasksScreen
 from .timeline import TimelineScreen
 from .workers import WorkersScreen
 
-__all__ = ["DashboardScreen", "QueuesScreen", "SchedulesScreen", "TaskDetailScreen", "TasksScreen", "TimelineScreen", "WorkersScreen"]
+__all__ = ["AuditScreen", "DashboardScreen", "QueuesScreen", "SchedulesScreen", "TaskDetailScreen", "TasksScreen", "TimelineScreen", "WorkersScreen"]
