@@ -331,6 +331,7 @@ class Server:
     async def _load_principals(self, store: Store) -> None:
         """Open the principal tables, load the users and API tokens, and the access-token keys (the file's, or
         the one kept in the database, made on first start)."""
+        self.authenticator.shared = self.config.token  # (as configured when serving starts)
         ps = self.principal_store = await trio.to_thread.run_sync(store.principals)
         await self.reload_principals()
         if self.config.keys_file is not None:
