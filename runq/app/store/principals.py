@@ -92,6 +92,12 @@ class PrincipalStore:
     def _sql(self, sql: str) -> str:
         return sql if self.mark == "?" else sql.replace("?", self.mark)
 
+    def _one(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
+        """The first row of a query, or None; the statement is read to its end (a SQLite statement left
+        unfinished would hold a read transaction open, and with it the WAL's checkpoints)."""
+        rows = self._exec(sql, args).fetchall()
+        return rows[0] if rows else None
+
     def _exec(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
         try:
             return self.conn.execute(self._sql(sql), args)
@@ -112,7 +118,7 @@ class PrincipalStore:
     def version(self) -> str | None:
         """The ``principals_version`` (changes with every change of a principal; None: never changed)."""
         with self._lock:
-            row = self._exec("SELECT value FROM meta WHERE key = 'principals_version'").fetchone()
+            row = self._one("SELECT value FROM meta WHERE key = 'principals_version'")
         return None if row is None else str(row[0])
 
     def users(self) -> list[UserRecord]:
@@ -122,7 +128,7 @@ class PrincipalStore:
 
     def user(self, name: str) -> UserRecord | None:
         with self._lock:
-            r = self._exec(f"SELECT {_USER_COLS} FROM users WHERE name = ?", (name,)).fetchone()
+            r = self._one(f"SELECT {_USER_COLS} FROM users WHERE name = ?", (name,))
         return None if r is None else UserRecord(r[0], r[1], r[2], bool(r[3]), r[4], r[5])
 
     def tokens(self) -> list[TokenRecord]:
@@ -132,7 +138,7 @@ class PrincipalStore:
 
     def refresh(self, token_hash: str) -> RefreshRecord | None:
         with self._lock:
-            r = self._exec(f"SELECT {_REFRESH_COLS} FROM refresh_tokens WHERE hash = ?", (token_hash,)).fetchone()
+            r = self._one(f"SELECT {_REFRESH_COLS} FROM refresh_tokens WHERE hash = ?", (token_hash,))
         return None if r is None else RefreshRecord(*r)
 
     # ------------------------------------------------------------------ changes
@@ -143,7 +149,7 @@ class PrincipalStore:
             ValueError: a user of that name exists.
         """
         with self._lock:
-            if self._exec("SELECT 1 FROM users WHERE name = ?", (user.name,)).fetchone() is not None:
+            if self._one("SELECT 1 FROM users WHERE name = ?", (user.name,)) is not None:
                 raise ValueError(f"user {user.name!r} exists already")
             self._exec(f"INSERT INTO users ({_USER_COLS}) VALUES (?, ?, ?, ?, ?, ?)",
                        (*user[:3], self._flag(user.disabled), *user[4:]))
@@ -211,14 +217,14 @@ class PrincipalStore:
 
     def meta(self, key: str) -> str | None:
         with self._lock:
-            row = self._exec("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            row = self._one("SELECT value FROM meta WHERE key = ?", (key,))
         return None if row is None else str(row[0])
 
     def set_meta_once(self, key: str, value: str) -> str:
         """Store ``value`` under ``key`` unless one is there; return the one stored (two starts agree)."""
         with self._lock:
             self._exec("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING", (key, value))
-            row = self._exec("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            row = self._one("SELECT value FROM meta WHERE key = ?", (key,))
         return str(row[0])
 
     def audit(self, at: float, kind: str, detail: str, actor: str) -> None:
