@@ -15,6 +15,7 @@ from .. import __version__
 from .dead import dead
 from .limits import breakers, limits, why
 from .migrate import migrate
+from .login import login, logout
 from .options import (
     CONTEXT_SETTINGS,
     EXIT_INTERRUPTED,
@@ -28,6 +29,7 @@ from .schedules import schedules
 from .serve import demo, serve
 from .tasks import cancel, enqueue, events, retry, status, tasks, wait
 from .tui import tui
+from .users import audit, tokens, users
 from .worker import load_worker, worker
 
 __all__ = ["cli", "load_worker", "main"]
@@ -55,6 +57,8 @@ for _command in (limits, breakers, why):  # (limits and breakers: docs/limits.md
 cli.add_command(schedules)  # (periodic tasks: docs/schedules.md)
 cli.add_command(migrate)  # (copy a database to another store: docs/postgres.md)
 cli.add_command(dead)  # (the dead-letter queue: docs/dead-letters.md)
+for _command in (users, tokens, audit, login, logout):  # (users, roles, API tokens, the audit log: docs/security.md)
+    cli.add_command(_command)
 
 
 def main(argv: list[str] | None = None) -> int:

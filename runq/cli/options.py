@@ -165,10 +165,11 @@ def command(short_help: str) -> Callable[[Callable[..., Any]], RunqCommand]:
 
 
 def client(settings: Settings) -> Any:
-    """A ``SyncClient`` on ``--server`` with ``--token``."""
+    """A ``SyncClient`` on ``--server`` with ``--token``, or the token of a ``runq login`` (login.py)."""
     from ..protocol.sync_client import SyncClient
+    from .login import resolve_token
 
-    return SyncClient(settings.server, token=settings.token, tls=settings.tls_option)
+    return SyncClient(settings.server, token=resolve_token(settings), tls=settings.tls_option)
 
 
 class RunqGroup(click.Group):

@@ -55,6 +55,8 @@ GC_THRESHOLDS = (50_000, 20, 10)
         help="seconds finished tasks are kept")
 @option("--max-subscribers", type=int, default=256,
         help="live event streams (TCP subscribe and HTTP) served at once")
+@option("--keys-file", default=None, metavar="FILE", show_default="a key kept in the database",
+        help="signing keys of login access tokens, one per line, the first signs (docs/security.md)")
 @option("--port-file", default=None, metavar="FILE", help="write the bound TCP port to this file once serving")
 @option("--tls-cert", envvar="RUNQ_TLS_CERT", default=None, metavar="FILE", type=click.Path(dir_okay=False),
         help="serve TLS (TCP protocol and HTTP API) with this certificate (PEM, with its chain); needs --tls-key")
@@ -64,7 +66,8 @@ GC_THRESHOLDS = (50_000, 20, 10)
 @click.pass_obj
 def serve(settings: Settings, db: str, host: str, port: int, http_port: int | None, synchronous: str,
           lease_timeout: float, backoff_base: float, backoff_max: float, jitter: float, retention: float,
-          max_subscribers: int, port_file: str | None, tls_cert: str | None, tls_key: str | None) -> int:
+          max_subscribers: int, keys_file: str | None, port_file: str | None, tls_cert: str | None,
+          tls_key: str | None) -> int:
     """Run the server: the runq TCP protocol, the SQLite database and the HTTP API, in one process.
 
     SIGTERM or SIGINT stops it gracefully (what was acknowledged is committed).
@@ -79,7 +82,7 @@ def serve(settings: Settings, db: str, host: str, port: int, http_port: int | No
 
     cfg = ServerConfig(db=db, host=host, port=port, http_port=_http_port(http_port, port), token=settings.token,
                        synchronous=synchronous.upper(), retention=retention, max_subscribers=max_subscribers,
-                       tls_cert=tls_cert, tls_key=tls_key,
+                       tls_cert=tls_cert, tls_key=tls_key, keys_file=keys_file,
                        core=CoreConfig(lease_timeout=lease_timeout, backoff_base=backoff_base,
                                        backoff_max=backoff_max, jitter=jitter))
     server = Server(cfg)

@@ -17,5 +17,7 @@ __all__ = ["tui"]
 def tui(settings: Settings, db: str | None) -> int:
     """Open the terminal dashboard: follow a server live (--server), or a database file read-only (--db)."""
     from ..tui import run_tui
+    from .login import resolve_token
 
-    return run_tui(server=settings.server, token=settings.token, db=db, tls=settings.tls_option)
+    return run_tui(server=settings.server, token=resolve_token(settings) if db is None else None, db=db,
+                   tls=settings.tls_option)

@@ -13,6 +13,7 @@ __all__ = [
     "ERROR_CODES",
     "REQUEST_ERROR_CODES",
     "ConnectionClosed",
+    "Forbidden",
     "FrameTooLarge",
     "InvalidState",
     "NotRunqServer",
@@ -162,6 +163,10 @@ class Unauthorized(RemoteError):
     """The token was missing or wrong."""
 
 
+class Forbidden(RemoteError):
+    """The caller is known, but its role may not do this (docs/security.md)."""
+
+
 class ConnectionClosed(RunqError):
     """The connection to the server ended while a request was outstanding."""
 
@@ -198,17 +203,21 @@ ERROR_CODES: dict[str, str] = {
     "lease_expired": "(to a worker) it was silent for lease_timeout: its leases are gone",
     "reply_too_large": "the answer would be a frame over the server's max_reply (a reply no request can cut)",
     "internal": "a bug in the server met while handling this connection's input: logged, that connection closed",
+    # users and roles (docs/security.md)
+    "forbidden": "the caller's role may not do this (docs/security.md, the permission table)",
+    "rate_limited": "too many failed logins for this user or address lately; try again later",
 }
 
 #: The codes of errors that answer one request and leave the connection open (docs/protocol.md section 9);
 #: every other error frame is followed by the end of the connection.
 REQUEST_ERROR_CODES = frozenset({"not_found", "invalid_state", "bad_request", "store_error", "busy",
-                                 "reply_too_large"})
+                                 "reply_too_large", "forbidden"})
 
 _CLASSES: dict[str, type[RemoteError]] = {
     "not_found": TaskNotFound,
     "invalid_state": InvalidState,
     "unauthorized": Unauthorized,
+    "forbidden": Forbidden,
 }
 
 

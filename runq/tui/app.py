@@ -24,6 +24,7 @@ from textual.scrollbar import ScrollBar, ScrollBarRender
 
 from .forms import HelpScreen
 from .screens import (
+    AuditScreen,
     DashboardScreen,
     DeadScreen,
     QueuesScreen,
@@ -91,7 +92,8 @@ class RunqDashboard(App[None]):
     """
 
     TITLE = "runq"
-    MODES: ClassVar[dict[str, str | Callable[[], Screen[Any]]]] = {"queues": QueuesScreen, "workers": WorkersScreen, "tasks": TasksScreen, "timeline": TimelineScreen, "schedules": SchedulesScreen, "dead": DeadScreen}
+    MODES: ClassVar[dict[str, str | Callable[[], Screen[Any]]]] = {"queues": QueuesScreen, "workers": WorkersScreen, "tasks": TasksScreen, "timeline": TimelineScreen, "schedules": SchedulesScreen,
+                                                                   "dead": DeadScreen, "audit": AuditScreen}
     DEFAULT_MODE = "queues"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("1", "switch_mode('queues')", "Queues"),
@@ -101,6 +103,7 @@ class RunqDashboard(App[None]):
         # (not in the footer, which is full: the help screen and docs/tui.md name it)
         Binding("5", "switch_mode('schedules')", "Schedules", show=False),
         Binding("6", "switch_mode('dead')", "Dead letters", show=False),
+        Binding("7", "switch_mode('audit')", "Audit", show=False),
         Binding("question_mark", "help", "Help"),
         Binding("q", "quit", "Quit"),
     ]

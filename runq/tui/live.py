@@ -82,6 +82,8 @@ class LiveSource(Source):
         #: clients (a first connection that failed, or a server given up on)
         self.backoff = Backoff(base=0.2, cap=2.0)
         self._lost = asyncio.Event()  # set when the current session's connection ends
+        #: the ops the server says this connection may ask (welcome ``identity``); None: it did not say
+        self.ops: frozenset[str] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -105,6 +107,9 @@ class LiveSource(Source):
 
     def now(self) -> float:
         return time.time() + self._offset
+
+    def may(self, op: str) -> bool:
+        return self.ops is None or op in self.ops
 
     async def _run(self) -> None:
         """Clients one after another: a new one only when the first connection failed or its server was given
@@ -178,6 +183,10 @@ class LiveSource(Source):
     async def _setup(self, client: Client) -> EventStream:
         """Subscribe, poll once and seed the Gantt view (at the first connection), within ``setup_timeout``
         once the client is connected."""
+        ident = client.welcome.get("identity")
+        if isinstance(ident, dict) and isinstance(ident.get("ops"), list):
+            self.ops = frozenset(str(op) for op in ident["ops"])
+            self.state.identity = f"{ident.get('name')} ({ident.get('role')})"
         async with asyncio.timeout(self.setup_timeout):  # a server that welcomes, then stalls
             stream = self._stream = await client.subscribe(buffer=100_000)
             if self._closing:
@@ -188,7 +197,8 @@ class LiveSource(Source):
         w = client.welcome
         self.state.lease_timeout = float(w.get("lease_timeout") or self.state.lease_timeout)
         self.state.heartbeat = float(w.get("heartbeat") or self.state.lease_timeout / 3)
-        self.state.server = f"{self.address} ({w.get('server', 'runq')})"
+        who = f" as {self.state.identity}" if self.state.identity else ""
+        self.state.server = f"{self.address} ({w.get('server', 'runq')}){who}"
         return stream
 
     async def _follow(self, stream: EventStream) -> None:
@@ -209,15 +219,22 @@ class LiveSource(Source):
                 state.version += 1
 
     async def _poll_once(self, client: Client) -> None:
-        queues, workers, stats = await asyncio.gather(client.queues(), client.workers(), client.stats())
+        # (what the identity may not read is not asked for: a user sees its own tasks, not the queues' counts)
+        queues, workers, stats = await asyncio.gather(
+            client.queues() if self.may("queues") else _nothing([]),
+            client.workers() if self.may("workers") else _nothing([]),
+            client.stats() if self.may("stats") else _nothing(self.state.stats))
         self.state.set_queues(queues)
         self.state.set_workers(workers, self.now())
         self.state.stats = stats
-        try:  # (the limits of each queue, for the Queues screen: a server that cannot list them shows none)
-            self.state.limits = await client.limits()
-        except (RemoteError, KeyError, TypeError, ValueError):
+        if self.may("limits"):  # (the limits of each queue, for the Queues screen: a server that cannot list
+            try:                # them, or a caller who may not, shows none)
+                self.state.limits = await client.limits()
+            except (RemoteError, KeyError, TypeError, ValueError):
+                self.state.limits = []
+        else:
             self.state.limits = []
-        if self.state.schedules_wanted:
+        if self.state.schedules_wanted and self.may("schedules"):
             await self._poll_schedules(client)
 
     async def _poll_schedules(self, client: Client) -> None:
@@ -351,9 +368,17 @@ class LiveSource(Source):
     async def run_schedule_now(self, name: str) -> int:
         return await self._call(lambda c: c.run_schedule_now(name))
 
+    async def server_events(self, limit: int = 200) -> list[dict[str, Any]]:
+        return await self._call(lambda c: c.server_events(limit=limit))
+
     def _kept(self, schedule: dict[str, Any]) -> dict[str, Any]:
         """Show ``schedule`` as the server answered it, before the next poll."""
         st = self.state
         st.schedules = [schedule if s.get("name") == schedule["name"] else s for s in st.schedules]
         st.version += 1
         return schedule
+
+
+async def _nothing(value: T) -> T:
+    """``value``, as a poll the identity may not make answers (``_poll_once``)."""
+    return value

@@ -229,6 +229,7 @@ class DashboardState:
         self.connected = offline
         self.status = ""  # why we are disconnected, or what the offline file is
         self.server = ""
+        self.identity = ""  # who the dashboard is connected as ("alice (user)"), when the server says
         self.note = ""  # a problem worth a line on the Queues screen (e.g. the HTTP API not answering)
         self.queues: dict[str, QueueRow] = {}
         self.workers: dict[str, WorkerRow] = {}

@@ -26,7 +26,7 @@ from urllib.parse import quote
 
 import aiosqlite
 
-from ..app.core.records import make_event, make_task
+from ..app.core.records import make_event, make_server_event, make_task
 from ..app.store import POSTGRES_PREFIXES, queries
 from ..app.store.schema import SCHEMA_VERSION
 from ..protocol.errors import RunqError, TaskNotFound
@@ -231,6 +231,10 @@ class OfflineSource(Source):
         rows = await self._all(sql, tuple(args))
         tasks = [decode_task(make_task(r)._asdict()) for r in rows]
         return tasks, (tasks[-1]["id"] if len(tasks) == limit else None)
+
+    async def server_events(self, limit: int = 200) -> list[dict[str, Any]]:
+        sql, args = queries.server_events_query(None, limit)
+        return [make_server_event(r)._asdict() for r in await self._all(sql, tuple(args))]
 
     async def get(self, task_id: int) -> dict[str, Any]:
         rows = await self._all(queries.TASK_BY_ID_SQL, (task_id,))

@@ -47,6 +47,11 @@ class Source(abc.ABC):
     def offline(self) -> bool:
         return self.state.offline
 
+    def may(self, op: str) -> bool:
+        """Whether the identity the source connected as may ask for ``op`` (a protocol op name; docs/security.md):
+        the screens hide the actions it may not take. True when the server does not say (an older one)."""
+        return True
+
     async def start(self) -> None:
         """Start keeping ``state`` current (returns at once; the work goes on in the background)."""
 
@@ -130,3 +135,9 @@ class Source(abc.ABC):
 
     async def run_schedule_now(self, name: str) -> int:
         raise ReadOnly("this view is read-only")
+
+    # ------------------------------------------------------------------ the audit log (docs/security.md)
+    async def server_events(self, limit: int = 200) -> list[dict[str, Any]]:
+        """The latest ``limit`` events of no task (the audit log with its actors, and the server's own),
+        oldest first."""
+        return []

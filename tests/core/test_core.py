@@ -133,7 +133,7 @@ def test_enqueue_writes_an_event_and_a_short_row_per_task() -> None:
     assert row_of(fx, r) == {"id": r, "queue": "default", "type": "t", "payload": b"\x01", "priority": 4,
                              "state": "ready", "run_at": None, "timeout": 7.0, "max_retries": 2, "key": "k",
                              "created_at": T0, "requires": None, "retry_policy": None, "coalesce_key": None,
-                             "limit_key": None}
+                             "limit_key": None, "owner": None}
     assert row_of(fx, s)["run_at"] == T0 + 30 and row_of(fx, s)["state"] == "scheduled"
     assert core.stats.enqueued == 2
     assert all(len(e) == len(EVENT_ROW_COLUMNS) for e in fx.events)

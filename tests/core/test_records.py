@@ -22,7 +22,7 @@ def test_a_task_row_has_the_task_records_fields_in_order() -> None:
     assert typing.get_args(TaskRow) == tuple(typing.get_type_hints(TaskRecord).values())
     assert TASK_COLUMNS == ("id", "queue", "type", "payload", "priority", "state", "run_at", "timeout", "max_retries",
                             "attempt", "key", "result", "error", "progress", "created_at", "started_at", "finished_at",
-                            "worker", "requires", "retry_policy", "coalesce_key", "limit_key")
+                            "worker", "requires", "retry_policy", "coalesce_key", "limit_key", "owner")
     assert typing.get_args(NewTaskRow) == tuple(typing.get_type_hints(NewTaskRecord).values())
     assert set(NEW_COLUMNS) < set(TASK_COLUMNS) and list(NEW_COLUMNS) == [c for c in TASK_COLUMNS if c in NEW_COLUMNS]
 

@@ -13,6 +13,7 @@ import trio
 
 from runq.app.core import CoreConfig
 from runq.app.ops import (
+    KIND_OPS,
     NOT_MESSAGES,
     PERMISSIONS,
     BadRequest,
@@ -54,13 +55,21 @@ DOC_CLIENT |= {"dead_list", "dead_retry", "dead_delete"}
 DOC_WATCHER |= {"dead_list"}
 
 
-def test_the_permission_table_gives_each_role_what_the_protocol_lists() -> None:
-    assert allowed_ops("client") == DOC_CLIENT == CLIENT_OPS
-    # (a worker also declares schedules, in its hello: an operation that is not a message of its own)
-    assert NOT_MESSAGES == {"schedule_declare"} and PERMISSIONS["schedule_declare"] == {"worker"}
-    assert allowed_ops("worker") - NOT_MESSAGES == DOC_WORKER == WORKER_OPS
-    assert allowed_ops("watcher") == DOC_WATCHER == WATCHER_OPS
+def test_each_kind_of_connection_has_the_ops_the_protocol_lists() -> None:
+    # (a worker also declares schedules, in its hello, and anyone may ask who it is (HTTP /api/auth/me):
+    # operations that are not messages of their own)
+    assert NOT_MESSAGES == {"schedule_declare", "whoami"} and PERMISSIONS["schedule_declare"] == {"worker"}
+    assert KIND_OPS["client"] - NOT_MESSAGES == DOC_CLIENT == CLIENT_OPS
+    assert KIND_OPS["worker"] - NOT_MESSAGES == DOC_WORKER == WORKER_OPS
+    assert KIND_OPS["watcher"] - NOT_MESSAGES == DOC_WATCHER == WATCHER_OPS
     assert allowed_ops("nobody") == frozenset()
+
+
+def test_with_the_shared_token_a_client_is_an_admin_a_watcher_a_viewer_a_worker_a_worker() -> None:
+    # the simplest mode (no users): each kind of connection may do what it could before users existed
+    assert authenticate(None, None, "client").ops == DOC_CLIENT | {"whoami"}
+    assert authenticate(None, None, "watcher").ops == DOC_WATCHER | {"whoami"}
+    assert authenticate(None, None, "worker").ops == DOC_WORKER | NOT_MESSAGES
 
 
 def test_authenticate_compares_the_token_and_gives_the_roles_operations() -> None:
@@ -70,12 +79,12 @@ def test_authenticate_compares_the_token_and_gives_the_roles_operations() -> Non
     with pytest.raises(Unauthenticated):
         authenticate("s3cret", None, "client")
     ident = authenticate("s3cret", b"s3cret", "watcher", "10.0.0.1:5000")
-    assert (ident.name, ident.role, ident.ops) == ("10.0.0.1:5000", "watcher", frozenset(DOC_WATCHER))
-    assert authenticate(None, None, "worker").ops == DOC_WORKER | NOT_MESSAGES  # (no token: anyone)
+    assert (ident.name, ident.role, ident.ops) == ("10.0.0.1:5000", "viewer", frozenset(DOC_WATCHER | {"whoami"}))
+    assert ident.owner is None and ident.sees_all
     authorize(ident, "list")
     with pytest.raises(NotPermitted) as refused:
-        authorize(ident, "enqueue")
-    assert refused.value.code == "unknown_op" and str(refused.value) == "unknown op 'enqueue' for a watcher"
+        authorize(ident, "enqueue")  # (not an op of a watcher connection at all: unknown_op, as before)
+    assert refused.value.code == "unknown_op" and str(refused.value) == "unknown op 'enqueue' for a viewer"
 
 
 async def _start(nursery: trio.Nursery, tmp_path: Any, **cfg: Any) -> Server:
@@ -135,6 +144,7 @@ def _calls(ops: Any, ident: Identity, tid: int) -> dict[str, Callable[[], Any]]:
         "dead_list": lambda: ops.dead_list(ident, DeadQuery()),
         "dead_retry": lambda: ops.dead_retry(ident, DeadQuery()),
         "dead_delete": lambda: ops.dead_delete(ident, DeadQuery()),
+        "whoami": lambda: ops.whoami(ident),
     }
 
 

@@ -63,7 +63,7 @@ def test_the_blocking_client_sets_and_reads_limits_and_breakers(threaded_server:
         tid = c.enqueue("t", queue="held")
         why = c.why(tid)
         assert why is not None and why["reason"] == "paused"
-        assert [e["kind"] for e in c.server_events(limit=2)] == ["breaker_closed", "breaker_removed"]
+        assert [e["kind"] for e in c.server_events(limit=3)] == ["breaker_closed", "breaker_removed", "queue_paused"]
         with pytest.raises(RemoteError) as err:
             c.set_limit("queue", "mail", concurrency=0)
         assert err.value.code == "bad_request"

@@ -429,6 +429,57 @@ class TestStoreContract:
         finally:
             s.close()
 
+    def test_a_tasks_owner_is_written_loaded_back_and_filters_the_list(self, open_store: OpenStore,
+                                                                        path: Path) -> None:
+        s = open_store(path)
+        s.start()
+        new = task(1, owner="alice").new_row()
+        assert commit(s, Batch(new_rows=[new], rows=[row(2, owner="bob"), row(3), row(4, "succeeded", owner="alice")])) is None
+        assert [r.id for r in s.list_tasks(owner="alice")] == [4, 1]
+        assert [r.id for r in s.list_tasks(owner="bob", state="ready")] == [2]
+        assert [r.id for r in s.list_tasks()] == [4, 3, 2, 1]
+        s.close()
+        s = open_store(path)  # a restart
+        try:
+            loaded = [TaskRecord(*r) for r in s.load()[0]]
+            assert [(r.id, r.owner) for r in loaded] == [(1, "alice"), (2, "bob"), (3, None)]
+            assert s.get_task(4).owner == "alice"  # type: ignore[union-attr]
+        finally:
+            s.close()
+
+    def test_principals_are_kept_beside_the_tasks_and_every_change_moves_their_version(self, store: Store) -> None:
+        from runq.app.store.principals import RefreshRecord, TokenRecord, UserRecord
+
+        ps = store.principals()
+        try:
+            assert (ps.users(), ps.tokens(), ps.version()) == ([], [], None)
+            alice = UserRecord("alice", "user", "$argon2id$x", False, T0, T0)
+            ps.add_user(alice)
+            v1 = ps.version()
+            assert ps.users() == [alice] and ps.user("alice") == alice and ps.user("bob") is None and v1
+            with pytest.raises(ValueError):
+                ps.add_user(alice)
+            assert ps.update_user("alice", T0 + 1, disabled=True, password="$argon2id$y")
+            assert ps.user("alice") == alice._replace(disabled=True, password="$argon2id$y", changed_at=T0 + 1)
+            assert not ps.update_user("bob", T0 + 1, disabled=True) and ps.version() not in (None, v1)
+            tok = TokenRecord("abcd0123", "h" * 64, "w", "worker", None, "q1,q2", T0 + 60, None, T0)
+            ps.add_token(tok)
+            assert ps.tokens() == [tok]
+            assert ps.revoke_token("w", T0 + 2) and not ps.revoke_token("abcd0123", T0 + 3)
+            assert ps.tokens() == [tok._replace(revoked_at=T0 + 2)]
+            ref = RefreshRecord("00ff00ff", "r" * 64, "alice", T0 + 100, None, T0)
+            ps.add_refresh(ref)
+            assert ps.refresh("r" * 64) == ref and ps.refresh("x") is None
+            assert ps.revoke_refresh("r" * 64, T0 + 5) and not ps.revoke_refresh("r" * 64, T0 + 6)
+            ps.add_refresh(ref._replace(id="11ff00ff", hash="s" * 64))
+            assert ps.revoke_user_refresh("alice", T0 + 7) == 1
+            assert ps.forget_refresh(T0 + 101) == 2 and ps.refresh("s" * 64) is None
+            assert ps.set_meta_once("k", "one") == "one" and ps.set_meta_once("k", "two") == "one"
+            ps.audit(T0, "login_failed", "failed login from 127.0.0.1", "mallory")
+        finally:
+            ps.close()
+        assert [(e.scope, e.kind, e.actor) for e in store.server_events()] == [("auth", "login_failed", "mallory")]
+
     def test_next_id_counts_a_finished_newest_task(self, open_store: OpenStore, path: Path) -> None:
         s = open_store(path)
         s.write_now(Batch(rows=[row(3), row(9, "succeeded", finished_at=T0)]))
@@ -736,7 +787,7 @@ class TestStoreContract:
         assert members - called == set()
         assert {"leadership", "load", "load_requests", "load_schedules", "next_event_id", "load_limits", "write_now",
                 "start", "submit", "commit_here", "can_commit_inline", "close", "get_task", "events", "list_tasks",
-                "server_events", "check_writable", "stats", "dead_tasks"} == members  # (what the server and recovery call: base.py rule 1)
+                "server_events", "check_writable", "stats", "dead_tasks", "principals"} == members  # (what the server and recovery call: base.py rule 1)
 
 
 def commit_started(store: Store, batch: Batch) -> BaseException | None:

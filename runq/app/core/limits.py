@@ -228,13 +228,13 @@ class LimitEvent(NamedTuple):
         kind: ``limit_set``, ``limit_removed``, ``breaker_set``, ``breaker_removed``, ``breaker_open``,
             ``breaker_half_open``, ``breaker_closed``.
         detail: what changed, in words.
+        actor: who asked for it (the audit log: docs/security.md); None: the server itself.
     """
 
     at: float
     scope: str
     kind: str
     detail: str
-    #: who did it (an operator's bulk action on dead tasks: ``Core.audit``); None: the server itself
     actor: str | None = None
 
     def record(self) -> ServerEventRecord:
@@ -447,8 +447,9 @@ class Limits(Routing):
 
     # ------------------------------------------------------------------ limits: set, remove, read
     def set_limit(self, scope: Scope | tuple[str, ...], now: float, rate: float | None = None, period: float = 1.0,
-                  burst: int = 1, concurrency: int | None = None) -> Limit:
-        """Set (or replace) the limit of ``scope``; it applies at once, to the tasks already ready too.
+                  burst: int = 1, concurrency: int | None = None, actor: str | None = None) -> Limit:
+        """Set (or replace) the limit of ``scope``; it applies at once, to the tasks already ready too (``actor``:
+        who asks, for the audit log; the same in the other changes below).
 
         Returns:
             The limit as set.
@@ -465,10 +466,10 @@ class Limits(Routing):
             what.append(f"{rate:g} per {period:g}s, burst {burst}")
         if concurrency is not None:
             what.append(f"at most {concurrency} running")
-        self._limit_events.append(LimitEvent(now, str(lim.scope), "limit_set", "; ".join(what)))
+        self._limit_events.append(LimitEvent(now, str(lim.scope), "limit_set", "; ".join(what), actor))
         return lim
 
-    def remove_limit(self, scope: Scope | tuple[str, ...], now: float) -> Limit | None:
+    def remove_limit(self, scope: Scope | tuple[str, ...], now: float, actor: str | None = None) -> Limit | None:
         """Remove the limit of ``scope`` (its held tasks come back at once); return it, or None if none was set.
 
         Raises:
@@ -487,7 +488,7 @@ class Limits(Routing):
             self._let_go(b, len(b.waiting))
         self._changed()
         self._limit_rows.append((s, None))
-        self._limit_events.append(LimitEvent(now, str(s), "limit_removed", ""))
+        self._limit_events.append(LimitEvent(now, str(s), "limit_removed", "", actor))
         return lim
 
     def limits(self) -> list[Limit]:
@@ -507,7 +508,7 @@ class Limits(Routing):
 
     # ------------------------------------------------------------------ breakers: set, remove, open, close, read
     def set_breaker(self, type_: str, now: float, threshold: float = 0.5, window: float = 60.0, min_calls: int = 10,
-                    cooldown: float = 30.0, probes: int = 1) -> Breaker:
+                    cooldown: float = 30.0, probes: int = 1, actor: str | None = None) -> Breaker:
         """Set (or replace) the circuit breaker of task type ``type_``; its state is kept.
 
         Raises:
@@ -529,10 +530,17 @@ class Limits(Routing):
         self._limit_events.append(LimitEvent(
             now, str(Scope("type", type_)), "breaker_set",
             f"open at {threshold:g} failure rate over {window:g}s (at least {min_calls} calls), "
-            f"cool-down {cooldown:g}s, {probes} probe(s)"))
+            f"cool-down {cooldown:g}s, {probes} probe(s)", actor))
         return br
 
-    def remove_breaker(self, type_: str, now: float) -> bool:
+    def audit(self, now: float, scope: str, kind: str, detail: str, actor: str | None) -> None:
+        """Record an operator's action that is no limit's or breaker's change (a queue paused, a worker drained, a
+        schedule changed, a task cancelled or retried, a bulk retry or delete of dead tasks): an event of no
+        task with its actor, written with the next commit (the audit log: docs/security.md; the same commit as
+        the tasks it changed)."""
+        self._limit_events.append(LimitEvent(now, scope, kind, detail, actor))
+
+    def remove_breaker(self, type_: str, now: float, actor: str | None = None) -> bool:
         """Remove the breaker of ``type_`` (its held tasks come back at once); False if it had none."""
         br = self.breakers.pop(type_, None)
         if br is None:
@@ -540,10 +548,10 @@ class Limits(Routing):
         self._let_go(br, len(br.waiting))
         self._changed()
         self._breaker_rows.append((type_, None))
-        self._limit_events.append(LimitEvent(now, str(Scope("type", type_)), "breaker_removed", ""))
+        self._limit_events.append(LimitEvent(now, str(Scope("type", type_)), "breaker_removed", "", actor))
         return True
 
-    def open_breaker(self, type_: str, now: float, reason: str = "by request") -> Breaker:
+    def open_breaker(self, type_: str, now: float, reason: str = "by request", actor: str | None = None) -> Breaker:
         """Open the breaker of ``type_`` by hand: it stays open until ``close_breaker`` (no cool-down). A type
         without a breaker gets one that only opens by hand.
 
@@ -555,10 +563,10 @@ class Limits(Routing):
         if br is None:
             br = self.breakers[type_] = Breaker(type_, None)
             self._changed()
-        self._breaker_to(br, OPEN, now, reason, manual=True)
+        self._breaker_to(br, OPEN, now, reason, manual=True, actor=actor)
         return br
 
-    def close_breaker(self, type_: str, now: float, reason: str = "by request") -> Breaker:
+    def close_breaker(self, type_: str, now: float, reason: str = "by request", actor: str | None = None) -> Breaker:
         """Close the breaker of ``type_`` by hand: its tasks go again at once.
 
         Raises:
@@ -567,7 +575,7 @@ class Limits(Routing):
         br = self.breakers.get(type_)
         if br is None:
             raise LimitError(f"breaker: task type {type_!r} has no breaker")
-        self._breaker_to(br, CLOSED, now, reason)
+        self._breaker_to(br, CLOSED, now, reason, actor=actor)
         return br
 
     def breaker_status(self, now: float) -> list[BreakerStatus]:
@@ -856,7 +864,8 @@ class Limits(Routing):
                 self.timers.arm((when, REFILL, b.no))
 
     # ------------------------------------------------------------------ breakers' changes
-    def _breaker_to(self, br: Breaker, state: BreakerState, now: float, reason: str, manual: bool = False) -> None:
+    def _breaker_to(self, br: Breaker, state: BreakerState, now: float, reason: str, manual: bool = False,
+                    actor: str | None = None) -> None:
         """Apply a breaker's change of state: the event, the row, the cool-down timer, the tasks back."""
         old = br.state
         br.enter(state, now, manual)
@@ -872,7 +881,7 @@ class Limits(Routing):
         self._breaker_rows.append((br.type, br.row()))
         hand = " (by hand)" if manual else ""
         self._limit_events.append(LimitEvent(now, str(Scope("type", br.type)), f"breaker_{state.value}",
-                                             f"{old.value} -> {state.value}{hand}: {reason}"))
+                                             f"{old.value} -> {state.value}{hand}: {reason}", actor))
         self._log("warning" if state is OPEN else "info",
                   f"circuit breaker of task type {br.type!r}: {old.value} -> {state.value}{hand}: {reason}")
 

@@ -101,6 +101,7 @@ class Task:
     retry_policy: str | None
     coalesce_key: str | None
     limit_key: str | None
+    owner: str | None
     queued: int
     lease: int
 
@@ -111,7 +112,7 @@ class Task:
         progress: bytes | None = None, created_at: float = 0.0, started_at: float | None = None,
         finished_at: float | None = None, worker: str | None = None, requires: str | None = None,
         retry_policy: str | None = None,
-        coalesce_key: str | None = None, limit_key: str | None = None,
+        coalesce_key: str | None = None, limit_key: str | None = None, owner: str | None = None,
     ) -> None:
         self.id = id
         self.queue = queue
@@ -135,6 +136,7 @@ class Task:
         self.retry_policy = retry_policy
         self.coalesce_key = coalesce_key
         self.limit_key = limit_key
+        self.owner = owner
         self.queued = NOT_QUEUED
         self.lease = attempt
 
@@ -144,14 +146,14 @@ class Task:
             self.id, self.queue, self.type, self.payload, self.priority, self.state._value_, self.run_at,
             self.timeout, self.max_retries, self.attempt, self.key, self.result, self.error, self.progress,
             self.created_at, self.started_at, self.finished_at, self.worker, self.requires, self.retry_policy,
-            self.coalesce_key, self.limit_key,
+            self.coalesce_key, self.limit_key, self.owner,
         ))
 
     def new_row(self) -> NewTaskRow:
         """The task as first written (the short insert): a plain tuple, ``NewTaskRecord``'s fields (records.py)."""
         return (self.id, self.queue, self.type, self.payload, self.priority, self.state._value_, self.run_at,
                 self.timeout, self.max_retries, self.key, self.created_at, self.requires, self.retry_policy,
-                self.coalesce_key, self.limit_key)
+                self.coalesce_key, self.limit_key, self.owner)
 
     def as_dict(self) -> dict[str, Any]:
         """The task as a wire/JSON-ready map (bytes fields stay bytes)."""
@@ -165,7 +167,7 @@ class Task:
         t = cls.__new__(cls)
         (t.id, t.queue, t.type, t.payload, t.priority, state, t.run_at, t.timeout, t.max_retries,
          t.attempt, t.key, t.result, t.error, t.progress, t.created_at, t.started_at, t.finished_at,
-         t.worker, t.requires, t.retry_policy, t.coalesce_key, t.limit_key) = row
+         t.worker, t.requires, t.retry_policy, t.coalesce_key, t.limit_key, t.owner) = row
         t.state = _STATES[state]
         t.queued = NOT_QUEUED
         t.lease = t.attempt

@@ -125,9 +125,10 @@ class Core(Dispatch, Recovery, Rollback, Schedules):
         return self.timers.next_deadline()
 
     # ------------------------------------------------------------------ clients
-    def enqueue(self, specs: list[TaskSpec], now: float) -> list[tuple[int, bool]]:
+    def enqueue(self, specs: list[TaskSpec], now: float, owner: str | None = None) -> list[tuple[int, bool]]:
         """Add tasks. Returns ``(id, created)`` per spec; ``created`` is False when a
-        non-final task already held the spec's unique key (its id is returned)."""
+        non-final task already held the spec's unique key (its id is returned). ``owner``: the identity that
+        enqueues them (docs/security.md), never a field of a spec."""
         out: list[tuple[int, bool]] = []
         cfg = self.config
         tasks, new, keys, queues, dirty = self.tasks, self._new, self.keys, self.queues, self._dirty
@@ -174,7 +175,7 @@ class Core(Dispatch, Recovery, Rollback, Schedules):
                 retries if retries is not None else cfg.default_retries,
                 0, spec.key, None, None, None, now, None, None, None,
                 None if requires is None else requires_text(requires),
-                None if spec.retry_policy is None else policy_text(spec.retry_policy), ck, spec.limit_key,
+                None if spec.retry_policy is None else policy_text(spec.retry_policy), ck, spec.limit_key, owner,
             )
             tasks[tid] = task
             new.add(tid)
@@ -332,11 +333,6 @@ class Core(Dispatch, Recovery, Rollback, Schedules):
         if len(fin) > self.config.finished_cache:
             fin.popitem(last=False)
         return t
-
-    def audit(self, now: float, scope: str, kind: str, detail: str, actor: str | None) -> None:
-        """Record an operator's action that is no task's own event (a bulk retry or delete of dead tasks): a
-        server event with its ``actor``, written with the next commit (the same one as the tasks it changed)."""
-        self._limit_events.append(LimitEvent(now, scope, kind, detail, actor))
 
     # ------------------------------------------------------------------ commits
     def settle_commit(self, batch: Writes, acks: list[A], waiting: Sequence[A], error: BaseException | None,

@@ -95,6 +95,8 @@ class TaskRecord(NamedTuple):
     coalesce_key: str | None
     #: the key value of the per-key limits it is subject to, given at enqueue (docs/limits.md); None: the payload's
     limit_key: str | None
+    #: the identity that enqueued it (docs/security.md); None: enqueued without users (shared token, open server)
+    owner: str | None
 
 
 class NewTaskRecord(NamedTuple):
@@ -115,6 +117,7 @@ class NewTaskRecord(NamedTuple):
     retry_policy: str | None
     coalesce_key: str | None
     limit_key: str | None
+    owner: str | None
 
 
 class EventRecord(NamedTuple):
@@ -274,7 +277,7 @@ class ScheduleRecord(NamedTuple):
 #: types); ``TaskRecord(*row)`` names one.
 TaskRow = tuple[int, str, str, bytes, int, str, float | None, float, int, int, str | None, bytes | None, str | None,
                 bytes | None, float, float | None, float | None, str | None, str | None, str | None, str | None,
-                str | None]
+                str | None, str | None]
 
 #: A task as first written, as the core hands it to the store: a plain tuple of ``NewTaskRecord``'s fields, in
 #: their order and with their types (tests/core/test_records.py holds them equal). The second place where a row
@@ -283,8 +286,7 @@ TaskRow = tuple[int, str, str, bytes, int, str, float | None, float, int, int, s
 #: more per task (8.9 against 7.9 us of CPU per task, 7 runs each alternated, 2026-11-30). ``NewTaskRecord(*row)``
 #: names one.
 NewTaskRow = tuple[int, str, str, bytes, int, str, float | None, float, int, str | None, float, str | None, str | None,
-                   str | None,
-                   str | None]
+                   str | None, str | None, str | None]
 
 #: Column order of a task row, as the store persists it.
 TASK_COLUMNS: tuple[str, ...] = TaskRecord._fields

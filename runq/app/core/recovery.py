@@ -72,7 +72,7 @@ class Recovery(Delays):
             t = new(Task)
             (t.id, queue, type_, payload, t.priority, state_name, t.run_at, timeout, t.max_retries,
              t.attempt, t.key, t.result, t.error, t.progress, created_at, t.started_at, t.finished_at,
-             t.worker, t.requires, t.retry_policy, t.coalesce_key, t.limit_key) = row
+             t.worker, t.requires, t.retry_policy, t.coalesce_key, t.limit_key, t.owner) = row
             # the tasks of one enqueue batch share one created_at, as they did before the restart (24 bytes each)
             if created_at != created:
                 created = created_at

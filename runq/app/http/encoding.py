@@ -244,7 +244,7 @@ def task_json(t: dict[str, Any]) -> dict[str, Any]:
         "max_retries": t["max_retries"], "timeout": t["timeout"], "key": t["key"], "worker": t["worker"],
         "created_at": t["created_at"], "run_at": t["run_at"], "started_at": t["started_at"],
         "finished_at": t["finished_at"], "requires": t.get("requires"), "retry_policy": t.get("retry_policy"),
-        "coalesce_key": t.get("coalesce_key"), "limit_key": t.get("limit_key"),
+        "coalesce_key": t.get("coalesce_key"), "limit_key": t.get("limit_key"), "owner": t.get("owner"),
     }
 
 

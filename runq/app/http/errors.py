@@ -42,6 +42,8 @@ STATUS: dict[str, int] = {
     "busy": 503,
     "lease_expired": 409,
     "internal": 500,
+    "forbidden": 403,
+    "rate_limited": 429,
 }
 
 
@@ -50,7 +52,7 @@ def status_of(code: str) -> int:
     return STATUS.get(code, 400)
 
 #: Stable code of the HTTP errors that Quart and Werkzeug raise themselves (routing, body size).
-_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "unknown_op",
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "unknown_op",
                408: "hello_timeout", 413: "frame_too_large"}
 
 
@@ -97,10 +99,13 @@ def error_for_exception(exc: BaseException) -> Response:
     if isinstance(exc, ProtocolError):
         # message validation shared with the TCP protocol: a bad field is a bad request here
         code = exc.code if exc.code in ("bad_request", "not_found", "invalid_state", "unauthorized",
-                                        "frame_too_large", "shutting_down", "busy") else "bad_request"
+                                        "frame_too_large", "shutting_down", "busy", "forbidden",
+                                        "rate_limited") else "bad_request"
         resp = error_response(code, str(exc))
         if code == "busy":
             resp.headers["Retry-After"] = "5"
+        if code == "rate_limited":
+            resp.headers["Retry-After"] = str(max(1, int(getattr(exc, "retry_after", 1) + 0.999)))
         return resp
     if isinstance(exc, RunqError) and exc.code in ERROR_CODES and exc.code != "internal":
         return error_response(exc.code, str(exc))

@@ -78,8 +78,8 @@ class EventStream:
     def send_change(self, message: dict[str, Any]) -> None:
         """A worker or queue change: passed on unless the filter excludes it."""
         flt = self.subscription
-        if flt is None or flt.ids is not None or flt.types is not None:
-            return  # a stream about given tasks or task types is not about workers and queues
+        if flt is None or flt.ids is not None or flt.types is not None or flt.owner is not None:
+            return  # a stream about given tasks or task types, or one's own tasks, is not about workers and queues
         if flt.queues is not None:
             if message["op"] == "queue" and message["queue"] not in flt.queues:
                 return

@@ -15,7 +15,7 @@ import json
 from typing import Any
 
 from ...protocol.errors import ERROR_CODES
-from ..ops import VERSION
+from ..ops import AUDIT_KINDS, VERSION
 from .encoding import IDS_PATTERN, MAX_ID, NAMES_PATTERN, SCHEDULE_FIELDS, SPEC_FIELDS
 
 __all__ = ["SPEC", "build_spec", "docs_html", "spec_routes"]
@@ -111,6 +111,7 @@ _TASK_PROPS: dict[str, Any] = {
                                             "type's and the server's"},
     "coalesce_key": {**_NSTR, "description": "its coalesce key (docs/tasks.md)"},
     "limit_key": {**_NSTR, "description": "its limit key, given at enqueue (docs/limits.md)"},
+    "owner": {**_NSTR, "description": "who enqueued it (docs/security.md); null: enqueued without users"},
     "created_at": _NUM, "run_at": _NNUM, "started_at": _NNUM, "finished_at": _NNUM,
 }
 
@@ -224,7 +225,9 @@ def _json_content(schema: dict[str, Any]) -> dict[str, Any]:
 
 _ERR_TEXT = {
     400: "bad input (invalid JSON, wrong type, unknown field, value out of range, unknown query parameter)",
-    401: "missing or wrong token",
+    401: "missing, invalid, expired or revoked credential (one answer for every reason: docs/security.md)",
+    403: "the caller's role may not do this (docs/security.md, the permission table)",
+    429: "too many failed logins for this user name or address lately (Retry-After says when to try again)",
     404: "no such task, worker, schedule or route",
     409: "not legal in the task's current state",
     413: "body larger than the server's limit",
@@ -242,7 +245,7 @@ def _op(summary: str, ok: dict[int, tuple[str, dict[str, Any]]], errors: tuple[i
         if schema:
             resp["content"] = _json_content(schema) if "$ref" in schema or schema.get("type") else schema
         responses[str(status)] = resp
-    for status in sorted(set(errors) | {400} | ({401} if auth else set())):  # 400: every route refuses
+    for status in sorted(set(errors) | {400} | ({401, 403} if auth else set())):  # 400: every route refuses
         # an unknown or repeated query parameter
         responses[str(status)] = {"description": _ERR_TEXT[status], "content": _json_content(_ref("Error"))}
     op: dict[str, Any] = {"summary": summary, "tags": [tag], "responses": responses}
@@ -438,6 +441,7 @@ def build_spec(auth: bool) -> dict[str, Any]:
         for op in ops.values():
             op.pop("security", None)
             op["responses"].pop("401", None)
+            op["responses"].pop("403", None)
     return spec
 
 
@@ -574,7 +578,9 @@ SCHEMAS.update({
     "ServerEvents": _obj({"events": {"type": "array", "items": _obj({
         "id": _INT, "at": _NUM, "scope": _STR,
         "kind": {"type": "string", "enum": ["limit_set", "limit_removed", "breaker_set", "breaker_removed",
-                                           "breaker_open", "breaker_half_open", "breaker_closed"]},
+                                           "breaker_open", "breaker_half_open", "breaker_closed",
+                                           # the audit log (docs/security.md)
+                                           *AUDIT_KINDS]},
         "detail": _STR, "actor": _NSTR})}}),
 })
 _SCOPE_PARAMS = [
@@ -680,3 +686,42 @@ DEAD_PATHS: dict[str, Any] = {
     },
 }
 SPEC["paths"].update(DEAD_PATHS)
+_TOKENS = _obj({
+    "access_token": {**_STR, "description": "a JWT: send it as `Authorization: Bearer <access_token>`"},
+    "token_type": {"type": "string", "enum": ["bearer"]},
+    "expires_in": {**_NUM, "description": "seconds the access token is valid"},
+    "refresh_token": {**_STR, "description": "trade it for new tokens at /api/auth/refresh (once)"},
+    "refresh_expires_in": _NUM, "user": _STR, "role": {"type": "string", "enum": ["admin", "user", "viewer",
+                                                                                   "worker"]}})
+SCHEMAS.update({
+    "Login": _obj({"username": {"type": "string", "maxLength": 4096},
+                   "password": {"type": "string", "maxLength": 4096}}),
+    "RefreshToken": _obj({"refresh_token": {"type": "string", "maxLength": 4096}}),
+    "Tokens": _TOKENS,
+    "Me": _obj({"name": _STR, "role": {"type": "string", "enum": ["admin", "user", "viewer", "worker"]},
+                "owner": _NSTR, "sees_all": {"type": "boolean"},
+                "queues": {"type": "array", "items": _STR, "nullable": True},
+                "ops": {"type": "array", "items": _STR}, "expires_at": _NNUM}),
+    "Message": _obj({"message": _STR}),
+})
+#: The logins' paths (docs/security.md).
+AUTH_PATHS: dict[str, Any] = {
+    "/api/auth/login": {
+        "post": _op("Log in with a user name and password: an access token and a refresh token",
+                    {200: ("logged in", _ref("Tokens"))}, (400, 401, 429), auth=False, tag="auth", body=_ref("Login"),
+                    description="An unknown user, a disabled one and a wrong password get the same 401. Failed "
+                                "logins are limited per user name and per address (429 with Retry-After)."),
+    },
+    "/api/auth/refresh": {
+        "post": _op("Trade a refresh token (once) for new tokens", {200: ("new tokens", _ref("Tokens"))},
+                    (400, 401), auth=False, tag="auth", body=_ref("RefreshToken")),
+    },
+    "/api/auth/logout": {
+        "post": _op("Revoke a refresh token", {200: ("revoked (or was not valid)", _ref("Message"))}, (400,),
+                    auth=False, tag="auth", body=_ref("RefreshToken")),
+    },
+    "/api/auth/me": {
+        "get": _op("Who the caller is and what it may do", {200: ("the caller", _ref("Me"))}, (), tag="auth"),
+    },
+}
+SPEC["paths"].update(AUTH_PATHS)

@@ -29,6 +29,7 @@ from quart_trio import QuartTrio
 from werkzeug.routing import BaseConverter
 
 from ...protocol.errors import RunqError
+from ..auth.access import BAD_TOKEN
 from ..ops import Identity, ListQuery, Subscription, Unauthenticated, WaitRequest
 from ..ops.inputs import MAX_WAIT
 from .dead import DEAD_QUERY_PARAMS, add_dead_routes
@@ -59,8 +60,12 @@ if TYPE_CHECKING:
 
 __all__ = ["MAX_BATCH", "MAX_WAIT", "OPEN_PATHS", "create_app"]
 
-#: Paths answered without the token.
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs"})
+#: Paths answered without a credential (the logins' own: they take a password or a refresh token).
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/api/auth/login", "/api/auth/refresh",
+                        "/api/auth/logout"})
+#: Verified access tokens (JWTs) kept by connection, so that one is verified once per connection, not per
+#: request: at most this many (the oldest half is forgotten beyond).
+MAX_CACHED_IDENTITIES = 4096
 MAX_BATCH = 10_000
 #: Query parameters each endpoint accepts; any other is refused (as unknown body fields are).
 QUERY_PARAMS: dict[str, frozenset[str]] = {
@@ -82,6 +87,15 @@ def _check_query(endpoint: str | None, args: Any) -> None:
     for name in args:
         if len(args.getlist(name)) > 1:
             raise ApiError("bad_request", f"query parameter {name!r} given more than once (use commas)")
+
+
+def _fields(body: Any, names: set[str]) -> dict[str, str]:
+    """A JSON body that is exactly an object of the string fields ``names``."""
+    if not isinstance(body, dict) or set(body) != names or not all(isinstance(v, str) for v in body.values()):
+        raise ApiError("bad_request", f"the body must be an object of the string fields {sorted(names)}")
+    if any(len(v) > 4096 for v in body.values()):
+        raise ApiError("bad_request", "a field of over 4096 characters")
+    return body
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -108,17 +122,37 @@ def create_app(server: Server, meter: Meter, hub: StreamHub) -> QuartTrio:
     app.config["MAX_CONTENT_LENGTH"] = server.config.max_frame
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     ops = server.ops
-    spec = build_spec(auth=server.config.token is not None)
+    spec = build_spec(auth=not server.authenticator.open)
 
-    def _identity(headers: Any) -> Identity | None:
-        """The caller's identity from its ``Authorization`` header (None: missing or wrong token)."""
+    cached: dict[tuple[Any, bytes], Identity] = {}
+    authenticator = server.authenticator
+
+    def _identity(headers: Any, client: Any) -> Identity | None:
+        """The caller's identity from its ``Authorization`` header (None: missing or wrong credential). An access
+        token (a JWT) is verified once per connection (``client``: its address and port) and kept while it is
+        valid (not expired, its user not disabled since)."""
         scheme, _, given = str(headers.get("Authorization", "")).partition(" ")
         # Quart decodes header bytes as Latin-1: encoding back gives the bytes sent (the token's UTF-8)
         token = given.strip().encode("latin-1", "replace") if scheme.lower() == "bearer" else None
+        jwt = token is not None and token.count(b".") == 2
+        if jwt:
+            assert token is not None
+            key = (client, token)
+            hit = cached.get(key)
+            if hit is not None:
+                if authenticator.still_valid(hit, server.clock()):
+                    return hit
+                del cached[key]
         try:
-            return ops.authenticate(token, "client", "http")
+            identity = ops.authenticate(token, "client", "http")
         except Unauthenticated:
             return None
+        if jwt and identity.expires_at is not None:
+            if len(cached) >= MAX_CACHED_IDENTITIES:
+                for k in list(cached)[:MAX_CACHED_IDENTITIES // 2]:
+                    del cached[k]
+            cached[key] = identity
+        return identity
 
     def _me() -> Identity:
         identity: Identity = g.identity
@@ -130,21 +164,21 @@ def create_app(server: Server, meter: Meter, hub: StreamHub) -> QuartTrio:
         # (a 401, a 404, a bad query parameter, /healthz with a body) left its keep-alive connection
         # hanging now and then (quart-trio stops reading the body once the answer is sent)
         await request.get_data()
-        identity = _identity(request.headers)
+        identity = _identity(request.headers, request.scope.get("client"))
         if request.path in OPEN_PATHS or identity is not None:
             g.identity = identity
             _check_query(request.endpoint, request.args)
             return None
-        return error_response("unauthorized", "missing or wrong token (send 'Authorization: Bearer <token>')")
+        return error_response("unauthorized", f"{BAD_TOKEN} (send 'Authorization: Bearer <token>')")
 
     @app.before_websocket
     async def check_ws_token() -> Response | None:
-        identity = _identity(websocket.headers)
+        identity = _identity(websocket.headers, websocket.scope.get("client"))
         if identity is not None:
             g.identity = identity
             _check_query(websocket.endpoint, websocket.args)
             return None
-        return error_response("unauthorized", "missing or wrong token (send 'Authorization: Bearer <token>')")
+        return error_response("unauthorized", f"{BAD_TOKEN} (send 'Authorization: Bearer <token>')")
 
     @app.after_websocket
     async def close_after_refusal(response: ResponseTypes | None) -> ResponseTypes | None:
@@ -189,6 +223,29 @@ def create_app(server: Server, meter: Meter, hub: StreamHub) -> QuartTrio:
     @app.get("/docs")
     async def docs() -> Response:
         return Response(docs_html(), content_type="text/html; charset=utf-8")
+
+    # ------------------------------------------------------------------ logins (docs/security.md)
+    @app.post("/api/auth/login")
+    async def login() -> Response:
+        body = _fields(parse_json(await request.get_data(), ints=False), {"username", "password"})
+        client = request.scope.get("client")
+        address = str(client[0]) if client else "?"
+        return _json(await ops.login(body["username"], body["password"], address))
+
+    @app.post("/api/auth/refresh")
+    async def refresh() -> Response:
+        body = _fields(parse_json(await request.get_data(), ints=False), {"refresh_token"})
+        return _json(await ops.refresh(body["refresh_token"]))
+
+    @app.post("/api/auth/logout")
+    async def logout() -> Response:
+        body = _fields(parse_json(await request.get_data(), ints=False), {"refresh_token"})
+        await ops.logout(body["refresh_token"])
+        return _json({"message": "logged out"})
+
+    @app.get("/api/auth/me")
+    async def whoami() -> Response:
+        return _json(ops.whoami(_me()))
 
     # ------------------------------------------------------------------ tasks
     @app.post("/api/tasks")

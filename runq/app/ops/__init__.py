@@ -4,8 +4,20 @@ it calls the server (``runq.app.server.Server``). See ``operations``."""
 
 from __future__ import annotations
 
-from .auth import NOT_MESSAGES, PERMISSIONS, ROLES, Identity, allowed_ops, authenticate, authorize
-from .errors import BadRequest, NotFound, NotPermitted, Unauthenticated
+from .auth import (
+    AUDIT_KINDS,
+    KIND_OPS,
+    NOT_MESSAGES,
+    PERMISSIONS,
+    ROLES,
+    SHARED_ROLES,
+    Authenticator,
+    Identity,
+    allowed_ops,
+    authenticate,
+    authorize,
+)
+from .errors import BadRequest, Forbidden, NotFound, NotPermitted, RateLimited, Unauthenticated
 from .inputs import (
     BreakerSettings,
     DeadQuery,
@@ -27,10 +39,14 @@ from .inputs import (
 from .operations import VERSION, Operations
 
 __all__ = [
+    "AUDIT_KINDS",
+    "KIND_OPS",
     "NOT_MESSAGES",
     "PERMISSIONS",
     "ROLES",
+    "SHARED_ROLES",
     "VERSION",
+    "Authenticator",
     "BadRequest",
     "BreakerSettings",
     "DeadQuery",
@@ -38,6 +54,7 @@ __all__ = [
     "EnqueueRequest",
     "EventsQuery",
     "Fail",
+    "Forbidden",
     "Identity",
     "LimitScope",
     "LimitSettings",
@@ -46,6 +63,7 @@ __all__ = [
     "NotPermitted",
     "Operations",
     "Progress",
+    "RateLimited",
     "Subscription",
     "Unauthenticated",
     "WaitRequest",

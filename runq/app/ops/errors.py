@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ...protocol.errors import ProtocolError
 
-__all__ = ["BadRequest", "NotFound", "NotPermitted", "Unauthenticated"]
+__all__ = ["BadRequest", "Forbidden", "NotFound", "NotPermitted", "RateLimited", "Unauthenticated"]
 
 
 class BadRequest(ProtocolError):
@@ -47,3 +47,26 @@ class NotPermitted(ProtocolError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, "unknown_op")
+
+
+class Forbidden(ProtocolError):
+    """The caller's role may not ask for this operation (``forbidden``: docs/security.md)."""
+
+    code = "forbidden"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "forbidden")
+
+
+class RateLimited(ProtocolError):
+    """Too many failed logins for this user or address lately (``rate_limited``).
+
+    Attributes:
+        retry_after: seconds until the next attempt may be made.
+    """
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message, "rate_limited")
+        self.retry_after = retry_after

@@ -180,12 +180,16 @@ class Subscription:
     queues: frozenset[str] | None = None
     types: frozenset[str] | None = None
     ids: frozenset[int] | None = None
+    #: only the tasks of this owner (set by ``Operations.subscribe`` for a caller that sees only its own tasks,
+    #: never by the caller: docs/security.md)
+    owner: str | None = None
 
-    def wants(self, queue: str, type_: str, task_id: int) -> bool:
+    def wants(self, queue: str, type_: str, task_id: int, owner: str | None = None) -> bool:
         return (
             (self.queues is None or queue in self.queues)
             and (self.types is None or type_ in self.types)
             and (self.ids is None or task_id in self.ids)
+            and (self.owner is None or owner == self.owner)
         )
 
 

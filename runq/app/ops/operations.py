@@ -27,18 +27,27 @@ Rules of this file
 
 from __future__ import annotations
 
+import logging
+import math
 import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import trio
+
 from ... import __version__
 from ...protocol.errors import ProtocolError
 from ...protocol.messages import MAX_CREDIT, MAX_SCHEDULES, Hello, ScheduleSpec, TaskSpec
+from ..auth import REFRESH_PREFIX, new_token, token_hash, verify_password
+from ..auth.access import BAD_TOKEN
+from ..auth.credentials import USER_NAME_RE
 from ..core import TaskMissing
 from ..core.limits import BreakerStatus
 from ..core.records import DeadFilter
-from .auth import Identity, authenticate, authorize
-from .errors import BadRequest, NotFound
+from ..store import StoreError
+from ..store.principals import RefreshRecord
+from .auth import Identity, authorize
+from .errors import BadRequest, Forbidden, NotFound, RateLimited, Unauthenticated
 from .inputs import (
     BreakerSettings,
     DeadQuery,
@@ -70,7 +79,12 @@ from .inputs import (
 if TYPE_CHECKING:
     from ..server.server import Answer, Server, Subscriber, Tell
 
-__all__ = ["VERSION", "Operations"]
+__all__ = ["VERSION", "WRONG_LOGIN", "Operations"]
+
+log = logging.getLogger("runq.server")
+
+#: the one answer to a failed login, whatever failed (docs/security.md: nothing leaks about who exists)
+WRONG_LOGIN = "wrong user name or password"
 
 #: The server's version (``welcome``, ``stats``, the OpenAPI document).
 VERSION = __version__
@@ -89,12 +103,13 @@ class Operations:
 
     # ------------------------------------------------------------------ connections
     def authenticate(self, token: str | bytes | None, role: str, name: str = "") -> Identity:
-        """The identity of a caller presenting ``token`` (``auth.authenticate`` against the server's token).
+        """The identity of a caller presenting ``token`` on a connection of kind ``role`` (the TCP hello role; HTTP:
+        ``client``): ``auth.Authenticator`` against the shared token, the API tokens and the access tokens.
 
         Raises:
             Unauthenticated: ``unauthorized``.
         """
-        return authenticate(self.server.config.token, token, role, name)
+        return self.server.authenticator.authenticate(token, role, name)
 
     def hello(self, identity: Identity, hello: Hello, host: str, session: Any) -> dict[str, Any]:
         """A connection's ``hello`` (already authenticated into ``identity``): the ``welcome`` answer. A worker
@@ -112,7 +127,13 @@ class Operations:
             "max_frame": cfg.max_frame, "max_reply": cfg.max_reply, "lease_timeout": cfg.core.lease_timeout,
             "heartbeat": cfg.core.lease_timeout / 3,
         }
-        if identity.role == "worker":
+        # who the caller is and what it may ask (the dashboard hides the rest: docs/security.md)
+        welcome["identity"] = {"name": identity.name, "role": identity.role, "ops": sorted(identity.ops)}
+        if hello.role == "worker":
+            if identity.role != "worker":
+                raise Forbidden(f"a worker connection needs a worker's credential, not a{'n' if identity.role[:1] in 'aeiou' else ''} {identity.role}'s")
+            if identity.queues is not None and not set(hello.queues) <= identity.queues:
+                raise Forbidden(f"this worker's credential allows the queues {sorted(identity.queues)} only")
             if hello.schedules:
                 self.declare_schedules(identity, hello.schedules)
             self._worker_seq += 1
@@ -158,6 +179,96 @@ class Operations:
                 srv.core.worker_left(worker_id, srv.clock(), reason="connection closed")
                 srv.flush()
 
+    # ------------------------------------------------------------------ logins (HTTP; docs/security.md)
+    async def login(self, username: str, password: str, address: str) -> dict[str, Any]:
+        """Check a user's password and give it an access token (a JWT, ``access_ttl``) and a refresh token
+        (``refresh_ttl``, revocable). Not authorised (anyone may try): rate-limited per user name and per
+        address (``LoginLimiter``); a failure is audited. An unknown user, a disabled one and a wrong password
+        get the same answer in about the same time (the password is checked against a dummy hash).
+
+        Raises:
+            RateLimited: too many failures lately (nothing is checked).
+            Unauthenticated: anything else.
+        """
+        srv = self.server
+        now = srv.clock()
+        name = username[:64]
+        wait = srv.login_limiter.wait(name, address, now)
+        if wait > 0:
+            raise RateLimited(f"too many failed logins; try again in {math.ceil(wait)} s", wait)
+        user = srv.principals.users.get(name) if USER_NAME_RE.match(name) else None
+        ok = await trio.to_thread.run_sync(verify_password, None if user is None else user.password, password)
+        if not ok or user is None or user.disabled:
+            srv.login_limiter.failed(name, address, srv.clock())
+            await self._audit("login_failed", f"failed login from {address}", name or "?")
+            raise Unauthenticated(WRONG_LOGIN)
+        srv.login_limiter.succeeded(name)
+        return await self._tokens_for(user.name, user.role)
+
+    async def _tokens_for(self, username: str, role: str) -> dict[str, Any]:
+        srv = self.server
+        keys = srv.authenticator.keys
+        ps = srv.principal_store
+        assert keys is not None and ps is not None
+        now = srv.clock()
+        cfg = srv.config
+        refresh, rid = new_token(REFRESH_PREFIX)
+        await trio.to_thread.run_sync(ps.add_refresh, RefreshRecord(rid, token_hash(refresh), username,
+                                                                    now + cfg.refresh_ttl, None, now))
+        return {"access_token": keys.issue(username, role, now, cfg.access_ttl), "token_type": "bearer",
+                "expires_in": cfg.access_ttl, "refresh_token": refresh, "refresh_expires_in": cfg.refresh_ttl,
+                "user": username, "role": role}
+
+    async def refresh(self, refresh_token: str) -> dict[str, Any]:
+        """A new access token and a new refresh token for a live refresh token, which is revoked (each refresh
+        token serves once: a stolen one that is used is noticed by its owner's next refresh failing).
+
+        Raises:
+            Unauthenticated: an unknown, expired or revoked refresh token, or its user is disabled.
+        """
+        srv = self.server
+        ps = srv.principal_store
+        assert ps is not None
+        h = token_hash(refresh_token[:200])
+        rec = await trio.to_thread.run_sync(ps.refresh, h)
+        now = srv.clock()
+        user = None if rec is None else srv.principals.active_user(rec.username)
+        if rec is None or rec.revoked_at is not None or rec.expires_at <= now or user is None:
+            raise Unauthenticated(BAD_TOKEN)
+        if not await trio.to_thread.run_sync(ps.revoke_refresh, h, now):
+            raise Unauthenticated(BAD_TOKEN)  # (used by another request meanwhile)
+        return await self._tokens_for(user.name, user.role)
+
+    async def logout(self, refresh_token: str) -> None:
+        """Revoke a refresh token (an unknown one too: the answer says nothing about it)."""
+        srv = self.server
+        ps = srv.principal_store
+        assert ps is not None
+        await trio.to_thread.run_sync(ps.revoke_refresh, token_hash(refresh_token[:200]), srv.clock())
+
+    def _audit_now(self, scope: str, kind: str, detail: str, identity: Identity) -> None:
+        """An operator's action, for the audit log (an event of no task with its actor, written by the next commit,
+        with the change itself)."""
+        srv = self.server
+        srv.core.audit(srv.clock(), scope[:300], kind, detail[:500], identity.name)
+
+    async def _audit(self, kind: str, detail: str, actor: str) -> None:
+        """Append an event of no task with its actor (the audit log), outside the group commit."""
+        ps = self.server.principal_store
+        if ps is None:
+            return
+        try:
+            await trio.to_thread.run_sync(ps.audit, self.server.clock(), kind, detail[:500], actor[:200])
+        except StoreError as exc:
+            log.warning("audit event %s not written: %s", kind, exc)
+
+    def whoami(self, identity: Identity) -> dict[str, Any]:
+        """Who the caller is and what it may do (the dashboard and the CLI hide the rest: docs/security.md)."""
+        authorize(identity, "whoami")
+        return {"name": identity.name, "role": identity.role, "owner": identity.owner,
+                "sees_all": identity.sees_all, "queues": None if identity.queues is None else sorted(identity.queues),
+                "ops": sorted(identity.ops - {"whoami"}), "expires_at": identity.expires_at}
+
     def ping(self, identity: Identity, worker_id: str | None = None) -> None:
         """``ping``; from a worker it also counts as a heartbeat."""
         authorize(identity, "ping")
@@ -172,7 +283,17 @@ class Operations:
         request's ``tell(answer, error, ctx)`` runs once its commit is over. Specs come checked
         (``parse_task_spec`` / ``check_task_spec``); the caller flushes."""
         authorize(identity, "enqueue")
-        return self.server.enqueue_nowait([(r.specs, r.token, ctx) for r, ctx in requests], tell)
+        if identity.queues is not None:  # (a request outside the credential's queues is refused alone)
+            kept = []
+            for r, ctx in requests:
+                try:
+                    _check_scope(identity, r.specs)
+                except Forbidden as exc:
+                    tell([], exc, ctx)
+                else:
+                    kept.append((r, ctx))
+            requests = kept
+        return self.server.enqueue_nowait([(r.specs, r.token, ctx) for r, ctx in requests], tell, identity.owner)
 
     async def enqueue(self, identity: Identity, specs: list[TaskSpec]) -> list[tuple[int, bool]]:
         """Enqueue ``specs`` and return ``(id, created)`` per spec once committed.
@@ -184,6 +305,8 @@ class Operations:
             StoreError: the commit failed; nothing was enqueued.
         """
         authorize(identity, "enqueue")
+        if identity.queues is not None:
+            _check_scope(identity, specs)
         limit = self.server.config.max_frame
         for spec in specs:
             if len(spec.payload) > limit:
@@ -191,15 +314,16 @@ class Operations:
                                  f"max_frame of {limit}")
         if self.server.stopping.is_set():
             raise ProtocolError("the server is stopping", "shutting_down")
-        return await self.server.enqueue(specs)
+        return await self.server.enqueue(specs, identity.owner)
 
     # ------------------------------------------------------------------ tasks
     def get_nowait(self, identity: Identity, task_id: int) -> dict[str, Any] | None:
-        """The task if it is in memory, else None (``get`` reads the store)."""
+        """The task if it is in memory and the caller may see it, else None (``get`` reads the store, and says
+        ``not_found`` for a task of someone else, as for no task: ids do not leak)."""
         authorize(identity, "get")
         core = self.server.core
         t = core.tasks.get(task_id) or core.finished.get(task_id)
-        return None if t is None else t.as_dict()
+        return None if t is None or not (identity.sees_all or t.owner == identity.owner) else t.as_dict()
 
     async def get(self, identity: Identity, task_id: int) -> dict[str, Any]:
         """The task, from memory or the store.
@@ -208,7 +332,18 @@ class Operations:
             TaskMissing: no such task.
         """
         authorize(identity, "get")
-        return await self.server.get_task(task_id)
+        return await self._visible(identity, task_id)
+
+    async def _visible(self, identity: Identity, task_id: int) -> dict[str, Any]:
+        """The task, if ``identity`` may see it (docs/security.md: a task of someone else does not exist).
+
+        Raises:
+            TaskMissing: no such task, or not one the caller may see.
+        """
+        task = await self.server.get_task(task_id)
+        if not identity.sees(task["owner"]):
+            raise TaskMissing(f"no task {task_id}")
+        return task
 
     def wait_nowait(self, identity: Identity, req: WaitRequest) -> bool:
         """Check a ``wait`` (authorised, valid); True when its task is in memory (``wait`` may start at once),
@@ -216,7 +351,8 @@ class Operations:
         authorize(identity, "wait")
         check_wait(req)
         core = self.server.core
-        return req.id in core.tasks or req.id in core.finished
+        t = core.tasks.get(req.id) or core.finished.get(req.id)
+        return t is not None and (identity.sees_all or t.owner == identity.owner)
 
     async def wait(self, identity: Identity, req: WaitRequest) -> dict[str, Any]:
         """The task once it is final, or after ``req.timeout`` seconds as it is then.
@@ -226,6 +362,7 @@ class Operations:
         """
         authorize(identity, "wait")
         req = check_wait(req)
+        await self._visible(identity, req.id)
         return await self.server.wait_task(req.id, req.timeout)
 
     async def cancel(self, identity: Identity, task_id: int) -> dict[str, Any]:
@@ -236,7 +373,12 @@ class Operations:
             IllegalTransition: it is already final.
         """
         authorize(identity, "cancel")
-        return await self.server.cancel(task_id)
+        if not identity.sees_all:
+            await self._visible(identity, task_id)
+        task = await self.server.cancel(task_id, identity.name)
+        self._audit_now(f"task:{task_id}", "task_cancelled", f"{task['type']} in {task['queue']}", identity)
+        self.server.flush()
+        return task
 
     async def retry(self, identity: Identity, task_id: int) -> dict[str, Any]:
         """Bring a dead, cancelled or retry-waiting task back to ready now; return it.
@@ -246,7 +388,12 @@ class Operations:
             IllegalTransition: it is not dead, cancelled or waiting to retry.
         """
         authorize(identity, "retry")
-        return await self.server.retry(task_id)
+        if not identity.sees_all:
+            await self._visible(identity, task_id)
+        task = await self.server.retry(task_id, identity.name)
+        self._audit_now(f"task:{task_id}", "task_retried", f"{task['type']} in {task['queue']}", identity)
+        self.server.flush()
+        return task
 
     async def events(self, identity: Identity, task_id: int) -> list[dict[str, Any]]:
         """The task's timeline, oldest first.
@@ -255,6 +402,8 @@ class Operations:
             TaskMissing: no such task.
         """
         authorize(identity, "events")
+        if not identity.sees_all:
+            await self._visible(identity, task_id)
         return await self.server.task_events(task_id)
 
     async def list_tasks(self, identity: Identity, query: ListQuery) -> tuple[list[dict[str, Any]], int | None]:
@@ -266,7 +415,7 @@ class Operations:
         authorize(identity, "list")
         q = check_list(query)
         return await self.server.list_tasks(state=q.state, queue=q.queue, type=q.type, limit=q.limit,
-                                            cursor=q.cursor)
+                                            cursor=q.cursor, owner=None if identity.sees_all else identity.owner)
 
     # ------------------------------------------------------------------ queues and workers
     def pause_nowait(self, identity: Identity, queue: str, paused: bool,
@@ -277,7 +426,9 @@ class Operations:
             BadRequest: a queue name no task could have.
         """
         authorize(identity, "pause" if paused else "resume")
-        self.server.set_paused_nowait(check_queue_name(queue), paused, tell)
+        self._audit_now(f"queue:{check_queue_name(queue)}", "queue_paused" if paused else "queue_resumed", "",
+                        identity)
+        self.server.set_paused_nowait(queue, paused, tell)
 
     async def pause(self, identity: Identity, queue: str, paused: bool = True) -> None:
         """Pause (or resume) ``queue`` and return once that is committed.
@@ -287,7 +438,9 @@ class Operations:
             StoreError: the commit failed.
         """
         authorize(identity, "pause" if paused else "resume")
-        await self.server.set_paused(check_queue_name(queue), paused)
+        self._audit_now(f"queue:{check_queue_name(queue)}", "queue_paused" if paused else "queue_resumed", "",
+                        identity)
+        await self.server.set_paused(queue, paused)
 
     def drain(self, identity: Identity, worker_id: str) -> dict[str, Any]:
         """Ask a worker to finish its running tasks, hand back the rest and leave; return it.
@@ -298,6 +451,7 @@ class Operations:
         authorize(identity, "drain")
         if worker_id not in self.server.core.workers:
             raise NotFound(f"no connected worker {worker_id!r}")
+        self._audit_now(f"worker:{worker_id}", "worker_drained", "", identity)
         return self.server.drain_worker(worker_id)
 
     def queues(self, identity: Identity) -> list[dict[str, Any]]:
@@ -331,6 +485,8 @@ class Operations:
         authorize(identity, "subscribe")
         if subscription is not None:
             check_subscription(subscription)
+            if not identity.sees_all:
+                subscription.owner = identity.owner  # (only its own tasks' events: docs/security.md)
         srv = self.server
         if subscriber is None:
             srv.check_subscriber_room()
@@ -406,7 +562,7 @@ class Operations:
         srv = self.server
         s = lim.scope
         srv.core.set_limit((s.kind, s.name, s.key), srv.clock(), rate=lim.rate, period=lim.period, burst=lim.burst,
-                           concurrency=lim.concurrency)
+                           concurrency=lim.concurrency, actor=identity.name)
         await srv.committed_change()
         return self._limit_map((s.kind, s.name, s.key))
 
@@ -421,7 +577,7 @@ class Operations:
         authorize(identity, "remove_limit")
         s = check_scope(scope)
         srv = self.server
-        removed = srv.core.remove_limit((s.kind, s.name, s.key), srv.clock()) is not None
+        removed = srv.core.remove_limit((s.kind, s.name, s.key), srv.clock(), identity.name) is not None
         if removed:
             await srv.committed_change()
         return removed
@@ -453,7 +609,7 @@ class Operations:
         b = check_breaker(settings)
         srv = self.server
         srv.core.set_breaker(b.type, srv.clock(), threshold=b.threshold, window=b.window, min_calls=b.min_calls,
-                             cooldown=b.cooldown, probes=b.probes)
+                             cooldown=b.cooldown, probes=b.probes, actor=identity.name)
         await srv.committed_change()
         return self._breaker_map(b.type)
 
@@ -461,7 +617,7 @@ class Operations:
         """Remove a task type's breaker (its held tasks go again at once); False when it had none."""
         authorize(identity, "remove_breaker")
         srv = self.server
-        removed = srv.core.remove_breaker(check_type_name(type_), srv.clock())
+        removed = srv.core.remove_breaker(check_type_name(type_), srv.clock(), identity.name)
         if removed:
             await srv.committed_change()
         return removed
@@ -471,7 +627,7 @@ class Operations:
         wait until ``close_breaker``. Returns it once committed."""
         authorize(identity, "open_breaker")
         srv = self.server
-        srv.core.open_breaker(check_type_name(type_), srv.clock(), _reason(reason, identity))
+        srv.core.open_breaker(check_type_name(type_), srv.clock(), _reason(reason, identity), identity.name)
         await srv.committed_change()
         return self._breaker_map(type_)
 
@@ -485,7 +641,7 @@ class Operations:
         srv = self.server
         if check_type_name(type_) not in srv.core.breakers:
             raise NotFound(f"task type {type_!r} has no breaker")
-        srv.core.close_breaker(type_, srv.clock(), _reason(reason, identity))
+        srv.core.close_breaker(type_, srv.clock(), _reason(reason, identity), identity.name)
         await srv.committed_change()
         return self._breaker_map(type_)
 
@@ -507,6 +663,9 @@ class Operations:
         """
         authorize(identity, "why")
         srv = self.server
+        t = srv.core.tasks.get(task_id)
+        if t is not None and not identity.sees(t.owner):
+            raise NotFound(f"no live task {task_id} (a final task waits for nothing)")
         try:
             w = srv.core.why_waiting(task_id, srv.clock())
         except TaskMissing:
@@ -545,6 +704,7 @@ class Operations:
         self._room_for({s.name})
         srv = self._running()
         kept = srv.core.add_schedule(s, srv.clock())
+        self._audit_now(f"schedule:{s.name}", "schedule_added", _when(s), identity)
         await srv.committed_change()
         return kept.as_dict()
 
@@ -558,6 +718,7 @@ class Operations:
         authorize(identity, "schedule_remove")
         srv = self._running()
         srv.core.remove_schedule(name, srv.clock())
+        self._audit_now(f"schedule:{name}", "schedule_removed", "", identity)
         await srv.committed_change()
 
     async def pause_schedule(self, identity: Identity, name: str, paused: bool = True) -> dict[str, Any]:
@@ -571,6 +732,7 @@ class Operations:
         srv = self._running()
         core = srv.core
         s = (core.pause_schedule if paused else core.resume_schedule)(name, srv.clock())
+        self._audit_now(f"schedule:{name}", "schedule_paused" if paused else "schedule_resumed", "", identity)
         await srv.committed_change()
         return s.as_dict()
 
@@ -589,6 +751,7 @@ class Operations:
         authorize(identity, "schedule_run")
         srv = self._running()
         tid = srv.core.run_schedule_now(name, srv.clock())
+        self._audit_now(f"schedule:{name}", "schedule_run", f"task {tid}", identity)
         await srv.committed_change()
         return tid
 
@@ -649,6 +812,20 @@ class Operations:
 
 def _dead_filter(q: DeadQuery) -> DeadFilter:
     return DeadFilter(q.queue, q.type, q.error, q.since, q.until)
+def _check_scope(identity: Identity, specs: list[TaskSpec]) -> None:
+    """Raise ``Forbidden`` for a spec whose queue is outside the caller's scope (a spec naming no queue counts
+    as ``default``)."""
+    allowed = identity.queues
+    assert allowed is not None
+    for spec in specs:
+        if (spec.queue or "default") not in allowed:
+            raise Forbidden(f"this credential may enqueue into the queues {sorted(allowed)} only, not "
+                            f"{spec.queue or 'default'!r}")
+
+
+def _when(s: Any) -> str:
+    """A schedule's type and timing, in words (the audit log)."""
+    return f"{s.type}: cron {s.cron} {s.tz}" if s.cron is not None else f"{s.type}: every {s.every:g}s"
 
 
 def _reason(reason: str, identity: Identity) -> str:

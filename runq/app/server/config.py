@@ -65,6 +65,12 @@ class ServerConfig:
         tls_cert: a PEM file holding the server's TLS certificate (and the chain up to the CA): the TCP
             protocol and the HTTP API then speak TLS only (docs/tls.md). Requires ``tls_key``.
         tls_key: the PEM file of the certificate's private key (unencrypted; it may be ``tls_cert`` itself).
+        keys_file: the access-token signing keys (docs/security.md: one per line, the first signs); None: a
+            key generated on first start and kept in the database.
+        access_ttl: seconds an access token of an HTTP login is valid.
+        refresh_ttl: seconds a refresh token of an HTTP login is valid (revocable at any time).
+        principals_poll: seconds between two looks at whether users or API tokens changed in the database
+            (``runq users`` / ``runq tokens`` change them from another process).
         core: rules of the queue (leases, retries, backoff).
     """
 
@@ -84,6 +90,10 @@ class ServerConfig:
     inline_commit: bool = True
     tls_cert: str | None = None
     tls_key: str | None = None
+    keys_file: str | None = None
+    access_ttl: float = 900.0
+    refresh_ttl: float = 30 * 86400.0
+    principals_poll: float = 1.0
     core: CoreConfig = field(default_factory=CoreConfig)
 
     @property

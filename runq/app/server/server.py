@@ -49,11 +49,13 @@ import trio
 from ... import __version__
 from ...protocol.errors import ProtocolError
 from ...protocol.messages import TaskSpec
+from ..auth import AccessKeys, LoginLimiter, Principals
 from ..core import FINAL_STATES, Core, IllegalTransition, Requests, State, Task, TaskMissing, Transition, WorkerInfo
 from ..core.breakers import LimitError
 from ..core.records import DeadFilter
 from ..core.requests import Entry
-from ..ops import Operations
+from ..errors import ConfigError
+from ..ops import Authenticator, Operations
 from ..store import (
     Batch,
     EventRecord,
@@ -67,6 +69,7 @@ from ..store import (
     describe_db,
     open_store,
 )
+from ..store.principals import PrincipalStore
 from .config import Clock, ServerConfig
 from .session import Outbox, Session, Subscription
 from .tcp import TcpFrontend
@@ -204,6 +207,13 @@ class Server:
         self._reading = False  # in flush_read: it decides itself whether to wake the committer
         self._reader_lock = trio.CapacityLimiter(1)
         self._nursery: trio.Nursery | None = None
+        #: the users and API tokens as last loaded from the database, and the checker of every credential
+        self.principals = Principals()
+        self.authenticator = Authenticator(config.token, self.principals, None, lambda: self.clock())
+        #: the principal tables (a connection of their own: runq/app/store/principals.py); set by ``serve``
+        self.principal_store: PrincipalStore | None = None
+        #: failed HTTP logins, by user and address (runq/app/auth/limiter.py)
+        self.login_limiter = LoginLimiter()
         #: every operation a caller can ask for, authorised and validated (what TCP and HTTP call)
         self.ops = Operations(self)
 
@@ -237,6 +247,7 @@ class Server:
                 raise NotLeader(f"database {describe_db(cfg.db)} is led by {lead.holder} (term {lead.term}): this server "
                                 "does not serve it")
             await self._recover(store)
+            await self._load_principals(store)
             store.start()
             tcp = TcpFrontend(self)
             listeners = await trio.open_tcp_listeners(cfg.port, host=cfg.host)
@@ -255,6 +266,7 @@ class Server:
                     self.http_port = await nursery.start(serve_http, self)
                 nursery.start_soon(self._timer)
                 nursery.start_soon(self._pruner)
+                nursery.start_soon(self._principals_loop)
                 self.ready = True
                 log.info("runq %s listening on %s:%d (HTTP %s), database %s", VERSION, cfg.host, self.port,
                          self.http_port if self.http_port is not None else "off", describe_db(cfg.db))
@@ -278,6 +290,8 @@ class Server:
                 for batch in pending:
                     store.submit(batch)
                 self.flush()
+                if self.principal_store is not None:
+                    await trio.to_thread.run_sync(self.principal_store.close)
                 await trio.to_thread.run_sync(store.close)
 
     async def _recover(self, store: Store) -> None:
@@ -316,6 +330,46 @@ class Server:
         if fx.rows or fx.new_rows or fx.events or fx.schedule_rows:
             await trio.to_thread.run_sync(store.write_now, Batch(rows=fx.rows, new_rows=fx.new_rows,
                                                                  events=fx.events, schedule_rows=fx.schedule_rows))
+
+    async def _load_principals(self, store: Store) -> None:
+        """Open the principal tables, load the users and API tokens, and the access-token keys (the file's, or
+        the one kept in the database, made on first start)."""
+        self.authenticator.shared = self.config.token  # (as configured when serving starts)
+        ps = self.principal_store = await trio.to_thread.run_sync(store.principals)
+        await self.reload_principals()
+        if self.config.keys_file is not None:
+            try:
+                keys = AccessKeys.from_file(self.config.keys_file)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"--keys-file: {exc}") from None
+        else:
+            text = await trio.to_thread.run_sync(ps.set_meta_once, "access_key", AccessKeys.generate())
+            keys = AccessKeys.from_text(text)
+        self.authenticator.keys = keys
+
+    async def reload_principals(self) -> bool:
+        """Load the users and API tokens again if they changed in the database; True if they had."""
+        ps = self.principal_store
+        assert ps is not None
+        version = await trio.to_thread.run_sync(ps.version)
+        if version == self.principals.version and self.principals.version is not None:
+            return False
+        users = await trio.to_thread.run_sync(ps.users)
+        tokens = await trio.to_thread.run_sync(ps.tokens)
+        self.principals.load(users, tokens, version)
+        return True
+
+    async def _principals_loop(self) -> None:
+        """Every ``principals_poll`` seconds, take the changes of users and tokens made in the database."""
+        while not self.stopping.is_set():
+            with trio.move_on_after(self.config.principals_poll):
+                await self.stopping.wait()
+            if self.stopping.is_set():
+                return
+            try:
+                await self.reload_principals()
+            except StoreError as exc:  # (the database is busy or gone for a moment: the last copy holds)
+                log.warning("could not read users and tokens: %s", exc)
 
     async def wait_committed(self) -> None:
         """Wait until every batch handed to the store so far has committed (not for later ones: under a
@@ -524,7 +578,7 @@ class Server:
             msg = None
             for sub in self.subscribers:
                 flt = sub.subscription
-                if flt is not None and flt.wants(task.queue, task.type, task.id):
+                if flt is not None and flt.wants(task.queue, task.type, task.id, task.owner):
                     if msg is None:
                         msg = row.as_dict()  # (the event's id is not sent)
                         msg["op"] = "event"
@@ -554,6 +608,12 @@ class Server:
     async def _pruner(self) -> None:
         while True:
             self.prune()
+            ps = self.principal_store
+            if ps is not None:  # (refresh tokens past their expiry: no use to anyone)
+                try:
+                    await trio.to_thread.run_sync(ps.forget_refresh, self.clock())
+                except StoreError as exc:
+                    log.warning("could not delete expired refresh tokens: %s", exc)
             await trio.sleep(self.config.prune_interval)
 
     def prune(self, before: float | None = None) -> None:
@@ -567,7 +627,8 @@ class Server:
             del self.core.finished[tid]
 
     # ------------------------------------------------------------------ operations (all frontends)
-    def enqueue_nowait(self, requests: list[tuple[list[TaskSpec], Token | None, Any]], tell: Tell) -> list[Answer]:
+    def enqueue_nowait(self, requests: list[tuple[list[TaskSpec], Token | None, Any]], tell: Tell,
+                       owner: str | None = None) -> list[Answer]:
         """Enqueue the requests of one read, in order, with one call of the core; return each one's answer
         (``(id, created)`` per spec). ``tell(answer, error, ctx)`` runs for each request, with its ``ctx``, once
         its tasks are committed (or could not be).
@@ -612,7 +673,7 @@ class Server:
             flat += specs
         if not new:
             return answers
-        out = self.core.enqueue(flat, now)
+        out = self.core.enqueue(flat, now, owner)
         acks = self._acks
         i = 0
         for specs, res, entry, ctx in new:
@@ -628,8 +689,8 @@ class Server:
             acks.append(Ack(created, tell, res, specs, entry, ctx))
         return answers
 
-    async def enqueue(self, specs: list[TaskSpec]) -> list[tuple[int, bool]]:
-        """Enqueue and return ``(id, created)`` per spec once committed.
+    async def enqueue(self, specs: list[TaskSpec], owner: str | None = None) -> list[tuple[int, bool]]:
+        """Enqueue (for ``owner``: docs/security.md) and return ``(id, created)`` per spec once committed.
 
         Raises:
             StoreError: the commit failed; nothing was enqueued.
@@ -641,7 +702,7 @@ class Server:
             outcome.append(err)
             done.set()
 
-        (res,) = self.enqueue_nowait([(specs, None, None)], tell)
+        (res,) = self.enqueue_nowait([(specs, None, None)], tell, owner)
         self.flush()
         await done.wait()
         if outcome[0] is not None:
@@ -689,15 +750,15 @@ class Server:
                     del self._waiters[task_id]
         return await self.get_task(task_id)
 
-    async def cancel(self, task_id: int) -> dict[str, Any]:
-        """Cancel a queued or running task; return it.
+    async def cancel(self, task_id: int, actor: str | None = None) -> dict[str, Any]:
+        """Cancel a queued or running task (at the request of ``actor``, whom its event names); return it.
 
         Raises:
             TaskMissing: no such task.
             IllegalTransition: it is already final.
         """
         try:
-            task = self.core.cancel(task_id, self.clock())
+            task = self.core.cancel(task_id, self.clock(), "by request" if actor is None else f"by {actor}")
         except TaskMissing:
             known = await self.get_task(task_id)
             raise IllegalTransition(State(known["state"]), Transition.CANCEL) from None
@@ -705,15 +766,17 @@ class Server:
         self.flush()
         return answer
 
-    async def retry(self, task_id: int) -> dict[str, Any]:
-        """Bring a dead, cancelled or retry-waiting task back to ready now; return it."""
+    async def retry(self, task_id: int, actor: str | None = None) -> dict[str, Any]:
+        """Bring a dead, cancelled or retry-waiting task back to ready now (at the request of ``actor``, whom its
+        event names); return it."""
         stored: Task | None = None
         if task_id not in self.core.tasks and task_id not in self.core.finished:
             row = await self._read(self._store.get_task, task_id)
             if row is None:
                 raise TaskMissing(f"no task {task_id}")
             stored = Task.from_row(row)
-        answer = self.core.retry(task_id, self.clock(), stored).as_dict()  # as retried, before any dispatch
+        answer = self.core.retry(task_id, self.clock(), stored,
+                                 "manual retry" if actor is None else f"manual retry by {actor}").as_dict()  # as retried, before any dispatch
         self.flush()
         return answer
 
@@ -726,7 +789,8 @@ class Server:
         return [r.as_dict() for r in rows]
 
     async def list_tasks(self, *, state: str | None = None, queue: str | None = None, type: str | None = None,
-                         limit: int = 100, cursor: int | None = None) -> tuple[list[dict[str, Any]], int | None]:
+                         limit: int = 100, cursor: int | None = None,
+                         owner: str | None = None) -> tuple[list[dict[str, Any]], int | None]:
         """Return a page of tasks, newest first, and the cursor of the next page.
 
         The arguments are checked by the caller (``Operations.list``, ``inputs.check_list``).
@@ -734,7 +798,7 @@ class Server:
         self.flush()
         await self.wait_committed()
         rows = await self._read(functools.partial(self._store.list_tasks, state=state, queue=queue, type=type,
-                                                  limit=limit, cursor=cursor))
+                                                  limit=limit, cursor=cursor, owner=owner))
         tasks = [self._fresh(r) for r in rows]
         return tasks, (tasks[-1]["id"] if len(tasks) == limit else None)
 

@@ -172,7 +172,14 @@ class TcpFrontend:
         srv = self.server
         outbox = srv.outbox
         worker = sess.role == "worker"
+        ident = sess.identity
+        # (a credential that can stop being valid: an access token expires, a user may be disabled; checked at
+        # each read, an attribute test for the shared token: docs/security.md)
+        recheck = ident.expires_at is not None or ident.owner is not None
+        still_valid = srv.authenticator.still_valid
         while True:
+            if recheck and not still_valid(ident, srv.clock()):
+                raise ProtocolError("the connection's credential expired or its user was disabled", "unauthorized")
             msgs = conn.messages()
             # (a read of nothing but questions changes nothing: no flush; a worker's messages all change things)
             if worker or len(msgs) != 1:
@@ -243,7 +250,7 @@ class TcpFrontend:
         while i < n:
             msg = msgs[i]
             op = msg["op"]
-            if op == "get" and not worker:  # (the most frequent question: a task in memory, answered at once)
+            if op == "get" and "get" in ident.ops:  # (the most frequent question: a task in memory, answered at once)
                 tid = msg.get("id")
                 if type(tid) is int:
                     task = get_nowait(ident, tid)
@@ -370,7 +377,11 @@ class TcpFrontend:
                 try:
                     self.ops.enqueue_nowait(sess.identity, requests, _tell_enqueued)
                 except ProtocolError as exc:  # (not permitted for this role: the connection ends with that error,
-                    exc.rid = msgs[i].get("rid")  # naming the first request of the run: docs/protocol.md section 4)
+                    if exc.code in _REQUEST_ERRORS:  # naming the first request of the run: docs/protocol.md section 4;
+                        for _, (s, rid) in requests:  # forbidden: each request is refused, the connection stays)
+                            s.send({"op": "error", "rid": rid, "code": exc.code, "message": str(exc)})
+                        return True
+                    exc.rid = msgs[i].get("rid")
                     raise
                 except Exception as exc:  # noqa: BLE001 - a bug: this connection only
                     self._internal_error(sess, "enqueue", exc)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..core.records import (
     BreakerRecord,
@@ -48,6 +48,9 @@ from ..core.records import (
     TaskRecord,
     TaskRow,
 )
+
+if TYPE_CHECKING:
+    from .principals import PrincipalStore
 
 __all__ = ["Batch", "BreakerRecord", "EventRecord", "Leadership", "LimitRecord", "NewTaskRecord", "Notify",
            "QueueRecord", "RequestRecord", "ScheduleRecord", "ServerEventRecord", "Store", "StoreStats", "TaskRecord",
@@ -213,8 +216,14 @@ class Store(Protocol):
         ...
 
     def list_tasks(self, state: str | None = None, queue: str | None = None, type: str | None = None,
-                   limit: int = 100, cursor: int | None = None) -> list[TaskRecord]:
-        """A page of tasks, newest first, filtered; ``cursor`` is the last id of the previous page."""
+                   limit: int = 100, cursor: int | None = None, owner: str | None = None) -> list[TaskRecord]:
+        """A page of tasks, newest first, filtered (``owner``: only that owner's); ``cursor`` is the last id of
+        the previous page."""
+        ...
+
+    def principals(self) -> PrincipalStore:
+        """The users, API tokens and refresh tokens of the database, on a connection of their own (principals.py:
+        never inside the group commit)."""
         ...
 
     def dead_tasks(self, f: DeadFilter, limit: int, cursor: int | None = None,

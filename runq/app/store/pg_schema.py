@@ -181,8 +181,40 @@ ALTER TABLE tasks ADD COLUMN coalesce_key TEXT;
 ALTER TABLE tasks ADD COLUMN limit_key TEXT;
 """
 
+#: Version 11 (branch teams13, docs/security.md): task owners, users, API tokens, refresh tokens (schema.py's _V11).
+_V11 = """
+ALTER TABLE tasks ADD COLUMN owner text;
+CREATE TABLE users (
+    name       text             PRIMARY KEY,
+    role       text             NOT NULL,
+    password   text             NOT NULL,
+    disabled   boolean          NOT NULL DEFAULT false,
+    created_at double precision NOT NULL,
+    changed_at double precision NOT NULL
+);
+CREATE TABLE api_tokens (
+    id         text             PRIMARY KEY,
+    hash       text             NOT NULL UNIQUE,
+    name       text             NOT NULL,
+    role       text             NOT NULL,
+    username   text,
+    queues     text,
+    expires_at double precision,
+    revoked_at double precision,
+    created_at double precision NOT NULL
+);
+CREATE TABLE refresh_tokens (
+    id         text             PRIMARY KEY,
+    hash       text             NOT NULL UNIQUE,
+    username   text             NOT NULL,
+    expires_at double precision NOT NULL,
+    revoked_at double precision,
+    created_at double precision NOT NULL
+)
+"""
+
 #: PG_MIGRATIONS[i] takes a database from version i to version i + 1 (schema.MIGRATIONS[i] for SQLite).
-PG_MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9, _V10]
+PG_MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9, _V10, _V11]
 
 _I, _T, _F, _B = "bigint", "text", "double precision", "bytea"
 #: the type of each column written with ``unnest`` arrays (postgres.py), by table
@@ -190,7 +222,7 @@ PG_TYPES: dict[str, dict[str, str]] = {
     "tasks": {"id": _I, "queue": _T, "type": _T, "payload": _B, "priority": _I, "state": _T, "run_at": _F,
               "timeout": _F, "max_retries": _I, "attempt": _I, "key": _T, "result": _B, "error": _T,
               "progress": _B, "created_at": _F, "started_at": _F, "finished_at": _F, "worker": _T,
-              "requires": _T, "retry_policy": _T, "coalesce_key": _T, "limit_key": _T},
+              "requires": _T, "retry_policy": _T, "coalesce_key": _T, "limit_key": _T, "owner": _T},
     "events": {"id": _I, "task_id": _I, "at": _F, "kind": _T, "state": _T, "worker": _T, "attempt": _I,
                "detail": _T},
     "requests": {"id": _I, "client_id": _T, "seq": _I, "at": _F, "answer": _T, "seqs": _I, "digests": _B},

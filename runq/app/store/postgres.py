@@ -96,6 +96,7 @@ from . import queries
 from .base import Batch, Leadership, Notify
 from .pg_prune import SLICE_TASKS, prune_slice
 from .pg_schema import BOOTSTRAP, PG_MIGRATIONS, PG_TYPES
+from .principals import PrincipalStore
 from .schema import LIVE_STATE_NAMES, SCHEMA_VERSION
 from .writer import GroupWriter, Merged, merge_batches
 
@@ -488,6 +489,10 @@ class PostgresStore(GroupWriter):
             self._reader = self._connect()
         return self._reader
 
+    def principals(self) -> PrincipalStore:
+        """The principal tables, on a connection of their own (base.py)."""
+        return PrincipalStore(self._connect(), "%s")
+
     def get_task(self, task_id: int) -> TaskRecord | None:
         """Return the task, or ``None``."""
         row = self.reader.execute(_pg(queries.TASK_BY_ID_SQL), (task_id,)).fetchone()
@@ -503,9 +508,9 @@ class PostgresStore(GroupWriter):
         return queries.timeline(task_id, stored, created)
 
     def list_tasks(self, state: str | None = None, queue: str | None = None, type: str | None = None,
-                   limit: int = 100, cursor: int | None = None) -> list[TaskRecord]:
+                   limit: int = 100, cursor: int | None = None, owner: str | None = None) -> list[TaskRecord]:
         """Return a page of tasks, newest first; ``cursor`` is the last id of the previous page."""
-        sql, args = queries.task_list_query(state, queue, type, limit, cursor, mark="%s")
+        sql, args = queries.task_list_query(state, queue, type, limit, cursor, mark="%s", owner=owner)
         return list(map(make_task, self.reader.execute(sql, args)))
 
     def dead_tasks(self, f: DeadFilter, limit: int, cursor: int | None = None,

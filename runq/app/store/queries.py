@@ -69,11 +69,13 @@ FIRST_EVENTS = ("enqueued", "scheduled")
 
 
 def task_list_query(state: str | None = None, queue: str | None = None, type: str | None = None,
-                    limit: int = 100, cursor: int | None = None, mark: str = "?") -> tuple[str, list[Any]]:
+                    limit: int = 100, cursor: int | None = None, mark: str = "?",
+                    owner: str | None = None) -> tuple[str, list[Any]]:
     """The SQL and arguments of a page of tasks, newest first, filtered by state, queue and type.
 
     Args:
         state, queue, type: keep only the tasks with this value (None: any).
+        owner: keep only the tasks of this owner (None: any owner; docs/security.md).
         limit: at most this many tasks.
         cursor: the last id of the previous page (None: the first page).
         mark: the driver's placeholder.
@@ -83,7 +85,7 @@ def task_list_query(state: str | None = None, queue: str | None = None, type: st
     """
     where: list[str] = []
     args: list[Any] = []
-    for col, val in (("state", state), ("queue", queue), ("type", type)):
+    for col, val in (("state", state), ("queue", queue), ("type", type), ("owner", owner)):
         if val is not None:
             where.append(f"{col} = {mark}")
             args.append(val)

@@ -172,8 +172,43 @@ ALTER TABLE tasks ADD COLUMN coalesce_key TEXT;
 ALTER TABLE tasks ADD COLUMN limit_key TEXT;
 """
 
+#: Version 11 (branch teams13, docs/security.md): a task's ``owner`` (the identity that enqueued it; NULL: enqueued
+#: without users, by the shared token or an open server), the users (password: an argon2id hash), the API tokens
+#: (``hash``: SHA-256 of the whole token, which is shown once and never stored) and the refresh tokens of HTTP
+#: logins (hashed the same way), each revocable.
+_V11 = """
+ALTER TABLE tasks ADD COLUMN owner TEXT;
+CREATE TABLE users (
+    name       TEXT    PRIMARY KEY,
+    role       TEXT    NOT NULL,
+    password   TEXT    NOT NULL,
+    disabled   INTEGER NOT NULL DEFAULT 0,
+    created_at REAL    NOT NULL,
+    changed_at REAL    NOT NULL
+);
+CREATE TABLE api_tokens (
+    id         TEXT    PRIMARY KEY,
+    hash       TEXT    NOT NULL UNIQUE,
+    name       TEXT    NOT NULL,
+    role       TEXT    NOT NULL,
+    username   TEXT,
+    queues     TEXT,
+    expires_at REAL,
+    revoked_at REAL,
+    created_at REAL    NOT NULL
+);
+CREATE TABLE refresh_tokens (
+    id         TEXT    PRIMARY KEY,
+    hash       TEXT    NOT NULL UNIQUE,
+    username   TEXT    NOT NULL,
+    expires_at REAL    NOT NULL,
+    revoked_at REAL,
+    created_at REAL    NOT NULL
+);
+"""
+
 #: MIGRATIONS[i] takes a database from version i to version i + 1.
-MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9, _V10]
+MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9, _V10, _V11]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -89,6 +89,7 @@ from ..core.records import (
 from ..errors import StoreError, StoreInUse
 from . import queries
 from .base import Batch, Leadership, Notify, StoreStats
+from .principals import PrincipalStore
 from .schema import FINAL_STATE_NAMES, LIVE_STATE_NAMES, migrate
 from .writer import GroupWriter, merge_batches
 
@@ -496,6 +497,12 @@ class SQLiteStore(GroupWriter):
             self._reader.execute("PRAGMA busy_timeout=5000")
         return self._reader
 
+    def principals(self) -> PrincipalStore:
+        """The principal tables, on a connection of their own (base.py)."""
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
+        conn.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
+        return PrincipalStore(conn)
+
     def get_task(self, task_id: int) -> TaskRecord | None:
         """Return the task, or ``None``."""
         row = self.reader.execute(queries.TASK_BY_ID_SQL, (task_id,)).fetchone()
@@ -511,9 +518,9 @@ class SQLiteStore(GroupWriter):
         return queries.timeline(task_id, stored, created)
 
     def list_tasks(self, state: str | None = None, queue: str | None = None, type: str | None = None,
-                   limit: int = 100, cursor: int | None = None) -> list[TaskRecord]:
+                   limit: int = 100, cursor: int | None = None, owner: str | None = None) -> list[TaskRecord]:
         """Return a page of tasks, newest first; ``cursor`` is the last id of the previous page."""
-        sql, args = queries.task_list_query(state, queue, type, limit, cursor)
+        sql, args = queries.task_list_query(state, queue, type, limit, cursor, owner=owner)
         return list(map(make_task, self.reader.execute(sql, args)))
 
     def dead_tasks(self, f: DeadFilter, limit: int, cursor: int | None = None,

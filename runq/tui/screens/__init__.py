@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .audit import AuditScreen
 from .base import DashboardScreen
 from .dead import DeadScreen
 from .queues import QueuesScreen
@@ -10,4 +11,4 @@ from .tasks import TaskDetailScreen, TasksScreen
 from .timeline import TimelineScreen
 from .workers import WorkersScreen
 
-__all__ = ["DashboardScreen", "DeadScreen", "QueuesScreen", "SchedulesScreen", "TaskDetailScreen", "TasksScreen", "TimelineScreen", "WorkersScreen"]
+__all__ = ["AuditScreen", "DashboardScreen", "DeadScreen", "QueuesScreen", "SchedulesScreen", "TaskDetailScreen", "TasksScreen", "TimelineScreen", "WorkersScreen"]

@@ -18,10 +18,22 @@ if TYPE_CHECKING:
     from ..model import DashboardState
     from ..source import Source
 
-__all__ = ["WRITE_ACTIONS", "DashboardScreen", "LoadingScreen", "describe"]
+__all__ = ["ACTION_OPS", "WRITE_ACTIONS", "DashboardScreen", "LoadingScreen", "describe", "may_act"]
 
 #: the screens' actions that change the server: hidden from the footer and disabled on a read-only source
 WRITE_ACTIONS = frozenset({"toggle_pause", "enqueue", "cancel_task", "retry_task", "drain"})
+#: the protocol op each action asks for: an action the identity may not take is hidden (docs/security.md)
+ACTION_OPS = {"toggle_pause": "pause", "enqueue": "enqueue", "cancel_task": "cancel", "retry_task": "retry",
+              "drain": "drain", "toggle_schedule": "schedule_pause", "run_schedule": "schedule_run",
+              "retry_dead": "dead_retry", "delete_dead": "dead_delete"}
+
+
+def may_act(source: Source, action: str) -> bool:
+    """Whether ``action`` of a screen is offered on ``source`` (``DashboardScreen.check_action``)."""
+    if action in WRITE_ACTIONS and source.offline:
+        return False
+    op = ACTION_OPS.get(action)
+    return op is None or source.may(op)
 
 
 def describe(exc: BaseException) -> str:
@@ -118,8 +130,9 @@ class DashboardScreen(Screen[None]):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Textual's hook for bindings: an action that would change the server is not offered (neither shown
-        in the footer nor run by its key) when the source is read-only (``runq tui --db FILE``)."""
-        return not (action in WRITE_ACTIONS and self.source.offline)
+        in the footer nor run by its key) when the source is read-only (``runq tui --db FILE``), nor one the
+        identity may not take (a viewer's dashboard has no action; a user's, no pause or drain)."""
+        return may_act(self.source, action)
 
     # ------------------------------------------------------------------ actions
     def run_action_call(self, call: Callable[[], Awaitable[Any]], done: str | Callable[[Any], str]) -> None:
