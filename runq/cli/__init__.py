@@ -14,8 +14,8 @@ import click
 from .. import __version__
 from .dead import dead
 from .limits import breakers, limits, why
-from .migrate import migrate
 from .login import login, logout
+from .migrate import migrate
 from .options import (
     CONTEXT_SETTINGS,
     EXIT_INTERRUPTED,

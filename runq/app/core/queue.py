@@ -59,7 +59,7 @@ from ..errors import TaskMissing
 from .commits import A, CommitPolicy, Rollback, Settlement, Writes
 from .dispatch import Dispatch
 from .effects import ENQUEUE_STEP, Effects
-from .limits import LimitEvent, Waiting
+from .limits import Waiting
 from .model import CoreConfig, Task
 from .records import EventRecord
 from .recovery import Recovery
