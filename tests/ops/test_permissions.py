@@ -37,6 +37,7 @@ TABLE: dict[str, set[str]] = {
     "pause": {A}, "resume": {A}, "drain": {A}, "set_limit": {A}, "remove_limit": {A}, "set_breaker": {A},
     "remove_breaker": {A}, "open_breaker": {A}, "close_breaker": {A}, "schedule_add": {A}, "schedule_remove": {A},
     "schedule_pause": {A}, "schedule_resume": {A}, "schedule_run": {A},
+    "dead_list": {A, V}, "dead_retry": {A}, "dead_delete": {A},
     "credit": {W}, "heartbeat": {W}, "progress": {W}, "done": {W}, "fail": {W}, "release": {W},
     "schedule_declare": {W},
     "ping": {A, U, V, W}, "whoami": {A, U, V, W},
@@ -54,6 +55,7 @@ TCP_MESSAGES: dict[str, dict[str, Any]] = {
     "set_limit": {"scope": "queue", "name": "z", "concurrency": 1}, "remove_limit": {"scope": "queue", "name": "z"},
     "set_breaker": {"type": "z"}, "remove_breaker": {"type": "z"}, "open_breaker": {"type": "z"},
     "close_breaker": {"type": "nope"},
+    "dead_list": {}, "dead_retry": {"type": "nope"}, "dead_delete": {"type": "nope"},
     "credit": {"n": 1}, "heartbeat": {}, "progress": {"id": 999, "lease": 1, "value": b"\xc0"},
     "done": {"results": []}, "fail": {"id": 999, "lease": 1, "error": "x"}, "release": {"ids": []},
 }
@@ -79,11 +81,14 @@ HTTP_ROUTES: dict[tuple[str, str], str | None] = {
     ("DELETE", "/api/schedules/nope"): "schedule_remove", ("POST", "/api/schedules/nope/pause"): "schedule_pause",
     ("POST", "/api/schedules/nope/resume"): "schedule_resume", ("POST", "/api/schedules/nope/run"): "schedule_run",
     ("GET", "/api/events"): "subscribe", ("GET", "/api/ws"): "subscribe",
+    ("GET", "/api/dead"): "dead_list", ("POST", "/api/dead/retry"): "dead_retry",
+    ("POST", "/api/dead/delete"): "dead_delete",
 }
 HTTP_BODIES: dict[tuple[str, str], Any] = {
     ("POST", "/api/tasks"): {"type": "t", "queue": "q"}, ("POST", "/api/tasks/batch"): {"tasks": [{"type": "t"}]},
     ("PUT", "/api/limits/queue/z"): {"concurrency": 1}, ("PUT", "/api/breakers/z"): {},
     ("PUT", "/api/schedules/s"): {"type": "t", "every": 60},
+    ("POST", "/api/dead/retry"): {"type": "nope"}, ("POST", "/api/dead/delete"): {"type": "nope"},
 }
 
 
