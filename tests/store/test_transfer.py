@@ -27,13 +27,16 @@ from runq.app.core.records import (
 )
 from runq.app.store import Batch, SQLiteStore, StoreError, StoreInUse
 from runq.app.store.postgres import PostgresStore
+from runq.app.store.principals import RefreshRecord, TokenRecord, UserRecord
 from runq.app.store.transfer import CopyMismatch, copy_database
 
 #: every table of the schema, written out here (independent of the code that finds them)
-TABLES = {"tasks", "events", "queues", "meta", "requests", "limits", "breakers", "server_events", "schedules"}
+TABLES = {"tasks", "events", "queues", "meta", "requests", "limits", "breakers", "server_events", "schedules",
+          "users", "api_tokens", "refresh_tokens"}
 N_TASKS = 1234
 KEYS = {"tasks": "id", "events": "id", "queues": "name", "meta": "key", "requests": "id",
-        "limits": "scope, name, key", "breakers": "type", "server_events": "id", "schedules": "name"}
+        "limits": "scope, name, key", "breakers": "type", "server_events": "id", "schedules": "name",
+        "users": "name", "api_tokens": "id", "refresh_tokens": "id"}
 
 
 @pytest.fixture
@@ -51,7 +54,8 @@ def populate(path: Path) -> None:
                         priority=(i % 7) - 3, attempt=i % 4, key=(f"k{i}" if i % 11 == 0 else None),
                         result=(b"\x00r" if st == "succeeded" else None), error=("boom ✗" if st == "dead" else None),
                         finished_at=(T0 + i / 7 if st in ("succeeded", "dead", "cancelled") else None),
-                        requires=('{"gpu":"1"}' if i % 13 == 0 else None), run_at=T0 + 0.1 * i))
+                        requires=('{"gpu":"1"}' if i % 13 == 0 else None), run_at=T0 + 0.1 * i,
+                        owner=("alice" if i % 4 == 0 else None)))
     events = [event(i, k) for i in range(1, N_TASKS + 1) for k in ("enqueued", "started")[: 1 + i % 2]]
     s = SQLiteStore(str(path))
     try:
@@ -72,6 +76,15 @@ def populate(path: Path) -> None:
         # the newest task, finished, pruned: ``meta`` keeps the next id
         s.write_now(Batch(rows=[row(N_TASKS + 1, "succeeded", finished_at=T0 - 1)]))
         s.write_now(Batch(prune_before=T0))
+        ps = s.principals()  # users, API tokens and refresh tokens (docs/security.md), a disabled user included
+        try:
+            ps.add_user(UserRecord("alice", "user", "$argon2id$x", False, T0, T0))
+            ps.add_user(UserRecord("bob é", "viewer", "$argon2id$y", True, T0, T0 + 1))
+            ps.add_token(TokenRecord("abcd0123", "h" * 64, "w", "worker", None, "q1,q2", T0 + 60, None, T0))
+            ps.add_token(TokenRecord("abcd0124", "i" * 64, "ci", "user", "alice", None, None, T0 + 2, T0))
+            ps.add_refresh(RefreshRecord("00ff00ff", "r" * 64, "alice", T0 + 100, None, T0))
+        finally:
+            ps.close()
     finally:
         s.close()
 
@@ -108,7 +121,7 @@ def test_sqlite_to_postgresql_to_sqlite_keeps_every_row_of_every_table(tmp_path:
     want = dump_sqlite(src)
     assert sqlite_tables(src) == TABLES  # (the schema has no table this test does not know)
     assert all(want[t] for t in TABLES), [t for t in TABLES if not want[t]]  # (every table has rows to copy)
-    assert len(want["tasks"]) == N_TASKS and want["meta"] == [("next_id", str(N_TASKS + 2))]
+    assert len(want["tasks"]) == N_TASKS and dict(want["meta"])["next_id"] == str(N_TASKS + 2)
 
     there = copy_database(str(src), url, batch_rows=100)
     assert there.ok and {c.table: c.target for c in there.tables} == {t: len(want[t]) for t in TABLES}
