@@ -6,12 +6,18 @@ and keeps the access and refresh tokens in a credentials file (``RUNQ_CREDENTIAL
 server (``options.client``, ``runq tui``) then sends the access token when no ``--token`` is given, and trades
 the refresh token for new ones (``/api/auth/refresh``) once the access token is about to expire. ``runq logout``
 revokes the refresh token and forgets them. docs/security.md.
+
+TLS (docs/tls.md): with ``--tls`` or ``--tls-ca FILE`` (``RUNQ_TLS``, ``RUNQ_TLS_CA``) the HTTP API is reached
+over HTTPS, its certificate verified as the TCP connections verify theirs (``protocol.tls.client_context``);
+the default ``--http`` is then ``https://<--server's host>:7701``. A refresh made for another command uses
+that command's TLS options.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import ssl
 import sys
 import time
 import urllib.error
@@ -21,7 +27,9 @@ from typing import Any
 
 import click
 
-from .options import CommandError, Settings, _global, command, log_options, option
+from ..protocol.errors import TLSError
+from ..protocol.tls import client_context
+from .options import CommandError, Settings, _global, command, log_options, option, tls_options
 
 __all__ = ["credentials_path", "login", "logout", "resolve_token"]
 
@@ -54,8 +62,16 @@ def _write(data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _post(url: str, body: dict[str, str]) -> dict[str, Any]:
-    """POST ``body`` as JSON; the answer's JSON body.
+def _context(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context of ``--tls`` / ``--tls-ca`` for an ``https://`` URL (None: Python's default)."""
+    try:
+        return client_context(settings.tls_option) if settings.tls_option else None
+    except TLSError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _post(url: str, body: dict[str, str], context: ssl.SSLContext | None = None) -> dict[str, Any]:
+    """POST ``body`` as JSON (over TLS with ``context`` for an ``https://`` URL); the answer's JSON body.
 
     Raises:
         CommandError: the server refused (its error message), or could not be reached.
@@ -63,7 +79,7 @@ def _post(url: str, body: dict[str, str]) -> dict[str, Any]:
     req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
                                  headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
+        with urllib.request.urlopen(req, timeout=30, context=context if url.startswith("https:") else None) as resp:
             return dict(json.loads(resp.read()))
     except urllib.error.HTTPError as exc:
         try:
@@ -75,11 +91,11 @@ def _post(url: str, body: dict[str, str]) -> dict[str, Any]:
         raise CommandError(f"cannot reach {url}: {exc}") from None
 
 
-def _http_default(server: str) -> str:
+def _http_default(server: str, tls: bool) -> str:
     from ..protocol.address import server_addresses
 
     host, _ = server_addresses(server)[0]
-    return f"http://{'[' + host + ']' if ':' in host else host}:{DEFAULT_HTTP_PORT}"
+    return f"{'https' if tls else 'http'}://{'[' + host + ']' if ':' in host else host}:{DEFAULT_HTTP_PORT}"
 
 
 def _keep(server: str, http: str, answer: dict[str, Any]) -> None:
@@ -107,7 +123,8 @@ def resolve_token(settings: Settings) -> str | None:
     if float(entry.get("expires_at", 0)) - EARLY > time.time():
         return str(entry["access_token"])
     try:
-        answer = _post(f"{entry['http']}/api/auth/refresh", {"refresh_token": str(entry["refresh_token"])})
+        answer = _post(f"{entry['http']}/api/auth/refresh", {"refresh_token": str(entry["refresh_token"])},
+                       _context(settings))
     except CommandError as exc:
         raise CommandError(f"the login to {settings.server} has expired ({exc}): runq login --user "
                            f"{entry.get('user', 'NAME')}") from None
@@ -125,7 +142,8 @@ def _server_option(f: Any) -> Any:
 @command("log in with a user name and password (the other commands then send its token)")
 @_server_option
 @option("--user", "username", required=True, metavar="NAME", help="the user's name")
-@option("--http", default=None, metavar="URL", show_default="http://<--server's host>:7701",
+@tls_options
+@option("--http", default=None, metavar="URL", show_default="http(s)://<--server's host>:7701",
         help="the server's HTTP API, where the login is made")
 @option("--password-stdin", is_flag=True, help="read the password from the first line of stdin (else: prompt)")
 @log_options
@@ -133,9 +151,9 @@ def _server_option(f: Any) -> Any:
 def login(settings: Settings, username: str, http: str | None, password_stdin: bool) -> int:
     """Log in as USER over the server's HTTP API; keep the tokens (in RUNQ_CREDENTIALS, mode 0600) for the
     commands that talk to --server, which send the access token and refresh it by themselves."""
-    url = (http or _http_default(settings.server)).rstrip("/")
+    url = (http or _http_default(settings.server, bool(settings.tls_option))).rstrip("/")
     password = sys.stdin.readline().rstrip("\n") if password_stdin else click.prompt("password", hide_input=True)
-    answer = _post(f"{url}/api/auth/login", {"username": username, "password": password})
+    answer = _post(f"{url}/api/auth/login", {"username": username, "password": password}, _context(settings))
     _keep(settings.server, url, answer)
     click.echo(f"logged in to {settings.server} as {answer['user']} ({answer['role']})")
     return 0
@@ -143,6 +161,7 @@ def login(settings: Settings, username: str, http: str | None, password_stdin: b
 
 @command("log out: revoke the login's refresh token and forget its tokens")
 @_server_option
+@tls_options
 @log_options
 @click.pass_obj
 def logout(settings: Settings) -> int:
@@ -152,7 +171,7 @@ def logout(settings: Settings) -> int:
     if not isinstance(entry, dict):
         raise CommandError(f"not logged in to {settings.server}")
     try:
-        _post(f"{entry['http']}/api/auth/logout", {"refresh_token": str(entry["refresh_token"])})
+        _post(f"{entry['http']}/api/auth/logout", {"refresh_token": str(entry["refresh_token"])}, _context(settings))
     finally:
         _write(data)
     click.echo(f"logged out of {settings.server}")

@@ -76,3 +76,41 @@ async def test_login_then_commands_use_and_refresh_the_token_then_logout(nursery
         assert r.returncode == 1 and "unauthorized" in r.stderr
         r = await cli("logout", *server)
         assert r.returncode == 1 and "not logged in" in r.stderr
+
+
+@pytest.mark.trio
+async def test_login_and_refresh_over_https_verify_the_server_with_the_ca(nursery: trio.Nursery,
+                                                                         tmp_path: Path) -> None:
+    from tls_certs import make_certs
+
+    certs = make_certs(tmp_path / "certs")
+    db = str(tmp_path / "runq.db")
+    await trio.to_thread.run_sync(_setup, db)
+    srv = Server(ServerConfig(db=db, port=0, http_port=0, tls_cert=certs.server, tls_key=certs.server,
+                              core=CoreConfig(lease_timeout=30.0)))
+    await nursery.start(srv.serve)
+    creds = tmp_path / "credentials.json"
+    server = ["--server", f"127.0.0.1:{srv.port}"]
+    https = ["--http", f"https://127.0.0.1:{srv.http_port}"]
+
+    async def cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        return await trio.to_thread.run_sync(lambda: _cli(creds, *args, stdin=stdin))
+
+    with trio.fail_after(120):
+        r = await cli("login", "--user", "alice", "--password-stdin", *server, *https, stdin="pw\n")
+        assert r.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in r.stderr and not creds.exists()  # (no CA)
+        r = await cli("login", "--user", "alice", "--password-stdin", *server, *https, "--tls-ca", certs.other_ca,
+                      stdin="pw\n")
+        assert r.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in r.stderr and not creds.exists()
+        r = await cli("login", "--user", "alice", "--password-stdin", *server, *https, "--tls-ca", certs.ca,
+                      stdin="pw\n")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(creds.read_text())[f"127.0.0.1:{srv.port}"]["http"] == https[1]
+        data = json.loads(creds.read_text())
+        data[f"127.0.0.1:{srv.port}"]["expires_at"] = 0  # the next command refreshes over HTTPS first
+        creds.write_text(json.dumps(data))
+        r = await cli("enqueue", "t", *server, "--tls-ca", certs.ca)
+        assert r.returncode == 0, r.stderr
+        assert [t.owner for t in srv.core.tasks.values()] == ["alice"]
+        r = await cli("logout", *server, "--tls-ca", certs.ca)
+        assert r.returncode == 0, r.stderr
