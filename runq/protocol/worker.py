@@ -32,9 +32,12 @@ gone and already given to others: before it starts one it sends a ``ping`` and
 waits for the ``pong``; whatever the server sent before (a ``cancel``, the
 ``lease_expired`` error and the close) is read first (``_confirm_leases``).
 
-Reconnecting: the servers given (several, comma-separated) are tried in order;
-after a failed round the worker waits with an exponential backoff (``Backoff``),
-which starts again from its first step after a session that worked.
+Reconnecting: the servers given (several, comma-separated) are tried in order,
+the one that welcomed the worker last first; an address that refuses the
+connection or answers the hello with a transient error (``standby``: the
+standby of a failover pair, docs/operations.md) moves on to the next one at
+once. After a failed round the worker waits with an exponential backoff
+(``Backoff``), which starts again from its first step after a session that worked.
 
 Stopping (SIGINT/SIGTERM, ``stop()`` or a ``drain`` from the server): take no
 more tasks, hand back the ones not started (a ``release``, sent even when there
@@ -65,7 +68,7 @@ import anyio.from_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .address import format_address, server_addresses, server_token
-from .calls import Backoff, hello_message
+from .calls import TRANSIENT_HELLO_ERRORS, Backoff, hello_message
 from .errors import (
     ConnectionClosed,
     NotRunqServer,
@@ -214,6 +217,7 @@ class Worker:
         self._token: anyio.lowlevel.EventLoopToken | None = None
         self.connected = False
         self.sessions = 0  # sessions that got as far as the server's welcome
+        self._preferred = 0  # index of the address that welcomed this worker last (tried first)
         #: an operator drained it (``runq drain``): it left for good (a supervisor does not start it again)
         self.drained = False
         self._backend = "asyncio"
@@ -424,6 +428,31 @@ class Worker:
         raise OSError("; ".join(errors))
 
     async def _session(self, addresses: list[tuple[str, int]], token: str | None) -> None:
+        """One session with the first of ``addresses`` that welcomes this worker, the one that did last tried
+        first: an address that refuses the connection, or a server that answers the hello with a transient
+        error (a standby of a failover pair, a server stopping) moves on to the next (docs/operations.md)."""
+        n = len(addresses)
+        errors: list[BaseException] = []
+        for i in range(n):
+            index = (self._preferred + i) % n
+            begun = self.sessions
+            try:
+                await self._session_at([addresses[index]], token)
+            except (OSError, RemoteError) as exc:
+                transient = isinstance(exc, OSError) or (exc.code in TRANSIENT_HELLO_ERRORS
+                                                         and not isinstance(exc, (Unauthorized, HelloRefused)))
+                if self.sessions != begun or not transient or i == n - 1 and not errors:
+                    raise
+                errors.append(exc)
+                log.info("%s: %s; trying the next address", format_address(*addresses[index]), exc)
+                continue
+            finally:
+                if self.sessions != begun:
+                    self._preferred = index
+            return
+        raise ConnectionClosed("no server welcomed this worker: " + "; ".join(str(e) for e in errors))
+
+    async def _session_at(self, addresses: list[tuple[str, int]], token: str | None) -> None:
         conn = Connection(DEFAULT_MAX_REPLY)  # (the server's own bound, from its welcome, once it is read)
         stream, host, port = await self._connect(addresses)
         async with stream:

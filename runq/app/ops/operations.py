@@ -98,11 +98,14 @@ class Operations:
         joins: ``session`` receives its tasks, and the answer carries its ``worker_id``.
 
         Raises:
-            ProtocolError: ``shutting_down`` while the server stops.
+            ProtocolError: ``shutting_down`` while the server stops; ``standby`` while it waits for the lease
+                another server holds (or rebuilds its state after taking it).
         """
         srv = self.server
         if srv.stopping.is_set():
             raise ProtocolError("server is stopping", "shutting_down")
+        if srv.standby or not srv.ready:  # (failover: docs/operations.md; a client tries its next address)
+            raise ProtocolError(f"this server is a standby; the active server is {srv.active_server()}", "standby")
         cfg = srv.config
         welcome: dict[str, Any] = {
             "op": "welcome", "version": hello.version, "server": f"runq/{VERSION}",
@@ -177,7 +180,8 @@ class Operations:
         Raises:
             BadRequest: a payload longer than ``max_frame`` (over TCP it could not have come: every frame the
                 server sends must hold a task, docs/protocol.md section 1).
-            ProtocolError: ``shutting_down`` while the server stops.
+            ProtocolError: ``shutting_down`` while the server stops; ``standby`` while it waits for the lease
+                another server holds (or rebuilds its state after taking it).
             StoreError: the commit failed; nothing was enqueued.
         """
         authorize(identity, "enqueue")
@@ -534,7 +538,8 @@ class Operations:
 
         Raises:
             BadRequest: a field out of range (``check_schedule``), or more than ``MAX_SCHEDULES``.
-            ProtocolError: ``shutting_down`` while the server stops.
+            ProtocolError: ``shutting_down`` while the server stops; ``standby`` while it waits for the lease
+                another server holds (or rebuilds its state after taking it).
             StoreError: the commit failed.
         """
         authorize(identity, "schedule_add")
