@@ -254,6 +254,7 @@ class PostgresStore:
         self._address: str | None = None
         self._renewer: threading.Thread | None = None
         self._renew_stop = threading.Event()
+        self._renew_wake = threading.Event()  # (set: renew now, or see that ``_renew_stop`` is set)
         #: the leader as last read by this store while it does not lead: (holder, address, seconds to expiry)
         self._other: tuple[str | None, str | None, float | None] = (None, None, None)
         self.migrated_from: int | None = None
@@ -377,14 +378,14 @@ class PostgresStore:
             taken = False
         if taken:
             self.migrated_from = self._migrate()
-            self._renew_stop.clear()
             self._renewer = threading.Thread(target=self._renew_loop, name="runq-lease", daemon=True)
             self._renewer.start()
         return self.leadership()
 
     def advertise(self, address: str) -> None:
-        """Write ``address`` into the lease row with the next take or renewal."""
+        """Write ``address`` into the lease row: with a renewal at once while leading, else with the take."""
         self._address = address
+        self._renew_wake.set()
 
     def _renew_loop(self) -> None:
         """The renewer thread: renew the lease every ``renew_every`` on a connection of its own (module
@@ -393,7 +394,11 @@ class PostgresStore:
         conn: psycopg.Connection[Any] | None = None
         timeout = max(2, int(self.timing.lease / 2))  # (libpq's connect_timeout: whole seconds, at least 2)
         try:
-            while not self._renew_stop.wait(lease.renewal_wait(time.monotonic())):
+            while True:
+                self._renew_wake.wait(lease.renewal_wait(time.monotonic()))
+                self._renew_wake.clear()
+                if self._renew_stop.is_set():
+                    return
                 started = time.monotonic()
                 with self._lease_lock:
                     if not lease.check(started):
@@ -532,6 +537,7 @@ class PostgresStore:
             stuck = self._thread.is_alive()
             self._thread = None
         self._renew_stop.set()
+        self._renew_wake.set()
         if self._renewer is not None:
             self._renewer.join(self.timing.lease if leading else 0.5)
             self._renewer = None
