@@ -44,6 +44,10 @@ DEFAULT_HTTP_PORT = 7701
 @option("--lease", type=float, envvar="RUNQ_LEASE", default=5.0, metavar="SECONDS",
         help="PostgreSQL: the writer lease; a standby takes over at most this long after the active server's "
              "last renewal (1 to 3600)")
+@option("--reclaim", type=float, default=None, metavar="SECONDS",
+        show_default="--lease-timeout on PostgreSQL, 0 on SQLite",
+        help="seconds a task found running at a start (a failover) waits for its worker to take it back and "
+             "report it, before it runs again")
 @option("--advertise", envvar="RUNQ_ADVERTISE", default=None, metavar="HOST:PORT",
         show_default="the host and port listened on",
         help="PostgreSQL: where clients reach this server, written with the lease (a standby names it)")
@@ -51,7 +55,7 @@ DEFAULT_HTTP_PORT = 7701
 @click.pass_obj
 def serve(settings: Settings, db: str, host: str, port: int, http_port: int | None, synchronous: str,
           lease_timeout: float, retention: float, max_subscribers: int, port_file: str | None, lease: float,
-          advertise: str | None) -> int:
+          reclaim: float | None, advertise: str | None) -> int:
     """Run the server: the runq TCP protocol, the SQLite database and the HTTP API, in one process.
 
     SIGTERM or SIGINT stops it gracefully (what was acknowledged is committed).
@@ -64,11 +68,15 @@ def serve(settings: Settings, db: str, host: str, port: int, http_port: int | No
 
     from ..app.core import CoreConfig
     from ..app.server import Server, ServerConfig
-    from ..app.store import describe_db
+    from ..app.store import POSTGRES_PREFIXES, describe_db
 
+    if reclaim is None:
+        reclaim = lease_timeout if db.startswith(POSTGRES_PREFIXES) else 0.0
+    if not 0 <= reclaim <= 86400:
+        raise click.BadParameter(f"must be between 0 and 86400 seconds, not {reclaim:g}", param_hint="--reclaim")
     cfg = ServerConfig(db=db, host=host, port=port, http_port=_http_port(http_port, port), token=settings.token,
                        synchronous=synchronous.upper(), retention=retention, max_subscribers=max_subscribers,
-                       lease=lease, advertise=advertise, core=CoreConfig(lease_timeout=lease_timeout))
+                       lease=lease, advertise=advertise, core=CoreConfig(lease_timeout=lease_timeout, reclaim=reclaim))
     server = Server(cfg)
 
     async def run() -> None:

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from e2e_cluster import Cluster, Proc, wait_until
 from tcp_proxy import TcpProxy
-from test_e2e import spans, wait_all
+from test_e2e import kinds, spans, wait_all
 
 from runq import SyncClient
 from runq.protocol.address import parse_address
@@ -99,6 +99,15 @@ def test_kill9_of_the_active_server_the_standby_takes_over_and_every_acknowledge
     assert producer.acked_by(a_addr) >= 100 and [t for t, _, _ in acked] == list(range(len(acked)))
     check_every_acknowledged_task_ran_to_completion_never_twice_at_once(cluster, both, acked)
     assert worker.alive()
+    # the runs the kill interrupted went on in the worker, and B took them back (it recovered them held for
+    # that worker: --reclaim is --lease-timeout on PostgreSQL): their results count, they did not run again
+    runs = spans(cluster.runs())
+    with SyncClient(b_addr) as c:
+        taken = {tid: c.get(tid) for _, tid, _ in acked if "reclaimed" in kinds(c, tid)}
+        assert taken, "no run was taken back by the new server"
+        for tid, task in taken.items():
+            assert kinds(c, tid) == ["enqueued", "started", "reclaimed", "succeeded"], kinds(c, tid)
+            assert task["attempt"] == 1 and len(runs[tid]) == 1, (task, runs[tid])
     with psycopg.connect(url) as conn:
         (term, holder) = conn.execute("SELECT term, holder FROM runq_writer").fetchone() or (0, "")
     assert term == 2 and f"pid {b.pid} " in holder

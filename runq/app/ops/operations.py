@@ -112,6 +112,8 @@ class Operations:
             "max_frame": cfg.max_frame, "max_reply": cfg.max_reply, "lease_timeout": cfg.core.lease_timeout,
             "heartbeat": cfg.core.lease_timeout / 3,
         }
+        if cfg.core.reclaim:  # (a worker's runs may outlive a lost connection that long: docs/operations.md)
+            welcome["reclaim"] = cfg.core.reclaim
         if identity.role == "worker":
             if hello.schedules:
                 self.declare_schedules(identity, hello.schedules)
@@ -122,6 +124,8 @@ class Operations:
                                    hello.host or host, hello.pid, hello.types, hello.type_options,
                                    hello.labels)
             welcome["worker_id"] = wid
+            if hello.held:  # (runs it had when its connection to this server's predecessor was lost)
+                welcome["reclaimed"] = srv.core.reclaim(wid, list(hello.held), srv.clock())
         return welcome
 
     def declare_schedules(self, identity: Identity, specs: tuple[ScheduleSpec, ...]) -> None:
