@@ -30,6 +30,17 @@ without waiting and leaves it to the writer thread, which waits.
 
 A timer task sleeps until the core's next deadline (delayed task, lease expiry,
 task timeout) and ticks it; it is woken early when a flush moves that deadline.
+
+Leadership (runq/app/store/base.py; docs/operations.md, "Failover"): a store
+that does not lead when the server starts (PostgreSQL, another server holds the
+lease) makes this server a standby: it listens (TCP hellos are refused with
+``standby``, HTTP answers 503 ``standby`` but for health, readiness and metrics),
+asks the store to take the lease whenever it may have expired, and once it leads
+recovers exactly as at a restart and serves. While serving, a watcher asks the
+store whether it still leads as often as the store says; once it does not (its
+lease lapsed by this server's clock, or another server's term was found) the
+server steps down: it closes every connection with ``shutting_down``, writes
+nothing more, and ``serve`` raises ``NotLeader``.
 """
 
 from __future__ import annotations
