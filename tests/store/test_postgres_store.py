@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -212,3 +213,41 @@ def test_a_server_of_another_role_waits_as_a_standby_too(url: str) -> None:
         assert first.leadership().is_leader
     finally:
         first.close()
+
+
+def test_a_store_cut_off_from_postgresql_stops_leading_by_its_own_clock_and_a_standby_takes_over(url: str) -> None:
+    """The network to PostgreSQL stops answering (tests/tcp_proxy.py): nothing fails, calls hang. The store gives
+    its lease up by its own clock (lease 1 s: 0.75 s after its last renewal started), refuses every commit
+    without waiting for the database, closes without hanging; a standby takes the lease once it expired."""
+    from tcp_proxy import TcpProxy
+
+    pg = pg_server.server()
+    proxy = TcpProxy(pg.port)
+    try:
+        s = PostgresStore(url.replace(f":{pg.port}/", f":{proxy.port}/"), lease=1.0)
+        s.start()
+        assert commit(s, Batch(rows=[row(1)])) is None and s.leadership().is_leader
+        standby = PostgresStore(url, lease=1.0)
+        assert not standby.leadership().is_leader and s.holder in standby.leadership().holder
+        proxy.cut()
+        deadline = time.monotonic() + 20
+        while s.leadership().is_leader:
+            assert time.monotonic() < deadline, "the cut-off store kept leading"
+            time.sleep(0.01)
+        assert "no renewal of the lease succeeded for 0.75s" in s.leadership().holder
+        err = commit(s, Batch(rows=[row(2)]))
+        assert isinstance(err, StoreError) and "no longer writes the database" in str(err)
+        while not standby.take_leadership().is_leader:
+            assert time.monotonic() < deadline, "the standby did not take over"
+            time.sleep(standby.leadership().check_in or 0.05)
+        assert standby.leadership().term == s.term + 1 and standby.get_task(1) == row(1)
+        assert standby.get_task(2) is None
+        closing = threading.Thread(target=s.close, daemon=True)  # (its threads hang on the dead connections:
+        closing.start()  # close does not wait for them)
+        closing.join(30)
+        assert not closing.is_alive()
+        with psycopg.connect(url) as conn:  # the lost store cleared nothing: the lease is the standby's
+            assert conn.execute("SELECT term, holder FROM runq_writer").fetchone() == (standby.term, standby.holder)
+        standby.close()
+    finally:
+        proxy.close()
