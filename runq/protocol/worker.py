@@ -486,7 +486,7 @@ class Worker:
             if self.labels:
                 hello["labels"] = self.labels
             if self._info:  # (runs of a lost session, for the server to take back: docs/operations.md)
-                hello["held"] = [[tid, a, lease, wid] for tid, (a, lease, wid) in self._info.items()]
+                hello["held"] = [[tid, a, lease, wid] for tid, (a, lease, wid) in self._info.items() if wid]
             schedules = [spec.entry() for d in self.handlers.values() for spec in d.schedule_specs()]
             if schedules:  # (the schedules its tasks declare: the server adds them as the worker joins)
                 hello["schedules"] = schedules
