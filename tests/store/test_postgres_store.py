@@ -251,3 +251,64 @@ def test_a_store_cut_off_from_postgresql_stops_leading_by_its_own_clock_and_a_st
         standby.close()
     finally:
         proxy.close()
+
+
+def test_a_frozen_holder_that_keeps_the_row_locked_is_ended_by_the_standby_that_takes_its_expired_lease(
+        url: str) -> None:
+    """A holder frozen (SIGSTOP: a VM pause) in the middle of a commit renews nothing and keeps its lock on the
+    lease row. Once the lease expired, the standby ends that holder's connections (found by application_name)
+    and takes the lease."""
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time, psycopg\n"
+        "from runq.app.store.postgres import PostgresStore\n"
+        f"s = PostgresStore({url!r}, lease=1.0)\n"
+        "c = psycopg.connect(s.url, application_name=f'runq {s.holder}')\n"  # (a commit under way: its lock)
+        "c.execute('SELECT term FROM runq_writer WHERE id = 1 FOR KEY SHARE')\n"
+        "print(s.holder, flush=True)\n"
+        "time.sleep(60)\n")], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert child.stdout is not None
+        holder = child.stdout.readline().strip()
+        child.send_signal(signal.SIGSTOP)
+        standby = PostgresStore(url, lease=1.0)
+        try:
+            assert not standby.leadership().is_leader and holder in standby.leadership().holder
+            deadline = time.monotonic() + 30
+            while not standby.take_leadership().is_leader:
+                assert time.monotonic() < deadline, "the standby did not take over"
+                time.sleep(standby.leadership().check_in or 0.05)
+            with psycopg.connect(url) as conn:
+                assert conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                                    (f"runq {holder}",)).fetchone() == (0,)
+                assert conn.execute("SELECT term, holder FROM runq_writer").fetchone() == (2, standby.holder)
+            assert commit_started(standby, Batch(rows=[row(1)])) is None
+        finally:
+            standby.close()
+    finally:
+        child.kill()
+        child.wait(10)
+        if child.stdout is not None:
+            child.stdout.close()
+
+
+def commit_started(store: PostgresStore, batch: Batch) -> BaseException | None:
+    store.start()
+    return commit(store, batch)
+
+
+def test_renewals_do_not_wait_for_a_commit_under_way(url: str) -> None:
+    """A long commit holds the fence's lock on the lease row (its ``_TERM_SQL``) for longer than the lease: the
+    renewals, on their own connection, go on meanwhile, and the store keeps leading."""
+    from runq.app.store import postgres
+
+    s = PostgresStore(url, lease=1.0)
+    try:
+        with psycopg.connect(url) as other:  # (a commit of 2 s: the fence read first, in its transaction)
+            assert other.execute(postgres._TERM_SQL).fetchone() == (s.term,)
+            time.sleep(2.0)
+            assert s.leadership().is_leader
+            other.rollback()
+        with psycopg.connect(url) as conn:  # renewed meanwhile: the expiry is still ahead
+            assert conn.execute("SELECT expires_at > clock_timestamp() FROM runq_writer").fetchone() == (True,)
+    finally:
+        s.close()
