@@ -371,7 +371,7 @@ class PostgresStore:
         except _Stuck as stuck:
             self._end_stuck(stuck.holder)
             taken = False
-        except psycopg.Error as exc:
+        except (psycopg.Error, StoreError) as exc:  # (PostgreSQL away: a standby keeps waiting)
             log.warning("could not read the writer lease: %s", exc)
             if not self.conn.closed and self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 self.conn.close()
