@@ -312,3 +312,22 @@ def test_renewals_do_not_wait_for_a_commit_under_way(url: str) -> None:
             assert conn.execute("SELECT expires_at > clock_timestamp() FROM runq_writer").fetchone() == (True,)
     finally:
         s.close()
+
+
+def test_a_standby_that_loses_postgresql_keeps_waiting(url: str) -> None:
+    from tcp_proxy import TcpProxy
+
+    pg = pg_server.server()
+    leader = PostgresStore(url)
+    proxy = TcpProxy(pg.port)
+    try:
+        standby = PostgresStore(url.replace(f":{pg.port}/", f":{proxy.port}/"))
+        assert not standby.take_leadership().is_leader
+        proxy.close()  # (its connection broken, and nothing listens there any more)
+        for _ in range(2):  # the broken connection, then a connection refused: no error, still a standby
+            lead = standby.take_leadership()
+            assert not lead.is_leader and lead.check_in is not None
+        standby.close()
+    finally:
+        proxy.close()
+        leader.close()

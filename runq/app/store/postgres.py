@@ -365,7 +365,7 @@ class PostgresStore:
             return self.leadership()  # (a store that lost the lease never takes it again: its server steps down)
         try:
             if self.conn.closed:
-                self.conn = self._connect()
+                self.conn = self._connect(connect_timeout=max(2, int(self.timing.lease)))
                 self.conn.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
             taken = self._try_take()
         except _Stuck as stuck:
