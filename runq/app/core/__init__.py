@@ -18,7 +18,8 @@ module                    concern
                           then promoted: timer kind ``DELAY``)
 ``retries.py``            failed attempts: backoff with jitter, or dead once the retries are spent
 ``leases.py``             workers and their leases: join, leave, silence (``SILENCE``), results and late
-                          results, release, the server-side timeout (``BACKSTOP``)
+                          results, release, the server-side timeout (``BACKSTOP``), tasks recovered running
+                          taken back by their worker (``reclaim``, ``RECLAIM``)
 ``routing.py``            which connected workers handle which (queue, task type); ready tasks of a type no
                           worker handles held aside until one joins
 ``limits.py``             rate limits (GCRA) and concurrency caps per queue, task type and payload key, and

@@ -66,7 +66,7 @@ from .routing import requires_text
 from .schedules import Schedules
 from .states import FINAL_STATES, TRANSITIONS, IllegalTransition, State, Transition
 from .stats import queue_stats, task_types
-from .timers import BACKSTOP, COOLDOWN, DELAY, REFILL, SCHEDULE, SILENCE
+from .timers import BACKSTOP, COOLDOWN, DELAY, RECLAIM, REFILL, SCHEDULE, SILENCE
 
 __all__ = ["Core", "TaskMissing"]
 
@@ -96,6 +96,7 @@ class Core(Dispatch, Recovery, Rollback, Schedules):
         self.timers.register(REFILL, self._refill_check, self._refilled)
         self.timers.register(COOLDOWN, self._cooldown_check, self._cooled)
         self.timers.register(SCHEDULE, self._schedule_check, self._schedule_fired)
+        self.timers.register(RECLAIM, self._reclaim_check, self._reclaim_expired)
         #: what a failed commit means for the answers waiting on it (commits.py)
         self.commits = CommitPolicy(self)
 

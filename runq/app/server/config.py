@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 
 import trio
 
+from ...protocol.address import parse_address
 from ...protocol.frames import DEFAULT_MAX_FRAME, max_reply
 from ..core import CoreConfig
 from ..errors import ConfigError
+from ..store.lease import DEFAULT_LEASE, LeaseTiming
 
 #: The range of ``max_frame``: a small hello fits the smallest; with the largest, ``max_reply`` (4 x max_frame +
 #: 64 KiB) is still under 4 GiB, the most a frame's length can say.
@@ -59,6 +61,10 @@ class ServerConfig:
             the clients' ``retry_for``.
         inline_commit: with synchronous=NORMAL, commit a small batch in the trio thread when the writer
             thread is idle (two thread wake-ups fewer per lone request; server.py says more).
+        lease: seconds of the writer lease on PostgreSQL (runq/app/store/lease.py): a standby takes over at
+            most this long after the active server's last renewal (``--lease``, ``RUNQ_LEASE``).
+        advertise: ``HOST:PORT`` clients and workers reach this server at, written with the lease so that a
+            standby names the active server (default: the host and port it listens on).
         core: rules of the queue (leases, retries, backoff).
     """
 
@@ -76,6 +82,8 @@ class ServerConfig:
     max_subscribers: int = 256
     idempotency_window: float = 300.0
     inline_commit: bool = True
+    lease: float = DEFAULT_LEASE
+    advertise: str | None = None
     core: CoreConfig = field(default_factory=CoreConfig)
 
     @property
@@ -91,6 +99,15 @@ class ServerConfig:
             raise ConfigError(f"max_frame must be between {MIN_FRAME} and {MAX_FRAME} bytes, not {self.max_frame}")
         if self.max_subscribers < 0:
             raise ConfigError(f"max_subscribers must be 0 or more, not {self.max_subscribers}")
+        try:
+            LeaseTiming(self.lease)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if self.advertise is not None:
+            try:
+                parse_address(self.advertise)
+            except ValueError as exc:
+                raise ConfigError(f"advertise: {exc}") from None
         if not is_loopback(self.host) and not self.token:
             raise ConfigError(f"listening on {self.host} (not loopback) requires a token (--token or RUNQ_TOKEN)")
 
