@@ -405,3 +405,79 @@ def test_a_standby_that_loses_postgresql_keeps_waiting(url: str) -> None:
     finally:
         proxy.close()
         leader.close()
+
+
+@pytest.mark.parametrize("way", ["pipelined", "plain", "prune slice"])
+def test_each_way_of_writing_is_fenced_by_the_term_and_loses_the_lease_as_a_renewal_would(url: str, way: str) -> None:
+    """The pipelined transaction of a small commit, the plain one (COPY) and a prune slice between commits each
+    read the term first: moved on, nothing is written, and the lease is lost for good with the reason a renewal
+    that finds the term moved gives. (A lease of an hour: no renewal comes first to find it.)"""
+    s = PostgresStore(url, lease=3600.0)
+    try:
+        s.prune_slice = 2
+        s.write_now(Batch(rows=[row(i, "succeeded", finished_at=T0 + i) for i in range(1, 6)]))
+        if way == "prune slice":
+            first = Batch(prune_before=T0 + 100)
+            s.write_now(first)  # (its own slice: 2 tasks; the rest is left to the slices between commits)
+            assert first.pruned == 2
+        with psycopg.connect(url) as conn:  # another server took the database over
+            conn.execute("UPDATE runq_writer SET term = term + 1, holder = 'another', "
+                         "expires_at = clock_timestamp() + interval '1 hour'")
+        if way == "prune slice":
+            s._after_commits(False)  # (what the writer thread runs after a round of commits)
+            assert sorted(r.id for r in s.list_tasks()) == [3, 4, 5]
+        else:
+            small = way == "pipelined"
+            batch = Batch(rows=[row(10)]) if small else Batch(new_rows=[task(i).new_row() for i in range(100, 200)])
+            with pytest.raises(StoreError, match="term"):
+                s.write_now(batch)
+            assert s.get_task(10) is None and s.get_task(100) is None
+        lead = s.leadership()
+        assert not lead.is_leader and "the lease row moved on from term" in lead.holder
+        assert not s.take_leadership().is_leader
+    finally:
+        s.close()
+    with psycopg.connect(url) as conn:  # the fenced store cleared nothing at its close
+        assert conn.execute("SELECT holder FROM runq_writer").fetchone() == ("another",)
+
+
+def test_past_its_local_deadline_a_store_sends_nothing_to_postgresql(url: str, tmp_path: Path) -> None:
+    """Once the lease's local deadline passed (no renewal in time: here the renewals are stopped, as when
+    PostgreSQL stops answering them), a commit of either way and a prune slice stop before they send anything:
+    libpq's trace of the writer connection stays empty, although PostgreSQL would still take them (the term in
+    the row is still this store's)."""
+    s = PostgresStore(url, lease=1.0)
+    try:
+        s.prune_slice = 2
+        s.write_now(Batch(rows=[row(i, "succeeded", finished_at=T0 + i) for i in range(1, 6)]))
+        first = Batch(prune_before=T0 + 100)
+        s.write_now(first)
+        assert first.pruned == 2  # (the rest is left to the slices between commits)
+        assert s._renewer is not None
+        s._renew_stop.set()
+        s._renew_wake.set()
+        s._renewer.join(10)
+        assert not s._renewer.is_alive()
+        deadline = time.monotonic() + 20
+        while s.leadership().is_leader:
+            assert time.monotonic() < deadline, "the store kept leading without renewals"
+            time.sleep(0.02)
+        assert "no renewal of the lease succeeded" in s.leadership().holder
+        trace = tmp_path / "trace"
+        with open(trace, "w") as f:
+            s.conn.pgconn.trace(f.fileno())
+            try:
+                for batch in (Batch(rows=[row(10)]), Batch(new_rows=[task(i).new_row() for i in range(100, 200)])):
+                    with pytest.raises(StoreError, match="no longer writes the database"):
+                        s.write_now(batch)
+                s._after_commits(False)
+            finally:
+                s.conn.pgconn.untrace()
+        assert trace.read_text() == ""
+        assert sorted(r.id for r in s.list_tasks()) == [3, 4, 5] and s.get_task(10) is None
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT term, holder FROM runq_writer").fetchone() == (s.term, s.holder)
+    finally:
+        s.close()
+    with psycopg.connect(url) as conn:  # the lost store wrote nothing at its close either: the lease just expires
+        assert conn.execute("SELECT holder FROM runq_writer").fetchone() == (s.holder,)
