@@ -294,8 +294,8 @@ class RunqCollector:
         gcs = CounterMetricFamily("runq_gc_collections", "Collections of the process's cyclic garbage collector "
                                   "by generation (runq serve raises its thresholds: docs/operations.md).",
                                   labels=["generation"])
-        for generation, st in enumerate(gc.get_stats()):
-            gcs.add_metric([str(generation)], st["collections"])
+        for generation, gen_stats in enumerate(gc.get_stats()):
+            gcs.add_metric([str(generation)], gen_stats["collections"])
         yield gcs
 
         store = srv.store
