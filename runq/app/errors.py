@@ -21,7 +21,7 @@ with the stable ``code`` that the TCP protocol sends as is and the HTTP API maps
     +-- StoreError                  here (store)                the database could not do what was asked
     |   +-- StoreInUse              here (store)                another server writes this database
     |   +-- SchemaTooNew            here (store)                the database was written by a newer runq
-    |   +-- NotLeader               here (store)                this store does not lead: it must not serve
+    |   +-- NotLeader               here (server)               its store lost the lease: the server stepped down
     +-- ApiError                    runq.app.http.errors        an HTTP request answered with an error body
     +-- OfflineError, ReadOnly, NotConnected                    the dashboard (runq.tui)
 
@@ -110,6 +110,8 @@ class SchemaTooNew(StoreError):
 class NotLeader(StoreError):
     """The store does not lead (another server holds the leadership): this server must not serve.
 
-    Raised by the server when ``Store.leadership()`` answers that it is not the leader (never on SQLite,
-    whose store always leads while it is open).
+    Raised by ``Server.serve`` once the server stepped down: its store lost the leadership while it served (a
+    PostgreSQL lease not renewed in time, or another server's term found). A store that does not lead when the
+    server starts makes it a standby instead (docs/operations.md, "Failover"). Never on SQLite, whose store
+    always leads while it is open.
     """

@@ -57,20 +57,35 @@ GC_THRESHOLDS = (50_000, 20, 10)
         help="live event streams (TCP subscribe and HTTP) served at once")
 @option("--keys-file", default=None, metavar="FILE", show_default="a key kept in the database",
         help="signing keys of login access tokens, one per line, the first signs (docs/security.md)")
-@option("--port-file", default=None, metavar="FILE", help="write the bound TCP port to this file once serving")
+@option("--port-file", default=None, metavar="FILE",
+        help="write the bound TCP port to this file once serving (or waiting as a standby)")
 @option("--tls-cert", envvar="RUNQ_TLS_CERT", default=None, metavar="FILE", type=click.Path(dir_okay=False),
         help="serve TLS (TCP protocol and HTTP API) with this certificate (PEM, with its chain); needs --tls-key")
 @option("--tls-key", envvar="RUNQ_TLS_KEY", default=None, metavar="FILE", type=click.Path(dir_okay=False),
         help="the private key of --tls-cert (PEM)")
+@option("--lease", type=float, envvar="RUNQ_LEASE", default=5.0, metavar="SECONDS",
+        help="PostgreSQL: the writer lease; a standby takes over at most this long after the active server's "
+             "last renewal (1 to 3600)")
+@option("--reclaim", type=float, default=None, metavar="SECONDS",
+        show_default="--lease-timeout on PostgreSQL, 0 on SQLite",
+        help="seconds a task found running at a start (a failover) waits for its worker to take it back and "
+             "report it, before it runs again")
+@option("--advertise", envvar="RUNQ_ADVERTISE", default=None, metavar="HOST:PORT",
+        show_default="the host and port listened on",
+        help="PostgreSQL: where clients reach this server, written with the lease (a standby names it)")
 @log_options
 @click.pass_obj
 def serve(settings: Settings, db: str, host: str, port: int, http_port: int | None, synchronous: str,
           lease_timeout: float, backoff_base: float, backoff_max: float, jitter: float, retention: float,
           max_subscribers: int, keys_file: str | None, port_file: str | None, tls_cert: str | None,
-          tls_key: str | None) -> int:
+          tls_key: str | None, lease: float, reclaim: float | None, advertise: str | None) -> int:
     """Run the server: the runq TCP protocol, the SQLite database and the HTTP API, in one process.
 
     SIGTERM or SIGINT stops it gracefully (what was acknowledged is committed).
+
+    On PostgreSQL, a server started while another one holds the database's lease waits as a standby and takes
+    over when that lease expires; a server that loses its lease steps down and exits with status 1
+    (docs/operations.md, "Failover").
     """
     if backoff_max < backoff_base:
         raise click.UsageError(f"--backoff-max ({backoff_max:g}) must not be below --backoff-base ({backoff_base:g})")
@@ -78,13 +93,17 @@ def serve(settings: Settings, db: str, host: str, port: int, http_port: int | No
 
     from ..app.core import CoreConfig
     from ..app.server import Server, ServerConfig
-    from ..app.store import describe_db
+    from ..app.store import POSTGRES_PREFIXES, describe_db
 
+    if reclaim is None:
+        reclaim = lease_timeout if db.startswith(POSTGRES_PREFIXES) else 0.0
+    if not 0 <= reclaim <= 86400:
+        raise click.BadParameter(f"must be between 0 and 86400 seconds, not {reclaim:g}", param_hint="--reclaim")
     cfg = ServerConfig(db=db, host=host, port=port, http_port=_http_port(http_port, port), token=settings.token,
                        synchronous=synchronous.upper(), retention=retention, max_subscribers=max_subscribers,
-                       tls_cert=tls_cert, tls_key=tls_key, keys_file=keys_file,
+                       tls_cert=tls_cert, tls_key=tls_key, keys_file=keys_file, lease=lease, advertise=advertise,
                        core=CoreConfig(lease_timeout=lease_timeout, backoff_base=backoff_base,
-                                       backoff_max=backoff_max, jitter=jitter))
+                                       backoff_max=backoff_max, jitter=jitter, reclaim=reclaim))
     server = Server(cfg)
 
     async def run() -> None:
@@ -106,7 +125,13 @@ def serve(settings: Settings, db: str, host: str, port: int, http_port: int | No
                 http = (f", HTTP API on {_http_url(cfg.host, server.http_port, server.tls is not None)}"
                         if server.http_port is not None else "")
                 tls = " with TLS" if server.tls is not None else ""
-                print(f"runq serving on {cfg.host}:{bound}{tls}{http} (database {describe_db(cfg.db)})", file=sys.stderr, flush=True)
+                if server.standby:
+                    print(f"runq standby on {cfg.host}:{bound}{tls}{http} (database {describe_db(cfg.db)}): the "
+                          f"active server is {server.active_server()}; taking over when its lease expires",
+                          file=sys.stderr, flush=True)
+                else:
+                    print(f"runq serving on {cfg.host}:{bound}{tls}{http} (database {describe_db(cfg.db)})",
+                          file=sys.stderr, flush=True)
                 async for sig in sigs:
                     logging.getLogger("runq.server").info("signal %d: stopping", sig)
                     server.stopping.set()

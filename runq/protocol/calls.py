@@ -266,7 +266,7 @@ def hello_message(role: str, token: str | None) -> dict[str, Any]:
 
 
 #: error codes at hello after which another try (another server, or the same one later) may succeed
-TRANSIENT_HELLO_ERRORS = frozenset({"shutting_down", "hello_timeout", "busy", "internal"})
+TRANSIENT_HELLO_ERRORS = frozenset({"shutting_down", "hello_timeout", "busy", "internal", "standby"})
 
 
 def closing_error(msg: dict[str, Any]) -> BaseException | None:

@@ -199,6 +199,7 @@ ERROR_CODES: dict[str, str] = {
     "bad_request": "a well-formed request with an invalid value",
     "store_error": "the database could not commit (disk full, locked, ...)",
     "shutting_down": "the server is stopping",
+    "standby": "the server is a standby (another server holds the database's lease): try the next address",
     "busy": "a limit of the server is reached (max_subscribers live event streams); try again later",
     "lease_expired": "(to a worker) it was silent for lease_timeout: its leases are gone",
     "reply_too_large": "the answer would be a frame over the server's max_reply (a reply no request can cut)",

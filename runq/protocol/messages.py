@@ -182,8 +182,13 @@ class Hello:
     #: what the worker offers for routing (docs/routing.md): a task that ``requires`` labels goes only to a
     #: worker whose labels include every one of them
     labels: dict[str, str] = field(default_factory=dict)
+    #: runs of an earlier session of this worker it still has (running, or their report not sent), for a server
+    #: that recovered them to take back: ``(task id, attempt, lease, earlier worker id)`` (docs/operations.md)
+    held: tuple[tuple[int, int, int, str], ...] = ()
 
 
+#: At most this many entries in a worker's hello ``held``.
+MAX_HELD = 100_000
 #: At most this many labels on a worker (hello ``labels``) or required by a task (``requires``).
 MAX_LABELS = 32
 #: A label's name and its value: 1 to 64 chars of ASCII letters, digits and ``_ . - : /``.
@@ -284,7 +289,22 @@ def parse_hello(msg: dict[str, Any]) -> Hello:
         type_options=type_options,
         schedules=tuple(parse_schedule(d, "hello") for d in schedules),
         labels=check_labels(msg["labels"], "hello: 'labels'") if msg.get("labels") is not None else {},
+        held=_held(optional(msg, "held", list, [])),
     )
+
+
+def _held(raw: list[Any]) -> tuple[tuple[int, int, int, str], ...]:
+    """Validate hello ``held``: ``[[task id, attempt, lease, worker id], ...]``."""
+    if len(raw) > MAX_HELD:
+        raise ProtocolError(f"hello: 'held' may name at most {MAX_HELD} tasks")
+    out = []
+    for item in raw:
+        if not (isinstance(item, list) and len(item) == 4 and all(type(v) is int for v in item[:3])
+                and isinstance(item[3], str) and 0 < len(item[3]) <= MAX_NAME):
+            raise ProtocolError("hello: each entry of 'held' must be [task id, attempt, lease, worker id] (three ints "
+                                f"and a str of 1 to {MAX_NAME} chars), got {_got(item)}")
+        out.append((item[0], item[1], item[2], item[3]))
+    return tuple(out)
 
 
 def _type_options(raw: dict[Any, Any]) -> dict[str, TypeOptions]:

@@ -32,9 +32,12 @@ gone and already given to others: before it starts one it sends a ``ping`` and
 waits for the ``pong``; whatever the server sent before (a ``cancel``, the
 ``lease_expired`` error and the close) is read first (``_confirm_leases``).
 
-Reconnecting: the servers given (several, comma-separated) are tried in order;
-after a failed round the worker waits with an exponential backoff (``Backoff``),
-which starts again from its first step after a session that worked.
+Reconnecting: the servers given (several, comma-separated) are tried in order,
+the one that welcomed the worker last first; an address that refuses the
+connection or answers the hello with a transient error (``standby``: the
+standby of a failover pair, docs/operations.md) moves on to the next one at
+once. After a failed round the worker waits with an exponential backoff
+(``Backoff``), which starts again from its first step after a session that worked.
 
 Stopping (SIGINT/SIGTERM, ``stop()`` or a ``drain`` from the server): take no
 more tasks, hand back the ones not started (a ``release``, sent even when there
@@ -66,7 +69,7 @@ import anyio.from_thread
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .address import format_address, server_addresses, server_token
-from .calls import Backoff, hello_message
+from .calls import TRANSIENT_HELLO_ERRORS, Backoff, hello_message
 from .errors import (
     ConnectionClosed,
     NotRunqServer,
@@ -223,6 +226,18 @@ class Worker:
         self._token: anyio.lowlevel.EventLoopToken | None = None
         self.connected = False
         self.sessions = 0  # sessions that got as far as the server's welcome
+        self._preferred = 0  # index of the address that welcomed this worker last (tried first)
+        # runs that may outlive their session (welcome ``reclaim``): task id -> (attempt, lease, worker id of
+        # the session that started it), while running or while its report is not written; reports not written
+        self._reclaim = 0.0
+        self._info: dict[int, tuple[int, int, str | None]] = {}
+        self._unsent: set[int] = set()
+        self._carry_epoch = 0
+        self._fatal: RunqError | None = None
+        self._run_tg: anyio.abc.TaskGroup | None = None
+        self._runner_scope: anyio.CancelScope | None = None
+        self._send: MemoryObjectSendStream[Any]
+        self._receive: MemoryObjectReceiveStream[Any]
         #: an operator drained it (``runq drain``): it left for good (a supervisor does not start it again)
         self.drained = False
         self._backend = "asyncio"
@@ -369,11 +384,24 @@ class Worker:
         if self._stop.is_set():
             self._stop_ev.set()
         where = ",".join(format_address(h, p) for h, p in addresses)
-        fatal: RunqError | None = None  # raised once the task group is closed (not inside an exception group)
+        # the runners and their channel outlive a session: a run may go on across a lost connection (reclaim)
+        self._send, self._receive = anyio.create_memory_object_stream[Any](math.inf)  # (a task's map, or a batch's list)
+        with self._send, self._receive:
+            await self._run(addresses, token, delays, where, handle_signals)
+        if self._fatal is not None:
+            fatal, self._fatal = self._fatal, None
+            raise fatal
+
+    async def _run(self, addresses: list[tuple[str, int]], token: str | None, delays: Backoff, where: str,
+                   handle_signals: bool) -> None:
+        fatal: RunqError | None = None  # raised by ``run`` once the task group is closed (not inside a group)
+        assert self._stop_ev is not None
         async with anyio.create_task_group() as tg:
+            self._run_tg = tg
             if handle_signals:
                 tg.start_soon(self._signals)
             tg.start_soon(self._watch_loop)
+            await tg.start(self._runners)
             try:
                 while not self._stop.is_set():
                     sessions = self.sessions
@@ -400,8 +428,7 @@ class Worker:
                         await self._stop_ev.wait()
             finally:
                 tg.cancel_scope.cancel()
-        if fatal is not None:
-            raise fatal
+        self._fatal = fatal
 
     async def _signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as sigs:
@@ -444,6 +471,31 @@ class Worker:
         raise OSError("; ".join(errors))
 
     async def _session(self, addresses: list[tuple[str, int]], token: str | None) -> None:
+        """One session with the first of ``addresses`` that welcomes this worker, the one that did last tried
+        first: an address that refuses the connection, or a server that answers the hello with a transient
+        error (a standby of a failover pair, a server stopping) moves on to the next (docs/operations.md)."""
+        n = len(addresses)
+        errors: list[BaseException] = []
+        for i in range(n):
+            index = (self._preferred + i) % n
+            begun = self.sessions
+            try:
+                await self._session_at([addresses[index]], token)
+            except (OSError, RemoteError) as exc:
+                transient = isinstance(exc, OSError) or (exc.code in TRANSIENT_HELLO_ERRORS
+                                                         and not isinstance(exc, (Unauthorized, HelloRefused)))
+                if self.sessions != begun or not transient or i == n - 1 and not errors:
+                    raise
+                errors.append(exc)
+                log.info("%s: %s; trying the next address", format_address(*addresses[index]), exc)
+                continue
+            finally:
+                if self.sessions != begun:
+                    self._preferred = index
+            return
+        raise ConnectionClosed("no server welcomed this worker: " + "; ".join(str(e) for e in errors))
+
+    async def _session_at(self, addresses: list[tuple[str, int]], token: str | None) -> None:
         conn = Connection(DEFAULT_MAX_REPLY)  # (the server's own bound, from its welcome, once it is read)
         stream: anyio.abc.ByteStream
         stream, host, port = await self._connect(addresses)
@@ -457,6 +509,8 @@ class Worker:
             }
             if self.labels:
                 hello["labels"] = self.labels
+            if self._info:  # (runs of a lost session, for the server to take back: docs/operations.md)
+                hello["held"] = [[tid, a, lease, wid] for tid, (a, lease, wid) in self._info.items() if wid]
             schedules = [spec.entry() for d in self.handlers.values() for spec in d.schedule_specs()]
             if schedules:  # (the schedules its tasks declare: the server adds them as the worker joins)
                 hello["schedules"] = schedules
@@ -497,26 +551,31 @@ class Worker:
             self.sessions += 1
             log.info("worker %s joined %s:%d (queues %s, concurrency %d)", self.worker_id, host, port,
                      ",".join(self.queues), self.concurrency)
-            self._out = []
-            self._results = []
+            self._reclaim = float(welcome.get("reclaim", 0) or 0)
+            taken = welcome.get("reclaimed")
+            self._carry_epoch += 1  # (what ran across the lost connection is settled here: taken back or stopped)
+            self._settle_carried(set(taken) if isinstance(taken, list) else set())
+            self._out = [m for m in self._out if m.get("op") == "fail" and m.get("id") in self._info]
+            self._results = [r for r in self._results if r[0] in self._info]
             self._buffered = {}
-            self._running = set()
             self._wake = anyio.Event()
-            # (an item is one task's map, or the list of a batch's: docs/batching.md)
-            send, receive = anyio.create_memory_object_stream[Any](math.inf)
             self._credit = 0
-            self._queue_msg({"op": "credit", "n": self.concurrency + self._prefetch()})
+            # (runs taken back hold their runner; a batched type raises the prefetch: docs/batching.md)
+            credit = self.concurrency + self._prefetch() - len(self._running)
+            if credit > 0 or not self._running:
+                self._queue_msg({"op": "credit", "n": credit})
+            elif self._out or self._results:
+                self._wake.set()
             lost = anyio.Event()
+            over = anyio.Event()
             try:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._sender, stream, conn, lost)
                     tg.start_soon(self._heartbeat, heartbeat)
-                    tg.start_soon(self._reader, stream, conn, send, lost)
-                    async with anyio.create_task_group() as runners:
-                        for _ in range(self.concurrency):
-                            runners.start_soon(self._runner, receive)
-                        tg.start_soon(self._watch_stop, send, runners, lost)
-                    # runners are done (stopping or lost): hand back what is left, flush, leave
+                    tg.start_soon(self._reader, stream, conn, self._send, lost)
+                    tg.start_soon(self._watch_stop, self._send, lost, over)
+                    await over.wait()
+                    # stopping (the runners are done) or lost: hand back what is left, flush, leave
                     await self._flush_now(stream, conn, lost)
                     tg.cancel_scope.cancel()
             finally:
@@ -524,8 +583,8 @@ class Worker:
                 if self._pong is not None:
                     self._pong.set()  # (its waiters are cancelled with the runners; nothing may wait on it)
                     self._pong = None
-                send.close()
-                receive.close()
+                if not self._stop.is_set():
+                    self._session_lost()
             if not self._stop.is_set():
                 raise ConnectionClosed("connection to server lost")
 
@@ -535,6 +594,63 @@ class Worker:
         if self._prefetch_given or not sizes:
             return self.prefetch
         return max(self.prefetch, *sizes)
+    async def _runners(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """The ``concurrency`` runners, for the whole of ``run`` (a graceful stop cancels them: ``_watch_stop``)."""
+        async with anyio.create_task_group() as runners:
+            self._runner_scope = runners.cancel_scope
+            for _ in range(self.concurrency):
+                runners.start_soon(self._runner, self._receive)
+            task_status.started()
+
+    def _session_lost(self) -> None:
+        """The connection is lost (not a stop): what was leased but not started is dropped; what runs is
+        stopped, unless the server said it takes runs back after a restart (welcome ``reclaim``): then they go
+        on for that long, for the next session to report (docs/operations.md, "Failover")."""
+        self._buffered.clear()
+        while True:
+            try:
+                self._receive.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                break
+        if self._reclaim > 0 and self._info and self._run_tg is not None:
+            self._carry_epoch += 1
+            log.info("connection lost: %d task(s) go on for up to %gs, for the server to take them back", len(self._info),
+                     self._reclaim)
+            self._run_tg.start_soon(self._carry_expires, self._carry_epoch, self._reclaim)
+            return
+        self._info.clear()
+        self._settle_carried(set())
+        self._results = []
+
+    def _settle_carried(self, taken: set[Any]) -> None:
+        """Runs of an earlier session: those the server took back (``taken``) are this session's now; the
+        others are stopped, and their reports dropped (the server runs them again: at-least-once)."""
+        for tid, (attempt, lease, wid) in list(self._info.items()):
+            if tid in taken:
+                self._info[tid] = (attempt, lease, self.worker_id)
+                continue
+            del self._info[tid]
+            self._unsent.discard(tid)
+            sc = self._scopes.pop(tid, None)
+            if sc is not None:
+                sc[1].cancel()
+        for tid, (_, scope) in list(self._scopes.items()):  # (a run that kept nothing to be taken back by)
+            if tid not in self._info:
+                del self._scopes[tid]
+                scope.cancel()
+        for tid, (_, scope) in list(self._batch_members.items()):  # (a batch's call: stopped with any of its
+            if tid not in self._info:                               # tasks not taken back, docs/batching.md)
+                del self._batch_members[tid]
+                scope.cancel()
+
+    async def _carry_expires(self, epoch: int, after: float) -> None:
+        await anyio.sleep(after)
+        if self._carry_epoch == epoch and not self.connected:
+            log.warning("no server took back %d task(s) within %gs: stopping them (they run again elsewhere)",
+                        len(self._info), after)
+            self._settle_carried(set())
+            self._results = [r for r in self._results if r[0] in self._info]
+            self._out = [m for m in self._out if m.get("op") == "fail" and m.get("id") in self._info]
 
     def _type_options(self) -> dict[str, dict[str, Any]]:
         """What each handler's definition sets (hello ``type_options``): the server gives it to a task enqueued
@@ -556,8 +672,8 @@ class Worker:
                 out[type_] = sets
         return out
 
-    async def _watch_stop(self, send: MemoryObjectSendStream[Any],
-                          runners: anyio.abc.TaskGroup, lost: anyio.Event) -> None:
+    async def _watch_stop(self, send: MemoryObjectSendStream[Any], lost: anyio.Event,
+                          over: anyio.Event) -> None:
         assert self._stop_ev is not None
         async with anyio.create_task_group() as tg:
             async def on_lost() -> None:
@@ -566,10 +682,10 @@ class Worker:
             tg.start_soon(on_lost)
             await self._stop_ev.wait()
             tg.cancel_scope.cancel()
-        send.close()
         if lost.is_set():
-            runners.cancel_scope.cancel()
+            over.set()  # (what runs is stopped or carried on by _session_lost)
             return
+        send.close()
         # graceful: hand back what has not started (an empty release still tells the server to
         # send nothing more), give running tasks `grace` seconds
         self._release(list(self._buffered), always=True)
@@ -580,7 +696,9 @@ class Worker:
             log.warning("grace period of %.0fs over: cancelling %d running task(s) and handing them back",
                         self.grace, len(self._running))
             self._release(list(self._running), cancel=True)
-        runners.cancel_scope.cancel()
+        if self._runner_scope is not None:
+            self._runner_scope.cancel()
+        over.set()
 
     def _release(self, ids: list[int], cancel: bool = False, always: bool = False) -> None:
         if not ids and not always:
@@ -630,6 +748,15 @@ class Worker:
             self._results = []
         elif credit:
             msgs.append({"op": "credit", "n": credit})
+        if self._unsent:  # (written now: no longer this worker's to hand to another server)
+            for m in msgs:
+                if m["op"] == "done":
+                    for item in m["results"]:
+                        self._unsent.discard(item[0])
+                        self._info.pop(item[0], None)
+                elif m["op"] == "fail":
+                    self._unsent.discard(m["id"])
+                    self._info.pop(m["id"], None)
         if msgs:
             self._out = []
             now = self._now()
@@ -750,10 +877,14 @@ class Worker:
             return
         del self._buffered[tid]
         self._running.add(tid)
+        if self._reclaim:  # (what the server needs to take this run back after a restart: hello ``held``)
+            self._info[tid] = (task["attempt"], task["lease"], self.worker_id)
         try:
             await self._run_one(task)
         finally:
             self._running.discard(tid)
+            if self._info and tid not in self._unsent:
+                self._info.pop(tid, None)
 
     async def _confirm_leases(self) -> None:
         """Ping the server and wait for its pong (one ping for every runner that waits).
@@ -840,6 +971,8 @@ class Worker:
                 del self._scopes[tid]
         self.completed += 1
         self._results.append([tid, lease, data])
+        if self._reclaim:
+            self._unsent.add(tid)
         self._credit += 1
         assert self._wake is not None
         self._wake.set()
@@ -996,6 +1129,8 @@ class Worker:
             msg["retries"] = retries
         self._credit += 1
         self._queue_msg(msg)
+        if self._reclaim:
+            self._unsent.add(task["id"])
         duration = self._now() - t0
         if retry_in is not None:
             self._log_task(task, "retry", duration, logging.INFO, f": {error}")

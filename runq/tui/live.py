@@ -139,6 +139,9 @@ class LiveSource(Source):
         self._lost.set()
 
     def _disconnected(self, reason: str) -> None:
+        if "is a standby" in reason:  # (every address given is a standby: the banner says STANDBY and names the active)
+            self.state.set_connected(False, f"{self.address} is a standby ({reason}); trying again")
+            return
         self.state.set_connected(False, f"disconnected from {self.address} ({reason}); reconnecting")
 
     async def _sessions(self, client: Client) -> str:

@@ -109,3 +109,14 @@ def test_exit_statuses(served: Served, args: list[str], status: int, text: str) 
     r = run_cli(*args, "--server", served.address)
     assert r.returncode == status and text in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert r.stdout == ""
+
+
+@pytest.mark.parametrize(("args", "status", "text"), [
+    (["--lease", "0.5"], 1, "runq serve: the lease must be between 1 and 3600 seconds, not 0.5"),
+    (["--reclaim", "-1"], 2, "Invalid value for --reclaim: must be between 0 and 86400 seconds, not -1"),
+    (["--advertise", "http://a:7700"], 1, "runq serve: advertise: bad server address 'http://a:7700': give HOST:PORT"),
+])
+def test_bad_failover_settings_of_runq_serve(tmp_path: Path, args: list[str], status: int, text: str) -> None:
+    r = run_cli("serve", "--db", str(tmp_path / "x.db"), "--port", "0", "--http-port", "0", *args, cwd=tmp_path)
+    assert r.returncode == status and text in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "x.db").exists()  # (refused before anything was opened)

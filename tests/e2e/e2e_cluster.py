@@ -178,6 +178,13 @@ class Cluster:
             except OSError:
                 pass
 
+    def extend_watchdog(self, seconds: float) -> None:
+        """Give this test ``seconds`` from now before the watchdog kills its processes (a longer test)."""
+        self._watchdog.cancel()
+        self._watchdog = threading.Timer(seconds, self._fire_watchdog)
+        self._watchdog.daemon = True
+        self._watchdog.start()
+
     def close(self) -> None:
         self._watchdog.cancel()
         for p in self.procs:

@@ -109,7 +109,8 @@ def test_task_map_fields() -> None:
 def test_event_map_fields_and_kinds() -> None:
     fields, kinds = tables(section("8.2 Event map"))
     assert first_column(fields) == list(EVENT_COLUMNS)
-    assert set(first_column(kinds)) == {t.value for t in Transition} | {"late_result", "progress", "coalesced"}
+    assert set(first_column(kinds)) == {t.value for t in Transition} | {"late_result", "progress", "coalesced",
+                                                                          "reclaimed"}
 
 
 def test_worker_map_fields() -> None:

@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,7 +26,6 @@ from runq.app.store import (
     SchemaTooNew,
     SQLiteStore,
     StoreError,
-    StoreInUse,
     describe_db,
     open_store,
 )
@@ -73,8 +73,8 @@ def test_a_store_whose_term_moved_on_never_writes_again_and_stops_leading(url: s
     try:
         term = s.leadership().term
         assert commit(s, Batch(rows=[row(1)])) is None
-        with psycopg.connect(url) as conn:  # another server took the database over (the next slice's lease)
-            conn.execute("UPDATE runq_writer SET term = term + 1")
+        with psycopg.connect(url) as conn:  # another server took the database over (and stopped at once)
+            conn.execute("UPDATE runq_writer SET term = term + 1, holder = 'another', expires_at = clock_timestamp()")
         err = commit(s, Batch(rows=[row(2)]))
         assert isinstance(err, StoreError) and "term" in str(err)
         assert s.get_task(2) is None and s.get_task(1) == row(1)
@@ -152,19 +152,20 @@ def test_a_lost_connection_fails_one_commit_then_the_writer_reconnects_unless_an
         assert isinstance(commit(s, Batch(rows=[row(1)])), StoreError)  # (the commit that met the cut)
         assert commit(s, Batch(rows=[row(2)])) is None  # connected again, same term
         assert s.leadership().is_leader and s.get_task(2) == row(2)
-        with psycopg.connect(url) as conn:  # the writer row names the new connection: no second server starts
-            assert conn.execute("SELECT backend_pid FROM runq_writer").fetchone() == (s.conn.info.backend_pid,)
-        with pytest.raises(StoreError, match="in use"):
-            PostgresStore(url, takeover_wait=0)
-        cut(s)
-        other = PostgresStore(url, takeover_wait=2)  # its connection gone, another server may start ...
+        second = PostgresStore(url)  # the lease is held (renewed on a connection of its own): a standby
         try:
-            assert isinstance(commit(s, Batch(rows=[row(3)])), StoreError)
-            err = commit(s, Batch(rows=[row(4)]))  # ... and the first one, connected again, is fenced
-            assert isinstance(err, StoreError) and "term" in str(err) and not s.leadership().is_leader
-            assert other.get_task(3) is None and other.get_task(4) is None and other.leadership().is_leader
+            lead = second.leadership()
+            assert not lead.is_leader and s.holder in lead.holder and second.take_leadership() == second.leadership()
+            assert not second.leadership().is_leader
         finally:
-            other.close()
+            second.close()
+        cut(s)
+        with psycopg.connect(url) as conn:  # meanwhile another server took over
+            conn.execute("UPDATE runq_writer SET term = term + 1, holder = 'another', expires_at = clock_timestamp()")
+        assert isinstance(commit(s, Batch(rows=[row(3)])), StoreError)
+        err = commit(s, Batch(rows=[row(4)]))  # connected again, it is fenced
+        assert isinstance(err, StoreError) and "term" in str(err) and not s.leadership().is_leader
+        assert s.get_task(3) is None and s.get_task(4) is None
     finally:
         s.close()
 
@@ -195,9 +196,8 @@ def test_runq_serve_takes_its_postgresql_database_from_runq_db(url: str, tmp_pat
         assert conn.execute("SELECT type, state FROM tasks WHERE id = %s", (tid,)).fetchone() == ("t", "ready")
 
 
-def test_a_server_of_another_role_is_refused_too(url: str) -> None:
-    """A role without pg_read_all_stats sees another role's ``backend_start`` as NULL in pg_stat_activity: the
-    writer's backend still counts as alive (by its pid), so a second server under another role is refused."""
+def test_a_server_of_another_role_waits_as_a_standby_too(url: str) -> None:
+    """A server under another role reads the same lease row: it waits as a standby while the first one holds it."""
     first = PostgresStore(url)
     try:
         with psycopg.connect(url, autocommit=True) as conn:
@@ -206,11 +206,11 @@ def test_a_server_of_another_role_is_refused_too(url: str) -> None:
             conn.execute("GRANT ALL ON SCHEMA public TO runq_other")
             conn.execute("GRANT ALL ON ALL TABLES IN SCHEMA public TO runq_other")
         other_url = url.replace(f"//{pg_server.server().user}@", "//runq_other@")
-        with psycopg.connect(other_url) as conn:  # (what that role sees of the first server's connection)
-            assert conn.execute("SELECT backend_start FROM pg_stat_activity WHERE pid = %s",
-                                (first.conn.info.backend_pid,)).fetchone() == (None,)
-        with pytest.raises(StoreInUse):
-            PostgresStore(other_url, takeover_wait=0)
+        second = PostgresStore(other_url)
+        try:
+            assert not second.leadership().is_leader and first.holder in second.leadership().holder
+        finally:
+            second.close()
         assert first.leadership().is_leader
     finally:
         first.close()
@@ -274,6 +274,105 @@ def test_a_prune_deletes_in_slices_oldest_first_and_finishes_between_commits(url
         s.close()
 
 
+def test_a_store_cut_off_from_postgresql_stops_leading_by_its_own_clock_and_a_standby_takes_over(url: str) -> None:
+    """The network to PostgreSQL stops answering (tests/tcp_proxy.py): nothing fails, calls hang. The store gives
+    its lease up by its own clock (lease 1 s: 0.75 s after its last renewal started), refuses every commit
+    without waiting for the database, closes without hanging; a standby takes the lease once it expired."""
+    from tcp_proxy import TcpProxy
+
+    pg = pg_server.server()
+    proxy = TcpProxy(pg.port)
+    try:
+        s = PostgresStore(url.replace(f":{pg.port}/", f":{proxy.port}/"), lease=1.0)
+        s.start()
+        assert commit(s, Batch(rows=[row(1)])) is None and s.leadership().is_leader
+        standby = PostgresStore(url, lease=1.0)
+        assert not standby.leadership().is_leader and s.holder in standby.leadership().holder
+        proxy.cut()
+        deadline = time.monotonic() + 20
+        while s.leadership().is_leader:
+            assert time.monotonic() < deadline, "the cut-off store kept leading"
+            time.sleep(0.01)
+        assert "no renewal of the lease succeeded for 0.75s" in s.leadership().holder
+        err = commit(s, Batch(rows=[row(2)]))
+        assert isinstance(err, StoreError) and "no longer writes the database" in str(err)
+        while not standby.take_leadership().is_leader:
+            assert time.monotonic() < deadline, "the standby did not take over"
+            time.sleep(standby.leadership().check_in or 0.05)
+        assert standby.leadership().term == s.term + 1 and standby.get_task(1) == row(1)
+        assert standby.get_task(2) is None
+        closing = threading.Thread(target=s.close, daemon=True)  # (its threads hang on the dead connections:
+        closing.start()  # close does not wait for them)
+        closing.join(30)
+        assert not closing.is_alive()
+        with psycopg.connect(url) as conn:  # the lost store cleared nothing: the lease is the standby's
+            assert conn.execute("SELECT term, holder FROM runq_writer").fetchone() == (standby.term, standby.holder)
+        standby.close()
+    finally:
+        proxy.close()
+
+
+def test_a_frozen_holder_that_keeps_the_row_locked_is_ended_by_the_standby_that_takes_its_expired_lease(
+        url: str) -> None:
+    """A holder frozen (SIGSTOP: a VM pause) in the middle of a commit renews nothing and keeps its lock on the
+    lease row. Once the lease expired, the standby ends that holder's connections (found by application_name)
+    and takes the lease."""
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time, psycopg\n"
+        "from runq.app.store.postgres import PostgresStore\n"
+        f"s = PostgresStore({url!r}, lease=1.0)\n"
+        "c = psycopg.connect(s.url, application_name=f'runq {s.holder}')\n"  # (a commit under way: its lock)
+        "c.execute('SELECT term FROM runq_writer WHERE id = 1 FOR KEY SHARE')\n"
+        "print(s.holder, flush=True)\n"
+        "time.sleep(60)\n")], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert child.stdout is not None
+        holder = child.stdout.readline().strip()
+        child.send_signal(signal.SIGSTOP)
+        standby = PostgresStore(url, lease=1.0)
+        try:
+            assert not standby.leadership().is_leader and holder in standby.leadership().holder
+            deadline = time.monotonic() + 30
+            while not standby.take_leadership().is_leader:
+                assert time.monotonic() < deadline, "the standby did not take over"
+                time.sleep(standby.leadership().check_in or 0.05)
+            with psycopg.connect(url) as conn:
+                assert conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                                    (f"runq {holder}",)).fetchone() == (0,)
+                assert conn.execute("SELECT term, holder FROM runq_writer").fetchone() == (2, standby.holder)
+            assert commit_started(standby, Batch(rows=[row(1)])) is None
+        finally:
+            standby.close()
+    finally:
+        child.kill()
+        child.wait(10)
+        if child.stdout is not None:
+            child.stdout.close()
+
+
+def commit_started(store: PostgresStore, batch: Batch) -> BaseException | None:
+    store.start()
+    return commit(store, batch)
+
+
+def test_renewals_do_not_wait_for_a_commit_under_way(url: str) -> None:
+    """A long commit holds the fence's lock on the lease row (its ``_TERM_SQL``) for longer than the lease: the
+    renewals, on their own connection, go on meanwhile, and the store keeps leading."""
+    from runq.app.store import postgres
+
+    s = PostgresStore(url, lease=1.0)
+    try:
+        with psycopg.connect(url) as other:  # (a commit of 2 s: the fence read first, in its transaction)
+            assert other.execute(postgres._TERM_SQL).fetchone() == (s.term,)
+            time.sleep(2.0)
+            assert s.leadership().is_leader
+            other.rollback()
+        with psycopg.connect(url) as conn:  # renewed meanwhile: the expiry is still ahead
+            assert conn.execute("SELECT expires_at > clock_timestamp() FROM runq_writer").fetchone() == (True,)
+    finally:
+        s.close()
+
+
 def test_the_prune_walks_the_index_of_finished_tasks_and_autovacuum_is_set_per_table(url: str) -> None:
     from runq.app.store.pg_prune import _SLICE_SQL
 
@@ -287,3 +386,98 @@ def test_the_prune_walks_the_index_of_finished_tasks_and_autovacuum_is_set_per_t
     want = ["autovacuum_vacuum_scale_factor=0.01", "autovacuum_vacuum_threshold=1000",
             "autovacuum_vacuum_insert_scale_factor=0.05", "autovacuum_analyze_scale_factor=0.02"]
     assert opts == {"tasks": want, "events": want, "requests": want}
+
+
+def test_a_standby_that_loses_postgresql_keeps_waiting(url: str) -> None:
+    from tcp_proxy import TcpProxy
+
+    pg = pg_server.server()
+    leader = PostgresStore(url)
+    proxy = TcpProxy(pg.port)
+    try:
+        standby = PostgresStore(url.replace(f":{pg.port}/", f":{proxy.port}/"))
+        assert not standby.take_leadership().is_leader
+        proxy.close()  # (its connection broken, and nothing listens there any more)
+        for _ in range(2):  # the broken connection, then a connection refused: no error, still a standby
+            lead = standby.take_leadership()
+            assert not lead.is_leader and lead.check_in is not None
+        standby.close()
+    finally:
+        proxy.close()
+        leader.close()
+
+
+@pytest.mark.parametrize("way", ["pipelined", "plain", "prune slice"])
+def test_each_way_of_writing_is_fenced_by_the_term_and_loses_the_lease_as_a_renewal_would(url: str, way: str) -> None:
+    """The pipelined transaction of a small commit, the plain one (COPY) and a prune slice between commits each
+    read the term first: moved on, nothing is written, and the lease is lost for good with the reason a renewal
+    that finds the term moved gives. (A lease of an hour: no renewal comes first to find it.)"""
+    s = PostgresStore(url, lease=3600.0)
+    try:
+        s.prune_slice = 2
+        s.write_now(Batch(rows=[row(i, "succeeded", finished_at=T0 + i) for i in range(1, 6)]))
+        if way == "prune slice":
+            first = Batch(prune_before=T0 + 100)
+            s.write_now(first)  # (its own slice: 2 tasks; the rest is left to the slices between commits)
+            assert first.pruned == 2
+        with psycopg.connect(url) as conn:  # another server took the database over
+            conn.execute("UPDATE runq_writer SET term = term + 1, holder = 'another', "
+                         "expires_at = clock_timestamp() + interval '1 hour'")
+        if way == "prune slice":
+            s._after_commits(False)  # (what the writer thread runs after a round of commits)
+            assert sorted(r.id for r in s.list_tasks()) == [3, 4, 5]
+        else:
+            small = way == "pipelined"
+            batch = Batch(rows=[row(10)]) if small else Batch(new_rows=[task(i).new_row() for i in range(100, 200)])
+            with pytest.raises(StoreError, match="term"):
+                s.write_now(batch)
+            assert s.get_task(10) is None and s.get_task(100) is None
+        lead = s.leadership()
+        assert not lead.is_leader and "the lease row moved on from term" in lead.holder
+        assert not s.take_leadership().is_leader
+    finally:
+        s.close()
+    with psycopg.connect(url) as conn:  # the fenced store cleared nothing at its close
+        assert conn.execute("SELECT holder FROM runq_writer").fetchone() == ("another",)
+
+
+def test_past_its_local_deadline_a_store_sends_nothing_to_postgresql(url: str, tmp_path: Path) -> None:
+    """Once the lease's local deadline passed (no renewal in time: here the renewals are stopped, as when
+    PostgreSQL stops answering them), a commit of either way and a prune slice stop before they send anything:
+    libpq's trace of the writer connection stays empty, although PostgreSQL would still take them (the term in
+    the row is still this store's)."""
+    s = PostgresStore(url, lease=1.0)
+    try:
+        s.prune_slice = 2
+        s.write_now(Batch(rows=[row(i, "succeeded", finished_at=T0 + i) for i in range(1, 6)]))
+        first = Batch(prune_before=T0 + 100)
+        s.write_now(first)
+        assert first.pruned == 2  # (the rest is left to the slices between commits)
+        assert s._renewer is not None
+        s._renew_stop.set()
+        s._renew_wake.set()
+        s._renewer.join(10)
+        assert not s._renewer.is_alive()
+        deadline = time.monotonic() + 20
+        while s.leadership().is_leader:
+            assert time.monotonic() < deadline, "the store kept leading without renewals"
+            time.sleep(0.02)
+        assert "no renewal of the lease succeeded" in s.leadership().holder
+        trace = tmp_path / "trace"
+        with open(trace, "w") as f:
+            s.conn.pgconn.trace(f.fileno())
+            try:
+                for batch in (Batch(rows=[row(10)]), Batch(new_rows=[task(i).new_row() for i in range(100, 200)])):
+                    with pytest.raises(StoreError, match="no longer writes the database"):
+                        s.write_now(batch)
+                s._after_commits(False)
+            finally:
+                s.conn.pgconn.untrace()
+        assert trace.read_text() == ""
+        assert sorted(r.id for r in s.list_tasks()) == [3, 4, 5] and s.get_task(10) is None
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT term, holder FROM runq_writer").fetchone() == (s.term, s.holder)
+    finally:
+        s.close()
+    with psycopg.connect(url) as conn:  # the lost store wrote nothing at its close either: the lease just expires
+        assert conn.execute("SELECT holder FROM runq_writer").fetchone() == (s.holder,)

@@ -771,6 +771,10 @@ class TestStoreContract:
                 finally:
                     second.close()
             assert first.leadership().is_leader
+            again_first = first.take_leadership()  # (a leader asked to take it again: it still leads, same term)
+            assert again_first.is_leader and again_first.term == term
+            first.advertise("127.0.0.1:7700")  # (where its server serves: kept where the store keeps a lease)
+            assert first.leadership().address in (None, "127.0.0.1:7700")
             assert commit_started(first, Batch(rows=[row(1)])) is None  # and it still writes
         finally:
             first.close()
@@ -787,7 +791,8 @@ class TestStoreContract:
         assert members - called == set()
         assert {"leadership", "load", "load_requests", "load_schedules", "next_event_id", "load_limits", "write_now",
                 "start", "submit", "commit_here", "can_commit_inline", "close", "get_task", "events", "list_tasks",
-                "server_events", "check_writable", "stats", "dead_tasks", "principals"} == members  # (what the server and recovery call: base.py rule 1)
+                "server_events", "check_writable", "stats", "dead_tasks", "principals", "take_leadership",
+                "advertise"} == members  # (what the server and recovery call: base.py rule 1)
 
 
 def commit_started(store: Store, batch: Batch) -> BaseException | None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -269,3 +272,44 @@ async def test_no_server_yet(procs: Procs) -> None:
         t0 = anyio.current_time()
         await source.close()
         assert anyio.current_time() - t0 < 1.0
+
+
+async def test_a_standby_says_so_in_the_banner_and_given_both_addresses_the_dashboard_follows_the_active(
+        procs: Procs) -> None:
+    """Two servers on one PostgreSQL database (tests/pg_server.py): the second waits as a standby. The dashboard
+    given only the standby says STANDBY and names the active server; given both, it shows the active one."""
+    import pg_server
+
+    db = pg_server.server().database("tui")
+    servers: list[subprocess.Popen[bytes]] = []
+
+    def serve() -> str:
+        port_file = procs.tmp / f"port{len(servers)}"
+        servers.append(subprocess.Popen([sys.executable, "-m", "runq.cli", "serve", "--db", db, "--port", "0",
+                                         "--http-port", "0", "--port-file", str(port_file)], env=procs.env,
+                                        stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        deadline = time.monotonic() + 30
+        while not port_file.exists():
+            assert servers[-1].poll() is None and time.monotonic() < deadline, "runq serve did not start"
+            time.sleep(0.02)
+        return f"127.0.0.1:{port_file.read_text()}"
+
+    try:
+        active = serve()
+        standby = serve()
+        with anyio.fail_after(45):
+            app = RunqDashboard(LiveSource(standby))
+            async with app.run_test(size=SIZE) as pilot:
+                await until(pilot, lambda: banner(app).startswith("STANDBY"), what="standby banner")
+                assert f"the active server is {active}" in banner(app) and not app.source.state.connected
+            app = RunqDashboard(LiveSource(f"{standby},{active}"))
+            async with app.run_test(size=SIZE) as pilot:
+                await until(pilot, lambda: app.source.state.connected, what="connected to the active server")
+                await until(pilot, lambda: banner(app) == "", what="no banner")
+                source = app.source
+                assert isinstance(source, LiveSource) and source.client is not None
+                assert source.client.address == active
+    finally:
+        for p in servers:
+            p.kill()
+            p.wait(10)

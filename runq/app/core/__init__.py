@@ -19,7 +19,8 @@ module                    concern
 ``retries.py``            failed attempts: retried after the delay of the task's retry policy (its own, its
                           type's, the server's), or dead (retries spent, ``never_retry``, not ``retry_on``)
 ``leases.py``             workers and their leases: join, leave, silence (``SILENCE``), results and late
-                          results, release, the server-side timeout (``BACKSTOP``)
+                          results, release, the server-side timeout (``BACKSTOP``), tasks recovered running
+                          taken back by their worker (``reclaim``, ``RECLAIM``)
 ``routing.py``            which connected workers handle which (queue, task type); ready tasks of a type no
                           worker handles held aside until one joins
 ``limits.py``             rate limits (GCRA) and concurrency caps per queue, task type and payload key, and

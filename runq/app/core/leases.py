@@ -31,6 +31,10 @@ Rules of this file:
    earlier dispatch never times out a later one (``_backstop_check``).
 4. Lost and released tasks go to the front of their queue, in the order they were
    held; a release does not count the attempt and makes the worker draining.
+5. A task recovered running with ``reclaim`` (recovery.py) is held for the worker id stored with it: only
+   a worker that names that id AND the stored attempt takes it back (``reclaim``), and only while no
+   connected worker has that id (worker ids carry a random part: one of this server's own workers cannot
+   stand for it); ``reclaim`` seconds after the start it goes back to ready (``RECLAIM``).
 """
 
 from __future__ import annotations
@@ -258,6 +262,53 @@ class Leases(Retries):
             self._ended(holder, tid, now)
         self._fail(t, f"timeout: no result within {t.timeout}s (+{self.config.lease_timeout}s grace)", now, wid,
                    None, "timeout (server)", (TIMEOUT_TYPE,))
+
+    # ------------------------------------------------------------------ taken back after a restart (failover)
+    def reclaim(self, worker_id: str, held: list[Any], now: float) -> list[int]:
+        """Worker ``worker_id``, just joined, still runs (or has the results of) tasks of an earlier session:
+        ``held`` is ``[[id, attempt, lease, earlier worker id], ...]``. A task recovered running at this
+        server's start and still held for that earlier worker id with that attempt (rule 5) is leased to this
+        worker again, under the lease number the worker knows (its results name it), with a ``reclaimed``
+        event; anything else is refused. Returns the ids taken back (the worker stops running the others).
+
+        Raises:
+            KeyError: ``worker_id`` is not a connected worker.
+        """
+        w = self.workers[worker_id]
+        taken: list[int] = []
+        for item in held:
+            tid, attempt, lease, earlier = item
+            t = self.tasks.get(tid) if type(tid) is int else None
+            if (t is None or t.state is not RUNNING or t.worker is None or t.worker != earlier
+                    or earlier in self.workers or t.attempt != attempt or type(lease) is not int or lease < 1):
+                continue
+            t.worker = worker_id
+            t.lease = lease
+            self.max_lease = max(self.max_lease, lease)
+            w.running[tid] = t
+            self._arm_backstop(t, w, lease, now)
+            eid = self.next_event_id
+            self.next_event_id = eid + 1
+            self._events.append(EventRecord(tid, now, "reclaimed", RUNNING._value_, worker_id, attempt,
+                                            f"taken back from worker {earlier} after a server restart", eid))
+            self._dirty[tid] = t
+            taken.append(tid)
+        return taken
+
+    def _reclaim_check(self, entry: tuple[Any, ...]) -> float | None:
+        """A ``RECLAIM`` entry stands while its task is still held for the worker of the earlier life."""
+        when, _, tid, earlier = entry
+        t = self.tasks.get(tid)
+        return when if t is not None and t.state is RUNNING and t.worker == earlier and earlier not in self.workers \
+            else None
+
+    def _reclaim_expired(self, entry: tuple[Any, ...], now: float) -> None:
+        """Its worker did not take it back in time: back to ready, as at a restart without ``reclaim``."""
+        t = self.tasks[entry[2]]
+        t.worker = None
+        self._move(t, T.RECOVER, now, detail=f"server restarted while it ran; worker {entry[3]} did not take it back "
+                                             f"within {self.config.reclaim:g}s")
+        self._make_ready(t, front=True)
 
     # ------------------------------------------------------------------ silence
     def _silence_check(self, entry: tuple[Any, ...]) -> float | None:

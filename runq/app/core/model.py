@@ -48,6 +48,9 @@ class CoreConfig:
         schedule_grace: seconds a schedule's fire time may be late and still count as on time; a fire time
             older than that when it comes up was missed (the server was down): the schedule's missed policy
             decides (schedules.py).
+        reclaim: seconds a task found running at a restart (or a failover) stays leased to the worker that ran
+            it, for that worker to take it back when it connects again (its attempt and its worker id prove it
+            is the same run: leases.py ``reclaim``); then it goes back to ready. 0: back to ready at once.
     """
 
     lease_timeout: float = 10.0
@@ -58,6 +61,7 @@ class CoreConfig:
     jitter: float = 0.25
     finished_cache: int = 10_000
     schedule_grace: float = 60.0
+    reclaim: float = 0.0
 
 
 _STATES = {s.value: s for s in State}

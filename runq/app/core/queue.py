@@ -67,7 +67,7 @@ from .routing import requires_text
 from .schedules import Schedules
 from .states import FINAL_STATES, TRANSITIONS, IllegalTransition, State, Transition
 from .stats import queue_stats, task_types
-from .timers import BACKSTOP, BATCH, COOLDOWN, DELAY, REFILL, SCHEDULE, SILENCE
+from .timers import BACKSTOP, BATCH, COOLDOWN, DELAY, RECLAIM, REFILL, SCHEDULE, SILENCE
 
 __all__ = ["Core", "TaskMissing"]
 
@@ -98,6 +98,7 @@ class Core(Dispatch, Recovery, Rollback, Schedules):
         self.timers.register(COOLDOWN, self._cooldown_check, self._cooled)
         self.timers.register(SCHEDULE, self._schedule_check, self._schedule_fired)
         self.timers.register(BATCH, self._batch_check, self._batch_due)
+        self.timers.register(RECLAIM, self._reclaim_check, self._reclaim_expired)
         #: what a failed commit means for the answers waiting on it (commits.py)
         self.commits = CommitPolicy(self)
 

@@ -9,7 +9,12 @@ and its next free task and event ids. ``recover`` makes the tasks again:
   or a release is not kept);
 - ``scheduled`` rows get their ``DELAY`` timer entry (all armed with one heapify);
 - ``running`` rows take the ``recovered`` step to ready (worker cleared, attempt
-  still counted): no worker of the previous life holds a lease any more;
+  still counted): no worker of the previous life holds a lease any more. With
+  ``CoreConfig.reclaim`` > 0 they stay running instead, leased to the worker id
+  stored with them, for ``reclaim`` seconds (a ``RECLAIM`` timer entry): that
+  worker, connected again, may take them back and report their results
+  (leases.py ``reclaim``); those it does not take back take the ``recovered``
+  step then;
 - a row left in ``failed`` (a crash between a failure and its backoff, which this
   version never writes) takes the ``backoff`` step at once, due now.
 
@@ -33,7 +38,7 @@ from typing import Any
 from .model import NOT_QUEUED, Task
 from .records import TaskRow
 from .states import State, Transition
-from .timers import DELAY, Delays
+from .timers import DELAY, RECLAIM, Delays
 
 __all__ = ["Recovery"]
 
@@ -55,7 +60,7 @@ class Recovery(Delays):
             next_event_id: the store's next free event id.
 
         Returns:
-            How many tasks were running in the previous life (now ready again).
+            How many tasks were running in the previous life (now ready again, or held for their workers).
         """
         self.next_id = max(self.next_id, next_id)
         self.next_event_id = max(self.next_event_id, next_event_id)
@@ -67,6 +72,8 @@ class Recovery(Delays):
         new = Task.__new__
         created: float = -1.0
         delayed: list[tuple[Any, ...]] = []  # timer entries of the scheduled tasks: one heapify at the end
+        reclaimable: list[tuple[Any, ...]] = []  # RECLAIM entries of the running ones held for their workers
+        reclaim = self.config.reclaim
         running, failed, scheduled = S.RUNNING, S.FAILED, S.SCHEDULED
         for row in rows:
             t = new(Task)
@@ -95,7 +102,11 @@ class Recovery(Delays):
             # as it was stored, counted: the steps below move it from there
             t.state = state
             counts[state_name] += 1
-            if state is running:
+            if state is running and reclaim and t.worker is not None:
+                # held for its worker to take back (leases.py ``reclaim``); back to ready if it does not in time
+                reclaimable.append((now + reclaim, RECLAIM, t.id, t.worker))
+                recovered += 1
+            elif state is running:
                 t.worker = None
                 self._move(t, T.RECOVER, now, detail="server restarted while it ran")
                 recovered += 1
@@ -111,6 +122,7 @@ class Recovery(Delays):
             else:
                 self._queue(t.queue).push(t)
         self.timers.arm_many(delayed)
+        self.timers.arm_many(reclaimable)
         for name in paused:
             self._queue(name).paused = True
         self._pump_needed = True

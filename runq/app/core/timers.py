@@ -32,7 +32,8 @@ Rules of this file:
    tasks are lost, and those before a timeout fails one; then ``REFILL`` and ``COOLDOWN``, limits.py,
    which only bring held tasks back and ask for a dispatch round; then ``SCHEDULE``, schedules.py, whose
    tasks join their queues after what was due before them; then ``BATCH``, batching.py, which releases a
-   collected batch).
+   collected batch; then ``RECLAIM``, leases.py: a task recovered running that its worker did not take back
+   goes back to ready).
 2. An entry fires only when its kind's check says it stands: a stale entry is skipped by that check and by
    nothing else, and each check has its test in ``tests/core``.
 3. ``next_deadline`` settles the top of the heap before it answers (drops stale entries, re-arms moved
@@ -62,7 +63,8 @@ from .effects import CoreBase
 from .model import CoreConfig, Task
 from .states import State, Transition
 
-__all__ = ["BACKSTOP", "BATCH", "COOLDOWN", "DELAY", "REFILL", "SCHEDULE", "SILENCE", "Check", "Delays", "Fire", "TimerHeap"]
+__all__ = ["BACKSTOP", "BATCH", "COOLDOWN", "DELAY", "RECLAIM", "REFILL", "SCHEDULE", "SILENCE", "Check", "Delays",
+           "Fire", "TimerHeap"]
 
 SCHEDULED = State.SCHEDULED
 
@@ -81,6 +83,9 @@ COOLDOWN = 4
 SCHEDULE = 5
 #: A batched type's collection waited ``max_wait`` (batching.py): ``(until, BATCH, queue, type, collection no)``.
 BATCH = 6
+#: A task recovered running waited ``reclaim`` seconds for its worker (leases.py): ``(when, RECLAIM, task id,
+#: the worker id stored with it)``.
+RECLAIM = 7
 
 #: ``check(entry)``: when the entry is due now (its ``when``, a later time, or None when stale).
 Check = Callable[[tuple[Any, ...]], "float | None"]

@@ -39,6 +39,7 @@ STATUS: dict[str, int] = {
     "bad_request": 400,
     "store_error": 503,
     "shutting_down": 503,
+    "standby": 503,
     "busy": 503,
     "lease_expired": 409,
     "internal": 500,
@@ -100,7 +101,7 @@ def error_for_exception(exc: BaseException) -> Response:
         # message validation shared with the TCP protocol: a bad field is a bad request here
         code = exc.code if exc.code in ("bad_request", "not_found", "invalid_state", "unauthorized",
                                         "frame_too_large", "shutting_down", "busy", "forbidden",
-                                        "rate_limited") else "bad_request"
+                                        "rate_limited", "standby") else "bad_request"
         resp = error_response(code, str(exc))
         if code == "busy":
             resp.headers["Retry-After"] = "5"

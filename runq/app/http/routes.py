@@ -168,8 +168,14 @@ def create_app(server: Server, meter: Meter, hub: StreamHub) -> QuartTrio:
         if request.path in OPEN_PATHS or identity is not None:
             g.identity = identity
             _check_query(request.endpoint, request.args)
+            if server.standby and request.path not in OPEN_PATHS and request.path != "/metrics":
+                return _standby()
             return None
         return error_response("unauthorized", f"{BAD_TOKEN} (send 'Authorization: Bearer <token>')")
+
+    def _standby() -> Response:
+        """A standby serves health, readiness and metrics only (docs/operations.md, "Failover")."""
+        return error_response("standby", f"this server is a standby; the active server is {server.active_server()}")
 
     @app.before_websocket
     async def check_ws_token() -> Response | None:
@@ -177,7 +183,7 @@ def create_app(server: Server, meter: Meter, hub: StreamHub) -> QuartTrio:
         if identity is not None:
             g.identity = identity
             _check_query(websocket.endpoint, websocket.args)
-            return None
+            return _standby() if server.standby else None
         return error_response("unauthorized", f"{BAD_TOKEN} (send 'Authorization: Bearer <token>')")
 
     @app.after_websocket
@@ -203,6 +209,8 @@ def create_app(server: Server, meter: Meter, hub: StreamHub) -> QuartTrio:
 
     @app.get("/readyz")
     async def readyz() -> Response:
+        if server.standby:
+            return _standby()
         if not server.ready or server.stopping.is_set():
             return error_response("shutting_down", "the server is not running")
         store = server.store

@@ -116,17 +116,22 @@ class Operations:
         joins: ``session`` receives its tasks, and the answer carries its ``worker_id``.
 
         Raises:
-            ProtocolError: ``shutting_down`` while the server stops.
+            ProtocolError: ``shutting_down`` while the server stops; ``standby`` while it waits for the lease
+                another server holds (or rebuilds its state after taking it).
         """
         srv = self.server
         if srv.stopping.is_set():
             raise ProtocolError("server is stopping", "shutting_down")
+        if srv.standby or not srv.ready:  # (failover: docs/operations.md; a client tries its next address)
+            raise ProtocolError(f"this server is a standby; the active server is {srv.active_server()}", "standby")
         cfg = srv.config
         welcome: dict[str, Any] = {
             "op": "welcome", "version": hello.version, "server": f"runq/{VERSION}",
             "max_frame": cfg.max_frame, "max_reply": cfg.max_reply, "lease_timeout": cfg.core.lease_timeout,
             "heartbeat": cfg.core.lease_timeout / 3,
         }
+        if cfg.core.reclaim:  # (a worker's runs may outlive a lost connection that long: docs/operations.md)
+            welcome["reclaim"] = cfg.core.reclaim
         # who the caller is and what it may ask (the dashboard hides the rest: docs/security.md)
         welcome["identity"] = {"name": identity.name, "role": identity.role, "ops": sorted(identity.ops)}
         if hello.role == "worker":
@@ -143,6 +148,8 @@ class Operations:
                                    hello.host or host, hello.pid, hello.types, hello.type_options,
                                    hello.labels)
             welcome["worker_id"] = wid
+            if hello.held:  # (runs it had when its connection to this server's predecessor was lost)
+                welcome["reclaimed"] = srv.core.reclaim(wid, list(hello.held), srv.clock())
         return welcome
 
     def declare_schedules(self, identity: Identity, specs: tuple[ScheduleSpec, ...]) -> None:
@@ -301,7 +308,8 @@ class Operations:
         Raises:
             BadRequest: a payload longer than ``max_frame`` (over TCP it could not have come: every frame the
                 server sends must hold a task, docs/protocol.md section 1).
-            ProtocolError: ``shutting_down`` while the server stops.
+            ProtocolError: ``shutting_down`` while the server stops; ``standby`` while it waits for the lease
+                another server holds (or rebuilds its state after taking it).
             StoreError: the commit failed; nothing was enqueued.
         """
         authorize(identity, "enqueue")
@@ -696,7 +704,8 @@ class Operations:
 
         Raises:
             BadRequest: a field out of range (``check_schedule``), or more than ``MAX_SCHEDULES``.
-            ProtocolError: ``shutting_down`` while the server stops.
+            ProtocolError: ``shutting_down`` while the server stops; ``standby`` while it waits for the lease
+                another server holds (or rebuilds its state after taking it).
             StoreError: the commit failed.
         """
         authorize(identity, "schedule_add")

@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 
 import trio
 
+from ...protocol.address import parse_address
 from ...protocol.frames import DEFAULT_MAX_FRAME, max_reply
 from ..core import CoreConfig
 from ..errors import ConfigError
+from ..store.lease import DEFAULT_LEASE, LeaseTiming
 
 #: The range of ``max_frame``: a small hello fits the smallest; with the largest, ``max_reply`` (4 x max_frame +
 #: 64 KiB) is still under 4 GiB, the most a frame's length can say.
@@ -71,6 +73,10 @@ class ServerConfig:
         refresh_ttl: seconds a refresh token of an HTTP login is valid (revocable at any time).
         principals_poll: seconds between two looks at whether users or API tokens changed in the database
             (``runq users`` / ``runq tokens`` change them from another process).
+        lease: seconds of the writer lease on PostgreSQL (runq/app/store/lease.py): a standby takes over at
+            most this long after the active server's last renewal (``--lease``, ``RUNQ_LEASE``).
+        advertise: ``HOST:PORT`` clients and workers reach this server at, written with the lease so that a
+            standby names the active server (default: the host and port it listens on).
         core: rules of the queue (leases, retries, backoff).
     """
 
@@ -94,6 +100,8 @@ class ServerConfig:
     access_ttl: float = 900.0
     refresh_ttl: float = 30 * 86400.0
     principals_poll: float = 1.0
+    lease: float = DEFAULT_LEASE
+    advertise: str | None = None
     core: CoreConfig = field(default_factory=CoreConfig)
 
     @property
@@ -109,6 +117,15 @@ class ServerConfig:
             raise ConfigError(f"max_frame must be between {MIN_FRAME} and {MAX_FRAME} bytes, not {self.max_frame}")
         if self.max_subscribers < 0:
             raise ConfigError(f"max_subscribers must be 0 or more, not {self.max_subscribers}")
+        try:
+            LeaseTiming(self.lease)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if self.advertise is not None:
+            try:
+                parse_address(self.advertise)
+            except ValueError as exc:
+                raise ConfigError(f"advertise: {exc}") from None
         if not is_loopback(self.host) and not self.token:
             # (authentication before anything is reachable from another machine; TLS alone authenticates no one)
             raise ConfigError(f"listening on {self.host} (beyond loopback) requires authentication: set a shared "

@@ -30,6 +30,17 @@ without waiting and leaves it to the writer thread, which waits.
 
 A timer task sleeps until the core's next deadline (delayed task, lease expiry,
 task timeout) and ticks it; it is woken early when a flush moves that deadline.
+
+Leadership (runq/app/store/base.py; docs/operations.md, "Failover"): a store
+that does not lead when the server starts (PostgreSQL, another server holds the
+lease) makes this server a standby: it listens (TCP hellos are refused with
+``standby``, HTTP answers 503 ``standby`` but for health, readiness and metrics),
+asks the store to take the lease whenever it may have expired, and once it leads
+recovers exactly as at a restart and serves. While serving, a watcher asks the
+store whether it still leads as often as the store says; once it does not (its
+lease lapsed by this server's clock, or another server's term was found) the
+server steps down: it closes every connection with ``shutting_down``, writes
+nothing more, and ``serve`` raises ``NotLeader``.
 """
 
 from __future__ import annotations
@@ -37,8 +48,10 @@ from __future__ import annotations
 import functools
 import gc
 import logging
+import math
 import os
 import select
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +60,7 @@ from typing import Any, Protocol
 import trio
 
 from ... import __version__
+from ...protocol.address import format_address
 from ...protocol.errors import ProtocolError
 from ...protocol.messages import TaskSpec
 from ..auth import AccessKeys, LoginLimiter, Principals
@@ -155,16 +169,16 @@ class Server:
         config: settings.
         clock: wall clock for stored timestamps (default: follows trio's clock).
         store_factory: opens the store, called as ``runq.app.store.open_store(db, synchronous, notify)`` (the
-            default) is.
+            default, with ``lease=config.lease``) is.
     """
 
     def __init__(self, config: ServerConfig, clock: Callable[[], float] | None = None,
-                 store_factory: Callable[[str, str, Notify], Store] = open_store) -> None:
+                 store_factory: Callable[[str, str, Notify], Store] | None = None) -> None:
         config.check()
         self.config = config
         #: the TLS settings of the TCP port (None: plain TCP); the HTTP API loads the same files itself
         self.tls = config.tls_context()
-        self._open_store = store_factory
+        self._open_store = store_factory or functools.partial(open_store, lease=config.lease)
         self._clock_arg = clock
         self.clock: Callable[[], float] = clock or time.time
         self.core = Core(config.core)
@@ -184,6 +198,10 @@ class Server:
         self.recovered = 0
         self.stopping = trio.Event()
         self.ready = False
+        #: waiting for the lease another server holds (PostgreSQL): nothing is served but health and readiness
+        self.standby = False
+        #: why this server stepped down (it lost the lease while serving), or None
+        self.stepped_down: str | None = None
         self.commit_listeners: list[Callable[[Batch, BaseException | None], None]] = []
         #: called with (rows + events written, seconds from hand-off to durable) per committed batch (/metrics)
         self.commit_observers: list[Callable[[int, float], None]] = []
@@ -239,43 +257,69 @@ class Server:
 
         store = await trio.to_thread.run_sync(self._open_store, cfg.db, cfg.synchronous, notify)
         self.store = store
+        reported = False
         try:
             # Before anything is read back: a server that does not lead must not take the leader's running
-            # tasks for crashed ones (runq/app/store/base.py).
+            # tasks for crashed ones (runq/app/store/base.py). It waits as a standby instead (below).
             lead = self.leadership = await trio.to_thread.run_sync(store.leadership)
-            if not lead.is_leader:
-                raise NotLeader(f"database {describe_db(cfg.db)} is led by {lead.holder} (term {lead.term}): this server "
-                                "does not serve it")
-            await self._recover(store)
-            await self._load_principals(store)
-            store.start()
+            self.authenticator.shared = self.config.token  # (a standby checks the shared token too)
+            if lead.is_leader:
+                await self._recover(store)
+                await self._load_principals(store)
+                store.start()
             tcp = TcpFrontend(self)
             listeners = await trio.open_tcp_listeners(cfg.port, host=cfg.host)
             self.port = listeners[0].socket.getsockname()[1]
+            store.advertise(self.advertised_address())
             self.stats.started_at = self.clock()
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                if cfg.inline_commit and store.can_commit_inline:  # (not with FULL: a commit waits for fsync)
-                    nursery.start_soon(self._committer)
-                    self._inline = True
+                self.standby = not lead.is_leader
                 nursery.start_soon(functools.partial(trio.serve_listeners, tcp.serve_connection, listeners,
                                                      handler_nursery=nursery))
                 if cfg.http_port is not None:
                     from ..http import serve_http
 
                     self.http_port = await nursery.start(serve_http, self)
+                if not lead.is_leader:
+                    log.warning("runq %s: standby on %s:%d (HTTP %s), database %s: the active server is %s; "
+                                "taking over when its lease expires", VERSION, cfg.host, self.port,
+                                self.http_port if self.http_port is not None else "off", describe_db(cfg.db),
+                                self.active_server())
+                    task_status.started(self.port)
+                    reported = True
+                    if not await self._wait_for_lease(store):
+                        nursery.cancel_scope.cancel()
+                        return
+                    await self._recover(store)
+                    await self._load_principals(store)
+                    store.start()
+                    self.stats.started_at = self.clock()
+                    self.standby = False
+                    log.warning("took over the database %s (term %d): serving", describe_db(cfg.db),
+                                self.leadership.term if self.leadership else 0)
+                if cfg.inline_commit and store.can_commit_inline:  # (not with FULL: a commit waits for fsync)
+                    nursery.start_soon(self._committer)
+                    self._inline = True
                 nursery.start_soon(self._timer)
                 nursery.start_soon(self._pruner)
                 nursery.start_soon(self._principals_loop)
+                nursery.start_soon(self._watch_leadership, store)
                 self.ready = True
                 log.info("runq %s listening on %s:%d (HTTP %s), database %s", VERSION, cfg.host, self.port,
                          self.http_port if self.http_port is not None else "off", describe_db(cfg.db))
-                task_status.started(self.port)
+                if not reported:
+                    task_status.started(self.port)
                 await self.stopping.wait()
                 self.ready = False
                 for s in list(self.sessions):
-                    s.close({"op": "error", "code": "shutting_down", "message": "server is stopping"})
-                await self.wait_committed()
+                    s.close({"op": "error", "code": "shutting_down",
+                             "message": "server is stopping" if self.stepped_down is None
+                             else f"server lost its lease and steps down: {self.stepped_down}"})
+                # (a server that lost its lease: its commits fail at once, but one stuck on a database that does
+                # not answer is not waited for)
+                with trio.move_on_after(math.inf if self.stepped_down is None else 1.0):
+                    await self.wait_committed()
                 with trio.move_on_after(1):  # let each connection write what it has queued, that frame included
                     for s in list(self.sessions):
                         await s.wait_closed()
@@ -293,6 +337,62 @@ class Server:
                 if self.principal_store is not None:
                     await trio.to_thread.run_sync(self.principal_store.close)
                 await trio.to_thread.run_sync(store.close)
+        if self.stepped_down is not None:
+            raise NotLeader(f"this server lost the lease of database {describe_db(cfg.db)} and stepped down without "
+                            f"writing: {self.stepped_down}. Another runq server serves it now (or will, once the "
+                            "lease expired); started again, this one waits as a standby")
+
+    def advertised_address(self) -> str:
+        """Where clients and workers reach this server: ``ServerConfig.advertise``, else the host and the port
+        bound (the machine's name for a wildcard host)."""
+        if self.config.advertise:
+            return self.config.advertise
+        host = self.config.host
+        if host in ("0.0.0.0", "::", ""):
+            host = socket.gethostname()
+        return format_address(host, self.port or self.config.port)
+
+    def active_server(self) -> str:
+        """The active server as this one knows it (a standby names the lease's holder)."""
+        lead = self.leadership
+        if lead is None:
+            return "unknown"
+        if lead.address:
+            return f"{lead.address} ({lead.holder})"
+        return lead.holder
+
+    async def _wait_for_lease(self, store: Store) -> bool:
+        """As a standby: try to take the lease whenever the store says it may have expired; return True once
+        this server leads, False if it was stopped first."""
+        while not self.stopping.is_set():
+            lead = self.leadership
+            wait = lead.check_in if lead is not None and lead.check_in is not None else 1.0
+            with trio.move_on_after(wait):
+                await self.stopping.wait()
+            if self.stopping.is_set():
+                return False
+            lead = self.leadership = await trio.to_thread.run_sync(store.take_leadership)
+            if lead.is_leader:
+                return True
+        return False
+
+    async def _watch_leadership(self, store: Store) -> None:
+        """While serving: ask the store whether it still leads, as often as it says; step down once it does
+        not (its lease expired by this server's clock, or another server's term was found): stop accepting
+        anything at once, then stop (``serve`` raises ``NotLeader``)."""
+        while True:
+            lead = store.leadership()
+            if not lead.is_leader:
+                self.leadership = lead
+                self.stepped_down = lead.holder
+                self.ready = False
+                log.critical("lost the lease of database %s: stepping down without writing (%s)",
+                             describe_db(self.config.db), lead.holder)
+                self.stopping.set()
+                return
+            if lead.check_in is None:
+                return  # (a store whose leadership never ends by itself: SQLite)
+            await trio.sleep(lead.check_in)
 
     async def _recover(self, store: Store) -> None:
         rows, paused, next_id = await trio.to_thread.run_sync(store.load)

@@ -128,8 +128,11 @@ class TcpFrontend:
                 try:
                     await self._read_loop(sess)
                 except ProtocolError as exc:
-                    srv.stats.protocol_errors += 1
-                    log.warning("protocol error from %s (%s): %s", peer, exc.code, exc)
+                    if exc.code == "standby":  # (routine: a client trying its addresses meets a standby)
+                        log.info("hello from %s refused: %s", peer, exc)
+                    else:
+                        srv.stats.protocol_errors += 1
+                        log.warning("protocol error from %s (%s): %s", peer, exc.code, exc)
                     # What the messages before the broken one changed is carried out and, once committed,
                     # answered: they are not left waiting for another connection's flush, and their answers
                     # come before the error frame (a client sends the others again: docs/clients.md).

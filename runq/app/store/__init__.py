@@ -16,8 +16,10 @@ module              what it holds
                     through an exclusive file lock (always term 1)
 ``schema.py``       the SQLite schema, its version and migrations
 ``postgres.py``     ``PostgresStore``: psycopg 3 in one writer thread with group commit (``unnest`` batch
-                    inserts), a reader connection; writes as the one ``runq_writer`` of its database, each
-                    commit fenced with its term (docs/postgres.md); imported only for a PostgreSQL URL
+                    inserts), a reader connection; writes while it holds the lease of its database's
+                    ``runq_writer`` row (renewed by a thread of its own), each commit fenced with its term
+                    (docs/operations.md); imported only for a PostgreSQL URL
+``lease.py``        the lease's timing rules (renew, give up, take over): pure, tested with a fake clock
 ``pg_schema.py``    the PostgreSQL schema: the same versions and tables as ``schema.py``, PostgreSQL's types
 ``writer.py``       what both stores' writers share: ``merge_batches`` (a group commit's batches as one set of
                     writes) and ``GroupWriter`` (the writer thread, ``submit``, ``commit_here``, ``write_now``)
@@ -103,7 +105,7 @@ def describe_db(db: str) -> str:
     return db
 
 
-def open_store(db: str, synchronous: str = "NORMAL", notify: Notify | None = None) -> Store:
+def open_store(db: str, synchronous: str = "NORMAL", notify: Notify | None = None, lease: float = 5.0) -> Store:
     """Open the store of the database ``db``, not started: PostgreSQL for a ``postgresql://`` or
     ``postgres://`` URL, else the SQLite file at that path.
 
@@ -111,6 +113,7 @@ def open_store(db: str, synchronous: str = "NORMAL", notify: Notify | None = Non
         db: the database, as ``runq serve --db`` names it.
         synchronous: ``NORMAL`` (survives a process crash) or ``FULL`` (survives power loss).
         notify: how the store runs ``on_done`` callbacks (default: in its own thread).
+        lease: seconds of the writer lease on PostgreSQL (lease.py; SQLite has none).
 
     Raises:
         StoreInUse: another server has the database open.
@@ -123,5 +126,5 @@ def open_store(db: str, synchronous: str = "NORMAL", notify: Notify | None = Non
         except ImportError as exc:
             raise StoreError(f"--db {db.split('://')[0]}://... needs psycopg, which is not installed ({exc}): "
                              "pip install 'runq[postgres]'") from None
-        return PostgresStore(db, synchronous, notify)
+        return PostgresStore(db, synchronous, notify, lease=lease)
     return SQLiteStore(db, synchronous, notify)

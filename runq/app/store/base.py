@@ -12,12 +12,14 @@ Leadership: only one server at a time may write a database (two would each take 
 for crashed ones and run them again, and hand out the same ids). A store answers ``leadership()`` with a
 ``Leadership``: whether it leads, and its term, a number that only grows from one leader to the next (a
 store that fences its writes with it refuses a write of an older term). The server asks once it has opened
-the store and before it reads anything back: a store that does not lead makes it stop with ``NotLeader``.
+the store and before it reads anything back, and again while it serves: a store that lost the leadership
+makes it step down (it stops, with ``NotLeader``).
 The SQLite store leads from the moment it opens (its exclusive file lock, taken in its constructor, is the
 leadership; a second store on the file is refused with ``StoreInUse``), always with term 1. The PostgreSQL
-store (postgres.py) takes the ``runq_writer`` row with the next term (refused with ``StoreInUse`` while
-another server's connection holds it) and fences every commit with that term; the lease with standbys that
-wait instead of being refused comes next (docs/postgres.md).
+store (postgres.py) holds a lease in its ``runq_writer`` row (term, holder, expiry by the database's clock:
+lease.py), renews it, and fences every commit with its term; a store opened while another server holds the
+lease does not lead: the server then waits as a standby, asking ``take_leadership`` every ``check_in``
+seconds, and serves once it leads (docs/operations.md, "Failover").
 
 Rules of this file:
 
@@ -121,11 +123,17 @@ class Leadership:
         is_leader: this store holds the leadership; its writes are the database's.
         term: the leadership's number; it only grows from one leader to the next (0: never led).
         holder: who holds it, for a person (a lock file and pid, a server's name).
+        address: the address the leader's clients and workers reach it at (``runq serve --advertise``), when
+            the store knows it (PostgreSQL's lease row); None otherwise.
+        check_in: seconds after which asking again may give another answer (a leader's lease to be checked, a
+            standby's next try to take it); None: the answer never changes by itself (SQLite).
     """
 
     is_leader: bool
     term: int
     holder: str
+    address: str | None = None
+    check_in: float | None = None
 
 
 class Store(Protocol):
@@ -142,7 +150,19 @@ class Store(Protocol):
 
     # ------------------------------------------------------------------ leadership
     def leadership(self) -> Leadership:
-        """Whether this store leads now (the server asks before it serves)."""
+        """Whether this store leads now (the server asks before it serves, then again every ``check_in``
+        seconds while it serves: a store that lost the leadership makes it step down). No I/O: it answers
+        from what the store knows."""
+        ...
+
+    def take_leadership(self) -> Leadership:
+        """Try once to become the leader (a standby's poll); return the leadership after that try. May block
+        for a round trip to the database. A store that leads already answers as ``leadership``."""
+        ...
+
+    def advertise(self, address: str) -> None:
+        """The address this server serves at (written with the lease where a store keeps one, so that a
+        standby and its clients can name the active server)."""
         ...
 
     # ------------------------------------------------------------------ startup (before ``start``)

@@ -14,7 +14,8 @@ itself). ``tasks_live`` is PostgreSQL's own: the live tasks by id, what a restar
 ``tasks_state`` ranges instead).
 
 Two tables of PostgreSQL only, created before the migrations (``BOOTSTRAP``): ``runq_schema`` (the version)
-and ``runq_writer`` (who writes the database now, and the term; postgres.py's docstring).
+and ``runq_writer`` (who writes the database now, the term and the lease: ``LEASE_COLUMNS``, postgres.py's
+docstring).
 
 Rules of this file:
 
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 from .pg_prune import AUTOVACUUM  # (the settings' text: one definition, beside the prune it serves)
 
-__all__ = ["BOOTSTRAP", "PG_MIGRATIONS", "PG_TYPES"]
+__all__ = ["BOOTSTRAP", "LEASE_COLUMNS", "PG_MIGRATIONS", "PG_TYPES"]
 
 BOOTSTRAP = """
 CREATE TABLE IF NOT EXISTS runq_schema (
@@ -39,10 +40,20 @@ CREATE TABLE IF NOT EXISTS runq_writer (
     term          bigint  NOT NULL,
     holder        text,
     backend_pid   integer,
-    backend_start timestamptz
+    backend_start timestamptz,
+    expires_at    timestamptz,
+    address       text
 );
 INSERT INTO runq_writer (id, term) VALUES (1, 0) ON CONFLICT (id) DO NOTHING
 """
+
+#: The lease's columns of ``runq_writer`` (branch failover12; docs/operations.md, "Failover"): ``expires_at``
+#: (the database's time the holder's lease ends: clock_timestamp() + lease at each renewal) and ``address``
+#: (where the holder serves, for standbys and their clients). ``BOOTSTRAP`` creates them in a new database;
+#: postgres.py adds those missing from a database of an older runq (``ALTER TABLE ... ADD COLUMN``, only when
+#: missing: the ALTER's lock would wait behind the active server's commits). Not a migration step: a standby
+#: reads them before any migration may run (only the lease's holder migrates).
+LEASE_COLUMNS = {"expires_at": "timestamptz", "address": "text"}
 
 _V1 = """
 CREATE TABLE tasks (

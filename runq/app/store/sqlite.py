@@ -239,6 +239,13 @@ class SQLiteStore(GroupWriter):
             return Leadership(False, 1, "nobody (this store is closed)")
         return Leadership(True, 1, f"the lock on {os.path.realpath(self.path)}-lock (pid {os.getpid()})")
 
+    def take_leadership(self) -> Leadership:
+        """As ``leadership``: a SQLite store leads from its open (there is no lease to take)."""
+        return self.leadership()
+
+    def advertise(self, address: str) -> None:
+        """Nothing to do: no standby reads a SQLite file's leader (the file lock keeps a second server out)."""
+
     @property
     def can_commit_inline(self) -> bool:
         """With ``synchronous=FULL`` a commit waits for an fsync: not in the caller's thread."""

@@ -3,9 +3,11 @@
 Theory of operation
 -------------------
 ``copy_database(source, target)`` opens both ends as a server would, with the store itself
-(``SQLiteStore``, ``PostgresStore``): that takes each one's leadership (the SQLite file lock; the
-``runq_writer`` row), so a database a server holds is refused with ``StoreInUse`` and no server can start on
-either end while the copy runs, and it brings both schemas to this runq's version (a source of an older runq
+(``SQLiteStore``, ``PostgresStore``): that takes each one's leadership (the SQLite file lock; the lease in
+the ``runq_writer`` row), so a database a server holds is refused at once with ``StoreInUse`` (a PostgreSQL
+store that finds the lease held does not lead: the copy refuses instead of waiting as a standby server would)
+and no server can serve either end while the copy runs (on PostgreSQL it waits as a standby until the copy's
+store gives the lease up), and it brings both schemas to this runq's version (a source of an older runq
 is migrated up first, exactly as ``runq serve`` would; a target is created). A source that is not a runq
 database is refused before anything touches it.
 
@@ -205,7 +207,7 @@ class _PostgresEnd:
 
         if source:
             _check_pg_source(url)
-        store = PostgresStore(url, takeover_wait=0.0)
+        store = PostgresStore(url)  # (a lease another server holds: a store that does not lead, refused by _open)
         self.store: Store = store
         self.name = store._safe_url()
         self.conn: psycopg.Connection[Any] = store.conn

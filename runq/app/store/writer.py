@@ -167,12 +167,25 @@ class GroupWriter:
         """Have the writer thread call ``_after_commits(asked=True)`` soon."""
         self._q.put(_ASKED)
 
-    def _stop_writer(self) -> None:
-        """Commit what is queued and stop the writer thread (the first thing a store's ``close`` does)."""
-        if self._thread is not None:
-            self._q.put(_STOP)
-            self._thread.join()
-            self._thread = None
+    def _stop_writer(self, timeout: float | None = None) -> bool:
+        """Commit what is queued and stop the writer thread (the first thing a store's ``close`` does).
+
+        Args:
+            timeout: seconds to wait for the thread at most (None: until it ends, SQLite's and a leading
+                PostgreSQL store's case). A thread still running then is left to end on its own (a daemon
+                thread: it ends with the process at the latest).
+
+        Returns:
+            False if the thread was still running after ``timeout`` (it may hold the write connection: the
+            store must not close it), else True.
+        """
+        if self._thread is None:
+            return True
+        self._q.put(_STOP)
+        self._thread.join(timeout)
+        stopped = not self._thread.is_alive()
+        self._thread = None
+        return stopped
 
     def _run(self) -> None:
         q = self._q

@@ -116,7 +116,9 @@ class DashboardScreen(Screen[None]):
         if st.offline:
             text, cls = f"OFFLINE  {st.status}", "offline"
         elif not st.connected:
-            word = "CONNECTING" if st.status.startswith("connecting") else "DISCONNECTED"
+            # (a standby of a failover pair refuses the dashboard, naming the active server: docs/operations.md)
+            word = ("STANDBY" if "is a standby" in st.status else
+                    "CONNECTING" if st.status.startswith("connecting") else "DISCONNECTED")
             text, cls = f"{word}  {st.status}", "disconnected"
         else:
             text, cls = "", ""
