@@ -328,14 +328,16 @@ class Server:
                         await self.http_idle.wait()
                 nursery.cancel_scope.cancel()
         finally:
+            self._nursery = None  # (closed: a commit reported from now on starts nothing in it)
             with trio.CancelScope(shield=True):
                 self._inline = False  # (the committer is gone: what it had goes to the writer)
                 pending, self._pending = self._pending, []
                 for batch in pending:
                     store.submit(batch)
                 self.flush()
-                if self.principal_store is not None:
-                    await trio.to_thread.run_sync(self.principal_store.close)
+                if self.principal_store is not None:  # (not waited for long: a read left behind by a database
+                    with trio.move_on_after(2):        # that stopped answering may hold its connection)
+                        await trio.to_thread.run_sync(self.principal_store.close, abandon_on_cancel=True)
                 await trio.to_thread.run_sync(store.close)
         if self.stepped_down is not None:
             raise NotLeader(f"this server lost the lease of database {describe_db(cfg.db)} and stepped down without "
@@ -451,11 +453,13 @@ class Server:
         """Load the users and API tokens again if they changed in the database; True if they had."""
         ps = self.principal_store
         assert ps is not None
-        version = await trio.to_thread.run_sync(ps.version)
+        # (abandon_on_cancel: a database that stopped answering must not hold a server that steps down or stops; the
+        # thread left behind ends with its connection)
+        version = await trio.to_thread.run_sync(ps.version, abandon_on_cancel=True)
         if version == self.principals.version and self.principals.version is not None:
             return False
-        users = await trio.to_thread.run_sync(ps.users)
-        tokens = await trio.to_thread.run_sync(ps.tokens)
+        users = await trio.to_thread.run_sync(ps.users, abandon_on_cancel=True)
+        tokens = await trio.to_thread.run_sync(ps.tokens, abandon_on_cancel=True)
         self.principals.load(users, tokens, version)
         return True
 
@@ -711,7 +715,7 @@ class Server:
             ps = self.principal_store
             if ps is not None:  # (refresh tokens past their expiry: no use to anyone)
                 try:
-                    await trio.to_thread.run_sync(ps.forget_refresh, self.clock())
+                    await trio.to_thread.run_sync(ps.forget_refresh, self.clock(), abandon_on_cancel=True)
                 except StoreError as exc:
                     log.warning("could not delete expired refresh tokens: %s", exc)
             await trio.sleep(self.config.prune_interval)
@@ -835,7 +839,13 @@ class Server:
     async def wait_task(self, task_id: int, timeout: float) -> dict[str, Any]:
         """Return the task once it is final or ``timeout`` seconds passed (then as it is)."""
         task = await self.get_task(task_id)
-        if task["state"] in FINAL or timeout <= 0:
+        if task["state"] in FINAL:
+            # answered once that state is durable, as a waiter woken by its event is (after the commit): the
+            # change may still be on its way to the store
+            self.flush()
+            await self.wait_committed()
+            return task
+        if timeout <= 0:
             return task
         ev = trio.Event()
         self._waiters.setdefault(task_id, []).append(ev)
