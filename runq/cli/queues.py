@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import click
 
 from . import output
 from .options import Settings, client, command, json_option, log_options, server_options
 
-__all__ = ["drain", "pause", "queues", "resume", "types", "workers"]
+__all__ = ["drain", "pause", "queues", "resume", "types", "types_rows", "workers"]
 
 
 @command("stop dispatching a queue's tasks (enqueue still accepted)")
@@ -98,9 +99,21 @@ def types(settings: Settings, json: bool) -> int:
     elif not found:
         output.note("runq types: no task types: no worker is connected")
     else:
-        output.print_table(["TYPE", "WORKERS", "QUEUES"],
-                           [(t["type"], t["workers"], ",".join(t["queues"])) for t in found], right=[1])
+        output.print_table(["TYPE", "WORKERS", "QUEUES", "BATCH", "REQUIRES"], types_rows(found), right=[1])
     return 0
+
+
+def types_rows(found: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """The rows of ``runq types``: a batched type's ``max_size`` and ``max_wait`` (docs/batching.md), the labels
+    its definition requires (docs/routing.md), ``-`` for none."""
+    rows = []
+    for t in found:
+        b = t.get("batch")
+        batch = f"{b['max_size']} / {b['max_wait']:g}s" if b else "-"
+        req = t.get("requires")
+        requires = ",".join(f"{k}={v}" for k, v in sorted(req.items())) if req else "-"
+        rows.append((t["type"], t["workers"], ",".join(t["queues"]), batch, requires))
+    return rows
 
 
 @command("ask a worker to finish its running tasks, hand back the rest and leave")

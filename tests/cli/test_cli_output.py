@@ -107,8 +107,9 @@ def test_json_is_what_the_sdk_returns_written_as_before(served: Served, done: di
 def test_tables_in_a_pipe_are_plain_rows(served: Served, done: dict[str, Any],
                                          capsys: pytest.CaptureFixture[str]) -> None:
     rc, out, _ = run(capsys, "types", "-s", served.address)
-    assert rc == 0 and out.splitlines() == ["TYPE  WORKERS  QUEUES", "boom        1  default,mail",
-                                            "echo        1  default,mail"]
+    assert rc == 0 and [line.split() for line in out.splitlines()] == [
+        ["TYPE", "WORKERS", "QUEUES", "BATCH", "REQUIRES"], ["boom", "1", "default,mail", "-", "-"],
+        ["echo", "1", "default,mail", "-", "-"]]
     rc, out, _ = run(capsys, "tasks", "-s", served.address)
     rows = [line.split() for line in out.splitlines()]
     assert rows[0] == ["ID", "STATE", "QUEUE", "TYPE", "PRIORITY", "ATTEMPT", "CREATED"]
@@ -197,3 +198,12 @@ def test_on_a_terminal_tables_are_drawn_by_rich(served: Served) -> None:
     assert p.wait(30) == 0
     text = out.decode()
     assert "\x1b[1m" in text and "─" in text and "echo" in text and "boom" in text
+
+
+def test_types_show_a_batched_type_and_the_labels_a_type_requires() -> None:
+    from runq.cli.queues import types_rows
+
+    assert types_rows([{"type": "index", "workers": 2, "queues": ["a", "b"],
+                        "batch": {"max_size": 50, "max_wait": 2.0}, "requires": {"region": "eu", "gpu": "1"}},
+                       {"type": "plain", "workers": 1, "queues": ["default"], "batch": None, "requires": None}]) == [
+        ("index", 2, "a,b", "50 / 2s", "gpu=1,region=eu"), ("plain", 1, "default", "-", "-")]
