@@ -262,7 +262,7 @@ class Server:
             # Before anything is read back: a server that does not lead must not take the leader's running
             # tasks for crashed ones (runq/app/store/base.py). It waits as a standby instead (below).
             lead = self.leadership = await trio.to_thread.run_sync(store.leadership)
-            self.authenticator.shared = self.config.token  # (a standby checks the shared token too)
+            self.authenticator.shared = self.config.token  # (as configured when serving starts; a standby checks it too)
             if lead.is_leader:
                 await self._recover(store)
                 await self._load_principals(store)
@@ -436,7 +436,6 @@ class Server:
     async def _load_principals(self, store: Store) -> None:
         """Open the principal tables, load the users and API tokens, and the access-token keys (the file's, or
         the one kept in the database, made on first start)."""
-        self.authenticator.shared = self.config.token  # (as configured when serving starts)
         ps = self.principal_store = await trio.to_thread.run_sync(store.principals)
         await self.reload_principals()
         if self.config.keys_file is not None:
