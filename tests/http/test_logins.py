@@ -214,3 +214,21 @@ async def test_a_tcp_connection_of_an_access_token_ends_when_the_token_expires(n
             refused = await ask({"op": "ping", "rid": 2})
             assert (refused["op"], refused["code"]) == ("error", "unauthorized")
             assert await stream.receive_some(65536) == b""  # (closed)
+
+
+@pytest.mark.trio
+async def test_an_access_token_is_verified_once_per_connection(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """The signature of a JWT is checked at a connection's first request only (docs/security.md): after the
+    server's keys change, the connection that verified it goes on, a new connection is refused."""
+    from runq.app.auth import AccessKeys
+
+    srv, _ = await _start(nursery, tmp_path, FakeClock())
+    url = f"http://127.0.0.1:{srv.http_port}"
+    async with httpx.AsyncClient(base_url=url, timeout=20) as http:
+        r = await http.post("/api/auth/login", json={"username": "alice", "password": "pw"})
+        access = r.json()["access_token"]
+        assert (await http.get("/api/auth/me", headers=_bearer(access))).status_code == 200
+        srv.authenticator.keys = AccessKeys.from_text(AccessKeys.generate())  # (its key is gone)
+        assert (await http.get("/api/auth/me", headers=_bearer(access))).status_code == 200  # (same connection)
+        async with httpx.AsyncClient(base_url=url, timeout=20) as other:
+            assert (await other.get("/api/auth/me", headers=_bearer(access))).status_code == 401
